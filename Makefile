@@ -1,0 +1,44 @@
+# dopanode: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint typecheck unit peers clean setup-run setup-test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Runtime only: the node needs neither torch nor the simulator.
+$(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
+	$(PIP) install -e .
+	touch $@
+
+# Everything the tests need: simulation extra (CPU torch), dev tools.
+$(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[sim,dev]'
+	touch $@ $(VENV)/.run-stamp
+
+setup-run: $(VENV)/.run-stamp
+setup-test: $(VENV)/.test-stamp
+
+run: setup-run
+	$(VENV)/bin/dopanode serve
+
+peers:
+	bash scripts/install-peers.sh
+
+lint: setup-test
+	$(VENV)/bin/ruff check service tests bench models
+	$(VENV)/bin/mypy
+
+test: peers setup-test lint
+	$(VENV)/bin/python -m pytest -q tests
+
+unit: setup-test
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the real DICOM peers the tests talk to (Debian packages):
+# DCMTK (storescu, echoscu, storescp, dsrdump, dsr2html), Orthanc, dicom3tools (dciodvfy).
+set -euo pipefail
+need=()
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing test peers: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

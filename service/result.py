@@ -1,0 +1,183 @@
+"""What one DaT SPECT analysis produces: frozen dataclasses, no I/O.
+
+The pipeline (:mod:`service.pipelines.dat_spect`) fills these; the report
+builders (:mod:`service.report`) and the API read them. Nothing here knows of
+sockets, SQLite or files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+import numpy as np
+
+
+class Region(str, Enum):
+    """The four striatal subregions rated by dopanode."""
+
+    CAUDATE_LEFT = "caudate_left"
+    CAUDATE_RIGHT = "caudate_right"
+    PUTAMEN_LEFT = "putamen_left"
+    PUTAMEN_RIGHT = "putamen_right"
+
+    @property
+    def structure(self) -> str:
+        """``"caudate"`` or ``"putamen"``."""
+        return self.value.split("_")[0]
+
+    @property
+    def side(self) -> str:
+        """``"left"`` or ``"right"`` (the patient's side)."""
+        return self.value.split("_")[1]
+
+
+REGIONS: tuple[Region, ...] = tuple(Region)
+
+
+class Level(IntEnum):
+    """Five-level rating of regional [123I]FP-CIT uptake."""
+
+    NORMAL = 0
+    BORDERLINE = 1
+    MODERATE_REDUCTION = 2
+    STRONG_REDUCTION = 3
+    ALMOST_MISSING = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ").lower()
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """Numbers and ratings for one subregion.
+
+    Attributes
+    ----------
+    region : Region
+    sbr : float
+        Specific binding ratio, mean(ROI) / mean(reference) - 1 (unitless).
+    z_score : float or None
+        (sbr - age-expected normal mean) / normal SD; None without a normal database.
+    normal_mean, normal_sd : float or None
+        Age-expected normal SBR and its SD, for charts.
+    level_sbr : Level
+        Conventional rating from SBR thresholds (always present).
+    level_cnn : Level or None
+        CNN rating; None when no model is installed.
+    cnn_probabilities : tuple of 5 floats or None
+        CNN class probabilities for levels 0..4.
+    """
+
+    region: Region
+    sbr: float
+    level_sbr: Level
+    z_score: float | None = None
+    normal_mean: float | None = None
+    normal_sd: float | None = None
+    level_cnn: Level | None = None
+    cnn_probabilities: tuple[float, ...] | None = None
+
+    @property
+    def level(self) -> Level:
+        """The reported level: the CNN's when present, else the conventional one."""
+        return self.level_cnn if self.level_cnn is not None else self.level_sbr
+
+
+@dataclass(frozen=True)
+class GlobalScore:
+    """Binary study-level score derived from the four regional levels.
+
+    Attributes
+    ----------
+    reduced : bool
+        True for "reduced" (abnormal), False for "normal".
+    inconclusive : bool
+        True when the method is unsure (see ``rule``).
+    rule : str
+        Human-readable statement of the rule that produced it.
+    method : str
+        ``"cnn"`` or ``"sbr"``.
+    """
+
+    reduced: bool
+    inconclusive: bool
+    rule: str
+    method: str
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Conventional derived numbers beside the SBRs (unitless).
+
+    Asymmetry index is 100 * |L - R| / mean(L, R) in percent.
+    """
+
+    putamen_caudate_left: float
+    putamen_caudate_right: float
+    asymmetry_caudate_pct: float
+    asymmetry_putamen_pct: float
+
+
+@dataclass(frozen=True)
+class SourceReference:
+    """The analysed series (UIDs only, no patient data)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Identifies what produced a result (goes into the SR)."""
+
+    name: str
+    version: str
+    model_name: str | None = None
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ReportImages:
+    """Pictures for the picture report, in normalised MNI space.
+
+    Attributes
+    ----------
+    slab_yx : (H, W) float32 array
+        Mean of the axial slab through the striatum, display orientation
+        (row 0 anterior, column 0 patient right, as readers view axial slices).
+    labels_yx : (H, W) uint8 array
+        Region outline labels on the same grid: 0 none, 1 caudate L,
+        2 caudate R, 3 putamen L, 4 putamen R, 5 reference.
+    pixel_mm : float
+        Pixel size of both arrays in millimetres.
+    """
+
+    slab_yx: np.ndarray
+    labels_yx: np.ndarray
+    pixel_mm: float
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    """The complete outcome of one DaT SPECT analysis."""
+
+    source: SourceReference
+    regions: tuple[RegionResult, ...]
+    global_score: GlobalScore
+    ratios: Ratios
+    reference_region: str
+    registration_quality: float
+    algorithm: AlgorithmInfo
+    images: ReportImages | None = None
+    patient_age_years: float | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def region(self, region: Region) -> RegionResult:
+        for r in self.regions:
+            if r.region is region:
+                return r
+        raise KeyError(region)
