@@ -8,12 +8,12 @@ sockets, SQLite or files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 import numpy as np
 
 
-class Region(str, Enum):
+class Region(StrEnum):
     """The four striatal subregions rated by dopanode."""
 
     CAUDATE_LEFT = "caudate_left"
