@@ -1,9 +1,325 @@
-"""Sub-commands of this area (see :mod:`service.cli`)."""
+"""The node's wiring and its sub-commands: ``serve``, ``config check``, ``jobs``.
+
+:class:`Node` composes the parts (style rule 1: one place builds and wires
+everything): the SCP, the completion sweeper inside the workers, the
+workers, the sender and the API, each optional so parts can run in separate
+processes against the same database and spool (``dopanode serve --only scp``
+on one, ``--only worker,sender`` on another).
+
+SIGTERM/SIGINT: stop accepting associations, let running jobs finish within
+``worker.shutdown_grace_s`` and give back the ones that do not, stop the
+sender and the API, exit 0.
+
+Test-only hook: ``DOPANODE_TEST_PIPELINE=module:attr`` names a factory
+``(Settings) -> Pipeline`` used instead of the installed pipeline. It exists
+so integration tests can inject a slow or failing fake pipeline into a real
+``dopanode serve`` process; it is logged loudly and is not for production.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.config import ConfigError, Settings, describe, load_settings
+from service.pipelines.base import Pipeline
+
+log = logging.getLogger(__name__)
+
+COMPONENTS: tuple[str, ...] = ("scp", "worker", "sender", "api")
+TEST_PIPELINE_ENV = "DOPANODE_TEST_PIPELINE"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this area's sub-commands (none yet)."""
+def load_pipeline(settings: Settings) -> Pipeline | None:
+    """The analysis pipeline for this node, or None when none is installed."""
+    spec = os.environ.get(TEST_PIPELINE_ENV)
+    if spec:
+        module_name, _, attr = spec.partition(":")
+        factory: Callable[[Settings], Pipeline] = getattr(
+            importlib.import_module(module_name), attr
+        )
+        log.warning("test_pipeline_installed", extra={"fields": {"factory": spec}})
+        return factory(settings)
+    log.warning("no_pipeline", extra={"fields": {"effect": "jobs fail: no analysis pipeline"}})
+    return None
+
+
+@dataclass
+class Node:
+    """The running parts of one ``dopanode serve`` process.
+
+    Parameters
+    ----------
+    settings : Settings
+    components : tuple of str
+        Subset of :data:`COMPONENTS` to run.
+    pipeline : Pipeline or None
+        What the workers run (None: jobs fail with the explicit reason).
+    """
+
+    settings: Settings
+    components: tuple[str, ...] = COMPONENTS
+    pipeline: Pipeline | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _parts: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Migrate the database, then start the chosen parts (SCP last but API)."""
+        from service.store.db import Database
+        from service.store.spool import Spool
+
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown component(s): {', '.join(sorted(unknown))}")
+        storage = self.settings.storage
+        self.database = Database(storage.db_path)
+        self.database.migrate()
+        self.spool = Spool(storage.spool_dir)
+        if "scp" in self.components:  # the SCP process owns the spool's tmp/ and recovery
+            self.spool.clean_tmp()
+            self._recover_spool()
+        if "sender" in self.components:
+            self._start_sender()
+        if "worker" in self.components:
+            self._start_workers()
+        if "scp" in self.components:
+            self._start_scp()
+        if "api" in self.components:
+            self._start_api()
+        log.info("node_ready", extra={"fields": {
+            "components": list(self.components), "pid": os.getpid(),
+            "scp_port": self._parts["scp"].port if "scp" in self._parts else None,
+            "api_port": self._parts["api"].port if "api" in self._parts else None}})
+
+    def _recover_spool(self) -> None:
+        from service.completion import recover_spool
+
+        quiet_s = min(c.series_quiet_s for c in self.settings.allowed_callers)
+        conn = self.database.connect()
+        try:
+            recover_spool(conn, self.spool, quiet_s, self.settings.worker.max_attempts)
+        finally:
+            conn.close()
+
+    def _start_sender(self) -> None:
+        from service.dicom.scu import sender_from_settings
+
+        sender = sender_from_settings(self.settings, self.database)
+        sender.start()
+        self._parts["sender"] = sender
+
+    def _start_workers(self) -> None:
+        from service.worker import Worker
+
+        sender = self._parts.get("sender")
+        wset = self.settings.worker
+        for i in range(wset.count):
+            worker = Worker(
+                self.database, self.spool, self.pipeline, self.settings.destination_names,
+                lease_s=wset.lease_s, max_attempts=wset.max_attempts,
+                poll_interval_s=wset.poll_interval_s, name=f"w{i}",
+                on_outputs=sender.wake if sender is not None else None,
+                retention_days=self.settings.retention_days if i == 0 else None,
+            )
+            thread = threading.Thread(target=worker.run, args=(self._stop,),
+                                      name=f"worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _start_scp(self) -> None:
+        from service.dicom.scp import StorageSCP
+
+        scp = StorageSCP(self.settings, self.database, self.spool)
+        scp.start()
+        self._parts["scp"] = scp
+
+    def _start_api(self) -> None:
+        from service.api.app import create_app
+        from service.api.readiness import Probes
+        from service.api.server import ApiServer
+
+        scp = self._parts.get("scp")
+        probes = Probes(scp_listening=scp.is_listening if scp is not None else None)
+        app = create_app(self.settings, self.database, probes)
+        server = ApiServer(app, self.settings.api.bind, self.settings.api.port)
+        server.start()
+        self._parts["api"] = server
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (or a signal) is called."""
+        while not self._stop.wait(1.0):
+            pass
+
+    def stop(self) -> None:
+        """Orderly shutdown: SCP first, then workers (grace), sender, API."""
+        from service.worker import release_leases
+
+        self._stop.set()
+        if "scp" in self._parts:
+            self._parts.pop("scp").stop()
+        grace_s = self.settings.worker.shutdown_grace_s
+        deadline = _monotonic() + grace_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - _monotonic()))
+        busy = [t.name for t in self._threads if t.is_alive()]
+        if busy and hasattr(self, "database"):
+            conn = self.database.connect(check_same_thread=False)
+            try:
+                given_back = release_leases(conn, f"{socket.gethostname()}:{os.getpid()}:")
+            finally:
+                conn.close()
+            log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
+        if "sender" in self._parts:
+            self._parts.pop("sender").stop()
+        if "api" in self._parts:
+            self._parts.pop("api").stop()
+        log.info("node_stopped")
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+# --- command line ---------------------------------------------------------------
+def _settings_from(args: argparse.Namespace) -> Settings:
+    path = getattr(args, "config", None) or os.environ.get("DOPANODE_CONFIG")
+    return load_settings(Path(path) if path else None)
+
+
+def _parse_components(args: argparse.Namespace) -> tuple[str, ...]:
+    chosen = list(COMPONENTS)
+    if args.only:
+        chosen = [c.strip() for c in args.only.split(",") if c.strip()]
+    if args.without:
+        dropped = {c.strip() for c in args.without.split(",")}
+        chosen = [c for c in chosen if c not in dropped]
+    unknown = set(chosen) - set(COMPONENTS)
+    if unknown or not chosen:
+        raise ConfigError(f"--only/--without: choose from {', '.join(COMPONENTS)}")
+    return tuple(chosen)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from(args)
+        components = _parse_components(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    pipeline = load_pipeline(settings) if "worker" in components else None
+    node = Node(settings, components, pipeline)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal_received", extra={"fields": {"signal": signal.Signals(signum).name}})
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except Exception:  # the process edge: say why, stop what started, exit non-zero
+        log.exception("start_failed")
+        node.stop()
+        return 1
+    node.wait()
+    node.stop()
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = args.file or os.environ.get("DOPANODE_CONFIG")
+    try:
+        settings = load_settings(Path(path) if path else None)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"configuration OK ({path or 'embedded defaults'} + DOPANODE_* environment)")
+    print(describe(settings))
+    return 0
+
+
+def _open_db(args: argparse.Namespace) -> Any:
+    from service.store.db import Database
+
+    database = Database(_settings_from(args).storage.db_path)
+    database.migrate()
+    return database.connect()
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from service.store import db
+
+    try:
+        conn = _open_db(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.jobs_command == "list":
+            jobs = db.list_jobs(conn, state=args.state, limit=args.limit)
+            for job in jobs:
+                print(f"{job.id:6d}  {job.state:10s}  attempts {job.attempts}/{job.max_attempts}"
+                      f"  {len(job.instance_uids):4d} inst  {job.reason or ''}")
+            return 0
+        job_found = db.get_job(conn, args.id)
+        if job_found is None:
+            print(f"job {args.id} does not exist", file=sys.stderr)
+            return 1
+        if args.jobs_command == "show":
+            print(json.dumps(job_found.to_dict(), indent=2, sort_keys=True))
+            return 0
+        if db.retry_job(conn, args.id):
+            print(f"job {args.id} queued again")
+            return 0
+        print(f"job {args.id} is {job_found.state}: only failed or done jobs can be retried",
+              file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    """Add ``serve``, ``config check`` and ``jobs list|show|retry``."""
+    config_help = "TOML settings file (default: $DOPANODE_CONFIG, else embedded defaults)"
+    serve = subparsers.add_parser("serve", help="run the node (SCP, worker, sender, API)")
+    serve.add_argument("--config", type=Path, help=config_help)
+    serve.add_argument("--only", help=f"comma list of parts to run ({','.join(COMPONENTS)})")
+    serve.add_argument("--without", help="comma list of parts not to run")
+    serve.set_defaults(func=cmd_serve)
+
+    config = subparsers.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", help="validate settings and print a summary")
+    check.add_argument("file", nargs="?", type=Path, help=config_help)
+    check.set_defaults(func=cmd_config_check)
+
+    jobs = subparsers.add_parser("jobs", help="inspect and retry analysis jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = jobs_sub.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--state", choices=("pending", "running", "done", "failed",
+                                             "superseded"))
+    listing.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "one job as JSON"), ("retry", "queue a failed/done job again")):
+        sub = jobs_sub.add_parser(name, help=text)
+        sub.add_argument("id", type=int)
+    for parser in jobs_sub.choices.values():
+        parser.add_argument("--config", type=Path, help=config_help)
+        parser.set_defaults(func=cmd_jobs)

@@ -70,3 +70,60 @@ class Status(IntEnum):
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+
+# --- NM acquisition context (added by the NM writer, CID 18/19/20/21/25/11) --
+TECHNETIUM_99M = Code("72454006", "SCT", "^99m^Technetium")
+TC99M_EXAMETAZIME = Code("77313009", "SCT", "Technetium Tc^99m^ exametazime")
+INTRAVENOUS_ROUTE = Code("47625008", "SCT", "Intravenous route")
+RECUMBENT = Code("102538003", "SCT", "recumbent")
+SUPINE = Code("40199007", "SCT", "supine")
+HEADFIRST = Code("102540008", "SCT", "headfirst")
+
+# --- Report content (SR TID 1500 and picture report; see docs/conformance_sr.md)
+#: Procedure reported (CID 100 "Quantitative Diagnostic Imaging Procedures");
+#: there is no DaT-specific code there, the tracer is in the source series.
+SPECT_BRAIN = Code("39632-5", "LN", "SPECT brain")
+CORPUS_STRIATUM = Code("31428008", "SCT", "Corpus striatum")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+FINDING = Code("121071", "DCM", "Finding")
+COMMENT = Code("121106", "DCM", "Comment")
+Z_SCORE = Code("113071", "DCM", "Z-score")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+UCUM_RATIO = Code("{ratio}", "UCUM", "ratio")
+UCUM_NO_UNITS = Code("1", "UCUM", "no units")
+UCUM_PERCENT = Code("%", "UCUM", "Percent")
+#: The reported level is UPTAKE_LEVEL_CONCEPT (the CNN's when a model is
+#: installed, else the SBR-threshold one); both methods are also named explicitly.
+UPTAKE_LEVEL_SBR_CONCEPT = Code(
+    "DN-0002", PRIVATE_SCHEME, "Striatal DaT uptake level, SBR thresholds"
+)
+UPTAKE_LEVEL_CNN_CONCEPT = Code("DN-0003", PRIVATE_SCHEME, "Striatal DaT uptake level, CNN")
+RESULT_INCONCLUSIVE = Code("DN-0004", PRIVATE_SCHEME, "Result inconclusive")
+GLOBAL_SCORE_RULE = Code("DN-0005", PRIVATE_SCHEME, "Global score rule")
+GLOBAL_SCORE_METHOD = Code("DN-0006", PRIVATE_SCHEME, "Global score method")
+REFERENCE_REGION = Code("DN-0007", PRIVATE_SCHEME, "SBR reference region")
+SPECIFIC_BINDING_RATIO = Code("DN-0010", PRIVATE_SCHEME, "Specific binding ratio")
+PUTAMEN_CAUDATE_RATIO = Code("DN-0011", PRIVATE_SCHEME, "Putamen/caudate SBR ratio")
+ASYMMETRY_INDEX = Code("DN-0012", PRIVATE_SCHEME, "Asymmetry index")
+REGISTRATION_QUALITY = Code("DN-0013", PRIVATE_SCHEME, "Spatial normalisation quality")
+
+# --- Storage SOP classes the SCP accepts (README conformance section) --------
+#: NM (the DaT study itself) and what may come with it or instead of it: CT
+#: (attenuation maps), PET (later tracers), Secondary Capture, SR and PDF
+#: (reports forwarded by the PACS). Non-NM series end as jobs with a reason.
+ACCEPTED_STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    NM_IMAGE_STORAGE,
+    CT_IMAGE_STORAGE,
+    ENHANCED_CT_IMAGE_STORAGE,
+    PET_IMAGE_STORAGE,
+    ENHANCED_PET_IMAGE_STORAGE,
+    SECONDARY_CAPTURE_STORAGE,
+    MF_GRAYSCALE_BYTE_SC_STORAGE,
+    MF_GRAYSCALE_WORD_SC_STORAGE,
+    MF_TRUE_COLOR_SC_STORAGE,
+    BASIC_TEXT_SR_STORAGE,
+    ENHANCED_SR_STORAGE,
+    COMPREHENSIVE_SR_STORAGE,
+    ENCAPSULATED_PDF_STORAGE,
+)

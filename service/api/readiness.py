@@ -1,0 +1,157 @@
+"""Readiness checks behind GET /ready: each one really checks something.
+
+* ``database``: a row is written and committed (the file is writable, the
+  lock can be taken within the busy timeout).
+* ``spool_disk``: free space on the spool's file system is at least
+  ``storage.min_free_mb``.
+* ``model``: :func:`service.inference.manifest.check_model` (present,
+  SHA-256 matches; no model configured passes as conventional scoring only).
+* ``scp``: the node's probe (is the DICOM listener accepting?); when the
+  API runs without the SCP in its process, a TCP connect to the configured
+  SCP port.
+* ``outbox``: the oldest undelivered output is younger than
+  ``ReadyLimits.outbox_max_oldest_s`` and fewer than ``outbox_max_pending``
+  wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.inference import manifest
+from service.store import outbox
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+_PROBE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS node_probe ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named readiness check."""
+
+    name: str
+    ok: bool
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, **self.data}
+
+
+@dataclass(frozen=True)
+class ReadyLimits:
+    """Outbox thresholds above which the node reports not ready."""
+
+    outbox_max_oldest_s: float = 3600.0
+    outbox_max_pending: int = 10_000
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Probes the node passes to the API.
+
+    Attributes
+    ----------
+    scp_listening : callable returning bool, or None
+        True while the SCP accepts associations. None: probe the configured
+        SCP address with a TCP connect instead.
+    """
+
+    scp_listening: Callable[[], bool] | None = None
+
+
+def tcp_listening(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True when something accepts TCP connections at ``host:port``."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    try:
+        with socket.create_connection((target, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def check_database(db: Any) -> Check:
+    conn = db.connect()
+    try:
+        with conn:
+            conn.execute(_PROBE_SCHEMA)
+            conn.execute("INSERT OR REPLACE INTO node_probe (id, checked_at) VALUES (1, ?)",
+                         (time.time(),))
+    finally:
+        conn.close()
+    return Check("database", True, "writable")
+
+
+def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
+    path = Path(spool_dir)
+    while not path.exists() and path != path.parent:
+        path = path.parent  # the spool may not exist yet: measure where it will be
+    free_mb = shutil.disk_usage(path).free / MIB
+    ok = free_mb >= min_free_mb
+    detail = (f"{free_mb:.0f} MiB free" if ok
+              else f"only {free_mb:.0f} MiB free, below storage.min_free_mb = {min_free_mb:g}")
+    return Check("spool_disk", ok, detail, {"free_mb": round(free_mb, 1),
+                                            "min_free_mb": min_free_mb})
+
+
+def check_model(model_path: Path | None, sha256: str | None) -> Check:
+    result = manifest.check_model(model_path, sha256)
+    return Check("model", result.ok, result.detail, {"status": result.status})
+
+
+def check_scp(probes: Probes, host: str, port: int) -> Check:
+    if probes.scp_listening is not None:
+        ok = bool(probes.scp_listening())
+        return Check("scp", ok, "listening" if ok else "SCP is not accepting associations")
+    ok = tcp_listening(host, port)
+    return Check("scp", ok, f"port {port} accepting" if ok else f"nothing listens on port {port}")
+
+
+def check_outbox(db: Any, limits: ReadyLimits) -> Check:
+    conn = db.connect()
+    try:
+        stats = outbox.backlog_stats(conn)
+    finally:
+        conn.close()
+    problems = []
+    if stats.oldest_age_s > limits.outbox_max_oldest_s:
+        problems.append(f"oldest undelivered output waits {stats.oldest_age_s:.0f} s"
+                        f" (limit {limits.outbox_max_oldest_s:g} s)")
+    if stats.pending > limits.outbox_max_pending:
+        problems.append(f"{stats.pending} outputs undelivered (limit {limits.outbox_max_pending})")
+    detail = "; ".join(problems) or f"{stats.pending} pending, {stats.failed} failed"
+    return Check("outbox", not problems, detail, {
+        "pending": stats.pending, "failed": stats.failed,
+        "oldest_age_s": round(stats.oldest_age_s, 1)})
+
+
+def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> list[Check]:
+    """Every readiness check; a check that raises counts as failed (and is logged)."""
+    steps: list[tuple[str, Callable[[], Check]]] = [
+        ("database", lambda: check_database(db)),
+        ("spool_disk", lambda: check_spool_disk(settings.storage.spool_dir,
+                                                settings.storage.min_free_mb)),
+        ("model", lambda: check_model(settings.model.path, settings.model.sha256)),
+        ("scp", lambda: check_scp(probes, settings.node.bind, settings.node.port)),
+        ("outbox", lambda: check_outbox(db, limits)),
+    ]
+    results = []
+    for name, step in steps:
+        try:
+            results.append(step())
+        except Exception as exc:  # the edge: a broken check means not ready
+            log.error("ready_check_error", exc_info=exc, extra={"fields": {"check": name}})
+            results.append(Check(name, False, f"check failed: {type(exc).__name__}"))
+    return results

@@ -1,0 +1,352 @@
+"""The sender: delivers outbox items to every destination by C-STORE.
+
+One thread per destination, so a destination that is down (or slow to refuse
+a connection) never holds back the others. Each pass takes the destination's
+due items (:func:`service.store.outbox.due`), opens one association for
+them, sends each spooled Part 10 file as it is (no decode), and records the
+outcome in SQLite right after each response:
+
+* Success (0x0000) or a Warning status (0x0001, 0xB000, 0xB006, 0xB007: the
+  SCP stored the object, PS3.4 B.2.3) -> ``sent``; never sent again.
+* A failure status, no response, a refused or aborted association ->
+  retried later with exponential back-off (:class:`RetryPolicy`), and given
+  up (``failed``) only after ``give_up_after_s`` (hours).
+* A missing or unreadable output file, or a destination no longer
+  configured -> ``failed`` at once (retrying cannot help).
+
+Delivery is at-least-once: a crash between a Success and its commit resends
+that one object after restart, which the PACS sees as a replacement (output
+UIDs are deterministic), never as a twin.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from service import metrics
+from service.store import outbox
+from service.store.outbox import OutboxItem, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+#: Statuses after which the destination holds the object (PS3.4 Table B.2-1).
+DELIVERED_STATUSES = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
+MAX_CONTEXTS = 128
+#: Encodings pynetdicom converts between when sending a dataset.
+_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+class DestinationLike(Protocol):
+    """What the sender needs of a destination (``service.config.Destination``)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+class DatabaseLike(Protocol):
+    """What the sender needs of the database (``service.store.db.Database``)."""
+
+    def connect(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Network time limits of one association, seconds."""
+
+    connect_s: float = 5.0
+    acse_s: float = 15.0
+    dimse_s: float = 120.0
+    network_s: float = 120.0
+
+
+@dataclass
+class PassReport:
+    """What one pass over a destination did (counts of items)."""
+
+    destination: str
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def retry_policy_from_settings(sender_settings: Any) -> RetryPolicy:
+    """:class:`RetryPolicy` from ``Settings.sender`` (base/cap seconds, give-up hours)."""
+    return RetryPolicy(
+        base_s=float(sender_settings.retry_base_s),
+        cap_s=float(sender_settings.retry_cap_s),
+        give_up_after_s=float(sender_settings.give_up_after_h) * 3600.0,
+    )
+
+
+def _contexts(transfer_syntaxes: dict[str, set[str]]) -> list[PresentationContext]:
+    """One presentation context per (SOP class, transfer syntax) the items need.
+
+    An uncompressed file also offers the other uncompressed syntaxes, so an
+    SCP that accepts only Implicit VR Little Endian still gets it.
+    """
+    contexts: list[PresentationContext] = []
+    for sop_class, syntaxes in sorted(transfer_syntaxes.items()):
+        for ts in sorted(syntaxes):
+            offered = [ts]
+            if ts in _LITTLE_ENDIAN:
+                offered += [t for t in _LITTLE_ENDIAN if t != ts]
+            contexts.append(build_context(sop_class, offered))
+    return contexts[:MAX_CONTEXTS]
+
+
+class Sender:
+    """Delivers the outbox to the configured destinations.
+
+    Parameters
+    ----------
+    db : Database-like
+        Has ``connect() -> sqlite3.Connection``; each thread opens its own.
+    destinations : sequence of Destination-like
+        ``name``, ``ae_title``, ``host``, ``port``.
+    calling_ae : str
+        Our AE title on outgoing associations.
+    policy : RetryPolicy
+    poll_interval_s : float
+        Longest idle wait between passes (new items from a worker in another
+        process are seen within this time; :meth:`wake` is immediate).
+    batch_size : int
+        Items per association.
+    clock : callable
+        Returns seconds since the epoch (tests may pass a fake clock).
+    """
+
+    def __init__(
+        self,
+        db: DatabaseLike,
+        destinations: Sequence[DestinationLike],
+        calling_ae: str,
+        policy: RetryPolicy | None = None,
+        poll_interval_s: float = 1.0,
+        batch_size: int = 50,
+        timeouts: Timeouts | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._destinations = {d.name: d for d in destinations}
+        self._calling_ae = calling_ae
+        self._policy = policy or RetryPolicy()
+        self._poll_interval_s = poll_interval_s
+        self._batch_size = batch_size
+        self._timeouts = timeouts or Timeouts()
+        self._clock = clock
+        self._stop = threading.Event()
+        self._wake = {name: threading.Event() for name in self._destinations}
+        self._threads: list[threading.Thread] = []
+
+    # --- one pass ------------------------------------------------------------
+    def fail_unconfigured(self) -> int:
+        """Give up pending items whose destination is no longer configured."""
+        conn = self._db.connect()
+        try:
+            with conn:
+                rows = conn.execute(
+                    "SELECT id, destination FROM outbox WHERE state = 'pending'"
+                ).fetchall()
+                gone = [int(r[0]) for r in rows if str(r[1]) not in self._destinations]
+                for item_id in gone:
+                    outbox.mark_failed(conn, item_id, "destination no longer configured")
+        finally:
+            conn.close()
+        if gone:
+            log.warning("outbox_unconfigured_destination", extra={"fields": {"items": len(gone)}})
+        return len(gone)
+
+    def send_due(self, destination_name: str) -> PassReport:
+        """Send every due item of one destination over one association."""
+        destination = self._destinations[destination_name]
+        report = PassReport(destination=destination_name)
+        conn = self._db.connect()
+        try:
+            items = outbox.due(conn, self._clock(), destination_name, self._batch_size)
+            if not items:
+                return report
+            sendable = self._readable(conn, items, report)
+            if sendable:
+                self._deliver(conn, destination, sendable, report)
+        finally:
+            conn.close()
+        log.info(
+            "outbox_pass",
+            extra={"fields": {"destination": destination_name, "sent": report.sent,
+                              "retried": report.retried, "failed": report.failed}},
+        )
+        return report
+
+    def _readable(
+        self, conn: Any, items: list[OutboxItem], report: PassReport
+    ) -> list[tuple[OutboxItem, str]]:
+        """Items whose file is there, with its transfer syntax; the others fail."""
+        sendable: list[tuple[OutboxItem, str]] = []
+        for item in items:
+            try:
+                meta = read_file_meta_info(item.path)
+                sendable.append((item, str(meta.TransferSyntaxUID)))
+            except (OSError, InvalidDicomError, AttributeError) as exc:
+                self._record(conn, item, report, None, f"output file unreadable: {type(exc).__name__}")
+        return sendable
+
+    def _associate(self, destination: DestinationLike, sendable: list[tuple[OutboxItem, str]]
+                   ) -> Association:
+        needed: dict[str, set[str]] = {}
+        for item, ts in sendable:
+            needed.setdefault(item.sop_class_uid, set()).add(ts)
+        ae = AE(ae_title=self._calling_ae)
+        ae.connection_timeout = self._timeouts.connect_s
+        ae.acse_timeout = self._timeouts.acse_s
+        ae.dimse_timeout = self._timeouts.dimse_s
+        ae.network_timeout = self._timeouts.network_s
+        return ae.associate(
+            destination.host, destination.port, contexts=_contexts(needed),
+            ae_title=destination.ae_title,
+        )
+
+    def _deliver(self, conn: Any, destination: DestinationLike,
+                 sendable: list[tuple[OutboxItem, str]], report: PassReport) -> None:
+        assoc = self._associate(destination, sendable)
+        if not assoc.is_established:
+            # pynetdicom reports a refused TCP connection as an abort as well.
+            reason = ("association rejected" if assoc.is_rejected
+                      else "destination unreachable or association aborted")
+            metrics.DELIVERIES.labels(destination=destination.name, result="unreachable").inc()
+            for item, _ in sendable:
+                self._record(conn, item, report, None, reason, retry=True)
+            return
+        try:
+            for item, _ in sendable:
+                if not assoc.is_established:
+                    self._record(conn, item, report, None, "association lost", retry=True)
+                    continue
+                self._send_one(conn, assoc, item, report)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_one(self, conn: Any, assoc: Association, item: OutboxItem,
+                  report: PassReport) -> None:
+        try:
+            status_ds = assoc.send_c_store(item.path)
+        except (ValueError, RuntimeError, OSError, InvalidDicomError) as exc:
+            # e.g. no accepted presentation context for this SOP class/syntax.
+            self._record(conn, item, report, None, f"not sent: {exc}"[:200], retry=True)
+            return
+        status = getattr(status_ds, "Status", None) if status_ds is not None else None
+        if status is None:
+            self._record(conn, item, report, None, "no response to C-STORE", retry=True)
+        elif int(status) in DELIVERED_STATUSES:
+            self._record(conn, item, report, int(status), None)
+        else:
+            comment = str(getattr(status_ds, "ErrorComment", "") or "")[:64]
+            error = f"C-STORE status 0x{int(status):04X}" + (f": {comment}" if comment else "")
+            self._record(conn, item, report, int(status), error, retry=True)
+
+    def _record(self, conn: Any, item: OutboxItem, report: PassReport, status: int | None,
+                error: str | None, retry: bool = False) -> None:
+        """Write one outcome to SQLite at once (so a crash loses at most this one)."""
+        now = self._clock()
+        fields = {"item_id": item.id, "job_id": item.job_id, "destination": item.destination,
+                  "attempt": item.attempts + 1}
+        with conn:
+            if error is None:
+                outbox.mark_sent(conn, item.id, now)
+                result = "sent"
+            elif retry:
+                result = outbox.mark_retry(conn, item.id, error, self._policy, now)
+                result = "retry" if result == "pending" else result
+            else:
+                outbox.mark_failed(conn, item.id, error, now)
+                result = "failed"
+        metrics.DELIVERIES.labels(destination=item.destination, result=result).inc()
+        if result == "sent":
+            report.sent += 1
+            log.info("output_delivered", extra={"fields": {**fields, "status": f"0x{status:04X}"}})
+            return
+        report.errors.append(error or "")
+        if result == "retry":
+            report.retried += 1
+        else:
+            report.failed += 1
+        log.warning("output_not_delivered", extra={"fields": {**fields, "result": result,
+                                                              "error": error}})
+
+    # --- threads ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start one delivery thread per destination (idempotent)."""
+        if self._threads:
+            return
+        self._stop.clear()
+        self.fail_unconfigured()
+        for name in self._destinations:
+            t = threading.Thread(target=self._loop, args=(name,), name=f"sender-{name}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("sender_started", extra={"fields": {"destinations": list(self._destinations)}})
+
+    def wake(self) -> None:
+        """Look at the outbox now (e.g. after a worker enqueued outputs)."""
+        for event in self._wake.values():
+            event.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads after their current item; waits up to ``timeout_s``."""
+        self._stop.set()
+        self.wake()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        log.info("sender_stopped", extra={"fields": {"still_running": len(self._threads)}})
+
+    def _loop(self, name: str) -> None:
+        wake = self._wake[name]
+        while not self._stop.is_set():
+            try:
+                self.send_due(name)
+                wait_s = self._idle_wait_s(name)
+            except Exception:  # the edge: log and keep the thread alive
+                log.exception("sender_pass_failed", extra={"fields": {"destination": name}})
+                wait_s = self._poll_interval_s
+            wake.wait(wait_s)
+            wake.clear()
+
+    def _idle_wait_s(self, name: str) -> float:
+        conn = self._db.connect()
+        try:
+            next_at = outbox.next_due_at(conn, name)
+        finally:
+            conn.close()
+        if next_at is None:
+            return self._poll_interval_s
+        # A short floor keeps a clock skew from turning this into a busy loop.
+        return min(self._poll_interval_s, max(0.05, next_at - self._clock()))
+
+
+def sender_from_settings(settings: Any, db: DatabaseLike) -> Sender:
+    """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
+    return Sender(
+        db,
+        settings.destinations,
+        calling_ae=settings.node.ae_title,
+        policy=retry_policy_from_settings(settings.sender),
+    )
+

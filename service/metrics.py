@@ -1,0 +1,134 @@
+"""Prometheus metrics of the node: one registry, the metric objects, a refresh.
+
+Event counters (instances, associations, deliveries) and the stage-duration
+histogram are incremented where things happen (the SCP, the worker, the
+sender). Numbers that live in SQLite (jobs by state, outbox backlog) are read
+from the database at scrape time by :func:`refresh_from_db`, so they are right
+after a restart and whichever process did the work.
+
+Usage from other modules::
+
+    from service import metrics
+    metrics.INSTANCES_RECEIVED.inc()
+    metrics.INSTANCES_REJECTED.labels(reason="out_of_space").inc()
+    metrics.ASSOCIATIONS.labels(result="accepted").inc()
+    with metrics.ASSOCIATIONS_ACTIVE.track_inprogress(): ...
+    metrics.JOB_STAGE_DURATION.labels(stage="volume").observe(0.8)
+
+Labels are low-cardinality slugs only: never AE titles of patients' devices,
+UIDs or anything patient-related.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.store import outbox
+
+#: The node's own registry (not the process-global default one), so tests and
+#: several nodes in one process do not collide with library metrics.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Job states and outbox states, as stored in SQLite.
+JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
+
+INSTANCES_RECEIVED = Counter(
+    "dopanode_instances_received_total",
+    "DICOM instances stored and answered Success by the SCP.",
+    registry=REGISTRY,
+)
+INSTANCES_REJECTED = Counter(
+    "dopanode_instances_rejected_total",
+    "C-STORE requests answered with a failure status, by reason slug.",
+    ["reason"],
+    registry=REGISTRY,
+)
+INSTANCES_DUPLICATE = Counter(
+    "dopanode_instances_duplicate_total",
+    "Resent instances that were already stored (answered Success, not stored twice).",
+    registry=REGISTRY,
+)
+ASSOCIATIONS = Counter(
+    "dopanode_associations_total",
+    "Association requests, by result (accepted, rejected).",
+    ["result"],
+    registry=REGISTRY,
+)
+ASSOCIATIONS_ACTIVE = Gauge(
+    "dopanode_associations_active",
+    "Associations currently open on the SCP.",
+    registry=REGISTRY,
+)
+JOBS = Gauge(
+    "dopanode_jobs",
+    "Jobs in the database, by state (read at scrape time).",
+    ["state"],
+    registry=REGISTRY,
+)
+JOB_STAGE_DURATION = Histogram(
+    "dopanode_job_stage_duration_seconds",
+    "Wall time of each pipeline stage (and 'total') per job, seconds.",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0),
+    registry=REGISTRY,
+)
+OUTBOX_BACKLOG = Gauge(
+    "dopanode_outbox_backlog",
+    "Outputs not yet delivered (state pending), per destination (read at scrape time).",
+    ["destination"],
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "dopanode_outbox_oldest_age_seconds",
+    "Age of the oldest undelivered output, seconds; 0 when the outbox is empty.",
+    registry=REGISTRY,
+)
+OUTBOX_FAILED = Gauge(
+    "dopanode_outbox_failed",
+    "Outputs given up on after the configured give-up time (read at scrape time).",
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "dopanode_deliveries_total",
+    "C-STORE attempts of outputs, by destination and result (sent, retry, failed).",
+    ["destination", "result"],
+    registry=REGISTRY,
+)
+
+
+def refresh_from_db(conn: sqlite3.Connection, now: float | None = None) -> None:
+    """Set the gauges that mirror database state (jobs by state, outbox).
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        A connection to the node's database (tables ``jobs`` and ``outbox``).
+    now : float, optional
+        Current time, seconds since the epoch (default: ``time.time()``).
+    """
+    counts = {state: 0 for state in JOB_STATES}
+    for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+        counts[str(state)] = int(n)
+    for state, n in counts.items():
+        JOBS.labels(state=state).set(n)
+    stats = outbox.backlog_stats(conn, time.time() if now is None else now)
+    OUTBOX_BACKLOG.clear()
+    for destination, n in stats.pending_by_destination.items():
+        OUTBOX_BACKLOG.labels(destination=destination).set(n)
+    OUTBOX_OLDEST_AGE.set(stats.oldest_age_s)
+    OUTBOX_FAILED.set(stats.failed)
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition of :data:`REGISTRY` and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,340 @@
+"""The durable outbox: one row per (destination, output instance) to deliver.
+
+The worker puts each output it has saved to the spool in here
+(:func:`enqueue`, inside the transaction that finishes the job); the sender
+(:mod:`service.dicom.scu`) takes what is due (:func:`due`), and records the
+outcome (:func:`mark_sent`, :func:`mark_retry`, :func:`mark_failed`).
+
+Rows are unique per ``(destination, sop_instance_uid)``: a retried job derives
+the same output UIDs, so enqueueing again replaces the row (pending again,
+attempts reset) instead of adding a twin. Times are seconds since the epoch
+(float, UTC). None of these functions commits: the caller owns the
+transaction (``with conn:``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STATES: tuple[str, ...] = ("pending", "sent", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_job ON outbox (job_id);
+"""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off for deliveries to a destination that is down.
+
+    The n-th failed attempt (n = 1, 2, ...) waits ``min(cap_s, base_s * 2**(n-1))``
+    seconds; an item still undelivered ``give_up_after_s`` seconds after it
+    was enqueued is marked failed (visible in the API and on /metrics).
+
+    Attributes
+    ----------
+    base_s : float
+        First delay, seconds (default 10 s).
+    cap_s : float
+        Largest delay, seconds (default 10 min).
+    give_up_after_s : float
+        Time from enqueue after which an item is given up, seconds (default 72 h).
+    """
+
+    base_s: float = 10.0
+    cap_s: float = 600.0
+    give_up_after_s: float = 72 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.base_s > 0:
+            raise ValueError(f"RetryPolicy.base_s must be > 0, got {self.base_s}")
+        if self.cap_s < self.base_s:
+            raise ValueError(f"RetryPolicy.cap_s ({self.cap_s}) must be >= base_s ({self.base_s})")
+        if not self.give_up_after_s > 0:
+            raise ValueError(
+                f"RetryPolicy.give_up_after_s must be > 0, got {self.give_up_after_s}"
+            )
+
+    def delay_s(self, attempts: int) -> float:
+        """Delay after the ``attempts``-th failed attempt (attempts >= 1), seconds."""
+        exponent = min(max(attempts - 1, 0), 62)  # 2**62 * base is beyond any cap
+        return float(min(self.cap_s, self.base_s * (2.0**exponent)))
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One output to deliver to one destination (a row of ``outbox``)."""
+
+    id: int
+    job_id: int
+    destination: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class BacklogStats:
+    """Outbox summary for /ready and /metrics.
+
+    Attributes
+    ----------
+    pending : int
+        Items not yet delivered (all destinations).
+    failed : int
+        Items given up on.
+    oldest_age_s : float
+        Age of the oldest pending item, seconds (0.0 when none is pending).
+    pending_by_destination : dict of str to int
+    """
+
+    pending: int
+    failed: int
+    oldest_age_s: float
+    pending_by_destination: dict[str, int]
+
+
+_COLUMNS = (
+    "id, job_id, destination, sop_instance_uid, sop_class_uid, path, state, attempts, "
+    "next_attempt_at, last_error, created_at, sent_at"
+)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the ``outbox`` table and its indexes if they do not exist."""
+    conn.executescript(_SCHEMA)
+
+
+def _item(row: Sequence[object]) -> OutboxItem:
+    return OutboxItem(
+        id=int(row[0]),  # type: ignore[call-overload]
+        job_id=int(row[1]),  # type: ignore[call-overload]
+        destination=str(row[2]),
+        sop_instance_uid=str(row[3]),
+        sop_class_uid=str(row[4]),
+        path=Path(str(row[5])),
+        state=str(row[6]),
+        attempts=int(row[7]),  # type: ignore[call-overload]
+        next_attempt_at=float(row[8]),  # type: ignore[arg-type]
+        last_error=None if row[9] is None else str(row[9]),
+        created_at=float(row[10]),  # type: ignore[arg-type]
+        sent_at=None if row[11] is None else float(row[11]),  # type: ignore[arg-type]
+    )
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    job_id: int,
+    destination_names: Sequence[str],
+    path: Path | str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    now: float | None = None,
+) -> list[int]:
+    """Queue one saved output for every destination; due at once.
+
+    An existing row for the same ``(destination, sop_instance_uid)`` is
+    replaced: it becomes pending again with zero attempts, so a retried job
+    resends its (identically identified) objects once, not twice.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+    job_id : int
+        The job that produced the output.
+    destination_names : sequence of str
+        Configured destination names (not AE titles); at least one.
+    path : Path or str
+        The output's Part 10 file in the spool (absolute).
+    sop_class_uid, sop_instance_uid : str
+
+    Returns
+    -------
+    list of int
+        The outbox row ids, one per destination.
+    """
+    if not destination_names:
+        raise ValueError("enqueue needs at least one destination name")
+    if not sop_instance_uid or not sop_class_uid:
+        raise ValueError("enqueue needs sop_class_uid and sop_instance_uid")
+    at = time.time() if now is None else now
+    ids: list[int] = []
+    for destination in dict.fromkeys(destination_names):  # de-duplicate, keep order
+        row = conn.execute(
+            "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
+            " state, attempts, next_attempt_at, last_error, created_at, sent_at)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, NULL, ?, NULL)"
+            " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET"
+            " job_id = excluded.job_id, sop_class_uid = excluded.sop_class_uid,"
+            " path = excluded.path, state = 'pending', attempts = 0,"
+            " next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
+            " created_at = excluded.created_at, sent_at = NULL"
+            " RETURNING id",
+            (job_id, destination, sop_instance_uid, sop_class_uid, str(path), at, at),
+        ).fetchone()
+        ids.append(int(row[0]))
+    log.info(
+        "outbox_enqueued",
+        extra={"fields": {"job_id": job_id, "destinations": len(ids), "item_ids": ids}},
+    )
+    return ids
+
+
+def due(
+    conn: sqlite3.Connection,
+    now: float | None = None,
+    destination: str | None = None,
+    limit: int = 100,
+) -> list[OutboxItem]:
+    """Pending items whose next attempt is due, oldest first.
+
+    Parameters
+    ----------
+    now : float, optional
+        Current time, seconds since the epoch.
+    destination : str, optional
+        Only this destination's items.
+    limit : int
+        At most this many items.
+    """
+    at = time.time() if now is None else now
+    sql = f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+    params: list[object] = [at]
+    if destination is not None:
+        sql += " AND destination = ?"
+        params.append(destination)
+    sql += " ORDER BY next_attempt_at, id LIMIT ?"
+    params.append(int(limit))
+    return [_item(r) for r in conn.execute(sql, params)]
+
+
+def next_due_at(conn: sqlite3.Connection, destination: str | None = None) -> float | None:
+    """Earliest ``next_attempt_at`` among pending items (None when nothing is pending)."""
+    sql = "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+    params: tuple[object, ...] = ()
+    if destination is not None:
+        sql += " AND destination = ?"
+        params = (destination,)
+    value = conn.execute(sql, params).fetchone()[0]
+    return None if value is None else float(value)
+
+
+def get(conn: sqlite3.Connection, item_id: int) -> OutboxItem | None:
+    """One item by id, or None."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
+    return None if row is None else _item(row)
+
+
+def items_for_job(conn: sqlite3.Connection, job_id: int) -> list[OutboxItem]:
+    """All items of one job, by id."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
+    )
+    return [_item(r) for r in rows]
+
+
+def mark_sent(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
+    """Record delivery (the destination answered Success)."""
+    at = time.time() if now is None else now
+    conn.execute(
+        "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
+        " last_error = NULL WHERE id = ? AND state = 'pending'",
+        (at, item_id),
+    )
+
+
+def mark_failed(
+    conn: sqlite3.Connection, item_id: int, error: str, now: float | None = None
+) -> None:
+    """Give an item up for good (e.g. its file is gone, its destination unconfigured)."""
+    del now  # kept for a uniform signature; failed items keep their last attempt time
+    conn.execute(
+        "UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ? AND state = 'pending'",
+        (error[:500], item_id),
+    )
+
+
+def mark_retry(
+    conn: sqlite3.Connection,
+    item_id: int,
+    error: str,
+    policy: RetryPolicy,
+    now: float | None = None,
+) -> str:
+    """Record a failed attempt and schedule the next one with back-off.
+
+    Returns
+    -------
+    str
+        ``"pending"`` (retried later) or ``"failed"`` (given up: older than
+        ``policy.give_up_after_s``), or ``"gone"`` if the item was not pending.
+    """
+    at = time.time() if now is None else now
+    row = conn.execute(
+        "SELECT attempts, created_at FROM outbox WHERE id = ? AND state = 'pending'", (item_id,)
+    ).fetchone()
+    if row is None:
+        return "gone"
+    attempts = int(row[0]) + 1
+    if at - float(row[1]) >= policy.give_up_after_s:
+        conn.execute(
+            "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ? WHERE id = ?",
+            (attempts, f"gave up: {error}"[:500], item_id),
+        )
+        return "failed"
+    conn.execute(
+        "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+        (attempts, at + policy.delay_s(attempts), error[:500], item_id),
+    )
+    return "pending"
+
+
+def backlog_stats(conn: sqlite3.Connection, now: float | None = None) -> BacklogStats:
+    """Count pending and failed items and the age of the oldest pending one."""
+    at = time.time() if now is None else now
+    by_destination = {
+        str(d): int(n)
+        for d, n in conn.execute(
+            "SELECT destination, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY destination"
+        )
+    }
+    oldest = conn.execute(
+        "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'"
+    ).fetchone()[0]
+    failed = int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0])
+    return BacklogStats(
+        pending=sum(by_destination.values()),
+        failed=failed,
+        oldest_age_s=0.0 if oldest is None else max(0.0, at - float(oldest)),
+        pending_by_destination=by_destination,
+    )

@@ -1,0 +1,353 @@
+"""Run ``dopanode serve`` as a real subprocess for integration tests.
+
+Usage::
+
+    from nodeproc import NodeProcess
+
+    with NodeProcess(tmp_path, settings={"destinations": [...]}) as node:
+        node.start()                      # free loopback ports, waits for readiness
+        ... storescu to node.scp_port, HTTP to node.api_port ...
+        node.kill()                       # kill -9
+        node.start()                      # same config, spool and database
+        assert "SENTINEL" not in node.log_text()
+
+Readiness is polled (no sleeps): the process logs ``node_ready`` once every
+part is up; the helper waits for that line (from this start on), then for
+the SCP and API ports to accept TCP connections. The log file is appended
+to across restarts. ``settings`` are TOML sections merged over a test base
+config (fast worker polling, short quiet time, tiny ``min_free_mb``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+_POLL_S = 0.05
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(_POLL_S)  # polling interval with a deadline, not synchronisation
+
+
+def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer: scalars, tables, arrays of tables (enough for settings)."""
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+
+    lines = [f"{k} = {scalar(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{k} = {scalar(v)}" for k, v in value.items() if v is not None]
+        elif isinstance(value, list):
+            for item in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{k} = {scalar(v)}" for k, v in item.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+class NodeProcess:
+    """One node's config, spool and database in ``work_dir``; start/stop/kill it.
+
+    Parameters
+    ----------
+    work_dir : Path
+        Holds ``dopanode.toml``, ``spool/``, ``dopanode.sqlite3``, ``node.log``.
+    settings : dict, optional
+        TOML sections merged (section by section) over the test base config.
+    env : dict, optional
+        Extra environment (e.g. ``DOPANODE_TEST_PIPELINE``).
+    components : str, optional
+        ``--only`` value, e.g. ``"scp,worker"``; default all parts.
+    log_level : str
+        The node's ``--log-level`` (DEBUG to prove nothing leaks even there).
+    """
+
+    def __init__(self, work_dir: Path, settings: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None, components: str | None = None,
+                 log_level: str = "INFO") -> None:
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.scp_port = _free_port()
+        self.api_port = _free_port()
+        self.ae_title = "DOPANODE"
+        self.api_token = "test-token-0123456789"
+        self.config_path = self.work_dir / "dopanode.toml"
+        self.log_path = self.work_dir / "node.log"
+        self.spool_dir = self.work_dir / "spool"
+        self.db_path = self.work_dir / "dopanode.sqlite3"
+        self.components = components
+        self.log_level = log_level
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._write_config(settings or {})
+
+    def _write_config(self, overrides: dict[str, Any]) -> None:
+        base: dict[str, Any] = {
+            "node": {"ae_title": self.ae_title, "port": self.scp_port, "bind": "127.0.0.1"},
+            "allowed_callers": [
+                {"ae_title": ae, "host": "127.0.0.1", "series_quiet_s": 1.0}
+                for ae in ("STORESCU", "ECHOSCU", "ORTHANC")
+            ],
+            "storage": {"spool_dir": str(self.spool_dir), "db_path": str(self.db_path),
+                        "min_free_mb": 1},
+            "api": {"bind": "127.0.0.1", "port": self.api_port, "token": self.api_token},
+            "worker": {"count": 1, "lease_s": 5.0, "max_attempts": 3,
+                       "poll_interval_s": 0.05, "shutdown_grace_s": 5.0},
+            "sender": {"retry_base_s": 0.2, "retry_cap_s": 1.0, "give_up_after_h": 1.0},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        self.config_path.write_text(to_toml(base), encoding="utf-8")
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> NodeProcess:
+        """Start ``dopanode serve`` and wait until it is ready."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("node already running")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        cmd = [sys.executable, "-m", "service.cli", "--log-level", self.log_level, "serve",
+               "--config", str(self.config_path)]
+        if self.components:
+            cmd += ["--only", self.components]
+        # this folder on the path, so DOPANODE_TEST_PIPELINE=nodeproc:... imports
+        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_until(lambda: self._ready_since(offset), timeout_s, "node_ready in the log")
+        parts = (self.components or "scp,worker,sender,api").split(",")
+        if "scp" in parts:
+            wait_until(lambda: tcp_open(self.scp_port), timeout_s, "the SCP port")
+        if "api" in parts:
+            wait_until(lambda: tcp_open(self.api_port), timeout_s, "the API port")
+        return self
+
+    def _ready_since(self, offset: int) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"node exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+            )
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return b" node_ready" in f.read()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        self.proc = None
+        return code
+
+    def api_get(self, path: str, token: str | None = "default") -> tuple[int, Any]:
+        """GET ``path`` from the node's API; returns (status, parsed JSON body)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}")
+        bearer = self.api_token if token == "default" else token
+        if bearer is not None:
+            request.add_header("Authorization", f"Bearer {bearer}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def kill(self) -> None:
+        """kill -9, no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # --- inspection --------------------------------------------------------------
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows from the node's database (read-only connection)."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+    def wait_for(self, sql: str, expected: Any, timeout_s: float = 30.0,
+                 params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Poll ``sql`` until its rows equal ``expected`` (or a callable says so)."""
+        def check() -> tuple[list[tuple[Any, ...]]] | None:
+            rows = self.query(sql, params)
+            ok = expected(rows) if callable(expected) else rows == expected
+            return (rows,) if ok else None
+        try:
+            return wait_until(check, timeout_s, f"{sql!r} to give {expected!r}")[0]
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last rows {self.query(sql, params)!r}") from None
+
+
+# --- a fake pipeline for tests (DOPANODE_TEST_PIPELINE) ---------------------------
+class FakePipeline:
+    """Stands in for the DaT pipeline: checks the input is NM, optionally slow.
+
+    It reads each instance's header, refuses non-NM series with an
+    ``AnalysisError`` (like the real pipeline), waits ``delay_s`` (simulated
+    work), and returns a fixed result plus one Basic Text SR whose UID derives
+    from the job key. ``runs_log`` gets a ``start``/``end`` line per run, so a
+    test can count how often a job really ran.
+    """
+
+    name = "fake"
+
+    def __init__(self, delay_s: float = 0.0, runs_log: Path | None = None) -> None:
+        self.delay_s = delay_s
+        self.runs_log = runs_log
+
+    def _note(self, what: str, job_key: str) -> None:
+        if self.runs_log is not None:
+            with open(self.runs_log, "a", encoding="ascii") as f:
+                f.write(f"{what} {job_key}\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def run(self, instance_paths: Any, job_key: str) -> Any:
+        from pydicom import dcmread
+
+        from service.errors import AnalysisError
+        from service.pipelines.base import PipelineOutput
+
+        self._note("start", job_key)
+        headers = [dcmread(p) for p in instance_paths]
+        if any(h.get("Modality") != "NM" for h in headers):
+            raise AnalysisError("not an NM series: cannot analyse", "not_nm")
+        for h in headers:
+            try:
+                h.pixel_array  # noqa: B018 - decoding is the check
+            except (ValueError, AttributeError, EOFError, RuntimeError) as exc:
+                raise AnalysisError("pixel data could not be decoded", "bad_pixel_data") from exc
+        deadline = time.monotonic() + self.delay_s
+        while time.monotonic() < deadline:  # simulated work
+            time.sleep(0.05)
+        result = fake_result(headers)
+        output = PipelineOutput(result=result, datasets=(fake_sr(headers[0], job_key),),
+                                stage_durations_s={"fake": self.delay_s})
+        self._note("end", job_key)
+        return output
+
+
+def fake_pipeline_factory(settings: Any) -> FakePipeline:
+    """``DOPANODE_TEST_PIPELINE=nodeproc:fake_pipeline_factory`` (NodeProcess sets PYTHONPATH).
+
+    Reads ``DOPANODE_FAKE_DELAY_S`` and ``DOPANODE_FAKE_RUNS_LOG``.
+    """
+    log = os.environ.get("DOPANODE_FAKE_RUNS_LOG")
+    return FakePipeline(float(os.environ.get("DOPANODE_FAKE_DELAY_S", "0")),
+                        Path(log) if log else None)
+
+
+def fake_result(headers: list[Any]) -> Any:
+    """A fixed, obviously synthetic StudyResult for the given instances."""
+    from service.result import (
+        REGIONS,
+        AlgorithmInfo,
+        GlobalScore,
+        Level,
+        Ratios,
+        RegionResult,
+        SourceReference,
+        StudyResult,
+    )
+
+    first = headers[0]
+    source = SourceReference(str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
+                             str(first.SOPClassUID),
+                             tuple(sorted(str(h.SOPInstanceUID) for h in headers)))
+    regions = tuple(RegionResult(r, sbr=2.0, level_sbr=Level.NORMAL) for r in REGIONS)
+    return StudyResult(
+        source=source, regions=regions,
+        global_score=GlobalScore(False, False, "fake rule", "sbr"),
+        ratios=Ratios(1.0, 1.0, 0.0, 0.0), reference_region="fake",
+        registration_quality=1.0, algorithm=AlgorithmInfo("fake", "0"),
+    )
+
+
+def fake_sr(source: Any, job_key: str) -> Any:
+    """A minimal Basic Text SR in the source's study, UID derived from ``job_key``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from service.dicom import codes
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = codes.BASIC_TEXT_SR_STORAGE
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[job_key, "fake-sr"])
+    ds.StudyInstanceUID = source.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[job_key, "fake-sr-series"])
+    ds.Modality = "SR"
+    ds.PatientName = source.get("PatientName", "")
+    ds.PatientID = source.get("PatientID", "")
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    return ds

@@ -1,0 +1,176 @@
+"""Crash and shutdown behaviour of a real ``dopanode serve`` process.
+
+* kill -9 in the middle of a per-slice series: every instance storescu saw
+  acknowledged is on disk and recorded after the restart; the resent series
+  makes exactly one job, which completes once.
+* kill -9 in the middle of a job: after the restart the lease expires, the
+  job runs again and completes exactly once, with one outbox entry per output
+  and destination.
+* SIGTERM while a job runs: the node stops accepting, gives the job back
+  (grace too short), exits 0; the next start finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import free_port, require_tool
+from nmdata import marker_image, write_marker_study
+from nodeproc import NodeProcess, wait_until
+
+N_SLICES = 64
+
+
+def fake_env(tmp_path: Path, delay_s: float) -> dict[str, str]:
+    return {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory",
+            "DOPANODE_FAKE_DELAY_S": str(delay_s),
+            "DOPANODE_FAKE_RUNS_LOG": str(tmp_path / "runs.log")}
+
+
+def runs(tmp_path: Path, what: str) -> int:
+    log = tmp_path / "runs.log"
+    return log.read_text().split().count(what) if log.exists() else 0
+
+
+def storescu_cmd(node: NodeProcess, paths: list[Path]) -> list[str]:
+    return [require_tool("storescu"), "-v", "-aet", "STORESCU", "-aec", node.ae_title,
+            "127.0.0.1", str(node.scp_port), *map(str, paths)]
+
+
+def acknowledged(storescu_log: str) -> list[str]:
+    """Files for which storescu received a Success response."""
+    done, current = [], None
+    for line in storescu_log.splitlines():
+        m = re.search(r"Sending file: (\S+)", line)
+        if m:
+            current = m.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            done.append(current)
+            current = None
+    return done
+
+
+@pytest.fixture(scope="module")
+def per_slice(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A per-slice series whose instances state the series' slice count."""
+    root = tmp_path_factory.mktemp("durable-data")
+    paths = write_marker_study(root / "raw", "per_slice", image=marker_image((32, 32, N_SLICES)),
+                               uid_seed="durable-ps")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.NumberOfSlices = N_SLICES
+        ds.save_as(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def multiframe(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("durable-mf")
+    return write_marker_study(root, "multiframe", image=marker_image((32, 32, 16)),
+                              uid_seed="durable-mf")
+
+
+def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
+    quiet = [{"ae_title": "STORESCU", "host": "127.0.0.1", "series_quiet_s": 600.0}]
+    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 0.0),
+                       settings={"allowed_callers": quiet}, components="scp,worker")
+    with node:
+        node.start()
+        log = tmp_path / "storescu.log"
+        with log.open("w") as out:
+            sender = subprocess.Popen(storescu_cmd(node, per_slice), stdout=out,
+                                      stderr=subprocess.STDOUT)
+            node.wait_for("SELECT COUNT(*) >= 3 FROM instances", [(1,)], 60)
+            node.kill()
+            sender.wait(60)
+        acked = acknowledged(log.read_text())
+        assert 3 <= len(acked) < N_SLICES, "the kill did not land mid-series"
+        node.start()
+        stored = dict(node.query("SELECT sop_instance_uid, path FROM instances"))
+        for path in acked:  # every acknowledged instance survived, byte-for-byte dataset
+            source = pydicom.dcmread(path)
+            assert pydicom.dcmread(node.spool_dir / stored[source.SOPInstanceUID]) == source
+        assert node.query("SELECT COUNT(*) FROM jobs") == [(0,)]
+        assert list((node.spool_dir / "tmp").iterdir()) == []
+        resend = subprocess.run(storescu_cmd(node, per_slice), capture_output=True, text=True,
+                                timeout=120)
+        assert resend.returncode == 0, resend.stderr
+        node.wait_for("SELECT state, attempts FROM jobs", [("done", 1)])
+        assert node.query("SELECT COUNT(*) FROM instances") == [(N_SLICES,)]
+        assert runs(tmp_path, "end") == 1
+        assert node.stop() == 0
+
+
+def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
+    dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}]
+    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 2.0),
+                       settings={"destinations": dest, "worker": {"lease_s": 2.0}})
+    with node:
+        node.start()
+        sent = subprocess.run(storescu_cmd(node, multiframe), capture_output=True, text=True,
+                              timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: runs(tmp_path, "start") == 1, 30, "the job to start")
+        node.kill()
+        assert node.query("SELECT state FROM jobs") == [("running",)]
+        node.start()
+        node.wait_for("SELECT state, attempts FROM jobs", [("done", 2)], 60)
+        assert (runs(tmp_path, "start"), runs(tmp_path, "end")) == (2, 1)
+        rows = node.query("SELECT destination, path FROM outbox")
+        assert len(rows) == 1 and rows[0][0] == "pacs" and os.path.isfile(rows[0][1])
+        assert node.stop() == 0
+
+
+def test_sigterm_gives_running_job_back(tmp_path: Path, multiframe: list[Path]) -> None:
+    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 3.0),
+                       settings={"worker": {"shutdown_grace_s": 0.2, "lease_s": 60.0}})
+    with node:
+        node.start()
+        assert subprocess.run(storescu_cmd(node, multiframe), capture_output=True,
+                              timeout=60).returncode == 0
+        wait_until(lambda: runs(tmp_path, "start") == 1, 30, "the job to start")
+        assert node.stop(timeout_s=20) == 0
+        assert node.query("SELECT state, attempts FROM jobs") == [("pending", 0)]
+        text = node.log_text()
+        assert "jobs_given_back" in text and "node_stopped" in text
+        node.start()  # lease was released: no wait for its expiry
+        node.wait_for("SELECT state, attempts FROM jobs", [("done", 1)], 30)
+        assert node.stop() == 0
+
+
+def test_result_delivered_once_across_a_kill(tmp_path: Path, multiframe: list[Path]) -> None:
+    """Worker -> outbox -> sender in one real process; storescp as the PACS.
+
+    storescp writes unique file names (+uf), so a twin delivery would show.
+    """
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs_port = free_port()
+    pacs = subprocess.Popen([require_tool("storescp"), "+uf", "-od", str(received), "-aet",
+                             "PACS", str(pacs_port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 1.5),
+                       settings={"destinations": dest, "worker": {"lease_s": 1.5}})
+    try:
+        with node:
+            node.start()
+            assert subprocess.run(storescu_cmd(node, multiframe), capture_output=True,
+                                  timeout=60).returncode == 0
+            wait_until(lambda: runs(tmp_path, "start") == 1, 30, "the job to start")
+            node.kill()
+            node.start()
+            node.wait_for("SELECT state FROM outbox", [("sent",)], 60)
+            files = wait_until(lambda: list(received.iterdir()), 10, "the SR at storescp")
+            sr = pydicom.dcmread(files[0])
+            assert sr.StudyInstanceUID == pydicom.dcmread(multiframe[0]).StudyInstanceUID
+            assert node.stop() == 0
+            assert len(list(received.iterdir())) == 1
+    finally:
+        pacs.terminate()
+        pacs.wait(10)

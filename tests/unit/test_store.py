@@ -1,0 +1,419 @@
+"""Spool, UIDs, SQLite state, series completion and the worker (in process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from integration.nodeproc import FakePipeline
+from nmdata import marker_image, write_marker_study
+
+from service import completion
+from service.dicom import codes
+from service.dicom.uids import is_valid_uid, validated_uid
+from service.errors import AnalysisError
+from service.store import db, outbox
+from service.store.spool import Spool
+from service.worker import NO_PIPELINE_REASON, Worker, claim_job, release_leases
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[db.Database, Spool, sqlite3.Connection]:
+    database = db.Database(tmp_path / "state.sqlite3")
+    database.migrate()
+    spool = Spool(tmp_path / "spool")
+    conn = database.connect()
+    yield database, spool, conn
+    conn.close()
+
+
+def receive(conn: sqlite3.Connection, spool: Spool, path: Path, calling_ae: str = "STORESCU",
+            at: float = NOW, quiet_s: float = 10.0, max_attempts: int = 3) -> int | None:
+    """What the SCP does after writing: record, count into the series, maybe make a job."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    size = spool.write_atomic(target, [path.read_bytes()])
+    rec = db.InstanceRecord(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
+                            str(ds.SeriesInstanceUID), str(ds.SOPClassUID), "1.2.840.10008.1.2.1",
+                            calling_ae, spool.relative(target), size, at)
+    header = completion.InstanceHeader(str(ds.SOPClassUID), ds.get("NumberOfFrames"),
+                                       ds.get("NumberOfSlices"), ds.get("ImagesInAcquisition"))
+    with conn:
+        if not db.insert_instance(conn, rec):
+            return None
+        completion.note_instance(conn, rec, completion.expected_count(header), quiet_s)
+        return completion.complete_if_ready(conn, rec.series_uid, at, max_attempts)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("nm")
+    img = marker_image((16, 16, 6), (4.0, 4.0, 4.0))
+    return {
+        "mf": write_marker_study(root / "mf", "multiframe", image=img, uid_seed="u-mf"),
+        "ps": write_marker_study(root / "ps", "per_slice", image=img, uid_seed="u-ps"),
+    }
+
+
+# --- UIDs and spool ---------------------------------------------------------------
+@pytest.mark.parametrize("uid", ["1.2.840.10008.1.1", "0", "1.0.3", "2.25." + "9" * 38])
+def test_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+
+
+@pytest.mark.parametrize("uid", ["", "../etc/passwd", "1.2.03", "1..2", "1.2.", "1/2", "a.1",
+                                 "1." + "1" * 70, None, "1.2 3"])
+def test_invalid_uids(uid: Any) -> None:
+    assert not is_valid_uid(uid)
+    with pytest.raises(ValueError, match="not a valid UID"):
+        validated_uid(uid, "X")
+
+
+def test_spool_paths_only_from_valid_uids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    path = spool.instance_path("1.2.3", "1.2.4\x00", "1.2.5")
+    assert path == spool.root / "instances" / "1.2.3" / "1.2.4" / "1.2.5.dcm"
+    with pytest.raises(ValueError):
+        spool.instance_path("1.2.3", "../../x", "1.2.5")
+    with pytest.raises(ValueError):
+        spool.output_path(-1, "1.2")
+    with pytest.raises(ValueError):
+        spool.absolute("../outside.dcm")
+
+
+def test_spool_write_is_atomic_and_complete(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    target = spool.instance_path("1.2", "1.3", "1.4")
+    assert spool.write_atomic(target, [b"abc", memoryview(b"def")]) == 6
+    assert target.read_bytes() == b"abcdef"
+    assert list(spool.tmp_dir.iterdir()) == []
+
+    def broken() -> Any:
+        yield b"partial"
+        raise OSError("disk went away")
+
+    other = spool.instance_path("1.2", "1.3", "1.5")
+    with pytest.raises(OSError):
+        spool.write_atomic(other, broken())
+    assert not other.exists() and list(spool.tmp_dir.iterdir()) == []
+    (spool.tmp_dir / "x.part").write_bytes(b"orphan")
+    assert spool.clean_tmp() == 1
+    assert spool.free_mb() > 0
+
+
+# --- database ---------------------------------------------------------------------
+def test_migrate_is_idempotent_and_pragmas(store: Any) -> None:
+    database, _, conn = store
+    database.migrate()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"instances", "series", "jobs", "outbox"} <= tables
+
+
+# --- completion -------------------------------------------------------------------
+def test_expected_count_rules() -> None:
+    nm = codes.NM_IMAGE_STORAGE
+    h = completion.InstanceHeader
+    assert completion.expected_count(h(nm, 120, 120)) == 1
+    assert completion.expected_count(h(nm, 1, 60)) == 60
+    assert completion.expected_count(h(nm, None, 1, 64)) == 64
+    assert completion.expected_count(h(nm, 1, 1)) is None
+    assert completion.expected_count(h(codes.CT_IMAGE_STORAGE, 1, 60)) is None
+    assert completion.content_hash(["1.2", "1.10"]) == completion.content_hash(["1.10", "1.2"])
+
+
+def test_multiframe_completes_at_once(store: Any, studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    assert job_id is not None
+    job = db.get_job(conn, job_id)
+    assert job is not None and job.state == "pending" and len(job.instance_uids) == 1
+    assert receive(conn, spool, studies["mf"][0]) is None  # resend: deduplicated
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_per_slice_by_count(store: Any, studies: dict[str, list[Path]], tmp_path: Path) -> None:
+    _, spool, conn = store
+    files = []
+    for i, path in enumerate(studies["ps"]):  # a vendor that states the series' slice count
+        ds = pydicom.dcmread(path)
+        ds.NumberOfSlices = len(studies["ps"])
+        files.append(tmp_path / f"{i}.dcm")
+        ds.save_as(files[-1])
+    made = [receive(conn, spool, f) for f in files]
+    assert made[:-1] == [None] * (len(files) - 1) and made[-1] is not None
+
+
+def test_per_slice_by_quiet_time_and_supersede(store: Any,
+                                               studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    first, rest = studies["ps"][:-1], studies["ps"][-1]
+    assert all(receive(conn, spool, p, quiet_s=10) is None for p in first)
+    with conn:
+        assert completion.sweep_quiet(conn, NOW + 9.9, 3) == []
+        made = completion.sweep_quiet(conn, NOW + 10.0, 3)
+        assert completion.sweep_quiet(conn, NOW + 20.0, 3) == []  # once per content
+    assert len(made) == 1
+    # a late slice: the series receives again; its next completion supersedes
+    assert receive(conn, spool, rest, at=NOW + 30, quiet_s=10) is None
+    with conn:
+        later = completion.sweep_quiet(conn, NOW + 40.0, 3)
+    assert len(later) == 1
+    states = dict(conn.execute("SELECT id, state FROM jobs"))
+    assert states == {made[0]: "superseded", later[0]: "pending"}
+    newest = db.get_job(conn, later[0])
+    assert newest is not None and len(newest.instance_uids) == len(studies["ps"])
+
+
+# --- worker ------------------------------------------------------------------------
+class Scripted:
+    """Pipeline double whose run() follows a script of outcomes."""
+
+    name = "scripted"
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def run(self, instance_paths: Sequence[Path], job_key: str) -> Any:
+        self.calls += 1
+        assert all(Path(p).is_file() for p in instance_paths)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return FakePipeline().run(instance_paths, job_key)
+
+
+def make_worker(store: Any, pipeline: Any, destinations: tuple[str, ...] = ("pacs",),
+                **kw: Any) -> Worker:
+    database, spool, _ = store
+    return Worker(database, spool, pipeline, destinations, lease_s=60, **kw)
+
+
+def test_no_pipeline_fails_explicitly(store: Any, studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    assert make_worker(store, None).run_once()
+    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state == "failed" and job.reason == NO_PIPELINE_REASON
+    assert job.result_json is None
+
+
+def test_analysis_error_fails_with_reason(store: Any, studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    pipe = Scripted(AnalysisError("not a DaT SPECT series", "not_dat"))
+    make_worker(store, pipe).run_once()
+    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.state, job.reason, job.reason_code) == (
+        "failed", "not a DaT SPECT series", "not_dat")
+    assert pipe.calls == 1
+
+
+def test_crash_is_retried_then_done(store: Any, studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    pipe = Scripted(RuntimeError("boom"), "ok")
+    worker = make_worker(store, pipe)
+    assert worker.run_once() and worker.run_once()
+    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state == "done" and job.attempts == 2
+    result = json.loads(job.result_json or "")
+    assert {r["region"] for r in result["regions"]} == {
+        "caudate_left", "caudate_right", "putamen_left", "putamen_right"}
+    items = outbox.items_for_job(conn, job_id)  # type: ignore[arg-type]
+    assert [i.destination for i in items] == ["pacs"]
+    saved = pydicom.dcmread(items[0].path)
+    assert saved.SOPInstanceUID == items[0].sop_instance_uid
+    assert Path(items[0].path).parent.name == str(job_id)
+    assert "total" in json.loads(job.stage_durations_json or "")
+
+
+def test_keeps_crashing_stops_after_max_attempts(store: Any,
+                                                 studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0], max_attempts=2)
+    pipe = Scripted(RuntimeError("a"), ValueError("b"))
+    worker = make_worker(store, pipe)
+    worker.run_once()
+    worker.run_once()
+    assert not worker.run_once()  # nothing left
+    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state == "failed" and job.attempts == 2
+    assert job.reason_code == "internal_error" and "ValueError" in (job.reason or "")
+    assert db.retry_job(conn, job_id) and db.get_job(conn, job_id).state == "pending"  # type: ignore
+    assert not db.retry_job(conn, job_id)  # already pending
+    assert [j.id for j in db.list_jobs(conn, state="pending")] == [job_id]
+
+
+def test_expired_lease_is_taken_again_then_given_up(store: Any,
+                                                    studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0], max_attempts=2)
+    first = claim_job(conn, "dead-worker-1", 10.0, NOW)  # this worker "crashes"
+    assert first is not None and first.id == job_id
+    assert claim_job(conn, "other", 10.0, NOW + 5) is None  # lease still valid
+    second = claim_job(conn, "dead-worker-2", 10.0, NOW + 11)
+    assert second is not None and second.attempts == 2
+    assert claim_job(conn, "other", 10.0, NOW + 22) is None
+    job = db.get_job(conn, job_id)
+    assert job is not None and job.state == "failed" and job.reason_code == "lease_expired"
+
+
+def test_release_leases_gives_jobs_back(store: Any, studies: dict[str, list[Path]]) -> None:
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    claim_job(conn, "host:123:w0:abc", 60.0, NOW)
+    assert release_leases(conn, "host:123:") == 1
+    job = db.get_job(conn, job_id)
+    assert job is not None and job.state == "pending" and job.attempts == 0
+
+
+def test_superseded_while_running_drops_outputs(store: Any,
+                                                studies: dict[str, list[Path]]) -> None:
+    database, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking:
+        name = "blocking"
+
+        def run(self, paths: Sequence[Path], key: str) -> Any:
+            entered.set()
+            release.wait(10)
+            return FakePipeline().run(paths, key)
+
+    worker = make_worker(store, Blocking())
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    assert entered.wait(10)
+    with conn:  # a new instance of the series arrives and completes it again
+        conn.execute("UPDATE series SET state = 'receiving'")
+        conn.execute("INSERT INTO instances VALUES ('1.2.9', (SELECT study_uid FROM series),"
+                      " (SELECT series_uid FROM series), ?, '1.2.840.10008.1.2.1', 'X', 'p', 1, ?)",
+                      (codes.NM_IMAGE_STORAGE, NOW))
+        completion.complete_series(conn, db.get_job(conn, job_id).series_uid, NOW, 3, "test")  # type: ignore[union-attr]
+    release.set()
+    thread.join(10)
+    assert db.get_job(conn, job_id).state == "superseded"  # type: ignore[union-attr]
+    assert outbox.items_for_job(conn, job_id) == []
+    assert os.path.isdir(spool.root / "outputs")
+
+
+def test_adopt_moves_only_tmp_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    received = spool.tmp_dir / "tmpabc.dcm"
+    received.write_bytes(b"x" * 10)
+    target = spool.instance_path("1.2", "1.3", "1.4")
+    assert spool.adopt(received, target) == 10 and target.read_bytes() == b"x" * 10
+    assert not received.exists()
+    elsewhere = tmp_path / "other.dcm"
+    elsewhere.write_bytes(b"y")
+    with pytest.raises(ValueError):
+        spool.adopt(elsewhere, target)
+
+
+def test_recover_spool_rerecords_lost_rows(store: Any, studies: dict[str, list[Path]]) -> None:
+    """After a power loss took back committed rows, the fsynced files are the truth."""
+    database, spool, conn = store
+    for path in studies["ps"]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                     ds.SOPInstanceUID)
+        spool.write_atomic(target, [path.read_bytes()])
+    receive(conn, spool, studies["mf"][0])  # one instance the database does know
+    junk = spool.root / "instances" / "1.2" / "1.3" / "1.4.dcm"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"not dicom")
+    assert completion.recover_spool(conn, spool, quiet_s=5.0, max_attempts=3) == len(
+        studies["ps"])
+    assert completion.recover_spool(conn, spool, quiet_s=5.0, max_attempts=3) == 0
+    count = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    assert count == len(studies["ps"]) + 1
+    with conn:
+        made = completion.sweep_quiet(conn, 4_000_000_000.0, 3)
+    assert len(made) == 1 and len(db.get_job(conn, made[0]).instance_uids) == len(  # type: ignore[union-attr]
+        studies["ps"])
+
+
+def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    database, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    make_worker(store, None).run_once()
+    env = {**os.environ, "DOPANODE_STORAGE__DB_PATH": str(database.path)}
+    repo = Path(__file__).resolve().parents[2]
+
+    def dopanode(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", "jobs", *args], cwd=repo,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    listed = dopanode("list", "--state", "failed")
+    assert listed.returncode == 0 and NO_PIPELINE_REASON in listed.stdout
+    shown = dopanode("show", str(job_id))
+    assert shown.returncode == 0 and json.loads(shown.stdout)["reason_code"] == "no_pipeline"
+    assert dopanode("retry", str(job_id)).returncode == 0
+    again = dopanode("retry", str(job_id))
+    assert again.returncode == 1 and "pending" in again.stderr
+    assert dopanode("show", "999").returncode == 1
+    assert db.get_job(conn, job_id).state == "pending"  # type: ignore[arg-type,union-attr]
+
+
+def test_retention_purges_old_series_only(store: Any, studies: dict[str, list[Path]]) -> None:
+    from service.worker import purge_expired
+
+    _, spool, conn = store
+    old = receive(conn, spool, studies["mf"][0], at=NOW)
+    assert make_worker(store, Scripted("ok")).run_once(now=NOW)
+    assert db.get_job(conn, old).state == "done"  # type: ignore[arg-type,union-attr]
+    for p in studies["ps"]:
+        receive(conn, spool, p, at=NOW + 100 * 86400)
+    files_before = sorted((spool.root / "instances").rglob("*.dcm"))
+    assert purge_expired(conn, spool, cutoff=NOW - 1) == 0
+    # the done job's output is still pending in the outbox: kept
+    assert purge_expired(conn, spool, cutoff=NOW + 86400 * 50) == 0
+    with conn:
+        conn.execute("UPDATE outbox SET state = 'sent'")
+        conn.execute("UPDATE jobs SET finished_at = ?", (NOW,))
+    assert purge_expired(conn, spool, cutoff=NOW + 86400 * 50) == 1
+    assert db.get_job(conn, old) is None  # type: ignore[arg-type]
+    remaining = sorted((spool.root / "instances").rglob("*.dcm"))
+    assert len(remaining) == len(files_before) - 1 == len(studies["ps"])
+    assert not (spool.root / "outputs" / str(old)).exists()
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == len(studies["ps"])
+
+
+def test_unsavable_output_counts_as_failed_attempt(store: Any,
+                                                   studies: dict[str, list[Path]]) -> None:
+    from pydicom.dataset import Dataset
+
+    from service.pipelines.base import PipelineOutput
+
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0], max_attempts=1)
+
+    class NoUid:
+        name = "no-uid"
+
+        def run(self, paths: Sequence[Path], key: str) -> Any:
+            good = FakePipeline().run(paths, key)
+            return PipelineOutput(good.result, (Dataset(),), {})
+
+    make_worker(store, NoUid()).run_once()
+    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and job.state == "failed" and job.reason_code == "internal_error"
+    assert outbox.items_for_job(conn, job_id) == []  # type: ignore[arg-type]
