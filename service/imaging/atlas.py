@@ -65,7 +65,8 @@ class Atlas:
 
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
-        return tuple(self.labels_zyx.shape)  # type: ignore[return-value]
+        z, y, x = self.labels_zyx.shape
+        return (int(z), int(y), int(x))
 
     def reference_image(self, array_zyx: np.ndarray | None = None) -> sitk.Image:
         """A SimpleITK image on the atlas grid (zeros, or ``array_zyx``)."""

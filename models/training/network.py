@@ -1,0 +1,122 @@
+"""A small 3D CNN with one ordinal (CORAL) head per striatal region.
+
+Input ``(N, 1, D, H, W)`` binding-ratio crops (:mod:`service.inference.preprocess`),
+with D, H, W divisible by 8. Four conv blocks (two 3x3x3 convolutions, batch
+norm, ReLU; max-pooling after the first three) keep the spatial layout, which
+is flattened rather than globally pooled so left and right stay apart; a
+128-unit layer feeds the heads.
+
+Ordinal heads (CORAL, Cao et al. 2020): region ``r`` has one score
+``s_r = w_r . h`` and four thresholds ``b_r0 > b_r1 > b_r2 > b_r3``; the
+cumulative logit ``s_r + b_rk`` models ``P(level > k)``. The thresholds are
+parameterised as ``b_r0`` minus cumulative softplus increments, so they are
+strictly decreasing and the cumulative probabilities are rank-consistent by
+construction (no post-hoc sorting, nothing data-dependent in the export).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+N_REGIONS = 4
+N_LEVELS = 5
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True),
+        nn.Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class OrdinalHeads(nn.Module):
+    """CORAL heads: ``(N, F)`` features -> ``(N, 4, 4)`` cumulative logits."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(n_features, N_REGIONS, bias=False)
+        self.first_bias = nn.Parameter(torch.full((N_REGIONS, 1), 1.0))
+        # softplus(0.54) ~ 1: initial thresholds 1, 0, -1, -2
+        self.bias_steps = nn.Parameter(torch.full((N_REGIONS, N_LEVELS - 2), 0.54))
+
+    def thresholds(self) -> torch.Tensor:
+        """Strictly decreasing ``(4, 4)`` thresholds ``b_rk``."""
+        steps = torch.cumsum(F.softplus(self.bias_steps), dim=1)
+        return torch.cat([self.first_bias, self.first_bias - steps], dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.score(features)[:, :, None] + self.thresholds()[None]
+
+
+class StriatumNet(nn.Module):
+    """The CNN; ``forward`` gives ``(N, 4, 4)`` cumulative logits.
+
+    Parameters
+    ----------
+    input_shape_zyx : tuple of 3 int
+        Crop shape (each divisible by 8).
+    width : int
+        Channels of the first block (doubling twice, then x1.5).
+    dropout : float
+    """
+
+    def __init__(self, input_shape_zyx: tuple[int, int, int], width: int = 16,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        if any(n % 8 for n in input_shape_zyx):
+            raise ValueError(f"input shape {input_shape_zyx} must be divisible by 8")
+        widths = (width, 2 * width, 4 * width, 6 * width)
+        self.features = nn.Sequential(
+            _block(1, widths[0]), nn.MaxPool3d(2),
+            _block(widths[0], widths[1]), nn.MaxPool3d(2),
+            _block(widths[1], widths[2]), nn.MaxPool3d(2),
+            _block(widths[2], widths[3]),
+        )
+        n_flat = widths[3] * int(torch.tensor(input_shape_zyx).prod()) // 512
+        self.neck = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(n_flat, 128),
+                                  nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.heads = OrdinalHeads(128)
+        self.input_shape_zyx = tuple(input_shape_zyx)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.neck(self.features(x)))
+
+
+def level_probabilities(cum_logits: torch.Tensor) -> torch.Tensor:
+    """``(N, 4, 4)`` cumulative logits -> ``(N, 4, 5)`` probabilities of levels 0..4."""
+    above = torch.sigmoid(cum_logits)  # P(level > k), non-increasing in k
+    ones = torch.ones_like(above[..., :1])
+    zeros = torch.zeros_like(above[..., :1])
+    return torch.cat([ones, above], dim=-1) - torch.cat([above, zeros], dim=-1)
+
+
+class ProbabilityModel(nn.Module):
+    """What is exported: the CNN followed by :func:`level_probabilities`."""
+
+    def __init__(self, net: StriatumNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return level_probabilities(self.net(volume))
+
+
+def ordinal_loss(cum_logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """CORAL loss: mean binary cross-entropy of the four ``level > k`` tasks.
+
+    Parameters
+    ----------
+    cum_logits : (N, 4, 4) tensor
+    levels : (N, 4) int64 tensor, values 0..4
+    """
+    k = torch.arange(N_LEVELS - 1, device=levels.device)
+    targets = (levels[..., None] > k).to(cum_logits.dtype)
+    return F.binary_cross_entropy_with_logits(cum_logits, targets)
+
+
+def predicted_levels(cum_logits: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` levels: number of ``P(level > k) > 0.5`` (the median, rank-consistent)."""
+    return (cum_logits > 0).sum(dim=-1)

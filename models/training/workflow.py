@@ -1,0 +1,180 @@
+"""What ``dopanode train``, ``evaluate`` and ``export`` do, step by step.
+
+``train``: measure the benchmark with the pipeline (cached), label each site
+by GMM, split by anatomy group, train, export to ONNX with its checksum,
+check torch/onnxruntime parity on up to :data:`PARITY_SCANS` test scans,
+evaluate through the node's own onnxruntime session, write the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.training.data import TrainingSet, build, load_training_set, measure_study
+from models.training.evaluate import (
+    carried_calibration,
+    format_table,
+    group_report,
+    sbr_levels,
+    truth_reduced,
+)
+from service.imaging.atlas import load_atlas
+from service.inference.preprocess import PreprocessContract, contract_for_atlas
+
+log = logging.getLogger(__name__)
+
+PARITY_SCANS = 100
+CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD_TEMPLATE.md")
+GROUPS = {"in_distribution": "test", "unseen": "test_unseen"}
+
+
+def cnn_predictions(session: Any, x: np.ndarray, batch_size: int = 16
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Levels ``(N, 4)``, reduced ``(N,)``, inconclusive ``(N,)`` and ms per scan."""
+    from service.inference.session import rate_scan
+
+    levels, reduced, unsure = [], [], []
+    start = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        for probs in session.probabilities(np.ascontiguousarray(x[i:i + batch_size])):
+            pred = rate_scan(probs)
+            levels.append([int(r.level) for r in pred.regions])
+            reduced.append(pred.reduced)
+            unsure.append(pred.inconclusive)
+    ms = 1000.0 * (time.perf_counter() - start) / max(len(x), 1)
+    return np.array(levels, np.int64), np.array(reduced), np.array(unsure), ms
+
+
+def _site_thresholds(work_dir: Path, site: str) -> dict[str, list[float]]:
+    data = json.loads((work_dir / "labels" / site / "calibration.json").read_text())
+    return {k: [float(v) for v in vals] for k, vals in data["thresholds"].items()}
+
+
+def baseline_levels(ts: TrainingSet, work_dir: Path) -> np.ndarray:
+    """Conventional levels with thresholds carried over from another camera."""
+    sites = ts.column("site")
+    in_dist = sorted({r["site"] for r in ts.rows if r["role"] != "unseen"})
+    out = np.zeros_like(ts.levels)
+    for site in sorted(set(sites)):
+        mask = sites == site
+        donor = carried_calibration(site, in_dist)
+        out[mask] = sbr_levels(ts.sbr[mask], _site_thresholds(work_dir, donor))
+    return out
+
+
+def evaluate_model(work_dir: Path, model_path: Path, intra_op_threads: int = 1
+                   ) -> dict[str, Any]:
+    """Paper-format report of the ONNX model and the carried-over SBR baseline."""
+    from service.inference.session import CnnSession
+
+    session = CnnSession(model_path, intra_op_threads=intra_op_threads)
+    ts = load_training_set(work_dir)
+    report: dict[str, Any] = {"model": model_path.name, "sha256": session.sha256}
+    base_all = baseline_levels(ts, work_dir)
+    for group, split in GROUPS.items():
+        mask = ts.column("split") == split
+        if not mask.any():
+            continue
+        sub = ts.subset(mask)
+        truth = truth_reduced(sub.column("disease_class").tolist())
+        levels, reduced, unsure, ms = cnn_predictions(session, sub.x)
+        base = base_all[mask]
+        report[group] = {
+            "cnn": group_report(sub.levels, levels, truth, reduced, unsure),
+            "sbr_carried": group_report(sub.levels, base, truth, (base >= 2).any(axis=1), None),
+            "ms_per_scan": ms,
+        }
+    report["table"] = format_table({g: v for g, v in report.items() if g in GROUPS})
+    return report
+
+
+def write_card(out_model: Path, fields: dict[str, str]) -> Path:
+    """Fill :data:`CARD_TEMPLATE` into ``<model>.card.md``."""
+    text = string.Template(CARD_TEMPLATE.read_text()).substitute(fields)
+    path = out_model.with_suffix(".card.md")
+    path.write_text(text)
+    return path
+
+
+def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
+              workers: int = 1, limit_per_site: int | None = None,
+              measure_fn: Callable[[Path], tuple[np.ndarray, np.ndarray, float]] = measure_study,
+              ) -> dict[str, Any]:
+    """The whole ``dopanode train`` (see module docstring); returns the summary.
+
+    ``measure_fn`` turns a study's series folder into ``(x, sbr, age)``; the
+    default runs the pipeline (tests pass a synthetic one).
+    """
+    from models.training.export import check_parity, write_json
+
+    start = time.perf_counter()
+    ts = build(bench_dir, work_dir, config.seed, workers, limit_per_site, measure_fn)
+    contract = contract_for_atlas(load_atlas())
+    summary = train_export(ts, contract, work_dir, out_model, config)
+    held_out = ts.subset(np.isin(ts.column("split"), list(GROUPS.values())))
+    parity = check_parity(_net(work_dir), out_model, held_out.x[:PARITY_SCANS])
+    summary["parity"] = parity.to_dict()
+    if not parity.ok:
+        raise SystemExit(f"torch/onnxruntime parity failed: {parity.max_abs_diff:.2e}")
+    report = evaluate_model(work_dir, out_model)
+    write_json(out_model.with_suffix(".evaluation.json"), report)
+    thresholds = {site.name: json.loads((site / "calibration.json").read_text())
+                  for site in sorted((work_dir / "labels").iterdir())}
+    write_json(out_model.with_suffix(".labels.json"), thresholds)
+    summary["total_seconds"] = time.perf_counter() - start
+    write_card(out_model, _card_fields(out_model, summary, report, config))
+    return summary
+
+
+def _net(work_dir: Path) -> Any:
+    from models.training.train import load_checkpoint
+
+    return load_checkpoint(work_dir / "checkpoint.pt")[0]
+
+
+def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
+                 out_model: Path, config: Any) -> dict[str, Any]:
+    """Train on the ``train`` split (best epoch on ``val``), save, export; summary dict."""
+    from models.training.export import export_onnx
+    from models.training.train import save_checkpoint, train
+
+    if ts.x.shape[1:] != contract.input_shape:
+        raise SystemExit(f"cached inputs {ts.x.shape[1:]} do not match the contract "
+                         f"{contract.input_shape}: clear {work_dir / 'cache'}")
+    split = ts.column("split")
+    tr, va = ts.subset(split == "train"), ts.subset(split == "val")
+    result = train(tr.x, tr.levels, va.x, va.levels, config)
+    sites = sorted({r["site"] for r in tr.rows})
+    save_checkpoint(result, config, work_dir / "checkpoint.pt", {"training_sites": sites})
+    sha = export_onnx(result.net, contract, out_model, {
+        "dopanode_model_name": out_model.stem, "dopanode_seed": str(config.seed),
+        "dopanode_training_sites": ",".join(sites), "dopanode_best_epoch": str(result.best_epoch),
+    })
+    return {"sha256": sha, "n_train": len(tr.x), "n_val": len(va.x), "sites": sites,
+            "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+            "history": result.history, "config": asdict(config)}
+
+
+def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any],
+                 config: Any) -> dict[str, str]:
+    return {
+        "name": out_model.stem, "sha256": summary["sha256"],
+        "sites": ", ".join(summary["sites"]), "n_train": str(summary["n_train"]),
+        "n_val": str(summary["n_val"]), "seed": str(config.seed), "epochs": str(config.epochs),
+        "best_epoch": str(summary["best_epoch"]),
+        "train_minutes": f"{summary['train_seconds'] / 60:.1f}",
+        "total_minutes": f"{summary['total_seconds'] / 60:.1f}", "device": config.device,
+        "parity": f"{summary['parity']['max_abs_diff']:.2e} over {summary['parity']['n_scans']} scans",
+        "table": report["table"],
+        "ms_per_scan": ", ".join(f"{g}: {report[g]['ms_per_scan']:.1f} ms"
+                                 for g in GROUPS if g in report),
+    }

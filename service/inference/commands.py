@@ -1,0 +1,133 @@
+"""Sub-commands of the CNN (see :mod:`service.cli`): ``train``, ``evaluate``, ``export``.
+
+The training code lives in ``models/training`` (torch, the ``sim`` extra);
+it is imported only inside the command functions, after the source tree
+root (the folder holding ``models/``) is put on ``sys.path``.
+
+Reproducing the shipped model::
+
+    dopanode benchmark generate bench/
+    dopanode train bench/ --work work/ --out models/dopanode_dat_cnn.onnx
+    dopanode evaluate work/ --model models/dopanode_dat_cnn.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from service.paths import default_models_dir
+
+MODEL_FILE = "dopanode_dat_cnn.onnx"
+TORCH_MISSING = "torch is not installed: the training commands need pip install -e '.[sim]'"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``export``."""
+    p = subparsers.add_parser("train", help="train, export and evaluate the CNN (needs [sim])")
+    p.add_argument("bench", type=Path, help="benchmark folder with manifest.csv")
+    p.add_argument("--work", type=Path, required=True, help="cache and checkpoint folder")
+    p.add_argument("--out", type=Path, default=None, help=f"ONNX file (default models/{MODEL_FILE})")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--width", type=int, default=8, help="channels of the first conv block")
+    p.add_argument("--seed", type=int, default=20261121)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=2, help="processes measuring the benchmark")
+    p.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
+    p.add_argument("work", type=Path, help="work folder of 'dopanode train'")
+    p.add_argument("--model", type=Path, default=None, help=f"default models/{MODEL_FILE}")
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity")
+    p.add_argument("work", type=Path, help="work folder with checkpoint.pt and the cache")
+    p.add_argument("--out", type=Path, default=None, help=f"default models/{MODEL_FILE}")
+    p.set_defaults(func=cmd_export)
+
+
+def _training(module: str) -> ModuleType:
+    """Import ``models.training.<module>`` from the source tree, or exit clearly."""
+    root = default_models_dir().parent
+    try:
+        importlib.import_module("torch")
+    except ImportError as exc:
+        raise SystemExit(TORCH_MISSING) from exc
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(f"models.training.{module}")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"training code not found under {root}/models/training: "
+                         "run from a source checkout") from exc
+
+
+def _model_path(path: Path | None) -> Path:
+    return path or default_models_dir() / MODEL_FILE
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    workflow = _training("workflow")
+    train = _training("train")
+    config = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate, width=args.width,
+                               seed=args.seed, threads=args.threads, device=args.device)
+    out = _model_path(args.out)
+    summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit)
+    print(f"model {out} sha256 {summary['sha256']}")
+    print(f"parity max abs diff {summary['parity']['max_abs_diff']:.2e} "
+          f"over {summary['parity']['n_scans']} scans")
+    print(f"trained {summary['n_train']} scans in {summary['train_seconds']:.0f} s, "
+          f"best epoch {summary['best_epoch']}; card {out.with_suffix('.card.md')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from service.errors import AnalysisError
+
+    workflow = _training("workflow")
+    try:
+        report = workflow.evaluate_model(args.work, _model_path(args.model), args.threads)
+    except AnalysisError as exc:
+        raise SystemExit(f"cannot evaluate: {exc.reason}") from exc
+    print(report["table"])
+    for group in workflow.GROUPS:
+        if group in report:
+            print(f"{group}: {report[group]['ms_per_scan']:.1f} ms per scan (onnxruntime)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    train = _training("train")
+    export = _training("export")
+    data = _training("data")
+    from service.imaging.atlas import load_atlas
+    from service.inference.preprocess import contract_for_atlas
+
+    net, ckpt = train.load_checkpoint(args.work / "checkpoint.pt")
+    out = _model_path(args.out)
+    sha = export.export_onnx(net, contract_for_atlas(load_atlas()), out, {
+        "dopanode_model_name": out.stem, "dopanode_seed": str(ckpt["config"]["seed"]),
+        "dopanode_training_sites": ",".join(ckpt.get("training_sites", [])),
+        "dopanode_best_epoch": str(ckpt["best_epoch"])})
+    ts = data.load_training_set(args.work)
+    held_out = ts.subset(np.isin(ts.column("split"), ["test", "test_unseen"]))
+    parity = export.check_parity(net, out, held_out.x[:100])
+    print(f"model {out} sha256 {sha}")
+    print(f"parity max abs diff {parity.max_abs_diff:.2e} over {parity.n_scans} scans: "
+          f"{'ok' if parity.ok else 'FAILED'}")
+    return 0 if parity.ok else 1

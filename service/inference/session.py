@@ -1,0 +1,237 @@
+"""The one onnxruntime session of the node, its checks and the CNN's ratings.
+
+The model file
+--------------
+An ONNX model (opset >= 17) with one input ``volume`` of shape
+``(batch, 1, D, H, W)`` float32 (:func:`service.inference.preprocess.cnn_input`
+with a batch axis) and one output ``probabilities`` of shape
+``(batch, 4, 5)`` float32: per region (order of :data:`service.result.REGIONS`,
+recorded under metadata key :data:`REGIONS_METADATA_KEY`) the probabilities of
+levels 0..4. The preprocessing contract is stored in the model's metadata
+(:data:`service.inference.preprocess.CONTRACT_METADATA_KEY`), so the SHA-256
+checked here covers it.
+
+The inconclusive rule
+---------------------
+Per region, the *ordinal spread* is the standard deviation of the level
+under the predicted distribution, ``sqrt(sum_k p_k (k - E[k])^2)``, in
+levels. The region is *unsure* when the spread exceeds
+:data:`MAX_SPREAD_LEVELS` (mass scattered over non-neighbouring levels).
+The study is *reduced* when any region's level is 2 or worse (the rule of
+:mod:`service.imaging.levels`), and *inconclusive* when any region is unsure
+or the probability that the worst region is at level 2 or worse lies in
+:data:`BINARY_UNSURE_RANGE` (the normal/reduced call could go either way).
+
+A region's level is the median of its distribution (smallest ``k`` with
+cumulative probability >= 0.5), the natural point estimate for ordinal
+(cumulative-logit) models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import AnalysisError
+from service.inference.manifest import ModelCheck, check_model
+from service.inference.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
+from service.result import REGIONS, Level, Region
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "volume"
+OUTPUT_NAME = "probabilities"
+REGIONS_METADATA_KEY = "dopanode_regions"
+N_LEVELS = len(Level)
+#: Largest ordinal spread (SD of the level distribution, in levels) of a sure region.
+MAX_SPREAD_LEVELS = 0.75
+#: P(worst region >= level 2) in this closed range makes the binary call unsure.
+BINARY_UNSURE_RANGE = (0.2, 0.8)
+#: Tolerance on the sum of one region's five probabilities.
+PROBABILITY_SUM_TOL = 1e-3
+INCONCLUSIVE_RULE = (
+    f"inconclusive if any region's ordinal spread exceeds {MAX_SPREAD_LEVELS} levels or "
+    f"P(worst region >= moderate reduction) is within [{BINARY_UNSURE_RANGE[0]}, "
+    f"{BINARY_UNSURE_RANGE[1]}]"
+)
+
+
+@dataclass(frozen=True)
+class RegionPrediction:
+    """The CNN's rating of one region.
+
+    Attributes
+    ----------
+    region : Region
+    probabilities : tuple of 5 float
+        P(level = k), k = 0..4.
+    level : Level
+        Median of the distribution.
+    spread_levels : float
+        SD of the level distribution, in levels.
+    unsure : bool
+        ``spread_levels > MAX_SPREAD_LEVELS``.
+    """
+
+    region: Region
+    probabilities: tuple[float, ...]
+    level: Level
+    spread_levels: float
+    unsure: bool
+
+
+@dataclass(frozen=True)
+class CnnPrediction:
+    """The CNN's ratings of one scan (rules in the module docstring).
+
+    Attributes
+    ----------
+    regions : tuple of 4 RegionPrediction, order of REGIONS
+    reduced : bool
+        Any region at level 2 or worse.
+    p_reduced : float
+        Largest P(level >= 2) over the regions.
+    inconclusive : bool
+    rule : str
+    """
+
+    regions: tuple[RegionPrediction, ...]
+    reduced: bool
+    p_reduced: float
+    inconclusive: bool
+    rule: str = INCONCLUSIVE_RULE
+
+    def region(self, region: Region) -> RegionPrediction:
+        for r in self.regions:
+            if r.region is region:
+                return r
+        raise KeyError(region)
+
+    @property
+    def levels(self) -> dict[Region, Level]:
+        return {r.region: r.level for r in self.regions}
+
+
+def rate_region(region: Region, probabilities: np.ndarray) -> RegionPrediction:
+    """Level, spread and unsure flag from one region's ``(5,)`` probabilities."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = np.arange(N_LEVELS)
+    mean = float((p * k).sum())
+    spread = float(np.sqrt(max((p * (k - mean) ** 2).sum(), 0.0)))
+    level = Level(int(np.searchsorted(np.cumsum(p), 0.5 - 1e-9)))
+    level = min(level, Level.ALMOST_MISSING)
+    return RegionPrediction(region, tuple(float(v) for v in p), Level(level), spread,
+                            spread > MAX_SPREAD_LEVELS)
+
+
+def rate_scan(probabilities_rk: np.ndarray) -> CnnPrediction:
+    """Apply the module's rules to one scan's ``(4, 5)`` probabilities."""
+    regions = tuple(rate_region(r, probabilities_rk[i]) for i, r in enumerate(REGIONS))
+    p_reduced = float(probabilities_rk[:, 2:].sum(axis=1).max())
+    reduced = any(r.level >= Level.MODERATE_REDUCTION for r in regions)
+    lo, hi = BINARY_UNSURE_RANGE
+    inconclusive = any(r.unsure for r in regions) or lo <= p_reduced <= hi
+    return CnnPrediction(regions, reduced, p_reduced, inconclusive)
+
+
+class CnnSession:
+    """One onnxruntime CPU session on a checked model.
+
+    Parameters
+    ----------
+    model_path : Path
+    expected_sha256 : str or None
+        Configured checksum; None uses the ``<model>.sha256`` sidecar
+        (:func:`service.inference.manifest.check_model`).
+    intra_op_threads : int
+        onnxruntime intra-op threads (1 keeps the node's CPU use predictable).
+
+    Raises
+    ------
+    AnalysisError
+        ``model_<status>`` when the file fails :func:`check_model`;
+        ``model_contract`` when its inputs, outputs or metadata break the
+        contract in the module docstring.
+    """
+
+    def __init__(self, model_path: Path, expected_sha256: str | None = None,
+                 intra_op_threads: int = 1) -> None:
+        self.check: ModelCheck = check_model(Path(model_path), expected_sha256)
+        if not self.check.ok:
+            raise AnalysisError(f"CNN model not usable: {self.check.detail}",
+                                f"model_{self.check.status}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(os.fspath(model_path), options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            raise AnalysisError(f"CNN model cannot be loaded: {type(exc).__name__}",
+                                "model_contract") from exc
+        self.name = Path(model_path).stem
+        self.sha256: str = self.check.sha256 or ""
+        self.contract = self._read_contract()
+        self._check_signature()
+        log.info("cnn_session_ready", extra={"fields": {
+            "model": self.name, "sha256": self.sha256, "threads": intra_op_threads}})
+
+    def _read_contract(self) -> PreprocessContract:
+        meta = self._session.get_modelmeta().custom_metadata_map
+        regions = meta.get(REGIONS_METADATA_KEY, "")
+        if regions != ",".join(r.value for r in REGIONS):
+            raise AnalysisError(f"model metadata {REGIONS_METADATA_KEY} is {regions!r}, "
+                                "not the dopanode region order", "model_contract")
+        try:
+            return PreprocessContract.from_dict(json.loads(meta[CONTRACT_METADATA_KEY]))
+        except (KeyError, ValueError) as exc:
+            raise AnalysisError(f"model has no usable preprocessing contract: {exc}",
+                                "model_contract") from exc
+
+    def _check_signature(self) -> None:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise AnalysisError("model must have one input 'volume' and one output "
+                                "'probabilities'", "model_contract")
+        if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
+            raise AnalysisError("model input and output must be float32", "model_contract")
+        want_in = list(self.contract.input_shape)
+        if list(inputs[0].shape[1:]) != want_in or isinstance(inputs[0].shape[0], int):
+            raise AnalysisError(f"model input shape {inputs[0].shape} is not "
+                                f"[batch, {want_in}]", "model_contract")
+        if list(outputs[0].shape[1:]) != [len(REGIONS), N_LEVELS]:
+            raise AnalysisError(f"model output shape {outputs[0].shape} is not "
+                                f"[batch, {len(REGIONS)}, {N_LEVELS}]", "model_contract")
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for a ``(N, 1, D, H, W)`` float32 batch: ``(N, 4, 5)`` float32.
+
+        Raises
+        ------
+        AnalysisError
+            ``cnn_input`` for a wrong shape, dtype or non-finite input;
+            ``cnn_output`` when the output breaks its contract.
+        """
+        if batch.dtype != np.float32 or batch.ndim != 5 or batch.shape[1:] != self.contract.input_shape:
+            raise AnalysisError(f"CNN input must be float32 (N, {self.contract.input_shape}), "
+                                f"got {batch.dtype} {batch.shape}", "cnn_input")
+        if not np.isfinite(batch).all():
+            raise AnalysisError("CNN input holds NaN or infinite values", "cnn_input")
+        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        out = np.asarray(out)
+        if (out.shape != (batch.shape[0], len(REGIONS), N_LEVELS) or not np.isfinite(out).all()
+                or (out < -1e-6).any()
+                or np.abs(out.sum(axis=-1) - 1.0).max() > PROBABILITY_SUM_TOL):
+            raise AnalysisError("CNN output is not a probability distribution per region",
+                                "cnn_output")
+        return out
+
+    def predict(self, cnn_input: np.ndarray) -> CnnPrediction:
+        """Rate one scan from its ``(1, D, H, W)`` float32 input (see :mod:`.preprocess`)."""
+        return rate_scan(self.probabilities(np.asarray(cnn_input)[None])[0])

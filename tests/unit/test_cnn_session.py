@@ -1,0 +1,138 @@
+"""The onnxruntime session: checksum, model contract, input/output checks, rating rules.
+
+The models are small ONNX graphs built with ``onnx.helper`` (no torch):
+probabilities = softmax(mean(volume) * W + B) per region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx  # the sim extra; make test installs it
+import pytest
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from service.errors import AnalysisError  # noqa: E402
+from service.imaging.atlas import load_atlas  # noqa: E402
+from service.inference.preprocess import CONTRACT_METADATA_KEY, contract_for_atlas  # noqa: E402
+from service.inference.session import (  # noqa: E402
+    REGIONS_METADATA_KEY,
+    CnnSession,
+    rate_region,
+    rate_scan,
+)
+from service.result import REGIONS, Level, Region  # noqa: E402
+
+CONTRACT = contract_for_atlas(load_atlas())
+W = np.linspace(-2.0, 2.0, 20, dtype=np.float32).reshape(1, 20)
+B = np.tile(np.array([2.0, 1.0, 0.0, -1.0, -2.0], np.float32), 4)
+
+
+def _model(path: Path, *, softmax: bool = True, box=CONTRACT.box_shape_zyx,
+           metadata: bool = True, sidecar: bool = True) -> Path:
+    nodes = [
+        helper.make_node("ReduceMean", ["volume"], ["m"], axes=[1, 2, 3, 4], keepdims=0),
+        helper.make_node("Reshape", ["m", "shape_n1"], ["m2"]),
+        helper.make_node("MatMul", ["m2", "W"], ["z"]),
+        helper.make_node("Add", ["z", "B"], ["zb"]),
+        helper.make_node("Reshape", ["zb", "shape_n45"], ["logits" if softmax else "probabilities"]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B"),
+             numpy_helper.from_array(np.array([-1, 1], np.int64), "shape_n1"),
+             numpy_helper.from_array(np.array([-1, 4, 5], np.int64), "shape_n45")]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("volume", TensorProto.FLOAT, ["batch", 1, *box])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4, 5])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, {CONTRACT_METADATA_KEY: CONTRACT.to_json(),
+                                       REGIONS_METADATA_KEY: ",".join(r.value for r in REGIONS)})
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    if sidecar:
+        path.with_name(path.name + ".sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    return path
+
+
+def _code(path: Path, **kwargs) -> str:
+    with pytest.raises(AnalysisError) as err:
+        CnnSession(path, **kwargs)
+    return err.value.code
+
+
+def test_predicts_like_the_reference(tmp_path: Path, rng) -> None:
+    session = CnnSession(_model(tmp_path / "m.onnx"))
+    assert session.contract == CONTRACT and len(session.sha256) == 64
+    x = rng.normal(0.5, 1.0, (3, *CONTRACT.input_shape)).astype(np.float32)
+    probs = session.probabilities(x)
+    z = x.reshape(3, -1).astype(np.float64).mean(axis=1)[:, None] * W + B
+    z = z.reshape(3, 4, 5)
+    ref = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    pred = session.predict(x[1])
+    assert [r.region for r in pred.regions] == list(REGIONS)
+    np.testing.assert_allclose(pred.region(Region.PUTAMEN_LEFT).probabilities, ref[1, 2], atol=1e-5)
+
+
+def test_checksum_is_enforced(tmp_path: Path) -> None:
+    path = _model(tmp_path / "m.onnx")
+    assert _code(path, expected_sha256="0" * 64) == "model_checksum_mismatch"
+    path.with_name("m.onnx.sha256").write_text("f" * 64 + "\n")
+    assert _code(path) == "model_checksum_mismatch"
+    assert _code(_model(tmp_path / "n.onnx", sidecar=False)) == "model_no_checksum"
+    assert _code(tmp_path / "absent.onnx") == "model_missing"
+
+
+def test_model_contract_is_enforced(tmp_path: Path) -> None:
+    assert _code(_model(tmp_path / "a.onnx", metadata=False)) == "model_contract"
+    assert _code(_model(tmp_path / "b.onnx", box=(32, 40, 40))) == "model_contract"
+    bad = tmp_path / "c.onnx"
+    bad.write_bytes(b"not an onnx model")
+    bad.with_name("c.onnx.sha256").write_text(hashlib.sha256(b"not an onnx model").hexdigest())
+    assert _code(bad) == "model_contract"
+
+
+def test_input_and_output_checks(tmp_path: Path) -> None:
+    session = CnnSession(_model(tmp_path / "m.onnx"))
+    x = np.zeros((1, *CONTRACT.input_shape), np.float32)
+    for bad in (x.astype(np.float64), x[:, :, :-1], np.where(x == 0, np.nan, x).astype(np.float32)):
+        with pytest.raises(AnalysisError) as err:
+            session.probabilities(bad)
+        assert err.value.code == "cnn_input"
+    raw = CnnSession(_model(tmp_path / "raw.onnx", softmax=False))
+    with pytest.raises(AnalysisError) as err:
+        raw.probabilities(x + 1.0)
+    assert err.value.code == "cnn_output"
+
+
+def test_rating_rules() -> None:
+    sure = rate_region(Region.CAUDATE_LEFT, np.array([0.02, 0.9, 0.06, 0.01, 0.01]))
+    assert sure.level is Level.BORDERLINE and not sure.unsure and sure.spread_levels < 0.5
+    split = rate_region(Region.CAUDATE_LEFT, np.array([0.45, 0.0, 0.0, 0.0, 0.55]))
+    assert split.level is Level.ALMOST_MISSING and split.unsure  # spread ~2 levels
+    median = rate_region(Region.PUTAMEN_RIGHT, np.array([0.3, 0.15, 0.1, 0.25, 0.2]))
+    assert median.level is Level.MODERATE_REDUCTION  # cumulative 0.3, 0.45, 0.55
+    normal = np.tile([0.97, 0.03, 0.0, 0.0, 0.0], (4, 1))
+    pred = rate_scan(normal)
+    assert not pred.reduced and not pred.inconclusive and pred.p_reduced == pytest.approx(0.0)
+    one_reduced = normal.copy()
+    one_reduced[3] = [0.0, 0.05, 0.9, 0.05, 0.0]
+    pred = rate_scan(one_reduced)
+    assert pred.reduced and not pred.inconclusive and pred.p_reduced == pytest.approx(0.95)
+    unsure_call = normal.copy()
+    unsure_call[2] = [0.0, 0.5, 0.5, 0.0, 0.0]  # tight (spread 0.5) but P(>= 2) = 0.5
+    pred = rate_scan(unsure_call)
+    assert not pred.region(Region.PUTAMEN_LEFT).unsure
+    assert pred.inconclusive and pred.p_reduced == pytest.approx(0.5)
+    borderline_close = normal.copy()
+    borderline_close[2] = [0.0, 0.7, 0.3, 0.0, 0.0]  # tight, but P(>= 2) = 0.3
+    pred = rate_scan(borderline_close)
+    assert not pred.region(Region.PUTAMEN_LEFT).unsure and pred.inconclusive and not pred.reduced
