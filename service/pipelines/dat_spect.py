@@ -1,0 +1,354 @@
+"""The DaT SPECT analysis: files in, StudyResult plus SR and picture report out.
+
+Stages (wall time of each is reported): ``read`` (pydicom), ``gate`` (is it
+an [123I]FP-CIT SPECT series?), ``volume`` (LPS volume from the header),
+``normalise`` (registration to the FP-CIT template, MNI 2 mm), ``quantify``
+(SBR, ratios), ``score`` (levels from the calibration thresholds, z-scores
+from the normal database, global score), ``report`` (SR and picture report).
+
+The shipped template, calibration and normal database live in
+``models/template/`` (see its README for how they were made).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from service import __version__
+from service.errors import AnalysisError
+from service.imaging.atlas import LABELS, Atlas, load_atlas
+from service.imaging.levels import Calibration, global_score, level_for
+from service.imaging.nm_volume import volume_from_datasets
+from service.imaging.normalise import Normalisation, normalise
+from service.imaging.normals import NormalDatabase
+from service.imaging.quantify import REFERENCE_REGION, Quantification, quantify
+from service.imaging.template import load_template
+from service.paths import default_models_dir
+from service.pipelines.base import PipelineOutput
+from service.result import (
+    REGIONS,
+    AlgorithmInfo,
+    RegionResult,
+    ReportImages,
+    SourceReference,
+    StudyResult,
+)
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_FILE = "fpcit_template_mni2mm.npz"
+CALIBRATION_FILE = "calibration.json"
+NORMALS_FILE = "normals.json"
+ALGORITHM_NAME = "dopanode DaT SBR"
+#: Half thickness of the axial slab shown in the picture report, in 2 mm slices.
+SLAB_HALF_SLICES = 4
+
+
+@dataclass(frozen=True, eq=False)
+class DatModels:
+    """What the conventional analysis needs besides the scan.
+
+    Attributes
+    ----------
+    atlas : Atlas
+    template_zyx : (91, 109, 91) float32 array
+    calibration : Calibration or None
+        None only where no scoring is done (labelling, building normals).
+    normals : NormalDatabase or None
+    sha256 : str
+        Hash over the three files, identifying this configuration in the SR.
+    """
+
+    atlas: Atlas
+    template_zyx: np.ndarray
+    calibration: Calibration | None
+    normals: NormalDatabase | None
+    sha256: str
+
+
+def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -> DatModels:
+    """Load template, calibration and normal database from ``directory``.
+
+    Calibration and normal database are None where their files are absent.
+
+    Raises
+    ------
+    FileNotFoundError
+        The template is missing.
+    """
+    directory = directory or default_models_dir() / "template"
+    atlas = atlas or load_atlas()
+    digest = hashlib.sha256()
+    paths = [directory / TEMPLATE_FILE, directory / CALIBRATION_FILE, directory / NORMALS_FILE]
+    for path in paths:
+        if path.exists():
+            digest.update(path.read_bytes())
+    normals = (
+        NormalDatabase.from_dict(json.loads(paths[2].read_text())) if paths[2].exists() else None
+    )
+    calibration = (
+        Calibration.from_dict(json.loads(paths[1].read_text())) if paths[1].exists() else None
+    )
+    return DatModels(
+        atlas=atlas,
+        template_zyx=load_template(paths[0], atlas),
+        calibration=calibration,
+        normals=normals,
+        sha256=digest.hexdigest(),
+    )
+
+
+@contextmanager
+def _stage(durations_s: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        durations_s[name] = time.perf_counter() - start
+
+
+def read_datasets(paths: Sequence[Path]) -> list[Dataset]:
+    """Read Part 10 files; a file that is not DICOM raises ``not_dicom``."""
+    datasets: list[Dataset] = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except (InvalidDicomError, EOFError, ValueError) as exc:
+            raise AnalysisError("not a DICOM file in the series", "not_dicom") from exc
+    if not datasets:
+        raise AnalysisError("no instances", "no_instances")
+    return datasets
+
+
+def patient_age_years(ds: Dataset) -> float | None:
+    """Age from Patient's Age (``nnnY``, ``nnnM``, ``nnnW``, ``nnnD``), else None."""
+    value = str(ds.get("PatientAge", "") or "").strip().upper()
+    per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+    if len(value) == 4 and value[:3].isdigit() and value[3] in per_year:
+        return int(value[:3]) / per_year[value[3]]
+    return None
+
+
+def report_images(volume_zyx: np.ndarray, atlas: Atlas) -> ReportImages:
+    """Axial slab through the striatum, in the display orientation of ReportImages.
+
+    Rows run anterior to posterior (atlas y index reversed), columns from the
+    patient's right to left (atlas x index, which increases to the left).
+    """
+    striatum_z = np.nonzero(((atlas.labels_zyx >= 1) & (atlas.labels_zyx <= 4)).any(axis=(1, 2)))[0]
+    centre = int(round(striatum_z.mean()))
+    zs = slice(centre - SLAB_HALF_SLICES, centre + SLAB_HALF_SLICES + 1)
+    slab = volume_zyx[zs].mean(axis=0)[::-1, :]
+    labels = atlas.labels_zyx[zs]
+    striatal = np.where((labels >= 1) & (labels <= 4), labels, 0).max(axis=0)
+    reference = (labels == LABELS["occipital"]).any(axis=0)
+    labels_yx = np.where(striatal > 0, striatal, np.where(reference, LABELS["occipital"], 0))
+    return ReportImages(
+        slab_yx=np.ascontiguousarray(slab, np.float32),
+        labels_yx=np.ascontiguousarray(labels_yx[::-1, :], np.uint8),
+        pixel_mm=float(atlas.spacing_mm[0]),
+    )
+
+
+def score_regions(
+    quant: Quantification,
+    calibration: Calibration,
+    normals: NormalDatabase | None,
+    age_years: float | None,
+) -> tuple[RegionResult, ...]:
+    """Levels from the calibration and z-scores from the normal database."""
+    results = []
+    for region in REGIONS:
+        sbr = quant.sbr[region]
+        mean = sd = z = None
+        if normals is not None:
+            mean, sd = normals.expected(region, age_years)
+            z = normals.z_score(region, sbr, age_years)
+        results.append(
+            RegionResult(
+                region=region,
+                sbr=sbr,
+                level_sbr=level_for(region, sbr, calibration),
+                z_score=z,
+                normal_mean=mean,
+                normal_sd=sd,
+            )
+        )
+    return tuple(results)
+
+
+def source_reference(datasets: Sequence[Dataset]) -> SourceReference:
+    first = datasets[0]
+    return SourceReference(
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        sop_class_uid=str(first.SOPClassUID),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Measurement:
+    """The numbers of one series before any scoring.
+
+    Attributes
+    ----------
+    normalisation : Normalisation
+    quantification : Quantification
+    age_years : float or None
+    warnings : tuple of str
+        Patient-free notes from the volume reader.
+    """
+
+    normalisation: Normalisation
+    quantification: Quantification
+    age_years: float | None
+    warnings: tuple[str, ...]
+
+
+def measure(
+    datasets: Sequence[Dataset],
+    models: DatModels,
+    fallback_keywords: Sequence[str],
+    durations_s: dict[str, float],
+) -> Measurement:
+    """Gate, build the volume, normalise and quantify one series."""
+    from service.pipelines.dat_gate import check_dat_series
+
+    with _stage(durations_s, "gate"):
+        check_dat_series(datasets[0], tuple(fallback_keywords))
+    with _stage(durations_s, "volume"):
+        volume = volume_from_datasets(datasets)
+    with _stage(durations_s, "normalise"):
+        norm = normalise(volume.image, models.template_zyx, models.atlas)
+    with _stage(durations_s, "quantify"):
+        quant = quantify(norm.volume_zyx, models.atlas)
+    return Measurement(norm, quant, patient_age_years(datasets[0]), volume.warnings)
+
+
+class DatSpectPipeline:
+    """[123I]FP-CIT SPECT analysis (implements :class:`service.pipelines.base.Pipeline`).
+
+    Parameters
+    ----------
+    models : DatModels or None
+        Template, calibration and normals; the shipped ones when None.
+    fallback_keywords : sequence of str
+        Series description keywords that admit a series without a tracer code.
+    """
+
+    name = "dat_spect"
+
+    def __init__(
+        self, models: DatModels | None = None, fallback_keywords: Sequence[str] = ()
+    ) -> None:
+        self.models = models or load_dat_models()
+        if self.models.calibration is None:
+            raise ValueError(f"no {CALIBRATION_FILE} beside the template: cannot score")
+        self.calibration: Calibration = self.models.calibration
+        self.fallback_keywords = tuple(fallback_keywords)
+        self.algorithm = AlgorithmInfo(
+            name=ALGORITHM_NAME,
+            version=__version__,
+            model_name="FP-CIT template and SBR calibration",
+            model_sha256=self.models.sha256,
+        )
+
+    def run(self, instance_paths: Sequence[Path], job_key: str) -> PipelineOutput:
+        """Analyse one series and build its SR and picture report."""
+        durations_s: dict[str, float] = {}
+        with _stage(durations_s, "read"):
+            datasets = read_datasets(instance_paths)
+        result = self.analyse(datasets, durations_s)
+        with _stage(durations_s, "report"):
+            outputs = self.build_reports(result, datasets, job_key)
+        log.info(
+            "dat_analysis_done",
+            extra={"fields": {"durations_s": {k: round(v, 3) for k, v in durations_s.items()}}},
+        )
+        return PipelineOutput(result=result, datasets=outputs, stage_durations_s=durations_s)
+
+    def analyse(self, datasets: Sequence[Dataset], durations_s: dict[str, float]) -> StudyResult:
+        """Gate, volume, normalise, quantify and score (no reports)."""
+        m = measure(datasets, self.models, self.fallback_keywords, durations_s)
+        with _stage(durations_s, "score"):
+            regions = score_regions(
+                m.quantification, self.calibration, self.models.normals, m.age_years
+            )
+            levels = {r.region: r.level_sbr for r in regions}
+            score = global_score(levels, m.quantification.sbr, self.calibration)
+        warnings = list(m.warnings)
+        if m.age_years is None and self.models.normals is not None:
+            warnings.append("patient age unknown: z-scores at the normal database mean age")
+        return StudyResult(
+            source=source_reference(datasets),
+            regions=regions,
+            global_score=score,
+            ratios=m.quantification.ratios,
+            reference_region=REFERENCE_REGION,
+            registration_quality=m.normalisation.quality,
+            algorithm=self.algorithm,
+            images=report_images(m.normalisation.volume_zyx, self.models.atlas),
+            patient_age_years=m.age_years,
+            warnings=tuple(warnings),
+        )
+
+    def build_reports(
+        self, result: StudyResult, datasets: Sequence[Dataset], job_key: str
+    ) -> tuple[Dataset, ...]:
+        """The Comprehensive SR and the picture report of one result."""
+        from service.report.picture import build_picture_report
+        from service.report.sr import build_sr
+
+        return (
+            build_sr(result, datasets, job_key),
+            build_picture_report(result, datasets, job_key),
+        )
+
+
+def result_summary(result: StudyResult, durations_s: dict[str, float]) -> dict[str, Any]:
+    """JSON-ready summary of a result: numbers, levels, UIDs; no patient identifiers."""
+    return {
+        "study_instance_uid": result.source.study_instance_uid,
+        "series_instance_uid": result.source.series_instance_uid,
+        "algorithm": {"name": result.algorithm.name, "version": result.algorithm.version},
+        "global": {
+            "reduced": result.global_score.reduced,
+            "inconclusive": result.global_score.inconclusive,
+            "method": result.global_score.method,
+            "rule": result.global_score.rule,
+        },
+        "regions": {
+            r.region.value: {
+                "sbr": r.sbr,
+                "level": int(r.level),
+                "level_sbr": int(r.level_sbr),
+                "z_score": r.z_score,
+                "normal_mean": r.normal_mean,
+                "normal_sd": r.normal_sd,
+            }
+            for r in result.regions
+        },
+        "ratios": {k: _finite_or_none(v) for k, v in vars(result.ratios).items()},
+        "reference_region": result.reference_region,
+        "registration_quality": result.registration_quality,
+        "warnings": list(result.warnings),
+        "stage_durations_s": durations_s,
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
