@@ -51,8 +51,33 @@ def load_pipeline(settings: Settings) -> Pipeline | None:
         )
         log.warning("test_pipeline_installed", extra={"fields": {"factory": spec}})
         return factory(settings)
-    log.warning("no_pipeline", extra={"fields": {"effect": "jobs fail: no analysis pipeline"}})
-    return None
+    return load_dat_pipeline(settings)
+
+
+def load_dat_pipeline(settings: Settings) -> Pipeline:
+    """The DaT SPECT pipeline with its template, calibration and (optional) CNN.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, AnalysisError
+        When the template, calibration or the configured model cannot be
+        loaded or fails its checksum: the node refuses to start rather than
+        analyse with something else.
+    """
+    from service.inference.session import CnnSession
+    from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models
+
+    models = load_dat_models(settings.analysis.template_dir)
+    cnn = None
+    if settings.model.path is not None:
+        cnn = CnnSession(settings.model.path, settings.model.sha256)
+    pipeline = DatSpectPipeline(models, settings.analysis.keywords, cnn=cnn)
+    log.info(
+        "pipeline_loaded",
+        extra={"fields": {"pipeline": pipeline.name, "algorithm": pipeline.algorithm.name,
+                          "model_sha256": pipeline.algorithm.model_sha256}},
+    )
+    return pipeline
 
 
 @dataclass
@@ -224,7 +249,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    pipeline = load_pipeline(settings) if "worker" in components else None
+    try:
+        pipeline = load_pipeline(settings) if "worker" in components else None
+    except Exception as exc:  # the process edge: refuse to start, say why
+        log.exception("pipeline_load_failed")
+        print(f"cannot load the analysis pipeline: {exc}", file=sys.stderr)
+        return 1
     node = Node(settings, components, pipeline)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -110,6 +110,24 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class AnalysisSettings:
+    """DaT analysis inputs: template folder and the tracer-code fallback.
+
+    ``template_dir`` holds the FP-CIT template, SBR calibration and normal
+    database (None: the shipped ``models/template``). ``fallback_keywords``:
+    comma-separated Series Description keywords that admit a series whose
+    Radiopharmaceutical Code Sequence is absent (empty: tracer code required).
+    """
+
+    template_dir: Path | None = None
+    fallback_keywords: str = ""
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.fallback_keywords.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """ONNX model file and its expected SHA-256 (None: use a sidecar or none)."""
 
@@ -155,6 +173,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sender: SenderSettings = field(default_factory=SenderSettings)
     retention_days: int = 30
@@ -176,6 +195,7 @@ _SECTIONS: dict[str, type] = {
     "storage": StorageSettings,
     "api": ApiSettings,
     "model": ModelSettings,
+    "analysis": AnalysisSettings,
     "worker": WorkerSettings,
     "sender": SenderSettings,
 }

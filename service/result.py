@@ -7,8 +7,10 @@ sockets, SQLite or files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -181,3 +183,51 @@ class StudyResult:
             if r.region is region:
                 return r
         raise KeyError(region)
+
+
+def summary_dict(result: StudyResult) -> dict[str, Any]:
+    """JSON-ready summary of a result: numbers, levels, UIDs; no patient identifiers.
+
+    The one serialisation of a result, used by ``dopanode analyze`` (summary.json)
+    and by the worker (the job's result, served by the API). Pictures, patient
+    age and the list of source instances are left out.
+    """
+    return {
+        "study_instance_uid": result.source.study_instance_uid,
+        "series_instance_uid": result.source.series_instance_uid,
+        "algorithm": {
+            "name": result.algorithm.name,
+            "version": result.algorithm.version,
+            "model_name": result.algorithm.model_name,
+            "model_sha256": result.algorithm.model_sha256,
+        },
+        "global": {
+            "reduced": result.global_score.reduced,
+            "inconclusive": result.global_score.inconclusive,
+            "method": result.global_score.method,
+            "rule": result.global_score.rule,
+        },
+        "regions": {
+            r.region.value: {
+                "sbr": _finite_or_none(r.sbr),
+                "level": int(r.level),
+                "level_sbr": int(r.level_sbr),
+                "level_cnn": None if r.level_cnn is None else int(r.level_cnn),
+                "cnn_probabilities": (
+                    None if r.cnn_probabilities is None else list(r.cnn_probabilities)
+                ),
+                "z_score": _finite_or_none(r.z_score),
+                "normal_mean": _finite_or_none(r.normal_mean),
+                "normal_sd": _finite_or_none(r.normal_sd),
+            }
+            for r in result.regions
+        },
+        "ratios": {k: _finite_or_none(v) for k, v in vars(result.ratios).items()},
+        "reference_region": result.reference_region,
+        "registration_quality": _finite_or_none(result.registration_quality),
+        "warnings": list(result.warnings),
+    }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None

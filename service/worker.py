@@ -18,7 +18,6 @@ reason. Outcomes (issue 4, point 5):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from enum import Enum
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from pydicom.dataset import Dataset
 from service import completion, metrics
 from service.errors import AnalysisError
 from service.pipelines.base import Pipeline, PipelineOutput
-from service.result import StudyResult
+from service.result import summary_dict
 from service.store import db, outbox
 from service.store.spool import Spool
 
@@ -181,7 +179,7 @@ class Worker:
                 "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL,"
                 " lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
                 " result_json = ?, stage_durations_json = ? WHERE id = ?",
-                (time.time(), result_to_json(output.result), json.dumps(durations), job.id),
+                (time.time(), json.dumps(summary_dict(output.result)), json.dumps(durations), job.id),
             )
         if saved and self.destination_names and self.on_outputs is not None:
             self.on_outputs()
@@ -351,23 +349,3 @@ class LeaseKeeper:
             log.exception("lease_renewal_failed", extra={"fields": {"job_id": self.job_id}})
         finally:
             conn.close()
-
-
-def result_to_json(result: StudyResult) -> str:
-    """The result as JSON (no pictures): dataclasses as objects, enums as values."""
-    data = {
-        f.name: getattr(result, f.name)
-        for f in dataclasses.fields(result)
-        if f.name != "images"
-    }
-    return json.dumps(data, default=_json_default, sort_keys=True)
-
-
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if hasattr(value, "item"):  # numpy scalar
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

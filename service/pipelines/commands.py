@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("analyze", help="analyse DaT SPECT files or folders offline")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
     p.add_argument("--out", type=Path, default=Path("dopanode-out"), help="output folder")
+    p.add_argument("--model", type=Path, default=None,
+                   help="ONNX CNN (with its .sha256 sidecar); default: SBR thresholds only")
     _common(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -123,12 +125,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from pydicom import dcmwrite
 
     from service.errors import AnalysisError
-    from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models, result_summary
+    from service.inference.session import CnnSession
+    from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models
+    from service.result import summary_dict
 
     try:
-        pipeline = DatSpectPipeline(load_dat_models(args.models), fallback_keywords=args.keyword)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot load the template folder: {exc}") from exc
+        cnn = CnnSession(args.model) if args.model is not None else None
+        pipeline = DatSpectPipeline(
+            load_dat_models(args.models), fallback_keywords=args.keyword, cnn=cnn
+        )
+    except (OSError, ValueError, AnalysisError) as exc:
+        raise SystemExit(f"cannot load the template folder or model: {exc}") from exc
     series = collect_series(args.paths)
     if not series:
         print("no DICOM series found")
@@ -146,7 +153,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else:
             for name, ds in zip(("sr.dcm", "picture.dcm"), output.datasets, strict=True):
                 dcmwrite(folder / name, ds, enforce_file_format=True)
-            summary = {"status": "done", **result_summary(output.result, output.stage_durations_s)}
+            summary = {
+                "status": "done",
+                **summary_dict(output.result),
+                "stage_durations_s": output.stage_durations_s,
+            }
             verdict = "reduced" if output.result.global_score.reduced else "normal"
             print(f"{uid}: {verdict}, {sum(output.stage_durations_s.values()):.2f} s")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

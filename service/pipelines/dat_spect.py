@@ -18,9 +18,8 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -36,11 +35,14 @@ from service.imaging.normalise import Normalisation, normalise
 from service.imaging.normals import NormalDatabase
 from service.imaging.quantify import REFERENCE_REGION, Quantification, quantify
 from service.imaging.template import load_template
+from service.inference.preprocess import cnn_input
+from service.inference.session import CnnSession
 from service.paths import default_models_dir
 from service.pipelines.base import PipelineOutput
 from service.result import (
     REGIONS,
     AlgorithmInfo,
+    GlobalScore,
     RegionResult,
     ReportImages,
     SourceReference,
@@ -53,6 +55,7 @@ TEMPLATE_FILE = "fpcit_template_mni2mm.npz"
 CALIBRATION_FILE = "calibration.json"
 NORMALS_FILE = "normals.json"
 ALGORITHM_NAME = "dopanode DaT SBR"
+ALGORITHM_NAME_CNN = "dopanode DaT CNN"
 #: Half thickness of the axial slab shown in the picture report, in 2 mm slices.
 SLAB_HALF_SLICES = 4
 
@@ -190,6 +193,36 @@ def score_regions(
     return tuple(results)
 
 
+def rate_with_cnn(
+    cnn: CnnSession, volume_mni_zyx: np.ndarray, atlas: Atlas, regions: Sequence[RegionResult]
+) -> tuple[tuple[RegionResult, ...], GlobalScore]:
+    """Add the CNN's levels beside the conventional ones; the global score becomes the CNN's.
+
+    Parameters
+    ----------
+    volume_mni_zyx : (91, 109, 91) float32 array
+        The normalised scan, exactly as the SBRs were measured on it.
+    regions : sequence of RegionResult
+        The conventional results; their SBR levels are kept unchanged.
+    """
+    prediction = cnn.predict(cnn_input(volume_mni_zyx, atlas, cnn.contract))
+    rated = tuple(
+        replace(
+            r,
+            level_cnn=prediction.region(r.region).level,
+            cnn_probabilities=tuple(prediction.region(r.region).probabilities),
+        )
+        for r in regions
+    )
+    score = GlobalScore(
+        reduced=prediction.reduced,
+        inconclusive=prediction.inconclusive,
+        rule=prediction.rule,
+        method="cnn",
+    )
+    return rated, score
+
+
 def source_reference(datasets: Sequence[Dataset]) -> SourceReference:
     first = datasets[0]
     return SourceReference(
@@ -253,19 +286,31 @@ class DatSpectPipeline:
     name = "dat_spect"
 
     def __init__(
-        self, models: DatModels | None = None, fallback_keywords: Sequence[str] = ()
+        self,
+        models: DatModels | None = None,
+        fallback_keywords: Sequence[str] = (),
+        cnn: CnnSession | None = None,
     ) -> None:
         self.models = models or load_dat_models()
         if self.models.calibration is None:
             raise ValueError(f"no {CALIBRATION_FILE} beside the template: cannot score")
         self.calibration: Calibration = self.models.calibration
         self.fallback_keywords = tuple(fallback_keywords)
-        self.algorithm = AlgorithmInfo(
-            name=ALGORITHM_NAME,
-            version=__version__,
-            model_name="FP-CIT template and SBR calibration",
-            model_sha256=self.models.sha256,
-        )
+        self.cnn = cnn
+        if cnn is None:
+            self.algorithm = AlgorithmInfo(
+                name=ALGORITHM_NAME,
+                version=__version__,
+                model_name="FP-CIT template and SBR calibration",
+                model_sha256=self.models.sha256,
+            )
+        else:
+            self.algorithm = AlgorithmInfo(
+                name=ALGORITHM_NAME_CNN,
+                version=__version__,
+                model_name=cnn.name,
+                model_sha256=cnn.sha256,
+            )
 
     def run(self, instance_paths: Sequence[Path], job_key: str) -> PipelineOutput:
         """Analyse one series and build its SR and picture report."""
@@ -290,6 +335,11 @@ class DatSpectPipeline:
             )
             levels = {r.region: r.level_sbr for r in regions}
             score = global_score(levels, m.quantification.sbr, self.calibration)
+        if self.cnn is not None:
+            with _stage(durations_s, "infer"):
+                regions, score = rate_with_cnn(
+                    self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
+                )
         warnings = list(m.warnings)
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")
@@ -317,38 +367,3 @@ class DatSpectPipeline:
             build_sr(result, datasets, job_key),
             build_picture_report(result, datasets, job_key),
         )
-
-
-def result_summary(result: StudyResult, durations_s: dict[str, float]) -> dict[str, Any]:
-    """JSON-ready summary of a result: numbers, levels, UIDs; no patient identifiers."""
-    return {
-        "study_instance_uid": result.source.study_instance_uid,
-        "series_instance_uid": result.source.series_instance_uid,
-        "algorithm": {"name": result.algorithm.name, "version": result.algorithm.version},
-        "global": {
-            "reduced": result.global_score.reduced,
-            "inconclusive": result.global_score.inconclusive,
-            "method": result.global_score.method,
-            "rule": result.global_score.rule,
-        },
-        "regions": {
-            r.region.value: {
-                "sbr": r.sbr,
-                "level": int(r.level),
-                "level_sbr": int(r.level_sbr),
-                "z_score": r.z_score,
-                "normal_mean": r.normal_mean,
-                "normal_sd": r.normal_sd,
-            }
-            for r in result.regions
-        },
-        "ratios": {k: _finite_or_none(v) for k, v in vars(result.ratios).items()},
-        "reference_region": result.reference_region,
-        "registration_quality": result.registration_quality,
-        "warnings": list(result.warnings),
-        "stage_durations_s": durations_s,
-    }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None

@@ -224,14 +224,17 @@ def test_out_of_space_is_0xA700(tmp_path: Path, data: dict[str, list[Path]]) -> 
         assert full.stop() == 0
 
 
-def test_no_pipeline_reason(tmp_path: Path, data: dict[str, list[Path]]) -> None:
-    with NodeProcess(tmp_path, components="scp,worker") as bare:
-        bare.start()
-        assert storescu(bare, data["multiframe"]).returncode == 0
+def test_not_a_brain_fails_with_its_reason(tmp_path: Path, data: dict[str, list[Path]]) -> None:
+    """A DaT-coded NM volume holding only a marker cube is refused by the real pipeline."""
+    with NodeProcess(tmp_path, components="scp,worker") as node:
+        node.start()
+        assert storescu(node, data["multiframe"]).returncode == 0
         series = str(pydicom.dcmread(data["multiframe"][0]).SeriesInstanceUID)
-        _, _, reason, code = job_of_series(bare, series, state="failed")
-        assert (reason, code) == ("no analysis pipeline installed", "no_pipeline")
-        assert bare.stop() == 0
+        _, _, reason, code = job_of_series(node, series, state="failed")
+        assert code == "normalisation_failed"
+        assert reason.startswith("normalisation failed")
+        assert node.query("SELECT COUNT(*) FROM outbox") == [(0,)]  # no result made up
+        assert node.stop() == 0
 
 
 def test_concurrent_senders(tmp_path: Path) -> None:

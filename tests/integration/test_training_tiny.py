@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -220,3 +221,38 @@ def test_augmentation() -> None:
     a = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
     b = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, batch) and a.shape == batch.shape
+
+
+def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None:
+    """The node's pipeline with the tiny model: CNN levels beside the SBR levels, in the SR."""
+    import highdicom as hd
+    import pydicom
+    from dat_phantom import make_phantom, normal_sbr, random_pose
+    from nmdata import write_marker_study
+
+    from service.dicom import codes
+    from service.imaging.atlas import load_atlas
+    from service.pipelines.dat_spect import DatSpectPipeline
+
+    rng = np.random.default_rng(3)
+    phantom = make_phantom(load_atlas(), normal_sbr(), random_pose(rng), rng)
+    paths = write_marker_study(tmp_path / "study", "multiframe", image=phantom.image,
+                               uid_seed="tiny-cnn-pipeline")
+    session = CnnSession(trained["model"])
+    output = DatSpectPipeline(cnn=session).run(paths, "job-tiny-cnn")
+    result = output.result
+    assert result.global_score.method == "cnn"
+    assert result.algorithm.model_sha256 == trained["summary"]["sha256"]
+    for r in result.regions:
+        assert r.level_cnn is not None and r.level == r.level_cnn
+        assert r.cnn_probabilities is not None and len(r.cnn_probabilities) == 5
+    sr = output.datasets[0]
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
+    report = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    groups = {g.tracking_identifier: g for g in report.content.get_image_measurement_groups()}
+    for r in result.regions:
+        group = groups[r.region.value.replace("_", " ")]
+        names = {e.name.value for e in group.get_qualitative_evaluations()}
+        assert {codes.UPTAKE_LEVEL_CONCEPT.value, "DN-0002", "DN-0003"} <= names
+    assert trained["summary"]["sha256"].encode() in buffer.getvalue()  # algorithm parameters
