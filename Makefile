@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck unit peers clean setup-run setup-test
+.PHONY: run test lint unit peers clean setup-run setup-test benchmark
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: peers setup-test lint
 
 unit: setup-test
 	$(VENV)/bin/python -m pytest -q tests/unit
+
+# The synthetic benchmark (2000 studies, resumable; see docs/simulator.md).
+benchmark: setup-test
+	$(VENV)/bin/dopanode benchmark generate data/benchmark
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -1,9 +1,138 @@
-"""Sub-commands of this area (see :mod:`service.cli`)."""
+"""Sub-commands of the simulator (see :mod:`service.cli`): ``simulate`` and ``benchmark``.
+
+Heavy imports (torch) happen inside the command functions.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.sim.benchmark import SiteSpec
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this area's sub-commands (none yet)."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate`` and ``benchmark generate|describe``."""
+    sim = subparsers.add_parser(
+        "simulate", help="simulate DaTscan studies of one camera profile (needs dopanode[sim])"
+    )
+    sim.add_argument("out", type=Path, help="output folder")
+    sim.add_argument("--profile", required=True, help="camera profile name")
+    sim.add_argument("--n", type=int, required=True, help="number of studies")
+    sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument(
+        "--variant", default=None, help="DICOM encoding variant (default: a mix of all)"
+    )
+    sim.add_argument("--workers", type=int, default=2)
+    sim.set_defaults(func=run_simulate)
+
+    bench = subparsers.add_parser("benchmark", help="the four-site simulated benchmark")
+    sub = bench.add_subparsers(dest="benchmark_command", metavar="ACTION", required=True)
+    gen = sub.add_parser("generate", help="generate (or resume) the benchmark data sets")
+    gen.add_argument("out", type=Path)
+    gen.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
+    gen.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many studies per site (a reproducible subset)",
+    )
+    gen.add_argument("--workers", type=int, default=2)
+    gen.set_defaults(func=run_benchmark_generate)
+    desc = sub.add_parser("describe", help="print the benchmark definition (and progress)")
+    desc.add_argument("out", type=Path, nargs="?", default=None)
+    desc.set_defaults(func=run_benchmark_describe)
+    val = sub.add_parser("validate", help="validation pictures and SBR tables (docs/simulator.md)")
+    val.add_argument("out", type=Path, help="a generated benchmark folder (with manifest.csv)")
+    val.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    val.add_argument(
+        "--subjects", type=int, default=6, help="normal subjects for the AC/SC comparison"
+    )
+    val.add_argument("--seed", type=int, default=2026)
+    val.set_defaults(func=run_benchmark_validate)
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise SystemExit("--n/--limit must be at least 1")
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from service.sim.benchmark import generate, profile_site
+    from service.sim.profiles import get_profile
+
+    _check_n(args.n)
+    try:
+        get_profile(args.profile)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    site = profile_site(args.profile, args.n, args.seed, args.variant)
+    manifest = generate([site], args.out, workers=args.workers)
+    print(f"wrote {args.n} studies; manifest {manifest}")
+    return 0
+
+
+def _selected_sites(names: str | None, limit: int | None) -> list[SiteSpec]:
+    from dataclasses import replace
+
+    from service.sim.benchmark import SITES
+
+    chosen = list(SITES) if not names else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in SITES]
+    if unknown:
+        raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
+    if limit is not None:
+        _check_n(limit)
+    return [
+        replace(SITES[n], n_studies=min(SITES[n].n_studies, limit or SITES[n].n_studies))
+        for n in chosen
+    ]
+
+
+def run_benchmark_generate(args: argparse.Namespace) -> int:
+    from service.sim.benchmark import generate
+
+    manifest = generate(_selected_sites(args.sites, args.limit), args.out, workers=args.workers)
+    print(f"manifest {manifest}")
+    return 0
+
+
+def run_benchmark_describe(args: argparse.Namespace) -> int:
+    from service.sim.benchmark import SITES, TRUTH_FILE, study_id
+    from service.sim.profiles import get_profile
+
+    for site in SITES.values():
+        p = get_profile(site.profile)
+        line = (
+            f"{site.name:14s} {site.role:10s} n={site.n_studies:4d} seed={site.seed} "
+            f"profile={site.profile} ({p.manufacturer} {p.model_name}, {p.collimator.name}, "
+            f"{p.matrix}x{p.matrix} {p.voxel_mm} mm, {p.reconstruction_description})"
+        )
+        if args.out is not None:
+            done = sum(
+                (args.out / site.name / study_id(site, i) / TRUTH_FILE).exists()
+                for i in range(site.n_studies)
+            )
+            line += f" done={done}"
+        print(line)
+    return 0
+
+
+def run_benchmark_validate(args: argparse.Namespace) -> int:
+    from service.sim import validation
+
+    _check_n(args.subjects)
+    args.img_dir.mkdir(parents=True, exist_ok=True)
+    rows = validation.load_manifest(args.out / "manifest.csv")
+    groups = validation.sbr_groups(rows)
+    validation.sbr_figure(groups, args.img_dir / "sim_sbr.png")
+    print(validation.sbr_table(groups))
+    validation.render_profiles(args.img_dir / "sim_profiles.png", seed=args.seed)
+    effects = {
+        name: validation.correction_effect(name, args.subjects, args.seed)
+        for name in validation.CORRECTION_VARIANTS
+    }
+    print(validation.correction_table(effects))
+    return 0
