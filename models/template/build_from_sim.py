@@ -21,7 +21,13 @@ Usage (from the repository root, simulation extra installed)::
     .venv/bin/python models/template/build_from_sim.py --out models/template
 
 Outputs: ``fpcit_template_mni2mm.npz``, ``calibration.json``, ``normals.json``,
-``sim_labels_<profile>_caudate.png`` / ``_putamen.png`` and ``build_log.json``.
+``sim_<profile>_caudate.png`` / ``_putamen.png`` and ``build_log.json``.
+
+Calibration and normals only, against the template already shipped (the
+template file is then left as it is)::
+
+    .venv/bin/python models/template/build_from_sim.py --out models/template \
+        --start-template models/template/fpcit_template_mni2mm.npz --iterations 0
 """
 
 from __future__ import annotations
@@ -40,7 +46,12 @@ from service.imaging.atlas import load_atlas
 from service.imaging.normalise import normalise
 from service.imaging.normals import fit_normals
 from service.imaging.quantify import quantify
-from service.imaging.template import average_template, model_template, save_template
+from service.imaging.template import (
+    average_template,
+    load_template,
+    model_template,
+    save_template,
+)
 from service.pipelines.dat_spect import CALIBRATION_FILE, NORMALS_FILE, TEMPLATE_FILE
 from service.pipelines.labelling import label_dataset, plot_fit
 from service.result import REGIONS
@@ -99,7 +110,10 @@ def main() -> int:
     parser.add_argument("--profile", default="siemens_lehr_osem_ctac", choices=sorted(PROFILES))
     parser.add_argument("--anatomies", type=int, default=20)
     parser.add_argument("--states", type=int, default=4, help="scans per anatomy (first normal)")
-    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=2,
+                        help="template rounds; 0 measures against --start-template only")
+    parser.add_argument("--start-template", type=Path,
+                        help="template .npz to start from (default: the model-based one)")
     parser.add_argument("--seed", type=int, default=20261121)
     parser.add_argument("--table", type=Path, help="also write measured and true SBR as CSV")
     args = parser.parse_args()
@@ -107,7 +121,8 @@ def main() -> int:
     start = time.perf_counter()
     atlas = load_atlas()
     scans = simulate(args.profile, args.anatomies, args.states, args.seed)
-    template = model_template(atlas)
+    template = load_template(args.start_template, atlas) if args.start_template else (
+        model_template(atlas))
     n_failed = 0
     for iteration in range(args.iterations + 1):
         for scan in scans:
@@ -130,9 +145,11 @@ def main() -> int:
               "not patient data")
     db = fit_normals([s["sbr"] for s in normal_scans], [s["age"] for s in normal_scans], source)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_template(args.out / TEMPLATE_FILE, np.round(template, 3),
-                  f"mean of {len(normal_scans)} simulated normal scans ({args.profile}), "
-                  f"{args.iterations} iterations from the model template")
+    if args.iterations > 0:
+        save_template(args.out / TEMPLATE_FILE, np.round(template, 3),
+                      f"mean of {len(normal_scans)} simulated normal scans ({args.profile}), "
+                      f"{args.iterations} iterations from "
+                      f"{args.start_template.name if args.start_template else 'the model template'}")
     calibration = labels.calibration().to_dict()
     calibration["source"] = f"GMM labels of {len(scans)} SIMULATED scans ({args.profile})"
     (args.out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")

@@ -3,16 +3,22 @@
 Thin handlers (style rule 3): pynetdicom streams each arriving dataset into
 a file in the spool's ``tmp/`` (no copy in memory); the C-STORE handler
 checks the SOP class and the limits, reads a handful of header values (never
-pixel data), fsyncs the file and renames it under a path of validated UIDs
-(then fsyncs the directory), records it in SQLite together with the series
+pixel data), makes the file durable under a path of validated UIDs
+(:meth:`Spool.adopt`), records it in SQLite together with the series
 bookkeeping, and only then answers Success. Every failure is answered with a
 precise status and an ErrorComment; nothing patient-related is logged
 (pynetdicom's identifier logging is switched off).
 
-Durability costs one file fsync and one directory fsync per instance; the
-row is committed with ``synchronous=NORMAL`` (safe against a crash of the
-process; after a power loss :func:`service.completion.recover_spool`, run at
-start-up, re-records the fsynced files whose rows were lost).
+Durability costs one flush per instance on ext4/XFS/btrfs (data written out,
+rename, fsync of the file; elsewhere fsync, rename, fsync of the directory:
+see :mod:`service.store.spool`); the row is committed with
+``synchronous=NORMAL`` (safe against a crash of the process; after a power
+loss :func:`service.completion.recover_spool`, run at start-up, re-records
+the durable files whose rows were lost).
+
+The association machinery is pynetdicom's with event-driven waits and the
+C-STORE served in the thread that received it (:mod:`service.dicom.acceptor`):
+bench/ingest.py measures the difference.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service import completion, metrics
 from service.config import Settings
-from service.dicom import codes
+from service.dicom import acceptor, codes
 from service.dicom.codes import Status
 from service.dicom.uids import validated_uid
 from service.store import db
@@ -131,6 +137,9 @@ class StorageSCP:
         self._active_lock = threading.Lock()
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
+        # pynetdicom's "standard" handlers format debug text for every PDU and
+        # DIMSE message under the AE-wide lock; its logger is at WARNING anyway
+        _config.LOG_HANDLER_LEVEL = "none"
         self._saved_globals: tuple[bool, str | None] | None = None
         self.ae = self._make_ae()
 
@@ -163,9 +172,8 @@ class StorageSCP:
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.tmp_dir)
         node = self.settings.node
-        self._server = self.ae.start_server(
-            (node.bind, node.port), block=False, evt_handlers=handlers
-        )
+        # pynetdicom's acceptor with event-driven waits (service.dicom.acceptor)
+        self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers)
         log.info("scp_listening", extra={"fields": {"ae_title": node.ae_title,
                                                     "port": self.port}})
 

@@ -7,21 +7,37 @@ Gaussian mixture is fitted to the SBR histogram (:mod:`service.imaging.gmm`,
 number of components by BIC among 2..4: a referral dataset holds at least a
 normal and a reduced population). The *normal* component N is the one with the
 highest mean among those holding at least :data:`MIN_NORMAL_WEIGHT` of the
-scans. Four thresholds then split the SBR axis, highest first:
+scans. Its mean ``mu`` is used as fitted. Its spread is the *normal spread*
 
-* ``t01 = mean_N - 2 sd_N``: below it a region is no longer normal
-  (about 2.3 % of the normal component lies below);
-* ``t12``: where the posterior probability of N falls to 0.5 against all
-  lower components (Bayes boundary), clipped to ``[0, t01]``; with a
-  single component (all scans alike) ``mean_N - 3 sd_N``;
-* ``t23 = 2/3 t12`` and ``t34 = 1/3 t12``: the reduced range ``[0, t12]``
-  in equal thirds, so "almost missing" means an SBR under a third of the
-  lowest non-normal-looking value.
+``s = min(sd_N, NORMAL_CV_MAX * mu)``
+
+because in a referral population the upper component also absorbs the mild
+and one-sided disease lying just below the normals (measured on simulated
+data: the putamen component's SD doubles from about 0.25 to 0.46 when it
+does), which would push every threshold down. :data:`NORMAL_CV_MAX` (0.15) is
+the coefficient of variation of the simulated normal database
+(``models/template/normals.json``: SD / mean 0.14-0.17 per region); a site
+sets it from its own normals. Four thresholds then split the SBR axis,
+highest first:
+
+* ``t01 = mu - 1.5 s``: below it a region is no longer clearly normal
+  (about 7 % of a Gaussian normal population lies below);
+* ``t12 = max(mu - 2 s, bayes)``, clipped to ``t01``: the normal/reduced
+  boundary, at ``z = -2`` of the normal population, raised to the Bayes
+  boundary (posterior of N = 0.5 against all lower components) where the
+  dataset's reduced population reaches higher than that;
+* ``t34 = ALMOST_MISSING_REL * mu`` (20 % of the normal mean), clipped to
+  ``t12 / 3`` at most: "almost missing" uptake;
+* ``t23 = (t12 + t34) / 2``: moderate and strong reduction split the reduced
+  range above "almost missing" in two.
 
 A region's level is the number of thresholds its SBR lies below: 0 normal,
 1 borderline, 2 moderate reduction, 3 strong reduction, 4 almost missing.
 The same thresholds, written as a calibration file, give the conventional
-rating of new scans (:func:`level_for`).
+rating of new scans (:func:`level_for`). SBR is used as measured, not
+age-corrected: in the simulated referral mix age correction (5 %/decade) made
+the separation worse, since reduced scans come from older subjects; the
+age-corrected view is the normal database's z-score, reported beside it.
 
 Global score
 ------------
@@ -45,6 +61,13 @@ from service.result import GlobalScore, Level, Region
 
 #: Smallest weight of a mixture component that may be the normal population.
 MIN_NORMAL_WEIGHT = 0.1
+#: Largest coefficient of variation (SD / mean) accepted for the normal component.
+NORMAL_CV_MAX = 0.15
+#: Normal-spread multiples below the normal mean for the level 0/1 and 1/2 thresholds.
+Z_BORDERLINE = 1.5
+Z_REDUCED = 2.0
+#: "Almost missing": SBR below this fraction of the normal component's mean.
+ALMOST_MISSING_REL = 0.2
 #: Relative distance to the normal/reduced threshold that makes a call unsure.
 INCONCLUSIVE_MARGIN_REL = 0.05
 STRUCTURES = ("caudate", "putamen")
@@ -112,18 +135,36 @@ def normal_component(mixture: Mixture) -> int:
     return max(eligible or range(mixture.n_components), key=lambda i: mixture.means[i])
 
 
-def thresholds_from_mixture(mixture: Mixture) -> Thresholds:
-    """The four thresholds of the module rule for one fitted structure."""
+def normal_spread(mixture: Mixture, cv_max: float = NORMAL_CV_MAX) -> tuple[float, float]:
+    """``(mu, s)``: mean of the normal component and its SD capped at ``cv_max * mu``."""
     n = normal_component(mixture)
-    mean_n, sd_n = mixture.means[n], mixture.sds[n]
-    t01 = max(mean_n - 2.0 * sd_n, 0.0)
+    mean_n = mixture.means[n]
+    return mean_n, min(mixture.sds[n], cv_max * max(mean_n, 0.0))
+
+
+def thresholds_from_mixture(mixture: Mixture, cv_max: float = NORMAL_CV_MAX) -> Thresholds:
+    """The four thresholds of the module rule for one fitted structure.
+
+    Parameters
+    ----------
+    mixture : Mixture
+        GMM of one structure's SBRs (SBR units, left and right pooled).
+    cv_max : float
+        Largest accepted SD / mean of the normal component.
+    """
+    n = normal_component(mixture)
+    mean_n, spread = normal_spread(mixture, cv_max)
+    t01 = max(mean_n - Z_BORDERLINE * spread, 0.0)
+    t12 = max(mean_n - Z_REDUCED * spread, 0.0)
     lower = [i for i in range(mixture.n_components) if mixture.means[i] < mean_n]
-    t12 = _bayes_boundary(mixture, n, lower, t01) if lower else max(mean_n - 3.0 * sd_n, 0.0)
-    t12 = min(max(t12, 0.0), t01)
-    return Thresholds((t01, t12, 2.0 * t12 / 3.0, t12 / 3.0))
+    if lower:
+        t12 = max(t12, _bayes_boundary(mixture, n, lower))
+    t12 = min(t12, t01)
+    t34 = min(ALMOST_MISSING_REL * mean_n, t12 / 3.0)
+    return Thresholds((t01, t12, (t12 + t34) / 2.0, t34))
 
 
-def _bayes_boundary(mixture: Mixture, n: int, lower: list[int], upper_mm: float) -> float:
+def _bayes_boundary(mixture: Mixture, n: int, lower: list[int]) -> float:
     """Highest SBR below the normal mean where P(normal) drops to 0.5."""
     grid = np.linspace(0.0, mixture.means[n], 2001)
     dens = mixture.component_pdf(grid)

@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from service.imaging.gmm import Mixture, select_mixture
-from service.imaging.levels import STRUCTURES, Calibration, Thresholds, thresholds_from_mixture
+from service.imaging.levels import (
+    NORMAL_CV_MAX,
+    STRUCTURES,
+    Calibration,
+    Thresholds,
+    normal_component,
+    normal_spread,
+    thresholds_from_mixture,
+)
 from service.result import REGIONS, Level, Region
 
 #: Range of mixture components tried (chosen by BIC). A referral dataset
@@ -34,6 +42,7 @@ class StructureFit:
     values: tuple[float, ...]
     mixture: Mixture
     thresholds: Thresholds
+    cv_max: float = NORMAL_CV_MAX
 
 
 @dataclass(frozen=True)
@@ -66,15 +75,21 @@ def label_dataset(
     rng: np.random.Generator,
     max_components: int = MAX_COMPONENTS,
     min_components: int = MIN_COMPONENTS,
+    cv_max: float = NORMAL_CV_MAX,
 ) -> DatasetLabels:
-    """Fit caudate and putamen separately and label each scan's four regions."""
+    """Fit caudate and putamen separately and label each scan's four regions.
+
+    ``cv_max`` caps the normal component's SD / mean (rule in
+    :mod:`service.imaging.levels`); set it from a site's own normals.
+    """
     fits = {}
     for structure in STRUCTURES:
         regions = [r for r in REGIONS if r.structure == structure]
         values = np.array([row[r] for row in sbr_rows for r in regions], float)
         mixture = select_mixture(values, max_components, rng, min_components=min_components)
         fits[structure] = StructureFit(
-            structure, tuple(values.tolist()), mixture, thresholds_from_mixture(mixture)
+            structure, tuple(values.tolist()), mixture, thresholds_from_mixture(mixture, cv_max),
+            cv_max,
         )
     levels = tuple(
         {r: fits[r.structure].thresholds.level(row[r]) for r in REGIONS} for row in sbr_rows
@@ -98,6 +113,11 @@ def plot_fit(fit: StructureFit, dataset: str, path: Path) -> None:
     for k, d in enumerate(dens):
         ax.plot(x, d, lw=1.2, label=f"component {k + 1}: mean {fit.mixture.means[k]:.2f}")
     ax.plot(x, dens.sum(axis=0), "k", lw=1.5, label="mixture")
+    mu, spread = normal_spread(fit.mixture, fit.cv_max)
+    w_n = fit.mixture.weights[normal_component(fit.mixture)]
+    z = (x - mu) / max(spread, 1e-9)
+    ax.plot(x, w_n * values.size * width * np.exp(-0.5 * z * z) / (max(spread, 1e-9) * np.sqrt(2 * np.pi)),
+            "k:", lw=1.2, label=f"normal used: mean {mu:.2f}, SD {spread:.2f}")
     top = float(max(np.asarray(counts).max(), dens.sum(axis=0).max()))
     for i, t in enumerate(fit.thresholds.values):
         ax.axvline(t, color="tab:red", ls="--", lw=1)
