@@ -231,7 +231,7 @@ def test_crash_is_retried_then_done(store: Any, studies: dict[str, list[Path]]) 
     job = db.get_job(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and job.state == "done" and job.attempts == 2
     result = json.loads(job.result_json or "")
-    assert {r["region"] for r in result["regions"]} == {
+    assert set(result["regions"]) == {
         "caudate_left", "caudate_right", "putamen_left", "putamen_right"}
     items = outbox.items_for_job(conn, job_id)  # type: ignore[arg-type]
     assert [i.destination for i in items] == ["pacs"]
