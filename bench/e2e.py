@@ -198,8 +198,20 @@ def send_through_node(node: NodeProcess, study: Study, dest_dir: Path,
     wait_until(lambda: len(os.listdir(dest_dir)) >= len(seen) + 2, timeout_s,
                "the SR and the picture report")
     all_s = time.perf_counter() - t0
+    _check_same_study(study, [dest_dir / n for n in _new_files(dest_dir, seen, "")])
     seen.update(os.listdir(dest_dir))
     return Sample(study.study_id, transfer_s, e2e_s, all_s, wall_t0)
+
+
+def _check_same_study(study: Study, received: list[Path]) -> None:
+    """The outputs that arrived belong to the study just sent (an SR among them)."""
+    from pydicom import dcmread
+
+    sent_uid = dcmread(study.files[0], stop_before_pixels=True).StudyInstanceUID
+    headers = [dcmread(p, stop_before_pixels=True) for p in received]
+    if any(h.StudyInstanceUID != sent_uid for h in headers) or not any(
+            h.Modality == "SR" for h in headers):
+        raise RuntimeError(f"{study.study_id}: unexpected outputs at the destination")
 
 
 def node_breakdown(node: NodeProcess, study: Study, sample: Sample) -> dict[str, float]:

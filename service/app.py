@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service import memory
 from service.config import ConfigError, Settings, describe, load_settings
 from service.pipelines.base import Pipeline
 
@@ -249,6 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    memory.limit_arenas()  # before any thread starts (see service.memory)
     try:
         pipeline = load_pipeline(settings) if "worker" in components else None
     except Exception as exc:  # the process edge: refuse to start, say why

@@ -34,7 +34,7 @@ from typing import Any
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from service import completion, metrics
+from service import completion, memory, metrics
 from service.errors import AnalysisError
 from service.pipelines.base import Pipeline, PipelineOutput
 from service.result import summary_dict
@@ -135,7 +135,10 @@ class Worker:
         job = claim_job(self.conn, self.owner, self.lease_s, at)
         if job is None:
             return False
-        self.process(job)
+        try:
+            self.process(job)
+        finally:
+            memory.trim()  # a job's arrays are freed: hand the pages back
         return True
 
     def process(self, job: db.Job) -> None:

@@ -12,12 +12,13 @@ scans. Its mean ``mu`` is used as fitted. Its spread is the *normal spread*
 ``s = min(sd_N, NORMAL_CV_MAX * mu)``
 
 because in a referral population the upper component also absorbs the mild
-and one-sided disease lying just below the normals (measured on simulated
-data: the putamen component's SD doubles from about 0.25 to 0.46 when it
-does), which would push every threshold down. :data:`NORMAL_CV_MAX` (0.15) is
-the coefficient of variation of the simulated normal database
-(``models/template/normals.json``: SD / mean 0.14-0.17 per region); a site
-sets it from its own normals. Four thresholds then split the SBR axis,
+and one-sided disease lying just below the normals, which pushes every
+threshold down (simulated CT-AC OSEM putamen: component SD 0.37 and 0.46 in
+two sets whose normals alone had 0.29 and 0.34; the previous Bayes-boundary
+rule then put ``t12`` at 0.86 and missed most PD). :data:`NORMAL_CV_MAX`
+(0.15) is the coefficient of variation of the simulated normal databases
+(SD / mean 0.13-0.17 per region); a site sets it from its own normals
+(``label_dataset(cv_max=...)``). Four thresholds then split the SBR axis,
 highest first:
 
 * ``t01 = mu - 1.5 s``: below it a region is no longer clearly normal

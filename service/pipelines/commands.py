@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.imaging.levels import NORMAL_CV_MAX
+
 if TYPE_CHECKING:
     from service.pipelines.dat_spect import DatModels, Measurement
 
@@ -44,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--min-components", type=int, default=2, help="1 only for normals-only data")
     p.add_argument("--max-components", type=int, default=4)
+    p.add_argument("--normal-cv-max", type=float, default=NORMAL_CV_MAX,
+                   help="cap on the normal component's SD as a fraction of its mean "
+                        "(default %(default)s, from simulated normals; set from a site's own)")
     p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(func=cmd_label)
@@ -228,7 +233,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     sbr = [{Region(c): row[c] for c in CSV_REGIONS} for row in rows]
     labels = label_dataset(
         args.dataset, sbr, np.random.default_rng(args.seed), args.max_components,
-        args.min_components,
+        args.min_components, cv_max=args.normal_cv_max,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "labels.csv").open("w", newline="") as f:
