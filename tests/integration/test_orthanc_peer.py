@@ -17,9 +17,8 @@ from conftest import free_port
 from nmdata import write_marker_study
 from orthanc import OrthancPeer
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
+from samples import write_sr
 
 from service.dicom import codes
 from service.dicom.scu import Sender
@@ -91,20 +90,6 @@ def test_orthanc_echo_fails_when_the_node_is_down(tmp_path):
             pacs.post("/modalities/dopanode/echo", json={})
 
 
-def _write_sr(path: Path) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = codes.COMPREHENSIVE_SR_STORAGE, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.PatientName = "SR", "X1", "SENTINEL^PATIENT"
-    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
 class _Dest:
     def __init__(self, port: int) -> None:
         self.name, self.ae_title, self.host, self.port = "pacs", "ORTHANC", "127.0.0.1", port
@@ -113,7 +98,7 @@ class _Dest:
 def test_sender_delivers_to_orthanc(tmp_path):
     db = Database(tmp_path / "node.sqlite3")
     db.migrate()
-    ds = _write_sr(tmp_path / "sr.dcm")
+    ds = write_sr(tmp_path / "sr.dcm")
     conn = db.connect()
     with conn:
         outbox.enqueue(conn, 1, ["pacs"], tmp_path / "sr.dcm", ds.SOPClassUID,

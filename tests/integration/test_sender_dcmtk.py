@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, require_tool
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
+from samples import write_sr
 
 from service.dicom import codes
 from service.dicom.scu import Sender
@@ -42,23 +43,6 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str
             return value
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def write_sr(path: Path) -> Dataset:
-    """A small Comprehensive SR Part 10 file (what the worker spools)."""
-    ds = Dataset()
-    ds.SOPClassUID = codes.COMPREHENSIVE_SR_STORAGE
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "SR", "SENTINEL^PATIENT", "X1"
-    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return ds
 
 
 def received(directory: Path) -> list[Path]:
