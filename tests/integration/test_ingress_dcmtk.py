@@ -224,16 +224,40 @@ def test_out_of_space_is_0xA700(tmp_path: Path, data: dict[str, list[Path]]) -> 
         assert full.stop() == 0
 
 
-def test_not_a_brain_fails_with_its_reason(tmp_path: Path, data: dict[str, list[Path]]) -> None:
-    """A DaT-coded NM volume holding only a marker cube is refused by the real pipeline."""
-    with NodeProcess(tmp_path, components="scp,worker") as node:
+def _without_geometry(source: Path, out: Path) -> pydicom.Dataset:
+    """The multi-frame NM file with every orientation/position attribute removed."""
+    ds = pydicom.dcmread(source)
+    for keyword in ("DetectorInformationSequence", "ImagePositionPatient",
+                    "ImageOrientationPatient"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.20"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.21"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
+    return ds
+
+
+def test_real_pipeline_refuses_bad_nm_with_reasons(tmp_path: Path,
+                                                   data: dict[str, list[Path]]) -> None:
+    """DaT-coded NM that is not a brain, and NM without geometry: failed jobs, no results."""
+    no_geometry = _without_geometry(data["multiframe"][0], tmp_path / "no-geometry.dcm")
+    with NodeProcess(tmp_path / "node", components="scp,worker,api") as node:
         node.start()
         assert storescu(node, data["multiframe"]).returncode == 0
+        assert storescu(node, [tmp_path / "no-geometry.dcm"]).returncode == 0
         series = str(pydicom.dcmread(data["multiframe"][0]).SeriesInstanceUID)
         _, _, reason, code = job_of_series(node, series, state="failed")
         assert code == "normalisation_failed"
         assert reason.startswith("normalisation failed")
+        _, _, reason, code = job_of_series(node, no_geometry.SeriesInstanceUID, state="failed")
+        assert code == "missing_geometry" and reason
+        status, body = node.api_get("/api/jobs?state=failed")
+        assert status == 200
+        assert {j["reason_code"] for j in body["jobs"]} == {"normalisation_failed",
+                                                            "missing_geometry"}
         assert node.query("SELECT COUNT(*) FROM outbox") == [(0,)]  # no result made up
+        assert echoscu(node).returncode == 0  # still serving
         assert node.stop() == 0
 
 
