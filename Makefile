@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint unit peers clean setup-run setup-test benchmark
+.PHONY: run test lint unit peers clean setup-run setup-test benchmark demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ peers:
 	bash scripts/install-peers.sh
 
 lint: setup-test
-	$(VENV)/bin/ruff check service tests bench models
+	$(VENV)/bin/ruff check service tests bench models scripts
 	$(VENV)/bin/mypy
 
 test: peers setup-test lint
@@ -39,6 +39,10 @@ test: peers setup-test lint
 
 unit: setup-test
 	$(VENV)/bin/python -m pytest -q tests/unit
+
+# Clone to SR in a real PACS: Orthanc + dopanode + one simulated study.
+demo: peers setup-test
+	$(VENV)/bin/python scripts/demo_orthanc.py
 
 # The synthetic benchmark (2000 studies, resumable; see docs/simulator.md).
 benchmark: setup-test
