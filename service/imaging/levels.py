@@ -43,10 +43,13 @@ age-corrected view is the normal database's z-score, reported beside it.
 Global score
 ------------
 *Reduced* if any of the four regions is at level 2 or worse, else *normal*.
-*Inconclusive* if the worst level is 1 (borderline only), or any region's
-SBR lies within :data:`INCONCLUSIVE_MARGIN_REL` of its ``t12`` threshold
-(the normal/reduced boundary), where a small measurement error would flip
-the call.
+*Inconclusive* when a small measurement error could flip the call: a
+*reduced* call is inconclusive when no region lies clearly below its ``t12``
+threshold (the normal/reduced boundary), i.e. every region at level 2 or
+worse is within :data:`INCONCLUSIVE_MARGIN_REL` of ``t12``; a *normal* call is
+inconclusive when the worst level is 1 (borderline) or any region's SBR lies
+within that margin above ``t12``. One clearly reduced region makes a reduced
+call conclusive, whatever the other regions show.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ INCONCLUSIVE_MARGIN_REL = 0.05
 STRUCTURES = ("caudate", "putamen")
 
 GLOBAL_RULE = (
-    "reduced if any region is level 2+; inconclusive if the worst level is 1 or an "
-    f"SBR is within {INCONCLUSIVE_MARGIN_REL:.0%} of the level 1/2 threshold"
+    "reduced if any region is level 2+; inconclusive if no region is more than "
+    f"{INCONCLUSIVE_MARGIN_REL:.0%} below the level 1/2 threshold (reduced call), or the "
+    f"worst level is 1 or an SBR is within {INCONCLUSIVE_MARGIN_REL:.0%} above it (normal call)"
 )
 
 
@@ -189,14 +193,19 @@ def global_score(
 ) -> GlobalScore:
     """Binary score from the four levels (rule in the module docstring)."""
     worst = max(levels.values())
-    near = any(
-        abs(sbr[r] - calibration.for_region(r).values[1])
-        <= INCONCLUSIVE_MARGIN_REL * calibration.for_region(r).values[1]
-        for r in levels
-    )
+    reduced = worst >= Level.MODERATE_REDUCTION
+    t12 = {r: calibration.for_region(r).values[1] for r in levels}
+    if reduced:
+        clearly_reduced = any(
+            sbr[r] < (1.0 - INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels
+        )
+        inconclusive = not clearly_reduced
+    else:
+        near = any(sbr[r] <= (1.0 + INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels)
+        inconclusive = worst == Level.BORDERLINE or near
     return GlobalScore(
-        reduced=worst >= Level.MODERATE_REDUCTION,
-        inconclusive=worst == Level.BORDERLINE or near,
+        reduced=reduced,
+        inconclusive=inconclusive,
         rule=GLOBAL_RULE,
         method=method,
     )

@@ -120,6 +120,11 @@ def test_global_score_rule() -> None:
     assert not s.reduced and s.inconclusive
     s = _score({**normal, Region.PUTAMEN_RIGHT: 1.27})  # just under t12
     assert s.reduced and s.inconclusive
+    # one clearly reduced region makes the reduced call conclusive
+    s = _score({**normal, Region.PUTAMEN_LEFT: 0.6, Region.PUTAMEN_RIGHT: 1.27})
+    assert s.reduced and not s.inconclusive
+    s = _score({**normal, Region.PUTAMEN_RIGHT: 1.33})  # level 0/1 but just above t12
+    assert not s.reduced and s.inconclusive
 
 
 def test_calibration_round_trip_and_validation() -> None:
