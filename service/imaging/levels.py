@@ -77,9 +77,8 @@ INCONCLUSIVE_MARGIN_REL = 0.05
 STRUCTURES = ("caudate", "putamen")
 
 GLOBAL_RULE = (
-    "reduced if any region is level 2+; inconclusive if no region is more than "
-    f"{INCONCLUSIVE_MARGIN_REL:.0%} below the level 1/2 threshold (reduced call), or the "
-    f"worst level is 1 or an SBR is within {INCONCLUSIVE_MARGIN_REL:.0%} above it (normal call)"
+    "reduced if any region is level 2+; inconclusive if borderline only, or if an SBR error "
+    f"of {INCONCLUSIVE_MARGIN_REL:.0%} could flip the call"
 )
 
 
