@@ -403,7 +403,7 @@ def describe(settings: Settings) -> str:
         f"min free {settings.storage.min_free_mb} MiB, max instance "
         f"{settings.storage.max_instance_mb} MiB",
         f"api: {settings.api.bind}:{settings.api.port}, token "
-        + ("set" if settings.api.token else "NOT SET (api routes open)"),
+        + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
         f"model: {settings.model.path or 'none (conventional scoring only)'}",
         f"worker: {settings.worker.count} x, lease {settings.worker.lease_s:g} s, "
         f"{settings.worker.max_attempts} attempts",
