@@ -1,4 +1,4 @@
-"""SQLite state of the node: instances, series, jobs (and H4's outbox).
+"""SQLite state of the node: instances, series, jobs (and the outbox's table).
 
 One file, WAL journal, ``synchronous=FULL`` (a committed row survives power
 loss), foreign keys on, a busy timeout so concurrent threads and processes
@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from service.store import outbox
 
 JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
 SERIES_STATES: tuple[str, ...] = ("receiving", "complete")
@@ -115,12 +117,6 @@ class Database:
 
     def migrate(self) -> None:
         """Create every table (ours and the outbox) if missing; idempotent."""
-        try:
-            from service.store import outbox
-        except ImportError as exc:  # pragma: no cover - only while H4's module is missing
-            raise ImportError(
-                "service.store.outbox (create_schema) is required to migrate the database"
-            ) from exc
         conn = self.connect()
         try:
             with conn:
