@@ -28,8 +28,7 @@ import highdicom as hd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
-from nodeproc import NodeProcess, wait_until  # noqa: E402
-from orthanc import OrthancPeer  # noqa: E402
+from pacs_pair import pacs_and_node, route_and_wait  # noqa: E402
 
 from service.dicom import codes  # noqa: E402
 
@@ -68,35 +67,25 @@ def main() -> int:
     files = simulate(work / "study", args.seed)
     with (work / "study" / "manifest.csv").open() as f:
         truth = next(csv.DictReader(f))
-    pacs = OrthancPeer(work / "orthanc")
-    destination = {"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
-                   "port": pacs.dicom_port}
-    with NodeProcess(work / "node", settings={"destinations": [destination]}) as node:
-        pacs.modalities["dopanode"] = (node.ae_title, "127.0.0.1", node.scp_port)
-        with pacs:
-            node.start()
-            print(f"Orthanc: {pacs.url}/app/explorer.html   dopanode API: "
-                  f"http://127.0.0.1:{node.api_port}/ready (config {node.config_path})")
-            ids = [pacs.upload(f.read_bytes()) for f in files]
-            series_id = pacs.get(f"/instances/{ids[0]}/series")["ID"]
-            study_id = pacs.get(f"/instances/{ids[0]}/study")["ID"]
-            pacs.post("/modalities/dopanode/store", json={"Resources": [series_id]})
-            started = time.monotonic()
-            series = wait_until(lambda: (s := pacs.get(f"/studies/{study_id}/series"))
-                                and len(s) == 3 and s, 120, "the results in Orthanc")
-            print(f"SR and picture report are in the study after "
-                  f"{time.monotonic() - started:.1f} s:")
-            sr = next(s for s in series if s["MainDicomTags"]["Modality"] == "SR")
-            sr_bytes = pacs._http().get(f"/instances/{sr['Instances'][0]}/file").content
-            print_levels(sr_bytes, truth)
-            if args.keep:
-                print("running; Ctrl-C stops Orthanc and dopanode")
-                try:
-                    while True:
-                        time.sleep(1)
-                except KeyboardInterrupt:
-                    pass
-            node.stop()
+    with pacs_and_node(work) as (pacs, node):
+        print(f"Orthanc: {pacs.url}/app/explorer.html   dopanode API: "
+              f"http://127.0.0.1:{node.api_port}/ready (config {node.config_path})")
+        ids = [pacs.upload(f.read_bytes()) for f in files]
+        started = time.monotonic()
+        series = route_and_wait(pacs, ids[0])
+        print(f"SR and picture report are in the study after "
+              f"{time.monotonic() - started:.1f} s:")
+        sr = next(s for s in series if s["MainDicomTags"]["Modality"] == "SR")
+        sr_bytes = pacs._http().get(f"/instances/{sr['Instances'][0]}/file").content
+        print_levels(sr_bytes, truth)
+        if args.keep:
+            print("running; Ctrl-C stops Orthanc and dopanode")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        node.stop()
     return 0
 
 

@@ -19,8 +19,7 @@ import numpy as np
 import pydicom
 from dat_phantom import make_phantom, random_pose
 from nmdata import write_marker_study
-from nodeproc import NodeProcess, wait_until
-from orthanc import OrthancPeer
+from pacs_pair import pacs_and_node, route_and_wait
 
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
@@ -60,33 +59,18 @@ def test_study_pushed_from_orthanc_comes_back_as_sr(tmp_path: Path) -> None:
                                uid_seed="orthanc-roundtrip")
     source = pydicom.dcmread(paths[0], stop_before_pixels=True)
 
-    pacs = OrthancPeer(tmp_path / "orthanc")
-    destination = {"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
-                   "port": pacs.dicom_port}
-    with NodeProcess(tmp_path / "node", settings={"destinations": [destination]}) as node:
-        pacs.modalities["dopanode"] = (node.ae_title, "127.0.0.1", node.scp_port)
-        with pacs:
-            node.start()
-            instance_id = pacs.upload(paths[0].read_bytes())
-            series_id = pacs.get(f"/instances/{instance_id}/series")["ID"]
-            pacs.post("/modalities/dopanode/store", json={"Resources": [series_id],
-                                                          "Synchronous": True})
-            study_id = pacs.get(f"/instances/{instance_id}/study")["ID"]
+    with pacs_and_node(tmp_path) as (pacs, node):
+        instance_id = pacs.upload(paths[0].read_bytes())
+        series = route_and_wait(pacs, instance_id)
+        modalities = sorted(s["MainDicomTags"]["Modality"] for s in series)
+        assert modalities == ["NM", "OT", "SR"]
+        sr_series = next(s for s in series if s["MainDicomTags"]["Modality"] == "SR")
+        sr_instance = sr_series["Instances"][0]
+        sr_bytes = pacs._http().get(f"/instances/{sr_instance}/file").content
 
-            def three_series() -> list[dict] | None:
-                series = pacs.get(f"/studies/{study_id}/series")
-                return series if len(series) == 3 else None
-
-            series = wait_until(three_series, 120, "SR and picture report in the study")
-            modalities = sorted(s["MainDicomTags"]["Modality"] for s in series)
-            assert modalities == ["NM", "OT", "SR"]
-            sr_series = next(s for s in series if s["MainDicomTags"]["Modality"] == "SR")
-            sr_instance = sr_series["Instances"][0]
-            sr_bytes = pacs._http().get(f"/instances/{sr_instance}/file").content
-
-            status, served = node.api_get(f"/api/studies/{source.StudyInstanceUID}")
-            assert node.stop() == 0
-            assert "SIM^" not in node.log_text()  # no patient name in the node's log
+        status, served = node.api_get(f"/api/studies/{source.StudyInstanceUID}")
+        assert node.stop() == 0
+        assert "SIM^" not in node.log_text()  # no patient name in the node's log
 
     sr = pydicom.dcmread(io.BytesIO(sr_bytes))
     assert sr.StudyInstanceUID == source.StudyInstanceUID
