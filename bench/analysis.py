@@ -17,6 +17,12 @@ One command, ``python bench/analysis.py``, in one run:
    registration would give) and ``true_br_*`` (the simulated binding ratio,
    before the camera's resolution and noise).
 
+With ``--cache WORK --data BENCH`` it reads instead the measurements that
+``dopanode train`` cached for every study of a generated benchmark (the
+pipeline's own ``measure``: gate, volume, normalisation, quantification) and
+prints, over the whole benchmark, the registration success rate per site and
+disease class, the registration quality and scales, and the SBR table.
+
 Goal (issue 3): under 2 s per study, registration included.
 """
 
@@ -35,6 +41,8 @@ import numpy as np
 from common import Study, load_studies, machine_note, median, percentile, print_table, simulate
 
 GOAL_S = 2.0
+#: Order of the cached ``sbr`` arrays (service.result.REGIONS).
+REGION_KEYS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
 DEFAULT_PROFILES = ("siemens_lehr_osem_ctac", "ge_lehr_fbp_chang", "fanbeam_hr_osem",
                     "legacy_legp_lowcount")
 
@@ -135,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="an existing simulator folder (manifest.csv) instead of simulating")
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the temp folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="work folder of 'dopanode train': report its cached measurements "
+                             "of the whole --data benchmark instead of running the pipeline")
     args = parser.parse_args(argv)
+    if args.cache is not None:
+        if args.data is None:
+            parser.error("--cache needs --data (the benchmark folder)")
+        return cache_report(args.cache, args.data)
     if args.n < 1:
         parser.error("--n must be at least 1")
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -153,6 +168,64 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1), "utf-8")
     return 0
+
+
+def cache_report(work: Path, bench: Path) -> int:
+    """Registration and SBR over every study of ``bench`` measured into ``work``."""
+    import csv
+
+    with (bench / "manifest.csv").open(newline="") as f:
+        manifest = {row["study_id"]: row for row in csv.DictReader(f)}
+    failures: dict[str, str] = {}
+    if (work / "failures.csv").is_file():
+        with (work / "failures.csv").open(newline="") as f:
+            failures = {row["study_id"]: f"{row['code']}: {row['reason']}"
+                        for row in csv.DictReader(f)}
+    outcomes, quality, scales = [], {}, {}
+    for sid, row in manifest.items():
+        path = work / "cache" / f"{sid}.npz"
+        if path.is_file():
+            with np.load(path) as npz:
+                sbr = dict(zip(REGION_KEYS, npz["sbr"].tolist(), strict=True))
+                seconds = float(npz["seconds"]) if "seconds" in npz else math.nan
+                if "quality" in npz:
+                    quality[sid], scales[sid] = float(npz["quality"]), npz["scales"]
+            outcomes.append(Outcome(sid, row["profile"], row["encoding_variant"], seconds,
+                                    sbr=sbr))
+        else:
+            outcomes.append(Outcome(sid, row["profile"], row["encoding_variant"], math.nan,
+                                    failure=failures.get(sid, "not measured")))
+    print(f"\nWhole benchmark {bench} from the cache {work} ({len(outcomes)} studies; "
+          "measure = gate + volume + normalisation + quantification):\n")
+    rows = []
+    for (site, cls), group in sorted(_by(outcomes, manifest, ("site", "disease_class")).items()):
+        ok = [o for o in group if o.failure is None]
+        q = [quality[o.study_id] for o in ok if o.study_id in quality]
+        sv = np.array([scales[o.study_id] for o in ok if o.study_id in scales]).reshape(-1, 3)
+        rows.append([site, cls, f"{len(ok)}/{len(group)}", min(q, default=math.nan),
+                     median(q), float(sv.min()) if sv.size else math.nan,
+                     float(sv.max()) if sv.size else math.nan,
+                     median([o.total_s for o in ok])])
+    print_table(["site", "class", "registered", "quality min", "quality med", "scale min",
+                 "scale max", "measure s (med)"], rows)
+    ok_all = [o for o in outcomes if o.failure is None]
+    print(f"\nregistered {len(ok_all)}/{len(outcomes)} "
+          f"({100.0 * len(ok_all) / max(len(outcomes), 1):.2f} %)")
+    for o in outcomes:
+        if o.failure:
+            print(f"  FAILED {o.study_id} ({o.profile}, {manifest[o.study_id]['disease_class']}): "
+                  f"{o.failure}")
+    print("\nSBR against the simulated truth (left and right pooled):\n")
+    sbr_table(outcomes, manifest)
+    return 0
+
+
+def _by(outcomes: list[Outcome], manifest: dict[str, dict[str, str]],
+        keys: tuple[str, ...]) -> dict[tuple[str, ...], list[Outcome]]:
+    groups: dict[tuple[str, ...], list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[tuple(manifest[o.study_id][k] for k in keys)].append(o)
+    return dict(groups)
 
 
 def _studies(args: argparse.Namespace, profiles: list[str], tmp: Path) -> list[Study]:

@@ -5,7 +5,11 @@ Layout of the work directory (never in git):
 * ``cache/<study_id>.npz``: ``x`` ``(1, D, H, W)`` float32 (the output of
   :func:`service.inference.preprocess.cnn_input` on the pipeline's own
   normalised volume), ``sbr`` ``(4,)`` float64 (order of
-  :data:`service.result.REGIONS`), ``age`` (NaN when unknown);
+  :data:`service.result.REGIONS`), ``age`` (NaN when unknown), and from the
+  pipeline also ``quality`` and ``scales`` of the registration and
+  ``seconds`` (wall time of ``measure``), read by ``bench/benchmark_sbr.py``;
+* ``failures.csv``: studies the last pass could not measure, with the
+  pipeline's error code and reason (they are retried by the next pass);
 * ``labels/<dataset>/labels.csv`` and ``calibration.json``: the GMM labels of
   each dataset (site), made by :func:`service.pipelines.labelling.label_dataset`,
   the function behind ``dopanode label``, on the SBRs measured here;
@@ -40,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.csv"
+FAILURES_FILE = "failures.csv"
+#: What a measure function returns: arrays to cache, at least ``x``, ``sbr``, ``age``.
+Measured = dict[str, np.ndarray | float]
+MeasureFn = Callable[[Path], Measured]
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -109,41 +117,50 @@ def _dat_models() -> DatModels:
     return load_dat_models()
 
 
-def measure_study(series_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run the pipeline's ``measure`` on one study: ``(x, sbr, age_years)``."""
+def measure_study(series_dir: Path) -> Measured:
+    """Run the pipeline's ``measure`` on one study (see the cache layout above)."""
+    import time
+
     from service.inference.preprocess import cnn_input
     from service.pipelines.dat_spect import measure, read_datasets
 
     models = _dat_models()
+    start = time.perf_counter()
     files = sorted(p for p in series_dir.rglob("*") if p.is_file())
     m = measure(read_datasets(files), models, (), {})
     x = cnn_input(m.normalisation.volume_zyx, models.atlas)
-    sbr = np.array([m.quantification.sbr[r] for r in REGIONS], float)
-    return x, sbr, float("nan") if m.age_years is None else float(m.age_years)
+    return {
+        "x": x,
+        "sbr": np.array([m.quantification.sbr[r] for r in REGIONS], float),
+        "age": float("nan") if m.age_years is None else float(m.age_years),
+        "quality": float(m.normalisation.quality),
+        "scales": np.asarray(m.normalisation.scales, float),
+        "seconds": time.perf_counter() - start,
+    }
 
 
-def _cache_one(args: tuple[Path, Path, Callable[[Path], tuple[np.ndarray, np.ndarray, float]]]
-               ) -> str | None:
+def _cache_one(args: tuple[Path, Path, MeasureFn]) -> tuple[str, str] | None:
     series_dir, target, measure_fn = args
     from service.errors import AnalysisError
 
     try:
-        x, sbr, age = measure_fn(series_dir)
+        arrays = measure_fn(series_dir)
     except AnalysisError as exc:
-        return f"{exc.code}: {exc.reason}"
+        return exc.code, exc.reason
     tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, x=x, sbr=sbr, age=np.float64(age))
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     tmp.replace(target)
     return None
 
 
 def cache_studies(
     studies: Sequence[Study], work_dir: Path, workers: int = 1,
-    measure_fn: Callable[[Path], tuple[np.ndarray, np.ndarray, float]] = measure_study,
+    measure_fn: MeasureFn = measure_study,
 ) -> list[Study]:
     """Measure every study not yet cached; returns those that are cached.
 
-    Failures (``AnalysisError``) are logged with their code and left out.
+    Failures (``AnalysisError``) are logged with their code, listed in
+    ``failures.csv`` and left out.
     """
     cache = work_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -154,10 +171,14 @@ def cache_studies(
             errors = list(pool.map(_cache_one, jobs, chunksize=4))
     else:
         errors = [_cache_one(job) for job in jobs]
-    for study, error in zip(todo, errors, strict=True):
-        if error:
-            log.warning("study_not_measured",
-                        extra={"fields": {"study_id": study.study_id, "error": error}})
+    with (work_dir / FAILURES_FILE).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["study_id", "site", "code", "reason"])
+        for study, error in zip(todo, errors, strict=True):
+            if error:
+                writer.writerow([study.study_id, study.site, *error])
+                log.warning("study_not_measured", extra={"fields": {
+                    "study_id": study.study_id, "code": error[0], "reason": error[1]}})
     return [s for s in studies if (cache / f"{s.study_id}.npz").exists()]
 
 
@@ -233,7 +254,7 @@ def load_training_set(work_dir: Path) -> TrainingSet:
 
 def build(bench_dir: Path, work_dir: Path, seed: int, workers: int = 1,
           limit_per_site: int | None = None,
-          measure_fn: Callable[[Path], tuple[np.ndarray, np.ndarray, float]] = measure_study,
+          measure_fn: MeasureFn = measure_study,
           ) -> TrainingSet:
     """Measure (cached), label per site and load the benchmark under ``bench_dir``."""
     studies = read_manifest(bench_dir)

@@ -12,14 +12,19 @@ import json
 import logging
 import string
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.training.data import TrainingSet, build, load_training_set, measure_study
+from models.training.data import (
+    MeasureFn,
+    TrainingSet,
+    build,
+    load_training_set,
+    measure_study,
+)
 from models.training.evaluate import (
     carried_calibration,
     format_table,
@@ -107,11 +112,11 @@ def write_card(out_model: Path, fields: dict[str, str]) -> Path:
 
 def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
               workers: int = 1, limit_per_site: int | None = None,
-              measure_fn: Callable[[Path], tuple[np.ndarray, np.ndarray, float]] = measure_study,
+              measure_fn: MeasureFn = measure_study,
               ) -> dict[str, Any]:
     """The whole ``dopanode train`` (see module docstring); returns the summary.
 
-    ``measure_fn`` turns a study's series folder into ``(x, sbr, age)``; the
+    ``measure_fn`` turns a study's series folder into the arrays to cache; the
     default runs the pipeline (tests pass a synthetic one).
     """
     from models.training.export import check_parity, write_json

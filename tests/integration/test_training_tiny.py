@@ -48,7 +48,7 @@ NORMAL_BR = {"caudate": 3.0, "putamen": 2.6}
 FRACTION_OF_LEVEL = (1.0, 0.8, 0.6, 0.4, 0.15)
 
 
-def synthetic_measure(series_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
+def synthetic_measure(series_dir: Path) -> dict:
     """(x, sbr, age) of the synthetic study described by ``series_dir/study.json``."""
     spec = json.loads((series_dir / "study.json").read_text())
     atlas = load_atlas()
@@ -60,7 +60,8 @@ def synthetic_measure(series_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
     counts = gaussian_filter(volume, 1.5 + rng.uniform(0, 1)) * spec["counts_scale"]
     volume = rng.poisson(np.maximum(counts, 0)).astype(np.float32)
     sbr = quantify(volume, atlas).sbr
-    return cnn_input(volume, atlas), np.array([sbr[r] for r in REGIONS]), 60.0
+    return {"x": cnn_input(volume, atlas), "sbr": np.array([sbr[r] for r in REGIONS]),
+            "age": 60.0}
 
 
 def make_bench(root: Path) -> Path:
