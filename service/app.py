@@ -70,8 +70,8 @@ def load_dat_pipeline(settings: Settings) -> Pipeline:
 
     models = load_dat_models(settings.analysis.template_dir)
     cnn = None
-    if settings.model.path is not None:
-        cnn = CnnSession(settings.model.path, settings.model.sha256)
+    if settings.model.model_path is not None:
+        cnn = CnnSession(settings.model.model_path, settings.model.sha256)
     pipeline = DatSpectPipeline(models, settings.analysis.keywords, cnn=cnn)
     log.info(
         "pipeline_loaded",

@@ -129,10 +129,25 @@ class AnalysisSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """ONNX model file and its expected SHA-256 (None: use a sidecar or none)."""
+    """The CNN that rates the regions.
 
+    ``enabled = false`` scores by SBR thresholds only. ``path`` None is the
+    shipped model (``models/dopanode_dat_cnn.onnx``); ``sha256`` None is the
+    checksum in the model's ``.sha256`` sidecar.
+    """
+
+    enabled: bool = True
     path: Path | None = None
     sha256: str | None = None
+
+    @property
+    def model_path(self) -> Path | None:
+        """The ONNX file the node serves, or None when the CNN is off."""
+        from service.paths import MODEL_FILE, default_models_dir
+
+        if not self.enabled:
+            return None
+        return self.path if self.path is not None else default_models_dir() / MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -404,7 +419,7 @@ def describe(settings: Settings) -> str:
         f"{settings.storage.max_instance_mb} MiB",
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
-        f"model: {settings.model.path or 'none (conventional scoring only)'}",
+        f"model: {settings.model.model_path or 'none (conventional scoring only)'}",
         f"worker: {settings.worker.count} x, lease {settings.worker.lease_s:g} s, "
         f"{settings.worker.max_attempts} attempts",
         f"sender: back-off {settings.sender.retry_base_s:g}..{settings.sender.retry_cap_s:g} s, "

@@ -82,6 +82,19 @@ def truth_reduced(disease_classes: Sequence[str]) -> np.ndarray:
     return np.array([c in REDUCED_CLASSES for c in disease_classes], bool)
 
 
+def binary_ceiling(lower_putamen_binding: np.ndarray, truth_red: np.ndarray) -> float:
+    """Best binary accuracy of one threshold on the simulated true binding ratio.
+
+    The simulator draws PD severities from 0.1 upwards, so some scans of
+    the ``pd`` class have normal binding: no method that sees the image can
+    call them reduced. This is the accuracy an oracle reaches that knows the
+    noise-free binding of the lower putamen and picks the best cut-off.
+    """
+    b = np.asarray(lower_putamen_binding, float)
+    cuts = np.append(np.unique(b), np.inf)
+    return float(max(((b < c) == truth_red).mean() for c in cuts))
+
+
 def carried_calibration(site: str, in_distribution_sites: Sequence[str]) -> str:
     """The site whose thresholds rate ``site`` in the baseline: another camera.
 
@@ -106,10 +119,20 @@ def sbr_levels(sbr: np.ndarray, thresholds: Mapping[str, Sequence[float]]) -> np
 
 
 def group_report(true_levels: np.ndarray, pred_levels: np.ndarray, truth_red: np.ndarray,
-                 pred_reduced: np.ndarray, inconclusive: np.ndarray | None) -> dict[str, Any]:
-    """Level and binary metrics of one group of scans (and of its conclusive scans)."""
+                 pred_reduced: np.ndarray, inconclusive: np.ndarray | None,
+                 region_unsure: np.ndarray | None = None) -> dict[str, Any]:
+    """Level and binary metrics of one group of scans (and of its conclusive scans).
+
+    ``region_unsure`` ``(N, 4)``: regions the model flags (ordinal spread); adds
+    their fraction and the 5-level accuracy of the other regions.
+    """
     out = {**level_metrics(true_levels, pred_levels),
            **binary_metrics(truth_red, pred_reduced, inconclusive)}
+    if region_unsure is not None:
+        hit = true_levels == pred_levels
+        out["regions_unsure"] = float(region_unsure.mean())
+        out["accuracy_sure_regions"] = (float(hit[~region_unsure].mean())
+                                        if (~region_unsure).any() else float("nan"))
     if inconclusive is not None and (~inconclusive).any():
         sure = level_metrics(true_levels[~inconclusive], pred_levels[~inconclusive])
         out["conclusive"] = {k: sure[k] for k in ("n_scans", "accuracy_caudate",
@@ -129,7 +152,8 @@ PAPER = {"in_distribution": {"caudate": 0.801, "putamen": 0.780, "binary": 0.974
 def format_table(report: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table of ``{group: {"cnn": metrics, "sbr_carried": metrics}}``."""
     lines = ["| group | method | n | caudate | putamen | all four | within-1 C/P | binary | "
-             "inconcl. | binary (conclusive) |", "|" + "---|" * 10]
+             "inconcl. | binary (conclusive) | regions unsure | 5-level, sure regions |",
+             "|" + "---|" * 12]
     for group, methods in report.items():
         for method, m in methods.items():
             if not isinstance(m, Mapping) or "accuracy_caudate" not in m:
@@ -139,9 +163,10 @@ def format_table(report: Mapping[str, Mapping[str, Any]]) -> str:
                 f"{m['accuracy_putamen']:.1%} | {m['all_four_correct']:.1%} | "
                 f"{m['within_one_caudate']:.1%}/{m['within_one_putamen']:.1%} | "
                 f"{m['binary_accuracy']:.1%} | {m.get('n_inconclusive', '-')} | "
-                f"{_pct(m.get('binary_accuracy_conclusive'))} |")
+                f"{_pct(m.get('binary_accuracy_conclusive'))} | "
+                f"{_pct(m.get('regions_unsure'))} | {_pct(m.get('accuracy_sure_regions'))} |")
         paper = PAPER.get(group)
         if paper:
             lines.append(f"| {group} | paper | - | {paper['caudate']:.1%} | {paper['putamen']:.1%} "
-                         f"| {paper['all_four']:.1%} | - | {paper['binary']:.1%} | - | - |")
+                         f"| {paper['all_four']:.1%} | - | {paper['binary']:.1%} | - | - | - | - |")
     return "\n".join(lines)

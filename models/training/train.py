@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 24
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

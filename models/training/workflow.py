@@ -43,11 +43,12 @@ GROUPS = {"in_distribution": "test", "unseen": "test_unseen"}
 
 
 def cnn_predictions(session: Any, x: np.ndarray, batch_size: int = 16
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Levels ``(N, 4)``, reduced ``(N,)``, inconclusive ``(N,)`` and ms per scan."""
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Levels ``(N, 4)``, reduced ``(N,)``, inconclusive ``(N,)``, unsure regions
+    ``(N, 4)`` and ms per scan."""
     from service.inference.session import rate_scan
 
-    levels, reduced, unsure = [], [], []
+    levels, reduced, unsure, region_unsure = [], [], [], []
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         for probs in session.probabilities(np.ascontiguousarray(x[i:i + batch_size])):
@@ -55,8 +56,10 @@ def cnn_predictions(session: Any, x: np.ndarray, batch_size: int = 16
             levels.append([int(r.level) for r in pred.regions])
             reduced.append(pred.reduced)
             unsure.append(pred.inconclusive)
+            region_unsure.append([r.unsure for r in pred.regions])
     ms = 1000.0 * (time.perf_counter() - start) / max(len(x), 1)
-    return np.array(levels, np.int64), np.array(reduced), np.array(unsure), ms
+    return (np.array(levels, np.int64), np.array(reduced), np.array(unsure),
+            np.array(region_unsure, bool).reshape(-1, 4), ms)
 
 
 def _site_thresholds(work_dir: Path, site: str) -> dict[str, list[float]]:
@@ -91,15 +94,35 @@ def evaluate_model(work_dir: Path, model_path: Path, intra_op_threads: int = 1
             continue
         sub = ts.subset(mask)
         truth = truth_reduced(sub.column("disease_class").tolist())
-        levels, reduced, unsure, ms = cnn_predictions(session, sub.x)
+        levels, reduced, unsure, region_unsure, ms = cnn_predictions(session, sub.x)
         base = base_all[mask]
         report[group] = {
-            "cnn": group_report(sub.levels, levels, truth, reduced, unsure),
+            "cnn": group_report(sub.levels, levels, truth, reduced, unsure, region_unsure),
             "sbr_carried": group_report(sub.levels, base, truth, (base >= 2).any(axis=1), None),
             "ms_per_scan": ms,
         }
     report["table"] = format_table({g: v for g, v in report.items() if g in GROUPS})
     return report
+
+
+def ceilings(bench_dir: Path, ts: TrainingSet) -> dict[str, float]:
+    """:func:`binary_ceiling` per evaluation group from the benchmark's manifest."""
+    import csv
+
+    from models.training.evaluate import binary_ceiling
+
+    with (bench_dir / "manifest.csv").open(newline="") as f:
+        truth = {row["study_id"]: row for row in csv.DictReader(f)}
+    out = {}
+    for group, split in GROUPS.items():
+        rows = [r for r in ts.rows if r["split"] == split]
+        if rows and all("true_br_putamen_left" in truth.get(r["study_id"], {}) for r in rows):
+            binding = np.array([min(float(truth[r["study_id"]]["true_br_putamen_left"]),
+                                    float(truth[r["study_id"]]["true_br_putamen_right"]))
+                                for r in rows])
+            out[group] = binary_ceiling(
+                binding, truth_reduced([r["disease_class"] for r in rows]))
+    return out
 
 
 def write_card(out_model: Path, fields: dict[str, str]) -> Path:
@@ -131,6 +154,7 @@ def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
     if not parity.ok:
         raise SystemExit(f"torch/onnxruntime parity failed: {parity.max_abs_diff:.2e}")
     report = evaluate_model(work_dir, out_model)
+    report["binary_ceiling"] = ceilings(bench_dir, load_training_set(work_dir))
     write_json(out_model.with_suffix(".evaluation.json"), report)
     thresholds = {site.name: json.loads((site / "calibration.json").read_text())
                   for site in sorted((work_dir / "labels").iterdir())}
@@ -180,6 +204,8 @@ def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any
         "total_minutes": f"{summary['total_seconds'] / 60:.1f}", "device": config.device,
         "parity": f"{summary['parity']['max_abs_diff']:.2e} over {summary['parity']['n_scans']} scans",
         "table": report["table"],
+        "ceiling": ", ".join(f"{g}: {v:.1%}" for g, v in report["binary_ceiling"].items())
+        or "not computed (the manifest has no true binding ratios)",
         "ms_per_scan": ", ".join(f"{g}: {report[g]['ms_per_scan']:.1f} ms"
                                  for g in GROUPS if g in report),
     }

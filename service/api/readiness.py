@@ -143,7 +143,7 @@ def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> l
         ("database", lambda: check_database(db)),
         ("spool_disk", lambda: check_spool_disk(settings.storage.spool_dir,
                                                 settings.storage.min_free_mb)),
-        ("model", lambda: check_model(settings.model.path, settings.model.sha256)),
+        ("model", lambda: check_model(settings.model.model_path, settings.model.sha256)),
         ("scp", lambda: check_scp(probes, settings.node.bind, settings.node.port)),
         ("outbox", lambda: check_outbox(db, limits)),
     ]

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from service.paths import default_models_dir
+from service.paths import MODEL_FILE, default_models_dir
 
-MODEL_FILE = "dopanode_dat_cnn.onnx"
 TORCH_MISSING = "torch is not installed: the training commands need pip install -e '.[sim]'"
 
 
@@ -32,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("bench", type=Path, help="benchmark folder with manifest.csv")
     p.add_argument("--work", type=Path, required=True, help="cache and checkpoint folder")
     p.add_argument("--out", type=Path, default=None, help=f"ONNX file (default models/{MODEL_FILE})")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=8, help="channels of the first conv block")

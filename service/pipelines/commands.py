@@ -35,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("analyze", help="analyse DaT SPECT files or folders offline")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
     p.add_argument("--out", type=Path, default=Path("dopanode-out"), help="output folder")
-    p.add_argument("--model", type=Path, default=None,
-                   help="ONNX CNN (with its .sha256 sidecar); default: SBR thresholds only")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, default=None,
+                       help="ONNX CNN (with its .sha256 sidecar); default: the shipped model")
+    model.add_argument("--no-cnn", action="store_true",
+                       help="rate by SBR thresholds only, as with [model] enabled = false")
     _common(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -131,11 +134,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from service.errors import AnalysisError
     from service.inference.session import CnnSession
+    from service.paths import MODEL_FILE, default_models_dir
     from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models
     from service.result import summary_dict
 
     try:
-        cnn = CnnSession(args.model) if args.model is not None else None
+        model = None if args.no_cnn else (args.model or default_models_dir() / MODEL_FILE)
+        cnn = CnnSession(model) if model is not None else None
         pipeline = DatSpectPipeline(
             load_dat_models(args.models), fallback_keywords=args.keyword, cnn=cnn
         )

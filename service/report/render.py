@@ -10,7 +10,9 @@ normal range, and the table of levels, SBR and z-scores.
 
 from __future__ import annotations
 
+
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -25,6 +27,8 @@ DPI = 100
 RESEARCH_BANNER = "RESEARCH USE - NOT FOR DIAGNOSIS"
 #: Warning lines that fit under the footer; the SR carries all of them.
 MAX_WARNING_LINES = 2
+#: The global rule line wraps at this many characters (11 pt on 1280 px).
+RULE_WRAP_CHARS = 150
 
 #: One colour per level 0..4, green to dark red.
 LEVEL_COLOURS = ("#2e7d32", "#c0ca33", "#fb8c00", "#e53935", "#7b1f1f")
@@ -67,14 +71,12 @@ def _draw_banner(fig: Figure, result: StudyResult) -> None:
     fig.text(0.02, 0.915, text, fontsize=32, fontweight="bold", color=colour, va="center")
     score = result.global_score
     flag = "YES" if score.inconclusive else "no"
-    fig.text(
-        0.02,
-        0.862,
+    rule = textwrap.fill(
         f"Global score by {score.method.upper()}, inconclusive: {flag}.   Rule: {score.rule}",
-        fontsize=11,
-        color="#333333",
-        va="center",
+        width=RULE_WRAP_CHARS,
     )
+    fig.text(0.02, 0.862, rule, fontsize=11 if "\n" not in rule else 10, color="#333333",
+             va="center", linespacing=1.2)
 
 
 def _crop_box(slab_yx: np.ndarray, pad_px: int = 4) -> tuple[slice, slice]:

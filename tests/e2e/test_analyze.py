@@ -21,9 +21,12 @@ from service import cli
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
 from service.imaging.quantify import quantify
+from service.inference.manifest import read_sidecar
+from service.paths import MODEL_FILE, default_models_dir
 from service.sim.nm_writer import EncodingVariant
 
 ATLAS = load_atlas()
+SHIPPED_MODEL = default_models_dir() / MODEL_FILE
 #: Phantom uptake factor per variant: 1 healthy, 0.15 almost no striatal uptake.
 FACTORS = {v: (0.15 if i % 3 == 1 else 1.0) for i, v in enumerate(EncodingVariant)}
 THRESHOLDS = [2.2, 1.9, 1.27, 0.63]
@@ -83,14 +86,30 @@ def test_analyze_every_variant(
             assert not (out / uid / "sr.dcm").exists()
             continue
         assert summary["status"] == "done", (t["variant"], summary)
+        assert summary["global"]["method"] == "cnn"  # the shipped model by default
+        assert summary["algorithm"]["model_sha256"] == read_sidecar(SHIPPED_MODEL)
         assert summary["registration_quality"] > 0.9
         assert summary["global"]["reduced"] is (t["factor"] < 0.5), t["variant"]
         for region, value in t["sbr"].items():
             measured = summary["regions"][region.value]["sbr"]
             assert measured == pytest.approx(value, rel=0.1, abs=0.1), (t["variant"], region)
             assert summary["regions"][region.value]["z_score"] is not None
-        assert sum(summary["stage_durations_s"].values()) < 10.0
+        assert set(summary["stage_durations_s"]) >= {"volume", "normalise", "report"}
         _check_outputs(out / uid, uid)
+
+
+def test_analyze_without_cnn_rates_by_sbr(
+    studies: tuple[Path, dict[str, dict]], models_dir: Path, tmp_path: Path
+) -> None:
+    root, truth = studies
+    uid, t = next((u, t) for u, t in truth.items() if t["factor"] is not None)
+    out = tmp_path / "out"
+    folder = root / t["variant"]
+    assert cli.main(["analyze", str(folder), "--out", str(out), "--models", str(models_dir),
+                     "--no-cnn"]) == 0
+    summary = json.loads((out / uid / "summary.json").read_text())
+    assert summary["global"]["method"] == "sbr"
+    assert all(r["level_cnn"] is None for r in summary["regions"].values())
 
 
 def _check_outputs(folder: Path, series_uid: str) -> None:

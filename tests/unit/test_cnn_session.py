@@ -131,8 +131,24 @@ def test_rating_rules() -> None:
     unsure_call[2] = [0.0, 0.5, 0.5, 0.0, 0.0]  # tight (spread 0.5) but P(>= 2) = 0.5
     pred = rate_scan(unsure_call)
     assert not pred.region(Region.PUTAMEN_LEFT).unsure
-    assert pred.inconclusive and pred.p_reduced == pytest.approx(0.5)
+    assert pred.inconclusive and pred.reduced and pred.p_reduced == pytest.approx(0.5)
+    # three regions each 30 % likely reduced: 1 - 0.7^3 = 0.657, reduced but unsure,
+    # although every region's median level is borderline
+    several = np.tile([0.0, 0.7, 0.3, 0.0, 0.0], (4, 1))
+    several[0] = [0.97, 0.03, 0.0, 0.0, 0.0]
+    pred = rate_scan(several)
+    assert all(r.level <= Level.BORDERLINE for r in pred.regions)
+    assert pred.reduced and pred.inconclusive and pred.p_reduced == pytest.approx(1 - 0.7**3)
+    # a scattered region is flagged itself but does not make the study inconclusive
+    scattered = normal.copy()
+    scattered[1] = [0.6, 0.0, 0.0, 0.0, 0.4]
+    pred = rate_scan(scattered)
+    assert pred.region(Region.CAUDATE_RIGHT).unsure and pred.p_reduced == pytest.approx(0.4)
+    assert pred.inconclusive and not pred.reduced
     borderline_close = normal.copy()
+    borderline_close[2] = [0.0, 0.85, 0.15, 0.0, 0.0]  # tight, P(>= 2) = 0.15
+    pred = rate_scan(borderline_close)
+    assert not pred.inconclusive and not pred.reduced
     borderline_close[2] = [0.0, 0.7, 0.3, 0.0, 0.0]  # tight, but P(>= 2) = 0.3
     pred = rate_scan(borderline_close)
     assert not pred.region(Region.PUTAMEN_LEFT).unsure and pred.inconclusive and not pred.reduced

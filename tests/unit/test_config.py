@@ -117,3 +117,13 @@ def test_config_check_command(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(bad)],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "node.port" in res.stderr
+
+
+def test_model_defaults_to_the_shipped_cnn_and_can_be_turned_off(tmp_path: Path) -> None:
+    shipped = REPO / "models" / "dopanode_dat_cnn.onnx"
+    assert load_settings(None, environ={}).model.model_path == shipped
+    off = load_settings(None, environ={"DOPANODE_MODEL__ENABLED": "false"})
+    assert off.model.model_path is None
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\npath = "/srv/site_cnn.onnx"\n')
+    assert load_settings(cfg, environ={}).model.model_path == Path("/srv/site_cnn.onnx")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -23,10 +21,7 @@ TEMPLATE = model_template(ATLAS)
 def test_random_pose_sbr_recovered(seed: int, factor: float) -> None:
     rng = np.random.default_rng(seed)
     phantom = make_phantom(ATLAS, normal_sbr(factor), random_pose(rng), rng)
-    start = time.perf_counter()
-    result = normalise(phantom.image, TEMPLATE, ATLAS)
-    elapsed_s = time.perf_counter() - start
-    assert elapsed_s < 5.0  # goal 2 s per study in all; generous for a shared CPU
+    result = normalise(phantom.image, TEMPLATE, ATLAS)  # its time: bench/analysis.py
     assert result.quality > 0.9
     measured = quantify(result.volume_zyx, ATLAS).sbr
     truth = quantify(phantom.reference_zyx, ATLAS).sbr
