@@ -10,7 +10,6 @@ normal range, and the table of levels, SBR and z-scores.
 
 from __future__ import annotations
 
-
 import io
 import textwrap
 
