@@ -1,8 +1,9 @@
 """ONNX export of a trained network, its checksum, and the torch/onnxruntime parity check.
 
 The exported graph is :class:`models.training.network.ProbabilityModel`: input
-``volume`` ``(batch, 1, D, H, W)`` float32, output ``probabilities``
-``(batch, 4, 5)`` float32, dynamic batch axis, opset :data:`OPSET`. The
+``volume`` ``(batch, 1, D, H, W)`` float32, outputs ``probabilities``
+``(batch, 4, 5)`` and ``p_reduced`` ``(batch, 1)`` float32, dynamic batch axis,
+opset :data:`OPSET`. The
 preprocessing contract and the region order go into the model's
 ``metadata_props`` (read back by :class:`service.inference.session.CnnSession`),
 so the SHA-256 written beside the model (``<model>.onnx.sha256``,
@@ -23,7 +24,12 @@ import torch
 from models.training.network import ProbabilityModel, StriatumNet
 from service.inference.manifest import sidecar_path
 from service.inference.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
-from service.inference.session import INPUT_NAME, OUTPUT_NAME, REGIONS_METADATA_KEY
+from service.inference.session import (
+    GLOBAL_OUTPUT_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REGIONS_METADATA_KEY,
+)
 from service.result import REGIONS
 
 OPSET = 17
@@ -53,8 +59,10 @@ def export_onnx(net: StriatumNet, contract: PreprocessContract, path: Path,
         # the TorchScript exporter: the dynamo one needs onnxscript, not in the sim extra
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (dummy,), str(raw), opset_version=OPSET, dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                          input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME, GLOBAL_OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"},
+                                        GLOBAL_OUTPUT_NAME: {0: "batch"}})
     try:
         proto = onnx.load(str(raw))
     finally:
@@ -91,7 +99,7 @@ class Parity:
 
 def check_parity(net: StriatumNet, onnx_path: Path, x: np.ndarray, batch_size: int = 8,
                  tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """Max |torch - onnxruntime| of the probabilities over the ``(N, 1, D, H, W)`` inputs.
+    """Max |torch - onnxruntime| of both outputs over the ``(N, 1, D, H, W)`` inputs.
 
     onnxruntime runs through :class:`service.inference.session.CnnSession`,
     the node's own serving path (checksum, contract and output checks included).
@@ -104,9 +112,12 @@ def check_parity(net: StriatumNet, onnx_path: Path, x: np.ndarray, batch_size: i
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
-            ref = model(torch.from_numpy(xb)).numpy()
-            got = session.probabilities(xb)
-            worst = max(worst, float(np.abs(ref - got).max()))
+            ref_levels, ref_global = (t.numpy() for t in model(torch.from_numpy(xb)))
+            got_levels, got_global = session.outputs(xb)
+            if got_global is None:
+                raise ValueError(f"{onnx_path} has no {GLOBAL_OUTPUT_NAME} output")
+            worst = max(worst, float(np.abs(ref_levels - got_levels).max()),
+                        float(np.abs(ref_global[:, 0] - got_global).max()))
     return Parity(len(x), worst, tolerance)
 
 

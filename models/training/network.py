@@ -12,6 +12,12 @@ cumulative logit ``s_r + b_rk`` models ``P(level > k)``. The thresholds are
 parameterised as ``b_r0`` minus cumulative softplus increments, so they are
 strictly decreasing and the cumulative probabilities are rank-consistent by
 construction (no post-hoc sorting, nothing data-dependent in the export).
+
+Global head: one logit of *reduced* (the scan-level truth: simulated PD or
+atypical parkinsonism) from the same 128 features, trained with binary
+cross-entropy beside the ordinal loss. The simulator's PD class starts at
+mild disease whose whole-putamen SBR can still be normal; the head may use
+what the four regional levels do not carry (posterior putamen, asymmetry).
 """
 
 from __future__ import annotations
@@ -78,11 +84,17 @@ class StriatumNet(nn.Module):
         self.neck = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(n_flat, 128),
                                   nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.heads = OrdinalHeads(128)
+        self.global_head = nn.Linear(128, 1)
         self.input_shape_zyx = tuple(input_shape_zyx)
         self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads(self.neck(self.features(x)))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cumulative logits ``(N, 4, 4)`` and the global logit ``(N,)`` of *reduced*."""
+        h = self.neck(self.features(x))
+        return self.heads(h), self.global_head(h)[:, 0]
 
 
 def level_probabilities(cum_logits: torch.Tensor) -> torch.Tensor:
@@ -94,14 +106,15 @@ def level_probabilities(cum_logits: torch.Tensor) -> torch.Tensor:
 
 
 class ProbabilityModel(nn.Module):
-    """What is exported: the CNN followed by :func:`level_probabilities`."""
+    """What is exported: level probabilities ``(N, 4, 5)`` and P(reduced) ``(N, 1)``."""
 
     def __init__(self, net: StriatumNet) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return level_probabilities(self.net(volume))
+    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cum_logits, global_logit = self.net.forward_all(volume)
+        return level_probabilities(cum_logits), torch.sigmoid(global_logit)[:, None]
 
 
 def ordinal_loss(cum_logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -115,6 +128,11 @@ def ordinal_loss(cum_logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor
     k = torch.arange(N_LEVELS - 1, device=levels.device)
     targets = (levels[..., None] > k).to(cum_logits.dtype)
     return F.binary_cross_entropy_with_logits(cum_logits, targets)
+
+
+def global_loss(global_logit: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the global head against the scan-level truth (0/1)."""
+    return F.binary_cross_entropy_with_logits(global_logit, reduced.to(global_logit.dtype))
 
 
 def predicted_levels(cum_logits: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from models.training.augment import AugmentConfig, augment
-from models.training.network import StriatumNet, ordinal_loss, predicted_levels
+from models.training.network import StriatumNet, global_loss, ordinal_loss, predicted_levels
 
 log = logging.getLogger(__name__)
+
+#: Weight of the global head's loss beside the ordinal loss (mean of 16 binary tasks).
+GLOBAL_WEIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -72,24 +75,29 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[n
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def evaluate_loss(net: StriatumNet, x: np.ndarray, levels: np.ndarray, batch_size: int,
-                  device: str) -> tuple[float, float]:
-    """Mean ordinal loss and pooled 5-level accuracy of ``net`` (eval mode)."""
+def evaluate_loss(net: StriatumNet, x: np.ndarray, levels: np.ndarray, reduced: np.ndarray,
+                  batch_size: int, device: str) -> tuple[float, float, float]:
+    """Mean loss (ordinal + global), pooled 5-level accuracy, global accuracy (eval mode)."""
     net.eval()
-    losses, correct = [], 0
+    losses, correct, correct_global = [], 0, 0
     with torch.no_grad():
         for idx in _batches(len(x), batch_size, None):
             xb = torch.from_numpy(x[idx]).to(device)
             yb = torch.from_numpy(levels[idx]).to(device)
-            logits = net(xb)
-            losses.append(float(ordinal_loss(logits, yb)) * len(idx))
+            gb = torch.from_numpy(reduced[idx]).to(device)
+            logits, global_logit = net.forward_all(xb)
+            loss = ordinal_loss(logits, yb) + GLOBAL_WEIGHT * global_loss(global_logit, gb)
+            losses.append(float(loss) * len(idx))
             correct += int((predicted_levels(logits) == yb).sum())
-    return sum(losses) / len(x), correct / levels.size
+            correct_global += int(((global_logit > 0) == gb).sum())
+    return sum(losses) / len(x), correct / levels.size, correct_global / len(x)
 
 
-def train(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+def train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray,
+          x_val: np.ndarray, y_val: np.ndarray, r_val: np.ndarray,
           config: TrainConfig) -> TrainResult:
-    """Train a :class:`StriatumNet` on ``(N, 1, D, H, W)`` inputs and ``(N, 4)`` levels.
+    """Train a :class:`StriatumNet` on ``(N, 1, D, H, W)`` inputs, ``(N, 4)`` levels
+    and ``(N,)`` scan-level truths (*reduced*, bool).
 
     The returned network holds the weights of the epoch with the lowest
     validation loss (the last epoch when ``x_val`` is empty).
@@ -97,11 +105,12 @@ def train(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np
     if config.epochs < 1 or len(x_train) < 2:
         raise ValueError("training needs at least one epoch and two training scans")
     with seeded_torch(config.seed, config.threads):
-        return _train(x_train, y_train, x_val, y_val, config)
+        return _train(x_train, y_train, r_train.astype(np.float32), x_val, y_val,
+                      r_val.astype(np.float32), config)
 
 
-def _train(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-           config: TrainConfig) -> TrainResult:
+def _train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray, x_val: np.ndarray,
+           y_val: np.ndarray, r_val: np.ndarray, config: TrainConfig) -> TrainResult:
     net = StriatumNet(tuple(x_train.shape[2:]), config.width, config.dropout).to(config.device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                             weight_decay=config.weight_decay)
@@ -119,7 +128,9 @@ def _train(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: n
                 continue
             xb = augment(torch.from_numpy(x_train[idx]), config.augment, gen).to(config.device)
             yb = torch.from_numpy(y_train[idx]).to(config.device)
-            loss = ordinal_loss(net(xb), yb)
+            gb = torch.from_numpy(r_train[idx]).to(config.device)
+            logits, global_logit = net.forward_all(xb)
+            loss = ordinal_loss(logits, yb) + GLOBAL_WEIGHT * global_loss(global_logit, gb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -127,8 +138,8 @@ def _train(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: n
         sched.step()
         row = {"epoch": epoch + 1, "train_loss": total / len(x_train)}
         if len(x_val):
-            row["val_loss"], row["val_accuracy"] = evaluate_loss(
-                net, x_val, y_val, config.batch_size, config.device)
+            row["val_loss"], row["val_accuracy"], row["val_global_accuracy"] = evaluate_loss(
+                net, x_val, y_val, r_val, config.batch_size, config.device)
         history.append(row)
         log.info("epoch", extra={"fields": row})
         score = row.get("val_loss", -epoch)

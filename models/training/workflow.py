@@ -51,8 +51,9 @@ def cnn_predictions(session: Any, x: np.ndarray, batch_size: int = 16
     levels, reduced, unsure, region_unsure = [], [], [], []
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
-        for probs in session.probabilities(np.ascontiguousarray(x[i:i + batch_size])):
-            pred = rate_scan(probs)
+        probs_b, global_b = session.outputs(np.ascontiguousarray(x[i:i + batch_size]))
+        for j, probs in enumerate(probs_b):
+            pred = rate_scan(probs, None if global_b is None else float(global_b[j]))
             levels.append([int(r.level) for r in pred.regions])
             reduced.append(pred.reduced)
             unsure.append(pred.inconclusive)
@@ -181,7 +182,8 @@ def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
                          f"{contract.input_shape}: clear {work_dir / 'cache'}")
     split = ts.column("split")
     tr, va = ts.subset(split == "train"), ts.subset(split == "val")
-    result = train(tr.x, tr.levels, va.x, va.levels, config)
+    result = train(tr.x, tr.levels, truth_reduced(tr.column("disease_class").tolist()),
+                   va.x, va.levels, truth_reduced(va.column("disease_class").tolist()), config)
     sites = sorted({r["site"] for r in tr.rows})
     save_checkpoint(result, config, work_dir / "checkpoint.pt", {"training_sites": sites})
     sha = export_onnx(result.net, contract, out_model, {

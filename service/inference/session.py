@@ -4,10 +4,12 @@ The model file
 --------------
 An ONNX model (opset >= 17) with one input ``volume`` of shape
 ``(batch, 1, D, H, W)`` float32 (:func:`service.inference.preprocess.cnn_input`
-with a batch axis) and one output ``probabilities`` of shape
+with a batch axis) and the output ``probabilities`` of shape
 ``(batch, 4, 5)`` float32: per region (order of :data:`service.result.REGIONS`,
 recorded under metadata key :data:`REGIONS_METADATA_KEY`) the probabilities of
-levels 0..4. The preprocessing contract is stored in the model's metadata
+levels 0..4; optionally a second output ``p_reduced`` ``(batch, 1)`` float32,
+the model's own probability that the scan is reduced (a global head trained
+on the scan-level truth). The preprocessing contract is stored in the model's metadata
 (:data:`service.inference.preprocess.CONTRACT_METADATA_KEY`), so the SHA-256
 checked here covers it.
 
@@ -20,20 +22,23 @@ the level under the predicted distribution, ``sqrt(sum_k p_k (k - E[k])^2)``,
 in levels; the region is *unsure* when the spread exceeds
 :data:`MAX_SPREAD_LEVELS` (reported per region).
 
-``P(reduced) = 1 - prod_r (1 - P_r(level >= 2))``: the probability that at
-least one region is at level 2 (moderate reduction) or worse, the regions
-taken as independent. The study is *reduced* when ``P(reduced) >= 0.5`` and
-*inconclusive* when ``P(reduced)`` lies in :data:`BINARY_UNSURE_RANGE`.
+With a global head, ``P(reduced)`` is the model's ``p_reduced``; the study is
+*reduced* when it is >= 0.5 and *inconclusive* when it lies in
+:data:`BINARY_UNSURE_RANGE` or when the call disagrees with the regional
+levels (reduced with no region at level 2 or worse, or normal with one), so
+the headline never contradicts the table beside it without saying so.
 
-Why this rule (measured with ``python bench/cnn.py`` on the shipped model):
-on the validation split it called the simulated disease class better than
-"any region's median level >= 2" or the largest regional ``P(level >= 2)``
-(85.8 % against 83.3 %), and the two agree when one region is clearly
-reduced. A study whose regions all sit at level 0-1 but several of them
-could be at 2 is called reduced only through this probability, and then
-usually falls in the inconclusive band. The region spread is not part of
-the study flag: it marks 36-51 % of the scans (mostly level 0/1/2 mixtures
-between close GMM thresholds) without changing the binary accuracy.
+Without one (an older model), ``P(reduced) = 1 - prod_r (1 - P_r(level >= 2))``:
+the probability that at least one region is at level 2 (moderate reduction)
+or worse, the regions taken as independent; *reduced* when >= 0.5,
+*inconclusive* inside :data:`BINARY_UNSURE_RANGE`. On the validation split
+this called the simulated disease class better than "any region's median
+level >= 2" (85.8 % against 83.3 %).
+
+The region spread is not part of the study flag: it marks a third to a half
+of the scans (mostly level 0/1/2 mixtures between close GMM thresholds)
+without changing the binary accuracy; the 5-level accuracy of the regions it
+leaves unflagged is reported by ``python bench/cnn.py``.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "volume"
 OUTPUT_NAME = "probabilities"
+#: Optional second output: P(reduced) ``(batch, 1)`` from the model's global head.
+GLOBAL_OUTPUT_NAME = "p_reduced"
 REGIONS_METADATA_KEY = "dopanode_regions"
 N_LEVELS = len(Level)
 #: Largest ordinal spread (SD of the level distribution, in levels) of a sure region.
@@ -68,6 +75,11 @@ INCONCLUSIVE_RULE = (
     "reduced if P(any region >= moderate reduction) >= 0.5 (regions independent); "
     f"inconclusive if that probability is within [{BINARY_UNSURE_RANGE[0]}, "
     f"{BINARY_UNSURE_RANGE[1]}]"
+)
+GLOBAL_HEAD_RULE = (
+    "reduced if the model's global P(reduced) >= 0.5; inconclusive if it is within "
+    f"[{BINARY_UNSURE_RANGE[0]}, {BINARY_UNSURE_RANGE[1]}] or the call disagrees with the "
+    "regional levels (a region at moderate reduction or worse means reduced)"
 )
 
 
@@ -139,15 +151,25 @@ def rate_region(region: Region, probabilities: np.ndarray) -> RegionPrediction:
                             spread > MAX_SPREAD_LEVELS)
 
 
-def rate_scan(probabilities_rk: np.ndarray) -> CnnPrediction:
-    """Apply the module's rules to one scan's ``(4, 5)`` probabilities."""
+def rate_scan(probabilities_rk: np.ndarray, p_global: float | None = None) -> CnnPrediction:
+    """Apply the module's rules to one scan's ``(4, 5)`` probabilities.
+
+    ``p_global``: the model's own P(reduced) when it has a global head;
+    otherwise P(reduced) comes from the regions (see the module docstring).
+    """
     regions = tuple(rate_region(r, probabilities_rk[i]) for i, r in enumerate(REGIONS))
-    p_region = np.clip(probabilities_rk[:, 2:].sum(axis=1), 0.0, 1.0)
-    p_reduced = float(1.0 - np.prod(1.0 - p_region))
+    if p_global is None:
+        p_region = np.clip(probabilities_rk[:, 2:].sum(axis=1), 0.0, 1.0)
+        p_reduced = float(1.0 - np.prod(1.0 - p_region))
+        rule = INCONCLUSIVE_RULE
+    else:
+        p_reduced = float(np.clip(p_global, 0.0, 1.0))
+        rule = GLOBAL_HEAD_RULE
     reduced = p_reduced >= 0.5
     lo, hi = BINARY_UNSURE_RANGE
-    inconclusive = lo <= p_reduced <= hi
-    return CnnPrediction(regions, reduced, p_reduced, inconclusive)
+    regions_reduced = any(r.level >= Level.MODERATE_REDUCTION for r in regions)
+    inconclusive = lo <= p_reduced <= hi or (p_global is not None and reduced != regions_reduced)
+    return CnnPrediction(regions, reduced, p_reduced, inconclusive, rule)
 
 
 class CnnSession:
@@ -206,11 +228,18 @@ class CnnSession:
 
     def _check_signature(self) -> None:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-            raise AnalysisError("model must have one input 'volume' and one output "
-                                "'probabilities'", "model_contract")
-        if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
-            raise AnalysisError("model input and output must be float32", "model_contract")
+        names = [o.name for o in outputs]
+        if [i.name for i in inputs] != [INPUT_NAME] or names not in (
+                [OUTPUT_NAME], [OUTPUT_NAME, GLOBAL_OUTPUT_NAME]):
+            raise AnalysisError("model must have one input 'volume' and the output "
+                                "'probabilities' (optionally followed by 'p_reduced')",
+                                "model_contract")
+        if inputs[0].type != "tensor(float)" or any(o.type != "tensor(float)" for o in outputs):
+            raise AnalysisError("model input and outputs must be float32", "model_contract")
+        self.has_global_head = len(outputs) == 2
+        if self.has_global_head and list(outputs[1].shape[1:]) != [1]:
+            raise AnalysisError(f"model output {GLOBAL_OUTPUT_NAME} shape {outputs[1].shape} "
+                                "is not [batch, 1]", "model_contract")
         want_in = list(self.contract.input_shape)
         if list(inputs[0].shape[1:]) != want_in or isinstance(inputs[0].shape[0], int):
             raise AnalysisError(f"model input shape {inputs[0].shape} is not "
@@ -220,7 +249,15 @@ class CnnSession:
                                 f"[batch, {len(REGIONS)}, {N_LEVELS}]", "model_contract")
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Raw model output for a ``(N, 1, D, H, W)`` float32 batch: ``(N, 4, 5)`` float32.
+        """Level probabilities for a ``(N, 1, D, H, W)`` float32 batch: ``(N, 4, 5)`` float32.
+
+        Raises as :meth:`outputs`.
+        """
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Level probabilities ``(N, 4, 5)`` and the global P(reduced) ``(N,)`` (None
+        when the model has no global head) for a ``(N, 1, D, H, W)`` float32 batch.
 
         Raises
         ------
@@ -233,15 +270,23 @@ class CnnSession:
                                 f"got {batch.dtype} {batch.shape}", "cnn_input")
         if not np.isfinite(batch).all():
             raise AnalysisError("CNN input holds NaN or infinite values", "cnn_input")
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        out = np.asarray(out)
+        names = [OUTPUT_NAME, GLOBAL_OUTPUT_NAME] if self.has_global_head else [OUTPUT_NAME]
+        results = self._session.run(names, {INPUT_NAME: batch})
+        out = np.asarray(results[0])
         if (out.shape != (batch.shape[0], len(REGIONS), N_LEVELS) or not np.isfinite(out).all()
                 or (out < -1e-6).any()
                 or np.abs(out.sum(axis=-1) - 1.0).max() > PROBABILITY_SUM_TOL):
             raise AnalysisError("CNN output is not a probability distribution per region",
                                 "cnn_output")
-        return out
+        if not self.has_global_head:
+            return out, None
+        p_global = np.asarray(results[1]).reshape(-1)
+        if (p_global.shape != (batch.shape[0],) or not np.isfinite(p_global).all()
+                or (p_global < -1e-6).any() or (p_global > 1 + 1e-6).any()):
+            raise AnalysisError("CNN global output is not a probability", "cnn_output")
+        return out, p_global
 
     def predict(self, cnn_input: np.ndarray) -> CnnPrediction:
         """Rate one scan from its ``(1, D, H, W)`` float32 input (see :mod:`.preprocess`)."""
-        return rate_scan(self.probabilities(np.asarray(cnn_input)[None])[0])
+        probs, p_global = self.outputs(np.asarray(cnn_input)[None])
+        return rate_scan(probs[0], None if p_global is None else float(p_global[0]))

@@ -51,6 +51,7 @@ def test_session_contract_is_the_pipelines() -> None:
     session = CnnSession(MODEL)
     assert session.contract == contract_for_atlas(load_atlas())
     assert session.sha256 == read_sidecar(MODEL)
+    assert session.has_global_head  # the global score comes from the model's own head
 
 
 def _state(rng: np.random.Generator, disease_class: str, min_severity: float = 0.0):

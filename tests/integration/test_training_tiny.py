@@ -184,10 +184,11 @@ def test_commands_export_and_evaluate(trained: dict, capsys: pytest.CaptureFixtu
 def test_training_is_reproducible_with_a_seed(rng) -> None:
     x = rng.normal(0.0, 1.0, (6, 1, 16, 16, 16)).astype(np.float32)
     y = rng.integers(0, 5, (6, 4))
+    r = y.max(axis=1) >= 2
     config = TrainConfig(epochs=1, batch_size=3, width=2, threads=1, seed=11)
-    nets = [train(x, y, x[:2], y[:2], config).net.state_dict() for _ in range(2)]
+    nets = [train(x, y, r, x[:2], y[:2], r[:2], config).net.state_dict() for _ in range(2)]
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
-    other = train(x, y, x[:2], y[:2], replace(config, seed=12)).net.state_dict()
+    other = train(x, y, r, x[:2], y[:2], r[:2], replace(config, seed=12)).net.state_dict()
     assert not all(torch.equal(nets[0][k], other[k]) for k in nets[0])
 
 

@@ -1,7 +1,8 @@
 """The onnxruntime session: checksum, model contract, input/output checks, rating rules.
 
 The models are small ONNX graphs built with ``onnx.helper`` (no torch):
-probabilities = softmax(mean(volume) * W + B) per region.
+probabilities = softmax(mean(volume) * W + B) per region; with a global head
+also p_reduced = sigmoid(mean(volume) * G) (or a raw, unbounded value).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from service.result import REGIONS, Level, Region  # noqa: E402
 CONTRACT = contract_for_atlas(load_atlas())
 W = np.linspace(-2.0, 2.0, 20, dtype=np.float32).reshape(1, 20)
 B = np.tile(np.array([2.0, 1.0, 0.0, -1.0, -2.0], np.float32), 4)
+G = 3.0
 
 
 def _model(path: Path, *, softmax: bool = True, box=CONTRACT.box_shape_zyx,
-           metadata: bool = True, sidecar: bool = True) -> Path:
+           metadata: bool = True, sidecar: bool = True, global_head: str | None = None) -> Path:
+    """``global_head``: None, ``"sigmoid"``, ``"raw"`` or ``"misnamed"``."""
     nodes = [
         helper.make_node("ReduceMean", ["volume"], ["m"], axes=[1, 2, 3, 4], keepdims=0),
         helper.make_node("Reshape", ["m", "shape_n1"], ["m2"]),
@@ -44,11 +47,18 @@ def _model(path: Path, *, softmax: bool = True, box=CONTRACT.box_shape_zyx,
     inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B"),
              numpy_helper.from_array(np.array([-1, 1], np.int64), "shape_n1"),
              numpy_helper.from_array(np.array([-1, 4, 5], np.int64), "shape_n45")]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4, 5])]
+    if global_head is not None:
+        name = "p_other" if global_head == "misnamed" else "p_reduced"
+        inits.append(numpy_helper.from_array(np.array([[G]], np.float32), "G"))
+        nodes.append(helper.make_node("MatMul", ["m2", "G"], ["g"]))
+        nodes.append(helper.make_node("Sigmoid" if global_head != "raw" else "Identity",
+                                      ["g"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1]))
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("volume", TensorProto.FLOAT, ["batch", 1, *box])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4, 5])],
-        inits)
+        outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata:
@@ -152,3 +162,38 @@ def test_rating_rules() -> None:
     borderline_close[2] = [0.0, 0.7, 0.3, 0.0, 0.0]  # tight, but P(>= 2) = 0.3
     pred = rate_scan(borderline_close)
     assert not pred.region(Region.PUTAMEN_LEFT).unsure and pred.inconclusive and not pred.reduced
+
+
+def test_global_head_output(tmp_path: Path, rng) -> None:
+    session = CnnSession(_model(tmp_path / "g.onnx", global_head="sigmoid"))
+    assert session.has_global_head
+    x = rng.normal(0.0, 1.0, (3, *CONTRACT.input_shape)).astype(np.float32)
+    probs, p_global = session.outputs(x)
+    mean = x.reshape(3, -1).astype(np.float64).mean(axis=1)
+    np.testing.assert_allclose(p_global, 1.0 / (1.0 + np.exp(-G * mean)), atol=1e-5)
+    np.testing.assert_allclose(probs, session.probabilities(x), atol=0)
+    pred = session.predict(x[0])
+    assert pred.p_reduced == pytest.approx(float(p_global[0]), abs=1e-6)
+    assert pred.rule.startswith("reduced if the model's global P(reduced)")
+    plain = CnnSession(_model(tmp_path / "p.onnx"))
+    assert not plain.has_global_head and plain.outputs(x)[1] is None
+    assert _code(_model(tmp_path / "m.onnx", global_head="misnamed")) == "model_contract"
+    raw = CnnSession(_model(tmp_path / "r.onnx", global_head="raw"))
+    with pytest.raises(AnalysisError) as err:
+        raw.outputs(np.full((1, *CONTRACT.input_shape), 2.0, np.float32))  # 6, not a probability
+    assert err.value.code == "cnn_output"
+
+
+def test_global_head_rules() -> None:
+    normal = np.tile([0.97, 0.03, 0.0, 0.0, 0.0], (4, 1))
+    sure_normal = rate_scan(normal, 0.05)
+    assert not sure_normal.reduced and not sure_normal.inconclusive
+    # the head sees a reduction the regional levels do not: reduced, but inconclusive
+    disagree = rate_scan(normal, 0.9)
+    assert disagree.reduced and disagree.inconclusive and disagree.p_reduced == 0.9
+    one_reduced = normal.copy()
+    one_reduced[3] = [0.0, 0.05, 0.9, 0.05, 0.0]
+    agree = rate_scan(one_reduced, 0.95)
+    assert agree.reduced and not agree.inconclusive
+    assert rate_scan(one_reduced, 0.1).inconclusive  # a level-2 region, head says normal
+    assert rate_scan(normal, 0.5).inconclusive  # inside the band
