@@ -71,7 +71,7 @@ MAX_SPREAD_LEVELS = 0.75
 BINARY_UNSURE_RANGE = (0.2, 0.8)
 #: Tolerance on the sum of one region's five probabilities.
 PROBABILITY_SUM_TOL = 1e-3
-INCONCLUSIVE_RULE = (
+REGIONAL_RULE = (
     "reduced if P(any region >= moderate reduction) >= 0.5 (regions independent); "
     f"inconclusive if that probability is within [{BINARY_UNSURE_RANGE[0]}, "
     f"{BINARY_UNSURE_RANGE[1]}]"
@@ -117,7 +117,8 @@ class CnnPrediction:
     reduced : bool
         ``p_reduced >= 0.5``.
     p_reduced : float
-        P(at least one region at level 2 or worse), regions independent.
+        P(reduced): the model's global head, or from the regions when the
+        model has none (module docstring).
     inconclusive : bool
     rule : str
     """
@@ -126,7 +127,7 @@ class CnnPrediction:
     reduced: bool
     p_reduced: float
     inconclusive: bool
-    rule: str = INCONCLUSIVE_RULE
+    rule: str = REGIONAL_RULE
 
     def region(self, region: Region) -> RegionPrediction:
         for r in self.regions:
@@ -161,7 +162,7 @@ def rate_scan(probabilities_rk: np.ndarray, p_global: float | None = None) -> Cn
     if p_global is None:
         p_region = np.clip(probabilities_rk[:, 2:].sum(axis=1), 0.0, 1.0)
         p_reduced = float(1.0 - np.prod(1.0 - p_region))
-        rule = INCONCLUSIVE_RULE
+        rule = REGIONAL_RULE
     else:
         p_reduced = float(np.clip(p_global, 0.0, 1.0))
         rule = GLOBAL_HEAD_RULE
