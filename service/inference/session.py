@@ -202,6 +202,9 @@ class CnnSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # No arena: the node's peak RSS is 8 MB lower (measured over three analyses:
+        # VmHWM 385 against 393 MB) for about 4 ms more per scan.
+        options.enable_cpu_mem_arena = False
         try:
             self._session = ort.InferenceSession(os.fspath(model_path), options,
                                                  providers=["CPUExecutionProvider"])
