@@ -244,7 +244,7 @@ def _studies(args: argparse.Namespace, profiles: list[str], tmp: Path) -> list[S
 
 
 def _run_all(studies: list[Study]) -> list[Outcome]:
-    from service.pipelines.dat_spect import DatSpectPipeline
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline
 
     pipeline = DatSpectPipeline()
     if not studies:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.training.data import load_training_set
     from models.training.workflow import GROUPS, ceilings, evaluate_model
-    from service.inference.session import CnnSession
+    from service.pipelines.dat_spect.cnn import CnnSession
 
     ts = load_training_set(args.work)
     held_out = ts.subset(np.isin(ts.column("split"), list(GROUPS.values())))

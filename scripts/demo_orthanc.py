@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 from pacs_pair import pacs_and_node, route_and_wait  # noqa: E402
 
-from service.dicom import codes  # noqa: E402
+from service.pipelines.dat_spect import codes  # noqa: E402
 
 
 def simulate(out: Path, seed: int) -> list[Path]:

@@ -65,8 +65,8 @@ def load_dat_pipeline(settings: Settings) -> Pipeline:
         loaded or fails its checksum: the node refuses to start rather than
         analyse with something else.
     """
-    from service.inference.session import CnnSession
-    from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models
+    from service.pipelines.dat_spect.cnn import CnnSession
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
 
     models = load_dat_models(settings.analysis.template_dir)
     cnn = None
@@ -130,7 +130,7 @@ class Node:
             "api_port": self._parts["api"].port if "api" in self._parts else None}})
 
     def _recover_spool(self) -> None:
-        from service.completion import recover_spool
+        from service.store.series import recover_spool
 
         quiet_s = min(c.series_quiet_s for c in self.settings.allowed_callers)
         conn = self.database.connect()
@@ -140,7 +140,7 @@ class Node:
             conn.close()
 
     def _start_sender(self) -> None:
-        from service.dicom.scu import sender_from_settings
+        from service.net.scu import sender_from_settings
 
         sender = sender_from_settings(self.settings, self.database)
         sender.start()
@@ -165,7 +165,7 @@ class Node:
             self._threads.append(thread)
 
     def _start_scp(self) -> None:
-        from service.dicom.scp import StorageSCP
+        from service.net.scp import StorageSCP
 
         scp = StorageSCP(self.settings, self.database, self.spool)
         scp.start()

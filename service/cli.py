@@ -18,9 +18,9 @@ from service import __version__
 #: Modules that contribute sub-commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "service.app",  # serve, config, jobs
-    "service.pipelines.commands",  # analyze, label, build-template, build-normals
+    "service.pipelines.dat_spect.commands",  # analyze, label, build-template, build-normals
     "service.sim.commands",  # simulate, benchmark
-    "service.inference.commands",  # train, evaluate, export
+    "service.pipelines.dat_spect.train_commands",  # train, evaluate, export
 )
 
 

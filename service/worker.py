@@ -34,11 +34,12 @@ from typing import Any
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from service import completion, memory, metrics
+from service import memory, metrics
 from service.errors import AnalysisError
 from service.pipelines.base import Pipeline, PipelineOutput
-from service.result import summary_dict
+from service.pipelines.dat_spect.result import summary_dict
 from service.store import db, outbox
+from service.store import series as completion
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)

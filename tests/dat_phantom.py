@@ -14,8 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from service.imaging.atlas import Atlas
-from service.imaging.template import activity_map, smooth
-from service.result import Region
+from service.pipelines.dat_spect.result import Region
+from service.pipelines.dat_spect.template import activity_map, smooth
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ Reproducible (seeded) and self-contained: it drives the simulator library
 3. Template: mean of the normalised normal scans; steps 2-3 repeat
    ``--iterations`` times.
 4. Calibration: GMM labels of all scans (the dataset), thresholds per
-   structure (:mod:`service.imaging.levels`).
+   structure (:mod:`service.pipelines.dat_spect.levels`).
 5. Normal database: age regression over the normal scans.
 
 Usage (from the repository root, simulation extra installed)::
@@ -43,18 +43,18 @@ import torch
 
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
-from service.imaging.normalise import normalise
-from service.imaging.normals import fit_normals
-from service.imaging.quantify import quantify
-from service.imaging.template import (
+from service.pipelines.dat_spect.labelling import label_dataset, plot_fit
+from service.pipelines.dat_spect.normalise import normalise
+from service.pipelines.dat_spect.normals import fit_normals
+from service.pipelines.dat_spect.pipeline import CALIBRATION_FILE, NORMALS_FILE, TEMPLATE_FILE
+from service.pipelines.dat_spect.quantify import quantify
+from service.pipelines.dat_spect.result import REGIONS
+from service.pipelines.dat_spect.template import (
     average_template,
     load_template,
     model_template,
     save_template,
 )
-from service.pipelines.dat_spect import CALIBRATION_FILE, NORMALS_FILE, TEMPLATE_FILE
-from service.pipelines.labelling import label_dataset, plot_fit
-from service.result import REGIONS
 from service.sim.anatomy import sample_transform
 from service.sim.disease import sample_background, sample_state
 from service.sim.profiles import PROFILES

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.result import REGIONS
+from service.pipelines.dat_spect.result import REGIONS
 
 if TYPE_CHECKING:
-    from service.pipelines.dat_spect import DatModels
+    from service.pipelines.dat_spect.pipeline import DatModels
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def read_manifest(bench_dir: Path) -> list[Study]:
 
 @lru_cache(maxsize=1)
 def _dat_models() -> DatModels:
-    from service.pipelines.dat_spect import load_dat_models
+    from service.pipelines.dat_spect.pipeline import load_dat_models
 
     return load_dat_models()
 
@@ -121,8 +121,8 @@ def measure_study(series_dir: Path) -> Measured:
     """Run the pipeline's ``measure`` on one study (see the cache layout above)."""
     import time
 
-    from service.inference.preprocess import cnn_input
-    from service.pipelines.dat_spect import measure, read_datasets
+    from service.pipelines.dat_spect.pipeline import measure, read_datasets
+    from service.pipelines.dat_spect.preprocess import cnn_input
 
     models = _dat_models()
     start = time.perf_counter()
@@ -204,7 +204,7 @@ def _load_cached(work_dir: Path, study_id: str) -> tuple[np.ndarray, np.ndarray]
 
 def label_sites(studies: Sequence[Study], work_dir: Path, seed: int) -> Path:
     """GMM labels per site (as ``dopanode label``) and the index CSV; returns its path."""
-    from service.pipelines.labelling import label_dataset
+    from service.pipelines.dat_spect.labelling import label_dataset
 
     splits = assign_splits(studies, seed)
     rows: list[dict[str, object]] = []

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.result import REGIONS
+from service.pipelines.dat_spect.result import REGIONS
 
 REDUCED_CLASSES = frozenset({"pd", "atypical"})
 _CAUDATE = [i for i, r in enumerate(REGIONS) if r.structure == "caudate"]

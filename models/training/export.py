@@ -23,14 +23,14 @@ import torch
 
 from models.training.network import ProbabilityModel, StriatumNet
 from service.inference.manifest import sidecar_path
-from service.inference.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
-from service.inference.session import (
+from service.pipelines.dat_spect.cnn import (
     GLOBAL_OUTPUT_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
     REGIONS_METADATA_KEY,
 )
-from service.result import REGIONS
+from service.pipelines.dat_spect.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
+from service.pipelines.dat_spect.result import REGIONS
 
 OPSET = 17
 #: Largest accepted |torch - onnxruntime| over all outputs.
@@ -104,7 +104,7 @@ def check_parity(net: StriatumNet, onnx_path: Path, x: np.ndarray, batch_size: i
     onnxruntime runs through :class:`service.inference.session.CnnSession`,
     the node's own serving path (checksum, contract and output checks included).
     """
-    from service.inference.session import CnnSession
+    from service.pipelines.dat_spect.cnn import CnnSession
 
     session = CnnSession(onnx_path)
     model = ProbabilityModel(net).eval()

@@ -1,6 +1,6 @@
 """A small 3D CNN with one ordinal (CORAL) head per striatal region.
 
-Input ``(N, 1, D, H, W)`` binding-ratio crops (:mod:`service.inference.preprocess`),
+Input ``(N, 1, D, H, W)`` binding-ratio crops (:mod:`service.pipelines.dat_spect.preprocess`),
 with D, H, W divisible by 8. Four conv blocks (two 3x3x3 convolutions, batch
 norm, ReLU; max-pooling after the first three) keep the spatial layout, which
 is flattened rather than globally pooled so left and right stay apart; a

@@ -33,7 +33,7 @@ from models.training.evaluate import (
     truth_reduced,
 )
 from service.imaging.atlas import load_atlas
-from service.inference.preprocess import PreprocessContract, contract_for_atlas
+from service.pipelines.dat_spect.preprocess import PreprocessContract, contract_for_atlas
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def cnn_predictions(session: Any, x: np.ndarray, batch_size: int = 16
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """Levels ``(N, 4)``, reduced ``(N,)``, inconclusive ``(N,)``, unsure regions
     ``(N, 4)`` and ms per scan."""
-    from service.inference.session import rate_scan
+    from service.pipelines.dat_spect.cnn import rate_scan
 
     levels, reduced, unsure, region_unsure = [], [], [], []
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def baseline_levels(ts: TrainingSet, work_dir: Path) -> np.ndarray:
 def evaluate_model(work_dir: Path, model_path: Path, intra_op_threads: int = 1
                    ) -> dict[str, Any]:
     """Paper-format report of the ONNX model and the carried-over SBR baseline."""
-    from service.inference.session import CnnSession
+    from service.pipelines.dat_spect.cnn import CnnSession
 
     session = CnnSession(model_path, intra_op_threads=intra_op_threads)
     ts = load_training_set(work_dir)

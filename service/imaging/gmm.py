@@ -1,7 +1,7 @@
 """One-dimensional Gaussian mixture by EM, with BIC model selection.
 
 Numpy only (scikit-learn stays out of the node's runtime). Used to label SBR
-histograms automatically (:mod:`service.imaging.levels`).
+histograms automatically (:mod:`service.pipelines.dat_spect.levels`).
 """
 
 from __future__ import annotations

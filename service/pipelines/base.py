@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-from service.result import StudyResult
+from service.pipelines.dat_spect.result import StudyResult
 
 
 @dataclass(frozen=True, eq=False)

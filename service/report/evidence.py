@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
-from service.result import StudyResult
+from service.pipelines.dat_spect.result import StudyResult
 
 #: Header attributes copied from the source into the evidence handed to
 #: highdicom (patient, study, series, instance; never pixel data).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydicom.uid import UID, generate_uid
 
-from service.result import AlgorithmInfo
+from service.pipelines.dat_spect.result import AlgorithmInfo
 
 #: Object kinds with a UID of their own.
 KINDS = frozenset(

@@ -42,7 +42,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from service.dicom import codes
+from service.dicom import codes as dicom_codes
+from service.sim import codes
 
 #: Stored maximum of non-rescaled variants (leaves headroom below 65535).
 STORED_MAX = 30000
@@ -323,11 +324,11 @@ def _instance(
 ) -> Dataset:
     ds = copy.deepcopy(common)
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(codes.NM_IMAGE_STORAGE)
+    ds.file_meta.MediaStorageSOPClassUID = UID(dicom_codes.NM_IMAGE_STORAGE)
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.ImplementationClassUID = _IMPLEMENTATION_UID
     ds.file_meta.ImplementationVersionName = "DOPANODE_SIM"
-    ds.SOPClassUID = codes.NM_IMAGE_STORAGE
+    ds.SOPClassUID = dicom_codes.NM_IMAGE_STORAGE
     ds.SOPInstanceUID = sop_uid
     ds.InstanceNumber = number
     ds.SliceVector = slice_vector

@@ -2,7 +2,7 @@
 
 The worker puts each output it has saved to the spool in here
 (:func:`enqueue`, inside the transaction that finishes the job); the sender
-(:mod:`service.dicom.scu`) takes what is due (:func:`due`), and records the
+(:mod:`service.net.scu`) takes what is due (:func:`due`), and records the
 outcome (:func:`mark_sent`, :func:`mark_retry`, :func:`mark_failed`).
 
 Rows are unique per ``(destination, sop_instance_uid)``: a retried job derives

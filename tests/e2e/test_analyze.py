@@ -20,9 +20,9 @@ from nmdata import write_marker_study
 from service import cli
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
-from service.imaging.quantify import quantify
 from service.inference.manifest import read_sidecar
 from service.paths import MODEL_FILE, default_models_dir
+from service.pipelines.dat_spect.quantify import quantify
 from service.sim.nm_writer import EncodingVariant
 
 ATLAS = load_atlas()
@@ -157,7 +157,7 @@ def test_build_template_from_normal_scans(
 ) -> None:
     import shutil
 
-    from service.imaging.template import load_template
+    from service.pipelines.dat_spect.template import load_template
 
     root, _ = studies
     normals = tmp_path / "normals"

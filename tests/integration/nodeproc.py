@@ -307,7 +307,7 @@ def fake_pipeline_factory(settings: Any) -> FakePipeline:
 
 def fake_result(headers: list[Any]) -> Any:
     """A fixed, obviously synthetic StudyResult for the given instances."""
-    from service.result import (
+    from service.pipelines.dat_spect.result import (
         REGIONS,
         AlgorithmInfo,
         GlobalScore,

@@ -21,7 +21,7 @@ from pynetdicom import AE, evt
 from samples import write_sr
 
 from service.dicom import codes
-from service.dicom.scu import Sender
+from service.net.scu import Sender
 from service.store import outbox
 from service.store.db import Database
 from service.store.outbox import RetryPolicy
@@ -117,7 +117,7 @@ def test_orthanc_stores_to_the_node_scp(tmp_path, nm_file):
     from dataclasses import replace
 
     from service.config import NodeSettings, Settings, StorageSettings
-    from service.dicom.scp import StorageSCP
+    from service.net.scp import StorageSCP
     from service.store.spool import Spool
 
     port = free_port()

@@ -23,7 +23,8 @@ from pacs_pair import pacs_and_node, route_and_wait
 
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
-from service.result import Level, Region
+from service.pipelines.dat_spect import codes as dat_codes
+from service.pipelines.dat_spect.result import Level, Region
 
 #: Healthy caudates, a strongly reduced left and a mildly reduced right putamen.
 TRUE_SBR = {
@@ -47,8 +48,8 @@ def sr_levels(sr_bytes: bytes) -> dict[Region, Level]:
         evaluations = {
             e.name.value: e.value for e in groups[tracking_id].get_qualitative_evaluations()
         }
-        level_code = evaluations[codes.UPTAKE_LEVEL_CONCEPT.value]
-        levels[region] = Level(codes.LEVEL_CODES.index(level_code))
+        level_code = evaluations[dat_codes.UPTAKE_LEVEL_CONCEPT.value]
+        levels[region] = Level(dat_codes.LEVEL_CODES.index(level_code))
     return levels
 
 

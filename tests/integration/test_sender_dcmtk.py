@@ -21,7 +21,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-def
 from samples import write_sr
 
 from service.dicom import codes
-from service.dicom.scu import Sender
+from service.net.scu import Sender
 from service.store import outbox
 from service.store.db import Database
 from service.store.outbox import RetryPolicy

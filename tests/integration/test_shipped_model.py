@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from service.imaging.atlas import load_atlas
-from service.imaging.normalise import normalise
 from service.inference.manifest import read_sidecar
-from service.inference.preprocess import cnn_input, contract_for_atlas
-from service.inference.session import CnnSession
 from service.paths import MODEL_FILE, default_models_dir
-from service.pipelines.dat_spect import load_dat_models
-from service.result import Level, Region
+from service.pipelines.dat_spect.cnn import CnnSession
+from service.pipelines.dat_spect.normalise import normalise
+from service.pipelines.dat_spect.pipeline import load_dat_models
+from service.pipelines.dat_spect.preprocess import cnn_input, contract_for_atlas
+from service.pipelines.dat_spect.result import Level, Region
 from service.sim.anatomy import sample_transform
 from service.sim.disease import sample_background, sample_state
 from service.sim.profiles import get_profile

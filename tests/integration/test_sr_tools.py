@@ -17,10 +17,10 @@ import pydicom
 import pytest
 from conftest import require_tool
 
-from service.report.example import example_evidence, example_result
-from service.report.picture import build_picture_report
-from service.report.sr import RESEARCH_USE_TEXT, build_sr
-from service.result import Region, StudyResult
+from service.pipelines.dat_spect.example import example_evidence, example_result
+from service.pipelines.dat_spect.picture import build_picture_report
+from service.pipelines.dat_spect.result import Region, StudyResult
+from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, build_sr
 
 JOB = "job-tools-1"
 ALLOWED_WARNINGS = ("Unrecognized defined term <99DOPANODE>",)

@@ -35,11 +35,11 @@ from models.training.network import (  # noqa: E402
 )
 from models.training.train import TrainConfig, load_checkpoint, train  # noqa: E402
 from service.imaging.atlas import load_atlas  # noqa: E402
-from service.imaging.quantify import quantify  # noqa: E402
-from service.inference import commands  # noqa: E402
-from service.inference.preprocess import cnn_input  # noqa: E402
-from service.inference.session import CnnSession  # noqa: E402
-from service.result import REGIONS  # noqa: E402
+from service.pipelines.dat_spect import train_commands as commands  # noqa: E402
+from service.pipelines.dat_spect.cnn import CnnSession  # noqa: E402
+from service.pipelines.dat_spect.preprocess import cnn_input  # noqa: E402
+from service.pipelines.dat_spect.quantify import quantify  # noqa: E402
+from service.pipelines.dat_spect.result import REGIONS  # noqa: E402
 
 SITES = {"site_x": ("train_test", 1.0, 90.0), "site_y": ("train_test", 0.6, 40.0),
          "site_u": ("unseen", 0.8, 60.0)}  # role, SBR scale, counts scale
@@ -232,9 +232,9 @@ def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None
     from dat_phantom import make_phantom, normal_sbr, random_pose
     from nmdata import write_marker_study
 
-    from service.dicom import codes
     from service.imaging.atlas import load_atlas
-    from service.pipelines.dat_spect import DatSpectPipeline
+    from service.pipelines.dat_spect import codes
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline
 
     rng = np.random.default_rng(3)
     phantom = make_phantom(load_atlas(), normal_sbr(), random_pose(rng), rng)

@@ -28,11 +28,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
-from service import completion
 from service.config import NodeSettings, Settings, StorageSettings
-from service.dicom import acceptor, codes
-from service.dicom.scp import StorageSCP
+from service.dicom import codes
+from service.net import acceptor
+from service.net.scp import StorageSCP
 from service.store import db
+from service.store import series as completion
 from service.store import spool as spool_mod
 from service.store.spool import Spool, filesystem_type
 
@@ -241,7 +242,7 @@ def test_store_rsp_encoding_equals_pynetdicom(status: int, comment: str | None,
     from pynetdicom.dimse_messages import C_STORE_RSP
     from pynetdicom.dimse_primitives import C_STORE
 
-    from service.dicom.store_rsp import LAST_COMMAND_FRAGMENT, encode_store_rsp
+    from service.net.store_rsp import LAST_COMMAND_FRAGMENT, encode_store_rsp
 
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = 513

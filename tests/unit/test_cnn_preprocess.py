@@ -7,7 +7,7 @@ import pytest
 
 from service.errors import AnalysisError
 from service.imaging.atlas import LABELS, load_atlas
-from service.inference.preprocess import (
+from service.pipelines.dat_spect.preprocess import (
     BOX_SHAPE_ZYX,
     STRIATAL_LABELS,
     PreprocessContract,

@@ -17,14 +17,14 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from service.errors import AnalysisError  # noqa: E402
 from service.imaging.atlas import load_atlas  # noqa: E402
-from service.inference.preprocess import CONTRACT_METADATA_KEY, contract_for_atlas  # noqa: E402
-from service.inference.session import (  # noqa: E402
+from service.pipelines.dat_spect.cnn import (  # noqa: E402
     REGIONS_METADATA_KEY,
     CnnSession,
     rate_region,
     rate_scan,
 )
-from service.result import REGIONS, Level, Region  # noqa: E402
+from service.pipelines.dat_spect.preprocess import CONTRACT_METADATA_KEY, contract_for_atlas  # noqa: E402
+from service.pipelines.dat_spect.result import REGIONS, Level, Region  # noqa: E402
 
 CONTRACT = contract_for_atlas(load_atlas())
 W = np.linspace(-2.0, 2.0, 20, dtype=np.float32).reshape(1, 20)

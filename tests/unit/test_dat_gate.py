@@ -8,7 +8,8 @@ from pydicom.dataset import Dataset
 
 from service.dicom import codes
 from service.errors import AnalysisError
-from service.pipelines.dat_gate import check_dat_series
+from service.pipelines.dat_spect import codes as dat_codes
+from service.pipelines.dat_spect.gate import check_dat_series
 from service.sim.nm_writer import build_nm_datasets
 
 
@@ -34,7 +35,7 @@ def test_written_dat_series_accepted_by_sct_code():
 @pytest.mark.parametrize("scheme", ["SRT", "SNM3"])
 def test_legacy_srt_code_accepted(scheme):
     ds = _series()
-    _agent(ds).CodeValue = codes.IOFLUPANE_I123_LEGACY.value
+    _agent(ds).CodeValue = dat_codes.IOFLUPANE_I123_LEGACY.value
     _agent(ds).CodingSchemeDesignator = scheme
     assert check_dat_series(ds) == "code SRT C-B07EC"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.imaging.gmm import Mixture, fit_mixture, select_mixture
-from service.imaging.levels import (
+from service.pipelines.dat_spect.levels import (
     NORMAL_CV_MAX,
     Calibration,
     Thresholds,
@@ -15,7 +15,7 @@ from service.imaging.levels import (
     normal_spread,
     thresholds_from_mixture,
 )
-from service.result import REGIONS, Level, Region
+from service.pipelines.dat_spect.result import REGIONS, Level, Region
 
 
 def _two_populations(rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_calibration_round_trip_and_validation() -> None:
 
 
 def test_label_dataset_separates_normal_and_reduced(rng: np.random.Generator) -> None:
-    from service.pipelines.labelling import label_dataset
+    from service.pipelines.dat_spect.labelling import label_dataset
 
     rows = []
     for i in range(120):

@@ -20,6 +20,7 @@ from pydicom.uid import (
 )
 
 from service.dicom import codes
+from service.sim import codes as sim_codes
 from service.sim.nm_writer import EncodingVariant, build_nm_datasets
 
 SMALL = {"shape_xyz": (32, 32, 16)}
@@ -113,8 +114,8 @@ def test_other_tracer_and_no_corrections():
     (ds,) = build_nm_datasets(marker_image(**SMALL), camera, SUBJECT, "multiframe", "s",
                               tracer="other")
     pharm = ds.RadiopharmaceuticalInformationSequence[0]
-    assert pharm.RadiopharmaceuticalCodeSequence[0].CodeValue == codes.TC99M_EXAMETAZIME.value
-    assert pharm.RadionuclideCodeSequence[0].CodeValue == codes.TECHNETIUM_99M.value
+    assert pharm.RadiopharmaceuticalCodeSequence[0].CodeValue == sim_codes.TC99M_EXAMETAZIME.value
+    assert pharm.RadionuclideCodeSequence[0].CodeValue == sim_codes.TECHNETIUM_99M.value
     assert not {"ATTN", "SCAT"} & set(ds.CorrectedImage)
     assert ds.DetectorInformationSequence[0].CollimatorType == "FANB"
     with pytest.raises(ValueError, match="tracer"):

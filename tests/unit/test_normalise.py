@@ -9,9 +9,9 @@ from dat_phantom import make_phantom, normal_sbr, random_pose
 
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
-from service.imaging.normalise import normalise
-from service.imaging.quantify import quantify
-from service.imaging.template import model_template
+from service.pipelines.dat_spect.normalise import normalise
+from service.pipelines.dat_spect.quantify import quantify
+from service.pipelines.dat_spect.template import model_template
 
 ATLAS = load_atlas()
 TEMPLATE = model_template(ATLAS)
@@ -94,7 +94,7 @@ def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_pat
     import torch
 
     from service.imaging.nm_volume import volume_from_datasets
-    from service.pipelines.dat_spect import read_datasets
+    from service.pipelines.dat_spect.pipeline import read_datasets
     from service.sim.benchmark import SITES, TRUTH_FILE, generate_group, study_id
 
     site = SITES["site_a"]
@@ -119,6 +119,6 @@ def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_pat
 
 
 def _shipped_template() -> np.ndarray:
-    from service.pipelines.dat_spect import load_dat_models
+    from service.pipelines.dat_spect.pipeline import load_dat_models
 
     return load_dat_models().template_zyx

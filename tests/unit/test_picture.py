@@ -10,12 +10,12 @@ import pydicom
 import pytest
 
 from service.dicom import codes
-from service.report import render
-from service.report.example import example_evidence, example_result
-from service.report.picture import build_picture_report
-from service.report.sr import RESEARCH_USE_TEXT, build_sr
+from service.pipelines.dat_spect import render
+from service.pipelines.dat_spect.example import example_evidence, example_result
+from service.pipelines.dat_spect.picture import build_picture_report
+from service.pipelines.dat_spect.result import StudyResult
+from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, build_sr
 from service.report.uids import derive_uid
-from service.result import StudyResult
 
 JOB = "job-picture-1"
 

@@ -9,9 +9,9 @@ import pytest
 
 from service.errors import AnalysisError
 from service.imaging.atlas import LABELS, load_atlas
-from service.imaging.normals import fit_normals
-from service.imaging.quantify import asymmetry_pct, quantify, ratios
-from service.result import REGIONS, Region
+from service.pipelines.dat_spect.normals import fit_normals
+from service.pipelines.dat_spect.quantify import asymmetry_pct, quantify, ratios
+from service.pipelines.dat_spect.result import REGIONS, Region
 
 ATLAS = load_atlas()
 
@@ -87,7 +87,7 @@ def test_normals_without_ages_and_too_few() -> None:
 
 def test_report_images_display_orientation() -> None:
     """Row 0 anterior, column 0 patient right; outlines on the same grid."""
-    from service.pipelines.dat_spect import report_images
+    from service.pipelines.dat_spect.pipeline import report_images
 
     volume = ATLAS.labels_zyx.astype(np.float32)
     images = report_images(volume, ATLAS)
@@ -105,7 +105,7 @@ def test_report_images_display_orientation() -> None:
 def test_patient_age(value: str, years: float | None) -> None:
     from pydicom.dataset import Dataset
 
-    from service.pipelines.dat_spect import patient_age_years
+    from service.pipelines.dat_spect.pipeline import patient_age_years
 
     ds = Dataset()
     ds.PatientAge = value

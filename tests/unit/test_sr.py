@@ -13,12 +13,13 @@ from highdicom.sr.utils import find_content_items
 from pydicom.sr.codedict import codes as dcm_codes
 
 from service import __version__
-from service.dicom import codes
+from service.dicom import codes as dicom_codes
 from service.errors import AnalysisError
-from service.report.example import example_evidence, example_result
-from service.report.sr import RESEARCH_USE_TEXT, VALUE_DECIMALS, build_sr
+from service.pipelines.dat_spect import codes
+from service.pipelines.dat_spect.example import example_evidence, example_result
+from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
+from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, VALUE_DECIMALS, build_sr
 from service.report.uids import DEVICE_OBSERVER_UID, derive_uid
-from service.result import Region, RegionResult, StudyResult
 
 JOB = "job-7f3a"
 STRUCTURES = {"caudate": codes.CAUDATE, "putamen": codes.PUTAMEN}
@@ -74,7 +75,7 @@ def region_groups(
 
 def test_header_study_series_and_evidence(reduced: StudyResult) -> None:
     ds, _ = roundtrip(reduced)
-    assert ds.SOPClassUID == codes.COMPREHENSIVE_SR_STORAGE
+    assert ds.SOPClassUID == dicom_codes.COMPREHENSIVE_SR_STORAGE
     assert ds.Modality == "SR"
     assert ds.StudyInstanceUID == reduced.source.study_instance_uid
     assert ds.SeriesInstanceUID != reduced.source.series_instance_uid
@@ -91,7 +92,7 @@ def test_header_study_series_and_evidence(reduced: StudyResult) -> None:
     refs = {
         (i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in series.ReferencedSOPSequence
     }
-    assert refs == {(codes.NM_IMAGE_STORAGE, uid) for uid in reduced.source.sop_instance_uids}
+    assert refs == {(dicom_codes.NM_IMAGE_STORAGE, uid) for uid in reduced.source.sop_instance_uids}
     assert "PertinentOtherEvidenceSequence" not in ds
 
 

@@ -15,11 +15,11 @@ import pytest
 from integration.nodeproc import FakePipeline
 from nmdata import marker_image, write_marker_study
 
-from service import completion
 from service.dicom import codes
 from service.dicom.uids import is_valid_uid, validated_uid
 from service.errors import AnalysisError
 from service.store import db, outbox
+from service.store import series as completion
 from service.store.spool import Spool
 from service.worker import NO_PIPELINE_REASON, Worker, claim_job, release_leases
 

@@ -4,7 +4,7 @@ Made from the shipped MNI atlas: a smoothed activity map with striatal uptake
 ``1 + SBR`` times the occipital grey-matter level, averaged over an axial slab
 through the striatum. Nothing here is a measurement of anyone; it exists so the
 SR and the picture report can be built, checked and looked at without running
-the pipeline. ``python -m service.report.example OUT_DIR`` writes the example
+the pipeline. ``python -m service.pipelines.dat_spect.example OUT_DIR`` writes the example
 SR, picture report and PNG (the PNG in docs/img/ is made this way).
 """
 
@@ -20,9 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy.ndimage import gaussian_filter
 
-from service.dicom import codes
+from service.dicom import codes as dicom_codes
 from service.imaging.atlas import LABELS, load_atlas
-from service.result import (
+from service.pipelines.dat_spect.result import (
     AlgorithmInfo,
     GlobalScore,
     Level,
@@ -133,7 +133,7 @@ def example_result(reduced: bool = True, with_cnn: bool = True) -> StudyResult:
     source = SourceReference(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
-        sop_class_uid=codes.NM_IMAGE_STORAGE,
+        sop_class_uid=dicom_codes.NM_IMAGE_STORAGE,
         sop_instance_uids=(generate_uid(entropy_srcs=[series_uid, "instance"]),),
     )
     return StudyResult(
@@ -187,9 +187,9 @@ def example_evidence(result: StudyResult) -> list[Dataset]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the example SR, picture report (DICOM) and PNG into a folder."""
-    from service.report.picture import build_picture_report
-    from service.report.render import render_report_png
-    from service.report.sr import build_sr
+    from service.pipelines.dat_spect.picture import build_picture_report
+    from service.pipelines.dat_spect.render import render_report_png
+    from service.pipelines.dat_spect.sr import build_sr
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)

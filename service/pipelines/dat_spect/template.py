@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from service.imaging.atlas import LABELS, Atlas
-from service.result import Region
+from service.pipelines.dat_spect.result import Region
 
 #: FWHM = 2 sqrt(2 ln 2) sigma.
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))

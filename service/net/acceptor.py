@@ -17,7 +17,7 @@ untouched and change only *how the threads wait*:
 * :class:`EventAssociation` waits on a :class:`threading.Event` set when a
   complete DIMSE message (or an A-RELEASE / A-ABORT) is queued for it;
 * :class:`FastSocket` reads each PDU with ``recv_into`` into one buffer;
-* C-STORE responses are encoded with ``struct`` (:mod:`service.dicom.store_rsp`)
+* C-STORE responses are encoded with ``struct`` (:mod:`service.net.store_rsp`)
   instead of two pydicom encodings of a Dataset;
 * a complete C-STORE or C-ECHO request is served at once in the DUL thread
   (:class:`_InlineRequests`) instead of being handed to the association
@@ -54,7 +54,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from service.dicom.store_rsp import LAST_COMMAND_FRAGMENT, encode_store_rsp
+from service.net.store_rsp import LAST_COMMAND_FRAGMENT, encode_store_rsp
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Why Secondary Capture and not Encapsulated PDF: every PACS viewer shows an SC
 image in the study's series list next to the SPECT, with no plug-in and no
 download; many show an Encapsulated PDF only as an attachment. The page is a
-single 8-bit RGB frame (:mod:`service.report.render`), Explicit VR Little
+single 8-bit RGB frame (:mod:`service.pipelines.dat_spect.render`), Explicit VR Little
 Endian so that every destination accepts it without transcoding.
 
 The page carries no patient identifiers in its pixels (Burned In Annotation
@@ -20,11 +20,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 
 from service import __version__
+from service.pipelines.dat_spect.render import render_report_rgb
+from service.pipelines.dat_spect.result import StudyResult
+from service.pipelines.dat_spect.sr import MANUFACTURER, RESEARCH_USE_TEXT
 from service.report.evidence import evidence_headers
-from service.report.render import render_report_rgb
-from service.report.sr import MANUFACTURER, RESEARCH_USE_TEXT
 from service.report.uids import derive_uid
-from service.result import StudyResult
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
-from service.dicom import codes
+from service.dicom import codes as dicom_codes
 from service.errors import AnalysisError
+from service.pipelines.dat_spect import codes
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _check_kind(ds: Dataset) -> None:
     modality = str(ds.get("Modality", "") or "")
     if modality != "NM":
         raise _refuse(f"modality is {modality or 'missing'}, not NM")
-    if str(ds.get("SOPClassUID", "")) != codes.NM_IMAGE_STORAGE:
+    if str(ds.get("SOPClassUID", "")) != dicom_codes.NM_IMAGE_STORAGE:
         raise _refuse("SOP class is not NM Image Storage")
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if len(image_type) < 3 or image_type[2] != "RECON TOMO":

@@ -115,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     export = _training("export")
     data = _training("data")
     from service.imaging.atlas import load_atlas
-    from service.inference.preprocess import contract_for_atlas
+    from service.pipelines.dat_spect.preprocess import contract_for_atlas
 
     net, ckpt = train.load_checkpoint(args.work / "checkpoint.pt")
     out = _model_path(args.out)

@@ -96,7 +96,7 @@ def normalise(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Nor
     moving : SimpleITK.Image
         3-D scan in LPS (origin, spacing, direction from the DICOM header).
     template_zyx : (91, 109, 91) float32 array
-        FP-CIT template on the atlas grid (see :mod:`service.imaging.template`).
+        FP-CIT template on the atlas grid (see :mod:`service.pipelines.dat_spect.template`).
     atlas : Atlas
 
     Returns

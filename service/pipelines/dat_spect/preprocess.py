@@ -9,7 +9,7 @@ the striatum:
 
 1. **Intensity**: ``volume / mean(volume[occipital]) - 1``, so every voxel is
    a specific binding ratio against the occipital reference (the same
-   reference as the SBR in :mod:`service.imaging.quantify`); background and
+   reference as the SBR in :mod:`service.pipelines.dat_spect.quantify`); background and
    reference are about 0, the striatum of a normal scan several units.
 2. **Crop**: a fixed box of :data:`BOX_SHAPE_ZYX` voxels centred on the
    bounding box of the four striatal atlas labels (caudate and putamen, both
@@ -20,7 +20,7 @@ the striatum:
 The box origin and shape and the normalisation rule form a
 :class:`PreprocessContract`. Training writes it into the exported ONNX file's
 metadata (key :data:`CONTRACT_METADATA_KEY`), so it is covered by the model's
-SHA-256; serving reads it back (:mod:`service.inference.session`) and calls
+SHA-256; serving reads it back (:mod:`service.pipelines.dat_spect.cnn`) and calls
 :func:`cnn_input` with it. Pure numerics: numpy in, numpy out, no I/O.
 """
 

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.imaging.levels import NORMAL_CV_MAX
+from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 
 if TYPE_CHECKING:
-    from service.pipelines.dat_spect import DatModels, Measurement
+    from service.pipelines.dat_spect.pipeline import DatModels, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from pydicom import dcmwrite
 
     from service.errors import AnalysisError
-    from service.inference.session import CnnSession
     from service.paths import MODEL_FILE, default_models_dir
-    from service.pipelines.dat_spect import DatSpectPipeline, load_dat_models
-    from service.result import summary_dict
+    from service.pipelines.dat_spect.cnn import CnnSession
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
+    from service.pipelines.dat_spect.result import summary_dict
 
     try:
         model = None if args.no_cnn else (args.model or default_models_dir() / MODEL_FILE)
@@ -175,7 +175,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> DatModels:
-    from service.pipelines.dat_spect import load_dat_models
+    from service.pipelines.dat_spect.pipeline import load_dat_models
 
     return load_dat_models(args.models)
 
@@ -185,7 +185,7 @@ def measure_folder(
 ) -> list[tuple[str, Measurement]]:
     """Measure every series under ``folder``; failures are logged and left out."""
     from service.errors import AnalysisError
-    from service.pipelines.dat_spect import measure, read_datasets
+    from service.pipelines.dat_spect.pipeline import measure, read_datasets
 
     out = []
     series = collect_series([folder])
@@ -229,8 +229,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     """labels.csv, one PNG per structure, calibration.json and the fits."""
     import numpy as np
 
-    from service.pipelines.labelling import label_dataset, plot_fit
-    from service.result import Region
+    from service.pipelines.dat_spect.labelling import label_dataset, plot_fit
+    from service.pipelines.dat_spect.result import Region
 
     if not _NAME_RE.match(args.dataset):
         raise SystemExit("--dataset: letters, digits, '_', '.', '-' only (max 64)")
@@ -263,8 +263,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def cmd_build_normals(args: argparse.Namespace) -> int:
     """normals.json from normal scans or a CSV."""
-    from service.imaging.normals import fit_normals
-    from service.result import Region
+    from service.pipelines.dat_spect.normals import fit_normals
+    from service.pipelines.dat_spect.result import Region
 
     rows = _sbr_rows(args, args.input)
     db = fit_normals(
@@ -283,8 +283,8 @@ def cmd_build_template(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from service.imaging.atlas import load_atlas
-    from service.imaging.template import average_template, model_template, save_template
-    from service.pipelines.dat_spect import TEMPLATE_FILE
+    from service.pipelines.dat_spect.pipeline import TEMPLATE_FILE
+    from service.pipelines.dat_spect.template import average_template, model_template, save_template
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model == (args.scans is not None):

@@ -1,6 +1,6 @@
 """Automatic reference labels for one dataset: GMM per structure, five levels.
 
-The rule itself is documented in :mod:`service.imaging.levels`. This module
+The rule itself is documented in :mod:`service.pipelines.dat_spect.levels`. This module
 pools the left and right SBRs of each structure, fits the mixture, derives
 the thresholds and labels every scan, and draws the histogram with the
 fitted components and thresholds so a physicist can check the fit.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from service.imaging.gmm import Mixture, select_mixture
-from service.imaging.levels import (
+from service.pipelines.dat_spect.levels import (
     NORMAL_CV_MAX,
     STRUCTURES,
     Calibration,
@@ -24,7 +24,7 @@ from service.imaging.levels import (
     normal_spread,
     thresholds_from_mixture,
 )
-from service.result import REGIONS, Level, Region
+from service.pipelines.dat_spect.result import REGIONS, Level, Region
 
 #: Range of mixture components tried (chosen by BIC). A referral dataset
 #: holds normal and reduced scans, so at least two populations are fitted;
@@ -80,7 +80,7 @@ def label_dataset(
     """Fit caudate and putamen separately and label each scan's four regions.
 
     ``cv_max`` caps the normal component's SD / mean (rule in
-    :mod:`service.imaging.levels`); set it from a site's own normals.
+    :mod:`service.pipelines.dat_spect.levels`); set it from a site's own normals.
     """
     fits = {}
     for structure in STRUCTURES:

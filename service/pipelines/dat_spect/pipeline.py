@@ -29,17 +29,16 @@ from pydicom.errors import InvalidDicomError
 from service import __version__
 from service.errors import AnalysisError
 from service.imaging.atlas import LABELS, Atlas, load_atlas
-from service.imaging.levels import Calibration, global_score, level_for
 from service.imaging.nm_volume import volume_from_datasets
-from service.imaging.normalise import Normalisation, normalise
-from service.imaging.normals import NormalDatabase
-from service.imaging.quantify import REFERENCE_REGION, Quantification, quantify
-from service.imaging.template import load_template
-from service.inference.preprocess import cnn_input
-from service.inference.session import CnnSession
 from service.paths import default_models_dir
 from service.pipelines.base import PipelineOutput
-from service.result import (
+from service.pipelines.dat_spect.cnn import CnnSession
+from service.pipelines.dat_spect.levels import Calibration, global_score, level_for
+from service.pipelines.dat_spect.normalise import Normalisation, normalise
+from service.pipelines.dat_spect.normals import NormalDatabase
+from service.pipelines.dat_spect.preprocess import cnn_input
+from service.pipelines.dat_spect.quantify import REFERENCE_REGION, Quantification, quantify
+from service.pipelines.dat_spect.result import (
     REGIONS,
     AlgorithmInfo,
     GlobalScore,
@@ -48,6 +47,7 @@ from service.result import (
     SourceReference,
     StudyResult,
 )
+from service.pipelines.dat_spect.template import load_template
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def measure(
     durations_s: dict[str, float],
 ) -> Measurement:
     """Gate, build the volume, normalise and quantify one series."""
-    from service.pipelines.dat_gate import check_dat_series
+    from service.pipelines.dat_spect.gate import check_dat_series
 
     with _stage(durations_s, "gate"):
         check_dat_series(datasets[0], tuple(fallback_keywords))
@@ -360,8 +360,8 @@ class DatSpectPipeline:
         self, result: StudyResult, datasets: Sequence[Dataset], job_key: str
     ) -> tuple[Dataset, ...]:
         """The Comprehensive SR and the picture report of one result."""
-        from service.report.picture import build_picture_report
-        from service.report.sr import build_sr
+        from service.pipelines.dat_spect.picture import build_picture_report
+        from service.pipelines.dat_spect.sr import build_sr
 
         return (
             build_sr(result, datasets, job_key),

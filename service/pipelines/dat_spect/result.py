@@ -1,6 +1,6 @@
 """What one DaT SPECT analysis produces: frozen dataclasses, no I/O.
 
-The pipeline (:mod:`service.pipelines.dat_spect`) fills these; the report
+The pipeline (:mod:`service.pipelines.dat_spect.pipeline`) fills these; the report
 builders (:mod:`service.report`) and the API read them. Nothing here knows of
 sockets, SQLite or files.
 """

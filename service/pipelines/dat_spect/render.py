@@ -18,7 +18,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from service.result import Level, Region, RegionResult, ReportImages, StudyResult
+from service.pipelines.dat_spect.result import (
+    Level,
+    Region,
+    RegionResult,
+    ReportImages,
+    StudyResult,
+)
 
 WIDTH_PX = 1280
 HEIGHT_PX = 960

@@ -17,7 +17,7 @@ loss :func:`service.completion.recover_spool`, run at start-up, re-records
 the durable files whose rows were lost).
 
 The association machinery is pynetdicom's with event-driven waits and the
-C-STORE served in the thread that received it (:mod:`service.dicom.acceptor`):
+C-STORE served in the thread that received it (:mod:`service.net.acceptor`):
 bench/ingest.py measures the difference.
 """
 
@@ -56,12 +56,14 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from service import completion, metrics
+from service import metrics
 from service.config import Settings
-from service.dicom import acceptor, codes
-from service.dicom.codes import Status
+from service.dicom import codes
 from service.dicom.uids import validated_uid
+from service.net import acceptor
+from service.net.status import Status
 from service.store import db
+from service.store import series as completion
 from service.store.spool import MIB, Spool
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ class StorageSCP:
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.tmp_dir)
         node = self.settings.node
-        # pynetdicom's acceptor with event-driven waits (service.dicom.acceptor)
+        # pynetdicom's acceptor with event-driven waits (service.net.acceptor)
         self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers)
         log.info("scp_listening", extra={"fields": {"ae_title": node.ae_title,
                                                     "port": self.port}})

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.result import REGIONS, Region
+from service.pipelines.dat_spect.result import REGIONS, Region
 
 #: Fewest normal scans a database may be built from.
 MIN_NORMALS = 5

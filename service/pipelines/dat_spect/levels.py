@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from service.imaging.gmm import Mixture
-from service.result import GlobalScore, Level, Region
+from service.pipelines.dat_spect.result import GlobalScore, Level, Region
 
 #: Smallest weight of a mixture component that may be the normal population.
 MIN_NORMAL_WEIGHT = 0.1

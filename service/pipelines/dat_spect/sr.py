@@ -42,11 +42,11 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from service import __version__
-from service.dicom import codes
 from service.errors import AnalysisError
+from service.pipelines.dat_spect import codes
+from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
 from service.report.evidence import evidence_headers
 from service.report.uids import DEVICE_OBSERVER_UID, derive_uid
-from service.result import Region, RegionResult, StudyResult
 
 logger = logging.getLogger(__name__)
 

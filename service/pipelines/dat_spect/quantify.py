@@ -2,7 +2,7 @@
 
 SBR = mean(ROI) / mean(reference) - 1, with the four striatal ROIs and the
 occipital cortex reference of the atlas (:data:`service.imaging.atlas.LABELS`),
-on the MNI 2 mm grid. Pure: arrays in, :mod:`service.result` types out.
+on the MNI 2 mm grid. Pure: arrays in, :mod:`service.pipelines.dat_spect.result` types out.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from service.errors import AnalysisError
 from service.imaging.atlas import Atlas
-from service.result import REGIONS, Ratios, Region
+from service.pipelines.dat_spect.result import REGIONS, Ratios, Region
 
 #: Name of the reference region, as reported in :class:`service.result.StudyResult`.
 REFERENCE_REGION = "occipital cortex"

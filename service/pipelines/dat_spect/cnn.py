@@ -54,8 +54,8 @@ import onnxruntime as ort
 
 from service.errors import AnalysisError
 from service.inference.manifest import ModelCheck, check_model
-from service.inference.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
-from service.result import REGIONS, Level, Region
+from service.pipelines.dat_spect.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
+from service.pipelines.dat_spect.result import REGIONS, Level, Region
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The socket edge: SCP, SCU and the acceptor (no analysis, no decoding on the association thread)."""
