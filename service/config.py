@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.pipelines.registry import PipelineConfigError, validate_sections
+
 ENV_PREFIX = "DOPANODE_"
 _AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -110,47 +112,6 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
-class AnalysisSettings:
-    """DaT analysis inputs: template folder and the tracer-code fallback.
-
-    ``template_dir`` holds the FP-CIT template, SBR calibration and normal
-    database (None: the shipped ``models/template``). ``fallback_keywords``:
-    comma-separated Series Description keywords that admit a series whose
-    Radiopharmaceutical Code Sequence is absent (empty: tracer code required).
-    """
-
-    template_dir: Path | None = None
-    fallback_keywords: str = ""
-
-    @property
-    def keywords(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in self.fallback_keywords.split(",") if k.strip())
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The CNN that rates the regions.
-
-    ``enabled = false`` scores by SBR thresholds only. ``path`` None is the
-    shipped model (``models/dopanode_dat_cnn.onnx``); ``sha256`` None is the
-    checksum in the model's ``.sha256`` sidecar.
-    """
-
-    enabled: bool = True
-    path: Path | None = None
-    sha256: str | None = None
-
-    @property
-    def model_path(self) -> Path | None:
-        """The ONNX file the node serves, or None when the CNN is off."""
-        from service.paths import MODEL_FILE, default_models_dir
-
-        if not self.enabled:
-            return None
-        return self.path if self.path is not None else default_models_dir() / MODEL_FILE
-
-
-@dataclass(frozen=True)
 class WorkerSettings:
     """Job workers: threads, lease, attempts before giving up, grace on SIGTERM."""
 
@@ -187,8 +148,9 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    pipelines: Mapping[str, Any] = field(default_factory=dict)
+    #: Deprecated keys read while loading, each with the rename to make.
+    notes: tuple[str, ...] = ()
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sender: SenderSettings = field(default_factory=SenderSettings)
     retention_days: int = 30
@@ -209,8 +171,6 @@ _SECTIONS: dict[str, type] = {
     "node": NodeSettings,
     "storage": StorageSettings,
     "api": ApiSettings,
-    "model": ModelSettings,
-    "analysis": AnalysisSettings,
     "worker": WorkerSettings,
     "sender": SenderSettings,
 }
@@ -260,13 +220,21 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             raw[rest] = value
         elif "__" in rest:
             section, key = rest.split("__", 1)
+            if section == "pipelines" and "__" in key:
+                name, sub = key.split("__", 1)
+                raw.setdefault("pipelines", {}).setdefault(name, {})[sub] = value
+                continue
+            if section in ("analysis", "model"):
+                raw.setdefault(section, {})[key] = value
+                continue
             if section not in _SECTIONS:
                 raise ConfigError(f"{name}: unknown section '{section}'")
             raw.setdefault(section, {})[key] = value
 
 
 def _build(raw: dict[str, Any]) -> Settings:
-    known = set(_SECTIONS) | set(_LISTS) | {"retention_days"}
+    notes = _move_legacy_sections(raw)
+    known = set(_SECTIONS) | set(_LISTS) | {"retention_days", "pipelines"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -286,7 +254,44 @@ def _build(raw: dict[str, Any]) -> Settings:
             )
     if "retention_days" in raw:
         kwargs["retention_days"] = _coerce(raw["retention_days"], int, "retention_days")
+    pipelines = raw.get("pipelines", {})
+    if not isinstance(pipelines, dict):
+        raise ConfigError("pipelines: must be a table of [pipelines.<name>] sections")
+    try:
+        kwargs["pipelines"] = validate_sections(pipelines)
+        kwargs["notes"] = notes
+    except PipelineConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return Settings(**kwargs)
+
+
+#: Keys of the release-0.1 sections [analysis] and [model], now in [pipelines.dat_spect].
+LEGACY_KEYS: dict[tuple[str, str], str] = {
+    ("analysis", "template_dir"): "template_dir",
+    ("analysis", "fallback_keywords"): "fallback_keywords",
+    ("model", "enabled"): "cnn_enabled",
+    ("model", "path"): "model_path",
+    ("model", "sha256"): "model_sha256",
+}
+
+
+def _move_legacy_sections(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Read [analysis] and [model] (release 0.1) into [pipelines.dat_spect]; the renames."""
+    notes: list[str] = []
+    for section in ("analysis", "model"):
+        table = raw.pop(section, None)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: must be a table")
+        target = raw.setdefault("pipelines", {}).setdefault("dat_spect", {})
+        for key, value in table.items():
+            new_key = LEGACY_KEYS.get((section, key))
+            if new_key is None:
+                raise ConfigError(f"{section}.{key}: unknown key")
+            target.setdefault(new_key, value)
+            notes.append(f"rename {section}.{key} to pipelines.dat_spect.{new_key}")
+    return tuple(notes)
 
 
 def _make(cls: type, table: Any, where: str) -> Any:
@@ -377,8 +382,6 @@ def _validate(s: Settings) -> None:
     _check_range("storage.max_instance_mb", s.storage.max_instance_mb, 1, 10**6)
     if s.api.token is not None and len(s.api.token) < 8:
         raise ConfigError("api.token: must be at least 8 characters")
-    if s.model.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", s.model.sha256):
-        raise ConfigError("model.sha256: must be 64 lower-case hex digits")
     _check_range("worker.count", s.worker.count, 1, 64)
     _check_range("worker.lease_s", s.worker.lease_s, 1, 86400)
     _check_range("worker.max_attempts", s.worker.max_attempts, 1, 100)
@@ -419,7 +422,8 @@ def describe(settings: Settings) -> str:
         f"{settings.storage.max_instance_mb} MiB",
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
-        f"model: {settings.model.model_path or 'none (conventional scoring only)'}",
+        "pipelines: " + ", ".join(f"{name} {'enabled' if p.enabled else 'disabled'}"
+                                  for name, p in settings.pipelines.items()),
         f"worker: {settings.worker.count} x, lease {settings.worker.lease_s:g} s, "
         f"{settings.worker.max_attempts} attempts",
         f"sender: back-off {settings.sender.retry_base_s:g}..{settings.sender.retry_cap_s:g} s, "

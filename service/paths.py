@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The shipped CNN, in :func:`default_models_dir` (made by ``dopanode train``).
-MODEL_FILE = "dopanode_dat_cnn.onnx"
-
 
 def default_models_dir() -> Path:
     """``models/`` beside the source tree, or ``$DOPANODE_MODELS_DIR``."""

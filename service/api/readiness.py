@@ -4,8 +4,9 @@
   lock can be taken within the busy timeout).
 * ``spool_disk``: free space on the spool's file system is at least
   ``storage.min_free_mb``.
-* ``model``: :func:`service.inference.manifest.check_model` (present,
-  SHA-256 matches; no model configured passes as conventional scoring only).
+* ``models_<pipeline>``, one per enabled pipeline: every model file it
+  serves is present and its SHA-256 matches (the pipeline's
+  ``check_models``; a DaT node with the CNN off passes as SBR scoring only).
 * ``scp``: the node's probe (is the DICOM listener accepting?); when the
   API runs without the SCP in its process, a TCP connect to the configured
   SCP port.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.inference import manifest
+from service.pipelines.registry import check_enabled_models
 from service.store import outbox
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,15 @@ def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
                                             "min_free_mb": min_free_mb})
 
 
-def check_model(model_path: Path | None, sha256: str | None) -> Check:
-    result = manifest.check_model(model_path, sha256)
-    return Check("model", result.ok, result.detail, {"status": result.status})
+def check_models(pipelines: Any) -> list[Check]:
+    """One check per enabled pipeline: every model file it serves is there and intact."""
+    checks = []
+    for name, statuses in check_enabled_models(pipelines).items():
+        ok = all(m.ok for m in statuses)
+        detail = "; ".join(f"{m.name}: {m.detail}" for m in statuses) or "no model files"
+        checks.append(Check(f"models_{name}", ok, detail,
+                            {m.name: {"ok": m.ok, "sha256": m.sha256} for m in statuses}))
+    return checks
 
 
 def check_scp(probes: Probes, host: str, port: int) -> Check:
@@ -143,11 +150,15 @@ def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> l
         ("database", lambda: check_database(db)),
         ("spool_disk", lambda: check_spool_disk(settings.storage.spool_dir,
                                                 settings.storage.min_free_mb)),
-        ("model", lambda: check_model(settings.model.model_path, settings.model.sha256)),
         ("scp", lambda: check_scp(probes, settings.node.bind, settings.node.port)),
         ("outbox", lambda: check_outbox(db, limits)),
     ]
     results = []
+    try:
+        results.extend(check_models(settings.pipelines))
+    except Exception as exc:  # the edge: a broken check means not ready
+        log.error("ready_check_error", exc_info=exc, extra={"fields": {"check": "models"}})
+        results.append(Check("models", False, f"check failed: {type(exc).__name__}"))
     for name, step in steps:
         try:
             results.append(step())

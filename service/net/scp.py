@@ -59,6 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service import metrics
 from service.config import Settings
 from service.dicom import codes
+from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
 from service.net import acceptor
 from service.net.status import Status
@@ -295,7 +296,7 @@ class StorageSCP:
         with self._pool.connection() as conn, conn:
             if not db.insert_instance(conn, rec):
                 return "duplicate"
-            completion.note_instance(conn, rec, completion.expected_count(header.info), quiet_s)
+            completion.note_instance(conn, rec, header_mod.expected_count(header.info), quiet_s)
             completion.complete_if_ready(conn, rec.series_uid, rec.received_at,
                                          self.settings.worker.max_attempts)
         return "stored"
@@ -311,13 +312,13 @@ class StorageSCP:
                                "insufficient disk space on the node's spool", "out_of_space")
 
 
-def _read_header(path: Path, sop_class: str, sop_uid: str) -> completion.ParsedHeader:
+def _read_header(path: Path, sop_class: str, sop_uid: str) -> header_mod.ParsedHeader:
     """The received instance's UIDs and counts, or a precise refusal."""
     try:
-        header = completion.read_header(path, sop_class)
+        header = header_mod.read_header(path, sop_class)
     except ValueError as exc:  # invalid UID or count: the message names the attribute
         raise StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)[:64], "bad_header") from None
-    except completion.PARSE_ERRORS:
+    except header_mod.PARSE_ERRORS:
         raise StoreRefused(Status.CANNOT_UNDERSTAND, "dataset could not be parsed",
                            "unparsable") from None
     if header.sop_instance_uid != sop_uid:

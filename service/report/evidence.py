@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
-from service.pipelines.dat_spect.result import StudyResult
+from service.report.identity import SourceReference
 
 #: Header attributes copied from the source into the evidence handed to
 #: highdicom (patient, study, series, instance; never pixel data).
@@ -47,8 +47,8 @@ _TYPE2_KEYWORDS = (
 )
 
 
-def evidence_headers(result: StudyResult, evidence: Sequence[Dataset]) -> list[Dataset]:
-    """Header-only copies of the source instances, checked against ``result``.
+def evidence_headers(source: SourceReference, evidence: Sequence[Dataset]) -> list[Dataset]:
+    """Header-only copies of the source instances, checked against ``source``.
 
     Raises
     ------
@@ -60,8 +60,8 @@ def evidence_headers(result: StudyResult, evidence: Sequence[Dataset]) -> list[D
         raise ValueError("evidence must hold at least one source instance")
     headers = []
     for ds in evidence:
-        if ds.get("StudyInstanceUID") != result.source.study_instance_uid or (
-            ds.get("SeriesInstanceUID") != result.source.series_instance_uid
+        if ds.get("StudyInstanceUID") != source.study_instance_uid or (
+            ds.get("SeriesInstanceUID") != source.series_instance_uid
         ):
             raise ValueError("evidence does not belong to the analysed source series")
         if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):

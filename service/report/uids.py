@@ -11,24 +11,15 @@ characters at most).
 
 from __future__ import annotations
 
+import re
+
 from pydicom.uid import UID, generate_uid
 
-from service.pipelines.dat_spect.result import AlgorithmInfo
+from service.report.identity import AlgorithmInfo
 
-#: Object kinds with a UID of their own.
-KINDS = frozenset(
-    {
-        "sr-series",
-        "sr-instance",
-        "picture-series",
-        "picture-instance",
-        "tracking-caudate_left",
-        "tracking-caudate_right",
-        "tracking-putamen_left",
-        "tracking-putamen_right",
-        "tracking-striatum",
-    }
-)
+#: An object kind: lower-case words joined by "-" or "_" (e.g. ``"sr-instance"``,
+#: ``"tracking-caudate_left"``, ``"seg-series"``); each pipeline names its own.
+_KIND_RE = re.compile(r"^[a-z0-9]+([_-][a-z0-9]+)*$")
 
 #: The device observer of every SR: one fixed UID for dopanode itself, so that
 #: all of its reports name the same device.
@@ -49,11 +40,12 @@ def derive_uid(job_key: str, algorithm: AlgorithmInfo, kind: str) -> UID:
     ----------
     job_key : str
         Stable identifier of the job's content (see
-        :class:`service.pipelines.base.Pipeline`).
+        :class:`service.pipelines.base.JobContext`).
     algorithm : AlgorithmInfo
         Identifies the software and model that produced the result.
     kind : str
-        One of :data:`KINDS`.
+        What the object is (``"sr-instance"``, ``"seg-series"``, ...); a
+        pipeline chooses its kinds, which must match ``[a-z0-9]+([_-][a-z0-9]+)*``.
 
     Raises
     ------
@@ -62,6 +54,6 @@ def derive_uid(job_key: str, algorithm: AlgorithmInfo, kind: str) -> UID:
     """
     if not job_key:
         raise ValueError("job_key must not be empty")
-    if kind not in KINDS:
-        raise ValueError(f"unknown UID kind {kind!r}; expected one of {sorted(KINDS)}")
+    if not _KIND_RE.match(kind):
+        raise ValueError(f"UID kind {kind!r} is not lower-case words joined by - or _")
     return generate_uid(entropy_srcs=[job_key, algorithm_key(algorithm), kind])

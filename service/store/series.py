@@ -26,121 +26,12 @@ import hashlib
 import json
 import logging
 import sqlite3
-import struct
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-
-from service.dicom import codes
-from service.dicom.uids import validated_uid
+from service.dicom.header import READ_ERRORS, expected_count, read_header
 from service.store import db
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """The few header values completion needs (read without pixel data).
-
-    Attributes
-    ----------
-    sop_class_uid : str
-    number_of_frames : int or None
-        Number of Frames (0028,0008), None when absent.
-    number_of_slices : int or None
-        Number of Slices (0054,0081), None when absent.
-    images_in_acquisition : int or None
-        Images in Acquisition (0020,1002), None when absent.
-    """
-
-    sop_class_uid: str
-    number_of_frames: int | None
-    number_of_slices: int | None
-    images_in_acquisition: int | None = None
-
-
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-                "NumberOfFrames", "NumberOfSlices", "ImagesInAcquisition"]
-#: What pydicom raises on a file it cannot parse (besides ValueError).
-PARSE_ERRORS: tuple[type[Exception], ...] = (
-    InvalidDicomError, EOFError, OSError, KeyError, TypeError, AttributeError, struct.error,
-    NotImplementedError,
-)
-
-RECOVERY_ERRORS: tuple[type[Exception], ...] = (ValueError, *PARSE_ERRORS)
-
-
-@dataclass(frozen=True)
-class ParsedHeader:
-    """UIDs (validated) and completion counts of one Part-10 instance."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    info: InstanceHeader
-
-
-def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None) -> ParsedHeader:
-    """Read the header of a Part-10 file, pixel data left unread.
-
-    Parameters
-    ----------
-    source : path or binary file
-    sop_class_uid : str, optional
-        The class the sender declared; default the file's own.
-
-    Raises
-    ------
-    ValueError
-        A UID is missing or invalid or a count is not a number (the message
-        names the attribute, never its value).
-    InvalidDicomError, EOFError, ...
-        See :data:`PARSE_ERRORS`: the file cannot be parsed.
-    """
-    ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    sop_class = sop_class_uid or validated_uid(str(ds.get("SOPClassUID", "")), "SOPClassUID")
-    return ParsedHeader(
-        study_uid=validated_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID"),
-        series_uid=validated_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID"),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")).rstrip("\x00 "),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        info=InstanceHeader(sop_class, _count(ds, "NumberOfFrames"),
-                            _count(ds, "NumberOfSlices"), _count(ds, "ImagesInAcquisition")),
-    )
-
-
-def _count(ds: Any, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{keyword} is not a number") from None
-
-
-def expected_count(header: InstanceHeader) -> int | None:
-    """How many instances the series should hold, from one instance's header.
-
-    * multi-frame NM instance: 1 (it is the whole volume);
-    * single-frame NM instance: Number of Slices, else Images in
-      Acquisition, when it is above 1 (a per-slice instance that says
-      "1 slice" describes itself, not its series);
-    * anything else: None, completion by quiet time.
-    """
-    if header.sop_class_uid != codes.NM_IMAGE_STORAGE:
-        return None
-    if header.number_of_frames is not None and header.number_of_frames > 1:
-        return 1
-    for count in (header.number_of_slices, header.images_in_acquisition):
-        if count is not None and count > 1:
-            return count
-    return None
 
 
 def content_hash(sop_instance_uids: list[str] | tuple[str, ...]) -> str:
@@ -262,7 +153,7 @@ def recover_spool(conn: sqlite3.Connection, spool: Spool, quiet_s: float,
             if spool.instance_path(header.study_uid, header.series_uid,
                                    header.sop_instance_uid) != path:
                 raise ValueError("file is not where its UIDs put it")
-        except RECOVERY_ERRORS as exc:
+        except READ_ERRORS as exc:
             log.warning("spool_file_skipped", extra={"fields": {"error": type(exc).__name__}})
             continue
         rec = db.InstanceRecord(

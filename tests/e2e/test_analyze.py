@@ -21,7 +21,8 @@ from service import cli
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
 from service.inference.manifest import read_sidecar
-from service.paths import MODEL_FILE, default_models_dir
+from service.paths import default_models_dir
+from service.pipelines.dat_spect.plugin import MODEL_FILE
 from service.pipelines.dat_spect.quantify import quantify
 from service.sim.nm_writer import EncodingVariant
 

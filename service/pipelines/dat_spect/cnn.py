@@ -1,4 +1,4 @@
-"""The one onnxruntime session of the node, its checks and the CNN's ratings.
+"""The DaT CNN: its model contract and the rating rules over its outputs.
 
 The model file
 --------------
@@ -45,15 +45,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from service.errors import AnalysisError
-from service.inference.manifest import ModelCheck, check_model
+from service.inference.manifest import ModelCheck
+from service.inference.onnx import ModelSignature, OnnxModel, TensorSpec
 from service.pipelines.dat_spect.preprocess import CONTRACT_METADATA_KEY, PreprocessContract
 from service.pipelines.dat_spect.result import REGIONS, Level, Region
 
@@ -65,6 +64,13 @@ OUTPUT_NAME = "probabilities"
 GLOBAL_OUTPUT_NAME = "p_reduced"
 REGIONS_METADATA_KEY = "dopanode_regions"
 N_LEVELS = len(Level)
+#: The model's declared signature (the input's spatial shape is checked against
+#: the preprocessing contract in its metadata).
+SIGNATURE = ModelSignature(
+    inputs=(TensorSpec(INPUT_NAME, shape=(1, None, None, None)),),
+    outputs=(TensorSpec(OUTPUT_NAME, shape=(len(REGIONS), N_LEVELS)),),
+    optional_outputs=(TensorSpec(GLOBAL_OUTPUT_NAME, shape=(1,)),),
+)
 #: Largest ordinal spread (SD of the level distribution, in levels) of a sure region.
 MAX_SPREAD_LEVELS = 0.75
 #: P(reduced) in this closed range makes the binary call inconclusive.
@@ -174,52 +180,40 @@ def rate_scan(probabilities_rk: np.ndarray, p_global: float | None = None) -> Cn
 
 
 class CnnSession:
-    """One onnxruntime CPU session on a checked model.
+    """The DaT CNN served through :class:`service.inference.onnx.OnnxModel`.
 
     Parameters
     ----------
     model_path : Path
     expected_sha256 : str or None
-        Configured checksum; None uses the ``<model>.sha256`` sidecar
-        (:func:`service.inference.manifest.check_model`).
+        Configured checksum; None uses the ``<model>.sha256`` sidecar.
     intra_op_threads : int
-        onnxruntime intra-op threads (1 keeps the node's CPU use predictable).
+        onnxruntime intra-op threads.
 
     Raises
     ------
     AnalysisError
-        ``model_<status>`` when the file fails :func:`check_model`;
-        ``model_contract`` when its inputs, outputs or metadata break the
-        contract in the module docstring.
+        ``model_<status>`` when the file fails its check; ``model_contract``
+        when its inputs, outputs or metadata break the contract in the module
+        docstring.
     """
 
     def __init__(self, model_path: Path, expected_sha256: str | None = None,
                  intra_op_threads: int = 1) -> None:
-        self.check: ModelCheck = check_model(Path(model_path), expected_sha256)
-        if not self.check.ok:
-            raise AnalysisError(f"CNN model not usable: {self.check.detail}",
-                                f"model_{self.check.status}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # No arena: the node's peak RSS is 8 MB lower (measured over three analyses:
-        # VmHWM 385 against 393 MB) for about 4 ms more per scan.
-        options.enable_cpu_mem_arena = False
-        try:
-            self._session = ort.InferenceSession(os.fspath(model_path), options,
-                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-            raise AnalysisError(f"CNN model cannot be loaded: {type(exc).__name__}",
-                                "model_contract") from exc
-        self.name = Path(model_path).stem
-        self.sha256: str = self.check.sha256 or ""
+        self.model = OnnxModel(Path(model_path), SIGNATURE, expected_sha256, intra_op_threads)
+        self.check: ModelCheck = self.model.check
+        self.name = self.model.name
+        self.sha256: str = self.model.sha256
         self.contract = self._read_contract()
-        self._check_signature()
-        log.info("cnn_session_ready", extra={"fields": {
-            "model": self.name, "sha256": self.sha256, "threads": intra_op_threads}})
+        self.has_global_head = GLOBAL_OUTPUT_NAME in self.model.output_names
+        want_in = self.contract.input_shape
+        declared = self.model.input_shapes[0]
+        if declared != tuple(want_in):
+            raise AnalysisError(f"model input shape {declared} is not [batch, {list(want_in)}]",
+                                "model_contract")
 
     def _read_contract(self) -> PreprocessContract:
-        meta = self._session.get_modelmeta().custom_metadata_map
+        meta = self.model.metadata
         regions = meta.get(REGIONS_METADATA_KEY, "")
         if regions != ",".join(r.value for r in REGIONS):
             raise AnalysisError(f"model metadata {REGIONS_METADATA_KEY} is {regions!r}, "
@@ -229,28 +223,6 @@ class CnnSession:
         except (KeyError, ValueError) as exc:
             raise AnalysisError(f"model has no usable preprocessing contract: {exc}",
                                 "model_contract") from exc
-
-    def _check_signature(self) -> None:
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        names = [o.name for o in outputs]
-        if [i.name for i in inputs] != [INPUT_NAME] or names not in (
-                [OUTPUT_NAME], [OUTPUT_NAME, GLOBAL_OUTPUT_NAME]):
-            raise AnalysisError("model must have one input 'volume' and the output "
-                                "'probabilities' (optionally followed by 'p_reduced')",
-                                "model_contract")
-        if inputs[0].type != "tensor(float)" or any(o.type != "tensor(float)" for o in outputs):
-            raise AnalysisError("model input and outputs must be float32", "model_contract")
-        self.has_global_head = len(outputs) == 2
-        if self.has_global_head and list(outputs[1].shape[1:]) != [1]:
-            raise AnalysisError(f"model output {GLOBAL_OUTPUT_NAME} shape {outputs[1].shape} "
-                                "is not [batch, 1]", "model_contract")
-        want_in = list(self.contract.input_shape)
-        if list(inputs[0].shape[1:]) != want_in or isinstance(inputs[0].shape[0], int):
-            raise AnalysisError(f"model input shape {inputs[0].shape} is not "
-                                f"[batch, {want_in}]", "model_contract")
-        if list(outputs[0].shape[1:]) != [len(REGIONS), N_LEVELS]:
-            raise AnalysisError(f"model output shape {outputs[0].shape} is not "
-                                f"[batch, {len(REGIONS)}, {N_LEVELS}]", "model_contract")
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Level probabilities for a ``(N, 1, D, H, W)`` float32 batch: ``(N, 4, 5)`` float32.
@@ -274,8 +246,7 @@ class CnnSession:
                                 f"got {batch.dtype} {batch.shape}", "cnn_input")
         if not np.isfinite(batch).all():
             raise AnalysisError("CNN input holds NaN or infinite values", "cnn_input")
-        names = [OUTPUT_NAME, GLOBAL_OUTPUT_NAME] if self.has_global_head else [OUTPUT_NAME]
-        results = self._session.run(names, {INPUT_NAME: batch})
+        results = self.model.run(batch)
         out = np.asarray(results[0])
         if (out.shape != (batch.shape[0], len(REGIONS), N_LEVELS) or not np.isfinite(out).all()
                 or (out < -1e-6).any()

@@ -133,9 +133,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from pydicom import dcmwrite
 
     from service.errors import AnalysisError
-    from service.paths import MODEL_FILE, default_models_dir
+    from service.paths import default_models_dir
     from service.pipelines.dat_spect.cnn import CnnSession
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
+    from service.pipelines.dat_spect.plugin import MODEL_FILE
     from service.pipelines.dat_spect.result import summary_dict
 
     try:

@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from service import __version__
 from service.pipelines.dat_spect.render import render_report_rgb
 from service.pipelines.dat_spect.result import StudyResult
-from service.pipelines.dat_spect.sr import MANUFACTURER, RESEARCH_USE_TEXT
 from service.report.evidence import evidence_headers
+from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
 from service.report.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def _source_image_sequence(headers: Sequence[Dataset]) -> list[Dataset]:
 
 
 def build_picture_report(
-    result: StudyResult, evidence: Sequence[Dataset], job_key: str
+    result: StudyResult, evidence: Sequence[Dataset], job_key: str,
+    created_at: float | None = None,
 ) -> hd.sc.SCImage:
     """Build the picture report of one analysis as a Secondary Capture.
 
@@ -56,6 +57,8 @@ def build_picture_report(
         their patient and study and references them as source images.
     job_key : str
         Stable job identifier; the picture's UIDs are derived from it.
+    created_at : float or None
+        When the job was made: creation and content date/time derive from it.
 
     Returns
     -------
@@ -67,7 +70,7 @@ def build_picture_report(
     ValueError
         Empty or foreign evidence.
     """
-    headers = evidence_headers(result, evidence)
+    headers = evidence_headers(result.source, evidence)
     first = headers[0]
     pixels_rgb = render_report_rgb(result)
     image = hd.sc.SCImage(
@@ -108,6 +111,8 @@ def build_picture_report(
         "dopanode DaT SPECT picture report: axial slab in MNI space, SBR chart, levels"
     )
     image.SourceImageSequence = _source_image_sequence(headers)
+    if created_at is not None:
+        stamp_times(image, created_at)
     logger.info(
         "built picture report",
         extra={

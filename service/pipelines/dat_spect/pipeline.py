@@ -27,12 +27,21 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from service import __version__
+from service.dicom.codes import COMPREHENSIVE_SR_STORAGE
 from service.errors import AnalysisError
 from service.imaging.atlas import LABELS, Atlas, load_atlas
 from service.imaging.nm_volume import volume_from_datasets
 from service.paths import default_models_dir
-from service.pipelines.base import PipelineOutput
+from service.pipelines.base import (
+    InputPlan,
+    JobContext,
+    LoadedInputs,
+    PipelineOutput,
+    Selection,
+    SeriesView,
+)
 from service.pipelines.dat_spect.cnn import CnnSession
+from service.pipelines.dat_spect.gate import check_dat_series
 from service.pipelines.dat_spect.levels import Calibration, global_score, level_for
 from service.pipelines.dat_spect.normalise import Normalisation, normalise
 from service.pipelines.dat_spect.normals import NormalDatabase
@@ -46,6 +55,7 @@ from service.pipelines.dat_spect.result import (
     ReportImages,
     SourceReference,
     StudyResult,
+    summary_dict,
 )
 from service.pipelines.dat_spect.template import load_template
 
@@ -73,6 +83,8 @@ class DatModels:
     normals : NormalDatabase or None
     sha256 : str
         Hash over the three files, identifying this configuration in the SR.
+    directory : Path
+        Where the files were read from.
     """
 
     atlas: Atlas
@@ -80,6 +92,7 @@ class DatModels:
     calibration: Calibration | None
     normals: NormalDatabase | None
     sha256: str
+    directory: Path
 
 
 def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -> DatModels:
@@ -111,6 +124,7 @@ def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -
         calibration=calibration,
         normals=normals,
         sha256=digest.hexdigest(),
+        directory=directory,
     )
 
 
@@ -223,16 +237,6 @@ def rate_with_cnn(
     return rated, score
 
 
-def source_reference(datasets: Sequence[Dataset]) -> SourceReference:
-    first = datasets[0]
-    return SourceReference(
-        study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=str(first.SeriesInstanceUID),
-        sop_class_uid=str(first.SOPClassUID),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-    )
-
-
 @dataclass(frozen=True, eq=False)
 class Measurement:
     """The numbers of one series before any scoring.
@@ -259,8 +263,6 @@ def measure(
     durations_s: dict[str, float],
 ) -> Measurement:
     """Gate, build the volume, normalise and quantify one series."""
-    from service.pipelines.dat_spect.gate import check_dat_series
-
     with _stage(durations_s, "gate"):
         check_dat_series(datasets[0], tuple(fallback_keywords))
     with _stage(durations_s, "volume"):
@@ -281,9 +283,12 @@ class DatSpectPipeline:
         Template, calibration and normals; the shipped ones when None.
     fallback_keywords : sequence of str
         Series description keywords that admit a series without a tracer code.
+    cnn : CnnSession or None
+        The CNN that rates the regions; None scores by SBR thresholds only.
     """
 
     name = "dat_spect"
+    version = __version__
 
     def __init__(
         self,
@@ -312,19 +317,33 @@ class DatSpectPipeline:
                 model_sha256=cnn.sha256,
             )
 
-    def run(self, instance_paths: Sequence[Path], job_key: str) -> PipelineOutput:
+    def select(self, series: SeriesView) -> Selection:
+        """Take an [123I]FP-CIT SPECT reconstruction (:mod:`.gate`), decline anything else."""
+        try:
+            return Selection.take(check_dat_series(series.header, self.fallback_keywords))
+        except AnalysisError as exc:
+            return Selection.decline(exc.reason)
+
+    def inputs(self, primary: SeriesView, study: Sequence[SeriesView], now: float) -> InputPlan:
+        """Only the series itself."""
+        return InputPlan.single(primary.series_uid)
+
+    def run(self, inputs: LoadedInputs, context: JobContext) -> PipelineOutput:
         """Analyse one series and build its SR and picture report."""
         durations_s: dict[str, float] = {}
-        with _stage(durations_s, "read"):
-            datasets = read_datasets(instance_paths)
+        datasets = inputs.primary
         result = self.analyse(datasets, durations_s)
         with _stage(durations_s, "report"):
-            outputs = self.build_reports(result, datasets, job_key)
+            outputs = self.build_reports(result, datasets, context)
         log.info(
             "dat_analysis_done",
             extra={"fields": {"durations_s": {k: round(v, 3) for k, v in durations_s.items()}}},
         )
-        return PipelineOutput(result=result, datasets=outputs, stage_durations_s=durations_s)
+        return PipelineOutput(
+            summary=summary_dict(result), datasets=outputs, stage_durations_s=durations_s,
+            warnings=result.warnings,
+            supersedes=tuple(p.sop_instance_uid for p in context.previous_outputs),
+        )
 
     def analyse(self, datasets: Sequence[Dataset], durations_s: dict[str, float]) -> StudyResult:
         """Gate, volume, normalise, quantify and score (no reports)."""
@@ -344,7 +363,7 @@ class DatSpectPipeline:
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")
         return StudyResult(
-            source=source_reference(datasets),
+            source=SourceReference.of(list(datasets)),
             regions=regions,
             global_score=score,
             ratios=m.quantification.ratios,
@@ -357,13 +376,15 @@ class DatSpectPipeline:
         )
 
     def build_reports(
-        self, result: StudyResult, datasets: Sequence[Dataset], job_key: str
+        self, result: StudyResult, datasets: Sequence[Dataset], context: JobContext
     ) -> tuple[Dataset, ...]:
         """The Comprehensive SR and the picture report of one result."""
         from service.pipelines.dat_spect.picture import build_picture_report
         from service.pipelines.dat_spect.sr import build_sr
 
+        previous_srs = [p for p in context.previous_outputs
+                        if p.sop_class_uid == COMPREHENSIVE_SR_STORAGE]
         return (
-            build_sr(result, datasets, job_key),
-            build_picture_report(result, datasets, job_key),
+            build_sr(result, datasets, context.job_key, context.created_at, previous_srs),
+            build_picture_report(result, datasets, context.job_key, context.created_at),
         )

@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from service.report.identity import AlgorithmInfo, SourceReference
+
+__all__ = ["AlgorithmInfo", "SourceReference"]  # re-exported: part of a StudyResult
+
 
 class Region(StrEnum):
     """The four striatal subregions rated by dopanode."""
@@ -120,26 +124,6 @@ class Ratios:
     putamen_caudate_right: float
     asymmetry_caudate_pct: float
     asymmetry_putamen_pct: float
-
-
-@dataclass(frozen=True)
-class SourceReference:
-    """The analysed series (UIDs only, no patient data)."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    sop_instance_uids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """Identifies what produced a result (goes into the SR)."""
-
-    name: str
-    version: str
-    model_name: str | None = None
-    model_sha256: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

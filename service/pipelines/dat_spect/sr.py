@@ -43,19 +43,19 @@ from pydicom.sr.coding import Code
 
 from service import __version__
 from service.errors import AnalysisError
+from service.pipelines.base import OutputRef
 from service.pipelines.dat_spect import codes
 from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
 from service.report.evidence import evidence_headers
+from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
 from service.report.uids import DEVICE_OBSERVER_UID, derive_uid
 
 logger = logging.getLogger(__name__)
 
-RESEARCH_USE_TEXT = "Research use, not for diagnosis"
 #: Decimals kept for SBR, z-scores, ratios and percentages (far below their noise).
 VALUE_DECIMALS = 4
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "dopanode DaT SR - research use, not for diagnosis"
-MANUFACTURER = "dopanode"
 
 _STRUCTURE_CODES: dict[str, Code] = {"caudate": codes.CAUDATE, "putamen": codes.PUTAMEN}
 _SIDE_CODES: dict[str, Code] = {"left": codes.LEFT, "right": codes.RIGHT}
@@ -288,8 +288,21 @@ def _mark_separate(item: Dataset) -> None:
         _mark_separate(child)
 
 
+def _reference_dataset(ref: OutputRef) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = ref.study_uid
+    ds.SeriesInstanceUID = ref.series_uid
+    ds.SOPClassUID = ref.sop_class_uid
+    ds.SOPInstanceUID = ref.sop_instance_uid
+    return ds
+
+
 def build_sr(
-    result: StudyResult, evidence: Sequence[Dataset], job_key: str
+    result: StudyResult,
+    evidence: Sequence[Dataset],
+    job_key: str,
+    created_at: float | None = None,
+    previous: Sequence[OutputRef] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build the Comprehensive SR (TID 1500) of one analysis.
 
@@ -303,6 +316,13 @@ def build_sr(
         inherits their patient and study.
     job_key : str
         Stable job identifier; the SR's UIDs are derived from it.
+    created_at : float or None
+        When the job was made (seconds since the epoch): creation and content
+        date/time derive from it, so a retried job writes the same bytes.
+        None: now.
+    previous : sequence of OutputRef
+        Earlier SRs of the same series already sent, which this one replaces
+        (Predecessor Documents Sequence, PS3.3 C.17.2).
 
     Returns
     -------
@@ -317,7 +337,7 @@ def build_sr(
         A NaN or infinite number in the result (code ``"non_finite_result"``).
     """
     check_finite(result)
-    headers = evidence_headers(result, evidence)
+    headers = evidence_headers(result.source, evidence)
     sr = hd.sr.ComprehensiveSR(
         evidence=headers,
         content=build_measurement_report(result, job_key),
@@ -333,7 +353,10 @@ def build_sr(
         manufacturer_model_name="dopanode",
         software_versions=__version__,
         coding_schemes=[private_coding_scheme()],
+        previous_versions=[_reference_dataset(p) for p in previous] or None,
     )
+    if created_at is not None:
+        stamp_times(sr, created_at)
     logger.info(
         "built SR",
         extra={

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from service.paths import MODEL_FILE, default_models_dir
+from service.paths import default_models_dir
+from service.pipelines.dat_spect.plugin import MODEL_FILE
 
 TORCH_MISSING = "torch is not installed: the training commands need pip install -e '.[sim]'"
 

@@ -1,0 +1,178 @@
+"""Header reading without pixels: what completion and routing need to know.
+
+Two readers, both header-only:
+
+* :func:`read_header` is what the SCP reads for every received instance
+  (UIDs, SOP class, modality and the counts that say how many instances a
+  series holds); cheap, a fixed tag list.
+* :func:`read_series_header` is what routing reads once per completed
+  series: the whole header of one instance (no pixel data), handed to each
+  pipeline's ``select``.
+
+No values are logged or put in error messages: a message names the
+attribute, never its value.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from service.dicom import codes
+from service.dicom.uids import validated_uid
+
+#: What pydicom raises on a file it cannot parse (besides ValueError).
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    InvalidDicomError, EOFError, OSError, KeyError, TypeError, AttributeError, struct.error,
+    NotImplementedError,
+)
+#: Everything a header read may raise for a bad file (ValueError: a bad UID or count).
+READ_ERRORS: tuple[type[Exception], ...] = (ValueError, *PARSE_ERRORS)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The header values completion needs (read without pixel data).
+
+    Attributes
+    ----------
+    sop_class_uid : str
+    number_of_frames : int or None
+        Number of Frames (0028,0008), None when absent.
+    number_of_slices : int or None
+        Number of Slices (0054,0081), None when absent.
+    images_in_acquisition : int or None
+        Images in Acquisition (0020,1002), None when absent.
+    number_of_time_slices : int or None
+        Number of Time Slices (0054,0101), dynamic PET/NM; None when absent.
+    series_type : str
+        PET Series Type (0054,1000) value 1 (``STATIC``, ``DYNAMIC``, ``GATED``,
+        ``WHOLE BODY``), upper case; empty when absent.
+    number_of_time_slots : int or None
+        Number of Time Slots (0054,0071), gated series.
+    """
+
+    sop_class_uid: str
+    number_of_frames: int | None
+    number_of_slices: int | None
+    images_in_acquisition: int | None = None
+    number_of_time_slices: int | None = None
+    series_type: str = ""
+    number_of_time_slots: int | None = None
+
+
+_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                "NumberOfFrames", "NumberOfSlices", "ImagesInAcquisition", "NumberOfTimeSlices",
+                "SeriesType", "NumberOfTimeSlots"]
+
+
+@dataclass(frozen=True)
+class ParsedHeader:
+    """UIDs (validated) and completion counts of one Part-10 instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    info: InstanceHeader
+
+
+def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None) -> ParsedHeader:
+    """Read the header of a Part-10 file, pixel data left unread.
+
+    Parameters
+    ----------
+    source : path or binary file
+    sop_class_uid : str, optional
+        The class the sender declared; default the file's own.
+
+    Raises
+    ------
+    ValueError
+        A UID is missing or invalid or a count is not a number (the message
+        names the attribute, never its value).
+    InvalidDicomError, EOFError, ...
+        See :data:`PARSE_ERRORS`: the file cannot be parsed.
+    """
+    ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    sop_class = sop_class_uid or validated_uid(str(ds.get("SOPClassUID", "")), "SOPClassUID")
+    series_type = ds.get("SeriesType") or []
+    first_type = str(series_type[0] if not isinstance(series_type, str) else series_type)
+    return ParsedHeader(
+        study_uid=validated_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID"),
+        series_uid=validated_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID"),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")).rstrip("\x00 "),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        info=InstanceHeader(
+            sop_class, _count(ds, "NumberOfFrames"), _count(ds, "NumberOfSlices"),
+            _count(ds, "ImagesInAcquisition"), _count(ds, "NumberOfTimeSlices"),
+            first_type.strip().upper(), _count(ds, "NumberOfTimeSlots"),
+        ),
+    )
+
+
+def _count(ds: Any, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} is not a number") from None
+
+
+def _above_one(*counts: int | None) -> int | None:
+    for count in counts:
+        if count is not None and count > 1:
+            return count
+    return None
+
+
+def expected_count(header: InstanceHeader) -> int | None:
+    """How many instances the series should hold, from one instance's header.
+
+    * multi-frame NM instance: 1 (it is the whole volume);
+    * single-frame NM instance: Number of Slices, else Images in
+      Acquisition, when it is above 1 (a per-slice instance that says
+      "1 slice" describes itself, not its series);
+    * classic PET (PS3.3 C.8.9.1): Number of Slices per frame times Number
+      of Time Slices for a ``DYNAMIC`` series, times Number of Time Slots
+      for a ``GATED`` one;
+    * Enhanced and Legacy Converted multi-frame objects: 1;
+    * anything else (CT, MR, SR, ...): None, completion by quiet time.
+    """
+    sop_class = header.sop_class_uid
+    if sop_class in codes.ENHANCED_IMAGE_SOP_CLASSES:
+        return 1
+    if sop_class == codes.NM_IMAGE_STORAGE:
+        if header.number_of_frames is not None and header.number_of_frames > 1:
+            return 1
+        return _above_one(header.number_of_slices, header.images_in_acquisition)
+    if sop_class == codes.PET_IMAGE_STORAGE:
+        slices = header.number_of_slices
+        if slices is None or slices < 1:
+            return None
+        if header.series_type == "DYNAMIC":
+            frames = header.number_of_time_slices
+            return slices * frames if frames is not None and frames >= 1 else None
+        if header.series_type == "GATED":
+            slots = header.number_of_time_slots
+            return slices * slots if slots is not None and slots >= 1 else None
+        return slices
+    return None
+
+
+def read_series_header(path: Path) -> Dataset:
+    """The whole header of one instance (no pixel data), for routing.
+
+    Raises
+    ------
+    See :data:`READ_ERRORS`.
+    """
+    return dcmread(path, stop_before_pixels=True)

@@ -1,0 +1,99 @@
+"""The DaT pipeline's registry entry: its ``[pipelines.dat_spect]`` settings and builder.
+
+Imports nothing heavy: :func:`build` loads the template, calibration and the
+CNN only when the node starts the pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import field_validator
+
+from service.pipelines.base import ModelStatus, Pipeline
+from service.pipelines.registry import PipelineSettings, PipelineSpec
+
+#: The shipped CNN, in :func:`service.paths.default_models_dir`.
+MODEL_FILE = "dopanode_dat_cnn.onnx"
+
+
+class DatSpectSettings(PipelineSettings):
+    """``[pipelines.dat_spect]``: the [123I]FP-CIT SPECT analysis.
+
+    Attributes
+    ----------
+    template_dir : Path or None
+        FP-CIT template, SBR calibration and normal database (None: the
+        shipped ``models/template``, built from simulated scans).
+    fallback_keywords : str
+        Comma-separated Series Description keywords that admit a series whose
+        Radiopharmaceutical Code Sequence is absent (empty: tracer code required).
+    cnn_enabled : bool
+        False scores by SBR thresholds only.
+    model_path : Path or None
+        The CNN (None: the shipped ``models/dopanode_dat_cnn.onnx``).
+    model_sha256 : str or None
+        Expected checksum (None: the model's ``.sha256`` sidecar).
+    """
+
+    template_dir: Path | None = None
+    fallback_keywords: str = ""
+    cnn_enabled: bool = True
+    model_path: Path | None = None
+    model_sha256: str | None = None
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _hex64(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 lower-case hex digits")
+        return value
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.fallback_keywords.split(",") if k.strip())
+
+    @property
+    def cnn_path(self) -> Path | None:
+        """The ONNX file the pipeline serves, or None when the CNN is off."""
+        from service.paths import default_models_dir
+
+        if not self.cnn_enabled:
+            return None
+        return self.model_path if self.model_path is not None else default_models_dir() / MODEL_FILE
+
+
+def build(settings: DatSpectSettings) -> Pipeline:
+    """The DaT pipeline with its template, calibration and (optional) CNN.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, AnalysisError
+        When the template, calibration or the configured model cannot be
+        loaded or fails its checksum.
+    """
+    from service.pipelines.dat_spect.cnn import CnnSession
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
+
+    models = load_dat_models(settings.template_dir)
+    path = settings.cnn_path
+    cnn = CnnSession(path, settings.model_sha256) if path is not None else None
+    return DatSpectPipeline(models, settings.keywords, cnn=cnn)
+
+
+def check_models(settings: DatSpectSettings) -> tuple[ModelStatus, ...]:
+    """The CNN file (presence and SHA-256), or a note that SBR thresholds alone are used."""
+    from service.inference.manifest import check_model
+
+    check = check_model(settings.cnn_path, settings.model_sha256)
+    return (ModelStatus("dat_cnn", check.path or "", check.ok, check.detail, check.sha256),)
+
+
+SPEC = PipelineSpec(
+    name="dat_spect",
+    title="[123I]FP-CIT (DaTscan) SPECT: striatal levels, SBR, SR and picture report",
+    settings_model=DatSpectSettings,
+    build=build,
+    check_models=check_models,
+)
