@@ -1,33 +1,31 @@
-"""The node's wiring and its sub-commands: ``serve``, ``config check``, ``jobs``.
+"""The composition root: settings -> node; the ``serve``, ``config check`` and ``jobs`` commands.
 
 :class:`Node` composes the parts (style rule 1: one place builds and wires
-everything): the SCP, the completion sweeper inside the workers, the
-workers, the sender and the API, each optional so parts can run in separate
-processes against the same database and spool (``dopanode serve --only scp``
-on one, ``--only worker,sender`` on another).
+everything): the SCP, the scheduler (quiet-time sweep, routing of completed
+series to the enabled pipelines, retention purge; once per process that runs
+workers), the workers, the sender and the API, each optional so parts can run
+in separate processes against the same database and spool (``dopanode serve
+--only scp`` on one, ``--only worker,sender`` on another).
+
+The enabled pipelines come from the registry (:mod:`service.pipelines.registry`):
+built-in ones and any installed through the ``dopanode.pipelines`` entry
+points, each switched on or off by its ``[pipelines.<name>]`` section.
 
 SIGTERM/SIGINT: stop accepting associations, let running jobs finish within
 ``worker.shutdown_grace_s`` and give back the ones that do not, stop the
 sender and the API, exit 0.
-
-Test-only hook: ``DOPANODE_TEST_PIPELINE=module:attr`` names a factory
-``(Settings) -> Pipeline`` used instead of the installed pipeline. It exists
-so integration tests can inject a slow or failing fake pipeline into a real
-``dopanode serve`` process; it is logged loudly and is not for production.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,50 +33,23 @@ from typing import Any
 from service import memory
 from service.config import ConfigError, Settings, describe, load_settings
 from service.pipelines.base import Pipeline
+from service.pipelines.registry import build_enabled
 
 log = logging.getLogger(__name__)
 
 COMPONENTS: tuple[str, ...] = ("scp", "worker", "sender", "api")
-TEST_PIPELINE_ENV = "DOPANODE_TEST_PIPELINE"
 
 
-def load_pipeline(settings: Settings) -> Pipeline | None:
-    """The analysis pipeline for this node, or None when none is installed."""
-    spec = os.environ.get(TEST_PIPELINE_ENV)
-    if spec:
-        module_name, _, attr = spec.partition(":")
-        factory: Callable[[Settings], Pipeline] = getattr(
-            importlib.import_module(module_name), attr
-        )
-        log.warning("test_pipeline_installed", extra={"fields": {"factory": spec}})
-        return factory(settings)
-    return load_dat_pipeline(settings)
-
-
-def load_dat_pipeline(settings: Settings) -> Pipeline:
-    """The DaT SPECT pipeline with its template, calibration and (optional) CNN.
+def compose_pipelines(settings: Settings) -> dict[str, Pipeline]:
+    """The enabled pipelines, built (models loaded and checked).
 
     Raises
     ------
-    FileNotFoundError, ValueError, AnalysisError
-        When the template, calibration or the configured model cannot be
-        loaded or fails its checksum: the node refuses to start rather than
-        analyse with something else.
+    Exception
+        Whatever a pipeline's build raises (missing model, bad checksum): the
+        node refuses to start rather than analyse with something else.
     """
-    from service.pipelines.dat_spect.cnn import CnnSession
-    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
-
-    models = load_dat_models(settings.analysis.template_dir)
-    cnn = None
-    if settings.model.model_path is not None:
-        cnn = CnnSession(settings.model.model_path, settings.model.sha256)
-    pipeline = DatSpectPipeline(models, settings.analysis.keywords, cnn=cnn)
-    log.info(
-        "pipeline_loaded",
-        extra={"fields": {"pipeline": pipeline.name, "algorithm": pipeline.algorithm.name,
-                          "model_sha256": pipeline.algorithm.model_sha256}},
-    )
-    return pipeline
+    return build_enabled(settings.pipelines)
 
 
 @dataclass
@@ -90,13 +61,14 @@ class Node:
     settings : Settings
     components : tuple of str
         Subset of :data:`COMPONENTS` to run.
-    pipeline : Pipeline or None
-        What the workers run (None: jobs fail with the explicit reason).
+    pipelines : mapping of name to Pipeline
+        What the scheduler routes to and the workers run (empty: every
+        completed series is recorded as ignored, saying so).
     """
 
     settings: Settings
     components: tuple[str, ...] = COMPONENTS
-    pipeline: Pipeline | None = None
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _parts: dict[str, Any] = field(default_factory=dict)
@@ -135,7 +107,7 @@ class Node:
         quiet_s = min(c.series_quiet_s for c in self.settings.allowed_callers)
         conn = self.database.connect()
         try:
-            recover_spool(conn, self.spool, quiet_s, self.settings.worker.max_attempts)
+            recover_spool(conn, self.spool, quiet_s)
         finally:
             conn.close()
 
@@ -147,18 +119,29 @@ class Node:
         self._parts["sender"] = sender
 
     def _start_workers(self) -> None:
+        from service.scheduler import Scheduler
         from service.worker import Worker
 
         sender = self._parts.get("sender")
         wset = self.settings.worker
-        for i in range(wset.count):
-            worker = Worker(
-                self.database, self.spool, self.pipeline, self.settings.destination_names,
-                lease_s=wset.lease_s, max_attempts=wset.max_attempts,
-                poll_interval_s=wset.poll_interval_s, name=f"w{i}",
-                on_outputs=sender.wake if sender is not None else None,
-                retention_days=self.settings.retention_days if i == 0 else None,
-            )
+        workers = [
+            Worker(self.database, self.spool, self.pipelines, self.settings.destination_names,
+                   lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s, name=f"w{i}",
+                   on_outputs=sender.wake if sender is not None else None)
+            for i in range(wset.count)
+        ]
+
+        def wake_workers() -> None:
+            for worker in workers:
+                worker.wake.set()
+
+        scheduler = Scheduler(self.database, self.spool, self.pipelines,
+                              max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
+                              retention_days=self.settings.retention_days, on_jobs=wake_workers)
+        self._housekeeping = threading.Thread(target=scheduler.run, args=(self._stop,),
+                                              name="scheduler", daemon=True)
+        self._housekeeping.start()
+        for i, worker in enumerate(workers):
             thread = threading.Thread(target=worker.run, args=(self._stop,),
                                       name=f"worker-{i}", daemon=True)
             thread.start()
@@ -194,20 +177,21 @@ class Node:
 
     def stop(self) -> None:
         """Orderly shutdown: SCP first, then workers (grace), sender, API."""
-        from service.worker import release_leases
+        from service.store.jobs import release_leases
+        from service.worker import lease_owner_prefix
 
         self._stop.set()
         if "scp" in self._parts:
             self._parts.pop("scp").stop()
         grace_s = self.settings.worker.shutdown_grace_s
-        deadline = _monotonic() + grace_s
+        deadline = time.monotonic() + grace_s
         for thread in self._threads:
-            thread.join(max(0.0, deadline - _monotonic()))
+            thread.join(max(0.0, deadline - time.monotonic()))
         busy = [t.name for t in self._threads if t.is_alive()]
         if busy and hasattr(self, "database"):
             conn = self.database.connect(check_same_thread=False)
             try:
-                given_back = release_leases(conn, f"{socket.gethostname()}:{os.getpid()}:")
+                given_back = release_leases(conn, lease_owner_prefix())
             finally:
                 conn.close()
             log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
@@ -216,12 +200,6 @@ class Node:
         if "api" in self._parts:
             self._parts.pop("api").stop()
         log.info("node_stopped")
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
 
 
 # --- command line ---------------------------------------------------------------
@@ -252,12 +230,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     memory.limit_arenas()  # before any thread starts (see service.memory)
     try:
-        pipeline = load_pipeline(settings) if "worker" in components else None
+        pipelines = compose_pipelines(settings) if "worker" in components else {}
     except Exception as exc:  # the process edge: refuse to start, say why
         log.exception("pipeline_load_failed")
-        print(f"cannot load the analysis pipeline: {exc}", file=sys.stderr)
+        print(f"cannot load an analysis pipeline: {exc}", file=sys.stderr)
         return 1
-    node = Node(settings, components, pipeline)
+    node = Node(settings, components, pipelines)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal_received", extra={"fields": {"signal": signal.Signals(signum).name}})
@@ -297,7 +275,7 @@ def _open_db(args: argparse.Namespace) -> Any:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from service.store import db
+    from service.store import jobs as queue
 
     try:
         conn = _open_db(args)
@@ -306,19 +284,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.jobs_command == "list":
-            jobs = db.list_jobs(conn, state=args.state, limit=args.limit)
-            for job in jobs:
-                print(f"{job.id:6d}  {job.state:10s}  attempts {job.attempts}/{job.max_attempts}"
+            for job in queue.list_jobs(conn, state=args.state, limit=args.limit,
+                                       pipeline=args.pipeline):
+                print(f"{job.id:6d}  {job.pipeline:12s}  {job.state:10s}"
+                      f"  attempts {job.attempts}/{job.max_attempts}"
                       f"  {len(job.instance_uids):4d} inst  {job.reason or ''}")
             return 0
-        job_found = db.get_job(conn, args.id)
+        job_found = queue.get(conn, args.id)
         if job_found is None:
             print(f"job {args.id} does not exist", file=sys.stderr)
             return 1
         if args.jobs_command == "show":
             print(json.dumps(job_found.to_dict(), indent=2, sort_keys=True))
             return 0
-        if db.retry_job(conn, args.id):
+        if queue.retry(conn, args.id):
             print(f"job {args.id} queued again")
             return 0
         print(f"job {args.id} is {job_found.state}: only failed or done jobs can be retried",
@@ -349,6 +328,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     listing.add_argument("--state", choices=("pending", "running", "done", "failed",
                                              "superseded"))
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--pipeline", help="only this pipeline's jobs (e.g. dat_spect)")
     for name, text in (("show", "one job as JSON"), ("retry", "queue a failed/done job again")):
         sub = jobs_sub.add_parser(name, help=text)
         sub.add_argument("id", type=int)

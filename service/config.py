@@ -148,7 +148,7 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
-    pipelines: Mapping[str, Any] = field(default_factory=dict)
+    pipelines: Mapping[str, Any] = field(default_factory=lambda: validate_sections({}))
     #: Deprecated keys read while loading, each with the rename to make.
     notes: tuple[str, ...] = ()
     worker: WorkerSettings = field(default_factory=WorkerSettings)

@@ -13,7 +13,7 @@ Usage from other modules::
     metrics.INSTANCES_REJECTED.labels(reason="out_of_space").inc()
     metrics.ASSOCIATIONS.labels(result="accepted").inc()
     with metrics.ASSOCIATIONS_ACTIVE.track_inprogress(): ...
-    metrics.JOB_STAGE_DURATION.labels(stage="volume").observe(0.8)
+    metrics.JOB_STAGE_DURATION.labels(pipeline="dat_spect", stage="volume").observe(0.8)
 
 Labels are low-cardinality slugs only: never AE titles of patients' devices,
 UIDs or anything patient-related.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,14 +34,11 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.store import outbox
+from service.store import jobs, outbox, series
 
 #: The node's own registry (not the process-global default one), so tests and
 #: several nodes in one process do not collide with library metrics.
 REGISTRY = CollectorRegistry(auto_describe=True)
-
-#: Job states and outbox states, as stored in SQLite.
-JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
 
 INSTANCES_RECEIVED = Counter(
     "dopanode_instances_received_total",
@@ -71,14 +69,27 @@ ASSOCIATIONS_ACTIVE = Gauge(
 )
 JOBS = Gauge(
     "dopanode_jobs",
-    "Jobs in the database, by state (read at scrape time).",
+    "Jobs in the database, by pipeline and state (read at scrape time).",
+    ["pipeline", "state"],
+    registry=REGISTRY,
+)
+SERIES = Gauge(
+    "dopanode_series",
+    "Received series by state: receiving, complete (awaiting routing), routed, ignored"
+    " (no pipeline took it); read at scrape time.",
     ["state"],
+    registry=REGISTRY,
+)
+SERIES_ROUTED = Counter(
+    "dopanode_series_routed_total",
+    "Completed series offered to the pipelines, by outcome (taken, ignored).",
+    ["outcome"],
     registry=REGISTRY,
 )
 JOB_STAGE_DURATION = Histogram(
     "dopanode_job_stage_duration_seconds",
     "Wall time of each pipeline stage (and 'total') per job, seconds.",
-    ["stage"],
+    ["pipeline", "stage"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0),
     registry=REGISTRY,
 )
@@ -106,21 +117,26 @@ DELIVERIES = Counter(
 )
 
 
-def refresh_from_db(conn: sqlite3.Connection, now: float | None = None) -> None:
-    """Set the gauges that mirror database state (jobs by state, outbox).
+def refresh_from_db(conn: sqlite3.Connection, now: float | None = None,
+                    pipelines: Iterable[str] = ()) -> None:
+    """Set the gauges that mirror database state (jobs, series, outbox).
 
     Parameters
     ----------
     conn : sqlite3.Connection
-        A connection to the node's database (tables ``jobs`` and ``outbox``).
+        A connection to the node's database.
     now : float, optional
         Current time, seconds since the epoch (default: ``time.time()``).
+    pipelines : iterable of str
+        Enabled pipelines: each gets every job state, zero when it has none.
     """
-    counts = {state: 0 for state in JOB_STATES}
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-        counts[str(state)] = int(n)
-    for state, n in counts.items():
-        JOBS.labels(state=state).set(n)
+    counts = {(p, state): 0 for p in pipelines for state in jobs.JOB_STATES}
+    counts.update(jobs.counts(conn))
+    JOBS.clear()
+    for (pipeline, state), n in counts.items():
+        JOBS.labels(pipeline=pipeline, state=state).set(n)
+    for state, n in series.state_counts(conn).items():
+        SERIES.labels(state=state).set(n)
     stats = outbox.backlog_stats(conn, time.time() if now is None else now)
     OUTBOX_BACKLOG.clear()
     for destination, n in stats.pending_by_destination.items():

@@ -121,7 +121,8 @@ def measure_study(series_dir: Path) -> Measured:
     """Run the pipeline's ``measure`` on one study (see the cache layout above)."""
     import time
 
-    from service.pipelines.dat_spect.pipeline import measure, read_datasets
+    from service.dicom.header import read_series as read_datasets
+    from service.pipelines.dat_spect.pipeline import measure
     from service.pipelines.dat_spect.preprocess import cnn_input
 
     models = _dat_models()

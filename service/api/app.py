@@ -31,8 +31,9 @@ from service import __version__, metrics
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
 from service.api.readiness import Probes, ReadyLimits, run_checks
 from service.dicom.uids import is_valid_uid
-from service.store import db as store_db
-from service.store import outbox
+from service.store import jobs, outbox
+from service.store import series as series_store
+from service.store.db import SERIES_STATES
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
     Parameters
     ----------
     settings : service.config.Settings
-        Uses ``api.token``, ``storage``, ``model`` and ``node`` (for /ready).
+        Uses ``api.token``, ``storage``, ``pipelines`` and ``node`` (for /ready).
     db : service.store.db.Database
         Has ``connect()``; tables already migrated.
     probes : Probes, optional
@@ -108,7 +109,7 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
         Outbox thresholds of /ready.
     """
     app = FastAPI(title="dopanode", version=__version__,
-                  description="DICOM inference node for DaT SPECT (research use only).")
+                  description="DICOM inference node for nuclear medicine (research use only).")
     install_handlers(app)
     if settings.api.token is None:
         log.warning("api_token_not_set", extra={"fields": {"effect": "/api loopback only"}})
@@ -143,14 +144,17 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
     def prometheus() -> Response:
         """Prometheus text exposition (database gauges refreshed at scrape time)."""
         with _connection(db) as conn:
-            metrics.refresh_from_db(conn)
+            metrics.refresh_from_db(conn, pipelines=[
+                name for name, p in settings.pipelines.items() if p.enabled])
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 
     return router
 
 
-_STATE_PATTERN = "^(" + "|".join(store_db.JOB_STATES) + ")$"
+_STATE_PATTERN = "^(" + "|".join(jobs.JOB_STATES) + ")$"
+_SERIES_STATE_PATTERN = "^(" + "|".join(SERIES_STATES) + ")$"
+_NAME_PATTERN = "^[a-z][a-z0-9_]{0,63}$"
 
 
 def _job_routes(db: Any) -> APIRouter:
@@ -160,20 +164,38 @@ def _job_routes(db: Any) -> APIRouter:
     @router.get("/jobs", tags=["jobs"])
     def list_jobs(
         state: Annotated[str | None, Query(pattern=_STATE_PATTERN)] = None,
+        pipeline: Annotated[str | None, Query(pattern=_NAME_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        """Jobs, newest first, optionally of one state (without their results)."""
+        """Jobs, newest first, optionally of one state and pipeline (without results)."""
         with _connection(db) as conn:
-            jobs = store_db.list_jobs(conn, state=state, limit=limit, offset=offset)
-        return {"jobs": [_job_view(j, with_result=False) for j in jobs],
+            found = jobs.list_jobs(conn, state=state, limit=limit, offset=offset,
+                                   pipeline=pipeline)
+        return {"jobs": [_job_view(j, with_result=False) for j in found],
                 "limit": limit, "offset": offset}
+
+    @router.get("/series", tags=["series"])
+    def list_series(
+        state: Annotated[str | None, Query(pattern=_SERIES_STATE_PATTERN)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Received series, newest first, with each pipeline's routing decision.
+
+        ``state=ignored`` lists the series no pipeline took, with the reasons.
+        """
+        with _connection(db) as conn:
+            rows = series_store.list_series(conn, state=state, limit=limit)
+        return {"series": [{"series_uid": r.series_uid, "study_uid": r.study_uid,
+                            "state": r.state, "instance_count": r.instance_count,
+                            "completed_at": r.completed_at, "routing": dict(r.routing)}
+                           for r in rows], "limit": limit}
 
     @router.get("/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
         """One job with its result (when done) and the delivery state of its outputs."""
         with _connection(db) as conn:
-            job = store_db.get_job(conn, job_id)
+            job = jobs.get(conn, job_id)
             if job is None:
                 raise HTTPException(404, f"job {job_id} does not exist")
             deliveries = outbox.items_for_job(conn, job_id)
@@ -184,23 +206,25 @@ def _job_routes(db: Any) -> APIRouter:
     def retry_job(job_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
         """Queue a failed or done job again (its outputs replace the earlier ones)."""
         with _connection(db) as conn:
-            if store_db.get_job(conn, job_id) is None:
+            if jobs.get(conn, job_id) is None:
                 raise HTTPException(404, f"job {job_id} does not exist")
-            if not store_db.retry_job(conn, job_id):
+            if not jobs.retry(conn, job_id):
                 raise HTTPException(409, f"job {job_id} is pending, running or superseded")
         log.info("api_job_retry", extra={"fields": {"job_id": job_id}})
         return {"id": job_id, "state": "pending"}
 
     @router.get("/studies/{study_uid}", tags=["studies"])
     def get_study(study_uid: str) -> dict[str, Any]:
-        """The result of the latest finished (done) job of a study."""
+        """Each pipeline's latest finished (done) result for a study."""
         if not is_valid_uid(study_uid):
             raise HTTPException(422, "study_uid is not a valid DICOM UID")
         with _connection(db) as conn:
-            job = store_db.latest_done_job_for_study(conn, study_uid)
-        if job is None:
+            latest = jobs.latest_done_per_pipeline(conn, study_uid)
+        if not latest:
             raise HTTPException(404, "no finished result for this study")
-        return {"study_uid": study_uid, "job_id": job.id, "finished_at": job.finished_at,
-                "result": _job_view(job, with_result=True).get("result")}
+        return {"study_uid": study_uid, "results": {
+            name: {"job_id": job.id, "finished_at": job.finished_at,
+                   "result": _job_view(job, with_result=True).get("result")}
+            for name, job in latest.items()}}
 
     return router

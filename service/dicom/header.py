@@ -16,6 +16,7 @@ attribute, never its value.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 
 from service.dicom import codes
 from service.dicom.uids import validated_uid
+from service.errors import AnalysisError
 
 #: What pydicom raises on a file it cannot parse (besides ValueError).
 PARSE_ERRORS: tuple[type[Exception], ...] = (
@@ -102,8 +104,9 @@ def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None)
     """
     ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     sop_class = sop_class_uid or validated_uid(str(ds.get("SOPClassUID", "")), "SOPClassUID")
-    series_type = ds.get("SeriesType") or []
-    first_type = str(series_type[0] if not isinstance(series_type, str) else series_type)
+    series_type = ds.get("SeriesType") or ""
+    first_type = str(series_type if isinstance(series_type, str) else
+                     (series_type[0] if len(series_type) else ""))
     return ParsedHeader(
         study_uid=validated_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID"),
         series_uid=validated_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID"),
@@ -176,3 +179,23 @@ def read_series_header(path: Path) -> Dataset:
     See :data:`READ_ERRORS`.
     """
     return dcmread(path, stop_before_pixels=True)
+
+
+def read_series(paths: Sequence[Path]) -> tuple[Dataset, ...]:
+    """Read an input series' Part-10 files.
+
+    Raises
+    ------
+    AnalysisError
+        ``not_dicom`` for a file that cannot be read as DICOM, ``no_instances``
+        for an empty series.
+    """
+    datasets: list[Dataset] = []
+    for path in paths:
+        try:
+            datasets.append(dcmread(path))
+        except (InvalidDicomError, EOFError, ValueError) as exc:
+            raise AnalysisError("not a DICOM file in the series", "not_dicom") from exc
+    if not datasets:
+        raise AnalysisError("no instances", "no_instances")
+    return tuple(datasets)

@@ -1,4 +1,4 @@
-"""UID validation: the only DICOM strings allowed into file paths.
+"""UID validation (the only DICOM strings allowed into file paths) and the content key.
 
 A UID (PS3.5 9.1) is at most 64 characters of digits and dots, components
 without leading zeros (except a lone ``0``), no empty component. Anything
@@ -7,7 +7,9 @@ else is rejected before it can reach the file system.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 MAX_UID_LENGTH = 64
@@ -35,3 +37,13 @@ def validated_uid(value: object, what: str) -> str:
     if not is_valid_uid(value):
         raise ValueError(f"{what} is not a valid UID")
     return str(value)
+
+
+def content_hash(sop_instance_uids: Sequence[str]) -> str:
+    """SHA-256 (hex) over the sorted SOP Instance UIDs, newline-separated.
+
+    The key of a job's content: the node and ``dopanode analyze`` derive
+    output UIDs from it, so the same series gets the same objects both ways.
+    """
+    joined = "\n".join(sorted(sop_instance_uids))
+    return hashlib.sha256(joined.encode("ascii")).hexdigest()

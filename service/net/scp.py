@@ -13,7 +13,7 @@ Durability costs one flush per instance on ext4/XFS/btrfs (data written out,
 rename, fsync of the file; elsewhere fsync, rename, fsync of the directory:
 see :mod:`service.store.spool`); the row is committed with
 ``synchronous=NORMAL`` (safe against a crash of the process; after a power
-loss :func:`service.completion.recover_spool`, run at start-up, re-records
+loss :func:`service.store.series.recover_spool`, run at start-up, re-records
 the durable files whose rows were lost).
 
 The association machinery is pynetdicom's with event-driven waits and the
@@ -63,8 +63,7 @@ from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
 from service.net import acceptor
 from service.net.status import Status
-from service.store import db
-from service.store import series as completion
+from service.store import db, series
 from service.store.spool import MIB, Spool
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class _ConnectionPool:
         except queue.Empty:
             conn = self.database.connect(check_same_thread=False)
             # the instance file is already fsynced when its row is written;
-            # completion.recover_spool re-records rows a power loss took back
+            # series.recover_spool re-records rows a power loss took back
             conn.execute("PRAGMA synchronous = NORMAL")
         try:
             yield conn
@@ -294,11 +293,8 @@ class StorageSCP:
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
         with self._pool.connection() as conn, conn:
-            if not db.insert_instance(conn, rec):
+            if not series.record_instance(conn, rec, header.info, quiet_s):
                 return "duplicate"
-            completion.note_instance(conn, rec, header_mod.expected_count(header.info), quiet_s)
-            completion.complete_if_ready(conn, rec.series_uid, rec.received_at,
-                                         self.settings.worker.max_attempts)
         return "stored"
 
     def _check_limits(self, size_bytes: int) -> None:

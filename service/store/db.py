@@ -12,21 +12,22 @@ the transaction (``with conn:``), except :func:`retry_job`, which commits.
 
 from __future__ import annotations
 
-import json
+import logging
 import sqlite3
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from service.store import outbox
 
-JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
-SERIES_STATES: tuple[str, ...] = ("receiving", "complete")
+log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SERIES_STATES: tuple[str, ...] = ("receiving", "complete", "routed", "ignored")
 
-_SCHEMA = """
+#: Release 0.1's schema, kept as it was: a fresh database is built by running
+#: every migration in order, so the path an existing var/ takes is the one
+#: every test exercises.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -76,11 +77,86 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid, state);
 """
 
-_JOB_COLUMNS = (
-    "id, series_uid, study_uid, content_hash, state, attempts, max_attempts, lease_owner,"
-    " lease_expires_at, reason, reason_code, created_at, started_at, finished_at,"
-    " result_json, stage_durations_json, instance_uids_json"
-)
+#: Version 2: routing and pipelines. Series gain the states ``routed`` (jobs
+#: made) and ``ignored`` (no pipeline took it; reasons kept), their completion
+#: time and content hash; jobs gain the pipeline, their input series and the
+#: outputs they produced, and become unique per (pipeline, series, content).
+#: Release-0.1 rows were all DaT jobs of one series each.
+_SCHEMA_V2 = """
+CREATE TABLE series_v2 (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER,
+    quiet_s REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'receiving'
+        CHECK (state IN ('receiving', 'complete', 'routed', 'ignored')),
+    completed_at REAL,
+    content_hash TEXT,
+    routing_json TEXT
+);
+INSERT INTO series_v2 SELECT series_uid, study_uid, calling_ae, first_received_at,
+    last_received_at, instance_count, expected_count, quiet_s,
+    CASE state WHEN 'complete' THEN 'routed' ELSE state END, NULL, NULL, NULL FROM series;
+DROP TABLE series;
+ALTER TABLE series_v2 RENAME TO series;
+CREATE INDEX series_state ON series (state, last_received_at);
+CREATE INDEX series_study ON series (study_uid);
+CREATE TABLE jobs_v2 (
+    id INTEGER PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    series_uid TEXT NOT NULL REFERENCES series (series_uid),
+    study_uid TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    instance_uids_json TEXT NOT NULL,
+    inputs_json TEXT NOT NULL,
+    note TEXT,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'running', 'done', 'failed', 'superseded')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    reason TEXT,
+    reason_code TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    result_json TEXT,
+    stage_durations_json TEXT,
+    outputs_json TEXT,
+    UNIQUE (pipeline, series_uid, content_hash)
+);
+INSERT INTO jobs_v2 SELECT id, 'dat_spect', series_uid, study_uid, content_hash,
+    instance_uids_json,
+    json_array(json_object('role', 'primary', 'series_uid', series_uid,
+                           'instance_uids', json(instance_uids_json))),
+    NULL, state, attempts, max_attempts, lease_owner, lease_expires_at, reason, reason_code,
+    created_at, started_at, finished_at, result_json, stage_durations_json, NULL FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_state ON jobs (state, id);
+CREATE INDEX jobs_study ON jobs (study_uid, pipeline, state);
+CREATE INDEX jobs_series ON jobs (pipeline, series_uid);
+"""
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V1)
+    _execute_script(conn, outbox.SCHEMA)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V2)
+
+
+#: (version, migration), applied in order to a database whose
+#: ``PRAGMA user_version`` is below the version.
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _v1), (2, _v2))
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class Database:
@@ -115,131 +191,55 @@ class Database:
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    def migrate(self) -> None:
-        """Create every table (ours and the outbox) if missing; idempotent."""
+    def migrate(self) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found.
+
+        Each migration runs in one exclusive transaction with foreign keys
+        off (tables are rebuilt) and sets ``user_version`` in it, so a crash
+        leaves the database at the previous version, never half-way. Two
+        processes starting together serialise on the write lock; the second
+        finds the work done.
+
+        Raises
+        ------
+        RuntimeError
+            The database is newer than this release (a downgrade).
+        """
         conn = self.connect()
         try:
-            with conn:
-                conn.executescript(_SCHEMA)
-                outbox.create_schema(conn)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute("BEGIN EXCLUSIVE")
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if found > SCHEMA_VERSION:
+                conn.rollback()
+                raise RuntimeError(f"database schema {found} is newer than this release "
+                                   f"({SCHEMA_VERSION}): refusing to downgrade")
+            for version, step in MIGRATIONS:
+                if version > found:
+                    step(conn)
+                    conn.execute(f"PRAGMA user_version = {version}")
+            conn.commit()
+            if found < SCHEMA_VERSION:
+                log.info("database_migrated", extra={"fields": {
+                    "from_version": found, "to_version": SCHEMA_VERSION}})
+            return found
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
         finally:
             conn.close()
 
 
-@dataclass(frozen=True)
-class Job:
-    """One row of ``jobs``; times are seconds since the epoch."""
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements inside the caller's open transaction.
 
-    id: int
-    series_uid: str
-    study_uid: str
-    content_hash: str
-    state: str
-    attempts: int
-    max_attempts: int
-    lease_owner: str | None
-    lease_expires_at: float | None
-    reason: str | None
-    reason_code: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    result_json: str | None
-    stage_durations_json: str | None
-    instance_uids: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (result and durations parsed, no instance list)."""
-        return {
-            "id": self.id,
-            "series_uid": self.series_uid,
-            "study_uid": self.study_uid,
-            "content_hash": self.content_hash,
-            "state": self.state,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "reason": self.reason,
-            "reason_code": self.reason_code,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "instance_count": len(self.instance_uids),
-            "result": None if self.result_json is None else json.loads(self.result_json),
-            "stage_durations_s": None
-            if self.stage_durations_json is None
-            else json.loads(self.stage_durations_json),
-        }
-
-
-_JOB_FIELDS = tuple(c.strip() for c in _JOB_COLUMNS.split(","))[:16]
-
-
-def _job(row: tuple[Any, ...]) -> Job:
-    values: dict[str, Any] = dict(zip(_JOB_FIELDS, row[:16], strict=True))
-    return Job(**values, instance_uids=tuple(json.loads(row[16])))
-
-
-def list_jobs(
-    conn: sqlite3.Connection, state: str | None = None, limit: int = 100, offset: int = 0
-) -> list[Job]:
-    """Jobs, newest first, optionally of one state.
-
-    Raises
-    ------
-    ValueError
-        For an unknown state.
+    ``executescript`` would commit first; statements are split on ';' and run
+    one by one (none of the schema's literals holds a ';').
     """
-    if state is not None and state not in JOB_STATES:
-        raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
-    sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-    params: list[Any] = []
-    if state is not None:
-        sql += " WHERE state = ?"
-        params.append(state)
-    sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
-    params += [int(limit), int(offset)]
-    return [_job(r) for r in conn.execute(sql, params)]
-
-
-def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
-    """One job by id, or None."""
-    row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else _job(row)
-
-
-def latest_done_job_for_study(conn: sqlite3.Connection, study_uid: str) -> Job | None:
-    """The newest job of a study in state done (what the API serves as its result)."""
-    row = conn.execute(
-        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_uid = ? AND state = 'done'"
-        " ORDER BY finished_at DESC, id DESC LIMIT 1",
-        (study_uid,),
-    ).fetchone()
-    return None if row is None else _job(row)
-
-
-def retry_job(conn: sqlite3.Connection, job_id: int, now: float | None = None) -> bool:
-    """Put a failed (or done) job back in the queue with fresh attempts; commits.
-
-    Returns False when the job does not exist or is pending, running or
-    superseded (a superseded job's series has a newer job already).
-    """
-    with conn:
-        cur = conn.execute(
-            "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL,"
-            " lease_expires_at = NULL, reason = NULL, reason_code = NULL, started_at = NULL,"
-            " finished_at = NULL, created_at = ? WHERE id = ? AND state IN ('failed', 'done')",
-            (time.time() if now is None else now, job_id),
-        )
-    return cur.rowcount == 1
-
-
-def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Number of jobs per state (every state present, zero when none)."""
-    counts = dict.fromkeys(JOB_STATES, 0)
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-        counts[str(state)] = int(n)
-    return counts
+    for statement in (s.strip() for s in script.split(";")):
+        if statement:
+            conn.execute(statement)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 STATES: tuple[str, ...] = ("pending", "sent", "failed")
 
-_SCHEMA = """
+#: The ``outbox`` table (schema version 1, :mod:`service.store.db`).
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     job_id INTEGER NOT NULL,
@@ -128,11 +129,6 @@ _COLUMNS = (
     "id, job_id, destination, sop_instance_uid, sop_class_uid, path, state, attempts, "
     "next_attempt_at, last_error, created_at, sent_at"
 )
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the ``outbox`` table and its indexes if they do not exist."""
-    conn.executescript(_SCHEMA)
 
 
 def _item(row: Sequence[object]) -> OutboxItem:

@@ -1,43 +1,56 @@
-"""Series completion: when a received series becomes a job.
+"""Series bookkeeping: recording instances, completion, and what routing decided.
 
-Rules (issue 4, point 4):
+A series moves ``receiving -> complete -> routed | ignored``:
 
-* a multi-frame NM instance (Number of Frames > 1) completes its series at
-  once (expected count 1);
-* a per-slice series completes when as many instances as its Number of
-  Slices (0054,0081) or Images in Acquisition (0020,1002) says are there;
-* any series not complete by count completes after its caller's quiet time
-  (no new instance for ``quiet_s`` seconds), e.g. a CT or a series whose
-  header does not say how many slices to expect;
-* exactly one job per series content: the content hash is the SHA-256 over
-  the sorted SOP Instance UIDs. Instances arriving after a job was made put
-  the series back to ``receiving``; its next completion makes a new job and
-  marks the older jobs of the series ``superseded``.
+* every stored instance is recorded by :func:`record_instance` (the SCP and
+  start-up recovery call the same function), in the transaction that
+  inserts its row, so an acknowledged instance and its series' completion
+  appear together or not at all;
+* it is *complete* when as many instances are there as its header announces
+  (:func:`service.dicom.header.expected_count`: NM per slice or multi-frame,
+  PET static, dynamic and gated, Enhanced objects), else after its caller's
+  quiet time (no new instance for ``quiet_s`` seconds: CT, MR, a series whose
+  header announces nothing);
+* routing (:mod:`service.scheduler`) then offers it to the pipelines: it is
+  *routed* when at least one took it (jobs exist), *ignored* otherwise, with
+  each pipeline's reason kept in ``routing_json``.
 
-Functions take a connection and do not commit: the SCP calls
-:func:`note_instance` and :func:`complete_if_ready` in the transaction that
-records the instance, so an acknowledged instance and its job appear
-together or not at all.
+An instance arriving later puts the series back to ``receiving``; its next
+completion has a new content hash (SHA-256 over the sorted SOP Instance
+UIDs) and routing makes new jobs that supersede the older ones.
+
+Functions take a connection and do not commit unless their docstring says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from service.dicom.header import READ_ERRORS, expected_count, read_header
+from service.dicom.header import READ_ERRORS, InstanceHeader, expected_count, read_header
+from service.dicom.uids import content_hash
 from service.store import db
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
 
-def content_hash(sop_instance_uids: list[str] | tuple[str, ...]) -> str:
-    """SHA-256 (hex) over the sorted SOP Instance UIDs, newline-separated."""
-    joined = "\n".join(sorted(sop_instance_uids))
-    return hashlib.sha256(joined.encode("ascii")).hexdigest()
+def record_instance(
+    conn: sqlite3.Connection, rec: db.InstanceRecord, info: InstanceHeader, quiet_s: float
+) -> bool:
+    """Insert a stored instance and count it into its series; False for a duplicate.
+
+    Completes the series when the count is reached. Call inside the
+    transaction that acknowledges the instance.
+    """
+    if not db.insert_instance(conn, rec):
+        return False
+    note_instance(conn, rec, expected_count(info), quiet_s)
+    complete_if_ready(conn, rec.series_uid, rec.received_at)
+    return True
 
 
 def note_instance(
@@ -61,21 +74,19 @@ def note_instance(
     )
 
 
-def complete_if_ready(
-    conn: sqlite3.Connection, series_uid: str, now: float, max_attempts: int
-) -> int | None:
-    """Make the job if the series is complete by count; returns the new job id."""
+def complete_if_ready(conn: sqlite3.Connection, series_uid: str, now: float) -> bool:
+    """Complete the series if its announced count is reached; True if it did."""
     row = conn.execute(
         "SELECT instance_count, expected_count, state FROM series WHERE series_uid = ?",
         (series_uid,),
     ).fetchone()
     if row is None or row[2] != "receiving" or row[1] is None or row[0] < row[1]:
-        return None
-    return complete_series(conn, series_uid, now, max_attempts, trigger="count")
+        return False
+    return complete_series(conn, series_uid, now, trigger="count")
 
 
-def sweep_quiet(conn: sqlite3.Connection, now: float, max_attempts: int) -> list[int]:
-    """Complete every receiving series whose quiet time has passed; new job ids."""
+def sweep_quiet(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Complete every receiving series whose quiet time has passed; their UIDs."""
     due = [
         str(r[0])
         for r in conn.execute(
@@ -84,63 +95,104 @@ def sweep_quiet(conn: sqlite3.Connection, now: float, max_attempts: int) -> list
             (now,),
         )
     ]
-    made: list[int] = []
-    for series_uid in due:
-        job_id = complete_series(conn, series_uid, now, max_attempts, trigger="quiet")
-        if job_id is not None:
-            made.append(job_id)
-    return made
+    return [uid for uid in due if complete_series(conn, uid, now, trigger="quiet")]
 
 
-def complete_series(
-    conn: sqlite3.Connection, series_uid: str, now: float, max_attempts: int, trigger: str
-) -> int | None:
-    """Mark the series complete and make one job for its current content.
-
-    Returns the new job's id, or None when a job for exactly this content
-    already exists (a resend or a repeated sweep).
-    """
-    members = db.series_instances(conn, series_uid)
-    uids = [u for u, _ in members]
+def complete_series(conn: sqlite3.Connection, series_uid: str, now: float, trigger: str) -> bool:
+    """Mark the series complete with its current content hash (routing comes next)."""
+    uids = [u for u, _ in db.series_instances(conn, series_uid)]
     digest = content_hash(uids)
-    study_uid = conn.execute(
-        "SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)
-    ).fetchone()[0]
-    conn.execute("UPDATE series SET state = 'complete' WHERE series_uid = ?", (series_uid,))
     cur = conn.execute(
-        "INSERT INTO jobs (series_uid, study_uid, content_hash, instance_uids_json, state,"
-        " attempts, max_attempts, created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)"
-        " ON CONFLICT (series_uid, content_hash) DO NOTHING",
-        (series_uid, study_uid, digest, json.dumps(uids), max_attempts, now),
+        "UPDATE series SET state = 'complete', completed_at = ?, content_hash = ?,"
+        " routing_json = NULL WHERE series_uid = ? AND state = 'receiving'",
+        (now, digest, series_uid),
     )
-    if cur.rowcount != 1:
-        return None
-    job_id = int(cur.lastrowid or 0)
-    superseded = conn.execute(
-        "UPDATE jobs SET state = 'superseded', lease_owner = NULL,"
-        " finished_at = COALESCE(finished_at, ?)"
-        " WHERE series_uid = ? AND id != ? AND state != 'superseded'",
-        (now, series_uid, job_id),
-    ).rowcount
-    log.info(
-        "series_complete",
-        extra={"fields": {"job_id": job_id, "instances": len(uids), "trigger": trigger,
-                          "superseded_jobs": superseded}},
-    )
-    return job_id
+    if cur.rowcount == 1:
+        log.info("series_complete", extra={"fields": {"instances": len(uids),
+                                                      "trigger": trigger}})
+    return cur.rowcount == 1
 
 
-def recover_spool(conn: sqlite3.Connection, spool: Spool, quiet_s: float,
-                  max_attempts: int) -> int:
+@dataclass(frozen=True)
+class SeriesRow:
+    """A series as routing and the API see it (no header values)."""
+
+    series_uid: str
+    study_uid: str
+    state: str
+    instance_count: int
+    completed_at: float | None
+    content_hash: str | None
+    routing: Mapping[str, str]
+    first_path: str | None
+
+
+_SERIES_SELECT = (
+    "SELECT s.series_uid, s.study_uid, s.state, s.instance_count, s.completed_at,"
+    " s.content_hash, s.routing_json, (SELECT i.path FROM instances i WHERE"
+    " i.series_uid = s.series_uid ORDER BY i.sop_instance_uid LIMIT 1) FROM series s"
+)
+
+
+def _series_row(row: tuple[object, ...]) -> SeriesRow:
+    routing = json.loads(str(row[6])) if row[6] else {}
+    return SeriesRow(str(row[0]), str(row[1]), str(row[2]), int(row[3]),  # type: ignore[call-overload]
+                     None if row[4] is None else float(row[4]),  # type: ignore[arg-type]
+                     None if row[5] is None else str(row[5]), routing,
+                     None if row[7] is None else str(row[7]))
+
+
+def awaiting_routing(conn: sqlite3.Connection) -> list[SeriesRow]:
+    """Complete series that routing has not decided yet, oldest first."""
+    return [_series_row(r) for r in conn.execute(
+        _SERIES_SELECT + " WHERE s.state = 'complete' ORDER BY s.completed_at")]
+
+
+def study_series(conn: sqlite3.Connection, study_uid: str) -> list[SeriesRow]:
+    """Every series of a study received so far."""
+    return [_series_row(r) for r in conn.execute(
+        _SERIES_SELECT + " WHERE s.study_uid = ? ORDER BY s.first_received_at", (study_uid,))]
+
+
+def list_series(conn: sqlite3.Connection, state: str | None = None,
+                limit: int = 100) -> list[SeriesRow]:
+    """Series, newest first, optionally of one state (e.g. ``ignored``)."""
+    sql, params = _SERIES_SELECT, []
+    if state is not None:
+        sql += " WHERE s.state = ?"
+        params.append(state)
+    sql += " ORDER BY s.last_received_at DESC LIMIT ?"
+    return [_series_row(r) for r in conn.execute(sql, [*params, int(limit)])]
+
+
+def mark_routed(conn: sqlite3.Connection, series_uid: str, content: str,
+                decisions: Mapping[str, str], taken: bool) -> bool:
+    """Record routing's decisions for this content; False if the series changed meanwhile."""
+    cur = conn.execute(
+        "UPDATE series SET state = ?, routing_json = ? WHERE series_uid = ?"
+        " AND state = 'complete' AND content_hash = ?",
+        ("routed" if taken else "ignored", json.dumps(dict(decisions)), series_uid, content),
+    )
+    return cur.rowcount == 1
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Number of series per state (every state present)."""
+    totals = dict.fromkeys(db.SERIES_STATES, 0)
+    for state, n in conn.execute("SELECT state, COUNT(*) FROM series GROUP BY state"):
+        totals[str(state)] = int(n)
+    return totals
+
+
+def recover_spool(conn: sqlite3.Connection, spool: Spool, quiet_s: float) -> int:
     """Record spooled instances that the database does not know; returns how many.
 
     The SCP's connections commit with ``synchronous=NORMAL`` (a commit
     survives a process crash, not necessarily a power loss), while each
     instance file is fsynced and renamed into place before its row is
     written. After a power loss the files are therefore the truth: this
-    re-records the ones whose rows were lost and redoes their series
-    bookkeeping, so no acknowledged instance is forgotten. Run it before
-    the SCP starts.
+    re-records the ones whose rows were lost through :func:`record_instance`,
+    exactly as the SCP would have. Run it before the SCP starts.
     """
     known = {str(r[0]) for r in conn.execute("SELECT path FROM instances")}
     recovered = 0
@@ -162,9 +214,7 @@ def recover_spool(conn: sqlite3.Connection, spool: Spool, quiet_s: float,
             path.stat().st_size, path.stat().st_mtime,
         )
         with conn:
-            if db.insert_instance(conn, rec):
-                note_instance(conn, rec, expected_count(header.info), quiet_s)
-                complete_if_ready(conn, rec.series_uid, rec.received_at, max_attempts)
+            if record_instance(conn, rec, header.info, quiet_s):
                 recovered += 1
     if recovered:
         log.warning("spool_recovered", extra={"fields": {"instances": recovered}})

@@ -83,12 +83,16 @@ class Spool:
             / (validated_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
         )
 
-    def output_path(self, job_id: int, sop_instance_uid: str) -> Path:
-        """Where job ``job_id``'s output object lives."""
+    def output_dir(self, job_id: int) -> Path:
+        """The folder of job ``job_id``'s output objects."""
         if not isinstance(job_id, int) or job_id < 0:
             raise ValueError("job id must be a non-negative integer")
+        return self.root / "outputs" / str(job_id)
+
+    def output_path(self, job_id: int, sop_instance_uid: str) -> Path:
+        """Where job ``job_id``'s output object lives."""
         uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
-        return self.root / "outputs" / str(job_id) / f"{uid}.dcm"
+        return self.output_dir(job_id) / f"{uid}.dcm"
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the spool root (what the database stores)."""

@@ -76,7 +76,11 @@ def to_toml(data: dict[str, Any]) -> str:
 
     lines = [f"{k} = {scalar(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
+            for sub, table in value.items():  # [pipelines.<name>] sections
+                lines.append(f"\n[{key}.{sub}]")
+                lines += [f"{k} = {scalar(v)}" for k, v in table.items() if v is not None]
+        elif isinstance(value, dict):
             lines.append(f"\n[{key}]")
             lines += [f"{k} = {scalar(v)}" for k, v in value.items() if v is not None]
         elif isinstance(value, list):
@@ -96,7 +100,7 @@ class NodeProcess:
     settings : dict, optional
         TOML sections merged (section by section) over the test base config.
     env : dict, optional
-        Extra environment (e.g. ``DOPANODE_TEST_PIPELINE``).
+        Extra environment.
     components : str, optional
         ``--only`` value, e.g. ``"scp,worker"``; default all parts.
     log_level : str
@@ -137,7 +141,10 @@ class NodeProcess:
             "sender": {"retry_base_s": 0.2, "retry_cap_s": 1.0, "give_up_after_h": 1.0},
         }
         for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key == "pipelines" and isinstance(base.get(key), dict):
+                base[key] = {name: {**base[key].get(name, {}), **table}
+                             for name, table in {**base[key], **value}.items()}
+            elif isinstance(value, dict) and isinstance(base.get(key), dict):
                 base[key] = {**base[key], **value}
             else:
                 base[key] = value
@@ -153,8 +160,9 @@ class NodeProcess:
                "--config", str(self.config_path)]
         if self.components:
             cmd += ["--only", self.components]
-        # this folder on the path, so DOPANODE_TEST_PIPELINE=nodeproc:... imports
-        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+        # the test pipelines (testpipes.py, registered by plugins/*.dist-info) on the path
+        path = os.pathsep.join(p for p in (str(HERE), str(HERE / "plugins"),
+                                           os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
@@ -246,108 +254,11 @@ class NodeProcess:
             raise TimeoutError(f"{exc}; last rows {self.query(sql, params)!r}") from None
 
 
-# --- a fake pipeline for tests (DOPANODE_TEST_PIPELINE) ---------------------------
-class FakePipeline:
-    """Stands in for the DaT pipeline: checks the input is NM, optionally slow.
-
-    It reads each instance's header, refuses non-NM series with an
-    ``AnalysisError`` (like the real pipeline), waits ``delay_s`` (simulated
-    work), and returns a fixed result plus one Basic Text SR whose UID derives
-    from the job key. ``runs_log`` gets a ``start``/``end`` line per run, so a
-    test can count how often a job really ran.
-    """
-
-    name = "fake"
-
-    def __init__(self, delay_s: float = 0.0, runs_log: Path | None = None) -> None:
-        self.delay_s = delay_s
-        self.runs_log = runs_log
-
-    def _note(self, what: str, job_key: str) -> None:
-        if self.runs_log is not None:
-            with open(self.runs_log, "a", encoding="ascii") as f:
-                f.write(f"{what} {job_key}\n")
-                f.flush()
-                os.fsync(f.fileno())
-
-    def run(self, instance_paths: Any, job_key: str) -> Any:
-        from pydicom import dcmread
-
-        from service.errors import AnalysisError
-        from service.pipelines.base import PipelineOutput
-
-        self._note("start", job_key)
-        headers = [dcmread(p) for p in instance_paths]
-        if any(h.get("Modality") != "NM" for h in headers):
-            raise AnalysisError("not an NM series: cannot analyse", "not_nm")
-        for h in headers:
-            try:
-                h.pixel_array  # noqa: B018 - decoding is the check
-            except (ValueError, AttributeError, EOFError, RuntimeError) as exc:
-                raise AnalysisError("pixel data could not be decoded", "bad_pixel_data") from exc
-        deadline = time.monotonic() + self.delay_s
-        while time.monotonic() < deadline:  # simulated work
-            time.sleep(0.05)
-        result = fake_result(headers)
-        output = PipelineOutput(result=result, datasets=(fake_sr(headers[0], job_key),),
-                                stage_durations_s={"fake": self.delay_s})
-        self._note("end", job_key)
-        return output
 
 
-def fake_pipeline_factory(settings: Any) -> FakePipeline:
-    """``DOPANODE_TEST_PIPELINE=nodeproc:fake_pipeline_factory`` (NodeProcess sets PYTHONPATH).
-
-    Reads ``DOPANODE_FAKE_DELAY_S`` and ``DOPANODE_FAKE_RUNS_LOG``.
-    """
-    log = os.environ.get("DOPANODE_FAKE_RUNS_LOG")
-    return FakePipeline(float(os.environ.get("DOPANODE_FAKE_DELAY_S", "0")),
-                        Path(log) if log else None)
-
-
-def fake_result(headers: list[Any]) -> Any:
-    """A fixed, obviously synthetic StudyResult for the given instances."""
-    from service.pipelines.dat_spect.result import (
-        REGIONS,
-        AlgorithmInfo,
-        GlobalScore,
-        Level,
-        Ratios,
-        RegionResult,
-        SourceReference,
-        StudyResult,
-    )
-
-    first = headers[0]
-    source = SourceReference(str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
-                             str(first.SOPClassUID),
-                             tuple(sorted(str(h.SOPInstanceUID) for h in headers)))
-    regions = tuple(RegionResult(r, sbr=2.0, level_sbr=Level.NORMAL) for r in REGIONS)
-    return StudyResult(
-        source=source, regions=regions,
-        global_score=GlobalScore(False, False, "fake rule", "sbr"),
-        ratios=Ratios(1.0, 1.0, 0.0, 0.0), reference_region="fake",
-        registration_quality=1.0, algorithm=AlgorithmInfo("fake", "0"),
-    )
-
-
-def fake_sr(source: Any, job_key: str) -> Any:
-    """A minimal Basic Text SR in the source's study, UID derived from ``job_key``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from service.dicom import codes
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = codes.BASIC_TEXT_SR_STORAGE
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[job_key, "fake-sr"])
-    ds.StudyInstanceUID = source.StudyInstanceUID
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[job_key, "fake-sr-series"])
-    ds.Modality = "SR"
-    ds.PatientName = source.get("PatientName", "")
-    ds.PatientID = source.get("PatientID", "")
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    return ds
+def fake_settings(delay_s: float = 0.0, runs_log: Path | None = None) -> dict[str, Any]:
+    """Settings that swap the DaT pipeline for the test-only ``fake_nm`` (testpipes.py)."""
+    fake: dict[str, Any] = {"enabled": True, "delay_s": delay_s}
+    if runs_log is not None:
+        fake["runs_log"] = str(runs_log)
+    return {"pipelines": {"dat_spect": {"enabled": False}, "fake_nm": fake}}

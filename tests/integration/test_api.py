@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.api.readiness import Probes, ReadyLimits
 from service.api.server import ApiServer
-from service.config import ApiSettings, ModelSettings, Settings, StorageSettings
+from service.config import ApiSettings, Settings, StorageSettings
 from service.inference import manifest
+from service.pipelines.registry import validate_sections
 from service.store import outbox
 from service.store.db import Database
 
@@ -42,16 +43,17 @@ def db(tmp_path: Path) -> Database:
         conn.execute(
             "INSERT INTO series (series_uid, study_uid, calling_ae, first_received_at,"
             " last_received_at, instance_count, quiet_s, state)"
-            " VALUES ('1.2.3.9', ?, 'STORESCU', 0, 0, 1, 30, 'complete')", (STUDY,))
+            " VALUES ('1.2.3.9', ?, 'STORESCU', 0, 0, 1, 30, 'routed')", (STUDY,))
         for job_id, state, result, finished in [
             (1, "done", {"old": True}, 100.0), (2, "failed", None, 200.0),
             (3, "done", RESULT, 300.0), (4, "running", None, None),
         ]:
             conn.execute(
-                "INSERT INTO jobs (id, series_uid, study_uid, content_hash, instance_uids_json,"
-                " state, attempts, max_attempts, reason, reason_code, created_at, finished_at,"
-                " result_json) VALUES (?, '1.2.3.9', ?, ?, '[\"1.2.3.9.1\"]', ?, 1, 3, ?, ?,"
-                " 0, ?, ?)",
+                "INSERT INTO jobs (id, pipeline, series_uid, study_uid, content_hash,"
+                " instance_uids_json, inputs_json, state, attempts, max_attempts, reason,"
+                " reason_code, created_at, finished_at, result_json)"
+                " VALUES (?, 'dat_spect', '1.2.3.9', ?, ?, '[\"1.2.3.9.1\"]', '[]', ?, 1, 3, ?,"
+                " ?, 0, ?, ?)",
                 (job_id, STUDY, f"hash{job_id}", state,
                  "no analysis pipeline installed" if state == "failed" else None,
                  "no_pipeline" if state == "failed" else None, finished,
@@ -142,7 +144,9 @@ def test_retry_requeues_failed_and_refuses_running(tmp_path, db):
 def test_study_result_is_the_latest_done_job(tmp_path, db):
     c = client(make_settings(tmp_path), db)
     body = c.get(f"/api/studies/{STUDY}", headers=AUTH).json()
-    assert body["job_id"] == 3 and body["result"] == RESULT
+    dat = body["results"]["dat_spect"]
+    assert set(body["results"]) == {"dat_spect"} and dat["job_id"] == 3
+    assert dat["result"] == RESULT
     assert c.get("/api/studies/1.2.3.404", headers=AUTH).status_code == 404
     assert c.get("/api/studies/not-a-uid", headers=AUTH).status_code == 422
 
@@ -153,21 +157,22 @@ def test_ready_passes_then_fails_when_the_model_file_is_altered(tmp_path, db):
     model.write_bytes(b"\x08\x07onnx-model-bytes" * 100)
     manifest.sidecar_path(model).write_text(
         hashlib.sha256(model.read_bytes()).hexdigest() + "  dat.onnx\n")
-    settings = replace(make_settings(tmp_path), model=ModelSettings(path=model))
+    settings = replace(make_settings(tmp_path), pipelines=validate_sections(
+        {"dat_spect": {"model_path": str(model)}}))
     c = client(settings, db)
     ok = c.get("/ready")
     assert ok.status_code == 200, ok.json()
-    assert ok.json()["checks"]["model"]["status"] == "ok"
+    assert ok.json()["checks"]["models_dat_spect"]["ok"]
     with model.open("r+b") as f:  # corrupt one byte, same size
         f.seek(10)
         f.write(b"X")
     bad = c.get("/ready")
     assert bad.status_code == 503
     assert bad.headers["content-type"] == "application/problem+json"
-    assert bad.json()["failing"] == ["model"]
-    assert bad.json()["checks"]["model"]["status"] == "checksum_mismatch"
+    assert bad.json()["failing"] == ["models_dat_spect"]
+    assert "differs from the expected checksum" in bad.json()["checks"]["models_dat_spect"]["detail"]
     model.unlink()
-    assert c.get("/ready").json()["checks"]["model"]["status"] == "missing"
+    assert "not found" in c.get("/ready").json()["checks"]["models_dat_spect"]["detail"]
 
 
 def test_ready_model_checks_against_configured_checksum(tmp_path, db):
@@ -175,7 +180,8 @@ def test_ready_model_checks_against_configured_checksum(tmp_path, db):
     model.write_bytes(b"model")
     right = hashlib.sha256(b"model").hexdigest()
     for sha, code in [(right, 200), ("0" * 64, 503), (None, 503)]:  # None: no sidecar either
-        settings = replace(make_settings(tmp_path), model=ModelSettings(path=model, sha256=sha))
+        settings = replace(make_settings(tmp_path), pipelines=validate_sections(
+            {"dat_spect": {"model_path": str(model), "model_sha256": sha}}))
         assert client(settings, db).get("/ready").status_code == code
 
 
@@ -210,8 +216,10 @@ def test_ready_probes_the_scp_port_by_tcp_when_no_probe_is_given(tmp_path, db):
 
 def test_metrics_expose_jobs_and_outbox(tmp_path, db):
     text = client(make_settings(tmp_path), db).get("/metrics").text
-    assert 'dopanode_jobs{state="done"} 2.0' in text
-    assert 'dopanode_jobs{state="failed"} 1.0' in text
+    assert 'dopanode_jobs{pipeline="dat_spect",state="done"} 2.0' in text
+    assert 'dopanode_jobs{pipeline="dat_spect",state="failed"} 1.0' in text
+    assert 'dopanode_jobs{pipeline="dat_spect",state="pending"} 0.0' in text
+    assert 'dopanode_series{state="routed"} 1.0' in text
     for name in ("dopanode_instances_received_total", "dopanode_instances_rejected_total",
                  "dopanode_job_stage_duration_seconds", "dopanode_outbox_oldest_age_seconds",
                  "dopanode_associations_total", "dopanode_outbox_backlog"):

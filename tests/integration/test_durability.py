@@ -16,20 +16,20 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from conftest import free_port, require_tool
 from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, wait_until
+from nodeproc import NodeProcess, fake_settings, wait_until
 
 N_SLICES = 64
 
 
-def fake_env(tmp_path: Path, delay_s: float) -> dict[str, str]:
-    return {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory",
-            "DOPANODE_FAKE_DELAY_S": str(delay_s),
-            "DOPANODE_FAKE_RUNS_LOG": str(tmp_path / "runs.log")}
+def fake(tmp_path: Path, delay_s: float, **settings: Any) -> dict[str, Any]:
+    """Settings with the test-only fake_nm pipeline instead of the DaT one."""
+    return {**fake_settings(delay_s, tmp_path / "runs.log"), **settings}
 
 
 def runs(tmp_path: Path, what: str) -> int:
@@ -77,8 +77,8 @@ def multiframe(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
     quiet = [{"ae_title": "STORESCU", "host": "127.0.0.1", "series_quiet_s": 600.0}]
-    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 0.0),
-                       settings={"allowed_callers": quiet}, components="scp,worker")
+    node = NodeProcess(tmp_path / "node",
+                       settings=fake(tmp_path, 0.0, **{"allowed_callers": quiet}), components="scp,worker")
     with node:
         node.start()
         log = tmp_path / "storescu.log"
@@ -108,8 +108,8 @@ def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
 
 def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
     dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}]
-    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 2.0),
-                       settings={"destinations": dest, "worker": {"lease_s": 2.0}})
+    node = NodeProcess(tmp_path / "node",
+                       settings=fake(tmp_path, 2.0, **{"destinations": dest, "worker": {"lease_s": 2.0}}))
     with node:
         node.start()
         sent = subprocess.run(storescu_cmd(node, multiframe), capture_output=True, text=True,
@@ -127,8 +127,8 @@ def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
 
 
 def test_sigterm_gives_running_job_back(tmp_path: Path, multiframe: list[Path]) -> None:
-    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 3.0),
-                       settings={"worker": {"shutdown_grace_s": 0.2, "lease_s": 60.0}})
+    node = NodeProcess(tmp_path / "node",
+                       settings=fake(tmp_path, 3.0, **{"worker": {"shutdown_grace_s": 0.2, "lease_s": 60.0}}))
     with node:
         node.start()
         assert subprocess.run(storescu_cmd(node, multiframe), capture_output=True,
@@ -155,8 +155,8 @@ def test_result_delivered_once_across_a_kill(tmp_path: Path, multiframe: list[Pa
                              "PACS", str(pacs_port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
-    node = NodeProcess(tmp_path / "node", env=fake_env(tmp_path, 1.5),
-                       settings={"destinations": dest, "worker": {"lease_s": 1.5}})
+    node = NodeProcess(tmp_path / "node",
+                       settings=fake(tmp_path, 1.5, **{"destinations": dest, "worker": {"lease_s": 1.5}}))
     try:
         with node:
             node.start()

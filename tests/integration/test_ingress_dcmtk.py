@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from conftest import require_tool
 from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess
+from nodeproc import NodeProcess, fake_settings
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -28,7 +28,7 @@ from service.dicom import codes
 
 SENTINEL_NAME = "SENTINEL^PATIENT"
 SENTINEL_ID = "SENTINEL-ID-4711"
-FAKE = {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory"}
+FAKE = fake_settings()
 
 
 def storescu(node: NodeProcess, paths: list[Path], *flags: str,
@@ -76,7 +76,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    with NodeProcess(tmp_path_factory.mktemp("ingress-node"), env=FAKE,
+    with NodeProcess(tmp_path_factory.mktemp("ingress-node"), settings=FAKE,
                      log_level="DEBUG") as proc:
         proc.start()
         yield proc
@@ -149,13 +149,17 @@ def test_compressed_transfer_syntaxes(node: NodeProcess, data: dict[str, list[Pa
     job_of_series(node, str(stored.SeriesInstanceUID))  # the fake pipeline decoded it too
 
 
-def test_ct_ends_as_job_with_reason(node: NodeProcess, data: dict[str, list[Path]]) -> None:
+def test_ct_is_ignored_with_the_reason(node: NodeProcess, data: dict[str, list[Path]]) -> None:
+    """No pipeline takes a CT: the series is recorded as ignored, no job, nothing sent."""
     assert storescu(node, data["ct"]).returncode == 0
-    _, _, reason, code = job_of_series(node, "1.2.826.0.1.3680043.8.498.2", state="failed")
-    assert code == "not_nm" and "not an NM series" in reason
-    status, body = node.api_get("/api/jobs?state=failed")
-    assert status == 200 and any(j["reason_code"] == "not_nm" for j in body["jobs"])
-    assert node.api_get("/api/jobs?state=failed", token=None)[0] == 401
+    series = "1.2.826.0.1.3680043.8.498.2"
+    node.wait_for("SELECT state, routing_json FROM series WHERE series_uid = ?",
+                  [("ignored", '{"fake_nm": "declined: modality is CT, not NM"}')],
+                  params=(series,))
+    assert node.query("SELECT COUNT(*) FROM jobs WHERE series_uid = ?", (series,)) == [(0,)]
+    status, body = node.api_get("/api/series?state=ignored")
+    assert status == 200 and [s["series_uid"] for s in body["series"]] == [series]
+    assert node.api_get("/api/series?state=ignored", token=None)[0] == 401
 
 
 def _raw_store(node: NodeProcess, sop_uid: str, payload: bytes, tmp_path: Path,

@@ -88,6 +88,6 @@ def test_study_pushed_from_orthanc_comes_back_as_sr(tmp_path: Path) -> None:
     assert levels[Region.CAUDATE_RIGHT] <= Level.BORDERLINE
     # The SR and the API tell the same story.
     assert status == 200
-    result = served["result"]
+    result = served["results"]["dat_spect"]["result"]
     assert {r: Level(result["regions"][r.value]["level"]) for r in Region} == levels
     assert result["global"]["reduced"] is True

@@ -232,7 +232,9 @@ def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None
     from dat_phantom import make_phantom, normal_sbr, random_pose
     from nmdata import write_marker_study
 
+    from service.dicom.header import read_series
     from service.imaging.atlas import load_atlas
+    from service.pipelines.base import JobContext
     from service.pipelines.dat_spect import codes
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline
 
@@ -241,14 +243,15 @@ def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None
     paths = write_marker_study(tmp_path / "study", "multiframe", image=phantom.image,
                                uid_seed="tiny-cnn-pipeline")
     session = CnnSession(trained["model"])
-    output = DatSpectPipeline(cnn=session).run(paths, "job-tiny-cnn")
-    result = output.result
+    pipeline = DatSpectPipeline(cnn=session)
+    datasets = read_series(paths)
+    result = pipeline.analyse(datasets, {})
+    sr, _ = pipeline.build_reports(result, datasets, JobContext("job-tiny-cnn", 0.0))
     assert result.global_score.method == "cnn"
     assert result.algorithm.model_sha256 == trained["summary"]["sha256"]
     for r in result.regions:
         assert r.level_cnn is not None and r.level == r.level_cnn
         assert r.cnn_probabilities is not None and len(r.cnn_probabilities) == 5
-    sr = output.datasets[0]
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
     report = hd.sr.srread(io.BytesIO(buffer.getvalue()))

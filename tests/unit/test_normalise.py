@@ -93,8 +93,8 @@ def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_pat
 
     import torch
 
+    from service.dicom.header import read_series as read_datasets
     from service.imaging.nm_volume import volume_from_datasets
-    from service.pipelines.dat_spect.pipeline import read_datasets
     from service.sim.benchmark import SITES, TRUTH_FILE, generate_group, study_id
 
     site = SITES["site_a"]

@@ -115,7 +115,7 @@ def test_backlog_stats_and_metrics_gauges(conn):
     assert metrics.OUTBOX_OLDEST_AGE._value.get() == pytest.approx(300)
     assert metrics.OUTBOX_BACKLOG.labels(destination="pacs")._value.get() == 1
     assert metrics.OUTBOX_FAILED._value.get() == 1
-    assert metrics.JOBS.labels(state="pending")._value.get() == 0
+    assert metrics.JOBS.labels(pipeline="dat_spect", state="pending")._value.get() == 0
 
 
 def test_empty_outbox_stats(conn):

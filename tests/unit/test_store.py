@@ -1,4 +1,4 @@
-"""Spool, UIDs, SQLite state, series completion and the worker (in process)."""
+"""Spool, UIDs, SQLite state, series completion, routing and the worker (in process)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,25 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from integration.nodeproc import FakePipeline
+from integration.testpipes import FakeNmPipeline as FakePipeline
 from nmdata import marker_image, write_marker_study
 
 from service.dicom import codes
-from service.dicom.uids import is_valid_uid, validated_uid
+from service.dicom import header as header_mod
+from service.dicom.uids import content_hash, is_valid_uid, validated_uid
 from service.errors import AnalysisError
-from service.store import db, outbox
+from service.pipelines.base import JobContext, LoadedInputs
+from service.scheduler import NO_PIPELINE_REASON, Scheduler
+from service.store import db, jobs, outbox
 from service.store import series as completion
+from service.store.retention import purge_expired
 from service.store.spool import Spool
-from service.worker import NO_PIPELINE_REASON, Worker, claim_job, release_leases
+from service.worker import Worker
 
 NOW = 1_800_000_000.0
 
@@ -36,22 +39,39 @@ def store(tmp_path: Path) -> tuple[db.Database, Spool, sqlite3.Connection]:
     conn.close()
 
 
+def route(conn: sqlite3.Connection, spool: Spool, at: float, max_attempts: int = 3,
+          pipelines: dict[str, Any] | None = None, sweep: bool = False) -> list[int]:
+    """One scheduler round (routing only, or also the quiet sweep); the new job ids."""
+    before = {r[0] for r in conn.execute("SELECT id FROM jobs")}
+    chosen = {"fake_nm": FakePipeline()} if pipelines is None else pipelines
+    scheduler = Scheduler(db.Database(Path(conn.execute("PRAGMA database_list").fetchone()[2])),
+                          spool, chosen, max_attempts=max_attempts)
+    if sweep:
+        with conn:
+            completion.sweep_quiet(conn, at)
+    for row in completion.awaiting_routing(conn):
+        with conn:
+            scheduler.route(conn, row, at)
+    return sorted({r[0] for r in conn.execute("SELECT id FROM jobs")} - before)
+
+
 def receive(conn: sqlite3.Connection, spool: Spool, path: Path, calling_ae: str = "STORESCU",
-            at: float = NOW, quiet_s: float = 10.0, max_attempts: int = 3) -> int | None:
-    """What the SCP does after writing: record, count into the series, maybe make a job."""
+            at: float = NOW, quiet_s: float = 10.0, max_attempts: int = 3,
+            pipelines: dict[str, Any] | None = None) -> int | None:
+    """What the SCP does after writing (record, maybe complete), then a routing round."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     size = spool.write_atomic(target, [path.read_bytes()])
     rec = db.InstanceRecord(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
                             str(ds.SeriesInstanceUID), str(ds.SOPClassUID), "1.2.840.10008.1.2.1",
                             calling_ae, spool.relative(target), size, at)
-    header = completion.InstanceHeader(str(ds.SOPClassUID), ds.get("NumberOfFrames"),
+    header = header_mod.InstanceHeader(str(ds.SOPClassUID), ds.get("NumberOfFrames"),
                                        ds.get("NumberOfSlices"), ds.get("ImagesInAcquisition"))
     with conn:
-        if not db.insert_instance(conn, rec):
+        if not completion.record_instance(conn, rec, header, quiet_s):
             return None
-        completion.note_instance(conn, rec, completion.expected_count(header), quiet_s)
-        return completion.complete_if_ready(conn, rec.series_uid, at, max_attempts)
+    made = route(conn, spool, at, max_attempts, pipelines)
+    return made[0] if made else None
 
 
 @pytest.fixture(scope="module")
@@ -124,20 +144,27 @@ def test_migrate_is_idempotent_and_pragmas(store: Any) -> None:
 # --- completion -------------------------------------------------------------------
 def test_expected_count_rules() -> None:
     nm = codes.NM_IMAGE_STORAGE
-    h = completion.InstanceHeader
-    assert completion.expected_count(h(nm, 120, 120)) == 1
-    assert completion.expected_count(h(nm, 1, 60)) == 60
-    assert completion.expected_count(h(nm, None, 1, 64)) == 64
-    assert completion.expected_count(h(nm, 1, 1)) is None
-    assert completion.expected_count(h(codes.CT_IMAGE_STORAGE, 1, 60)) is None
-    assert completion.content_hash(["1.2", "1.10"]) == completion.content_hash(["1.10", "1.2"])
+    pet, h, count = codes.PET_IMAGE_STORAGE, header_mod.InstanceHeader, header_mod.expected_count
+    assert count(h(nm, 120, 120)) == 1
+    assert count(h(nm, 1, 60)) == 60
+    assert count(h(nm, None, 1, 64)) == 64
+    assert count(h(nm, 1, 1)) is None
+    assert count(h(codes.CT_IMAGE_STORAGE, 1, 60)) is None
+    assert count(h(codes.MR_IMAGE_STORAGE, None, None)) is None  # MR: quiet time
+    assert count(h(pet, None, 71, series_type="STATIC")) == 71
+    assert count(h(pet, None, 71, number_of_time_slices=26, series_type="DYNAMIC")) == 71 * 26
+    assert count(h(pet, None, 47, series_type="GATED", number_of_time_slots=8)) == 47 * 8
+    assert count(h(pet, None, 71, series_type="DYNAMIC")) is None  # frames not announced
+    for enhanced in codes.ENHANCED_IMAGE_SOP_CLASSES:
+        assert count(h(enhanced, 200, None)) == 1
+    assert content_hash(["1.2", "1.10"]) == content_hash(["1.10", "1.2"])
 
 
 def test_multiframe_completes_at_once(store: Any, studies: dict[str, list[Path]]) -> None:
     _, spool, conn = store
     job_id = receive(conn, spool, studies["mf"][0])
     assert job_id is not None
-    job = db.get_job(conn, job_id)
+    job = jobs.get(conn, job_id)
     assert job is not None and job.state == "pending" and len(job.instance_uids) == 1
     assert receive(conn, spool, studies["mf"][0]) is None  # resend: deduplicated
     assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1
@@ -161,19 +188,17 @@ def test_per_slice_by_quiet_time_and_supersede(store: Any,
     _, spool, conn = store
     first, rest = studies["ps"][:-1], studies["ps"][-1]
     assert all(receive(conn, spool, p, quiet_s=10) is None for p in first)
-    with conn:
-        assert completion.sweep_quiet(conn, NOW + 9.9, 3) == []
-        made = completion.sweep_quiet(conn, NOW + 10.0, 3)
-        assert completion.sweep_quiet(conn, NOW + 20.0, 3) == []  # once per content
+    assert route(conn, spool, NOW + 9.9, sweep=True) == []
+    made = route(conn, spool, NOW + 10.0, sweep=True)
+    assert route(conn, spool, NOW + 20.0, sweep=True) == []  # once per content
     assert len(made) == 1
     # a late slice: the series receives again; its next completion supersedes
     assert receive(conn, spool, rest, at=NOW + 30, quiet_s=10) is None
-    with conn:
-        later = completion.sweep_quiet(conn, NOW + 40.0, 3)
+    later = route(conn, spool, NOW + 40.0, sweep=True)
     assert len(later) == 1
     states = dict(conn.execute("SELECT id, state FROM jobs"))
     assert states == {made[0]: "superseded", later[0]: "pending"}
-    newest = db.get_job(conn, later[0])
+    newest = jobs.get(conn, later[0])
     assert newest is not None and len(newest.instance_uids) == len(studies["ps"])
 
 
@@ -187,28 +212,46 @@ class Scripted:
         self.outcomes = list(outcomes)
         self.calls = 0
 
-    def run(self, instance_paths: Sequence[Path], job_key: str) -> Any:
+    def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
         self.calls += 1
-        assert all(Path(p).is_file() for p in instance_paths)
+        assert all(ds.Modality == "NM" for ds in inputs.primary)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        return FakePipeline().run(instance_paths, job_key)
+        return FakePipeline().run(inputs, context)
 
 
 def make_worker(store: Any, pipeline: Any, destinations: tuple[str, ...] = ("pacs",),
                 **kw: Any) -> Worker:
     database, spool, _ = store
-    return Worker(database, spool, pipeline, destinations, lease_s=60, **kw)
+    return Worker(database, spool, {"fake_nm": pipeline} if pipeline is not None else {},
+                  destinations, lease_s=60, **kw)
 
 
-def test_no_pipeline_fails_explicitly(store: Any, studies: dict[str, list[Path]]) -> None:
+def test_no_pipeline_ignores_the_series_saying_so(store: Any,
+                                                  studies: dict[str, list[Path]]) -> None:
     _, spool, conn = store
-    job_id = receive(conn, spool, studies["mf"][0])
-    assert make_worker(store, None).run_once()
-    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
-    assert job is not None and job.state == "failed" and job.reason == NO_PIPELINE_REASON
-    assert job.result_json is None
+    assert receive(conn, spool, studies["mf"][0], pipelines={}) is None
+    [row] = completion.list_series(conn)
+    assert row.state == "ignored" and row.routing == {"node": NO_PIPELINE_REASON}
+    assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
+def test_series_no_pipeline_takes_is_ignored_with_reasons(
+        store: Any, studies: dict[str, list[Path]], tmp_path: Path) -> None:
+    """A CT beside an NM series: one job for the NM, the CT ignored with the reason."""
+    _, spool, conn = store
+    ds = pydicom.dcmread(studies["mf"][0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = codes.CT_IMAGE_STORAGE
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.save_as(tmp_path / "ct.dcm")
+    assert receive(conn, spool, studies["mf"][0]) is not None
+    assert receive(conn, spool, tmp_path / "ct.dcm", quiet_s=1.0) is None
+    assert route(conn, spool, NOW + 2, sweep=True) == []
+    states = {r.series_uid: (r.state, dict(r.routing)) for r in completion.list_series(conn)}
+    assert states["1.2.3.4"] == ("ignored", {"fake_nm": "declined: modality is CT, not NM"})
+    assert [j.pipeline for j in jobs.list_jobs(conn)] == ["fake_nm"]
 
 
 def test_analysis_error_fails_with_reason(store: Any, studies: dict[str, list[Path]]) -> None:
@@ -216,7 +259,7 @@ def test_analysis_error_fails_with_reason(store: Any, studies: dict[str, list[Pa
     job_id = receive(conn, spool, studies["mf"][0])
     pipe = Scripted(AnalysisError("not a DaT SPECT series", "not_dat"))
     make_worker(store, pipe).run_once()
-    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and (job.state, job.reason, job.reason_code) == (
         "failed", "not a DaT SPECT series", "not_dat")
     assert pipe.calls == 1
@@ -228,11 +271,10 @@ def test_crash_is_retried_then_done(store: Any, studies: dict[str, list[Path]]) 
     pipe = Scripted(RuntimeError("boom"), "ok")
     worker = make_worker(store, pipe)
     assert worker.run_once() and worker.run_once()
-    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and job.state == "done" and job.attempts == 2
     result = json.loads(job.result_json or "")
-    assert set(result["regions"]) == {
-        "caudate_left", "caudate_right", "putamen_left", "putamen_right"}
+    assert result == {"schema": 1, "instances": 1}
     items = outbox.items_for_job(conn, job_id)  # type: ignore[arg-type]
     assert [i.destination for i in items] == ["pacs"]
     saved = pydicom.dcmread(items[0].path)
@@ -250,34 +292,34 @@ def test_keeps_crashing_stops_after_max_attempts(store: Any,
     worker.run_once()
     worker.run_once()
     assert not worker.run_once()  # nothing left
-    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and job.state == "failed" and job.attempts == 2
     assert job.reason_code == "internal_error" and "ValueError" in (job.reason or "")
-    assert db.retry_job(conn, job_id) and db.get_job(conn, job_id).state == "pending"  # type: ignore
-    assert not db.retry_job(conn, job_id)  # already pending
-    assert [j.id for j in db.list_jobs(conn, state="pending")] == [job_id]
+    assert jobs.retry(conn, job_id) and jobs.get(conn, job_id).state == "pending"  # type: ignore
+    assert not jobs.retry(conn, job_id)  # already pending
+    assert [j.id for j in jobs.list_jobs(conn, state="pending")] == [job_id]
 
 
 def test_expired_lease_is_taken_again_then_given_up(store: Any,
                                                     studies: dict[str, list[Path]]) -> None:
     _, spool, conn = store
     job_id = receive(conn, spool, studies["mf"][0], max_attempts=2)
-    first = claim_job(conn, "dead-worker-1", 10.0, NOW)  # this worker "crashes"
+    first = jobs.claim(conn, "dead-worker-1", 10.0, NOW)  # this worker "crashes"
     assert first is not None and first.id == job_id
-    assert claim_job(conn, "other", 10.0, NOW + 5) is None  # lease still valid
-    second = claim_job(conn, "dead-worker-2", 10.0, NOW + 11)
+    assert jobs.claim(conn, "other", 10.0, NOW + 5) is None  # lease still valid
+    second = jobs.claim(conn, "dead-worker-2", 10.0, NOW + 11)
     assert second is not None and second.attempts == 2
-    assert claim_job(conn, "other", 10.0, NOW + 22) is None
-    job = db.get_job(conn, job_id)
+    assert jobs.claim(conn, "other", 10.0, NOW + 22) is None
+    job = jobs.get(conn, job_id)
     assert job is not None and job.state == "failed" and job.reason_code == "lease_expired"
 
 
 def test_release_leases_gives_jobs_back(store: Any, studies: dict[str, list[Path]]) -> None:
     _, spool, conn = store
     job_id = receive(conn, spool, studies["mf"][0])
-    claim_job(conn, "host:123:w0:abc", 60.0, NOW)
-    assert release_leases(conn, "host:123:") == 1
-    job = db.get_job(conn, job_id)
+    jobs.claim(conn, "host:123:w0:abc", 60.0, NOW)
+    assert jobs.release_leases(conn, "host:123:") == 1
+    job = jobs.get(conn, job_id)
     assert job is not None and job.state == "pending" and job.attempts == 0
 
 
@@ -290,10 +332,10 @@ def test_superseded_while_running_drops_outputs(store: Any,
     class Blocking:
         name = "blocking"
 
-        def run(self, paths: Sequence[Path], key: str) -> Any:
+        def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
             entered.set()
             release.wait(10)
-            return FakePipeline().run(paths, key)
+            return FakePipeline().run(inputs, context)
 
     worker = make_worker(store, Blocking())
     thread = threading.Thread(target=worker.run_once)
@@ -304,10 +346,11 @@ def test_superseded_while_running_drops_outputs(store: Any,
         conn.execute("INSERT INTO instances VALUES ('1.2.9', (SELECT study_uid FROM series),"
                       " (SELECT series_uid FROM series), ?, '1.2.840.10008.1.2.1', 'X', 'p', 1, ?)",
                       (codes.NM_IMAGE_STORAGE, NOW))
-        completion.complete_series(conn, db.get_job(conn, job_id).series_uid, NOW, 3, "test")  # type: ignore[union-attr]
+        completion.complete_series(conn, jobs.get(conn, job_id).series_uid, NOW, "test")  # type: ignore[union-attr]
+    assert len(route(conn, spool, NOW)) == 1  # the new content's job supersedes the running one
     release.set()
     thread.join(10)
-    assert db.get_job(conn, job_id).state == "superseded"  # type: ignore[union-attr]
+    assert jobs.get(conn, job_id).state == "superseded"  # type: ignore[union-attr]
     assert outbox.items_for_job(conn, job_id) == []
     assert os.path.isdir(spool.root / "outputs")
 
@@ -337,14 +380,13 @@ def test_recover_spool_rerecords_lost_rows(store: Any, studies: dict[str, list[P
     junk = spool.root / "instances" / "1.2" / "1.3" / "1.4.dcm"
     junk.parent.mkdir(parents=True)
     junk.write_bytes(b"not dicom")
-    assert completion.recover_spool(conn, spool, quiet_s=5.0, max_attempts=3) == len(
+    assert completion.recover_spool(conn, spool, quiet_s=5.0) == len(
         studies["ps"])
-    assert completion.recover_spool(conn, spool, quiet_s=5.0, max_attempts=3) == 0
+    assert completion.recover_spool(conn, spool, quiet_s=5.0) == 0
     count = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     assert count == len(studies["ps"]) + 1
-    with conn:
-        made = completion.sweep_quiet(conn, 4_000_000_000.0, 3)
-    assert len(made) == 1 and len(db.get_job(conn, made[0]).instance_uids) == len(  # type: ignore[union-attr]
+    made = route(conn, spool, 4_000_000_000.0, sweep=True)
+    assert len(made) == 1 and len(jobs.get(conn, made[0]).instance_uids) == len(  # type: ignore[union-attr]
         studies["ps"])
 
 
@@ -354,7 +396,7 @@ def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path:
 
     database, spool, conn = store
     job_id = receive(conn, spool, studies["mf"][0])
-    make_worker(store, None).run_once()
+    make_worker(store, Scripted(AnalysisError("not analysable here", "nope"))).run_once()
     env = {**os.environ, "DOPANODE_STORAGE__DB_PATH": str(database.path)}
     repo = Path(__file__).resolve().parents[2]
 
@@ -362,24 +404,23 @@ def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path:
         return subprocess.run([sys.executable, "-m", "service.cli", "jobs", *args], cwd=repo,
                               env=env, capture_output=True, text=True, timeout=60)
 
-    listed = dopanode("list", "--state", "failed")
-    assert listed.returncode == 0 and NO_PIPELINE_REASON in listed.stdout
+    listed = dopanode("list", "--state", "failed", "--pipeline", "fake_nm")
+    assert listed.returncode == 0 and "not analysable here" in listed.stdout
+    assert dopanode("list", "--pipeline", "dat_spect").stdout == ""
     shown = dopanode("show", str(job_id))
-    assert shown.returncode == 0 and json.loads(shown.stdout)["reason_code"] == "no_pipeline"
+    assert shown.returncode == 0 and json.loads(shown.stdout)["reason_code"] == "nope"
     assert dopanode("retry", str(job_id)).returncode == 0
     again = dopanode("retry", str(job_id))
     assert again.returncode == 1 and "pending" in again.stderr
     assert dopanode("show", "999").returncode == 1
-    assert db.get_job(conn, job_id).state == "pending"  # type: ignore[arg-type,union-attr]
+    assert jobs.get(conn, job_id).state == "pending"  # type: ignore[arg-type,union-attr]
 
 
 def test_retention_purges_old_series_only(store: Any, studies: dict[str, list[Path]]) -> None:
-    from service.worker import purge_expired
-
     _, spool, conn = store
     old = receive(conn, spool, studies["mf"][0], at=NOW)
     assert make_worker(store, Scripted("ok")).run_once(now=NOW)
-    assert db.get_job(conn, old).state == "done"  # type: ignore[arg-type,union-attr]
+    assert jobs.get(conn, old).state == "done"  # type: ignore[arg-type,union-attr]
     for p in studies["ps"]:
         receive(conn, spool, p, at=NOW + 100 * 86400)
     files_before = sorted((spool.root / "instances").rglob("*.dcm"))
@@ -390,7 +431,7 @@ def test_retention_purges_old_series_only(store: Any, studies: dict[str, list[Pa
         conn.execute("UPDATE outbox SET state = 'sent'")
         conn.execute("UPDATE jobs SET finished_at = ?", (NOW,))
     assert purge_expired(conn, spool, cutoff=NOW + 86400 * 50) == 1
-    assert db.get_job(conn, old) is None  # type: ignore[arg-type]
+    assert jobs.get(conn, old) is None  # type: ignore[arg-type]
     remaining = sorted((spool.root / "instances").rglob("*.dcm"))
     assert len(remaining) == len(files_before) - 1 == len(studies["ps"])
     assert not (spool.root / "outputs" / str(old)).exists()
@@ -409,11 +450,11 @@ def test_unsavable_output_counts_as_failed_attempt(store: Any,
     class NoUid:
         name = "no-uid"
 
-        def run(self, paths: Sequence[Path], key: str) -> Any:
-            good = FakePipeline().run(paths, key)
-            return PipelineOutput(good.result, (Dataset(),), {})
+        def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
+            good = FakePipeline().run(inputs, context)
+            return PipelineOutput(good.summary, (Dataset(),), {})
 
     make_worker(store, NoUid()).run_once()
-    job = db.get_job(conn, job_id)  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and job.state == "failed" and job.reason_code == "internal_error"
     assert outbox.items_for_job(conn, job_id) == []  # type: ignore[arg-type]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.dicom.uids import is_valid_uid
 from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CSV_REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
 
@@ -106,7 +106,7 @@ def collect_series(paths: Iterable[Path]) -> dict[str, list[Path]]:
         except (InvalidDicomError, AttributeError, OSError, ValueError):
             skipped += 1
             continue
-        if not _UID_RE.match(uid) or len(uid) > 64:
+        if not is_valid_uid(uid):
             skipped += 1
             continue
         series.setdefault(uid, []).append(path)
@@ -121,23 +121,18 @@ def _progress(items: list[Any], desc: str) -> Iterator[Any]:
     yield from tqdm(items, desc=desc, unit="series", disable=len(items) < 2)
 
 
-def _job_key(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the pipeline on each series; SR, picture report and summary.json per series."""
     from pydicom import dcmwrite
 
+    from service.dicom.header import read_series
+    from service.dicom.uids import content_hash
     from service.errors import AnalysisError
     from service.paths import default_models_dir
+    from service.pipelines.base import PRIMARY, JobContext, LoadedInputs
     from service.pipelines.dat_spect.cnn import CnnSession
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
     from service.pipelines.dat_spect.plugin import MODEL_FILE
-    from service.pipelines.dat_spect.result import summary_dict
 
     try:
         model = None if args.no_cnn else (args.model or default_models_dir() / MODEL_FILE)
@@ -156,7 +151,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         folder = args.out / uid
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            output = pipeline.run(series[uid], _job_key(series[uid]))
+            datasets = read_series(series[uid])
+            # The node's job key: the same series gets the same output UIDs both ways.
+            key = content_hash([str(ds.SOPInstanceUID) for ds in datasets])
+            output = pipeline.run(LoadedInputs({PRIMARY: datasets}), JobContext(key, time.time()))
         except AnalysisError as exc:
             failures += 1
             summary: dict[str, Any] = {"status": "failed", "code": exc.code, "reason": exc.reason}
@@ -166,10 +164,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 dcmwrite(folder / name, ds, enforce_file_format=True)
             summary = {
                 "status": "done",
-                **summary_dict(output.result),
-                "stage_durations_s": output.stage_durations_s,
+                **output.summary,
+                "stage_durations_s": dict(output.stage_durations_s),
             }
-            verdict = "reduced" if output.result.global_score.reduced else "normal"
+            verdict = "reduced" if output.summary["global"]["reduced"] else "normal"
             print(f"{uid}: {verdict}, {sum(output.stage_durations_s.values()):.2f} s")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 1 if failures else 0
@@ -185,8 +183,9 @@ def measure_folder(
     folder: Path, models: DatModels, keywords: list[str]
 ) -> list[tuple[str, Measurement]]:
     """Measure every series under ``folder``; failures are logged and left out."""
+    from service.dicom.header import read_series as read_datasets
     from service.errors import AnalysisError
-    from service.pipelines.dat_spect.pipeline import measure, read_datasets
+    from service.pipelines.dat_spect.pipeline import measure
 
     out = []
     series = collect_series([folder])

@@ -22,9 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from service import __version__
 from service.dicom.codes import COMPREHENSIVE_SR_STORAGE
@@ -135,19 +133,6 @@ def _stage(durations_s: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         durations_s[name] = time.perf_counter() - start
-
-
-def read_datasets(paths: Sequence[Path]) -> list[Dataset]:
-    """Read Part 10 files; a file that is not DICOM raises ``not_dicom``."""
-    datasets: list[Dataset] = []
-    for path in paths:
-        try:
-            datasets.append(pydicom.dcmread(path))
-        except (InvalidDicomError, EOFError, ValueError) as exc:
-            raise AnalysisError("not a DICOM file in the series", "not_dicom") from exc
-    if not datasets:
-        raise AnalysisError("no instances", "no_instances")
-    return datasets
 
 
 def patient_age_years(ds: Dataset) -> float | None:

@@ -1,0 +1,340 @@
+"""The job queue: every SQL statement on ``jobs`` lives here.
+
+A job is one pipeline's analysis of one series content (its *primary*
+series, plus any companion series the pipeline asked for). Life cycle::
+
+    pending -> running (leased) -> done | failed
+            \\-> superseded (a newer content of the same series for the same pipeline)
+
+Claims take the write lock only when a job is there to take (a cheap read
+first), carry a lease that a keeper thread renews, and every write after a
+claim checks the lease is still ours. Times are seconds since the epoch.
+Functions take a connection and do not commit unless the docstring says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
+
+_COLUMNS = (
+    "id, pipeline, series_uid, study_uid, content_hash, state, attempts, max_attempts,"
+    " lease_owner, lease_expires_at, reason, reason_code, created_at, started_at, finished_at,"
+    " result_json, stage_durations_json, note, instance_uids_json, inputs_json, outputs_json"
+)
+_SCALARS = tuple(c.strip() for c in _COLUMNS.split(","))[:18]
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """One input series of a job with the instances it had when the job was made."""
+
+    role: str
+    series_uid: str
+    instance_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``jobs``; times are seconds since the epoch."""
+
+    id: int
+    pipeline: str
+    series_uid: str
+    study_uid: str
+    content_hash: str
+    state: str
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    reason: str | None
+    reason_code: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result_json: str | None
+    stage_durations_json: str | None
+    note: str | None
+    instance_uids: tuple[str, ...]
+    inputs: tuple[JobInput, ...]
+    outputs: tuple[dict[str, str], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (result and durations parsed, no instance lists)."""
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "series_uid": self.series_uid,
+            "study_uid": self.study_uid,
+            "content_hash": self.content_hash,
+            "state": self.state,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "note": self.note,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "instance_count": len(self.instance_uids),
+            "inputs": [{"role": i.role, "series_uid": i.series_uid,
+                        "instance_count": len(i.instance_uids)} for i in self.inputs],
+            "result": None if self.result_json is None else json.loads(self.result_json),
+            "stage_durations_s": None
+            if self.stage_durations_json is None
+            else json.loads(self.stage_durations_json),
+            "outputs": list(self.outputs),
+        }
+
+
+def _job(row: Sequence[Any]) -> Job:
+    values: dict[str, Any] = dict(zip(_SCALARS, row[:18], strict=True))
+    inputs = tuple(JobInput(str(i["role"]), str(i["series_uid"]), tuple(i["instance_uids"]))
+                   for i in json.loads(row[19]))
+    outputs = tuple(json.loads(row[20])) if row[20] else ()
+    return Job(**values, instance_uids=tuple(json.loads(row[18])), inputs=inputs,
+               outputs=outputs)
+
+
+def create(
+    conn: sqlite3.Connection,
+    pipeline: str,
+    study_uid: str,
+    inputs: Sequence[JobInput],
+    content_hash: str,
+    max_attempts: int,
+    now: float,
+    note: str = "",
+) -> int | None:
+    """Make a pending job; older jobs of the same pipeline and series are superseded.
+
+    ``inputs[0]`` is the primary series. Returns the new id, or None when a
+    job for exactly this content already exists (a resend, a repeated sweep).
+    """
+    primary = inputs[0]
+    cur = conn.execute(
+        "INSERT INTO jobs (pipeline, series_uid, study_uid, content_hash, instance_uids_json,"
+        " inputs_json, note, state, attempts, max_attempts, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+        " ON CONFLICT (pipeline, series_uid, content_hash) DO NOTHING",
+        (pipeline, primary.series_uid, study_uid, content_hash,
+         json.dumps(list(primary.instance_uids)),
+         json.dumps([{"role": i.role, "series_uid": i.series_uid,
+                      "instance_uids": list(i.instance_uids)} for i in inputs]),
+         note or None, max_attempts, now),
+    )
+    if cur.rowcount != 1:
+        return None
+    job_id = int(cur.lastrowid or 0)
+    conn.execute(
+        "UPDATE jobs SET state = 'superseded', lease_owner = NULL,"
+        " finished_at = COALESCE(finished_at, ?)"
+        " WHERE pipeline = ? AND series_uid = ? AND id != ? AND state != 'superseded'",
+        (now, pipeline, primary.series_uid, job_id),
+    )
+    return job_id
+
+
+def claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float) -> Job | None:
+    """Take the oldest pending job (or one whose lease expired); commits.
+
+    A plain read first: the write lock is taken only when there is a job to
+    claim, so idle workers do not contend with the SCP's commits. Jobs whose
+    lease expired after their last allowed attempt are failed, saying so.
+    """
+    due = conn.execute(
+        "SELECT 1 FROM jobs WHERE state = 'pending'"
+        " OR (state = 'running' AND lease_expires_at < ?) LIMIT 1", (now,)).fetchone()
+    if conn.in_transaction:
+        conn.commit()
+    if due is None:
+        return None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "UPDATE jobs SET state = 'failed', lease_owner = NULL, finished_at = ?,"
+            " reason = 'worker stopped or crashed in each of ' || attempts || ' attempts',"
+            " reason_code = 'lease_expired'"
+            " WHERE state = 'running' AND lease_expires_at < ? AND attempts >= max_attempts",
+            (now, now),
+        )
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE state = 'pending'"
+            " OR (state = 'running' AND lease_expires_at < ?) ORDER BY id LIMIT 1",
+            (now,),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires_at = ?,"
+                " attempts = attempts + 1, started_at = ? WHERE id = ?",
+                (owner, now + lease_s, now, row[0]),
+            )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return None if row is None else get(conn, int(row[0]))
+
+
+def renew(conn: sqlite3.Connection, job_id: int, owner: str, lease_s: float, now: float) -> None:
+    """Extend our lease on a running job (no effect once it is not ours)."""
+    conn.execute(
+        "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running'"
+        " AND lease_owner = ?", (now + lease_s, job_id, owner))
+
+
+def still_ours(conn: sqlite3.Connection, job_id: int, owner: str) -> bool:
+    """True while the job is running under our lease."""
+    row = conn.execute(
+        "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        (job_id, owner),
+    ).fetchone()
+    return row is not None
+
+
+def finish(
+    conn: sqlite3.Connection,
+    job_id: int,
+    summary: Mapping[str, Any],
+    durations_s: Mapping[str, float],
+    outputs: Sequence[Mapping[str, str]],
+    now: float,
+) -> None:
+    """Mark a job done with its summary, stage times and output references."""
+    conn.execute(
+        "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL,"
+        " lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
+        " result_json = ?, stage_durations_json = ?, outputs_json = ? WHERE id = ?",
+        (now, json.dumps(dict(summary)), json.dumps(dict(durations_s)),
+         json.dumps([dict(o) for o in outputs]), job_id),
+    )
+
+
+def fail(conn: sqlite3.Connection, job_id: int, owner: str, reason: str, code: str,
+         now: float) -> bool:
+    """Fail a job we hold with a reason; False when it is no longer ours."""
+    cur = conn.execute(
+        "UPDATE jobs SET state = 'failed', reason = ?, reason_code = ?, finished_at = ?,"
+        " lease_owner = NULL, lease_expires_at = NULL"
+        " WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        (reason, code, now, job_id, owner),
+    )
+    return cur.rowcount == 1
+
+
+def requeue(conn: sqlite3.Connection, job_id: int, owner: str, reason: str) -> None:
+    """Give a job we hold back to the queue after an internal error (attempt counted)."""
+    conn.execute(
+        "UPDATE jobs SET state = 'pending', reason = ?, reason_code = 'internal_error',"
+        " lease_owner = NULL, lease_expires_at = NULL"
+        " WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        (reason, job_id, owner),
+    )
+
+
+def release_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
+    """Give running jobs of a stopping process back to the queue (attempt not counted)."""
+    with conn:
+        cur = conn.execute(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
+            " attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND lease_owner LIKE ?",
+            (owner_prefix + "%",),
+        )
+    return cur.rowcount
+
+
+def retry(conn: sqlite3.Connection, job_id: int) -> bool:
+    """Put a failed (or done) job back in the queue with fresh attempts; commits.
+
+    ``created_at`` is kept: the outputs' dates derive from it, so the retry
+    writes the same objects. Returns False when the job does not exist or is
+    pending, running or superseded (a superseded job's series has a newer job).
+    """
+    with conn:
+        cur = conn.execute(
+            "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL,"
+            " lease_expires_at = NULL, reason = NULL, reason_code = NULL, started_at = NULL,"
+            " finished_at = NULL WHERE id = ? AND state IN ('failed', 'done')",
+            (job_id,),
+        )
+    return cur.rowcount == 1
+
+
+def get(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    """One job by id, or None."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _job(row)
+
+
+def list_jobs(
+    conn: sqlite3.Connection, state: str | None = None, limit: int = 100, offset: int = 0,
+    pipeline: str | None = None,
+) -> list[Job]:
+    """Jobs, newest first, optionally of one state and one pipeline.
+
+    Raises
+    ------
+    ValueError
+        For an unknown state.
+    """
+    if state is not None and state not in JOB_STATES:
+        raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
+    where, params = [], []
+    if state is not None:
+        where.append("state = ?")
+        params.append(state)
+    if pipeline is not None:
+        where.append("pipeline = ?")
+        params.append(pipeline)
+    sql = f"SELECT {_COLUMNS} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+    return [_job(r) for r in conn.execute(sql, [*params, int(limit), int(offset)])]
+
+
+def latest_done_per_pipeline(conn: sqlite3.Connection, study_uid: str) -> dict[str, Job]:
+    """For each pipeline, the newest done job of a study (what the API serves)."""
+    latest: dict[str, Job] = {}
+    for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state = 'done'"
+            " ORDER BY finished_at DESC, id DESC", (study_uid,)):
+        job = _job(row)
+        latest.setdefault(job.pipeline, job)
+    return latest
+
+
+def previous_sent_outputs(conn: sqlite3.Connection, job: Job) -> tuple[dict[str, str], ...]:
+    """Outputs of the newest earlier job of this pipeline and series that reached a destination.
+
+    These are the objects the new result replaces in the PACS (the new SR
+    names them as predecessors).
+    """
+    for row in conn.execute(
+            "SELECT j.outputs_json FROM jobs j WHERE j.pipeline = ? AND j.series_uid = ?"
+            " AND j.id < ? AND j.outputs_json IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o"
+            " WHERE o.job_id = j.id AND o.state = 'sent') ORDER BY j.id DESC LIMIT 1",
+            (job.pipeline, job.series_uid, job.id)):
+        return tuple(json.loads(row[0]))
+    return ()
+
+
+def counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """Number of jobs per (pipeline, state)."""
+    return {(str(p), str(s)): int(n) for p, s, n in conn.execute(
+        "SELECT pipeline, state, COUNT(*) FROM jobs GROUP BY pipeline, state")}
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Number of jobs per state over all pipelines (every state present)."""
+    totals = dict.fromkeys(JOB_STATES, 0)
+    for (_, state), n in counts(conn).items():
+        totals[state] += n
+    return totals
+

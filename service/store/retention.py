@@ -1,0 +1,55 @@
+"""The retention purge: received series and their outputs older than the site keeps."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from service.store import db
+from service.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def purge_expired(conn: sqlite3.Connection, spool: Spool, cutoff: float) -> int:
+    """Delete series last received before ``cutoff`` (files, then rows); returns how many.
+
+    A series is kept while it waits for routing, while any of its jobs is
+    pending or running, finished after ``cutoff``, or has an output still
+    waiting in the outbox, and while a pending or running job of another
+    series reads it as a companion input. Files go
+    first: a crash in between leaves rows whose files are gone, removed by
+    the next purge, never files that start-up recovery would bring back.
+    """
+    expired = [str(r[0]) for r in conn.execute(
+        "SELECT s.series_uid FROM series s WHERE s.last_received_at < ?"
+        " AND s.state != 'complete' AND NOT EXISTS ("
+        " SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid AND (j.state IN"
+        " ('pending', 'running') OR COALESCE(j.finished_at, j.created_at) >= ?"
+        " OR EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')))"
+        " AND NOT EXISTS (SELECT 1 FROM jobs j, json_each(j.inputs_json) e"
+        " WHERE j.state IN ('pending', 'running')"
+        " AND json_extract(e.value, '$.series_uid') = s.series_uid)",
+        (cutoff, cutoff),
+    )]
+    for series_uid in expired:
+        job_ids = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM jobs WHERE series_uid = ?", (series_uid,))]
+        for _, relative in db.series_instances(conn, series_uid):
+            spool.absolute(relative).unlink(missing_ok=True)
+        for job_id in job_ids:
+            outputs = spool.output_dir(job_id)
+            for item in outputs.glob("*.dcm"):
+                item.unlink()
+            if outputs.is_dir():
+                outputs.rmdir()
+        with conn:
+            conn.executemany("DELETE FROM outbox WHERE job_id = ?", [(j,) for j in job_ids])
+            conn.execute("DELETE FROM jobs WHERE series_uid = ?", (series_uid,))
+            conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+    if expired:
+        log.info("retention_purged", extra={"fields": {"series": len(expired)}})
+    return len(expired)
+
+
