@@ -7,7 +7,11 @@
   DOPANODE_MODELS_DIR; the default command reads the config the compose file
   mounts.
 * /.dockerignore: the build context holds what the image needs (service/,
-  models with their checksums) and not training code, tests or a venv.
+  models with their checksums) and not training code, tests or a venv; the
+  models folder as the image gets it loads into the same DaT pipeline
+  (template, calibration, normals, CNN) as the repository's.
+* The HEALTHCHECK command itself, run against a real node: 0 while it
+  serves, non-zero once it is stopped.
 * deploy/compose/docker-compose.yml: ``docker-compose config`` accepts it (and
   refuses it without an API token); dopanode, Orthanc and Prometheus are in it;
   Prometheus gets deploy/prometheus/ (config and rules) mounted where its
@@ -23,6 +27,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -32,9 +37,10 @@ from typing import Any
 import pytest
 import yaml
 from conftest import require_tool
-from nodeproc import REPO_ROOT
+from nodeproc import REPO_ROOT, NodeProcess
 
-from service.config import WorkerSettings
+from service.app import load_dat_pipeline
+from service.config import Settings, WorkerSettings
 
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -166,6 +172,37 @@ def test_build_context_has_the_runtime_and_models_only():
         assert not path.startswith(("tests/", "bench/", "docs/", ".venv/", "models/training/",
                                     "scripts/", "deploy/")), path
         assert "__pycache__" not in path, path
+
+
+def test_models_as_the_image_gets_them_load_the_same_pipeline(tmp_path, monkeypatch):
+    models_dir = tmp_path / "opt" / "dopanode" / "models"
+    for path in context_files():
+        if path.startswith("models/"):
+            target = models_dir / path.removeprefix("models/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO_ROOT / path, target)
+    reference = load_dat_pipeline(Settings())
+    monkeypatch.setenv("DOPANODE_MODELS_DIR", str(models_dir))
+    settings = Settings()
+    assert settings.model.model_path == models_dir / "dopanode_dat_cnn.onnx"
+    image = load_dat_pipeline(settings)
+    assert image.models.calibration is not None and image.models.normals is not None
+    assert image.models.sha256 == reference.models.sha256  # template, calibration, normals
+    assert image.algorithm == reference.algorithm  # the same CNN and checksum
+
+
+def test_healthcheck_command_passes_on_a_serving_node_and_fails_on_a_stopped_one(tmp_path):
+    (check,) = args_of("HEALTHCHECK")
+    argv = json.loads(check[check.index("CMD") + 3:])
+    assert argv[0] == "python"
+    env = {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory"}
+    with NodeProcess(tmp_path, env=env) as node:
+        node.start()
+        command = [sys.executable, *(a.replace("127.0.0.1:8080", f"127.0.0.1:{node.api_port}")
+                                     for a in argv[1:])]
+        assert subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+        node.stop()
+        assert subprocess.run(command, capture_output=True, timeout=30).returncode != 0
 
 
 # --- compose ----------------------------------------------------------------------------
