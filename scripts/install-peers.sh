@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real DICOM peers the tests talk to (Debian packages):
-# DCMTK (storescu, echoscu, storescp, dsrdump, dsr2html), Orthanc, dicom3tools (dciodvfy).
+# DCMTK (storescu, echoscu, storescp, dsrdump, dsr2html), Orthanc, dicom3tools (dciodvfy),
+# Prometheus (prometheus, promtool: the alert rules and their tests under deploy/prometheus/)
+# and docker-compose (validates deploy/compose/docker-compose.yml offline).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

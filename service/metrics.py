@@ -4,7 +4,13 @@ Event counters (instances, associations, deliveries) and the stage-duration
 histogram are incremented where things happen (the SCP, the worker, the
 sender). Numbers that live in SQLite (jobs by state, outbox backlog) are read
 from the database at scrape time by :func:`refresh_from_db`, so they are right
-after a restart and whichever process did the work.
+after a restart and whichever process did the work. The spool's free space
+and the model check are set at scrape time too, from the same checks /ready
+runs (:func:`service.api.readiness.refresh_metrics`).
+
+The alert and recording rules over these names live in
+``deploy/prometheus/rules/`` (documented in ``docs/operations.md``): renaming
+a metric or a label here breaks them, and their tests say so.
 
 Usage from other modules::
 
@@ -115,6 +121,22 @@ DELIVERIES = Counter(
     ["destination", "result"],
     registry=REGISTRY,
 )
+SPOOL_FREE_BYTES = Gauge(
+    "dopanode_spool_free_bytes",
+    "Free bytes on the spool's file system (read at scrape time).",
+    registry=REGISTRY,
+)
+SPOOL_MIN_FREE_BYTES = Gauge(
+    "dopanode_spool_min_free_bytes",
+    "storage.min_free_mb in bytes: below this free space instances are refused.",
+    registry=REGISTRY,
+)
+MODEL_CHECK_OK = Gauge(
+    "dopanode_model_check_ok",
+    "1 when the model check of /ready passes (file present, SHA-256 matches, or no"
+    " model configured), else 0 (checked at scrape time).",
+    registry=REGISTRY,
+)
 
 
 def refresh_from_db(conn: sqlite3.Connection, now: float | None = None,
@@ -143,6 +165,24 @@ def refresh_from_db(conn: sqlite3.Connection, now: float | None = None,
         OUTBOX_BACKLOG.labels(destination=destination).set(n)
     OUTBOX_OLDEST_AGE.set(stats.oldest_age_s)
     OUTBOX_FAILED.set(stats.failed)
+
+
+def set_node_checks(spool_free_bytes: float, spool_min_free_bytes: float,
+                    model_ok: bool) -> None:
+    """Set the gauges fed by the node's own checks (spool disk, model file).
+
+    Parameters
+    ----------
+    spool_free_bytes : float
+        Free bytes on the spool's file system; NaN when it could not be measured.
+    spool_min_free_bytes : float
+        ``storage.min_free_mb`` in bytes.
+    model_ok : bool
+        Outcome of the model check (:func:`service.inference.manifest.check_model`).
+    """
+    SPOOL_FREE_BYTES.set(spool_free_bytes)
+    SPOOL_MIN_FREE_BYTES.set(spool_min_free_bytes)
+    MODEL_CHECK_OK.set(1 if model_ok else 0)
 
 
 def render() -> tuple[bytes, str]:

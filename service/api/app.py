@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import __version__, metrics
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
-from service.api.readiness import Probes, ReadyLimits, run_checks
+from service.api.readiness import Probes, ReadyLimits, refresh_metrics, run_checks
 from service.dicom.uids import is_valid_uid
 from service.store import jobs, outbox
 from service.store import series as series_store
@@ -142,10 +142,11 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
 
     @router.get("/metrics")
     def prometheus() -> Response:
-        """Prometheus text exposition (database gauges refreshed at scrape time)."""
+        """Prometheus text exposition (database, disk and model gauges refreshed now)."""
         with _connection(db) as conn:
             metrics.refresh_from_db(conn, pipelines=[
                 name for name, p in settings.pipelines.items() if p.enabled])
+        refresh_metrics(settings)
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 

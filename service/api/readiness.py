@@ -13,6 +13,9 @@
 * ``outbox``: the oldest undelivered output is younger than
   ``ReadyLimits.outbox_max_oldest_s`` and fewer than ``outbox_max_pending``
   wait.
+
+:func:`refresh_metrics` feeds the spool-disk and model checks to the
+Prometheus gauges at scrape time, so the alert rules see what /ready sees.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service import metrics
 from service.pipelines.registry import check_enabled_models
 from service.store import outbox
 
@@ -95,11 +99,16 @@ def check_database(db: Any) -> Check:
     return Check("database", True, "writable")
 
 
-def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
+def spool_free_bytes(spool_dir: Path) -> int:
+    """Free bytes on the file system that holds (or will hold) ``spool_dir``."""
     path = Path(spool_dir)
     while not path.exists() and path != path.parent:
         path = path.parent  # the spool may not exist yet: measure where it will be
-    free_mb = shutil.disk_usage(path).free / MIB
+    return shutil.disk_usage(path).free
+
+
+def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
+    free_mb = spool_free_bytes(spool_dir) / MIB
     ok = free_mb >= min_free_mb
     detail = (f"{free_mb:.0f} MiB free" if ok
               else f"only {free_mb:.0f} MiB free, below storage.min_free_mb = {min_free_mb:g}")
@@ -166,3 +175,25 @@ def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> l
             log.error("ready_check_error", exc_info=exc, extra={"fields": {"check": name}})
             results.append(Check(name, False, f"check failed: {type(exc).__name__}"))
     return results
+
+
+def refresh_metrics(settings: Any) -> None:
+    """Set the scrape-time gauges of the spool disk and the model checks.
+
+    Same measurements as the ``spool_disk`` and ``models_<pipeline>`` checks
+    of /ready (the model gauge is 1 only when every enabled pipeline's models pass); a
+    check that raises is logged and reads as failed (model) or unknown (NaN
+    free space), never as healthy.
+    """
+    storage = settings.storage
+    try:
+        free_bytes = float(spool_free_bytes(storage.spool_dir))
+    except OSError as exc:
+        log.error("metrics_check_error", exc_info=exc, extra={"fields": {"check": "spool_disk"}})
+        free_bytes = float("nan")
+    try:
+        model_ok = all(c.ok for c in check_models(settings.pipelines))
+    except Exception as exc:  # the edge (a scrape): a broken check means failing
+        log.error("metrics_check_error", exc_info=exc, extra={"fields": {"check": "model"}})
+        model_ok = False
+    metrics.set_node_checks(free_bytes, storage.min_free_mb * MIB, model_ok)

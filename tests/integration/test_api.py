@@ -226,6 +226,32 @@ def test_metrics_expose_jobs_and_outbox(tmp_path, db):
         assert f"# TYPE {name.removesuffix('_total')}" in text
 
 
+def _sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample ``name`` in a Prometheus text exposition."""
+    values = [line.split()[1] for line in text.splitlines() if line.split(" ")[0] == name]
+    assert len(values) == 1, f"{name}: {values}"
+    return float(values[0])
+
+
+def test_metrics_follow_the_model_and_spool_disk_checks(tmp_path, db):
+    model = tmp_path / "dat.onnx"
+    model.write_bytes(b"\x08\x07onnx-model-bytes" * 100)
+    manifest.sidecar_path(model).write_text(hashlib.sha256(model.read_bytes()).hexdigest())
+    settings = replace(make_settings(tmp_path, min_free_mb=7), pipelines=validate_sections(
+        {"dat_spect": {"model_path": str(model)}}))
+    c = client(settings, db)
+    text = c.get("/metrics").text
+    assert _sample(text, "dopanode_model_check_ok") == 1
+    assert _sample(text, "dopanode_spool_min_free_bytes") == 7 * 1024 * 1024
+    free = shutil.disk_usage(tmp_path).free
+    assert abs(_sample(text, "dopanode_spool_free_bytes") - free) < 64 * 1024 * 1024
+    with model.open("r+b") as f:  # corrupt one byte, same size: /ready and /metrics agree
+        f.seek(10)
+        f.write(b"X")
+    assert _sample(c.get("/metrics").text, "dopanode_model_check_ok") == 0
+    assert c.get("/ready").json()["failing"] == ["model"]
+
+
 def test_unknown_routes_and_methods_are_problems(tmp_path, db):
     c = client(make_settings(tmp_path), db)
     for r, code in [(c.get("/nope"), 404), (c.delete("/health"), 405)]:

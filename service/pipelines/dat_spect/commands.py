@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--model", type=Path, default=None,
                        help="ONNX CNN (with its .sha256 sidecar); default: the shipped model")
     model.add_argument("--no-cnn", action="store_true",
-                       help="rate by SBR thresholds only, as with [model] enabled = false")
+                       help="rate by SBR thresholds only, as with [pipelines.dat_spect] cnn_enabled = false")
     _common(p)
     p.set_defaults(func=cmd_analyze)
 
