@@ -249,7 +249,7 @@ def test_metrics_follow_the_model_and_spool_disk_checks(tmp_path, db):
         f.seek(10)
         f.write(b"X")
     assert _sample(c.get("/metrics").text, "dopanode_model_check_ok") == 0
-    assert c.get("/ready").json()["failing"] == ["model"]
+    assert c.get("/ready").json()["failing"] == ["models_dat_spect"]
 
 
 def test_unknown_routes_and_methods_are_problems(tmp_path, db):

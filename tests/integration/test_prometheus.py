@@ -36,7 +36,7 @@ from nodeproc import REPO_ROOT, NodeProcess, tcp_open, wait_until
 
 from service import metrics
 from service.inference import manifest
-from service.metrics import JOB_STATES
+from service.store.jobs import JOB_STATES
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
@@ -201,7 +201,8 @@ class Prometheus:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    """A stand-in model file with its SHA-256 sidecar (the test pipeline never loads it)."""
+    """A stand-in model file with its SHA-256 sidecar (checked by /ready and /metrics;
+    never loaded: the node runs its SCP and API only)."""
     path = tmp_path / "models" / "dat.onnx"
     path.parent.mkdir()
     path.write_bytes(b"\x08\x07onnx-model-bytes" * 100)
@@ -211,9 +212,8 @@ def model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def node(tmp_path: Path, model: Path) -> Iterator[NodeProcess]:
-    env = {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory"}
-    with NodeProcess(tmp_path / "node", settings={"model": {"path": str(model)}},
-                     env=env) as proc:
+    settings = {"pipelines": {"dat_spect": {"model_path": str(model)}}}
+    with NodeProcess(tmp_path / "node", settings=settings, components="scp,api") as proc:
         yield proc.start()
 
 
@@ -272,7 +272,7 @@ def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, no
                          "DopanodeModelCheckFailing after the model file was altered")
     assert [(a["labels"]["instance"], a["labels"]["severity"], a["state"])
             for a in failing] == [(live, "critical", "pending")]
-    assert node.api_get("/ready", token=None)[1]["failing"] == ["model"]
+    assert node.api_get("/ready", token=None)[1]["failing"] == ["models_dat_spect"]
 
 
 def test_real_prometheus_accepts_every_dashboard_query(prometheus):
