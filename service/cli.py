@@ -15,24 +15,32 @@ from collections.abc import Sequence
 
 from service import __version__
 
-#: Modules that contribute sub-commands, in help order.
+#: The node's own sub-command modules; each registered pipeline adds its own
+#: (:attr:`service.pipelines.registry.PipelineSpec.command_modules`), e.g. the DaT
+#: pipeline's analyze, label, build-template, build-normals, train, evaluate, export.
 COMMAND_MODULES: tuple[str, ...] = (
     "service.app",  # serve, config, jobs
-    "service.pipelines.dat_spect.commands",  # analyze, label, build-template, build-normals
     "service.sim.commands",  # simulate, benchmark
-    "service.pipelines.dat_spect.train_commands",  # train, evaluate, export
 )
+
+
+def command_modules() -> tuple[str, ...]:
+    """The node's sub-command modules, then every registered pipeline's."""
+    from service.pipelines.registry import specs
+
+    extra = tuple(m for spec in specs().values() for m in spec.command_modules)
+    return COMMAND_MODULES + extra
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dopanode",
-        description="DICOM inference node for DaT SPECT (research use, not for diagnosis).",
+        description="DICOM inference node for nuclear medicine (research use, not for diagnosis).",
     )
     parser.add_argument("--version", action="version", version=f"dopanode {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(name).register(subparsers)
     return parser
 

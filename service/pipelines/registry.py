@@ -61,6 +61,9 @@ class PipelineSpec:
         ``(settings) -> tuple of ModelStatus``: the model files the pipeline
         would serve, checked (presence, SHA-256) without loading them; what
         /ready and ``config check`` report.
+    command_modules : tuple of str
+        Modules with a ``register(subparsers)`` adding the pipeline's own
+        ``dopanode`` sub-commands (e.g. ``analyze``); imported only by the CLI.
     """
 
     name: str
@@ -68,6 +71,7 @@ class PipelineSpec:
     settings_model: type[PipelineSettings]
     build: Callable[[Any], Pipeline]
     check_models: Callable[[Any], tuple[ModelStatus, ...]]
+    command_modules: tuple[str, ...] = ()
 
 
 class PipelineConfigError(ValueError):

@@ -12,7 +12,7 @@ import datetime
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM
 
 MANUFACTURER = "dopanode"
 RESEARCH_USE_TEXT = "Research use, not for diagnosis"
@@ -53,11 +53,12 @@ _TIME_ATTRIBUTES = (
     ("InstanceCreationDate", "InstanceCreationTime"),
     ("ContentDate", "ContentTime"),
     ("SeriesDate", "SeriesTime"),
+    ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"),
 )
 
 
 def stamp_times(ds: Dataset, created_at: float) -> None:
-    """Set creation, content and series date/time from the job (local time).
+    """Set creation, content, series and contribution date/time from the job (local time).
 
     Only attributes the builder already wrote are replaced, so the IOD's
     choice of which are present stays highdicom's.
@@ -68,3 +69,6 @@ def stamp_times(ds: Dataset, created_at: float) -> None:
             setattr(ds, date_keyword, DA(moment.date()))
         if time_keyword in ds:
             setattr(ds, time_keyword, TM(moment.time()))
+    for item in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps "now" here
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(moment)

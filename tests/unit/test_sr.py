@@ -286,3 +286,45 @@ def test_evidence_with_pixels_is_reduced_to_headers(reduced: StudyResult) -> Non
     del evidence[0].SOPInstanceUID
     with pytest.raises(ValueError, match="SOP Instance UID"):
         build_sr(reduced, evidence, JOB)
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_retried_job_writes_byte_identical_objects(reduced: StudyResult) -> None:
+    """Dates and times derive from the job, not the clock: a retry replaces, never twins."""
+    import time
+
+    from service.pipelines.dat_spect.picture import build_picture_report
+
+    created_at = 1_800_000_000.0
+    evidence = example_evidence(reduced)
+    first_sr = _bytes(build_sr(reduced, evidence, "job-retry", created_at))
+    first_pic = _bytes(build_picture_report(reduced, evidence, "job-retry", created_at))
+    time.sleep(1.1)  # the clock moves on (a retry comes later), the objects must not
+    assert _bytes(build_sr(reduced, evidence, "job-retry", created_at)) == first_sr
+    assert _bytes(build_picture_report(reduced, evidence, "job-retry", created_at)) == first_pic
+    sr = pydicom.dcmread(io.BytesIO(first_sr))
+    assert (sr.ContentDate, sr.InstanceCreationDate) == ("20270115", "20270115")
+
+
+def test_a_replacing_sr_names_its_predecessor(reduced: StudyResult) -> None:
+    from service.pipelines.base import OutputRef
+
+    evidence = example_evidence(reduced)
+    old = build_sr(reduced, evidence, "job-old", 1_800_000_000.0)
+    ref = OutputRef(str(old.SOPClassUID), str(old.SOPInstanceUID), str(old.SeriesInstanceUID),
+                    str(old.StudyInstanceUID))
+    new = build_sr(reduced, evidence, "job-new", 1_800_000_100.0, previous=[ref])
+    [study] = new.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == old.StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == old.SeriesInstanceUID
+    [item] = series.ReferencedSOPSequence
+    assert (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) == (
+        old.SOPClassUID, old.SOPInstanceUID)
+    assert "PredecessorDocumentsSequence" not in old
+    hd.sr.srread(io.BytesIO(_bytes(new)))  # reads back as a valid SR

@@ -96,4 +96,6 @@ SPEC = PipelineSpec(
     settings_model=DatSpectSettings,
     build=build,
     check_models=check_models,
+    command_modules=("service.pipelines.dat_spect.commands",
+                     "service.pipelines.dat_spect.train_commands"),
 )
