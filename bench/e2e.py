@@ -248,8 +248,8 @@ def run_node(studies: list[Study], work: Path, timeout_s: float,
     settings = {
         "destinations": [{"name": "dest", "ae_title": "DEST", "host": "127.0.0.1",
                           "port": dest_port}],
-        "worker": asdict(WorkerSettings()),   # the shipped defaults, not the test ones
-        "sender": asdict(SenderSettings()),
+        "worker": WorkerSettings().model_dump(),   # the shipped defaults, not the test ones
+        "sender": SenderSettings().model_dump(),
     }
     samples: list[Sample] = []
     try:

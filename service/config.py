@@ -1,20 +1,34 @@
-"""One typed settings object: embedded defaults, a TOML file, DOPANODE_* env.
+"""One typed settings object: embedded defaults, a TOML file, DOPANODE_* environment.
 
-Precedence (later wins): the defaults below, the TOML file, the environment.
+Built on pydantic-settings. Precedence (later wins): the defaults below, the
+TOML file, the environment.
 
 Environment rule
 ----------------
-``DOPANODE_<SECTION>__<KEY>=value`` sets one scalar key of a table section,
-upper-case, double underscore between section and key, for example
+``DOPANODE_<SECTION>__<KEY>=value`` sets one key of a table section,
+upper-case, double underscore between the parts, for example
 ``DOPANODE_NODE__PORT=11113``, ``DOPANODE_API__TOKEN=s3cret``,
-``DOPANODE_STORAGE__MIN_FREE_MB=500``. The two list sections are replaced as a
-whole by a JSON array: ``DOPANODE_ALLOWED_CALLERS='[{"ae_title": "PACS"}]'``,
-``DOPANODE_DESTINATIONS='[{"name": "pacs", "ae_title": "PACS", "host":
-"10.0.0.5", "port": 104}]'``. ``DOPANODE_RETENTION_DAYS`` sets the top-level
-key. Values are parsed as the key's type; ``none``/``""`` clears an optional
-key. ``DOPANODE_CONFIG`` (read by the CLI, not here) names the TOML file.
+``DOPANODE_PIPELINES__DAT_SPECT__ENABLED=false``. The two list sections are
+replaced as a whole by a JSON array: ``DOPANODE_ALLOWED_CALLERS='[{"ae_title":
+"PACS"}]'``, ``DOPANODE_DESTINATIONS='[{"name": "pacs", "ae_title": "PACS",
+"host": "10.0.0.5", "port": 104}]'``. ``DOPANODE_RETENTION_DAYS`` sets the
+top-level key. Values are parsed as the key's type; ``none`` clears an
+optional key. ``DOPANODE_CONFIG`` (read by the CLI, not here) names the TOML
+file; other ``DOPANODE_*`` names without ``__`` are not settings and are left
+alone, but ``DOPANODE_<UNKNOWN>__...`` is an error.
 
-Every error names the key (``node.port``) and says why it is wrong.
+Every error names the key (``node.port: must be 1..65535, got 0``) and says
+why it is wrong; unknown keys are errors too.
+
+Pipelines: each registered analysis has a ``[pipelines.<name>]`` section that
+its own settings model validates (:mod:`service.pipelines.registry`);
+``enabled = false`` turns it off. The release-0.1 sections ``[analysis]`` and
+``[model]`` (and their ``DOPANODE_ANALYSIS__*``/``DOPANODE_MODEL__*``
+variables) are still read into ``[pipelines.dat_spect]``; each one read adds
+a note naming the rename, which ``dopanode config check`` prints.
+
+Reading the file and the environment and the release-0.1 names live in
+:mod:`service.config_sources`; the wording of errors in :mod:`service.config_errors`.
 
 Safe default for callers: without configuration only the DCMTK and Orthanc
 default AE titles (``STORESCU``, ``ECHOSCU``, ``ORTHANC``) may associate, and
@@ -27,38 +41,104 @@ import ipaddress
 import json
 import os
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from service.pipelines.registry import PipelineConfigError, validate_sections
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-ENV_PREFIX = "DOPANODE_"
+from service.config_errors import ConfigError, KeyedValueError, explain
+from service.config_sources import (
+    ENV_PREFIX,
+    LEGACY_KEYS,
+    env_name,
+    file_key,
+    merged,
+    move_legacy,
+    read_environ,
+    read_file,
+)
+from service.pipelines.registry import (
+    PipelineConfigError,
+    PipelineSettings,
+    specs,
+    validate_sections,
+)
+
+__all__ = [
+    "LEGACY_KEYS", "AllowedCaller", "ApiSettings", "ConfigError", "Destination", "NodeSettings",
+    "SenderSettings", "Settings", "StorageSettings", "WorkerSettings", "describe",
+    "load_settings",
+]
+
 _AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
-class ConfigError(ValueError):
-    """A setting is missing, of the wrong type or out of range; names the key."""
+def _number(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1; a TOML boolean in a number key is a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """Our own DICOM identity: AE title, listening address and port."""
+def _ae_title(value: str) -> str:
+    if not _AE_RE.match(value):
+        raise ValueError(f"1-16 printable characters without backslash, got {value!r}")
+    return value
 
-    ae_title: str = "DOPANODE"
-    port: int = 11112
+
+def _name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"letters, digits, _.- only, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> Any:
+    if value == "":  # pydantic reads "" as Path("."), the working directory
+        raise ValueError("must not be empty")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number)]
+Port = Annotated[int, BeforeValidator(_number), Field(ge=1, le=65535)]
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+FilePath = Annotated[Path, BeforeValidator(_path)]
+
+
+class _Section(BaseModel):
+    """A table of the settings file: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    """Our own DICOM identity: AE title, listening address and port, acceptor.
+
+    ``acceptor`` chooses how associations are accepted: ``"event"`` (our
+    event-driven acceptor) or ``"pynetdicom"`` (the stock server).
+    """
+
+    ae_title: AeTitle = "DOPANODE"
+    port: Port = 11112
     bind: str = "0.0.0.0"
-    max_associations: int = 10
+    max_associations: Int = Field(default=10, ge=1, le=1000)
+    acceptor: Literal["event", "pynetdicom"] = "event"
 
 
-@dataclass(frozen=True)
-class AllowedCaller:
+class AllowedCaller(_Section):
     """A calling AE that may associate.
 
     ``host`` is an IP address or network (``10.1.2.3``, ``10.0.0.0/8``);
@@ -66,9 +146,19 @@ class AllowedCaller:
     series from this caller may be silent before it counts as complete.
     """
 
-    ae_title: str
+    ae_title: AeTitle
     host: str | None = None
-    series_quiet_s: float = 30.0
+    series_quiet_s: Float = Field(default=30.0, ge=0.1, le=86400)
+
+    @field_validator("host")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"must be an IP address or network, got {value!r}") from None
+        return value
 
     def matches(self, ae_title: str, address: str) -> bool:
         """True when a peer with this calling AE title and IP address is allowed."""
@@ -82,53 +172,75 @@ class AllowedCaller:
             return False
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(_Section):
     """A C-STORE SCP that receives every result (SR, picture report)."""
 
-    name: str
-    ae_title: str
+    name: Annotated[str, AfterValidator(_name)]
+    ae_title: AeTitle
     host: str
-    port: int
+    port: Port
+
+    @field_validator("host")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
 
 
-@dataclass(frozen=True)
-class StorageSettings:
-    """Spool folder, SQLite file and receive limits (MiB)."""
+class StorageSettings(_Section):
+    """Spool folder, SQLite file and receive limits (MiB).
 
-    spool_dir: Path = Path("var/spool")
-    db_path: Path = Path("var/dopanode.sqlite3")
-    min_free_mb: int = 1024
-    max_instance_mb: int = 512
+    ``spool_sync`` chooses how an adopted spool file is made durable:
+    ``"auto"`` (one flush where the file system is known to allow it) or
+    ``"posix"`` (the portable fsync sequence).
+    """
+
+    spool_dir: FilePath = Path("var/spool")
+    db_path: FilePath = Path("var/dopanode.sqlite3")
+    min_free_mb: Int = Field(default=1024, ge=0, le=10**9)
+    max_instance_mb: Int = Field(default=512, ge=1, le=10**6)
+    spool_sync: Literal["auto", "posix"] = "auto"
 
 
-@dataclass(frozen=True)
-class ApiSettings:
+class ApiSettings(_Section):
     """REST API address and Bearer token (None: /api answers loopback clients only)."""
 
     bind: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     token: str | None = None
 
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 8:
+            raise ValueError("must be at least 8 characters")  # never echo the token
+        return value
 
-@dataclass(frozen=True)
-class WorkerSettings:
+
+class WorkerSettings(_Section):
     """Job workers: threads, lease, attempts before giving up, grace on SIGTERM."""
 
-    count: int = 1
-    lease_s: float = 300.0
-    max_attempts: int = 3
-    poll_interval_s: float = 0.2
-    shutdown_grace_s: float = 30.0
+    count: Int = Field(default=1, ge=1, le=64)
+    lease_s: Float = Field(default=300.0, ge=1, le=86400)
+    max_attempts: Int = Field(default=3, ge=1, le=100)
+    poll_interval_s: Float = Field(default=0.2, ge=0.01, le=60)
+    shutdown_grace_s: Float = Field(default=30.0, ge=0, le=3600)
 
 
-@dataclass(frozen=True)
-class SenderSettings:
+class SenderSettings(_Section):
     """Outbox retry policy: exponential back-off from base to cap, for hours."""
 
-    retry_base_s: float = 10.0
-    retry_cap_s: float = 600.0
-    give_up_after_h: float = 72.0
+    retry_base_s: Float = Field(default=10.0, ge=0.01, le=86400)
+    retry_cap_s: Float = Field(default=600.0, le=86400)
+    give_up_after_h: Float = Field(default=72.0, ge=0.001, le=24 * 365)
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> SenderSettings:
+        if self.retry_cap_s < self.retry_base_s:
+            raise KeyedValueError("retry_cap_s", f"must be {self.retry_base_s}..86400, "
+                                                 f"got {self.retry_cap_s}")
+        return self
 
 
 def _default_callers() -> tuple[AllowedCaller, ...]:
@@ -139,21 +251,80 @@ def _default_callers() -> tuple[AllowedCaller, ...]:
     )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the node reads at start-up (see the module docstring)."""
+def _default_pipelines() -> dict[str, PipelineSettings]:
+    return validate_sections({})
 
-    node: NodeSettings = field(default_factory=NodeSettings)
-    allowed_callers: tuple[AllowedCaller, ...] = field(default_factory=_default_callers)
+
+class Settings(BaseSettings):
+    """Everything the node reads at start-up (see the module docstring).
+
+    ``Settings()`` is the embedded defaults (plus any section passed as an
+    argument); :func:`load_settings` adds the file and the environment.
+    ``settings.model_copy(update={...})`` makes a changed copy (tests).
+
+    Attributes
+    ----------
+    pipelines : mapping of str to PipelineSettings
+        Every registered pipeline's validated section, enabled or not.
+    notes : tuple of str
+        Not a setting: the release-0.1 keys read while loading, each as
+        ``"rename <old> to <new>"``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False,
+        extra="forbid", frozen=True,
+    )
+
+    node: NodeSettings = NodeSettings()
+    allowed_callers: tuple[AllowedCaller, ...] = Field(default_factory=_default_callers)
     destinations: tuple[Destination, ...] = ()
-    storage: StorageSettings = field(default_factory=StorageSettings)
-    api: ApiSettings = field(default_factory=ApiSettings)
-    pipelines: Mapping[str, Any] = field(default_factory=lambda: validate_sections({}))
-    #: Deprecated keys read while loading, each with the rename to make.
-    notes: tuple[str, ...] = ()
-    worker: WorkerSettings = field(default_factory=WorkerSettings)
-    sender: SenderSettings = field(default_factory=SenderSettings)
-    retention_days: int = 30
+    storage: StorageSettings = StorageSettings()
+    api: ApiSettings = ApiSettings()
+    pipelines: Mapping[str, PipelineSettings] = Field(default_factory=_default_pipelines)
+    notes: tuple[str, ...] = Field(default=(), exclude=True)
+    worker: WorkerSettings = WorkerSettings()
+    sender: SenderSettings = SenderSettings()
+    retention_days: Int = Field(default=30, ge=1, le=36500)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments only: load_settings reads the file and the given environment
+        # itself, so that Settings() never picks up the test runner's variables.
+        return (init_settings,)
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _someone_may_call(cls, value: tuple[AllowedCaller, ...]) -> tuple[AllowedCaller, ...]:
+        if not value:
+            raise ValueError("at least one caller must be allowed")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: tuple[Destination, ...]) -> tuple[Destination, ...]:
+        seen: set[str] = set()
+        for i, destination in enumerate(value):
+            if destination.name in seen:
+                raise KeyedValueError(f"[{i}].name", f"duplicate name {destination.name!r}")
+            seen.add(destination.name)
+        return value
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _each_pipeline_validates_its_section(cls, value: Any) -> dict[str, PipelineSettings]:
+        if not isinstance(value, Mapping):
+            raise PipelineConfigError("pipelines: must be a table of [pipelines.<name>] sections")
+        # sections already validated (defaults, a copy) are validated again as tables
+        return validate_sections({name: dict(section) if isinstance(section, BaseModel)
+                                  else section for name, section in value.items()})
 
     def caller(self, ae_title: str, address: str) -> AllowedCaller | None:
         """The first allowed-caller entry matching this peer, or None."""
@@ -165,16 +336,6 @@ class Settings:
     @property
     def destination_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.destinations)
-
-
-_SECTIONS: dict[str, type] = {
-    "node": NodeSettings,
-    "storage": StorageSettings,
-    "api": ApiSettings,
-    "worker": WorkerSettings,
-    "sender": SenderSettings,
-}
-_LISTS: dict[str, type] = {"allowed_callers": AllowedCaller, "destinations": Destination}
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -192,242 +353,79 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     ConfigError
         Naming the offending key, e.g. ``node.port: must be 1..65535, got 0``.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    _apply_env(raw, os.environ if environ is None else environ)
-    settings = _build(raw)
-    _validate(settings)
-    return settings
-
-
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        rest = name[len(ENV_PREFIX):].lower()
-        if rest in _LISTS:
-            try:
-                raw[rest] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{rest} (from {name}): not a JSON array: {exc}") from exc
-        elif rest == "retention_days":
-            raw[rest] = value
-        elif "__" in rest:
-            section, key = rest.split("__", 1)
-            if section == "pipelines" and "__" in key:
-                name, sub = key.split("__", 1)
-                raw.setdefault("pipelines", {}).setdefault(name, {})[sub] = value
-                continue
-            if section in ("analysis", "model"):
-                raw.setdefault(section, {})[key] = value
-                continue
-            if section not in _SECTIONS:
-                raise ConfigError(f"{name}: unknown section '{section}'")
-            raw.setdefault(section, {})[key] = value
-
-
-def _build(raw: dict[str, Any]) -> Settings:
-    notes = _move_legacy_sections(raw)
-    known = set(_SECTIONS) | set(_LISTS) | {"retention_days", "pipelines"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-    kwargs: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        if name in raw:
-            if not isinstance(raw[name], dict):
-                raise ConfigError(f"{name}: must be a table")
-            kwargs[name] = _make(cls, raw[name], name)
-    for name, cls in _LISTS.items():
-        if name in raw:
-            items = raw[name]
-            if not isinstance(items, list):
-                raise ConfigError(f"{name}: must be an array of tables")
-            kwargs[name] = tuple(
-                _make(cls, item, f"{name}[{i}]") for i, item in enumerate(items)
-            )
-    if "retention_days" in raw:
-        kwargs["retention_days"] = _coerce(raw["retention_days"], int, "retention_days")
-    pipelines = raw.get("pipelines", {})
-    if not isinstance(pipelines, dict):
-        raise ConfigError("pipelines: must be a table of [pipelines.<name>] sections")
+    file_values = read_file(Path(path), Settings) if path is not None else {}
+    env_values = read_environ(os.environ if environ is None else environ, Settings)
+    origins: dict[str, str] = {}
+    notes = (move_legacy(file_values, file_key, origins)
+             + move_legacy(env_values, env_name, origins))
+    for values in (file_values, env_values):
+        for key in values:
+            if key == "notes" or key.startswith("_"):  # not settings, or BaseSettings options
+                raise ConfigError(f"{key}: unknown key")
     try:
-        kwargs["pipelines"] = validate_sections(pipelines)
-        kwargs["notes"] = notes
-    except PipelineConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    return Settings(**kwargs)
+        return Settings(**merged(file_values, env_values), notes=notes)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origins)) from None
 
 
-#: Keys of the release-0.1 sections [analysis] and [model], now in [pipelines.dat_spect].
-LEGACY_KEYS: dict[tuple[str, str], str] = {
-    ("analysis", "template_dir"): "template_dir",
-    ("analysis", "fallback_keywords"): "fallback_keywords",
-    ("model", "enabled"): "cnn_enabled",
-    ("model", "path"): "model_path",
-    ("model", "sha256"): "model_sha256",
-}
-
-
-def _move_legacy_sections(raw: dict[str, Any]) -> tuple[str, ...]:
-    """Read [analysis] and [model] (release 0.1) into [pipelines.dat_spect]; the renames."""
-    notes: list[str] = []
-    for section in ("analysis", "model"):
-        table = raw.pop(section, None)
-        if table is None:
-            continue
-        if not isinstance(table, dict):
-            raise ConfigError(f"{section}: must be a table")
-        target = raw.setdefault("pipelines", {}).setdefault("dat_spect", {})
-        for key, value in table.items():
-            new_key = LEGACY_KEYS.get((section, key))
-            if new_key is None:
-                raise ConfigError(f"{section}.{key}: unknown key")
-            target.setdefault(new_key, value)
-            notes.append(f"rename {section}.{key} to pipelines.dat_spect.{new_key}")
-    return tuple(notes)
-
-
-def _make(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        missing = [f.name for f in fields(cls) if f.name not in values]
-        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}") from exc
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a TOML or environment value to the field's type, or raise ConfigError."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            return None
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or isinstance(value, float):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is Path:
-            if not isinstance(value, str) or not value:
-                raise ValueError
-            return Path(value)
-        if hint is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except ValueError:
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{key}: expected {name}, got {value!r}") from None
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
-
-
-def _validate(s: Settings) -> None:
-    _check_ae("node.ae_title", s.node.ae_title)
-    _check_port("node.port", s.node.port)
-    _check_port("api.port", s.api.port)
-    _check_range("node.max_associations", s.node.max_associations, 1, 1000)
-    if not s.allowed_callers:
-        raise ConfigError("allowed_callers: at least one caller must be allowed")
-    for i, c in enumerate(s.allowed_callers):
-        _check_ae(f"allowed_callers[{i}].ae_title", c.ae_title)
-        if c.host is not None:
-            try:
-                ipaddress.ip_network(c.host, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"allowed_callers[{i}].host: must be an IP address or network, got {c.host!r}"
-                ) from None
-        _check_range(f"allowed_callers[{i}].series_quiet_s", c.series_quiet_s, 0.1, 86400)
-    seen: set[str] = set()
-    for i, d in enumerate(s.destinations):
-        if not _NAME_RE.match(d.name):
-            raise ConfigError(f"destinations[{i}].name: letters, digits, _.- only, got {d.name!r}")
-        if d.name in seen:
-            raise ConfigError(f"destinations[{i}].name: duplicate name {d.name!r}")
-        seen.add(d.name)
-        _check_ae(f"destinations[{i}].ae_title", d.ae_title)
-        _check_port(f"destinations[{i}].port", d.port)
-        if not d.host:
-            raise ConfigError(f"destinations[{i}].host: must not be empty")
-    _check_range("storage.min_free_mb", s.storage.min_free_mb, 0, 10**9)
-    _check_range("storage.max_instance_mb", s.storage.max_instance_mb, 1, 10**6)
-    if s.api.token is not None and len(s.api.token) < 8:
-        raise ConfigError("api.token: must be at least 8 characters")
-    _check_range("worker.count", s.worker.count, 1, 64)
-    _check_range("worker.lease_s", s.worker.lease_s, 1, 86400)
-    _check_range("worker.max_attempts", s.worker.max_attempts, 1, 100)
-    _check_range("worker.poll_interval_s", s.worker.poll_interval_s, 0.01, 60)
-    _check_range("worker.shutdown_grace_s", s.worker.shutdown_grace_s, 0, 3600)
-    _check_range("sender.retry_base_s", s.sender.retry_base_s, 0.01, 86400)
-    _check_range("sender.retry_cap_s", s.sender.retry_cap_s, s.sender.retry_base_s, 86400)
-    _check_range("sender.give_up_after_h", s.sender.give_up_after_h, 0.001, 24 * 365)
-    _check_range("retention_days", s.retention_days, 1, 36500)
-
-
-def _check_ae(key: str, value: str) -> None:
-    if not _AE_RE.match(value):
-        raise ConfigError(f"{key}: 1-16 printable characters without backslash, got {value!r}")
-
-
-def _check_port(key: str, value: int) -> None:
-    _check_range(key, value, 1, 65535)
-
-
-def _check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key}: must be {low}..{high}, got {value}")
+def _explain(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    cause = exc.errors()[0].get("ctx", {}).get("error")
+    message = str(cause) if isinstance(cause, PipelineConfigError) else explain(exc, Settings)
+    key = message.partition(":")[0]
+    if key in origins:  # a release-0.1 key: name it as the site wrote it
+        return f"{origins[key]} (read as {key}){message[len(key):]}"
+    return message
 
 
 def describe(settings: Settings) -> str:
     """Human-readable summary for ``dopanode config check`` (token masked)."""
+    node, storage = settings.node, settings.storage
     lines = [
-        f"node: {settings.node.ae_title} on {settings.node.bind}:{settings.node.port}",
+        f"node: {node.ae_title} on {node.bind}:{node.port}, acceptor {node.acceptor}",
         "allowed callers: "
         + ", ".join(f"{c.ae_title}@{c.host or 'any'} (quiet {c.series_quiet_s:g} s)"
                     for c in settings.allowed_callers),
         "destinations: "
         + (", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)
            or "none (results are kept, not sent)"),
-        f"storage: spool {settings.storage.spool_dir}, db {settings.storage.db_path}, "
-        f"min free {settings.storage.min_free_mb} MiB, max instance "
-        f"{settings.storage.max_instance_mb} MiB",
+        f"storage: spool {storage.spool_dir}, db {storage.db_path}, "
+        f"min free {storage.min_free_mb} MiB, max instance {storage.max_instance_mb} MiB, "
+        f"spool sync {storage.spool_sync}",
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
-        "pipelines: " + ", ".join(f"{name} {'enabled' if p.enabled else 'disabled'}"
-                                  for name, p in settings.pipelines.items()),
+        *_describe_pipelines(settings),
         f"worker: {settings.worker.count} x, lease {settings.worker.lease_s:g} s, "
         f"{settings.worker.max_attempts} attempts",
         f"sender: back-off {settings.sender.retry_base_s:g}..{settings.sender.retry_cap_s:g} s, "
         f"give up after {settings.sender.give_up_after_h:g} h",
         f"retention: {settings.retention_days} days",
     ]
+    if settings.notes:
+        lines.append("release-0.1 settings read under their new names (rename them):")
+        lines.extend(f"  {note}" for note in settings.notes)
     return "\n".join(lines)
+
+
+def _describe_pipelines(settings: Settings) -> list[str]:
+    """Every registered pipeline: state, section values, model files checked now."""
+    lines = ["pipelines:"]
+    for name, spec in specs().items():
+        section = settings.pipelines.get(name) or spec.settings_model()
+        lines.append(f"  {name}: {'enabled' if section.enabled else 'disabled'} ({spec.title})")
+        lines.extend(f"    {key} = {_toml_value(value)}" for key, value in section
+                     if key != "enabled")
+        for model in spec.check_models(section):
+            where = f" ({model.path})" if model.path else ""
+            lines.append(f"    model {model.name}{where}: {'OK' if model.ok else 'NOT OK'}, "
+                         f"{model.detail}")
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return "(not set: default)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    return str(value)  # numbers; SecretStr prints masked

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from service.config_errors import explain
 from service.pipelines.base import ModelStatus, Pipeline
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def validate_sections(raw: Mapping[str, Any]) -> dict[str, PipelineSettings]:
     ------
     PipelineConfigError
         Naming the key, e.g. ``pipelines.dat_spect.enabled: Input should be
-        a valid boolean``, or an unknown pipeline name.
+        a valid boolean``, or an unknown pipeline name (message from
+        :func:`service.config_errors.explain`).
     """
     known = specs()
     unknown = sorted(set(raw) - set(known))
@@ -121,9 +123,8 @@ def validate_sections(raw: Mapping[str, Any]) -> dict[str, PipelineSettings]:
         try:
             validated[name] = spec.settings_model.model_validate(dict(section))
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"])
-            raise PipelineConfigError(f"pipelines.{name}.{where}: {error['msg']}") from None
+            raise PipelineConfigError(
+                explain(exc, spec.settings_model, prefix=f"pipelines.{name}")) from None
     return validated
 
 

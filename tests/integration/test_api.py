@@ -10,7 +10,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from service.api.readiness import Probes, ReadyLimits
 from service.api.server import ApiServer
 from service.config import ApiSettings, Settings, StorageSettings
 from service.inference import manifest
-from service.pipelines.registry import validate_sections
+from service.pipelines.dat_spect.plugin import DatSpectSettings
 from service.store import outbox
 from service.store.db import Database
 
@@ -63,13 +62,17 @@ def db(tmp_path: Path) -> Database:
 
 
 def make_settings(tmp_path: Path, token: str | None = TOKEN, **storage: object) -> Settings:
-    base = Settings()
-    return replace(
-        base,
-        storage=replace(StorageSettings(), spool_dir=tmp_path / "spool",
-                        db_path=tmp_path / "node.sqlite3", **storage),
-        api=ApiSettings(token=token),
-    )
+    return Settings().model_copy(update={
+        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+                                   db_path=tmp_path / "node.sqlite3", **storage),
+        "api": ApiSettings(token=token),
+    })
+
+
+def with_dat_model(settings: Settings, path: Path, sha256: str | None = None) -> Settings:
+    """The settings with ``[pipelines.dat_spect]`` serving this model file."""
+    dat = DatSpectSettings(model_path=path, model_sha256=sha256)
+    return settings.model_copy(update={"pipelines": {**settings.pipelines, "dat_spect": dat}})
 
 
 def client(settings: Settings, db: Database, probes: Probes = UP) -> TestClient:
@@ -157,8 +160,7 @@ def test_ready_passes_then_fails_when_the_model_file_is_altered(tmp_path, db):
     model.write_bytes(b"\x08\x07onnx-model-bytes" * 100)
     manifest.sidecar_path(model).write_text(
         hashlib.sha256(model.read_bytes()).hexdigest() + "  dat.onnx\n")
-    settings = replace(make_settings(tmp_path), pipelines=validate_sections(
-        {"dat_spect": {"model_path": str(model)}}))
+    settings = with_dat_model(make_settings(tmp_path), model)
     c = client(settings, db)
     ok = c.get("/ready")
     assert ok.status_code == 200, ok.json()
@@ -180,8 +182,7 @@ def test_ready_model_checks_against_configured_checksum(tmp_path, db):
     model.write_bytes(b"model")
     right = hashlib.sha256(b"model").hexdigest()
     for sha, code in [(right, 200), ("0" * 64, 503), (None, 503)]:  # None: no sidecar either
-        settings = replace(make_settings(tmp_path), pipelines=validate_sections(
-            {"dat_spect": {"model_path": str(model), "model_sha256": sha}}))
+        settings = with_dat_model(make_settings(tmp_path), model, sha)
         assert client(settings, db).get("/ready").status_code == code
 
 
@@ -209,7 +210,8 @@ def test_ready_names_scp_and_outbox_failures(tmp_path, db):
 
 def test_ready_probes_the_scp_port_by_tcp_when_no_probe_is_given(tmp_path, db):
     port = free_port()
-    settings = replace(make_settings(tmp_path), node=replace(Settings().node, port=port))
+    settings = make_settings(tmp_path).model_copy(
+        update={"node": Settings().node.model_copy(update={"port": port})})
     r = TestClient(create_app(settings, db)).get("/ready")
     assert r.status_code == 503 and r.json()["failing"] == ["scp"]
 
@@ -237,8 +239,7 @@ def test_metrics_follow_the_model_and_spool_disk_checks(tmp_path, db):
     model = tmp_path / "dat.onnx"
     model.write_bytes(b"\x08\x07onnx-model-bytes" * 100)
     manifest.sidecar_path(model).write_text(hashlib.sha256(model.read_bytes()).hexdigest())
-    settings = replace(make_settings(tmp_path, min_free_mb=7), pipelines=validate_sections(
-        {"dat_spect": {"model_path": str(model)}}))
+    settings = with_dat_model(make_settings(tmp_path, min_free_mb=7), model)
     c = client(settings, db)
     text = c.get("/metrics").text
     assert _sample(text, "dopanode_model_check_ok") == 1

@@ -114,17 +114,15 @@ def test_sender_delivers_to_orthanc(tmp_path):
 
 def test_orthanc_stores_to_the_node_scp(tmp_path, nm_file):
     """Orthanc -> the node's own StorageSCP: the instance is spooled and recorded."""
-    from dataclasses import replace
-
     from service.config import NodeSettings, Settings, StorageSettings
     from service.net.scp import StorageSCP
     from service.store.spool import Spool
 
     port = free_port()
-    settings = replace(Settings(), node=NodeSettings(port=port, bind="127.0.0.1"),
-                       storage=StorageSettings(spool_dir=tmp_path / "spool",
-                                               db_path=tmp_path / "node.sqlite3",
-                                               min_free_mb=1))
+    settings = Settings().model_copy(update={
+        "node": NodeSettings(port=port, bind="127.0.0.1"),
+        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+                                   db_path=tmp_path / "node.sqlite3", min_free_mb=1)})
     db = Database(settings.storage.db_path)
     db.migrate()
     scp = StorageSCP(settings, db, Spool(settings.storage.spool_dir))

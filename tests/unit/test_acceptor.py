@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,10 @@ class RecordingSCP(StorageSCP):
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[RecordingSCP, db.Database]]:
-    settings = replace(Settings(), node=NodeSettings(port=free_port(), bind="127.0.0.1"),
-                       storage=StorageSettings(spool_dir=tmp_path / "spool",
-                                               db_path=tmp_path / "node.sqlite3", min_free_mb=1))
+    settings = Settings().model_copy(update={
+        "node": NodeSettings(port=free_port(), bind="127.0.0.1"),
+        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+                                   db_path=tmp_path / "node.sqlite3", min_free_mb=1)})
     database = db.Database(settings.storage.db_path)
     database.migrate()
     scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir))
