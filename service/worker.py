@@ -137,15 +137,27 @@ class Worker:
             return
         with LeaseKeeper(self.database, job.id, self.owner, self.lease_s):
             try:
-                output = pipeline.run(self._load(job), self._context(job))
+                inputs, context = self._load(job), self._context(job)
+                output = pipeline.run(inputs, context)
                 self._finish(job, output, time.perf_counter() - started)
             except AnalysisError as exc:
-                self._fail(job, exc.reason, exc.code)
+                reports = self._failure_report(pipeline, job, exc) if exc.code != "not_dicom" else ()
+                self._fail(job, exc.reason, exc.code, reports)
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
                 log.exception("job_error", extra={"fields": fields})
                 if self.conn.in_transaction:
                     self.conn.rollback()
                 self._retry_or_fail(job, exc)
+
+    def _failure_report(self, pipeline: Pipeline, job: jobs.Job,
+                        exc: AnalysisError) -> list[tuple[Path, dict[str, str]]]:
+        """Save the pipeline's "analysis not possible" objects (none when it has none)."""
+        try:
+            datasets = pipeline.failure_report(self._load(job), self._context(job), exc.reason)
+            return [self._save_output(job.id, ds) for ds in datasets]
+        except Exception:  # the edge: a broken failure report must not hide the failure
+            log.exception("failure_report_error", extra={"fields": {"job_id": job.id}})
+            return []
 
     def _load(self, job: jobs.Job) -> LoadedInputs:
         loaded: dict[str, tuple[Dataset, ...]] = {}
@@ -194,12 +206,21 @@ class Worker:
         self.spool.write_atomic(path, [buffer.getbuffer()])
         return path, ref
 
-    def _fail(self, job: jobs.Job, reason: str, code: str) -> None:
+    def _fail(self, job: jobs.Job, reason: str, code: str,
+              reports: Sequence[tuple[Path, dict[str, str]]] = ()) -> None:
+        """Fail the job; queue its "analysis not possible" objects in the same transaction."""
         with self.conn:
-            if not jobs.fail(self.conn, job.id, self.owner, reason, code, time.time()):
+            if not jobs.fail(self.conn, job.id, self.owner, reason, code, time.time(),
+                             [r for _, r in reports]):
                 return
+            for path, ref in reports:
+                if self.destination_names:
+                    outbox.enqueue(self.conn, job.id, self.destination_names, path,
+                                   ref["sop_class_uid"], ref["sop_instance_uid"])
+        if reports and self.destination_names and self.on_outputs is not None:
+            self.on_outputs()
         log.info("job_failed", extra={"fields": {"job_id": job.id, "pipeline": job.pipeline,
-                                                 "reason_code": code}})
+                                                 "reason_code": code, "reports": len(reports)}})
 
     def _retry_or_fail(self, job: jobs.Job, exc: Exception) -> None:
         reason = f"internal error: {type(exc).__name__}"

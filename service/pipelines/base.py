@@ -15,7 +15,8 @@ sockets, SQLite or the spool:
    worker), returning a generic :class:`PipelineOutput`: a JSON summary the
    API serves, the DICOM objects to send (SR, SEG, SC, ...), stage durations
    and warnings. Expected failures raise :class:`service.errors.AnalysisError`
-   with a short, patient-free reason.
+   with a short, patient-free reason; the job ends failed and
+   :meth:`Pipeline.failure_report` says what the reader is sent instead.
 
 Completion (how many instances make a series) is shared DICOM knowledge, not
 a pipeline's: :func:`service.dicom.header.expected_count`.
@@ -232,6 +233,16 @@ class Pipeline(Protocol):
         ------
         service.errors.AnalysisError
             For any expected failure (bad geometry, registration, ...).
+        """
+        ...
+
+    def failure_report(self, inputs: LoadedInputs, context: JobContext,
+                       reason: str) -> tuple[Dataset, ...]:
+        """What the reader gets when a series this pipeline took cannot be analysed.
+
+        Called after :meth:`run` raised an ``AnalysisError`` with ``reason``
+        (patient-free); returns the objects to send (e.g. a short "analysis
+        not possible" SR), or ``()`` for none. The job still ends ``failed``.
         """
         ...
 

@@ -217,13 +217,17 @@ def finish(
 
 
 def fail(conn: sqlite3.Connection, job_id: int, owner: str, reason: str, code: str,
-         now: float) -> bool:
-    """Fail a job we hold with a reason; False when it is no longer ours."""
+         now: float, outputs: Sequence[Mapping[str, str]] = ()) -> bool:
+    """Fail a job we hold with a reason (and the "not possible" objects it sends).
+
+    Returns False when the job is no longer ours.
+    """
     cur = conn.execute(
         "UPDATE jobs SET state = 'failed', reason = ?, reason_code = ?, finished_at = ?,"
-        " lease_owner = NULL, lease_expires_at = NULL"
+        " lease_owner = NULL, lease_expires_at = NULL, outputs_json = ?"
         " WHERE id = ? AND state = 'running' AND lease_owner = ?",
-        (reason, code, now, job_id, owner),
+        (reason, code, now, json.dumps([dict(o) for o in outputs]) if outputs else None,
+         job_id, owner),
     )
     return cur.rowcount == 1
 

@@ -111,6 +111,10 @@ class FakeNmPipeline:
         self._note("end", context.job_key)
         return output
 
+    def failure_report(self, inputs: LoadedInputs, context: JobContext,
+                       reason: str) -> tuple[Dataset, ...]:
+        return ()
+
 
 def _no_models(settings: Any) -> tuple[ModelStatus, ...]:
     return ()
@@ -149,6 +153,10 @@ class EchoCtPipeline:
             datasets=(small_sr(inputs.primary[0], context.job_key, "echo-sr",
                                f"echo_ct saw {n} CT instances"),),
             stage_durations_s={"echo": 0.0})
+
+    def failure_report(self, inputs: LoadedInputs, context: JobContext,
+                       reason: str) -> tuple[Dataset, ...]:
+        return ()
 
 
 ECHO_CT_SPEC = PipelineSpec("echo_ct", "test only: CT echo", EchoCtSettings,

@@ -220,6 +220,9 @@ class Scripted:
             raise outcome
         return FakePipeline().run(inputs, context)
 
+    def failure_report(self, inputs: LoadedInputs, context: JobContext, reason: str) -> Any:
+        return ()
+
 
 def make_worker(store: Any, pipeline: Any, destinations: tuple[str, ...] = ("pacs",),
                 **kw: Any) -> Worker:

@@ -330,6 +330,11 @@ class DatSpectPipeline:
             supersedes=tuple(p.sop_instance_uid for p in context.previous_outputs),
         )
 
+    def failure_report(self, inputs: LoadedInputs, context: JobContext,
+                       reason: str) -> tuple[Dataset, ...]:
+        """Nothing is sent for a DaT series that cannot be analysed (the job record says why)."""
+        return ()
+
     def analyse(self, datasets: Sequence[Dataset], durations_s: dict[str, float]) -> StudyResult:
         """Gate, volume, normalise, quantify and score (no reports)."""
         m = measure(datasets, self.models, self.fallback_keywords, durations_s)
