@@ -36,10 +36,6 @@ from service.store import outbox
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
-_PROBE_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS node_probe ("
-    "id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL)"
-)
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,6 @@ def check_database(db: Any) -> Check:
     conn = db.connect()
     try:
         with conn:
-            conn.execute(_PROBE_SCHEMA)
             conn.execute("INSERT OR REPLACE INTO node_probe (id, checked_at) VALUES (1, ?)",
                          (time.time(),))
     finally:

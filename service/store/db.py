@@ -81,7 +81,8 @@ CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid, state);
 #: made) and ``ignored`` (no pipeline took it; reasons kept), their completion
 #: time and content hash; jobs gain the pipeline, their input series and the
 #: outputs they produced, and become unique per (pipeline, series, content).
-#: Release-0.1 rows were all DaT jobs of one series each.
+#: Release-0.1 rows were all DaT jobs of one series each. The readiness probe's
+#: one-row table (created by /ready itself in 0.1) joins the schema.
 _SCHEMA_V2 = """
 CREATE TABLE series_v2 (
     series_uid TEXT PRIMARY KEY,
@@ -141,6 +142,7 @@ ALTER TABLE jobs_v2 RENAME TO jobs;
 CREATE INDEX jobs_state ON jobs (state, id);
 CREATE INDEX jobs_study ON jobs (study_uid, pipeline, state);
 CREATE INDEX jobs_series ON jobs (pipeline, series_uid);
+CREATE TABLE IF NOT EXISTS node_probe (id INTEGER PRIMARY KEY, checked_at REAL NOT NULL);
 """
 
 
