@@ -21,6 +21,7 @@ from nodeproc import NodeProcess
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from service import cli
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.result import REGIONS, Region
@@ -87,6 +88,8 @@ def test_two_pipelines_and_an_ignored_series_in_one_study(tmp_path: Path) -> Non
         assert mr_row["routing"] == {
             "dat_spect": "declined: not a DaT SPECT series: modality is MR, not NM",
             "echo_ct": "declined: not a CT Image Storage series"}
+        [(dat_job,)] = node.query("SELECT id FROM jobs WHERE pipeline = 'dat_spect'")
+        node_outputs = node.api_get(f"/api/jobs/{dat_job}")[1]["outputs"]
         status, listed = node.api_get("/api/jobs?pipeline=echo_ct")
         assert [j["pipeline"] for j in listed["jobs"]] == ["echo_ct"]
         assert node.query("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == [(0,)]
@@ -95,3 +98,10 @@ def test_two_pipelines_and_an_ignored_series_in_one_study(tmp_path: Path) -> Non
         assert node.stop() == 0
     assert 'dopanode_series{state="ignored"} 1.0' in text
     assert 'dopanode_jobs{pipeline="echo_ct",state="done"} 1.0' in text
+
+    # `dopanode analyze` derives the same output UIDs for the same series as the node
+    assert cli.main(["analyze", str(tmp_path / "dat"), "--out", str(tmp_path / "offline")]) == 0
+    [folder] = (tmp_path / "offline").iterdir()
+    offline = {str(pydicom.dcmread(folder / name, stop_before_pixels=True).SOPInstanceUID)
+               for name in ("sr.dcm", "picture.dcm")}
+    assert offline == {o["sop_instance_uid"] for o in node_outputs}

@@ -461,3 +461,31 @@ def test_unsavable_output_counts_as_failed_attempt(store: Any,
     job = jobs.get(conn, job_id)  # type: ignore[arg-type]
     assert job is not None and job.state == "failed" and job.reason_code == "internal_error"
     assert outbox.items_for_job(conn, job_id) == []  # type: ignore[arg-type]
+
+
+def test_a_new_content_names_the_outputs_already_sent(store: Any,
+                                                      studies: dict[str, list[Path]]) -> None:
+    """The job that supersedes a delivered result is told what it replaces (Predecessors)."""
+    _, spool, conn = store
+    contexts: list[JobContext] = []
+
+    class Recording(Scripted):
+        def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
+            contexts.append(context)
+            return super().run(inputs, context)
+
+    first = receive(conn, spool, studies["ps"][0], quiet_s=1.0)
+    assert first is None and route(conn, spool, NOW + 2, sweep=True)
+    worker = make_worker(store, Recording("ok", "ok"))
+    assert worker.run_once(now=NOW + 2)
+    [done] = jobs.list_jobs(conn, state="done")
+    assert contexts[0].previous_outputs == ()
+    with conn:
+        conn.execute("UPDATE outbox SET state = 'sent'")
+    receive(conn, spool, studies["ps"][1], at=NOW + 3, quiet_s=1.0)  # a late instance
+    assert len(route(conn, spool, NOW + 5, sweep=True)) == 1
+    assert worker.run_once(now=NOW + 5)
+    [previous] = contexts[1].previous_outputs
+    assert previous.sop_instance_uid == done.outputs[0]["sop_instance_uid"]
+    assert previous.series_uid == done.outputs[0]["series_uid"]
+    assert contexts[1].created_at == NOW + 5 and contexts[0].job_key != contexts[1].job_key
