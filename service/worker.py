@@ -138,8 +138,9 @@ class Worker:
         with LeaseKeeper(self.database, job.id, self.owner, self.lease_s):
             try:
                 inputs, context = self._load(job), self._context(job)
+                read_s = time.perf_counter() - started
                 output = pipeline.run(inputs, context)
-                self._finish(job, output, time.perf_counter() - started)
+                self._finish(job, output, time.perf_counter() - started, read_s)
             except AnalysisError as exc:
                 reports = self._failure_report(pipeline, job, exc) if exc.code != "not_dicom" else ()
                 self._fail(job, exc.reason, exc.code, reports)
@@ -172,10 +173,10 @@ class Worker:
                          for o in jobs.previous_sent_outputs(self.conn, job))
         return JobContext(job.content_hash, job.created_at, previous, job.note or "")
 
-    def _finish(self, job: jobs.Job, output: PipelineOutput, total_s: float) -> None:
+    def _finish(self, job: jobs.Job, output: PipelineOutput, total_s: float,
+                read_s: float) -> None:
         saved = [self._save_output(job.id, ds) for ds in output.datasets]
-        durations = dict(output.stage_durations_s)
-        durations["total"] = total_s
+        durations = {"read": read_s, **output.stage_durations_s, "total": total_s}
         with self.conn:
             if not jobs.still_ours(self.conn, job.id, self.owner):
                 log.warning("job_lost_lease", extra={"fields": {"job_id": job.id}})
