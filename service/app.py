@@ -91,6 +91,7 @@ class Node:
         if "sender" in self.components:
             self._start_sender()
         if "worker" in self.components:
+            self._take_back_crashed_jobs()
             self._start_workers()
         if "scp" in self.components:
             self._start_scp()
@@ -111,6 +112,26 @@ class Node:
         finally:
             conn.close()
 
+    def _take_back_crashed_jobs(self) -> None:
+        """Expire the leases of this node's processes that died (kill -9, power loss).
+
+        Their jobs restart now instead of after ``worker.lease_s``; processes
+        of this node that are alive (another ``serve --only worker``) keep theirs.
+        """
+        from service.store.jobs import expire_leases
+        from service.store.runs import NodeRun
+
+        self.run = NodeRun(self.spool.root)
+        conn = self.database.connect()
+        try:
+            for run_id in self.run.dead_runs():
+                taken = expire_leases(conn, f"{self.run.node_id}:{run_id}:")
+                if taken:
+                    log.warning("crashed_run_jobs_taken_back", extra={"fields": {
+                        "jobs": taken, "run": run_id}})
+        finally:
+            conn.close()
+
     def _start_sender(self) -> None:
         from service.net.scu import sender_from_settings
 
@@ -126,7 +147,8 @@ class Node:
         wset = self.settings.worker
         workers = [
             Worker(self.database, self.spool, self.pipelines, self.settings.destination_names,
-                   lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s, name=f"w{i}",
+                   lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s,
+                   owner_prefix=self.run.owner_prefix, name=f"w{i}",
                    on_outputs=sender.wake if sender is not None else None)
             for i in range(wset.count)
         ]
@@ -178,7 +200,6 @@ class Node:
     def stop(self) -> None:
         """Orderly shutdown: SCP first, then workers (grace), sender, API."""
         from service.store.jobs import release_leases
-        from service.worker import lease_owner_prefix
 
         self._stop.set()
         if "scp" in self._parts:
@@ -188,13 +209,15 @@ class Node:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         busy = [t.name for t in self._threads if t.is_alive()]
-        if busy and hasattr(self, "database"):
+        if busy and hasattr(self, "run"):
             conn = self.database.connect(check_same_thread=False)
             try:
-                given_back = release_leases(conn, lease_owner_prefix())
+                given_back = release_leases(conn, self.run.owner_prefix)
             finally:
                 conn.close()
             log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
+        if hasattr(self, "run"):
+            self.run.close()
         if "sender" in self._parts:
             self._parts.pop("sender").stop()
         if "api" in self._parts:

@@ -17,8 +17,6 @@ thread renews while the pipeline runs). Outcomes:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -40,11 +38,6 @@ from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
-def lease_owner_prefix() -> str:
-    """The part of every lease owner id that names this process."""
-    return f"{socket.gethostname()}:{os.getpid()}:"
-
-
 class Worker:
     """One job-processing loop (run several for ``worker.count`` > 1).
 
@@ -60,6 +53,8 @@ class Worker:
         Lease length, seconds; renewed every third of it while a job runs.
     poll_interval_s : float
         Idle wait between queue polls, seconds.
+    owner_prefix : str
+        Names this process in lease owners (:attr:`service.store.runs.NodeRun.owner_prefix`).
     name : str
         Short name, part of the lease owner id.
     on_outputs : callable or None
@@ -74,6 +69,7 @@ class Worker:
         destination_names: Sequence[str] = (),
         lease_s: float = 300.0,
         poll_interval_s: float = 0.2,
+        owner_prefix: str = "local:0:",
         name: str = "w0",
         on_outputs: Callable[[], None] | None = None,
     ) -> None:
@@ -83,7 +79,7 @@ class Worker:
         self.destination_names = tuple(destination_names)
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
-        self.owner = f"{lease_owner_prefix()}{name}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{owner_prefix}{name}:{uuid.uuid4().hex[:8]}"
         self.on_outputs = on_outputs
         self.wake = threading.Event()
         self._conn: sqlite3.Connection | None = None

@@ -253,6 +253,19 @@ def release_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
     return cur.rowcount
 
 
+def expire_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
+    """Expire the leases of a process that is gone (it crashed): its jobs are claimable now.
+
+    The attempt stays counted (a job that kills its process is not retried
+    for ever); the next claim fails it when it has used ``max_attempts``.
+    """
+    with conn:
+        cur = conn.execute(
+            "UPDATE jobs SET lease_expires_at = 0 WHERE state = 'running' AND lease_owner LIKE ?",
+            (owner_prefix + "%",))
+    return cur.rowcount
+
+
 def retry(conn: sqlite3.Connection, job_id: int) -> bool:
     """Put a failed (or done) job back in the queue with fresh attempts; commits.
 

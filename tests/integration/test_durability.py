@@ -107,9 +107,12 @@ def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
 
 
 def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
+    """kill -9 mid-job: the restarted node takes the job back at once (its run is dead),
+    not after the shipped 300 s lease (reliability audit D10)."""
     dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}]
     node = NodeProcess(tmp_path / "node",
-                       settings=fake(tmp_path, 2.0, **{"destinations": dest, "worker": {"lease_s": 2.0}}))
+                       settings=fake(tmp_path, 2.0, **{"destinations": dest,
+                                                       "worker": {"lease_s": 300.0}}))
     with node:
         node.start()
         sent = subprocess.run(storescu_cmd(node, multiframe), capture_output=True, text=True,
@@ -119,8 +122,9 @@ def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
         node.kill()
         assert node.query("SELECT state FROM jobs") == [("running",)]
         node.start()
-        node.wait_for("SELECT state, attempts FROM jobs", [("done", 2)], 60)
+        node.wait_for("SELECT state, attempts FROM jobs", [("done", 2)], 30)
         assert (runs(tmp_path, "start"), runs(tmp_path, "end")) == (2, 1)
+        assert "crashed_run_jobs_taken_back" in node.log_text()
         rows = node.query("SELECT destination, path FROM outbox")
         assert len(rows) == 1 and rows[0][0] == "pacs" and os.path.isfile(rows[0][1])
         assert node.stop() == 0
