@@ -153,6 +153,9 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
     return router
 
 
+#: The largest integer SQLite (and PostgreSQL bigint) stores: larger ids and offsets are
+#: refused as invalid input (422), never passed to the database (audit D14).
+SQL_INT_MAX = 2**63 - 1
 _STATE_PATTERN = "^(" + "|".join(jobs.JOB_STATES) + ")$"
 _SERIES_STATE_PATTERN = "^(" + "|".join(SERIES_STATES) + ")$"
 _NAME_PATTERN = "^[a-z][a-z0-9_]{0,63}$"
@@ -167,7 +170,7 @@ def _job_routes(db: Any) -> APIRouter:
         state: Annotated[str | None, Query(pattern=_STATE_PATTERN)] = None,
         pipeline: Annotated[str | None, Query(pattern=_NAME_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
     ) -> dict[str, Any]:
         """Jobs, newest first, optionally of one state and pipeline (without results)."""
         with _connection(db) as conn:
@@ -193,7 +196,7 @@ def _job_routes(db: Any) -> APIRouter:
                            for r in rows], "limit": limit}
 
     @router.get("/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+    def get_job(job_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)]) -> dict[str, Any]:
         """One job with its result (when done) and the delivery state of its outputs."""
         with _connection(db) as conn:
             job = jobs.get(conn, job_id)
@@ -204,7 +207,7 @@ def _job_routes(db: Any) -> APIRouter:
                 "deliveries": [_delivery_view(i) for i in deliveries]}
 
     @router.post("/jobs/{job_id}/retry", tags=["jobs"], status_code=202)
-    def retry_job(job_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+    def retry_job(job_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)]) -> dict[str, Any]:
         """Queue a failed or done job again (its outputs replace the earlier ones)."""
         with _connection(db) as conn:
             if jobs.get(conn, job_id) is None:

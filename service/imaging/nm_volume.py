@@ -178,8 +178,10 @@ def _frames(ds: Dataset, n_frames: int) -> np.ndarray:
             "inconsistent_slices",
         )
     arr = arr.reshape(n_frames, int(ds.Rows), int(ds.Columns))
-    slope = float(ds.get("RescaleSlope") or 1.0)
-    intercept = float(ds.get("RescaleIntercept") or 0.0)
+    # A DS of "0" is a value, not an absence: never read it as the default 1.
+    slope_value, intercept_value = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    slope = 1.0 if slope_value in (None, "") else float(slope_value)
+    intercept = 0.0 if intercept_value in (None, "") else float(intercept_value)
     if slope == 0.0:
         raise AnalysisError("inconsistent slices: Rescale Slope is 0", "inconsistent_slices")
     return arr * slope + intercept

@@ -280,3 +280,15 @@ def test_real_uvicorn_server_serves_and_stops(tmp_path, db):
         server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=2)
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/api/jobs/99999999999999999999999"),
+    ("post", "/api/jobs/99999999999999999999999/retry"),
+    ("get", "/api/jobs?offset=99999999999999999999999"),
+])
+def test_out_of_range_integers_are_invalid_input_not_a_crash(tmp_path, db, method, path):
+    """Reliability audit D14: these gave HTTP 500 (OverflowError in SQLite)."""
+    r = getattr(client(make_settings(tmp_path), db), method)(path, headers=AUTH)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"

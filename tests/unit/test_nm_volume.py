@@ -258,3 +258,12 @@ def test_missing_slice_vector_uses_file_order_with_warning():
     np.testing.assert_array_equal(sitk.GetArrayFromImage(vol.image),
                                   sitk.GetArrayFromImage(reference))
     assert any("Slice Vector" in w for w in vol.warnings)
+
+
+@pytest.mark.parametrize("slope", ["0", "0.0", 0])
+def test_rescale_slope_zero_is_refused_not_read_as_one(slope):
+    """Reliability audit D16: a DS of 0 is falsy and used to fall back to slope 1."""
+    datasets = _small(EncodingVariant.MULTIFRAME)
+    datasets[0].RescaleSlope = slope
+    with pytest.raises(AnalysisError, match="Rescale Slope is 0"):
+        volume_from_datasets(datasets)
