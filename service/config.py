@@ -203,6 +203,17 @@ class StorageSettings(_Section):
     spool_sync: Literal["auto", "posix"] = "auto"
 
 
+#: Tokens that are an example's placeholder, never a secret.
+PLACEHOLDER_TOKEN_PREFIXES = ("change-me", "changeme", "replace-me", "your-token")
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
 class ApiSettings(_Section):
     """REST API address and Bearer token (None: /api answers loopback clients only)."""
 
@@ -215,7 +226,18 @@ class ApiSettings(_Section):
     def _long_enough(cls, value: str | None) -> str | None:
         if value is not None and len(value) < 8:
             raise ValueError("must be at least 8 characters")  # never echo the token
+        if value is not None and value.lower().startswith(PLACEHOLDER_TOKEN_PREFIXES):
+            raise ValueError("is the example's placeholder: set a random secret "
+                             "(e.g. openssl rand -hex 32)")
         return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiSettings:
+        """An API reachable from other hosts must have a token (audit D13)."""
+        if self.token is None and not _is_loopback(self.bind):
+            raise KeyedValueError("token", f"required when api.bind is not a loopback "
+                                           f"address (bind is {self.bind})")
+        return self
 
 
 class WorkerSettings(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,10 +200,24 @@ def test_dat_cnn_defaults_to_the_shipped_model_and_can_be_turned_off(tmp_path: P
     assert dat.cnn_path == Path("/srv/site_cnn.onnx")  # type: ignore[attr-defined]
 
 
-def test_release_01_example_file_still_loads() -> None:
-    s = load_settings(RELEASE_01_EXAMPLE, environ={})
+def test_release_01_example_file_still_loads_once_its_placeholder_token_is_replaced() -> None:
+    """The 0.1 example's sections load under their new names; its placeholder token is
+    refused by name (audit D13) until the site sets a secret, here from the environment."""
+    with pytest.raises(ConfigError, match=r"^api.token: is the example's placeholder"):
+        load_settings(RELEASE_01_EXAMPLE, environ={})
+    s = load_settings(RELEASE_01_EXAMPLE, environ={"DOPANODE_API__TOKEN": "a" * 32})
     assert s.destination_names == ("pacs",) and s.pipelines["dat_spect"].enabled
     assert s.notes == ("rename analysis.fallback_keywords to pipelines.dat_spect.fallback_keywords",)
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "10.1.2.3"])
+def test_an_api_off_loopback_needs_a_token(bind: str) -> None:
+    """Audit D13: an API on other interfaces without a token was accepted."""
+    with pytest.raises(ConfigError, match=r"^api.token: required when api.bind is not a loopback"):
+        load_settings(None, environ={"DOPANODE_API__BIND": bind})
+    s = load_settings(None, environ={"DOPANODE_API__BIND": bind, "DOPANODE_API__TOKEN": "b" * 32})
+    assert s.api.bind == bind
+    assert load_settings(None, environ={"DOPANODE_API__BIND": "::1"}).api.token is None
 
 
 def test_release_01_sections_are_read_with_rename_notes(tmp_path: Path) -> None:
@@ -276,7 +291,8 @@ def test_describe_lists_every_registered_pipeline(tmp_path: Path,
 
 def run_config_check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_config_check_command(tmp_path: Path) -> None:
@@ -292,6 +308,6 @@ def test_config_check_command(tmp_path: Path) -> None:
 
 
 def test_config_check_names_the_renames_of_a_release_01_file() -> None:
-    res = run_config_check(RELEASE_01_EXAMPLE)
+    res = run_config_check(RELEASE_01_EXAMPLE, env={"DOPANODE_API__TOKEN": "c" * 32})
     assert res.returncode == 0, res.stderr
     assert "rename analysis.fallback_keywords to pipelines.dat_spect.fallback_keywords" in res.stdout
