@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from typing import Any
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 
 from service import memory, metrics
 from service.dicom.header import read_series
@@ -37,6 +39,16 @@ from service.store import db, jobs, outbox
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
+
+#: Unexpected errors that the same inputs raise again on every attempt (malformed data
+#: reaching code that did not expect it, or a bug): the job fails at once instead of
+#: running ``max_attempts`` times (reliability audit D18). Anything else (OSError,
+#: MemoryError, a locked database) may pass and is retried.
+DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (
+    RecursionError, AttributeError, TypeError, ValueError, KeyError, IndexError,
+    NotImplementedError, ZeroDivisionError, struct.error, BytesLengthException,
+)
+
 
 class Worker:
     """One job-processing loop (run several for ``worker.count`` > 1).
@@ -221,6 +233,10 @@ class Worker:
 
     def _retry_or_fail(self, job: jobs.Job, exc: Exception) -> None:
         reason = f"internal error: {type(exc).__name__}"
+        if isinstance(exc, DETERMINISTIC_ERRORS):
+            self._fail(job, f"{reason} while analysing these inputs (not retried: the same "
+                            "input gives the same error; see the node's log)", "internal_error")
+            return
         if job.attempts >= job.max_attempts:
             self._fail(job, f"{reason} (gave up after {job.attempts} attempts)", "internal_error")
             return

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from service.dicom import codes
 from service.dicom.uids import validated_uid
@@ -181,21 +181,38 @@ def read_series_header(path: Path) -> Dataset:
     return dcmread(path, stop_before_pixels=True)
 
 
+#: What a damaged data set raises while it is read and its elements are parsed.
+DAMAGED_DATA_ERRORS: tuple[type[Exception], ...] = (
+    InvalidDicomError, EOFError, KeyError, TypeError, AttributeError, struct.error,
+    NotImplementedError, ValueError, RecursionError, IndexError, BytesLengthException,
+    OverflowError,
+)  # not OSError: a file that cannot be opened now may be readable on the next attempt
+
+
 def read_series(paths: Sequence[Path]) -> tuple[Dataset, ...]:
-    """Read an input series' Part-10 files.
+    """Read an input series' Part-10 files, every element parsed now (pixel data stays encoded).
+
+    pydicom parses elements lazily; a damaged element would otherwise raise
+    deep inside an analysis as an unexpected error. Parsing them here turns
+    damaged input into one clear refusal.
 
     Raises
     ------
     AnalysisError
-        ``not_dicom`` for a file that cannot be read as DICOM, ``no_instances``
-        for an empty series.
+        ``not_dicom`` for a file that cannot be read or parsed as DICOM (the
+        reason names the error class, never a value), ``no_instances`` for
+        an empty series.
     """
     datasets: list[Dataset] = []
     for path in paths:
         try:
-            datasets.append(dcmread(path))
-        except (InvalidDicomError, EOFError, ValueError) as exc:
-            raise AnalysisError("not a DICOM file in the series", "not_dicom") from exc
+            ds = dcmread(path)
+            for _ in ds.iterall():  # parse every element, sequences included
+                pass
+        except DAMAGED_DATA_ERRORS as exc:
+            raise AnalysisError(f"a file of the series is not readable DICOM "
+                                f"({type(exc).__name__})", "not_dicom") from exc
+        datasets.append(ds)
     if not datasets:
         raise AnalysisError("no instances", "no_instances")
     return tuple(datasets)

@@ -489,3 +489,39 @@ def test_a_new_content_names_the_outputs_already_sent(store: Any,
     assert previous.sop_instance_uid == done.outputs[0]["sop_instance_uid"]
     assert previous.series_uid == done.outputs[0]["series_uid"]
     assert contexts[1].created_at == NOW + 5 and contexts[0].job_key != contexts[1].job_key
+
+
+def test_deterministic_errors_fail_at_once_not_after_every_attempt(
+        store: Any, studies: dict[str, list[Path]]) -> None:
+    """Audit D18: malformed data reaching code that did not expect it ran max_attempts times."""
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0], max_attempts=3)
+    pipe = Scripted(TypeError("unexpected multiplicity"))
+    worker = make_worker(store, pipe)
+    assert worker.run_once() and not worker.run_once()
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.state, job.attempts, job.reason_code) == (
+        "failed", 1, "internal_error")
+    assert "TypeError" in (job.reason or "") and "not retried" in (job.reason or "")
+    assert pipe.calls == 1
+
+
+def test_a_damaged_element_is_refused_when_read(tmp_path: Path) -> None:
+    """A Rows (US) element of 3 bytes parses only when touched: read_series parses it now."""
+    import struct
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Rows = codes.NM_IMAGE_STORAGE, "1.2.3", 64
+    ds.save_as(tmp_path / "ok.dcm", enforce_file_format=True)
+    raw = (tmp_path / "ok.dcm").read_bytes()
+    at = raw.index(b"\x28\x00\x10\x00US")
+    (tmp_path / "bad.dcm").write_bytes(raw[:at + 6] + struct.pack("<H", 3) + raw[at + 8:] + b"\0")
+    assert header_mod.read_series([tmp_path / "ok.dcm"])[0].Rows == 64
+    with pytest.raises(AnalysisError, match=r"not readable DICOM \(BytesLengthException\)") as info:
+        header_mod.read_series([tmp_path / "bad.dcm"])
+    assert info.value.code == "not_dicom"
