@@ -25,6 +25,7 @@ from service.pipelines.dat_spect.result import (
     ReportImages,
     StudyResult,
 )
+from service.pipelines.dat_spect.verdict import contradiction
 
 WIDTH_PX = 1280
 HEIGHT_PX = 960
@@ -50,10 +51,17 @@ REGION_ORDER = tuple(_REGION_NAMES)
 
 
 def headline(result: StudyResult) -> tuple[str, str]:
-    """The global result in words and its colour."""
+    """The global result in words and its colour.
+
+    Never NORMAL (or REDUCED) above a table that contradicts it: where the
+    methods or the reported levels disagree with the call
+    (:func:`.verdict.contradiction`), the headline is INCONCLUSIVE and says
+    why, even for a result whose flag was not set.
+    """
     score = result.global_score
-    if score.inconclusive:
-        text = "INCONCLUSIVE - " + ("reduced?" if score.reduced else "normal?")
+    why = contradiction(result.regions, score)
+    if score.inconclusive or why:
+        text = "INCONCLUSIVE - " + (why or ("reduced?" if score.reduced else "normal?"))
         return text, "#f9a825"
     if score.reduced:
         return "REDUCED striatal DaT uptake (abnormal)", LEVEL_COLOURS[3]
