@@ -44,6 +44,7 @@ from service.pipelines.dat_spect.levels import Calibration, global_score, level_
 from service.pipelines.dat_spect.normalise import Normalisation, normalise
 from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.preprocess import cnn_input
+from service.pipelines.dat_spect.provenance import CalibrationInfo
 from service.pipelines.dat_spect.quantify import REFERENCE_REGION, Quantification, quantify
 from service.pipelines.dat_spect.result import (
     REGIONS,
@@ -286,6 +287,10 @@ class DatSpectPipeline:
         if self.models.calibration is None:
             raise ValueError(f"no {CALIBRATION_FILE} beside the template: cannot score")
         self.calibration: Calibration = self.models.calibration
+        normals = self.models.normals
+        self.calibration_info = CalibrationInfo(
+            self.calibration.provenance, None if normals is None else normals.provenance
+        )
         self.fallback_keywords = tuple(fallback_keywords)
         self.cnn = cnn
         if cnn is None:
@@ -365,6 +370,7 @@ class DatSpectPipeline:
             images=report_images(m.normalisation.volume_zyx, self.models.atlas),
             patient_age_years=m.age_years,
             warnings=tuple(warnings),
+            calibration=self.calibration_info,
         )
 
     def build_reports(
