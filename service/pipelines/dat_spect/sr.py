@@ -110,7 +110,7 @@ def algorithm_identification(result: StudyResult) -> AlgorithmIdentification:
     )
 
 
-def _observation_context() -> hd.sr.ObservationContext:
+def observation_context() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=DEVICE_OBSERVER_UID,
         name="dopanode",
@@ -282,16 +282,16 @@ def build_measurement_report(result: StudyResult, job_key: str) -> hd.sr.Measure
         )
     )
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(),
+        observation_context=observation_context(),
         procedure_reported=[codes.SPECT_BRAIN],
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(qualitative_evaluations(result))
-    _mark_separate(report[0])
+    mark_separate(report[0])
     return report
 
 
-def _mark_separate(item: Dataset) -> None:
+def mark_separate(item: Dataset) -> None:
     """Set every container to SEPARATE: a list of findings, not running prose.
 
     With CONTINUOUS, renderers such as DCMTK's dsr2html run the children
@@ -301,7 +301,7 @@ def _mark_separate(item: Dataset) -> None:
     if item.ValueType == "CONTAINER":
         item.ContinuityOfContent = "SEPARATE"
     for child in item.get("ContentSequence", []):
-        _mark_separate(child)
+        mark_separate(child)
 
 
 def _reference_dataset(ref: OutputRef) -> Dataset:
