@@ -23,6 +23,7 @@ import pytest
 from conftest import free_port, require_tool
 from nmdata import marker_image, write_marker_study
 from nodeproc import NodeProcess, wait_until
+from pydicom.errors import InvalidDicomError
 from test_ingress_dcmtk import storescu
 from test_sender_dcmtk import received, start_storescp
 
@@ -75,7 +76,7 @@ def delivered(inbox: Path, series_uid: str) -> list[pydicom.Dataset]:
     for path in received(inbox):
         try:
             ds = pydicom.dcmread(path)
-        except Exception:  # storescp may still be writing it
+        except (InvalidDicomError, EOFError, OSError, ValueError):  # storescp still writing
             continue
         evidence = ds.get("CurrentRequestedProcedureEvidenceSequence", [])
         refs = {r.SeriesInstanceUID for e in evidence for r in e.ReferencedSeriesSequence}

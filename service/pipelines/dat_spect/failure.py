@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import highdicom as hd
 from highdicom.sr import CodeContentItem, ContainerContentItem, ContentItem, TextContentItem
@@ -63,7 +64,8 @@ def failure_text(reason: str) -> str:
 def _content(reason: str) -> ContainerContentItem:
     contains = RelationshipTypeValues.CONTAINS
     root = ContainerContentItem(name=dcm_codes.LN.DiagnosticImagingReport)
-    items: list[ContentItem] = list(observation_context())
+    # ObservationContext holds ContentItems, typed as plain Datasets by highdicom.
+    items = cast(list[ContentItem], list(observation_context()))
     items += [
         CodeContentItem(dcm_codes.DCM.ProcedureReported, codes.SPECT_BRAIN,
                         RelationshipTypeValues.HAS_CONCEPT_MOD),
