@@ -118,3 +118,20 @@ def test_build_commands_write_provenance(tmp_path: Path) -> None:
                  "--simulated"]) == 0
     assert json.loads((tmp_path / "site.json").read_text())["provenance"] == SITE
     assert json.loads((tmp_path / "sim.json").read_text())["provenance"] == SIMULATED
+
+
+def test_sbr_verdict_on_simulated_thresholds_is_indicative() -> None:
+    from service.pipelines.dat_spect.verdict import INDICATIVE_RULE, with_calibration
+
+    sbr = example_result(reduced=True, with_cnn=False)
+    simulated = CalibrationInfo(SIMULATED, SIMULATED)
+    score = with_calibration(sbr.global_score, simulated)
+    assert score.rule.endswith(INDICATIVE_RULE) and score.reduced and not score.inconclusive
+    assert with_calibration(sbr.global_score, CalibrationInfo(SITE, SITE)) == sbr.global_score
+    cnn = example_result(reduced=True, with_cnn=True)
+    assert with_calibration(cnn.global_score, simulated) == cnn.global_score
+    assert render.headline(replace(sbr, calibration=simulated))[0] == (
+        "REDUCED DaT uptake - INDICATIVE")
+    normal = example_result(reduced=False, with_cnn=False)
+    assert render.headline(replace(normal, calibration=CalibrationInfo(SITE, SITE)))[0] == (
+        "NORMAL striatal DaT uptake")

@@ -65,7 +65,7 @@ from service.pipelines.dat_spect.result import (
     summary_dict,
 )
 from service.pipelines.dat_spect.template import load_template
-from service.pipelines.dat_spect.verdict import consistent_score
+from service.pipelines.dat_spect.verdict import consistent_score, with_calibration
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ class DatSpectPipeline:
                 regions, score = rate_with_cnn(
                     self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
                 )
-        score = consistent_score(regions, score)
+        score = with_calibration(consistent_score(regions, score), self.calibration_info)
         warnings = list(m.warnings)
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")

@@ -25,6 +25,7 @@ from service.pipelines.dat_spect.result import (
     ReportImages,
     StudyResult,
 )
+from service.pipelines.dat_spect.provenance import SIMULATED
 from service.pipelines.dat_spect.verdict import contradiction
 
 WIDTH_PX = 1280
@@ -65,6 +66,12 @@ def headline(result: StudyResult) -> tuple[str, str]:
     if score.inconclusive or why:
         text = "INCONCLUSIVE - " + (why or ("reduced?" if score.reduced else "normal?"))
         return text, "#f9a825"
+    if score.method == "sbr" and result.calibration is not None and (
+            result.calibration.thresholds == SIMULATED):
+        # The call rests on thresholds from simulated scans, not this camera.
+        if score.reduced:
+            return "REDUCED DaT uptake - INDICATIVE", LEVEL_COLOURS[3]
+        return "NORMAL DaT uptake - INDICATIVE", LEVEL_COLOURS[0]
     if score.reduced:
         return "REDUCED striatal DaT uptake (abnormal)", LEVEL_COLOURS[3]
     return "NORMAL striatal DaT uptake", LEVEL_COLOURS[0]

@@ -16,7 +16,9 @@ The rule here, applied after both have rated a scan:
 
 The binary call itself (``reduced``) is left as the method made it; only the
 inconclusive flag and the rule text change. A result whose methods agree is
-returned unchanged.
+returned unchanged. A verdict of the SBR path (no CNN) on the shipped
+simulated thresholds says in its rule that it is indicative only
+(:func:`with_calibration`; the picture headline says INDICATIVE).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
 from service.pipelines.dat_spect.result import GlobalScore, Level, RegionResult
 
 #: The level from which a region counts as reduced (moderate reduction).
 REDUCED_FROM = Level.MODERATE_REDUCTION
+#: Appended to the rule of an SBR-threshold verdict on the shipped simulated thresholds.
+INDICATIVE_RULE = "indicative only: SBR thresholds from the shipped SIMULATED calibration"
 
 
 def _name(r: RegionResult) -> str:
@@ -78,6 +83,13 @@ def consistent_score(regions: Sequence[RegionResult], score: GlobalScore) -> Glo
         return score
     return replace(score, inconclusive=True,
                    rule=f"inconclusive: {'; '.join(reasons)}. Rule: {score.rule}")
+
+
+def with_calibration(score: GlobalScore, calibration: CalibrationInfo) -> GlobalScore:
+    """An SBR-path verdict on simulated thresholds says it is indicative (rule text)."""
+    if score.method != "sbr" or calibration.thresholds != SIMULATED:
+        return score
+    return replace(score, rule=f"{score.rule}; {INDICATIVE_RULE}")
 
 
 def contradiction(regions: Sequence[RegionResult], score: GlobalScore) -> str:
