@@ -120,3 +120,44 @@ def test_picture_report_headline_is_amber_not_green() -> None:
 
     assert count("#f9a825") > 3000
     assert count(render.LEVEL_COLOURS[0]) == 0
+
+
+class _NormalCnn:
+    """Stands in for a CnnSession that calls every scan normal (level 0 everywhere)."""
+
+    name = "always-normal"
+    sha256 = "ab" * 32
+
+
+def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phantom with the left putamen at a fifth of the right: SBR thresholds say level >= 2,
+    a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why."""
+    from dat_phantom import make_phantom, random_pose
+    from nmdata import CAMERA, SUBJECT
+
+    from service.imaging.atlas import load_atlas
+    from service.pipelines.dat_spect import pipeline as dat_pipeline
+    from service.pipelines.dat_spect.result import GlobalScore
+    from service.sim.nm_writer import EncodingVariant, build_nm_datasets
+
+    def rate_normal(cnn: object, volume: object, atlas: object, regions: tuple) -> tuple:
+        rated = tuple(replace(r, level_cnn=Level.NORMAL) for r in regions)
+        return rated, GlobalScore(False, False, "test rule", "cnn")
+
+    monkeypatch.setattr(dat_pipeline, "rate_with_cnn", rate_normal)
+    pipe = dat_pipeline.DatSpectPipeline(cnn=_NormalCnn())  # type: ignore[arg-type]
+    rng = np.random.default_rng(11)
+    true_sbr = {Region.CAUDATE_LEFT: 4.0, Region.CAUDATE_RIGHT: 4.0,
+                Region.PUTAMEN_LEFT: 0.7, Region.PUTAMEN_RIGHT: 3.6}
+    phantom = make_phantom(load_atlas(), true_sbr, random_pose(rng), rng)
+    datasets = build_nm_datasets(phantom.image, CAMERA, SUBJECT, EncodingVariant.MULTIFRAME,
+                                 "verdict-pipeline")
+    result = pipe.analyse(datasets, {})
+    putamen_left = result.region(Region.PUTAMEN_LEFT)
+    assert putamen_left.level_sbr >= Level.MODERATE_REDUCTION
+    assert putamen_left.level_cnn == Level.NORMAL
+    score = result.global_score
+    assert score.inconclusive and not score.reduced
+    assert f"putamen left (CNN 0, SBR {int(putamen_left.level_sbr)})" in score.rule
+    assert render.headline(result)[0] == "INCONCLUSIVE - CNN and SBR disagree"
+    assert result.calibration is not None and result.calibration.indicative
