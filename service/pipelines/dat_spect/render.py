@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from service.pipelines.dat_spect.provenance import SIMULATED
 from service.pipelines.dat_spect.result import (
     Level,
     Region,
@@ -25,7 +26,6 @@ from service.pipelines.dat_spect.result import (
     ReportImages,
     StudyResult,
 )
-from service.pipelines.dat_spect.provenance import SIMULATED
 from service.pipelines.dat_spect.verdict import contradiction
 
 WIDTH_PX = 1280
