@@ -143,7 +143,8 @@ def main() -> int:
     normal_scans = [s for s in scans if s["disease_class"] == "normal"]
     source = (f"SIMULATED normals (service.sim, profile {args.profile}, seed {args.seed}); "
               "not patient data")
-    db = fit_normals([s["sbr"] for s in normal_scans], [s["age"] for s in normal_scans], source)
+    db = fit_normals([s["sbr"] for s in normal_scans], [s["age"] for s in normal_scans], source,
+                     provenance="simulated")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.iterations > 0:
         save_template(args.out / TEMPLATE_FILE, np.round(template, 3),
@@ -152,6 +153,7 @@ def main() -> int:
                       f"{args.start_template.name if args.start_template else 'the model template'}")
     calibration = labels.calibration().to_dict()
     calibration["source"] = f"GMM labels of {len(scans)} SIMULATED scans ({args.profile})"
+    calibration["provenance"] = "simulated"
     (args.out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
     (args.out / NORMALS_FILE).write_text(json.dumps(db.to_dict(), indent=2) + "\n")
     for name, fit in labels.fits.items():

@@ -216,7 +216,8 @@ def label_sites(studies: Sequence[Study], work_dir: Path, seed: int) -> Path:
                                np.random.default_rng(seed))
         out = work_dir / "labels" / site
         out.mkdir(parents=True, exist_ok=True)
-        (out / "calibration.json").write_text(json.dumps(labels.calibration().to_dict(), indent=2))
+        calibration = {**labels.calibration().to_dict(), "provenance": "simulated"}
+        (out / "calibration.json").write_text(json.dumps(calibration, indent=2))
         for s, sbr, levels in zip(members, sbrs, labels.levels, strict=True):
             rows.append({
                 "study_id": s.study_id, "site": s.site, "role": s.role,

@@ -78,3 +78,12 @@ SPECIFIC_BINDING_RATIO = Code("DN-0010", PRIVATE_SCHEME, "Specific binding ratio
 PUTAMEN_CAUDATE_RATIO = Code("DN-0011", PRIVATE_SCHEME, "Putamen/caudate SBR ratio")
 ASYMMETRY_INDEX = Code("DN-0012", PRIVATE_SCHEME, "Asymmetry index")
 REGISTRATION_QUALITY = Code("DN-0013", PRIVATE_SCHEME, "Spatial normalisation quality")
+#: Where the SBR thresholds and the normal database came from (see
+#: :mod:`service.pipelines.dat_spect.provenance`); the note says what it means
+#: for the reader (levels and z-scores indicative when simulated).
+CALIBRATION_PROVENANCE = Code("DN-0014", PRIVATE_SCHEME, "Calibration provenance")
+CALIBRATION_NOTE = Code("DN-0015", PRIVATE_SCHEME, "Calibration note")
+SIMULATED_CALIBRATION = Code("DN-C1", PRIVATE_SCHEME, "Shipped simulated calibration")
+SITE_CALIBRATION = Code("DN-C2", PRIVATE_SCHEME, "Site calibration")
+#: The "analysis not possible" report of a series that was taken but not analysed.
+ANALYSIS_NOT_POSSIBLE = Code("DN-0020", PRIVATE_SCHEME, "Analysis not possible")

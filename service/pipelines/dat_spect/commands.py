@@ -15,11 +15,13 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.dicom.uids import is_valid_uid
 from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
+from service.pipelines.dat_spect.provenance import SIMULATED, SITE
 
 if TYPE_CHECKING:
     from service.pipelines.dat_spect.pipeline import DatModels, Measurement
@@ -53,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cap on the normal component's SD as a fraction of its mean "
                         "(default %(default)s, from simulated normals; set from a site's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--simulated", action="store_true",
+                   help="mark calibration.json as built from simulated scans (reports then "
+                        "call its levels indicative); default: the site's own scans")
     _common(p)
     p.set_defaults(func=cmd_label)
 
@@ -69,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="folder of normal scans, or CSV of SBR (+ age)")
     p.add_argument("--out", type=Path, required=True, help="normals.json to write")
     p.add_argument("--source", default="", help="provenance text stored in the file")
+    p.add_argument("--simulated", action="store_true",
+                   help="mark normals.json as built from simulated scans (reports then call "
+                        "its z-scores indicative); default: the site's own normal scans")
     _common(p)
     p.set_defaults(func=cmd_build_normals)
 
@@ -255,7 +263,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         m = fit.mixture
         fits[name] = {"weights": m.weights, "means": m.means, "sds": m.sds, "bic": m.bic,
                       "thresholds": fit.thresholds.values}
-    (args.out / "calibration.json").write_text(json.dumps(labels.calibration().to_dict(), indent=2))
+    calibration = replace(labels.calibration(), provenance=SIMULATED if args.simulated else SITE)
+    (args.out / "calibration.json").write_text(json.dumps(calibration.to_dict(), indent=2))
     (args.out / "fits.json").write_text(json.dumps(fits, indent=2))
     print(f"labelled {len(rows)} scans of {args.dataset} into {args.out}")
     return 0
@@ -271,6 +280,7 @@ def cmd_build_normals(args: argparse.Namespace) -> int:
         [{Region(c): row[c] for c in CSV_REGIONS} for row in rows],
         [row["age"] for row in rows],
         source=args.source or f"normal scans from {args.input.name}",
+        provenance=SIMULATED if args.simulated else SITE,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(db.to_dict(), indent=2) + "\n")

@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from service.dicom import codes as dicom_codes
 from service.imaging.atlas import LABELS, load_atlas
+from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
 from service.pipelines.dat_spect.result import (
     AlgorithmInfo,
     GlobalScore,
@@ -156,6 +157,7 @@ def example_result(reduced: bool = True, with_cnn: bool = True) -> StudyResult:
         ),
         images=example_images(sbr_by_region),
         patient_age_years=67.0,
+        calibration=CalibrationInfo(SIMULATED, SIMULATED),
     )
 
 

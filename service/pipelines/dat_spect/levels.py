@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from service.imaging.gmm import Mixture
+from service.pipelines.dat_spect.provenance import SITE, provenance_of
 from service.pipelines.dat_spect.result import GlobalScore, Level, Region
 
 #: Smallest weight of a mixture component that may be the normal population.
@@ -107,11 +108,14 @@ class Calibration:
     caudate, putamen : Thresholds
     source : str
         Free text, e.g. ``"GMM labels of dataset sim-v1 (simulated)"``.
+    provenance : str
+        ``"simulated"`` or ``"site"`` (:mod:`.provenance`).
     """
 
     caudate: Thresholds
     putamen: Thresholds
     source: str
+    provenance: str = SITE
 
     def for_region(self, region: Region) -> Thresholds:
         return self.caudate if region.structure == "caudate" else self.putamen
@@ -119,6 +123,7 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "provenance": self.provenance,
             "reference_region": "occipital cortex",
             "thresholds": {s: list(getattr(self, s).values) for s in STRUCTURES},
         }
@@ -130,6 +135,7 @@ class Calibration:
             caudate=Thresholds(tuple(float(v) for v in th["caudate"])),  # type: ignore[arg-type]
             putamen=Thresholds(tuple(float(v) for v in th["putamen"])),  # type: ignore[arg-type]
             source=str(data.get("source", "")),
+            provenance=provenance_of(data),
         )
 
 

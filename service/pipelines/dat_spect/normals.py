@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from service.pipelines.dat_spect.provenance import SITE, provenance_of
 from service.pipelines.dat_spect.result import REGIONS, Region
 
 #: Fewest normal scans a database may be built from.
@@ -56,12 +57,15 @@ class NormalDatabase:
     n_scans : int
     source : str
         Where the normals came from (e.g. ``"simulated normals, sim-v1"``).
+    provenance : str
+        ``"simulated"`` or ``"site"`` (:mod:`.provenance`).
     """
 
     norms: Mapping[Region, RegionNorm]
     ref_age_years: float
     n_scans: int
     source: str
+    provenance: str = SITE
 
     def expected(self, region: Region, age_years: float | None) -> tuple[float, float]:
         """Age-expected normal SBR and SD; the reference age when ``age_years`` is None."""
@@ -77,6 +81,7 @@ class NormalDatabase:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "provenance": self.provenance,
             "n_scans": self.n_scans,
             "ref_age_years": self.ref_age_years,
             "model": "sbr = intercept + slope_per_year * (age - ref_age_years)",
@@ -101,13 +106,15 @@ class NormalDatabase:
         missing = set(REGIONS) - set(norms)
         if missing:
             raise ValueError(f"normal database lacks regions {sorted(missing)}")
-        return cls(norms, float(data["ref_age_years"]), int(data["n_scans"]), str(data["source"]))
+        return cls(norms, float(data["ref_age_years"]), int(data["n_scans"]), str(data["source"]),
+                   provenance_of(data))
 
 
 def fit_normals(
     sbr_rows: Sequence[Mapping[Region, float]],
     ages_years: Sequence[float | None],
     source: str,
+    provenance: str = SITE,
 ) -> NormalDatabase:
     """Fit the per-region age regression to normal scans.
 
@@ -119,6 +126,8 @@ def fit_normals(
         Age per scan; if any is None the slope is not fitted (0).
     source : str
         Provenance text stored in the database.
+    provenance : str
+        ``"site"`` (default) or ``"simulated"``.
     """
     if len(sbr_rows) != len(ages_years):
         raise ValueError("one age per scan is needed")
@@ -136,4 +145,5 @@ def fit_normals(
         residual = y - y.mean() - slope * centred
         dof = y.size - (2 if fit_slope else 1)
         norms[region] = RegionNorm(float(y.mean()), slope, float(np.sqrt((residual**2).sum() / dof)))
-    return NormalDatabase(norms, ref_age if have_ages else 0.0, len(sbr_rows), source)
+    return NormalDatabase(norms, ref_age if have_ages else 0.0, len(sbr_rows), source,
+                          provenance)

@@ -31,7 +31,9 @@ from service.imaging.atlas import LABELS, Atlas, load_atlas
 from service.imaging.nm_volume import volume_from_datasets
 from service.paths import default_models_dir
 from service.pipelines.base import (
+    PRIMARY,
     InputPlan,
+    InputSeries,
     JobContext,
     LoadedInputs,
     PipelineOutput,
@@ -39,11 +41,18 @@ from service.pipelines.base import (
     SeriesView,
 )
 from service.pipelines.dat_spect.cnn import CnnSession
+from service.pipelines.dat_spect.completeness import (
+    announced_slices,
+    as_incomplete,
+    check_count,
+    check_coverage,
+)
 from service.pipelines.dat_spect.gate import check_dat_series
 from service.pipelines.dat_spect.levels import Calibration, global_score, level_for
 from service.pipelines.dat_spect.normalise import Normalisation, normalise
 from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.preprocess import cnn_input
+from service.pipelines.dat_spect.provenance import CalibrationInfo
 from service.pipelines.dat_spect.quantify import REFERENCE_REGION, Quantification, quantify
 from service.pipelines.dat_spect.result import (
     REGIONS,
@@ -56,6 +65,7 @@ from service.pipelines.dat_spect.result import (
     summary_dict,
 )
 from service.pipelines.dat_spect.template import load_template
+from service.pipelines.dat_spect.verdict import consistent_score, with_calibration
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ CALIBRATION_FILE = "calibration.json"
 NORMALS_FILE = "normals.json"
 ALGORITHM_NAME = "dopanode DaT SBR"
 ALGORITHM_NAME_CNN = "dopanode DaT CNN"
+#: Default wait for the rest of a per-slice series that announced more slices, seconds.
+DEFAULT_INCOMPLETE_WAIT_S = 600.0
 #: Half thickness of the axial slab shown in the picture report, in 2 mm slices.
 SLAB_HALF_SLICES = 4
 
@@ -247,13 +259,26 @@ def measure(
     fallback_keywords: Sequence[str],
     durations_s: dict[str, float],
 ) -> Measurement:
-    """Gate, build the volume, normalise and quantify one series."""
+    """Gate, build the volume, normalise and quantify one series.
+
+    Raises
+    ------
+    AnalysisError
+        ``incomplete_series`` (:mod:`.completeness`): fewer slices than
+        announced, gaps in the stack, or slices that do not cover the head;
+        the gate's, the volume reader's and the registration's codes.
+    """
     with _stage(durations_s, "gate"):
         check_dat_series(datasets[0], tuple(fallback_keywords))
+        check_count(datasets)
     with _stage(durations_s, "volume"):
-        volume = volume_from_datasets(datasets)
+        try:
+            volume = volume_from_datasets(datasets)
+        except AnalysisError as exc:
+            raise as_incomplete(exc) from exc
     with _stage(durations_s, "normalise"):
         norm = normalise(volume.image, models.template_zyx, models.atlas)
+        check_coverage(volume.image, norm.transform, models.atlas)
     with _stage(durations_s, "quantify"):
         quant = quantify(norm.volume_zyx, models.atlas)
     return Measurement(norm, quant, patient_age_years(datasets[0]), volume.warnings)
@@ -270,6 +295,13 @@ class DatSpectPipeline:
         Series description keywords that admit a series without a tracer code.
     cnn : CnnSession or None
         The CNN that rates the regions; None scores by SBR thresholds only.
+    report_failures : bool
+        Send a short "analysis not possible" SR for a taken series that
+        cannot be analysed (:mod:`.failure`); False sends nothing.
+    incomplete_wait_s : float
+        How long routing waits, after the series' quiet-time completion, for
+        the rest of a per-slice series that announced more slices than
+        arrived (:mod:`.completeness`); then the job is made and refused.
     """
 
     name = "dat_spect"
@@ -280,11 +312,19 @@ class DatSpectPipeline:
         models: DatModels | None = None,
         fallback_keywords: Sequence[str] = (),
         cnn: CnnSession | None = None,
+        report_failures: bool = True,
+        incomplete_wait_s: float = DEFAULT_INCOMPLETE_WAIT_S,
     ) -> None:
+        self.report_failures = report_failures
+        self.incomplete_wait_s = float(incomplete_wait_s)
         self.models = models or load_dat_models()
         if self.models.calibration is None:
             raise ValueError(f"no {CALIBRATION_FILE} beside the template: cannot score")
         self.calibration: Calibration = self.models.calibration
+        normals = self.models.normals
+        self.calibration_info = CalibrationInfo(
+            self.calibration.provenance, None if normals is None else normals.provenance
+        )
         self.fallback_keywords = tuple(fallback_keywords)
         self.cnn = cnn
         if cnn is None:
@@ -310,8 +350,22 @@ class DatSpectPipeline:
             return Selection.decline(exc.reason)
 
     def inputs(self, primary: SeriesView, study: Sequence[SeriesView], now: float) -> InputPlan:
-        """Only the series itself."""
-        return InputPlan.single(primary.series_uid)
+        """Only the series itself; but wait for the rest of an incomplete per-slice series.
+
+        A per-slice series holding fewer instances than its header announces
+        waits until ``incomplete_wait_s`` after its completion; the job made
+        after that is refused as incomplete by :meth:`run`.
+        """
+        announced = announced_slices(primary.header)
+        if announced is None or primary.instance_count >= announced:
+            return InputPlan.single(primary.series_uid)
+        since = primary.completed_at if primary.completed_at is not None else now
+        until = since + self.incomplete_wait_s
+        note = (f"incomplete: {primary.instance_count} of {announced} announced slices "
+                f"after {self.incomplete_wait_s:g} s")
+        if now < until:
+            return InputPlan((InputSeries(PRIMARY, primary.series_uid),), until, note)
+        return InputPlan.single(primary.series_uid, note)
 
     def run(self, inputs: LoadedInputs, context: JobContext) -> PipelineOutput:
         """Analyse one series and build its SR and picture report."""
@@ -332,8 +386,13 @@ class DatSpectPipeline:
 
     def failure_report(self, inputs: LoadedInputs, context: JobContext,
                        reason: str) -> tuple[Dataset, ...]:
-        """Nothing is sent for a DaT series that cannot be analysed (the job record says why)."""
-        return ()
+        """A short "analysis not possible" SR (:mod:`.failure`), unless turned off."""
+        if not self.report_failures:
+            return ()
+        from service.pipelines.dat_spect.failure import build_failure_sr
+
+        return (build_failure_sr(inputs.primary, reason, context.job_key, self.algorithm,
+                                 context.created_at),)
 
     def analyse(self, datasets: Sequence[Dataset], durations_s: dict[str, float]) -> StudyResult:
         """Gate, volume, normalise, quantify and score (no reports)."""
@@ -349,6 +408,7 @@ class DatSpectPipeline:
                 regions, score = rate_with_cnn(
                     self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
                 )
+        score = with_calibration(consistent_score(regions, score), self.calibration_info)
         warnings = list(m.warnings)
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")
@@ -363,6 +423,7 @@ class DatSpectPipeline:
             images=report_images(m.normalisation.volume_zyx, self.models.atlas),
             patient_age_years=m.age_years,
             warnings=tuple(warnings),
+            calibration=self.calibration_info,
         )
 
     def build_reports(

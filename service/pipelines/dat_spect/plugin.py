@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from service.pipelines.base import ModelStatus, Pipeline
 from service.pipelines.registry import PipelineSettings, PipelineSpec
@@ -35,6 +35,14 @@ class DatSpectSettings(PipelineSettings):
         The CNN (None: the shipped ``models/dopanode_dat_cnn.onnx``).
     model_sha256 : str or None
         Expected checksum (None: the model's ``.sha256`` sidecar).
+    report_failures : bool
+        Send a short "analysis not possible" SR to the destinations for a
+        taken series that cannot be analysed (registration failed, slices
+        missing, incomplete series, inconsistent geometry).
+    incomplete_wait_s : float
+        Seconds routing waits, after the usual quiet time, for the rest of a
+        per-slice series whose header announces more slices than arrived;
+        then it is reported as incomplete, never analysed.
     """
 
     template_dir: Path | None = None
@@ -42,6 +50,8 @@ class DatSpectSettings(PipelineSettings):
     cnn_enabled: bool = True
     model_path: Path | None = None
     model_sha256: str | None = None
+    report_failures: bool = True
+    incomplete_wait_s: float = Field(default=600.0, ge=0.0)
 
     @field_validator("model_sha256")
     @classmethod
@@ -79,7 +89,9 @@ def build(settings: DatSpectSettings) -> Pipeline:
     models = load_dat_models(settings.template_dir)
     path = settings.cnn_path
     cnn = CnnSession(path, settings.model_sha256) if path is not None else None
-    return DatSpectPipeline(models, settings.keywords, cnn=cnn)
+    return DatSpectPipeline(models, settings.keywords, cnn=cnn,
+                            report_failures=settings.report_failures,
+                            incomplete_wait_s=settings.incomplete_wait_s)
 
 
 def check_models(settings: DatSpectSettings) -> tuple[ModelStatus, ...]:

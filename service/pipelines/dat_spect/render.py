@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from service.pipelines.dat_spect.provenance import SIMULATED
 from service.pipelines.dat_spect.result import (
     Level,
     Region,
@@ -25,6 +26,7 @@ from service.pipelines.dat_spect.result import (
     ReportImages,
     StudyResult,
 )
+from service.pipelines.dat_spect.verdict import contradiction
 
 WIDTH_PX = 1280
 HEIGHT_PX = 960
@@ -35,6 +37,8 @@ MAX_WARNING_LINES = 2
 #: The global rule line wraps at this many characters (11 pt on 1280 px).
 RULE_WRAP_CHARS = 150
 
+#: The calibration line when levels and z-scores are indicative (simulated calibration).
+CALIBRATION_COLOUR = "#bf360c"
 #: One colour per level 0..4, green to dark red.
 LEVEL_COLOURS = ("#2e7d32", "#c0ca33", "#fb8c00", "#e53935", "#7b1f1f")
 #: Outline colour per label value of ReportImages.labels_yx.
@@ -50,11 +54,24 @@ REGION_ORDER = tuple(_REGION_NAMES)
 
 
 def headline(result: StudyResult) -> tuple[str, str]:
-    """The global result in words and its colour."""
+    """The global result in words and its colour.
+
+    Never NORMAL (or REDUCED) above a table that contradicts it: where the
+    methods or the reported levels disagree with the call
+    (:func:`.verdict.contradiction`), the headline is INCONCLUSIVE and says
+    why, even for a result whose flag was not set.
+    """
     score = result.global_score
-    if score.inconclusive:
-        text = "INCONCLUSIVE - " + ("reduced?" if score.reduced else "normal?")
+    why = contradiction(result.regions, score)
+    if score.inconclusive or why:
+        text = "INCONCLUSIVE - " + (why or ("reduced?" if score.reduced else "normal?"))
         return text, "#f9a825"
+    if score.method == "sbr" and result.calibration is not None and (
+            result.calibration.thresholds == SIMULATED):
+        # The call rests on thresholds from simulated scans, not this camera.
+        if score.reduced:
+            return "REDUCED DaT uptake - INDICATIVE", LEVEL_COLOURS[3]
+        return "NORMAL DaT uptake - INDICATIVE", LEVEL_COLOURS[0]
     if score.reduced:
         return "REDUCED striatal DaT uptake (abnormal)", LEVEL_COLOURS[3]
     return "NORMAL striatal DaT uptake", LEVEL_COLOURS[0]
@@ -175,16 +192,21 @@ def _table_row(r: RegionResult) -> list[str]:
     ]
 
 
+def _indicative(result: StudyResult) -> bool:
+    return result.calibration is not None and result.calibration.indicative
+
+
 def _draw_table(ax: Axes, result: StudyResult) -> None:
     ax.axis("off")
+    mark = " *" if _indicative(result) else ""
     header = [
         "Region",
         "Reported level",
         "CNN level",
-        "SBR-threshold level",
+        f"SBR-threshold level{mark}",
         "SBR",
-        "z-score",
-        "Normal SBR",
+        f"z-score{mark}",
+        f"Normal SBR{mark}",
     ]
     rows = [_table_row(result.region(region)) for region in REGION_ORDER]
     table = ax.table(
@@ -223,10 +245,15 @@ def _footer_lines(result: StudyResult) -> list[str]:
         "Levels: 0 normal, 1 borderline, 2 moderate reduction, 3 strong reduction, "
         "4 almost missing.",
     ]
+    room = MAX_WARNING_LINES
+    if result.calibration is not None:
+        mark = "* " if result.calibration.indicative else ""
+        lines.insert(0, f"{mark}{result.calibration.statement()}."[:150])
+        room -= 1
     warnings = list(result.warnings)
-    if len(warnings) > MAX_WARNING_LINES:
-        hidden = len(warnings) - MAX_WARNING_LINES + 1
-        warnings = warnings[: MAX_WARNING_LINES - 1] + [f"{hidden} more in the SR"]
+    if len(warnings) > room:
+        hidden = len(warnings) - room + 1
+        warnings = warnings[: room - 1] + [f"{hidden} more in the SR"]
     lines.extend(f"Warning: {w}"[:150] for w in warnings)
     return lines
 
@@ -252,7 +279,11 @@ def render_report_figure(result: StudyResult) -> Figure:
     _draw_chart(fig.add_subplot(grid[0, 1]), result)
     _draw_table(fig.add_subplot(grid[1, :]), result)
     for i, line in enumerate(_footer_lines(result)):
-        fig.text(0.02, 0.112 - 0.025 * i, line, fontsize=10.5, color="#333333")
+        calibration = i == 0 and result.calibration is not None
+        indicative = calibration and _indicative(result)
+        fig.text(0.02, 0.112 - 0.025 * i, line, fontsize=10.5,
+                 color=CALIBRATION_COLOUR if indicative else "#333333",
+                 fontweight="bold" if indicative else "normal")
     return fig
 
 

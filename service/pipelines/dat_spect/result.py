@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from service.pipelines.dat_spect.provenance import CalibrationInfo
 from service.report.identity import AlgorithmInfo, SourceReference
 
 __all__ = ["AlgorithmInfo", "SourceReference"]  # re-exported: part of a StudyResult
@@ -149,7 +150,11 @@ class ReportImages:
 
 @dataclass(frozen=True, eq=False)
 class StudyResult:
-    """The complete outcome of one DaT SPECT analysis."""
+    """The complete outcome of one DaT SPECT analysis.
+
+    ``calibration`` says where the SBR thresholds and normal database came
+    from (None: not stated, e.g. a result built by hand).
+    """
 
     source: SourceReference
     regions: tuple[RegionResult, ...]
@@ -161,6 +166,7 @@ class StudyResult:
     images: ReportImages | None = None
     patient_age_years: float | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    calibration: CalibrationInfo | None = None
 
     def region(self, region: Region) -> RegionResult:
         for r in self.regions:
@@ -210,6 +216,7 @@ def summary_dict(result: StudyResult) -> dict[str, Any]:
         "reference_region": result.reference_region,
         "registration_quality": _finite_or_none(result.registration_quality),
         "warnings": list(result.warnings),
+        "calibration": None if result.calibration is None else result.calibration.to_dict(),
     }
 
 

@@ -10,8 +10,10 @@ Content tree (PS3.16 TID 1500 "Measurement Report"; see docs/conformance_sr.md):
   identification TID 4019) and one group for the whole striatum (putamen/caudate
   ratios, asymmetry indices, registration quality);
 * "Qualitative Evaluations" with the global finding (normal/abnormal), the
-  inconclusive flag, the rule, the reference region, warnings and the text
-  "Research use, not for diagnosis".
+  inconclusive flag, the rule, the reference region, the calibration
+  provenance (shipped simulated or the site's own) with its note (levels and
+  z-scores indicative when simulated), warnings and the text "Research use,
+  not for diagnosis".
 
 Comprehensive SR rather than Comprehensive 3D SR: no 3D coordinates are
 carried, and Comprehensive SR is more widely supported by viewers.
@@ -108,7 +110,7 @@ def algorithm_identification(result: StudyResult) -> AlgorithmIdentification:
     )
 
 
-def _observation_context() -> hd.sr.ObservationContext:
+def observation_context() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=DEVICE_OBSERVER_UID,
         name="dopanode",
@@ -225,6 +227,19 @@ def striatum_group(
     )
 
 
+def calibration_items(result: StudyResult) -> list[ContentItem]:
+    """Calibration provenance (coded) and its note; none when the result does not state it."""
+    info = result.calibration
+    if info is None:
+        return []
+    contains = RelationshipTypeValues.CONTAINS
+    value = codes.SIMULATED_CALIBRATION if info.indicative else codes.SITE_CALIBRATION
+    return [
+        CodeContentItem(codes.CALIBRATION_PROVENANCE, value, contains),
+        TextContentItem(codes.CALIBRATION_NOTE, info.statement(), contains),
+    ]
+
+
 def qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
     """TID 1500 "Qualitative Evaluations" container: the global result and notes."""
     contains = RelationshipTypeValues.CONTAINS
@@ -238,6 +253,7 @@ def qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
         TextContentItem(codes.GLOBAL_SCORE_METHOD, score.method, contains),
         TextContentItem(codes.GLOBAL_SCORE_RULE, score.rule, contains),
         TextContentItem(codes.REFERENCE_REGION, result.reference_region, contains),
+        *calibration_items(result),
         TextContentItem(codes.COMMENT, RESEARCH_USE_TEXT, contains),
     ]
     items.extend(TextContentItem(codes.COMMENT, f"Warning: {w}", contains) for w in result.warnings)
@@ -266,16 +282,16 @@ def build_measurement_report(result: StudyResult, job_key: str) -> hd.sr.Measure
         )
     )
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(),
+        observation_context=observation_context(),
         procedure_reported=[codes.SPECT_BRAIN],
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(qualitative_evaluations(result))
-    _mark_separate(report[0])
+    mark_separate(report[0])
     return report
 
 
-def _mark_separate(item: Dataset) -> None:
+def mark_separate(item: Dataset) -> None:
     """Set every container to SEPARATE: a list of findings, not running prose.
 
     With CONTINUOUS, renderers such as DCMTK's dsr2html run the children
@@ -285,7 +301,7 @@ def _mark_separate(item: Dataset) -> None:
     if item.ValueType == "CONTAINER":
         item.ContinuityOfContent = "SEPARATE"
     for child in item.get("ContentSequence", []):
-        _mark_separate(child)
+        mark_separate(child)
 
 
 def _reference_dataset(ref: OutputRef) -> Dataset:

@@ -1,0 +1,163 @@
+"""The verdict-consistency rule: the global score never contradicts the regional table silently."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from highdicom.sr.utils import find_content_items
+
+from service.pipelines.dat_spect import codes, render
+from service.pipelines.dat_spect.example import example_evidence, example_result
+from service.pipelines.dat_spect.picture import build_picture_report
+from service.pipelines.dat_spect.result import Level, Region, StudyResult
+from service.pipelines.dat_spect.sr import build_sr
+from service.pipelines.dat_spect.verdict import (
+    consistent_score,
+    contradiction,
+    method_disagreements,
+)
+
+
+def normal_cnn_with_sbr_level(level_sbr: Level, region: Region = Region.PUTAMEN_RIGHT,
+                              ) -> StudyResult:
+    """A normal CNN call (all CNN levels 0) whose SBR thresholds rate ``region`` at ``level_sbr``."""
+    base = example_result(reduced=False, with_cnn=True)
+    regions = tuple(replace(r, level_sbr=level_sbr) if r.region is region else r
+                    for r in base.regions)
+    return replace(base, regions=regions)
+
+
+def test_agreeing_methods_leave_the_score_alone() -> None:
+    for result in (example_result(reduced=True), example_result(reduced=False)):
+        assert method_disagreements(result.regions) == ()
+        assert consistent_score(result.regions, result.global_score) == result.global_score
+        assert contradiction(result.regions, result.global_score) == ""
+
+
+def test_borderline_sbr_under_a_normal_cnn_is_not_a_disagreement() -> None:
+    result = normal_cnn_with_sbr_level(Level.BORDERLINE)
+    assert consistent_score(result.regions, result.global_score) == result.global_score
+
+
+def test_sbr_moderate_under_a_normal_cnn_makes_it_inconclusive_and_says_where() -> None:
+    result = normal_cnn_with_sbr_level(Level.MODERATE_REDUCTION)
+    score = consistent_score(result.regions, result.global_score)
+    assert score.inconclusive and not score.reduced and score.method == "cnn"
+    assert score.rule.startswith(
+        "inconclusive: CNN and SBR thresholds disagree on putamen right (CNN 0, SBR 2)")
+    assert score.rule.endswith(result.global_score.rule)
+
+
+def test_cnn_reduced_where_sbr_is_normal_is_named_too() -> None:
+    base = example_result(reduced=True, with_cnn=True)
+    regions = tuple(replace(r, level_sbr=Level.NORMAL) if r.region is Region.PUTAMEN_LEFT
+                    else r for r in base.regions)
+    score = consistent_score(regions, base.global_score)
+    assert score.inconclusive and score.reduced
+    assert "putamen left (CNN 3, SBR 0)" in score.rule
+    assert "putamen right" not in score.rule  # CNN 2, SBR 2: they agree
+
+
+def test_a_normal_call_above_a_reported_level_two_is_inconclusive() -> None:
+    base = example_result(reduced=True, with_cnn=True)
+    normal_call = replace(base.global_score, reduced=False)
+    score = consistent_score(base.regions, normal_call)
+    assert score.inconclusive
+    assert "the CNN call (normal) disagrees with the regional levels (putamen left level 3" in (
+        score.rule)
+    reduced_call = replace(example_result(reduced=False).global_score, reduced=True)
+    score = consistent_score(example_result(reduced=False).regions, reduced_call)
+    assert score.inconclusive and "no region at level 2 or worse" in score.rule
+
+
+def test_headline_never_says_normal_above_a_level_two() -> None:
+    result = normal_cnn_with_sbr_level(Level.MODERATE_REDUCTION)
+    # Even a result built without the rule (flag not set) gets no NORMAL headline.
+    text, colour = render.headline(result)
+    assert text == "INCONCLUSIVE - CNN and SBR disagree" and colour == "#f9a825"
+    fixed = replace(result, global_score=consistent_score(result.regions, result.global_score))
+    assert render.headline(fixed)[0] == "INCONCLUSIVE - CNN and SBR disagree"
+    sbr_only = example_result(reduced=True, with_cnn=False)
+    wrong = replace(sbr_only, global_score=replace(sbr_only.global_score, reduced=False))
+    assert render.headline(wrong)[0] == "INCONCLUSIVE - a region is at level 2+"
+
+
+@pytest.mark.parametrize("level_sbr", [Level.MODERATE_REDUCTION, Level.STRONG_REDUCTION])
+def test_sr_carries_the_inconclusive_flag_and_the_rule(level_sbr: Level) -> None:
+    result = normal_cnn_with_sbr_level(level_sbr)
+    result = replace(result, global_score=consistent_score(result.regions, result.global_score))
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, build_sr(result, example_evidence(result), "job-verdict"),
+                     enforce_file_format=True)
+    sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    (container,) = find_content_items(sr.content[0], name=codes.QUALITATIVE_EVALUATIONS)
+    items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+    flag = items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue
+    assert flag == codes.YES.value
+    assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue == codes.NORMAL.value
+    rule = items[codes.GLOBAL_SCORE_RULE.value].TextValue
+    assert f"putamen right (CNN 0, SBR {int(level_sbr)})" in rule
+
+
+def test_picture_report_headline_is_amber_not_green() -> None:
+    """Round trip: Secondary Capture written, read back, headline pixels amber, no green."""
+    result = normal_cnn_with_sbr_level(Level.MODERATE_REDUCTION)
+    result = replace(result, global_score=consistent_score(result.regions, result.global_score))
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, build_picture_report(result, example_evidence(result), "job-v"),
+                     enforce_file_format=True)
+    rgb = pydicom.dcmread(io.BytesIO(buffer.getvalue())).pixel_array.astype(int)
+    top = rgb[: int(0.14 * render.HEIGHT_PX)]
+
+    def count(hex_colour: str, tolerance: int = 12) -> int:
+        target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+        return int((np.abs(top - target) <= tolerance).all(axis=-1).sum())
+
+    assert count("#f9a825") > 3000
+    assert count(render.LEVEL_COLOURS[0]) == 0
+
+
+class _NormalCnn:
+    """Stands in for a CnnSession that calls every scan normal (level 0 everywhere)."""
+
+    name = "always-normal"
+    sha256 = "ab" * 32
+
+
+def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phantom with the left putamen at a fifth of the right: SBR thresholds say level >= 2,
+    a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why."""
+    from dat_phantom import make_phantom, random_pose
+    from nmdata import CAMERA, SUBJECT
+
+    from service.imaging.atlas import load_atlas
+    from service.pipelines.dat_spect import pipeline as dat_pipeline
+    from service.pipelines.dat_spect.result import GlobalScore
+    from service.sim.nm_writer import EncodingVariant, build_nm_datasets
+
+    def rate_normal(cnn: object, volume: object, atlas: object, regions: tuple) -> tuple:
+        rated = tuple(replace(r, level_cnn=Level.NORMAL) for r in regions)
+        return rated, GlobalScore(False, False, "test rule", "cnn")
+
+    monkeypatch.setattr(dat_pipeline, "rate_with_cnn", rate_normal)
+    pipe = dat_pipeline.DatSpectPipeline(cnn=_NormalCnn())  # type: ignore[arg-type]
+    rng = np.random.default_rng(11)
+    true_sbr = {Region.CAUDATE_LEFT: 4.0, Region.CAUDATE_RIGHT: 4.0,
+                Region.PUTAMEN_LEFT: 0.7, Region.PUTAMEN_RIGHT: 3.6}
+    phantom = make_phantom(load_atlas(), true_sbr, random_pose(rng), rng)
+    datasets = build_nm_datasets(phantom.image, CAMERA, SUBJECT, EncodingVariant.MULTIFRAME,
+                                 "verdict-pipeline")
+    result = pipe.analyse(datasets, {})
+    putamen_left = result.region(Region.PUTAMEN_LEFT)
+    assert putamen_left.level_sbr >= Level.MODERATE_REDUCTION
+    assert putamen_left.level_cnn == Level.NORMAL
+    score = result.global_score
+    assert score.inconclusive and not score.reduced
+    assert f"putamen left (CNN 0, SBR {int(putamen_left.level_sbr)})" in score.rule
+    assert render.headline(result)[0] == "INCONCLUSIVE - CNN and SBR disagree"
+    assert result.calibration is not None and result.calibration.indicative
