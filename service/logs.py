@@ -11,7 +11,8 @@ one handler :func:`configure` installs withholds it:
   ``warn_and_log`` prints e.g. ``Invalid value for VR DA: '1959-01-01'``)
   become ``library_message_withheld`` with the logger, level and a digest;
 * the message of every exception in a logged traceback is replaced by
-  :func:`safe_text` (frames and exception types stay);
+  :func:`safe_text` (frames and exception types stay; an ``OSError`` keeps
+  its errno text, a type with ``log_safe = True`` its message);
 * pydicom's reading validation is switched off (``IGNORE``): an invalid value
   is read as it is, exactly as with the default ``WARN``, but not echoed.
 
@@ -88,9 +89,22 @@ def format_exception_safely(exc: BaseException) -> str:
         kind = type(item)
         name = kind.__qualname__ if kind.__module__ == "builtins" else (
             f"{kind.__module__}.{kind.__qualname__}")
-        message = safe_text(item)
+        message = _exception_message(item)
         parts.append(name + (f": {message}" if message else "") + "\n")
     return "".join(parts).rstrip("\n")
+
+
+def _exception_message(exc: BaseException) -> str:
+    """The message, withheld unless the type vouches for it (``log_safe = True``).
+
+    An ``OSError`` keeps its errno and system text; its file names are withheld.
+    """
+    if getattr(exc, "log_safe", False):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        names = " ".join(safe_text(n) for n in (exc.filename, exc.filename2) if n)
+        return f"[Errno {exc.errno}] {exc.strerror}" + (f": {names}" if names else "")
+    return safe_text(exc)
 
 
 class KeyValueFormatter(logging.Formatter):

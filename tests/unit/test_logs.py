@@ -76,6 +76,22 @@ def test_traceback_messages_are_withheld(stream: io.StringIO) -> None:
     assert "test_traceback_messages_are_withheld" in text  # the frames stay
 
 
+def test_safe_exception_types_keep_their_message(stream: io.StringIO) -> None:
+    class Refusal(RuntimeError):
+        log_safe = True
+
+    for exc in (Refusal("pynetdicom 3.1 lacks DULServiceProvider._idle_timer"),
+                FileNotFoundError(2, "No such file or directory", f"/spool/{BIRTH_DATE}")):
+        try:
+            raise exc
+        except Exception:
+            logging.getLogger("service.app").exception("start_failed")
+    text = stream.getvalue()
+    assert "Refusal: pynetdicom 3.1 lacks DULServiceProvider._idle_timer" in text
+    assert "FileNotFoundError: [Errno 2] No such file or directory: <withheld" in text
+    assert BIRTH_DATE not in text
+
+
 def test_quiet_pydicom_reads_the_same_values_silently(tmp_path, recwarn) -> None:
     """IGNORE only stops the echo: the malformed value is read back unchanged."""
     ds = Dataset()
