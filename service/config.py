@@ -45,14 +45,23 @@ class ConfigError(ValueError):
     """A setting is missing, of the wrong type or out of range; names the key."""
 
 
+ACCEPTORS = ("pynetdicom", "event")
+SPOOL_SYNCS = ("posix", "auto")
+
+
 @dataclass(frozen=True)
 class NodeSettings:
-    """Our own DICOM identity: AE title, listening address and port."""
+    """Our own DICOM identity: AE title, listening address and port.
+
+    ``acceptor``: ``"pynetdicom"`` (its stock acceptor) or ``"event"`` (its
+    loops with event-driven waits, :mod:`service.net.acceptor`).
+    """
 
     ae_title: str = "DOPANODE"
     port: int = 11112
     bind: str = "0.0.0.0"
     max_associations: int = 10
+    acceptor: str = "pynetdicom"
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,18 @@ class Destination:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Spool folder, SQLite file and receive limits (MiB)."""
+    """Spool folder, SQLite file and receive limits (MiB).
+
+    ``spool_sync``: ``"posix"`` (fsync, rename, fsync of the directory) or
+    ``"auto"`` (one flush on ext4/XFS/btrfs, POSIX elsewhere; see
+    :mod:`service.store.spool`).
+    """
 
     spool_dir: Path = Path("var/spool")
     db_path: Path = Path("var/dopanode.sqlite3")
     min_free_mb: int = 1024
     max_instance_mb: int = 512
+    spool_sync: str = "posix"
 
 
 @dataclass(frozen=True)
@@ -350,6 +365,8 @@ def _validate(s: Settings) -> None:
     _check_port("node.port", s.node.port)
     _check_port("api.port", s.api.port)
     _check_range("node.max_associations", s.node.max_associations, 1, 1000)
+    _check_choice("node.acceptor", s.node.acceptor, ACCEPTORS)
+    _check_choice("storage.spool_sync", s.storage.spool_sync, SPOOL_SYNCS)
     if not s.allowed_callers:
         raise ConfigError("allowed_callers: at least one caller must be allowed")
     for i, c in enumerate(s.allowed_callers):
@@ -395,6 +412,11 @@ def _check_ae(key: str, value: str) -> None:
         raise ConfigError(f"{key}: 1-16 printable characters without backslash, got {value!r}")
 
 
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 def _check_port(key: str, value: int) -> None:
     _check_range(key, value, 1, 65535)
 
@@ -407,7 +429,8 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 def describe(settings: Settings) -> str:
     """Human-readable summary for ``dopanode config check`` (token masked)."""
     lines = [
-        f"node: {settings.node.ae_title} on {settings.node.bind}:{settings.node.port}",
+        f"node: {settings.node.ae_title} on {settings.node.bind}:{settings.node.port}"
+        f" ({settings.node.acceptor} acceptor)",
         "allowed callers: "
         + ", ".join(f"{c.ae_title}@{c.host or 'any'} (quiet {c.series_quiet_s:g} s)"
                     for c in settings.allowed_callers),
@@ -416,7 +439,7 @@ def describe(settings: Settings) -> str:
            or "none (results are kept, not sent)"),
         f"storage: spool {settings.storage.spool_dir}, db {settings.storage.db_path}, "
         f"min free {settings.storage.min_free_mb} MiB, max instance "
-        f"{settings.storage.max_instance_mb} MiB",
+        f"{settings.storage.max_instance_mb} MiB, spool sync {settings.storage.spool_sync}",
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
         f"model: {settings.model.model_path or 'none (conventional scoring only)'}",

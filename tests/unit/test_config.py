@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Settings, load_settings
+from service.config import ConfigError, Settings, describe, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "dopanode.example.toml"
@@ -81,6 +81,8 @@ def test_env_replaces_list_sections_with_json() -> None:
         ("[worker]\ncount = 0\n", {}, "worker.count"),
         ("allowed_callers = []\n", {}, "allowed_callers"),
         ("[storage]\nmin_free_mb = true\n", {}, "storage.min_free_mb"),
+        ("[node]\nacceptor = 'fast'\n", {}, "node.acceptor"),
+        ("", {"DOPANODE_STORAGE__SPOOL_SYNC": "always"}, "storage.spool_sync"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
@@ -89,6 +91,15 @@ def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, environ=env)
     assert str(info.value).startswith(key), str(info.value)
+
+
+@pytest.mark.parametrize(("acceptor", "spool_sync"), [("event", "auto"), ("pynetdicom", "posix")])
+def test_receive_path_choices(acceptor: str, spool_sync: str) -> None:
+    s = load_settings(None, environ={"DOPANODE_NODE__ACCEPTOR": acceptor,
+                                     "DOPANODE_STORAGE__SPOOL_SYNC": spool_sync})
+    assert (s.node.acceptor, s.storage.spool_sync) == (acceptor, spool_sync)
+    text = describe(s)
+    assert f"({acceptor} acceptor)" in text and f"spool sync {spool_sync}" in text
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
