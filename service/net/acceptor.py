@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a waiting loop sleeps before it re-checks pynetdicom's timers, s.
 IDLE_WAIT_S = 0.02
+#: First allocation of a PDU read, bytes (the node's own maximum P-DATA is 1 MiB).
+RECV_START_BYTES = 64 * 1024
 class _WakingQueue(queue.Queue):
     """A queue that calls ``wake`` after every put (wakes the waiting loop)."""
 
@@ -114,19 +116,24 @@ class FastSocket(AssociationSocket):
     """An :class:`AssociationSocket` that reads a PDU in as few calls as possible."""
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` (fewer only when the peer closes the connection)."""
+        """Read ``nr_bytes`` (fewer only when the peer closes the connection).
+
+        The buffer starts at :data:`RECV_START_BYTES` and doubles as data
+        arrives: memory follows what the peer sends, never the length its
+        6-byte PDU header declares (up to 4 GiB, before any AE check).
+        """
         sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        buffer = bytearray(min(nr_bytes, RECV_START_BYTES))
         got = 0
         while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
+            if got == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
+            with memoryview(buffer)[got:] as free:
+                n = sock.recv_into(free, len(free))
             if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                view.release()
                 del buffer[got:]
                 return buffer
             got += n
-        view.release()
         return buffer
 
 

@@ -242,6 +242,29 @@ def test_process_globals_are_restored_after_stop(tmp_path: Path, acceptor_kind: 
     assert ({n: getattr(_config, n) for n in names}, tempfile.tempdir) == before
 
 
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_declared_pdu_length_allocates_nothing(node: tuple[RecordingSCP, db.Database]) -> None:
+    """A 6-byte PDU header declaring 1 GiB must not make the node commit 1 GiB (audit D1)."""
+    scp, _ = node
+    scp.ae.acse_timeout = scp.ae.network_timeout = 0.5  # ARTIM ends the half-read PDU
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    before = peak_rss_mb()
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
+        peer.sendall(b"\x01\x00" + (1 << 30).to_bytes(4, "big") + b"\x00" * 1000)
+        poll(acceptor_threads)  # the association is reading the PDU
+    poll(lambda: not acceptor_threads())  # closed mid-PDU: it ends
+    assert peak_rss_mb() - before < 256
+    again = associate(scp)  # and the node still serves
+    assert again.send_c_echo().Status == 0x0000
+    again.release()
+
+
 # --- the spool's two adoption paths --------------------------------------------------
 @pytest.mark.parametrize("one_flush", [True, False])
 def test_adopt_paths_move_complete_files(tmp_path: Path, one_flush: bool) -> None:
