@@ -9,17 +9,18 @@ bookkeeping, and only then answers Success. Every failure is answered with a
 precise status and an ErrorComment; nothing patient-related is logged
 (pynetdicom's identifier logging is switched off).
 
-Durability costs fsync, rename, fsync of the directory per instance, or with
-``storage.spool_sync = "auto"`` one flush on ext4/XFS/btrfs (data written out,
-rename, fsync of the file: see :mod:`service.store.spool`); the row is committed with
+Durability costs one flush per instance on ext4/XFS/btrfs with the default
+``storage.spool_sync = "auto"`` (data written out, rename, fsync of the file),
+else fsync, rename, fsync of the directory (see :mod:`service.store.spool`);
+the row is committed with
 ``synchronous=NORMAL`` (safe against a crash of the process; after a power
 loss :func:`service.completion.recover_spool`, run at start-up, re-records
 the durable files whose rows were lost).
 
-The association machinery is pynetdicom's stock acceptor
-(``node.acceptor = "pynetdicom"``) or its loops with event-driven waits and
-the C-STORE served in the thread that received it (``"event"``,
-:mod:`service.net.acceptor`): bench/ingest.py measures the difference.
+The association machinery is pynetdicom's loops with event-driven waits and
+the C-STORE served in the thread that received it (``node.acceptor =
+"event"``, the default, :mod:`service.net.acceptor`) or pynetdicom's stock
+acceptor (``"pynetdicom"``): bench/ingest.py measures the difference.
 """
 
 from __future__ import annotations

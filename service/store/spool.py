@@ -20,8 +20,8 @@ rename, with a device cache flush before the commit record. ext4, XFS and
 btrfs persist a rename this way (the rename changes the file's inode, and
 fsync of the inode forces the journal/log up to that change); elsewhere the
 spool keeps the POSIX sequence (fsync, rename, fsync of the directory).
-The node uses one flush only with ``storage.spool_sync = "auto"``; the
-default ``"posix"`` always takes the POSIX sequence.
+The node uses one flush with ``storage.spool_sync = "auto"`` (the default);
+``"posix"`` always takes the POSIX sequence.
 Either way an instance file exists under its final name after a crash only
 with its data written before that name, and is durable once ``adopt``
 returns. One flush instead of two halves the cost of a durable instance on

@@ -19,6 +19,7 @@ def test_defaults_run_without_file() -> None:
     assert s.node.ae_title == "DOPANODE" and s.node.port == 11112 and s.api.port == 8080
     assert s.storage.db_path.name.endswith(".sqlite3")
     assert s.destinations == ()
+    assert (s.node.acceptor, s.storage.spool_sync) == ("event", "auto")  # bench/README.md
     # the safe default: DCMTK/Orthanc default titles, loopback only
     assert s.caller("STORESCU", "127.0.0.1") is not None
     assert s.caller("STORESCU", "10.1.2.3") is None
