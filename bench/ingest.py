@@ -125,11 +125,18 @@ class Receiver(Protocol):
 
 
 class DopanodeReceiver:
-    """``dopanode serve --only scp`` (a real subprocess), from this checkout or another."""
+    """``dopanode serve --only scp`` (a real subprocess), from this checkout or another.
 
-    def __init__(self, work: Path, repo_root: Path = REPO_ROOT) -> None:
-        self.node = NodeProcess(work, components="scp", log_level="INFO",
-                                settings={"storage": {"max_instance_mb": 64}})
+    ``receive`` is ``(node.acceptor, storage.spool_sync)``; None keeps the defaults.
+    """
+
+    def __init__(self, work: Path, repo_root: Path = REPO_ROOT,
+                 receive: tuple[str, str] | None = None) -> None:
+        settings: dict[str, dict[str, object]] = {"storage": {"max_instance_mb": 64}}
+        if receive is not None:
+            settings["node"] = {"acceptor": receive[0]}
+            settings["storage"]["spool_sync"] = receive[1]
+        self.node = NodeProcess(work, components="scp", log_level="INFO", settings=settings)
         saved, nodeproc.REPO_ROOT = nodeproc.REPO_ROOT, repo_root  # the process's cwd
         try:
             self.node.start(timeout_s=60)
@@ -211,6 +218,14 @@ def add_baseline(rev: str, work: Path) -> str:
     return name
 
 
+def add_variant(spec: str) -> str:
+    """Register ``ACCEPTOR/SPOOL_SYNC`` (e.g. ``event/auto``) as target ``dn:<spec>``."""
+    acceptor, _, spool_sync = spec.partition("/")
+    name = f"dn:{acceptor}/{spool_sync}"
+    FACTORIES[name] = lambda folder: DopanodeReceiver(folder, receive=(acceptor, spool_sync))
+    return name
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if path is None:
@@ -273,7 +288,7 @@ def run(data: dict[str, list[Path]], work: Path, targets: tuple[str, ...],
                 if stored != len(paths):
                     raise RuntimeError(f"{target} holds {stored} of {len(paths)} instances")
                 times.setdefault((workload, target), []).append((elapsed, cpu))
-                print(f"  {workload:14s} {target:9s} rep {rep + 1}: {elapsed:6.2f} s"
+                print(f"  {workload:14s} {target:18s} rep {rep + 1}: {elapsed:6.2f} s"
                       f" (receiver CPU {cpu:5.2f} s, load {os.getloadavg()[0]:.1f})", flush=True)
                 shutil.rmtree(folder, ignore_errors=True)
     rows = []
@@ -286,23 +301,27 @@ def run(data: dict[str, list[Path]], work: Path, targets: tuple[str, ...],
 
 def table(rows: list[Row]) -> str:
     """The report: medians, throughput, and speed ratios against dopanode."""
-    out = [f"{'workload':14s} {'target':9s} {'median s':>9s} {'min s':>7s} {'max s':>7s}"
+    out = [f"{'workload':14s} {'target':18s} {'median s':>9s} {'min s':>7s} {'max s':>7s}"
            f" {'inst/s':>8s} {'MB/s':>7s} {'CPU s':>6s}"]
     for r in rows:
-        out.append(f"{r.workload:14s} {r.target:9s} {r.median_s:9.2f} {min(r.runs_s):7.2f}"
+        out.append(f"{r.workload:14s} {r.target:18s} {r.median_s:9.2f} {min(r.runs_s):7.2f}"
                    f" {max(r.runs_s):7.2f} {r.instances / r.median_s:8.1f}"
                    f" {r.megabytes / r.median_s:7.1f} {statistics.median(r.cpu_s):6.2f}")
     by = {(r.workload, r.target): r for r in rows}
     out.append("speed ratio = median time of the other / median time of dopanode"
                " (> 1: dopanode faster)")
+    targets = list(dict.fromkeys(r.target for r in rows))
+    nodes = [t for t in targets if t == "dopanode" or t.startswith("dn:")]
     for workload in dict.fromkeys(r.workload for r in rows):
-        node = by.get((workload, "dopanode"))
-        for other in ("orthanc", "storescp", *(t for t in dict.fromkeys(r.target for r in rows)
-                                                if t.startswith("base:"))):
-            peer = by.get((workload, other))
-            if node and peer:
-                out.append(f"  {workload:14s} dopanode vs {other:9s}"
-                           f" {peer.median_s / node.median_s:5.2f}x")
+        for mine in nodes:
+            node = by.get((workload, mine))
+            others = ("orthanc", "storescp", *(t for t in targets if t.startswith("base:")),
+                      *(t for t in nodes if t != mine))
+            for other in others:
+                peer = by.get((workload, other))
+                if node and peer:
+                    out.append(f"  {workload:14s} {mine:18s} vs {other:18s}"
+                               f" {peer.median_s / node.median_s:5.2f}x")
     return "\n".join(out)
 
 
@@ -320,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="GIT_REV", default=None,
                         help="also measure dopanode as of this git revision (before/after"
                              " in the same run)")
+    parser.add_argument("--variants", default="",
+                        help="also measure dopanode with these ACCEPTOR/SPOOL_SYNC choices,"
+                             " e.g. event/auto,pynetdicom/posix (targets dn:...)")
     args = parser.parse_args(argv)
     targets = tuple(t for t in args.targets.split(",") if t)
     # DCMTK (storescu, storescp and the DCMTK inside Orthanc) leaves Nagle's
@@ -336,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}")
         if args.baseline:
             targets = (add_baseline(args.baseline, work), *targets)
+        targets = (*targets, *(add_variant(v) for v in args.variants.split(",") if v))
         data = generate(work / "data", args.seed)
         data = {k: v for k, v in data.items() if k in args.workloads.split(",")}
         rows = run(data, work, targets, args.reps)

@@ -84,7 +84,8 @@ class Node:
         storage = self.settings.storage
         self.database = Database(storage.db_path)
         self.database.migrate()
-        self.spool = Spool(storage.spool_dir)
+        one_flush = None if storage.spool_sync == "auto" else False  # None: by file system
+        self.spool = Spool(storage.spool_dir, one_flush=one_flush)
         if "scp" in self.components:  # the SCP process owns the spool's tmp/ and recovery
             self.spool.clean_tmp()
             self._recover_spool()

@@ -34,6 +34,7 @@ from pydicom.errors import BytesLengthException
 from service import memory, metrics
 from service.dicom.header import read_series
 from service.errors import AnalysisError
+from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
 from service.store.spool import Spool
@@ -153,7 +154,7 @@ class Worker:
                 reports = self._failure_report(pipeline, job, exc) if exc.code != "not_dicom" else ()
                 self._fail(job, exc.reason, exc.code, reports)
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
-                log.exception("job_error", extra={"fields": fields})
+                log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 if self.conn.in_transaction:
                     self.conn.rollback()
                 self._retry_or_fail(job, exc)

@@ -64,7 +64,9 @@ def _auth_dependency(token: str | None) -> Any:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "missing Bearer token", headers=challenge)
         if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            log.warning("api_bad_token", extra={"fields": {"path": request.url.path}})
+            # the route's template, never the path: /api/studies/{uid} holds a Study UID
+            route = getattr(request.scope.get("route"), "path", None)
+            log.warning("api_bad_token", extra={"fields": {"route": route or "unmatched"}})
             raise HTTPException(401, "invalid token", headers=challenge)
 
     return require_token

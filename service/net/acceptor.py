@@ -29,8 +29,11 @@ Both loops still wake every :data:`IDLE_WAIT_S` to check pynetdicom's
 timers (ARTIM, network idle), so nothing busy-loops while idle.
 
 The loops are the ones of pynetdicom 3.0 (``DULServiceProvider.run_reactor``,
-``Association._run_reactor``) with only the waits replaced;
-:func:`make_server` refuses other pynetdicom major versions.
+``Association._run_reactor``) with only the waits replaced. pyproject.toml
+pins pynetdicom to 3.0.x, and :func:`make_server` refuses to start (never
+aborts associations later) on another minor version or when any name of
+:data:`PRIVATE_NAMES` is missing. ``node.acceptor = "pynetdicom"`` uses
+pynetdicom's own acceptor instead (``ae.start_server``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import pynetdicom
-from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom import _globals, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
@@ -54,15 +56,20 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from service.net.pynetdicom_private import (
+    PRIVATE_NAMES,
+    SUPPORTED_PYNETDICOM,
+    UnsupportedPynetdicom,
+    missing_private_names,
+)
 from service.net.store_rsp import LAST_COMMAND_FRAGMENT, encode_store_rsp
 
 log = logging.getLogger(__name__)
 
 #: Longest a waiting loop sleeps before it re-checks pynetdicom's timers, s.
 IDLE_WAIT_S = 0.02
-SUPPORTED_PYNETDICOM_MAJOR = "3"
-
-
+#: First allocation of a PDU read, bytes (the node's own maximum P-DATA is 1 MiB).
+RECV_START_BYTES = 64 * 1024
 class _WakingQueue(queue.Queue):
     """A queue that calls ``wake`` after every put (wakes the waiting loop)."""
 
@@ -109,19 +116,24 @@ class FastSocket(AssociationSocket):
     """An :class:`AssociationSocket` that reads a PDU in as few calls as possible."""
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` (fewer only when the peer closes the connection)."""
+        """Read ``nr_bytes`` (fewer only when the peer closes the connection).
+
+        The buffer starts at :data:`RECV_START_BYTES` and doubles as data
+        arrives: memory follows what the peer sends, never the length its
+        6-byte PDU header declares (up to 4 GiB, before any AE check).
+        """
         sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        buffer = bytearray(min(nr_bytes, RECV_START_BYTES))
         got = 0
         while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
+            if got == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
+            with memoryview(buffer)[got:] as free:
+                n = sock.recv_into(free, len(free))
             if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                view.release()
                 del buffer[got:]
                 return buffer
             got += n
-        view.release()
         return buffer
 
 
@@ -324,7 +336,7 @@ class EventRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         server = cast(ThreadedAssociationServer, self.server)
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation(self.ae, _globals.MODE_ACCEPTOR)
         assoc._server = server
         stamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{stamp}"
@@ -351,21 +363,34 @@ def make_server(ae: pynetdicom.AE, address: tuple[str, int],
 
     Raises
     ------
-    RuntimeError
-        For a pynetdicom version whose loops these classes were not written for.
+    UnsupportedPynetdicom
+        For another pynetdicom minor version, or when a name of
+        :data:`PRIVATE_NAMES` is missing (the message lists them); nothing
+        is left listening.
     OSError
         When the address cannot be bound.
     """
-    if pynetdicom.__version__.split(".")[0] != SUPPORTED_PYNETDICOM_MAJOR:
-        raise RuntimeError(f"acceptor written for pynetdicom {SUPPORTED_PYNETDICOM_MAJOR}.x,"
-                           f" found {pynetdicom.__version__}")
+    found = ".".join(pynetdicom.__version__.split(".")[:2])
+    if found != SUPPORTED_PYNETDICOM:
+        raise UnsupportedPynetdicom(
+            f"the event acceptor is written for pynetdicom {SUPPORTED_PYNETDICOM}.x, found"
+            f" {pynetdicom.__version__}; install pynetdicom>={SUPPORTED_PYNETDICOM}.4,"
+            f"<3.1 or set node.acceptor = \"pynetdicom\"")
     server = ae.make_server(address, evt_handlers=handlers,
                             server_class=ThreadedAssociationServer,
                             request_handler=EventRequestHandler)
+    missing = missing_private_names(ae, server)
+    if missing:
+        server.server_close()
+        raise UnsupportedPynetdicom(
+            f"the event acceptor needs pynetdicom names that pynetdicom"
+            f" {pynetdicom.__version__} lacks: {', '.join(missing)};"
+            f" set node.acceptor = \"pynetdicom\"")
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
     return server
 
 
-__all__ = ["EventAssociation", "EventDUL", "FastSocket", "make_server"]
+__all__ = ["PRIVATE_NAMES", "EventAssociation", "EventDUL", "FastSocket",
+           "UnsupportedPynetdicom", "make_server", "missing_private_names"]

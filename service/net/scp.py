@@ -9,16 +9,18 @@ bookkeeping, and only then answers Success. Every failure is answered with a
 precise status and an ErrorComment; nothing patient-related is logged
 (pynetdicom's identifier logging is switched off).
 
-Durability costs one flush per instance on ext4/XFS/btrfs (data written out,
-rename, fsync of the file; elsewhere fsync, rename, fsync of the directory:
-see :mod:`service.store.spool`); the row is committed with
+Durability costs one flush per instance on ext4/XFS/btrfs with the default
+``storage.spool_sync = "auto"`` (data written out, rename, fsync of the file),
+else fsync, rename, fsync of the directory (see :mod:`service.store.spool`);
+the row is committed with
 ``synchronous=NORMAL`` (safe against a crash of the process; after a power
 loss :func:`service.store.series.recover_spool`, run at start-up, re-records
 the durable files whose rows were lost).
 
-The association machinery is pynetdicom's with event-driven waits and the
-C-STORE served in the thread that received it (:mod:`service.net.acceptor`):
-bench/ingest.py measures the difference.
+The association machinery is pynetdicom's loops with event-driven waits and
+the C-STORE served in the thread that received it (``node.acceptor =
+"event"``, the default, :mod:`service.net.acceptor`) or pynetdicom's stock
+acceptor (``"pynetdicom"``): bench/ingest.py measures the difference.
 """
 
 from __future__ import annotations
@@ -137,12 +139,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._active: set[int] = set()
         self._active_lock = threading.Lock()
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        # pynetdicom's "standard" handlers format debug text for every PDU and
-        # DIMSE message under the AE-wide lock; its logger is at WARNING anyway
-        _config.LOG_HANDLER_LEVEL = "none"
-        self._saved_globals: tuple[bool, str | None] | None = None
+        self._saved_globals: dict[str, Any] | None = None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -166,18 +163,50 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
         ]
-        # Stream each arriving dataset into a file instead of joining it in
-        # memory; tempfile's directory is the spool's tmp/ so the finished file
-        # is renamed into place, never copied. Both are process-wide: one SCP
-        # per process, restored by stop().
-        self._saved_globals = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(self.spool.tmp_dir)
+        self._set_globals()
         node = self.settings.node
-        # pynetdicom's acceptor with event-driven waits (service.net.acceptor)
-        self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers)
-        log.info("scp_listening", extra={"fields": {"ae_title": node.ae_title,
-                                                    "port": self.port}})
+        try:
+            if node.acceptor == "event":  # pynetdicom's loops, event-driven waits
+                self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers)
+            else:
+                self._server = self.ae.start_server((node.bind, node.port), block=False,
+                                                    evt_handlers=handlers)
+        except BaseException:
+            self._restore_globals()
+            raise
+        log.info("scp_listening", extra={"fields": {
+            "ae_title": node.ae_title, "port": self.port, "acceptor": node.acceptor}})
+
+    def _set_globals(self) -> None:
+        """Set the process-wide switches the SCP needs; :meth:`stop` restores them.
+
+        pynetdicom streams each arriving dataset into a file instead of joining
+        it in memory, in tempfile's directory, the spool's tmp/, so the
+        finished file is renamed into place, never copied. Identifier logging
+        is off; pynetdicom's "standard" handlers would format debug text for
+        every PDU under the AE-wide lock (its logger is at WARNING anyway).
+        One SCP per process: the values hold only while it runs.
+        """
+        wanted: dict[str, Any] = {
+            "STORE_RECV_CHUNKED_DATASET": True, "LOG_REQUEST_IDENTIFIERS": False,
+            "LOG_RESPONSE_IDENTIFIERS": False, "LOG_HANDLER_LEVEL": "none"}
+        missing = [name for name in wanted if not hasattr(_config, name)]
+        if missing:  # setattr on the module would silently do nothing useful
+            raise acceptor.UnsupportedPynetdicom(
+                f"pynetdicom._config lacks {', '.join(missing)}")
+        self._saved_globals = {name: getattr(_config, name) for name in wanted}
+        self._saved_globals["tempfile.tempdir"] = tempfile.tempdir
+        for name, value in wanted.items():
+            setattr(_config, name, value)
+        tempfile.tempdir = str(self.spool.tmp_dir)
+
+    def _restore_globals(self) -> None:
+        saved, self._saved_globals = self._saved_globals, None
+        if saved is None:
+            return
+        tempfile.tempdir = saved.pop("tempfile.tempdir")
+        for name, value in saved.items():
+            setattr(_config, name, value)
 
     @property
     def port(self) -> int:
@@ -198,9 +227,7 @@ class StorageSCP:
             self._server = None
         self.ae.shutdown()
         self._pool.close()
-        if self._saved_globals is not None:
-            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved_globals
-            self._saved_globals = None
+        self._restore_globals()
         log.info("scp_stopped")
 
     # --- association handlers --------------------------------------------------

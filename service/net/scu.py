@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from service import metrics
+from service.logs import safe_text
 from service.store import outbox
 from service.store.outbox import OutboxItem, RetryPolicy
 
@@ -255,8 +256,10 @@ class Sender:
         elif int(status) in DELIVERED_STATUSES:
             self._record(conn, item, report, int(status), None)
         else:
-            comment = str(getattr(status_ds, "ErrorComment", "") or "")[:64]
-            error = f"C-STORE status 0x{int(status):04X}" + (f": {comment}" if comment else "")
+            # the peer's free text may quote the instance's header: keep the status
+            comment = safe_text(getattr(status_ds, "ErrorComment", ""))
+            error = f"C-STORE status 0x{int(status):04X}" + (
+                f", comment {comment}" if comment else "")
             self._record(conn, item, report, int(status), error, retry=True)
 
     def _record(self, conn: Any, item: OutboxItem, report: PassReport, status: int | None,

@@ -20,6 +20,8 @@ rename, with a device cache flush before the commit record. ext4, XFS and
 btrfs persist a rename this way (the rename changes the file's inode, and
 fsync of the inode forces the journal/log up to that change); elsewhere the
 spool keeps the POSIX sequence (fsync, rename, fsync of the directory).
+The node uses one flush with ``storage.spool_sync = "auto"`` (the default);
+``"posix"`` always takes the POSIX sequence.
 Either way an instance file exists under its final name after a crash only
 with its data written before that name, and is durable once ``adopt``
 returns. One flush instead of two halves the cost of a durable instance on
@@ -55,6 +57,11 @@ class Spool:
     ----------
     root : Path
         Spool directory; created (with its sub-folders) if missing.
+    one_flush : bool or None
+        How :meth:`adopt` makes a received instance durable. None: one flush
+        where the file system is in :data:`ONE_FLUSH_FILESYSTEMS`, the POSIX
+        sequence elsewhere (``storage.spool_sync = "auto"``); False: always
+        the POSIX sequence (``"posix"``); True: one flush, for tests.
     """
 
     def __init__(self, root: Path, one_flush: bool | None = None) -> None:

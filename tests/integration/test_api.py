@@ -95,6 +95,16 @@ def test_api_routes_refuse_missing_or_wrong_token(tmp_path, db, headers, path):
     assert r.json()["status"] == 401 and r.json()["instance"] == path
 
 
+def test_bad_token_log_names_the_route_not_the_study(tmp_path, db, caplog):
+    with caplog.at_level("WARNING", logger="service.api.app"):
+        r = client(make_settings(tmp_path), db).get(
+            f"/api/studies/{STUDY}", headers={"Authorization": "Bearer wrong-token-123"})
+    assert r.status_code == 401
+    (record,) = [r for r in caplog.records if r.getMessage() == "api_bad_token"]
+    assert record.fields == {"route": "/studies/{study_uid}"}
+    assert STUDY not in caplog.text
+
+
 def test_retry_needs_the_token_too(tmp_path, db):
     c = client(make_settings(tmp_path), db)
     assert c.post("/api/jobs/2/retry").status_code == 401

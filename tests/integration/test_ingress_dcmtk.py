@@ -4,12 +4,16 @@ echoscu/storescu on loopback: C-ECHO, multi-frame and per-slice NM studies,
 compressed transfer syntaxes, unknown callers, resends, a full disk, bad
 payloads (each ends as a failure status or a job with a reason), and a
 sentinel patient name that must never reach the log (node at DEBUG).
+
+The receive path runs both ways (:data:`RECEIVE`): the event acceptor with
+``spool_sync = "auto"`` and pynetdicom's stock acceptor with ``"posix"``.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +29,19 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from service.dicom import codes
+from service.store.spool import ONE_FLUSH_FILESYSTEMS, filesystem_type
 
 SENTINEL_NAME = "SENTINEL^PATIENT"
 SENTINEL_ID = "SENTINEL-ID-4711"
 FAKE = fake_settings()
+#: (node.acceptor, storage.spool_sync): both acceptors, both spool adoptions.
+RECEIVE = [("event", "auto"), ("pynetdicom", "posix")]
+RECEIVE_IDS = ["-".join(r) for r in RECEIVE]
+
+
+def receive_settings(receive: tuple[str, str], **storage: object) -> dict[str, dict[str, object]]:
+    acceptor, spool_sync = receive
+    return {"node": {"acceptor": acceptor}, "storage": {"spool_sync": spool_sync, **storage}}
 
 
 def storescu(node: NodeProcess, paths: list[Path], *flags: str,
@@ -74,13 +87,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return made
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    with NodeProcess(tmp_path_factory.mktemp("ingress-node"), settings=FAKE,
-                     log_level="DEBUG") as proc:
+@pytest.fixture(scope="module", params=RECEIVE, ids=RECEIVE_IDS)
+def node(tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[NodeProcess]:
+    with NodeProcess(tmp_path_factory.mktemp("ingress-node"), log_level="DEBUG",
+                     settings={**FAKE, **receive_settings(request.param)}) as proc:
         proc.start()
         yield proc
         assert proc.stop() == 0
+
+
+def test_receive_path_is_the_configured_one(node: NodeProcess) -> None:
+    config = tomllib.loads(node.config_path.read_text(encoding="utf-8"))
+    acceptor, spool_sync = config["node"]["acceptor"], config["storage"]["spool_sync"]
+    text = node.log_text()
+    assert f'port={node.scp_port} acceptor="{acceptor}"' in text
+    one_flush = spool_sync == "auto" and filesystem_type(
+        node.spool_dir.resolve()) in ONE_FLUSH_FILESYSTEMS
+    assert f'adopt="{"one_flush" if one_flush else "fsync_rename_fsync_dir"}"' in text
 
 
 def job_of_series(node: NodeProcess, series_uid: str, state: str = "done") -> tuple:
@@ -217,9 +241,11 @@ def test_sentinel_never_logged(node: NodeProcess) -> None:
     assert "SENTINEL" not in text.upper()
 
 
-def test_out_of_space_is_0xA700(tmp_path: Path, data: dict[str, list[Path]]) -> None:
+@pytest.mark.parametrize("receive", RECEIVE, ids=RECEIVE_IDS)
+def test_out_of_space_is_0xA700(tmp_path: Path, data: dict[str, list[Path]],
+                                receive: tuple[str, str]) -> None:
     with NodeProcess(tmp_path, components="scp",
-                     settings={"storage": {"min_free_mb": 10**9}}) as full:
+                     settings=receive_settings(receive, min_free_mb=10**9)) as full:
         full.start()
         sent = storescu(full, data["multiframe"])
         assert "Refused: OutOfResources" in sent.stderr and sent.returncode != 0
@@ -265,12 +291,14 @@ def test_real_pipeline_refuses_bad_nm_with_reasons(tmp_path: Path,
         assert node.stop() == 0
 
 
-def test_concurrent_senders(tmp_path: Path) -> None:
+@pytest.mark.parametrize("receive", RECEIVE, ids=RECEIVE_IDS)
+def test_concurrent_senders(tmp_path: Path, receive: tuple[str, str]) -> None:
     """Three associations at once, three series: every instance stored, one job each."""
     img = marker_image((16, 16, 12))
     series = [write_marker_study(tmp_path / f"s{i}", "per_slice", image=img,
                                  uid_seed=f"concurrent-{i}") for i in range(3)]
-    with NodeProcess(tmp_path / "node", components="scp,worker") as proc:
+    with NodeProcess(tmp_path / "node", components="scp,worker",
+                     settings=receive_settings(receive)) as proc:
         proc.start()
         senders = [subprocess.Popen([require_tool("storescu"), "-aet", "STORESCU", "-aec",
                                      proc.ae_title, "127.0.0.1", str(proc.scp_port),

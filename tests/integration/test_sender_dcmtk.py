@@ -221,6 +221,35 @@ def test_only_success_counts_as_delivered(db, tmp_path):
     assert len(seen) == 2 and states(db)["picky"] == ("sent", 2)
 
 
+def test_peer_error_comment_is_withheld(db, tmp_path, caplog):
+    """A refusal's ErrorComment may quote the instance's header: status kept, text withheld."""
+    def handle_store(event: evt.Event) -> Dataset:
+        answer = Dataset()
+        answer.Status = 0xA700
+        answer.ErrorComment = "QXSENTINEL^PATIENT 17.08.1923"
+        return answer
+
+    scp_ae = AE(ae_title="PICKY")
+    scp_ae.add_supported_context(ComprehensiveSRStorage)
+    port = free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    try:
+        path = tmp_path / "out" / "sr.dcm"
+        enqueue(db, path, write_sr(path), ["picky"])
+        sender = Sender(db, [Dest("picky", "PICKY", port)], "DOPANODE",
+                        RetryPolicy(base_s=0.01, cap_s=0.01, give_up_after_s=3600))
+        with caplog.at_level("INFO"):
+            report = sender.send_due("picky")
+    finally:
+        server.shutdown()
+    (error,) = report.errors
+    assert error.startswith("C-STORE status 0xA700, comment <withheld len=29 #")
+    logged = " ".join(r.getMessage() + repr(getattr(r, "fields", {})) for r in caplog.records)
+    assert "output_not_delivered" in logged and "0xA700" in logged
+    assert "QXSENTINEL" not in logged and "17.08.1923" not in logged
+
+
 def test_missing_output_file_fails_without_retry(db, tmp_path):
     ds = write_sr(tmp_path / "out" / "sr.dcm")
     (tmp_path / "out" / "sr.dcm").unlink()

@@ -1,16 +1,24 @@
-"""The event-driven acceptor and the one-flush spool, in process with a pynetdicom SCU.
+"""Both acceptors and both spool adoptions, in process with a pynetdicom SCU.
 
-Covers: C-ECHO and C-STORE answered (the store served in the DUL thread),
+Every SCP test runs against each ``node.acceptor`` (``"event"``:
+:mod:`service.net.acceptor`; ``"pynetdicom"``: its stock acceptor) with each
+``storage.spool_sync`` (``"auto"``: one flush on ext4/XFS/btrfs; ``"posix"``).
+Covers: C-ECHO and C-STORE answered (with the event acceptor the store is
+served in the DUL thread),
 several instances on one association, a resend deduplicated, release and
 abort by the peer, the network idle timeout, associations' threads ending,
-the one-flush and the POSIX adoption paths, and start-up recovery of a file
-whose row was lost (``completion.recover_spool``) for files written this way.
+the one-flush and the POSIX adoption paths, start-up recovery of a file
+whose row was lost (``completion.recover_spool``) for files written this way,
+the refusal to start on an unsupported pynetdicom or a missing private name,
+and the process-wide switches restored after stop.
 No sleeps: every wait is a poll with a deadline.
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import warnings
@@ -25,7 +33,9 @@ from conftest import free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from service.config import NodeSettings, Settings, StorageSettings
 from service.dicom import codes
@@ -73,25 +83,36 @@ class RecordingSCP(StorageSCP):
     """The SCP, noting which kind of thread served each C-STORE."""
 
     served_in: list[str]
+    database: db.Database
 
     def handle_store(self, event: evt.Event) -> Dataset | int:
         self.served_in.append(type(threading.current_thread()).__name__)
         return super().handle_store(event)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[RecordingSCP, db.Database]]:
+def make_scp(tmp_path: Path, acceptor_kind: str, spool_sync: str = "posix") -> RecordingSCP:
     settings = Settings().model_copy(update={
-        "node": NodeSettings(port=free_port(), bind="127.0.0.1"),
+        "node": NodeSettings(port=free_port(), bind="127.0.0.1", acceptor=acceptor_kind),
         "storage": StorageSettings(spool_dir=tmp_path / "spool",
-                                   db_path=tmp_path / "node.sqlite3", min_free_mb=1)})
+                                   db_path=tmp_path / "node.sqlite3", min_free_mb=1,
+                                   spool_sync=spool_sync)})
     database = db.Database(settings.storage.db_path)
     database.migrate()
-    scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir))
+    one_flush = None if spool_sync == "auto" else False  # as service.app.Node does
+    scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir, one_flush))
     scp.served_in = []
+    scp.database = database
+    return scp
+
+
+@pytest.fixture(params=[("event", "auto"), ("event", "posix"), ("pynetdicom", "auto"),
+                        ("pynetdicom", "posix")], ids=lambda p: "-".join(p))
+def node(tmp_path: Path, request: pytest.FixtureRequest
+         ) -> Iterator[tuple[RecordingSCP, db.Database]]:
+    scp = make_scp(tmp_path, *request.param)
     scp.start()
     try:
-        yield scp, database
+        yield scp, scp.database
     finally:
         scp.stop()
 
@@ -114,8 +135,8 @@ def rows(database: db.Database, sql: str) -> list[tuple[Any, ...]]:
 
 
 def acceptor_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate()
-            if isinstance(t, acceptor.EventAssociation | acceptor.EventDUL)]
+    """Association and DUL threads of either acceptor still alive."""
+    return [t for t in threading.enumerate() if isinstance(t, Association | DULServiceProvider)]
 
 
 def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -> None:
@@ -128,7 +149,12 @@ def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -
     assert assoc.send_c_store(instances[0]).Status == 0x0000  # resend: deduplicated
     assoc.release()
     assert assoc.is_released
-    assert scp.served_in == ["EventDUL"] * 4  # served where it arrived, no hand-off
+    # event: served where it arrived, no hand-off; stock: in the association thread
+    thread = "EventDUL" if scp.settings.node.acceptor == "event" else "Association"
+    assert scp.served_in == [thread] * 4
+    one_flush = scp.settings.storage.spool_sync == "auto" and filesystem_type(
+        scp.spool.root) in spool_mod.ONE_FLUSH_FILESYSTEMS
+    assert scp.spool.one_flush is one_flush
     stored = rows(database, "SELECT sop_instance_uid, path FROM instances")
     assert {u for u, _ in stored} == {str(ds.SOPInstanceUID) for ds in instances}
     for uid, relative in stored:
@@ -159,10 +185,83 @@ def test_idle_association_times_out(node: tuple[RecordingSCP, db.Database]) -> N
     poll(lambda: not acceptor_threads())
 
 
-def test_refuses_other_pynetdicom_major(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pynetdicom, "__version__", "4.0.0")
-    with pytest.raises(RuntimeError, match="pynetdicom 3"):
+@pytest.mark.parametrize("version", ["3.1.0", "4.0.0", "2.1.1"])
+def test_event_acceptor_refuses_other_pynetdicom_minor(monkeypatch: pytest.MonkeyPatch,
+                                                       version: str) -> None:
+    monkeypatch.setattr(pynetdicom, "__version__", version)
+    with pytest.raises(acceptor.UnsupportedPynetdicom, match=r"written for pynetdicom 3\.0\.x"):
         acceptor.make_server(AE(), ("127.0.0.1", 0), [])
+
+
+def test_private_names_all_present_in_the_pinned_pynetdicom() -> None:
+    ae = AE()
+    ae.add_supported_context(codes.VERIFICATION)
+    server = ae.make_server(("127.0.0.1", 0), evt_handlers=[])
+    try:
+        assert acceptor.missing_private_names(ae, server) == []
+    finally:
+        server.server_close()
+    assert len(acceptor.PRIVATE_NAMES) == 26
+
+
+@pytest.mark.parametrize(("owner", "name"), [(DULServiceProvider, "_process_recv_primitive"),
+                                             (Association, "_serve_request")])
+def test_missing_private_name_refuses_start_not_associations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+    """A renamed private stops the node at start-up with the name, never later."""
+    monkeypatch.delattr(owner, name)
+    scp = make_scp(tmp_path, "event")
+    before = {k: getattr(_config, k) for k in ("STORE_RECV_CHUNKED_DATASET", "LOG_HANDLER_LEVEL")}
+    with pytest.raises(acceptor.UnsupportedPynetdicom, match=f"{owner.__name__}.{name}"):
+        scp.start()
+    assert not scp.is_listening()
+    with pytest.raises(OSError):  # nothing listens on the port
+        socket.create_connection(("127.0.0.1", scp.settings.node.port), timeout=1).close()
+    assert {k: getattr(_config, k) for k in before} == before
+    scp.stop()
+
+
+@pytest.mark.parametrize("acceptor_kind", ["event", "pynetdicom"])
+def test_process_globals_are_restored_after_stop(tmp_path: Path, acceptor_kind: str) -> None:
+    names = ("STORE_RECV_CHUNKED_DATASET", "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS",
+             "LOG_HANDLER_LEVEL")
+    before = ({n: getattr(_config, n) for n in names}, tempfile.tempdir)
+    scp = make_scp(tmp_path, acceptor_kind)
+    assert ({n: getattr(_config, n) for n in names}, tempfile.tempdir) == before  # not yet
+    scp.start()
+    try:
+        assert _config.STORE_RECV_CHUNKED_DATASET is True
+        assert _config.LOG_HANDLER_LEVEL == "none"
+        assert tempfile.tempdir == str(scp.spool.tmp_dir)
+        assoc = associate(scp)
+        assert assoc.send_c_store(nm_instance("series-g", 0, slices=1)).Status == 0x0000
+        assoc.release()
+    finally:
+        scp.stop()
+    assert ({n: getattr(_config, n) for n in names}, tempfile.tempdir) == before
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_declared_pdu_length_allocates_nothing(node: tuple[RecordingSCP, db.Database]) -> None:
+    """A 6-byte PDU header declaring 1 GiB must not make the node commit 1 GiB (audit D1)."""
+    scp, _ = node
+    scp.ae.acse_timeout = scp.ae.network_timeout = 0.5  # ARTIM ends the half-read PDU
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    before = peak_rss_mb()
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
+        peer.sendall(b"\x01\x00" + (1 << 30).to_bytes(4, "big") + b"\x00" * 1000)
+        poll(acceptor_threads)  # the association is reading the PDU
+    poll(lambda: not acceptor_threads())  # closed mid-PDU: it ends
+    assert peak_rss_mb() - before < 256
+    again = associate(scp)  # and the node still serves
+    assert again.send_c_echo().Status == 0x0000
+    again.release()
 
 
 # --- the spool's two adoption paths --------------------------------------------------

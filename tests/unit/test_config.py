@@ -40,6 +40,7 @@ def test_defaults_run_without_file() -> None:
     assert s.node.acceptor == "event" and s.storage.spool_sync == "auto"
     assert s.storage.db_path.name.endswith(".sqlite3")
     assert s.destinations == () and s.notes == ()
+    assert (s.node.acceptor, s.storage.spool_sync) == ("event", "auto")  # bench/README.md
     # the safe default: DCMTK/Orthanc default titles, loopback only
     assert s.caller("STORESCU", "127.0.0.1") is not None
     assert s.caller("STORESCU", "::1") is not None
@@ -142,6 +143,8 @@ def test_env_replaces_list_sections_with_json(tmp_path: Path) -> None:
         ("[model]\nsha256 = 'xyz'\n", {}, "model.sha256 (read as pipelines.dat_spect.model_sha256)"),
         ("[model]\nfile = 'x.onnx'\n", {}, "model.file: unknown key"),
         ("", {"DOPANODE_ANALYSIS__TEMPLATE": "x"}, "DOPANODE_ANALYSIS__TEMPLATE: unknown key"),
+        ("[node]\nacceptor = 'fast'\n", {}, "node.acceptor"),
+        ("", {"DOPANODE_STORAGE__SPOOL_SYNC": "always"}, "storage.spool_sync"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
@@ -154,6 +157,15 @@ def test_errors_never_echo_the_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, "[api]\ntoken = 'sh0rt'\n"), environ={})
     assert "sh0rt" not in str(info.value)
+
+
+@pytest.mark.parametrize(("acceptor", "spool_sync"), [("event", "auto"), ("pynetdicom", "posix")])
+def test_receive_path_choices(acceptor: str, spool_sync: str) -> None:
+    s = load_settings(None, environ={"DOPANODE_NODE__ACCEPTOR": acceptor,
+                                     "DOPANODE_STORAGE__SPOOL_SYNC": spool_sync})
+    assert (s.node.acceptor, s.storage.spool_sync) == (acceptor, spool_sync)
+    text = describe(s)
+    assert f"acceptor {acceptor}" in text and f"spool sync {spool_sync}" in text
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:

@@ -254,6 +254,23 @@ def test_missing_type2_patient_attributes_stay_empty(reduced: StudyResult) -> No
         assert keyword in sr and not sr[keyword].value
 
 
+@pytest.mark.parametrize("birth_date", ["1959-01-01", "17.08.1923"])
+def test_malformed_dates_and_ages_are_copied_empty(reduced: StudyResult, birth_date: str,
+                                                   recwarn: pytest.WarningsRecorder) -> None:
+    """A non-conforming DA/TM/AS must not cost the reader the SR (highdicom refuses it)."""
+    evidence = example_evidence(reduced)
+    with pytest.warns(UserWarning):  # pydicom, when the test sets the bad values
+        for ds in evidence:
+            ds.PatientBirthDate, ds.PatientAge = birth_date, "64"
+            ds.StudyDate, ds.StudyTime = "2026-01-02", "12:00"
+    recwarn.clear()
+    sr = build_sr(reduced, evidence, JOB)
+    for keyword in ("PatientBirthDate", "StudyDate", "StudyTime"):
+        assert keyword in sr and not sr[keyword].value
+    assert sr.PatientName == evidence[0].PatientName and sr.PatientID == evidence[0].PatientID
+    assert not [w for w in recwarn if birth_date in str(w.message)]
+
+
 def test_logs_carry_no_patient_identifiers(
     reduced: StudyResult, caplog: pytest.LogCaptureFixture
 ) -> None:
