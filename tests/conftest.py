@@ -37,3 +37,14 @@ def require_tool(name: str) -> str:
 @pytest.fixture
 def rng() -> Iterator[np.random.Generator]:
     yield np.random.default_rng(20261121)
+
+
+@pytest.fixture(autouse=True)
+def _pydicom_validation_restored() -> Iterator[None]:
+    """Tests that run the CLI in-process (``logs.configure`` sets pydicom's reading
+    validation to IGNORE for the node) must not change what later tests see."""
+    from pydicom import config
+
+    saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    yield
+    config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved

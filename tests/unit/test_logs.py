@@ -34,6 +34,7 @@ def stream() -> Iterator[io.StringIO]:
     saved = root.handlers[:], root.level
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG)
+    logging.captureWarnings(False)  # drop a hook an earlier in-process CLI run left behind
     logging.captureWarnings(True)
     try:
         yield buffer
