@@ -14,13 +14,15 @@ the header of one instance, no pixels):
 
 One :class:`Scheduler` thread runs per ``dopanode serve`` process that runs
 workers; its steps are idempotent transactions, so two processes against
-one database do not make twin jobs.
+one database do not make twin jobs. On PostgreSQL only one of them works at
+a time: the one whose session holds the scheduler's advisory lock
+(:func:`service.store.dialect.try_singleton`); the others take over when
+its connection goes.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +31,8 @@ from service import metrics
 from service.dicom.header import READ_ERRORS, read_series_header
 from service.pipelines.base import InputSeries, Pipeline, SeriesView
 from service.store import db, jobs, retention, series
+from service.store.dialect import try_singleton
+from service.store.rows import Connection, Rows
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ class Scheduler:
 
     Parameters
     ----------
-    database : Database
+    database : Rows
     spool : Spool
     pipelines : mapping of name to Pipeline
         The enabled pipelines, in registry order.
@@ -56,7 +60,7 @@ class Scheduler:
         Called after a round made jobs (wakes idle workers).
     """
 
-    def __init__(self, database: db.Database, spool: Spool, pipelines: Mapping[str, Pipeline],
+    def __init__(self, database: Rows, spool: Spool, pipelines: Mapping[str, Pipeline],
                  max_attempts: int = 3, interval_s: float = 0.2,
                  retention_days: float | None = None,
                  on_jobs: Callable[[], None] | None = None) -> None:
@@ -79,14 +83,32 @@ class Scheduler:
                         self.on_jobs()
                 except Exception:  # the thread's edge (e.g. database locked too long): go on
                     log.exception("scheduler_error")
-                    if conn.in_transaction:
-                        conn.rollback()
+                    conn = self._recover(conn)
                 stop.wait(self.interval_s)
         finally:
             conn.close()
 
-    def run_once(self, conn: sqlite3.Connection, now: float | None = None) -> int:
-        """One round: purge (when due), complete quiet series, route; jobs made."""
+    def _recover(self, conn: Connection) -> Connection:
+        """Roll back after an error; a broken connection (server restart) is replaced."""
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+            return conn
+        except Exception:  # the connection itself is gone: a new session (locks released)
+            log.exception("scheduler_reconnect")
+            try:
+                conn.close()
+            finally:
+                conn = self.database.connect()
+            return conn
+
+    def run_once(self, conn: Connection, now: float | None = None) -> int:
+        """One round: purge (when due), complete quiet series, route; jobs made.
+
+        Does nothing while another node's scheduler holds the singleton lock.
+        """
+        if not try_singleton(conn, "scheduler"):
+            return 0
         at = time.time() if now is None else now
         if self.retention_days is not None and at >= self._next_purge_at:
             retention.purge_expired(conn, self.spool, at - self.retention_days * 86400.0)
@@ -111,7 +133,7 @@ class Scheduler:
         return SeriesView(row.study_uid, row.series_uid, str(header.get("SOPClassUID", "")),
                           row.instance_count, header, row.state != "receiving", row.completed_at)
 
-    def route(self, conn: sqlite3.Connection, row: series.SeriesRow, now: float) -> int:
+    def route(self, conn: Connection, row: series.SeriesRow, now: float) -> int:
         """Offer one completed series to the pipelines; jobs made (0 when waiting or ignored)."""
         view = self._view(row)
         if view is None or not self.pipelines:
@@ -140,7 +162,7 @@ class Scheduler:
             self._record(conn, row, decisions, taken, made)
         return made
 
-    def _record(self, conn: sqlite3.Connection, row: series.SeriesRow,
+    def _record(self, conn: Connection, row: series.SeriesRow,
                 decisions: dict[str, str], taken: bool, made: int) -> None:
         series.mark_routed(conn, row.series_uid, row.content_hash or "", decisions, taken)
         outcome = "taken" if taken else "ignored"
@@ -149,7 +171,7 @@ class Scheduler:
             "outcome": outcome, "jobs": made,
             "pipelines": {k: v.split(":")[0] for k, v in decisions.items()}}})
 
-    def _study(self, conn: sqlite3.Connection, primary: SeriesView) -> list[SeriesView]:
+    def _study(self, conn: Connection, primary: SeriesView) -> list[SeriesView]:
         views = []
         for row in series.study_series(conn, primary.study_uid):
             if row.series_uid != primary.series_uid:
@@ -158,7 +180,7 @@ class Scheduler:
                     views.append(view)
         return views
 
-    def _make_job(self, conn: sqlite3.Connection, pipeline: str, view: SeriesView,
+    def _make_job(self, conn: Connection, pipeline: str, view: SeriesView,
                   plan: tuple[InputSeries, ...], note: str, now: float) -> int:
         inputs = [jobs.JobInput(item.role, item.series_uid,
                                 tuple(u for u, _ in db.series_instances(conn, item.series_uid)))

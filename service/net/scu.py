@@ -58,7 +58,7 @@ class DestinationLike(Protocol):
 
 
 class DatabaseLike(Protocol):
-    """What the sender needs of the database (``service.store.db.Database``)."""
+    """What the sender needs of the database (``service.store.rows.Rows``)."""
 
     def connect(self) -> Any: ...
 
@@ -115,7 +115,7 @@ class Sender:
     Parameters
     ----------
     db : Database-like
-        Has ``connect() -> sqlite3.Connection``; each thread opens its own.
+        Has ``connect()`` (a rows-port connection); each thread opens its own.
     destinations : sequence of Destination-like
         ``name``, ``ae_title``, ``host``, ``port``.
     calling_ae : str

@@ -15,11 +15,12 @@ transaction (``with conn:``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.store.rows import Connection
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _item(row: Sequence[object]) -> OutboxItem:
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     job_id: int,
     destination_names: Sequence[str],
     path: Path | str,
@@ -207,7 +208,7 @@ def enqueue(
 
 
 def due(
-    conn: sqlite3.Connection,
+    conn: Connection,
     now: float | None = None,
     destination: str | None = None,
     limit: int = 100,
@@ -234,7 +235,7 @@ def due(
     return [_item(r) for r in conn.execute(sql, params)]
 
 
-def next_due_at(conn: sqlite3.Connection, destination: str | None = None) -> float | None:
+def next_due_at(conn: Connection, destination: str | None = None) -> float | None:
     """Earliest ``next_attempt_at`` among pending items (None when nothing is pending)."""
     sql = "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
     params: tuple[object, ...] = ()
@@ -245,13 +246,13 @@ def next_due_at(conn: sqlite3.Connection, destination: str | None = None) -> flo
     return None if value is None else float(value)
 
 
-def get(conn: sqlite3.Connection, item_id: int) -> OutboxItem | None:
+def get(conn: Connection, item_id: int) -> OutboxItem | None:
     """One item by id, or None."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
     return None if row is None else _item(row)
 
 
-def items_for_job(conn: sqlite3.Connection, job_id: int) -> list[OutboxItem]:
+def items_for_job(conn: Connection, job_id: int) -> list[OutboxItem]:
     """All items of one job, by id."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
@@ -259,7 +260,7 @@ def items_for_job(conn: sqlite3.Connection, job_id: int) -> list[OutboxItem]:
     return [_item(r) for r in rows]
 
 
-def mark_sent(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
+def mark_sent(conn: Connection, item_id: int, now: float | None = None) -> None:
     """Record delivery (the destination answered Success)."""
     at = time.time() if now is None else now
     conn.execute(
@@ -270,7 +271,7 @@ def mark_sent(conn: sqlite3.Connection, item_id: int, now: float | None = None) 
 
 
 def mark_failed(
-    conn: sqlite3.Connection, item_id: int, error: str, now: float | None = None
+    conn: Connection, item_id: int, error: str, now: float | None = None
 ) -> None:
     """Give an item up for good (e.g. its file is gone, its destination unconfigured)."""
     del now  # kept for a uniform signature; failed items keep their last attempt time
@@ -281,7 +282,7 @@ def mark_failed(
 
 
 def mark_retry(
-    conn: sqlite3.Connection,
+    conn: Connection,
     item_id: int,
     error: str,
     policy: RetryPolicy,
@@ -315,7 +316,7 @@ def mark_retry(
     return "pending"
 
 
-def backlog_stats(conn: sqlite3.Connection, now: float | None = None) -> BacklogStats:
+def backlog_stats(conn: Connection, now: float | None = None) -> BacklogStats:
     """Count pending and failed items and the age of the oldest pending one."""
     at = time.time() if now is None else now
     by_destination = {
