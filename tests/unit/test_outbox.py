@@ -1,4 +1,4 @@
-"""The durable outbox on a real SQLite database (migrated by service.store.db)."""
+"""The durable outbox on a real database, SQLite and PostgreSQL (migrated by the rows port)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from service import metrics
+from typing import Any
+
 from service.store import outbox
-from service.store.db import Database
 from service.store.outbox import RetryPolicy
 
 T0 = 1_800_000_000.0
@@ -17,10 +18,8 @@ SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    db = Database(tmp_path / "node.sqlite3")
-    db.migrate()
-    c = db.connect()
+def conn(rows: Any) -> Any:
+    c = rows.connect()
     yield c
     c.close()
 
@@ -129,7 +128,12 @@ def test_unique_constraint_is_in_the_schema(conn):
         conn.execute(
             "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
             " next_attempt_at, created_at) VALUES (1, 'pacs', '1.2', ?, '/x', 0, 0)", (SR,))
-    with pytest.raises(sqlite3.IntegrityError):
+    errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    if conn.dialect.name == "postgres":
+        import psycopg
+
+        errors = (psycopg.IntegrityError,)
+    with pytest.raises(errors):
         conn.execute(
             "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
             " next_attempt_at, created_at) VALUES (2, 'pacs', '1.2', ?, '/y', 0, 0)", (SR,))
