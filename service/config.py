@@ -208,6 +208,11 @@ class StorageSettings(_Section):
     max_instance_mb: Int = Field(default=512, ge=1, le=10**6)
     spool_sync: Literal["auto", "posix"] = "auto"
 
+    @field_validator("postgres_dsn", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StorageSettings:
         if self.backend == "postgres" and not self.postgres_dsn:
