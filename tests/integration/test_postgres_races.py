@@ -63,6 +63,7 @@ def test_four_workers_race_and_each_job_is_claimed_once(rows: PostgresRows, conn
     made = make_jobs(conn, 40)
     gate = threading.Barrier(4)
     claimed: dict[str, list[int]] = {}
+    refused: list[int] = []
 
     def worker(name: str) -> None:
         c = rows.connect()
@@ -72,8 +73,9 @@ def test_four_workers_race_and_each_job_is_claimed_once(rows: PostgresRows, conn
             while (job := jobs.claim(c, name, 60.0)) is not None:
                 mine.append(job.id)
                 with c:
-                    assert jobs.finish(c, job.id, job.lease_token or "", {"by": name}, {}, [],
-                                       time.time())
+                    if not jobs.finish(c, job.id, job.lease_token or "", {"by": name}, {}, [],
+                                       time.time()):
+                        refused.append(job.id)
         finally:
             c.close()
 
@@ -84,6 +86,7 @@ def test_four_workers_race_and_each_job_is_claimed_once(rows: PostgresRows, conn
         t.join(60)
     every = [job_id for ids in claimed.values() for job_id in ids]
     assert sorted(every) == sorted(made)  # each job exactly once, none lost
+    assert refused == []
     assert sum(1 for ids in claimed.values() if ids) >= 2  # they did race
     done = jobs.list_jobs(conn, state="done", limit=100)
     assert len(done) == 40 and {j.attempts for j in done} == {1}
@@ -168,21 +171,26 @@ def test_a_series_recorded_through_two_listeners_completes_once(
         halves = [records[::2], records[1::2]]
         gate = threading.Barrier(2)
 
-        def listener(part: list[db.InstanceRecord]) -> None:
+        recorded: list[bool] = []
+
+        def listener(part: list[db.InstanceRecord], gate: threading.Barrier,
+                     header: InstanceHeader, recorded: list[bool]) -> None:
             c = rows.connect()
             try:
                 gate.wait(10)
                 for rec in part:
                     with c:  # one transaction per acknowledged instance, as the SCP
-                        assert series.record_instance(c, rec, header, 30.0)
+                        recorded.append(series.record_instance(c, rec, header, 30.0))
             finally:
                 c.close()
 
-        threads = [threading.Thread(target=listener, args=(h,)) for h in halves]
+        threads = [threading.Thread(target=listener, args=(h, gate, header, recorded))
+                   for h in halves]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
+        assert recorded == [True] * n
         assert completions.count(uid) == 1, f"trial {trial}"
         conn = rows.connect()
         try:

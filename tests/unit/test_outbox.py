@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service import metrics
-from typing import Any
-
 from service.store import outbox
 from service.store.outbox import RetryPolicy
 
