@@ -75,32 +75,20 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Run rounds until ``stop`` is set."""
-        conn = self.database.connect()
+        conn: Connection | None = None
         try:
             while not stop.is_set():
                 try:
+                    conn = conn or self.database.connect()
                     if self.run_once(conn) and self.on_jobs is not None:
                         self.on_jobs()
-                except Exception:  # the thread's edge (e.g. database locked too long): go on
+                except Exception:  # the thread's edge (database locked too long, server gone)
                     log.exception("scheduler_error")
-                    conn = self._recover(conn)
+                    _closed(conn)
+                    conn = None
                 stop.wait(self.interval_s)
         finally:
-            conn.close()
-
-    def _recover(self, conn: Connection) -> Connection:
-        """Roll back after an error; a broken connection (server restart) is replaced."""
-        try:
-            if conn.in_transaction:
-                conn.rollback()
-            return conn
-        except Exception:  # the connection itself is gone: a new session (locks released)
-            log.exception("scheduler_reconnect")
-            try:
-                conn.close()
-            finally:
-                conn = self.database.connect()
-            return conn
+            _closed(conn)
 
     def run_once(self, conn: Connection, now: float | None = None) -> int:
         """One round: purge (when due), complete quiet series, route; jobs made.
@@ -194,3 +182,16 @@ class Scheduler:
             "job_id": job_id, "pipeline": pipeline, "inputs": len(inputs),
             "instances": len(every_uid)}})
         return 1
+
+
+def _closed(conn: Connection | None) -> None:
+    """Close a connection after an error; the next round opens a fresh session.
+
+    Closing rolls back and, on PostgreSQL, gives up the singleton lock:
+    whichever scheduler asks first next takes it.
+    """
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # already broken: nothing left to close
+            log.debug("scheduler_close_failed", exc_info=True)

@@ -103,16 +103,22 @@ class Worker:
                 busy = self.run_once()
             except Exception:  # the thread's edge (e.g. database locked too long): keep going
                 log.exception("worker_loop_error")
-                if self._conn is not None and self._conn.in_transaction:
-                    self._conn.rollback()
+                self._drop_connection()  # a fresh one next time (a server restart broke it)
                 busy = False
             if not busy:
                 self.wake.wait(self.poll_interval_s)
                 self.wake.clear()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop_connection()
         log.info("worker_stopped", extra={"fields": {"owner": self.owner}})
+
+    def _drop_connection(self) -> None:
+        """Close the worker's connection (its open transaction rolls back)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing left to close
+                log.debug("worker_close_failed", exc_info=True)
 
     def run_once(self, now: float | None = None) -> bool:
         """Claim and process one job; True if one ran."""

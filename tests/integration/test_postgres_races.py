@@ -230,3 +230,60 @@ def test_notify_wakes_workers_when_a_job_is_made_never_per_instance(
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_worker_scheduler_and_wakeups_survive_a_server_restart(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The server restarts under the node's loops: each opens a fresh session and goes on."""
+    from conftest import free_port
+    from pgserver import PgServer, server_bindir
+
+    from service.worker import Worker
+
+    bindir = server_bindir()
+    assert bindir is not None
+    server = PgServer(bindir, free_port())
+    stop = threading.Event()
+    try:
+        server.start()
+        database = PostgresRows(server.dsn())
+        database.migrate()
+        spool = Spool(tmp_path / "spool")
+        worker = Worker(database, spool, {}, poll_interval_s=0.05)  # no pipeline: jobs fail
+        scheduler = Scheduler(database, spool, {}, interval_s=0.05)
+        loops = [threading.Thread(target=worker.run, args=(stop,), daemon=True),
+                 threading.Thread(target=scheduler.run, args=(stop,), daemon=True),
+                 database.start_wakeups(stop, worker.wake.set)]
+        for t in loops[:2]:
+            t.start()
+
+        def outcome(first: int) -> None:
+            conn = database.connect()
+            try:
+                [job_id] = make_jobs(conn, 1, first=first)
+                rec = db.InstanceRecord(f"1.2.3.{first}.1", STUDY, f"1.2.3.{first}",
+                                        codes.CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1",
+                                        "STORESCU", "p/ct", 1, time.time() - 60)
+                with conn:  # a CT series whose quiet time has passed
+                    series.record_instance(conn, rec, InstanceHeader(codes.CT_IMAGE_STORAGE,
+                                                                     1, 1), 1.0)
+                deadline = time.monotonic() + 30
+                while True:
+                    job = jobs.get(conn, job_id)
+                    states = {r.series_uid: r.state for r in series.list_series(conn)}
+                    conn.commit()
+                    if (job is not None and job.reason_code == "pipeline_disabled"
+                            and states[rec.series_uid] == "ignored"):
+                        return
+                    assert time.monotonic() < deadline, (job, states)
+            finally:
+                conn.close()
+
+        outcome(first=100)
+        server.restart()
+        outcome(first=200)  # worker, scheduler (and its singleton lock) are back
+        errors = {r.getMessage() for r in caplog.records}
+        assert {"worker_loop_error", "scheduler_error"} <= errors  # the old sessions broke
+    finally:
+        stop.set()
+        server.stop()

@@ -494,3 +494,33 @@ def test_a_new_content_names_the_outputs_already_sent(store: Any,
     assert previous.sop_instance_uid == done.outputs[0]["sop_instance_uid"]
     assert previous.series_uid == done.outputs[0]["series_uid"]
     assert contexts[1].created_at == NOW + 5 and contexts[0].job_key != contexts[1].job_key
+
+
+def test_a_worker_whose_lease_was_taken_over_queues_nothing(store: Any,
+                                                            studies: dict[str, list[Path]]) -> None:
+    """A worker stalled past its lease: the successor's claim fences its finish and outputs."""
+    import time
+
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    entered, release = threading.Event(), threading.Event()
+
+    class Stalled:
+        name = "stalled"
+
+        def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
+            entered.set()
+            release.wait(10)
+            return FakePipeline().run(inputs, context)
+
+    thread = threading.Thread(target=make_worker(store, Stalled()).run_once)
+    thread.start()
+    assert entered.wait(10)
+    # an hour later by the lease's clock: the stalled worker's lease has expired
+    successor = jobs.claim(conn, "successor", 60.0, time.time() + 3600)
+    assert successor is not None and successor.id == job_id and successor.attempts == 2
+    release.set()
+    thread.join(10)
+    assert outbox.items_for_job(conn, job_id) == []  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.state, job.lease_token) == ("running", successor.lease_token)
