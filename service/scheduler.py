@@ -107,6 +107,8 @@ class Scheduler:
         for row in series.awaiting_routing(conn):
             with conn:
                 made += self.route(conn, row, at)
+        if conn.in_transaction:
+            conn.commit()  # nothing left open between rounds (PostgreSQL: no locks held idle)
         return made
 
     def _view(self, row: series.SeriesRow) -> SeriesView | None:

@@ -1,7 +1,6 @@
 """SQLite adapter of the rows port (:mod:`service.store.rows`), and instances.
 
 The embedded default: instances, series, jobs (and the outbox's table) in
-
 one file, WAL journal, ``synchronous=FULL`` (a committed row survives power
 loss), foreign keys on, a busy timeout so concurrent threads and processes
 wait instead of failing. Times are seconds since the epoch (float, UTC).
