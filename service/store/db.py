@@ -160,6 +160,14 @@ CREATE INDEX jobs_claimable ON jobs (id) WHERE state IN ('pending', 'running');
 """
 
 
+#: Version 4: outbox leases. A sender claims the due items it is about to
+#: send (token and expiry, as jobs), so two senders never send one item.
+_SCHEMA_V4 = """
+ALTER TABLE outbox ADD COLUMN lease_token TEXT;
+ALTER TABLE outbox ADD COLUMN lease_expires_at REAL
+"""
+
+
 def _v1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V1)
     _execute_script(conn, outbox.SCHEMA)
@@ -173,10 +181,14 @@ def _v3(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V3)
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V4)
+
+
 #: (version, migration), applied in order to a database whose
 #: ``PRAGMA user_version`` is below the version.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -120,9 +120,15 @@ ALTER TABLE jobs ADD COLUMN lease_token TEXT;
 CREATE INDEX jobs_claimable ON jobs (id) WHERE state IN ('pending', 'running')
 """
 
+#: Version 4: outbox leases (as SQLite's version 4).
+_SCHEMA_V4 = """
+ALTER TABLE outbox ADD COLUMN lease_token TEXT;
+ALTER TABLE outbox ADD COLUMN lease_expires_at DOUBLE PRECISION
+"""
+
 #: (version, statements) in order; a database has every version at or below
 #: the highest row of ``schema_migrations``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((2, _SCHEMA_V2), (3, _SCHEMA_V3))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATE_LOCK = "migrate"
 

@@ -146,3 +146,21 @@ def test_unique_constraint_is_in_the_schema(conn):
 def test_retry_policy_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RetryPolicy(**kwargs)
+
+
+def test_a_claim_leases_due_items_and_fences_their_outcome(conn):
+    first, second = _enqueue(conn, "1.2.3.1")[0], _enqueue(conn, "1.2.3.2")[0]
+    claimed = outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0)
+    assert [i.id for i in claimed] == [first, second] and claimed[0].lease_token
+    assert outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0) == []  # leased: not again
+    assert outbox.due(conn, now=T0) != []  # still pending, only leased
+    with conn:  # a writer without the lease's token changes nothing
+        assert not outbox.mark_sent(conn, first, T0 + 1, token="someone-else")
+        assert outbox.mark_retry(conn, first, "x", RetryPolicy(), T0 + 1, "other") == "gone"
+        assert outbox.mark_sent(conn, first, T0 + 1, claimed[0].lease_token)
+        assert outbox.mark_retry(conn, second, "down", RetryPolicy(base_s=10), T0 + 1,
+                                 claimed[1].lease_token) == "pending"
+    # the retried item is claimable again once due (its lease was given back)
+    again = outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0 + 11)
+    assert [i.id for i in again] == [second] and again[0].lease_token != claimed[1].lease_token
+    assert outbox.get(conn, first).state == "sent"
