@@ -15,10 +15,11 @@ $(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
 	$(PIP) install -e .
 	touch $@
 
-# Everything the tests need: simulation extra (CPU torch), dev tools.
+# Everything the tests need: simulation extra (CPU torch), dev tools, the
+# PostgreSQL driver (the store's tests run on SQLite and on PostgreSQL).
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[sim,dev]'
+	$(PIP) install -e '.[sim,dev,postgres]'
 	touch $@ $(VENV)/.run-stamp
 
 setup-run: $(VENV)/.run-stamp

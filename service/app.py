@@ -75,14 +75,14 @@ class Node:
 
     def start(self) -> None:
         """Migrate the database, then start the chosen parts (SCP last but API)."""
-        from service.store.db import Database
+        from service.store.rows import open_rows
         from service.store.spool import Spool
 
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown component(s): {', '.join(sorted(unknown))}")
         storage = self.settings.storage
-        self.database = Database(storage.db_path)
+        self.database = open_rows(storage)  # SQLite file or PostgreSQL server
         self.database.migrate()
         one_flush = None if storage.spool_sync == "auto" else False  # None: by file system
         self.spool = Spool(storage.spool_dir, one_flush=one_flush)
@@ -157,6 +157,8 @@ class Node:
         def wake_workers() -> None:
             for worker in workers:
                 worker.wake.set()
+
+        self.database.start_wakeups(self._stop, wake_workers)  # jobs made by other nodes
 
         scheduler = Scheduler(self.database, self.spool, self.pipelines,
                               max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
@@ -291,9 +293,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _open_db(args: argparse.Namespace) -> Any:
-    from service.store.db import Database
+    from service.store.rows import open_rows
 
-    database = Database(_settings_from(args).storage.db_path)
+    database = open_rows(_settings_from(args).storage)
     database.migrate()
     return database.connect()
 

@@ -51,6 +51,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -189,18 +190,35 @@ class Destination(_Section):
 
 
 class StorageSettings(_Section):
-    """Spool folder, SQLite file and receive limits (MiB).
+    """Spool folder, database and receive limits (MiB).
 
     ``spool_sync`` chooses how an adopted spool file is made durable:
     ``"auto"`` (one flush where the file system is known to allow it) or
-    ``"posix"`` (the portable fsync sequence).
+    ``"posix"`` (the portable fsync sequence). ``backend`` chooses where the
+    rows live: ``"sqlite"`` (the file ``db_path``, the embedded default) or
+    ``"postgres"`` (the server ``postgres_dsn``, shared by several nodes; a
+    secret: set it with ``DOPANODE_STORAGE__POSTGRES_DSN``). See docs/storage.md.
     """
 
     spool_dir: FilePath = Path("var/spool")
     db_path: FilePath = Path("var/dopanode.sqlite3")
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_dsn: SecretStr | None = None
     min_free_mb: Int = Field(default=1024, ge=0, le=10**9)
     max_instance_mb: Int = Field(default=512, ge=1, le=10**6)
     spool_sync: Literal["auto", "posix"] = "auto"
+
+    @field_validator("postgres_dsn", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StorageSettings:
+        if self.backend == "postgres" and not self.postgres_dsn:
+            raise KeyedValueError("postgres_dsn", 'is required when backend = "postgres"'
+                                  " (set DOPANODE_STORAGE__POSTGRES_DSN)")
+        return self
 
 
 #: Tokens that are an example's placeholder, never a secret.
@@ -410,8 +428,10 @@ def describe(settings: Settings) -> str:
         "destinations: "
         + (", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)
            or "none (results are kept, not sent)"),
-        f"storage: spool {storage.spool_dir}, db {storage.db_path}, "
-        f"min free {storage.min_free_mb} MiB, max instance {storage.max_instance_mb} MiB, "
+        f"storage: spool {storage.spool_dir}, "
+        + (f"db {storage.db_path}, " if storage.backend == "sqlite"
+           else "db PostgreSQL (postgres_dsn set), ")
+        + f"min free {storage.min_free_mb} MiB, max instance {storage.max_instance_mb} MiB, "
         f"spool sync {storage.spool_sync}",
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),

@@ -27,7 +27,6 @@ UIDs or anything patient-related.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 
@@ -41,6 +40,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.store import jobs, outbox, series
+from service.store.rows import Connection
 
 #: The node's own registry (not the process-global default one), so tests and
 #: several nodes in one process do not collide with library metrics.
@@ -139,13 +139,13 @@ MODEL_CHECK_OK = Gauge(
 )
 
 
-def refresh_from_db(conn: sqlite3.Connection, now: float | None = None,
+def refresh_from_db(conn: Connection, now: float | None = None,
                     pipelines: Iterable[str] = ()) -> None:
     """Set the gauges that mirror database state (jobs, series, outbox).
 
     Parameters
     ----------
-    conn : sqlite3.Connection
+    conn : service.store.rows.Connection
         A connection to the node's database.
     now : float, optional
         Current time, seconds since the epoch (default: ``time.time()``).

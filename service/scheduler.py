@@ -14,13 +14,15 @@ the header of one instance, no pixels):
 
 One :class:`Scheduler` thread runs per ``dopanode serve`` process that runs
 workers; its steps are idempotent transactions, so two processes against
-one database do not make twin jobs.
+one database do not make twin jobs. On PostgreSQL only one of them works at
+a time: the one whose session holds the scheduler's advisory lock
+(:func:`service.store.dialect.try_singleton`); the others take over when
+its connection goes.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +31,8 @@ from service import metrics
 from service.dicom.header import READ_ERRORS, read_series_header
 from service.pipelines.base import InputSeries, Pipeline, SeriesView
 from service.store import db, jobs, retention, series
+from service.store.dialect import try_singleton
+from service.store.rows import Connection, Rows
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ class Scheduler:
 
     Parameters
     ----------
-    database : Database
+    database : Rows
     spool : Spool
     pipelines : mapping of name to Pipeline
         The enabled pipelines, in registry order.
@@ -56,7 +60,7 @@ class Scheduler:
         Called after a round made jobs (wakes idle workers).
     """
 
-    def __init__(self, database: db.Database, spool: Spool, pipelines: Mapping[str, Pipeline],
+    def __init__(self, database: Rows, spool: Spool, pipelines: Mapping[str, Pipeline],
                  max_attempts: int = 3, interval_s: float = 0.2,
                  retention_days: float | None = None,
                  on_jobs: Callable[[], None] | None = None) -> None:
@@ -71,22 +75,28 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Run rounds until ``stop`` is set."""
-        conn = self.database.connect()
+        conn: Connection | None = None
         try:
             while not stop.is_set():
                 try:
+                    conn = conn or self.database.connect()
                     if self.run_once(conn) and self.on_jobs is not None:
                         self.on_jobs()
-                except Exception:  # the thread's edge (e.g. database locked too long): go on
+                except Exception:  # the thread's edge (database locked too long, server gone)
                     log.exception("scheduler_error")
-                    if conn.in_transaction:
-                        conn.rollback()
+                    _closed(conn)
+                    conn = None
                 stop.wait(self.interval_s)
         finally:
-            conn.close()
+            _closed(conn)
 
-    def run_once(self, conn: sqlite3.Connection, now: float | None = None) -> int:
-        """One round: purge (when due), complete quiet series, route; jobs made."""
+    def run_once(self, conn: Connection, now: float | None = None) -> int:
+        """One round: purge (when due), complete quiet series, route; jobs made.
+
+        Does nothing while another node's scheduler holds the singleton lock.
+        """
+        if not try_singleton(conn, "scheduler"):
+            return 0
         at = time.time() if now is None else now
         if self.retention_days is not None and at >= self._next_purge_at:
             retention.purge_expired(conn, self.spool, at - self.retention_days * 86400.0)
@@ -97,6 +107,8 @@ class Scheduler:
         for row in series.awaiting_routing(conn):
             with conn:
                 made += self.route(conn, row, at)
+        if conn.in_transaction:
+            conn.commit()  # nothing left open between rounds (PostgreSQL: no locks held idle)
         return made
 
     def _view(self, row: series.SeriesRow) -> SeriesView | None:
@@ -111,7 +123,7 @@ class Scheduler:
         return SeriesView(row.study_uid, row.series_uid, str(header.get("SOPClassUID", "")),
                           row.instance_count, header, row.state != "receiving", row.completed_at)
 
-    def route(self, conn: sqlite3.Connection, row: series.SeriesRow, now: float) -> int:
+    def route(self, conn: Connection, row: series.SeriesRow, now: float) -> int:
         """Offer one completed series to the pipelines; jobs made (0 when waiting or ignored)."""
         view = self._view(row)
         if view is None or not self.pipelines:
@@ -140,7 +152,7 @@ class Scheduler:
             self._record(conn, row, decisions, taken, made)
         return made
 
-    def _record(self, conn: sqlite3.Connection, row: series.SeriesRow,
+    def _record(self, conn: Connection, row: series.SeriesRow,
                 decisions: dict[str, str], taken: bool, made: int) -> None:
         series.mark_routed(conn, row.series_uid, row.content_hash or "", decisions, taken)
         outcome = "taken" if taken else "ignored"
@@ -149,7 +161,7 @@ class Scheduler:
             "outcome": outcome, "jobs": made,
             "pipelines": {k: v.split(":")[0] for k, v in decisions.items()}}})
 
-    def _study(self, conn: sqlite3.Connection, primary: SeriesView) -> list[SeriesView]:
+    def _study(self, conn: Connection, primary: SeriesView) -> list[SeriesView]:
         views = []
         for row in series.study_series(conn, primary.study_uid):
             if row.series_uid != primary.series_uid:
@@ -158,7 +170,7 @@ class Scheduler:
                     views.append(view)
         return views
 
-    def _make_job(self, conn: sqlite3.Connection, pipeline: str, view: SeriesView,
+    def _make_job(self, conn: Connection, pipeline: str, view: SeriesView,
                   plan: tuple[InputSeries, ...], note: str, now: float) -> int:
         inputs = [jobs.JobInput(item.role, item.series_uid,
                                 tuple(u for u, _ in db.series_instances(conn, item.series_uid)))
@@ -172,3 +184,16 @@ class Scheduler:
             "job_id": job_id, "pipeline": pipeline, "inputs": len(inputs),
             "instances": len(every_uid)}})
         return 1
+
+
+def _closed(conn: Connection | None) -> None:
+    """Close a connection after an error; the next round opens a fresh session.
+
+    Closing rolls back and, on PostgreSQL, gives up the singleton lock:
+    whichever scheduler asks first next takes it.
+    """
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # already broken: nothing left to close
+            log.debug("scheduler_close_failed", exc_info=True)

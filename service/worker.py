@@ -10,14 +10,13 @@ thread renews while the pipeline runs). Outcomes:
   job pending again until ``max_attempts``;
 * success: each output dataset saved atomically to the spool, queued in the
   outbox for every destination, the job ``done`` with its summary, all in one
-  transaction that first checks the lease is still ours (a superseded or
-  re-leased job's outputs are dropped).
+  transaction whose finish is fenced by the claim's lease token (a superseded
+  or re-leased job's outputs are dropped).
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import struct
 import threading
 import time
@@ -37,6 +36,7 @@ from service.errors import AnalysisError
 from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
+from service.store.rows import Connection, Rows
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class Worker:
 
     Parameters
     ----------
-    database : Database
+    database : Rows
+        The rows port (SQLite file or PostgreSQL server).
     spool : Spool
     pipelines : mapping of name to Pipeline
         The pipelines enabled on this node.
@@ -76,7 +77,7 @@ class Worker:
 
     def __init__(
         self,
-        database: db.Database,
+        database: Rows,
         spool: Spool,
         pipelines: Mapping[str, Pipeline],
         destination_names: Sequence[str] = (),
@@ -95,10 +96,10 @@ class Worker:
         self.owner = f"{owner_prefix}{name}:{uuid.uuid4().hex[:8]}"
         self.on_outputs = on_outputs
         self.wake = threading.Event()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         if self._conn is None:
             self._conn = self.database.connect()
         return self._conn
@@ -111,20 +112,26 @@ class Worker:
                 busy = self.run_once()
             except Exception:  # the thread's edge (e.g. database locked too long): keep going
                 log.exception("worker_loop_error")
-                if self._conn is not None and self._conn.in_transaction:
-                    self._conn.rollback()
+                self._drop_connection()  # a fresh one next time (a server restart broke it)
                 busy = False
             if not busy:
                 self.wake.wait(self.poll_interval_s)
                 self.wake.clear()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop_connection()
         log.info("worker_stopped", extra={"fields": {"owner": self.owner}})
+
+    def _drop_connection(self) -> None:
+        """Close the worker's connection (its open transaction rolls back)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing left to close
+                log.debug("worker_close_failed", exc_info=True)
 
     def run_once(self, now: float | None = None) -> bool:
         """Claim and process one job; True if one ran."""
-        job = jobs.claim(self.conn, self.owner, self.lease_s, time.time() if now is None else now)
+        job = jobs.claim(self.conn, self.owner, self.lease_s, now)  # None: the database's clock
         if job is None:
             return False
         try:
@@ -144,7 +151,7 @@ class Worker:
             self._fail(job, f"pipeline {job.pipeline} is not enabled on this node",
                        "pipeline_disabled")
             return
-        with LeaseKeeper(self.database, job.id, self.owner, self.lease_s):
+        with LeaseKeeper(self.database, job.id, self.token(job), self.lease_s):
             try:
                 inputs, context = self._load(job), self._context(job)
                 read_s = time.perf_counter() - started
@@ -187,15 +194,14 @@ class Worker:
         saved = [self._save_output(job.id, ds) for ds in output.datasets]
         durations = {"read": read_s, **output.stage_durations_s, "total": total_s}
         with self.conn:
-            if not jobs.still_ours(self.conn, job.id, self.owner):
+            if not jobs.finish(self.conn, job.id, self.token(job), output.summary, durations,
+                               [r for _, r in saved], time.time()):
                 log.warning("job_lost_lease", extra={"fields": {"job_id": job.id}})
                 return
             for path, ref in saved:
                 if self.destination_names:
                     outbox.enqueue(self.conn, job.id, self.destination_names, path,
                                    ref["sop_class_uid"], ref["sop_instance_uid"])
-            jobs.finish(self.conn, job.id, output.summary, durations, [r for _, r in saved],
-                        time.time())
         if saved and self.destination_names and self.on_outputs is not None:
             self.on_outputs()
         for stage, seconds in durations.items():
@@ -220,7 +226,7 @@ class Worker:
               reports: Sequence[tuple[Path, dict[str, str]]] = ()) -> None:
         """Fail the job; queue its "analysis not possible" objects in the same transaction."""
         with self.conn:
-            if not jobs.fail(self.conn, job.id, self.owner, reason, code, time.time(),
+            if not jobs.fail(self.conn, job.id, self.token(job), reason, code, time.time(),
                              [r for _, r in reports]):
                 return
             for path, ref in reports:
@@ -242,16 +248,23 @@ class Worker:
             self._fail(job, f"{reason} (gave up after {job.attempts} attempts)", "internal_error")
             return
         with self.conn:
-            jobs.requeue(self.conn, job.id, self.owner, reason)
+            jobs.requeue(self.conn, job.id, self.token(job), reason)
+
+    @staticmethod
+    def token(job: jobs.Job) -> str:
+        """The lease token of a job this worker claimed."""
+        if job.lease_token is None:
+            raise ValueError("job was not claimed (no lease token)")
+        return job.lease_token
 
 
 class LeaseKeeper:
     """Extends a job's lease every ``lease_s / 3`` seconds while the job runs."""
 
-    def __init__(self, database: db.Database, job_id: int, owner: str, lease_s: float) -> None:
+    def __init__(self, database: Rows, job_id: int, token: str, lease_s: float) -> None:
         self.database = database
         self.job_id = job_id
-        self.owner = owner
+        self.token = token
         self.lease_s = lease_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
@@ -268,9 +281,10 @@ class LeaseKeeper:
         conn = self.database.connect()
         try:
             while not self._stop.wait(self.lease_s / 3):
-                with conn:
-                    jobs.renew(conn, self.job_id, self.owner, self.lease_s, time.time())
-        except sqlite3.Error:
+                with conn:  # on the database's clock
+                    if not jobs.renew(conn, self.job_id, self.token, self.lease_s):
+                        return  # taken over or superseded: the finish will be refused
+        except Exception:  # the thread's edge (database errors of either adapter)
             log.exception("lease_renewal_failed", extra={"fields": {"job_id": self.job_id}})
         finally:
             conn.close()

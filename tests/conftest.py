@@ -1,10 +1,12 @@
-"""Shared test fixtures: free loopback ports, real peer binaries, seeded RNG."""
+"""Shared test fixtures: free loopback ports, real peer binaries, seeded RNG, both rows adapters."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,3 +50,45 @@ def _pydicom_validation_restored() -> Iterator[None]:
     saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
     yield
     config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
+
+
+# --- the rows port on both adapters ------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL server on loopback for the whole session; fails (never skips) without one."""
+    try:
+        from pgserver import PgServer, server_bindir
+    except ImportError as exc:  # psycopg missing: make test installs the postgres extra
+        pytest.fail(f"psycopg is not installed ({exc}): pip install -e '.[postgres]'")
+    bindir = server_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries are not installed: run scripts/install-peers.sh")
+    server = PgServer(bindir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's server (dropped afterwards)."""
+    name = postgres_server.create_database()
+    yield postgres_server.dsn(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def rows(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The rows port, migrated: the SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        from service.store.db import Database
+
+        database: Any = Database(tmp_path / "state.sqlite3")
+    else:
+        from service.store.postgres import PostgresRows
+
+        database = PostgresRows(request.getfixturevalue("postgres_dsn"))
+    database.migrate()
+    return database

@@ -103,7 +103,7 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
     ----------
     settings : service.config.Settings
         Uses ``api.token``, ``storage``, ``pipelines`` and ``node`` (for /ready).
-    db : service.store.db.Database
+    db : service.store.rows.Rows
         Has ``connect()``; tables already migrated.
     probes : Probes, optional
         The node's liveness probes (SCP); default probes by TCP connect.

@@ -87,7 +87,8 @@ def check_database(db: Any) -> Check:
     conn = db.connect()
     try:
         with conn:
-            conn.execute("INSERT OR REPLACE INTO node_probe (id, checked_at) VALUES (1, ?)",
+            conn.execute("INSERT INTO node_probe (id, checked_at) VALUES (1, ?) ON CONFLICT (id)"
+                         " DO UPDATE SET checked_at = excluded.checked_at",
                          (time.time(),))
     finally:
         conn.close()

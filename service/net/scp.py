@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import sqlite3
 import tempfile
 import threading
 import time
@@ -66,6 +65,7 @@ from service.dicom.uids import validated_uid
 from service.net import acceptor
 from service.net.status import Status
 from service.store import db, series
+from service.store.rows import Connection, Rows
 from service.store.spool import MIB, Spool
 
 log = logging.getLogger(__name__)
@@ -94,20 +94,19 @@ class StoreRefused(Exception):
 
 @dataclass
 class _ConnectionPool:
-    """SQLite connections handed to one association thread at a time."""
+    """Database connections handed to one association thread at a time."""
 
-    database: db.Database
-    idle: queue.LifoQueue[sqlite3.Connection]
+    database: Rows
+    idle: queue.LifoQueue[Connection]
 
     @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
+    def connection(self) -> Iterator[Connection]:
         try:
             conn = self.idle.get_nowait()
         except queue.Empty:
             conn = self.database.connect(check_same_thread=False)
-            # the instance file is already fsynced when its row is written;
-            # series.recover_spool re-records rows a power loss took back
-            conn.execute("PRAGMA synchronous = NORMAL")
+            for statement in conn.dialect.ingest_setup:  # SQLite: synchronous=NORMAL
+                conn.execute(statement)
         try:
             yield conn
         finally:
@@ -132,7 +131,7 @@ class StorageSCP:
     spool : Spool
     """
 
-    def __init__(self, settings: Settings, database: db.Database, spool: Spool) -> None:
+    def __init__(self, settings: Settings, database: Rows, spool: Spool) -> None:
         self.settings = settings
         self.spool = spool
         self._pool = _ConnectionPool(database, queue.LifoQueue())

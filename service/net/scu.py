@@ -1,10 +1,11 @@
 """The sender: delivers outbox items to every destination by C-STORE.
 
 One thread per destination, so a destination that is down (or slow to refuse
-a connection) never holds back the others. Each pass takes the destination's
-due items (:func:`service.store.outbox.due`), opens one association for
+a connection) never holds back the others. Each pass claims the destination's
+due items (:func:`service.store.outbox.claim_due`: a lease, so another sender
+process on the same database never sends them too), opens one association for
 them, sends each spooled Part 10 file as it is (no decode), and records the
-outcome in SQLite right after each response:
+outcome in the database right after each response:
 
 * Success (0x0000) or a Warning status (0x0001, 0xB000, 0xB006, 0xB007: the
   SCP stored the object, PS3.4 B.2.3) -> ``sent``; never sent again.
@@ -16,7 +17,9 @@ outcome in SQLite right after each response:
 
 Delivery is at-least-once: a crash between a Success and its commit resends
 that one object after restart, which the PACS sees as a replacement (output
-UIDs are deterministic), never as a twin.
+UIDs are deterministic), never as a twin. After a crash mid-pass the claimed
+items wait for their lease to expire (:attr:`Sender.lease_s`, the longest a
+pass may take).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class DestinationLike(Protocol):
 
 
 class DatabaseLike(Protocol):
-    """What the sender needs of the database (``service.store.db.Database``)."""
+    """What the sender needs of the database (``service.store.rows.Rows``)."""
 
     def connect(self) -> Any: ...
 
@@ -116,7 +119,7 @@ class Sender:
     Parameters
     ----------
     db : Database-like
-        Has ``connect() -> sqlite3.Connection``; each thread opens its own.
+        Has ``connect()`` (a rows-port connection); each thread opens its own.
     destinations : sequence of Destination-like
         ``name``, ``ae_title``, ``host``, ``port``.
     calling_ae : str
@@ -149,6 +152,9 @@ class Sender:
         self._poll_interval_s = poll_interval_s
         self._batch_size = batch_size
         self._timeouts = timeouts or Timeouts()
+        t = self._timeouts
+        #: How long a pass's claim lasts: every item of a batch at the DIMSE limit.
+        self.lease_s = t.connect_s + t.acse_s + batch_size * max(t.dimse_s, t.network_s) + 60.0
         self._clock = clock
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in self._destinations}
@@ -178,7 +184,8 @@ class Sender:
         report = PassReport(destination=destination_name)
         conn = self._db.connect()
         try:
-            items = outbox.due(conn, self._clock(), destination_name, self._batch_size)
+            items = outbox.claim_due(conn, destination_name, self.lease_s, self._clock(),
+                                     self._batch_size)
             if not items:
                 return report
             sendable = self._readable(conn, items, report)
@@ -264,20 +271,25 @@ class Sender:
 
     def _record(self, conn: Any, item: OutboxItem, report: PassReport, status: int | None,
                 error: str | None, retry: bool = False) -> None:
-        """Write one outcome to SQLite at once (so a crash loses at most this one)."""
+        """Write one outcome to the database at once (so a crash loses at most this one).
+
+        Every write names the pass's lease: an item whose lease was taken over
+        (or that a retried job queued again) is left to its new state.
+        """
         now = self._clock()
         fields = {"item_id": item.id, "job_id": item.job_id, "destination": item.destination,
                   "attempt": item.attempts + 1}
         with conn:
+            token = item.lease_token
             if error is None:
-                outbox.mark_sent(conn, item.id, now)
-                result = "sent"
+                if not outbox.mark_sent(conn, item.id, now, token):
+                    log.warning("outbox_item_changed", extra={"fields": fields})
+                result = "sent"  # the destination has it, whatever the row says now
             elif retry:
-                result = outbox.mark_retry(conn, item.id, error, self._policy, now)
+                result = outbox.mark_retry(conn, item.id, error, self._policy, now, token)
                 result = "retry" if result == "pending" else result
             else:
-                outbox.mark_failed(conn, item.id, error, now)
-                result = "failed"
+                result = "failed" if outbox.mark_failed(conn, item.id, error, now, token) else "gone"
         metrics.DELIVERIES.labels(destination=item.destination, result=result).inc()
         if result == "sent":
             report.sent += 1

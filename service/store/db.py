@@ -1,6 +1,7 @@
-"""SQLite state of the node: instances, series, jobs (and the outbox's table).
+"""SQLite adapter of the rows port (:mod:`service.store.rows`), and instances.
 
-One file, WAL journal, ``synchronous=FULL`` (a committed row survives power
+The embedded default: instances, series, jobs (and the outbox's table) in
+one file, WAL journal, ``synchronous=FULL`` (a committed row survives power
 loss), foreign keys on, a busy timeout so concurrent threads and processes
 wait instead of failing. Times are seconds since the epoch (float, UTC).
 
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.store import outbox
+from service.store.dialect import SQLITE, Dialect
+from service.store.rows import Connection
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,24 @@ CREATE TABLE IF NOT EXISTS node_probe (id INTEGER PRIMARY KEY, checked_at REAL N
 """
 
 
+#: Version 3: the lease token. A claim draws a fresh token (uuid4); renewing,
+#: finishing, failing and requeueing a job need the token of the claim they
+#: follow, so a worker whose lease expired cannot write over its successor.
+#: The partial index keeps the claim's scan to the waiting jobs.
+_SCHEMA_V3 = """
+ALTER TABLE jobs ADD COLUMN lease_token TEXT;
+CREATE INDEX jobs_claimable ON jobs (id) WHERE state IN ('pending', 'running');
+"""
+
+
+#: Version 4: outbox leases. A sender claims the due items it is about to
+#: send (token and expiry, as jobs), so two senders never send one item.
+_SCHEMA_V4 = """
+ALTER TABLE outbox ADD COLUMN lease_token TEXT;
+ALTER TABLE outbox ADD COLUMN lease_expires_at REAL
+"""
+
+
 def _v1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V1)
     _execute_script(conn, outbox.SCHEMA)
@@ -155,14 +177,29 @@ def _v2(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V2)
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V3)
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V4)
+
+
 #: (version, migration), applied in order to a database whose
 #: ``PRAGMA user_version`` is below the version.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _v1), (2, _v2))
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+class SqliteConnection(sqlite3.Connection):
+    """``sqlite3.Connection`` that names its dialect (nothing else changes)."""
+
+    dialect: Dialect = SQLITE
+
+
 class Database:
-    """The node's SQLite file.
+    """The node's SQLite file (the rows port's embedded adapter).
 
     Parameters
     ----------
@@ -172,11 +209,13 @@ class Database:
         How long a connection waits for a lock held by another writer.
     """
 
+    dialect: Dialect = SQLITE
+
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
 
-    def connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+    def connect(self, check_same_thread: bool = True) -> SqliteConnection:
         """A new connection with the node's pragmas set.
 
         One thread at a time may use it; ``check_same_thread=False`` only for
@@ -185,13 +224,17 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout_s, isolation_level="DEFERRED",
-            check_same_thread=check_same_thread,
+            check_same_thread=check_same_thread, factory=SqliteConnection,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
+
+    def start_wakeups(self, stop: threading.Event, on_job: Callable[[], None]) -> None:
+        """Nothing to start: on one node the scheduler wakes its workers in process."""
+        del stop, on_job
 
     def migrate(self) -> int:
         """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found.
@@ -259,7 +302,7 @@ class InstanceRecord:
     received_at: float
 
 
-def instance_exists(conn: sqlite3.Connection, sop_instance_uid: str) -> bool:
+def instance_exists(conn: Connection, sop_instance_uid: str) -> bool:
     """True when this SOP instance is already stored (a resend)."""
     row = conn.execute(
         "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
@@ -267,7 +310,7 @@ def instance_exists(conn: sqlite3.Connection, sop_instance_uid: str) -> bool:
     return row is not None
 
 
-def insert_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
+def insert_instance(conn: Connection, rec: InstanceRecord) -> bool:
     """Insert an instance row; False if it was already there (deduplicated)."""
     cur = conn.execute(
         "INSERT INTO instances (sop_instance_uid, study_uid, series_uid, sop_class_uid,"
@@ -279,7 +322,7 @@ def insert_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
     return cur.rowcount == 1
 
 
-def series_instances(conn: sqlite3.Connection, series_uid: str) -> list[tuple[str, str]]:
+def series_instances(conn: Connection, series_uid: str) -> list[tuple[str, str]]:
     """``(sop_instance_uid, spool-relative path)`` of a series, sorted by UID."""
     return [
         (str(u), str(p))
@@ -291,7 +334,7 @@ def series_instances(conn: sqlite3.Connection, series_uid: str) -> list[tuple[st
     ]
 
 
-def instance_paths(conn: sqlite3.Connection, sop_instance_uids: tuple[str, ...]) -> list[str]:
+def instance_paths(conn: Connection, sop_instance_uids: tuple[str, ...]) -> list[str]:
     """Spool-relative paths of these instances, in the given order.
 
     Raises

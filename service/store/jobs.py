@@ -6,28 +6,37 @@ series, plus any companion series the pipeline asked for). Life cycle::
     pending -> running (leased) -> done | failed
             \\-> superseded (a newer content of the same series for the same pipeline)
 
-Claims take the write lock only when a job is there to take (a cheap read
-first), carry a lease that a keeper thread renews, and every write after a
-claim checks the lease is still ours. Times are seconds since the epoch.
-Functions take a connection and do not commit unless the docstring says so.
+A claim carries a lease (its owner, a fresh token and an expiry on the
+database's clock) that a keeper thread renews; every write after a claim
+(renew, finish, fail, requeue) names the claim's token, so a worker whose
+lease expired and was taken over cannot write over its successor. On SQLite
+a claim takes the write lock (only when a cheap read found a job to take);
+on PostgreSQL it locks one row with ``FOR UPDATE SKIP LOCKED``, so claimers
+never wait for each other (:mod:`service.store.dialect`). Times are seconds
+since the epoch. Functions take a connection and do not commit unless the
+docstring says so.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from service.store.dialect import dialect_of, notify_job_created
+from service.store.rows import Connection
 
 JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "superseded")
 
 _COLUMNS = (
     "id, pipeline, series_uid, study_uid, content_hash, state, attempts, max_attempts,"
     " lease_owner, lease_expires_at, reason, reason_code, created_at, started_at, finished_at,"
-    " result_json, stage_durations_json, note, instance_uids_json, inputs_json, outputs_json"
+    " result_json, stage_durations_json, note, lease_token, instance_uids_json, inputs_json,"
+    " outputs_json"
 )
-_SCALARS = tuple(c.strip() for c in _COLUMNS.split(","))[:18]
+_SCALARS = tuple(c.strip() for c in _COLUMNS.split(","))[:19]
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Job:
     result_json: str | None
     stage_durations_json: str | None
     note: str | None
+    lease_token: str | None
     instance_uids: tuple[str, ...]
     inputs: tuple[JobInput, ...]
     outputs: tuple[dict[str, str], ...]
@@ -94,16 +104,17 @@ class Job:
 
 
 def _job(row: Sequence[Any]) -> Job:
-    values: dict[str, Any] = dict(zip(_SCALARS, row[:18], strict=True))
+    n = len(_SCALARS)
+    values: dict[str, Any] = dict(zip(_SCALARS, row[:n], strict=True))
     inputs = tuple(JobInput(str(i["role"]), str(i["series_uid"]), tuple(i["instance_uids"]))
-                   for i in json.loads(row[19]))
-    outputs = tuple(json.loads(row[20])) if row[20] else ()
-    return Job(**values, instance_uids=tuple(json.loads(row[18])), inputs=inputs,
+                   for i in json.loads(row[n + 1]))
+    outputs = tuple(json.loads(row[n + 2])) if row[n + 2] else ()
+    return Job(**values, instance_uids=tuple(json.loads(row[n])), inputs=inputs,
                outputs=outputs)
 
 
 def create(
-    conn: sqlite3.Connection,
+    conn: Connection,
     pipeline: str,
     study_uid: str,
     inputs: Sequence[JobInput],
@@ -116,65 +127,78 @@ def create(
 
     ``inputs[0]`` is the primary series. Returns the new id, or None when a
     job for exactly this content already exists (a resend, a repeated sweep).
+    Idle workers of every node are woken when the transaction commits.
     """
     primary = inputs[0]
-    cur = conn.execute(
+    row = conn.execute(
         "INSERT INTO jobs (pipeline, series_uid, study_uid, content_hash, instance_uids_json,"
         " inputs_json, note, state, attempts, max_attempts, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
-        " ON CONFLICT (pipeline, series_uid, content_hash) DO NOTHING",
+        " ON CONFLICT (pipeline, series_uid, content_hash) DO NOTHING RETURNING id",
         (pipeline, primary.series_uid, study_uid, content_hash,
          json.dumps(list(primary.instance_uids)),
          json.dumps([{"role": i.role, "series_uid": i.series_uid,
                       "instance_uids": list(i.instance_uids)} for i in inputs]),
          note or None, max_attempts, now),
-    )
-    if cur.rowcount != 1:
+    ).fetchone()
+    if row is None:
         return None
-    job_id = int(cur.lastrowid or 0)
+    job_id = int(row[0])
     conn.execute(
-        "UPDATE jobs SET state = 'superseded', lease_owner = NULL,"
+        "UPDATE jobs SET state = 'superseded', lease_owner = NULL, lease_token = NULL,"
         " finished_at = COALESCE(finished_at, ?)"
         " WHERE pipeline = ? AND series_uid = ? AND id != ? AND state != 'superseded'",
         (now, pipeline, primary.series_uid, job_id),
     )
+    notify_job_created(conn)
     return job_id
 
 
-def claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float) -> Job | None:
-    """Take the oldest pending job (or one whose lease expired); commits.
+def claim(conn: Connection, owner: str, lease_s: float,
+          now: float | None = None) -> Job | None:
+    """Take the oldest pending job (or one whose lease expired) under a new lease; commits.
 
-    A plain read first: the write lock is taken only when there is a job to
-    claim, so idle workers do not contend with the SCP's commits. Jobs whose
-    lease expired after their last allowed attempt are failed, saying so.
+    ``now`` (seconds since the epoch) is for tests; by default the lease runs
+    on the database's clock, never the worker host's. The returned job
+    carries its ``lease_token``. Jobs whose lease expired after their last
+    allowed attempt are failed first, saying so.
+
+    SQLite: a plain read first, so idle workers take the write lock only
+    when there is a job to claim. PostgreSQL: each statement locks only the
+    rows it takes and skips those other claimers hold.
     """
-    due = conn.execute(
-        "SELECT 1 FROM jobs WHERE state = 'pending'"
-        " OR (state = 'running' AND lease_expires_at < ?) LIMIT 1", (now,)).fetchone()
-    if conn.in_transaction:
+    dialect = dialect_of(conn)
+    clock = dialect.clock()
+    if dialect.begin_write is not None:
+        due = conn.execute(
+            "SELECT 1 FROM jobs WHERE state = 'pending'"
+            f" OR (state = 'running' AND lease_expires_at < {clock}) LIMIT 1", (now,)).fetchone()
+        if conn.in_transaction:
+            conn.commit()
+        if due is None:
+            return None
+        conn.execute(dialect.begin_write)
+    elif conn.in_transaction:
         conn.commit()
-    if due is None:
-        return None
-    conn.execute("BEGIN IMMEDIATE")
+    token = uuid.uuid4().hex
     try:
         conn.execute(
-            "UPDATE jobs SET state = 'failed', lease_owner = NULL, finished_at = ?,"
+            f"UPDATE jobs SET state = 'failed', lease_owner = NULL, lease_token = NULL,"
+            f" finished_at = {clock},"
             " reason = 'worker stopped or crashed in each of ' || attempts || ' attempts',"
-            " reason_code = 'lease_expired'"
-            " WHERE state = 'running' AND lease_expires_at < ? AND attempts >= max_attempts",
+            " reason_code = 'lease_expired' WHERE id IN (SELECT id FROM jobs"
+            f" WHERE state = 'running' AND lease_expires_at < {clock}"
+            f" AND attempts >= max_attempts{dialect.lock_suffix()})",
             (now, now),
         )
         row = conn.execute(
-            "SELECT id FROM jobs WHERE state = 'pending'"
-            " OR (state = 'running' AND lease_expires_at < ?) ORDER BY id LIMIT 1",
-            (now,),
+            f"UPDATE jobs SET state = 'running', lease_owner = ?, lease_token = ?,"
+            f" lease_expires_at = {clock} + ?, attempts = attempts + 1, started_at = {clock}"
+            " WHERE id = (SELECT id FROM jobs WHERE state = 'pending'"
+            f" OR (state = 'running' AND lease_expires_at < {clock})"
+            f" ORDER BY id LIMIT 1{dialect.lock_suffix()}) RETURNING id",
+            (owner, token, now, lease_s, now, now),
         ).fetchone()
-        if row is not None:
-            conn.execute(
-                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires_at = ?,"
-                " attempts = attempts + 1, started_at = ? WHERE id = ?",
-                (owner, now + lease_s, now, row[0]),
-            )
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -182,41 +206,51 @@ def claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float) -> J
     return None if row is None else get(conn, int(row[0]))
 
 
-def renew(conn: sqlite3.Connection, job_id: int, owner: str, lease_s: float, now: float) -> None:
-    """Extend our lease on a running job (no effect once it is not ours)."""
-    conn.execute(
-        "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running'"
-        " AND lease_owner = ?", (now + lease_s, job_id, owner))
+def renew(conn: Connection, job_id: int, token: str, lease_s: float,
+          now: float | None = None) -> bool:
+    """Extend our lease on a running job; False once it is not ours."""
+    cur = conn.execute(
+        f"UPDATE jobs SET lease_expires_at = {dialect_of(conn).clock()} + ?"
+        " WHERE id = ? AND state = 'running' AND lease_token = ?",
+        (now, lease_s, job_id, token))
+    return bool(cur.rowcount == 1)
 
 
-def still_ours(conn: sqlite3.Connection, job_id: int, owner: str) -> bool:
-    """True while the job is running under our lease."""
+def still_ours(conn: Connection, job_id: int, token: str) -> bool:
+    """True while the job is running under the claim with this token."""
     row = conn.execute(
-        "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
-        (job_id, owner),
+        "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_token = ?",
+        (job_id, token),
     ).fetchone()
     return row is not None
 
 
 def finish(
-    conn: sqlite3.Connection,
+    conn: Connection,
     job_id: int,
+    token: str,
     summary: Mapping[str, Any],
     durations_s: Mapping[str, float],
     outputs: Sequence[Mapping[str, str]],
     now: float,
-) -> None:
-    """Mark a job done with its summary, stage times and output references."""
-    conn.execute(
+) -> bool:
+    """Mark a job we hold done with its summary, stage times and output references.
+
+    Returns False (and changes nothing) when the job is no longer ours: its
+    lease was taken over, or a newer content superseded it.
+    """
+    cur = conn.execute(
         "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL,"
-        " lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
-        " result_json = ?, stage_durations_json = ?, outputs_json = ? WHERE id = ?",
+        " lease_token = NULL, lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
+        " result_json = ?, stage_durations_json = ?, outputs_json = ?"
+        " WHERE id = ? AND state = 'running' AND lease_token = ?",
         (now, json.dumps(dict(summary)), json.dumps(dict(durations_s)),
-         json.dumps([dict(o) for o in outputs]), job_id),
+         json.dumps([dict(o) for o in outputs]), job_id, token),
     )
+    return bool(cur.rowcount == 1)
 
 
-def fail(conn: sqlite3.Connection, job_id: int, owner: str, reason: str, code: str,
+def fail(conn: Connection, job_id: int, token: str, reason: str, code: str,
          now: float, outputs: Sequence[Mapping[str, str]] = ()) -> bool:
     """Fail a job we hold with a reason (and the "not possible" objects it sends).
 
@@ -224,36 +258,39 @@ def fail(conn: sqlite3.Connection, job_id: int, owner: str, reason: str, code: s
     """
     cur = conn.execute(
         "UPDATE jobs SET state = 'failed', reason = ?, reason_code = ?, finished_at = ?,"
-        " lease_owner = NULL, lease_expires_at = NULL, outputs_json = ?"
-        " WHERE id = ? AND state = 'running' AND lease_owner = ?",
+        " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, outputs_json = ?"
+        " WHERE id = ? AND state = 'running' AND lease_token = ?",
         (reason, code, now, json.dumps([dict(o) for o in outputs]) if outputs else None,
-         job_id, owner),
+         job_id, token),
     )
-    return cur.rowcount == 1
+    return bool(cur.rowcount == 1)
 
 
-def requeue(conn: sqlite3.Connection, job_id: int, owner: str, reason: str) -> None:
+def requeue(conn: Connection, job_id: int, token: str, reason: str) -> bool:
     """Give a job we hold back to the queue after an internal error (attempt counted)."""
-    conn.execute(
+    cur = conn.execute(
         "UPDATE jobs SET state = 'pending', reason = ?, reason_code = 'internal_error',"
-        " lease_owner = NULL, lease_expires_at = NULL"
-        " WHERE id = ? AND state = 'running' AND lease_owner = ?",
-        (reason, job_id, owner),
+        " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+        " WHERE id = ? AND state = 'running' AND lease_token = ?",
+        (reason, job_id, token),
     )
+    return bool(cur.rowcount == 1)
 
 
-def release_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
+def release_leases(conn: Connection, owner_prefix: str) -> int:
     """Give running jobs of a stopping process back to the queue (attempt not counted)."""
     with conn:
         cur = conn.execute(
-            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
-            " attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND lease_owner LIKE ?",
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_token = NULL,"
+            " lease_expires_at = NULL,"
+            " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+            " WHERE state = 'running' AND lease_owner LIKE ?",
             (owner_prefix + "%",),
         )
-    return cur.rowcount
+    return int(cur.rowcount)
 
 
-def expire_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
+def expire_leases(conn: Connection, owner_prefix: str) -> int:
     """Expire the leases of a process that is gone (it crashed): its jobs are claimable now.
 
     The attempt stays counted (a job that kills its process is not retried
@@ -266,7 +303,7 @@ def expire_leases(conn: sqlite3.Connection, owner_prefix: str) -> int:
     return cur.rowcount
 
 
-def retry(conn: sqlite3.Connection, job_id: int) -> bool:
+def retry(conn: Connection, job_id: int) -> bool:
     """Put a failed (or done) job back in the queue with fresh attempts; commits.
 
     ``created_at`` is kept: the outputs' dates derive from it, so the retry
@@ -276,21 +313,21 @@ def retry(conn: sqlite3.Connection, job_id: int) -> bool:
     with conn:
         cur = conn.execute(
             "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL,"
-            " lease_expires_at = NULL, reason = NULL, reason_code = NULL, started_at = NULL,"
-            " finished_at = NULL WHERE id = ? AND state IN ('failed', 'done')",
+            " lease_token = NULL, lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
+            " started_at = NULL, finished_at = NULL WHERE id = ? AND state IN ('failed', 'done')",
             (job_id,),
         )
-    return cur.rowcount == 1
+    return bool(cur.rowcount == 1)
 
 
-def get(conn: sqlite3.Connection, job_id: int) -> Job | None:
+def get(conn: Connection, job_id: int) -> Job | None:
     """One job by id, or None."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else _job(row)
 
 
 def list_jobs(
-    conn: sqlite3.Connection, state: str | None = None, limit: int = 100, offset: int = 0,
+    conn: Connection, state: str | None = None, limit: int = 100, offset: int = 0,
     pipeline: str | None = None,
 ) -> list[Job]:
     """Jobs, newest first, optionally of one state and one pipeline.
@@ -316,7 +353,7 @@ def list_jobs(
     return [_job(r) for r in conn.execute(sql, [*params, int(limit), int(offset)])]
 
 
-def latest_done_per_pipeline(conn: sqlite3.Connection, study_uid: str) -> dict[str, Job]:
+def latest_done_per_pipeline(conn: Connection, study_uid: str) -> dict[str, Job]:
     """For each pipeline, the newest done job of a study (what the API serves)."""
     latest: dict[str, Job] = {}
     for row in conn.execute(
@@ -327,7 +364,7 @@ def latest_done_per_pipeline(conn: sqlite3.Connection, study_uid: str) -> dict[s
     return latest
 
 
-def previous_sent_outputs(conn: sqlite3.Connection, job: Job) -> tuple[dict[str, str], ...]:
+def previous_sent_outputs(conn: Connection, job: Job) -> tuple[dict[str, str], ...]:
     """Outputs of the newest earlier job of this pipeline and series that reached a destination.
 
     These are the objects the new result replaces in the PACS (the new SR
@@ -342,13 +379,13 @@ def previous_sent_outputs(conn: sqlite3.Connection, job: Job) -> tuple[dict[str,
     return ()
 
 
-def counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+def counts(conn: Connection) -> dict[tuple[str, str], int]:
     """Number of jobs per (pipeline, state)."""
     return {(str(p), str(s)): int(n) for p, s, n in conn.execute(
         "SELECT pipeline, state, COUNT(*) FROM jobs GROUP BY pipeline, state")}
 
 
-def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def state_counts(conn: Connection) -> dict[str, int]:
     """Number of jobs per state over all pipelines (every state present)."""
     totals = dict.fromkeys(JOB_STATES, 0)
     for (_, state), n in counts(conn).items():

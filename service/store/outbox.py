@@ -2,8 +2,10 @@
 
 The worker puts each output it has saved to the spool in here
 (:func:`enqueue`, inside the transaction that finishes the job); the sender
-(:mod:`service.net.scu`) takes what is due (:func:`due`), and records the
-outcome (:func:`mark_sent`, :func:`mark_retry`, :func:`mark_failed`).
+(:mod:`service.net.scu`) claims what is due (:func:`claim_due`: a lease with a
+token, as jobs have, so two senders never send one item; on PostgreSQL with
+``FOR UPDATE SKIP LOCKED``), and records the outcome (:func:`mark_sent`,
+:func:`mark_retry`, :func:`mark_failed`, fenced by that token).
 
 Rows are unique per ``(destination, sop_instance_uid)``: a retried job derives
 the same output UIDs, so enqueueing again replaces the row (pending again,
@@ -15,11 +17,14 @@ transaction (``with conn:``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.store.dialect import dialect_of
+from service.store.rows import Connection
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ class OutboxItem:
     last_error: str | None
     created_at: float
     sent_at: float | None
+    lease_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class BacklogStats:
 
 _COLUMNS = (
     "id, job_id, destination, sop_instance_uid, sop_class_uid, path, state, attempts, "
-    "next_attempt_at, last_error, created_at, sent_at"
+    "next_attempt_at, last_error, created_at, sent_at, lease_token"
 )
 
 
@@ -145,11 +151,12 @@ def _item(row: Sequence[object]) -> OutboxItem:
         last_error=None if row[9] is None else str(row[9]),
         created_at=float(row[10]),  # type: ignore[arg-type]
         sent_at=None if row[11] is None else float(row[11]),  # type: ignore[arg-type]
+        lease_token=None if row[12] is None else str(row[12]),
     )
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     job_id: int,
     destination_names: Sequence[str],
     path: Path | str,
@@ -194,7 +201,8 @@ def enqueue(
             " job_id = excluded.job_id, sop_class_uid = excluded.sop_class_uid,"
             " path = excluded.path, state = 'pending', attempts = 0,"
             " next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
-            " created_at = excluded.created_at, sent_at = NULL"
+            " created_at = excluded.created_at, sent_at = NULL, lease_token = NULL,"
+            " lease_expires_at = NULL"
             " RETURNING id",
             (job_id, destination, sop_instance_uid, sop_class_uid, str(path), at, at),
         ).fetchone()
@@ -207,7 +215,7 @@ def enqueue(
 
 
 def due(
-    conn: sqlite3.Connection,
+    conn: Connection,
     now: float | None = None,
     destination: str | None = None,
     limit: int = 100,
@@ -234,7 +242,48 @@ def due(
     return [_item(r) for r in conn.execute(sql, params)]
 
 
-def next_due_at(conn: sqlite3.Connection, destination: str | None = None) -> float | None:
+def claim_due(
+    conn: Connection,
+    destination: str,
+    lease_s: float,
+    now: float | None = None,
+    limit: int = 100,
+) -> list[OutboxItem]:
+    """Lease the due items of one destination to the caller, oldest first; commits.
+
+    An item is due when it is pending, its next attempt is due (``now``, the
+    clock that scheduled it) and no other sender holds an unexpired lease on
+    it (the database's clock). The items carry the lease's token; recording
+    an outcome with it fails once the lease was taken over.
+    """
+    dialect = dialect_of(conn)
+    clock = dialect.clock()
+    at = time.time() if now is None else now
+    if conn.in_transaction:
+        conn.commit()
+    try:
+        rows = conn.execute(
+            f"UPDATE outbox SET lease_token = ?, lease_expires_at = {clock} + ?"
+            " WHERE id IN (SELECT id FROM outbox WHERE state = 'pending'"
+            " AND next_attempt_at <= ? AND destination = ?"
+            f" AND (lease_expires_at IS NULL OR lease_expires_at < {clock})"
+            f" ORDER BY next_attempt_at, id LIMIT ?{dialect.lock_suffix()})"
+            f" RETURNING {_COLUMNS}",
+            (uuid.uuid4().hex, None, lease_s, at, destination, None, int(limit)),
+        ).fetchall()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return sorted((_item(r) for r in rows), key=lambda i: (i.next_attempt_at, i.id))
+
+
+def _fence(token: str | None) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause (and parameter) that limits a write to the lease holder."""
+    return (" AND lease_token = ?", (token,)) if token is not None else ("", ())
+
+
+def next_due_at(conn: Connection, destination: str | None = None) -> float | None:
     """Earliest ``next_attempt_at`` among pending items (None when nothing is pending)."""
     sql = "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
     params: tuple[object, ...] = ()
@@ -245,13 +294,13 @@ def next_due_at(conn: sqlite3.Connection, destination: str | None = None) -> flo
     return None if value is None else float(value)
 
 
-def get(conn: sqlite3.Connection, item_id: int) -> OutboxItem | None:
+def get(conn: Connection, item_id: int) -> OutboxItem | None:
     """One item by id, or None."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
     return None if row is None else _item(row)
 
 
-def items_for_job(conn: sqlite3.Connection, job_id: int) -> list[OutboxItem]:
+def items_for_job(conn: Connection, job_id: int) -> list[OutboxItem]:
     """All items of one job, by id."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
@@ -259,33 +308,45 @@ def items_for_job(conn: sqlite3.Connection, job_id: int) -> list[OutboxItem]:
     return [_item(r) for r in rows]
 
 
-def mark_sent(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
-    """Record delivery (the destination answered Success)."""
+def mark_sent(conn: Connection, item_id: int, now: float | None = None,
+              token: str | None = None) -> bool:
+    """Record delivery (the destination answered Success); False if not ours or not pending.
+
+    ``token``: the lease of :func:`claim_due` (None: no lease is checked).
+    """
     at = time.time() if now is None else now
-    conn.execute(
+    fence, param = _fence(token)
+    cur = conn.execute(
         "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
-        " last_error = NULL WHERE id = ? AND state = 'pending'",
-        (at, item_id),
+        " last_error = NULL, lease_token = NULL, lease_expires_at = NULL"
+        f" WHERE id = ? AND state = 'pending'{fence}",
+        (at, item_id, *param),
     )
+    return bool(cur.rowcount == 1)
 
 
 def mark_failed(
-    conn: sqlite3.Connection, item_id: int, error: str, now: float | None = None
-) -> None:
+    conn: Connection, item_id: int, error: str, now: float | None = None,
+    token: str | None = None,
+) -> bool:
     """Give an item up for good (e.g. its file is gone, its destination unconfigured)."""
     del now  # kept for a uniform signature; failed items keep their last attempt time
-    conn.execute(
-        "UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ? AND state = 'pending'",
-        (error[:500], item_id),
+    fence, param = _fence(token)
+    cur = conn.execute(
+        "UPDATE outbox SET state = 'failed', last_error = ?, lease_token = NULL,"
+        f" lease_expires_at = NULL WHERE id = ? AND state = 'pending'{fence}",
+        (error[:500], item_id, *param),
     )
+    return bool(cur.rowcount == 1)
 
 
 def mark_retry(
-    conn: sqlite3.Connection,
+    conn: Connection,
     item_id: int,
     error: str,
     policy: RetryPolicy,
     now: float | None = None,
+    token: str | None = None,
 ) -> str:
     """Record a failed attempt and schedule the next one with back-off.
 
@@ -293,29 +354,33 @@ def mark_retry(
     -------
     str
         ``"pending"`` (retried later) or ``"failed"`` (given up: older than
-        ``policy.give_up_after_s``), or ``"gone"`` if the item was not pending.
+        ``policy.give_up_after_s``), or ``"gone"`` if the item was not pending
+        (or, with ``token``, no longer leased to the caller).
     """
     at = time.time() if now is None else now
+    fence, param = _fence(token)
     row = conn.execute(
-        "SELECT attempts, created_at FROM outbox WHERE id = ? AND state = 'pending'", (item_id,)
+        f"SELECT attempts, created_at FROM outbox WHERE id = ? AND state = 'pending'{fence}",
+        (item_id, *param),
     ).fetchone()
     if row is None:
         return "gone"
     attempts = int(row[0]) + 1
     if at - float(row[1]) >= policy.give_up_after_s:
-        conn.execute(
-            "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ? WHERE id = ?",
-            (attempts, f"gave up: {error}"[:500], item_id),
-        )
-        return "failed"
-    conn.execute(
-        "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-        (attempts, at + policy.delay_s(attempts), error[:500], item_id),
+        state, text, schedule = "failed", f"gave up: {error}", ""
+        params: tuple[object, ...] = (state, attempts, text[:500])
+    else:
+        state, text, schedule = "pending", error, " next_attempt_at = ?,"
+        params = (state, attempts, text[:500], at + policy.delay_s(attempts))
+    cur = conn.execute(
+        f"UPDATE outbox SET state = ?, attempts = ?, last_error = ?,{schedule}"
+        f" lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'pending'{fence}",
+        (*params, item_id, *param),
     )
-    return "pending"
+    return state if cur.rowcount == 1 else "gone"
 
 
-def backlog_stats(conn: sqlite3.Connection, now: float | None = None) -> BacklogStats:
+def backlog_stats(conn: Connection, now: float | None = None) -> BacklogStats:
     """Count pending and failed items and the age of the oldest pending one."""
     at = time.time() if now is None else now
     by_destination = {

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from service.store import db
+from service.store.dialect import dialect_of
+from service.store.rows import Connection
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
 
-def purge_expired(conn: sqlite3.Connection, spool: Spool, cutoff: float) -> int:
+def purge_expired(conn: Connection, spool: Spool, cutoff: float) -> int:
     """Delete series last received before ``cutoff`` (files, then rows); returns how many.
 
     A series is kept while it waits for routing, while any of its jobs is
@@ -21,17 +22,20 @@ def purge_expired(conn: sqlite3.Connection, spool: Spool, cutoff: float) -> int:
     first: a crash in between leaves rows whose files are gone, removed by
     the next purge, never files that start-up recovery would bring back.
     """
+    dialect = dialect_of(conn)
     expired = [str(r[0]) for r in conn.execute(
         "SELECT s.series_uid FROM series s WHERE s.last_received_at < ?"
         " AND s.state != 'complete' AND NOT EXISTS ("
         " SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid AND (j.state IN"
         " ('pending', 'running') OR COALESCE(j.finished_at, j.created_at) >= ?"
         " OR EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')))"
-        " AND NOT EXISTS (SELECT 1 FROM jobs j, json_each(j.inputs_json) e"
+        f" AND NOT EXISTS (SELECT 1 FROM jobs j, {dialect.json_items('j.inputs_json', 'e')}"
         " WHERE j.state IN ('pending', 'running')"
-        " AND json_extract(e.value, '$.series_uid') = s.series_uid)",
+        f" AND {dialect.json_field('e', 'series_uid')} = s.series_uid)",
         (cutoff, cutoff),
     )]
+    if conn.in_transaction:
+        conn.commit()  # no snapshot held while files are deleted
     for series_uid in expired:
         job_ids = [int(r[0]) for r in conn.execute(
             "SELECT id FROM jobs WHERE series_uid = ?", (series_uid,))]

@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.dicom.header import READ_ERRORS, InstanceHeader, expected_count, read_header
 from service.dicom.uids import content_hash
 from service.store import db
+from service.store.rows import Connection
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
 
 def record_instance(
-    conn: sqlite3.Connection, rec: db.InstanceRecord, info: InstanceHeader, quiet_s: float
+    conn: Connection, rec: db.InstanceRecord, info: InstanceHeader, quiet_s: float
 ) -> bool:
     """Insert a stored instance and count it into its series; False for a duplicate.
 
@@ -54,7 +54,7 @@ def record_instance(
 
 
 def note_instance(
-    conn: sqlite3.Connection,
+    conn: Connection,
     rec: db.InstanceRecord,
     expected: int | None,
     quiet_s: float,
@@ -65,16 +65,17 @@ def note_instance(
         " last_received_at, instance_count, expected_count, quiet_s, state)"
         " VALUES (?, ?, ?, ?, ?, 1, ?, ?, 'receiving')"
         " ON CONFLICT (series_uid) DO UPDATE SET"
-        " last_received_at = MAX(last_received_at, excluded.last_received_at),"
-        " instance_count = instance_count + 1,"
-        " expected_count = COALESCE(excluded.expected_count, expected_count),"
+        " last_received_at = CASE WHEN excluded.last_received_at > series.last_received_at"
+        " THEN excluded.last_received_at ELSE series.last_received_at END,"
+        " instance_count = series.instance_count + 1,"
+        " expected_count = COALESCE(excluded.expected_count, series.expected_count),"
         " quiet_s = excluded.quiet_s, state = 'receiving'",
         (rec.series_uid, rec.study_uid, rec.calling_ae, rec.received_at, rec.received_at,
          expected, quiet_s),
     )
 
 
-def complete_if_ready(conn: sqlite3.Connection, series_uid: str, now: float) -> bool:
+def complete_if_ready(conn: Connection, series_uid: str, now: float) -> bool:
     """Complete the series if its announced count is reached; True if it did."""
     row = conn.execute(
         "SELECT instance_count, expected_count, state FROM series WHERE series_uid = ?",
@@ -85,7 +86,7 @@ def complete_if_ready(conn: sqlite3.Connection, series_uid: str, now: float) -> 
     return complete_series(conn, series_uid, now, trigger="count")
 
 
-def sweep_quiet(conn: sqlite3.Connection, now: float) -> list[str]:
+def sweep_quiet(conn: Connection, now: float) -> list[str]:
     """Complete every receiving series whose quiet time has passed; their UIDs."""
     due = [
         str(r[0])
@@ -98,19 +99,28 @@ def sweep_quiet(conn: sqlite3.Connection, now: float) -> list[str]:
     return [uid for uid in due if complete_series(conn, uid, now, trigger="quiet")]
 
 
-def complete_series(conn: sqlite3.Connection, series_uid: str, now: float, trigger: str) -> bool:
-    """Mark the series complete with its current content hash (routing comes next)."""
-    uids = [u for u, _ in db.series_instances(conn, series_uid)]
-    digest = content_hash(uids)
+def complete_series(conn: Connection, series_uid: str, now: float, trigger: str) -> bool:
+    """Mark the series complete with its current content hash (routing comes next).
+
+    The state changes first: that statement takes the series row's lock (the
+    one every recording of an instance of this series updates), so the
+    instances read afterwards are all those counted, whichever connection or
+    node recorded them. A quiet completion re-checks the quiet time under
+    that lock: an instance recorded meanwhile keeps the series receiving.
+    """
+    quiet = " AND last_received_at + quiet_s <= ?" if trigger == "quiet" else ""
     cur = conn.execute(
-        "UPDATE series SET state = 'complete', completed_at = ?, content_hash = ?,"
-        " routing_json = NULL WHERE series_uid = ? AND state = 'receiving'",
-        (now, digest, series_uid),
+        "UPDATE series SET state = 'complete', completed_at = ?, routing_json = NULL"
+        f" WHERE series_uid = ? AND state = 'receiving'{quiet}",
+        (now, series_uid, now) if quiet else (now, series_uid),
     )
-    if cur.rowcount == 1:
-        log.info("series_complete", extra={"fields": {"instances": len(uids),
-                                                      "trigger": trigger}})
-    return cur.rowcount == 1
+    if cur.rowcount != 1:
+        return False
+    uids = [u for u, _ in db.series_instances(conn, series_uid)]
+    conn.execute("UPDATE series SET content_hash = ? WHERE series_uid = ?",
+                 (content_hash(uids), series_uid))
+    log.info("series_complete", extra={"fields": {"instances": len(uids), "trigger": trigger}})
+    return True
 
 
 @dataclass(frozen=True)
@@ -142,19 +152,19 @@ def _series_row(row: tuple[object, ...]) -> SeriesRow:
                      None if row[7] is None else str(row[7]))
 
 
-def awaiting_routing(conn: sqlite3.Connection) -> list[SeriesRow]:
+def awaiting_routing(conn: Connection) -> list[SeriesRow]:
     """Complete series that routing has not decided yet, oldest first."""
     return [_series_row(r) for r in conn.execute(
         _SERIES_SELECT + " WHERE s.state = 'complete' ORDER BY s.completed_at")]
 
 
-def study_series(conn: sqlite3.Connection, study_uid: str) -> list[SeriesRow]:
+def study_series(conn: Connection, study_uid: str) -> list[SeriesRow]:
     """Every series of a study received so far."""
     return [_series_row(r) for r in conn.execute(
         _SERIES_SELECT + " WHERE s.study_uid = ? ORDER BY s.first_received_at", (study_uid,))]
 
 
-def list_series(conn: sqlite3.Connection, state: str | None = None,
+def list_series(conn: Connection, state: str | None = None,
                 limit: int = 100) -> list[SeriesRow]:
     """Series, newest first, optionally of one state (e.g. ``ignored``)."""
     sql, params = _SERIES_SELECT, []
@@ -165,7 +175,7 @@ def list_series(conn: sqlite3.Connection, state: str | None = None,
     return [_series_row(r) for r in conn.execute(sql, [*params, int(limit)])]
 
 
-def mark_routed(conn: sqlite3.Connection, series_uid: str, content: str,
+def mark_routed(conn: Connection, series_uid: str, content: str,
                 decisions: Mapping[str, str], taken: bool) -> bool:
     """Record routing's decisions for this content; False if the series changed meanwhile."""
     cur = conn.execute(
@@ -176,7 +186,7 @@ def mark_routed(conn: sqlite3.Connection, series_uid: str, content: str,
     return cur.rowcount == 1
 
 
-def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def state_counts(conn: Connection) -> dict[str, int]:
     """Number of series per state (every state present)."""
     totals = dict.fromkeys(db.SERIES_STATES, 0)
     for state, n in conn.execute("SELECT state, COUNT(*) FROM series GROUP BY state"):
@@ -184,7 +194,7 @@ def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return totals
 
 
-def recover_spool(conn: sqlite3.Connection, spool: Spool, quiet_s: float) -> int:
+def recover_spool(conn: Connection, spool: Spool, quiet_s: float) -> int:
     """Record spooled instances that the database does not know; returns how many.
 
     The SCP's connections commit with ``synchronous=NORMAL`` (a commit

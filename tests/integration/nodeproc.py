@@ -105,11 +105,17 @@ class NodeProcess:
         ``--only`` value, e.g. ``"scp,worker"``; default all parts.
     log_level : str
         The node's ``--log-level`` (DEBUG to prove nothing leaks even there).
+    postgres_dsn : str, optional
+        Run on this PostgreSQL database instead of the SQLite file (the one
+        setting, given as ``DOPANODE_STORAGE__*`` environment); ``query`` reads it.
+    spool_dir : Path, optional
+        A spool shared with other nodes (default ``work_dir/spool``).
     """
 
     def __init__(self, work_dir: Path, settings: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None, components: str | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", postgres_dsn: str | None = None,
+                 spool_dir: Path | None = None) -> None:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.scp_port = _free_port()
@@ -118,11 +124,15 @@ class NodeProcess:
         self.api_token = "test-token-0123456789"
         self.config_path = self.work_dir / "dopanode.toml"
         self.log_path = self.work_dir / "node.log"
-        self.spool_dir = self.work_dir / "spool"
+        self.spool_dir = Path(spool_dir) if spool_dir else self.work_dir / "spool"
         self.db_path = self.work_dir / "dopanode.sqlite3"
         self.components = components
         self.log_level = log_level
         self.env = dict(env or {})
+        self.postgres_dsn = postgres_dsn
+        if postgres_dsn is not None:
+            self.env.update({"DOPANODE_STORAGE__BACKEND": "postgres",
+                             "DOPANODE_STORAGE__POSTGRES_DSN": postgres_dsn})
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config(settings or {})
 
@@ -235,6 +245,14 @@ class NodeProcess:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows from the node's database (read-only connection)."""
+        if self.postgres_dsn is not None:
+            import psycopg
+
+            from service.store.postgres import to_pyformat
+
+            with psycopg.connect(self.postgres_dsn) as pg:
+                pg.read_only = True
+                return [tuple(r) for r in pg.execute(to_pyformat(sql), params)]
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             return list(conn.execute(sql, params))

@@ -323,3 +323,16 @@ def test_config_check_names_the_renames_of_a_release_01_file() -> None:
     res = run_config_check(RELEASE_01_EXAMPLE, env={"DOPANODE_API__TOKEN": "c" * 32})
     assert res.returncode == 0, res.stderr
     assert "rename analysis.fallback_keywords to pipelines.dat_spect.fallback_keywords" in res.stdout
+
+
+def test_one_setting_moves_the_rows_to_postgres_and_the_dsn_stays_secret() -> None:
+    assert load_settings(None, environ={}).storage.backend == "sqlite"  # the embedded default
+    with pytest.raises(ConfigError, match="storage.postgres_dsn: is required"):
+        load_settings(None, environ={"DOPANODE_STORAGE__BACKEND": "postgres"})
+    dsn = "host=db.example port=5432 user=dopanode password=hunter2-secret dbname=dopanode"
+    s = load_settings(None, environ={"DOPANODE_STORAGE__BACKEND": "postgres",
+                                     "DOPANODE_STORAGE__POSTGRES_DSN": dsn})
+    assert s.storage.postgres_dsn is not None and s.storage.postgres_dsn.get_secret_value() == dsn
+    assert "hunter2" not in describe(s) and "hunter2" not in repr(s)
+    with pytest.raises(ConfigError, match="storage.backend"):
+        load_settings(None, environ={"DOPANODE_STORAGE__BACKEND": "mysql"})

@@ -10,7 +10,8 @@ with :mod:`ast` and checked against the never-arrows:
 * DICOM knowledge (``service.dicom``) imports no socket, store or pipeline code;
 * the node (worker, scheduler, app, store, net, api) never imports the
   simulator or torch;
-* only ``service.inference.onnx`` imports onnxruntime.
+* only ``service.inference.onnx`` imports onnxruntime;
+* only ``service.store.postgres`` imports psycopg (the PostgreSQL adapter).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (NODE, ("service.sim", "torch", "models")),
 )
 ONNX_OWNER = "service.inference.onnx"
+PSYCOPG_OWNER = "service.store.postgres"
 
 
 def module_name(path: Path) -> str:
@@ -73,6 +75,8 @@ def violations() -> list[str]:
                 broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, forbidden)]
         if name != ONNX_OWNER:
             broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, ("onnxruntime",))]
+        if name != PSYCOPG_OWNER:
+            broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, ("psycopg",))]
     return sorted(set(broken))
 
 

@@ -90,3 +90,66 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path,
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half_done" not in tables and "jobs" in tables
     conn.close()
+
+
+# --- PostgreSQL: versions in schema_migrations, under an advisory lock ----------------
+def _pg_versions(dsn: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return [int(r[0]) for r in conn.execute(
+            "SELECT version FROM schema_migrations ORDER BY version")]
+
+
+def test_postgres_migrate_is_idempotent_and_refuses_a_newer_schema(postgres_dsn: str) -> None:
+    from service.store import postgres
+
+    rows = postgres.PostgresRows(postgres_dsn)
+    assert rows.migrate() == 0
+    assert rows.migrate() == postgres.SCHEMA_VERSION == db.SCHEMA_VERSION
+    assert _pg_versions(postgres_dsn) == [v for v, _ in postgres.MIGRATIONS]
+    conn = rows.connect()
+    with conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (db.SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this release"):
+        rows.migrate()
+
+
+def test_postgres_starters_racing_migrate_once(postgres_dsn: str) -> None:
+    """Four nodes starting together: one migrates, the others wait and find it done."""
+    import threading
+
+    from service.store import postgres
+
+    found: list[int] = []
+    gate = threading.Barrier(4)
+
+    def start() -> None:
+        gate.wait(10)
+        found.append(postgres.PostgresRows(postgres_dsn).migrate())
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(found) == [0] + [postgres.SCHEMA_VERSION] * 3
+    assert _pg_versions(postgres_dsn) == [v for v, _ in postgres.MIGRATIONS]
+
+
+def test_postgres_failed_migration_leaves_the_previous_version(
+        postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from service.store import postgres
+
+    monkeypatch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:1])
+    postgres.PostgresRows(postgres_dsn).migrate()
+    monkeypatch.setattr(postgres, "MIGRATIONS", (
+        postgres.MIGRATIONS[0], (3, "CREATE TABLE half_done (x INTEGER); SELECT no_such_function()")))
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        postgres.PostgresRows(postgres_dsn).migrate()
+    assert _pg_versions(postgres_dsn) == [2]
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('half_done')").fetchone()[0] is None

@@ -1,15 +1,15 @@
-"""The durable outbox on a real SQLite database (migrated by service.store.db)."""
+"""The durable outbox on a real database, SQLite and PostgreSQL (migrated by the rows port)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service import metrics
 from service.store import outbox
-from service.store.db import Database
 from service.store.outbox import RetryPolicy
 
 T0 = 1_800_000_000.0
@@ -17,10 +17,8 @@ SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    db = Database(tmp_path / "node.sqlite3")
-    db.migrate()
-    c = db.connect()
+def conn(rows: Any) -> Any:
+    c = rows.connect()
     yield c
     c.close()
 
@@ -129,7 +127,12 @@ def test_unique_constraint_is_in_the_schema(conn):
         conn.execute(
             "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
             " next_attempt_at, created_at) VALUES (1, 'pacs', '1.2', ?, '/x', 0, 0)", (SR,))
-    with pytest.raises(sqlite3.IntegrityError):
+    errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    if conn.dialect.name == "postgres":
+        import psycopg
+
+        errors = (psycopg.IntegrityError,)
+    with pytest.raises(errors):
         conn.execute(
             "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
             " next_attempt_at, created_at) VALUES (2, 'pacs', '1.2', ?, '/y', 0, 0)", (SR,))
@@ -143,3 +146,21 @@ def test_unique_constraint_is_in_the_schema(conn):
 def test_retry_policy_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RetryPolicy(**kwargs)
+
+
+def test_a_claim_leases_due_items_and_fences_their_outcome(conn):
+    first, second = _enqueue(conn, "1.2.3.1")[0], _enqueue(conn, "1.2.3.2")[0]
+    claimed = outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0)
+    assert [i.id for i in claimed] == [first, second] and claimed[0].lease_token
+    assert outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0) == []  # leased: not again
+    assert outbox.due(conn, now=T0) != []  # still pending, only leased
+    with conn:  # a writer without the lease's token changes nothing
+        assert not outbox.mark_sent(conn, first, T0 + 1, token="someone-else")
+        assert outbox.mark_retry(conn, first, "x", RetryPolicy(), T0 + 1, "other") == "gone"
+        assert outbox.mark_sent(conn, first, T0 + 1, claimed[0].lease_token)
+        assert outbox.mark_retry(conn, second, "down", RetryPolicy(base_s=10), T0 + 1,
+                                 claimed[1].lease_token) == "pending"
+    # the retried item is claimable again once due (its lease was given back)
+    again = outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0 + 11)
+    assert [i.id for i in again] == [second] and again[0].lease_token != claimed[1].lease_token
+    assert outbox.get(conn, first).state == "sent"

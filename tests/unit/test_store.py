@@ -1,10 +1,9 @@
-"""Spool, UIDs, SQLite state, series completion, routing and the worker (in process)."""
+"""Spool, UIDs, the rows (SQLite and PostgreSQL), series completion, routing, the worker."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,22 +29,20 @@ NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[db.Database, Spool, sqlite3.Connection]:
-    database = db.Database(tmp_path / "state.sqlite3")
-    database.migrate()
+def store(rows: Any, tmp_path: Path) -> tuple[Any, Spool, Any]:
+    """(rows port, spool, a connection), on SQLite and on PostgreSQL."""
     spool = Spool(tmp_path / "spool")
-    conn = database.connect()
-    yield database, spool, conn
+    conn = rows.connect()
+    yield rows, spool, conn
     conn.close()
 
 
-def route(conn: sqlite3.Connection, spool: Spool, at: float, max_attempts: int = 3,
+def route(conn: Any, spool: Spool, at: float, max_attempts: int = 3,
           pipelines: dict[str, Any] | None = None, sweep: bool = False) -> list[int]:
     """One scheduler round (routing only, or also the quiet sweep); the new job ids."""
     before = {r[0] for r in conn.execute("SELECT id FROM jobs")}
     chosen = {"fake_nm": FakePipeline()} if pipelines is None else pipelines
-    scheduler = Scheduler(db.Database(Path(conn.execute("PRAGMA database_list").fetchone()[2])),
-                          spool, chosen, max_attempts=max_attempts)
+    scheduler = Scheduler(None, spool, chosen, max_attempts=max_attempts)  # type: ignore[arg-type]
     if sweep:
         with conn:
             completion.sweep_quiet(conn, at)
@@ -55,7 +52,7 @@ def route(conn: sqlite3.Connection, spool: Spool, at: float, max_attempts: int =
     return sorted({r[0] for r in conn.execute("SELECT id FROM jobs")} - before)
 
 
-def receive(conn: sqlite3.Connection, spool: Spool, path: Path, calling_ae: str = "STORESCU",
+def receive(conn: Any, spool: Spool, path: Path, calling_ae: str = "STORESCU",
             at: float = NOW, quiet_s: float = 10.0, max_attempts: int = 3,
             pipelines: dict[str, Any] | None = None) -> int | None:
     """What the SCP does after writing (record, maybe complete), then a routing round."""
@@ -134,10 +131,14 @@ def test_spool_write_is_atomic_and_complete(tmp_path: Path) -> None:
 def test_migrate_is_idempotent_and_pragmas(store: Any) -> None:
     database, _, conn = store
     database.migrate()
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if conn.dialect.name == "sqlite":
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        sql = "SELECT name FROM sqlite_master WHERE type='table'"
+    else:
+        sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    tables = {r[0] for r in conn.execute(sql)}
     assert {"instances", "series", "jobs", "outbox"} <= tables
 
 
@@ -400,7 +401,11 @@ def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path:
     database, spool, conn = store
     job_id = receive(conn, spool, studies["mf"][0])
     make_worker(store, Scripted(AnalysisError("not analysable here", "nope"))).run_once()
-    env = {**os.environ, "DOPANODE_STORAGE__DB_PATH": str(database.path)}
+    if conn.dialect.name == "sqlite":
+        env = {**os.environ, "DOPANODE_STORAGE__DB_PATH": str(database.path)}
+    else:  # one setting moves the command to the PostgreSQL server
+        env = {**os.environ, "DOPANODE_STORAGE__BACKEND": "postgres",
+               "DOPANODE_STORAGE__POSTGRES_DSN": database._dsn}
     repo = Path(__file__).resolve().parents[2]
 
     def dopanode(*args: str) -> subprocess.CompletedProcess[str]:
@@ -525,3 +530,33 @@ def test_a_damaged_element_is_refused_when_read(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError, match=r"not readable DICOM \(BytesLengthException\)") as info:
         header_mod.read_series([tmp_path / "bad.dcm"])
     assert info.value.code == "not_dicom"
+
+
+def test_a_worker_whose_lease_was_taken_over_queues_nothing(store: Any,
+                                                            studies: dict[str, list[Path]]) -> None:
+    """A worker stalled past its lease: the successor's claim fences its finish and outputs."""
+    import time
+
+    _, spool, conn = store
+    job_id = receive(conn, spool, studies["mf"][0])
+    entered, release = threading.Event(), threading.Event()
+
+    class Stalled:
+        name = "stalled"
+
+        def run(self, inputs: LoadedInputs, context: JobContext) -> Any:
+            entered.set()
+            release.wait(10)
+            return FakePipeline().run(inputs, context)
+
+    thread = threading.Thread(target=make_worker(store, Stalled()).run_once)
+    thread.start()
+    assert entered.wait(10)
+    # an hour later by the lease's clock: the stalled worker's lease has expired
+    successor = jobs.claim(conn, "successor", 60.0, time.time() + 3600)
+    assert successor is not None and successor.id == job_id and successor.attempts == 2
+    release.set()
+    thread.join(10)
+    assert outbox.items_for_job(conn, job_id) == []  # type: ignore[arg-type]
+    job = jobs.get(conn, job_id)  # type: ignore[arg-type]
+    assert job is not None and (job.state, job.lease_token) == ("running", successor.lease_token)

@@ -1,0 +1,150 @@
+"""Where the SQLite and PostgreSQL adapters differ: the one list, in one module.
+
+The store's SQL is written once, in SQLite's spelling with ``?`` placeholders,
+and runs unchanged on both engines except for the items below (also in
+docs/storage.md). Everything else (``ON CONFLICT ... DO UPDATE ... excluded``,
+``RETURNING``, ``||``, ``COALESCE``, ``LIMIT/OFFSET``) is the same on both.
+
+=====================  ==================================  =====================================
+item                   SQLite                              PostgreSQL
+=====================  ==================================  =====================================
+placeholders           ``?``                               ``%s`` (``?`` rewritten, ``%`` doubled,
+                                                           in :class:`service.store.postgres.PgConnection`)
+ids, floats            ``INTEGER PRIMARY KEY``, ``REAL``   ``BIGINT ... IDENTITY``, ``DOUBLE PRECISION``
+                                                           (two schema texts, one per adapter)
+schema version         ``PRAGMA user_version``             ``schema_migrations`` table, under
+                                                           ``pg_advisory_xact_lock``
+the clock (``now``)    ``julianday('now')``, the host's    ``clock_timestamp()``, the server's
+                                                           (:attr:`Dialect.now_sql`)
+claiming a job         ``BEGIN IMMEDIATE`` (one writer)    ``FOR UPDATE SKIP LOCKED``
+                                                           (:attr:`Dialect.begin_write`,
+                                                           :attr:`Dialect.skip_locked`)
+JSON arrays            ``json_each`` / ``json_extract``    ``jsonb_array_elements`` / ``->>``
+                                                           (:meth:`Dialect.json_items`)
+singletons             the process is the only one         ``pg_try_advisory_lock`` per session
+                                                           (:func:`try_singleton`)
+wake-ups               in-process events                   ``NOTIFY`` when a job is made
+                                                           (:func:`notify_job_created`)
+commit durability      SCP rows ``synchronous=NORMAL``     always durable (``synchronous_commit``)
+                                                           (:attr:`Dialect.ingest_setup`)
+=====================  ==================================  =====================================
+
+Written portably instead of per dialect: the scalar maximum (``MAX(a, b)`` in
+SQLite, ``GREATEST`` in PostgreSQL) is a ``CASE``; a new row's id comes from
+``RETURNING id`` (SQLite has it since 3.35), never ``lastrowid``; columns of
+the conflicting row in ``DO UPDATE`` are qualified with the table name
+(PostgreSQL calls a bare name ambiguous).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+#: The channel that wakes idle workers (PostgreSQL only).
+JOBS_CHANNEL = "dopanode_jobs"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the store's SQL needs to know about the engine under it.
+
+    Attributes
+    ----------
+    name : str
+        ``"sqlite"`` or ``"postgres"``.
+    now_sql : str
+        SQL expression for the database's clock, seconds since the epoch (float).
+    begin_write : str or None
+        Statement that takes the write lock before a claim (None: row locks suffice).
+    skip_locked : bool
+        Claims lock the chosen row and skip rows other claimers hold.
+    ingest_setup : tuple of str
+        Statements run once on each SCP connection.
+    """
+
+    name: str
+    now_sql: str
+    begin_write: str | None
+    skip_locked: bool
+    ingest_setup: tuple[str, ...]
+
+    def clock(self) -> str:
+        """``COALESCE(?, now)``: the caller's time when it passes one, else the database's."""
+        return f"COALESCE(CAST(? AS DOUBLE PRECISION), {self.now_sql})"
+
+    def json_items(self, column: str, alias: str) -> str:
+        """FROM item over the elements of a JSON array column, one row per element."""
+        if self.name == "postgres":
+            return f"jsonb_array_elements({column}::jsonb) AS {alias}(value)"
+        return f"json_each({column}) AS {alias}"
+
+    def json_field(self, alias: str, key: str) -> str:
+        """Text of ``key`` in the element ``alias`` of :meth:`json_items`."""
+        if self.name == "postgres":
+            return f"({alias}.value ->> '{key}')"
+        return f"json_extract({alias}.value, '$.{key}')"
+
+    def lock_suffix(self) -> str:
+        """Suffix of a SELECT that picks rows to claim."""
+        return " FOR UPDATE SKIP LOCKED" if self.skip_locked else ""
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    now_sql="((julianday('now') - 2440587.5) * 86400.0)",
+    begin_write="BEGIN IMMEDIATE",
+    skip_locked=False,
+    # the instance file is already fsynced when its row is written;
+    # series.recover_spool re-records rows a power loss took back
+    ingest_setup=("PRAGMA synchronous = NORMAL",),
+)
+
+POSTGRES = Dialect(
+    name="postgres",
+    now_sql="(extract(epoch from clock_timestamp())::double precision)",
+    begin_write=None,
+    skip_locked=True,
+    ingest_setup=(),
+)
+
+
+def dialect_of(conn: Any) -> Dialect:
+    """The dialect of a connection (a bare ``sqlite3.Connection`` is SQLite)."""
+    dialect: Dialect = getattr(conn, "dialect", SQLITE)
+    return dialect
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a singleton's name."""
+    digest = hashlib.sha256(f"dopanode:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def try_singleton(conn: Any, name: str) -> bool:
+    """True when this connection runs the singleton ``name`` (sweep, routing, purge).
+
+    SQLite: always (one node, one file). PostgreSQL: the session that holds
+    ``pg_try_advisory_lock`` for the name; it keeps it until its connection
+    closes, then another node's attempt succeeds. Commits.
+    """
+    if dialect_of(conn).name != "postgres":
+        return True
+    held: set[str] = conn.singletons
+    if name not in held:
+        got = conn.execute("SELECT pg_try_advisory_lock(?)", (lock_key(name),)).fetchone()[0]
+        conn.commit()
+        if got:
+            held.add(name)
+    return name in held
+
+
+def notify_job_created(conn: Any) -> None:
+    """Wake idle workers of every node when this transaction commits (PostgreSQL).
+
+    Called only where a job is made, never per instance: a pending NOTIFY
+    takes a global lock at commit.
+    """
+    if dialect_of(conn).name == "postgres":
+        conn.execute("SELECT pg_notify(?, '')", (JOBS_CHANNEL,))
