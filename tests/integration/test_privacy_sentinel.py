@@ -28,6 +28,7 @@ from conftest import free_port, require_tool
 from dat_phantom import make_phantom, normal_sbr, random_pose
 from nmdata import write_marker_study
 from nodeproc import NodeProcess
+from pydicom import config
 from test_sender_dcmtk import start_storescp
 
 from service.imaging.atlas import load_atlas
@@ -77,8 +78,13 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     rng = np.random.default_rng(20261130)
     phantom = make_phantom(load_atlas(), normal_sbr(), random_pose(rng), rng)
     root = tmp_path_factory.mktemp("privacy-data")
-    with pytest.warns(UserWarning):  # pydicom, in this test process only: the values are bad
-        return {name: write_study(root, name, phantom.image) for name in STUDIES}
+    saved = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.WARN  # whatever an earlier CLI run set
+    try:
+        with pytest.warns(UserWarning):  # pydicom, in this test process only: the values are bad
+            return {name: write_study(root, name, phantom.image) for name in STUDIES}
+    finally:
+        config.settings.reading_validation_mode = saved
 
 
 @pytest.fixture

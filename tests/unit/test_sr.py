@@ -258,7 +258,10 @@ def test_missing_type2_patient_attributes_stay_empty(reduced: StudyResult) -> No
 def test_malformed_dates_and_ages_are_copied_empty(reduced: StudyResult, birth_date: str,
                                                    recwarn: pytest.WarningsRecorder) -> None:
     """A non-conforming DA/TM/AS must not cost the reader the SR (highdicom refuses it)."""
+    from pydicom import config
+
     evidence = example_evidence(reduced)
+    config.settings.reading_validation_mode = config.WARN  # whatever an earlier CLI run set
     with pytest.warns(UserWarning):  # pydicom, when the test sets the bad values
         for ds in evidence:
             ds.PatientBirthDate, ds.PatientAge = birth_date, "64"
