@@ -8,7 +8,9 @@ Routes: ``GET /health`` (liveness, no auth, touches nothing), ``GET /ready``
 (see :mod:`service.api.readiness`; 503 problem naming the failing checks),
 ``GET /metrics`` (Prometheus text), and under ``/api`` with a Bearer token:
 ``GET /jobs?state=``, ``GET /jobs/{id}``, ``POST /jobs/{id}/retry``,
-``GET /studies/{study_uid}``. OpenAPI at ``/openapi.json`` and ``/docs``.
+``GET /studies/{study_uid}``, and the admin page's summaries (``/queue``,
+``/outbox``, ``/studies``, ``/jobs/{id}/picture.png``; :mod:`service.api.admin`).
+``GET /admin`` serves the admin page itself. OpenAPI at ``/openapi.json`` and ``/docs``.
 
 Auth: ``Authorization: Bearer <api.token>``, compared in constant time.
 Without a configured token the ``/api`` routes answer only loopback clients.
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import __version__, metrics
+from service.api.admin import admin_api_routes, page_routes
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
 from service.api.readiness import Probes, ReadyLimits, refresh_metrics, run_checks
 from service.dicom.uids import is_valid_uid
@@ -118,6 +121,9 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
     app.include_router(_probe_routes(settings, db, probes or Probes(), limits or ReadyLimits()))
     auth = [Depends(_auth_dependency(settings.api.token))]
     app.include_router(_job_routes(db), prefix="/api", dependencies=auth, responses=_ERRORS)
+    app.include_router(admin_api_routes(settings, db), prefix="/api", dependencies=auth,
+                       responses=_ERRORS)
+    app.include_router(page_routes())
     return app
 
 
