@@ -2,7 +2,8 @@
 # Installs the real DICOM peers the tests talk to (Debian packages):
 # DCMTK (storescu, echoscu, storescp, dsrdump, dsr2html), Orthanc, dicom3tools (dciodvfy),
 # Prometheus (prometheus, promtool: the alert rules and their tests under deploy/prometheus/)
-# and docker-compose (validates deploy/compose/docker-compose.yml offline).
+# docker-compose (validates deploy/compose/docker-compose.yml offline)
+# and Chromium with its WebDriver (the admin page's browser test).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -10,6 +11,8 @@ command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -5,8 +5,8 @@
 const TOKEN_KEY = "dopanode.api_token";
 const REFRESH_MS = 15000;
 const LEVELS = ["normal", "borderline", "moderate", "strong", "almost missing"];
-const REGIONS = [["caudate_left", "C L"], ["caudate_right", "C R"],
-                 ["putamen_left", "P L"], ["putamen_right", "P R"]];
+const REGIONS = [["caudate_left", "caud L"], ["caudate_right", "caud R"],
+                 ["putamen_left", "put L"], ["putamen_right", "put R"]];
 let pictureUrls = [];
 let timer = null;
 
@@ -197,7 +197,9 @@ async function loadStudies() {
   }
   const headers = ["study", ...(withNames ? ["patient"] : []), "pipeline", "job#", "verdict",
                    "level · SBR", "finished", "picture report"];
-  $("studies").replaceChildren(table(headers, rows, "no studies yet"));
+  $("studies").replaceChildren(table(headers, rows, "no studies yet"), rows.length ? el("p", {class: "legend muted"},
+    "level: " + LEVELS.map((name, i) => `${i} ${name}`).join(" · ") +
+    "; SBR: specific binding ratio. Click a picture report to enlarge it.") : null);
   old.forEach(url => URL.revokeObjectURL(url));
 }
 
@@ -215,9 +217,16 @@ async function loadIgnored() {
 async function refresh() {
   clearTimeout(timer);
   const errors = [];
-  const sections = [loadHealth, loadQueue, loadOutbox, loadFailed, loadStudies, loadIgnored];
-  const results = await Promise.allSettled(sections.map(load => load()));
-  for (const r of results) if (r.status === "rejected") errors.push(r.reason);
+  const sections = [["health", loadHealth], ["queue", loadQueue], ["outbox", loadOutbox],
+                    ["failed", loadFailed], ["studies", loadStudies], ["ignored", loadIgnored]];
+  const results = await Promise.allSettled(sections.map(([, load]) => load()));
+  results.forEach((r, i) => {
+    if (r.status !== "rejected") return;
+    errors.push(r.reason);
+    const why = r.reason instanceof ApiError && r.reason.status === 401 ? "needs a valid API token"
+      : "could not load: " + r.reason.message;
+    $(sections[i][0]).replaceChildren(el("p", {class: "muted"}, why));
+  });
   const unauthorised = errors.find(e => e instanceof ApiError && e.status === 401);
   if (unauthorised) {
     showError(`The API refused the token (401: ${unauthorised.detail}). Enter the node's api.token.`);
