@@ -79,14 +79,16 @@ def setup(tmp_path: Path) -> tuple[Database, np.ndarray]:
     return database, pixels
 
 
-def client(tmp_path: Path, db: Database, names: bool = False) -> TestClient:
+def client(tmp_path: Path, db: Database, names: bool = False, token: str | None = TOKEN,
+           host: str = "testclient") -> TestClient:
     settings = Settings().model_copy(update={
         "storage": StorageSettings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.db"),
-        "api": ApiSettings(token=TOKEN, show_patient_names=names),
+        "api": ApiSettings(token=token, show_patient_names=names),
         "destinations": (Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
                          Destination(name="backup", ae_title="BKP", host="127.0.0.1", port=105)),
     })
-    return TestClient(create_app(settings, db, Probes(scp_listening=lambda: True)))
+    return TestClient(create_app(settings, db, Probes(scp_listening=lambda: True)),
+                      client=(host, 50000))
 
 
 def test_page_is_served_without_token_and_holds_no_data(tmp_path, setup):
@@ -108,6 +110,14 @@ def test_admin_endpoints_need_the_token(tmp_path, setup, path):
     assert c.get(path).status_code == 401
     assert c.get(path, headers={"Authorization": "Bearer wrong-token-xyz"}).status_code == 401
     assert c.get(path, headers=AUTH).status_code == 200
+
+
+def test_without_a_token_only_loopback_gets_the_page_data(tmp_path, setup):
+    remote = client(tmp_path, setup[0], token=None, host="10.1.2.3")
+    assert remote.get("/admin").status_code == 200  # the page itself holds no data
+    assert remote.get("/api/queue").status_code == 401
+    local = client(tmp_path, setup[0], token=None, host="127.0.0.1")
+    assert local.get("/api/queue").status_code == 200
 
 
 def test_queue_counts_every_state_per_pipeline(tmp_path, setup):

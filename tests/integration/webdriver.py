@@ -159,6 +159,8 @@ class Browser:
             png = base64.b64decode(shot["data"])
         else:
             png = base64.b64decode(self.command("GET", "/screenshot"))
+        if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise WebDriverError("the screenshot is not a PNG")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
         return path

@@ -7,7 +7,7 @@ const REFRESH_MS = 15000;
 const LEVELS = ["normal", "borderline", "moderate", "strong", "almost missing"];
 const REGIONS = [["caudate_left", "caud L"], ["caudate_right", "caud R"],
                  ["putamen_left", "put L"], ["putamen_right", "put R"]];
-let pictureUrls = [];
+let pictures = new Map();  // "job:finished_at" -> blob URL, kept while the study is listed
 let timer = null;
 
 function $(id) { return document.getElementById(id); }
@@ -168,12 +168,24 @@ function regions(result) {
     }))));
 }
 
-async function thumbnail(path) {
-  const headers = token() ? {Authorization: "Bearer " + token()} : {};
-  const response = await fetch(path, {headers, cache: "no-store"});
-  if (!response.ok) return el("span", {class: "muted"}, `picture ${response.status}`);
-  const url = URL.createObjectURL(await response.blob());
-  pictureUrls.push(url);
+async function pictureUrl(job, kept) {
+  const key = `${job.id}:${job.finished_at}`;
+  let url = pictures.get(key);
+  if (!url) {
+    const headers = token() ? {Authorization: "Bearer " + token()} : {};
+    const response = await fetch(job.picture, {headers, cache: "no-store"});
+    if (!response.ok) throw new ApiError(response.status, "picture report");
+    url = URL.createObjectURL(await response.blob());
+  }
+  kept.set(key, url);
+  return url;
+}
+
+async function thumbnail(job, kept) {
+  let url;
+  try { url = await pictureUrl(job, kept); } catch (err) {
+    return el("span", {class: "muted"}, `picture ${err.status || "?"}`);
+  }
   const img = el("img", {class: "thumb", src: url, alt: "picture report"});
   img.addEventListener("click", () => { $("picture-full").src = url; $("picture-dialog").showModal(); });
   return img;
@@ -181,13 +193,12 @@ async function thumbnail(path) {
 
 async function loadStudies() {
   const data = await api("/api/studies?limit=20");
-  const old = pictureUrls;
-  pictureUrls = [];
+  const kept = new Map();
   const withNames = data.studies.some(s => "patient_name" in s);
   const rows = [];
   for (const study of data.studies) {
     for (const [i, job] of study.jobs.entries()) {
-      const picture = job.picture ? await thumbnail(job.picture) : el("span", {class: "muted"}, "–");
+      const picture = job.picture ? await thumbnail(job, kept) : el("span", {class: "muted"}, "–");
       rows.push(el("tr", {"data-job": job.id},
         el("td", {}, i === 0 ? uid(study.study_uid) : ""),
         withNames ? el("td", {}, i === 0 ? (study.patient_name || "–") : "") : null,
@@ -200,7 +211,8 @@ async function loadStudies() {
   $("studies").replaceChildren(table(headers, rows, "no studies yet"), rows.length ? el("p", {class: "legend muted"},
     "level: " + LEVELS.map((name, i) => `${i} ${name}`).join(" · ") +
     "; SBR: specific binding ratio. Click a picture report to enlarge it.") : null);
-  old.forEach(url => URL.revokeObjectURL(url));
+  for (const [key, url] of pictures) if (!kept.has(key)) URL.revokeObjectURL(url);
+  pictures = kept;
 }
 
 async function loadIgnored() {
