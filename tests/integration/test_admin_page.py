@@ -14,7 +14,8 @@ so the state change the page shows is deterministic) and Chromium opens
   destination, the failed job with its reason, the ignored series with its
   reason, the study with the verdict the API serves and its picture report;
 * no patient name or ID anywhere in the page, UIDs abbreviated;
-* Retry on the failed job: the job is pending in the page and in the database.
+* Retry on the failed job: the job is pending in the page and in the database;
+* with ``[api] show_patient_names = true`` (node restarted) the name appears.
 
 Screenshots go to the test's temporary folder; with
 ``DOPANODE_SCREENSHOT_DIR=docs/img`` they replace the ones kept in the
@@ -28,6 +29,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -49,6 +51,12 @@ PATIENT_NAME = "SENTINEL^ADMINPAGE"
 PATIENT_ID = "SENTINELID4711"
 TRUE_SBR = {Region.CAUDATE_LEFT: 4.0, Region.CAUDATE_RIGHT: 4.0,
             Region.PUTAMEN_LEFT: 0.25, Region.PUTAMEN_RIGHT: 1.6}
+
+
+SETTINGS: dict[str, Any] = {"destinations": [
+    {"name": "pacs", "ae_title": "DEST", "host": "127.0.0.1", "port": free_port()},
+    {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port()},
+]}
 
 
 @dataclass
@@ -80,12 +88,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     other = _with_identity(write_marker_study(root / "other", "multiframe",
                                               image=marker_image((16, 16, 20)),
                                               uid_seed="admin-page-other", tracer="other"))
-    port = free_port()
-    scp = start_storescp(root / "storescp", port, ae_title="DEST")
-    settings = {"destinations": [
-        {"name": "pacs", "ae_title": "DEST", "host": "127.0.0.1", "port": port},
-        {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port()},
-    ]}
+    scp = start_storescp(root / "storescp", SETTINGS["destinations"][0]["port"], ae_title="DEST")
+    settings = SETTINGS
     try:
         with NodeProcess(root / "node", settings=settings) as node:
             node.start(timeout_s=120)
@@ -213,3 +217,16 @@ def test_retry_button_queues_the_failed_job_again(site: Site, browser: Browser,
     assert site.node.query("SELECT state FROM jobs WHERE id = ?",
                            (site.failed_job,)) == [("pending",)]
     browser.screenshot(shots / "admin_after_retry.png")
+
+
+def test_names_appear_only_when_the_site_enables_them(site: Site, browser: Browser) -> None:
+    node = site.node
+    assert node.stop() == 0
+    node._write_config({"destinations": SETTINGS["destinations"],
+                        "api": {"show_patient_names": True}})
+    node.start(timeout_s=120)
+    browser.get(f"http://127.0.0.1:{node.api_port}/admin")
+    browser.wait_for_text("#studies", "patient")
+    row = browser.text(f"#studies tr[data-job='{site.done_job}']")
+    assert PATIENT_NAME in row
+    assert PATIENT_ID not in page_source(browser)  # the name, never the ID
