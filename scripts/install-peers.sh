@@ -2,8 +2,9 @@
 # Installs the real DICOM peers the tests talk to (Debian packages):
 # DCMTK (storescu, echoscu, storescp, dsrdump, dsr2html), Orthanc, dicom3tools (dciodvfy),
 # Prometheus (prometheus, promtool: the alert rules and their tests under deploy/prometheus/)
-# docker-compose (validates deploy/compose/docker-compose.yml offline) and PostgreSQL
-# (the server the tests of the postgres storage backend start on loopback).
+# docker-compose (validates deploy/compose/docker-compose.yml offline), PostgreSQL
+# (the server the tests of the postgres storage backend start on loopback) and
+# Chromium with its WebDriver (the admin page's browser test).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -13,6 +14,8 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
     || need+=(postgresql)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -233,11 +233,17 @@ def _is_loopback(bind: str) -> bool:
 
 
 class ApiSettings(_Section):
-    """REST API address and Bearer token (None: /api answers loopback clients only)."""
+    """REST API address and Bearer token (None: /api answers loopback clients only).
+
+    ``show_patient_names``: the admin page's study list (GET /api/studies)
+    carries each study's patient name, read from the result's header; off by
+    default, so no API response holds a name.
+    """
 
     bind: str = "127.0.0.1"
     port: Port = 8080
     token: str | None = None
+    show_patient_names: bool = False
 
     @field_validator("token")
     @classmethod

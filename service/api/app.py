@@ -8,7 +8,9 @@ Routes: ``GET /health`` (liveness, no auth, touches nothing), ``GET /ready``
 (see :mod:`service.api.readiness`; 503 problem naming the failing checks),
 ``GET /metrics`` (Prometheus text), and under ``/api`` with a Bearer token:
 ``GET /jobs?state=``, ``GET /jobs/{id}``, ``POST /jobs/{id}/retry``,
-``GET /studies/{study_uid}``. OpenAPI at ``/openapi.json`` and ``/docs``.
+``GET /studies/{study_uid}``, and the admin page's summaries (``/queue``,
+``/outbox``, ``/studies``, ``/jobs/{id}/picture.png``; :mod:`service.api.admin`).
+``GET /admin`` serves the admin page itself. OpenAPI at ``/openapi.json`` and ``/docs``.
 
 Auth: ``Authorization: Bearer <api.token>``, compared in constant time.
 Without a configured token the ``/api`` routes answer only loopback clients.
@@ -19,8 +21,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import __version__, metrics
+from service.api.admin import admin_api_routes, page_routes
+from service.api.common import SQL_INT_MAX, connection
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
 from service.api.readiness import Probes, ReadyLimits, refresh_metrics, run_checks
 from service.dicom.uids import is_valid_uid
@@ -86,15 +88,6 @@ def _delivery_view(item: outbox.OutboxItem) -> dict[str, Any]:
             "last_error": item.last_error, "sent_at": item.sent_at}
 
 
-@contextmanager
-def _connection(db: Any) -> Iterator[Any]:
-    conn = db.connect()
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 def create_app(settings: Any, db: Any, probes: Probes | None = None,
                limits: ReadyLimits | None = None) -> FastAPI:
     """Build the API application.
@@ -118,6 +111,9 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
     app.include_router(_probe_routes(settings, db, probes or Probes(), limits or ReadyLimits()))
     auth = [Depends(_auth_dependency(settings.api.token))]
     app.include_router(_job_routes(db), prefix="/api", dependencies=auth, responses=_ERRORS)
+    app.include_router(admin_api_routes(settings, db), prefix="/api", dependencies=auth,
+                       responses=_ERRORS)
+    app.include_router(page_routes())
     return app
 
 
@@ -145,7 +141,7 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
     @router.get("/metrics")
     def prometheus() -> Response:
         """Prometheus text exposition (database, disk and model gauges refreshed now)."""
-        with _connection(db) as conn:
+        with connection(db) as conn:
             metrics.refresh_from_db(conn, pipelines=[
                 name for name, p in settings.pipelines.items() if p.enabled])
         refresh_metrics(settings)
@@ -155,9 +151,6 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
     return router
 
 
-#: The largest integer SQLite (and PostgreSQL bigint) stores: larger ids and offsets are
-#: refused as invalid input (422), never passed to the database (audit D14).
-SQL_INT_MAX = 2**63 - 1
 _STATE_PATTERN = "^(" + "|".join(jobs.JOB_STATES) + ")$"
 _SERIES_STATE_PATTERN = "^(" + "|".join(SERIES_STATES) + ")$"
 _NAME_PATTERN = "^[a-z][a-z0-9_]{0,63}$"
@@ -175,7 +168,7 @@ def _job_routes(db: Any) -> APIRouter:
         offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
     ) -> dict[str, Any]:
         """Jobs, newest first, optionally of one state and pipeline (without results)."""
-        with _connection(db) as conn:
+        with connection(db) as conn:
             found = jobs.list_jobs(conn, state=state, limit=limit, offset=offset,
                                    pipeline=pipeline)
         return {"jobs": [_job_view(j, with_result=False) for j in found],
@@ -190,7 +183,7 @@ def _job_routes(db: Any) -> APIRouter:
 
         ``state=ignored`` lists the series no pipeline took, with the reasons.
         """
-        with _connection(db) as conn:
+        with connection(db) as conn:
             rows = series_store.list_series(conn, state=state, limit=limit)
         return {"series": [{"series_uid": r.series_uid, "study_uid": r.study_uid,
                             "state": r.state, "instance_count": r.instance_count,
@@ -200,7 +193,7 @@ def _job_routes(db: Any) -> APIRouter:
     @router.get("/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)]) -> dict[str, Any]:
         """One job with its result (when done) and the delivery state of its outputs."""
-        with _connection(db) as conn:
+        with connection(db) as conn:
             job = jobs.get(conn, job_id)
             if job is None:
                 raise HTTPException(404, f"job {job_id} does not exist")
@@ -211,7 +204,7 @@ def _job_routes(db: Any) -> APIRouter:
     @router.post("/jobs/{job_id}/retry", tags=["jobs"], status_code=202)
     def retry_job(job_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)]) -> dict[str, Any]:
         """Queue a failed or done job again (its outputs replace the earlier ones)."""
-        with _connection(db) as conn:
+        with connection(db) as conn:
             if jobs.get(conn, job_id) is None:
                 raise HTTPException(404, f"job {job_id} does not exist")
             if not jobs.retry(conn, job_id):
@@ -224,7 +217,7 @@ def _job_routes(db: Any) -> APIRouter:
         """Each pipeline's latest finished (done) result for a study."""
         if not is_valid_uid(study_uid):
             raise HTTPException(422, "study_uid is not a valid DICOM UID")
-        with _connection(db) as conn:
+        with connection(db) as conn:
             latest = jobs.latest_done_per_pipeline(conn, study_uid)
         if not latest:
             raise HTTPException(404, "no finished result for this study")

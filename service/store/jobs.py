@@ -364,6 +364,27 @@ def latest_done_per_pipeline(conn: Connection, study_uid: str) -> dict[str, Job]
     return latest
 
 
+def recent_studies(conn: Connection, limit: int = 20) -> list[tuple[str, list[Job]]]:
+    """The studies with the newest jobs, newest first, each with its pipelines' latest job.
+
+    Superseded jobs are left out; per study, one job per pipeline (the newest,
+    whatever its state), ordered by pipeline name.
+    """
+    studies = [str(r[0]) for r in conn.execute(
+        "SELECT study_uid FROM jobs WHERE state != 'superseded' GROUP BY study_uid"
+        " ORDER BY MAX(id) DESC LIMIT ?", (int(limit),))]
+    out: list[tuple[str, list[Job]]] = []
+    for study_uid in studies:
+        latest: dict[str, Job] = {}
+        for row in conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state != 'superseded'"
+                " ORDER BY id DESC", (study_uid,)):
+            job = _job(row)
+            latest.setdefault(job.pipeline, job)
+        out.append((study_uid, [latest[name] for name in sorted(latest)]))
+    return out
+
+
 def previous_sent_outputs(conn: Connection, job: Job) -> tuple[dict[str, str], ...]:
     """Outputs of the newest earlier job of this pipeline and series that reached a destination.
 

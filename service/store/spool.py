@@ -92,14 +92,11 @@ class Spool:
 
     def output_dir(self, job_id: int) -> Path:
         """The folder of job ``job_id``'s output objects."""
-        if not isinstance(job_id, int) or job_id < 0:
-            raise ValueError("job id must be a non-negative integer")
-        return self.root / "outputs" / str(job_id)
+        return output_dir(self.root, job_id)
 
     def output_path(self, job_id: int, sop_instance_uid: str) -> Path:
         """Where job ``job_id``'s output object lives."""
-        uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
-        return self.output_dir(job_id) / f"{uid}.dcm"
+        return output_path(self.root, job_id, sop_instance_uid)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the spool root (what the database stores)."""
@@ -199,6 +196,23 @@ class Spool:
                     continue
                 _fsync_dir(m.parent)
             self._dirs_known.add(directory)
+
+
+def output_dir(root: Path, job_id: int) -> Path:
+    """The folder of job ``job_id``'s output objects below the spool ``root`` (no I/O)."""
+    if not isinstance(job_id, int) or job_id < 0:
+        raise ValueError("job id must be a non-negative integer")
+    return Path(root).resolve() / "outputs" / str(job_id)
+
+
+def output_path(root: Path, job_id: int, sop_instance_uid: str) -> Path:
+    """Where job ``job_id``'s output object lives below the spool ``root`` (no I/O).
+
+    For readers that must not create the spool (the API); the node's
+    :class:`Spool` uses the same layout.
+    """
+    uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
+    return output_dir(root, job_id) / f"{uid}.dcm"
 
 
 def _fsync_dir(directory: Path) -> None:
