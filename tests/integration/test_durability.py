@@ -20,9 +20,12 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, fake_settings, wait_until
+
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess, fake_settings
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
 
 N_SLICES = 64
 

@@ -31,12 +31,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, require_tool
-from nodeproc import REPO_ROOT, NodeProcess, tcp_open, wait_until
 
 from service import metrics
 from service.inference import manifest
 from service.store.jobs import JOB_STATES
+from service.testing.node import REPO_ROOT, NodeProcess
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))

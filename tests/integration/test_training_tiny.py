@@ -229,14 +229,14 @@ def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None
     """The node's pipeline with the tiny model: CNN levels beside the SBR levels, in the SR."""
     import highdicom as hd
     import pydicom
-    from dat_phantom import make_phantom, normal_sbr, random_pose
-    from nmdata import write_marker_study
 
     from service.dicom.header import read_series
     from service.imaging.atlas import load_atlas
     from service.pipelines.base import JobContext
     from service.pipelines.dat_spect import codes
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline
+    from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
+    from service.testing.nmdata import write_marker_study
 
     rng = np.random.default_rng(3)
     phantom = make_phantom(load_atlas(), normal_sbr(), random_pose(rng), rng)

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pynetdicom
 import pytest
-from conftest import free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -35,15 +33,8 @@ from service.store import db
 from service.store import series as completion
 from service.store import spool as spool_mod
 from service.store.spool import Spool, filesystem_type
-
-
-def poll(predicate: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.01)  # polling interval with a deadline
-    return value
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
 
 
 def nm_instance(seed: str, index: int, slices: int = 3) -> Dataset:
@@ -135,7 +126,7 @@ def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -
         assert dcmread(scp.spool.absolute(relative)).SOPInstanceUID == uid
     assert rows(database, "SELECT state FROM series") == [("complete",)]  # 3 of 3 slices
     assert list(scp.spool.tmp_dir.iterdir()) == []
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
 
 
 def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Database]) -> None:
@@ -143,7 +134,7 @@ def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Databas
     assoc = associate(scp)
     assert assoc.send_c_store(nm_instance("series-b", 0)).Status == 0x0000
     assoc.abort()
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(1,)]
     # the server still accepts the next caller
     again = associate(scp)
@@ -155,8 +146,9 @@ def test_idle_association_times_out(node: tuple[RecordingSCP, db.Database]) -> N
     scp, _ = node
     scp.ae.network_timeout = 0.3
     assoc = associate(scp)
-    poll(lambda: assoc.is_aborted or not assoc.is_established, timeout_s=10)
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: assoc.is_aborted or not assoc.is_established, 10,
+               "the association to end", 0.01)
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
 
 
 def test_refuses_other_pynetdicom_major(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +219,7 @@ def test_no_sqlite_connection_leak_between_associations(
         assoc = associate(scp)
         assert assoc.send_c_store(nm_instance(f"series-d{i}", 0, slices=1)).Status == 0x0000
         assoc.release()
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert scp._pool.idle.qsize() <= 2
     assert isinstance(scp._pool.idle.get_nowait(), sqlite3.Connection)
 
@@ -294,4 +286,4 @@ def test_concurrent_associations_complete_one_series(
     assert statuses == [0x0000] * 12
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(12,)]
     assert rows(database, "SELECT instance_count, state FROM series") == [(12, "complete")]
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)

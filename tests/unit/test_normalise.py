@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dat_phantom import make_phantom, normal_sbr, random_pose
 
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.normalise import normalise
 from service.pipelines.dat_spect.quantify import quantify
 from service.pipelines.dat_spect.template import model_template
+from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
 
 ATLAS = load_atlas()
 TEMPLATE = model_template(ATLAS)

@@ -1,6 +1,6 @@
 """Small NM studies for tests: a volume with an asymmetric marker, in any variant.
 
-Import from tests (``tests/`` is on sys.path through its conftest: ``from nmdata import ...``)::
+Usage (``from service.testing.nmdata import ...``)::
 
     image = marker_image()                       # 64^3, 4 mm, axial LPS
     paths = write_marker_study(tmp_path, EncodingVariant.PER_SLICE)
