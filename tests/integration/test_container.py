@@ -191,6 +191,7 @@ def test_models_as_the_image_gets_them_load_the_same_pipeline(tmp_path, monkeypa
     assert image.algorithm == reference.algorithm  # the same CNN and checksum
 
 
+@pytest.mark.slow
 def test_healthcheck_command_passes_on_a_serving_node_and_fails_on_a_stopped_one(tmp_path):
     (check,) = args_of("HEALTHCHECK")
     argv = json.loads(check[check.index("CMD") + 3:])

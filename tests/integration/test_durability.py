@@ -29,6 +29,8 @@ from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
 
+pytestmark = pytest.mark.slow  # real nodes killed and restarted
+
 N_SLICES = 64
 
 

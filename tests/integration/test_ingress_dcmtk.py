@@ -26,6 +26,8 @@ from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess, fake_settings
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.slow  # real nodes and DCMTK senders
+
 SENTINEL_NAME = "SENTINEL^PATIENT"
 SENTINEL_ID = "SENTINEL-ID-4711"
 FAKE = fake_settings()

@@ -26,6 +26,8 @@ from service.testing.orthanc import OrthancPeer
 from service.testing.ports import free_port
 from service.testing.samples import write_sr
 
+pytestmark = pytest.mark.slow  # each test starts its own Orthanc
+
 
 class RecordingSCP:
     """A pynetdicom SCP as 'DOPANODE' that records (calling AE, SOP Instance UID)."""

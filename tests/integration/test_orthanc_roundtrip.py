@@ -17,6 +17,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+import pytest
 
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
@@ -25,6 +26,8 @@ from service.pipelines.dat_spect.result import Level, Region
 from service.testing.dat_phantom import make_phantom, random_pose
 from service.testing.nmdata import write_marker_study
 from service.testing.pacs import pacs_and_node, route_and_wait
+
+pytestmark = pytest.mark.slow  # Orthanc, a real node and the DaT pipeline
 
 #: Healthy caudates, a strongly reduced left and a mildly reduced right putamen.
 TRUE_SBR = {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -24,6 +25,8 @@ from service.pipelines.dat_spect.result import REGIONS, Region
 from service.testing.dat_phantom import make_phantom, random_pose
 from service.testing.node import NodeProcess
 from service.testing.peers import require_tool
+
+pytestmark = pytest.mark.slow  # a real node running two pipelines
 
 TRUE_SBR = {Region.CAUDATE_LEFT: 3.0, Region.CAUDATE_RIGHT: 3.0,
             Region.PUTAMEN_LEFT: 1.0, Region.PUTAMEN_RIGHT: 2.4}

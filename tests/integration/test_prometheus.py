@@ -241,6 +241,7 @@ def _all_rules_evaluated_ok(prom: Prometheus) -> list[dict[str, Any]] | None:
     return rules
 
 
+@pytest.mark.slow
 def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, node, model):
     prom, live, dead = prometheus
     up = wait_until(lambda: len(r := prom.query('up{job="dopanode"}')) == 2 and r,
@@ -277,6 +278,7 @@ def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, no
     assert node.api_get("/ready", token=None)[1]["failing"] == ["models_dat_spect"]
 
 
+@pytest.mark.slow
 def test_real_prometheus_accepts_every_dashboard_query(prometheus):
     prom, live, _ = prometheus
     wait_until(lambda: prom.query("instance:dopanode_instances_received:rate5m"), TIMEOUT_S,

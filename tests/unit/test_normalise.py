@@ -82,6 +82,7 @@ def test_empty_volume_fails() -> None:
         normalise(_grid_image(np.zeros((64, 64, 64))), TEMPLATE, ATLAS)
 
 
+@pytest.mark.slow
 def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_path) -> None:
     """Regression: site_a_00000 of the benchmark (Siemens-like CT-AC, PD, rotated).
 

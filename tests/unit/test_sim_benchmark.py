@@ -22,6 +22,8 @@ from service.sim.profiles import PROFILES, get_profile
 from service.sim.scan import AnatomyScanner, measure_sbr, support_grid
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.slow  # runs the simulator (torch)
+
 FAST = "legacy_legp_lowcount"
 
 

@@ -393,6 +393,7 @@ def test_recover_spool_rerecords_lost_rows(store: Any, studies: dict[str, list[P
         studies["ps"])
 
 
+@pytest.mark.slow
 def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path: Path) -> None:
     import subprocess
     import sys
