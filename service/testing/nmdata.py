@@ -85,8 +85,10 @@ def marker_image(
     img.SetDirection(tuple(float(v) for v in d.ravel()))
     if origin_mm is None:
         half = (np.asarray(shape_xyz, float) - 1) / 2 * np.asarray(spacing_mm, float)
-        origin_mm = tuple(float(v) for v in -(d @ half))
-    img.SetOrigin(tuple(float(v) for v in origin_mm))
+        origin = -(d @ half)
+    else:
+        origin = np.asarray(origin_mm, float)
+    img.SetOrigin(tuple(float(v) for v in origin))
     return img
 
 

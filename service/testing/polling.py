@@ -9,14 +9,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0,
+def wait_until(predicate: Callable[[], T | None], timeout_s: float = 10.0,
                what: str = "a condition", interval_s: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something truthy; return that value.
 
     Parameters
     ----------
     predicate : callable
-        Called at once, then every ``interval_s``; exceptions propagate.
+        Called at once, then every ``interval_s``; exceptions propagate. A
+        falsy result (None, False, 0, empty) means "not yet".
     timeout_s : float
         Deadline, s from now; on expiry ``TimeoutError`` names ``what``.
     what : str
