@@ -255,7 +255,8 @@ def run_node(studies: list[Study], work: Path, timeout_s: float,
     }
     samples: list[Sample] = []
     try:
-        with NodeProcess(work / "node", settings=settings, env=node_env) as node:
+        with NodeProcess(work / "node", settings=settings, env=node_env,
+                         test_pipelines=False) as node:
             node.start(timeout_s=120)
             assert node.proc is not None
             seen: set[str] = set()

@@ -129,7 +129,8 @@ class DopanodeReceiver:
 
     def __init__(self, work: Path, repo_root: Path = REPO_ROOT) -> None:
         self.node = NodeProcess(work, components="scp", log_level="INFO",
-                                settings={"storage": {"max_instance_mb": 64}}, cwd=repo_root)
+                                settings={"storage": {"max_instance_mb": 64}}, cwd=repo_root,
+                                test_pipelines=False)
         try:
             self.node.start(timeout_s=60)
         except BaseException:

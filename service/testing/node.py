@@ -84,16 +84,24 @@ class NodeProcess:
         Working folder of the process; ``python -m service.cli`` imports the
         ``service`` package found there first (bench/ingest.py's ``--baseline``
         runs another checkout this way). Default: :data:`REPO_ROOT`.
+    test_pipelines : bool
+        Put :data:`PLUGINS_DIR` on the node's PYTHONPATH, so that the node's
+        registry finds ``fake_nm`` and ``echo_ct`` (disabled unless settings
+        enable them). Off for a node that needs none, e.g. another checkout's,
+        whose ``service`` may have no ``service.testing`` (the registry loads
+        every entry point).
     """
 
     def __init__(self, work_dir: Path, settings: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None, components: str | None = None,
-                 log_level: str = "INFO", cwd: Path | None = None) -> None:
+                 log_level: str = "INFO", cwd: Path | None = None,
+                 test_pipelines: bool = True) -> None:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.scp_port = free_port()
         self.api_port = free_port()
         self.cwd = Path(cwd) if cwd is not None else REPO_ROOT
+        self.test_pipelines = test_pipelines
         self.ae_title = "DOPANODE"
         self.api_token = "test-token-0123456789"
         self.config_path = self.work_dir / "dopanode.toml"
@@ -141,7 +149,8 @@ class NodeProcess:
         if self.components:
             cmd += ["--only", self.components]
         # the test pipelines' entry points (plugins/*.dist-info -> service.testing.pipelines)
-        path = os.pathsep.join(p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)
+        plugins = str(PLUGINS_DIR) if self.test_pipelines else None
+        path = os.pathsep.join(p for p in (plugins, os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log,
