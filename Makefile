@@ -35,11 +35,13 @@ lint: setup-test
 	$(VENV)/bin/ruff check service tests bench models scripts
 	$(VENV)/bin/mypy
 
+# Everything: lint, types, then every test (unit, integration with real peers, e2e, slow ones).
 test: peers setup-test lint
 	$(VENV)/bin/python -m pytest -q tests
 
+# The fast inner loop: unit tests without the ones marked slow (simulator, torch, subprocesses).
 unit: setup-test
-	$(VENV)/bin/python -m pytest -q tests/unit
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests/unit
 
 # Clone to SR in a real PACS: Orthanc + dopanode + one simulated study.
 demo: peers setup-test

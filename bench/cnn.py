@@ -62,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers")
     args = parser.parse_args(argv)
 
-    from models.training.data import load_training_set
-    from models.training.workflow import GROUPS, ceilings, evaluate_model
+    # models/training is not in the distribution: it is loaded from this checkout the
+    # way `dopanode train` loads it (a clear exit without torch or a source tree)
     from service.pipelines.dat_spect.cnn import CnnSession
+    from service.pipelines.dat_spect.train_commands import _training
 
-    ts = load_training_set(args.work)
-    held_out = ts.subset(np.isin(ts.column("split"), list(GROUPS.values())))
+    workflow = _training("workflow")
+    ts = _training("data").load_training_set(args.work)
+    held_out = ts.subset(np.isin(ts.column("split"), list(workflow.GROUPS.values())))
     x = np.ascontiguousarray(held_out.x[: args.n])
     session = CnnSession(args.model, intra_op_threads=1)
     rows: list[list[object]] = []
@@ -78,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_torch:
         import torch
 
-        from models.training.train import load_checkpoint
-
-        net, _ = load_checkpoint(args.work / "checkpoint.pt")
+        net, _ = _training("train").load_checkpoint(args.work / "checkpoint.pt")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
           f"model {args.model.name}, sha256 {session.sha256[:12]}...):\n")
     print_table(["runtime", "scans", "median ms", "p95 ms", f"< {GOAL_MS:g} ms",
                  "time / onnxruntime"], rows)
-    report = evaluate_model(args.work, args.model)
+    report = workflow.evaluate_model(args.work, args.model)
     print("\nEvaluation on held-out scans (labels: per-site GMM; binary truth: simulated "
           "PD or atypical):\n")
     print(report["table"])
     if args.data is not None:
-        ceiling = ceilings(args.data, ts)
+        ceiling = workflow.ceilings(args.data, ts)
         print("\nCeiling of the binary score (an oracle's best threshold on the true, "
               "noise-free binding of the lower putamen):\n")
         print_table(["group", "best possible binary accuracy"],

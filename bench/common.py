@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(REPO_ROOT / "tests" / "integration"), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
 
 MANIFEST_FILE = "manifest.csv"
 

@@ -6,7 +6,7 @@ One command, ``python bench/e2e.py``, in one run:
    ``dopanode simulate`` into a temporary folder;
 2. starts DCMTK ``storescp`` as the destination and ``dopanode serve`` (all
    parts, the real DaT pipeline, the default worker and sender settings) as a
-   subprocess (tests/integration/nodeproc.py);
+   subprocess (service/testing/node.py);
 3. sends the studies one at a time with ``storescu`` (``TCP_NODELAY=1``) and
    times each from storescu's start to the SR file appearing in storescp's
    folder (polled every 10 ms); the next study goes once the picture report
@@ -44,9 +44,11 @@ from common import (
     simulate,
     verdict,
 )
-from nodeproc import NodeProcess, tcp_open, wait_until
 
 from service.config import SenderSettings, WorkerSettings
+from service.testing.node import NodeProcess
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
 E2E_GOAL_S = 3.0
 RSS_GOAL_MB = 500.0
@@ -243,7 +245,7 @@ def node_breakdown(node: NodeProcess, study: Study, sample: Sample) -> dict[str,
 # --- runs -----------------------------------------------------------------------------
 def run_node(studies: list[Study], work: Path, timeout_s: float,
              node_env: dict[str, str]) -> tuple[list[Sample], tuple[float, float]]:
-    dest_dir, dest_port = work / "dest", _free_port()
+    dest_dir, dest_port = work / "dest", free_port()
     dest = start_storescp(dest_dir, dest_port, "DEST")
     settings = {
         "destinations": [{"name": "dest", "ae_title": "DEST", "host": "127.0.0.1",
@@ -253,7 +255,8 @@ def run_node(studies: list[Study], work: Path, timeout_s: float,
     }
     samples: list[Sample] = []
     try:
-        with NodeProcess(work / "node", settings=settings, env=node_env) as node:
+        with NodeProcess(work / "node", settings=settings, env=node_env,
+                         test_pipelines=False) as node:
             node.start(timeout_s=120)
             assert node.proc is not None
             seen: set[str] = set()
@@ -273,7 +276,7 @@ def run_node(studies: list[Study], work: Path, timeout_s: float,
 
 
 def run_storescp_only(studies: list[Study], work: Path) -> list[float]:
-    port = _free_port()
+    port = free_port()
     directory = work / "storescp_only"
     proc = start_storescp(directory, port, "REF")
     times = []
@@ -289,12 +292,6 @@ def run_storescp_only(studies: list[Study], work: Path) -> list[float]:
     if len(os.listdir(directory)) != n_files:
         raise RuntimeError(f"storescp holds {len(os.listdir(directory))} of {n_files} files")
     return times
-
-
-def _free_port() -> int:
-    from nodeproc import _free_port as free
-
-    return free()
 
 
 # --- report -----------------------------------------------------------------------------

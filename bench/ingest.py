@@ -17,10 +17,10 @@ One command, ``python bench/ingest.py``, does everything in one run:
 Receivers (all write to folders under the same temporary directory):
 
 * ``dopanode``: ``dopanode serve --only scp`` as a real subprocess
-  (tests/integration/nodeproc.py); every instance fsynced, renamed, its
+  (service/testing/node.py); every instance fsynced, renamed, its
   directory fsynced and its row committed before Success;
 * ``orthanc``: Orthanc with the integration tests' configuration
-  (tests/integration/orthanc.py): ``SyncStorageArea`` true (its default since
+  (service/testing/orthanc.py): ``SyncStorageArea`` true (its default since
   1.7.4: fsync of every stored file), SQLite index with Orthanc's own
   defaults, no ``--verbose``, storage compression off;
 * ``storescp``: DCMTK storescp writing files without fsync (upper reference).
@@ -36,7 +36,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,12 +47,13 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT / "tests" / "integration"), str(REPO_ROOT)]
+from service.testing.node import NodeProcess
+from service.testing.orthanc import OrthancPeer
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
-import nodeproc  # noqa: E402
-from nodeproc import NodeProcess, tcp_open, wait_until  # noqa: E402
-from orthanc import OrthancPeer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NM_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.20")
 MB = 1e6
@@ -136,15 +136,13 @@ class DopanodeReceiver:
         if receive is not None:
             settings["node"] = {"acceptor": receive[0]}
             settings["storage"]["spool_sync"] = receive[1]
-        self.node = NodeProcess(work, components="scp", log_level="INFO", settings=settings)
-        saved, nodeproc.REPO_ROOT = nodeproc.REPO_ROOT, repo_root  # the process's cwd
+        self.node = NodeProcess(work, components="scp", log_level="INFO", settings=settings,
+                                cwd=repo_root, test_pipelines=False)
         try:
             self.node.start(timeout_s=60)
         except BaseException:
             self.node.kill()  # never leave a half-started node behind
             raise
-        finally:
-            nodeproc.REPO_ROOT = saved
         self.ae_title, self.port = self.node.ae_title, self.node.scp_port
         assert self.node.proc is not None
         self.pid = self.node.proc.pid
@@ -176,11 +174,9 @@ class StorescpReceiver:
     """DCMTK storescp writing plain files (no fsync)."""
 
     def __init__(self, work: Path) -> None:
-        from nodeproc import _free_port
-
         self.out = work / "files"
         self.out.mkdir(parents=True)
-        self.ae_title, self.port = "STORESCP", _free_port()
+        self.ae_title, self.port = "STORESCP", free_port()
         log = (work / "storescp.log").open("ab")
         self.proc = subprocess.Popen(
             [_tool("storescp"), "--aetitle", self.ae_title, "--output-directory",
@@ -227,10 +223,10 @@ def add_variant(spec: str) -> str:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if path is None:
-        raise SystemExit(f"{name} is not installed: run scripts/install-peers.sh")
-    return path
+    try:
+        return require_tool(name)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cpu_s(pid: int) -> float:

@@ -25,12 +25,10 @@ from pathlib import Path
 
 import highdicom as hd
 
+from service.pipelines.dat_spect import codes
+from service.testing.pacs import pacs_and_node, route_and_wait
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
-
-from pacs_pair import pacs_and_node, route_and_wait  # noqa: E402
-
-from service.pipelines.dat_spect import codes  # noqa: E402
 
 
 def simulate(out: Path, seed: int) -> list[Path]:

@@ -1,9 +1,12 @@
-"""Shared test fixtures: free loopback ports, real peer binaries, seeded RNG, both rows adapters."""
+"""Shared fixtures only: a free loopback port, a seeded RNG, both rows adapters, and
+pydicom's validation state restored around every test.
+
+Helpers (NodeProcess, OrthancPeer, wait_until, free_port, require_tool, NM
+data writers, the test pipelines) live in :mod:`service.testing`.
+"""
 
 from __future__ import annotations
 
-import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,29 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.testing.ports import free_port
 
 
 @pytest.fixture
 def port() -> int:
     return free_port()
-
-
-def require_tool(name: str) -> str:
-    """Path of a peer binary; fails (never skips) when it is missing.
-
-    ``make test`` installs the peers (scripts/install-peers.sh), so a missing
-    one is a broken set-up, not a reason to skip.
-    """
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if path is None:
-        pytest.fail(f"test peer '{name}' is not installed: run scripts/install-peers.sh")
-    return path
 
 
 @pytest.fixture

@@ -3,15 +3,15 @@
 Layout of the work directory (never in git):
 
 * ``cache/<study_id>.npz``: ``x`` ``(1, D, H, W)`` float32 (the output of
-  :func:`service.inference.preprocess.cnn_input` on the pipeline's own
+  :func:`service.pipelines.dat_spect.preprocess.cnn_input` on the pipeline's own
   normalised volume), ``sbr`` ``(4,)`` float64 (order of
-  :data:`service.result.REGIONS`), ``age`` (NaN when unknown), and from the
+  :data:`service.pipelines.dat_spect.result.REGIONS`), ``age`` (NaN when unknown), and from the
   pipeline also ``quality`` and ``scales`` of the registration and
-  ``seconds`` (wall time of ``measure``), read by ``bench/benchmark_sbr.py``;
+  ``seconds`` (wall time of ``measure``), read by ``bench/analysis.py --cache``;
 * ``failures.csv``: studies the last pass could not measure, with the
   pipeline's error code and reason (they are retried by the next pass);
 * ``labels/<dataset>/labels.csv`` and ``calibration.json``: the GMM labels of
-  each dataset (site), made by :func:`service.pipelines.labelling.label_dataset`,
+  each dataset (site), made by :func:`service.pipelines.dat_spect.labelling.label_dataset`,
   the function behind ``dopanode label``, on the SBRs measured here;
 * ``index.csv``: one row per study: id, site, role, anatomy group, disease
   class, split, SBRs and levels.

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dat_phantom import make_phantom, normal_sbr, random_pose
-from nmdata import write_marker_study
 
 from service import cli
 from service.dicom import codes
@@ -25,6 +23,10 @@ from service.paths import default_models_dir
 from service.pipelines.dat_spect.plugin import MODEL_FILE
 from service.pipelines.dat_spect.quantify import quantify
 from service.sim.nm_writer import EncodingVariant
+from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
+from service.testing.nmdata import write_marker_study
+
+pytestmark = pytest.mark.slow  # simulated scans through the command line
 
 ATLAS = load_atlas()
 SHIPPED_MODEL = default_models_dir() / MODEL_FILE

@@ -34,10 +34,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conftest import free_port
-from dat_phantom import make_phantom, random_pose
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess
 from test_dat_incomplete_node import per_slice
 from test_ingress_dcmtk import storescu
 from test_sender_dcmtk import start_storescp
@@ -45,6 +41,10 @@ from webdriver import Browser
 
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.result import Region
+from service.testing.dat_phantom import make_phantom, random_pose
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess
+from service.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_NAME = "SENTINEL^ADMINPAGE"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
@@ -25,6 +24,7 @@ from service.inference import manifest
 from service.pipelines.dat_spect.plugin import DatSpectSettings
 from service.store import outbox
 from service.store.db import Database
+from service.testing.ports import free_port
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -36,11 +36,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
-from nodeproc import REPO_ROOT, NodeProcess
 
 from service.app import compose_pipelines
 from service.config import Settings, WorkerSettings
+from service.testing.node import REPO_ROOT, NodeProcess, fake_settings
+from service.testing.peers import require_tool
 
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -191,12 +191,12 @@ def test_models_as_the_image_gets_them_load_the_same_pipeline(tmp_path, monkeypa
     assert image.algorithm == reference.algorithm  # the same CNN and checksum
 
 
+@pytest.mark.slow
 def test_healthcheck_command_passes_on_a_serving_node_and_fails_on_a_stopped_one(tmp_path):
     (check,) = args_of("HEALTHCHECK")
     argv = json.loads(check[check.index("CMD") + 3:])
     assert argv[0] == "python"
-    env = {"DOPANODE_TEST_PIPELINE": "nodeproc:fake_pipeline_factory"}
-    with NodeProcess(tmp_path, env=env) as node:
+    with NodeProcess(tmp_path, settings=fake_settings()) as node:
         node.start()
         command = [sys.executable, *(a.replace("127.0.0.1:8080", f"127.0.0.1:{node.api_port}")
                                      for a in argv[1:])]

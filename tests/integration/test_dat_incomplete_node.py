@@ -20,15 +20,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, wait_until
 from pydicom.errors import InvalidDicomError
 from test_ingress_dcmtk import storescu
 from test_sender_dcmtk import received, start_storescp
 
 from service.pipelines.dat_spect import codes
 from service.pipelines.dat_spect.failure import FAILURE_SR_SERIES_DESCRIPTION
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
 
 N_SLICES = 80
 WAIT_S = 4.0

@@ -1,8 +1,10 @@
 """Crash and shutdown behaviour of a real ``dopanode serve`` process.
 
-* kill -9 in the middle of a per-slice series: every instance storescu saw
-  acknowledged is on disk and recorded after the restart; the resent series
-  makes exactly one job, which completes once.
+* kill -9 in the middle of a per-slice series: a pynetdicom SCU in the test
+  sends slice by slice and the node is killed after the third Success, with
+  the association still open (so the kill lands mid-series by construction,
+  not by timing); every acknowledged instance is on disk and recorded after
+  the restart; the resent series makes exactly one job, which completes once.
 * kill -9 in the middle of a job: after the restart the lease expires, the
   job runs again and completes exactly once, with one outbox entry per output
   and destination.
@@ -13,16 +15,21 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, fake_settings, wait_until
+from pynetdicom import AE
+
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess, fake_settings
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
+
+pytestmark = pytest.mark.slow  # real nodes killed and restarted
 
 N_SLICES = 64
 
@@ -42,17 +49,34 @@ def storescu_cmd(node: NodeProcess, paths: list[Path]) -> list[str]:
             "127.0.0.1", str(node.scp_port), *map(str, paths)]
 
 
-def acknowledged(storescu_log: str) -> list[str]:
-    """Files for which storescu received a Success response."""
-    done, current = [], None
-    for line in storescu_log.splitlines():
-        m = re.search(r"Sending file: (\S+)", line)
-        if m:
-            current = m.group(1)
-        elif "Received Store Response (Success)" in line and current:
-            done.append(current)
-            current = None
-    return done
+def send_then_kill(node: NodeProcess, paths: list[Path], kill_after: int) -> list[Path]:
+    """Send ``paths`` one C-STORE at a time; kill -9 the node after ``kill_after`` Successes.
+
+    The SCU then tries the next instance on the same association, which must
+    not succeed. Returns the files the node acknowledged (status 0x0000).
+    """
+    first = pydicom.dcmread(paths[0])
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.scp_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    acked: list[Path] = []
+    try:
+        for path in paths[:kill_after]:
+            status = assoc.send_c_store(pydicom.dcmread(path))
+            assert status and status.Status == 0x0000, f"C-STORE of {path.name}: {status}"
+            acked.append(path)
+        node.kill()  # the SCU holds the open association: mid-series by construction
+        try:
+            status = assoc.send_c_store(pydicom.dcmread(paths[kill_after]))
+        except (RuntimeError, OSError):
+            status = None  # the association is already gone
+        assert not (status and status.get("Status") == 0x0000), "a killed node acknowledged"
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+        ae.shutdown()
+    return acked
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +105,10 @@ def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
                        settings=fake(tmp_path, 0.0, **{"allowed_callers": quiet}), components="scp,worker")
     with node:
         node.start()
-        log = tmp_path / "storescu.log"
-        with log.open("w") as out:
-            sender = subprocess.Popen(storescu_cmd(node, per_slice), stdout=out,
-                                      stderr=subprocess.STDOUT)
-            node.wait_for("SELECT COUNT(*) >= 3 FROM instances", [(1,)], 60)
-            node.kill()
-            sender.wait(60)
-        acked = acknowledged(log.read_text())
-        assert 3 <= len(acked) < N_SLICES, "the kill did not land mid-series"
+        acked = send_then_kill(node, per_slice, kill_after=3)
         node.start()
         stored = dict(node.query("SELECT sop_instance_uid, path FROM instances"))
+        assert len(stored) == len(acked) == 3  # nothing after the kill was taken
         for path in acked:  # every acknowledged instance survived, byte-for-byte dataset
             source = pydicom.dcmread(path)
             assert pydicom.dcmread(node.spool_dir / stored[source.SOPInstanceUID]) == source

@@ -19,9 +19,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import require_tool
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, fake_settings
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -30,6 +27,11 @@ from pynetdicom import AE, _config
 
 from service.dicom import codes
 from service.store.spool import ONE_FLUSH_FILESYSTEMS, filesystem_type
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess, fake_settings
+from service.testing.peers import require_tool
+
+pytestmark = pytest.mark.slow  # real nodes and DCMTK senders
 
 SENTINEL_NAME = "SENTINEL^PATIENT"
 SENTINEL_ID = "SENTINEL-ID-4711"

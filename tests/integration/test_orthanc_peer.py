@@ -13,18 +13,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
-from nmdata import write_marker_study
-from orthanc import OrthancPeer
 from pydicom import dcmread
 from pynetdicom import AE, evt
-from samples import write_sr
 
 from service.dicom import codes
 from service.net.scu import Sender
 from service.store import outbox
 from service.store.db import Database
 from service.store.outbox import RetryPolicy
+from service.testing.nmdata import write_marker_study
+from service.testing.orthanc import OrthancPeer
+from service.testing.ports import free_port
+from service.testing.samples import write_sr
+
+pytestmark = pytest.mark.slow  # each test starts its own Orthanc
 
 
 class RecordingSCP:

@@ -17,14 +17,17 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-from dat_phantom import make_phantom, random_pose
-from nmdata import write_marker_study
-from pacs_pair import pacs_and_node, route_and_wait
+import pytest
 
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect import codes as dat_codes
 from service.pipelines.dat_spect.result import Level, Region
+from service.testing.dat_phantom import make_phantom, random_pose
+from service.testing.nmdata import write_marker_study
+from service.testing.pacs import pacs_and_node, route_and_wait
+
+pytestmark = pytest.mark.slow  # Orthanc, a real node and the DaT pipeline
 
 #: Healthy caudates, a strongly reduced left and a mildly reduced right putamen.
 TRUE_SBR = {

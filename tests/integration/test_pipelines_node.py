@@ -2,7 +2,7 @@
 
 One study holds a DaT SPECT series, a CT series and an MR series. The node
 runs the DaT pipeline and ``echo_ct``, a pipeline that exists only in the
-tests (tests/integration/testpipes.py, registered through an entry point and
+tests (service/testing/pipelines.py, registered through an entry point and
 enabled by one settings section). Expected: one DaT result, one echo result,
 and the MR recorded as ignored with each pipeline's reason; no failed job.
 """
@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from conftest import require_tool
-from dat_phantom import make_phantom, random_pose
-from nodeproc import NodeProcess
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -25,6 +23,11 @@ from service import cli
 from service.dicom import codes
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.result import REGIONS, Region
+from service.testing.dat_phantom import make_phantom, random_pose
+from service.testing.node import NodeProcess
+from service.testing.peers import require_tool
+
+pytestmark = pytest.mark.slow  # a real node running two pipelines
 
 TRUE_SBR = {Region.CAUDATE_LEFT: 3.0, Region.CAUDATE_RIGHT: 3.0,
             Region.PUTAMEN_LEFT: 1.0, Region.PUTAMEN_RIGHT: 2.4}
@@ -56,7 +59,7 @@ def plain_image(path: Path, study_uid: str, sop_class: str, modality: str, n: in
 
 
 def test_two_pipelines_and_an_ignored_series_in_one_study(tmp_path: Path) -> None:
-    from nmdata import write_marker_study
+    from service.testing.nmdata import write_marker_study
 
     rng = np.random.default_rng(11)
     phantom = make_phantom(load_atlas(), TRUE_SBR, random_pose(rng), rng)

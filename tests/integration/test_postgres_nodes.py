@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-from conftest import require_tool
-from nmdata import marker_image, write_marker_study
-from nodeproc import NodeProcess, fake_settings
+
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess, fake_settings
+from service.testing.peers import require_tool
 
 
 def test_two_listeners_one_worker_share_one_postgres(tmp_path: Path, postgres_dsn: str) -> None:

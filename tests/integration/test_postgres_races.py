@@ -237,9 +237,9 @@ def test_notify_wakes_workers_when_a_job_is_made_never_per_instance(
 def test_worker_scheduler_and_wakeups_survive_a_server_restart(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """The server restarts under the node's loops: each opens a fresh session and goes on."""
-    from conftest import free_port
     from pgserver import PgServer, server_bindir
 
+    from service.testing.ports import free_port
     from service.worker import Worker
 
     bindir = server_bindir()

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import free_port, require_tool
-from dat_phantom import make_phantom, normal_sbr, random_pose
-from nmdata import write_marker_study
-from nodeproc import NodeProcess
 from pydicom import config
 from test_sender_dcmtk import start_storescp
 
 from service.imaging.atlas import load_atlas
+from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
+from service.testing.nmdata import write_marker_study
+from service.testing.node import NodeProcess
+from service.testing.peers import require_tool
+from service.testing.ports import free_port
 
 #: Per study: header keyword -> sentinel value (malformed where the VR allows).
 STUDIES: dict[str, dict[str, str]] = {

@@ -31,12 +31,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, require_tool
-from nodeproc import REPO_ROOT, NodeProcess, tcp_open, wait_until
 
 from service import metrics
 from service.inference import manifest
 from service.store.jobs import JOB_STATES
+from service.testing.node import REPO_ROOT, NodeProcess
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
@@ -239,6 +241,7 @@ def _all_rules_evaluated_ok(prom: Prometheus) -> list[dict[str, Any]] | None:
     return rules
 
 
+@pytest.mark.slow
 def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, node, model):
     prom, live, dead = prometheus
     up = wait_until(lambda: len(r := prom.query('up{job="dopanode"}')) == 2 and r,
@@ -275,6 +278,7 @@ def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, no
     assert node.api_get("/ready", token=None)[1]["failing"] == ["models_dat_spect"]
 
 
+@pytest.mark.slow
 def test_real_prometheus_accepts_every_dashboard_query(prometheus):
     prom, live, _ = prometheus
     wait_until(lambda: prom.query("instance:dopanode_instances_received:rate5m"), TIMEOUT_S,

@@ -9,22 +9,24 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_tool
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
-from samples import write_sr
 
 from service.dicom import codes
 from service.net.scu import Sender
 from service.store import outbox
 from service.store.db import Database
 from service.store.outbox import RetryPolicy
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
+from service.testing.samples import write_sr
 
 FAST = RetryPolicy(base_s=0.2, cap_s=0.8, give_up_after_s=3600)
 
@@ -32,17 +34,6 @@ FAST = RetryPolicy(base_s=0.2, cap_s=0.8, give_up_after_s=3600)
 class Dest:
     def __init__(self, name: str, ae_title: str, port: int) -> None:
         self.name, self.ae_title, self.host, self.port = name, ae_title, "127.0.0.1", port
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> object:
-    """Poll ``predicate`` until it is truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def received(directory: Path) -> list[Path]:
@@ -65,7 +56,7 @@ def start_storescp(directory: Path, port: int, ae_title: str = "DEST") -> subpro
             return True
         return False
 
-    wait_for(answers, what="storescp to listen")
+    wait_until(answers, what="storescp to listen")
     return proc
 
 
@@ -159,14 +150,14 @@ def test_destination_down_then_up_delivers_exactly_once(db, tmp_path, storescps)
     sender = Sender(db, [Dest("pacs", "DEST", port)], "DOPANODE", FAST, poll_interval_s=0.1)
     sender.start()
     try:
-        wait_for(lambda: states(db)["pacs"][1] >= 3, what="three failed attempts")
+        wait_until(lambda: states(db)["pacs"][1] >= 3, what="three failed attempts")
         conn = db.connect()
         item = outbox.due(conn, now=time.time() + 3600)[0]
         conn.close()
         assert item.state == "pending" and item.last_error.startswith("destination unreachable")
         assert item.next_attempt_at > time.time() - 0.05  # backed off, not hammering
         storescps.append(start_storescp(tmp_path / "in", port))
-        wait_for(lambda: states(db)["pacs"][0] == "sent", what="delivery after the SCP came up")
+        wait_until(lambda: states(db)["pacs"][0] == "sent", what="delivery after the SCP came up")
     finally:
         sender.stop()
     # More passes (as after a restart): nothing is due, nothing is sent again.
@@ -184,7 +175,7 @@ def test_a_destination_down_does_not_block_another(db, tmp_path, storescps):
                     "DOPANODE", FAST, poll_interval_s=0.1)
     sender.start()
     try:
-        wait_for(lambda: states(db)["up"][0] == "sent", what="delivery to the live destination")
+        wait_until(lambda: states(db)["up"][0] == "sent", what="delivery to the live destination")
         assert states(db)["down"][0] == "pending"
     finally:
         sender.stop()
@@ -213,7 +204,7 @@ def test_only_success_counts_as_delivered(db, tmp_path):
         first = sender.send_due("picky")
         assert (first.sent, first.retried) == (0, 1)
         assert first.errors == ["C-STORE status 0xA700"]
-        wait_for(lambda: due_now(db), what="back-off to pass")
+        wait_until(lambda: due_now(db), what="back-off to pass")
         second = sender.send_due("picky")
         assert (second.sent, second.retried) == (1, 0)
     finally:

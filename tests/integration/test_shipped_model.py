@@ -81,6 +81,7 @@ def unseen_scans() -> dict[str, np.ndarray]:
                          models.atlas) for k, img in images.items()}
 
 
+@pytest.mark.slow
 def test_unseen_camera_normal_and_severe_pd(unseen_scans: dict[str, np.ndarray]) -> None:
     session = CnnSession(MODEL)
     normal = session.predict(unseen_scans["normal"])
@@ -93,6 +94,7 @@ def test_unseen_camera_normal_and_severe_pd(unseen_scans: dict[str, np.ndarray])
     assert worst_putamen >= Level.STRONG_REDUCTION
 
 
+@pytest.mark.slow
 def test_batch_and_single_agree(unseen_scans: dict[str, np.ndarray]) -> None:
     session = CnnSession(MODEL)
     batch = np.stack([unseen_scans["normal"], unseen_scans["pd"]]).astype(np.float32)

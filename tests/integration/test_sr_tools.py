@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import require_tool
 
 from service.pipelines.dat_spect.example import example_evidence, example_result
 from service.pipelines.dat_spect.picture import build_picture_report
 from service.pipelines.dat_spect.result import Region, StudyResult
 from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, build_sr
+from service.testing.peers import require_tool
 
 JOB = "job-tools-1"
 ALLOWED_WARNINGS = ("Unrecognized defined term <99DOPANODE>",)

@@ -41,6 +41,8 @@ from service.pipelines.dat_spect.preprocess import cnn_input  # noqa: E402
 from service.pipelines.dat_spect.quantify import quantify  # noqa: E402
 from service.pipelines.dat_spect.result import REGIONS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a tiny CNN with torch
+
 SITES = {"site_x": ("train_test", 1.0, 90.0), "site_y": ("train_test", 0.6, 40.0),
          "site_u": ("unseen", 0.8, 60.0)}  # role, SBR scale, counts scale
 STUDIES_PER_SITE = 12
@@ -229,14 +231,14 @@ def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None
     """The node's pipeline with the tiny model: CNN levels beside the SBR levels, in the SR."""
     import highdicom as hd
     import pydicom
-    from dat_phantom import make_phantom, normal_sbr, random_pose
-    from nmdata import write_marker_study
 
     from service.dicom.header import read_series
     from service.imaging.atlas import load_atlas
     from service.pipelines.base import JobContext
     from service.pipelines.dat_spect import codes
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline
+    from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
+    from service.testing.nmdata import write_marker_study
 
     rng = np.random.default_rng(3)
     phantom = make_phantom(load_atlas(), normal_sbr(), random_pose(rng), rng)

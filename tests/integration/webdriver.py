@@ -25,8 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from conftest import free_port, require_tool
-from nodeproc import tcp_open, wait_until
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
 #: The element reference key of the W3C protocol.
 ELEMENT_KEY = "element-6066-11e4-a52e-4f735466cecf"

@@ -20,16 +20,14 @@ import socket
 import sqlite3
 import tempfile
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pynetdicom
 import pytest
-from conftest import free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -45,15 +43,8 @@ from service.store import db
 from service.store import series as completion
 from service.store import spool as spool_mod
 from service.store.spool import Spool, filesystem_type
-
-
-def poll(predicate: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.01)  # polling interval with a deadline
-    return value
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
 
 
 def nm_instance(seed: str, index: int, slices: int = 3) -> Dataset:
@@ -161,7 +152,7 @@ def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -
         assert dcmread(scp.spool.absolute(relative)).SOPInstanceUID == uid
     assert rows(database, "SELECT state FROM series") == [("complete",)]  # 3 of 3 slices
     assert list(scp.spool.tmp_dir.iterdir()) == []
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
 
 
 def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Database]) -> None:
@@ -169,7 +160,7 @@ def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Databas
     assoc = associate(scp)
     assert assoc.send_c_store(nm_instance("series-b", 0)).Status == 0x0000
     assoc.abort()
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(1,)]
     # the server still accepts the next caller
     again = associate(scp)
@@ -181,8 +172,9 @@ def test_idle_association_times_out(node: tuple[RecordingSCP, db.Database]) -> N
     scp, _ = node
     scp.ae.network_timeout = 0.3
     assoc = associate(scp)
-    poll(lambda: assoc.is_aborted or not assoc.is_established, timeout_s=10)
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: assoc.is_aborted or not assoc.is_established, 10,
+               "the association to end", 0.01)
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
 
 
 @pytest.mark.parametrize("version", ["3.1.0", "4.0.0", "2.1.1"])
@@ -256,8 +248,8 @@ def test_declared_pdu_length_allocates_nothing(node: tuple[RecordingSCP, db.Data
     before = peak_rss_mb()
     with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
         peer.sendall(b"\x01\x00" + (1 << 30).to_bytes(4, "big") + b"\x00" * 1000)
-        poll(acceptor_threads)  # the association is reading the PDU
-    poll(lambda: not acceptor_threads())  # closed mid-PDU: it ends
+        wait_until(acceptor_threads, 10, "the association to read the PDU", 0.01)
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert peak_rss_mb() - before < 256
     again = associate(scp)  # and the node still serves
     assert again.send_c_echo().Status == 0x0000
@@ -326,7 +318,7 @@ def test_no_sqlite_connection_leak_between_associations(
         assoc = associate(scp)
         assert assoc.send_c_store(nm_instance(f"series-d{i}", 0, slices=1)).Status == 0x0000
         assoc.release()
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert scp._pool.idle.qsize() <= 2
     assert isinstance(scp._pool.idle.get_nowait(), sqlite3.Connection)
 
@@ -393,4 +385,4 @@ def test_concurrent_associations_complete_one_series(
     assert statuses == [0x0000] * 12
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(12,)]
     assert rows(database, "SELECT instance_count, state FROM series") == [(12, "complete")]
-    poll(lambda: not acceptor_threads())
+    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)

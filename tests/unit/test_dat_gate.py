@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from nmdata import CAMERA, SUBJECT, marker_image
 from pydicom.dataset import Dataset
 
 from service.dicom import codes
@@ -11,6 +10,7 @@ from service.errors import AnalysisError
 from service.pipelines.dat_spect import codes as dat_codes
 from service.pipelines.dat_spect.gate import check_dat_series
 from service.sim.nm_writer import build_nm_datasets
+from service.testing.nmdata import CAMERA, SUBJECT, marker_image
 
 
 def _series(tracer: str = "dat") -> Dataset:

@@ -113,7 +113,7 @@ def test_inputs_wait_for_announced_slices_then_take_the_series(pipeline: DatSpec
 
 def per_slice_study(tmp_path: Path, number_of_slices: int, drop: list[int]) -> list[Dataset]:
     """A small per-slice DaT series (marker volume) with some slices left out."""
-    from nmdata import marker_image, write_marker_study
+    from service.testing.nmdata import marker_image, write_marker_study
 
     paths = write_marker_study(tmp_path, EncodingVariant.PER_SLICE,
                                image=marker_image(shape_xyz=(24, 24, 20)), uid_seed="incomplete")

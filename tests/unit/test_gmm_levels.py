@@ -132,7 +132,21 @@ def test_calibration_round_trip_and_validation() -> None:
     assert again == CAL
     with pytest.raises(ValueError, match="descending"):
         Thresholds((1.0, 2.0, 0.5, 0.1))
-    assert set(REGIONS) == {r for r in Region}
+    bad = CAL.to_dict()
+    bad["thresholds"]["putamen"] = [0.43, 0.87, 1.3, 1.6]  # ascending: a swapped file
+    with pytest.raises(ValueError, match="descending"):
+        Calibration.from_dict(bad)
+
+
+def test_each_region_is_levelled_with_its_structures_thresholds() -> None:
+    """Caudates use the caudate thresholds, putamina the putamen ones (they differ in CAL)."""
+    assert {r: CAL.for_region(r) for r in REGIONS} == {
+        Region.CAUDATE_LEFT: CAL.caudate, Region.CAUDATE_RIGHT: CAL.caudate,
+        Region.PUTAMEN_LEFT: CAL.putamen, Region.PUTAMEN_RIGHT: CAL.putamen,
+    }
+    # the same SBR is borderline in a putamen and moderately reduced in a caudate
+    assert level_for(Region.PUTAMEN_RIGHT, 1.5, CAL) is Level.BORDERLINE
+    assert level_for(Region.CAUDATE_RIGHT, 1.5, CAL) is Level.MODERATE_REDUCTION
 
 
 def test_label_dataset_separates_normal_and_reduced(rng: np.random.Generator) -> None:

@@ -12,6 +12,9 @@ with :mod:`ast` and checked against the never-arrows:
   simulator or torch;
 * only ``service.inference.onnx`` imports onnxruntime;
 * only ``service.store.postgres`` imports psycopg (the PostgreSQL adapter).
+* nothing outside ``service.testing`` imports it: the test support
+  (NodeProcess, OrthancPeer, the test pipelines) ships in the distribution
+  but is never part of the node.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("service.net",),
      ("service.imaging", "service.pipelines", "service.inference", "service.report")),
     (("service.dicom",), ("service.net", "service.store", "service.pipelines", "torch")),
-    (NODE, ("service.sim", "torch", "models")),
+    (NODE, ("service.sim", "torch", "models", "service.testing")),
 )
 ONNX_OWNER = "service.inference.onnx"
 PSYCOPG_OWNER = "service.store.postgres"
+TESTING = ("service.testing",)
 
 
 def module_name(path: Path) -> str:
@@ -77,6 +81,8 @@ def violations() -> list[str]:
             broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, ("onnxruntime",))]
         if name != PSYCOPG_OWNER:
             broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, ("psycopg",))]
+        if not _under(name, TESTING):
+            broken += [f"{name} -> {i}" for i in sorted(imported) if _under(i, TESTING)]
     return sorted(set(broken))
 
 
@@ -85,11 +91,18 @@ def test_no_forbidden_import_arrow() -> None:
 
 
 def test_the_checker_sees_a_forbidden_arrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check can fail: a pipeline module importing the store is reported."""
+    """The check can fail: a pipeline module importing the store is reported, and
+    so is node code importing the test support; the test support itself may."""
     fake = tmp_path / "service" / "pipelines" / "bad.py"
     fake.parent.mkdir(parents=True)
     fake.write_text("def f():\n    from service.store import jobs\n    import onnxruntime\n")
+    (tmp_path / "service" / "worker.py").write_text("from service.testing import node\n")
+    allowed = tmp_path / "service" / "testing" / "node.py"
+    allowed.parent.mkdir()
+    allowed.write_text("from service.testing.polling import wait_until\nimport service.store\n")
     monkeypatch.setattr(__import__(__name__), "SERVICE", tmp_path / "service")
     assert violations() == ["service.pipelines.bad -> onnxruntime",
                             "service.pipelines.bad -> service.store",
-                            "service.pipelines.bad -> service.store.jobs"]
+                            "service.pipelines.bad -> service.store.jobs",
+                            "service.worker -> service.testing",
+                            "service.worker -> service.testing.node"]

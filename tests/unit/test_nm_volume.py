@@ -8,11 +8,18 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from nmdata import CAMERA, SUBJECT, marker_image, marker_lps_mm, rotation_lps, write_marker_study
 
 from service.errors import AnalysisError
 from service.imaging.nm_volume import volume_from_datasets
 from service.sim.nm_writer import STORED_MAX, EncodingVariant, build_nm_datasets
+from service.testing.nmdata import (
+    CAMERA,
+    SUBJECT,
+    marker_image,
+    marker_lps_mm,
+    rotation_lps,
+    write_marker_study,
+)
 
 GEOMETRIES = {
     "axial": {},

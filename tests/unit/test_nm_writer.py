@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import require_tool
-from nmdata import CAMERA, SUBJECT, marker_image, write_marker_study
 from pydicom.pixels import pixel_array
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -22,6 +20,8 @@ from pydicom.uid import (
 from service.dicom import codes
 from service.sim import codes as sim_codes
 from service.sim.nm_writer import EncodingVariant, build_nm_datasets
+from service.testing.nmdata import CAMERA, SUBJECT, marker_image, write_marker_study
+from service.testing.peers import require_tool
 
 SMALL = {"shape_xyz": (32, 32, 16)}
 TRANSFER_SYNTAX = {

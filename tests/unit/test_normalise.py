@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dat_phantom import make_phantom, normal_sbr, random_pose
 
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.normalise import normalise
 from service.pipelines.dat_spect.quantify import quantify
 from service.pipelines.dat_spect.template import model_template
+from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
 
 ATLAS = load_atlas()
 TEMPLATE = model_template(ATLAS)
@@ -82,6 +82,7 @@ def test_empty_volume_fails() -> None:
         normalise(_grid_image(np.zeros((64, 64, 64))), TEMPLATE, ATLAS)
 
 
+@pytest.mark.slow
 def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_path) -> None:
     """Regression: site_a_00000 of the benchmark (Siemens-like CT-AC, PD, rotated).
 

@@ -13,7 +13,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import require_tool
 
 from service.cli import main
 from service.sim.anatomy import sample_transform
@@ -21,6 +20,9 @@ from service.sim.benchmark import SITES, generate, generate_group, profile_site,
 from service.sim.disease import sample_background, sample_state
 from service.sim.profiles import PROFILES, get_profile
 from service.sim.scan import AnatomyScanner, measure_sbr, support_grid
+from service.testing.peers import require_tool
+
+pytestmark = pytest.mark.slow  # runs the simulator (torch)
 
 FAST = "legacy_legp_lowcount"
 

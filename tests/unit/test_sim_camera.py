@@ -58,6 +58,7 @@ def test_attenuation_weights_by_depth() -> None:
     assert d / s == pytest.approx(np.exp(-0.015 * 21 * VOXEL_MM), rel=0.05)
 
 
+@pytest.mark.slow
 def test_fbp_recovers_a_uniform_disc_and_chang_flattens_it() -> None:
     disc = _disc(10)
     ideal = Projector(SHAPE, VOXEL_MM, 60, 120.0, None, None)
@@ -78,6 +79,7 @@ def test_fbp_recovers_a_uniform_disc_and_chang_flattens_it() -> None:
     assert corrected[centre].mean() / corrected[ring].mean() == pytest.approx(1.0, abs=0.08)
 
 
+@pytest.mark.slow
 def test_osem_converges_on_noiseless_data() -> None:
     truth = _disc(10) + 3.0 * _disc(3)
     mu = 0.015 * _disc(12)

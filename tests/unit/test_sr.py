@@ -314,6 +314,7 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_retried_job_writes_byte_identical_objects(reduced: StudyResult) -> None:
     """Dates and times derive from the job, not the clock: a retry replaces, never twins."""
     import time

@@ -10,8 +10,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from integration.testpipes import FakeNmPipeline as FakePipeline
-from nmdata import marker_image, write_marker_study
 
 from service.dicom import codes
 from service.dicom import header as header_mod
@@ -23,6 +21,8 @@ from service.store import db, jobs, outbox
 from service.store import series as completion
 from service.store.retention import purge_expired
 from service.store.spool import Spool
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.pipelines import FakeNmPipeline as FakePipeline
 from service.worker import Worker
 
 NOW = 1_800_000_000.0
@@ -394,6 +394,7 @@ def test_recover_spool_rerecords_lost_rows(store: Any, studies: dict[str, list[P
         studies["ps"])
 
 
+@pytest.mark.slow
 def test_jobs_command_line(store: Any, studies: dict[str, list[Path]], tmp_path: Path) -> None:
     import subprocess
     import sys

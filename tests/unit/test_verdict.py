@@ -132,13 +132,12 @@ class _NormalCnn:
 def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     """A phantom with the left putamen at a fifth of the right: SBR thresholds say level >= 2,
     a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why."""
-    from dat_phantom import make_phantom, random_pose
-    from nmdata import CAMERA, SUBJECT
-
     from service.imaging.atlas import load_atlas
     from service.pipelines.dat_spect import pipeline as dat_pipeline
     from service.pipelines.dat_spect.result import GlobalScore
     from service.sim.nm_writer import EncodingVariant, build_nm_datasets
+    from service.testing.dat_phantom import make_phantom, random_pose
+    from service.testing.nmdata import CAMERA, SUBJECT
 
     def rate_normal(cnn: object, volume: object, atlas: object, regions: tuple) -> tuple:
         rated = tuple(replace(r, level_cnn=Level.NORMAL) for r in regions)

@@ -41,7 +41,7 @@ INCOMPLETE = "incomplete_series"
 #: 3.9 mm) with slices removed at the end where the brain is near the edge:
 #: 2 slices 0.993-0.994, 4 slices 0.981-0.984, 5 slices 0.975-0.977 (refused),
 #: 7 slices 0.955-0.960 (at the other end, in air, 9 slices still 0.98).
-#: Posed 64^3, 4 mm phantoms (tests/dat_phantom.py): 16 slices (64 mm) cut
+#: Posed 64^3, 4 mm phantoms (service/testing/dat_phantom.py): 16 slices (64 mm) cut
 #: 0.963-1.000; 24 cut 0.88-0.91 or registration failed.
 MIN_BRAIN_COVERAGE = 0.98
 #: Least fraction of the striatum and the occipital reference inside the slices.

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from orthanc import OrthancPeer
+    from service.testing.orthanc import OrthancPeer
 
     with OrthancPeer(tmp_path / "orthanc",
                      modalities={"dopanode": ("DOPANODE", "127.0.0.1", scp_port)}) as pacs:
@@ -20,31 +20,21 @@ own log is kept in ``<dir>/orthanc.log`` for failure reports.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-_POLL_S = 0.05
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.testing.peers import require_tool
+from service.testing.polling import wait_until
+from service.testing.ports import free_port
 
 
 def orthanc_binary() -> str:
     """Path of the Orthanc executable (Debian puts it in /usr/sbin)."""
-    path = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
-    if path is None:
-        raise FileNotFoundError("Orthanc is not installed: run scripts/install-peers.sh")
-    return path
+    return require_tool("Orthanc")
 
 
 class OrthancPeer:
@@ -66,8 +56,8 @@ class OrthancPeer:
                  ae_title: str = "ORTHANC", extra_config: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.ae_title = ae_title
-        self.http_port = _free_port()
-        self.dicom_port = _free_port()
+        self.http_port = free_port()
+        self.dicom_port = free_port()
         self.modalities = dict(modalities or {})
         self.extra_config = dict(extra_config or {})
         self.log_path = self.directory / "orthanc.log"
@@ -113,20 +103,22 @@ class OrthancPeer:
                                       stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._client = httpx.Client(base_url=self.url, timeout=30.0)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self._proc.returncode}: "
-                                   f"{self.log_tail()}")
-            try:
-                if self._client.get("/system").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"Orthanc did not answer within {timeout_s:g} s")
-            time.sleep(_POLL_S)  # polling interval with a deadline
+        try:
+            wait_until(self._answers, timeout_s, "Orthanc's REST API")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        """True once ``/system`` answers 200; raises if Orthanc has exited."""
+        assert self._proc is not None and self._client is not None
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self._proc.returncode}: {self.log_tail()}")
+        try:
+            return self._client.get("/system").status_code == 200
+        except httpx.TransportError:
+            return False  # not listening yet
 
     def stop(self) -> None:
         """Terminate Orthanc (SIGTERM, then SIGKILL after 10 s)."""

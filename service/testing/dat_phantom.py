@@ -26,14 +26,14 @@ class Phantom:
     ----------
     image : SimpleITK.Image
         64^3 float32 volume, 4 mm voxels, LPS.
-    pose : SimpleITK.AffineTransform
+    pose : SimpleITK.Transform
         Maps scan points to MNI points (the inverse of what registration finds).
     reference_zyx : (91, 109, 91) float32 array
         The same smoothed activity in MNI space, unposed and noise-free.
     """
 
     image: sitk.Image
-    pose: sitk.AffineTransform
+    pose: sitk.Transform
     reference_zyx: np.ndarray
 
 

@@ -1,9 +1,10 @@
 """Two pipelines that exist only in the tests, plugged in like any third-party one.
 
 They are registered through the ``dopanode.pipelines`` entry points of the
-distribution folder ``plugins/dopanode_test_pipelines-0.dist-info`` (a node
-started by :class:`nodeproc.NodeProcess` has ``plugins/`` and this folder on
-its PYTHONPATH) and are disabled unless a test's settings enable them:
+distribution folder ``plugins/dopanode_test_pipelines-0.dist-info`` next to
+this module (a node started by :class:`service.testing.node.NodeProcess` has
+``plugins/`` on its PYTHONPATH) and are disabled unless a test's settings
+enable them (:func:`service.testing.node.fake_settings`):
 
 * ``fake_nm`` stands in for the DaT pipeline where a test is about the node,
   not the analysis: takes NM series, decodes every instance's pixels, waits

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nodeproc import NodeProcess, wait_until
-from orthanc import OrthancPeer
+from service.testing.node import NodeProcess
+from service.testing.orthanc import OrthancPeer
+from service.testing.polling import wait_until
 
 
 @contextmanager

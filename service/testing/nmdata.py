@@ -1,6 +1,6 @@
 """Small NM studies for tests: a volume with an asymmetric marker, in any variant.
 
-Import from tests (``tests/`` is on sys.path through its conftest: ``from nmdata import ...``)::
+Usage (``from service.testing.nmdata import ...``)::
 
     image = marker_image()                       # 64^3, 4 mm, axial LPS
     paths = write_marker_study(tmp_path, EncodingVariant.PER_SLICE)
@@ -85,8 +85,10 @@ def marker_image(
     img.SetDirection(tuple(float(v) for v in d.ravel()))
     if origin_mm is None:
         half = (np.asarray(shape_xyz, float) - 1) / 2 * np.asarray(spacing_mm, float)
-        origin_mm = tuple(float(v) for v in -(d @ half))
-    img.SetOrigin(tuple(float(v) for v in origin_mm))
+        origin = -(d @ half)
+    else:
+        origin = np.asarray(origin_mm, float)
+    img.SetOrigin(tuple(float(v) for v in origin))
     return img
 
 

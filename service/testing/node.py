@@ -2,7 +2,7 @@
 
 Usage::
 
-    from nodeproc import NodeProcess
+    from service.testing.node import NodeProcess
 
     with NodeProcess(tmp_path, settings={"destinations": [...]}) as node:
         node.start()                      # free loopback ports, waits for readiness
@@ -22,46 +22,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-_POLL_S = 0.05
+import service
+from service.testing.polling import wait_until
+from service.testing.ports import free_port, tcp_open
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(_POLL_S)  # polling interval with a deadline, not synchronisation
-
-
-def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+#: The checkout (or installed tree) whose ``service`` package this is: the node's cwd.
+REPO_ROOT = Path(service.__file__).resolve().parents[1]
+#: Holds ``dopanode_test_pipelines-0.dist-info`` (entry points of :mod:`.pipelines`).
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -110,16 +85,29 @@ class NodeProcess:
         setting, given as ``DOPANODE_STORAGE__*`` environment); ``query`` reads it.
     spool_dir : Path, optional
         A spool shared with other nodes (default ``work_dir/spool``).
+    cwd : Path, optional
+        Working folder of the process; ``python -m service.cli`` imports the
+        ``service`` package found there first (bench/ingest.py's ``--baseline``
+        runs another checkout this way). Default: :data:`REPO_ROOT`.
+    test_pipelines : bool
+        Put :data:`PLUGINS_DIR` on the node's PYTHONPATH, so that the node's
+        registry finds ``fake_nm`` and ``echo_ct`` (disabled unless settings
+        enable them). Off for a node that needs none, e.g. another checkout's,
+        whose ``service`` may have no ``service.testing`` (the registry loads
+        every entry point).
     """
 
     def __init__(self, work_dir: Path, settings: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None, components: str | None = None,
                  log_level: str = "INFO", postgres_dsn: str | None = None,
-                 spool_dir: Path | None = None) -> None:
+                 spool_dir: Path | None = None, cwd: Path | None = None,
+                 test_pipelines: bool = True) -> None:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.scp_port = _free_port()
-        self.api_port = _free_port()
+        self.scp_port = free_port()
+        self.api_port = free_port()
+        self.cwd = Path(cwd) if cwd is not None else REPO_ROOT
+        self.test_pipelines = test_pipelines
         self.ae_title = "DOPANODE"
         self.api_token = "test-token-0123456789"
         self.config_path = self.work_dir / "dopanode.toml"
@@ -170,12 +158,12 @@ class NodeProcess:
                "--config", str(self.config_path)]
         if self.components:
             cmd += ["--only", self.components]
-        # the test pipelines (testpipes.py, registered by plugins/*.dist-info) on the path
-        path = os.pathsep.join(p for p in (str(HERE), str(HERE / "plugins"),
-                                           os.environ.get("PYTHONPATH")) if p)
+        # the test pipelines' entry points (plugins/*.dist-info -> service.testing.pipelines)
+        plugins = str(PLUGINS_DIR) if self.test_pipelines else None
+        path = os.pathsep.join(p for p in (plugins, os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
         wait_until(lambda: self._ready_since(offset), timeout_s, "node_ready in the log")
         parts = (self.components or "scp,worker,sender,api").split(",")
@@ -272,10 +260,8 @@ class NodeProcess:
             raise TimeoutError(f"{exc}; last rows {self.query(sql, params)!r}") from None
 
 
-
-
 def fake_settings(delay_s: float = 0.0, runs_log: Path | None = None) -> dict[str, Any]:
-    """Settings that swap the DaT pipeline for the test-only ``fake_nm`` (testpipes.py)."""
+    """Settings that swap the DaT pipeline for the test-only ``fake_nm`` (:mod:`service.testing.pipelines`)."""
     fake: dict[str, Any] = {"enabled": True, "delay_s": delay_s}
     if runs_log is not None:
         fake["runs_log"] = str(runs_log)
