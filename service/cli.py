@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.app",  # serve, config, jobs
     "service.pipelines.commands",  # analyze, label, build-template, build-normals
     "service.sim.commands",  # simulate, benchmark
+    "service.sim.fdopa.commands",  # fdopa generate|describe|validate
     "service.inference.commands",  # train, evaluate, export
 )
 

@@ -1,0 +1,94 @@
+"""Validation pictures of the FDOPA simulator (``dopanode fdopa validate``, docs/fdopa_simulator.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.sim.fdopa.kinetics import SCHEDULES
+from service.sim.fdopa.literature import TTP_CUTOFF_MIN
+from service.sim.fdopa.uptake import TUMOUR_ANCHORS, sample_subject_kinetics
+
+
+def tac_figure(out_png: Path, seed: int, n_subjects: int = 40) -> None:
+    """Median and 10-90 % band of the frame TACs (SUV, nancy30) per class, beside the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sched = SCHEDULES["nancy30"]
+    t_min = sched.mids_s / 60.0
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves: dict[str, list[np.ndarray]] = {}
+    for cls in TUMOUR_ANCHORS:
+        for _ in range(n_subjects):
+            tacs = sample_subject_kinetics(rng, cls).frame_tacs(sched)
+            curves.setdefault(cls, []).append(tacs["tumour"])
+            curves.setdefault("striatum", []).append(tacs["striatum"])
+            curves.setdefault("grey_matter", []).append(tacs["grey_matter"])
+            curves.setdefault("white_matter", []).append(tacs["white_matter"])
+    for name, arr in curves.items():
+        a = np.array(arr)
+        target = ax[0] if name in TUMOUR_ANCHORS else ax[1]
+        (line,) = target.plot(t_min, np.median(a, axis=0), label=name)
+        target.fill_between(t_min, *np.percentile(a, [10, 90], axis=0), alpha=0.15,
+                            color=line.get_color())
+    ax[0].axvline(TTP_CUTOFF_MIN, ls="--", c="k", lw=0.8)
+    ax[0].text(TTP_CUTOFF_MIN + 0.3, 0.3, "TTP 5.4 min (Ginet 2020)", fontsize=8)
+    ax[1].axhspan(2.0, 2.8, color="tab:green", alpha=0.08)
+    ax[1].text(16, 2.85, "striatum SUV 2.6 +- 0.7 (Lapa 2014)", fontsize=8)
+    ax[1].axhspan(1.0, 1.3, color="tab:blue", alpha=0.08)
+    for a, title in zip(ax, ("tumour classes", "normal tissues"), strict=True):
+        a.set_xlabel("time p.i. (min, mid-frame)")
+        a.set_ylabel("SUV (decay corrected)")
+        a.set_title(f"simulated FDOPA TACs, {title} (median, 10-90 %)")
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def profile_figure(out_png: Path, seed: int) -> None:
+    """One HGG subject, static AC per scanner profile, NAC, and an early dynamic frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from service.sim.fdopa.profiles import PET_PROFILES
+    from service.sim.fdopa.scanner import PetScanner, sim_grid
+    from service.sim.fdopa.subject import activity_bqml, build_maps, sample_subject
+    from service.sim.fdopa.truth import static_truth
+
+    rng = np.random.default_rng(seed)
+    spec = sample_subject(rng, "hgg", False)
+    while spec.location != "hemisphere":
+        spec = sample_subject(rng, "hgg", False)
+    panels = []
+    for name, profile in PET_PROFILES.items():
+        sm = build_maps(spec, sim_grid(profile))
+        act = activity_bqml(sm, spec, spec.kinetics.static_suv())
+        _, masks = static_truth(sm, act, 1.0)
+        scanner = PetScanner(profile, sm)
+        vol, _ = scanner.frame(act, 600.0, 1200.0, np.random.default_rng(1))
+        z = int(np.argwhere(masks["lesion"])[:, 0].mean())
+        panels.append((f"{name}\nstatic 10-30 min AC", vol[z], masks["lesion"][z]))
+        if name == "siemens_biograph_like":
+            nac, _ = scanner.frame(act, 600.0, 1200.0, np.random.default_rng(2), False)
+            panels.append(("siemens NAC", nac[z], masks["lesion"][z]))
+            tac = spec.kinetics.frame_tacs(SCHEDULES["nancy30"])
+            early = activity_bqml(sm, spec, {k: float(v[9]) for k, v in tac.items()})
+            frame, _ = scanner.frame(early, 135.0, 30.0, np.random.default_rng(3))
+            panels.append(("siemens dynamic\nframe 10 (30 s)", frame[z], masks["lesion"][z]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4))
+    for ax, (title, img, outline) in zip(axes, panels, strict=True):
+        ax.imshow(img, cmap="gray_r", vmin=0, vmax=float(np.percentile(img, 99.8)))
+        ax.contour(outline, levels=[0.5], colors="r", linewidths=0.7)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
