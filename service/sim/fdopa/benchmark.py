@@ -32,6 +32,8 @@ ADULT_MIX = {"hgg": 0.3, "lgg": 0.2, "low_uptake": 0.1, "treatment_change": 0.2,
 CHILD_MIX = {"dmg": 0.3, "hgg": 0.15, "lgg": 0.25, "low_uptake": 0.2, "none": 0.1}
 PAEDIATRIC_FRACTION = 1 / 3
 DYNAMIC_FRACTION = 0.36
+#: FLAIR for every child and for this share of adults (about half the studies).
+ADULT_FLAIR_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
     dynamic = bool(rng.random() < DYNAMIC_FRACTION)
     window = "20-40" if rng.random() < 0.2 else "10-30"
     assay = float(rng.uniform(5, 15)) if rng.random() < site.assay_time_fraction else 0.0
+    flair = None
+    if paediatric or rng.random() < ADULT_FLAIR_FRACTION:
+        flair = str(rng.choice(["ax2d_3t", "ax2d_15t", "iso3d_3t"], p=[0.5, 0.3, 0.2]))
     profile = get_pet_profile(site.profile)
     encoding = PetEncoding(
         units=_choice(rng, site.units_mix),  # type: ignore[arg-type]
@@ -103,7 +108,7 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
         study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
         paediatric=paediatric, seed=int(rng.integers(2**62)), static_window=window,
         schedule=("genoa25" if paediatric else site.adult_schedule) if dynamic else None,
-        encoding=encoding,
+        encoding=encoding, flair=flair,
     )
 
 

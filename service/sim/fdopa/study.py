@@ -5,6 +5,8 @@ Layout of a study folder::
     <study>/PT_STATIC/PT00001.dcm ...   attenuation-corrected static series
     <study>/PT_NAC/...                  non-attenuation-corrected companion
     <study>/PT_DYNAMIC/...              dynamic series (if planned)
+    <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned)
+    <study>/truth_flair_seg.nii.gz      FLAIR truth on the FLAIR grid: 1 lesion, 2 oedema
     <study>/truth_seg.nii.gz            truth labels on the static output grid (LPS)
     <study>/truth.json                  truth values (written last: marks completion)
 
@@ -54,6 +56,7 @@ class StudyPlan:
     static_window: str = "10-30"
     schedule: str | None = None
     encoding: PetEncoding = field(default_factory=PetEncoding)
+    flair: str | None = None
 
 
 def _series_info(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, number: int,
@@ -91,7 +94,7 @@ def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
     t0 = time.process_time()
     rng = np.random.default_rng(plan.seed)
     spec = sample_subject(rng, plan.tumour_class, plan.paediatric)
-    noise_seeds = rng.integers(2**63, size=3)
+    noise_seeds = rng.integers(2**63, size=4)
     p = get_pet_profile(plan.profile)
     sm = build_maps(spec, sim_grid(p))
     scale = bqml_per_suv(spec)
@@ -110,6 +113,8 @@ def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
     row["static_prompts"] = counts
     if plan.schedule:
         row |= _dynamic(plan, spec, p, sm, scanner, masks, noise_seeds[2], study_dir)
+    if plan.flair:
+        row |= _flair(plan, spec, p, sm, noise_seeds[3], study_dir)
     row["cpu_s"] = round(time.process_time() - t0, 2)
     (study_dir / TRUTH_FILE).write_text(json.dumps(row, indent=1, default=_json))
     return row
@@ -158,6 +163,30 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
     return {f"dyn_{k}": v for k, v in dynamic_truth(ideal, masks, sched).items()}
 
 
+def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, seed: int,
+           study_dir: Path) -> dict[str, object]:
+    from service.sim.fdopa.flair import PROTOCOLS, synthesise_flair
+    from service.sim.fdopa.mr_writer import build_flair_series
+
+    assert plan.flair is not None
+    protocol = PROTOCOLS[plan.flair]
+    image = synthesise_flair(spec, sm.grid, sm.tumour, protocol, np.random.default_rng(seed))
+    info = _series_info(plan, spec, p, 10, protocol.name)
+    write_series(build_flair_series(image, protocol, info), study_dir / "MR_FLAIR", "MR")
+    seg = sitk.GetImageFromArray(image.truth_zyx)
+    seg.SetOrigin(tuple(float(v) for v in image.origin_lps_mm))
+    seg.SetSpacing(image.spacing_mm)
+    sitk.WriteImage(seg, str(study_dir / "truth_flair_seg.nii.gz"))
+    voxel_ml = float(np.prod(image.spacing_mm)) / 1000.0
+    return {
+        "flair_protocol": protocol.name,
+        "flair_lesion_ml": float((image.truth_zyx == 1).sum()) * voxel_ml,
+        "flair_oedema_ml": float((image.truth_zyx == 2).sum()) * voxel_ml,
+        "mr_to_pet_angles_deg": [round(float(v), 4) for v in image.pose.angles_deg],
+        "mr_to_pet_translation_mm": [round(float(v), 4) for v in image.pose.translation_mm],
+    }
+
+
 def _plan_fields(plan: StudyPlan, spec: SubjectSpec) -> dict[str, object]:
     from service.sim.fdopa.head import head_labels
 
@@ -168,6 +197,7 @@ def _plan_fields(plan: StudyPlan, spec: SubjectSpec) -> dict[str, object]:
         "age_years": spec.age_years, "sex": spec.sex, "weight_kg": spec.weight_kg,
         "injected_mbq": spec.injected_mbq, "carbidopa": spec.kinetics.carbidopa,
         "static_window": plan.static_window, "schedule": plan.schedule or "",
+        "flair": plan.flair or "",
         "units": plan.encoding.units, "decay_correction": plan.encoding.decay_correction,
         "assay_minutes_before_injection": plan.encoding.assay_minutes_before_injection,
         "atlas_labels": head_labels()[1],
