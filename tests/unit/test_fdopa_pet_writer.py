@@ -147,3 +147,18 @@ def test_dciodvfy_reports_no_errors(name: str, tmp_path: Path) -> None:
     out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
     assert not errors, errors
+
+
+@pytest.mark.parametrize("reversed_order", [False, True])
+def test_highdicom_volume_reader_gives_the_same_volume(reversed_order: bool) -> None:
+    import highdicom as hd
+
+    img = _volume(4)
+    enc = PetEncoding(reversed_order=reversed_order)
+    datasets = build_pet_series([img], [600.0], [1200.0], INFO, enc, dynamic=False)
+    vol = hd.get_volume_from_series(datasets[::-1]).to_patient_orientation("LPH")
+    assert vol.position == pytest.approx(ORIGIN, abs=1e-4)
+    assert vol.spacing == pytest.approx(SPACING_XYZ, abs=1e-4)  # (x, y, z) after LPH
+    decay = 2.0 ** (-600.0 / F18_HALF_LIFE_S)
+    expected_xyz = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0)) * decay
+    np.testing.assert_allclose(vol.array, expected_xyz, rtol=2e-3, atol=1.0)
