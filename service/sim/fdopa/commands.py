@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     val.add_argument("--subjects", type=int, default=200, help="subjects per tumour class")
     val.add_argument("--seed", type=int, default=2026)
+    val.add_argument("--manifest", type=Path, default=None,
+                     help="a generated benchmark's manifest.csv: add its truth table")
     val.set_defaults(func=run_validate)
 
 
@@ -65,4 +67,9 @@ def run_validate(args: argparse.Namespace) -> int:
     print(literature.table_markdown(literature.check(literature.population_statistics(population))))
     validation.tac_figure(args.img_dir / "fdopa_tacs.png", args.seed)
     validation.profile_figure(args.img_dir / "fdopa_profiles.png", args.seed)
+    if args.manifest is not None:
+        import csv
+
+        with args.manifest.open() as f:
+            print(validation.manifest_table(list(csv.DictReader(f))))
     return 0

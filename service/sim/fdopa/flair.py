@@ -184,7 +184,7 @@ def synthesise_flair(spec: SubjectSpec, pet_grid: ScanGrid, tumour: TumourMaps |
 
     fr = {k: sample(v) for k, v in maps.items() if k in RELAXATION}
     abnormal = np.clip(fr.get("lesion", 0.0) + fr.get("oedema", 0.0), 0.0, 1.0)
-    signal = np.zeros(idx.shape[1:], np.float32)
+    signal: np.ndarray = np.zeros(idx.shape[1:], np.float32)
     for name in ("white_matter", "grey_matter", "striatum", "csf"):
         signal += (1.0 - abnormal) * fr[name] * _signal(*RELAXATION[name], protocol)
     for name in ("extracerebral", "bone"):
@@ -195,7 +195,8 @@ def synthesise_flair(spec: SubjectSpec, pet_grid: ScanGrid, tumour: TumourMaps |
         signal += fr["oedema"] * _signal(*RELAXATION["oedema"], protocol)
         signal += fr["necrosis"] * _signal(*RELAXATION["necrosis"], protocol)
     bias = ndimage.zoom(rng.normal(0.0, 1.0, (4, 4, 4)), np.array(signal.shape) / 4.0, order=3)
-    signal = signal * (1.0 + 0.12 * bias[: signal.shape[0], : signal.shape[1], : signal.shape[2]])
+    nz, ny, nx = signal.shape
+    signal = signal * (1.0 + 0.12 * bias[:nz, :ny, :nx])
     wm_level = _signal(*RELAXATION["white_matter"], protocol)
     sigma = wm_level / protocol.snr
     noisy = np.hypot(signal + rng.normal(0, sigma, signal.shape),

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.sim.fdopa.kinetics import (
-    SCHEDULES,
     DT_MIN,
+    SCHEDULES,
     slope,
     time_grid_min,
     time_to_peak_min,
@@ -79,6 +79,10 @@ TARGETS: tuple[Target, ...] = (
            "striatal Patlak Kocc 0.0076-0.0104 /min", "mlfdopa Kocc CSV (note §2.2)"),
     Target("treatment_change_ts", "median", 0.4, 0.95, "treatment change T/S 0.4-0.9",
            "note §1.3 (Zaragori 2020 T/S > 1 recurrence)"),
+    Target("treatment_change_tbrmax", "median", 1.2, 1.9, "treatment change TBRmax 1.2-1.8",
+           "note §1.3 (Herrmann 2013 T/N cut-off 1.81)"),
+    Target("treatment_change_tbrmax_above_2_5", "fraction", 0.0, 0.12,
+           "about 10 % overlap with recurrence", "note §1.3 simulator consequence"),
 )
 
 
@@ -164,6 +168,9 @@ def population_statistics(values: dict[str, list[dict[str, float]]]) -> dict[str
                                     lambda v: v > 0),
         "striatum_kocc_per_min": _stat(col(None, "striatum_kocc_per_min"), "median", None),
         "treatment_change_ts": _stat(col("treatment_change", "ts"), "median", None),
+        "treatment_change_tbrmax": _stat(col("treatment_change", "tbrmax"), "median", None),
+        "treatment_change_tbrmax_above_2_5": _stat(col("treatment_change", "tbrmax"), "fraction",
+                                                   lambda v: v > 2.5),
     }
 
 

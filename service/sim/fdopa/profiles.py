@@ -14,7 +14,10 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class PetProfile:
-    """Everything that distinguishes one simulated PET site.
+    """Physics, reconstruction and header conventions of one simulated PET system.
+
+    Units of the written series and whether the recorded start time is the
+    dose-assay time are site choices (:class:`service.sim.fdopa.benchmark.FdopaSite`).
 
     Attributes
     ----------
@@ -39,15 +42,9 @@ class PetProfile:
         Output rows = columns.
     pixel_mm, slice_mm : float
         Output pixel spacing and slice spacing, mm.
-    units : "BQML" or "CNTS"
-        Stored units of the AC series (CNTS: Philips-style, with a private
-        activity-concentration factor).
     decay_correction : "START" or "ADMIN"
     frame_reference : "mid" or "start"
         Frame Reference Time convention of dynamic series.
-    injection_time_is_assay : bool
-        The Radiopharmaceutical Start Time is the dose-assay time (minutes
-        before the injection), as some sites record it.
     reversed_dynamic_order : bool
         Instance numbers of the dynamic series run backwards in time.
     """
@@ -60,8 +57,6 @@ class PetProfile:
     iterations: int
     subsets: int
     post_filter_fwhm_mm: float
-    sim_voxel_mm: float
-    n_views: int
     sensitivity: float
     scatter_fraction: float
     randoms_fraction: float
@@ -69,11 +64,11 @@ class PetProfile:
     matrix: int
     pixel_mm: float
     slice_mm: float
-    units: Literal["BQML", "CNTS"] = "BQML"
     decay_correction: Literal["START", "ADMIN"] = "START"
     frame_reference: Literal["mid", "start"] = "mid"
-    injection_time_is_assay: bool = False
     reversed_dynamic_order: bool = False
+    sim_voxel_mm: float = 3.0
+    n_views: int = 60
 
     @property
     def reconstruction_description(self) -> str:
@@ -84,29 +79,38 @@ class PetProfile:
         )
 
 
-_COMMON = {"sim_voxel_mm": 3.0, "n_views": 60}
-
 PET_PROFILES: dict[str, PetProfile] = {
     p.name: p
     for p in (
-        PetProfile("siemens_biograph_like", "SIEMENS", "Biograph mCT Flow", 4.5, True, 4, 10,
-                   3.0, sensitivity=1.0e-5, scatter_fraction=0.35, randoms_fraction=0.25,
-                   attenuation_map="ct", matrix=128, pixel_mm=2.04, slice_mm=2.03,
-                   decay_correction="START", frame_reference="mid",
-                   injection_time_is_assay=True, **_COMMON),
-        PetProfile("ge_discovery_like", "GE MEDICAL SYSTEMS", "Discovery MI", 5.0, False, 3, 12,
-                   5.0, sensitivity=6.0e-6, scatter_fraction=0.35, randoms_fraction=0.2,
-                   attenuation_map="ct", matrix=256, pixel_mm=1.17, slice_mm=2.79,
-                   decay_correction="START", frame_reference="start", **_COMMON),
-        PetProfile("philips_vereos_like", "Philips Medical Systems", "Vereos PET/CT", 4.0,
-                   False, 3, 15, 4.0, sensitivity=1.5e-5, scatter_fraction=0.3,
-                   randoms_fraction=0.15, attenuation_map="ct", matrix=128, pixel_mm=2.0,
-                   slice_mm=2.0, units="CNTS", decay_correction="START",
-                   frame_reference="start", reversed_dynamic_order=True, **_COMMON),
-        PetProfile("petmr_unseen", "SIEMENS", "Biograph mMR", 5.5, False, 3, 21, 4.0,
-                   sensitivity=2.2e-5, scatter_fraction=0.4, randoms_fraction=0.3,
-                   attenuation_map="mr_dixon", matrix=172, pixel_mm=2.09, slice_mm=2.03,
-                   decay_correction="ADMIN", frame_reference="mid", **_COMMON),
+        PetProfile(
+            name="siemens_biograph_like", manufacturer="SIEMENS", model_name="Biograph mCT Flow",
+            fwhm_mm=4.5, psf_recon=True, iterations=4, subsets=10, post_filter_fwhm_mm=3.0,
+            sensitivity=1.0e-5, scatter_fraction=0.35, randoms_fraction=0.25,
+            attenuation_map="ct", matrix=128, pixel_mm=2.04, slice_mm=2.03,
+            decay_correction="START", frame_reference="mid",
+        ),
+        PetProfile(
+            name="ge_discovery_like", manufacturer="GE MEDICAL SYSTEMS", model_name="Discovery MI",
+            fwhm_mm=5.0, psf_recon=False, iterations=3, subsets=12, post_filter_fwhm_mm=5.0,
+            sensitivity=6.0e-6, scatter_fraction=0.35, randoms_fraction=0.2,
+            attenuation_map="ct", matrix=256, pixel_mm=1.17, slice_mm=2.79,
+            decay_correction="START", frame_reference="start",
+        ),
+        PetProfile(
+            name="philips_vereos_like", manufacturer="Philips Medical Systems",
+            model_name="Vereos PET/CT", fwhm_mm=4.0, psf_recon=False, iterations=3, subsets=15,
+            post_filter_fwhm_mm=4.0, sensitivity=1.5e-5, scatter_fraction=0.3,
+            randoms_fraction=0.15, attenuation_map="ct", matrix=128, pixel_mm=2.0, slice_mm=2.0,
+            decay_correction="START", frame_reference="start",
+            reversed_dynamic_order=True,
+        ),
+        PetProfile(
+            name="petmr_unseen", manufacturer="SIEMENS", model_name="Biograph mMR",
+            fwhm_mm=5.5, psf_recon=False, iterations=3, subsets=21, post_filter_fwhm_mm=4.0,
+            sensitivity=2.2e-5, scatter_fraction=0.4, randoms_fraction=0.3,
+            attenuation_map="mr_dixon", matrix=172, pixel_mm=2.09, slice_mm=2.03,
+            decay_correction="ADMIN", frame_reference="mid",
+        ),
     )
 }
 

@@ -99,8 +99,10 @@ def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
     sm = build_maps(spec, sim_grid(p))
     scale = bqml_per_suv(spec)
     window = STATIC_WINDOWS_MIN[plan.static_window]
-    static = activity_bqml(sm, spec, spec.kinetics.static_suv(plan.static_window))
-    values, masks = static_truth(sm, static, scale)
+    suv = spec.kinetics.static_suv(plan.static_window)
+    static = activity_bqml(sm, spec, suv)
+    own = {k: (v if k == "tumour" else 0.0) for k, v in suv.items()}
+    values, masks = static_truth(sm, static, scale, activity_bqml(sm, spec, own))
     scanner = PetScanner(p, sm)
     start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
     ac, counts = scanner.frame(static, start_s, dur_s, np.random.default_rng(noise_seeds[0]))

@@ -64,9 +64,18 @@ def reference_masks(sm: SubjectMaps) -> dict[str, np.ndarray]:
 
 
 def static_truth(
-    sm: SubjectMaps, activity_zyx: np.ndarray, bqml_per_suv: float
+    sm: SubjectMaps, activity_zyx: np.ndarray, bqml_per_suv: float,
+    tumour_activity_zyx: np.ndarray | None = None,
 ) -> tuple[dict[str, object], dict[str, np.ndarray]]:
-    """Static reference values and masks (adds ``pet_active``) from an activity volume."""
+    """Static reference values and masks (adds ``pet_active``) from an activity volume.
+
+    ``tumour_activity_zyx`` is the tumour's own activity (its component alone):
+    maxima (SUVmax, TBRmax, T/S, T/N) are taken from it so that striatal or
+    cortical activity sharing a boundary voxel with the lesion does not count
+    as tumour; ``touches_striatum`` flags where a measured T/S is not valid.
+    The PET-active part (1.6 x background) uses the whole activity, as the
+    Nancy ground truth does on images.
+    """
     masks = reference_masks(sm)
     bg = float(activity_zyx[masks["background"]].mean())
     values: dict[str, object] = {
@@ -81,7 +90,9 @@ def static_truth(
     lesion = masks["lesion"]
     masks["pet_active"] = lesion & (activity_zyx > ACTIVE_THRESHOLD * bg)
     if lesion.any():
-        top = float(activity_zyx[lesion].max())
+        own = activity_zyx if tumour_activity_zyx is None else tumour_activity_zyx
+        top = float(own[lesion].max())
+        striatum_any = np.isin(sm.labels_zyx, [LABELS["striatum_left"], LABELS["striatum_right"]])
         active = masks["pet_active"]
         voxel_ml = sm.grid.voxel_mm**3 / 1000.0
         mtv = float(active.sum()) * voxel_ml
@@ -94,6 +105,7 @@ def static_truth(
             "measurable": mtv > MEASURABLE_ML,
             "t_s": top / float(activity_zyx[masks["striatum_contralateral"]].max()),
             "t_n": top / float(activity_zyx[masks["white_matter_contralateral"]].max()),
+            "touches_striatum": bool((ndimage.binary_dilation(lesion) & striatum_any).any()),
         }
     return values, masks
 

@@ -57,9 +57,11 @@ TUMOUR_K1_FACTOR: dict[str, tuple[float, float]] = {
     "lgg": (0.65, 1.1),
     "low_uptake": (0.45, 0.70),
     "dmg": (0.45, 1.15),
-    "treatment_change": (0.85, 1.45),
+    "treatment_change": (0.75, 1.2),
 }
 TUMOUR_CV = 0.20
+#: Narrower spread for treatment-related change (its TBR range is narrow, note §1.3).
+TUMOUR_CV_BY_CLASS = {"treatment_change": 0.12}
 #: Ratio of the hottest tumour voxel to the mean of the active tumour (heterogeneity).
 PEAK_FACTOR_RANGE: dict[str, tuple[float, float]] = {
     "hgg": (1.2, 1.5),
@@ -147,6 +149,7 @@ def sample_subject_kinetics(
     peak = 1.0
     if tumour_class != "none":
         k1f = float(rng.uniform(*TUMOUR_K1_FACTOR[tumour_class]))
-        tissues["tumour"] = _jitter(rng, TUMOUR_ANCHORS[tumour_class], TUMOUR_CV, k1f)
+        cv = TUMOUR_CV_BY_CLASS.get(tumour_class, TUMOUR_CV)
+        tissues["tumour"] = _jitter(rng, TUMOUR_ANCHORS[tumour_class], cv, k1f)
         peak = float(rng.uniform(*PEAK_FACTOR_RANGE[tumour_class]))
     return SubjectKinetics(tumour_class, plasma, tissues, peak, carbidopa)

@@ -8,6 +8,7 @@ import numpy as np
 
 from service.sim.fdopa.kinetics import SCHEDULES
 from service.sim.fdopa.literature import TTP_CUTOFF_MIN
+from service.sim.fdopa.subject import SubjectSpec
 from service.sim.fdopa.uptake import TUMOUR_ANCHORS, sample_subject_kinetics
 
 
@@ -83,12 +84,52 @@ def profile_figure(out_png: Path, seed: int) -> None:
             early = activity_bqml(sm, spec, {k: float(v[9]) for k, v in tac.items()})
             frame, _ = scanner.frame(early, 135.0, 30.0, np.random.default_rng(3))
             panels.append(("siemens dynamic\nframe 10 (30 s)", frame[z], masks["lesion"][z]))
+    panels.append(_flair_panel(spec, seed))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4))
     for ax, (title, img, outline) in zip(axes, panels, strict=True):
-        ax.imshow(img, cmap="gray_r", vmin=0, vmax=float(np.percentile(img, 99.8)))
+        cmap = "gray" if title.startswith("FLAIR") else "gray_r"
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=float(np.percentile(img, 99.8)))
         ax.contour(outline, levels=[0.5], colors="r", linewidths=0.7)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def _flair_panel(spec: SubjectSpec, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """FLAIR (2-D 3 T protocol) slice through the lesion, lesion outlined."""
+    from service.sim.fdopa.flair import PROTOCOLS, synthesise_flair
+    from service.sim.fdopa.profiles import get_pet_profile
+    from service.sim.fdopa.scanner import sim_grid
+    from service.sim.fdopa.subject import build_maps
+
+    sm = build_maps(spec, sim_grid(get_pet_profile("siemens_biograph_like")))
+    image = synthesise_flair(spec, sm.grid, sm.tumour, PROTOCOLS["ax2d_3t"],
+                             np.random.default_rng(seed))
+    z = int(np.argwhere(image.truth_zyx == 1)[:, 0].mean())
+    return ("FLAIR ax2d_3t (own pose)\nlesion outlined", image.volume_zyx[z],
+            image.truth_zyx[z] == 1)
+
+
+#: Manifest columns summarised per tumour class by :func:`manifest_table`.
+MANIFEST_COLUMNS = ("background_suv_mean", "striatum_suv_mean", "suvmax", "tbrmax", "tbrmean",
+                    "t_s", "t_n", "mtv_ml", "measured_tbrmax", "dyn_tumour_ttp_min_start",
+                    "dyn_tumour_slope_percent_per_min_start")
+
+
+def manifest_table(rows: list[dict[str, str]]) -> str:
+    """Median [10th-90th percentile] of the truth columns per tumour class (Markdown)."""
+    classes = sorted({r["tumour_class"] for r in rows})
+    lines = ["| class | n | " + " | ".join(MANIFEST_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(MANIFEST_COLUMNS)]
+    for cls in classes:
+        sub = [r for r in rows if r["tumour_class"] == cls]
+        cells = []
+        for col in MANIFEST_COLUMNS:
+            vals = np.array([float(r[col]) for r in sub if r.get(col) not in (None, "", "None")])
+            cells.append("-" if vals.size == 0 else
+                         f"{np.median(vals):.2f} [{np.percentile(vals, 10):.2f}-"
+                         f"{np.percentile(vals, 90):.2f}]")
+        lines.append(f"| {cls} | {len(sub)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
