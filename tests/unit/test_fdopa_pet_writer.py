@@ -162,3 +162,25 @@ def test_highdicom_volume_reader_gives_the_same_volume(reversed_order: bool) -> 
     decay = 2.0 ** (-600.0 / F18_HALF_LIFE_S)
     expected_xyz = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0)) * decay
     np.testing.assert_allclose(vol.array, expected_xyz, rtol=2e-3, atol=1.0)
+
+
+def test_legacy_converted_enhanced_pet_reads_back_and_validates(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from service.sim.fdopa.pet_writer import build_legacy_enhanced
+
+    img = _volume(5)
+    singles = build_pet_series([img], [600.0], [1200.0], INFO, PetEncoding(), dynamic=False)
+    path = write_series([build_legacy_enhanced(singles, INFO)], tmp_path)[0]
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == pydicom.uid.LegacyConvertedEnhancedPETImageStorage
+    assert int(ds.NumberOfFrames) == SHAPE_ZYX[0]
+    vol = hd.imread(str(path)).get_volume().to_patient_orientation("LPH")
+    assert vol.position == pytest.approx(ORIGIN, abs=1e-4)
+    decay = 2.0 ** (-600.0 / F18_HALF_LIFE_S)
+    np.testing.assert_allclose(vol.array, np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
+                               * decay, rtol=2e-3, atol=1.0)
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+        assert not errors, errors

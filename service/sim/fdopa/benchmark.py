@@ -51,6 +51,8 @@ class FdopaSite:
         Units of the static AC series.
     assay_time_fraction : float
         Share of studies whose recorded start time is the dose-assay time.
+    enhanced_fraction : float
+        Share of static AC series written as one Legacy Converted Enhanced PET instance.
     """
 
     name: str
@@ -61,6 +63,7 @@ class FdopaSite:
     adult_schedule: str
     units_mix: dict[str, float]
     assay_time_fraction: float = 0.0
+    enhanced_fraction: float = 0.0
 
 
 SITES: dict[str, FdopaSite] = {
@@ -69,11 +72,11 @@ SITES: dict[str, FdopaSite] = {
         FdopaSite("site_a", "siemens_biograph_like", "train_test", 180, 2101, "nancy30",
                   {"BQML": 1.0}, assay_time_fraction=0.5),
         FdopaSite("site_b", "ge_discovery_like", "train_test", 180, 2102, "rennes20",
-                  {"BQML": 0.8, "GML": 0.2}),
+                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1),
         FdopaSite("site_c", "philips_vereos_like", "train_test", 180, 2103, "nancy30",
                   {"CNTS": 0.7, "BQML": 0.3}),
         FdopaSite("site_d_unseen", "petmr_unseen", "unseen", 120, 2104, "nancy30",
-                  {"BQML": 1.0}),
+                  {"BQML": 1.0}, enhanced_fraction=0.5),
     )
 }
 
@@ -96,6 +99,7 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
     flair = None
     if paediatric or rng.random() < ADULT_FLAIR_FRACTION:
         flair = str(rng.choice(["ax2d_3t", "ax2d_15t", "iso3d_3t"], p=[0.5, 0.3, 0.2]))
+    enhanced = bool(rng.random() < site.enhanced_fraction)
     profile = get_pet_profile(site.profile)
     encoding = PetEncoding(
         units=_choice(rng, site.units_mix),  # type: ignore[arg-type]
@@ -108,7 +112,7 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
         study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
         paediatric=paediatric, seed=int(rng.integers(2**62)), static_window=window,
         schedule=("genoa25" if paediatric else site.adult_schedule) if dynamic else None,
-        encoding=encoding, flair=flair,
+        encoding=encoding, flair=flair, enhanced=enhanced,
     )
 
 

@@ -304,3 +304,25 @@ def write_series(datasets: list[Dataset], out_dir: Path, prefix: str = "PT") -> 
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def build_legacy_enhanced(datasets: list[Dataset], info: PetSeriesInfo) -> Dataset:
+    """One Legacy Converted Enhanced PET instance from a static per-slice series.
+
+    As some systems (e.g. Mediso) send it: per-frame Plane Position and Pixel
+    Value Transformation (per-frame Rescale Slope) functional groups, built by
+    ``highdicom.legacy``. The reference to the (unshipped) single-frame source
+    series is dropped, as a scanner writing it directly would not have one.
+    """
+    import highdicom as hd
+
+    enhanced = hd.legacy.LegacyConvertedEnhancedPETImage(
+        datasets,
+        series_instance_uid=uid(info.uid_seed, "series-enhanced", str(info.series_number)),
+        series_number=info.series_number,
+        sop_instance_uid=uid(info.uid_seed, "sop-enhanced", str(info.series_number)),
+        instance_number=1,
+    )
+    if "ReferencedSeriesSequence" in enhanced:
+        del enhanced.ReferencedSeriesSequence
+    return enhanced

@@ -2,7 +2,8 @@
 
 Layout of a study folder::
 
-    <study>/PT_STATIC/PT00001.dcm ...   attenuation-corrected static series
+    <study>/PT_STATIC/PT00001.dcm ...   attenuation-corrected static series (per slice, or one
+                                        Legacy Converted Enhanced PET instance)
     <study>/PT_NAC/...                  non-attenuation-corrected companion
     <study>/PT_DYNAMIC/...              dynamic series (if planned)
     <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned)
@@ -26,7 +27,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from service.sim.fdopa.kinetics import SCHEDULES, STATIC_WINDOWS_MIN
-from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_series, write_series
+from service.sim.fdopa.pet_writer import (
+    PetEncoding,
+    PetSeriesInfo,
+    build_legacy_enhanced,
+    build_pet_series,
+    write_series,
+)
 from service.sim.fdopa.profiles import PetProfile, get_pet_profile
 from service.sim.fdopa.scanner import PetScanner, sim_grid, to_output
 from service.sim.fdopa.subject import (
@@ -57,6 +64,7 @@ class StudyPlan:
     schedule: str | None = None
     encoding: PetEncoding = field(default_factory=PetEncoding)
     flair: str | None = None
+    enhanced: bool = False
 
 
 def _series_info(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, number: int,
@@ -139,6 +147,8 @@ def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: Subject
             decay_correction=plan.encoding.decay_correction)
         datasets = build_pet_series([to_output(vol, sm.grid, p)], [start_s], [dur_s], info,
                                     enc, dynamic=False)
+        if is_ac and plan.enhanced:
+            datasets = [build_legacy_enhanced(datasets, info)]
         write_series(datasets, study_dir / name)
 
 
@@ -199,7 +209,7 @@ def _plan_fields(plan: StudyPlan, spec: SubjectSpec) -> dict[str, object]:
         "age_years": spec.age_years, "sex": spec.sex, "weight_kg": spec.weight_kg,
         "injected_mbq": spec.injected_mbq, "carbidopa": spec.kinetics.carbidopa,
         "static_window": plan.static_window, "schedule": plan.schedule or "",
-        "flair": plan.flair or "",
+        "flair": plan.flair or "", "enhanced_pet": plan.enhanced,
         "units": plan.encoding.units, "decay_correction": plan.encoding.decay_correction,
         "assay_minutes_before_injection": plan.encoding.assay_minutes_before_injection,
         "atlas_labels": head_labels()[1],
