@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +165,16 @@ def test_a_study_is_deterministic_and_its_truth_lies_on_the_static_grid(tmp_path
     nac = pydicom.dcmread(sorted((a / "PT_NAC").glob("*.dcm"))[0], stop_before_pixels=True)
     assert "ATTN" not in nac.CorrectedImage and nac.StudyInstanceUID == first.StudyInstanceUID
     assert nac.SeriesInstanceUID != first.SeriesInstanceUID
+    ct = pydicom.dcmread(sorted((a / "CT_AC").glob("*.dcm"))[20])
+    assert ct.FrameOfReferenceUID == first.FrameOfReferenceUID  # PET/CT: co-registered
+    assert ct.StudyInstanceUID == first.StudyInstanceUID and ct.Modality == "CT"
+    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    assert hu.min() < -900 and hu.max() > 600  # air and skull
+    if shutil.which("dciodvfy"):
+        for path in (sorted((a / "CT_AC").glob("*.dcm"))[20], sorted((a / "PT_NAC").glob("*"))[0]):
+            out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                                 check=False)
+            assert "Error" not in out.stdout + out.stderr, path.name
     labels = sitk.GetArrayFromImage(seg)
     assert {1, 3, 4, 5} <= set(np.unique(labels)) or {2, 3, 4, 5} <= set(np.unique(labels))
 

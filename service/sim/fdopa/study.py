@@ -5,6 +5,7 @@ Layout of a study folder::
     <study>/PT_STATIC/PT00001.dcm ...   attenuation-corrected static series (per slice, or one
                                         Legacy Converted Enhanced PET instance)
     <study>/PT_NAC/...                  non-attenuation-corrected companion
+    <study>/CT_AC/CT00001.dcm ...       low-dose CT of PET/CT profiles (same frame of reference)
     <study>/PT_DYNAMIC/...              dynamic series (if planned)
     <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned)
     <study>/truth_flair_seg.nii.gz      FLAIR truth on the FLAIR grid: 1 lesion, 2 oedema
@@ -117,6 +118,8 @@ def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
     nac, _ = scanner.frame(static, start_s, dur_s, np.random.default_rng(noise_seeds[1]), False)
     study_dir = out_dir / plan.study_id
     _write_static(plan, spec, p, sm, ac, nac, start_s, dur_s, study_dir)
+    if p.attenuation_map == "ct":
+        _write_ct(plan, spec, p, sm, study_dir)
     sitk.WriteImage(to_output(_label_image(masks), sm.grid, p, nearest=True),
                     str(study_dir / "truth_seg.nii.gz"))
     row: dict[str, object] = _plan_fields(plan, spec) | values | _measured(ac, masks)
@@ -150,6 +153,19 @@ def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: Subject
         if is_ac and plan.enhanced:
             datasets = [build_legacy_enhanced(datasets, info)]
         write_series(datasets, study_dir / name)
+
+
+def _write_ct(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
+              study_dir: Path) -> None:
+    from service.sim.fdopa.ct_writer import build_ct_series, ct_reference, hounsfield
+    from service.sim.fdopa.scanner import sim_image
+
+    hu = hounsfield(sm.maps, np.random.default_rng(plan.seed % 2**32))
+    axial_mm = sm.grid.shape_zyx[0] * sm.grid.voxel_mm
+    image = sitk.Resample(sim_image(hu, sm.grid), ct_reference(sm.grid.centre_lps_mm, axial_mm),
+                          sitk.Transform(), sitk.sitkLinear, -1000.0)
+    info = _series_info(plan, spec, p, 1, "CT LowDose AC Brain")
+    write_series(build_ct_series(image, info), study_dir / "CT_AC", "CT")
 
 
 def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
