@@ -1,6 +1,8 @@
 """Glioma phantoms with known truth, drawn on the MNI 2 mm atlas grid.
 
-Parametric lesions (research note §4.1 "parametric blobs"): an ellipsoid of
+Two lesion models (research note §4.1). Infiltrative gliomas grown by the
+Fisher-Kolmogorov model on the grey/white matter maps (:mod:`.growth`, half
+of the lesions), and parametric blobs: an ellipsoid of
 random axes and orientation whose boundary is modulated by smooth noise
 (irregular margin), an optional necrotic core (fraction of the radius), an
 oedema shell (FLAIR-visible, PET near background) restricted to brain tissue,
@@ -11,8 +13,7 @@ head labels (:mod:`.head`): cerebral hemispheres, thalamus, pons/brain stem
 (infratentorial), and multifocal hemispheric lesions.
 
 Everything is in atlas space, so the subject transform maps the truth masks
-onto the scan grid exactly as it maps the anatomy. Not modelled yet: the
-Fisher-Kolmogorov growth model (see ``docs/fdopa_simulator.md``).
+onto the scan grid exactly as it maps the anatomy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from service.imaging.atlas import load_atlas
+from service.sim.fdopa.growth import GrowthParams, grow, sample_growth
 from service.sim.fdopa.head import LABELS, head_labels, tissue_maps
 
 #: Location mix per tumour class (probabilities).
@@ -43,6 +45,8 @@ VOLUME_ML: dict[str, tuple[float, float]] = {
     "dmg": (3.0, 30.0),
     "treatment_change": (0.3, 20.0),
 }
+#: Probability that a lesion is grown by the reaction-diffusion model instead of a blob.
+GROWTH_PROBABILITY = 0.5
 #: Probability of a necrotic core per class.
 NECROSIS_PROBABILITY: dict[str, float] = {"hgg": 0.6, "dmg": 0.3, "treatment_change": 0.3}
 
@@ -65,8 +69,12 @@ class LesionSpec:
     oedema_mm : float
         Thickness of the oedema shell, mm.
     irregularity : float
-        Relative amplitude of the boundary modulation.
+        Relative amplitude of the boundary modulation (blobs).
     noise_seed : int
+    growth : GrowthParams or None
+        Fisher-Kolmogorov parameters (:mod:`.growth`); None: parametric blob.
+    lesion_threshold : float
+        Cell density above which a grown lesion counts as tumour (0.45-0.6).
     """
 
     centre_ras_mm: np.ndarray
@@ -77,6 +85,8 @@ class LesionSpec:
     oedema_mm: float
     irregularity: float
     noise_seed: int
+    growth: GrowthParams | None = None
+    lesion_threshold: float = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +167,8 @@ def sample_lesions(
             oedema_mm=float(rng.uniform(3.0, 15.0 if not paediatric else 8.0)),
             irregularity=float(rng.uniform(0.1, 0.35)),
             noise_seed=int(rng.integers(2**31)),
+            growth=sample_growth(rng) if rng.random() < GROWTH_PROBABILITY else None,
+            lesion_threshold=float(rng.uniform(0.45, 0.6)),
         ))
     return location, tuple(specs)
 
@@ -175,8 +187,36 @@ def _smooth_noise(seed: int, shape: tuple[int, ...], sigma_vox: float) -> np.nda
     return field / max(float(field.std()), 1e-9)
 
 
+def _atlas_index(ras_mm: np.ndarray) -> tuple[int, int, int]:
+    """Nearest atlas voxel (z, y, x) of an MNI RAS point."""
+    atlas = load_atlas()
+    lps = np.array([-ras_mm[0], -ras_mm[1], ras_mm[2]])
+    idx = (lps - atlas.origin_lps_mm) / (atlas.direction[[0, 4, 8]] * atlas.spacing_mm)
+    k, j, i = (int(np.clip(round(float(v)), 0, n - 1))
+               for v, n in zip(idx[::-1], atlas.shape_zyx, strict=True))
+    return k, j, i
+
+
+def _grown_masks(spec: LesionSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion, necrosis and oedema envelope of a reaction-diffusion lesion."""
+    assert spec.growth is not None
+    maps = tissue_maps()
+    target_ml = 4.0 / 3.0 * np.pi * spec.radius_mm**3 / 1000.0
+    u = grow(maps["grey_matter"] + maps["striatum"], maps["white_matter"],
+             _atlas_index(spec.centre_ras_mm), spec.growth, target_ml, spec.lesion_threshold)
+    lesion = u > spec.lesion_threshold
+    depth = ndimage.distance_transform_edt(lesion)
+    necrosis = lesion & (depth > (1.0 - spec.necrosis_fraction) * float(depth.max())) \
+        if spec.necrosis_fraction > 0 else np.zeros_like(lesion)
+    shell = max(1, round(spec.oedema_mm / 2.0))
+    envelope = ndimage.binary_dilation(u > 0.5 * spec.lesion_threshold, iterations=shell)
+    return lesion, necrosis, envelope
+
+
 def _lesion_masks(spec: LesionSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lesion, necrosis and oedema-envelope masks of one lesion (bool, atlas grid)."""
+    if spec.growth is not None:
+        return _grown_masks(spec)
     rel = _ras_grid() - spec.centre_ras_mm[:, None, None, None].astype(np.float32)
     local = np.einsum("ij,jzyx->izyx", _rotation(spec.angles_rad).T.astype(np.float32), rel)
     dist = np.sqrt(sum((local[a] / spec.axes[a]) ** 2 for a in range(3)))
