@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from service.sim.fdopa.flair import FlairProtocol, synthesise_flair
 from service.sim.fdopa.mr_writer import build_flair_series
@@ -73,6 +74,12 @@ def test_flair_series_reads_back_and_passes_dciodvfy(case: tuple, tmp_path: Path
     stack = np.stack([d.pixel_array for d in slices]).astype(float)
     corr = np.corrcoef(stack.ravel(), image.volume_zyx.ravel())[0, 1]
     assert corr > 0.999
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
+    back = reader.Execute()
+    np.testing.assert_allclose(back.GetOrigin(), image.origin_lps_mm, atol=1e-3)
+    np.testing.assert_allclose(back.GetSpacing(), image.spacing_mm, atol=1e-4)
+    assert np.corrcoef(sitk.GetArrayFromImage(back).ravel(), image.volume_zyx.ravel())[0, 1] > 0.999
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(paths[0])], capture_output=True, text=True,
                              check=False)

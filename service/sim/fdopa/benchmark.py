@@ -120,7 +120,8 @@ def _site_dir(out_dir: Path, site: FdopaSite) -> Path:
     return out_dir / site.name
 
 
-def _done(out_dir: Path, site: FdopaSite, index: int) -> bool:
+def is_done(out_dir: Path, site: FdopaSite, index: int) -> bool:
+    """Whether study ``index`` of ``site`` is complete under ``out_dir``."""
     return (_site_dir(out_dir, site) / f"{site.name}_{index:05d}" / TRUTH_FILE).exists()
 
 
@@ -135,20 +136,15 @@ def _run(args: tuple[FdopaSite, int, Path]) -> float:
 
     site, index, out_dir = args
     t0 = time.monotonic()
-    row = simulate_study(plan_study(site, index), _site_dir(out_dir, site))
-    row_path = _site_dir(out_dir, site) / str(row["study_id"]) / TRUTH_FILE
-    data = json.loads(row_path.read_text())
-    data |= {"site": site.name, "role": site.role}
-    tmp = row_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, row_path)
+    simulate_study(plan_study(site, index), _site_dir(out_dir, site),
+                   {"site": site.name, "role": site.role})
     return time.monotonic() - t0
 
 
 def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2) -> Path:
     """Generate (or finish) ``sites`` under ``out_dir``; returns the manifest path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(s, i, out_dir) for s in sites for i in range(s.n_studies) if not _done(out_dir, s, i)]
+    tasks = [(s, i, out_dir) for s in sites for i in range(s.n_studies) if not is_done(out_dir, s, i)]
     if workers <= 1:
         _init_worker()
         for t in tasks:

@@ -45,7 +45,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_describe(args: argparse.Namespace) -> int:
-    from service.sim.fdopa.benchmark import SITES, _done
+    from service.sim.fdopa.benchmark import SITES, is_done
     from service.sim.fdopa.profiles import get_pet_profile
 
     for site in SITES.values():
@@ -54,7 +54,7 @@ def run_describe(args: argparse.Namespace) -> int:
                 f"{p.manufacturer} {p.model_name} {p.matrix}x{p.matrix} {p.pixel_mm} mm "
                 f"{p.reconstruction_description} units={site.units_mix}")
         if args.out is not None:
-            line += f" done={sum(_done(args.out, site, i) for i in range(site.n_studies))}"
+            line += f" done={sum(is_done(args.out, site, i) for i in range(site.n_studies))}"
         print(line)
     return 0
 

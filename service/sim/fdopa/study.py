@@ -20,6 +20,7 @@ background), 3 healthy-brain background crescent, 4 contralateral striatum,
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,15 @@ def _label_image(masks: dict[str, np.ndarray]) -> np.ndarray:
     return labels
 
 
-def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
-    """Simulate, write and return the truth row of ``plan`` under ``out_dir/plan.study_id``."""
+def simulate_study(
+    plan: StudyPlan, out_dir: Path, extra: dict[str, object] | None = None
+) -> dict[str, object]:
+    """Simulate, write and return the truth row of ``plan`` under ``out_dir/plan.study_id``.
+
+    ``extra`` fields (e.g. site and role) are added to the truth row. The
+    truth file is written last and atomically: its presence marks the study
+    as complete.
+    """
     t0 = time.process_time()
     rng = np.random.default_rng(plan.seed)
     spec = sample_subject(rng, plan.tumour_class, plan.paediatric)
@@ -122,14 +130,17 @@ def simulate_study(plan: StudyPlan, out_dir: Path) -> dict[str, object]:
         _write_ct(plan, spec, p, sm, study_dir)
     sitk.WriteImage(to_output(_label_image(masks), sm.grid, p, nearest=True),
                     str(study_dir / "truth_seg.nii.gz"))
-    row: dict[str, object] = _plan_fields(plan, spec) | values | _measured(ac, masks)
+    row: dict[str, object] = (extra or {}) | _plan_fields(plan, spec) | values
+    row |= _measured(ac, masks)
     row["static_prompts"] = counts
     if plan.schedule:
         row |= _dynamic(plan, spec, p, sm, scanner, masks, noise_seeds[2], study_dir)
     if plan.flair:
         row |= _flair(plan, spec, p, sm, noise_seeds[3], study_dir)
     row["cpu_s"] = round(time.process_time() - t0, 2)
-    (study_dir / TRUTH_FILE).write_text(json.dumps(row, indent=1, default=_json))
+    tmp = study_dir / (TRUTH_FILE + ".tmp")
+    tmp.write_text(json.dumps(row, indent=1, default=_json))
+    os.replace(tmp, study_dir / TRUTH_FILE)
     return row
 
 
