@@ -18,13 +18,25 @@ from service.sim.anatomy import ScanGrid
 from service.sim.fdopa import head
 from service.sim.fdopa.benchmark import SITES, plan_study
 from service.sim.fdopa.pet import PetProjector
-from service.sim.fdopa.profiles import get_pet_profile
+from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
 from service.sim.fdopa.scanner import PetScanner, sim_grid
 from service.sim.fdopa.study import StudyPlan, simulate_study
 from service.sim.fdopa.subject import activity_bqml, build_maps, sample_subject
 from service.sim.fdopa.truth import static_truth
 from service.sim.fdopa.tumour import build_tumour, sample_lesions
 from service.sim.recon import osem
+
+
+@pytest.fixture
+def small_profile(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A coarse, fast PET/CT profile for the end-to-end tests (4.5 mm grid, 30 views)."""
+    from dataclasses import replace
+
+    profile = replace(get_pet_profile("philips_vereos_like"), name="test_small",
+                      sim_voxel_mm=4.5, n_views=30, iterations=2, subsets=5, matrix=64,
+                      pixel_mm=3.6, slice_mm=3.6)
+    monkeypatch.setitem(PET_PROFILES, "test_small", profile)
+    return "test_small"
 
 
 def _lps_x_centroid(mask: np.ndarray) -> float:
@@ -119,12 +131,12 @@ def test_osem_with_ac_recovers_activity_and_without_it_loses_the_centre() -> Non
     assert float(vol_nac[centre].mean()) / float(vol_nac[edge].mean()) < 0.85
 
 
-def test_higher_simulated_uptake_gives_higher_measured_tbr() -> None:
+def test_higher_simulated_uptake_gives_higher_measured_tbr(small_profile: str) -> None:
     rng = np.random.default_rng(21)
     spec = sample_subject(rng, "hgg", False)
     while spec.location != "hemisphere":
         spec = sample_subject(rng, "hgg", False)
-    profile = get_pet_profile("ge_discovery_like")
+    profile = get_pet_profile(small_profile)
     sm = build_maps(spec, sim_grid(profile))
     scanner = PetScanner(profile, sm)
     suv = spec.kinetics.static_suv()
@@ -146,14 +158,22 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.dcm"))}
 
 
-def test_a_study_is_deterministic_and_its_truth_lies_on_the_static_grid(tmp_path: Path) -> None:
-    plan = StudyPlan("t_00001", "philips_vereos_like", "hgg", False, seed=77)
+def test_a_study_is_deterministic_and_its_truth_lies_on_the_static_grid(
+    tmp_path: Path, small_profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.sim.fdopa.kinetics import SCHEDULES, FrameSchedule
+
+    monkeypatch.setitem(SCHEDULES, "test4", FrameSchedule("test4", (60.0, 60.0, 120.0, 300.0)))
+    plan = StudyPlan("t_00001", small_profile, "hgg", False, seed=77, schedule="test4")
     rows = [simulate_study(plan, tmp_path / run) for run in ("a", "b")]
     a, b = tmp_path / "a" / plan.study_id, tmp_path / "b" / plan.study_id
-    assert _files(a) == _files(b) and len(_files(a)) > 100
+    assert _files(a) == _files(b) and len(_files(a)) > 80
     strip = [{k: v for k, v in r.items() if k != "cpu_s"} for r in rows]
     assert strip[0] == strip[1]
-    assert json.loads((a / "truth.json").read_text())["tumour_class"] == "hgg"
+    truth = json.loads((a / "truth.json").read_text())
+    assert truth["tumour_class"] == "hgg" and len(truth["dyn_tumour_tac_bqml"]) == 4
+    dyn = pydicom.dcmread(sorted((a / "PT_DYNAMIC").glob("*.dcm"))[0], stop_before_pixels=True)
+    assert int(dyn.NumberOfTimeSlices) == 4 and dyn.SeriesType[0] == "DYNAMIC"
     seg = sitk.ReadImage(str(a / "truth_seg.nii.gz"))
     first = pydicom.dcmread(sorted((a / "PT_STATIC").glob("*.dcm"))[0], stop_before_pixels=True)
     assert seg.GetSize()[:2] == (first.Columns, first.Rows)

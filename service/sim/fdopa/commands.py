@@ -71,5 +71,8 @@ def run_validate(args: argparse.Namespace) -> int:
         import csv
 
         with args.manifest.open() as f:
-            print(validation.manifest_table(list(csv.DictReader(f))))
+            rows = list(csv.DictReader(f))
+        stats = literature.population_statistics(validation.manifest_population(rows))
+        print(literature.table_markdown(literature.check(stats)))
+        print(validation.manifest_table(rows))
     return 0

@@ -130,6 +130,8 @@ def subject_values(subject: SubjectKinetics) -> dict[str, float]:
 
 def _stat(values: list[float], statistic: str, test: Callable[[float], bool] | None) -> float:
     arr = np.asarray(values, float)
+    if arr.size == 0:
+        return float("nan")
     if statistic == "fraction":
         assert test is not None
         return float(np.mean([test(v) for v in arr]))
@@ -197,8 +199,10 @@ def table_markdown(rows: list[tuple[Target, float, bool]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for t, value, ok in rows:
+        shown, verdict = ("n/a", "n/a") if np.isnan(value) else (f"{value:.3g}",
+                                                               "yes" if ok else "NO")
         lines.append(
-            f"| {t.name} ({t.statistic}) | {value:.3g} | {t.low:g}-{t.high:g} | "
-            f"{t.literature} | {t.source} | {'yes' if ok else 'NO'} |"
+            f"| {t.name} ({t.statistic}) | {shown} | {t.low:g}-{t.high:g} | "
+            f"{t.literature} | {t.source} | {verdict} |"
         )
     return "\n".join(lines)

@@ -126,6 +126,7 @@ def build_maps(spec: SubjectSpec, grid: ScanGrid) -> SubjectMaps:
     maps = {k: sample(v).astype(np.float32) for k, v in atlas_maps.items() if k != "mu511"}
     for k in ("lesion", "necrosis", "oedema", "uptake"):
         maps.setdefault(k, np.zeros(grid.shape_zyx, np.float32))
+    maps["uptake"] = _renormalise_uptake(maps, spec.kinetics.peak_factor)
     noise = ndimage.gaussian_filter(
         np.random.default_rng(spec.heterogeneity_seed).normal(size=grid.shape_zyx), 3.0
     )
@@ -140,6 +141,25 @@ def build_maps(spec: SubjectSpec, grid: ScanGrid) -> SubjectMaps:
         labels_zyx=sample(labels, order=0).astype(np.uint8),
         tumour=tumour,
     )
+
+
+def _renormalise_uptake(maps: dict[str, np.ndarray], peak_factor: float) -> np.ndarray:
+    """Restore mean 1 and max ``peak_factor`` of the active tumour after resampling.
+
+    Interpolating the 2 mm atlas-grid uptake onto the scan grid lowers its
+    peak; the subject's kinetics define max/mean on the grid the images are
+    made on, so the map is stretched back (boundary voxels keep their partial
+    values, clipped at 0).
+    """
+    amp = maps["uptake"]
+    core = (maps["lesion"] - maps["necrosis"] > 0.5) & (amp > 0)
+    if not core.any():
+        return amp
+    mean, top = float(amp[core].mean()), float(amp[core].max())
+    if top <= mean:
+        return (amp / mean).astype(np.float32)
+    stretched = 1.0 + (amp / mean - 1.0) * (peak_factor - 1.0) / (top / mean - 1.0)
+    return np.where(amp > 0, np.clip(stretched, 0.0, None), 0.0).astype(np.float32)
 
 
 def bqml_per_suv(spec: SubjectSpec) -> float:

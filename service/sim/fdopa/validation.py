@@ -133,3 +133,22 @@ def manifest_table(rows: list[dict[str, str]]) -> str:
                          f"{np.percentile(vals, 90):.2f}]")
         lines.append(f"| {cls} | {len(sub)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: Manifest column for each per-subject key of :func:`literature.subject_values`.
+_MANIFEST_KEYS = {
+    "background_suv_mean": "background_suv_mean", "white_matter_suv_mean": "white_matter_suv_mean",
+    "striatum_suv_mean": "striatum_suv_mean", "suvmax": "suvmax", "tbrmax": "tbrmax",
+    "tbrmean": "tbrmean", "ts": "t_s", "ttp_min": "dyn_tumour_ttp_min_start",
+    "slope_percent_per_min": "dyn_tumour_slope_percent_per_min_start",
+}
+
+
+def manifest_population(rows: list[dict[str, str]]) -> dict[str, list[dict[str, float]]]:
+    """Per-class subject values from a benchmark manifest (voxel-level truth of real studies)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for r in rows:
+        values = {k: float(r[c]) for k, c in _MANIFEST_KEYS.items()
+                  if r.get(c) not in (None, "", "None")}
+        out.setdefault(r["tumour_class"], []).append(values)
+    return out
