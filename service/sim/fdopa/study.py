@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +157,8 @@ def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: Subject
         info = _series_info(plan, spec, p, number,
                             f"Brain FDOPA {plan.static_window} min {'AC' if is_ac else 'NAC'}",
                             is_ac)
-        enc = plan.encoding if is_ac else PetEncoding(
-            decay_correction=plan.encoding.decay_correction)
+        # the NAC companion: same radiopharmaceutical record, plain BQML
+        enc = plan.encoding if is_ac else replace(plan.encoding, units="BQML")
         datasets = build_pet_series([to_output(vol, sm.grid, p)], [start_s], [dur_s], info,
                                     enc, dynamic=False)
         if is_ac and plan.enhanced:
