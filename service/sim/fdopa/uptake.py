@@ -29,9 +29,9 @@ from service.sim.fdopa.kinetics import (
 
 #: Normal tissues: anchor kinetics and log-normal CV of K1 between subjects.
 TISSUE_ANCHORS: dict[str, Kinetics] = {
-    "grey_matter": Kinetics(0.108, 0.104, 0.0, 0.033),
+    "grey_matter": Kinetics(0.117, 0.104, 0.0, 0.033),
     "white_matter": Kinetics(0.080, 0.103, 0.0, 0.033),
-    "striatum": Kinetics(0.155, 0.070, 0.004, 0.030),
+    "striatum": Kinetics(0.155, 0.070, 0.0045, 0.030),
     "extracerebral": Kinetics(0.045, 0.090, 0.0, 0.030),
     "necrosis": Kinetics(0.030, 0.100, 0.0, 0.010),
     "oedema": Kinetics(0.095, 0.103, 0.0, 0.035),
