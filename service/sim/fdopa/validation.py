@@ -53,7 +53,8 @@ def tac_figure(out_png: Path, seed: int, n_subjects: int = 40) -> None:
 
 
 def profile_figure(out_png: Path, seed: int) -> None:
-    """One HGG subject, static AC per scanner profile, NAC, and an early dynamic frame."""
+    """One HGG subject: static AC per scanner profile (row 1); NAC, an early and the last
+    dynamic frame, and the FLAIR (row 2); lesion outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,9 +67,10 @@ def profile_figure(out_png: Path, seed: int) -> None:
 
     rng = np.random.default_rng(seed)
     spec = sample_subject(rng, "hgg", False)
-    while spec.location != "hemisphere":
-        spec = sample_subject(rng, "hgg", False)
-    panels = []
+    while spec.location != "hemisphere" or not -5 < spec.lesions[0].centre_ras_mm[2] < 20:
+        spec = sample_subject(rng, "hgg", False)  # a lesion at the striatum's level
+    panels: list[tuple[str, np.ndarray, np.ndarray]] = []
+    extra: list[tuple[str, np.ndarray, np.ndarray]] = []
     for name, profile in PET_PROFILES.items():
         sm = build_maps(spec, sim_grid(profile))
         act = activity_bqml(sm, spec, spec.kinetics.static_suv())
@@ -79,21 +81,27 @@ def profile_figure(out_png: Path, seed: int) -> None:
         panels.append((f"{name}\nstatic 10-30 min AC", vol[z], masks["lesion"][z]))
         if name == "siemens_biograph_like":
             nac, _ = scanner.frame(act, 600.0, 1200.0, np.random.default_rng(2), False)
-            panels.append(("siemens NAC", nac[z], masks["lesion"][z]))
-            tac = spec.kinetics.frame_tacs(SCHEDULES["nancy30"])
-            early = activity_bqml(sm, spec, {k: float(v[9]) for k, v in tac.items()})
-            frame, _ = scanner.frame(early, 135.0, 30.0, np.random.default_rng(3))
-            panels.append(("siemens dynamic\nframe 10 (30 s)", frame[z], masks["lesion"][z]))
+            extra = [("siemens NAC 10-30 min", nac[z], masks["lesion"][z])]
+            sched = SCHEDULES["nancy30"]
+            tac = spec.kinetics.frame_tacs(sched)
+            for i in (9, 16):
+                frame_act = activity_bqml(sm, spec, {k: float(v[i]) for k, v in tac.items()})
+                frame, _ = scanner.frame(frame_act, float(sched.starts_s[i]),
+                                         float(sched.durations_s[i]), np.random.default_rng(3))
+                label = f"siemens dynamic frame {i + 1}\n{sched.starts_s[i] / 60:.2f} min, " \
+                        f"{sched.durations_s[i]:.0f} s"
+                extra.append((label, frame[z], masks["lesion"][z]))
+    panels += extra
     panels.append(_flair_panel(spec, seed))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4))
-    for ax, (title, img, outline) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(2, 4, figsize=(13, 7))
+    for ax, (title, img, outline) in zip(axes.ravel(), panels, strict=True):
         cmap = "gray" if title.startswith("FLAIR") else "gray_r"
         ax.imshow(img, cmap=cmap, vmin=0, vmax=float(np.percentile(img, 99.8)))
         ax.contour(outline, levels=[0.5], colors="r", linewidths=0.7)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=100)
     plt.close(fig)
 
 
