@@ -67,7 +67,7 @@ def profile_figure(out_png: Path, seed: int) -> None:
 
     rng = np.random.default_rng(seed)
     spec = sample_subject(rng, "hgg", False)
-    while spec.location != "hemisphere" or not -5 < spec.lesions[0].centre_ras_mm[2] < 20:
+    while spec.location != "hemisphere" or not 0 < spec.lesions[0].centre_ras_mm[2] < 8:
         spec = sample_subject(rng, "hgg", False)  # a lesion at the striatum's level
     panels: list[tuple[str, np.ndarray, np.ndarray]] = []
     extra: list[tuple[str, np.ndarray, np.ndarray]] = []
