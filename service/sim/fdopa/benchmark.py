@@ -146,9 +146,15 @@ def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = [(s, i, out_dir) for s in sites for i in range(s.n_studies) if not is_done(out_dir, s, i)]
     if workers <= 1:
-        _init_worker()
-        for t in tasks:
-            _run(t)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # same arithmetic as in the pool: same bytes
+        try:
+            for t in tasks:
+                _run(t)
+        finally:
+            torch.set_num_threads(threads)
     else:
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
             list(pool.map(_run, tasks, chunksize=1))

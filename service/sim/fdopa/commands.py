@@ -17,6 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=run_generate)
+    sim = sub.add_parser("simulate", help="ad-hoc FDOPA studies of one scanner profile")
+    sim.add_argument("out", type=Path)
+    sim.add_argument("--profile", required=True, help="PET profile name")
+    sim.add_argument("--n", type=int, required=True, help="number of studies")
+    sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument("--workers", type=int, default=2)
+    sim.set_defaults(func=run_simulate)
     desc = sub.add_parser("describe", help="print the benchmark definition and progress")
     desc.add_argument("out", type=Path, nargs="?", default=None)
     desc.set_defaults(func=run_describe)
@@ -41,6 +48,22 @@ def run_generate(args: argparse.Namespace) -> int:
     sites = [replace(SITES[n], n_studies=min(SITES[n].n_studies, args.limit or 10**9))
              for n in names]
     print(f"manifest {generate(sites, args.out, workers=args.workers)}")
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.benchmark import FdopaSite, generate
+    from service.sim.fdopa.profiles import get_pet_profile
+
+    if args.n < 1:
+        raise SystemExit("--n must be at least 1")
+    try:
+        get_pet_profile(args.profile)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    site = FdopaSite(args.profile, args.profile, "custom", args.n, args.seed, "nancy30",
+                     {"BQML": 1.0})
+    print(f"manifest {generate([site], args.out, workers=args.workers)}")
     return 0
 
 
