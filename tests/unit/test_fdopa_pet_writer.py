@@ -111,7 +111,7 @@ def test_dynamic_frame_timing_reads_back_to_the_schedule(variant: str, tmp_path:
                       reversed_order=variant == "reversed")
     paths = write_series(build_pet_series(frames, list(sched.starts_s),
                                           list(sched.durations_s), INFO, enc, True), tmp_path)
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    datasets = [pydicom.dcmread(p) for p in paths]
     n_slices = int(datasets[0].NumberOfSlices)
     assert int(datasets[0].NumberOfTimeSlices) == len(sched.durations_s)
     assert list(datasets[0].SeriesType) == ["DYNAMIC", "IMAGE"]
@@ -126,6 +126,11 @@ def test_dynamic_frame_timing_reads_back_to_the_schedule(variant: str, tmp_path:
         ref_s = float(ds.FrameReferenceTime) / 1000.0 + (series_start - INJECTION).total_seconds()
         expected = sched.starts_s[f] if variant == "start" else sched.mids_s[f]
         assert ref_s == pytest.approx(expected)
+        k = (int(ds.ImageIndex) - 1) % n_slices  # SUV of this frame from its own header
+        suv_true = sitk.GetArrayFromImage(frames[f])[k] * (INFO.weight_kg * 1000.0) / (
+            INFO.injected_mbq * 1e6)
+        np.testing.assert_allclose(reference_suv(ds), suv_true, rtol=2e-3,
+                                   atol=2e-4 * suv_true.max())
     order = sorted(datasets, key=lambda d: int(d.InstanceNumber))
     first_index, last_index = int(order[0].ImageIndex), int(order[-1].ImageIndex)
     assert (first_index > last_index) == (variant == "reversed")

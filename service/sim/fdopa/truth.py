@@ -11,7 +11,8 @@ Definitions (named as in the two reference works, research note fdopa.md §1):
 * Genoa (paediatric): T/S = max(lesion) / max(contralateral striatum);
   T/N = max(lesion) / max(eroded contralateral cerebral white matter); TTP
   and slopes (linear regression from 120 s to the last frame) of the mean
-  tumour and striatum TACs, with frame start and mid-frame times.
+  tumour and striatum TACs, with frame start and mid-frame times (and from
+  150 s with frame starts, the Genoa code's newer-scanner window).
 
 The contralateral side of a midline lesion is the left (the Genoa code's
 default for infratentorial lesions). All values are computed on the ideal
@@ -126,6 +127,10 @@ def dynamic_truth(
             per_s, pct = slope(tac, times, from_s=120.0)
             out[f"{region}_slope_bqml_per_s_{conv}"] = per_s
             out[f"{region}_slope_percent_per_min_{conv}"] = pct
+        # Genoa's newer scanner starts the fit at 150 s (frame-start convention)
+        if (schedule.starts_s >= 150.0 - 1e-6).sum() >= 2:
+            out[f"{region}_slope_bqml_per_s_start_from150"] = slope(
+                tac, schedule.starts_s, from_s=150.0)[0]
     if "tumour" in regions:
         out["dsr_start"] = float(out["tumour_slope_bqml_per_s_start"]) / float(  # type: ignore[arg-type]
             out["striatum_slope_bqml_per_s_start"])  # type: ignore[arg-type]
