@@ -85,3 +85,25 @@ def test_flair_series_reads_back_and_passes_dciodvfy(case: tuple, tmp_path: Path
                              check=False)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
         assert not errors, errors
+
+
+def test_legacy_converted_enhanced_mr_reads_back_and_validates(case: tuple,
+                                                               tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from service.sim.fdopa.mr_writer import build_legacy_enhanced_mr
+
+    _, _, image = case
+    singles = build_flair_series(image, SMALL, INFO)
+    path = write_series([build_legacy_enhanced_mr(singles, INFO)], tmp_path, "MR")[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.SOPClassUID == pydicom.uid.LegacyConvertedEnhancedMRImageStorage
+    vol = hd.imread(str(path)).get_volume().to_patient_orientation("LPH")
+    assert vol.position == pytest.approx(tuple(image.origin_lps_mm), abs=1e-3)
+    assert vol.spacing == pytest.approx(image.spacing_mm, abs=1e-4)
+    corr = np.corrcoef(vol.array.ravel(), np.transpose(image.volume_zyx, (2, 1, 0)).ravel())
+    assert corr[0, 1] > 0.999
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+        assert not errors, errors

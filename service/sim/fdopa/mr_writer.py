@@ -43,9 +43,6 @@ def _mr_series(ds: Dataset, protocol: FlairProtocol, info: PetSeriesInfo) -> Non
     ds.MagneticFieldStrength = _ds(protocol.field_t)
     ds.ImagingFrequency = _ds(42.577478 * protocol.field_t)
     ds.ImagedNucleus, ds.NumberOfAverages = "1H", "1"
-    ds.SliceThickness = _ds(protocol.slice_mm)
-    ds.SpacingBetweenSlices = _ds(protocol.slice_mm)
-    ds.PixelSpacing = [_ds(protocol.pixel_mm), _ds(protocol.pixel_mm)]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.PositionReferenceIndicator = ""
     ds.Manufacturer = "SIEMENS"
@@ -61,6 +58,10 @@ def build_flair_series(image: FlairImage, protocol: FlairProtocol,
     common.SpecificCharacterSet = "ISO_IR 100"
     _patient_study(common, info)
     _mr_series(common, protocol, info)
+    sx, sy, sz = image.spacing_mm
+    common.SliceThickness = common.SpacingBetweenSlices = _ds(sz)
+    common.PixelSpacing = [_ds(sy), _ds(sx)]
+    common.WindowCenter, common.WindowWidth = "1500", "3000"
     vol = image.volume_zyx
     scale = 4000.0 / max(float(vol.max()), 1e-6)
     stored = np.clip(np.rint(vol * scale), 0, 4095).astype(np.uint16)
@@ -80,3 +81,22 @@ def build_flair_series(image: FlairImage, protocol: FlairProtocol,
         ds.PixelData = stored[k].tobytes()
         out.append(ds)
     return out
+
+
+def build_legacy_enhanced_mr(datasets: list[Dataset], info: PetSeriesInfo) -> Dataset:
+    """One Legacy Converted Enhanced MR instance from a per-slice FLAIR series (highdicom).
+
+    The reference to the (unshipped) single-frame source series is dropped.
+    """
+    import highdicom as hd
+
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        datasets,
+        series_instance_uid=uid(info.uid_seed, "mr-series-enhanced", str(info.series_number)),
+        series_number=info.series_number,
+        sop_instance_uid=uid(info.uid_seed, "mr-sop-enhanced", str(info.series_number)),
+        instance_number=1,
+    )
+    if "ReferencedSeriesSequence" in enhanced:
+        del enhanced.ReferencedSeriesSequence
+    return enhanced

@@ -7,7 +7,8 @@ Layout of a study folder::
     <study>/PT_NAC/...                  non-attenuation-corrected companion
     <study>/CT_AC/CT00001.dcm ...       low-dose CT of PET/CT profiles (same frame of reference)
     <study>/PT_DYNAMIC/...              dynamic series (if planned)
-    <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned)
+    <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned; per
+                                        slice, or one Legacy Converted Enhanced MR instance)
     <study>/truth_flair_seg.nii.gz      FLAIR truth on the FLAIR grid: 1 lesion, 2 oedema
     <study>/truth_seg.nii.gz            truth labels on the static output grid (LPS)
     <study>/truth.json                  truth values (written last: marks completion)
@@ -67,6 +68,7 @@ class StudyPlan:
     encoding: PetEncoding = field(default_factory=PetEncoding)
     flair: str | None = None
     enhanced: bool = False
+    flair_enhanced: bool = False
 
 
 def _series_info(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, number: int,
@@ -205,20 +207,23 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
 def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, seed: int,
            study_dir: Path) -> dict[str, object]:
     from service.sim.fdopa.flair import PROTOCOLS, synthesise_flair
-    from service.sim.fdopa.mr_writer import build_flair_series
+    from service.sim.fdopa.mr_writer import build_flair_series, build_legacy_enhanced_mr
 
     assert plan.flair is not None
     protocol = PROTOCOLS[plan.flair]
     image = synthesise_flair(spec, sm.grid, sm.tumour, protocol, np.random.default_rng(seed))
     info = _series_info(plan, spec, p, 10, protocol.name)
-    write_series(build_flair_series(image, protocol, info), study_dir / "MR_FLAIR", "MR")
+    datasets = build_flair_series(image, protocol, info)
+    if plan.flair_enhanced:
+        datasets = [build_legacy_enhanced_mr(datasets, info)]
+    write_series(datasets, study_dir / "MR_FLAIR", "MR")
     seg = sitk.GetImageFromArray(image.truth_zyx)
     seg.SetOrigin(tuple(float(v) for v in image.origin_lps_mm))
     seg.SetSpacing(image.spacing_mm)
     sitk.WriteImage(seg, str(study_dir / "truth_flair_seg.nii.gz"))
     voxel_ml = float(np.prod(image.spacing_mm)) / 1000.0
     return {
-        "flair_protocol": protocol.name,
+        "flair_protocol": protocol.name, "flair_enhanced": plan.flair_enhanced,
         "flair_lesion_ml": float((image.truth_zyx == 1).sum()) * voxel_ml,
         "flair_oedema_ml": float((image.truth_zyx == 2).sum()) * voxel_ml,
         "mr_to_pet_angles_deg": [round(float(v), 4) for v in image.pose.angles_deg],
