@@ -99,7 +99,6 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
     flair = None
     if paediatric or rng.random() < ADULT_FLAIR_FRACTION:
         flair = str(rng.choice(["ax2d_3t", "ax2d_15t", "iso3d_3t"], p=[0.5, 0.3, 0.2]))
-    flair_enhanced = flair == "iso3d_3t" and bool(rng.random() < 0.5)
     enhanced = bool(rng.random() < site.enhanced_fraction)
     profile = get_pet_profile(site.profile)
     encoding = PetEncoding(
@@ -109,9 +108,12 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
         reversed_order=profile.reversed_dynamic_order,
         assay_minutes_before_injection=round(assay, 1),
     )
+    seed = int(rng.integers(2**62))
+    # drawn last, so that adding it left every earlier study's subject unchanged
+    flair_enhanced = flair == "iso3d_3t" and bool(rng.random() < 0.5)
     return StudyPlan(
         study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
-        paediatric=paediatric, seed=int(rng.integers(2**62)), static_window=window,
+        paediatric=paediatric, seed=seed, static_window=window,
         schedule=("genoa25" if paediatric else site.adult_schedule) if dynamic else None,
         encoding=encoding, flair=flair, enhanced=enhanced, flair_enhanced=flair_enhanced,
     )
