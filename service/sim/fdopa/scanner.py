@@ -64,6 +64,20 @@ class PetScanner:
         rng: np.random.Generator, attenuation_corrected: bool = True,
     ) -> tuple[np.ndarray, int]:
         """Reconstructed frame (Bq/mL decay-corrected to injection) and its prompt counts."""
+        vols, counts = self.frames(activity_zyx, start_s, duration_s, rng,
+                                   (attenuation_corrected,))
+        return vols[0], counts
+
+    def frames(
+        self, activity_zyx: np.ndarray, start_s: float, duration_s: float,
+        rng: np.random.Generator, corrections: tuple[bool, ...] = (True, False),
+    ) -> tuple[list[np.ndarray], int]:
+        """One acquisition reconstructed with and/or without attenuation correction.
+
+        Returns the volumes in the order of ``corrections`` (True: AC) and the
+        prompt counts; the non-AC image comes from the same prompts, as on a
+        scanner.
+        """
         import torch
 
         p = self.profile
@@ -71,10 +85,9 @@ class PetScanner:
         trues = self._true.forward_all(torch.from_numpy(activity_zyx)).numpy()
         acq = Acquisition(counts_per_unit, p.scatter_fraction, p.randoms_fraction)
         sino = acquire(trues, acq, self._true.voxel_mm, rng)
-        projector = self._ac if attenuation_corrected else self._nac
-        vol = reconstruct(sino, projector, p.iterations, p.subsets, counts_per_unit,
-                          p.post_filter_fwhm_mm)
-        return vol, sino.counts_total
+        vols = [reconstruct(sino, self._ac if ac else self._nac, p.iterations, p.subsets,
+                            counts_per_unit, p.post_filter_fwhm_mm) for ac in corrections]
+        return vols, sino.counts_total
 
 
 def output_reference(profile: PetProfile, grid: ScanGrid) -> sitk.Image:

@@ -124,8 +124,8 @@ def simulate_study(
     values, masks = static_truth(sm, static, scale, activity_bqml(sm, spec, own))
     scanner = PetScanner(p, sm)
     start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
-    ac, counts = scanner.frame(static, start_s, dur_s, np.random.default_rng(noise_seeds[0]))
-    nac, _ = scanner.frame(static, start_s, dur_s, np.random.default_rng(noise_seeds[1]), False)
+    (ac, nac), counts = scanner.frames(static, start_s, dur_s,
+                                       np.random.default_rng(noise_seeds[0]))
     study_dir = out_dir / plan.study_id
     _write_static(plan, spec, p, sm, ac, nac, start_s, dur_s, study_dir)
     if p.attenuation_map == "ct":
