@@ -189,3 +189,12 @@ def test_legacy_converted_enhanced_pet_reads_back_and_validates(tmp_path: Path) 
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
         assert not errors, errors
+
+
+def test_header_objects_name_the_bad_argument() -> None:
+    with pytest.raises(ValueError, match="units"):
+        PetEncoding(units="SUV")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="assay_minutes_before_injection"):
+        PetEncoding(assay_minutes_before_injection=-1.0)
+    with pytest.raises(ValueError, match="weight_kg"):
+        PetSeriesInfo(**{**INFO.__dict__, "weight_kg": 0.0})

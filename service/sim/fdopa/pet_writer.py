@@ -65,6 +65,18 @@ class PetEncoding:
     reversed_order: bool = False
     assay_minutes_before_injection: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.units not in ("BQML", "CNTS", "GML"):
+            raise ValueError(f"units must be BQML, CNTS or GML, got {self.units!r}")
+        if self.decay_correction not in ("START", "ADMIN"):
+            raise ValueError(f"decay_correction must be START or ADMIN, got "
+                             f"{self.decay_correction!r}")
+        if self.frame_reference not in ("mid", "start"):
+            raise ValueError(f"frame_reference must be mid or start, got {self.frame_reference!r}")
+        if self.assay_minutes_before_injection < 0:
+            raise ValueError("assay_minutes_before_injection must be >= 0, got "
+                             f"{self.assay_minutes_before_injection}")
+
 
 @dataclass(frozen=True)
 class PetSeriesInfo:
@@ -95,6 +107,14 @@ class PetSeriesInfo:
     series_number: int
     description: str
     attenuation_corrected: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.weight_kg > 0:
+            raise ValueError(f"weight_kg must be > 0, got {self.weight_kg}")
+        if not self.injected_mbq > 0:
+            raise ValueError(f"injected_mbq must be > 0, got {self.injected_mbq}")
+        if self.sex not in ("M", "F", "O"):
+            raise ValueError(f"sex must be 'M', 'F' or 'O', got {self.sex!r}")
 
 
 def uid(seed: str, *parts: str) -> str:
