@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from service.sim.fdopa.kinetics import F18_HALF_LIFE_S, SCHEDULES
 from service.sim.fdopa.pet_writer import (
+    GE_CREATOR,
     INJECTION,
     PHILIPS_CREATOR,
     PetEncoding,
@@ -52,7 +53,12 @@ def reference_suv(ds: pydicom.Dataset) -> np.ndarray:
     dose = float(item.RadionuclideTotalDose)
     start = _parse_dt(ds.SeriesDate, item.RadiopharmaceuticalStartTime)
     if ds.DecayCorrection == "START":
-        elapsed = (_parse_dt(ds.SeriesDate, ds.SeriesTime) - start).total_seconds()
+        scan = _parse_dt(ds.SeriesDate, ds.SeriesTime)
+        acquired = _parse_dt(ds.AcquisitionDate, ds.AcquisitionTime)
+        if scan > acquired:  # post-processed series: GE private scan time, else acquisition
+            ge = ds.private_block(0x0009, GE_CREATOR) if (0x0009, 0x0010) in ds else None
+            scan = _parse_dt(ge[0x0D].value[:8], ge[0x0D].value[8:]) if ge else acquired
+        elapsed = (scan - start).total_seconds()
         dose = dose * 2.0 ** (-elapsed / float(item.RadionuclideHalfLife))
     if ds.Units == "CNTS":
         return ds.pixel_array * float(ds.RescaleSlope) * float(
@@ -67,6 +73,7 @@ VARIANTS = {
     "bqml_start_assay": PetEncoding("BQML", "START", assay_minutes_before_injection=12.0),
     "cnts_philips": PetEncoding("CNTS", "START", "start", True),
     "gml": PetEncoding("GML"),
+    "ge_signed_postprocessed": PetEncoding(signed_pixels=True, series_time_after_scan_min=45.0),
 }
 
 
@@ -137,7 +144,9 @@ def test_dynamic_frame_timing_reads_back_to_the_schedule(variant: str, tmp_path:
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (make peers)")
-@pytest.mark.parametrize("name", ["bqml_start", "cnts_philips", "gml", "dynamic", "nac"])
+@pytest.mark.parametrize(
+    "name", ["bqml_start", "cnts_philips", "gml", "ge_signed_postprocessed", "dynamic", "nac"]
+)
 def test_dciodvfy_reports_no_errors(name: str, tmp_path: Path) -> None:
     img = _volume(3)
     if name == "dynamic":

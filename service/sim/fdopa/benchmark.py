@@ -19,7 +19,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,9 @@ class FdopaSite:
         Share of studies whose recorded start time is the dose-assay time.
     enhanced_fraction : float
         Share of static AC series written as one Legacy Converted Enhanced PET instance.
+    ge_quirk_fraction : float
+        Share of static AC series with GE-style signed pixels and a post-processed
+        (later) Series Time.
     """
 
     name: str
@@ -64,6 +67,7 @@ class FdopaSite:
     units_mix: dict[str, float]
     assay_time_fraction: float = 0.0
     enhanced_fraction: float = 0.0
+    ge_quirk_fraction: float = 0.0
 
 
 SITES: dict[str, FdopaSite] = {
@@ -72,7 +76,7 @@ SITES: dict[str, FdopaSite] = {
         FdopaSite("site_a", "siemens_biograph_like", "train_test", 180, 2101, "nancy30",
                   {"BQML": 1.0}, assay_time_fraction=0.5),
         FdopaSite("site_b", "ge_discovery_like", "train_test", 180, 2102, "rennes20",
-                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1),
+                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1, ge_quirk_fraction=0.3),
         FdopaSite("site_c", "philips_vereos_like", "train_test", 180, 2103, "nancy30",
                   {"CNTS": 0.7, "BQML": 0.3}),
         FdopaSite("site_d_unseen", "petmr_unseen", "unseen", 120, 2104, "nancy30",
@@ -109,8 +113,11 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
         assay_minutes_before_injection=round(assay, 1),
     )
     seed = int(rng.integers(2**62))
-    # drawn last, so that adding it left every earlier study's subject unchanged
+    # drawn last, so that adding them left every earlier study's subject unchanged
     flair_enhanced = flair == "iso3d_3t" and bool(rng.random() < 0.5)
+    if rng.random() < site.ge_quirk_fraction:
+        encoding = replace(encoding, signed_pixels=True,
+                           series_time_after_scan_min=round(float(rng.uniform(20, 90)), 1))
     return StudyPlan(
         study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
         paediatric=paediatric, seed=seed, static_window=window,

@@ -14,7 +14,10 @@ Isotope, C.8.9.4 PET Image):
   Acquisition Time per frame; Image Index; optionally instance numbers that
   run backwards in time (Philips dynamic);
 * Radiopharmaceutical Start Time either the injection or the dose-assay time
-  (then Radionuclide Total Dose is the assayed activity, so SUVbw is the same).
+  (then Radionuclide Total Dose is the assayed activity, so SUVbw is the same);
+* GE-style quirks: signed 16-bit pixels, and a post-processed series whose
+  Series Time is later than the scan, the scan start then being in the
+  private (0009,100D) GEMS_PETD_01 date-time (QIBA SUV logic).
 
 Geometry: identity orientation (IOP 1\\0\\0\\0\\1\\0), Image Position (Patient)
 = centre of the first pixel of the slice, LPS mm; Pixel Spacing = [row
@@ -51,6 +54,7 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498."
 INJECTION = dt.datetime(2026, 1, 1, 9, 0, 0)
 STORED_MAX = 32000
 PHILIPS_CREATOR = "Philips PET Private Group"
+GE_CREATOR = "GEMS_PETD_01"
 #: Philips-style counts per Bq/mL of CNTS series (stored x slope x factor = Bq/mL).
 CNTS_ACTIVITY_FACTOR = 2.5
 
@@ -64,6 +68,8 @@ class PetEncoding:
     frame_reference: Literal["mid", "start"] = "mid"
     reversed_order: bool = False
     assay_minutes_before_injection: float = 0.0
+    signed_pixels: bool = False
+    series_time_after_scan_min: float = 0.0
 
     def __post_init__(self) -> None:
         if self.units not in ("BQML", "CNTS", "GML"):
@@ -73,6 +79,9 @@ class PetEncoding:
                              f"{self.decay_correction!r}")
         if self.frame_reference not in ("mid", "start"):
             raise ValueError(f"frame_reference must be mid or start, got {self.frame_reference!r}")
+        if self.series_time_after_scan_min < 0:
+            raise ValueError("series_time_after_scan_min must be >= 0, got "
+                             f"{self.series_time_after_scan_min}")
         if self.assay_minutes_before_injection < 0:
             raise ValueError("assay_minutes_before_injection must be >= 0, got "
                              f"{self.assay_minutes_before_injection}")
@@ -183,7 +192,11 @@ def _series(ds: Dataset, info: PetSeriesInfo, enc: PetEncoding, dynamic: bool,
     ds.Modality = "PT"  # Patient Position must be absent: orientation codes are given
     ds.SeriesInstanceUID = uid(info.uid_seed, "series", str(info.series_number))
     ds.SeriesNumber, ds.SeriesDescription = info.series_number, info.description[:64]
-    ds.SeriesDate, ds.SeriesTime = series_start.strftime("%Y%m%d"), _time(series_start)
+    series_time = series_start + dt.timedelta(minutes=enc.series_time_after_scan_min)
+    ds.SeriesDate, ds.SeriesTime = series_time.strftime("%Y%m%d"), _time(series_time)
+    if enc.series_time_after_scan_min > 0:  # GE post-processed series: the scan time is private
+        block = ds.private_block(0x0009, GE_CREATOR, create=True)
+        block.add_new(0x0D, "DT", series_start.strftime("%Y%m%d") + _time(series_start))
     ds.BodyPartExamined = "HEAD"
     ds.SeriesType = ["DYNAMIC" if dynamic else "STATIC", "IMAGE"]
     ds.Units, ds.CountsSource = enc.units, "EMISSION"
@@ -205,7 +218,8 @@ def _series(ds: Dataset, info: PetSeriesInfo, enc: PetEncoding, dynamic: bool,
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if enc.signed_pixels else 0
     ds.RescaleIntercept = "0"
 
 
@@ -242,8 +256,9 @@ def _slice(common: Dataset, plane: np.ndarray, ipp: np.ndarray, number: int,
     slope = float(_ds(slope))
     ds.RescaleSlope = _ds(slope)
     ds.Rows, ds.Columns = plane.shape
-    ds.PixelData = np.rint(np.clip(plane, 0, None) / slope).clip(0, 65535).astype(
-        np.uint16).tobytes()
+    dtype = np.int16 if ds.PixelRepresentation == 1 else np.uint16
+    ds.PixelData = np.rint(np.clip(plane, 0, None) / slope).clip(0, STORED_MAX).astype(
+        dtype).tobytes()
     return ds
 
 

@@ -160,7 +160,8 @@ def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: Subject
                             f"Brain FDOPA {plan.static_window} min {'AC' if is_ac else 'NAC'}",
                             is_ac)
         # the NAC companion: same radiopharmaceutical record, plain BQML
-        enc = plan.encoding if is_ac else replace(plan.encoding, units="BQML")
+        enc = plan.encoding if is_ac else replace(plan.encoding, units="BQML",
+                                                  series_time_after_scan_min=0.0)
         datasets = build_pet_series([to_output(vol, sm.grid, p)], [start_s], [dur_s], info,
                                     enc, dynamic=False)
         if is_ac and plan.enhanced:
@@ -197,7 +198,8 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
     info = _series_info(plan, spec, p, 4, f"Brain FDOPA dynamic {sched.name}")
     enc = PetEncoding(plan.encoding.units if plan.encoding.units != "GML" else "BQML",
                       plan.encoding.decay_correction, p.frame_reference,
-                      p.reversed_dynamic_order, plan.encoding.assay_minutes_before_injection)
+                      p.reversed_dynamic_order, plan.encoding.assay_minutes_before_injection,
+                      signed_pixels=plan.encoding.signed_pixels)
     datasets = build_pet_series(images, list(sched.starts_s), list(sched.durations_s), info,
                                 enc, dynamic=True)
     write_series(datasets, study_dir / "PT_DYNAMIC")
