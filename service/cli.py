@@ -21,6 +21,7 @@ from service import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "service.app",  # serve, config, jobs
     "service.sim.commands",  # simulate, benchmark
+    "service.sim.fdopa.commands",  # fdopa generate|describe|validate|simulate
 )
 
 

@@ -1,0 +1,193 @@
+"""The FDOPA benchmark: four simulated sites, resumable parallel generation, truth manifest.
+
+Design: three sites with different PET/CT scanners (training and
+in-distribution testing) and one held-out PET/MR site ("unseen": other
+vendor conventions, MR-based attenuation, coarser resolution). About a third
+of the subjects are children (2-18 years; different class mix: diffuse
+midline gliomas, low-uptake lesions), about a third have a dynamic series.
+Study ``i`` of a site draws everything from ``numpy.random.default_rng([seed,
+i])``, so output does not depend on worker order and a rerun skips finished
+studies (``truth.json`` present). Suggested splits: hold out ``site_d_unseen``
+entirely; inside the three others, split by study index (``index % 5 == 0``
+is test), and report adults and children separately.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from service.sim.fdopa.pet_writer import PetEncoding
+from service.sim.fdopa.study import TRUTH_FILE, StudyPlan
+
+MANIFEST_FILE = "manifest.csv"
+ADULT_MIX = {"hgg": 0.3, "lgg": 0.2, "low_uptake": 0.1, "treatment_change": 0.2, "none": 0.2}
+CHILD_MIX = {"dmg": 0.3, "hgg": 0.15, "lgg": 0.25, "low_uptake": 0.2, "none": 0.1}
+PAEDIATRIC_FRACTION = 1 / 3
+DYNAMIC_FRACTION = 0.36
+#: FLAIR for every child and for this share of adults (about half the studies).
+ADULT_FLAIR_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class FdopaSite:
+    """One simulated site.
+
+    Attributes
+    ----------
+    name, profile, role : str
+        Role ``"train_test"`` or ``"unseen"``.
+    n_studies, seed : int
+    adult_schedule : str
+        Dynamic framing for adults (children use ``genoa25``).
+    units_mix : dict of str to float
+        Units of the static AC series.
+    assay_time_fraction : float
+        Share of studies whose recorded start time is the dose-assay time.
+    enhanced_fraction : float
+        Share of static AC series written as one Legacy Converted Enhanced PET instance.
+    ge_quirk_fraction : float
+        Share of static AC series with GE-style signed pixels and a post-processed
+        (later) Series Time.
+    """
+
+    name: str
+    profile: str
+    role: str
+    n_studies: int
+    seed: int
+    adult_schedule: str
+    units_mix: dict[str, float]
+    assay_time_fraction: float = 0.0
+    enhanced_fraction: float = 0.0
+    ge_quirk_fraction: float = 0.0
+
+
+SITES: dict[str, FdopaSite] = {
+    s.name: s
+    for s in (
+        FdopaSite("site_a", "siemens_biograph_like", "train_test", 180, 2101, "nancy30",
+                  {"BQML": 1.0}, assay_time_fraction=0.5),
+        FdopaSite("site_b", "ge_discovery_like", "train_test", 180, 2102, "rennes20",
+                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1, ge_quirk_fraction=0.3),
+        FdopaSite("site_c", "philips_vereos_like", "train_test", 180, 2103, "nancy30",
+                  {"CNTS": 0.7, "BQML": 0.3}),
+        FdopaSite("site_d_unseen", "petmr_unseen", "unseen", 120, 2104, "nancy30",
+                  {"BQML": 1.0}, enhanced_fraction=0.5),
+    )
+}
+
+
+def _choice(rng: np.random.Generator, mix: dict[str, float]) -> str:
+    p = np.array(list(mix.values()), float)
+    return str(rng.choice(list(mix), p=p / p.sum()))
+
+
+def plan_study(site: FdopaSite, index: int) -> StudyPlan:
+    """The plan of study ``index`` of ``site`` (deterministic)."""
+    from service.sim.fdopa.profiles import get_pet_profile
+
+    rng = np.random.default_rng([site.seed, index])
+    paediatric = bool(rng.random() < PAEDIATRIC_FRACTION)
+    cls = _choice(rng, CHILD_MIX if paediatric else ADULT_MIX)
+    dynamic = bool(rng.random() < DYNAMIC_FRACTION)
+    window = "20-40" if rng.random() < 0.2 else "10-30"
+    assay = float(rng.uniform(5, 15)) if rng.random() < site.assay_time_fraction else 0.0
+    flair = None
+    if paediatric or rng.random() < ADULT_FLAIR_FRACTION:
+        flair = str(rng.choice(["ax2d_3t", "ax2d_15t", "iso3d_3t"], p=[0.5, 0.3, 0.2]))
+    enhanced = bool(rng.random() < site.enhanced_fraction)
+    profile = get_pet_profile(site.profile)
+    encoding = PetEncoding(
+        units=_choice(rng, site.units_mix),  # type: ignore[arg-type]
+        decay_correction=profile.decay_correction,
+        frame_reference=profile.frame_reference,
+        reversed_order=profile.reversed_dynamic_order,
+        assay_minutes_before_injection=round(assay, 1),
+    )
+    seed = int(rng.integers(2**62))
+    # drawn last, so that adding them left every earlier study's subject unchanged
+    flair_enhanced = flair == "iso3d_3t" and bool(rng.random() < 0.5)
+    if rng.random() < site.ge_quirk_fraction:
+        encoding = replace(encoding, signed_pixels=True,
+                           series_time_after_scan_min=round(float(rng.uniform(20, 90)), 1))
+    return StudyPlan(
+        study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
+        paediatric=paediatric, seed=seed, static_window=window,
+        schedule=("genoa25" if paediatric else site.adult_schedule) if dynamic else None,
+        encoding=encoding, flair=flair, enhanced=enhanced, flair_enhanced=flair_enhanced,
+    )
+
+
+def _site_dir(out_dir: Path, site: FdopaSite) -> Path:
+    return out_dir / site.name
+
+
+def is_done(out_dir: Path, site: FdopaSite, index: int) -> bool:
+    """Whether study ``index`` of ``site`` is complete under ``out_dir``."""
+    return (_site_dir(out_dir, site) / f"{site.name}_{index:05d}" / TRUTH_FILE).exists()
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(args: tuple[FdopaSite, int, Path]) -> float:
+    from service.sim.fdopa.study import simulate_study
+
+    site, index, out_dir = args
+    t0 = time.monotonic()
+    simulate_study(plan_study(site, index), _site_dir(out_dir, site),
+                   {"site": site.name, "role": site.role})
+    return time.monotonic() - t0
+
+
+def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2) -> Path:
+    """Generate (or finish) ``sites`` under ``out_dir``; returns the manifest path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = [(s, i, out_dir) for s in sites for i in range(s.n_studies) if not is_done(out_dir, s, i)]
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # same arithmetic as in the pool: same bytes
+        try:
+            for t in tasks:
+                _run(t)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            list(pool.map(_run, tasks, chunksize=1))
+    return write_manifest(sites, out_dir)
+
+
+def write_manifest(sites: list[FdopaSite], out_dir: Path) -> Path:
+    """Collect every finished study's truth (without the TAC lists) into ``manifest.csv``."""
+    rows = []
+    for site in sites:
+        for i in range(site.n_studies):
+            path = _site_dir(out_dir, site) / f"{site.name}_{i:05d}" / TRUTH_FILE
+            if path.exists():
+                row = json.loads(path.read_text())
+                rows.append({k: v for k, v in row.items() if not isinstance(v, list)})
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    manifest = out_dir / MANIFEST_FILE
+    tmp = manifest.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or ["study_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, manifest)
+    return manifest

