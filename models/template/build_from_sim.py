@@ -43,10 +43,10 @@ import torch
 
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
+from service.pipelines.dat_spect.assets import CALIBRATION_FILE, NORMALS_FILE, TEMPLATE_FILE
 from service.pipelines.dat_spect.labelling import label_dataset, plot_fit
 from service.pipelines.dat_spect.normalise import normalise
 from service.pipelines.dat_spect.normals import fit_normals
-from service.pipelines.dat_spect.pipeline import CALIBRATION_FILE, NORMALS_FILE, TEMPLATE_FILE
 from service.pipelines.dat_spect.quantify import quantify
 from service.pipelines.dat_spect.result import REGIONS
 from service.pipelines.dat_spect.template import (

@@ -39,7 +39,7 @@ import numpy as np
 from service.pipelines.dat_spect.result import REGIONS
 
 if TYPE_CHECKING:
-    from service.pipelines.dat_spect.pipeline import DatModels
+    from service.pipelines.dat_spect.assets import DatModels
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def read_manifest(bench_dir: Path) -> list[Study]:
 
 @lru_cache(maxsize=1)
 def _dat_models() -> DatModels:
-    from service.pipelines.dat_spect.pipeline import load_dat_models
+    from service.pipelines.dat_spect.assets import load_dat_models
 
     return load_dat_models()
 

@@ -18,9 +18,9 @@ import torch
 from service.imaging.atlas import load_atlas
 from service.inference.manifest import read_sidecar
 from service.paths import default_models_dir
+from service.pipelines.dat_spect.assets import load_dat_models
 from service.pipelines.dat_spect.cnn import CnnSession
 from service.pipelines.dat_spect.normalise import normalise
-from service.pipelines.dat_spect.pipeline import load_dat_models
 from service.pipelines.dat_spect.plugin import MODEL_FILE
 from service.pipelines.dat_spect.preprocess import cnn_input, contract_for_atlas
 from service.pipelines.dat_spect.result import Level, Region

@@ -120,6 +120,6 @@ def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_pat
 
 
 def _shipped_template() -> np.ndarray:
-    from service.pipelines.dat_spect.pipeline import load_dat_models
+    from service.pipelines.dat_spect.assets import load_dat_models
 
     return load_dat_models().template_zyx

@@ -24,7 +24,8 @@ from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 from service.pipelines.dat_spect.provenance import SIMULATED, SITE
 
 if TYPE_CHECKING:
-    from service.pipelines.dat_spect.pipeline import DatModels, Measurement
+    from service.pipelines.dat_spect.assets import DatModels
+    from service.pipelines.dat_spect.pipeline import Measurement
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from service.errors import AnalysisError
     from service.paths import default_models_dir
     from service.pipelines.base import PRIMARY, JobContext, LoadedInputs
+    from service.pipelines.dat_spect.assets import load_dat_models
     from service.pipelines.dat_spect.cnn import CnnSession
-    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline
     from service.pipelines.dat_spect.plugin import MODEL_FILE
 
     try:
@@ -182,7 +184,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> DatModels:
-    from service.pipelines.dat_spect.pipeline import load_dat_models
+    from service.pipelines.dat_spect.assets import load_dat_models
 
     return load_dat_models(args.models)
 
@@ -293,7 +295,7 @@ def cmd_build_template(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from service.imaging.atlas import load_atlas
-    from service.pipelines.dat_spect.pipeline import TEMPLATE_FILE
+    from service.pipelines.dat_spect.assets import TEMPLATE_FILE
     from service.pipelines.dat_spect.template import average_template, model_template, save_template
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,11 @@ The shipped template, calibration and normal database live in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -27,9 +24,8 @@ from pydicom.dataset import Dataset
 from service import __version__
 from service.dicom.codes import COMPREHENSIVE_SR_STORAGE
 from service.errors import AnalysisError
-from service.imaging.atlas import LABELS, Atlas, load_atlas
+from service.imaging.atlas import LABELS, Atlas
 from service.imaging.nm_volume import volume_from_datasets
-from service.paths import default_models_dir
 from service.pipelines.base import (
     PRIMARY,
     InputPlan,
@@ -40,6 +36,7 @@ from service.pipelines.base import (
     Selection,
     SeriesView,
 )
+from service.pipelines.dat_spect.assets import CALIBRATION_FILE, DatModels, load_dat_models
 from service.pipelines.dat_spect.cnn import CnnSession
 from service.pipelines.dat_spect.completeness import (
     announced_slices,
@@ -64,78 +61,16 @@ from service.pipelines.dat_spect.result import (
     StudyResult,
     summary_dict,
 )
-from service.pipelines.dat_spect.template import load_template
 from service.pipelines.dat_spect.verdict import consistent_score, with_calibration
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FILE = "fpcit_template_mni2mm.npz"
-CALIBRATION_FILE = "calibration.json"
-NORMALS_FILE = "normals.json"
 ALGORITHM_NAME = "dopanode DaT SBR"
 ALGORITHM_NAME_CNN = "dopanode DaT CNN"
 #: Default wait for the rest of a per-slice series that announced more slices, seconds.
 DEFAULT_INCOMPLETE_WAIT_S = 600.0
 #: Half thickness of the axial slab shown in the picture report, in 2 mm slices.
 SLAB_HALF_SLICES = 4
-
-
-@dataclass(frozen=True, eq=False)
-class DatModels:
-    """What the conventional analysis needs besides the scan.
-
-    Attributes
-    ----------
-    atlas : Atlas
-    template_zyx : (91, 109, 91) float32 array
-    calibration : Calibration or None
-        None only where no scoring is done (labelling, building normals).
-    normals : NormalDatabase or None
-    sha256 : str
-        Hash over the three files, identifying this configuration in the SR.
-    directory : Path
-        Where the files were read from.
-    """
-
-    atlas: Atlas
-    template_zyx: np.ndarray
-    calibration: Calibration | None
-    normals: NormalDatabase | None
-    sha256: str
-    directory: Path
-
-
-def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -> DatModels:
-    """Load template, calibration and normal database from ``directory``.
-
-    Calibration and normal database are None where their files are absent.
-
-    Raises
-    ------
-    FileNotFoundError
-        The template is missing.
-    """
-    directory = directory or default_models_dir() / "template"
-    atlas = atlas or load_atlas()
-    digest = hashlib.sha256()
-    paths = [directory / TEMPLATE_FILE, directory / CALIBRATION_FILE, directory / NORMALS_FILE]
-    for path in paths:
-        if path.exists():
-            digest.update(path.read_bytes())
-    normals = (
-        NormalDatabase.from_dict(json.loads(paths[2].read_text())) if paths[2].exists() else None
-    )
-    calibration = (
-        Calibration.from_dict(json.loads(paths[1].read_text())) if paths[1].exists() else None
-    )
-    return DatModels(
-        atlas=atlas,
-        template_zyx=load_template(paths[0], atlas),
-        calibration=calibration,
-        normals=normals,
-        sha256=digest.hexdigest(),
-        directory=directory,
-    )
 
 
 @contextmanager

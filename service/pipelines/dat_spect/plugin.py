@@ -83,8 +83,9 @@ def build(settings: DatSpectSettings) -> Pipeline:
         When the template, calibration or the configured model cannot be
         loaded or fails its checksum.
     """
+    from service.pipelines.dat_spect.assets import load_dat_models
     from service.pipelines.dat_spect.cnn import CnnSession
-    from service.pipelines.dat_spect.pipeline import DatSpectPipeline, load_dat_models
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline
 
     models = load_dat_models(settings.template_dir)
     path = settings.cnn_path
