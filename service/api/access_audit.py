@@ -74,6 +74,8 @@ class AccessAudit:
         client = scope.get("client") or (None, None)
         server = scope.get("server") or (None, None)
         route = getattr(scope.get("route"), "path", None) or "unmatched"
+        if route.startswith("/") and not route.startswith(self.prefix + "/"):
+            route = self.prefix + route  # the template as the client called it
         params = dict(scope.get("path_params") or {})
         peers = [audit.participant(SOURCE_ROLE, requestor=True, host=client[0], port=client[1],
                                    user=token_label(headers.get("authorization"), self.token)),

@@ -129,7 +129,7 @@ class ReceivedLedger:
             if tally is not None:
                 tally.refused[reason] = tally.refused.get(reason, 0) + 1
 
-    def close(self, key: int, released: bool) -> None:
+    def close(self, key: int) -> None:
         """Write the association's record (none when nothing was sent in it)."""
         with self._lock:
             tally = self._open.pop(key, None)
@@ -140,11 +140,9 @@ class ReceivedLedger:
                                 "instances": sum(counts.values())}
                                for uid, counts in s["series"].items()]}
                    for s in tally.studies.values()]
-        failed = bool(tally.refused) or not released
         audit.emit("instances_received", audit.INSTANCES_TRANSFERRED, action="C",
-                   outcome=Outcome.MINOR_FAILURE if failed else Outcome.SUCCESS,
-                   outcome_text=("released" if released else "aborted")
-                   + (", some instances refused" if tally.refused else ""),
+                   outcome=Outcome.MINOR_FAILURE if tally.refused else Outcome.SUCCESS,
+                   outcome_text="some instances refused" if tally.refused else "stored",
                    participants=tally.participants, objects=objects,
                    details={"instances": sum(s["instances"] for s in objects),
                             "refused": tally.refused})
@@ -162,7 +160,13 @@ def instance_refused(assoc: Any, reason: str) -> None:
 
 
 def connection_closed(assoc: Any) -> None:
-    LEDGER.close(id(assoc), released=bool(assoc.is_released))
+    """Write the association's tally (EVT_CONN_CLOSE).
+
+    Whether it ended by release or abort is not recorded: the connection may
+    close before the association thread has seen the A-RELEASE, and every
+    instance counted was stored and answered Success anyway.
+    """
+    LEDGER.close(id(assoc))
 
 
 def output_sent(calling_ae: str, destination: Any, item: Any, status: int | None,

@@ -6,9 +6,10 @@ Every test reads the file back as JSON lines.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -163,11 +164,16 @@ def test_retention_deletes_only_expired_rotated_files(tmp_path: Path) -> None:
     trail.close()
 
 
-def _write_many(path: str, tag: str, n: int) -> None:
-    trail = AuditTrail(Path(path), rotate_mb=20_000 / audit.MIB, fsync_interval_s=0.01).open()
-    for i in range(n):
-        trail.write({"event": tag, "i": i, "pad": "x" * 50})
-    trail.close()
+#: Another process writing the same trail (run with ``python -c``; fork with threads is unsafe).
+WRITER = """
+import sys
+from pathlib import Path
+from service.audit import AuditTrail, MIB
+trail = AuditTrail(Path(sys.argv[1]), rotate_mb=20_000 / MIB, fsync_interval_s=0.01).open()
+for i in range(int(sys.argv[3])):
+    trail.write({"event": sys.argv[2], "i": i, "pad": "x" * 50})
+trail.close()
+"""
 
 
 def test_concurrent_threads_and_processes_never_interleave_or_lose(tmp_path: Path) -> None:
@@ -178,17 +184,14 @@ def test_concurrent_threads_and_processes_never_interleave_or_lose(tmp_path: Pat
         for i in range(150):
             shared.write({"event": tag, "i": i, "pad": "x" * 50})
 
-    threads = [threading.Thread(target=thread_writer, args=(f"t{k}",)) for k in range(4)]
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_write_many, args=(str(path), f"p{k}", 150))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"p{k}", "150"])
              for k in range(2)]
-    for worker in [*threads, *procs]:
-        worker.start()
+    threads = [threading.Thread(target=thread_writer, args=(f"t{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
+    assert [proc.wait(60) for proc in procs] == [0, 0]
     shared.close()
     files = [p for _, p in shared.rotated_files()] + [path]
     assert len(files) > 3  # both processes and the threads rotated the shared file
@@ -215,9 +218,9 @@ def test_ledger_writes_one_record_per_association_with_counts(trail: AuditTrail)
     ledger.stored(1, _header("1.2.2", "1.2.2.1", "PID-B"))
     ledger.refused(1, "sop_class")
     ledger.open(2, peers)  # an echo only: no record
-    ledger.close(2, released=True)
-    ledger.close(1, released=True)
-    ledger.close(1, released=True)  # closed twice (pynetdicom may): one record
+    ledger.close(2)
+    ledger.close(1)
+    ledger.close(1)  # closed twice (pynetdicom may): one record
     (record,) = lines(trail.path)
     assert record["event_id"]["code"] == "110104" and record["action"] == "C"
     assert record["outcome"] == 4 and record["details"] == {"instances": 4,
