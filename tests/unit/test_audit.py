@@ -21,7 +21,8 @@ from service import audit, metrics
 from service.api.access_audit import fingerprint, token_label
 from service.audit import AuditError, AuditTrail, Outcome
 from service.config import load_settings
-from service.net.audit_events import ReceivedLedger
+from service.net.audit_events import ReceivedLedger, association_rejected
+from service.worker import audit_analysis
 
 DAY_S = 86400.0
 T0 = 1_790_000_000.0  # 2026-09-21, a fixed "now"
@@ -249,3 +250,35 @@ def test_settings_section(tmp_path: Path) -> None:
     changed = load_settings(None, {"DOPANODE_AUDIT__RETENTION_DAYS": "3650",
                                    "DOPANODE_AUDIT__PATH": str(tmp_path / "a.jsonl")})
     assert changed.audit.retention_days == 3650 and changed.audit.path == tmp_path / "a.jsonl"
+
+
+def test_pynetdicoms_own_rejection_names_its_reason(trail: AuditTrail) -> None:
+    def assoc(active: int) -> Any:
+        primitive = SimpleNamespace(calling_ae_title="PACS  ", called_ae_title="DOPANODE")
+        return SimpleNamespace(
+            ae=SimpleNamespace(require_calling_aet=["PACS"], maximum_associations=1,
+                               active_associations=[SimpleNamespace(is_acceptor=True)] * active),
+            requestor=SimpleNamespace(primitive=primitive, address="10.0.0.9", port=1234),
+            acceptor=SimpleNamespace(ae_title="DOPANODE", address="0.0.0.0", port=104),
+            dul=SimpleNamespace(socket=None))
+
+    association_rejected(assoc(active=2))
+    association_rejected(assoc(active=1))
+    assert [(r["outcome"], r["outcome_text"]) for r in lines(trail.path)] == [
+        (4, "too_many_associations"), (4, "rejected")]
+
+
+def test_a_failed_analysis_names_the_model_and_the_patient(trail: AuditTrail) -> None:
+    job = SimpleNamespace(id=7, attempts=1, pipeline="dat_spect", study_uid="1.2.3",
+                          series_uid="1.2.3.4", instance_uids=("1.2.3.4.5",))
+    pipeline = SimpleNamespace(version="1.0", algorithm=SimpleNamespace(
+        name="dopanode DaT", version="1.0", model_name="cnn", model_sha256="ab" * 32))
+    inputs = SimpleNamespace(series={"primary": ({"PatientID": "PID-9",
+                                                  "AccessionNumber": "A9"},)})
+    inputs.primary = inputs.series["primary"]
+    audit_analysis(job, pipeline, inputs, None, "bad_geometry", "slices not parallel")
+    (record,) = lines(trail.path)
+    assert (record["outcome"], record["outcome_text"]) == (4, "bad_geometry")
+    assert record["details"]["algorithm"]["model_sha256"] == "ab" * 32
+    assert record["objects"][0] == {"kind": "study", "study_uid": "1.2.3", "patient_id": "PID-9",
+                                    "accession": "A9", "series_uid": "1.2.3.4", "instances": 1}
