@@ -310,8 +310,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         node.start()
-    except Exception:  # the process edge: say why, stop what started, exit non-zero
+    except Exception as exc:  # the process edge: say why, stop what started, exit non-zero
         log.exception("start_failed")
+        audit.emit("application_start", audit.APPLICATION_ACTIVITY, audit.APPLICATION_START,
+                   outcome=audit.Outcome.SERIOUS_FAILURE, outcome_text=type(exc).__name__)
         node.stop()
         return 1
     node.wait()
