@@ -19,6 +19,7 @@ sender and the API, exit 0.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service import memory
+from service import __version__, audit, memory
 from service.config import ConfigError, Settings, describe, load_settings
 from service.pipelines.base import Pipeline
 from service.pipelines.registry import build_enabled
@@ -82,6 +83,7 @@ class Node:
         if unknown:
             raise ValueError(f"unknown component(s): {', '.join(sorted(unknown))}")
         storage = self.settings.storage
+        audit.open_trail(self.settings.audit, {"ae_title": self.settings.node.ae_title})
         self.database = open_rows(storage)  # SQLite file or PostgreSQL server
         self.database.migrate()
         one_flush = None if storage.spool_sync == "auto" else False  # None: by file system
@@ -102,6 +104,8 @@ class Node:
             "components": list(self.components), "pid": os.getpid(),
             "scp_port": self._parts["scp"].port if "scp" in self._parts else None,
             "api_port": self._parts["api"].port if "api" in self._parts else None}})
+        audit.emit("application_start", audit.APPLICATION_ACTIVITY, audit.APPLICATION_START,
+                   participants=[self._audit_application()], details=self._configuration())
 
     def _recover_spool(self) -> None:
         from service.store.series import recover_spool
@@ -225,7 +229,44 @@ class Node:
             self._parts.pop("sender").stop()
         if "api" in self._parts:
             self._parts.pop("api").stop()
+        audit.emit("application_stop", audit.APPLICATION_ACTIVITY, audit.APPLICATION_STOP,
+                   participants=[self._audit_application()],
+                   details={"components": list(self.components)})
+        audit.close_trail()
         log.info("node_stopped")
+
+    def _audit_application(self) -> dict[str, Any]:
+        try:
+            user: str | None = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry (a container's random uid)
+            user = None
+        return audit.participant(audit.APPLICATION_ROLE, requestor=True,
+                                 ae_title=self.settings.node.ae_title, user=user)
+
+    def _configuration(self) -> dict[str, Any]:
+        """What the audit trail records at start-up: settings and models, no secrets."""
+        from service.pipelines.registry import check_enabled_models
+
+        s = self.settings
+        try:
+            models: Any = {name: [{"name": m.name, "path": m.path, "ok": m.ok,
+                                   "sha256": m.sha256, "detail": m.detail} for m in found]
+                           for name, found in check_enabled_models(s.pipelines).items()}
+        except Exception as exc:  # a broken check must not stop the start (logged)
+            log.exception("audit_model_check_failed")
+            models = {"error": type(exc).__name__}
+        return {
+            "version": __version__, "components": list(self.components), "pid": os.getpid(),
+            "node": s.node.model_dump(mode="json"),
+            "allowed_callers": [c.model_dump(mode="json") for c in s.allowed_callers],
+            "destinations": [d.model_dump(mode="json") for d in s.destinations],
+            "pipelines": {name: {"enabled": p.enabled, "version": getattr(
+                self.pipelines.get(name), "version", None)} for name, p in s.pipelines.items()},
+            "models": models,
+            "api": {"bind": s.api.bind, "port": s.api.port,
+                    "token": "set" if s.api.token else "not set"},
+            "retention_days": s.retention_days, "audit": s.audit.model_dump(mode="json"),
+        }
 
 
 # --- command line ---------------------------------------------------------------
@@ -271,8 +312,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         node.start()
-    except Exception:  # the process edge: say why, stop what started, exit non-zero
+    except Exception as exc:  # the process edge: say why, stop what started, exit non-zero
         log.exception("start_failed")
+        audit.emit("application_start", audit.APPLICATION_ACTIVITY, audit.APPLICATION_START,
+                   outcome=audit.Outcome.SERIOUS_FAILURE, outcome_text=type(exc).__name__)
         node.stop()
         return 1
     node.wait()

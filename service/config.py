@@ -77,7 +77,7 @@ from service.pipelines.registry import (
 )
 
 __all__ = [
-    "LEGACY_KEYS", "AllowedCaller", "ApiSettings", "ConfigError", "Destination", "NodeSettings",
+    "LEGACY_KEYS", "AllowedCaller", "ApiSettings", "AuditSettings", "ConfigError", "Destination", "NodeSettings",
     "SenderSettings", "Settings", "StorageSettings", "WorkerSettings", "describe",
     "load_settings",
 ]
@@ -289,6 +289,22 @@ class SenderSettings(_Section):
         return self
 
 
+class AuditSettings(_Section):
+    """The audit trail (:mod:`service.audit`): its file, retention, rotation, fsync.
+
+    The one place identifiers are written; kept ``retention_days`` (its own,
+    apart from the spool's), a new file at least every ``rotate_hours`` or
+    ``rotate_mb``; records wait at most ``fsync_interval_s`` for fsync (0: each).
+    """
+
+    enabled: bool = True
+    path: FilePath = Path("var/audit/audit.jsonl")
+    retention_days: Int = Field(default=365, ge=1, le=36500)
+    rotate_mb: Float = Field(default=64.0, gt=0, le=10**6)
+    rotate_hours: Float = Field(default=24.0, gt=0, le=24 * 3660)
+    fsync_interval_s: Float = Field(default=1.0, ge=0, le=3600)
+
+
 def _default_callers() -> tuple[AllowedCaller, ...]:
     return tuple(
         AllowedCaller(ae_title=ae, host=net)
@@ -331,6 +347,7 @@ class Settings(BaseSettings):
     notes: tuple[str, ...] = Field(default=(), exclude=True)
     worker: WorkerSettings = WorkerSettings()
     sender: SenderSettings = SenderSettings()
+    audit: AuditSettings = AuditSettings()
     retention_days: Int = Field(default=30, ge=1, le=36500)
 
     @classmethod
@@ -447,6 +464,8 @@ def describe(settings: Settings) -> str:
         f"sender: back-off {settings.sender.retry_base_s:g}..{settings.sender.retry_cap_s:g} s, "
         f"give up after {settings.sender.give_up_after_h:g} h",
         f"retention: {settings.retention_days} days",
+        "audit: " + (f"{settings.audit.path}, kept {settings.audit.retention_days} days"
+                     if settings.audit.enabled else "DISABLED"),
     ]
     if settings.notes:
         lines.append("release-0.1 settings read under their new names (rename them):")

@@ -138,6 +138,12 @@ MODEL_CHECK_OK = Gauge(
     registry=REGISTRY,
 )
 
+AUDIT_WRITE_ERRORS = Counter(
+    "dopanode_audit_write_errors_total",
+    "Audit records that could not be written (disk full, I/O error); the work went on.",
+    registry=REGISTRY,
+)
+
 
 def refresh_from_db(conn: Connection, now: float | None = None,
                     pipelines: Iterable[str] = ()) -> None:

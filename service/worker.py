@@ -30,7 +30,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 
-from service import memory, metrics
+from service import audit, memory, metrics
 from service.dicom.header import read_series
 from service.errors import AnalysisError
 from service.logs import safe_exc
@@ -151,20 +151,26 @@ class Worker:
             self._fail(job, f"pipeline {job.pipeline} is not enabled on this node",
                        "pipeline_disabled")
             return
+        inputs: LoadedInputs | None = None
         with LeaseKeeper(self.database, job.id, self.token(job), self.lease_s):
             try:
-                inputs, context = self._load(job), self._context(job)
+                inputs = self._load(job)
+                context = self._context(job)
                 read_s = time.perf_counter() - started
                 output = pipeline.run(inputs, context)
-                self._finish(job, output, time.perf_counter() - started, read_s)
+                if self._finish(job, output, time.perf_counter() - started, read_s):
+                    audit_analysis(job, pipeline, inputs, output.summary, "done")
             except AnalysisError as exc:
                 reports = self._failure_report(pipeline, job, exc) if exc.code != "not_dicom" else ()
                 self._fail(job, exc.reason, exc.code, reports)
+                audit_analysis(job, pipeline, inputs, None, exc.code, exc.reason)
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
                 log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 if self.conn.in_transaction:
                     self.conn.rollback()
                 self._retry_or_fail(job, exc)
+                audit_analysis(job, pipeline, inputs, None, "internal_error",
+                               f"internal error: {type(exc).__name__}")
 
     def _failure_report(self, pipeline: Pipeline, job: jobs.Job,
                         exc: AnalysisError) -> list[tuple[Path, dict[str, str]]]:
@@ -190,14 +196,15 @@ class Worker:
         return JobContext(job.content_hash, job.created_at, previous, job.note or "")
 
     def _finish(self, job: jobs.Job, output: PipelineOutput, total_s: float,
-                read_s: float) -> None:
+                read_s: float) -> bool:
+        """Save and queue the outputs, finish the job; False when the lease was lost."""
         saved = [self._save_output(job.id, ds) for ds in output.datasets]
         durations = {"read": read_s, **output.stage_durations_s, "total": total_s}
         with self.conn:
             if not jobs.finish(self.conn, job.id, self.token(job), output.summary, durations,
                                [r for _, r in saved], time.time()):
                 log.warning("job_lost_lease", extra={"fields": {"job_id": job.id}})
-                return
+                return False
             for path, ref in saved:
                 if self.destination_names:
                     outbox.enqueue(self.conn, job.id, self.destination_names, path,
@@ -212,6 +219,7 @@ class Worker:
         log.info("job_done", extra={"fields": {"job_id": job.id, "pipeline": job.pipeline,
                                                "outputs": len(saved),
                                                "duration_s": round(total_s, 3)}})
+        return True
 
     def _save_output(self, job_id: int, ds: Dataset) -> tuple[Path, dict[str, str]]:
         ref = {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
@@ -256,6 +264,32 @@ class Worker:
         if job.lease_token is None:
             raise ValueError("job was not claimed (no lease token)")
         return job.lease_token
+
+
+def audit_analysis(job: jobs.Job, pipeline: Pipeline, inputs: LoadedInputs | None,
+                   summary: Mapping[str, Any] | None, result: str, reason: str = "") -> None:
+    """The audit record of one analysis: who (algorithm, model checksum), on what (patient).
+
+    A.5 "DICOM Instances Accessed" with action C: the inputs were read and
+    result objects created. ``result`` is ``done`` or the failure's code.
+    """
+    algorithm = (summary or {}).get("algorithm") or getattr(pipeline, "algorithm", None)
+    if algorithm is not None and not isinstance(algorithm, Mapping):
+        algorithm = {k: getattr(algorithm, k, None)
+                     for k in ("name", "version", "model_name", "model_sha256")}
+    ids = {"study_uid": job.study_uid, "patient_id": None, "accession": None}
+    if inputs is not None and inputs.series.get("primary"):
+        ids = {**audit.patient_study(inputs.primary[0]), "study_uid": job.study_uid}
+    outcome = audit.Outcome.SUCCESS if result == "done" else (
+        audit.Outcome.SERIOUS_FAILURE if result == "internal_error" else audit.Outcome.MINOR_FAILURE)
+    audit.emit("analysis", audit.INSTANCES_ACCESSED, action="C", outcome=outcome,
+               outcome_text=result,
+               objects=[{"kind": "study", **ids, "series_uid": job.series_uid,
+                         "instances": len(job.instance_uids)}],
+               details={"job_id": job.id, "attempt": job.attempts, "pipeline": job.pipeline,
+                        "pipeline_version": getattr(pipeline, "version", None),
+                        "algorithm": dict(algorithm) if algorithm else None,
+                        "reason": reason})
 
 
 class LeaseKeeper:

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import __version__, metrics
+from service.api.access_audit import AccessAudit
 from service.api.admin import admin_api_routes, page_routes
 from service.api.common import SQL_INT_MAX, connection
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
@@ -106,6 +107,7 @@ def create_app(settings: Any, db: Any, probes: Probes | None = None,
     app = FastAPI(title="dopanode", version=__version__,
                   description="DICOM inference node for nuclear medicine (research use only).")
     install_handlers(app)
+    app.add_middleware(AccessAudit, token=settings.api.token)  # audit trail: /api requests
     if settings.api.token is None:
         log.warning("api_token_not_set", extra={"fields": {"effect": "/api loopback only"}})
     app.include_router(_probe_routes(settings, db, probes or Probes(), limits or ReadyLimits()))

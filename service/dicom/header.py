@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,18 +71,24 @@ class InstanceHeader:
 
 _HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
                 "NumberOfFrames", "NumberOfSlices", "ImagesInAcquisition", "NumberOfTimeSlices",
-                "SeriesType", "NumberOfTimeSlots"]
+                "SeriesType", "NumberOfTimeSlots", "PatientID", "AccessionNumber"]
 
 
 @dataclass(frozen=True)
 class ParsedHeader:
-    """UIDs (validated) and completion counts of one Part-10 instance."""
+    """UIDs (validated) and completion counts of one Part-10 instance.
+
+    ``patient_id`` and ``accession`` (as found, may be empty) are for the
+    audit trail only (:mod:`service.audit`): never log them.
+    """
 
     study_uid: str
     series_uid: str
     sop_instance_uid: str
     transfer_syntax: str
     info: InstanceHeader
+    patient_id: str = field(default="", repr=False)
+    accession: str = field(default="", repr=False)
 
 
 def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None) -> ParsedHeader:
@@ -117,6 +123,8 @@ def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None)
             _count(ds, "ImagesInAcquisition"), _count(ds, "NumberOfTimeSlices"),
             first_type.strip().upper(), _count(ds, "NumberOfTimeSlots"),
         ),
+        patient_id=str(ds.get("PatientID", "") or "").strip(),
+        accession=str(ds.get("AccessionNumber", "") or "").strip(),
     )
 
 

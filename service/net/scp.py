@@ -62,7 +62,7 @@ from service.config import Settings
 from service.dicom import codes
 from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
-from service.net import acceptor
+from service.net import acceptor, audit_events
 from service.net.status import Status
 from service.store import db, series
 from service.store.rows import Connection, Rows
@@ -158,6 +158,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, audit_events.association_rejected_event),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -244,6 +245,7 @@ class StorageSCP:
         if self.settings.caller(calling, requestor.address) is None:
             metrics.ASSOCIATIONS.labels(result="rejected").inc()
             log.warning("association_rejected", extra={"fields": {"reason": "unknown_caller"}})
+            audit_events.association_refused(event.assoc, "unknown_caller")
             # rejected-permanent, service-user, calling AE title not recognised
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             # as pynetdicom does for its own rejections: let the DUL send the
@@ -253,10 +255,12 @@ class StorageSCP:
     def handle_accepted(self, event: evt.Event) -> None:
         metrics.ASSOCIATIONS.labels(result="accepted").inc()
         metrics.ASSOCIATIONS_ACTIVE.inc()
+        audit_events.association_accepted(event.assoc)
         with self._active_lock:
             self._active.add(id(event.assoc))
 
     def handle_conn_close(self, event: evt.Event) -> None:
+        audit_events.connection_closed(event.assoc)
         with self._active_lock:
             if id(event.assoc) not in self._active:
                 return
@@ -274,6 +278,7 @@ class StorageSCP:
             outcome = self._store(event)
         except StoreRefused as refused:
             metrics.INSTANCES_REJECTED.labels(reason=refused.reason).inc()
+            audit_events.instance_refused(event.assoc, refused.reason)
             log.warning("store_refused", extra={"fields": {
                 "reason": refused.reason, "status": f"0x{int(refused.status):04X}"}})
             return _status(refused.status, refused.comment)
@@ -321,6 +326,7 @@ class StorageSCP:
         with self._pool.connection() as conn, conn:
             if not series.record_instance(conn, rec, header.info, quiet_s):
                 return "duplicate"
+        audit_events.instance_stored(event.assoc, header)
         return "stored"
 
     def _check_limits(self, size_bytes: int) -> None:

@@ -40,6 +40,7 @@ from pynetdicom.presentation import PresentationContext
 
 from service import metrics
 from service.logs import safe_text
+from service.net import audit_events
 from service.store import outbox
 from service.store.outbox import OutboxItem, RetryPolicy
 
@@ -291,6 +292,8 @@ class Sender:
             else:
                 result = "failed" if outbox.mark_failed(conn, item.id, error, now, token) else "gone"
         metrics.DELIVERIES.labels(destination=item.destination, result=result).inc()
+        audit_events.output_sent(self._calling_ae, self._destinations.get(item.destination),
+                                 item, status, result, error)
         if result == "sent":
             report.sent += 1
             log.info("output_delivered", extra={"fields": {**fields, "status": f"0x{status:04X}"}})

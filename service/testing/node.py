@@ -114,6 +114,7 @@ class NodeProcess:
         self.log_path = self.work_dir / "node.log"
         self.spool_dir = Path(spool_dir) if spool_dir else self.work_dir / "spool"
         self.db_path = self.work_dir / "dopanode.sqlite3"
+        self.audit_path = self.work_dir / "audit" / "audit.jsonl"
         self.components = components
         self.log_level = log_level
         self.env = dict(env or {})
@@ -137,6 +138,7 @@ class NodeProcess:
             "worker": {"count": 1, "lease_s": 5.0, "max_attempts": 3,
                        "poll_interval_s": 0.05, "shutdown_grace_s": 5.0},
             "sender": {"retry_base_s": 0.2, "retry_cap_s": 1.0, "give_up_after_h": 1.0},
+            "audit": {"path": str(self.audit_path)},
         }
         for key, value in overrides.items():
             if key == "pipelines" and isinstance(base.get(key), dict):
@@ -230,6 +232,14 @@ class NodeProcess:
     # --- inspection --------------------------------------------------------------
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every record of the node's audit trail (current file), oldest first."""
+        import json
+
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text("ascii").splitlines()]
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows from the node's database (read-only connection)."""

@@ -46,6 +46,8 @@ from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess
 from service.testing.ports import free_port
 
+pytestmark = pytest.mark.slow  # real node processes or servers
+
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_NAME = "SENTINEL^ADMINPAGE"
 PATIENT_ID = "SENTINELID4711"

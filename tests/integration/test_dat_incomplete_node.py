@@ -32,6 +32,8 @@ from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
 
+pytestmark = pytest.mark.slow  # real node processes or servers
+
 N_SLICES = 80
 WAIT_S = 4.0
 

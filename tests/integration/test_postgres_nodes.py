@@ -13,10 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess, fake_settings
 from service.testing.peers import require_tool
+
+pytestmark = pytest.mark.slow  # real node processes or servers
 
 
 def test_two_listeners_one_worker_share_one_postgres(tmp_path: Path, postgres_dsn: str) -> None:

@@ -25,6 +25,8 @@ from service.store.dialect import try_singleton
 from service.store.postgres import PostgresRows
 from service.store.spool import Spool
 
+pytestmark = pytest.mark.slow  # real node processes or servers
+
 STUDY = "1.2.826.0.1.3680043.8.498.80"
 T0 = 1_800_000_000.0
 

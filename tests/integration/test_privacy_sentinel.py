@@ -9,7 +9,9 @@ DCMTK storescp destination. Each job must end done with its SR delivered
 (a malformed birth date must not cost the reader the result), and then no
 sentinel may appear in any line the node wrote (stdout and stderr), nor in
 any response of /health, /ready, /metrics, /openapi.json or /api/... without
-a token or with a wrong one.
+a token or with a wrong one. The audit trail is the one place they may be:
+the patient IDs and accession numbers must be there, with the model checksum
+of each analysis.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from service.testing.nmdata import write_marker_study
 from service.testing.node import NodeProcess
 from service.testing.peers import require_tool
 from service.testing.ports import free_port
+
+pytestmark = pytest.mark.slow  # real node processes or servers
 
 #: Per study: header keyword -> sentinel value (malformed where the VR allows).
 STUDIES: dict[str, dict[str, str]] = {
@@ -145,6 +149,8 @@ def test_malformed_headers_never_reach_logs_or_open_responses(
                 responses.append(http_get(node.api_port, path, token))
         assert node.stop() == 0
         log = node.log_text()
+        audit_text = node.audit_path.read_text(encoding="ascii")
+        records = node.audit_records()
 
     leaks = {s: where for s in sentinels()
              for where, text in [("log", log), *((f"response {i}", r)
@@ -164,3 +170,14 @@ def test_malformed_headers_never_reach_logs_or_open_responses(
     assert "job_done" in log and "api_bad_token" in log  # the log is real
     assert 'route="/studies/{study_uid}"' in log  # the route template, not the UID
     assert str(study_uid) not in log
+    # ... and they are in the audit trail, which names the model that read them
+    for study in STUDIES.values():
+        for keyword in ("PatientID", "AccessionNumber"):
+            assert study[keyword] in audit_text, keyword
+    analyses = [r for r in records if r["event"] == "analysis"]
+    assert {r["objects"][0]["patient_id"] for r in analyses} == {
+        s["PatientID"] for s in STUDIES.values()}
+    checksums = {r["details"]["algorithm"]["model_sha256"] for r in analyses}
+    (start,) = [r for r in records if r["event"] == "application_start"]
+    (model,) = start["details"]["models"]["dat_spect"]
+    assert checksums == {model["sha256"]} and len(model["sha256"]) == 64
