@@ -220,6 +220,10 @@ class ApiSettings(_Section):
     bind: str = "127.0.0.1"
     port: Port = 8080
     token: str | None = None
+    #: open HTTP connections at most (more are closed at once, before reading)
+    max_connections: Int = Field(default=64, ge=1, le=10000)
+    #: a request's line and headers must arrive within this many seconds
+    header_timeout_s: Float = Field(default=10.0, ge=0.1, le=600)
 
     @field_validator("token")
     @classmethod
