@@ -83,6 +83,9 @@ class ParsedHeader:
     sop_instance_uid: str
     transfer_syntax: str
     info: InstanceHeader
+    #: SOP Class UID (0008,0016) of the data set itself, stripped ("" when absent);
+    #: ``info.sop_class_uid`` is the class the sender declared, when given
+    dataset_sop_class_uid: str = ""
 
 
 def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None) -> ParsedHeader:
@@ -117,6 +120,7 @@ def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None)
             _count(ds, "ImagesInAcquisition"), _count(ds, "NumberOfTimeSlices"),
             first_type.strip().upper(), _count(ds, "NumberOfTimeSlots"),
         ),
+        dataset_sop_class_uid=str(ds.get("SOPClassUID", "")).rstrip("\x00 "),
     )
 
 

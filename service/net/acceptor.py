@@ -56,6 +56,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from service.net.guard import abort_from_dul
 from service.net.pynetdicom_private import (
     PRIVATE_NAMES,
     SUPPORTED_PYNETDICOM,
@@ -229,7 +230,12 @@ class EventDUL(DULServiceProvider):
             except queue.Empty:
                 idle = True
                 continue
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception:  # pynetdicom lets this kill the thread silently (audit D7)
+                log.exception("dul_action_failed")
+                abort_from_dul(self.assoc)
+                return
             idle = False
 
 
@@ -278,6 +284,14 @@ class EventAssociation(Association):
 
     def kill(self) -> None:
         self.wake()
+        if threading.get_ident() == self.dul.ident:
+            # called from the DUL thread (an abort inside a served request):
+            # pynetdicom's kill would wait for this very thread to end
+            self._reactor_checkpoint.set()
+            self._kill = True
+            self.is_established = False
+            self.dul._kill_thread = True
+            return
         super().kill()
 
     def _run_reactor(self) -> None:
@@ -357,8 +371,9 @@ class EventRequestHandler(RequestHandler):
         return assoc
 
 
-def make_server(ae: pynetdicom.AE, address: tuple[str, int],
-                handlers: list[Any]) -> ThreadedAssociationServer:
+def make_server(ae: pynetdicom.AE, address: tuple[str, int], handlers: list[Any],
+                server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer
+                ) -> ThreadedAssociationServer:
     """Start a non-blocking server like ``ae.start_server(block=False)``, event-driven.
 
     Raises
@@ -377,8 +392,7 @@ def make_server(ae: pynetdicom.AE, address: tuple[str, int],
             f" {pynetdicom.__version__}; install pynetdicom>={SUPPORTED_PYNETDICOM}.4,"
             f"<3.1 or set node.acceptor = \"pynetdicom\"")
     server = ae.make_server(address, evt_handlers=handlers,
-                            server_class=ThreadedAssociationServer,
-                            request_handler=EventRequestHandler)
+                            server_class=server_class, request_handler=EventRequestHandler)
     missing = missing_private_names(ae, server)
     if missing:
         server.server_close()
