@@ -3,8 +3,9 @@
 pynetdicom leaves several ways for a peer to hold a thread, a socket or disk
 space that the node cannot take back (reliability audit D4, D5, D7, D9):
 
-* :func:`bounded_server_class` makes the association server close a
-  connection at TCP accept, before a byte is read, when its IP address
+* :func:`bounded_server_class` makes the association server answer a
+  connection at TCP accept with an A-ASSOCIATE-RJ (transient, local limit
+  exceeded) and close it, before a byte is read, when its IP address
   already holds ``max_per_host`` connections, and gives every accepted
   socket a receive timeout (a half-sent PDU no longer blocks a thread);
 * :class:`AssociationGuard` wraps, per association, the two places where a
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 #: Free space is re-checked each time a data set grows by this much, bytes.
 FREE_CHECK_BYTES = 16 * 1024 * 1024
+#: A-ASSOCIATE-RJ PDU: rejected-transient, service-provider (presentation), local
+#: limit exceeded (PS3.8 9.3.4), sent unasked to a connection over its host's slots.
+REJECT_LOCAL_LIMIT = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02))
 #: C-STORE-RQ in Command Field (0000,0100).
 C_STORE_RQ = 0x0001
 #: Command Data Set Type (0000,0800) meaning "no data set follows".
@@ -109,7 +113,10 @@ class BoundedServer(ThreadedAssociationServer):
                 refused = False
                 self._starting[host] += 1
         if refused:
-            log.warning("connection_refused", extra={"fields": {"reason": "host_limit"}})
+            # the peer reads this as a transient rejection once it has sent its
+            # A-ASSOCIATE-RQ, as for pynetdicom's association limit; best effort
+            with contextlib.suppress(OSError):
+                request.send(REJECT_LOCAL_LIMIT)
             if self.on_refused is not None:
                 self.on_refused("host_limit")
         return not refused

@@ -257,9 +257,13 @@ def test_half_open_connection_is_closed_by_the_node(tmp_path: Path, acceptor_kin
         peers = [socket.create_connection(("127.0.0.1", scp.port), timeout=10) for _ in range(7)]
         for peer in peers:
             peer.sendall(b"\x01\x00" + (200).to_bytes(4, "big") + b"\x00\x01")
+        poll(lambda: scp._server._connections_from("127.0.0.1") >= 5)
+        over = open_assoc(scp)  # over the host's slots: a transient rejection, unread
+        rj = over.acceptor.primitive
+        assert over.is_rejected and (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
         for peer in peers:  # over the 5 slots: closed at once; the others after 3 s
             wait_closed(peer)
-        assert counter(metrics.ASSOCIATIONS, result="rejected", reason="host_limit") >= before + 2
+        assert counter(metrics.ASSOCIATIONS, result="rejected", reason="host_limit") >= before + 3
         poll(lambda: not acceptor_threads(), timeout_s=10)
         assoc = open_assoc(scp)  # the same host gets in again
         assert assoc.is_established
@@ -357,3 +361,15 @@ def test_association_limit_rejections_are_counted(tmp_path: Path) -> None:
                        reason="association_limit") == before + 1
     finally:
         scp.stop()
+
+
+def test_ready_fails_below_the_floor_even_with_min_free_mb_0(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.api import readiness
+
+    monkeypatch.setattr(readiness, "spool_free_bytes", lambda _: 10 * 1024 * 1024)
+    check = readiness.check_spool_disk(tmp_path, 0)
+    assert not check.ok and "floor 64" in check.detail
+    monkeypatch.setattr(readiness, "spool_free_bytes", lambda _: 100 * 1024 * 1024)
+    assert readiness.check_spool_disk(tmp_path, 0).ok
+    assert not readiness.check_spool_disk(tmp_path, 200).ok
