@@ -331,6 +331,16 @@ def test_storage_association_refused_when_spool_is_short(scp: RecordingSCP,
     echo.release()
 
 
+def test_space_running_out_while_receiving_is_0xa700(scp: RecordingSCP,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    assoc = open_assoc(scp)  # accepted while there is room
+    monkeypatch.setattr(scp.spool, "free_mb", lambda: 10.0)  # then the disk fills
+    rsp = assoc.send_c_store(nm_instance("disk-fills", 0, slices=1))
+    assoc.release()
+    assert rsp.Status == 0xA700 and "disk space" in str(rsp.ErrorComment)
+    assert scp.served_in == [] and list(scp.spool.tmp_dir.iterdir()) == []
+
+
 # --- D15 / D20: called AE title, counted ------------------------------------------------
 def test_wrong_called_ae_title_is_rejected_and_counted(scp: RecordingSCP) -> None:
     before = counter(metrics.ASSOCIATIONS, result="rejected", reason="called_ae")
