@@ -157,13 +157,18 @@ def test_repeats_beyond_the_burst_are_dropped_and_summarised() -> None:
 def test_configure_installs_the_rate_limit() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logs._configured
+    levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "highdicom")}
+    validation = config.settings.reading_validation_mode
     logs._configured = False
     try:
         logs.configure("INFO")
         (handler,) = root.handlers
         assert any(isinstance(f, logs.RateLimit) for f in handler.filters)
-    finally:
+    finally:  # configure() changes process-wide state: put it all back
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         logs._configured = saved[2]
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        config.settings.reading_validation_mode = validation
         logging.captureWarnings(False)

@@ -258,9 +258,11 @@ def test_half_open_connection_is_closed_by_the_node(tmp_path: Path, acceptor_kin
         for peer in peers:
             peer.sendall(b"\x01\x00" + (200).to_bytes(4, "big") + b"\x00\x01")
         poll(lambda: scp._server._connections_from("127.0.0.1") >= 5)
-        over = open_assoc(scp)  # over the host's slots: a transient rejection, unread
-        rj = over.acceptor.primitive
-        assert over.is_rejected and (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+        over = open_assoc(scp)  # over the host's slots: refused, nothing of it read
+        assert not over.is_established
+        if over.is_rejected:  # usually; the close may reset it before the RJ is read
+            rj = over.acceptor.primitive
+            assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
         for peer in peers:  # over the 5 slots: closed at once; the others after 3 s
             wait_closed(peer)
         assert counter(metrics.ASSOCIATIONS, result="rejected", reason="host_limit") >= before + 3
