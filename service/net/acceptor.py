@@ -43,6 +43,7 @@ import queue
 import select
 import socket
 import threading
+import time
 from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
@@ -124,18 +125,31 @@ class FastSocket(AssociationSocket):
         6-byte PDU header declares (up to 4 GiB, before any AE check).
         """
         sock = cast(socket.socket, self.socket)
+        timeout_s = sock.gettimeout()
+        # the socket's receive timeout bounds the whole read, not each piece: a
+        # peer trickling a byte at a time cannot hold the thread (audit D5)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         buffer = bytearray(min(nr_bytes, RECV_START_BYTES))
         got = 0
-        while got < nr_bytes:
-            if got == len(buffer):
-                buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
-            with memoryview(buffer)[got:] as free:
-                n = sock.recv_into(free, len(free))
-            if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                del buffer[got:]
-                return buffer
-            got += n
-        return buffer
+        try:
+            while got < nr_bytes:
+                if deadline is not None:
+                    remaining_s = deadline - time.monotonic()
+                    if remaining_s <= 0:
+                        raise TimeoutError("PDU not complete within the receive timeout")
+                    sock.settimeout(remaining_s)
+                if got == len(buffer):
+                    buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
+                with memoryview(buffer)[got:] as free:
+                    n = sock.recv_into(free, len(free))
+                if n == 0:  # connection closed: return what arrived, as pynetdicom does
+                    del buffer[got:]
+                    return buffer
+                got += n
+            return buffer
+        finally:
+            if deadline is not None:
+                sock.settimeout(timeout_s)
 
 
 class EventDUL(DULServiceProvider):

@@ -15,10 +15,12 @@ No sleeps as synchronisation: every wait is a poll with a deadline.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -385,3 +387,35 @@ def test_ready_fails_below_the_floor_even_with_min_free_mb_0(
     monkeypatch.setattr(readiness, "spool_free_bytes", lambda _: 100 * 1024 * 1024)
     assert readiness.check_spool_disk(tmp_path, 0).ok
     assert not readiness.check_spool_disk(tmp_path, 200).ok
+
+
+def test_trickled_pdu_is_bounded_by_the_receive_timeout(tmp_path: Path) -> None:
+    """A byte every 0.1 s never finishes a PDU: the event acceptor ends it (whole-PDU deadline).
+
+    The stock acceptor reads in 4 KiB pieces, each with the socket timeout:
+    there ARTIM and the per-host slots are the bound.
+    """
+    scp = start_scp(tmp_path, "event", receive_timeout_s=1.0, artim_timeout_s=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as peer:
+            peer.sendall(b"\x01\x00" + (200).to_bytes(4, "big"))
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 8 and not closed:
+                try:
+                    peer.sendall(b"\x00")
+                    time.sleep(0.1)  # the trickle itself, not synchronisation
+                except OSError:
+                    closed = True
+                    break
+                readable, _, _ = select.select([peer], [], [], 0)
+                if readable:
+                    try:
+                        closed = peer.recv(4096) == b"" or closed
+                    except ConnectionResetError:
+                        closed = True
+            assert closed, "the node kept reading a trickled PDU"
+            assert time.monotonic() - started < 4
+        poll(lambda: not acceptor_threads())
+    finally:
+        scp.stop()
