@@ -53,6 +53,28 @@ def compose_pipelines(settings: Settings) -> dict[str, Pipeline]:
     return build_enabled(settings.pipelines)
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard limit; the (soft, hard) in force.
+
+    The API, the SCP, the workers and SQLite share one process: with the
+    usual soft limit of 1024 a thousand idle HTTP connections stopped DICOM
+    ingest (audit D6). The hard limit is what the service manager allows
+    (``LimitNOFILE`` in deploy/systemd/dopanode.service).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep what we have
+            log.warning("nofile_limit_unchanged", extra={"fields": {"soft": soft, "hard": hard}})
+    log.info("nofile_limit", extra={"fields": {"soft": soft, "hard": hard}})
+    return soft, hard
+
+
 @dataclass
 class Node:
     """The running parts of one ``dopanode serve`` process.
@@ -82,6 +104,7 @@ class Node:
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown component(s): {', '.join(sorted(unknown))}")
+        raise_open_files_limit()
         storage = self.settings.storage
         audit.open_trail(self.settings.audit, {"ae_title": self.settings.node.ae_title})
         self.database = open_rows(storage)  # SQLite file or PostgreSQL server
@@ -191,7 +214,8 @@ class Node:
         scp = self._parts.get("scp")
         probes = Probes(scp_listening=scp.is_listening if scp is not None else None)
         app = create_app(self.settings, self.database, probes)
-        server = ApiServer(app, self.settings.api.bind, self.settings.api.port)
+        api = self.settings.api
+        server = ApiServer(app, api.bind, api.port, api.max_connections, api.header_timeout_s)
         server.start()
         self._parts["api"] = server
 

@@ -130,13 +130,28 @@ class NodeSettings(_Section):
 
     ``acceptor`` chooses how associations are accepted: ``"event"`` (our
     event-driven acceptor) or ``"pynetdicom"`` (the stock server).
+
+    Bounds at the socket edge (both acceptors): ``max_associations_per_host``
+    connections from one IP address at a time (more are closed at TCP accept,
+    before a byte is read; the effective bound is at most
+    ``max_associations``); ``artim_timeout_s`` (PS3.8 9.1.5: how long an
+    A-ASSOCIATE-RQ, or the close after an abort, may take);
+    ``network_timeout_s`` (an established association with no traffic is
+    aborted); ``receive_timeout_s`` (longest wait for the rest of a PDU once
+    it has started, and for a send to make progress). ``require_called_ae``:
+    refuse an association whose Called AE Title is not ``ae_title``.
     """
 
     ae_title: AeTitle = "DOPANODE"
     port: Port = 11112
     bind: str = "0.0.0.0"
     max_associations: Int = Field(default=10, ge=1, le=1000)
+    max_associations_per_host: Int = Field(default=5, ge=1, le=1000)
     acceptor: Literal["event", "pynetdicom"] = "event"
+    artim_timeout_s: Float = Field(default=10.0, ge=0.1, le=600)
+    network_timeout_s: Float = Field(default=60.0, ge=0.1, le=86400)
+    receive_timeout_s: Float = Field(default=30.0, ge=0.1, le=3600)
+    require_called_ae: bool = True
 
 
 class AllowedCaller(_Section):
@@ -244,6 +259,10 @@ class ApiSettings(_Section):
     port: Port = 8080
     token: str | None = None
     show_patient_names: bool = False
+    #: open HTTP connections at most (more are closed at once, before reading)
+    max_connections: Int = Field(default=64, ge=1, le=10000)
+    #: a request's line and headers must arrive within this many seconds
+    header_timeout_s: Float = Field(default=10.0, ge=0.1, le=600)
 
     @field_validator("token")
     @classmethod

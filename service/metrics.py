@@ -17,7 +17,7 @@ Usage from other modules::
     from service import metrics
     metrics.INSTANCES_RECEIVED.inc()
     metrics.INSTANCES_REJECTED.labels(reason="out_of_space").inc()
-    metrics.ASSOCIATIONS.labels(result="accepted").inc()
+    metrics.ASSOCIATIONS.labels(result="accepted", reason="").inc()
     with metrics.ASSOCIATIONS_ACTIVE.track_inprogress(): ...
     metrics.JOB_STAGE_DURATION.labels(pipeline="dat_spect", stage="volume").observe(0.8)
 
@@ -64,8 +64,10 @@ INSTANCES_DUPLICATE = Counter(
 )
 ASSOCIATIONS = Counter(
     "dopanode_associations_total",
-    "Association requests, by result (accepted, rejected).",
-    ["result"],
+    "Association requests and connections, by result (accepted, rejected) and, for"
+    " rejections, reason (unknown_caller, called_ae, association_limit, host_limit,"
+    " disk_space, user_identity, other; empty when accepted).",
+    ["result", "reason"],
     registry=REGISTRY,
 )
 ASSOCIATIONS_ACTIVE = Gauge(

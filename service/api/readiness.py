@@ -32,6 +32,7 @@ from typing import Any
 from service import metrics
 from service.pipelines.registry import check_enabled_models
 from service.store import outbox
+from service.store.spool import FREE_SPACE_FLOOR_MB
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -104,12 +105,19 @@ def spool_free_bytes(spool_dir: Path) -> int:
 
 
 def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
+    """Free space at least ``min_free_mb`` and never below :data:`FREE_SPACE_FLOOR_MB`.
+
+    The floor holds with ``storage.min_free_mb = 0`` too (audit D20): a spool
+    with no room left cannot take an instance, whatever was configured.
+    """
     free_mb = spool_free_bytes(spool_dir) / MIB
-    ok = free_mb >= min_free_mb
+    need_mb = max(float(min_free_mb), FREE_SPACE_FLOOR_MB)
+    ok = free_mb >= need_mb
     detail = (f"{free_mb:.0f} MiB free" if ok
-              else f"only {free_mb:.0f} MiB free, below storage.min_free_mb = {min_free_mb:g}")
+              else f"only {free_mb:.0f} MiB free, below {need_mb:g} MiB (storage.min_free_mb"
+                   f" = {min_free_mb:g}, floor {FREE_SPACE_FLOOR_MB})")
     return Check("spool_disk", ok, detail, {"free_mb": round(free_mb, 1),
-                                            "min_free_mb": min_free_mb})
+                                            "min_free_mb": need_mb})
 
 
 def check_models(pipelines: Any) -> list[Check]:

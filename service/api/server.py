@@ -8,14 +8,71 @@ installed: SIGTERM belongs to the node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
+
+#: Longest request line plus headers h11 buffers, bytes (its default is 16 KiB too).
+MAX_HEADER_BYTES = 16 * 1024
+#: Seconds an idle keep-alive connection stays open between requests.
+KEEP_ALIVE_S = 5
+
+
+def bounded_protocol(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a connection cap and a request-header deadline.
+
+    uvicorn's keep-alive timer runs only between requests, and its
+    ``limit_concurrency`` answers 503 only once a request has arrived: a
+    connection that sends half a request line stays open for ever and holds
+    a file descriptor the SCP needs (audit D6). Here a connection over
+    ``max_connections`` is closed as soon as it is made, and one whose
+    request line and headers are not complete ``header_timeout_s`` after it
+    opened (or after its previous response) is closed.
+    """
+
+    class BoundedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("api_connection_refused", extra={"fields": {
+                    "reason": "connection_limit"}})
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_deadline)
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            # IDLE: h11 has not seen a whole request line and headers yet
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return BoundedH11Protocol
 
 
 class _ThreadServer(uvicorn.Server):
@@ -33,11 +90,20 @@ class ApiServer:
         Bind address (``api.bind``).
     port : int
         TCP port (``api.port``); 0 picks a free one (see :attr:`port` after start).
+    max_connections : int
+        Open connections at most (``api.max_connections``); more are closed at once.
+    header_timeout_s : float
+        A request line and headers must arrive within this (``api.header_timeout_s``).
     """
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, max_connections: int = 64,
+                 header_timeout_s: float = 10.0) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None,
-                                access_log=False, lifespan="off")
+                                access_log=False, lifespan="off",
+                                http=bounded_protocol(max_connections, header_timeout_s),
+                                limit_concurrency=max_connections,
+                                timeout_keep_alive=KEEP_ALIVE_S,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         self._server = _ThreadServer(config)
         self._thread: threading.Thread | None = None
         self.host = host

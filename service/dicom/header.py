@@ -89,6 +89,9 @@ class ParsedHeader:
     info: InstanceHeader
     patient_id: str = field(default="", repr=False)
     accession: str = field(default="", repr=False)
+    #: SOP Class UID (0008,0016) of the data set itself, stripped ("" when absent);
+    #: ``info.sop_class_uid`` is the class the sender declared, when given
+    dataset_sop_class_uid: str = ""
 
 
 def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None) -> ParsedHeader:
@@ -125,6 +128,7 @@ def read_header(source: str | Path | BinaryIO, sop_class_uid: str | None = None)
         ),
         patient_id=str(ds.get("PatientID", "") or "").strip(),
         accession=str(ds.get("AccessionNumber", "") or "").strip(),
+        dataset_sop_class_uid=str(ds.get("SOPClassUID", "")).rstrip("\x00 "),
     )
 
 

@@ -43,6 +43,7 @@ import queue
 import select
 import socket
 import threading
+import time
 from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
@@ -56,6 +57,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from service.net.guard import abort_from_dul
 from service.net.pynetdicom_private import (
     PRIVATE_NAMES,
     SUPPORTED_PYNETDICOM,
@@ -123,18 +125,31 @@ class FastSocket(AssociationSocket):
         6-byte PDU header declares (up to 4 GiB, before any AE check).
         """
         sock = cast(socket.socket, self.socket)
+        timeout_s = sock.gettimeout()
+        # the socket's receive timeout bounds the whole read, not each piece: a
+        # peer trickling a byte at a time cannot hold the thread (audit D5)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         buffer = bytearray(min(nr_bytes, RECV_START_BYTES))
         got = 0
-        while got < nr_bytes:
-            if got == len(buffer):
-                buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
-            with memoryview(buffer)[got:] as free:
-                n = sock.recv_into(free, len(free))
-            if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                del buffer[got:]
-                return buffer
-            got += n
-        return buffer
+        try:
+            while got < nr_bytes:
+                if deadline is not None:
+                    remaining_s = deadline - time.monotonic()
+                    if remaining_s <= 0:
+                        raise TimeoutError("PDU not complete within the receive timeout")
+                    sock.settimeout(remaining_s)
+                if got == len(buffer):
+                    buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
+                with memoryview(buffer)[got:] as free:
+                    n = sock.recv_into(free, len(free))
+                if n == 0:  # connection closed: return what arrived, as pynetdicom does
+                    del buffer[got:]
+                    return buffer
+                got += n
+            return buffer
+        finally:
+            if deadline is not None:
+                sock.settimeout(timeout_s)
 
 
 class EventDUL(DULServiceProvider):
@@ -229,7 +244,12 @@ class EventDUL(DULServiceProvider):
             except queue.Empty:
                 idle = True
                 continue
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception:  # pynetdicom lets this kill the thread silently (audit D7)
+                log.exception("dul_action_failed")
+                abort_from_dul(self.assoc)
+                return
             idle = False
 
 
@@ -278,6 +298,14 @@ class EventAssociation(Association):
 
     def kill(self) -> None:
         self.wake()
+        if threading.get_ident() == self.dul.ident:
+            # called from the DUL thread (an abort inside a served request):
+            # pynetdicom's kill would wait for this very thread to end
+            self._reactor_checkpoint.set()
+            self._kill = True
+            self.is_established = False
+            self.dul._kill_thread = True
+            return
         super().kill()
 
     def _run_reactor(self) -> None:
@@ -357,8 +385,9 @@ class EventRequestHandler(RequestHandler):
         return assoc
 
 
-def make_server(ae: pynetdicom.AE, address: tuple[str, int],
-                handlers: list[Any]) -> ThreadedAssociationServer:
+def make_server(ae: pynetdicom.AE, address: tuple[str, int], handlers: list[Any],
+                server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer
+                ) -> ThreadedAssociationServer:
     """Start a non-blocking server like ``ae.start_server(block=False)``, event-driven.
 
     Raises
@@ -377,8 +406,7 @@ def make_server(ae: pynetdicom.AE, address: tuple[str, int],
             f" {pynetdicom.__version__}; install pynetdicom>={SUPPORTED_PYNETDICOM}.4,"
             f"<3.1 or set node.acceptor = \"pynetdicom\"")
     server = ae.make_server(address, evt_handlers=handlers,
-                            server_class=ThreadedAssociationServer,
-                            request_handler=EventRequestHandler)
+                            server_class=server_class, request_handler=EventRequestHandler)
     missing = missing_private_names(ae, server)
     if missing:
         server.server_close()

@@ -27,9 +27,6 @@ from service import audit
 from service.audit import DESTINATION_ROLE, SOURCE_ROLE, Outcome
 from service.dicom.header import READ_ERRORS
 
-#: pynetdicom's A-ASSOCIATE-RJ (source, diagnostic) -> our reason slug.
-_REJECT_REASONS = {(1, 3): "calling_ae_not_recognised", (1, 7): "called_ae_not_recognised",
-                   (3, 2): "too_many_associations"}
 _STUDY_TAGS = ["StudyInstanceUID", "PatientID", "AccessionNumber"]
 
 
@@ -61,28 +58,10 @@ def _peers(assoc: Any) -> list[dict[str, Any]]:
 
 
 def association_refused(assoc: Any, reason: str) -> None:
-    """An association request refused (by our allow-list or by pynetdicom)."""
+    """An association request refused, with the SCP's reason slug (the metric's)."""
     audit.emit("association", audit.USER_AUTHENTICATION, audit.LOGIN, action="E",
                outcome=Outcome.MINOR_FAILURE, outcome_text=reason,
                participants=_peers(assoc))
-
-
-def association_rejected(assoc: Any) -> None:
-    """pynetdicom rejected the request itself (EVT_REJECTED): name its reason."""
-    ae, primitive = assoc.ae, assoc.requestor.primitive
-    calling = str(primitive.calling_ae_title if primitive is not None else "").strip()
-    if ae.require_calling_aet and calling not in [a.strip() for a in ae.require_calling_aet]:
-        reason = _REJECT_REASONS[(1, 3)]
-    elif len([a for a in ae.active_associations if a.is_acceptor]) > ae.maximum_associations:
-        reason = _REJECT_REASONS[(3, 2)]
-    else:
-        reason = "rejected"
-    association_refused(assoc, reason)
-
-
-def association_rejected_event(event: Any) -> None:
-    """EVT_REJECTED handler (bound by the SCP)."""
-    association_rejected(event.assoc)
 
 
 def association_accepted(assoc: Any) -> None:

@@ -9,6 +9,11 @@ bookkeeping, and only then answers Success. Every failure is answered with a
 precise status and an ErrorComment; nothing patient-related is logged
 (pynetdicom's identifier logging is switched off).
 
+Bounds and refusals that must act before the handler (per-host connection
+slots, socket receive timeouts, size and free-space limits while a data set
+arrives, unknown SOP classes, undecodable commands) live in
+:mod:`service.net.guard`, the same for both acceptors.
+
 Durability costs one flush per instance on ext4/XFS/btrfs with the default
 ``storage.spool_sync = "auto"`` (data written out, rename, fsync of the file),
 else fsync, rename, fsync of the directory (see :mod:`service.store.spool`);
@@ -63,10 +68,11 @@ from service.dicom import codes
 from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
 from service.net import acceptor, audit_events
+from service.net.guard import AssociationGuard, Refusal, bounded_server_class, count_refusal
 from service.net.status import Status
 from service.store import db, series
 from service.store.rows import Connection, Rows
-from service.store.spool import MIB, Spool
+from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,12 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 DEFAULT_QUIET_S = 30.0
 MAX_PDU_BYTES = 1024 * 1024
+#: Free spool space below which nothing is stored, whatever ``storage.min_free_mb``
+#: says (SQLite's journal and the node's outputs need room too), MiB.
+FREE_FLOOR_MB = FREE_SPACE_FLOOR_MB
+#: A-ASSOCIATE-RJ (source, reason) of pynetdicom's own rejections -> metrics reason.
+_REJECT_REASONS: dict[tuple[Any, Any], str] = {(0x01, 0x03): "unknown_caller", (0x01, 0x07): "called_ae",
+                   (0x03, 0x02): "association_limit", (0x02, 0x01): "user_identity"}
 
 
 class StoreRefused(Exception):
@@ -142,10 +154,14 @@ class StorageSCP:
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.settings.node.ae_title)
-        ae.maximum_associations = self.settings.node.max_associations
+        node = self.settings.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
         ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.require_calling_aet = sorted({c.ae_title for c in self.settings.allowed_callers})
+        ae.require_called_aet = node.require_called_ae
+        ae.acse_timeout = node.artim_timeout_s  # pynetdicom's ARTIM timer
+        ae.network_timeout = node.network_timeout_s
         ae.add_supported_context(codes.VERIFICATION)
         for sop_class in codes.ACCEPTED_STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
@@ -158,19 +174,23 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
-            (evt.EVT_REJECTED, audit_events.association_rejected_event),
+            (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
         ]
         self._set_globals()
         node = self.settings.node
+        server_class = bounded_server_class(
+            min(node.max_associations_per_host, node.max_associations), node.receive_timeout_s,
+            _count_rejected)
         try:
             if node.acceptor == "event":  # pynetdicom's loops, event-driven waits
-                self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers)
+                self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers,
+                                                    server_class)
             else:
-                self._server = self.ae.start_server((node.bind, node.port), block=False,
-                                                    evt_handlers=handlers)
+                self._server = _start_stock_server(self.ae, (node.bind, node.port), handlers,
+                                                   server_class)
         except BaseException:
             self._restore_globals()
             raise
@@ -236,24 +256,48 @@ class StorageSCP:
         sock = assoc_socket.socket if assoc_socket is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        AssociationGuard(event.assoc, codes.ACCEPTED_STORAGE_SOP_CLASSES,
+                         self._receive_limit).install()
 
     def handle_requested(self, event: evt.Event) -> None:
-        """Reject callers that are not configured (AE title and host)."""
+        """Reject callers that are not configured (AE title and host), and
+        storage while the spool is short of space."""
         requestor = event.assoc.requestor
         primitive = requestor.primitive
         calling = primitive.calling_ae_title if primitive is not None else ""
         if self.settings.caller(calling, requestor.address) is None:
-            metrics.ASSOCIATIONS.labels(result="rejected").inc()
-            log.warning("association_rejected", extra={"fields": {"reason": "unknown_caller"}})
-            audit_events.association_refused(event.assoc, "unknown_caller")
             # rejected-permanent, service-user, calling AE title not recognised
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            # as pynetdicom does for its own rejections: let the DUL send the
-            # A-ASSOCIATE-RJ before the socket is closed
-            event.assoc.kill()
+            self._reject(event, (0x01, 0x01, 0x03), "unknown_caller")
+        elif self._proposes_storage(primitive) and self._short_of_space(0):
+            # rejected-transient, service-provider (presentation), local limit exceeded
+            self._reject(event, (0x02, 0x03, 0x02), "disk_space")
+
+    @staticmethod
+    def _reject(event: evt.Event, result_source_reason: tuple[int, int, int],
+                reason: str) -> None:
+        _count_rejected(reason)
+        audit_events.association_refused(event.assoc, reason)
+        event.assoc.acse.send_reject(*result_source_reason)
+        # as pynetdicom does for its own rejections: let the DUL send the
+        # A-ASSOCIATE-RJ before the socket is closed
+        event.assoc.kill()
+
+    @staticmethod
+    def _proposes_storage(primitive: Any) -> bool:
+        contexts = getattr(primitive, "presentation_context_definition_list", None) or []
+        return any(str(cx.abstract_syntax) in codes.ACCEPTED_STORAGE_SOP_CLASSES
+                   for cx in contexts)
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        """Count pynetdicom's own rejections (called AE, association limit)."""
+        rj = event.assoc.acceptor.primitive
+        key = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        reason = _REJECT_REASONS.get(key, "other")
+        _count_rejected(reason)
+        audit_events.association_refused(event.assoc, reason)
 
     def handle_accepted(self, event: evt.Event) -> None:
-        metrics.ASSOCIATIONS.labels(result="accepted").inc()
+        metrics.ASSOCIATIONS.labels(result="accepted", reason="").inc()
         metrics.ASSOCIATIONS_ACTIVE.inc()
         audit_events.association_accepted(event.assoc)
         with self._active_lock:
@@ -277,10 +321,8 @@ class StorageSCP:
         try:
             outcome = self._store(event)
         except StoreRefused as refused:
-            metrics.INSTANCES_REJECTED.labels(reason=refused.reason).inc()
+            count_refusal(Refusal(refused.status, refused.comment, refused.reason))
             audit_events.instance_refused(event.assoc, refused.reason)
-            log.warning("store_refused", extra={"fields": {
-                "reason": refused.reason, "status": f"0x{int(refused.status):04X}"}})
             return _status(refused.status, refused.comment)
         except Exception:  # edge of the association thread: log, answer precisely
             metrics.INSTANCES_REJECTED.labels(reason="internal_error").inc()
@@ -335,9 +377,25 @@ class StorageSCP:
             raise StoreRefused(Status.OUT_OF_RESOURCES,
                                f"instance larger than {storage.max_instance_mb} MiB limit",
                                "too_large")
-        if self.spool.free_mb() - size_bytes / MIB < storage.min_free_mb:
+        if self._short_of_space(size_bytes):
             raise StoreRefused(Status.OUT_OF_RESOURCES,
                                "insufficient disk space on the node's spool", "out_of_space")
+
+    def _short_of_space(self, size_bytes: int) -> bool:
+        """Would ``size_bytes`` more leave the spool below its free-space floor?"""
+        floor_mb = max(self.settings.storage.min_free_mb, FREE_FLOOR_MB)
+        return self.spool.free_mb() - size_bytes / MIB < floor_mb
+
+    def _receive_limit(self, data_bytes: int, check_free: bool) -> Refusal | None:
+        """Whether a C-STORE data set may grow to ``data_bytes`` while it arrives."""
+        max_mb = self.settings.storage.max_instance_mb
+        if data_bytes > max_mb * MIB:
+            return Refusal(Status.OUT_OF_RESOURCES, f"instance larger than {max_mb} MiB limit",
+                           "too_large")
+        if check_free and self._short_of_space(data_bytes):
+            return Refusal(Status.OUT_OF_RESOURCES,
+                           "insufficient disk space on the node's spool", "out_of_space")
+        return None
 
 
 def _read_header(path: Path, sop_class: str, sop_uid: str) -> header_mod.ParsedHeader:
@@ -346,13 +404,37 @@ def _read_header(path: Path, sop_class: str, sop_uid: str) -> header_mod.ParsedH
         header = header_mod.read_header(path, sop_class)
     except ValueError as exc:  # invalid UID or count: the message names the attribute
         raise StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)[:64], "bad_header") from None
-    except header_mod.PARSE_ERRORS:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything pydicom raises on bad bytes
+        # (RecursionError, zlib.error, BytesLengthException, ...) is the data's fault:
+        # 0xC000, never 0xA700 (audit D8); the type only, a traceback would be pydicom's
+        log.info("header_unparsable", extra={"fields": {"error": type(exc).__name__}})
         raise StoreRefused(Status.CANNOT_UNDERSTAND, "dataset could not be parsed",
                            "unparsable") from None
     if header.sop_instance_uid != sop_uid:
         raise StoreRefused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                            "SOP Instance UID differs from the request", "uid_mismatch")
+    if header.dataset_sop_class_uid != sop_class:
+        raise StoreRefused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                           "SOP Class UID differs from the request", "class_mismatch")
     return header
+
+
+def _count_rejected(reason: str) -> None:
+    metrics.ASSOCIATIONS.labels(result="rejected", reason=reason).inc()
+    log.warning("association_rejected", extra={"fields": {"reason": reason}})
+
+
+def _start_stock_server(ae: AE, address: tuple[str, int], handlers: list[Any],
+                        server_class: type[ThreadedAssociationServer]
+                        ) -> ThreadedAssociationServer:
+    """``ae.start_server(block=False)``, with our server class (pynetdicom's acceptor)."""
+    server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
+    return server
 
 
 def _status(status: Status, comment: str) -> Dataset:

@@ -44,6 +44,9 @@ from service.dicom.uids import validated_uid
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+#: Free space (MiB) below which the spool counts as full whatever ``storage.min_free_mb``
+#: says: the SCP stores nothing and /ready fails (SQLite and the outputs need room too).
+FREE_SPACE_FLOOR_MB = 64
 #: File systems whose fsync of a renamed file also makes its new name durable.
 ONE_FLUSH_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 #: sync_file_range flags (<linux/fs.h>): wait for earlier writeback, write, wait for it.

@@ -244,15 +244,23 @@ def test_sentinel_never_logged(node: NodeProcess) -> None:
 
 
 @pytest.mark.parametrize("receive", RECEIVE, ids=RECEIVE_IDS)
-def test_out_of_space_is_0xA700(tmp_path: Path, data: dict[str, list[Path]],
-                                receive: tuple[str, str]) -> None:
+def test_out_of_space_refuses_storage_associations(tmp_path: Path,
+                                                   data: dict[str, list[Path]],
+                                                   receive: tuple[str, str]) -> None:
+    """Short of space: storage is refused at association time (transient), C-ECHO works.
+
+    The 0xA700 answers for space running out while an instance arrives are
+    in tests/unit/test_scp_edge.py.
+    """
     with NodeProcess(tmp_path, components="scp",
                      settings=receive_settings(receive, min_free_mb=10**9)) as full:
         full.start()
         sent = storescu(full, data["multiframe"])
-        assert "Refused: OutOfResources" in sent.stderr and sent.returncode != 0
+        assert sent.returncode != 0 and "Rejected Transient" in sent.stderr
+        assert "Local Limit Exceeded" in sent.stderr
         assert full.query("SELECT COUNT(*) FROM instances") == [(0,)]
-        assert "out_of_space" in full.log_text()
+        assert 'reason="disk_space"' in full.log_text()
+        assert echoscu(full).returncode == 0
         assert full.stop() == 0
 
 

@@ -21,7 +21,7 @@ from service import audit, metrics
 from service.api.access_audit import fingerprint, token_label
 from service.audit import AuditError, AuditTrail, Outcome
 from service.config import load_settings
-from service.net.audit_events import ReceivedLedger, association_rejected
+from service.net.audit_events import ReceivedLedger, association_refused
 from service.worker import audit_analysis
 
 DAY_S = 86400.0
@@ -252,20 +252,17 @@ def test_settings_section(tmp_path: Path) -> None:
     assert changed.audit.retention_days == 3650 and changed.audit.path == tmp_path / "a.jsonl"
 
 
-def test_pynetdicoms_own_rejection_names_its_reason(trail: AuditTrail) -> None:
-    def assoc(active: int) -> Any:
-        primitive = SimpleNamespace(calling_ae_title="PACS  ", called_ae_title="DOPANODE")
-        return SimpleNamespace(
-            ae=SimpleNamespace(require_calling_aet=["PACS"], maximum_associations=1,
-                               active_associations=[SimpleNamespace(is_acceptor=True)] * active),
-            requestor=SimpleNamespace(primitive=primitive, address="10.0.0.9", port=1234),
-            acceptor=SimpleNamespace(ae_title="DOPANODE", address="0.0.0.0", port=104),
-            dul=SimpleNamespace(socket=None))
-
-    association_rejected(assoc(active=2))
-    association_rejected(assoc(active=1))
-    assert [(r["outcome"], r["outcome_text"]) for r in lines(trail.path)] == [
-        (4, "too_many_associations"), (4, "rejected")]
+def test_a_refused_association_names_the_reason(trail: AuditTrail) -> None:
+    primitive = SimpleNamespace(calling_ae_title="PACS  ", called_ae_title="DOPANODE")
+    assoc = SimpleNamespace(requestor=SimpleNamespace(primitive=primitive, address="10.0.0.9",
+                                                      port=1234),
+                            acceptor=SimpleNamespace(ae_title="DOPANODE", address="0.0.0.0",
+                                                     port=104),
+                            dul=SimpleNamespace(socket=None))
+    association_refused(assoc, "association_limit")
+    [record] = lines(trail.path)
+    assert (record["outcome"], record["outcome_text"]) == (4, "association_limit")
+    assert record["participants"][0]["host"] == "10.0.0.9"
 
 
 def test_a_failed_analysis_names_the_model_and_the_patient(trail: AuditTrail) -> None:

@@ -111,3 +111,65 @@ def test_quiet_pydicom_reads_the_same_values_silently(tmp_path, recwarn) -> None
     finally:
         config.settings.reading_validation_mode = saved
     assert not [w for w in recwarn if BIRTH_DATE in str(w.message)]
+
+
+# --- rate limit (audit D17) ---------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeats_beyond_the_burst_are_dropped_and_summarised() -> None:
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logs.KeyValueFormatter())
+    clock = FakeClock()
+    limit = logs.RateLimit(burst=5, interval_s=10.0, clock=clock)
+    limit.sink = handler.handle
+    handler.addFilter(limit)
+    log = logging.getLogger("service.net.scp.ratelimit_test")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(1000):
+            log.warning("store_refused", extra={"fields": {"n": i}})
+        log.info("other_event")  # another event is not held back
+        assert buffer.getvalue().count("store_refused") == 5
+        assert "other_event" in buffer.getvalue()
+        assert "log_suppressed" not in buffer.getvalue()
+        clock.now += 10.0  # the window has passed: one summary with the next line
+        log.warning("store_refused", extra={"fields": {"n": "again"}})
+        lines = buffer.getvalue().splitlines()
+        summaries = [line for line in lines if "log_suppressed" in line]
+        assert len(summaries) == 1
+        assert '"dropped"' not in summaries[0] and "dropped=995" in summaries[0]
+        assert 'event="store_refused"' in summaries[0]
+        assert lines[-1].endswith('n="again"')  # a new window lets the event through
+        assert len(lines) == 8
+    finally:
+        log.handlers[:] = []
+        log.propagate = True
+
+
+def test_configure_installs_the_rate_limit() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._configured
+    levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "highdicom")}
+    validation = config.settings.reading_validation_mode
+    logs._configured = False
+    try:
+        logs.configure("INFO")
+        (handler,) = root.handlers
+        assert any(isinstance(f, logs.RateLimit) for f in handler.filters)
+    finally:  # configure() changes process-wide state: put it all back
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._configured = saved[2]
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        config.settings.reading_validation_mode = validation
+        logging.captureWarnings(False)
