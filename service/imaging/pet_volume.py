@@ -135,10 +135,10 @@ class PetVolume:
 
 def _parse_dt(date: object, time: object) -> dt.datetime | None:
     text = f"{str(date or '').strip()}{str(time or '').strip()}"
-    return _parse_datetime(text) if date and time else None
+    return parse_datetime(text) if date and time else None
 
 
-def _parse_datetime(text: str) -> dt.datetime | None:
+def parse_datetime(text: str) -> dt.datetime | None:
     """A DICOM DT (``YYYYMMDDHHMMSS.FFFFFF``, offset ignored) or None."""
     text = str(text or "").strip().split("+")[0].split("-")[0]
     if len(text) < 12:
@@ -155,8 +155,31 @@ def _parse_datetime(text: str) -> dt.datetime | None:
 def acquisition_datetime(ds: Dataset) -> dt.datetime | None:
     """Acquisition Date/Time of a single-frame instance (AcquisitionDateTime first)."""
     if ds.get("AcquisitionDateTime"):
-        return _parse_datetime(str(ds.AcquisitionDateTime))
+        return parse_datetime(str(ds.AcquisitionDateTime))
     return _parse_dt(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
+
+
+def series_attributes(ds: Dataset) -> Dataset:
+    """The PET series-level attributes of an instance, whatever its encoding.
+
+    A per-slice instance is returned as is. For a multi-frame instance, the
+    attributes a Legacy Converted Enhanced PET keeps in the Unassigned Shared
+    Converted Attributes Sequence (Units, Corrected Image, Decay Correction,
+    the Radiopharmaceutical Information Sequence, ...) are copied to the top
+    level of a shallow copy without pixel data, unless already there.
+    """
+    if "SharedFunctionalGroupsSequence" not in ds:
+        return ds
+    flat = Dataset()
+    for element in ds:
+        if element.keyword not in ("PixelData", "PerFrameFunctionalGroupsSequence"):
+            flat.add(element)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for item in shared.get("UnassignedSharedConvertedAttributesSequence") or []:
+        for element in item:
+            if element.tag not in flat:
+                flat.add(element)
+    return flat
 
 
 @dataclass(frozen=True)
@@ -316,7 +339,7 @@ def _assemble(arrays: list[np.ndarray], times: list[tuple[float, float]],
 def _frame_content(item: Dataset) -> tuple[object, _Timing]:
     """(grouping key, timing) of one per-frame functional group item."""
     content = (item.get("FrameContentSequence") or [Dataset()])[0]
-    acquired = _parse_datetime(str(content.get("FrameAcquisitionDateTime") or ""))
+    acquired = parse_datetime(str(content.get("FrameAcquisitionDateTime") or ""))
     duration = content.get("FrameAcquisitionDuration")
     timing = _Timing(acquired, float(duration) / 1000.0 if duration not in (None, "")
                      else float("nan"), None)
