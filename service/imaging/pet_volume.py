@@ -50,6 +50,12 @@ from pydicom.dataset import Dataset
 
 from service.dicom import codes as dicom_codes
 from service.errors import AnalysisError
+from service.imaging.pet_header import (
+    FrameTiming,
+    frame_times,
+    instance_timing,
+    parse_datetime,
+)
 
 _PER_SLICE = {dicom_codes.PET_IMAGE_STORAGE}
 _MULTIFRAME = {dicom_codes.ENHANCED_PET_IMAGE_STORAGE,
@@ -133,87 +139,6 @@ class PetVolume:
         return image
 
 
-def _parse_dt(date: object, time: object) -> dt.datetime | None:
-    text = f"{str(date or '').strip()}{str(time or '').strip()}"
-    return parse_datetime(text) if date and time else None
-
-
-def parse_datetime(text: str) -> dt.datetime | None:
-    """A DICOM DT (``YYYYMMDDHHMMSS.FFFFFF``, offset ignored) or None."""
-    text = str(text or "").strip().split("+")[0].split("-")[0]
-    if len(text) < 12:
-        return None
-    main, _, frac = text.partition(".")
-    main = main.ljust(14, "0")
-    try:
-        value = dt.datetime.strptime(main[:14], "%Y%m%d%H%M%S")
-    except ValueError:
-        return None
-    return value + dt.timedelta(microseconds=int((frac + "000000")[:6])) if frac else value
-
-
-def acquisition_datetime(ds: Dataset) -> dt.datetime | None:
-    """Acquisition Date/Time of a single-frame instance (AcquisitionDateTime first)."""
-    if ds.get("AcquisitionDateTime"):
-        return parse_datetime(str(ds.AcquisitionDateTime))
-    return _parse_dt(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
-
-
-def series_attributes(ds: Dataset) -> Dataset:
-    """The PET series-level attributes of an instance, whatever its encoding.
-
-    A per-slice instance is returned as is. For a multi-frame instance, the
-    attributes a Legacy Converted Enhanced PET keeps in the Unassigned Shared
-    Converted Attributes Sequence (Units, Corrected Image, Decay Correction,
-    the Radiopharmaceutical Information Sequence, ...) are copied to the top
-    level of a shallow copy without pixel data, unless already there.
-    """
-    if "SharedFunctionalGroupsSequence" not in ds:
-        return ds
-    flat = Dataset()
-    for element in ds:
-        if element.keyword not in ("PixelData", "PerFrameFunctionalGroupsSequence"):
-            flat.add(element)
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    for item in shared.get("UnassignedSharedConvertedAttributesSequence") or []:
-        for element in item:
-            if element.tag not in flat:
-                flat.add(element)
-    return flat
-
-
-@dataclass(frozen=True)
-class _Timing:
-    acquired: dt.datetime | None
-    duration_s: float
-    reference_s: float | None
-
-
-def _instance_timing(ds: Dataset) -> _Timing:
-    duration = ds.get("ActualFrameDuration")
-    ref = ds.get("FrameReferenceTime")
-    return _Timing(acquisition_datetime(ds),
-                   float(duration) / 1000.0 if duration not in (None, "") else float("nan"),
-                   float(ref) / 1000.0 if ref not in (None, "") else None)
-
-
-def _frame_times(timings: list[_Timing], warnings: list[str]
-                 ) -> tuple[list[tuple[float, float]], dt.datetime | None]:
-    """(start_s, duration_s) per frame, relative to the first frame, and its start."""
-    if any(not np.isfinite(t.duration_s) or t.duration_s <= 0 for t in timings):
-        raise AnalysisError("missing timing: no Actual Frame Duration", "missing_timing")
-    if all(t.acquired is not None for t in timings):
-        first = min(t.acquired for t in timings if t.acquired is not None)
-        return [((t.acquired - first).total_seconds(), t.duration_s)  # type: ignore[operator]
-                for t in timings], first
-    if all(t.reference_s is not None for t in timings):
-        warnings.append("frame starts from Frame Reference Time taken as mid-frame")
-        starts = [t.reference_s - t.duration_s / 2 for t in timings]  # type: ignore[operator]
-        return [(s - min(starts), t.duration_s) for s, t in zip(starts, timings, strict=True)], None
-    raise AnalysisError("missing timing: no Acquisition Time or Frame Reference Time",
-                        "missing_timing")
-
-
 def _check_common(datasets: Sequence[Dataset]) -> str:
     if not datasets:
         raise AnalysisError("no instances to build a volume from", "no_instances")
@@ -261,7 +186,7 @@ def _oriented(volume: hd.Volume) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _timing_key(ds: Dataset) -> tuple[dt.datetime | None, float | None]:
-    t = _instance_timing(ds)
+    t = instance_timing(ds)
     return t.acquired, (round(t.duration_s, 3) if np.isfinite(t.duration_s) else None)
 
 
@@ -321,7 +246,7 @@ def _per_slice(datasets: Sequence[Dataset], series_uid: str) -> PetVolume:
                                 "inconsistent_geometry")
         affine = frame_affine
         arrays.append(array)
-    times, first_start = _frame_times([_instance_timing(g[0]) for g in groups], warnings)
+    times, first_start = frame_times([instance_timing(g[0]) for g in groups], warnings)
     return _assemble(arrays, times, affine, series_uid, first, dynamic, first_start, warnings)
 
 
@@ -336,12 +261,12 @@ def _assemble(arrays: list[np.ndarray], times: list[tuple[float, float]],
                      first_start, tuple(dict.fromkeys(warnings)))
 
 
-def _frame_content(item: Dataset) -> tuple[object, _Timing]:
+def _frame_content(item: Dataset) -> tuple[object, FrameTiming]:
     """(grouping key, timing) of one per-frame functional group item."""
     content = (item.get("FrameContentSequence") or [Dataset()])[0]
     acquired = parse_datetime(str(content.get("FrameAcquisitionDateTime") or ""))
     duration = content.get("FrameAcquisitionDuration")
-    timing = _Timing(acquired, float(duration) / 1000.0 if duration not in (None, "")
+    timing = FrameTiming(acquired, float(duration) / 1000.0 if duration not in (None, "")
                      else float("nan"), None)
     if acquired is not None:
         return (acquired, timing.duration_s), timing
@@ -355,7 +280,7 @@ def _multiframe(ds: Dataset, series_uid: str) -> PetVolume:
         raise AnalysisError("missing geometry: multi-frame PET header not readable",
                             "missing_geometry") from exc
     groups: dict[object, list[int]] = {}
-    timing: dict[object, _Timing] = {}
+    timing: dict[object, FrameTiming] = {}
     for i, item in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
         key, t = _frame_content(item)
         groups.setdefault(key, []).append(i + 1)
@@ -373,7 +298,7 @@ def _multiframe(ds: Dataset, series_uid: str) -> PetVolume:
                                 "inconsistent_geometry")
         affine = frame_affine
         arrays.append(array)
-    times, first_start = _frame_times([timing[k] for k in groups], warnings)
+    times, first_start = frame_times([timing[k] for k in groups], warnings)
     return _assemble(arrays, times, affine, series_uid, ds, dynamic, first_start, warnings)
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from service.imaging.pet_volume import acquisition_datetime, parse_datetime, series_attributes
+from service.imaging.pet_header import acquisition_datetime, parse_datetime, series_attributes
 
 PHILIPS_CREATOR = "Philips PET Private Group"
 GE_CREATOR = "GEMS_PETD_01"

@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 
 from service.dicom import codes as dicom_codes
 from service.errors import AnalysisError
-from service.imaging.pet_volume import series_attributes
+from service.imaging.pet_header import series_attributes
 from service.pipelines.fdopa_pet import codes
 
 _PET_CLASSES = frozenset({dicom_codes.PET_IMAGE_STORAGE, dicom_codes.ENHANCED_PET_IMAGE_STORAGE,

@@ -211,7 +211,7 @@ def analyse_dynamic(volume: PetVolume, masks: Mapping[str, np.ndarray],
     params = tuple(
         curve_parameters(region, tac, frame_times_s(volume, conv, offset_s), conv, window, scale)
         for conv in conventions for region, tac in tacs.items())
-    ratios = {}
+    ratios: dict[str, float] = {}
     if ratio[0] in tacs and ratio[1] in tacs:
         for conv in conventions:
             num = next(p for p in params if p.region == ratio[0] and p.convention == conv)
