@@ -187,3 +187,38 @@ def test_refusals_name_the_problem() -> None:
     for ds in no_time:
         del ds.ActualFrameDuration
     _refused(no_time, "missing_timing", "Actual Frame Duration")
+
+
+def _rotation(angles_deg: tuple[float, float, float]) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def test_oblique_stack_matches_simpleitk(tmp_path) -> None:
+    """Oblique, non-square, anisotropic: where row/column order bugs show."""
+    from service.sim.fdopa.pet_writer import write_series
+
+    rot = _rotation((12.0, -7.0, 25.0))
+    _, datasets = _static()
+    for ds in datasets:
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in np.concatenate(
+            [rot[:, 0], rot[:, 1]])]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in rot @ np.array(
+            [float(v) for v in ds.ImagePositionPatient])]
+    vol = volume_from_datasets(datasets[::-1])
+    np.testing.assert_allclose(vol.affine[:3, 3], rot @ np.array(ORIGIN), atol=1e-4)
+    np.testing.assert_allclose(vol.affine[:3, 2], rot[:, 0] * SPACING_XYZ[0], atol=1e-5)
+    np.testing.assert_allclose(vol.affine[:3, 1], rot[:, 1] * SPACING_XYZ[1], atol=1e-5)
+    np.testing.assert_allclose(vol.affine[:3, 0], rot[:, 2] * SPACING_XYZ[2], atol=1e-5)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in write_series(datasets, tmp_path)])
+    theirs = reader.Execute()
+    ours = vol.to_simpleitk()
+    np.testing.assert_allclose(ours.GetOrigin(), theirs.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(ours.GetDirection(), theirs.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(ours.GetSpacing(), theirs.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs),
+                               rtol=1e-5, atol=1e-3)
