@@ -50,6 +50,8 @@ def poll(predicate: Any, timeout_s: float = 10.0) -> Any:
     return wait_until(predicate, timeout_s, "a condition", 0.01)
 
 
+pytestmark = pytest.mark.slow  # real associations, timeouts and a few hundred bad inputs
+
 ACCEPTORS = ["event", "pynetdicom"]
 
 
