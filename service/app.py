@@ -190,6 +190,7 @@ class Node:
         scheduler = Scheduler(self.database, self.spool, self.pipelines,
                               max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
                               retention_days=self.settings.retention_days, on_jobs=wake_workers)
+        self._parts["scheduler"] = scheduler
         self._housekeeping = threading.Thread(target=scheduler.run, args=(self._stop,),
                                               name="scheduler", daemon=True)
         self._housekeeping.start()
@@ -202,7 +203,9 @@ class Node:
     def _start_scp(self) -> None:
         from service.net.scp import StorageSCP
 
-        scp = StorageSCP(self.settings, self.database, self.spool)
+        scheduler = self._parts.get("scheduler")
+        scp = StorageSCP(self.settings, self.database, self.spool,
+                         on_series_complete=scheduler.wake.set if scheduler is not None else None)
         scp.start()
         self._parts["scp"] = scp
 

@@ -72,6 +72,8 @@ class Scheduler:
         self.retention_days = retention_days
         self.on_jobs = on_jobs
         self._next_purge_at = 0.0
+        #: Set by the SCP of this process when a series completes by count.
+        self.wake = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         """Run rounds until ``stop`` is set."""
@@ -86,7 +88,8 @@ class Scheduler:
                     log.exception("scheduler_error")
                     _closed(conn)
                     conn = None
-                stop.wait(self.interval_s)
+                self.wake.wait(self.interval_s)  # a completed series (same process) wakes it
+                self.wake.clear()
         finally:
             _closed(conn)
 

@@ -36,7 +36,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +143,11 @@ class StorageSCP:
     spool : Spool
     """
 
-    def __init__(self, settings: Settings, database: Rows, spool: Spool) -> None:
+    def __init__(self, settings: Settings, database: Rows, spool: Spool,
+                 on_series_complete: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.spool = spool
+        self.on_series_complete = on_series_complete
         self._pool = _ConnectionPool(database, queue.LifoQueue())
         self._server: ThreadedAssociationServer | None = None
         self._active: set[int] = set()
@@ -366,8 +368,11 @@ class StorageSCP:
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
         with self._pool.connection() as conn, conn:
-            if not series.record_instance(conn, rec, header.info, quiet_s):
-                return "duplicate"
+            recorded = series.record_instance(conn, rec, header.info, quiet_s)
+        if not recorded:
+            return "duplicate"
+        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
+            self.on_series_complete()  # committed: routing can start now, not at its next poll
         audit_events.instance_stored(event.assoc, header)
         return "stored"
 

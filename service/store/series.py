@@ -28,6 +28,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 
 from service.dicom.header import READ_ERRORS, InstanceHeader, expected_count, read_header
 from service.dicom.uids import content_hash
@@ -38,19 +39,28 @@ from service.store.spool import Spool
 log = logging.getLogger(__name__)
 
 
+class Recorded(IntEnum):
+    """What :func:`record_instance` did (false only for a duplicate)."""
+
+    DUPLICATE = 0
+    STORED = 1
+    COMPLETED = 2  # stored, and it completed its series by count
+
+
 def record_instance(
     conn: Connection, rec: db.InstanceRecord, info: InstanceHeader, quiet_s: float
-) -> bool:
-    """Insert a stored instance and count it into its series; False for a duplicate.
+) -> Recorded:
+    """Insert a stored instance and count it into its series.
 
     Completes the series when the count is reached. Call inside the
     transaction that acknowledges the instance.
     """
     if not db.insert_instance(conn, rec):
-        return False
+        return Recorded.DUPLICATE
     note_instance(conn, rec, expected_count(info), quiet_s)
-    complete_if_ready(conn, rec.series_uid, rec.received_at)
-    return True
+    if complete_if_ready(conn, rec.series_uid, rec.received_at):
+        return Recorded.COMPLETED
+    return Recorded.STORED
 
 
 def note_instance(

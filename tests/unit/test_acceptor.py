@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,7 @@ class RecordingSCP(StorageSCP):
 
     served_in: list[str]
     database: db.Database
+    completions: list[float]
 
     def handle_store(self, event: evt.Event) -> Dataset | int:
         self.served_in.append(type(threading.current_thread()).__name__)
@@ -93,6 +95,8 @@ def make_scp(tmp_path: Path, acceptor_kind: str, spool_sync: str = "posix") -> R
     scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir, one_flush))
     scp.served_in = []
     scp.database = database
+    scp.completions = []
+    scp.on_series_complete = lambda: scp.completions.append(time.monotonic())
     return scp
 
 
@@ -137,7 +141,9 @@ def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -
     instances = [nm_instance("series-a", i) for i in range(3)]
     for ds in instances:
         assert assoc.send_c_store(ds).Status == 0x0000
+    assert len(scp.completions) == 1  # the third slice completed the series: routing woken
     assert assoc.send_c_store(instances[0]).Status == 0x0000  # resend: deduplicated
+    assert len(scp.completions) == 1
     assoc.release()
     assert assoc.is_released
     # event: served where it arrived, no hand-off; stock: in the association thread
