@@ -175,10 +175,10 @@ def test_a_series_recorded_through_two_listeners_completes_once(
         halves = [records[::2], records[1::2]]
         gate = threading.Barrier(2)
 
-        recorded: list[bool] = []
+        recorded: list[series.Recorded] = []
 
         def listener(part: list[db.InstanceRecord], gate: threading.Barrier,
-                     header: InstanceHeader, recorded: list[bool]) -> None:
+                     header: InstanceHeader, recorded: list[series.Recorded]) -> None:
             c = rows.connect()
             try:
                 gate.wait(10)
@@ -194,7 +194,8 @@ def test_a_series_recorded_through_two_listeners_completes_once(
             t.start()
         for t in threads:
             t.join(60)
-        assert recorded == [True] * n
+        assert len(recorded) == n and all(recorded)  # no duplicate
+        assert recorded.count(series.Recorded.COMPLETED) == 1, f"trial {trial}"
         assert completions.count(uid) == 1, f"trial {trial}"
         conn = rows.connect()
         try:
