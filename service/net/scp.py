@@ -199,7 +199,7 @@ class StorageSCP:
             raise
         log.info("scp_listening", extra={"fields": {
             "ae_title": node.ae_title, "port": self.port if node.plain else None,
-            "tls_port": self.tls_port, "acceptor": node.acceptor}})
+            "acceptor": node.acceptor, "tls_port": self.tls_port}})
 
     def _listen(self, port: int, handlers: list[Any],
                 server_class: type[ThreadedAssociationServer]) -> ThreadedAssociationServer:

@@ -46,6 +46,7 @@ def make_ca(directory: Path, name: str, subject: str = "") -> Pair:
 
 
 def _request(directory: Path, name: str, subject: str) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
     key, csr = directory / f"{name}.key", directory / f"{name}.csr"
     _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
              "-out", str(csr), "-subj", _slash(subject), cwd=directory)

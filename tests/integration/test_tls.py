@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from service.store import outbox
 from service.store.db import Database
 from service.store.outbox import RetryPolicy
 from service.testing import certs
-from service.testing.node import NodeProcess, fake_settings
+from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.node import NodeProcess, fake_settings, to_toml
+from service.testing.orthanc import OrthancPeer
 from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port, tcp_open
@@ -228,3 +231,44 @@ def test_sender_delivers_to_storescp_over_tls(tmp_path, pki, storescp_tls):
     report = Sender(db, [Dest(port, pki, pki.ca.cert)], "DOPANODE", policy).send_due("pacs")
     assert report.sent == 1
     assert len(list(inbox.iterdir())) == 1
+
+
+def test_orthanc_pushes_over_tls_and_gets_the_result_over_tls(tmp_path, pki):
+    """Orthanc 1.10 with DicomTlsEnabled: C-STORE to the node's TLS port (mutual TLS,
+    ORTHANC tied to its certificate subject), the node's result back to Orthanc's
+    TLS-only DICOM port with the node's client certificate."""
+    orthanc_pair = certs.make_leaf(tmp_path / "pki", pki.ca, "orthanc", "CN=Orthanc,O=Hospital")
+    pacs = OrthancPeer(tmp_path / "orthanc")
+    pacs.extra_config.update({
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(orthanc_pair.cert),
+        "DicomTlsPrivateKey": str(orthanc_pair.key),
+        "DicomTlsTrustedCertificates": str(pki.ca.cert),
+        "DicomTlsRemoteCertificateRequired": True})
+    node = tls_node(tmp_path / "node", pki, mutual=True)
+    settings = tomllib.loads(node.config_path.read_text(encoding="utf-8"))
+    settings["allowed_callers"].append({"ae_title": "ORTHANC", "host": "127.0.0.1",
+                                        "tls_subject": "CN=Orthanc,O=Hospital",
+                                        "series_quiet_s": 1.0})
+    settings["destinations"] = [{
+        "name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
+        "port": pacs.dicom_port, "tls": True, "ca_file": str(pki.ca.cert),
+        "cert_file": str(pki.client.cert), "key_file": str(pki.client.key),
+        "server_hostname": "localhost"}]
+    node.config_path.write_text(to_toml(settings), encoding="utf-8")
+    pacs.extra_config["DicomModalities"] = {"dopanode": {
+        "AET": node.ae_title, "Host": "127.0.0.1", "Port": node.tls_port,  # type: ignore[attr-defined]
+        "UseDicomTls": True}}
+    paths = write_marker_study(tmp_path / "study", "multiframe",
+                               image=marker_image((32, 32, 8)), uid_seed="tls-orthanc")
+    with node, pacs:
+        node.start()
+        instance_id = pacs.upload(paths[0].read_bytes())
+        study_id = pacs.get(f"/instances/{instance_id}/study")["ID"]
+        pacs.post("/modalities/dopanode/store", json={"Resources": [instance_id],
+                                                      "Synchronous": True})
+        wait_until(lambda: len(pacs.get(f"/studies/{study_id}/series")) >= 2, 120,
+                   "the node's result in Orthanc")
+        node.wait_for("SELECT COUNT(*) >= 1 FROM outbox WHERE state = 'sent'", [(1,)])
+        subjects = {p.get("tls_subject") for r in node.audit_records()
+                    for p in r.get("participants", ())}
+        assert any(s and "Orthanc" in s for s in subjects), subjects
