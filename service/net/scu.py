@@ -76,7 +76,7 @@ def _tls_args(destination: DestinationLike) -> tuple[ssl.SSLContext, str] | None
     cert_file = getattr(destination, "cert_file", None)
     ctx = tls.client_context(getattr(destination, "ca_file", None), cert_file,
                              getattr(destination, "key_file", None), hostname is not None)
-    if cert_file is not None:
+    if cert_file is not None:  # checked at start-up; may have changed since
         info = tls.read_certificate(cert_file, "destinations.cert_file")
         metrics.TLS_CERTIFICATE_EXPIRY.labels(role="scu", name=destination.name).set(
             info.not_after_s)
@@ -387,6 +387,9 @@ class Sender:
 
 def sender_from_settings(settings: Any, db: DatabaseLike) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
+    for destination in settings.destinations:  # the expiry metric from start-up on
+        if destination.tls and destination.cert_file is not None:
+            _tls_args(destination)
     return Sender(
         db,
         settings.destinations,
