@@ -272,3 +272,18 @@ def test_orthanc_pushes_over_tls_and_gets_the_result_over_tls(tmp_path, pki):
         subjects = {p.get("tls_subject") for r in node.audit_records()
                     for p in r.get("participants", ())}
         assert any(s and "Orthanc" in s for s in subjects), subjects
+
+
+def test_tls_port_instead_of_the_plain_one(tmp_path, pki):
+    """``node.plain = false``: only the TLS port listens (start() waits for scp_port: the TLS one)."""
+    node = NodeProcess(tmp_path / "node", fake_settings())
+    plain_port = free_port()
+    settings = tomllib.loads(node.config_path.read_text(encoding="utf-8"))
+    settings["node"].update(port=plain_port, plain=False, tls={
+        "port": node.scp_port, "cert_file": str(pki.server.cert), "key_file": str(pki.server.key)})
+    node.config_path.write_text(to_toml(settings), encoding="utf-8")
+    node.tls_port = node.scp_port  # type: ignore[attr-defined]
+    with node.start():
+        assert not tcp_open(plain_port)
+        echo = dcmtk("echoscu", node, "+tla", "+cf", str(pki.ca.cert))
+        assert echo.returncode == 0, echo.stderr
