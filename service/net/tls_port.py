@@ -8,7 +8,8 @@ accepting. Here the socket is wrapped without a handshake
 the next connection), and the handshake runs in the connection's own thread
 under the receive timeout. A failed handshake (a plain client, a certificate
 from another CA, no certificate under mutual TLS) closes that socket,
-is counted as a refused association and logged; the port keeps serving.
+is counted as a refused association, logged and audited (an authentication
+failure); the port keeps serving.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
-from service.net import tls
+from service.net import audit_events, tls
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def tls_server_class(base: type[ThreadedAssociationServer], contexts: tls.Reload
                 reason = getattr(exc, "reason", None) or type(exc).__name__
                 metrics.ASSOCIATIONS.labels(result="rejected", reason="tls_handshake").inc()
                 log.warning("tls_handshake_failed", extra={"fields": {"error": str(reason)}})
+                audit_events.tls_handshake_failed(str(client_address[0]),
+                                                  int(client_address[1]), str(reason))
                 self.shutdown_request(request)
                 return
             super().finish_request(request, client_address)

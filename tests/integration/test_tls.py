@@ -129,6 +129,9 @@ def test_refused_cleanly_and_the_port_keeps_serving(mutual_node, pki, case):
     assert good.returncode == 0, good.stderr
     plain = dcmtk("echoscu", mutual_node, tls_port=False)  # the plain port is untouched
     assert plain.returncode == 0, plain.stderr
+    if case != "wrong_subject":  # refused at the handshake: an authentication failure
+        texts = [r.get("outcome_text") or "" for r in mutual_node.audit_records()]
+        assert any(t.startswith("tls_handshake: ") for t in texts), texts[-5:]
 
 
 def test_silent_connection_does_not_block_the_tls_port(mutual_node, pki):
