@@ -69,6 +69,7 @@ from service.config_sources import (
     read_environ,
     read_file,
 )
+from service.net import tls
 from service.pipelines.registry import (
     PipelineConfigError,
     PipelineSettings,
@@ -125,6 +126,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Section):
+    """The SCP's TLS port (PS3.15 B.1, BCP 195): certificate, key, client checks.
+
+    ``ca_file`` turns on client-certificate verification (optional unless
+    ``require_client_cert``: mutual TLS). The files are checked here (present,
+    readable, not expired, key matching the certificate) and re-read when
+    they change, without a restart.
+    """
+
+    port: Port = 2762
+    cert_file: FilePath
+    key_file: FilePath
+    ca_file: FilePath | None = None
+    require_client_cert: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _files_usable(self) -> TlsSettings:
+        if self.require_client_cert and self.ca_file is None:
+            raise KeyedValueError("ca_file", "is required when require_client_cert = true")
+        try:
+            tls.server_context(self.cert_file, self.key_file, self.ca_file,
+                               self.require_client_cert, self.min_version, prefix="")
+        except tls.CertificateError as exc:
+            raise KeyedValueError(exc.key, str(exc)) from None
+        return self
+
+
 class NodeSettings(_Section):
     """Our own DICOM identity: AE title, listening address and port, acceptor.
 
@@ -152,6 +181,16 @@ class NodeSettings(_Section):
     network_timeout_s: Float = Field(default=60.0, ge=0.1, le=86400)
     receive_timeout_s: Float = Field(default=30.0, ge=0.1, le=3600)
     require_called_ae: bool = True
+    plain: bool = True
+    tls: TlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _some_port(self) -> NodeSettings:
+        if not self.plain and self.tls is None:
+            raise KeyedValueError("plain", "false needs a [node.tls] section (no port left)")
+        if self.tls is not None and self.plain and self.tls.port == self.port:
+            raise KeyedValueError("tls.port", f"must differ from node.port ({self.port})")
+        return self
 
 
 class AllowedCaller(_Section):
@@ -165,6 +204,7 @@ class AllowedCaller(_Section):
     ae_title: AeTitle
     host: str | None = None
     series_quiet_s: Float = Field(default=30.0, ge=0.1, le=86400)
+    tls_subject: str | None = None
 
     @field_validator("host")
     @classmethod
@@ -195,6 +235,11 @@ class Destination(_Section):
     ae_title: AeTitle
     host: str
     port: Port
+    tls: bool = False
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    server_hostname: str | None = None
 
     @field_validator("host")
     @classmethod
@@ -202,6 +247,18 @@ class Destination(_Section):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_usable(self) -> Destination:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise KeyedValueError("key_file", "cert_file and key_file go together")
+        if self.tls:
+            try:
+                tls.client_context(self.ca_file, self.cert_file, self.key_file,
+                                   self.server_hostname is not None, prefix="")
+            except tls.CertificateError as exc:
+                raise KeyedValueError(exc.key, str(exc)) from None
+        return self
 
 
 class StorageSettings(_Section):
@@ -463,12 +520,18 @@ def describe(settings: Settings) -> str:
     """Human-readable summary for ``dopanode config check`` (token masked)."""
     node, storage = settings.node, settings.storage
     lines = [
-        f"node: {node.ae_title} on {node.bind}:{node.port}, acceptor {node.acceptor}",
+        f"node: {node.ae_title} on {node.bind}:"
+        + (f"{node.port}" if node.plain else "(plain port off)")
+        + f", acceptor {node.acceptor}",
+        "tls: " + (f"port {node.tls.port}, TLS {node.tls.min_version}+, client certificates "
+                   + ("required" if node.tls.require_client_cert
+                      else "verified if sent" if node.tls.ca_file else "not asked")
+                   if node.tls else "off"),
         "allowed callers: "
         + ", ".join(f"{c.ae_title}@{c.host or 'any'} (quiet {c.series_quiet_s:g} s)"
                     for c in settings.allowed_callers),
         "destinations: "
-        + (", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)
+        + (", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}{' (TLS)' if d.tls else ''}" for d in settings.destinations)
            or "none (results are kept, not sent)"),
         f"storage: spool {storage.spool_dir}, "
         + (f"db {storage.db_path}, " if storage.backend == "sqlite"

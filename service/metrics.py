@@ -139,6 +139,13 @@ MODEL_CHECK_OK = Gauge(
     " model configured), else 0 (checked at scrape time).",
     registry=REGISTRY,
 )
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "dopanode_tls_certificate_expiry_timestamp_seconds",
+    "notAfter of a DICOM TLS certificate of the node (POSIX seconds): role scp for the"
+    " TLS port's, scu for a destination's client certificate (name: the destination).",
+    ["role", "name"],
+    registry=REGISTRY,
+)
 
 AUDIT_WRITE_ERRORS = Counter(
     "dopanode_audit_write_errors_total",

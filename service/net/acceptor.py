@@ -42,6 +42,7 @@ import logging
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 from copy import deepcopy
@@ -188,8 +189,12 @@ class EventDUL(DULServiceProvider):
         raw = self.socket.socket if self.socket is not None else None
         if raw is not None and raw.fileno() >= 0:
             readable.append(raw)
+        # TLS: records already decrypted into the SSL buffer do not make the
+        # raw socket readable; waiting would stall the association until the
+        # idle timeout (pynetdicom's AssociationSocket.ready checks the same)
+        pending = isinstance(raw, ssl.SSLSocket) and raw.fileno() >= 0 and raw.pending() > 0
         try:
-            select.select(readable, [], [], IDLE_WAIT_S)
+            select.select(readable, [], [], 0 if pending else IDLE_WAIT_S)
         except (OSError, ValueError):  # socket closed under us: the loop notices
             pass
         try:

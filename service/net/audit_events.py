@@ -64,6 +64,14 @@ def association_refused(assoc: Any, reason: str) -> None:
                participants=_peers(assoc))
 
 
+def tls_handshake_failed(host: str, port: int, reason: str) -> None:
+    """A connection to the TLS port refused at the handshake (no association yet)."""
+    audit.emit("association", audit.USER_AUTHENTICATION, audit.LOGIN, action="E",
+               outcome=Outcome.MINOR_FAILURE, outcome_text=f"tls_handshake: {reason}",
+               participants=[audit.participant(SOURCE_ROLE, requestor=True, host=host,
+                                               port=port)])
+
+
 def association_accepted(assoc: Any) -> None:
     audit.emit("association", audit.USER_AUTHENTICATION, audit.LOGIN, action="E",
                outcome_text="accepted", participants=_peers(assoc))

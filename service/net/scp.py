@@ -67,7 +67,7 @@ from service.config import Settings
 from service.dicom import codes
 from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
-from service.net import acceptor, audit_events
+from service.net import acceptor, audit_events, tls, tls_port
 from service.net.guard import AssociationGuard, Refusal, bounded_server_class, count_refusal
 from service.net.status import Status
 from service.store import db, series
@@ -150,6 +150,7 @@ class StorageSCP:
         self.on_series_complete = on_series_complete
         self._pool = _ConnectionPool(database, queue.LifoQueue())
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         self._active: set[int] = set()
         self._active_lock = threading.Lock()
         self._saved_globals: dict[str, Any] | None = None
@@ -187,17 +188,27 @@ class StorageSCP:
             min(node.max_associations_per_host, node.max_associations), node.receive_timeout_s,
             _count_rejected)
         try:
-            if node.acceptor == "event":  # pynetdicom's loops, event-driven waits
-                self._server = acceptor.make_server(self.ae, (node.bind, node.port), handlers,
-                                                    server_class)
-            else:
-                self._server = _start_stock_server(self.ae, (node.bind, node.port), handlers,
-                                                   server_class)
+            if node.plain:
+                self._server = self._listen(node.port, handlers, server_class)
+            if node.tls is not None:
+                tls_class = tls_port.tls_server_class(server_class, tls_port.scp_contexts(
+                    self.settings))
+                self._tls_server = self._listen(node.tls.port, handlers, tls_class)
+                self._server = self._server or self._tls_server
         except BaseException:
+            self.ae.shutdown()
             self._restore_globals()
             raise
         log.info("scp_listening", extra={"fields": {
-            "ae_title": node.ae_title, "port": self.port, "acceptor": node.acceptor}})
+            "ae_title": node.ae_title, "port": self.port if node.plain else None,
+            "acceptor": node.acceptor, "tls_port": self.tls_port}})
+
+    def _listen(self, port: int, handlers: list[Any],
+                server_class: type[ThreadedAssociationServer]) -> ThreadedAssociationServer:
+        address = (self.settings.node.bind, port)
+        if self.settings.node.acceptor == "event":  # pynetdicom's loops, event-driven waits
+            return acceptor.make_server(self.ae, address, handlers, server_class)
+        return _start_stock_server(self.ae, address, handlers, server_class)
 
     def _set_globals(self) -> None:
         """Set the process-wide switches the SCP needs; :meth:`stop` restores them.
@@ -237,6 +248,14 @@ class StorageSCP:
             return self.settings.node.port
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port, None without ``[node.tls]``."""
+        if self._tls_server is None:
+            tls_settings = self.settings.node.tls
+            return None if tls_settings is None else tls_settings.port
+        return int(self._tls_server.server_address[1])
+
     def is_listening(self) -> bool:
         """True while the server socket is open and its thread alive."""
         server = self._server
@@ -244,9 +263,9 @@ class StorageSCP:
 
     def stop(self) -> None:
         """Stop accepting associations and close the open ones."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in {id(s): s for s in (self._server, self._tls_server) if s}.values():
+            server.shutdown()
+        self._server = self._tls_server = None
         self.ae.shutdown()
         self._pool.close()
         self._restore_globals()
@@ -267,9 +286,14 @@ class StorageSCP:
         requestor = event.assoc.requestor
         primitive = requestor.primitive
         calling = primitive.calling_ae_title if primitive is not None else ""
-        if self.settings.caller(calling, requestor.address) is None:
+        caller = self.settings.caller(calling, requestor.address)
+        if caller is None:
             # rejected-permanent, service-user, calling AE title not recognised
             self._reject(event, (0x01, 0x01, 0x03), "unknown_caller")
+        elif caller.tls_subject is not None and not tls.same_subject(
+                caller.tls_subject, audit_events.tls_subject(event.assoc) or ""):
+            # the caller is tied to a certificate subject: not this connection's
+            self._reject(event, (0x01, 0x01, 0x03), "tls_subject")
         elif self._proposes_storage(primitive) and self._short_of_space(0):
             # rejected-transient, service-provider (presentation), local limit exceeded
             self._reject(event, (0x02, 0x03, 0x02), "disk_space")

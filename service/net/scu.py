@@ -25,6 +25,7 @@ pass may take).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from pynetdicom.presentation import PresentationContext
 
 from service import metrics
 from service.logs import safe_text
-from service.net import audit_events
+from service.net import audit_events, tls
 from service.store import outbox
 from service.store.outbox import OutboxItem, RetryPolicy
 
@@ -60,6 +61,26 @@ class DestinationLike(Protocol):
     ae_title: str
     host: str
     port: int
+
+
+def _tls_args(destination: DestinationLike) -> tuple[ssl.SSLContext, str] | None:
+    """``(context, server hostname)`` for a destination with ``tls = true``, else None.
+
+    The context is built for each association, so renewed files are used
+    at once; the peer's chain is checked against ``ca_file``, its host name
+    only when ``server_hostname`` is set.
+    """
+    if not getattr(destination, "tls", False):
+        return None
+    hostname = getattr(destination, "server_hostname", None)
+    cert_file = getattr(destination, "cert_file", None)
+    ctx = tls.client_context(getattr(destination, "ca_file", None), cert_file,
+                             getattr(destination, "key_file", None), hostname is not None)
+    if cert_file is not None:  # checked at start-up; may have changed since
+        info = tls.read_certificate(cert_file, "destinations.cert_file")
+        metrics.TLS_CERTIFICATE_EXPIRY.labels(role="scu", name=destination.name).set(
+            info.not_after_s)
+    return ctx, hostname or destination.host
 
 
 class DatabaseLike(Protocol):
@@ -226,12 +247,17 @@ class Sender:
         ae.network_timeout = self._timeouts.network_s
         return ae.associate(
             destination.host, destination.port, contexts=_contexts(needed),
-            ae_title=destination.ae_title,
+            ae_title=destination.ae_title, tls_args=_tls_args(destination),
         )
 
     def _deliver(self, conn: Any, destination: DestinationLike,
                  sendable: list[tuple[OutboxItem, str]], report: PassReport) -> None:
-        assoc = self._associate(destination, sendable)
+        try:
+            assoc = self._associate(destination, sendable)
+        except tls.CertificateError as exc:  # a file changed after start-up: retried later
+            for item, _ in sendable:
+                self._record(conn, item, report, None, f"TLS {exc.key}: {exc}", retry=True)
+            return
         if not assoc.is_established:
             # pynetdicom reports a refused TCP connection as an abort as well.
             reason = ("association rejected" if assoc.is_rejected
@@ -361,6 +387,9 @@ class Sender:
 
 def sender_from_settings(settings: Any, db: DatabaseLike) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
+    for destination in settings.destinations:  # the expiry metric from start-up on
+        if destination.tls and destination.cert_file is not None:
+            _tls_args(destination)
     return Sender(
         db,
         settings.destinations,

@@ -46,6 +46,9 @@ def to_toml(data: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, dict):  # a table inside a table, e.g. node.tls
+            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()
+                                   if x is not None) + "}"
         text = str(v).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{text}"'
 
