@@ -3,9 +3,9 @@
     .venv/bin/python bench/fuzz.py --n 10000 --seed 4 [--json out.json]
 
 The node runs the real DaT pipeline (service/testing/node.py), a DCMTK
-``storescp`` is its destination. N inputs: 90 % mutated data sets (NM DaT
+``storescp`` is its destination. N inputs: 97 % mutated data sets (NM DaT
 multi-frame, small NM, PET, SR seeds; element mutations and byte mutations),
-8 % raw PDU cases, 2 % malformed HTTP requests (service/testing/fuzz.py). After
+2 % raw PDU cases, 1 % malformed HTTP requests (service/testing/fuzz.py). After
 every batch: the node process lives, C-ECHO answers, threads/fds/RSS sampled.
 Prints outcomes per status, jobs and their states, results from garbage (must
 be none), files outside the spool, the log's size and the time taken.
@@ -39,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-s", type=float, default=120.0)
     ap.add_argument("--dat-share", type=float, default=0.02,
                     help="share of data sets from the full DaT seed (each may cost a pipeline run)")
+    ap.add_argument("--pdu-share", type=float, default=0.02,
+                    help="share of raw PDU cases (each waits for the node to close: ~1 s)")
+    ap.add_argument("--http-share", type=float, default=0.01)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work-dir", type=Path)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")  # pydicom's warnings about the fuzzer's own values
-    n_pdu, n_http = max(1, args.n * 8 // 100), max(1, args.n * 2 // 100)
+    n_pdu, n_http = max(1, round(args.n * args.pdu_share)), max(1, round(args.n * args.http_share))
     n_ds = args.n - n_pdu - n_http
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         root = Path(tmp)

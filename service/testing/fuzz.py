@@ -246,6 +246,8 @@ class Fuzzer:
             tag = rng.choice(sorted(UID_TAGS - {"SOPClassUID"}))
             value = rng.choice(BAD_UIDS)
             setattr(ds, tag, value)
+            if tag == "FrameOfReferenceUID":  # not an identifier the node files by
+                name, garbage = "bad_frame_of_reference_uid", False
             if tag == "SeriesInstanceUID":
                 series_uid = value
             if tag == "SOPInstanceUID" and rng.random() < 0.5:
@@ -254,6 +256,8 @@ class Fuzzer:
             tag = rng.choice(sorted(UID_TAGS))
             if tag in ds:
                 delattr(ds, tag)
+            if tag == "FrameOfReferenceUID":
+                name, garbage = "delete_frame_of_reference_uid", False
         else:
             try:
                 self._mutate_elements(rng, name, ds)
@@ -296,10 +300,11 @@ class Fuzzer:
             tag = rng.choice(image_tags)
             elem = ds.data_element(tag)
             assert elem is not None
-            choices: list[Any] = {
+            table: dict[str, list[Any]] = {
                 "US": [0, 1, 65535, 3], "IS": ["-1", "0", "99999999", "abc"],
                 "DS": ["nan", "-0", "1e308", "abc", "0"], "CS": ["", "JUNK", "\x00"],
-            }.get(elem.VR, [b"\x00", b"\xff" * 3])
+            }
+            choices = table.get(str(elem.VR), [b"\x00", b"\xff" * 3])
             with suppress(Exception):
                 elem.value = rng.choice(choices)
         elif name == "delete_image":

@@ -42,17 +42,24 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
     pdu_outcomes: Counter[str] = Counter()
     http_outcomes: Counter[str] = Counter()
     cases: dict[str, DatasetCase] = {}
-    echo_failures, crashed, slowest = 0, False, 0.0
+    echo_failures, echo_retries, crashed, slowest = 0, 0, False, 0.0
     sender = Sender(node.scp_port, node.ae_title)
     done = 0
 
     def checkpoint() -> None:
-        nonlocal echo_failures, crashed
+        nonlocal echo_failures, echo_retries, crashed
         if node.proc is None or node.proc.poll() is not None:
             crashed = True
             return
-        if not sender.echo():
-            echo_failures += 1
+        # C-ECHO must answer; a transient A-ASSOCIATE-RJ (per-host slots still
+        # held by connections the raw cases just closed) is retried for 5 s
+        deadline = time.monotonic() + 5.0
+        while not sender.echo():
+            echo_retries += 1
+            if time.monotonic() > deadline:
+                echo_failures += 1
+                break
+            time.sleep(0.5)
         samples.append({"t": round(time.monotonic() - t0, 1), "inputs": done, **proc_stats(pid)})
         if progress:
             progress(samples[-1], outcomes)
@@ -99,23 +106,25 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
     samples.append({"t": round(time.monotonic() - t0, 1), "inputs": done, **final})
     jobs = node.query("SELECT series_uid, pipeline, state, reason FROM jobs")
     job_states: Counter[str] = Counter(f"{p}:{s}" for _, p, s, _ in jobs)
-    garbage_results, harmless_results, unattributed = [], [], []
-    for series_uid, pipeline, state, reason in jobs:
-        case = cases.get(series_uid)
-        if case is None:
+    garbage_results: list[dict[str, Any]] = []
+    harmless_results: list[dict[str, Any]] = []
+    unattributed: list[tuple[str, str, str]] = []
+    for series_uid, pipeline, state, _reason in jobs:
+        source = cases.get(series_uid)
+        if source is None:
             unattributed.append((series_uid[:40], pipeline, state))
             continue
         if state == "done":
-            row = {"index": case.index, "seed": case.seed_kind, "mutation": case.mutation,
-                   "pipeline": pipeline}
-            (garbage_results if case.garbage else harmless_results).append(row)
+            row = {"index": source.index, "seed": source.seed_kind,
+                   "mutation": source.mutation, "pipeline": pipeline}
+            (garbage_results if source.garbage else harmless_results).append(row)
     allowed = {node.db_path, node.log_path, node.config_path}
     outside = files_outside_spool(node.work_dir, node.spool_dir, allowed)
     return {
         "inputs": done, "datasets": n_datasets, "pdus": n_pdus, "http": n_http,
         "send_s": round(send_s, 1), "total_s": round(time.monotonic() - t0, 1),
         "slowest_input_s": round(slowest, 2),
-        "crashed": crashed, "echo_failures": echo_failures,
+        "crashed": crashed, "echo_failures": echo_failures, "echo_retries": echo_retries,
         "dataset_outcomes": dict(outcomes.most_common()),
         "by_mutation": {k: dict(v) for k, v in sorted(by_mutation.items())},
         "pdu_outcomes": dict(sorted(pdu_outcomes.items())),
