@@ -461,7 +461,7 @@ def send_raw(port: int, case: PduCase, called: str, timeout_s: float = 10.0) -> 
                 return "no_close"
         except TimeoutError:
             return "no_close"
-        except (ConnectionResetError, BrokenPipeError):
+        except OSError:  # reset, broken pipe, ENOTCONN: the node closed it first
             return "reset"
         kinds = {0x02: "accept", 0x03: "reject", 0x06: "release", 0x07: "abort"}
         return kinds.get(answer[0], "other") if answer else "closed"
