@@ -1,0 +1,623 @@
+"""A seeded fuzzer for a running node: mutated datasets, malformed PDUs, malformed HTTP.
+
+Usage::
+
+    from service.testing.fuzz import Fuzzer
+    fz = Fuzzer(seed=4, work_dir=tmp_path / "seeds")
+    for case in fz.datasets(200):          # DatasetCase: bytes, command UIDs, garbage flag
+        outcome = send_dataset(node.scp_port, node.ae_title, case)
+    for case in fz.pdu_cases(40):          # PduCase: a name and the bytes to write raw
+        outcome = send_raw(node.scp_port, case)
+    for case in fz.http_cases(20):         # raw HTTP request bytes
+        status = send_http(node.api_port, case)
+
+Every input is derived from ``random.Random(seed)`` only, so a failing input
+is reproduced from (seed, index). Each dataset input gets its own series
+(fresh UIDs) so that any job, and any result, is attributed to one input.
+
+"Garbage": an input whose mutation broke the image (pixel data, geometry,
+the pixel module, bytes of the encoding) or the UIDs, or whose SOP class does
+not match the command's. No result may come from garbage. Harmless mutations
+(text values, dates, private elements, nested sequences outside the image)
+may produce results; callers list them.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import socket
+import struct
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from service.dicom import codes
+
+#: Marker in traversal UIDs and file names: must never appear as a file anywhere.
+TRAVERSAL_MARKER = "FUZZPWN"
+
+#: Elements whose damage breaks the image (garbage when mutated).
+IMAGE_TAGS = {
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "PixelData",
+    "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "ImagePositionPatient",
+    "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept", "DetectorInformationSequence",
+    "FrameIncrementPointer", "SliceVector", "NumberOfSlices", "DecayCorrection", "Units",
+    "RadiopharmaceuticalInformationSequence", "EnergyWindowInformationSequence",
+}
+UID_TAGS = {"SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+            "FrameOfReferenceUID"}
+#: Text elements a mutation may spoil without touching the image.
+TEXT_TAGS = ["PatientName", "PatientID", "StudyDescription", "SeriesDescription",
+             "InstitutionName", "ManufacturerModelName", "AccessionNumber",
+             "ReferringPhysicianName", "OperatorsName"]
+DATE_TAGS = ["PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate"]
+
+BAD_UIDS = ["", "1.2.3/../../" + TRAVERSAL_MARKER, "..", "9" * 70, "1.2.abc.3", "1..2",
+            "0.01.2", "1.2.3\\4.5", "/etc/passwd", "1.2.3." + "4" * 60, "\x00\x01\x02",
+            "C:\\" + TRAVERSAL_MARKER, "1.2.3 ", "%s%s%n"]
+BAD_TEXT = ["\x00" * 7, "\xff\xfe" * 30, "A" * 70_000, "\\" * 300, "17.08.1923", "ZZ59Y",
+            "2026-01-01", "-1", "1e400", "nan", "\u00e9\u4e2d\U0001f600", "%s%n%x", "{}",
+            "../../" + TRAVERSAL_MARKER]
+
+
+@dataclass
+class DatasetCase:
+    """One C-STORE: data set bytes and the command's UIDs."""
+
+    index: int
+    seed_kind: str           # nm_dat, nm_slice, pet, sr
+    mutation: str
+    garbage: bool
+    data: bytes
+    sop_class: str           # the command's Affected SOP Class UID
+    sop_instance: str        # the command's Affected SOP Instance UID
+    series_uid: str          # as written in the data set (before byte mutations)
+    context_class: str       # presentation context to send on
+
+
+@dataclass
+class PduCase:
+    """Raw bytes written to the DICOM port; ``associate`` first if set."""
+
+    index: int
+    name: str
+    chunks: list[bytes]
+    associate: bool = False
+
+
+@dataclass
+class HttpCase:
+    index: int
+    name: str
+    raw: bytes
+
+
+@dataclass
+class Seeds:
+    """Valid data sets to mutate (built once)."""
+
+    by_kind: dict[str, Dataset] = field(default_factory=dict)
+
+
+def _small_image(ds: Dataset, rows: int = 16, value: int = 7) -> None:
+    ds.Rows = ds.Columns = rows
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing, ds.SliceThickness = [4.0, 4.0], 4.0
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    ds.PixelData = np.full((rows, rows), value, np.uint16).tobytes()
+
+
+def _base(sop_class: str, modality: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.Modality = sop_class, modality
+    ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "FUZZ^SEED", "FUZZ-1", "19500101"
+    ds.StudyDate = ds.SeriesDate = "20260101"
+    ds.StudyDescription = ds.SeriesDescription = "fuzz seed"
+    ds.InstanceNumber = 1
+    return ds
+
+
+def build_seeds(work_dir: Path, with_dat: bool = True) -> Seeds:
+    """NM (a DaT phantom as one multi-frame; a small per-slice), PET, SR seeds."""
+    seeds = Seeds()
+    if with_dat:
+        from service.imaging.atlas import load_atlas
+        from service.pipelines.dat_spect.result import Region
+        from service.testing.dat_phantom import make_phantom, random_pose
+        from service.testing.nmdata import write_marker_study
+
+        rng = np.random.default_rng(11)
+        sbr = {Region.CAUDATE_LEFT: 3.0, Region.CAUDATE_RIGHT: 3.0,
+               Region.PUTAMEN_LEFT: 1.0, Region.PUTAMEN_RIGHT: 2.4}
+        phantom = make_phantom(load_atlas(), sbr, random_pose(rng), rng)
+        path = write_marker_study(work_dir / "dat", "multiframe", image=phantom.image,
+                                  uid_seed="fuzz-dat")[0]
+        seeds.by_kind["nm_dat"] = pydicom.dcmread(path)
+    nm = _base(codes.NM_IMAGE_STORAGE, "NM")
+    nm.NumberOfFrames, nm.NumberOfSlices = 1, 1
+    nm.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
+    nm.RadiopharmaceuticalInformationSequence = Sequence([Dataset()])
+    nm.RadiopharmaceuticalInformationSequence[0].Radiopharmaceutical = "Ioflupane"
+    _small_image(nm)
+    seeds.by_kind["nm_slice"] = nm
+    pet = _base(codes.PET_IMAGE_STORAGE, "PT")
+    pet.ImageType = ["ORIGINAL", "PRIMARY"]
+    pet.Units, pet.DecayCorrection, pet.SeriesType = "BQML", "START", ["STATIC", "IMAGE"]
+    pet.RescaleSlope, pet.RescaleIntercept = 1.0, 0.0
+    pet.NumberOfSlices = 1
+    _small_image(pet)
+    seeds.by_kind["pet"] = pet
+    sr = _base(codes.COMPREHENSIVE_SR_STORAGE, "SR")
+    sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    seeds.by_kind["sr"] = sr
+    return seeds
+
+
+def encode_ds(ds: Dataset) -> bytes:
+    """Explicit VR little endian data set bytes, no file meta (what a C-STORE carries)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+class Fuzzer:
+    """Seeded generator of dataset, PDU and HTTP cases."""
+
+    #: (mutation name, garbage?) for data set mutations; byte mutations are all garbage.
+    DATASET_MUTATIONS: list[tuple[str, bool]] = [
+        ("none", False), ("text_value", False), ("bad_date", False), ("private_element", False),
+        ("nested_sequence", False), ("huge_vm_text", False), ("delete_text", False),
+        ("image_value", True), ("delete_image", True), ("huge_vm_image", True),
+        ("bad_uid", True), ("delete_uid", True), ("sop_class_swap", True),
+        ("command_unknown_class", True), ("command_uid_mismatch", True),
+        ("pixel_truncate", True), ("rescale_zero", True), ("wrong_vr_type", True),
+    ]
+    BYTE_MUTATIONS = ["truncate", "bit_flips", "length_field", "garbage_tail", "empty",
+                      "random_bytes"]
+
+    def __init__(self, seed: int, work_dir: Path, with_dat: bool = True,
+                 dat_share: float = 0.05) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.seeds = build_seeds(Path(work_dir), with_dat)
+        self.dat_share = dat_share if with_dat else 0.0
+
+    # --- data sets --------------------------------------------------------------
+    def datasets(self, n: int, start: int = 0) -> Iterator[DatasetCase]:
+        for i in range(start, start + n):
+            yield self.dataset_case(i)
+
+    def dataset_case(self, index: int) -> DatasetCase:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._dataset_case(index)
+
+    def _dataset_case(self, index: int) -> DatasetCase:
+        rng = random.Random(f"{self.seed}-ds-{index}")
+        if rng.random() < self.dat_share:
+            kind = "nm_dat"
+        else:
+            kind = rng.choice(["nm_slice", "nm_slice", "pet", "sr"])
+        ds = copy.deepcopy(self.seeds.by_kind[kind])
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(self.seed), str(index), "st"])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(self.seed), str(index), "se"])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(self.seed), str(index), "sop"])
+        series_uid = str(ds.SeriesInstanceUID)
+        sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+        context_class = sop_class
+        if rng.random() < 0.25:  # bytes-level mutation of a valid encoding
+            name = rng.choice(self.BYTE_MUTATIONS)
+            data = self._mutate_bytes(rng, name, encode_ds(ds))
+            return DatasetCase(index, kind, "bytes_" + name, True, data, sop_class,
+                               sop_instance, series_uid, context_class)
+        name, garbage = rng.choice(self.DATASET_MUTATIONS)
+        if name == "sop_class_swap":
+            ds.SOPClassUID = rng.choice([c for c in (codes.NM_IMAGE_STORAGE, codes.PET_IMAGE_STORAGE,
+                                                     codes.COMPREHENSIVE_SR_STORAGE, codes.CT_IMAGE_STORAGE)
+                                         if c != sop_class])
+        elif name == "command_unknown_class":
+            sop_class = rng.choice(["1.2.3.4.5.6.7", "", "1.2.840.10008.5.1.4.1.1.999",
+                                    codes.CT_IMAGE_STORAGE])
+        elif name == "command_uid_mismatch":
+            sop_instance = rng.choice(["1.2.3.4", sop_instance + ".1", "9" * 64])
+        elif name == "bad_uid":
+            tag = rng.choice(sorted(UID_TAGS - {"SOPClassUID"}))
+            value = rng.choice(BAD_UIDS)
+            setattr(ds, tag, value)
+            if tag == "FrameOfReferenceUID":  # not an identifier the node files by
+                name, garbage = "bad_frame_of_reference_uid", False
+            if tag == "SeriesInstanceUID":
+                series_uid = value
+            if tag == "SOPInstanceUID" and rng.random() < 0.5:
+                sop_instance = value  # both agree, both bad
+        elif name == "delete_uid":
+            tag = rng.choice(sorted(UID_TAGS))
+            if tag in ds:
+                delattr(ds, tag)
+            if tag == "FrameOfReferenceUID":
+                name, garbage = "delete_frame_of_reference_uid", False
+        else:
+            try:
+                self._mutate_elements(rng, name, ds)
+            except (AttributeError, KeyError, ValueError, TypeError):
+                name, garbage = name + "+not_applicable", False  # e.g. no PixelData in an SR
+        try:
+            data = encode_ds(ds)
+        except Exception:  # noqa: BLE001 - a value pydicom cannot write: send raw junk instead
+            data, garbage, name = bytes(rng.randrange(256) for _ in range(64)), True, name + "+unwritable"
+        return DatasetCase(index, kind, name, garbage, data, sop_class, sop_instance, series_uid,
+                           context_class)
+
+    def _mutate_elements(self, rng: random.Random, name: str, ds: Dataset) -> None:
+        image_tags = sorted(t for t in IMAGE_TAGS if t in ds) or ["Rows"]
+        if name == "text_value":
+            setattr(ds, rng.choice(TEXT_TAGS), rng.choice(BAD_TEXT))
+        elif name == "bad_date":
+            setattr(ds, rng.choice(DATE_TAGS), rng.choice(["17.08.1923", "2026-01-01", "99999999",
+                                                            "", "1923", "ZZ"]))
+        elif name == "private_element":
+            ds.private_block(0x0099, "FUZZ", create=True).add_new(
+                rng.randrange(256), rng.choice(["LO", "OB", "UN", "SQ"]) if False else "LO",
+                rng.choice(BAD_TEXT)[:64])
+        elif name == "nested_sequence":
+            depth = rng.choice([5, 50, 200])
+            inner = Dataset()
+            inner.CodeMeaning = "deep"
+            for _ in range(depth):
+                outer = Dataset()
+                outer.ContentSequence = Sequence([inner])
+                inner = outer
+            ds.ReferencedStudySequence = Sequence([inner] * rng.choice([1, 20]))
+        elif name == "huge_vm_text":
+            ds.ImageType = ["X"] * rng.choice([100, 10_000])
+        elif name == "delete_text":
+            tag = rng.choice(TEXT_TAGS)
+            if tag in ds:
+                delattr(ds, tag)
+        elif name == "image_value":
+            tag = rng.choice(image_tags)
+            elem = ds.data_element(tag)
+            assert elem is not None
+            table: dict[str, list[Any]] = {
+                "US": [0, 1, 65535, 3], "IS": ["-1", "0", "99999999", "abc"],
+                "DS": ["nan", "-0", "1e308", "abc", "0"], "CS": ["", "JUNK", "\x00"],
+            }
+            choices = table.get(str(elem.VR), [b"\x00", b"\xff" * 3])
+            with suppress(Exception):
+                elem.value = rng.choice(choices)
+        elif name == "delete_image":
+            delattr(ds, rng.choice(image_tags))
+        elif name == "huge_vm_image":
+            ds.PixelSpacing = [4.0] * rng.choice([3, 5000])
+            ds.ImageOrientationPatient = [1.0] * rng.choice([5, 7, 3000])
+        elif name == "pixel_truncate":
+            ds.PixelData = ds.PixelData[: rng.randrange(0, max(1, len(ds.PixelData)))]
+        elif name == "rescale_zero":
+            ds.RescaleSlope = rng.choice([0, "nan", -1])
+        elif name == "wrong_vr_type":
+            ds.add_new(0x00280010, "UL", 70_000)  # Rows written with the wrong VR
+        # "none": unchanged
+
+    def _mutate_bytes(self, rng: random.Random, name: str, data: bytes) -> bytes:
+        buf = bytearray(data)
+        if name == "truncate":
+            return bytes(buf[: rng.randrange(0, len(buf))])
+        if name == "bit_flips":
+            for _ in range(rng.choice([1, 4, 32])):
+                pos = rng.randrange(min(len(buf), 4096))  # flip in the header mostly
+                buf[pos] ^= 1 << rng.randrange(8)
+            return bytes(buf)
+        if name == "length_field":
+            pos = rng.randrange(0, min(len(buf) - 8, 4000))
+            struct.pack_into("<I", buf, pos, rng.choice([0xFFFFFFFF, 0xFFFFFFF0, 0x7FFFFFFF, 1,
+                                                          len(buf) * 2]))
+            return bytes(buf)
+        if name == "garbage_tail":
+            return bytes(buf) + bytes(rng.randrange(256) for _ in range(rng.choice([1, 7, 300])))
+        if name == "empty":
+            return b"\0" * 8  # (pynetdicom sends no fragment at all for b"")
+        return bytes(rng.randrange(256) for _ in range(rng.choice([4, 128, 4096])))
+
+    # --- raw PDUs -----------------------------------------------------------------
+    def pdu_cases(self, n: int, called: str, calling: str = "STORESCU") -> Iterator[PduCase]:
+        names = ["garbage", "bad_type", "header_only_huge", "truncated_rq", "rq_bad_length",
+                 "rq_bad_items", "pdata_before_assoc", "release_before_assoc", "zero_length",
+                 "after_assoc_garbage", "after_assoc_second_rq", "after_assoc_pdata_bad_pdv",
+                 "after_assoc_truncated_pdata", "after_assoc_huge_length",
+                 "after_assoc_unknown_context", "after_assoc_release_rp", "after_assoc_abort"]
+        for i in range(n):
+            rng = random.Random(f"{self.seed}-pdu-{i}")
+            name = names[i % len(names)] if i < len(names) else rng.choice(names)
+            rq = associate_rq(called, calling)
+            assoc = name.startswith("after_assoc")
+            junk = bytes(rng.randrange(256) for _ in range(rng.choice([1, 6, 64, 2000])))
+            chunks: list[bytes] = {
+                "garbage": [junk],
+                "bad_type": [bytes([rng.choice([0, 8, 9, 0x7F, 0xFF]), 0]) + struct.pack(">I", 4) + b"abcd"],
+                "header_only_huge": [bytes([rng.choice([1, 4]), 0]) + struct.pack(">I", rng.choice(
+                    [0xFFFFFFFF, 0x40000000, 0x10000000]))],
+                "truncated_rq": [rq[: rng.randrange(1, len(rq))]],
+                "rq_bad_length": [rq[:2] + struct.pack(">I", rng.choice([0, 3, len(rq) + 500]))
+                                  + rq[6:]],
+                "rq_bad_items": [_corrupt_items(rq, rng)],
+                "pdata_before_assoc": [p_data(1, b"\x03" + junk)],
+                "release_before_assoc": [b"\x05\x00" + struct.pack(">I", 4) + b"\0\0\0\0"],
+                "zero_length": [b"\x04\x00\x00\x00\x00\x00"],
+                "after_assoc_garbage": [junk],
+                "after_assoc_second_rq": [rq],
+                "after_assoc_pdata_bad_pdv": [b"\x04\x00" + struct.pack(">I", 10)
+                                              + struct.pack(">I", rng.choice([0, 1, 0xFFFF, 200]))
+                                              + b"\x01\x03" + b"\0" * 4],
+                "after_assoc_truncated_pdata": [p_data(1, b"\x03" + junk)[: rng.randrange(3, 20)]],
+                "after_assoc_huge_length": [b"\x04\x00" + struct.pack(">I", 0xFFFFFFF0) + junk[:8]],
+                "after_assoc_unknown_context": [p_data(rng.choice([3, 99, 255]), b"\x03" + junk)],
+                "after_assoc_release_rp": [b"\x06\x00" + struct.pack(">I", 4) + b"\0\0\0\0"],
+                "after_assoc_abort": [b"\x07\x00" + struct.pack(">I", 4) + b"\0\0\0\0", junk],
+            }[name]
+            yield PduCase(i, name, chunks, associate=assoc)
+
+    # --- HTTP -------------------------------------------------------------------------
+    def http_cases(self, n: int, token: str) -> Iterator[HttpCase]:
+        auth = f"Authorization: Bearer {token}\r\n".encode()
+        base: list[tuple[str, bytes]] = [
+            ("garbage_line", b"\x00\xff GARBAGE\r\n\r\n"),
+            ("no_version", b"GET /health\r\n\r\n"),
+            ("huge_header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: " + b"A" * 200_000 + b"\r\n\r\n"),
+            ("bad_content_length", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Content-Length: -5\r\n\r\n"),
+            ("short_body", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Content-Length: 100\r\n\r\n{"),
+            ("traversal", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
+            ("no_token", b"GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("bad_token", b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\n\r\n"),
+            ("int_overflow", b"GET /jobs?limit=99999999999999999999 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
+            ("negative", b"GET /jobs/-1 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
+            ("bad_json", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{{{{{"),
+            ("unicode_path", "GET /jobs/\u00e9\u4e2d HTTP/1.1\r\nHost: x\r\n".encode() + auth + b"\r\n"),
+            ("method", b"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("chunked_bad", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
+             + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n"),
+            ("many_headers", b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n"),
+            ("nul_in_path", b"GET /jobs/\x00 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
+        ]
+        for i in range(n):
+            name, raw = base[i % len(base)]
+            yield HttpCase(i, name, raw)
+
+
+# --- PDU helpers -------------------------------------------------------------------------
+def _item(item_type: int, value: bytes) -> bytes:
+    return bytes([item_type, 0]) + struct.pack(">H", len(value)) + value
+
+
+def associate_rq(called: str, calling: str,
+                 abstract: str = codes.NM_IMAGE_STORAGE) -> bytes:
+    """A well-formed A-ASSOCIATE-RQ with one presentation context (id 1), explicit VR LE."""
+    app = _item(0x10, b"1.2.840.10008.3.1.1.1")
+    pc = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, abstract.encode())
+               + _item(0x40, ExplicitVRLittleEndian.encode()))
+    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode()
+            + b"\0" * 32 + app + pc + user)
+    return b"\x01\x00" + struct.pack(">I", len(body)) + body
+
+
+def _corrupt_items(rq: bytes, rng: random.Random) -> bytes:
+    buf = bytearray(rq)
+    pos = rng.randrange(74, len(buf) - 2)
+    struct.pack_into(">H", buf, pos, rng.choice([0, 0xFFFF, 1, 500]))
+    return bytes(buf)
+
+
+def p_data(context_id: int, pdv: bytes) -> bytes:
+    item = struct.pack(">I", len(pdv) + 1) + bytes([context_id]) + pdv
+    return b"\x04\x00" + struct.pack(">I", len(item)) + item
+
+
+def send_raw(port: int, case: PduCase, called: str, timeout_s: float = 10.0) -> str:
+    """Write a raw case; returns how the node ended it: closed, abort, reject, or no_close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        try:
+            if case.associate:
+                sock.sendall(associate_rq(called, "STORESCU"))
+                first = sock.recv(6)
+                if not first or first[0] != 0x02:
+                    return f"assoc_refused_{first[:1].hex() or 'closed'}"
+                (length,) = struct.unpack(">I", first[2:6])
+                _recv_exact(sock, length)
+            for chunk in case.chunks:
+                sock.sendall(chunk)
+            sock.shutdown(socket.SHUT_WR) if case.name.startswith("truncated") else None
+            start, answer = time.monotonic(), b""
+            while time.monotonic() - start < timeout_s:
+                got = sock.recv(65536)
+                if not got:
+                    break
+                answer += got
+            else:
+                return "no_close"
+        except TimeoutError:
+            return "no_close"
+        except OSError:  # reset, broken pipe, ENOTCONN: the node closed it first
+            return "reset"
+        kinds = {0x02: "accept", 0x03: "reject", 0x06: "release", 0x07: "abort"}
+        return kinds.get(answer[0], "other") if answer else "closed"
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        got = sock.recv(n - len(data))
+        if not got:
+            break
+        data += got
+    return data
+
+
+def send_http(port: int, case: HttpCase, timeout_s: float = 10.0) -> str:
+    """Write raw request bytes; returns the HTTP status line's code, or closed/timeout."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+            with suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(case.raw)
+            data = b""
+            with suppress(ConnectionResetError):
+                while b"\r\n" not in data:
+                    got = sock.recv(4096)
+                    if not got:
+                        break
+                    data += got
+    except TimeoutError:
+        return "timeout"
+    if not data.startswith(b"HTTP/"):
+        return "closed"
+    parts = data.split(b" ", 2)
+    return parts[1].decode("ascii", "replace") if len(parts) > 1 else "closed"
+
+
+# --- running against a node ------------------------------------------------------------
+def proc_stats(pid: int) -> dict[str, int]:
+    """Threads, open descriptors and RSS (kB) of a process, from /proc."""
+    out = {"threads": -1, "fds": -1, "rss_kb": -1}
+    with suppress(OSError):
+        out["threads"] = len(list(Path(f"/proc/{pid}/task").iterdir()))
+        out["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss_kb"] = int(line.split()[1])
+    return out
+
+
+#: Node settings for fuzzing: short edge timeouts, so that a half-sent PDU costs
+#: seconds, and a connection left open after them is a finding.
+NODE_SETTINGS: dict[str, Any] = {"node": {"artim_timeout_s": 2.0, "receive_timeout_s": 3.0,
+                                          "network_timeout_s": 8.0}}
+
+
+class Sender:
+    """One pynetdicom association reused for many C-STOREs (reopened after an abort)."""
+
+    CLASSES = [codes.NM_IMAGE_STORAGE, codes.PET_IMAGE_STORAGE, codes.COMPREHENSIVE_SR_STORAGE,
+               codes.CT_IMAGE_STORAGE]
+
+    def __init__(self, port: int, called: str, timeout_s: float = 20.0) -> None:
+        from pynetdicom import AE
+
+        self.port, self.called = port, called
+        self.ae = AE(ae_title="STORESCU")
+        self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
+        self.ae.acse_timeout = timeout_s
+        self.ae.add_requested_context(codes.VERIFICATION)
+        for sop_class in self.CLASSES:
+            self.ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        self.assoc: Any = None
+
+    def _open(self) -> bool:
+        if self.assoc is None or not self.assoc.is_established:
+            self.assoc = self.ae.associate("127.0.0.1", self.port, ae_title=self.called)
+        return bool(self.assoc.is_established)
+
+    def store(self, case: DatasetCase) -> str:
+        from pynetdicom.dimse_primitives import C_STORE
+
+        if not self._open():
+            return "assoc_rejected"
+        cx = next((c.context_id for c in self.assoc.accepted_contexts
+                   if c.abstract_syntax == case.context_class), None)
+        if cx is None:
+            return "no_context"
+        req = C_STORE()
+        req.MessageID = case.index % 65535 + 1
+        req.Priority = 2
+        try:
+            req.AffectedSOPClassUID = case.sop_class or "1.2"
+            req.AffectedSOPInstanceUID = case.sop_instance or "1.2"
+        except ValueError:
+            return "scu_refused_command"  # pynetdicom will not encode it (UID > 64 chars)
+        req.DataSet = BytesIO(case.data)
+        assoc = self.assoc
+        assoc._reactor_checkpoint.clear()
+        deadline = time.monotonic() + 5
+        while not (assoc._is_paused or not assoc.is_alive()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        try:
+            assoc.dimse.send_msg(req, cx)
+            _, rsp = assoc.dimse.get_msg(block=True)
+        except Exception as exc:  # noqa: BLE001 - an encoder error is an outcome too
+            return f"send_error_{type(exc).__name__}"
+        finally:
+            assoc._reactor_checkpoint.set()
+        if rsp is None:
+            if assoc.is_aborted or not assoc.is_alive():
+                self.assoc = None
+                return "abort"
+            self.assoc.abort()
+            self.assoc = None
+            return "no_answer"
+        return f"0x{int(rsp.Status):04X}"
+
+    def echo(self) -> bool:
+        from pynetdicom import AE
+
+        ae = AE(ae_title="ECHOSCU")
+        ae.acse_timeout = ae.dimse_timeout = 10
+        ae.add_requested_context(codes.VERIFICATION)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=self.called)
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status) and int(status.Status) == 0
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+
+def files_outside_spool(root: Path, spool: Path, allowed: set[Path]) -> list[str]:
+    """New files under ``root`` that are neither in ``spool`` nor ``allowed`` (db, log...)."""
+    out = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path in allowed or spool in path.parents:
+            continue
+        if path.name.startswith(("dopanode.sqlite3", "node.log", "dopanode.toml", "audit")):
+            continue
+        if "audit" in path.parts or "seeds" in path.parts or "storescp" in path.parts:
+            continue
+        out.append(str(path))
+    return out
+
+
+def traversal_files(deep: Path, *shallow: Path) -> list[str]:
+    """Files or folders named after :data:`TRAVERSAL_MARKER`: under ``deep``, or in ``shallow``."""
+    found: list[str] = []
+    with suppress(OSError):
+        found += [str(p) for p in deep.rglob(f"*{TRAVERSAL_MARKER}*")]
+    for root in shallow:
+        with suppress(OSError):
+            found += [str(p) for p in root.glob(f"*{TRAVERSAL_MARKER}*")]
+    return found
