@@ -228,3 +228,20 @@ def read_series(paths: Sequence[Path]) -> tuple[Dataset, ...]:
     if not datasets:
         raise AnalysisError("no instances", "no_instances")
     return tuple(datasets)
+
+
+#: Older senders write SNOMED-RT codes with the designator "SNM3" (PS3.16 8.2).
+_SCHEME_ALIASES = {"SNM3": "SRT"}
+
+
+def radiopharmaceutical_codes(ds: Dataset, keyword: str) -> list[tuple[str, str]]:
+    """(code value, scheme) of every ``keyword`` item (``RadiopharmaceuticalCodeSequence``,
+    ``RadionuclideCodeSequence``) in every Radiopharmaceutical Information item; SNM3 read as SRT."""
+    found = []
+    for item in ds.get("RadiopharmaceuticalInformationSequence") or []:
+        for code in item.get(keyword) or []:
+            value = str(code.get("CodeValue", "")).strip()
+            scheme = str(code.get("CodingSchemeDesignator", "")).strip().upper()
+            if value:
+                found.append((value, _SCHEME_ALIASES.get(scheme, scheme)))
+    return found

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from service.dicom import codes as dicom_codes
+from service.dicom.header import radiopharmaceutical_codes
 from service.errors import AnalysisError
 from service.pipelines.dat_spect import codes
 
@@ -33,25 +34,11 @@ log = logging.getLogger(__name__)
 
 #: Radionuclide codes accepted as 123-Iodine (SCT, and SRT for legacy senders).
 _IODINE_123_CODES = frozenset({(codes.IODINE_123.value, "SCT"), ("C-114A4", "SRT")})
-#: Older senders write SNOMED-RT codes with the designator "SNM3" (PS3.16 8.2).
-_SCHEME_ALIASES = {"SNM3": "SRT"}
 
 
 def _refuse(why: str) -> AnalysisError:
     return AnalysisError(f"not a DaT SPECT series: {why}", code="not_dat")
 
-
-def _codes(ds: Dataset, keyword: str) -> list[tuple[str, str]]:
-    """(value, scheme) of every item of ``keyword`` in every radiopharmaceutical item."""
-    found = []
-    for item in ds.get("RadiopharmaceuticalInformationSequence") or []:
-        for code in item.get(keyword) or []:
-            value = str(code.get("CodeValue", "")).strip()
-            scheme = str(code.get("CodingSchemeDesignator", "")).strip().upper()
-            scheme = _SCHEME_ALIASES.get(scheme, scheme)
-            if value:
-                found.append((value, scheme))
-    return found
 
 
 def _squash(text: str) -> str:
@@ -93,11 +80,11 @@ def check_dat_series(ds: Dataset, fallback_keywords: Sequence[str] = ()) -> str:
         ``code="not_dat"``, reason ``"not a DaT SPECT series: <why>"``.
     """
     _check_kind(ds)
-    nuclides = _codes(ds, "RadionuclideCodeSequence")
+    nuclides = radiopharmaceutical_codes(ds, "RadionuclideCodeSequence")
     if nuclides and not any(c in _IODINE_123_CODES for c in nuclides):
         value, scheme = nuclides[0]
         raise _refuse(f"radionuclide is {scheme} {value}, not 123-Iodine")
-    agents = _codes(ds, "RadiopharmaceuticalCodeSequence")
+    agents = radiopharmaceutical_codes(ds, "RadiopharmaceuticalCodeSequence")
     for value, scheme in agents:
         if (value, scheme) in codes.DAT_TRACER_CODES:
             return f"code {scheme} {value}"

@@ -36,29 +36,19 @@ from typing import Literal
 from pydicom.dataset import Dataset
 
 from service.dicom import codes as dicom_codes
+from service.dicom.header import radiopharmaceutical_codes
 from service.errors import AnalysisError
 from service.imaging.pet_header import series_attributes
 from service.pipelines.fdopa_pet import codes
 
 _PET_CLASSES = frozenset({dicom_codes.PET_IMAGE_STORAGE, dicom_codes.ENHANCED_PET_IMAGE_STORAGE,
                           dicom_codes.LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE})
-_SCHEME_ALIASES = {"SNM3": "SRT"}
 Role = Literal["static", "dynamic", "ignored", "declined"]
 
 
 def _refuse(why: str) -> AnalysisError:
     return AnalysisError(f"not an FDOPA PET series: {why}", code="not_fdopa")
 
-
-def _codes(ds: Dataset, keyword: str) -> list[tuple[str, str]]:
-    found = []
-    for item in ds.get("RadiopharmaceuticalInformationSequence") or []:
-        for code in item.get(keyword) or []:
-            value = str(code.get("CodeValue", "")).strip()
-            scheme = str(code.get("CodingSchemeDesignator", "")).strip().upper()
-            if value:
-                found.append((value, _SCHEME_ALIASES.get(scheme, scheme)))
-    return found
 
 
 def _squash(text: str) -> str:
@@ -92,10 +82,10 @@ def check_fdopa_series(ds: Dataset, fallback_keywords: Sequence[str] = ()) -> st
     if str(ds.get("SOPClassUID", "")) not in _PET_CLASSES:
         raise _refuse("SOP class is not a PET image storage class")
     ds = series_attributes(ds)
-    nuclides = _codes(ds, "RadionuclideCodeSequence")
+    nuclides = radiopharmaceutical_codes(ds, "RadionuclideCodeSequence")
     if nuclides and not any(c in codes.FLUORINE_18_CODES for c in nuclides):
         raise _refuse(f"radionuclide is {nuclides[0][1]} {nuclides[0][0]}, not 18-Fluorine")
-    agents = _codes(ds, "RadiopharmaceuticalCodeSequence")
+    agents = radiopharmaceutical_codes(ds, "RadiopharmaceuticalCodeSequence")
     for value, scheme in agents:
         if (value, scheme) in codes.FDOPA_TRACER_CODES:
             return f"code {scheme} {value}"
