@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "dopanode.pipelines"
 #: Built-in pipelines: name -> "module:attribute" of their :class:`PipelineSpec`.
 BUILTIN: dict[str, str] = {
     "dat_spect": "service.pipelines.dat_spect.plugin:SPEC",
+    "fdopa_pet": "service.pipelines.fdopa_pet.plugin:SPEC",
 }
 
 
@@ -94,6 +95,8 @@ def specs() -> dict[str, PipelineSpec]:
         spec = entry.load()
         if not isinstance(spec, PipelineSpec) or spec.name != entry.name:
             raise TypeError(f"entry point {entry.name} is not a PipelineSpec of that name")
+        if found.get(spec.name) is spec:
+            continue  # a built-in one also declared as an entry point (pyproject.toml)
         if spec.name in found:
             raise ValueError(f"pipeline {spec.name!r} is registered twice")
         found[spec.name] = spec

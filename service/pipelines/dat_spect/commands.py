@@ -35,7 +35,10 @@ CSV_REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add analyze, label, build-template and build-normals."""
-    p = subparsers.add_parser("analyze", help="analyse DaT SPECT files or folders offline")
+    from service.pipelines.fdopa_pet.commands import add_arguments as add_fdopa_arguments
+
+    p = subparsers.add_parser(
+        "analyze", help="analyse DaT SPECT series and [18F]FDOPA PET studies offline")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
     p.add_argument("--out", type=Path, default=Path("dopanode-out"), help="output folder")
     model = p.add_mutually_exclusive_group()
@@ -44,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--no-cnn", action="store_true",
                        help="rate by SBR thresholds only, as with [pipelines.dat_spect] cnn_enabled = false")
     _common(p)
+    add_fdopa_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
     p = subparsers.add_parser("label", help="GMM reference labels for one dataset")
@@ -131,7 +135,25 @@ def _progress(items: list[Any], desc: str) -> Iterator[Any]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Run the pipeline on each series; SR, picture report and summary.json per series."""
+    """FDOPA studies first (:mod:`service.pipelines.fdopa_pet.commands`), then each DaT series.
+
+    Per DaT series: SR, picture report and summary.json.
+    """
+    from service.pipelines.fdopa_pet.commands import analyze_studies
+
+    series = collect_series(args.paths)
+    if not series:
+        print("no DICOM series found")
+        return 1
+    handled, failures = analyze_studies(series, args)
+    rest = {uid: paths for uid, paths in series.items() if uid not in handled}
+    if rest:
+        failures += _analyze_dat(rest, args)
+    return 1 if failures else 0
+
+
+def _analyze_dat(series: dict[str, list[Path]], args: argparse.Namespace) -> int:
+    """Run the DaT pipeline on each series; the number of failures."""
     from pydicom import dcmwrite
 
     from service.dicom.header import read_series
@@ -152,10 +174,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError, AnalysisError) as exc:
         raise SystemExit(f"cannot load the template folder or model: {exc}") from exc
-    series = collect_series(args.paths)
-    if not series:
-        print("no DICOM series found")
-        return 1
     failures = 0
     for uid in _progress(sorted(series), "analyze"):
         folder = args.out / uid
@@ -180,7 +198,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             verdict = "reduced" if output.summary["global"]["reduced"] else "normal"
             print(f"{uid}: {verdict}, {sum(output.stage_durations_s.values()):.2f} s")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return 1 if failures else 0
+    return failures
 
 
 def _models(args: argparse.Namespace) -> DatModels:

@@ -1,0 +1,163 @@
+"""Which series of a study one FDOPA job reads, and when it may start (routing, no pixels).
+
+The node routes each completed series on its own (:mod:`service.scheduler`);
+a study's static and dynamic series complete at different times. Every
+FDOPA series of a study therefore answers with the **same study-level plan**,
+so that they converge on one job:
+
+* roles: ``"primary"`` is the chosen static series
+  (:func:`~service.pipelines.fdopa_pet.gate.select_series`: attenuation-
+  corrected, lowest Series Number), or the chosen dynamic series when the
+  study has no static one; ``"dynamic"`` is the chosen dynamic series beside
+  a static primary (more roles, e.g. a FLAIR, are one more entry in
+  :func:`study_plan`);
+* the job key hashes the instances of all inputs and jobs are keyed by their
+  primary series: the same plan reached from either series makes the job
+  once (the second ``create`` is a no-op), and a later plan with the same
+  primary (a dynamic series that arrived after the static one was analysed)
+  **supersedes** the earlier job; its SR names the earlier outputs as
+  predecessors, so the PACS ends with one current result;
+* waits, each bounded (:class:`WaitRules`):
+
+  - the primary must be *ready*: complete, and holding the instances its
+    header announces, or ``companion_wait_s`` past its completion (then the
+    analysis refuses it as incomplete, with the reason);
+  - a dynamic companion that is announced (received in part, or complete
+    with fewer instances than announced) is waited for until
+    ``companion_wait_s`` after the routed series completed; after that the
+    static is analysed without curves and the note says why;
+  - a dynamic series with no static series in the study waits
+    ``static_wait_s`` after it completed for one to arrive, then its frames
+    give the static image.
+
+Known limit: a static series that arrives after a dynamic-only job was made
+has a different primary, so it makes a second job beside the first instead
+of superseding it (``static_wait_s`` is the guard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from service.dicom.header import InstanceHeader, expected_count
+from service.errors import AnalysisError
+from service.pipelines.base import PRIMARY, InputPlan, InputSeries, SeriesView
+from service.pipelines.fdopa_pet.gate import classify_series, select_series
+
+#: The role of the dynamic series beside a static primary.
+DYNAMIC = "dynamic"
+
+
+@dataclass(frozen=True)
+class WaitRules:
+    """How long routing waits (seconds; see the module docstring)."""
+
+    companion_wait_s: float = 600.0
+    static_wait_s: float = 120.0
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def announced_instances(header: Dataset) -> int | None:
+    """Instances the series should hold, from one instance's header (None: unknown)."""
+    series_type = header.get("SeriesType") or [""]
+    kind = str(series_type if isinstance(series_type, str) else series_type[0]).upper()
+    info = InstanceHeader(
+        str(header.get("SOPClassUID", "")), _int_or_none(header.get("NumberOfFrames")),
+        _int_or_none(header.get("NumberOfSlices")), _int_or_none(header.get("ImagesInAcquisition")),
+        _int_or_none(header.get("NumberOfTimeSlices")), kind.strip(),
+        _int_or_none(header.get("NumberOfTimeSlots")))
+    return expected_count(info)
+
+
+def is_whole(view: SeriesView) -> bool:
+    """Complete, with at least the instances its header announces (when it announces any)."""
+    announced = announced_instances(view.header)
+    return view.is_complete and (announced is None or view.instance_count >= announced)
+
+
+def _ready_at(view: SeriesView, rules: WaitRules, now: float) -> float | None:
+    """When the series may be used: None now; else a time to ask again."""
+    if is_whole(view):
+        return None
+    if not view.is_complete:  # still arriving: its own quiet time bounds the wait
+        return now + max(rules.companion_wait_s, 1.0)
+    since = view.completed_at if view.completed_at is not None else now
+    until = since + rules.companion_wait_s
+    return until if now < until else None
+
+
+def _describe(view: SeriesView) -> str:
+    announced = announced_instances(view.header)
+    if not view.is_complete:
+        return "still arriving"
+    return f"{view.instance_count} of {announced} announced instances"
+
+
+def study_plan(trigger: SeriesView, study: Sequence[SeriesView], now: float,
+               fallback_keywords: Sequence[str] = (),
+               rules: WaitRules | None = None) -> InputPlan:
+    """The FDOPA job of ``trigger``'s study, or a wait (module docstring).
+
+    Parameters
+    ----------
+    trigger : SeriesView
+        The completed series being routed (the pipeline took it).
+    study : sequence of SeriesView
+        The study's other series so far (any state).
+    now : float
+        Seconds since the epoch.
+    """
+    rules = rules or WaitRules()
+    views = {v.series_uid: v for v in (trigger, *study)}
+    fdopa = [v.header for v in views.values()
+             if classify_series(v.header, fallback_keywords).role in ("static", "dynamic")]
+    try:
+        selection = select_series(fdopa, fallback_keywords)
+    except AnalysisError:  # the trigger itself was taken: only an odd header gets here
+        return InputPlan.single(trigger.series_uid, "no analysable FDOPA series in the study")
+    static = views.get(selection.static_series_uid or "")
+    dynamic = views.get(selection.dynamic_series_uid or "")
+    if static is None:
+        assert dynamic is not None
+        return _dynamic_only(trigger, dynamic, rules, now)
+    wait = _ready_at(static, rules, now)
+    if wait is not None:
+        return InputPlan((InputSeries(PRIMARY, static.series_uid),), wait,
+                         f"waiting for the static series ({_describe(static)})")
+    if dynamic is None:
+        return InputPlan.single(static.series_uid)
+    plan = (InputSeries(PRIMARY, static.series_uid), InputSeries(DYNAMIC, dynamic.series_uid))
+    if is_whole(dynamic):
+        return InputPlan(plan)
+    since = trigger.completed_at if trigger.completed_at is not None else now
+    until = since + rules.companion_wait_s
+    if now < until:
+        return InputPlan(plan, until, f"waiting for the dynamic series ({_describe(dynamic)})")
+    return InputPlan.single(
+        static.series_uid, f"dynamic series {_describe(dynamic)} after "
+        f"{rules.companion_wait_s:g} s: analysed without curves")
+
+
+def _dynamic_only(trigger: SeriesView, dynamic: SeriesView, rules: WaitRules,
+                  now: float) -> InputPlan:
+    """A study with a dynamic series and no static one (yet)."""
+    plan = (InputSeries(PRIMARY, dynamic.series_uid),)
+    wait = _ready_at(dynamic, rules, now)
+    if wait is not None:
+        return InputPlan(plan, wait, f"waiting for the dynamic series ({_describe(dynamic)})")
+    since = dynamic.completed_at if dynamic.completed_at is not None else now
+    until = since + rules.static_wait_s
+    note = (f"no static series after {rules.static_wait_s:g} s: static image summed from "
+            "the dynamic frames")
+    if now < until:
+        return InputPlan(plan, until, note)
+    return InputPlan(plan, None, note)

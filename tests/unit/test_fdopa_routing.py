@@ -1,0 +1,240 @@
+"""FDOPA routing: select, the study-level input plan, and the scheduler path to ONE job per study.
+
+Tiny simulator series (3 slices of 8 x 8; a 2-frame dynamic) are received
+into a real SQLite store and routed by the real :class:`Scheduler`, in every
+arrival order; no pixels are analysed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from service.dicom.header import read_header
+from service.pipelines.base import PRIMARY, InputSeries, SeriesView
+from service.pipelines.fdopa_pet.pipeline import FdopaPetPipeline, Options
+from service.pipelines.fdopa_pet.plan import DYNAMIC, WaitRules
+from service.scheduler import Scheduler
+from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_series, write_series
+from service.store import db, jobs
+from service.store import series as completion
+from service.store.db import Database
+from service.store.spool import Spool
+from service.testing.nmdata import marker_image, write_marker_study
+
+NOW = 1_800_000_000.0
+QUIET_S = 10.0
+RULES = WaitRules(companion_wait_s=300.0, static_wait_s=60.0)
+IMG = sitk.GetImageFromArray(np.ones((3, 8, 8), np.float32))
+
+
+def _info(number: int, ac: bool = True) -> PetSeriesInfo:
+    return PetSeriesInfo("routing-seed", 70.0, 180.0, 40, "M", "GE", "Discovery", "OSEM", number,
+                         f"Brain FDOPA {'AC' if ac else 'NAC'}", attenuation_corrected=ac)
+
+
+def static_series(number: int = 2, ac: bool = True) -> list[Dataset]:
+    return build_pet_series([IMG], [600.0], [1200.0], _info(number, ac), PetEncoding(), False)
+
+
+def dynamic_series(number: int = 4) -> list[Dataset]:
+    return build_pet_series([IMG, IMG], [0.0, 15.0], [15.0, 15.0], _info(number),
+                            PetEncoding(), True)
+
+
+def pipeline() -> FdopaPetPipeline:
+    template: Any = SimpleNamespace(sha256="0" * 64)  # routing never touches the template
+    return FdopaPetPipeline(template, None, Options(rules=RULES))
+
+
+def view(ds: Dataset, count: int | None = None, complete: bool = True,
+         completed_at: float | None = NOW) -> SeriesView:
+    n = count if count is not None else int(ds.get("NumberOfSlices", 1)) * int(
+        ds.get("NumberOfTimeSlices", 1) or 1)
+    return SeriesView(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID),
+                      n, ds, complete, completed_at if complete else None)
+
+
+# --- select ------------------------------------------------------------------------
+def test_select_takes_ac_static_and_dynamic_declines_nac_and_dat(tmp_path: Path) -> None:
+    p = pipeline()
+    static = p.select(view(static_series()[0]))
+    dynamic = p.select(view(dynamic_series()[0]))
+    assert static.taken and static.reason.startswith("attenuation-corrected static; code SCT")
+    assert dynamic.taken and dynamic.reason.startswith("attenuation-corrected dynamic")
+    nac = p.select(view(static_series(3, ac=False)[0]))
+    assert not nac.taken
+    assert nac.reason == "not attenuation-corrected (Corrected Image lacks ATTN)"
+    dat = write_marker_study(tmp_path / "dat", "multiframe",
+                             image=marker_image((8, 8, 4), (4.0, 4.0, 4.0)), uid_seed="dat")
+    declined = p.select(view(pydicom.dcmread(dat[0], stop_before_pixels=True)))
+    assert not declined.taken
+    assert declined.reason == "not an FDOPA PET series: modality is NM, not PT"
+
+
+# --- the plan on its own ---------------------------------------------------------
+def test_plan_static_only_and_static_with_dynamic() -> None:
+    p, st, dy = pipeline(), view(static_series()[0]), view(dynamic_series()[0])
+    assert p.inputs(st, [], NOW).series == (InputSeries(PRIMARY, st.series_uid),)
+    both = (InputSeries(PRIMARY, st.series_uid), InputSeries(DYNAMIC, dy.series_uid))
+    for trigger, other in ((st, dy), (dy, st)):
+        plan = p.inputs(trigger, [other], NOW)
+        assert plan.series == both and plan.wait_until is None
+
+
+def test_plan_waits_for_an_arriving_dynamic_then_goes_without_it() -> None:
+    p, st = pipeline(), view(static_series()[0])
+    arriving = view(dynamic_series()[0], count=2, complete=False)
+    plan = p.inputs(st, [arriving], NOW + 1)
+    assert plan.wait_until == NOW + RULES.companion_wait_s
+    assert plan.note == "waiting for the dynamic series (still arriving)"
+    late = p.inputs(st, [arriving], NOW + RULES.companion_wait_s)
+    assert late.wait_until is None
+    assert late.series == (InputSeries(PRIMARY, st.series_uid),)
+    assert late.note == "dynamic series still arriving after 300 s: analysed without curves"
+
+
+def test_plan_dynamic_only_waits_for_a_static_then_sums_frames() -> None:
+    p, dy = pipeline(), view(dynamic_series()[0])
+    plan = p.inputs(dy, [], NOW + 1)
+    assert plan.wait_until == NOW + RULES.static_wait_s
+    final = p.inputs(dy, [], NOW + RULES.static_wait_s)
+    assert final.wait_until is None and final.series == (InputSeries(PRIMARY, dy.series_uid),)
+    assert final.note == ("no static series after 60 s: static image summed from the "
+                          "dynamic frames")
+    # an arriving static: the dynamic defers to it
+    arriving = view(static_series()[0], count=1, complete=False)
+    deferred = p.inputs(dy, [arriving], NOW + 10 * RULES.static_wait_s)
+    assert deferred.wait_until is not None and deferred.wait_until > NOW + 10 * RULES.static_wait_s
+    assert deferred.series[0].series_uid == arriving.series_uid
+
+
+def test_plan_incomplete_static_waits_then_is_taken_as_it_is() -> None:
+    p = pipeline()
+    short = view(static_series()[0], count=2)  # 2 of 3 announced slices, quiet-time complete
+    plan = p.inputs(short, [], NOW + 1)
+    assert plan.wait_until == NOW + RULES.companion_wait_s
+    assert plan.note == "waiting for the static series (2 of 3 announced instances)"
+    assert p.inputs(short, [], NOW + RULES.companion_wait_s).wait_until is None
+
+
+def test_plan_lowest_series_number_and_nac_ignored() -> None:
+    p = pipeline()
+    first, second = view(static_series(2)[0]), view(static_series(5)[0])
+    nac = view(static_series(3, ac=False)[0])
+    for trigger in (first, second):
+        others = [v for v in (first, second, nac) if v is not trigger]
+        assert p.inputs(trigger, others, NOW).series == (InputSeries(PRIMARY, first.series_uid),)
+
+
+# --- the scheduler path ----------------------------------------------------------
+class Node:
+    """A store, a spool and the real scheduler with the FDOPA pipeline only."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.database = Database(tmp_path / "state.sqlite3")
+        self.database.migrate()
+        self.conn = self.database.connect()
+        self.spool = Spool(tmp_path / "spool")
+        self.files = tmp_path / "files"
+        self.scheduler = Scheduler(self.database, self.spool, {"fdopa_pet": pipeline()})
+
+    def receive(self, datasets: list[Dataset], at: float, upto: int | None = None) -> None:
+        folder = self.files / str(datasets[0].SeriesNumber)
+        for path in write_series(datasets[:upto], folder):
+            parsed = read_header(path)
+            target = self.spool.instance_path(parsed.study_uid, parsed.series_uid,
+                                              parsed.sop_instance_uid)
+            size = self.spool.write_atomic(target, [path.read_bytes()])
+            rec = db.InstanceRecord(parsed.sop_instance_uid, parsed.study_uid,
+                                    parsed.series_uid, parsed.info.sop_class_uid,
+                                    parsed.transfer_syntax, "STORESCU",
+                                    self.spool.relative(target), size, at)
+            with self.conn:
+                completion.record_instance(self.conn, rec, parsed.info, QUIET_S)
+
+    def round(self, at: float) -> int:
+        return self.scheduler.run_once(self.conn, at)
+
+    def jobs(self) -> list[tuple[str, str, list[tuple[str, str, int]]]]:
+        out = []
+        for (job_id,) in self.conn.execute("SELECT id FROM jobs ORDER BY id"):
+            job = jobs.get(self.conn, job_id)
+            assert job is not None
+            out.append((job.state, job.series_uid,
+                        [(i.role, i.series_uid, len(i.instance_uids)) for i in job.inputs]))
+        return out
+
+    def states(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT series_uid, state FROM series"))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Any:
+    n = Node(tmp_path)
+    yield n
+    n.conn.close()
+
+
+def _uid(datasets: list[Dataset]) -> str:
+    return str(datasets[0].SeriesInstanceUID)
+
+
+def test_static_then_dynamic_arriving_makes_one_job(node: Node) -> None:
+    st, dy = static_series(), dynamic_series()
+    node.receive(st, NOW)                       # complete by count (3 slices)
+    node.receive(dy, NOW, upto=3)               # half of the dynamic so far
+    assert node.round(NOW + 1) == 0             # the static waits for the dynamic
+    node.receive(dy[3:], NOW + 20)
+    assert node.round(NOW + 21) == 1            # the dynamic completes: the study's job
+    assert node.round(NOW + 22) == 0            # the static's plan is the same job
+    assert node.jobs() == [("pending", _uid(st), [(PRIMARY, _uid(st), 3),
+                                                  (DYNAMIC, _uid(dy), 6)])]
+    assert set(node.states().values()) == {"routed"}
+
+
+def test_dynamic_then_static_makes_one_job(node: Node) -> None:
+    st, dy = static_series(), dynamic_series()
+    node.receive(dy, NOW)
+    assert node.round(NOW + 1) == 0             # waits static_wait_s for a static
+    node.receive(st, NOW + 30)
+    assert node.round(NOW + 31) == 1
+    assert node.round(NOW + 32) == 0
+    assert node.jobs() == [("pending", _uid(st), [(PRIMARY, _uid(st), 3),
+                                                  (DYNAMIC, _uid(dy), 6)])]
+    assert set(node.states().values()) == {"routed"}
+
+
+def test_dynamic_only_after_the_wait(node: Node) -> None:
+    dy = dynamic_series()
+    node.receive(dy, NOW)
+    assert node.round(NOW + RULES.static_wait_s - 1) == 0
+    assert node.round(NOW + RULES.static_wait_s) == 1
+    assert node.jobs() == [("pending", _uid(dy), [(PRIMARY, _uid(dy), 6)])]
+
+
+def test_late_dynamic_supersedes_the_static_only_job(node: Node) -> None:
+    st, dy = static_series(), dynamic_series()
+    node.receive(st, NOW)
+    assert node.round(NOW + 1) == 1             # nothing announced: the static alone
+    node.receive(dy, NOW + 100)
+    assert node.round(NOW + 101) == 1           # same primary: replaces the first job
+    assert node.jobs() == [
+        ("superseded", _uid(st), [(PRIMARY, _uid(st), 3)]),
+        ("pending", _uid(st), [(PRIMARY, _uid(st), 3), (DYNAMIC, _uid(dy), 6)])]
+
+
+def test_nac_series_is_ignored_with_its_reason(node: Node) -> None:
+    nac = static_series(3, ac=False)
+    node.receive(nac, NOW)
+    assert node.round(NOW + 1) == 0
+    [(routing,)] = node.conn.execute("SELECT routing_json FROM series").fetchall()
+    assert node.states() == {_uid(nac): "ignored"}
+    assert "declined: not attenuation-corrected (Corrected Image lacks ATTN)" in routing
