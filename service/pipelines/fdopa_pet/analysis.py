@@ -22,6 +22,7 @@ reference, too few frames) leaves the static result intact; the result's
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from pydicom.dataset import Dataset
 from service.errors import AnalysisError
 from service.imaging.pet_volume import PetVolume, static_window, volume_from_datasets
 from service.imaging.suv import SuvScale, suv_scale
+from service.pipelines.fdopa_pet.curves import injection_datetime
 from service.pipelines.fdopa_pet.gate import StudySelection, select_series
 from service.pipelines.fdopa_pet.kinetics import DynamicResult
 from service.pipelines.fdopa_pet.measures import (
@@ -119,6 +121,7 @@ class Volumes:
     dynamic_suv: SuvScale | None
     dynamic_source: SourceReference | None
     dynamic_note: str
+    injection: dt.datetime | None = None
 
 
 def load_volumes(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
@@ -130,7 +133,8 @@ def load_volumes(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     with stage(durations_s, "suv"):
         suv = suv_scale(primary[0], first.first_frame_start)
     if first.is_dynamic:
-        return Volumes(static, suv, first, suv, SourceReference.of(list(primary)), "")
+        return Volumes(static, suv, first, suv, SourceReference.of(list(primary)), "",
+                       injection_datetime(primary[0]))
     if not dynamic:
         return Volumes(static, suv, None, None, None, "no dynamic series in the study")
     try:
@@ -143,7 +147,8 @@ def load_volumes(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
                        "dynamic series not used: another frame of reference than the static")
     with stage(durations_s, "suv"):
         dyn_suv = suv_scale(dynamic[0], dyn.first_frame_start)
-    return Volumes(static, suv, dyn, dyn_suv, SourceReference.of(list(dynamic)), "")
+    return Volumes(static, suv, dyn, dyn_suv, SourceReference.of(list(dynamic)), "",
+                   injection_datetime(dynamic[0]))
 
 
 def segment_and_measure(static: PetVolume, suv: SuvScale, template: FdopaTemplate,
@@ -214,7 +219,7 @@ def curves(volumes: Volumes, lesions: Sequence[Lesion], reference: ReferenceRegi
     try:
         with stage(durations_s, "dynamic"):
             return analyse_study_dynamic(volumes.dynamic, volumes.static, lesions, reference,
-                                         volumes.dynamic_suv), ""
+                                         volumes.dynamic_suv, injection=volumes.injection), ""
     except AnalysisError as exc:
         return None, f"no curves: {exc.reason}"
 
@@ -249,7 +254,8 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     dynamic_result, dynamic_note = curves(volumes, lesions, reference, durations_s)
     if volumes.dynamic is None and not dynamic and note:
         dynamic_note = note  # routing left the dynamic series out, and said why
-    warnings = (*((note,) if note else ()), *volumes.static.warnings, *atlas.warnings)
+    warnings = (*((note,) if note else ()), *volumes.static.warnings, *atlas.warnings,
+                *(dynamic_result.warnings if dynamic_result is not None else ()))
     return FdopaResult(
         source=SourceReference.of(list(primary)),
         dynamic_source=volumes.dynamic_source,
