@@ -31,6 +31,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
@@ -178,3 +179,31 @@ def test_registration_below_the_minimum_is_refused_with_a_report(
     [report] = pipeline.failure_report(inputs, context, err.value.reason)
     assert str(report.Modality) == "SR"
     assert report.StudyInstanceUID == inputs.primary[0].StudyInstanceUID
+
+
+def test_analyze_command_on_the_study_folder(study: tuple[Path, dict[str, Any]],
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from service import cli
+
+    folder, _ = study
+    out = tmp_path / "out"
+    argv = ["analyze", str(folder), "--out", str(out), "--fdopa-segmentation", "threshold"]
+    assert cli.main(argv) == 0  # the non-AC PET and the CT are not handed to the DaT analysis
+    static = _series(folder / "PT_STATIC")
+    result_dir = out / str(static[0].SeriesInstanceUID)
+    assert sorted(p.name for p in out.iterdir()) == [result_dir.name]
+    assert sorted(p.name for p in result_dir.iterdir()) == [
+        "picture.dcm", "seg.dcm", "sr.dcm", "summary.json"]
+    summary = json.loads((result_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["dynamic"] is not None
+    roles = {r["role"] for r in summary["series_roles"]}
+    assert roles == {"static", "dynamic", "ignored", "declined"}
+    # the node's job key: the same inputs give the same output UIDs
+    inputs = _inputs(folder)
+    pipeline = plugin.build(FdopaPetSettings(segmentation="threshold"))
+    expected = pipeline.run(inputs, _context(inputs)).datasets
+    written = [pydicom.dcmread(result_dir / n, stop_before_pixels=True).SOPInstanceUID
+               for n in ("seg.dcm", "sr.dcm", "picture.dcm")]
+    assert written == [ds.SOPInstanceUID for ds in expected]
+    assert "FDOPA" in capsys.readouterr().out
