@@ -23,9 +23,7 @@ reference, too few frames) leaves the static result intact; the result's
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,17 +57,8 @@ from service.pipelines.fdopa_pet.result import (
     StaticMeasures,
 )
 from service.pipelines.fdopa_pet.segment import TumourSegmenter
+from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo, SourceReference
-
-
-@contextmanager
-def stage(durations_s: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of the block to ``durations_s[name]``, seconds."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        durations_s[name] = durations_s.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from service.pipelines.base import (
 )
 from service.pipelines.fdopa_pet.gate import classify_series
 from service.pipelines.fdopa_pet.plan import DYNAMIC, WaitRules, study_plan
+from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class FdopaPetPipeline:
 
     def run(self, inputs: LoadedInputs, context: JobContext) -> PipelineOutput:
         """Analyse the study and build its SEG, SR and picture report."""
-        from service.pipelines.fdopa_pet.analysis import analyse_study, stage
+        from service.pipelines.fdopa_pet.analysis import analyse_study
         from service.pipelines.fdopa_pet.summary import summary_dict
 
         durations_s: dict[str, float] = {}
@@ -146,7 +147,6 @@ class FdopaPetPipeline:
                       context: JobContext, durations_s: dict[str, float]
                       ) -> tuple[Dataset, ...]:
         """SEG, SR (referencing the SEG and the previous SRs) and picture report."""
-        from service.pipelines.fdopa_pet.analysis import stage
         from service.pipelines.fdopa_pet.picture import build_picture_report
         from service.pipelines.fdopa_pet.seg import build_seg
         from service.pipelines.fdopa_pet.sr import build_sr

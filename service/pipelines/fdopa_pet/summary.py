@@ -46,6 +46,14 @@ def _num(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _window(result: FdopaResult) -> list[float] | None:
+    """Frames summed into the static image, s from the dynamic start (None: a static series)."""
+    if not result.selection.static_from_dynamic:
+        return None
+    frame = result.static.frames[0]
+    return [float(frame.start_s), float(frame.start_s + frame.duration_s)]
+
+
 def _lesion(m: LesionMeasures) -> dict[str, Any]:
     out = {k: (_num(v) if isinstance(v, float) else v) for k, v in asdict(m).items()}
     out["centroid_lps_mm"] = [round(float(v), 2) for v in m.centroid_lps_mm]
@@ -74,9 +82,8 @@ def summary_dict(result: FdopaResult) -> dict[str, Any]:
         "dynamic_series_instance_uid": (None if result.dynamic_source is None
                                         else result.dynamic_source.series_instance_uid),
         "static_from_dynamic": result.selection.static_from_dynamic,
-        "static_window_s": [float(result.static.frames[0].start_s),
-                            float(result.static.frames[0].start_s
-                                  + result.static.frames[0].duration_s)],
+        "static_window_s": _window(result),
+        "static_duration_s": float(result.static.frames[0].duration_s),
         "algorithm": asdict(result.algorithm),
         "segmentation": asdict(result.segmentation),
         "suv": {"available": result.suv.available, "factor": _num(result.suv.factor),
