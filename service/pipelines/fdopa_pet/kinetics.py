@@ -180,6 +180,8 @@ class DynamicResult:
         Per region and convention (start first, then mid).
     slope_ratios : dict of str to float
         Convention to tumour slope / striatum slope (empty without both VOIs).
+    warnings : tuple of str
+        Patient-free notes on assumptions made (time origin, resampled VOIs).
     """
 
     starts_s: np.ndarray
@@ -187,6 +189,7 @@ class DynamicResult:
     tacs: dict[str, np.ndarray]
     parameters: tuple[CurveParameters, ...]
     slope_ratios: dict[str, float]
+    warnings: tuple[str, ...] = ()
 
     def get(self, region: str, convention: Convention = "start") -> CurveParameters:
         return next(p for p in self.parameters
