@@ -104,7 +104,13 @@ class InputPlan:
     Attributes
     ----------
     series : tuple of InputSeries
-        The primary series first. Ignored while ``wait_until`` is set.
+        The primary series first. Ignored while ``wait_until`` is set. The
+        primary need not be the series being routed: a study-level analysis
+        answers every one of its series with the same plan, and since a job
+        is keyed by its primary series and the instances of all its inputs,
+        the same plan reached twice makes one job, and a later plan with the
+        same primary supersedes the earlier job (e.g. the FDOPA pipeline,
+        :mod:`service.pipelines.fdopa_pet.plan`).
     wait_until : float or None
         Seconds since the epoch: ask again at the next sweep until then (a
         companion series may still arrive). None: make the job now.
