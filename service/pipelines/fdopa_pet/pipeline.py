@@ -68,8 +68,8 @@ class Options:
     """The pipeline's settings, validated (:class:`.plugin.FdopaPetSettings`)."""
 
     fallback_keywords: tuple[str, ...] = ()
-    min_registration_quality: float = 0.5
-    warn_registration_quality: float = 0.7
+    min_registration_quality: float = 0.6
+    warn_registration_quality: float = 0.75
     static_window_s: tuple[float, float] = (600.0, 1800.0)
     rules: WaitRules = field(default_factory=WaitRules)
     report_failures: bool = True

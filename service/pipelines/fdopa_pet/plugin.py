@@ -66,8 +66,8 @@ class FdopaPetSettings(PipelineSettings):
     model_path: Path | None = None
     model_sha256: str | None = None
     template_path: Path | None = None
-    min_registration_quality: float = Field(default=0.5, ge=0.0, le=1.0)
-    warn_registration_quality: float = Field(default=0.7, ge=0.0, le=1.0)
+    min_registration_quality: float = Field(default=0.6, ge=0.0, le=1.0)
+    warn_registration_quality: float = Field(default=0.75, ge=0.0, le=1.0)
     companion_wait_s: float = Field(default=600.0, ge=0.0)
     static_wait_s: float = Field(default=120.0, ge=0.0)
     static_window_min: tuple[float, float] = (10.0, 30.0)
