@@ -18,12 +18,17 @@ from service.testing.polling import wait_until
 
 
 @contextmanager
-def pacs_and_node(work_dir: Path) -> Iterator[tuple[OrthancPeer, NodeProcess]]:
-    """Start Orthanc and ``dopanode serve`` pointing at each other; stop both after."""
+def pacs_and_node(work_dir: Path, settings: dict[str, Any] | None = None
+                  ) -> Iterator[tuple[OrthancPeer, NodeProcess]]:
+    """Start Orthanc and ``dopanode serve`` pointing at each other; stop both after.
+
+    ``settings``: more TOML sections for the node (e.g. ``{"pipelines": {...}}``).
+    """
     pacs = OrthancPeer(work_dir / "orthanc")
     destination = {"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
                    "port": pacs.dicom_port}
-    with NodeProcess(work_dir / "node", settings={"destinations": [destination]}) as node:
+    node_settings = {**(settings or {}), "destinations": [destination]}
+    with NodeProcess(work_dir / "node", settings=node_settings) as node:
         pacs.modalities["dopanode"] = (node.ae_title, "127.0.0.1", node.scp_port)
         with pacs:
             node.start()

@@ -12,8 +12,9 @@ checks:
   dynamic series as ``dynamic``; the non-AC series ignored with its reason;
 * the SEG (read back with highdicom) references the static series;
 * the SR carries the node's TBRmax (to its 7 significant digits);
-* the node's numbers against the simulator's truth (tolerances of
-  ``tests/unit/test_fdopa_pipeline_run.py``, which explains them);
+* the node's numbers against the simulator's truth, with the tolerances of
+  ``tests/unit/test_fdopa_pipeline_run.py`` (which explains them) widened
+  for the 3 mm grid of this study (:mod:`service.testing.fdopa_study`);
 * no patient name in the node's log.
 """
 
@@ -37,6 +38,9 @@ from service.testing.polling import wait_until
 
 pytestmark = pytest.mark.slow  # simulator, Orthanc, a real node with both pipelines
 
+#: Both pipelines with their defaults (the shipped U-Net for FDOPA).
+SETTINGS: dict[str, Any] = {"pipelines": {"dat_spect": {"enabled": True},
+                                          "fdopa_pet": {"enabled": True}}}
 TBR_CODE = "126039"  # DCM "Lesion to Background SUV Ratio" (the SR's TBR concept)
 
 
@@ -62,14 +66,14 @@ def _instance(pacs: Any, series: list[dict[str, Any]], modality: str) -> Dataset
 
 
 def test_fdopa_study_through_orthanc_comes_back_as_seg_sr_and_picture(tmp_path: Path) -> None:
-    folder, truth = small_study(tmp_path / "sim")
+    folder, truth = small_study(tmp_path / "sim", "coarse")
     names = ("PT_DYNAMIC", "PT_STATIC", "PT_NAC")
     first = {n: pydicom.dcmread(next((folder / n).iterdir()), stop_before_pixels=True)
              for n in names}
     uids = {n: str(ds.SeriesInstanceUID) for n, ds in first.items()}
     study_uid = str(first["PT_STATIC"].StudyInstanceUID)
 
-    with pacs_and_node(tmp_path) as (pacs, node):
+    with pacs_and_node(tmp_path, SETTINGS) as (pacs, node):
         files = [str(p) for n in names for p in sorted((folder / n).iterdir())]
         cmd = [require_tool("storescu"), "-aet", "STORESCU", "-aec", pacs.ae_title,
                "127.0.0.1", str(pacs.dicom_port), *files]
@@ -111,8 +115,8 @@ def test_fdopa_study_through_orthanc_comes_back_as_seg_sr_and_picture(tmp_path: 
     assert sr.StudyInstanceUID == study_uid
     assert any(abs(v - tumour["tbr_max"]) <= 1e-6 * tumour["tbr_max"]
                for v in _numbers(sr.ContentSequence, TBR_CODE))
-    assert tumour["tbr_max"] == pytest.approx(truth["measured_tbrmax"], rel=0.15)
-    assert tumour["ts_ratio"] == pytest.approx(truth["measured_t_s"], rel=0.15)
+    assert tumour["tbr_max"] == pytest.approx(truth["measured_tbrmax"], rel=0.2)
+    assert tumour["ts_ratio"] == pytest.approx(truth["measured_t_s"], rel=0.2)
     assert tumour["volume_ml"] == pytest.approx(truth["mtv_ml"], rel=0.5)
     assert result["dynamic"] is not None
     [ttp] = [p["ttp_s"] for p in result["dynamic"]["parameters"]

@@ -187,10 +187,10 @@ def study_flags(suv: SuvScale, atlas: AtlasOnPet, reference: ReferenceRegions,
     flags = []
     if any(m.touches_striatum for m in measures.lesions):
         flags.append("lesion touches the striatum: T/S and striatal curves may be biased")
-    if reference.infratentorial or any(m.infratentorial for m in measures.lesions):
-        flags.append("infratentorial lesion: reference side chosen by rule")
-    if reference.midline:
-        flags.append("midline lesion: reference side chosen by rule")
+    if any(m.infratentorial for m in measures.lesions):
+        flags.append("infratentorial lesion")
+    if reference.midline or reference.infratentorial:
+        flags.append(f"reference side chosen by rule: {reference.rule}")
     if not suv.available:
         flags.append(f"SUV unavailable: {suv.reason}")
     if atlas.quality < warn_quality:
