@@ -182,28 +182,35 @@ def test_registration_below_the_minimum_is_refused_with_a_report(
 
 
 def test_analyze_command_on_the_study_folder(study: tuple[Path, dict[str, Any]],
-                                             tmp_path: Path,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from service import cli
+    from service.pipelines.fdopa_pet.pipeline import FdopaPetPipeline
 
     folder, _ = study
+    contexts: list[JobContext] = []
+    run = FdopaPetPipeline.run
+
+    def spy(self: FdopaPetPipeline, inputs: LoadedInputs, context: JobContext) -> Any:
+        contexts.append(context)
+        return run(self, inputs, context)
+
+    monkeypatch.setattr(FdopaPetPipeline, "run", spy)
     out = tmp_path / "out"
     argv = ["analyze", str(folder), "--out", str(out), "--fdopa-segmentation", "threshold"]
     assert cli.main(argv) == 0  # the non-AC PET and the CT are not handed to the DaT analysis
-    static = _series(folder / "PT_STATIC")
+    static, dynamic = _series(folder / "PT_STATIC"), _series(folder / "PT_DYNAMIC")
     result_dir = out / str(static[0].SeriesInstanceUID)
     assert sorted(p.name for p in out.iterdir()) == [result_dir.name]
     assert sorted(p.name for p in result_dir.iterdir()) == [
         "picture.dcm", "seg.dcm", "sr.dcm", "summary.json"]
     summary = json.loads((result_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["dynamic"] is not None
-    roles = {r["role"] for r in summary["series_roles"]}
-    assert roles == {"static", "dynamic", "ignored", "declined"}
-    # the node's job key: the same inputs give the same output UIDs
-    inputs = _inputs(folder)
-    pipeline = plugin.build(FdopaPetSettings(segmentation="threshold"))
-    expected = pipeline.run(inputs, _context(inputs)).datasets
-    written = [pydicom.dcmread(result_dir / n, stop_before_pixels=True).SOPInstanceUID
-               for n in ("seg.dcm", "sr.dcm", "picture.dcm")]
-    assert written == [ds.SOPInstanceUID for ds in expected]
+    assert {r["role"] for r in summary["series_roles"]} == {"static", "dynamic", "ignored",
+                                                            "declined"}
+    # the node's job key (the scheduler's content hash of every input instance)
+    [context] = contexts
+    assert context.job_key == content_hash([str(ds.SOPInstanceUID) for ds in static + dynamic])
+    sr = pydicom.dcmread(result_dir / "sr.dcm", stop_before_pixels=True)
+    assert sr.StudyInstanceUID == static[0].StudyInstanceUID
     assert "FDOPA" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -56,9 +57,11 @@ from service.pipelines.fdopa_pet.result import (
     SegmentationInfo,
     StaticMeasures,
 )
-from service.pipelines.fdopa_pet.segment import TumourSegmenter
 from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo, SourceReference
+
+if TYPE_CHECKING:
+    from service.pipelines.fdopa_pet.segment import TumourSegmenter
 
 
 @dataclass(frozen=True)
