@@ -228,6 +228,12 @@ def snap_positions(sources: Sequence[Dataset], positions: Sequence[hd.PlanePosit
     return out
 
 
+def _fix_dimension_organization(seg: Dataset, uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID: a retried job writes the same bytes."""
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = uid
+
+
 def build_seg(result: FdopaResult, datasets: Sequence[Dataset], job_key: str,
               created_at: float) -> hd.seg.Segmentation:
     """Build the DICOM SEG of one analysis (module docstring for its content).
@@ -270,6 +276,7 @@ def build_seg(result: FdopaResult, datasets: Sequence[Dataset], job_key: str,
         content_label="FDOPA_SEG", series_description=SEG_SERIES_DESCRIPTION,
         plane_positions=snap_positions(sources, positions), plane_orientation=orientation,
         pixel_measures=measures, omit_empty_frames=True)
+    _fix_dimension_organization(seg, derive_uid(job_key, result.algorithm, "seg-dimension-org"))
     stamp_times(seg, created_at)
     logger.info("built SEG", extra={"fields": {
         "event": "seg_built", "sop_instance_uid": str(seg.SOPInstanceUID),
