@@ -29,11 +29,12 @@ from service.pipelines.fdopa_pet import report_codes as rc
 from service.pipelines.fdopa_pet.failure import build_failure_sr, failure_text
 from service.pipelines.fdopa_pet.picture import build_picture_report
 from service.pipelines.fdopa_pet.render import HEIGHT_PX, WIDTH_PX, table_rows
-from service.pipelines.fdopa_pet.result import FdopaResult
+from service.pipelines.fdopa_pet.result import FdopaResult, Lesion
 from service.pipelines.fdopa_pet.seg import build_seg, segment_masks
 from service.pipelines.fdopa_pet.sr import build_sr
 from service.testing.fdopa_result import (
     SimulatedStudy,
+    measures_of,
     result_from_study,
     simulate_small_study,
     without_lesions,
@@ -68,7 +69,18 @@ def results(study: SimulatedStudy, enhanced: SimulatedStudy
         "from_dynamic": (result_from_study(study, from_dynamic=True), list(study.dynamic)),
         "no_lesion": (without_lesions(full), list(study.static)),
         "no_suv": (without_suv(full), list(study.static)),
+        "multifocal": (multifocal(full), list(study.static)),
     }
+
+
+def multifocal(result: FdopaResult) -> FdopaResult:
+    """A second lesion: the first one moved 8 voxels along x (away from the reference side)."""
+    first = result.lesions[0].mask_zyx
+    shift = 8 if result.reference.side == "right" else -8
+    second = np.roll(first, shift, axis=2) & ~first
+    lesions = (result.lesions[0], Lesion(2, second))
+    measures = measures_of(result.static, result.suv, lesions, result.reference)
+    return replace(result, lesions=lesions, measures=measures)
 
 
 def roundtrip(ds: Dataset) -> Dataset:
@@ -114,7 +126,8 @@ def _read_masks(seg: hd.seg.Segmentation, result: FdopaResult, sources: list[Dat
     return seg.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
 
 
-@pytest.mark.parametrize("case", ["per_slice", "enhanced", "from_dynamic", "no_lesion"])
+@pytest.mark.parametrize("case", ["per_slice", "enhanced", "from_dynamic", "no_lesion",
+                                  "multifocal"])
 def test_seg_reads_back_segment_by_segment(case: str, results: dict) -> None:
     result, sources = results[case]
     seg = hd.seg.Segmentation.from_dataset(roundtrip(build_seg(result, sources, JOB, CREATED)))
@@ -251,7 +264,7 @@ def _read_sr(result: FdopaResult, sources: list[Dataset], **kwargs) -> hd.sr.Com
         roundtrip(build_sr(result, sources, seg, JOB, CREATED, **kwargs)))
 
 
-@pytest.mark.parametrize("case", ["per_slice", "enhanced", "no_suv", "no_lesion"])
+@pytest.mark.parametrize("case", ["per_slice", "enhanced", "no_suv", "no_lesion", "multifocal"])
 def test_sr_reads_back_value_by_value(case: str, results: dict) -> None:
     result, sources = results[case]
     report: Any = _read_sr(result, sources).content
@@ -356,7 +369,7 @@ def test_sr_refuses_a_non_finite_number(results: dict) -> None:
 # --- picture, failure, validation -----------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["per_slice", "no_suv", "no_lesion"])
+@pytest.mark.parametrize("case", ["per_slice", "no_suv", "no_lesion", "multifocal"])
 def test_picture_report_is_an_rgb_secondary_capture(case: str, results: dict) -> None:
     result, sources = results[case]
     sc = roundtrip(build_picture_report(result, sources, JOB, CREATED))
@@ -371,6 +384,8 @@ def test_picture_report_is_an_rgb_secondary_capture(case: str, results: dict) ->
 
 
 def test_table_rows_show_ratios_without_suv(results: dict) -> None:
+    assert [r[0] for r in table_rows(results["multifocal"][0])] == [
+        "Lesion 1", "Lesion 2", "All lesions"]
     rows = table_rows(results["no_suv"][0])
     assert rows[0][0] == "Lesion 1" and rows[0][1] == "n/a" and rows[0][2] != "n/a"
     assert rows[-1][0] == "All lesions"
@@ -390,7 +405,7 @@ def test_failure_sr_says_why(results: dict) -> None:
 
 
 def _objects(results: dict) -> Iterator[tuple[str, Dataset]]:
-    for case in ("per_slice", "enhanced", "from_dynamic", "no_lesion", "no_suv"):
+    for case in ("per_slice", "enhanced", "from_dynamic", "no_lesion", "no_suv", "multifocal"):
         result, sources = results[case]
         seg = build_seg(result, sources, JOB, CREATED)
         yield f"seg_{case}", seg
