@@ -357,6 +357,13 @@ def _bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def test_sr_refuses_the_seg_of_another_result(results: dict) -> None:
+    result, sources = results["per_slice"]
+    other, other_sources = results["no_lesion"]
+    with pytest.raises(ValueError, match="SEG"):
+        build_sr(result, sources, build_seg(other, other_sources, JOB, CREATED), JOB, CREATED)
+
+
 def test_sr_refuses_a_non_finite_number(results: dict) -> None:
     result, sources = results["per_slice"]
     broken = replace(result.measures.lesions[0], tbr_max=float("nan"))

@@ -146,6 +146,9 @@ def build_measurement_report(result: FdopaResult, seg: Dataset, job_key: str
     """The TID 1500 content tree (module docstring)."""
     if [les.index for les in result.lesions] != [m.index for m in result.measures.lesions]:
         raise ValueError("the lesion measures do not follow the lesions")
+    if len(seg.get("SegmentSequence", [])) != len(result.lesions) + 3 or (
+            seg.get("StudyInstanceUID") != result.source.study_instance_uid):
+        raise ValueError("the SEG is not the segmentation of this result")
     groups = all_groups(result, seg, job_key, algorithm_identification(result))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(),
@@ -191,7 +194,8 @@ def build_sr(
     Raises
     ------
     ValueError
-        Empty or foreign evidence; lesion measures out of step with the lesions.
+        Empty or foreign evidence; lesion measures out of step with the lesions;
+        a SEG of another result.
     service.errors.AnalysisError
         A NaN or infinite number (code ``"non_finite_result"``).
     """
