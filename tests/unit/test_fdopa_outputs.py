@@ -427,3 +427,59 @@ def test_dciodvfy_reports_no_errors(results: dict, tmp_path: Path) -> None:
     failures = {name: errors for name, ds in _objects(results)
                 if (errors := dciodvfy_errors(ds, tmp_path, name))}
     assert not failures, failures
+
+
+def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
+    a, b = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def oblique_study() -> SimulatedStudy:
+    """A non-square, anisotropic, oblique per-slice series with box-shaped truth labels."""
+    import SimpleITK as sitk
+
+    from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_series
+
+    shape = (7, 12, 18)
+    rng = np.random.default_rng(5)
+    values = rng.uniform(1000.0, 3000.0, shape).astype(np.float32)
+    labels = np.zeros(shape, np.int16)
+    labels[1:6, 1:11, 10:17] = 3
+    labels[2:5, 3:6, 12:15] = 4
+    labels[4:6, 7:10, 11:16] = 5
+    labels[2:4, 4:8, 2:6] = 2
+    values[labels == 2] *= 3.0
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((2.0, 2.5, 3.2))
+    image.SetOrigin((-20.0, -15.0, 30.0))
+    info = PetSeriesInfo("oblique", 70.0, 180.0, 40, "M", "SIEMENS", "Biograph", "OSEM", 2,
+                         "Brain FDOPA")
+    datasets = build_pet_series([image], [600.0], [1200.0], info, PetEncoding(), False)
+    rotation = _rotation(20.0, 15.0)
+    for ds in datasets:  # rigidly rotate the whole stack about the LPS origin
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*rotation @ iop[:3],
+                                                          *rotation @ iop[3:])]
+        ipp = rotation @ np.array([float(v) for v in ds.ImagePositionPatient])
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+    return SimulatedStudy(Path("."), datasets, [], labels)
+
+
+def test_seg_on_an_oblique_non_square_grid() -> None:
+    study = oblique_study()
+    result = result_from_study(study)
+    assert np.count_nonzero(np.abs(result.static.affine[:3, :3]) > 1e-3) > 3  # oblique
+    sources = list(study.static)
+    seg = hd.seg.Segmentation.from_dataset(roundtrip(build_seg(result, sources, JOB, CREATED)))
+    got = _read_masks(seg, result, sources)
+    np.testing.assert_array_equal(got, segment_masks(result))
+    iop = [float(v) for v in sources[0].ImageOrientationPatient]
+    np.testing.assert_allclose(
+        seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        .ImageOrientationPatient, iop, atol=1e-6)
+    np.testing.assert_allclose(
+        seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing,
+        [float(v) for v in sources[0].PixelSpacing], rtol=1e-6)
+    assert (seg.Rows, seg.Columns) == (12, 18)
