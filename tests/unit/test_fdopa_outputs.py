@@ -483,3 +483,18 @@ def test_seg_on_an_oblique_non_square_grid() -> None:
         seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing,
         [float(v) for v in sources[0].PixelSpacing], rtol=1e-6)
     assert (seg.Rows, seg.Columns) == (12, 18)
+
+
+def test_an_empty_reference_segment_is_referenced_by_its_source_series(tmp_path: Path) -> None:
+    study = oblique_study()
+    result = result_from_study(study)
+    empty = np.zeros_like(result.reference.white_matter_zyx)
+    result = replace(result, reference=replace(result.reference, white_matter_zyx=empty))
+    sources = list(study.static)
+    seg = build_seg(result, sources, JOB, CREATED)
+    sr = build_sr(result, sources, seg, JOB, CREATED)
+    report: Any = hd.sr.Comprehensive3DSR.from_dataset(roundtrip(sr)).content
+    white_matter = report.get_volumetric_roi_measurement_groups()[-1]
+    assert white_matter.referenced_segment.referenced_segment_numbers == [4]
+    assert dciodvfy_errors(sr, tmp_path, "sr_empty") == []
+    assert dciodvfy_errors(seg, tmp_path, "seg_empty") == []

@@ -26,6 +26,7 @@ from highdicom.sr import (
     MeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     ReferencedSegment,
+    SourceSeriesForSegmentation,
     TrackingIdentifier,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
@@ -75,6 +76,25 @@ def _infer_from(measurement: Measurement, concept: Code, seg: Dataset, segment: 
         num.ContentSequence = []
     num.ContentSequence.append(item)
     return measurement
+
+
+def referenced_segment(seg: Dataset, number: int) -> ReferencedSegment:
+    """TID 1411 Referenced Segment, with its source images.
+
+    A segment without any voxel has no frame to name its source images; it
+    is then referenced with its source series (TID 1411 "Source series for
+    segmentation"), which the template allows in place of the images.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    frames = [item for item in seg.PerFrameFunctionalGroupsSequence
+              if int((item.get("SegmentIdentificationSequence")
+                      or shared.SegmentIdentificationSequence)[0].ReferencedSegmentNumber)
+              == number]
+    if frames:
+        return ReferencedSegment.from_segmentation(seg, segment_number=number)
+    series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    return ReferencedSegment(seg.SOPClassUID, seg.SOPInstanceUID, number,
+                             source_series=SourceSeriesForSegmentation(series))
 
 
 def _yes_no(flag: bool) -> Code:
@@ -153,7 +173,7 @@ def lesion_group(result: FdopaResult, seg: Dataset, job_key: str, number: int,
         tracking_identifier=TrackingIdentifier(
             uid=derive_uid(job_key, result.algorithm, f"tracking-lesion-{m.index}"),
             identifier=f"Lesion {m.index}"),
-        referenced_segment=ReferencedSegment.from_segmentation(seg, segment_number=number),
+        referenced_segment=referenced_segment(seg, number),
         finding_type=rc.TUMOUR, finding_sites=[FindingSite(rc.BRAIN)],
         algorithm_id=algorithm_id,
         measurements=lesion_measurements(m, seg, segment_numbers(result), result.suv.available),
@@ -204,7 +224,7 @@ def reference_groups(result: FdopaResult, seg: Dataset, job_key: str,
     return [VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derive_uid(job_key, result.algorithm, f"tracking-{kind}"), identifier=label),
-        referenced_segment=ReferencedSegment.from_segmentation(seg, segment_number=numbers[kind]),
+        referenced_segment=referenced_segment(seg, numbers[kind]),
         finding_sites=[FindingSite(sites[kind], laterality=side)], algorithm_id=algorithm_id,
         measurements=_reference_measurements(result, kind))
         for kind, label in zip(REFERENCE_KINDS, REFERENCE_LABELS, strict=True)]
