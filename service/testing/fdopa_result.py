@@ -7,8 +7,9 @@ lesions, labels 3/4/5 the reference regions, and the measures are computed
 here by plain numpy from their written definitions (:class:`LesionMeasures`).
 A dynamic study goes through :func:`.kinetics.analyse_dynamic`.
 
-``python -m service.testing.fdopa_result docs/img/fdopa_report_example.png``
-writes the example picture report of the documentation.
+``python -m service.testing.fdopa_result docs/img/fdopa_report_example.png [OUT_DIR]``
+writes the example picture report of the documentation (and, with OUT_DIR,
+the static series with its SEG, SR, picture and failure SR).
 """
 
 from __future__ import annotations
@@ -255,15 +256,37 @@ def without_suv(result: FdopaResult, reason: str = "patient weight missing") -> 
 
 
 def main(argv: Sequence[str]) -> int:
-    """Write the example picture report PNG (``argv[0]``) from seed 77."""
+    """Write the example picture report PNG (``argv[0]``) from seed 77.
+
+    With a second argument, also write the study's static series and the
+    SEG, SR, picture report and failure SR into that folder (e.g. to load
+    them into a viewer).
+    """
     import tempfile
 
+    from service.pipelines.fdopa_pet.failure import build_failure_sr
+    from service.pipelines.fdopa_pet.picture import build_picture_report
     from service.pipelines.fdopa_pet.render import render_report_png
+    from service.pipelines.fdopa_pet.seg import build_seg
+    from service.pipelines.fdopa_pet.sr import build_sr
 
     target = Path(argv[0]) if argv else Path("docs/img/fdopa_report_example.png")
     with tempfile.TemporaryDirectory() as tmp:
         study = simulate_small_study(Path(tmp))
-        target.write_bytes(render_report_png(result_from_study(study)))
+        result = result_from_study(study)
+        target.write_bytes(render_report_png(result))
+        if len(argv) > 1:
+            out = Path(argv[1])
+            out.mkdir(parents=True, exist_ok=True)
+            for i, ds in enumerate(study.static):
+                ds.save_as(out / f"PT{i + 1:05d}.dcm", enforce_file_format=True)
+            seg = build_seg(result, study.static, "example", 1.7e9)
+            objects = {"seg": seg, "sr": build_sr(result, study.static, seg, "example", 1.7e9),
+                       "picture": build_picture_report(result, study.static, "example", 1.7e9),
+                       "failure_sr": build_failure_sr(study.static, "example reason", "example",
+                                                      ALGORITHM, 1.7e9)}
+            for name, ds in objects.items():
+                ds.save_as(out / f"{name}.dcm", enforce_file_format=True)
     print(target)
     return 0
 
