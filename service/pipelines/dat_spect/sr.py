@@ -40,7 +40,6 @@ from highdicom.sr import (
 )
 from highdicom.sr.enum import RelationshipTypeValues
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from service import __version__
@@ -50,7 +49,10 @@ from service.pipelines.dat_spect import codes
 from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
 from service.report.evidence import evidence_headers
 from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
-from service.report.uids import DEVICE_OBSERVER_UID, derive_uid
+from service.report.sr_common import mark_separate, observation_context, reference_dataset
+from service.report.uids import derive_uid
+
+__all__ = ["build_sr", "mark_separate", "observation_context", "private_coding_scheme"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +109,6 @@ def algorithm_identification(result: StudyResult) -> AlgorithmIdentification:
         parameters.append(f"model sha256: {algorithm.model_sha256}")
     return AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, parameters=parameters
-    )
-
-
-def observation_context() -> hd.sr.ObservationContext:
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=DEVICE_OBSERVER_UID,
-        name="dopanode",
-        manufacturer_name=MANUFACTURER,
-        model_name=f"dopanode {__version__}",
-    )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=dcm_codes.cid270.Device,
-            observer_identifying_attributes=device,
-        )
     )
 
 
@@ -291,28 +278,6 @@ def build_measurement_report(result: StudyResult, job_key: str) -> hd.sr.Measure
     return report
 
 
-def mark_separate(item: Dataset) -> None:
-    """Set every container to SEPARATE: a list of findings, not running prose.
-
-    With CONTINUOUS, renderers such as DCMTK's dsr2html run the children
-    together without concept names ("2.55 Borderline Normal"), which hides
-    which level is which.
-    """
-    if item.ValueType == "CONTAINER":
-        item.ContinuityOfContent = "SEPARATE"
-    for child in item.get("ContentSequence", []):
-        mark_separate(child)
-
-
-def _reference_dataset(ref: OutputRef) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID = ref.study_uid
-    ds.SeriesInstanceUID = ref.series_uid
-    ds.SOPClassUID = ref.sop_class_uid
-    ds.SOPInstanceUID = ref.sop_instance_uid
-    return ds
-
-
 def build_sr(
     result: StudyResult,
     evidence: Sequence[Dataset],
@@ -369,7 +334,7 @@ def build_sr(
         manufacturer_model_name="dopanode",
         software_versions=__version__,
         coding_schemes=[private_coding_scheme()],
-        previous_versions=[_reference_dataset(p) for p in previous] or None,
+        previous_versions=[reference_dataset(p) for p in previous] or None,
     )
     if created_at is not None:
         stamp_times(sr, created_at)
