@@ -169,7 +169,7 @@ class Node:
 
     def _start_workers(self) -> None:
         from service.scheduler import Scheduler
-        from service.worker import Worker
+        from service.worker import Worker, defer_policy_from_settings
 
         sender = self._parts.get("sender")
         wset = self.settings.worker
@@ -177,7 +177,8 @@ class Node:
             Worker(self.database, self.spool, self.pipelines, self.settings.destination_names,
                    lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s,
                    owner_prefix=self.run.owner_prefix, name=f"w{i}",
-                   on_outputs=sender.wake if sender is not None else None)
+                   on_outputs=sender.wake if sender is not None else None,
+                   defer_policy=defer_policy_from_settings(wset))
             for i in range(wset.count)
         ]
 

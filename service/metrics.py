@@ -39,7 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.store import jobs, outbox, series
+from service.store import job_views, jobs, outbox, series
 from service.store.rows import Connection
 
 #: The node's own registry (not the process-global default one), so tests and
@@ -92,6 +92,13 @@ SERIES_ROUTED = Counter(
     "dopanode_series_routed_total",
     "Completed series offered to the pipelines, by outcome (taken, ignored).",
     ["outcome"],
+    registry=REGISTRY,
+)
+JOBS_DEFERRED = Counter(
+    "dopanode_jobs_deferred_total",
+    "Jobs given back to the queue for a delayed retry, by pipeline and reason (disk_full:"
+    " the spool, the database or a quota was full).",
+    ["pipeline", "reason"],
     registry=REGISTRY,
 )
 JOB_STAGE_DURATION = Histogram(
@@ -168,7 +175,7 @@ def refresh_from_db(conn: Connection, now: float | None = None,
         Enabled pipelines: each gets every job state, zero when it has none.
     """
     counts = {(p, state): 0 for p in pipelines for state in jobs.JOB_STATES}
-    counts.update(jobs.counts(conn))
+    counts.update(job_views.counts(conn))
     JOBS.clear()
     for (pipeline, state), n in counts.items():
         JOBS.labels(pipeline=pipeline, state=state).set(n)

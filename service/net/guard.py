@@ -47,6 +47,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
 from service.net.status import Status
+from service.store.spool import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class Refusal(NamedTuple):
     status: Status
     comment: str
     reason: str
+
+
+#: The answer to a C-STORE whose data set met a full disk (ENOSPC, EDQUOT) while it
+#: was written to the spool: 0xA700, transient, so the sender retries later.
+DISK_FULL = Refusal(Status.OUT_OF_RESOURCES, "insufficient disk space on the node's spool",
+                    "out_of_space")
 
 
 def count_refusal(refusal: Refusal) -> None:
@@ -248,9 +255,15 @@ class AssociationGuard:
                 return
         try:
             self._receive(primitive)
-        except Exception:  # undecodable command set: a status if we can, else abort
+        except Exception as exc:  # undecodable command set: a status if we can, else abort
+            if is_disk_full(exc):  # writing the data set to tmp/: the node's disk, no traceback
+                log.warning("store_disk_full", extra={"fields": {"error": type(exc).__name__}})
+                self._refuse_current(primitive, DISK_FULL)
+                return
             log.warning("dimse_decode_failed", exc_info=True)
-            self._decode_failed(primitive)
+            self._refuse_current(primitive, Refusal(
+                Status.CANNOT_UNDERSTAND, "C-STORE command set could not be decoded",
+                "bad_command"))
             return
         message = self.assoc.dimse.message
         if message is None:  # a message completed
@@ -290,7 +303,8 @@ class AssociationGuard:
                     self.receive_primitive(tail)
                 return
 
-    def _decode_failed(self, primitive: P_DATA) -> None:
+    def _refuse_current(self, primitive: P_DATA, refusal: Refusal) -> None:
+        """The current message failed in pynetdicom: answer a C-STORE-RQ, abort otherwise."""
         message = self.assoc.dimse.message
         command = getattr(message, "command_set", None)
         if message is None or command is None or "MessageID" not in command:
@@ -300,12 +314,11 @@ class AssociationGuard:
                 command.get("CommandDataSetType") == NO_DATA_SET):
             self._abort(message)
             return
-        self._start_dropping(Refusal(Status.CANNOT_UNDERSTAND,
-                                     "C-STORE command set could not be decoded", "bad_command"))
-        # data fragments that came with the command in this P-DATA
+        self._start_dropping(refusal)
+        # the data fragments of this P-DATA (those after its command fragments)
         pdvs = list(primitive.presentation_data_value_list)
         data_from = next((i + 1 for i in range(len(pdvs) - 1, -1, -1)
-                          if pdvs[i][1] and pdvs[i][1][0] & 1), len(pdvs))
+                          if pdvs[i][1] and pdvs[i][1][0] & 1), 0)
         if data_from < len(pdvs):
             tail = P_DATA()
             tail.presentation_data_value_list = cast(
@@ -332,5 +345,5 @@ class AssociationGuard:
         self.assoc.dimse.send_msg(rsp, context_id)
 
 
-__all__ = ["AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
+__all__ = ["DISK_FULL", "AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
            "bounded_server_class", "count_refusal"]

@@ -68,11 +68,17 @@ from service.dicom import codes
 from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
 from service.net import acceptor, audit_events, tls, tls_port
-from service.net.guard import AssociationGuard, Refusal, bounded_server_class, count_refusal
+from service.net.guard import (
+    DISK_FULL,
+    AssociationGuard,
+    Refusal,
+    bounded_server_class,
+    count_refusal,
+)
 from service.net.status import Status
 from service.store import db, series
 from service.store.rows import Connection, Rows
-from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool
+from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +356,11 @@ class StorageSCP:
             count_refusal(Refusal(refused.status, refused.comment, refused.reason))
             audit_events.instance_refused(event.assoc, refused.reason)
             return _status(refused.status, refused.comment)
-        except Exception:  # edge of the association thread: log, answer precisely
+        except Exception as exc:  # edge of the association thread: log, answer precisely
+            if is_disk_full(exc):  # transient: 0xA700, the sender retries; nothing kept
+                count_refusal(DISK_FULL)
+                audit_events.instance_refused(event.assoc, DISK_FULL.reason)
+                return _status(DISK_FULL.status, DISK_FULL.comment)
             metrics.INSTANCES_REJECTED.labels(reason="internal_error").inc()
             log.exception("store_failed", extra={"fields": {"status": "0xA700"}})
             return _status(Status.OUT_OF_RESOURCES, "internal error while storing")
@@ -381,6 +391,23 @@ class StorageSCP:
         self._check_limits(received.stat().st_size)
         header = _read_header(received, sop_class, sop_uid)
         path = self.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
+        try:
+            recorded = self._adopt_and_record(event, received, path, header, sop_class)
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._drop_unrecorded(path, sop_uid)
+            raise
+        if not recorded:
+            return "duplicate"
+        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
+            self.on_series_complete()  # committed: routing can start now, not at its next poll
+        audit_events.instance_stored(event.assoc, header)
+        return "stored"
+
+    def _adopt_and_record(self, event: evt.Event, received: Path, path: Path,
+                          header: header_mod.ParsedHeader, sop_class: str) -> series.Recorded:
+        """Move the received file into place and record it (falsy: a duplicate)."""
+        sop_uid = header.sop_instance_uid
         size = self.spool.adopt(received, path)
         rec = db.InstanceRecord(
             sop_instance_uid=sop_uid, study_uid=header.study_uid,
@@ -392,13 +419,20 @@ class StorageSCP:
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
         with self._pool.connection() as conn, conn:
-            recorded = series.record_instance(conn, rec, header.info, quiet_s)
-        if not recorded:
-            return "duplicate"
-        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
-            self.on_series_complete()  # committed: routing can start now, not at its next poll
-        audit_events.instance_stored(event.assoc, header)
-        return "stored"
+            return series.record_instance(conn, rec, header.info, quiet_s)
+
+    def _drop_unrecorded(self, path: Path, sop_uid: str) -> None:
+        """Remove a file moved into place whose row could not be written (disk full).
+
+        Kept when the check itself fails: ``series.recover_spool`` records it
+        at the next start, and the sender's retry is then a duplicate.
+        """
+        try:
+            with self._pool.connection() as conn:
+                if not db.instance_exists(conn, sop_uid):
+                    path.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - the database is unwell too: keep the file
+            log.warning("store_cleanup_skipped", extra={"fields": {"reason": "database"}})
 
     def _check_limits(self, size_bytes: int) -> None:
         storage = self.settings.storage

@@ -31,6 +31,7 @@ a virtual disk whose cache flush takes milliseconds (bench/ingest.py).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -47,6 +48,12 @@ MIB = 1024 * 1024
 #: Free space (MiB) below which the spool counts as full whatever ``storage.min_free_mb``
 #: says: the SCP stores nothing and /ready fails (SQLite and the outputs need room too).
 FREE_SPACE_FLOOR_MB = 64
+#: errno values of a full file system and of an exhausted disk quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: SQLite's result code SQLITE_FULL ("database or disk is full").
+_SQLITE_FULL = 13
+#: PostgreSQL's SQLSTATE disk_full (the server's disk).
+_PG_DISK_FULL = "53100"
 #: File systems whose fsync of a renamed file also makes its new name durable.
 ONE_FLUSH_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 #: sync_file_range flags (<linux/fs.h>): wait for earlier writeback, write, wait for it.
@@ -216,6 +223,27 @@ def output_path(root: Path, job_id: int, sop_instance_uid: str) -> Path:
     """
     uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
     return output_dir(root, job_id) / f"{uid}.dcm"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that says a disk (or a quota) is full: a transient cause.
+
+    An ``OSError`` with errno ENOSPC or EDQUOT (a write or fsync of ours or
+    pynetdicom's), SQLite's SQLITE_FULL, PostgreSQL's ``disk_full`` (SQLSTATE
+    53100, the server's disk), also when it is the cause or context of ``exc``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:
