@@ -8,6 +8,8 @@ space that the node cannot take back (reliability audit D4, D5, D7, D9):
   exceeded) and close it, before a byte is read, when its IP address
   already holds ``max_per_host`` connections, and gives every accepted
   socket a receive timeout (a half-sent PDU no longer blocks a thread);
+  :func:`end_waiting_acceptor` hands a slot back as soon as a connection
+  closes before its A-ASSOCIATE-RQ (not after the ARTIM time);
 * :class:`AssociationGuard` wraps, per association, the two places where a
   peer's message enters pynetdicom:
 
@@ -146,6 +148,26 @@ def bounded_server_class(max_per_host: int, receive_timeout_s: float | None,
     return type("BoundedServer", (BoundedServer,), {
         "max_per_host": max_per_host, "receive_timeout_s": receive_timeout_s,
         "on_refused": staticmethod(on_refused) if on_refused is not None else None})
+
+
+def end_waiting_acceptor(assoc: Any) -> bool:
+    """On a closed connection, end an acceptor still waiting for its A-ASSOCIATE-RQ.
+
+    pynetdicom's association thread waits ``acse_timeout`` (the ARTIM time,
+    10 s) for the request even after the peer has closed the connection (the
+    DUL goes back to idle without telling it), and holds the address's slot
+    meanwhile: a few raw connections that send nothing, garbage or half a PDU
+    and close locked their host out for 10 s (fuzz finding). A ``None`` on the
+    DUL's user queue is what that wait returns on a timeout: the thread closes
+    the association at once. Call from ``EVT_CONN_CLOSE``; True when it did.
+    """
+    dul = getattr(assoc, "dul", None)
+    queue = getattr(dul, "to_user_queue", None)
+    if (queue is None or not assoc.is_acceptor or assoc.is_established
+            or assoc.requestor.primitive is not None or not queue.empty()):
+        return False
+    queue.put(None)
+    return True
 
 
 # --- one association ---------------------------------------------------------------------
@@ -346,4 +368,5 @@ class AssociationGuard:
 
 
 __all__ = ["DISK_FULL", "AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
+           "end_waiting_acceptor",
            "bounded_server_class", "count_refusal"]

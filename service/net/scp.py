@@ -74,6 +74,7 @@ from service.net.guard import (
     Refusal,
     bounded_server_class,
     count_refusal,
+    end_waiting_acceptor,
 )
 from service.net.status import Status
 from service.store import db, series
@@ -336,6 +337,7 @@ class StorageSCP:
             self._active.add(id(event.assoc))
 
     def handle_conn_close(self, event: evt.Event) -> None:
+        end_waiting_acceptor(event.assoc)  # its host's slot is free now, not after ARTIM
         audit_events.connection_closed(event.assoc)
         with self._active_lock:
             if id(event.assoc) not in self._active:

@@ -74,7 +74,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- classification -------------------------------------------------------------------
 def test_disk_full_errors_are_recognised_also_when_chained() -> None:
     full_db = sqlite3.OperationalError("database or disk is full")
-    full_db.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    full_db.sqlite_errorcode = 13
     pg_full = RuntimeError("could not extend file")
     pg_full.sqlstate = "53100"  # type: ignore[attr-defined]
     try:
@@ -86,9 +86,9 @@ def test_disk_full_errors_are_recognised_also_when_chained() -> None:
         wrapped = chained
     for exc in (OSError(errno.ENOSPC, "No space left on device"), full_db, pg_full, wrapped):
         assert is_disk_full(exc)
-    for exc in (OSError(errno.EACCES, "denied"), sqlite3.OperationalError("database is locked"),
+    for other in (OSError(errno.EACCES, "denied"), sqlite3.OperationalError("database is locked"),
                 ValueError("x")):
-        assert not is_disk_full(exc)
+        assert not is_disk_full(other)
 
 
 def test_policy_grows_to_its_cap() -> None:
