@@ -114,10 +114,11 @@ class Node:
         if "scp" in self.components:  # the SCP process owns the spool's tmp/ and recovery
             self.spool.clean_tmp()
             self._recover_spool()
+        if "sender" in self.components or "worker" in self.components:
+            self._take_back_crashed_work()
         if "sender" in self.components:
             self._start_sender()
         if "worker" in self.components:
-            self._take_back_crashed_jobs()
             self._start_workers()
         if "scp" in self.components:
             self._start_scp()
@@ -140,30 +141,37 @@ class Node:
         finally:
             conn.close()
 
-    def _take_back_crashed_jobs(self) -> None:
-        """Expire the leases of this node's processes that died (kill -9, power loss).
+    def _take_back_crashed_work(self) -> None:
+        """Expire the job and outbox leases of this node's processes that died (kill -9).
 
-        Their jobs restart now instead of after ``worker.lease_s``; processes
-        of this node that are alive (another ``serve --only worker``) keep theirs.
+        Their jobs restart now instead of after ``worker.lease_s``, their
+        claimed outputs are sent now instead of after the sender's lease;
+        processes of this node that are alive (another ``serve --only ...``)
+        keep theirs.
         """
-        from service.store.jobs import expire_leases
+        from service.store import jobs, outbox
         from service.store.runs import NodeRun
 
         self.run = NodeRun(self.spool.root)
         conn = self.database.connect()
         try:
             for run_id in self.run.dead_runs():
-                taken = expire_leases(conn, f"{self.run.node_id}:{run_id}:")
+                prefix = f"{self.run.node_id}:{run_id}:"
+                taken = jobs.expire_leases(conn, prefix)
                 if taken:
                     log.warning("crashed_run_jobs_taken_back", extra={"fields": {
                         "jobs": taken, "run": run_id}})
+                outputs = outbox.expire_leases(conn, prefix)
+                if outputs:
+                    log.warning("crashed_run_outputs_taken_back", extra={"fields": {
+                        "outputs": outputs, "run": run_id}})
         finally:
             conn.close()
 
     def _start_sender(self) -> None:
         from service.net.scu import sender_from_settings
 
-        sender = sender_from_settings(self.settings, self.database)
+        sender = sender_from_settings(self.settings, self.database, self.run.owner_prefix)
         sender.start()
         self._parts["sender"] = sender
 
@@ -251,10 +259,11 @@ class Node:
             finally:
                 conn.close()
             log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
-        if hasattr(self, "run"):
-            self.run.close()
         if "sender" in self._parts:
             self._parts.pop("sender").stop()
+            self._release_outbox_claims()
+        if hasattr(self, "run"):
+            self.run.close()
         if "api" in self._parts:
             self._parts.pop("api").stop()
         audit.emit("application_stop", audit.APPLICATION_ACTIVITY, audit.APPLICATION_STOP,
@@ -262,6 +271,18 @@ class Node:
                    details={"components": list(self.components)})
         audit.close_trail()
         log.info("node_stopped")
+
+    def _release_outbox_claims(self) -> None:
+        """Hand back what the stopped sender had claimed and not sent (sent at the next start)."""
+        from service.store.outbox import expire_leases
+
+        conn = self.database.connect(check_same_thread=False)
+        try:
+            released = expire_leases(conn, self.run.owner_prefix)
+        finally:
+            conn.close()
+        if released:
+            log.info("outbox_claims_released", extra={"fields": {"outputs": released}})
 
     def _audit_application(self) -> dict[str, Any]:
         try:

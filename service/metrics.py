@@ -39,7 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.store import job_views, jobs, outbox, series
+from service.store import job_views, jobs, outbox_views, series
 from service.store.rows import Connection
 
 #: The node's own registry (not the process-global default one), so tests and
@@ -130,6 +130,14 @@ DELIVERIES = Counter(
     ["destination", "result"],
     registry=REGISTRY,
 )
+OUTPUTS_RESENT = Counter(
+    "dopanode_outputs_resent_total",
+    "Outputs sent again after their previous C-STORE was interrupted (the sender died"
+    " while it was on the wire): the destination may hold them already; the same SOP"
+    " Instance UID, so it sees a replacement.",
+    ["destination"],
+    registry=REGISTRY,
+)
 SPOOL_FREE_BYTES = Gauge(
     "dopanode_spool_free_bytes",
     "Free bytes on the spool's file system (read at scrape time).",
@@ -181,7 +189,7 @@ def refresh_from_db(conn: Connection, now: float | None = None,
         JOBS.labels(pipeline=pipeline, state=state).set(n)
     for state, n in series.state_counts(conn).items():
         SERIES.labels(state=state).set(n)
-    stats = outbox.backlog_stats(conn, time.time() if now is None else now)
+    stats = outbox_views.backlog_stats(conn, time.time() if now is None else now)
     OUTBOX_BACKLOG.clear()
     for destination, n in stats.pending_by_destination.items():
         OUTBOX_BACKLOG.labels(destination=destination).set(n)

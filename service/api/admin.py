@@ -39,7 +39,7 @@ from pydicom.uid import (
 )
 
 from service.api.common import SQL_INT_MAX, connection
-from service.store import job_views, jobs, outbox
+from service.store import job_views, jobs, outbox_views
 from service.store import series as series_store
 from service.store.spool import output_path
 
@@ -151,7 +151,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
     def outbox_summary() -> dict[str, Any]:
         """Deliveries per destination (configured ones first, even when empty)."""
         with connection(db) as conn:
-            found = outbox.destination_summaries(conn, destinations)
+            found = outbox_views.destination_summaries(conn, destinations)
         return {"destinations": [asdict(d) for d in found]}
 
     @router.get("/studies")

@@ -168,13 +168,19 @@ ALTER TABLE outbox ADD COLUMN lease_expires_at REAL
 """
 
 
-#: Version 5: a delayed retry (reliability audit D11). A job given back to the
-#: queue for a transient cause (the disk was full) waits until ``not_before``
-#: (seconds since the epoch, the database's clock); ``deferrals`` counts such
-#: returns, which are bounded apart from ``attempts`` (:mod:`service.store.jobs`).
+#: Version 5: delayed retries and the re-send window after a crash. A job given
+#: back to the queue for a transient cause (the disk was full, audit D11) waits
+#: until ``not_before`` (seconds since the epoch, the database's clock);
+#: ``deferrals`` counts such returns, bounded apart from ``attempts``
+#: (:mod:`service.store.jobs`). An outbox claim names its owner (so a restarted
+#: node takes back the claims of its dead processes at once), and the item
+#: whose C-STORE is on the wire carries ``in_flight_at`` (audit D12,
+#: :mod:`service.store.outbox`).
 _SCHEMA_V5 = """
 ALTER TABLE jobs ADD COLUMN not_before REAL;
-ALTER TABLE jobs ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0
+ALTER TABLE jobs ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN in_flight_at REAL
 """
 
 
