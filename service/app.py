@@ -13,7 +13,8 @@ points, each switched on or off by its ``[pipelines.<name>]`` section.
 
 SIGTERM/SIGINT: stop accepting associations, let running jobs finish within
 ``worker.shutdown_grace_s`` and give back the ones that do not, stop the
-sender and the API, exit 0.
+sender and the API, exit 0. SIGHUP: re-read the TLS certificates and keys
+now (:meth:`Node.reload_tls`); nothing else is reloaded.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Node:
     components: tuple[str, ...] = COMPONENTS
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reload: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _parts: dict[str, Any] = field(default_factory=dict)
 
@@ -235,10 +237,31 @@ class Node:
         """Ask :meth:`wait` to return (safe from a signal handler)."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Ask :meth:`wait` to reload the TLS files (safe from a signal handler: SIGHUP)."""
+        self._reload.set()
+
     def wait(self) -> None:
-        """Block until :meth:`request_stop` (or a signal) is called."""
-        while not self._stop.wait(1.0):
-            pass
+        """Block until :meth:`request_stop` (or a signal); serve reload requests meanwhile."""
+        while not self._stop.wait(0.2):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Re-read the TLS port's files now and refresh the destinations' expiry metric.
+
+        Destinations' client certificates are read at each association anyway;
+        a file that does not load is logged and the old pair kept.
+        """
+        from service.net.scu import tls_destinations_checked
+
+        scp = self._parts.get("scp")
+        reloaded = scp.reload_tls() if scp is not None else None
+        bad = tls_destinations_checked(self.settings) if "sender" in self._parts else []
+        log.info("tls_reload_requested", extra={"fields": {
+            "scp": {None: "no_tls_port", True: "reloaded", False: "kept_old"}[reloaded],
+            "destinations_failing": bad}})
 
     def stop(self) -> None:
         """Orderly shutdown: SCP first, then workers (grace), sender, API."""
@@ -357,8 +380,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("signal_received", extra={"fields": {"signal": signal.Signals(signum).name}})
         node.request_stop()
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        node.request_reload()  # no logging here: the main loop does the work
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         node.start()
     except Exception as exc:  # the process edge: say why, stop what started, exit non-zero

@@ -158,6 +158,7 @@ class StorageSCP:
         self._pool = _ConnectionPool(database, queue.LifoQueue())
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
+        self._tls_contexts: tls.ReloadingContext | None = None
         self._active: set[int] = set()
         self._active_lock = threading.Lock()
         self._saved_globals: dict[str, Any] | None = None
@@ -198,8 +199,8 @@ class StorageSCP:
             if node.plain:
                 self._server = self._listen(node.port, handlers, server_class)
             if node.tls is not None:
-                tls_class = tls_port.tls_server_class(server_class, tls_port.scp_contexts(
-                    self.settings))
+                self._tls_contexts = tls_port.scp_contexts(self.settings)
+                tls_class = tls_port.tls_server_class(server_class, self._tls_contexts)
                 self._tls_server = self._listen(node.tls.port, handlers, tls_class)
                 self._server = self._server or self._tls_server
         except BaseException:
@@ -262,6 +263,16 @@ class StorageSCP:
             tls_settings = self.settings.node.tls
             return None if tls_settings is None else tls_settings.port
         return int(self._tls_server.server_address[1])
+
+    def reload_tls(self) -> bool | None:
+        """Re-read the TLS port's certificate, key and CA now (SIGHUP).
+
+        Returns None without a TLS port, False when the new files do not load
+        (the old pair keeps serving; logged), True when reloaded.
+        """
+        if self._tls_contexts is None:
+            return None
+        return self._tls_contexts.reload("sighup")
 
     def is_listening(self) -> bool:
         """True while the server socket is open and its thread alive."""

@@ -418,6 +418,20 @@ class Sender:
         return min(self._poll_interval_s, max(0.05, next_at - self._clock()))
 
 
+def tls_destinations_checked(settings: Any) -> list[str]:
+    """Read every TLS destination's files again (expiry metric); the names that fail."""
+    failing = []
+    for destination in settings.destinations:
+        if destination.tls:
+            try:
+                _tls_args(destination)
+            except tls.CertificateError as exc:
+                failing.append(destination.name)
+                log.error("destination_tls_invalid", extra={"fields": {
+                    "destination": destination.name, "key": exc.key}})
+    return failing
+
+
 def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "local:0:"
                          ) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
