@@ -16,7 +16,6 @@ thread renews while the pipeline runs). Outcomes:
 
 from __future__ import annotations
 
-import errno
 import logging
 import struct
 import threading
@@ -39,7 +38,7 @@ from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
 from service.store.rows import Connection, Rows
-from service.store.spool import Spool, is_disk_full
+from service.store.spool import Spool, disk_full_cause, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +312,7 @@ class Worker:
         Returns the audit outcome: ``deferred_disk_full`` or ``disk_full``.
         """
         policy = self.defer_policy
-        error = errno.errorcode.get(getattr(exc, "errno", None) or 0, type(exc).__name__)
+        error = disk_full_cause(exc) or type(exc).__name__
         if job.deferrals >= policy.max_deferrals:
             self._fail(job, f"disk full ({error}) in {job.deferrals + 1} tries; free space on "
                             "the node, then retry the job", "disk_full")

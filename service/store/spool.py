@@ -225,25 +225,31 @@ def output_path(root: Path, job_id: int, sop_instance_uid: str) -> Path:
     return output_dir(root, job_id) / f"{uid}.dcm"
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """True for an error that says a disk (or a quota) is full: a transient cause.
+def disk_full_cause(exc: BaseException) -> str | None:
+    """What says a disk (or a quota) is full in ``exc`` or its causes, else None.
 
-    An ``OSError`` with errno ENOSPC or EDQUOT (a write or fsync of ours or
-    pynetdicom's), SQLite's SQLITE_FULL, PostgreSQL's ``disk_full`` (SQLSTATE
-    53100, the server's disk), also when it is the cause or context of ``exc``.
+    ``"ENOSPC"`` or ``"EDQUOT"`` for an ``OSError`` (a write or fsync of ours
+    or pynetdicom's), ``"SQLITE_FULL"`` for SQLite, ``"disk_full"`` for
+    PostgreSQL's SQLSTATE 53100 (the server's disk); ``exc`` and its
+    ``__cause__``/``__context__`` chain are looked at.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
-            return True
+            return errno.errorcode[current.errno]
         if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
-            return True
+            return "SQLITE_FULL"
         if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
-            return True
+            return "disk_full"
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that says a disk (or a quota) is full: a transient cause."""
+    return disk_full_cause(exc) is not None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -37,7 +37,7 @@ from service import metrics
 from service.config import NodeSettings, Settings, StorageSettings
 from service.net import scp as scp_module
 from service.store import db, jobs, outbox
-from service.store.spool import Spool, is_disk_full
+from service.store.spool import Spool, disk_full_cause, is_disk_full
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.pipelines import FakeNmPipeline
 from service.testing.polling import wait_until
@@ -84,8 +84,10 @@ def test_disk_full_errors_are_recognised_also_when_chained() -> None:
             raise RuntimeError("while saving") from inner
     except RuntimeError as chained:
         wrapped = chained
-    for exc in (OSError(errno.ENOSPC, "No space left on device"), full_db, pg_full, wrapped):
-        assert is_disk_full(exc)
+    cases = {"ENOSPC": OSError(errno.ENOSPC, "No space left on device"),
+             "SQLITE_FULL": full_db, "disk_full": pg_full, "EDQUOT": wrapped}
+    for name, exc in cases.items():
+        assert is_disk_full(exc) and disk_full_cause(exc) == name
     for other in (OSError(errno.EACCES, "denied"), sqlite3.OperationalError("database is locked"),
                 ValueError("x")):
         assert not is_disk_full(other)
