@@ -14,8 +14,10 @@
   SQLITE_FULL, injected) is 0xA700 too and the moved file is removed.
 
 The tmpfs tests need root (``mount -t tmpfs``); where the machine cannot
-mount they fail with the reason unless ``DOPANODE_NO_MOUNT=1`` says to skip
-them, and the injected-ENOSPC test below covers the worker path anyway.
+mount they skip, saying why (``DOPANODE_REQUIRE_MOUNT=1`` makes that a
+failure, as on CI), and the injected-ENOSPC tests (the spool's one write
+function for the worker, pynetdicom's temporary file for the SCP) cover the
+same paths everywhere.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         with small_filesystem(tmp_path / "small", 2048) as mount:
             yield mount
     except SmallFsUnavailable as exc:
-        if os.environ.get("DOPANODE_NO_MOUNT") == "1":
-            pytest.skip(f"no small file system: {exc}")
-        pytest.fail(f"a disk-full test needs a tmpfs: {exc} (DOPANODE_NO_MOUNT=1 to skip)")
+        if os.environ.get("DOPANODE_REQUIRE_MOUNT") == "1":
+            pytest.fail(f"a disk-full test needs a tmpfs: {exc}")
+        pytest.skip(f"no small file system ({exc}); the injected-ENOSPC tests cover the paths")
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +293,46 @@ def test_store_meeting_a_full_disk_is_0xa700_and_leaves_nothing(
     finally:
         scp.stop()
         wait_until(lambda: not acceptor_threads(), 15.0, "associations ended", 0.05)
+
+
+class _FullAfter:
+    """pynetdicom's temporary data set file, full after ``budget`` bytes (ENOSPC)."""
+
+    def __init__(self, real: Any, budget: int) -> None:
+        self._real, self._left = real, budget
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return int(self._real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("acceptor_kind", ["event", "pynetdicom"])
+def test_injected_enospc_while_receiving_is_0xa700(
+        tmp_path: Path, acceptor_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no tmpfs can be mounted: the data set's temporary file fills after 64 KiB."""
+    from tempfile import NamedTemporaryFile
+
+    from pynetdicom import dimse_messages
+
+    scp = start_scp(tmp_path / "spool", tmp_path, acceptor_kind)
+    try:
+        assoc = associate(scp)
+        monkeypatch.setattr(dimse_messages, "NamedTemporaryFile",
+                            lambda *a, **k: _FullAfter(NamedTemporaryFile(*a, **k), 65536))
+        rsp = assoc.send_c_store(big_instance("injected-full"))
+        assert rsp.Status == 0xA700 and "disk space" in str(rsp.ErrorComment)
+        wait_until(lambda: not list(scp.spool.tmp_dir.iterdir()), 5.0, "tmp/ empty", 0.01)
+        assert instance_rows(scp.database) == 0
+        monkeypatch.undo()
+        assert assoc.send_c_store(big_instance("injected-full")).Status == 0x0000
+        assoc.release()
+    finally:
+        scp.stop()
 
 
 def test_database_full_when_recording_is_0xa700_and_the_file_removed(
