@@ -283,8 +283,10 @@ class Node:
                 conn.close()
             log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
         if "sender" in self._parts:
-            self._parts.pop("sender").stop()
-            self._release_outbox_claims()
+            sender = self._parts.pop("sender")
+            sender.stop()
+            if sender.running_threads == 0:  # else a pass still sends what it claimed
+                self._release_outbox_claims()
         if hasattr(self, "run"):
             self.run.close()
         if "api" in self._parts:

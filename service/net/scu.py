@@ -287,6 +287,8 @@ class Sender:
             return
         try:
             for item, _ in sendable:
+                if self._stop.is_set():  # stopping: the rest is handed back (Node.stop)
+                    break
                 if not assoc.is_established:
                     self._record(conn, item, report, None, "association lost", retry=True)
                     continue
@@ -383,6 +385,11 @@ class Sender:
         """Look at the outbox now (e.g. after a worker enqueued outputs)."""
         for event in self._wake.values():
             event.set()
+
+    @property
+    def running_threads(self) -> int:
+        """Delivery threads still alive (after :meth:`stop`: those that did not end in time)."""
+        return sum(1 for t in self._threads if t.is_alive())
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the threads after their current item; waits up to ``timeout_s``."""

@@ -22,6 +22,7 @@ from service import metrics
 from service.net.scu import Sender
 from service.store import db, outbox
 from service.testing.destination import HoldingDestination
+from service.testing.polling import wait_until
 
 
 class Dest:
@@ -89,3 +90,33 @@ def test_an_item_on_the_wire_at_a_crash_is_sent_again_once_and_counted(
     assert "output_resent_after_interruption" in caplog.text
     assert outbox.get(conn, item_id).state == "sent"
     assert dcmread(outbox.get(conn, item_id).path).SOPInstanceUID == sop_uid
+
+
+def test_stop_finishes_the_object_on_the_wire_and_hands_back_the_rest(
+        tmp_path: Path, setup: Any) -> None:
+    """SIGTERM's path: the C-STORE on the wire completes, the rest of the claim is released."""
+    import threading
+
+    database, conn, first_id, destination, _ = setup
+    with conn:
+        for i in (1, 2):
+            ds = nm_instance("resend", i, slices=1)
+            path = tmp_path / f"out{i}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            outbox.enqueue(conn, 1, ["pacs"], path, ds.SOPClassUID, ds.SOPInstanceUID)
+    destination.hold()
+    sender = Sender(database, [Dest(destination.port)], "DOPANODE", owner_prefix="n:r2:")
+    sender.start()
+    assert destination.stored.wait(20)
+    stopping = threading.Thread(target=sender.stop, args=(20.0,))
+    stopping.start()
+    wait_until(lambda: sender._stop.is_set(), 10, "stop requested", 0.005)  # then the answer
+    destination.release()
+    stopping.join(30)
+    assert sender.running_threads == 0
+    assert len(destination.received) == 1
+    states = {i.id: i.state for i in outbox.due(conn, now=2e9)}
+    assert first_id not in states and len(states) == 2  # sent; two still pending
+    assert outbox.claim_due(conn, "pacs", 60.0) == []  # ... but claimed by the stopped pass
+    assert outbox.expire_leases(conn, "n:r2:") == 2  # what Node.stop does
+    assert len(outbox.claim_due(conn, "pacs", 60.0)) == 2
