@@ -292,4 +292,5 @@ def test_real_prometheus_accepts_every_dashboard_query(prometheus):
                      "instance_reason:dopanode_instances_rejected:rate5m",
                      "instance_result:dopanode_associations:rate5m",
                      "instance_result:dopanode_deliveries:rate5m",
-                     "dopanode_outbox_backlog"}
+                     "dopanode_outbox_backlog",
+                     "dopanode_jobs_deferred_total", "dopanode_outputs_resent_total"}
