@@ -13,7 +13,8 @@ points, each switched on or off by its ``[pipelines.<name>]`` section.
 
 SIGTERM/SIGINT: stop accepting associations, let running jobs finish within
 ``worker.shutdown_grace_s`` and give back the ones that do not, stop the
-sender and the API, exit 0.
+sender and the API, exit 0. SIGHUP: re-read the TLS certificates and keys
+now (:meth:`Node.reload_tls`); nothing else is reloaded.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Node:
     components: tuple[str, ...] = COMPONENTS
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reload: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _parts: dict[str, Any] = field(default_factory=dict)
 
@@ -114,10 +116,11 @@ class Node:
         if "scp" in self.components:  # the SCP process owns the spool's tmp/ and recovery
             self.spool.clean_tmp()
             self._recover_spool()
+        if "sender" in self.components or "worker" in self.components:
+            self._take_back_crashed_work()
         if "sender" in self.components:
             self._start_sender()
         if "worker" in self.components:
-            self._take_back_crashed_jobs()
             self._start_workers()
         if "scp" in self.components:
             self._start_scp()
@@ -140,36 +143,43 @@ class Node:
         finally:
             conn.close()
 
-    def _take_back_crashed_jobs(self) -> None:
-        """Expire the leases of this node's processes that died (kill -9, power loss).
+    def _take_back_crashed_work(self) -> None:
+        """Expire the job and outbox leases of this node's processes that died (kill -9).
 
-        Their jobs restart now instead of after ``worker.lease_s``; processes
-        of this node that are alive (another ``serve --only worker``) keep theirs.
+        Their jobs restart now instead of after ``worker.lease_s``, their
+        claimed outputs are sent now instead of after the sender's lease;
+        processes of this node that are alive (another ``serve --only ...``)
+        keep theirs.
         """
-        from service.store.jobs import expire_leases
+        from service.store import jobs, outbox
         from service.store.runs import NodeRun
 
         self.run = NodeRun(self.spool.root)
         conn = self.database.connect()
         try:
             for run_id in self.run.dead_runs():
-                taken = expire_leases(conn, f"{self.run.node_id}:{run_id}:")
+                prefix = f"{self.run.node_id}:{run_id}:"
+                taken = jobs.expire_leases(conn, prefix)
                 if taken:
                     log.warning("crashed_run_jobs_taken_back", extra={"fields": {
                         "jobs": taken, "run": run_id}})
+                outputs = outbox.expire_leases(conn, prefix)
+                if outputs:
+                    log.warning("crashed_run_outputs_taken_back", extra={"fields": {
+                        "outputs": outputs, "run": run_id}})
         finally:
             conn.close()
 
     def _start_sender(self) -> None:
         from service.net.scu import sender_from_settings
 
-        sender = sender_from_settings(self.settings, self.database)
+        sender = sender_from_settings(self.settings, self.database, self.run.owner_prefix)
         sender.start()
         self._parts["sender"] = sender
 
     def _start_workers(self) -> None:
         from service.scheduler import Scheduler
-        from service.worker import Worker
+        from service.worker import Worker, defer_policy_from_settings
 
         sender = self._parts.get("sender")
         wset = self.settings.worker
@@ -177,7 +187,8 @@ class Node:
             Worker(self.database, self.spool, self.pipelines, self.settings.destination_names,
                    lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s,
                    owner_prefix=self.run.owner_prefix, name=f"w{i}",
-                   on_outputs=sender.wake if sender is not None else None)
+                   on_outputs=sender.wake if sender is not None else None,
+                   defer_policy=defer_policy_from_settings(wset))
             for i in range(wset.count)
         ]
 
@@ -226,10 +237,31 @@ class Node:
         """Ask :meth:`wait` to return (safe from a signal handler)."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Ask :meth:`wait` to reload the TLS files (safe from a signal handler: SIGHUP)."""
+        self._reload.set()
+
     def wait(self) -> None:
-        """Block until :meth:`request_stop` (or a signal) is called."""
-        while not self._stop.wait(1.0):
-            pass
+        """Block until :meth:`request_stop` (or a signal); serve reload requests meanwhile."""
+        while not self._stop.wait(0.2):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Re-read the TLS port's files now and refresh the destinations' expiry metric.
+
+        Destinations' client certificates are read at each association anyway;
+        a file that does not load is logged and the old pair kept.
+        """
+        from service.net.scu import tls_destinations_checked
+
+        scp = self._parts.get("scp")
+        reloaded = scp.reload_tls() if scp is not None else None
+        bad = tls_destinations_checked(self.settings) if "sender" in self._parts else []
+        log.info("tls_reload_requested", extra={"fields": {
+            "scp": {None: "no_tls_port", True: "reloaded", False: "kept_old"}[reloaded],
+            "destinations_failing": bad}})
 
     def stop(self) -> None:
         """Orderly shutdown: SCP first, then workers (grace), sender, API."""
@@ -250,10 +282,13 @@ class Node:
             finally:
                 conn.close()
             log.warning("jobs_given_back", extra={"fields": {"jobs": given_back}})
+        if "sender" in self._parts:
+            sender = self._parts.pop("sender")
+            sender.stop()
+            if sender.running_threads == 0:  # else a pass still sends what it claimed
+                self._release_outbox_claims()
         if hasattr(self, "run"):
             self.run.close()
-        if "sender" in self._parts:
-            self._parts.pop("sender").stop()
         if "api" in self._parts:
             self._parts.pop("api").stop()
         audit.emit("application_stop", audit.APPLICATION_ACTIVITY, audit.APPLICATION_STOP,
@@ -261,6 +296,18 @@ class Node:
                    details={"components": list(self.components)})
         audit.close_trail()
         log.info("node_stopped")
+
+    def _release_outbox_claims(self) -> None:
+        """Hand back what the stopped sender had claimed and not sent (sent at the next start)."""
+        from service.store.outbox import expire_leases
+
+        conn = self.database.connect(check_same_thread=False)
+        try:
+            released = expire_leases(conn, self.run.owner_prefix)
+        finally:
+            conn.close()
+        if released:
+            log.info("outbox_claims_released", extra={"fields": {"outputs": released}})
 
     def _audit_application(self) -> dict[str, Any]:
         try:
@@ -335,8 +382,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("signal_received", extra={"fields": {"signal": signal.Signals(signum).name}})
         node.request_stop()
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        node.request_reload()  # no logging here: the main loop does the work
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         node.start()
     except Exception as exc:  # the process edge: say why, stop what started, exit non-zero

@@ -348,6 +348,18 @@ class WorkerSettings(_Section):
     max_attempts: Int = Field(default=3, ge=1, le=100)
     poll_interval_s: Float = Field(default=0.2, ge=0.01, le=60)
     shutdown_grace_s: Float = Field(default=30.0, ge=0, le=3600)
+    #: A job that meets a full disk waits base, 2 x base, ... (at most cap) seconds
+    #: before it runs again, and fails after ``disk_full_max_retries`` such waits.
+    disk_full_retry_base_s: Float = Field(default=60.0, ge=0.01, le=86400)
+    disk_full_retry_cap_s: Float = Field(default=1800.0, ge=0.01, le=86400)
+    disk_full_max_retries: Int = Field(default=12, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _disk_full_cap_above_base(self) -> WorkerSettings:
+        if self.disk_full_retry_cap_s < self.disk_full_retry_base_s:
+            raise KeyedValueError("disk_full_retry_cap_s", f"must be {self.disk_full_retry_base_s}"
+                                  f"..86400, got {self.disk_full_retry_cap_s}")
+        return self
 
 
 class SenderSettings(_Section):

@@ -39,7 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.store import jobs, outbox, series
+from service.store import job_views, jobs, outbox_views, series
 from service.store.rows import Connection
 
 #: The node's own registry (not the process-global default one), so tests and
@@ -94,6 +94,13 @@ SERIES_ROUTED = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+JOBS_DEFERRED = Counter(
+    "dopanode_jobs_deferred_total",
+    "Jobs given back to the queue for a delayed retry, by pipeline and reason (disk_full:"
+    " the spool, the database or a quota was full).",
+    ["pipeline", "reason"],
+    registry=REGISTRY,
+)
 JOB_STAGE_DURATION = Histogram(
     "dopanode_job_stage_duration_seconds",
     "Wall time of each pipeline stage (and 'total') per job, seconds.",
@@ -121,6 +128,14 @@ DELIVERIES = Counter(
     "dopanode_deliveries_total",
     "C-STORE attempts of outputs, by destination and result (sent, retry, failed).",
     ["destination", "result"],
+    registry=REGISTRY,
+)
+OUTPUTS_RESENT = Counter(
+    "dopanode_outputs_resent_total",
+    "Outputs sent again after their previous C-STORE was interrupted (the sender died"
+    " while it was on the wire): the destination may hold them already; the same SOP"
+    " Instance UID, so it sees a replacement.",
+    ["destination"],
     registry=REGISTRY,
 )
 SPOOL_FREE_BYTES = Gauge(
@@ -168,13 +183,13 @@ def refresh_from_db(conn: Connection, now: float | None = None,
         Enabled pipelines: each gets every job state, zero when it has none.
     """
     counts = {(p, state): 0 for p in pipelines for state in jobs.JOB_STATES}
-    counts.update(jobs.counts(conn))
+    counts.update(job_views.counts(conn))
     JOBS.clear()
     for (pipeline, state), n in counts.items():
         JOBS.labels(pipeline=pipeline, state=state).set(n)
     for state, n in series.state_counts(conn).items():
         SERIES.labels(state=state).set(n)
-    stats = outbox.backlog_stats(conn, time.time() if now is None else now)
+    stats = outbox_views.backlog_stats(conn, time.time() if now is None else now)
     OUTBOX_BACKLOG.clear()
     for destination, n in stats.pending_by_destination.items():
         OUTBOX_BACKLOG.labels(destination=destination).set(n)

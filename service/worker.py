@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
 from service.store.rows import Connection, Rows
-from service.store.spool import Spool
+from service.store.spool import Spool, disk_full_cause, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,45 @@ DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (
     RecursionError, AttributeError, TypeError, ValueError, KeyError, IndexError,
     NotImplementedError, ZeroDivisionError, struct.error, BytesLengthException,
 )
+
+
+@dataclass(frozen=True)
+class DeferPolicy:
+    """Delayed retries of a job that met a full disk (reliability audit D11).
+
+    The n-th deferral (n = 1, 2, ...) makes the job wait
+    ``min(cap_s, base_s * 2**(n-1))`` seconds; after ``max_deferrals`` of them
+    the job fails with code ``disk_full`` (an operator retries it).
+
+    Attributes
+    ----------
+    base_s, cap_s : float
+        First and largest wait, seconds.
+    max_deferrals : int
+        Deferrals before the job fails (0: fail at the first full disk).
+    """
+
+    base_s: float = 60.0
+    cap_s: float = 1800.0
+    max_deferrals: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0 < self.base_s <= self.cap_s:
+            raise ValueError(f"DeferPolicy needs 0 < base_s <= cap_s, got {self.base_s}, "
+                             f"{self.cap_s}")
+        if self.max_deferrals < 0:
+            raise ValueError(f"DeferPolicy.max_deferrals must be >= 0, got {self.max_deferrals}")
+
+    def delay_s(self, deferral: int) -> float:
+        """Wait before the job runs again after its ``deferral``-th deferral (>= 1), seconds."""
+        return float(min(self.cap_s, self.base_s * 2.0 ** min(max(deferral - 1, 0), 62)))
+
+
+def defer_policy_from_settings(worker_settings: Any) -> DeferPolicy:
+    """:class:`DeferPolicy` from ``Settings.worker``."""
+    return DeferPolicy(float(worker_settings.disk_full_retry_base_s),
+                       float(worker_settings.disk_full_retry_cap_s),
+                       int(worker_settings.disk_full_max_retries))
 
 
 class Worker:
@@ -73,6 +113,8 @@ class Worker:
         Short name, part of the lease owner id.
     on_outputs : callable or None
         Called after a job queued outputs (the sender's ``wake``).
+    defer_policy : DeferPolicy or None
+        Delayed retries after a full disk (default :class:`DeferPolicy`).
     """
 
     def __init__(
@@ -86,6 +128,7 @@ class Worker:
         owner_prefix: str = "local:0:",
         name: str = "w0",
         on_outputs: Callable[[], None] | None = None,
+        defer_policy: DeferPolicy | None = None,
     ) -> None:
         self.database = database
         self.spool = spool
@@ -95,6 +138,7 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self.owner = f"{owner_prefix}{name}:{uuid.uuid4().hex[:8]}"
         self.on_outputs = on_outputs
+        self.defer_policy = defer_policy or DeferPolicy()
         self.wake = threading.Event()
         self._conn: Connection | None = None
 
@@ -165,9 +209,13 @@ class Worker:
                 self._fail(job, exc.reason, exc.code, reports)
                 audit_analysis(job, pipeline, inputs, None, exc.code, exc.reason)
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
-                log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 if self.conn.in_transaction:
                     self.conn.rollback()
+                if is_disk_full(exc):  # the node's disk, not the job: later, no traceback
+                    code = self._defer_or_fail(job, exc)
+                    audit_analysis(job, pipeline, inputs, None, code, "disk full")
+                    return
+                log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 self._retry_or_fail(job, exc)
                 audit_analysis(job, pipeline, inputs, None, "internal_error",
                                f"internal error: {type(exc).__name__}")
@@ -257,6 +305,30 @@ class Worker:
             return
         with self.conn:
             jobs.requeue(self.conn, job.id, self.token(job), reason)
+
+    def _defer_or_fail(self, job: jobs.Job, exc: Exception) -> str:
+        """Put a job that met a full disk back with a growing wait, or fail it at the bound.
+
+        Returns the audit outcome: ``deferred_disk_full`` or ``disk_full``.
+        """
+        policy = self.defer_policy
+        error = disk_full_cause(exc) or type(exc).__name__
+        if job.deferrals >= policy.max_deferrals:
+            self._fail(job, f"disk full ({error}) in {job.deferrals + 1} tries; free space on "
+                            "the node, then retry the job", "disk_full")
+            return "disk_full"
+        delay_s = policy.delay_s(job.deferrals + 1)
+        reason = (f"disk full ({error}): retried in {delay_s:.0f} s "
+                  f"(deferral {job.deferrals + 1} of {policy.max_deferrals})")
+        with self.conn:
+            deferred = jobs.defer(self.conn, job.id, self.token(job), reason, "disk_full", delay_s)
+        if deferred:
+            metrics.JOBS_DEFERRED.labels(pipeline=job.pipeline, reason="disk_full").inc()
+        log.warning("job_deferred", extra={"fields": {
+            "job_id": job.id, "pipeline": job.pipeline, "reason_code": "disk_full",
+            "error": error, "delay_s": delay_s, "deferral": job.deferrals + 1,
+            "lease_lost": not deferred}})
+        return "deferred_disk_full"
 
     @staticmethod
     def token(job: jobs.Job) -> str:

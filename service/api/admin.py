@@ -39,7 +39,7 @@ from pydicom.uid import (
 )
 
 from service.api.common import SQL_INT_MAX, connection
-from service.store import jobs, outbox
+from service.store import job_views, jobs, outbox_views
 from service.store import series as series_store
 from service.store.spool import output_path
 
@@ -140,7 +140,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
     def queue() -> dict[str, Any]:
         """Jobs per pipeline and state (every state present) and series per state."""
         with connection(db) as conn:
-            counts = jobs.counts(conn)
+            counts = job_views.counts(conn)
             series_counts = series_store.state_counts(conn)
         per_pipeline: dict[str, dict[str, int]] = {}
         for (pipeline, state), n in sorted(counts.items()):
@@ -151,7 +151,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
     def outbox_summary() -> dict[str, Any]:
         """Deliveries per destination (configured ones first, even when empty)."""
         with connection(db) as conn:
-            found = outbox.destination_summaries(conn, destinations)
+            found = outbox_views.destination_summaries(conn, destinations)
         return {"destinations": [asdict(d) for d in found]}
 
     @router.get("/studies")
@@ -160,7 +160,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """The studies with the newest jobs, each pipeline's latest job and result."""
         with connection(db) as conn:
-            found = jobs.recent_studies(conn, limit)
+            found = job_views.recent_studies(conn, limit)
         studies = []
         for study_uid, study_jobs in found:
             view: dict[str, Any] = {"study_uid": study_uid,

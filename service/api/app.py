@@ -34,7 +34,7 @@ from service.api.common import SQL_INT_MAX, connection
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
 from service.api.readiness import Probes, ReadyLimits, refresh_metrics, run_checks
 from service.dicom.uids import is_valid_uid
-from service.store import jobs, outbox
+from service.store import job_views, jobs, outbox
 from service.store import series as series_store
 from service.store.db import SERIES_STATES
 
@@ -220,7 +220,7 @@ def _job_routes(db: Any) -> APIRouter:
         if not is_valid_uid(study_uid):
             raise HTTPException(422, "study_uid is not a valid DICOM UID")
         with connection(db) as conn:
-            latest = jobs.latest_done_per_pipeline(conn, study_uid)
+            latest = job_views.latest_done_per_pipeline(conn, study_uid)
         if not latest:
             raise HTTPException(404, "no finished result for this study")
         return {"study_uid": study_uid, "results": {

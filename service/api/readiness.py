@@ -31,7 +31,7 @@ from typing import Any
 
 from service import metrics
 from service.pipelines.registry import check_enabled_models
-from service.store import outbox
+from service.store import outbox_views
 from service.store.spool import FREE_SPACE_FLOOR_MB
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def check_scp(probes: Probes, host: str, port: int) -> Check:
 def check_outbox(db: Any, limits: ReadyLimits) -> Check:
     conn = db.connect()
     try:
-        stats = outbox.backlog_stats(conn)
+        stats = outbox_views.backlog_stats(conn)
     finally:
         conn.close()
     problems = []

@@ -28,7 +28,8 @@ KEEP_ALIVE_S = 5
 
 
 def bounded_protocol(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a connection cap and a request-header deadline.
+    """uvicorn's h11 protocol with a connection cap, a request-header deadline and
+    a quiet answer to malformed requests.
 
     uvicorn's keep-alive timer runs only between requests, and its
     ``limit_concurrency`` answers 503 only once a request has arrived: a
@@ -65,6 +66,23 @@ def bounded_protocol(max_connections: int, header_timeout_s: float) -> type[H11P
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._arm_header_timer()
+
+        def send_400_response(self, msg: str) -> None:
+            """The client broke HTTP (e.g. a malformed chunked body): its problem, not ours.
+
+            uvicorn logs one warning line; then it would answer 400 even when a
+            response is already on its way (h11 refuses: an asyncio traceback),
+            and the request's app task, still running, answers into the closed
+            cycle (an h11 traceback through every middleware). Here the 400 goes
+            out only when no response has started, and the cycle counts as
+            disconnected, so the app's late answer is dropped quietly.
+            """
+            if self.cycle is not None:
+                self.cycle.disconnected = True
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                super().send_400_response(msg)
+            else:
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._header_timer is not None:

@@ -8,6 +8,8 @@ space that the node cannot take back (reliability audit D4, D5, D7, D9):
   exceeded) and close it, before a byte is read, when its IP address
   already holds ``max_per_host`` connections, and gives every accepted
   socket a receive timeout (a half-sent PDU no longer blocks a thread);
+  :func:`end_waiting_acceptor` hands a slot back as soon as a connection
+  closes before its A-ASSOCIATE-RQ (not after the ARTIM time);
 * :class:`AssociationGuard` wraps, per association, the two places where a
   peer's message enters pynetdicom:
 
@@ -47,6 +49,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
 from service.net.status import Status
+from service.store.spool import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,12 @@ class Refusal(NamedTuple):
     status: Status
     comment: str
     reason: str
+
+
+#: The answer to a C-STORE whose data set met a full disk (ENOSPC, EDQUOT) while it
+#: was written to the spool: 0xA700, transient, so the sender retries later.
+DISK_FULL = Refusal(Status.OUT_OF_RESOURCES, "insufficient disk space on the node's spool",
+                    "out_of_space")
 
 
 def count_refusal(refusal: Refusal) -> None:
@@ -139,6 +148,26 @@ def bounded_server_class(max_per_host: int, receive_timeout_s: float | None,
     return type("BoundedServer", (BoundedServer,), {
         "max_per_host": max_per_host, "receive_timeout_s": receive_timeout_s,
         "on_refused": staticmethod(on_refused) if on_refused is not None else None})
+
+
+def end_waiting_acceptor(assoc: Any) -> bool:
+    """On a closed connection, end an acceptor still waiting for its A-ASSOCIATE-RQ.
+
+    pynetdicom's association thread waits ``acse_timeout`` (the ARTIM time,
+    10 s) for the request even after the peer has closed the connection (the
+    DUL goes back to idle without telling it), and holds the address's slot
+    meanwhile: a few raw connections that send nothing, garbage or half a PDU
+    and close locked their host out for 10 s (fuzz finding). A ``None`` on the
+    DUL's user queue is what that wait returns on a timeout: the thread closes
+    the association at once. Call from ``EVT_CONN_CLOSE``; True when it did.
+    """
+    dul = getattr(assoc, "dul", None)
+    queue = getattr(dul, "to_user_queue", None)
+    if (queue is None or not assoc.is_acceptor or assoc.is_established
+            or assoc.requestor.primitive is not None or not queue.empty()):
+        return False
+    queue.put(None)
+    return True
 
 
 # --- one association ---------------------------------------------------------------------
@@ -248,9 +277,15 @@ class AssociationGuard:
                 return
         try:
             self._receive(primitive)
-        except Exception:  # undecodable command set: a status if we can, else abort
+        except Exception as exc:  # undecodable command set: a status if we can, else abort
+            if is_disk_full(exc):  # writing the data set to tmp/: the node's disk, no traceback
+                log.warning("store_disk_full", extra={"fields": {"error": type(exc).__name__}})
+                self._refuse_current(primitive, DISK_FULL)
+                return
             log.warning("dimse_decode_failed", exc_info=True)
-            self._decode_failed(primitive)
+            self._refuse_current(primitive, Refusal(
+                Status.CANNOT_UNDERSTAND, "C-STORE command set could not be decoded",
+                "bad_command"))
             return
         message = self.assoc.dimse.message
         if message is None:  # a message completed
@@ -290,7 +325,8 @@ class AssociationGuard:
                     self.receive_primitive(tail)
                 return
 
-    def _decode_failed(self, primitive: P_DATA) -> None:
+    def _refuse_current(self, primitive: P_DATA, refusal: Refusal) -> None:
+        """The current message failed in pynetdicom: answer a C-STORE-RQ, abort otherwise."""
         message = self.assoc.dimse.message
         command = getattr(message, "command_set", None)
         if message is None or command is None or "MessageID" not in command:
@@ -300,12 +336,11 @@ class AssociationGuard:
                 command.get("CommandDataSetType") == NO_DATA_SET):
             self._abort(message)
             return
-        self._start_dropping(Refusal(Status.CANNOT_UNDERSTAND,
-                                     "C-STORE command set could not be decoded", "bad_command"))
-        # data fragments that came with the command in this P-DATA
+        self._start_dropping(refusal)
+        # the data fragments of this P-DATA (those after its command fragments)
         pdvs = list(primitive.presentation_data_value_list)
         data_from = next((i + 1 for i in range(len(pdvs) - 1, -1, -1)
-                          if pdvs[i][1] and pdvs[i][1][0] & 1), len(pdvs))
+                          if pdvs[i][1] and pdvs[i][1][0] & 1), 0)
         if data_from < len(pdvs):
             tail = P_DATA()
             tail.presentation_data_value_list = cast(
@@ -332,5 +367,6 @@ class AssociationGuard:
         self.assoc.dimse.send_msg(rsp, context_id)
 
 
-__all__ = ["AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
+__all__ = ["DISK_FULL", "AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
+           "end_waiting_acceptor",
            "bounded_server_class", "count_refusal"]

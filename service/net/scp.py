@@ -68,11 +68,18 @@ from service.dicom import codes
 from service.dicom import header as header_mod
 from service.dicom.uids import validated_uid
 from service.net import acceptor, audit_events, tls, tls_port
-from service.net.guard import AssociationGuard, Refusal, bounded_server_class, count_refusal
+from service.net.guard import (
+    DISK_FULL,
+    AssociationGuard,
+    Refusal,
+    bounded_server_class,
+    count_refusal,
+    end_waiting_acceptor,
+)
 from service.net.status import Status
 from service.store import db, series
 from service.store.rows import Connection, Rows
-from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool
+from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +158,7 @@ class StorageSCP:
         self._pool = _ConnectionPool(database, queue.LifoQueue())
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
+        self._tls_contexts: tls.ReloadingContext | None = None
         self._active: set[int] = set()
         self._active_lock = threading.Lock()
         self._saved_globals: dict[str, Any] | None = None
@@ -191,8 +199,8 @@ class StorageSCP:
             if node.plain:
                 self._server = self._listen(node.port, handlers, server_class)
             if node.tls is not None:
-                tls_class = tls_port.tls_server_class(server_class, tls_port.scp_contexts(
-                    self.settings))
+                self._tls_contexts = tls_port.scp_contexts(self.settings)
+                tls_class = tls_port.tls_server_class(server_class, self._tls_contexts)
                 self._tls_server = self._listen(node.tls.port, handlers, tls_class)
                 self._server = self._server or self._tls_server
         except BaseException:
@@ -255,6 +263,16 @@ class StorageSCP:
             tls_settings = self.settings.node.tls
             return None if tls_settings is None else tls_settings.port
         return int(self._tls_server.server_address[1])
+
+    def reload_tls(self) -> bool | None:
+        """Re-read the TLS port's certificate, key and CA now (SIGHUP).
+
+        Returns None without a TLS port, False when the new files do not load
+        (the old pair keeps serving; logged), True when reloaded.
+        """
+        if self._tls_contexts is None:
+            return None
+        return self._tls_contexts.reload("sighup")
 
     def is_listening(self) -> bool:
         """True while the server socket is open and its thread alive."""
@@ -330,6 +348,7 @@ class StorageSCP:
             self._active.add(id(event.assoc))
 
     def handle_conn_close(self, event: evt.Event) -> None:
+        end_waiting_acceptor(event.assoc)  # its host's slot is free now, not after ARTIM
         audit_events.connection_closed(event.assoc)
         with self._active_lock:
             if id(event.assoc) not in self._active:
@@ -350,7 +369,11 @@ class StorageSCP:
             count_refusal(Refusal(refused.status, refused.comment, refused.reason))
             audit_events.instance_refused(event.assoc, refused.reason)
             return _status(refused.status, refused.comment)
-        except Exception:  # edge of the association thread: log, answer precisely
+        except Exception as exc:  # edge of the association thread: log, answer precisely
+            if is_disk_full(exc):  # transient: 0xA700, the sender retries; nothing kept
+                count_refusal(DISK_FULL)
+                audit_events.instance_refused(event.assoc, DISK_FULL.reason)
+                return _status(DISK_FULL.status, DISK_FULL.comment)
             metrics.INSTANCES_REJECTED.labels(reason="internal_error").inc()
             log.exception("store_failed", extra={"fields": {"status": "0xA700"}})
             return _status(Status.OUT_OF_RESOURCES, "internal error while storing")
@@ -381,6 +404,23 @@ class StorageSCP:
         self._check_limits(received.stat().st_size)
         header = _read_header(received, sop_class, sop_uid)
         path = self.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
+        try:
+            recorded = self._adopt_and_record(event, received, path, header, sop_class)
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._drop_unrecorded(path, sop_uid)
+            raise
+        if not recorded:
+            return "duplicate"
+        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
+            self.on_series_complete()  # committed: routing can start now, not at its next poll
+        audit_events.instance_stored(event.assoc, header)
+        return "stored"
+
+    def _adopt_and_record(self, event: evt.Event, received: Path, path: Path,
+                          header: header_mod.ParsedHeader, sop_class: str) -> series.Recorded:
+        """Move the received file into place and record it (falsy: a duplicate)."""
+        sop_uid = header.sop_instance_uid
         size = self.spool.adopt(received, path)
         rec = db.InstanceRecord(
             sop_instance_uid=sop_uid, study_uid=header.study_uid,
@@ -392,13 +432,20 @@ class StorageSCP:
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
         with self._pool.connection() as conn, conn:
-            recorded = series.record_instance(conn, rec, header.info, quiet_s)
-        if not recorded:
-            return "duplicate"
-        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
-            self.on_series_complete()  # committed: routing can start now, not at its next poll
-        audit_events.instance_stored(event.assoc, header)
-        return "stored"
+            return series.record_instance(conn, rec, header.info, quiet_s)
+
+    def _drop_unrecorded(self, path: Path, sop_uid: str) -> None:
+        """Remove a file moved into place whose row could not be written (disk full).
+
+        Kept when the check itself fails: ``series.recover_spool`` records it
+        at the next start, and the sender's retry is then a duplicate.
+        """
+        try:
+            with self._pool.connection() as conn:
+                if not db.instance_exists(conn, sop_uid):
+                    path.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - the database is unwell too: keep the file
+            log.warning("store_cleanup_skipped", extra={"fields": {"reason": "database"}})
 
     def _check_limits(self, size_bytes: int) -> None:
         storage = self.settings.storage

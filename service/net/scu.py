@@ -15,11 +15,22 @@ outcome in the database right after each response:
 * A missing or unreadable output file, or a destination no longer
   configured -> ``failed`` at once (retrying cannot help).
 
-Delivery is at-least-once: a crash between a Success and its commit resends
-that one object after restart, which the PACS sees as a replacement (output
-UIDs are deterministic), never as a twin. After a crash mid-pass the claimed
-items wait for their lease to expire (:attr:`Sender.lease_s`, the longest a
-pass may take).
+Delivery is at-least-once, and the window for a second copy is one object
+per destination and crash (reliability audit D12): each item is marked in
+flight (committed) before its C-STORE goes out, and its outcome is committed
+as soon as the response is read, before anything else (metrics, audit, log).
+Sender connections commit like the SCP's (SQLite ``synchronous=NORMAL``): a
+process crash keeps every commit, and only a power loss can take back the
+last marks, which means a re-send, never a loss. What remains is the time
+the destination takes between storing an object and answering, plus one
+commit: a crash there leaves the object stored at the destination but not
+marked sent, and it is sent again after the restart with the same SOP
+Instance UID, so the PACS sees a replacement (output UIDs are deterministic),
+never a twin; such re-sends are counted (``dopanode_outputs_resent_total``)
+and logged (``output_resent_after_interruption``). A restarted node takes
+back the claims of its own dead processes at once (:func:`outbox.expire_leases`
+with the run's owner prefix); a claim of another node's process waits for its
+lease (:attr:`Sender.lease_s`, the longest a pass may take).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from service import metrics
 from service.logs import safe_text
 from service.net import audit_events, tls
 from service.store import outbox
+from service.store.dialect import dialect_of
 from service.store.outbox import OutboxItem, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -154,6 +166,8 @@ class Sender:
         Items per association.
     clock : callable
         Returns seconds since the epoch (tests may pass a fake clock).
+    owner_prefix : str
+        Names this process in outbox claims (:attr:`service.store.runs.NodeRun.owner_prefix`).
     """
 
     def __init__(
@@ -166,6 +180,7 @@ class Sender:
         batch_size: int = 50,
         timeouts: Timeouts | None = None,
         clock: Callable[[], float] = time.time,
+        owner_prefix: str = "local:0:",
     ) -> None:
         self._db = db
         self._destinations = {d.name: d for d in destinations}
@@ -178,6 +193,7 @@ class Sender:
         #: How long a pass's claim lasts: every item of a batch at the DIMSE limit.
         self.lease_s = t.connect_s + t.acse_s + batch_size * max(t.dimse_s, t.network_s) + 60.0
         self._clock = clock
+        self._owner_prefix = owner_prefix
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in self._destinations}
         self._threads: list[threading.Thread] = []
@@ -206,8 +222,11 @@ class Sender:
         report = PassReport(destination=destination_name)
         conn = self._db.connect()
         try:
+            for statement in dialect_of(conn).ingest_setup:  # SQLite: synchronous=NORMAL
+                conn.execute(statement)
             items = outbox.claim_due(conn, destination_name, self.lease_s, self._clock(),
-                                     self._batch_size)
+                                     self._batch_size,
+                                     owner=f"{self._owner_prefix}sender-{destination_name}")
             if not items:
                 return report
             sendable = self._readable(conn, items, report)
@@ -268,6 +287,8 @@ class Sender:
             return
         try:
             for item, _ in sendable:
+                if self._stop.is_set():  # stopping: the rest is handed back (Node.stop)
+                    break
                 if not assoc.is_established:
                     self._record(conn, item, report, None, "association lost", retry=True)
                     continue
@@ -278,6 +299,8 @@ class Sender:
 
     def _send_one(self, conn: Any, assoc: Association, item: OutboxItem,
                   report: PassReport) -> None:
+        if not self._mark_in_flight(conn, item):
+            return
         try:
             status_ds = assoc.send_c_store(item.path)
         except (ValueError, RuntimeError, OSError, InvalidDicomError) as exc:
@@ -295,6 +318,18 @@ class Sender:
             error = f"C-STORE status 0x{int(status):04X}" + (
                 f", comment {comment}" if comment else "")
             self._record(conn, item, report, int(status), error, retry=True)
+
+    def _mark_in_flight(self, conn: Any, item: OutboxItem) -> bool:
+        """Commit the in-flight mark before the C-STORE; False when the item is not ours."""
+        if item.in_flight_at is not None:  # on the wire when its sender died: maybe stored
+            metrics.OUTPUTS_RESENT.labels(destination=item.destination).inc()
+            log.warning("output_resent_after_interruption", extra={"fields": {
+                "item_id": item.id, "job_id": item.job_id, "destination": item.destination}})
+        with conn:
+            if outbox.mark_in_flight(conn, item.id, item.lease_token, self._clock()):
+                return True
+        log.warning("outbox_item_changed", extra={"fields": {"item_id": item.id}})
+        return False
 
     def _record(self, conn: Any, item: OutboxItem, report: PassReport, status: int | None,
                 error: str | None, retry: bool = False) -> None:
@@ -351,6 +386,11 @@ class Sender:
         for event in self._wake.values():
             event.set()
 
+    @property
+    def running_threads(self) -> int:
+        """Delivery threads still alive (after :meth:`stop`: those that did not end in time)."""
+        return sum(1 for t in self._threads if t.is_alive())
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the threads after their current item; waits up to ``timeout_s``."""
         self._stop.set()
@@ -385,7 +425,22 @@ class Sender:
         return min(self._poll_interval_s, max(0.05, next_at - self._clock()))
 
 
-def sender_from_settings(settings: Any, db: DatabaseLike) -> Sender:
+def tls_destinations_checked(settings: Any) -> list[str]:
+    """Read every TLS destination's files again (expiry metric); the names that fail."""
+    failing = []
+    for destination in settings.destinations:
+        if destination.tls:
+            try:
+                _tls_args(destination)
+            except tls.CertificateError as exc:
+                failing.append(destination.name)
+                log.error("destination_tls_invalid", extra={"fields": {
+                    "destination": destination.name, "key": exc.key}})
+    return failing
+
+
+def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "local:0:"
+                         ) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
     for destination in settings.destinations:  # the expiry metric from start-up on
         if destination.tls and destination.cert_file is not None:
@@ -395,5 +450,6 @@ def sender_from_settings(settings: Any, db: DatabaseLike) -> Sender:
         settings.destinations,
         calling_ae=settings.node.ae_title,
         policy=retry_policy_from_settings(settings.sender),
+        owner_prefix=owner_prefix,
     )
 

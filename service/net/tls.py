@@ -7,6 +7,7 @@ which qualify), no compression, no renegotiation.
 
 Certificates and keys come from PEM files. :class:`ReloadingContext`
 re-reads them when a file's mtime changes, checked on each new connection,
+and when asked (:meth:`ReloadingContext.reload`: SIGHUP to ``dopanode serve``),
 so a renewed certificate is used without a restart; a renewed pair that
 does not load keeps the previous context and is logged.
 """
@@ -173,13 +174,29 @@ class ReloadingContext:
             stamp = self._mtimes()
             if stamp != self._stamp:
                 self._stamp = stamp
-                try:
-                    self._ctx = self._build()
-                    log.info("tls_reloaded")
-                except CertificateError as exc:  # keep serving with the old pair
-                    log.error("tls_reload_failed", extra={"fields": {
-                        "key": exc.key, "error": str(exc)}})
+                self._rebuild("file_changed")
             return self._ctx
+
+    def reload(self, reason: str = "requested") -> bool:
+        """Rebuild now whatever the mtimes say (SIGHUP); False keeps the old pair.
+
+        For files replaced with their old mtime kept (``cp -p``, some
+        certificate managers), and for an operator who wants the outcome in
+        the log at once.
+        """
+        with self._lock:
+            self._stamp = self._mtimes()
+            return self._rebuild(reason)
+
+    def _rebuild(self, reason: str) -> bool:
+        try:
+            self._ctx = self._build()
+        except CertificateError as exc:  # keep serving with the old pair
+            log.error("tls_reload_failed", extra={"fields": {
+                "key": exc.key, "error": str(exc), "trigger": reason}})
+            return False
+        log.info("tls_reloaded", extra={"fields": {"trigger": reason}})
+        return True
 
 
 __all__ = ["BCP195_CIPHERS", "CertificateError", "CertificateInfo", "ReloadingContext",

@@ -168,6 +168,22 @@ ALTER TABLE outbox ADD COLUMN lease_expires_at REAL
 """
 
 
+#: Version 5: delayed retries and the re-send window after a crash. A job given
+#: back to the queue for a transient cause (the disk was full, audit D11) waits
+#: until ``not_before`` (seconds since the epoch, the database's clock);
+#: ``deferrals`` counts such returns, bounded apart from ``attempts``
+#: (:mod:`service.store.jobs`). An outbox claim names its owner (so a restarted
+#: node takes back the claims of its dead processes at once), and the item
+#: whose C-STORE is on the wire carries ``in_flight_at`` (audit D12,
+#: :mod:`service.store.outbox`).
+_SCHEMA_V5 = """
+ALTER TABLE jobs ADD COLUMN not_before REAL;
+ALTER TABLE jobs ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN in_flight_at REAL
+"""
+
+
 def _v1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V1)
     _execute_script(conn, outbox.SCHEMA)
@@ -185,10 +201,14 @@ def _v4(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V4)
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V5)
+
+
 #: (version, migration), applied in order to a database whose
 #: ``PRAGMA user_version`` is below the version.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -25,7 +25,8 @@ singletons             the process is the only one         ``pg_try_advisory_loc
                                                            (:func:`try_singleton`)
 wake-ups               in-process events                   ``NOTIFY`` when a job is made
                                                            (:func:`notify_job_created`)
-commit durability      SCP rows ``synchronous=NORMAL``     always durable (``synchronous_commit``)
+commit durability      SCP and sender rows                 always durable (``synchronous_commit``)
+                       ``synchronous=NORMAL``
                                                            (:attr:`Dialect.ingest_setup`)
 =====================  ==================================  =====================================
 
@@ -61,7 +62,9 @@ class Dialect:
     skip_locked : bool
         Claims lock the chosen row and skip rows other claimers hold.
     ingest_setup : tuple of str
-        Statements run once on each SCP connection.
+        Statements run once on each SCP and sender connection (rows whose loss on
+        a power failure costs a re-send, never data: the instance file is already
+        durable, a lost "sent" mark means the object is sent again).
     """
 
     name: str

@@ -1,10 +1,12 @@
-"""The job queue: every SQL statement on ``jobs`` lives here.
+"""The job queue: every SQL statement that writes ``jobs`` lives here (reads for the API:
+:mod:`service.store.job_views`).
 
 A job is one pipeline's analysis of one series content (its *primary*
 series, plus any companion series the pipeline asked for). Life cycle::
 
     pending -> running (leased) -> done | failed
             \\-> superseded (a newer content of the same series for the same pipeline)
+    running -> pending, not before a time (deferred: a transient cause, e.g. a full disk)
 
 A claim carries a lease (its owner, a fresh token and an expiry on the
 database's clock) that a keeper thread renews; every write after a claim
@@ -33,10 +35,10 @@ JOB_STATES: tuple[str, ...] = ("pending", "running", "done", "failed", "supersed
 _COLUMNS = (
     "id, pipeline, series_uid, study_uid, content_hash, state, attempts, max_attempts,"
     " lease_owner, lease_expires_at, reason, reason_code, created_at, started_at, finished_at,"
-    " result_json, stage_durations_json, note, lease_token, instance_uids_json, inputs_json,"
-    " outputs_json"
+    " result_json, stage_durations_json, note, lease_token, not_before, deferrals,"
+    " instance_uids_json, inputs_json, outputs_json"
 )
-_SCALARS = tuple(c.strip() for c in _COLUMNS.split(","))[:19]
+_SCALARS = tuple(c.strip() for c in _COLUMNS.split(","))[:21]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class Job:
     stage_durations_json: str | None
     note: str | None
     lease_token: str | None
+    not_before: float | None
+    deferrals: int
     instance_uids: tuple[str, ...]
     inputs: tuple[JobInput, ...]
     outputs: tuple[dict[str, str], ...]
@@ -89,6 +93,8 @@ class Job:
             "reason": self.reason,
             "reason_code": self.reason_code,
             "note": self.note,
+            "not_before": self.not_before,
+            "deferrals": self.deferrals,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -154,6 +160,12 @@ def create(
     return job_id
 
 
+#: A job a claim may take: pending and due (``not_before`` passed), or running
+#: under an expired lease. Two ``{clock}`` parameters.
+_CLAIMABLE = ("(state = 'pending' AND (not_before IS NULL OR not_before <= {clock}))"
+              " OR (state = 'running' AND lease_expires_at < {clock})")
+
+
 def claim(conn: Connection, owner: str, lease_s: float,
           now: float | None = None) -> Job | None:
     """Take the oldest pending job (or one whose lease expired) under a new lease; commits.
@@ -161,7 +173,8 @@ def claim(conn: Connection, owner: str, lease_s: float,
     ``now`` (seconds since the epoch) is for tests; by default the lease runs
     on the database's clock, never the worker host's. The returned job
     carries its ``lease_token``. Jobs whose lease expired after their last
-    allowed attempt are failed first, saying so.
+    allowed attempt are failed first, saying so. A deferred job waits for
+    its ``not_before`` (:func:`defer`).
 
     SQLite: a plain read first, so idle workers take the write lock only
     when there is a job to claim. PostgreSQL: each statement locks only the
@@ -171,8 +184,8 @@ def claim(conn: Connection, owner: str, lease_s: float,
     clock = dialect.clock()
     if dialect.begin_write is not None:
         due = conn.execute(
-            "SELECT 1 FROM jobs WHERE state = 'pending'"
-            f" OR (state = 'running' AND lease_expires_at < {clock}) LIMIT 1", (now,)).fetchone()
+            f"SELECT 1 FROM jobs WHERE {_CLAIMABLE.format(clock=clock)} LIMIT 1",
+            (now, now)).fetchone()
         if conn.in_transaction:
             conn.commit()
         if due is None:
@@ -194,10 +207,9 @@ def claim(conn: Connection, owner: str, lease_s: float,
         row = conn.execute(
             f"UPDATE jobs SET state = 'running', lease_owner = ?, lease_token = ?,"
             f" lease_expires_at = {clock} + ?, attempts = attempts + 1, started_at = {clock}"
-            " WHERE id = (SELECT id FROM jobs WHERE state = 'pending'"
-            f" OR (state = 'running' AND lease_expires_at < {clock})"
+            f" WHERE id = (SELECT id FROM jobs WHERE {_CLAIMABLE.format(clock=clock)}"
             f" ORDER BY id LIMIT 1{dialect.lock_suffix()}) RETURNING id",
-            (owner, token, now, lease_s, now, now),
+            (owner, token, now, lease_s, now, now, now),
         ).fetchone()
         conn.commit()
     except BaseException:
@@ -240,7 +252,7 @@ def finish(
     lease was taken over, or a newer content superseded it.
     """
     cur = conn.execute(
-        "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL,"
+        "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL, not_before = NULL,"
         " lease_token = NULL, lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
         " result_json = ?, stage_durations_json = ?, outputs_json = ?"
         " WHERE id = ? AND state = 'running' AND lease_token = ?",
@@ -273,6 +285,25 @@ def requeue(conn: Connection, job_id: int, token: str, reason: str) -> bool:
         " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
         " WHERE id = ? AND state = 'running' AND lease_token = ?",
         (reason, job_id, token),
+    )
+    return bool(cur.rowcount == 1)
+
+
+def defer(conn: Connection, job_id: int, token: str, reason: str, code: str,
+          delay_s: float, now: float | None = None) -> bool:
+    """Give a job we hold back to the queue, claimable again ``delay_s`` from now.
+
+    For a transient cause outside the job (a full disk): the attempt is not
+    counted, ``deferrals`` is; ``now`` for tests, else the database's clock.
+    Returns False when the job is no longer ours.
+    """
+    cur = conn.execute(
+        "UPDATE jobs SET state = 'pending', reason = ?, reason_code = ?,"
+        " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+        f" deferrals = deferrals + 1, not_before = {dialect_of(conn).clock()} + ?,"
+        " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+        " WHERE id = ? AND state = 'running' AND lease_token = ?",
+        (reason, code, now, float(delay_s), job_id, token),
     )
     return bool(cur.rowcount == 1)
 
@@ -312,9 +343,10 @@ def retry(conn: Connection, job_id: int) -> bool:
     """
     with conn:
         cur = conn.execute(
-            "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL,"
-            " lease_token = NULL, lease_expires_at = NULL, reason = NULL, reason_code = NULL,"
-            " started_at = NULL, finished_at = NULL WHERE id = ? AND state IN ('failed', 'done')",
+            "UPDATE jobs SET state = 'pending', attempts = 0, deferrals = 0, not_before = NULL,"
+            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, reason = NULL,"
+            " reason_code = NULL, started_at = NULL, finished_at = NULL"
+            " WHERE id = ? AND state IN ('failed', 'done')",
             (job_id,),
         )
     return bool(cur.rowcount == 1)
@@ -353,38 +385,6 @@ def list_jobs(
     return [_job(r) for r in conn.execute(sql, [*params, int(limit), int(offset)])]
 
 
-def latest_done_per_pipeline(conn: Connection, study_uid: str) -> dict[str, Job]:
-    """For each pipeline, the newest done job of a study (what the API serves)."""
-    latest: dict[str, Job] = {}
-    for row in conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state = 'done'"
-            " ORDER BY finished_at DESC, id DESC", (study_uid,)):
-        job = _job(row)
-        latest.setdefault(job.pipeline, job)
-    return latest
-
-
-def recent_studies(conn: Connection, limit: int = 20) -> list[tuple[str, list[Job]]]:
-    """The studies with the newest jobs, newest first, each with its pipelines' latest job.
-
-    Superseded jobs are left out; per study, one job per pipeline (the newest,
-    whatever its state), ordered by pipeline name.
-    """
-    studies = [str(r[0]) for r in conn.execute(
-        "SELECT study_uid FROM jobs WHERE state != 'superseded' GROUP BY study_uid"
-        " ORDER BY MAX(id) DESC LIMIT ?", (int(limit),))]
-    out: list[tuple[str, list[Job]]] = []
-    for study_uid in studies:
-        latest: dict[str, Job] = {}
-        for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state != 'superseded'"
-                " ORDER BY id DESC", (study_uid,)):
-            job = _job(row)
-            latest.setdefault(job.pipeline, job)
-        out.append((study_uid, [latest[name] for name in sorted(latest)]))
-    return out
-
-
 def previous_sent_outputs(conn: Connection, job: Job) -> tuple[dict[str, str], ...]:
     """Outputs of the newest earlier job of this pipeline and series that reached a destination.
 
@@ -398,18 +398,3 @@ def previous_sent_outputs(conn: Connection, job: Job) -> tuple[dict[str, str], .
             (job.pipeline, job.series_uid, job.id)):
         return tuple(json.loads(row[0]))
     return ()
-
-
-def counts(conn: Connection) -> dict[tuple[str, str], int]:
-    """Number of jobs per (pipeline, state)."""
-    return {(str(p), str(s)): int(n) for p, s, n in conn.execute(
-        "SELECT pipeline, state, COUNT(*) FROM jobs GROUP BY pipeline, state")}
-
-
-def state_counts(conn: Connection) -> dict[str, int]:
-    """Number of jobs per state over all pipelines (every state present)."""
-    totals = dict.fromkeys(JOB_STATES, 0)
-    for (_, state), n in counts(conn).items():
-        totals[state] += n
-    return totals
-

@@ -108,32 +108,12 @@ class OutboxItem:
     created_at: float
     sent_at: float | None
     lease_token: str | None = None
-
-
-@dataclass(frozen=True)
-class BacklogStats:
-    """Outbox summary for /ready and /metrics.
-
-    Attributes
-    ----------
-    pending : int
-        Items not yet delivered (all destinations).
-    failed : int
-        Items given up on.
-    oldest_age_s : float
-        Age of the oldest pending item, seconds (0.0 when none is pending).
-    pending_by_destination : dict of str to int
-    """
-
-    pending: int
-    failed: int
-    oldest_age_s: float
-    pending_by_destination: dict[str, int]
+    in_flight_at: float | None = None
 
 
 _COLUMNS = (
     "id, job_id, destination, sop_instance_uid, sop_class_uid, path, state, attempts, "
-    "next_attempt_at, last_error, created_at, sent_at, lease_token"
+    "next_attempt_at, last_error, created_at, sent_at, lease_token, in_flight_at"
 )
 
 
@@ -152,6 +132,7 @@ def _item(row: Sequence[object]) -> OutboxItem:
         created_at=float(row[10]),  # type: ignore[arg-type]
         sent_at=None if row[11] is None else float(row[11]),  # type: ignore[arg-type]
         lease_token=None if row[12] is None else str(row[12]),
+        in_flight_at=None if row[13] is None else float(row[13]),  # type: ignore[arg-type]
     )
 
 
@@ -202,6 +183,7 @@ def enqueue(
             " path = excluded.path, state = 'pending', attempts = 0,"
             " next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
             " created_at = excluded.created_at, sent_at = NULL, lease_token = NULL,"
+            " lease_owner = NULL, in_flight_at = NULL,"
             " lease_expires_at = NULL"
             " RETURNING id",
             (job_id, destination, sop_instance_uid, sop_class_uid, str(path), at, at),
@@ -248,13 +230,16 @@ def claim_due(
     lease_s: float,
     now: float | None = None,
     limit: int = 100,
+    owner: str | None = None,
 ) -> list[OutboxItem]:
     """Lease the due items of one destination to the caller, oldest first; commits.
 
     An item is due when it is pending, its next attempt is due (``now``, the
     clock that scheduled it) and no other sender holds an unexpired lease on
     it (the database's clock). The items carry the lease's token; recording
-    an outcome with it fails once the lease was taken over.
+    an outcome with it fails once the lease was taken over. ``owner`` names
+    the claiming process (:attr:`service.store.runs.NodeRun.owner_prefix`), so
+    a restart can take back a dead process's claims (:func:`expire_leases`).
     """
     dialect = dialect_of(conn)
     clock = dialect.clock()
@@ -263,19 +248,48 @@ def claim_due(
         conn.commit()
     try:
         rows = conn.execute(
-            f"UPDATE outbox SET lease_token = ?, lease_expires_at = {clock} + ?"
+            f"UPDATE outbox SET lease_token = ?, lease_expires_at = {clock} + ?, lease_owner = ?"
             " WHERE id IN (SELECT id FROM outbox WHERE state = 'pending'"
             " AND next_attempt_at <= ? AND destination = ?"
             f" AND (lease_expires_at IS NULL OR lease_expires_at < {clock})"
             f" ORDER BY next_attempt_at, id LIMIT ?{dialect.lock_suffix()})"
             f" RETURNING {_COLUMNS}",
-            (uuid.uuid4().hex, None, lease_s, at, destination, None, int(limit)),
+            (uuid.uuid4().hex, None, lease_s, owner, at, destination, None, int(limit)),
         ).fetchall()
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
     return sorted((_item(r) for r in rows), key=lambda i: (i.next_attempt_at, i.id))
+
+
+def mark_in_flight(conn: Connection, item_id: int, token: str | None,
+                   now: float | None = None) -> bool:
+    """Note that the item's C-STORE goes on the wire now; commit before sending it.
+
+    The mark stays until the outcome is recorded. An item claimed again while
+    it still carries a mark was on the wire when its sender died: the
+    destination may hold it already, and the new C-STORE (same SOP Instance
+    UID) replaces it there. Returns False when the item is not ours.
+    """
+    fence, param = _fence(token)
+    cur = conn.execute(
+        f"UPDATE outbox SET in_flight_at = ? WHERE id = ? AND state = 'pending'{fence}",
+        (time.time() if now is None else now, item_id, *param))
+    return bool(cur.rowcount == 1)
+
+
+def expire_leases(conn: Connection, owner_prefix: str) -> int:
+    """Make the items claimed by a process that is gone (it crashed) claimable now; commits.
+
+    Their ``in_flight_at`` marks stay (see :func:`mark_in_flight`). Returns
+    how many items were taken back.
+    """
+    with conn:
+        cur = conn.execute(
+            "UPDATE outbox SET lease_expires_at = 0 WHERE state = 'pending'"
+            " AND lease_expires_at IS NOT NULL AND lease_owner LIKE ?", (owner_prefix + "%",))
+    return int(cur.rowcount)
 
 
 def _fence(token: str | None) -> tuple[str, tuple[object, ...]]:
@@ -318,8 +332,8 @@ def mark_sent(conn: Connection, item_id: int, now: float | None = None,
     fence, param = _fence(token)
     cur = conn.execute(
         "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
-        " last_error = NULL, lease_token = NULL, lease_expires_at = NULL"
-        f" WHERE id = ? AND state = 'pending'{fence}",
+        " last_error = NULL, lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL,"
+        f" in_flight_at = NULL WHERE id = ? AND state = 'pending'{fence}",
         (at, item_id, *param),
     )
     return bool(cur.rowcount == 1)
@@ -334,6 +348,7 @@ def mark_failed(
     fence, param = _fence(token)
     cur = conn.execute(
         "UPDATE outbox SET state = 'failed', last_error = ?, lease_token = NULL,"
+        " lease_owner = NULL, in_flight_at = NULL,"
         f" lease_expires_at = NULL WHERE id = ? AND state = 'pending'{fence}",
         (error[:500], item_id, *param),
     )
@@ -374,84 +389,8 @@ def mark_retry(
         params = (state, attempts, text[:500], at + policy.delay_s(attempts))
     cur = conn.execute(
         f"UPDATE outbox SET state = ?, attempts = ?, last_error = ?,{schedule}"
-        f" lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'pending'{fence}",
+        " lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, in_flight_at = NULL"
+        f" WHERE id = ? AND state = 'pending'{fence}",
         (*params, item_id, *param),
     )
     return state if cur.rowcount == 1 else "gone"
-
-
-@dataclass(frozen=True)
-class DestinationSummary:
-    """One destination's deliveries, for the admin page (GET /api/outbox).
-
-    Attributes
-    ----------
-    destination : str
-        Configured destination name.
-    counts : dict of str to int
-        Items per state (every state in :data:`STATES` present).
-    oldest_pending_age_s : float or None
-        Age of the oldest pending item, seconds; None when none is pending.
-    last_sent_at : float or None
-        When the newest delivery succeeded (seconds since the epoch).
-    last_error : str or None
-        The newest error of an item still pending or failed (peer text, sanitised by the sender).
-    """
-
-    destination: str
-    counts: dict[str, int]
-    oldest_pending_age_s: float | None
-    last_sent_at: float | None
-    last_error: str | None
-
-
-def destination_summaries(conn: Connection, destinations: Sequence[str] = (),
-                          now: float | None = None) -> list[DestinationSummary]:
-    """Per destination: items by state, oldest pending age, last success and last error.
-
-    ``destinations`` (the configured names) appear even with no items; names
-    found only in the table (a destination since removed) follow them.
-    """
-    at = time.time() if now is None else now
-    names = list(dict.fromkeys([*destinations, *(str(r[0]) for r in conn.execute(
-        "SELECT DISTINCT destination FROM outbox ORDER BY destination"))]))
-    out = []
-    for name in names:
-        counts = dict.fromkeys(STATES, 0)
-        for state, n in conn.execute(
-                "SELECT state, COUNT(*) FROM outbox WHERE destination = ? GROUP BY state", (name,)):
-            counts[str(state)] = int(n)
-        oldest, last_sent = conn.execute(
-            "SELECT MIN(CASE WHEN state = 'pending' THEN created_at END), MAX(sent_at)"
-            " FROM outbox WHERE destination = ?", (name,)).fetchone()
-        error = conn.execute(
-            "SELECT last_error FROM outbox WHERE destination = ? AND state != 'sent'"
-            " AND last_error IS NOT NULL ORDER BY next_attempt_at DESC, id DESC LIMIT 1",
-            (name,)).fetchone()
-        out.append(DestinationSummary(
-            destination=name, counts=counts,
-            oldest_pending_age_s=None if oldest is None else max(0.0, at - float(oldest)),
-            last_sent_at=None if last_sent is None else float(last_sent),
-            last_error=None if error is None else str(error[0])))
-    return out
-
-
-def backlog_stats(conn: Connection, now: float | None = None) -> BacklogStats:
-    """Count pending and failed items and the age of the oldest pending one."""
-    at = time.time() if now is None else now
-    by_destination = {
-        str(d): int(n)
-        for d, n in conn.execute(
-            "SELECT destination, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY destination"
-        )
-    }
-    oldest = conn.execute(
-        "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'"
-    ).fetchone()[0]
-    failed = int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0])
-    return BacklogStats(
-        pending=sum(by_destination.values()),
-        failed=failed,
-        oldest_age_s=0.0 if oldest is None else max(0.0, at - float(oldest)),
-        pending_by_destination=by_destination,
-    )

@@ -126,9 +126,19 @@ ALTER TABLE outbox ADD COLUMN lease_token TEXT;
 ALTER TABLE outbox ADD COLUMN lease_expires_at DOUBLE PRECISION
 """
 
+#: Version 5: delayed retries of jobs, outbox claim owners and the item in flight
+#: (as SQLite's version 5).
+_SCHEMA_V5 = """
+ALTER TABLE jobs ADD COLUMN not_before DOUBLE PRECISION;
+ALTER TABLE jobs ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN in_flight_at DOUBLE PRECISION
+"""
+
 #: (version, statements) in order; a database has every version at or below
 #: the highest row of ``schema_migrations``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4),
+                                          (5, _SCHEMA_V5))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATE_LOCK = "migrate"
 

@@ -31,6 +31,7 @@ a virtual disk whose cache flush takes milliseconds (bench/ingest.py).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -47,6 +48,12 @@ MIB = 1024 * 1024
 #: Free space (MiB) below which the spool counts as full whatever ``storage.min_free_mb``
 #: says: the SCP stores nothing and /ready fails (SQLite and the outputs need room too).
 FREE_SPACE_FLOOR_MB = 64
+#: errno values of a full file system and of an exhausted disk quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: SQLite's result code SQLITE_FULL ("database or disk is full").
+_SQLITE_FULL = 13
+#: PostgreSQL's SQLSTATE disk_full (the server's disk).
+_PG_DISK_FULL = "53100"
 #: File systems whose fsync of a renamed file also makes its new name durable.
 ONE_FLUSH_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 #: sync_file_range flags (<linux/fs.h>): wait for earlier writeback, write, wait for it.
@@ -216,6 +223,33 @@ def output_path(root: Path, job_id: int, sop_instance_uid: str) -> Path:
     """
     uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
     return output_dir(root, job_id) / f"{uid}.dcm"
+
+
+def disk_full_cause(exc: BaseException) -> str | None:
+    """What says a disk (or a quota) is full in ``exc`` or its causes, else None.
+
+    ``"ENOSPC"`` or ``"EDQUOT"`` for an ``OSError`` (a write or fsync of ours
+    or pynetdicom's), ``"SQLITE_FULL"`` for SQLite, ``"disk_full"`` for
+    PostgreSQL's SQLSTATE 53100 (the server's disk); ``exc`` and its
+    ``__cause__``/``__context__`` chain are looked at.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return errno.errorcode[current.errno]
+        if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return "SQLITE_FULL"
+        if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
+            return "disk_full"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that says a disk (or a quota) is full: a transient cause."""
+    return disk_full_cause(exc) is not None
 
 
 def _fsync_dir(directory: Path) -> None:

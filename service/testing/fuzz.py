@@ -182,10 +182,35 @@ def encode_ds(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def byte_damage(original: Dataset, data: bytes) -> str:
+    """What a byte-level mutation spoiled: ``""`` when the image and UIDs survived.
+
+    The mutated bytes are parsed as the node would. Garbage (a non-empty
+    answer) when they do not parse, or when any UID, any element of the image
+    (:data:`IMAGE_TAGS`) or the length of Pixel Data differs from the
+    original. A flip inside Pixel Data changes a few voxel values and nothing
+    the node could check, and bytes after the last element are dropped by
+    the reader: both leave a valid image, so a result from them is no defect.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pydicom.dcmread(BytesIO(data), force=True)
+            for keyword in sorted((IMAGE_TAGS | UID_TAGS) - {"PixelData"}):
+                if parsed.get(keyword) != original.get(keyword):
+                    return "damaged_" + keyword
+            pixels = original.get("PixelData")
+            if pixels is not None and len(parsed.get("PixelData") or b"") != len(pixels):
+                return "damaged_PixelData_length"
+    except Exception:  # noqa: BLE001 - anything the parser rejects is garbage
+        return "unparseable"
+    return ""
+
+
 class Fuzzer:
     """Seeded generator of dataset, PDU and HTTP cases."""
 
-    #: (mutation name, garbage?) for data set mutations; byte mutations are all garbage.
+    #: (mutation name, garbage?) for data set mutations; byte mutations: :func:`byte_damage`.
     DATASET_MUTATIONS: list[tuple[str, bool]] = [
         ("none", False), ("text_value", False), ("bad_date", False), ("private_element", False),
         ("nested_sequence", False), ("huge_vm_text", False), ("delete_text", False),
@@ -230,8 +255,10 @@ class Fuzzer:
         if rng.random() < 0.25:  # bytes-level mutation of a valid encoding
             name = rng.choice(self.BYTE_MUTATIONS)
             data = self._mutate_bytes(rng, name, encode_ds(ds))
-            return DatasetCase(index, kind, "bytes_" + name, True, data, sop_class,
-                               sop_instance, series_uid, context_class)
+            spoiled = byte_damage(ds, data)
+            return DatasetCase(index, kind, f"bytes_{name}+{spoiled or 'pixel_values_only'}",
+                               bool(spoiled), data, sop_class, sop_instance, series_uid,
+                               context_class)
         name, garbage = rng.choice(self.DATASET_MUTATIONS)
         if name == "sop_class_swap":
             ds.SOPClassUID = rng.choice([c for c in (codes.NM_IMAGE_STORAGE, codes.PET_IMAGE_STORAGE,

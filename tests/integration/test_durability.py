@@ -195,3 +195,39 @@ def test_result_delivered_once_across_a_kill(tmp_path: Path, multiframe: list[Pa
     finally:
         pacs.terminate()
         pacs.wait(10)
+
+
+def test_output_on_the_wire_at_a_kill_is_sent_again_once_at_restart(
+        tmp_path: Path, multiframe: list[Path]) -> None:
+    """kill -9 while the destination has stored the output and holds its answer (audit D12).
+
+    The remaining re-send window, measured: the object is sent once more after
+    the restart, at once (the dead run's claim is taken back, not left for the
+    sender's ~100 min lease), with the same SOP Instance UID, and counted.
+    """
+    from service.testing.destination import HoldingDestination
+
+    pacs = HoldingDestination()
+    pacs.hold()
+    dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+    node = NodeProcess(tmp_path / "node", settings=fake(tmp_path, 0.0, **{"destinations": dest}))
+    try:
+        with node:
+            node.start()
+            assert subprocess.run(storescu_cmd(node, multiframe), capture_output=True,
+                                  timeout=60).returncode == 0
+            assert pacs.stored.wait(60), "the output never reached the destination"
+            node.kill()  # stored there, answer not yet read
+            [(state, in_flight, owner)] = node.query(
+                "SELECT state, in_flight_at, lease_owner FROM outbox")
+            assert state == "pending" and in_flight is not None and owner
+            pacs.release()
+            node.start()
+            node.wait_for("SELECT state, in_flight_at FROM outbox", [("sent", None)], 30)
+            assert len(pacs.received) == 2 and len(set(pacs.received)) == 1  # a replacement
+            text = node.log_text()
+            assert "crashed_run_outputs_taken_back" in text
+            assert text.count("output_resent_after_interruption") == 1
+            assert node.stop() == 0
+    finally:
+        pacs.stop()

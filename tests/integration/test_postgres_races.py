@@ -295,7 +295,7 @@ def test_worker_scheduler_and_wakeups_survive_a_server_restart(
 
 
 def test_two_senders_never_claim_one_outbox_item(rows: PostgresRows, conn: Any) -> None:
-    from service.store import outbox
+    from service.store import outbox, outbox_views
 
     with conn:
         for i in range(60):
@@ -325,4 +325,4 @@ def test_two_senders_never_claim_one_outbox_item(rows: PostgresRows, conn: Any) 
         t.join(60)
     every = taken["a"] + taken["b"]
     assert len(every) == len(set(every)) == 60 and taken["a"] and taken["b"]
-    assert outbox.backlog_stats(conn, T0 + 1).pending == 0
+    assert outbox_views.backlog_stats(conn, T0 + 1).pending == 0

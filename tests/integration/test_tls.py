@@ -189,6 +189,30 @@ def test_certificate_renewed_on_disk_is_used_without_restart(tmp_path, pki):
         assert "tls_reloaded" in node.log_text()
 
 
+def test_sighup_reloads_files_replaced_with_their_old_mtime(tmp_path, pki):
+    """``cp -p`` of a renewed pair keeps the mtimes: only SIGHUP makes the node read it."""
+    import signal
+
+    live = certs.Pair(tmp_path / "live.pem", tmp_path / "live.key")
+    live.cert.write_bytes(pki.server.cert.read_bytes())
+    live.key.write_bytes(pki.server.key.read_bytes())
+    with tls_node(tmp_path / "node", pki, mutual=False, server=live).start() as node:
+        stamps = {p: (p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (live.cert, live.key)}
+        live.key.write_bytes(pki.renewed.key.read_bytes())
+        live.cert.write_bytes(pki.renewed.cert.read_bytes())
+        for path, (atime, mtime) in stamps.items():
+            os.utime(path, ns=(atime, mtime))
+        assert "dopanode-renewed" not in peer_subject(node.tls_port, pki.ca.cert)
+        pid = node.proc.pid
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "tls_reload_requested" in node.log_text(), 10, "the reload")
+        assert "dopanode-renewed" in peer_subject(node.tls_port, pki.ca.cert)
+        echo = dcmtk("echoscu", node, "+tla", "+cf", str(pki.ca.cert))
+        assert echo.returncode == 0, echo.stderr
+        assert node.proc.pid == pid and node.proc.poll() is None
+        assert 'tls_reload_requested scp="reloaded"' in node.log_text()
+
+
 class Dest:
     def __init__(self, port: int, pki: Pki, ca: Path) -> None:
         self.name, self.ae_title, self.host, self.port = "pacs", "DEST", "127.0.0.1", port

@@ -86,3 +86,57 @@ def test_open_files_soft_limit_raised_to_hard() -> None:
         assert now[0] == hard or hard == resource.RLIM_INFINITY and now[0] > lower
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_malformed_chunked_body_is_one_warning_line_without_a_traceback(
+        tmp_path: Any, caplog: Any) -> None:
+    """A bad chunk size, sent with the headers or after the response, through the real API.
+
+    Before: an h11 LocalProtocolError traceback (the route's late answer after
+    uvicorn's 400, through AccessAudit and the problem handler, logged twice)
+    or an asyncio "data_received() call failed" traceback (a 400 after a
+    response). Now: uvicorn's one warning line per request, nothing else.
+    """
+    import logging
+
+    from service.api.app import create_app
+    from service.api.readiness import Probes
+    from service.config import ApiSettings, Settings, StorageSettings
+    from service.store.db import Database
+
+    token = "t" * 40
+    settings = Settings().model_copy(update={
+        "storage": StorageSettings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.sqlite3"),
+        "api": ApiSettings(token=token)})
+    database = Database(settings.storage.db_path)
+    database.migrate()
+    server = ApiServer(create_app(settings, database, Probes(scp_listening=lambda: True)),
+                       "127.0.0.1", 0)
+    auth = f"Authorization: Bearer {token}\r\n".encode()
+    head = b"Host: x\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n"
+    cases = {  # name: the parts, sent 50 ms apart
+        "with_headers_off_api": [b"POST /jobs/1/retry HTTP/1.1\r\n" + head + b"ZZ\r\n"],
+        "with_headers_api": [b"POST /api/jobs/1/retry HTTP/1.1\r\n" + head + b"ZZ\r\n"],
+        "after_the_response": [b"POST /api/jobs/1/retry HTTP/1.1\r\n" + head, b"ZZ\r\n"],
+    }
+    server.start()
+    try:
+        with caplog.at_level(logging.INFO):
+            for name, parts in cases.items():
+                for _ in range(3):
+                    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as peer:
+                        for part in parts:
+                            peer.sendall(part)
+                            time.sleep(0.05)  # the server reads each part on its own
+                        answer = peer.recv(4096)
+                        assert answer.startswith(b"HTTP/1.1 4"), (name, answer[:40])
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as peer:
+                peer.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert peer.recv(4096).startswith(b"HTTP/1.1 200")  # still serving
+            time.sleep(0.3)  # the app tasks of the bad requests have ended
+    finally:
+        server.stop()
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert noisy == [], [f"{r.name} {r.getMessage()}" for r in noisy]
+    warnings = [r for r in caplog.records if r.getMessage() == "Invalid HTTP request received."]
+    assert len(warnings) == 9

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service import metrics
-from service.store import outbox
+from service.store import outbox, outbox_views
 from service.store.outbox import RetryPolicy
 
 T0 = 1_800_000_000.0
@@ -104,7 +104,7 @@ def test_backlog_stats_and_metrics_gauges(conn):
     with conn:
         outbox.mark_sent(conn, later, now=T0 + 150)
         outbox.mark_failed(conn, gone, "output file unreadable")
-    stats = outbox.backlog_stats(conn, now=T0 + 300)
+    stats = outbox_views.backlog_stats(conn, now=T0 + 300)
     assert stats.pending == 2 and stats.failed == 1
     assert stats.oldest_age_s == pytest.approx(300)
     assert stats.pending_by_destination == {"pacs": 1, "archive": 1}
@@ -117,7 +117,7 @@ def test_backlog_stats_and_metrics_gauges(conn):
 
 
 def test_empty_outbox_stats(conn):
-    stats = outbox.backlog_stats(conn, now=T0)
+    stats = outbox_views.backlog_stats(conn, now=T0)
     assert (stats.pending, stats.failed, stats.oldest_age_s) == (0, 0, 0.0)
     assert outbox.next_due_at(conn) is None
 
@@ -164,3 +164,24 @@ def test_a_claim_leases_due_items_and_fences_their_outcome(conn):
     again = outbox.claim_due(conn, "pacs", lease_s=60.0, now=T0 + 11)
     assert [i.id for i in again] == [second] and again[0].lease_token != claimed[1].lease_token
     assert outbox.get(conn, first).state == "sent"
+
+
+def test_a_dead_process_claims_come_back_at_once_with_their_in_flight_mark(conn):
+    """Reliability audit D12: the item on the wire at a crash is known and sent again at once."""
+    on_wire, queued = _enqueue(conn, "1.2.3.1")[0], _enqueue(conn, "1.2.3.2")[0]
+    other = _enqueue(conn, "1.2.3.3", dests=("archive",))[0]
+    claimed = outbox.claim_due(conn, "pacs", 3600.0, now=T0, owner="node:deadrun:sender-pacs")
+    assert outbox.claim_due(conn, "archive", 3600.0, now=T0, owner="node:liverun:sender-x")
+    with conn:
+        assert outbox.mark_in_flight(conn, on_wire, claimed[0].lease_token, T0 + 1)
+        assert not outbox.mark_in_flight(conn, queued, "not-the-token", T0 + 1)
+    assert outbox.claim_due(conn, "pacs", 3600.0, now=T0 + 2) == []  # leased for an hour
+    assert outbox.expire_leases(conn, "node:deadrun:") == 2  # the live run's claim stays
+    again = {i.id: i for i in outbox.claim_due(conn, "pacs", 60.0, now=T0 + 2, owner="n:new:")}
+    assert set(again) == {on_wire, queued}
+    assert again[on_wire].in_flight_at == T0 + 1 and again[queued].in_flight_at is None
+    assert outbox.claim_due(conn, "archive", 60.0, now=T0 + 2) == []
+    with conn:
+        assert outbox.mark_sent(conn, on_wire, T0 + 3, again[on_wire].lease_token)
+    assert outbox.get(conn, on_wire).in_flight_at is None
+    assert outbox.get(conn, other).state == "pending"

@@ -108,3 +108,30 @@ def test_same_subject_ignores_order_spaces_and_long_names():
     assert tls.same_subject("CN=PACS, O=Hospital", "organizationName=Hospital,commonName=PACS")
     assert not tls.same_subject("CN=PACS,O=Hospital", "CN=PACS")
     assert not tls.same_subject("CN=PACS", "")
+
+
+def test_reload_on_request_reads_files_whose_mtime_did_not_change(tmp_path, pki):
+    """SIGHUP's path: a pair replaced with its old mtime (cp -p) is read only when asked."""
+    root = tmp_path / "renewal"
+    root.mkdir()
+    renewed = certs.make_leaf(root, pki["ca"], "renewed", "CN=node-renewed", days=90)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_bytes(pki["server"].cert.read_bytes())
+    key.write_bytes(pki["server"].key.read_bytes())
+    settings = load_settings(write(tmp_path, node_tls(cert, key)))
+    contexts = tls_port.scp_contexts(settings)
+    first = contexts.current()
+    gauge = metrics.TLS_CERTIFICATE_EXPIRY.labels(role="scp", name="node")
+    old_expiry = gauge._value.get()
+    stamps = {p: (p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (cert, key)}
+    cert.write_bytes(renewed.cert.read_bytes())
+    key.write_bytes(renewed.key.read_bytes())
+    for path, (atime, mtime) in stamps.items():
+        os.utime(path, ns=(atime, mtime))  # as cp -p leaves them
+    assert contexts.current() is first  # the mtime check cannot see it
+    assert contexts.reload("sighup") is True
+    assert contexts.current() is not first
+    assert gauge._value.get() > old_expiry + 30 * 86400  # 90 days, not 30
+    key.write_bytes(pki["other"].key.read_bytes())  # a broken pair: the renewed one stays
+    second = contexts.current()
+    assert contexts.reload("sighup") is False and contexts.current() is second
