@@ -274,8 +274,12 @@ class NodeProcess:
 
 
 def fake_settings(delay_s: float = 0.0, runs_log: Path | None = None) -> dict[str, Any]:
-    """Settings that swap the DaT pipeline for the test-only ``fake_nm`` (:mod:`service.testing.pipelines`)."""
+    """Settings that swap the analyses for the test-only ``fake_nm`` (:mod:`service.testing.pipelines`).
+
+    The DaT and FDOPA pipelines are off: such a test is about the node.
+    """
     fake: dict[str, Any] = {"enabled": True, "delay_s": delay_s}
     if runs_log is not None:
         fake["runs_log"] = str(runs_log)
-    return {"pipelines": {"dat_spect": {"enabled": False}, "fake_nm": fake}}
+    return {"pipelines": {"dat_spect": {"enabled": False}, "fdopa_pet": {"enabled": False},
+                          "fake_nm": fake}}

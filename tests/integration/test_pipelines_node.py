@@ -90,6 +90,7 @@ def test_two_pipelines_and_an_ignored_series_in_one_study(tmp_path: Path) -> Non
         [mr_row] = ignored["series"]
         assert mr_row["routing"] == {
             "dat_spect": "declined: not a DaT SPECT series: modality is MR, not NM",
+            "fdopa_pet": "declined: not an FDOPA PET series: modality is MR, not PT",
             "echo_ct": "declined: not a CT Image Storage series"}
         [(dat_job,)] = node.query("SELECT id FROM jobs WHERE pipeline = 'dat_spect'")
         node_outputs = node.api_get(f"/api/jobs/{dat_job}")[1]["outputs"]
