@@ -12,12 +12,14 @@ plans as ``dopanode sim fdopa``, static series only, all four sites; the held-ou
 3. compare with ``truth_seg.nii.gz`` (labels 3 crescent, 4 contralateral
    striatum, 5 contralateral eroded WM) resampled onto the PET grid: side
    agreement, Dice, centroid error of the striatum (mm), and the relative
-   difference of crescent mean, striatum max and WM max measured on the same
-   reconstruction in our masks vs in the truth masks.
+   difference of crescent mean, striatum max and WM max (and WM mean) measured on
+   the same reconstruction in our masks vs in the truth masks.
 
 Usage::
 
     PYTHONPATH=$PWD .venv/bin/python bench/fdopa_reference.py --per-site 3 --json out.json
+
+(``--work DIR`` keeps the simulated studies and reuses them on the next run.)
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ def _centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def evaluate_study(site: str, index: int, work: Path) -> dict[str, object]:
     """Simulate one study and compare our reference regions with its truth."""
     plan = replace(plan_study(SITES[site], index), schedule=None, flair=None)
-    truth = simulate_study(plan, work)
     folder = work / plan.study_id
+    if (folder / "truth.json").exists():  # kept from an earlier run (--work)
+        truth = json.loads((folder / "truth.json").read_text())
+    else:
+        truth = simulate_study(plan, work)
     datasets = [pydicom.dcmread(p) for p in sorted((folder / "PT_STATIC").iterdir())]
     pet = volume_from_datasets(datasets)
     volume, affine = pet.frames[0].volume_zyx, pet.affine
@@ -90,7 +95,8 @@ def evaluate_study(site: str, index: int, work: Path) -> dict[str, object]:
     for name, ours, ref, fn in (
             ("background_mean", regions.background_zyx, true_bg, np.mean),
             ("striatum_max", regions.striatum_zyx, true_st, np.max),
-            ("white_matter_max", regions.white_matter_zyx, true_wm, np.max)):
+            ("white_matter_max", regions.white_matter_zyx, true_wm, np.max),
+            ("white_matter_mean", regions.white_matter_zyx, true_wm, np.mean)):
         row[f"rel_{name}"] = round(float(fn(volume[ours])) / float(fn(volume[ref])) - 1.0, 4)
     return row
 
@@ -99,7 +105,7 @@ def summarise(rows: list[dict[str, object]]) -> str:
     """A markdown table per profile and overall."""
     keys = ("register_s", "quality", "striatum_centroid_mm", "dice_background",
             "dice_striatum", "dice_white_matter", "rel_background_mean", "rel_striatum_max",
-            "rel_white_matter_max")
+            "rel_white_matter_max", "rel_white_matter_mean")
     lines = ["| profile | n | side ok | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 3) + "|"]
     groups = sorted({str(r["profile"]) for r in rows}) + ["all"]
@@ -123,12 +129,15 @@ def main() -> None:
     ap.add_argument("--per-site", type=int, default=3)
     ap.add_argument("--sites", nargs="*", default=list(SITES))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, help="keep the simulated studies here (reused)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for site in args.sites:
             for i in range(args.per_site):
-                row = evaluate_study(site, i, Path(tmp))
+                row = evaluate_study(site, i, work)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     if args.json:

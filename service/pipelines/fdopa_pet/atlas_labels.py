@@ -5,8 +5,8 @@ Sources (``models/atlas/PROVENANCE.md``; licences in
 
 * caudate and putamen per side: AAL2, as shipped in ``models/atlas/mni_2mm.npz``;
 * cortex and cerebral white matter per side: the ICBM 2009a grey and white
-  matter probability maps of the same file (the larger of the two in the brain
-  mask), split at the mid-sagittal plane MNI x = 0; the plane itself is left
+  matter probability maps of the same file (the larger of the two where their
+  sum is at least :data:`TISSUE_MIN_PROBABILITY`), split at the mid-sagittal plane MNI x = 0; the plane itself is left
   unlabelled so that neither hemisphere's reference reaches across the
   interhemispheric fissure;
 * pallidum, thalamus, brain stem and cerebellum: not in the shipped atlas,
@@ -56,6 +56,9 @@ FDOPA_LABELS: dict[str, int] = {
 }
 #: Labels below the tentorium (the infratentorial rule of :mod:`.reference`).
 INFRATENTORIAL = ("brain_stem", "cerebellum_left", "cerebellum_right")
+#: Cortex and white matter need at least this grey + white matter probability:
+#: voxels mostly CSF (sulci, ventricle walls) belong to no reference region.
+TISSUE_MIN_PROBABILITY = 0.5
 #: Pallidum: centre (|x|, y, z) and semi-axes, MNI mm.
 PALLIDUM_CENTRE_MM = (19.0, -4.0, -1.0)
 PALLIDUM_SEMI_AXES_MM = (5.0, 9.5, 6.0)
@@ -127,9 +130,10 @@ def fdopa_atlas_labels(atlas: Atlas) -> np.ndarray:
     left, right = x < -1e-6, x > 1e-6  # RAS x < 0 is the patient's left
     out = np.zeros(atlas.shape_zyx, np.int16)
     cortex = atlas.gm_zyx >= atlas.wm_zyx
+    tissue = brain & (atlas.gm_zyx + atlas.wm_zyx >= TISSUE_MIN_PROBABILITY)
     for side, half in (("left", left), ("right", right)):
-        out[brain & half & cortex] = FDOPA_LABELS[f"cortex_{side}"]
-        out[brain & half & ~cortex] = FDOPA_LABELS[f"white_matter_{side}"]
+        out[tissue & half & cortex] = FDOPA_LABELS[f"cortex_{side}"]
+        out[tissue & half & ~cortex] = FDOPA_LABELS[f"white_matter_{side}"]
     occipital = atlas.labels_zyx == AAL_LABELS["occipital"]
     cerebellum = brain & _cerebellum(x, y, z) & ~occipital
     out[cerebellum & (x <= 0)] = FDOPA_LABELS["cerebellum_left"]

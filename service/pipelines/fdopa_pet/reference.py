@@ -109,18 +109,41 @@ def reference_regions(atlas: AtlasOnPet, candidates_zyx: np.ndarray | None,
         side, rule, midline, infra = _side_rule(atlas, weight * main)
         level_mask = atlas.mask(*_striatum_names(side)) if infra else main
         level = _level(z_mm, level_mask, None if infra else weight)
-    far = _far_from(lesion, spacing)
-    striatum = atlas.mask(*_striatum_names(side))
-    if lesion is not None:
-        striatum &= ~lesion
-    wm = _eroded_white_matter(atlas, side, spacing) & far
-    slab = np.abs(z_mm - level) <= SLAB_MM / 2.0
-    background = atlas.mask(f"cortex_{side}", f"white_matter_{side}") & slab & far
+    box = _box(atlas.labels_zyx > 0, lesion, spacing)
+    sub = AtlasOnPet(atlas.labels_zyx[box], atlas.names, atlas.lateral_mm_zyx[box], 1.0)
+    sub_lesion = None if lesion is None else lesion[box]
+    far = _far_from(sub_lesion, spacing)
+    striatum = sub.mask(*_striatum_names(side))
+    if sub_lesion is not None:
+        striatum &= ~sub_lesion
+    wm = _eroded_white_matter(sub, side, spacing) & far
+    slab = np.abs(z_mm[box] - level) <= SLAB_MM / 2.0
+    background = sub.mask(f"cortex_{side}", f"white_matter_{side}") & slab & far
+    masks = []
     for name, mask in (("striatum", striatum), ("white matter", wm),
                        ("background", background)):
         if not mask.any():
             raise AnalysisError(f"reference region empty: {name} ({side})", "reference_failed")
-    return ReferenceRegions(side, rule, striatum, np.asarray(wm), background, midline, infra)
+        full = np.zeros(atlas.labels_zyx.shape, bool)
+        full[box] = mask
+        masks.append(full)
+    return ReferenceRegions(side, rule, masks[0], masks[1], masks[2], midline, infra)
+
+
+def _box(brain: np.ndarray, lesion: np.ndarray | None, spacing: np.ndarray
+         ) -> tuple[slice, ...]:
+    """Bounding box of the atlas and lesion, padded by :data:`MARGIN_MM` (work is done in it).
+
+    Distances to the lesion are exact inside: every lesion voxel is in the box.
+    """
+    either = brain if lesion is None else brain | lesion
+    if not either.any():
+        raise AnalysisError("reference regions: atlas empty on this grid", "reference_failed")
+    pad = np.ceil(MARGIN_MM / spacing).astype(int) + 1
+    idx = np.argwhere(either)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, either.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def _eroded_white_matter(atlas: AtlasOnPet, side: str, spacing: np.ndarray) -> np.ndarray:
