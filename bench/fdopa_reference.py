@@ -28,6 +28,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import pydicom
 import SimpleITK as sitk
 
 from service.imaging.pet_volume import volume_from_datasets
+from service.imaging.suv import suv_scale
 from service.pipelines.fdopa_pet.reference import (
     load_fdopa_template,
     reference_regions,
@@ -92,6 +94,9 @@ def evaluate_study(site: str, index: int, work: Path) -> dict[str, object]:
     if regions.side == true_side:
         row["striatum_centroid_mm"] = round(float(np.linalg.norm(
             _centroid(regions.striatum_zyx, affine) - _centroid(true_st, affine))), 2)
+    row |= _against_ideal(truth, datasets[0], pet.first_frame_start, volume,
+                          (regions.background_zyx, regions.striatum_zyx,
+                           regions.white_matter_zyx), (true_bg, true_st, true_wm))
     for name, ours, ref, fn in (
             ("background_mean", regions.background_zyx, true_bg, np.mean),
             ("striatum_max", regions.striatum_zyx, true_st, np.max),
@@ -101,11 +106,41 @@ def evaluate_study(site: str, index: int, work: Path) -> dict[str, object]:
     return row
 
 
+def _against_ideal(truth: dict[str, object], header: pydicom.Dataset, first_start: object,
+                   volume: np.ndarray, ours: tuple[np.ndarray, ...],
+                   true_masks: tuple[np.ndarray, ...]) -> dict[str, object]:
+    """SUV in our masks and in the truth masks vs the truth's ideal (noise- and blur-free) values.
+
+    The ideal WM max is ``suvmax / t_n`` (only for studies with a lesion).
+    """
+    scale = suv_scale(header, first_start)  # type: ignore[arg-type]
+    if scale.factor is None:
+        return {}
+    ideal = {"background_mean": truth.get("background_suv_mean"),
+             "striatum_max": truth.get("striatum_suvmax")}
+    if truth.get("t_n"):
+        ideal["white_matter_max"] = float(truth["suvmax"]) / float(truth["t_n"])  # type: ignore[arg-type]
+    out: dict[str, object] = {}
+    fns: dict[str, Callable[[np.ndarray], float]] = {
+        "background_mean": np.mean, "striatum_max": np.max, "white_matter_max": np.max}
+    for i, (name, fn) in enumerate(fns.items()):
+        if ideal.get(name) is None:
+            continue
+        ref = float(ideal[name])  # type: ignore[arg-type]
+        out[f"ideal_{name}_ours"] = round(float(fn(volume[ours[i]])) * scale.factor / ref - 1, 4)
+        out[f"ideal_{name}_truthmask"] = round(
+            float(fn(volume[true_masks[i]])) * scale.factor / ref - 1, 4)
+    return out
+
+
 def summarise(rows: list[dict[str, object]]) -> str:
     """A markdown table per profile and overall."""
     keys = ("register_s", "quality", "striatum_centroid_mm", "dice_background",
             "dice_striatum", "dice_white_matter", "rel_background_mean", "rel_striatum_max",
-            "rel_white_matter_max", "rel_white_matter_mean")
+            "rel_white_matter_max", "rel_white_matter_mean", "ideal_background_mean_ours",
+            "ideal_background_mean_truthmask", "ideal_striatum_max_ours",
+            "ideal_striatum_max_truthmask", "ideal_white_matter_max_ours",
+            "ideal_white_matter_max_truthmask")
     lines = ["| profile | n | side ok | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 3) + "|"]
     groups = sorted({str(r["profile"]) for r in rows}) + ["all"]
@@ -114,7 +149,9 @@ def summarise(rows: list[dict[str, object]]) -> str:
         cells = [g, str(len(sel)), f"{sum(r['side'] == r['true_side'] for r in sel)}/{len(sel)}"]
         for k in keys:
             v = np.array([float(r[k]) for r in sel if k in r])  # type: ignore[arg-type]
-            if k.startswith("rel_"):
+            if not v.size:
+                cells.append("-")
+            elif k.startswith(("rel_", "ideal_")):
                 cells.append(f"{100 * v.mean():+.1f} % (max abs {100 * np.abs(v).max():.1f})")
             elif k in ("register_s", "striatum_centroid_mm"):
                 cells.append(f"{v.mean():.2f} (max {v.max():.2f})" if v.size else "-")
