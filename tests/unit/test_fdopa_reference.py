@@ -141,10 +141,15 @@ def test_registration_recovers_a_known_pose_and_size(
     assert np.abs(atlas.lateral_mm_zyx[brain] - lateral_true[brain]).mean() < 2.0
 
 
-def test_registration_of_an_empty_volume_raises(template: FdopaTemplate) -> None:
-    with pytest.raises(AnalysisError) as err:
-        register_to_template(np.zeros((20, 30, 30), np.float32), np.eye(4), template)
-    assert err.value.code == "registration_failed"
+def test_registration_of_an_empty_volume_or_bad_geometry_raises(template: FdopaTemplate) -> None:
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.5
+    volume = np.ones((20, 30, 30), np.float32)
+    for vol, affine in ((np.zeros((20, 30, 30), np.float32), np.eye(4)), (volume, sheared),
+                        (volume, np.diag([1.0, 0.0, 1.0, 1.0]))):
+        with pytest.raises(AnalysisError) as err:
+            register_to_template(vol, affine, template)
+        assert err.value.code == "registration_failed"
 
 
 def _identity_atlas(template: FdopaTemplate) -> AtlasOnPet:

@@ -123,6 +123,7 @@ def fit_registration(volume_zyx: np.ndarray, affine: np.ndarray,
                      template: FdopaTemplate) -> Registration:
     """The template-to-PET affine transform and its quality (see the module docstring)."""
     t0 = time.perf_counter()
+    _check_geometry(volume_zyx, affine)
     volume = np.nan_to_num(np.asarray(volume_zyx, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     fixed, fixed_mask = _fixed(template)
     moving = _work_image(volume, affine)
@@ -146,6 +147,19 @@ def fit_registration(volume_zyx: np.ndarray, affine: np.ndarray,
         "quality": round(quality, 3), "scales": np.round(scales, 3).tolist(),
         "seconds": round(seconds, 2)}})
     return Registration(result, quality, scales, seconds, tuple(warnings))
+
+
+def _check_geometry(volume_zyx: np.ndarray, affine: np.ndarray) -> None:
+    """A 3-D volume and a finite affine with orthogonal, non-zero axes (else no registration)."""
+    a = np.asarray(affine, float)
+    if np.ndim(volume_zyx) != 3 or a.shape != (4, 4):
+        raise ValueError("volume_zyx must be 3-D and affine (4, 4)")
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    if not np.isfinite(a).all() or spacing.min() <= 0:
+        raise AnalysisError("registration failed: degenerate PET geometry", "registration_failed")
+    cols = a[:3, :3] / spacing
+    if not np.allclose(cols.T @ cols, np.eye(3), atol=1e-4):
+        raise AnalysisError("registration failed: PET axes not orthogonal", "registration_failed")
 
 
 def robust_normalise(volume_zyx: np.ndarray) -> np.ndarray:

@@ -98,17 +98,8 @@ def reference_regions(atlas: AtlasOnPet, candidates_zyx: np.ndarray | None,
     weight = _weights(candidates_zyx, atlas.labels_zyx.shape)
     spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
     z_mm = _axial_mm(atlas.labels_zyx.shape, affine)
-    if weight is None:
-        side: Side = "left"
-        level = _level(z_mm, atlas.mask(*_striatum_names(side)), None)
-        rule, midline, infra, lesion = ("no lesion: left, slab at the striatum's level "
-                                        "(default)"), False, False, None
-    else:
-        lesion = weight > 0
-        main = _main_lesion(weight)
-        side, rule, midline, infra = _side_rule(atlas, weight * main)
-        level_mask = atlas.mask(*_striatum_names(side)) if infra else main
-        level = _level(z_mm, level_mask, None if infra else weight)
+    side, rule, midline, infra, level = _choose_side(atlas, weight, z_mm)
+    lesion = None if weight is None else weight > 0
     box = _box(atlas.labels_zyx > 0, lesion, spacing)
     sub = AtlasOnPet(atlas.labels_zyx[box], atlas.names, atlas.lateral_mm_zyx[box], 1.0)
     sub_lesion = None if lesion is None else lesion[box]
@@ -128,6 +119,20 @@ def reference_regions(atlas: AtlasOnPet, candidates_zyx: np.ndarray | None,
         full[box] = mask
         masks.append(full)
     return ReferenceRegions(side, rule, masks[0], masks[1], masks[2], midline, infra)
+
+
+def _choose_side(atlas: AtlasOnPet, weight: np.ndarray | None, z_mm: np.ndarray
+                 ) -> tuple[Side, str, bool, bool, float]:
+    """(side, rule, midline, infratentorial, slab centre LPS z mm) by the module's rules."""
+    if weight is None:
+        level = _level(z_mm, atlas.mask(*_striatum_names("left")), None)
+        return ("left", "no lesion: left, slab at the striatum's level (default)", False, False,
+                level)
+    main = _main_lesion(weight)
+    side, rule, midline, infra = _side_rule(atlas, weight * main)
+    if infra:
+        return side, rule, midline, infra, _level(z_mm, atlas.mask(*_striatum_names(side)), None)
+    return side, rule, midline, infra, _level(z_mm, main, weight)
 
 
 def _box(brain: np.ndarray, lesion: np.ndarray | None, spacing: np.ndarray
