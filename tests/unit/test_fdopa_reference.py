@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from service.errors import AnalysisError
 from service.imaging.atlas import load_atlas
 from service.pipelines.fdopa_pet.atlas_labels import FDOPA_LABELS, fdopa_atlas_labels
-from service.pipelines.fdopa_pet.normalise import lateral_map_mm
+from service.pipelines.fdopa_pet.normalise import lateral_map_mm, registration_quality
 from service.pipelines.fdopa_pet.reference import (
     MARGIN_MM,
     SLAB_MM,
@@ -139,6 +139,25 @@ def test_registration_recovers_a_known_pose_and_size(
     lateral_true = lateral_map_mm(volume.shape, affine, truth)
     brain = atlas.labels_zyx > 0
     assert np.abs(atlas.lateral_mm_zyx[brain] - lateral_true[brain]).mean() < 2.0
+
+
+def test_quality_ignores_a_hot_tumour_but_not_misalignment(template: FdopaTemplate) -> None:
+    x, y, z = _lps_grid(template)
+    hot = (x + 30) ** 2 + (y - 10) ** 2 + (z - 20) ** 2 < 25.0**2  # 65 mL at 8 x brain
+    image = np.where(hot, 8.0, template.image_zyx).astype(np.float32)
+    moved = FdopaTemplate(image, template.labels_zyx, template.names, template.affine)
+    truth = sitk.AffineTransform(3)
+    truth.SetTranslation((3.0, -4.0, 5.0))
+    volume, affine = _native(moved, truth, hot_lesion=False)
+    scores = {}
+    for name, angle_deg, shift in (("true", 0.0, (3.0, -4.0, 5.0)), ("shift", 0.0, (23.0, -4, 5)),
+                                   ("upside down", 180.0, (3.0, -4.0, 5.0))):
+        guess = sitk.Euler3DTransform()
+        guess.SetRotation(np.deg2rad(angle_deg), 0.0, 0.0)
+        guess.SetTranslation(shift)
+        scores[name] = registration_quality(volume, affine, guess, template)
+    assert scores["true"] > 0.9
+    assert scores["shift"] < 0.4 and scores["upside down"] < 0.4
 
 
 def test_registration_of_an_empty_volume_or_bad_geometry_raises(template: FdopaTemplate) -> None:

@@ -15,7 +15,8 @@ The transform maps template points to PET points (LPS mm), as
 ``SimpleITK.Resample`` of the PET onto the template grid expects; its inverse
 brings the atlas onto the PET. The quality score is the normalised cross
 correlation (NCC) of the normalised, clipped PET resampled onto the template
-grid with the template, inside the template brain, floored at 0.
+grid with the template, inside the template brain, floored at 0; voxels hotter
+than any normal brain (1.15 x the template's maximum: tumour) are left out.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 #: Intensities are divided by the head-outline median and clipped here (a
 #: normal striatum is about 2-2.5 x brain; hotter tumours are clipped to it).
 CLIP_X_HEAD_MEDIAN = 2.5
+#: In the quality score, PET voxels above this x the (normalised) template's
+#: maximum, a normal striatum, are abnormal (tumour) and left out.
+ABNORMAL_X_TEMPLATE_MAX = 1.15
 #: Head outline: above this fraction of the 90th percentile of positive voxels.
 HEAD_FRACTION_OF_P90 = 0.25
 #: Working voxel size (mm) and the pre-smoothing of the PET before it, mm FWHM.
@@ -52,9 +56,10 @@ SCALE_RANGE = (0.75, 1.35)
 #: Fixed-image mask: the template brain dilated by this, mm (keeps the outline).
 MASK_MARGIN_MM = 12.0
 #: Suggested gate for the pipeline: below it the atlas should not be trusted.
-#: Measured (bench/fdopa_reference.py, docs/fdopa_analysis.md "Reference
-#: regions"): simulated scans of all four profiles 0.80-0.90, coarse test
-#: profiles 0.70-0.86, the model template against simulated scans 0.80-0.89.
+#: Measured (docs/fdopa_analysis.md "Reference regions"): 12 simulated studies of
+#: all four profiles 0.76-0.87; the 27 template-build scans 0.78-0.91; the
+#: template moved by a known transform and scored with a wrong one: 0.53 (10 mm
+#: shift), 0.30 (20 mm), 0.27 (upside down), but 0.71 with 15 degrees of pitch.
 QUALITY_GATE = 0.6
 #: First step of the affine optimiser (about mm).
 AFFINE_STEP = 0.25
@@ -170,12 +175,23 @@ def robust_normalise(volume_zyx: np.ndarray) -> np.ndarray:
     AnalysisError
         ``registration_failed`` when there are too few positive voxels for a head.
     """
+    return np.clip(volume_zyx / head_level(volume_zyx), 0.0, CLIP_X_HEAD_MEDIAN).astype(
+        np.float32)
+
+
+def head_level(volume_zyx: np.ndarray) -> float:
+    """Median inside the head outline (:func:`head_mask`), the volume's units.
+
+    Raises
+    ------
+    AnalysisError
+        ``registration_failed`` when there are too few positive voxels for a head.
+    """
     head = head_mask(volume_zyx)
     if head.sum() < 100:
         raise AnalysisError("registration failed: no head found in the volume",
                             "registration_failed")
-    level = float(np.median(volume_zyx[head]))
-    return np.clip(volume_zyx / level, 0.0, CLIP_X_HEAD_MEDIAN).astype(np.float32)
+    return float(np.median(volume_zyx[head]))
 
 
 def head_mask(volume_zyx: np.ndarray) -> np.ndarray:
@@ -298,10 +314,18 @@ def warp_to_template(volume_zyx: np.ndarray, affine: np.ndarray, transform: sitk
 
 def registration_quality(volume_zyx: np.ndarray, affine: np.ndarray, transform: sitk.Transform,
                          template: FdopaTemplate) -> float:
-    """NCC of the normalised, clipped PET and template inside the template brain, [0, 1]."""
-    warped = warp_to_template(robust_normalise(volume_zyx), affine, transform, template)
+    """NCC of the normalised, clipped PET and template inside the template brain, [0, 1].
+
+    Voxels hotter than :data:`ABNORMAL_X_TEMPLATE_MAX` x the template's maximum
+    (no normal brain is; a hot tumour) are left out, so that a large hot
+    tumour does not lower the score of a correct registration.
+    """
+    level = head_level(np.asarray(volume_zyx, np.float32))
+    warped = warp_to_template(np.asarray(volume_zyx, np.float32) / level, affine, transform,
+                              template)
     reference = robust_normalise(np.asarray(template.image_zyx, np.float32))
-    brain = template.brain_zyx
+    brain = template.brain_zyx & (warped <= ABNORMAL_X_TEMPLATE_MAX * float(reference.max()))
+    warped = np.clip(warped, 0.0, CLIP_X_HEAD_MEDIAN)
     a = warped[brain].astype(np.float64)
     b = reference[brain].astype(np.float64)
     a -= a.mean()
