@@ -19,7 +19,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import SimpleITK as sitk
@@ -151,6 +153,9 @@ def load_fdopa_template(path: Path | None = None) -> FdopaTemplate:
     """Load the FDOPA template (the shipped one when ``path`` is None).
 
     The file's SHA-256 is checked against ``<path>.sha256`` when that exists.
+    Loads are cached per path, size and modification time (the arrays are
+    read-only), so repeated calls return the same object and the registration's
+    prepared copy of it is reused.
 
     Raises
     ------
@@ -159,7 +164,13 @@ def load_fdopa_template(path: Path | None = None) -> FdopaTemplate:
     ValueError
         Checksum mismatch, or arrays of inconsistent shape.
     """
-    path = path or default_models_dir() / "fdopa_template" / TEMPLATE_FILE
+    path = (path or default_models_dir() / "fdopa_template" / TEMPLATE_FILE).resolve()
+    stat = path.stat()
+    return _load(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, size: int, mtime_ns: int) -> FdopaTemplate:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     sidecar = Path(f"{path}.sha256")
@@ -175,4 +186,4 @@ def load_fdopa_template(path: Path | None = None) -> FdopaTemplate:
         raise ValueError(f"FDOPA template {path.name}: inconsistent arrays")
     for a in (image, labels, affine):
         a.setflags(write=False)
-    return FdopaTemplate(image, labels, names, affine, digest, provenance)
+    return FdopaTemplate(image, labels, MappingProxyType(names), affine, digest, provenance)
