@@ -243,3 +243,18 @@ def test_masks_follow_the_definitions(template: FdopaTemplate) -> None:
 def test_wrong_grid_raises(template: FdopaTemplate) -> None:
     with pytest.raises(ValueError, match="grid"):
         reference_regions(_identity_atlas(template), np.zeros((3, 3, 3), bool), template.affine)
+
+
+def test_an_implausible_affine_falls_back_to_rigid_with_a_warning(
+        template: FdopaTemplate, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.pipelines.fdopa_pet import normalise
+
+    truth = sitk.AffineTransform(3)
+    truth.SetMatrix(np.diag([0.85, 0.85, 0.85]).ravel().tolist())
+    volume, affine = _native(template, truth, hot_lesion=False)
+    monkeypatch.setattr(normalise, "SCALE_RANGE", (0.95, 1.05))
+    reg = normalise.fit_registration(volume, affine, template)
+    assert reg.warnings and "rigid registration used" in reg.warnings[0]
+    np.testing.assert_allclose(reg.scales, 1.0)
+    assert np.allclose(np.asarray(reg.transform.GetMatrix()).reshape(3, 3) @ np.asarray(
+        reg.transform.GetMatrix()).reshape(3, 3).T, np.eye(3), atol=1e-6)
