@@ -57,7 +57,10 @@ def test_atlas_labels_are_complete_and_on_the_right_side() -> None:
             assert x < -5.0, name
         else:
             assert abs(x) < 3.0, name
-    assert (labels[:, :, 45] == FDOPA_LABELS["cortex_left"]).sum() == 0  # mid-sagittal plane
+    plane = labels[:, :, 45]  # the mid-sagittal plane: no hemisphere's cortex or WM
+    for name in ("cortex_left", "cortex_right", "white_matter_left", "white_matter_right"):
+        assert not (plane == FDOPA_LABELS[name]).any(), name
+    assert ((labels > 0) | ~atlas.brain_zyx).all()  # every brain voxel has a label
 
 
 def test_shipped_template_loads_and_its_checksum_is_checked(

@@ -6,9 +6,12 @@ Sources (``models/atlas/PROVENANCE.md``; licences in
 * caudate and putamen per side: AAL2, as shipped in ``models/atlas/mni_2mm.npz``;
 * cortex and cerebral white matter per side: the ICBM 2009a grey and white
   matter probability maps of the same file (the larger of the two where their
-  sum is at least :data:`TISSUE_MIN_PROBABILITY`), split at the mid-sagittal plane MNI x = 0; the plane itself is left
-  unlabelled so that neither hemisphere's reference reaches across the
-  interhemispheric fissure;
+  sum is at least :data:`TISSUE_MIN_PROBABILITY`), split at the mid-sagittal
+  plane MNI x = 0;
+* ``midline``: brain tissue on that plane itself, so that neither hemisphere's
+  reference reaches across the interhemispheric fissure; ``csf_partial``: the
+  rest of the brain mask (mostly CSF: sulci, ventricle walls). With them every
+  voxel of the brain mask has a label (``labels > 0`` is the brain);
 * pallidum, thalamus, brain stem and cerebellum: not in the shipped atlas,
   so a **geometric construction** in MNI (RAS) millimetres, documented in the
   constants below. Its numbers are approximate anatomy (centres and extents
@@ -53,6 +56,8 @@ FDOPA_LABELS: dict[str, int] = {
     "brain_stem": 13,
     "cerebellum_left": 14,
     "cerebellum_right": 15,
+    "midline": 16,
+    "csf_partial": 17,
 }
 #: Labels below the tentorium (the infratentorial rule of :mod:`.reference`).
 INFRATENTORIAL = ("brain_stem", "cerebellum_left", "cerebellum_right")
@@ -122,18 +127,19 @@ def fdopa_atlas_labels(atlas: Atlas) -> np.ndarray:
     Returns
     -------
     (91, 109, 91) int16 array
-        Values of :data:`FDOPA_LABELS`, 0 outside the brain and on the
-        mid-sagittal plane of the cerebral hemispheres.
+        Values of :data:`FDOPA_LABELS`, 0 outside the brain mask.
     """
     x, y, z = mni_coordinates(atlas)
     brain = atlas.brain_zyx
     left, right = x < -1e-6, x > 1e-6  # RAS x < 0 is the patient's left
     out = np.zeros(atlas.shape_zyx, np.int16)
+    out[brain] = FDOPA_LABELS["csf_partial"]
     cortex = atlas.gm_zyx >= atlas.wm_zyx
     tissue = brain & (atlas.gm_zyx + atlas.wm_zyx >= TISSUE_MIN_PROBABILITY)
     for side, half in (("left", left), ("right", right)):
         out[tissue & half & cortex] = FDOPA_LABELS[f"cortex_{side}"]
         out[tissue & half & ~cortex] = FDOPA_LABELS[f"white_matter_{side}"]
+    out[tissue & ~left & ~right] = FDOPA_LABELS["midline"]
     occipital = atlas.labels_zyx == AAL_LABELS["occipital"]
     cerebellum = brain & _cerebellum(x, y, z) & ~occipital
     out[cerebellum & (x <= 0)] = FDOPA_LABELS["cerebellum_left"]
