@@ -57,9 +57,9 @@ SCALE_RANGE = (0.75, 1.35)
 MASK_MARGIN_MM = 12.0
 #: Suggested gate for the pipeline: below it the atlas should not be trusted.
 #: Measured (docs/fdopa_analysis.md "Reference regions"): 12 simulated studies of
-#: all four profiles 0.76-0.87; the 27 template-build scans 0.78-0.91; the
-#: template moved by a known transform and scored with a wrong one: 0.53 (10 mm
-#: shift), 0.30 (20 mm), 0.27 (upside down), but 0.71 with 15 degrees of pitch.
+#: all four profiles 0.78-0.88; the 27 template-build scans 0.79-0.91; the
+#: template moved by a known transform and scored with a wrong one: 0.54 (10 mm
+#: shift), 0.31 (20 mm), 0.26 (upside down), but 0.72 with 15 degrees of pitch.
 QUALITY_GATE = 0.6
 #: First step of the affine optimiser (about mm).
 AFFINE_STEP = 0.25
