@@ -54,7 +54,9 @@ __all__ = ["FdopaTemplate", "load_fdopa_template", "reference_regions", "registe
 MIDLINE_MM = 5.0
 #: A lesion with at least this share of its weight on each side crosses the midline.
 CROSSING_FRACTION = 0.25
-#: Thickness of the axial slab of the background crescent, mm (PET RANO: 30 mm).
+#: Thickness of the axial slab of the background crescent, mm (issue 12's and the
+#: simulator truth's definition; the crescent's thickness in Unterrainer 2017 was
+#: not verified here).
 SLAB_MM = 30.0
 #: Minimum distance of the background and white-matter VOIs from any candidate voxel, mm.
 MARGIN_MM = 15.0
