@@ -182,6 +182,20 @@ def encode_ds(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+_RADIOPHARMACEUTICAL = "RadiopharmaceuticalInformationSequence"
+
+
+def _tracer(ds: Dataset) -> tuple[Any, ...]:
+    """What the gates read from the Radiopharmaceutical Information Sequence.
+
+    The tracer's code and text; damage elsewhere in the item (the dose, the
+    radionuclide code a DaT gate does not need) leaves the image analysable.
+    """
+    items = ds.get(_RADIOPHARMACEUTICAL) or []
+    return tuple((item.get("Radiopharmaceutical"), item.get("RadiopharmaceuticalCodeSequence"))
+                 for item in items)
+
+
 def byte_damage(original: Dataset, data: bytes) -> str:
     """What a byte-level mutation spoiled: ``""`` when the image and UIDs survived.
 
@@ -196,9 +210,11 @@ def byte_damage(original: Dataset, data: bytes) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parsed = pydicom.dcmread(BytesIO(data), force=True)
-            for keyword in sorted((IMAGE_TAGS | UID_TAGS) - {"PixelData"}):
+            for keyword in sorted((IMAGE_TAGS | UID_TAGS) - {"PixelData", _RADIOPHARMACEUTICAL}):
                 if parsed.get(keyword) != original.get(keyword):
                     return "damaged_" + keyword
+            if _tracer(parsed) != _tracer(original):
+                return "damaged_" + _RADIOPHARMACEUTICAL
             pixels = original.get("PixelData")
             if pixels is not None and len(parsed.get("PixelData") or b"") != len(pixels):
                 return "damaged_PixelData_length"
@@ -256,7 +272,7 @@ class Fuzzer:
             name = rng.choice(self.BYTE_MUTATIONS)
             data = self._mutate_bytes(rng, name, encode_ds(ds))
             spoiled = byte_damage(ds, data)
-            return DatasetCase(index, kind, f"bytes_{name}+{spoiled or 'pixel_values_only'}",
+            return DatasetCase(index, kind, f"bytes_{name}+{spoiled or 'image_and_uids_intact'}",
                                bool(spoiled), data, sop_class, sop_instance, series_uid,
                                context_class)
         name, garbage = rng.choice(self.DATASET_MUTATIONS)
@@ -332,8 +348,11 @@ class Fuzzer:
                 "DS": ["nan", "-0", "1e308", "abc", "0"], "CS": ["", "JUNK", "\x00"],
             }
             choices = table.get(str(elem.VR), [b"\x00", b"\xff" * 3])
+            before = copy.deepcopy(elem.value)
             with suppress(Exception):
                 elem.value = rng.choice(choices)
+            if elem.value == before:  # the value could not be set, or was already that
+                raise ValueError("image_value left the element unchanged")
         elif name == "delete_image":
             delattr(ds, rng.choice(image_tags))
         elif name == "huge_vm_image":

@@ -108,11 +108,13 @@ def test_models_are_inside_the_image_and_checked():
     env = " ".join(args_of("ENV"))
     assert f"DOPANODE_MODELS_DIR={models_dir}" in env, (models_dir, env)
     runs = " ".join(args_of("RUN"))
-    for sidecar in ("dopanode_dat_cnn.onnx.sha256", "mni_2mm.npz.sha256"):
+    for sidecar in ("dopanode_dat_cnn.onnx.sha256", "mni_2mm.npz.sha256",
+                    "fdopa_template_mni2mm.npz.sha256"):
         assert f"sha256sum -c {sidecar}" in runs
     # what those RUN lines check holds for the files in the repository
     for folder, sidecar in [("models", "dopanode_dat_cnn.onnx.sha256"),
-                            ("models/atlas", "mni_2mm.npz.sha256")]:
+                            ("models/atlas", "mni_2mm.npz.sha256"),
+                            ("models/fdopa_template", "fdopa_template_mni2mm.npz.sha256")]:
         ok = subprocess.run(["sha256sum", "-c", sidecar], cwd=REPO_ROOT / folder,
                             capture_output=True, text=True, timeout=30)
         assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -166,7 +168,9 @@ def test_build_context_has_the_runtime_and_models_only():
                    "models/dopanode_dat_cnn.onnx", "models/dopanode_dat_cnn.onnx.sha256",
                    "models/template/fpcit_template_mni2mm.npz",
                    "models/template/calibration.json", "models/template/normals.json",
-                   "models/atlas/mni_2mm.npz", "models/atlas/mni_2mm.npz.sha256"):
+                   "models/atlas/mni_2mm.npz", "models/atlas/mni_2mm.npz.sha256",
+                   "models/fdopa_template/fdopa_template_mni2mm.npz",
+                   "models/fdopa_template/fdopa_template_mni2mm.npz.sha256"):
         assert needed in files, needed
     for path in files:
         assert not path.startswith(("tests/", "bench/", "docs/", ".venv/", "models/training/",
