@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import AnalysisError
 from service.pipelines import registry
 from service.pipelines.fdopa_pet import plugin
 from service.pipelines.fdopa_pet.pipeline import Options
@@ -75,5 +76,5 @@ def test_check_models_threshold_and_missing_model(tmp_path: Path) -> None:
 
 def test_unet_without_its_model_refuses_to_build(tmp_path: Path) -> None:
     settings = FdopaPetSettings(model_path=tmp_path / "none.onnx")
-    with pytest.raises((FileNotFoundError, ValueError, OSError)):
+    with pytest.raises((AnalysisError, FileNotFoundError), match="not found"):
         plugin.build(settings)
