@@ -13,33 +13,22 @@ to share when the header is de-identified.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from service import __version__
 from service.pipelines.dat_spect.render import render_report_rgb
 from service.pipelines.dat_spect.result import StudyResult
 from service.report.evidence import evidence_headers
-from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
-from service.report.uids import derive_uid
-
-logger = logging.getLogger(__name__)
+from service.report.identity import RESEARCH_USE_TEXT
+from service.report.picture import PictureStyle, build_report_image
 
 PICTURE_SERIES_NUMBER = 9902
 PICTURE_SERIES_DESCRIPTION = "dopanode DaT report image - research use, not for diagnosis"
-
-
-def _source_image_sequence(headers: Sequence[Dataset]) -> list[Dataset]:
-    items = []
-    for header in headers:
-        item = Dataset()
-        item.ReferencedSOPClassUID = header.SOPClassUID
-        item.ReferencedSOPInstanceUID = header.SOPInstanceUID
-        items.append(item)
-    return items
+STYLE = PictureStyle(
+    PICTURE_SERIES_NUMBER, PICTURE_SERIES_DESCRIPTION, RESEARCH_USE_TEXT,
+    "dopanode DaT SPECT picture report: axial slab in MNI space, SBR chart, levels")
 
 
 def build_picture_report(
@@ -71,57 +60,5 @@ def build_picture_report(
         Empty or foreign evidence.
     """
     headers = evidence_headers(result.source, evidence)
-    first = headers[0]
-    pixels_rgb = render_report_rgb(result)
-    image = hd.sc.SCImage(
-        pixel_array=pixels_rgb,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        study_instance_uid=first.StudyInstanceUID,
-        series_instance_uid=derive_uid(job_key, result.algorithm, "picture-series"),
-        series_number=PICTURE_SERIES_NUMBER,
-        sop_instance_uid=derive_uid(job_key, result.algorithm, "picture-instance"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        patient_id=first.PatientID,
-        patient_name=first.PatientName,
-        patient_birth_date=first.PatientBirthDate,
-        patient_sex=first.PatientSex,
-        accession_number=first.AccessionNumber,
-        study_id=first.StudyID,
-        study_date=first.StudyDate,
-        study_time=first.StudyTime,
-        referring_physician_name=first.ReferringPhysicianName,
-        patient_orientation=("L", "P"),
-        series_description=PICTURE_SERIES_DESCRIPTION,
-        manufacturer_model_name="dopanode",
-        software_versions=__version__,
-        specific_character_set=first.get("SpecificCharacterSet"),
-    )
-    # A report page has no single patient orientation (Type 2: present, empty).
-    image.PatientOrientation = []
-    # The brain is an unpaired body part, so Laterality (Type 2C) is absent.
-    image.BodyPartExamined = "BRAIN"
-    image.ConversionType = "WSD"
-    image.BurnedInAnnotation = "NO"
-    image.RecognizableVisualFeatures = "NO"
-    image.ImageComments = RESEARCH_USE_TEXT
-    image.DerivationDescription = (
-        "dopanode DaT SPECT picture report: axial slab in MNI space, SBR chart, levels"
-    )
-    image.SourceImageSequence = _source_image_sequence(headers)
-    if created_at is not None:
-        stamp_times(image, created_at)
-    logger.info(
-        "built picture report",
-        extra={
-            "fields": {
-                "event": "picture_built",
-                "sop_instance_uid": str(image.SOPInstanceUID),
-                "rows": int(image.Rows),
-                "columns": int(image.Columns),
-            }
-        },
-    )
-    return image
+    return build_report_image(render_report_rgb(result), headers, job_key, result.algorithm,
+                              STYLE, created_at)

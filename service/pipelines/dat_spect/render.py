@@ -27,6 +27,7 @@ from service.pipelines.dat_spect.result import (
     StudyResult,
 )
 from service.pipelines.dat_spect.verdict import contradiction
+from service.report.picture import figure_rgb
 
 WIDTH_PX = 1280
 HEIGHT_PX = 960
@@ -295,12 +296,7 @@ def render_report_rgb(result: StudyResult) -> np.ndarray:
     (HEIGHT_PX, WIDTH_PX, 3) uint8 array
         RGB, row 0 at the top.
     """
-    fig = render_report_figure(result)
-    canvas = fig.canvas
-    assert isinstance(canvas, FigureCanvasAgg)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return np.ascontiguousarray(rgba[..., :3])
+    return figure_rgb(render_report_figure(result))
 
 
 def render_report_png(result: StudyResult) -> bytes:

@@ -11,34 +11,19 @@ Description and Image Comments.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from service import __version__
 from service.pipelines.fdopa_pet.render import render_report_rgb
 from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.sr import research_statement
 from service.report.evidence import evidence_headers
-from service.report.identity import MANUFACTURER, stamp_times
-from service.report.uids import derive_uid
-
-logger = logging.getLogger(__name__)
+from service.report.picture import PictureStyle, build_report_image
 
 PICTURE_SERIES_NUMBER = 9914
 PICTURE_SERIES_DESCRIPTION = "dopanode FDOPA report image - research use, not for diagnosis"
-
-
-def _source_image_sequence(headers: Sequence[Dataset]) -> list[Dataset]:
-    items = []
-    for header in headers:
-        item = Dataset()
-        item.ReferencedSOPClassUID = header.SOPClassUID
-        item.ReferencedSOPInstanceUID = header.SOPInstanceUID
-        items.append(item)
-    return items
 
 
 def build_picture_report(result: FdopaResult, datasets: Sequence[Dataset], job_key: str,
@@ -67,34 +52,8 @@ def build_picture_report(result: FdopaResult, datasets: Sequence[Dataset], job_k
         Empty or foreign datasets.
     """
     headers = evidence_headers(result.source, datasets)
-    first = headers[0]
-    image = hd.sc.SCImage(
-        pixel_array=render_report_rgb(result), photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT",
-        study_instance_uid=first.StudyInstanceUID,
-        series_instance_uid=derive_uid(job_key, result.algorithm, "picture-series"),
-        series_number=PICTURE_SERIES_NUMBER,
-        sop_instance_uid=derive_uid(job_key, result.algorithm, "picture-instance"),
-        instance_number=1, manufacturer=MANUFACTURER, patient_id=first.PatientID,
-        patient_name=first.PatientName, patient_birth_date=first.PatientBirthDate,
-        patient_sex=first.PatientSex, accession_number=first.AccessionNumber,
-        study_id=first.StudyID, study_date=first.StudyDate, study_time=first.StudyTime,
-        referring_physician_name=first.ReferringPhysicianName, patient_orientation=("L", "P"),
-        series_description=PICTURE_SERIES_DESCRIPTION, manufacturer_model_name="dopanode",
-        software_versions=__version__,
-        specific_character_set=first.get("SpecificCharacterSet"))
-    # A report page has no single patient orientation (Type 2: present, empty).
-    image.PatientOrientation = []
-    image.BodyPartExamined = "BRAIN"
-    image.ConversionType = "WSD"
-    image.BurnedInAnnotation = "NO"
-    image.RecognizableVisualFeatures = "NO"
-    image.ImageComments = research_statement(result)
-    image.DerivationDescription = (
+    style = PictureStyle(
+        PICTURE_SERIES_NUMBER, PICTURE_SERIES_DESCRIPTION, research_statement(result),
         "dopanode FDOPA PET picture report: three planes with outlines, indices, curves")
-    image.SourceImageSequence = _source_image_sequence(headers)
-    stamp_times(image, created_at)
-    logger.info("built picture report", extra={"fields": {
-        "event": "picture_built", "sop_instance_uid": str(image.SOPInstanceUID),
-        "rows": int(image.Rows), "columns": int(image.Columns)}})
-    return image
+    return build_report_image(render_report_rgb(result), headers, job_key, result.algorithm,
+                              style, created_at)

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from service.pipelines.fdopa_pet.result import FdopaResult, LesionMeasures
+from service.report.picture import figure_rgb
 
 WIDTH_PX = 1280
 HEIGHT_PX = 960
@@ -303,11 +304,7 @@ def render_report_rgb(result: FdopaResult) -> np.ndarray:
     (HEIGHT_PX, WIDTH_PX, 3) uint8 array
         RGB, row 0 at the top.
     """
-    fig = render_report_figure(result)
-    canvas = fig.canvas
-    assert isinstance(canvas, FigureCanvasAgg)
-    canvas.draw()
-    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    return figure_rgb(render_report_figure(result))
 
 
 def render_report_png(result: FdopaResult) -> bytes:
