@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -121,3 +124,34 @@ def test_the_contract_round_trips_and_rejects_garbage() -> None:
     for text in ("not json", '{"version": 1, "unknown": 3, "box_shape_zyx": [8, 8, 8]}', "{}"):
         with pytest.raises(ValueError):
             SegContract.from_json(text)
+
+
+@pytest.mark.slow
+def test_simulate_static_is_the_image_the_benchmark_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training data = the PT_STATIC series of the study (same draws, same grid, same labels)."""
+    import pydicom
+
+    from models.fdopa_seg.data import affine_of
+    from service.imaging.pet_volume import volume_from_datasets
+    from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
+    from service.sim.fdopa.study import StudyPlan, simulate_static, simulate_study
+
+    profile = replace(get_pet_profile("philips_vereos_like"), name="test_small",
+                      sim_voxel_mm=4.5, n_views=30, iterations=2, subsets=5, matrix=64,
+                      pixel_mm=3.6, slice_mm=3.6)
+    monkeypatch.setitem(PET_PROFILES, "test_small", profile)
+    plan = StudyPlan("t_00002", "test_small", "hgg", False, seed=91)
+    simulate_study(plan, tmp_path)
+    image, labels, _ = simulate_static(plan)
+    written = volume_from_datasets(
+        [pydicom.dcmread(p) for p in sorted((tmp_path / plan.study_id / "PT_STATIC").glob("*"))])
+    ours = sitk.GetArrayFromImage(image)
+    np.testing.assert_allclose(written.affine, affine_of(image), atol=1e-3)
+    # the series is decay corrected to its start (START), ours to injection: one factor
+    w = written.frames[0].volume_zyx
+    factor = float(np.median(w[ours > 0.2 * ours.max()] / ours[ours > 0.2 * ours.max()]))
+    assert 0.9 < factor <= 1.0
+    np.testing.assert_allclose(w, factor * ours, atol=1e-3 * float(w.max()))
+    truth = sitk.ReadImage(str(tmp_path / plan.study_id / "truth_seg.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(truth), sitk.GetArrayFromImage(labels))
