@@ -144,3 +144,25 @@ def test_the_network_keeps_the_box_shape() -> None:
     with torch.no_grad():
         out = net(torch.zeros(1, 1, 16, 24, 16))
     assert out.shape == (1, 1, 16, 24, 16)
+
+
+def test_the_evaluation_summary(run: Path, tmp_path: Path) -> None:
+    from models.fdopa_seg.evaluate import evaluate_study, evaluation_ids, summarise
+
+    assert [s.index for s in evaluation_ids("site_a", 3)] == [0, 5, 10]
+    assert [s.index for s in evaluation_ids("site_d_unseen", 3)] == [0, 1, 2]
+    onnx_path = tmp_path / "seg.onnx"
+    export_onnx(load_net(run / "best.pt")[0], onnx_path)
+    shape = (30, 60, 60)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-59.0, -59.0, -29.0]
+    image = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    image[3:27, 5:55, 8:52], labels[3:27, 5:55, 8:52] = 1000.0, 3
+    image[12:18, 20:26, 20:26], labels[12:18, 20:26, 20:26] = 3000.0, 2
+    np.savez_compressed(tmp_path / "s.npz", image_zyx=image, labels_zyx=labels, affine=affine)
+    row = evaluate_study(TumourSegmenter(onnx_path), tmp_path / "s.npz")
+    assert row["truth_ml"] == pytest.approx(216 * 0.008) and 0.0 <= row["dice"] <= 1.0
+    summary = summarise([row, {"dice": 0.5, "dice_rano": 0.5, "measurable": True,
+                               "found": True}, {"fp_ml": 0.0}])
+    assert summary["n"] == 3 and summary["dice"]["n"] == 2 and summary["no_tumour_any_fp"] == 0
