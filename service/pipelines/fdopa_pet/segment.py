@@ -42,10 +42,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from service.errors import AnalysisError
+from service.paths import default_models_dir
 from service.pipelines.fdopa_pet.result import SegmentationInfo
 
-#: The shipped ONNX model.
-DEFAULT_MODEL: Path = Path(__file__).resolve().parents[3] / "models" / "dopanode_fdopa_seg.onnx"
+#: The shipped model's file name, in :func:`service.paths.default_models_dir`.
+MODEL_FILE = "dopanode_fdopa_seg.onnx"
+#: The shipped ONNX model (``models/`` or ``$DOPANODE_MODELS_DIR`` at import time).
+DEFAULT_MODEL: Path = default_models_dir() / MODEL_FILE
 #: Metadata key of the preprocessing contract in the ONNX model.
 CONTRACT_METADATA_KEY = "dopanode_fdopa_seg_contract"
 INPUT_NAME = "volume"
