@@ -3,14 +3,16 @@
 Input ``(N, 1, D, H, W)`` normalised boxes or patches
 (:func:`service.pipelines.fdopa_pet.segment.preprocess`), D, H, W divisible
 by 8. Four resolution levels (``width``, 2x, 4x, 8x channels), each two 3x3x3
-convolutions with bias and LeakyReLU; max-pooling down, transposed
+convolutions with batch norm and LeakyReLU; max-pooling down, transposed
 convolution up, skip connections by concatenation; a 1x1x1 convolution gives
 one logit per voxel.
 
-No normalisation layers: the network is trained on patches and applied to
-the whole box, and instance/group statistics would differ between the two;
-without them the network is (away from the borders) translation-equivariant,
-so a patch and the same region of the box give the same output.
+Batch norm, not instance or group norm: the network is trained on patches and
+applied to the whole box, and per-image statistics would differ between the
+two; batch norm uses its running statistics at inference, so a patch and the
+same region of the box see the same normalisation (and the export folds it
+into the convolutions). Without any normalisation the first run collapsed to
+"no tumour anywhere" within 250 steps (probability 0.000 everywhere).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from torch import nn
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.01, inplace=True),
-        nn.Conv3d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.01, inplace=True),
+        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out),
+        nn.LeakyReLU(0.01, inplace=True),
+        nn.Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out),
+        nn.LeakyReLU(0.01, inplace=True),
     )
 
 
@@ -43,8 +47,9 @@ class UNet3d(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
                 nn.init.kaiming_normal_(m.weight, a=0.01, nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)  # type: ignore[arg-type]
-        nn.init.constant_(self.head.bias, -3.0)  # type: ignore[arg-type]  # tumours are rare
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(self.head.bias, -2.0)  # type: ignore[arg-type]  # tumours are rare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

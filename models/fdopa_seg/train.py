@@ -3,7 +3,7 @@
 ::
 
     python -m models.fdopa_seg.train --out .cache/fdopa_seg/run1 \\
-        --data .cache/fdopa_seg/data --steps 6000 --workers 2 --threads 2 \\
+        --data .cache/fdopa_seg/data --steps 4000 --workers 2 --threads 2 \\
         --export models/dopanode_fdopa_seg.onnx
 
 makes the missing training samples (:mod:`models.fdopa_seg.data`), trains
@@ -48,9 +48,9 @@ DEFAULT_SEED = 20261130
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 2
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     width: int = 8
@@ -155,6 +155,8 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        if step % 50 == 0:
+            log.info("step %d loss %.4f", step, float(np.mean(losses[-50:])))
         if step % config.val_every == 0 or step == config.steps:
             record = {"step": step, "loss": float(np.mean(losses)),
                       "seconds": round(time.monotonic() - t0, 1), **validate(net, val_set)}
