@@ -128,6 +128,8 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
     parity = check_parity(net, onnx_path, synthetic_boxes(2, config["seed"]))
     if parity >= PARITY_TOLERANCE:
         raise ValueError(f"torch/onnxruntime parity {parity:.2e} >= {PARITY_TOLERANCE}")
+    command = run / "command.json"  # n_train, n_val, limit_arg of the training command
+    extra = {**(json.loads(command.read_text()) if command.exists() else {}), **(extra or {})}
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()] \
         if (run / "history.jsonl").exists() else []
     fields = {
@@ -143,7 +145,7 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
         "history": "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_dice_mean']:.3f} | "
                              f"{h['val_dice_median']:.3f} | {h['val_fp_ml_no_tumour']:.2f} |"
                              for h in history),
-        **(extra or {}),
+        "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?", **extra,
     }
     write_card(card or onnx_path.with_suffix(".card.md"), fields)
     return fields
@@ -157,11 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.fdopa_seg.export")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("models/dopanode_fdopa_seg.onnx"))
-    p.add_argument("--n-train", default="?")
-    p.add_argument("--n-val", default="?")
+    p.add_argument("--command-seconds", default="not measured (exported while training ran)")
     a = p.parse_args(argv)
-    fields = export_run(a.run, a.out, {"n_train": a.n_train, "n_val": a.n_val,
-                                       "command_seconds": "?"})
+    fields = export_run(a.run, a.out, {"command_seconds": a.command_seconds})
     print(json.dumps({k: v for k, v in fields.items() if k != "history"}, indent=1))
 
 

@@ -210,13 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     log.info("samples ready: %d train, %d val (%.0f s)", len(ids["train"]), len(ids["val"]),
              time.monotonic() - t0)
     sets = {k: load_samples(a.data, v, a.workers) for k, v in ids.items()}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "command.json").write_text(json.dumps({
+        "limit_arg": f"--limit {a.limit} " if a.limit else "", "n_train": len(ids["train"]),
+        "n_val": len(ids["val"])}) + "\n")
     best = train(config, sets["train"], sets["val"], a.out)
     log.info("best: %s", best)
     if a.export is not None:
         from models.fdopa_seg.export import export_run
 
-        export_run(a.out, a.export, {"n_train": len(ids["train"]), "n_val": len(ids["val"]),
-                                     "command_seconds": round(time.monotonic() - t0)})
+        export_run(a.out, a.export, {"command_seconds": round(time.monotonic() - t0)})
 
 
 if __name__ == "__main__":

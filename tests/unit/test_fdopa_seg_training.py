@@ -93,7 +93,8 @@ def test_training_writes_history_checkpoints_and_resumes_to_the_same_weights(
 
 def test_export_parity_and_the_segmenter_round_trip(run: Path, tmp_path: Path) -> None:
     onnx_path = tmp_path / "seg.onnx"
-    fields = export_run(run, onnx_path, {"n_train": 2, "n_val": 1, "command_seconds": 0})
+    fields = export_run(run, onnx_path, {"n_train": 2, "n_val": 1, "command_seconds": 0,
+                                              "limit_arg": "--limit 1 "})
     assert float(fields["parity"]) < 1e-4
     card = onnx_path.with_suffix(".card.md").read_text()
     assert "not for diagnosis" in card and "SIMULATED" in card and fields["sha256"] in card
