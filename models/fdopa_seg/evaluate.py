@@ -92,6 +92,44 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+CARD_BEGIN = "<!-- evaluation: begin -->"
+CARD_END = "<!-- evaluation: end -->"
+
+
+def card_section(report: dict[str, Any], sites: Sequence[str], limit: int | None) -> str:
+    """The evaluation table for the model card (between :data:`CARD_BEGIN` and :data:`CARD_END`)."""
+    lines = [CARD_BEGIN, "",
+             "`python -m models.fdopa_seg.evaluate` (native grid, through `TumourSegmenter`; "
+             f"{'first ' + str(limit) + ' test studies per site' if limit else 'all test studies'}"
+             "; simulated data, not patients):", "",
+             "| site | studies | with PET-active tumour | Dice median (IQR) | Dice mean +- SD "
+             "| Dice, >= 1.6 x true background | measurable found | no-tumour studies with "
+             "any candidate |", "|---|---|---|---|---|---|---|---|"]
+    for site in sites:
+        m = report[site]["summary"]
+        d, r = m.get("dice", {}), m.get("dice_rano", {})
+        lines.append(
+            f"| {site} | {m['n']} | {d.get('n', 0)} | "
+            + (f"{d['median']:.3f} ({d['iqr'][0]:.3f}-{d['iqr'][1]:.3f}) | "
+               f"{d['mean']:.3f} +- {d['sd']:.3f} | {r['median']:.3f} (median) | " if d
+               else "- | - | - | ")
+            + (f"{m['measurable_found']:.0%} of {m['n_measurable']} | " if "n_measurable" in m
+               else "- | ")
+            + (f"{m['no_tumour_any_fp']:.0%} |" if "no_tumour_any_fp" in m else "- |"))
+    return "\n".join([*lines, "", CARD_END])
+
+
+def update_card(card: Path, section: str) -> None:
+    """Replace (or append) the evaluation section of a model card."""
+    text = card.read_text()
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + section + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Evaluation\n\n" + section + "\n"
+    card.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
 
@@ -102,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--card", type=Path, default=None, help="model card to put the table in")
     a = p.parse_args(argv)
     segmenter = TumourSegmenter(a.model)
     report: dict[str, Any] = {"model": segmenter.info.model_name,
@@ -114,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         print(site, json.dumps(report[site]["summary"]))
     if a.json is not None:
         a.json.write_text(json.dumps(report, indent=1) + "\n")
+    if a.card is not None:
+        update_card(a.card, card_section(report, a.site, a.limit))
 
 
 if __name__ == "__main__":

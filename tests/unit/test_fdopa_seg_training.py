@@ -148,7 +148,13 @@ def test_the_network_keeps_the_box_shape() -> None:
 
 
 def test_the_evaluation_summary(run: Path, tmp_path: Path) -> None:
-    from models.fdopa_seg.evaluate import evaluate_study, evaluation_ids, summarise
+    from models.fdopa_seg.evaluate import (
+        card_section,
+        evaluate_study,
+        evaluation_ids,
+        summarise,
+        update_card,
+    )
 
     assert [s.index for s in evaluation_ids("site_a", 3)] == [0, 5, 10]
     assert [s.index for s in evaluation_ids("site_d_unseen", 3)] == [0, 1, 2]
@@ -167,3 +173,9 @@ def test_the_evaluation_summary(run: Path, tmp_path: Path) -> None:
     summary = summarise([row, {"dice": 0.5, "dice_rano": 0.5, "measurable": True,
                                "found": True}, {"fp_ml": 0.0}])
     assert summary["n"] == 3 and summary["dice"]["n"] == 2 and summary["no_tumour_any_fp"] == 0
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    for _ in range(2):  # replaced, not appended twice
+        update_card(card, card_section({"site_a": {"summary": summary}}, ["site_a"], 12))
+    text = card.read_text()
+    assert text.count("## Evaluation") == 1 and "| site_a | 3 | 2 |" in text
