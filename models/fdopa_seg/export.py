@@ -132,11 +132,14 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
     extra = {**(json.loads(command.read_text()) if command.exists() else {}), **(extra or {})}
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()] \
         if (run / "history.jsonl").exists() else []
+    done = history[-1]["step"] if history else record["step"]
+    status = ("Final: the run is complete." if done >= config["steps"] else
+              f"PRELIMINARY: exported at step {done} of {config['steps']} while training ran.")
     fields = {
-        "name": onnx_path.stem, "sha256": sha, "size_mb": f"{onnx_path.stat().st_size / 1e6:.1f}",
+        "status": status, "name": onnx_path.stem, "sha256": sha, "size_mb": f"{onnx_path.stat().st_size / 1e6:.1f}",
         "parameters": n_parameters(net), "width": config["width"], "seed": config["seed"],
         "steps_planned": config["steps"], "step": record["step"],
-        "steps_done": history[-1]["step"] if history else record["step"],
+        "steps_done": done,
         "val_dice_mean": _fmt(record.get("val_dice_mean")),
         "val_dice_median": _fmt(record.get("val_dice_median")),
         "val_fp_ml": _fmt(record.get("val_fp_ml_no_tumour")),

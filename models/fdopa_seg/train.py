@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.export is not None:
         from models.fdopa_seg.export import export_run
 
-        export_run(a.out, a.export, {"command_seconds": round(time.monotonic() - t0)})
+        export_run(a.out, a.export, {"command_seconds": f"{time.monotonic() - t0:.0f} s"})
 
 
 if __name__ == "__main__":
