@@ -101,16 +101,28 @@ def _label_image(masks: dict[str, np.ndarray]) -> np.ndarray:
     return labels
 
 
-def simulate_study(
-    plan: StudyPlan, out_dir: Path, extra: dict[str, object] | None = None
-) -> dict[str, object]:
-    """Simulate, write and return the truth row of ``plan`` under ``out_dir/plan.study_id``.
+@dataclass(frozen=True, eq=False)
+class _StaticAcquisition:
+    spec: SubjectSpec
+    profile: PetProfile
+    maps: SubjectMaps
+    scanner: PetScanner
+    values: dict[str, object]
+    masks: dict[str, np.ndarray]
+    recons: list[np.ndarray]
+    counts: int
+    start_s: float
+    duration_s: float
+    noise_seeds: np.ndarray
 
-    ``extra`` fields (e.g. site and role) are added to the truth row. The
-    truth file is written last and atomically: its presence marks the study
-    as complete.
+
+def _static_acquisition(plan: StudyPlan, corrections: tuple[bool, ...]) -> _StaticAcquisition:
+    """Subject, truth and the static frame reconstructed per ``corrections`` (True: AC).
+
+    The random draws are those of :func:`simulate_study` whatever ``corrections``
+    is (the non-AC reconstruction consumes no random numbers), so the AC image of
+    :func:`simulate_static` is the one the benchmark writes.
     """
-    t0 = time.process_time()
     rng = np.random.default_rng(plan.seed)
     spec = sample_subject(rng, plan.tumour_class, plan.paediatric)
     noise_seeds = rng.integers(2**63, size=4)
@@ -124,8 +136,50 @@ def simulate_study(
     values, masks = static_truth(sm, static, scale, activity_bqml(sm, spec, own))
     scanner = PetScanner(p, sm)
     start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
-    (ac, nac), counts = scanner.frames(static, start_s, dur_s,
-                                       np.random.default_rng(noise_seeds[0]))
+    recons, counts = scanner.frames(static, start_s, dur_s,
+                                    np.random.default_rng(noise_seeds[0]), corrections)
+    return _StaticAcquisition(spec, p, sm, scanner, values, masks, recons, counts, start_s,
+                              dur_s, noise_seeds)
+
+
+def simulate_static(plan: StudyPlan) -> tuple[sitk.Image, sitk.Image, dict[str, object]]:
+    """Only the attenuation-corrected static image and its truth labels (training data).
+
+    Nothing is written: no NAC, CT, dynamic series, FLAIR or DICOM. The image
+    is the one :func:`simulate_study` writes as ``PT_STATIC`` (Bq/mL, decay
+    corrected to injection, before DICOM encoding), on the profile's output grid.
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        float32 AC static PET on the output grid (LPS; origin, spacing and
+        direction set).
+    labels : SimpleITK.Image
+        uint8 truth labels on the same grid (:data:`TRUTH_LABELS`).
+    values : dict
+        The truth values of the study (as in ``truth.json``, without plan fields).
+    """
+    st = _static_acquisition(plan, (True,))
+    image = to_output(st.recons[0], st.maps.grid, st.profile)
+    labels = to_output(_label_image(st.masks), st.maps.grid, st.profile, nearest=True)
+    labels = sitk.Cast(labels, sitk.sitkUInt8)
+    return image, labels, dict(st.values)
+
+
+def simulate_study(
+    plan: StudyPlan, out_dir: Path, extra: dict[str, object] | None = None
+) -> dict[str, object]:
+    """Simulate, write and return the truth row of ``plan`` under ``out_dir/plan.study_id``.
+
+    ``extra`` fields (e.g. site and role) are added to the truth row. The
+    truth file is written last and atomically: its presence marks the study
+    as complete.
+    """
+    t0 = time.process_time()
+    st = _static_acquisition(plan, (True, False))
+    spec, p, sm, masks, scanner = st.spec, st.profile, st.maps, st.masks, st.scanner
+    (ac, nac), counts = st.recons, st.counts
+    start_s, dur_s, values, noise_seeds = st.start_s, st.duration_s, st.values, st.noise_seeds
     study_dir = out_dir / plan.study_id
     _write_static(plan, spec, p, sm, ac, nac, start_s, dur_s, study_dir)
     if p.attenuation_map == "ct":

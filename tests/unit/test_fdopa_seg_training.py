@@ -1,0 +1,181 @@
+"""A tiny training run of the FDOPA tumour U-Net, resume, export, parity and serving."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from models.fdopa_seg.augment import AugmentConfig, make_patch  # noqa: E402
+from models.fdopa_seg.data import Sample, split_of  # noqa: E402
+from models.fdopa_seg.export import export_onnx, export_run  # noqa: E402
+from models.fdopa_seg.network import UNet3d  # noqa: E402
+from models.fdopa_seg.train import TrainConfig, load_net, train  # noqa: E402
+from service.errors import AnalysisError  # noqa: E402
+from service.inference.manifest import sidecar_path  # noqa: E402
+from service.pipelines.fdopa_pet.segment import (  # noqa: E402
+    CONTRACT,
+    SegContract,
+    TumourSegmenter,
+)
+
+pytestmark = pytest.mark.slow
+
+CONFIG = TrainConfig(steps=4, width=2, checkpoint_every=2, val_every=2, threads=1,
+                     augment=AugmentConfig(patch_zyx=(16, 16, 16)))
+
+
+def _sample(seed: int) -> Sample:
+    """A box with brain level 1 and one hot sphere (the target)."""
+    rng = np.random.default_rng(seed)
+    shape = CONTRACT.box_shape_zyx
+    z, y, x = np.indices(shape)
+    image = np.zeros(shape, np.float32)
+    image[8:72, 10:86, 12:68] = 1.0
+    centre = rng.integers([20, 25, 25], [60, 70, 55])
+    target = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= 16
+    image[target] = 3.0
+    image += rng.normal(0, 0.05, shape).astype(np.float32)
+    mask = target.astype(np.uint8)
+    return Sample(f"synthetic_{seed}", image, mask, mask)
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    return [_sample(s) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def run(samples: list[Sample], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(CONFIG, samples[:2], samples[2:], out)
+    return out
+
+
+def test_splits_keep_the_benchmark_test_indices_out() -> None:
+    assert [split_of(i) for i in (0, 5, 3, 23, 1, 4)] == [
+        "test", "test", "val", "val", "train", "train"]
+
+
+def test_patches_are_aligned_and_biased_to_the_tumour(samples: list[Sample]) -> None:
+    gen = torch.Generator().manual_seed(1)
+    config = replace(CONFIG.augment, tumour_bias=1.0, blur_sigma_max_vox=0.0, noise_max=0.0,
+                     gamma_range=(1.0, 1.0), intensity_range=(1.0, 1.0))
+    for _ in range(4):
+        x, y = make_patch(samples[0].image_zyx, samples[0].target_zyx, config, gen)
+        assert x.shape == y.shape == (1, 16, 16, 16)
+        assert y.sum() > 0  # centred on a tumour voxel
+        assert float(x[y > 0].mean()) > 2.0 > float(x[y == 0].mean())
+
+
+def test_training_writes_history_checkpoints_and_resumes_to_the_same_weights(
+        run: Path, samples: list[Sample], tmp_path: Path) -> None:
+    lines = (run / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and (run / "best.pt").exists()
+    full, _ = load_net(run / "checkpoint.pt")
+    # a run stopped after 2 steps and started again with the same command
+    partial = tmp_path / "partial"
+    train(replace(CONFIG, steps=2), samples[:2], samples[2:], partial)
+    state = torch.load(partial / "checkpoint.pt", weights_only=False)
+    state["config"]["steps"] = CONFIG.steps
+    torch.save(state, partial / "checkpoint.pt")
+    train(CONFIG, samples[:2], samples[2:], partial)
+    resumed, _ = load_net(partial / "checkpoint.pt")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_export_parity_and_the_segmenter_round_trip(run: Path, tmp_path: Path) -> None:
+    onnx_path = tmp_path / "seg.onnx"
+    fields = export_run(run, onnx_path, {"n_train": 2, "n_val": 1, "command_seconds": 0,
+                                              "limit_arg": "--limit 1 "})
+    assert float(fields["parity"]) < 1e-4
+    card = onnx_path.with_suffix(".card.md").read_text()
+    assert "not for diagnosis" in card and "SIMULATED" in card and fields["sha256"] in card
+    seg = TumourSegmenter(onnx_path)
+    assert seg.info.method == "unet" and seg.info.model_sha256 == fields["sha256"]
+    assert seg.info.model_name == "seg"
+    # a native volume on an anisotropic grid: probability on that grid
+    shape = (40, 100, 100)
+    affine = np.diag([3.0, 1.9, 1.9, 1.0])
+    affine[:3, 3] = [-95.0, -95.0, -60.0]
+    vol = np.zeros(shape, np.float32)
+    vol[5:35, 15:85, 20:80] = 4000.0
+    prob = seg.segment(vol, affine)
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert 0.0 <= float(prob.min()) and float(prob.max()) <= 1.0
+    net, _ = load_net(run / "best.pt")
+    box = np.random.default_rng(3).random(CONTRACT.box_shape_zyx).astype(np.float32)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(box)[None, None]))[0, 0].numpy()
+    assert float(np.abs(ref - seg.predict_box(box)).max()) < 1e-4
+
+
+def test_a_wrong_checksum_or_contract_is_refused(run: Path, tmp_path: Path) -> None:
+    net, _ = load_net(run / "best.pt")
+    good = tmp_path / "good.onnx"
+    sha = export_onnx(net, good)
+    with pytest.raises(AnalysisError) as err:
+        TumourSegmenter(good, expected_sha256="0" * 64)
+    assert err.value.code == "model_checksum_mismatch"
+    tampered = tmp_path / "tampered.onnx"
+    shutil.copy(good, tampered)
+    sidecar_path(tampered).write_text(sha + "\n")
+    with tampered.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(AnalysisError) as err:
+        TumourSegmenter(tampered)
+    assert err.value.code == "model_checksum_mismatch"
+    other = tmp_path / "other.onnx"
+    export_onnx(net, other, SegContract(brain_fraction=0.4))
+    with pytest.raises(AnalysisError) as err:
+        TumourSegmenter(other)
+    assert err.value.code == "model_contract" and "contract" in err.value.reason
+    assert TumourSegmenter(good).info.model_sha256 == sha
+
+
+def test_the_network_keeps_the_box_shape() -> None:
+    net = UNet3d(width=2)
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, 16, 24, 16))
+    assert out.shape == (1, 1, 16, 24, 16)
+
+
+def test_the_evaluation_summary(run: Path, tmp_path: Path) -> None:
+    from models.fdopa_seg.evaluate import (
+        card_section,
+        evaluate_study,
+        evaluation_ids,
+        summarise,
+        update_card,
+    )
+
+    assert [s.index for s in evaluation_ids("site_a", 3)] == [0, 5, 10]
+    assert [s.index for s in evaluation_ids("site_d_unseen", 3)] == [0, 1, 2]
+    onnx_path = tmp_path / "seg.onnx"
+    export_onnx(load_net(run / "best.pt")[0], onnx_path)
+    shape = (30, 60, 60)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-59.0, -59.0, -29.0]
+    image = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    image[3:27, 5:55, 8:52], labels[3:27, 5:55, 8:52] = 1000.0, 3
+    image[12:18, 20:26, 20:26], labels[12:18, 20:26, 20:26] = 3000.0, 2
+    np.savez_compressed(tmp_path / "s.npz", image_zyx=image, labels_zyx=labels, affine=affine)
+    row = evaluate_study(TumourSegmenter(onnx_path), tmp_path / "s.npz")
+    assert row["truth_ml"] == pytest.approx(216 * 0.008) and 0.0 <= row["dice"] <= 1.0
+    summary = summarise([row, {"dice": 0.5, "dice_rano": 0.5, "measurable": True,
+                               "found": True}, {"fp_ml": 0.0}])
+    assert summary["n"] == 3 and summary["dice"]["n"] == 2 and summary["no_tumour_any_fp"] == 0
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    for _ in range(2):  # replaced, not appended twice
+        update_card(card, card_section({"site_a": {"summary": summary}}, ["site_a"], 12))
+    text = card.read_text()
+    assert text.count("## Evaluation") == 1 and "| site_a | 3 | 2 |" in text
