@@ -17,7 +17,6 @@ models/dopanode_fdopa_seg.onnx`` exports the run's best step at any time
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from models.fdopa_seg.network import ProbabilityModel, UNet3d, n_parameters
-from service.inference.manifest import sidecar_path
+from models.training.export import finish_onnx
 from service.pipelines.fdopa_pet.segment import (
     CONTRACT,
     CONTRACT_METADATA_KEY,
@@ -46,8 +45,6 @@ CARD_TEMPLATE = Path(__file__).with_name("CARD_TEMPLATE.md")
 def export_onnx(net: UNet3d, path: Path, contract: SegContract = CONTRACT,
                 metadata: dict[str, str] | None = None) -> str:
     """Write ``net`` (with a sigmoid) as ONNX to ``path`` and its sidecar; returns the SHA-256."""
-    import onnx
-
     model = ProbabilityModel(net).eval()
     dummy = torch.zeros((1, 1, *contract.box_shape_zyx), dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,22 +54,10 @@ def export_onnx(net: UNet3d, path: Path, contract: SegContract = CONTRACT,
         torch.onnx.export(model, (dummy,), str(raw), opset_version=OPSET, dynamo=False,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    try:
-        proto = onnx.load(str(raw))
-    finally:
-        raw.unlink(missing_ok=True)
     props = {CONTRACT_METADATA_KEY: contract.to_json(),
              "dopanode_use": "research use only, not for diagnosis; trained on simulated data",
              **(metadata or {})}
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    path.write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    sidecar_path(path).write_text(f"{digest}  {path.name}\n", encoding="ascii")
-    return digest
+    return finish_onnx(raw, path, props)
 
 
 def check_parity(net: UNet3d, onnx_path: Path, boxes: Sequence[np.ndarray]) -> float:

@@ -46,8 +46,6 @@ def export_onnx(net: StriatumNet, contract: PreprocessContract, path: Path,
     ValueError
         When the network's input shape is not the contract's box.
     """
-    import onnx
-
     if tuple(net.input_shape_zyx) != contract.box_shape_zyx:
         raise ValueError(f"network input {net.input_shape_zyx} != contract box "
                          f"{contract.box_shape_zyx}")
@@ -63,12 +61,23 @@ def export_onnx(net: StriatumNet, contract: PreprocessContract, path: Path,
                           output_names=[OUTPUT_NAME, GLOBAL_OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"},
                                         GLOBAL_OUTPUT_NAME: {0: "batch"}})
+    props = {CONTRACT_METADATA_KEY: contract.to_json(),
+             REGIONS_METADATA_KEY: ",".join(r.value for r in REGIONS), **(metadata or {})}
+    return finish_onnx(raw, path, props)
+
+
+def finish_onnx(raw: Path, path: Path, props: dict[str, str]) -> str:
+    """Add ``props`` as ONNX metadata to the exported ``raw`` file, check it, write ``path``.
+
+    ``raw`` (the exporter's temporary output) is removed; the sidecar checksum
+    file is written beside ``path``. Returns the SHA-256 of ``path``.
+    """
+    import onnx
+
     try:
         proto = onnx.load(str(raw))
     finally:
         raw.unlink(missing_ok=True)
-    props = {CONTRACT_METADATA_KEY: contract.to_json(),
-             REGIONS_METADATA_KEY: ",".join(r.value for r in REGIONS), **(metadata or {})}
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
