@@ -42,14 +42,17 @@ from highdicom.sr.enum import RelationshipTypeValues
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from service import __version__
 from service.errors import AnalysisError
 from service.pipelines.base import OutputRef
 from service.pipelines.dat_spect import codes
 from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
 from service.report.evidence import evidence_headers
-from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
-from service.report.sr_common import mark_separate, observation_context, reference_dataset
+from service.report.identity import RESEARCH_USE_TEXT, stamp_times
+from service.report.sr_common import (
+    mark_separate,
+    observation_context,
+    sr_document_arguments,
+)
 from service.report.uids import derive_uid
 
 __all__ = ["build_sr", "mark_separate", "observation_context", "private_coding_scheme"]
@@ -322,19 +325,8 @@ def build_sr(
     sr = hd.sr.ComprehensiveSR(
         evidence=headers,
         content=build_measurement_report(result, job_key),
-        series_instance_uid=derive_uid(job_key, result.algorithm, "sr-series"),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derive_uid(job_key, result.algorithm, "sr-instance"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name="dopanode",
-        software_versions=__version__,
-        coding_schemes=[private_coding_scheme()],
-        previous_versions=[reference_dataset(p) for p in previous] or None,
+        **sr_document_arguments(job_key, result.algorithm, SR_SERIES_NUMBER,
+                                SR_SERIES_DESCRIPTION, private_coding_scheme(), previous),
     )
     if created_at is not None:
         stamp_times(sr, created_at)

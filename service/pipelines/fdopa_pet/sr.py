@@ -47,15 +47,17 @@ from highdicom.sr import (
 from highdicom.sr.enum import RelationshipTypeValues
 from pydicom.dataset import Dataset
 
-from service import __version__
 from service.pipelines.base import OutputRef
 from service.pipelines.fdopa_pet import report_codes as rc
 from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.sr_content import all_groups, value
 from service.report.evidence import evidence_headers
-from service.report.identity import MANUFACTURER, RESEARCH_USE_TEXT, stamp_times
-from service.report.sr_common import mark_separate, observation_context, reference_dataset
-from service.report.uids import derive_uid
+from service.report.identity import RESEARCH_USE_TEXT, stamp_times
+from service.report.sr_common import (
+    mark_separate,
+    observation_context,
+    sr_document_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,19 +205,8 @@ def build_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*headers, seg],
         content=build_measurement_report(result, seg, job_key),
-        series_instance_uid=derive_uid(job_key, result.algorithm, "sr-series"),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derive_uid(job_key, result.algorithm, "sr-instance"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name="dopanode",
-        software_versions=__version__,
-        coding_schemes=[private_coding_scheme()],
-        previous_versions=[reference_dataset(p) for p in previous_srs] or None,
+        **sr_document_arguments(job_key, result.algorithm, SR_SERIES_NUMBER,
+                                SR_SERIES_DESCRIPTION, private_coding_scheme(), previous_srs),
     )
     stamp_times(sr, created_at)
     logger.info("built SR", extra={"fields": {
