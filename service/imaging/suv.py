@@ -125,7 +125,8 @@ def scan_start(header: Dataset, earliest_acquisition: dt.datetime | None
     return acquired, "acquisition time (post-processed series)"
 
 
-def _administration(item: Dataset, header: Dataset) -> dt.datetime | None:
+def administration_datetime(item: Dataset, header: Dataset) -> dt.datetime | None:
+    """Radiopharmaceutical Start DateTime of ``item``, else Series Date + Radiopharmaceutical Start Time."""
     if item.get("RadiopharmaceuticalStartDateTime"):
         return parse_datetime(str(item.RadiopharmaceuticalStartDateTime))
     time = item.get("RadiopharmaceuticalStartTime")
@@ -149,7 +150,7 @@ def _decayed_dose(header: Dataset, earliest: dt.datetime | None) -> tuple[float 
     half_life = _positive(item.get("RadionuclideHalfLife"))
     if half_life is None:
         return None, "no Radionuclide Half Life"
-    administered = _administration(item, header)
+    administered = administration_datetime(item, header)
     if administered is None:
         return None, "no Radiopharmaceutical Start Time"
     start, source = scan_start(header, earliest)

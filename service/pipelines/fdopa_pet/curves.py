@@ -44,9 +44,9 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from service.errors import AnalysisError
-from service.imaging.pet_header import parse_datetime, series_attributes
+from service.imaging.pet_header import series_attributes
 from service.imaging.pet_volume import PetVolume
-from service.imaging.suv import SuvScale
+from service.imaging.suv import SuvScale, administration_datetime
 from service.pipelines.fdopa_pet.kinetics import (
     DynamicResult,
     analyse_dynamic,
@@ -65,11 +65,7 @@ def injection_datetime(header: Dataset) -> dt.datetime | None:
     items = header.get("RadiopharmaceuticalInformationSequence") or []
     if not items:
         return None
-    item = items[0]
-    if item.get("RadiopharmaceuticalStartDateTime"):
-        return parse_datetime(str(item.RadiopharmaceuticalStartDateTime))
-    time = item.get("RadiopharmaceuticalStartTime")
-    return parse_datetime(f"{header.get('SeriesDate', '')}{time}") if time else None
+    return administration_datetime(items[0], header)
 
 
 def same_grid(a: PetVolume, b: PetVolume) -> bool:
