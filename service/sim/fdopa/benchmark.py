@@ -151,10 +151,30 @@ def _run(args: tuple[FdopaSite, int, Path]) -> float:
     return time.monotonic() - t0
 
 
-def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2) -> Path:
+SPLITS = ("all", "test")
+
+
+def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None) -> list[int]:
+    """The study indices of ``site`` in ``split``, at most ``limit`` of them.
+
+    ``test`` is the held-out evaluation split: ``index % 5 == 0`` of a training
+    site, every study of the unseen site. Training code never draws from it
+    (``models/fdopa_seg/data.py`` uses the same rule).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    indices = list(range(site.n_studies))
+    if split == "test" and site.role == "train_test":
+        indices = [i for i in indices if i % 5 == 0]
+    return indices[:limit] if limit is not None else indices
+
+
+def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str = "all",
+             limit: int | None = None) -> Path:
     """Generate (or finish) ``sites`` under ``out_dir``; returns the manifest path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(s, i, out_dir) for s in sites for i in range(s.n_studies) if not is_done(out_dir, s, i)]
+    tasks = [(s, i, out_dir) for s in sites for i in study_indices(s, split, limit)
+             if not is_done(out_dir, s, i)]
     if workers <= 1:
         import torch
 

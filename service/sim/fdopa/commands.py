@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -15,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("out", type=Path)
     gen.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
     gen.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
+    gen.add_argument("--split", choices=("all", "test"), default="all",
+                     help="test: only the held-out studies (index %% 5 == 0 of the training "
+                          "sites, every study of the unseen site)")
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=run_generate)
     sim = sub.add_parser("simulate", help="ad-hoc FDOPA studies of one scanner profile")
@@ -45,9 +47,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be at least 1")
-    sites = [replace(SITES[n], n_studies=min(SITES[n].n_studies, args.limit or 10**9))
-             for n in names]
-    print(f"manifest {generate(sites, args.out, workers=args.workers)}")
+    sites = [SITES[n] for n in names]
+    print(f"manifest {generate(sites, args.out, workers=args.workers, split=args.split, limit=args.limit)}")
     return 0
 
 
