@@ -56,16 +56,20 @@ def _registered(profile: PetProfile, schedule: FrameSchedule) -> Iterator[None]:
 
 
 def small_study(out_dir: Path, preset: Literal["fine", "coarse"] = "fine", seed: int = SEED,
-                tumour_class: str = "hgg", dynamic: bool = True) -> tuple[Path, dict[str, Any]]:
+                tumour_class: str = "hgg", dynamic: bool = True, flair: str | None = None,
+                flair_enhanced: bool = False) -> tuple[Path, dict[str, Any]]:
     """Simulate (or reuse) one study under ``out_dir``; its folder and truth row.
 
     The folder holds ``PT_STATIC``, ``PT_NAC``, ``CT_AC``, ``PT_DYNAMIC`` (when
-    ``dynamic``), ``truth_seg.nii.gz`` and ``truth.json``
-    (:mod:`service.sim.fdopa.study`).
+    ``dynamic``), ``MR_FLAIR`` and ``truth_flair_seg.nii.gz`` (when ``flair``
+    names a protocol of :data:`service.sim.fdopa.flair.PROTOCOLS`),
+    ``truth_seg.nii.gz`` and ``truth.json`` (:mod:`service.sim.fdopa.study`).
     """
     profile, schedule = PRESETS[preset]
-    plan = StudyPlan(f"fdopa_test_{preset}_{tumour_class}_{seed}", profile.name, tumour_class,
-                     False, seed, schedule=schedule.name if dynamic else None)
+    suffix = f"_{flair}{'_enh' if flair_enhanced else ''}" if flair else ""
+    plan = StudyPlan(f"fdopa_test_{preset}_{tumour_class}_{seed}{suffix}", profile.name,
+                     tumour_class, False, seed, schedule=schedule.name if dynamic else None,
+                     flair=flair, flair_enhanced=flair_enhanced)
     folder = out_dir / plan.study_id
     if not (folder / "truth.json").is_file():
         with _registered(profile, schedule):
