@@ -22,9 +22,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmwrite
@@ -37,6 +37,7 @@ from service.errors import AnalysisError
 from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
+from service.store.blobs import Blobs, as_blobs, output_key
 from service.store.rows import Connection, Rows
 from service.store.spool import Spool, disk_full_cause, is_disk_full
 
@@ -115,6 +116,9 @@ class Worker:
         Called after a job queued outputs (the sender's ``wake``).
     defer_policy : DeferPolicy or None
         Delayed retries after a full disk (default :class:`DeferPolicy`).
+    blobs : Blobs or None
+        The blob store (default: the spool folder). Outputs are keyed by the
+        claim's lease token (:func:`service.store.blobs.output_key`).
     """
 
     def __init__(
@@ -129,9 +133,12 @@ class Worker:
         name: str = "w0",
         on_outputs: Callable[[], None] | None = None,
         defer_policy: DeferPolicy | None = None,
+        blobs: Blobs | None = None,
     ) -> None:
         self.database = database
         self.spool = spool
+        #: Inputs are read and outputs written here (default: the spool folder).
+        self.blobs: Blobs = blobs if blobs is not None else as_blobs(spool)
         self.pipelines = dict(pipelines)
         self.destination_names = tuple(destination_names)
         self.lease_s = lease_s
@@ -221,11 +228,11 @@ class Worker:
                                f"internal error: {type(exc).__name__}")
 
     def _failure_report(self, pipeline: Pipeline, job: jobs.Job,
-                        exc: AnalysisError) -> list[tuple[Path, dict[str, str]]]:
+                        exc: AnalysisError) -> list[tuple[str, dict[str, str]]]:
         """Save the pipeline's "analysis not possible" objects (none when it has none)."""
         try:
             datasets = pipeline.failure_report(self._load(job), self._context(job), exc.reason)
-            return [self._save_output(job.id, ds) for ds in datasets]
+            return [self._save_output(job, ds) for ds in datasets]
         except Exception:  # the edge: a broken failure report must not hide the failure
             log.exception("failure_report_error", extra={"fields": {"job_id": job.id}})
             return []
@@ -233,8 +240,10 @@ class Worker:
     def _load(self, job: jobs.Job) -> LoadedInputs:
         loaded: dict[str, tuple[Dataset, ...]] = {}
         for item in job.inputs:
-            paths = [self.spool.absolute(p) for p in db.instance_paths(self.conn, item.instance_uids)]
-            loaded[item.role] = read_series(paths)
+            keys = db.instance_paths(self.conn, item.instance_uids)
+            with ExitStack() as copies:  # S3: downloaded to the spool's tmp/, removed after
+                paths = [copies.enter_context(self.blobs.local_copy(k)) for k in keys]
+                loaded[item.role] = read_series(paths)
         return LoadedInputs(loaded)
 
     def _context(self, job: jobs.Job) -> JobContext:
@@ -246,7 +255,7 @@ class Worker:
     def _finish(self, job: jobs.Job, output: PipelineOutput, total_s: float,
                 read_s: float) -> bool:
         """Save and queue the outputs, finish the job; False when the lease was lost."""
-        saved = [self._save_output(job.id, ds) for ds in output.datasets]
+        saved = [self._save_output(job, ds) for ds in output.datasets]
         durations = {"read": read_s, **output.stage_durations_s, "total": total_s}
         with self.conn:
             if not jobs.finish(self.conn, job.id, self.token(job), output.summary, durations,
@@ -269,17 +278,19 @@ class Worker:
                                                "duration_s": round(total_s, 3)}})
         return True
 
-    def _save_output(self, job_id: int, ds: Dataset) -> tuple[Path, dict[str, str]]:
+    def _save_output(self, job: jobs.Job, ds: Dataset) -> tuple[str, dict[str, str]]:
+        """Write one output under this attempt's key (never replacing a blob); key and ref."""
+        key = output_key(job.id, self.token(job), str(ds.SOPInstanceUID))
         ref = {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-               "series_uid": str(ds.SeriesInstanceUID), "study_uid": str(ds.StudyInstanceUID)}
-        path = self.spool.output_path(job_id, ref["sop_instance_uid"])
+               "series_uid": str(ds.SeriesInstanceUID), "study_uid": str(ds.StudyInstanceUID),
+               "key": key}
         buffer = BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
-        self.spool.write_atomic(path, [buffer.getbuffer()])
-        return path, ref
+        self.blobs.put_bytes(key, buffer.getbuffer(), if_absent=True)
+        return key, ref
 
     def _fail(self, job: jobs.Job, reason: str, code: str,
-              reports: Sequence[tuple[Path, dict[str, str]]] = ()) -> None:
+              reports: Sequence[tuple[str, dict[str, str]]] = ()) -> None:
         """Fail the job; queue its "analysis not possible" objects in the same transaction."""
         with self.conn:
             if not jobs.fail(self.conn, job.id, self.token(job), reason, code, time.time(),

@@ -125,11 +125,14 @@ class Spool:
         return shutil.disk_usage(self.root).free / MIB
 
     # --- writes ----------------------------------------------------------------
-    def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+    def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview],
+                     replace: bool = True) -> int:
         """Write ``chunks`` to ``path`` durably and atomically; returns bytes written.
 
         The file appears under its name only complete and fsynced; a crash
         leaves at most an orphan in ``tmp/`` (removed by :meth:`clean_tmp`).
+        With ``replace=False`` an existing file is kept and FileExistsError
+        raised (``link`` instead of ``rename``).
         """
         self._ensure_dir(path.parent)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
@@ -148,7 +151,13 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
         return size
 
