@@ -28,7 +28,7 @@ TOKEN_A, TOKEN_B = "a" * 32, uuid.uuid4().hex
 
 def _tmp_file(blobs: Any, tmp_path: Path, data: bytes) -> Path:
     """A file where the SCP would have streamed it (the spool's tmp/)."""
-    folder = blobs.spool.tmp_dir if isinstance(blobs, LocalBlobs) else blobs.tmp_dir
+    folder = blobs.root / "tmp" if isinstance(blobs, LocalBlobs) else blobs.tmp_dir
     path = Path(folder) / f"tmp{uuid.uuid4().hex}.dcm"
     path.write_bytes(data)
     return path
@@ -41,7 +41,7 @@ def test_keys_are_built_from_validated_parts_only() -> None:
     for bad in (lambda: instance_key("../etc", SERIES, "1.2"),
                 lambda: instance_key(STUDY, SERIES, "1.2/../../x"),
                 lambda: output_key(-1, TOKEN_A, "1.2"),
-                lambda: output_key(True, TOKEN_A, "1.2"),  # type: ignore[arg-type]
+                lambda: output_key(True, TOKEN_A, "1.2"),
                 lambda: output_key(1, "../" + "a" * 29, "1.2"),
                 lambda: output_key(1, TOKEN_A.upper(), "1.2")):
         with pytest.raises(ValueError):
