@@ -72,6 +72,8 @@ def test_a_dat_series_on_postgres_and_s3(tmp_path: Path, postgres_dsn: str, s3_s
             keys = [o["key"] for o in job["outputs"]]
             node.wait_for("SELECT path, state FROM outbox ORDER BY path",
                           sorted((k, "sent") for k in keys), timeout_s=60)
+            status, ready = node.api_get("/ready")
+            assert ready["checks"]["blob_store"]["ok"], ready
             picture = _get(node, f"/api/jobs/{job_id}/picture.png")
             assert picture[:8] == b"\x89PNG\r\n\x1a\n"  # read from the bucket
             assert node.stop() == 0

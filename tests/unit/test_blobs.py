@@ -151,3 +151,14 @@ def test_settings_switch_and_describe(s3_server: Any, s3_bucket: str, tmp_path: 
     local = Settings.model_validate({"storage": {"spool_dir": str(tmp_path / "s2")}})
     assert isinstance(open_blobs(local.storage), LocalBlobs)
     assert "blobs local (spool folder)" in describe(local)
+
+
+def test_readiness_checks_the_bucket(s3_server: Any, s3_bucket: str) -> None:
+    from service.api.readiness import check_blob_store
+    from service.config import StorageSettings
+
+    there = StorageSettings(blobs="s3", s3_endpoint=s3_server.endpoint, s3_bucket=s3_bucket)
+    assert check_blob_store(there).ok
+    missing = StorageSettings(blobs="s3", s3_endpoint=s3_server.endpoint, s3_bucket="no-such-b")
+    with pytest.raises(Exception, match="404|Not ?Found|NoSuchBucket"):
+        check_blob_store(missing)  # run_checks turns a raise into a failed check
