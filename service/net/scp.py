@@ -81,7 +81,7 @@ from service.net.guard import (
 )
 from service.net.status import Status
 from service.store import db, series
-from service.store.blobs import BlobExists, Blobs, LocalBlobs, instance_key
+from service.store.blobs import BlobExists, Blobs, BlobStoreError, LocalBlobs, instance_key
 from service.store.rows import Connection, Rows
 from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
 
@@ -445,6 +445,10 @@ class StorageSCP:
         except BlobExists:
             size = received.stat().st_size
             received.unlink(missing_ok=True)
+        except BlobStoreError as exc:  # transient: the sender retries; nothing recorded
+            log.warning("store_blob_unavailable", extra={"fields": {"error": str(exc)}})
+            raise StoreRefused(Status.OUT_OF_RESOURCES, "object store unavailable",
+                               "blob_store") from None
         rec = db.InstanceRecord(
             sop_instance_uid=sop_uid, study_uid=header.study_uid,
             series_uid=header.series_uid, sop_class_uid=sop_class,

@@ -51,6 +51,10 @@ class BlobNotFound(FileNotFoundError):
     """No blob under this key."""
 
 
+class BlobStoreError(Exception):
+    """The object store did not answer or refused (unreachable, denied, 5xx): transient."""
+
+
 def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     """The key of a received instance; raises ValueError for an invalid UID."""
     return "/".join((INSTANCES, validated_uid(study_uid, "StudyInstanceUID"),

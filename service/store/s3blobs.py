@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from service.store.blobs import BlobExists, BlobNotFound, validated_key
+from service.store.blobs import BlobExists, BlobNotFound, BlobStoreError, validated_key
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class S3Blobs:
         return self._put(key, bytes(data), len(data), if_absent)
 
     def _put(self, key: str, body: Any, size: int, if_absent: bool) -> int:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         try:
@@ -98,7 +98,10 @@ class S3Blobs:
         except ClientError as exc:
             if if_absent and _status(exc) in _PRECONDITION_FAILED:
                 raise BlobExists("a blob is already stored under this key") from None
-            raise
+            raise BlobStoreError(f"object store refused the write (HTTP {_status(exc)})"
+                                 ) from exc
+        except BotoCoreError as exc:  # unreachable, timed out, no credentials
+            raise BlobStoreError(f"object store unavailable ({type(exc).__name__})") from exc
         return size
 
     def get_bytes(self, key: str) -> bytes:

@@ -142,3 +142,69 @@ def test_purge_removes_every_attempt_and_the_instances(node: Any, study: Path) -
     assert purge_expired(conn, blobs, cutoff=NOW + 86400) == 1
     assert blobs.list(output_prefix(job_id)) == [] and not blobs.exists(instance)
     assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+
+
+# --- the SCP's ack on S3 ---------------------------------------------------------------
+def _scp(tmp_path: Path, blobs: Any) -> Any:
+    from service.config import NodeSettings, Settings, StorageSettings
+    from service.net.scp import StorageSCP
+    from service.testing.ports import free_port
+
+    settings = Settings().model_copy(update={
+        "node": NodeSettings(port=free_port(), bind="127.0.0.1"),
+        "storage": StorageSettings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.sqlite3",
+                                   min_free_mb=0)})
+    database = db.Database(settings.storage.db_path)
+    database.migrate()
+    scp = StorageSCP(settings, database, Spool(tmp_path / "spool"), blobs=blobs)
+    scp.start()
+    return scp, database
+
+
+def _store(port: int, path: Path) -> Any:
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    from service.dicom import codes
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DOPANODE")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(pydicom.dcmread(path))
+    finally:
+        assoc.release()
+
+
+def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Path,
+                                                      s3_server: Any, s3_bucket: str) -> None:
+    """Store down: 0xA700, no row, nothing kept; store up: the object first, then Success."""
+    from service.store.s3blobs import S3Blobs
+    from service.testing.ports import free_port
+
+    down = S3Blobs(s3_bucket, endpoint=f"http://127.0.0.1:{free_port()}",
+                   tmp_dir=tmp_path / "spool" / "tmp")
+    scp, database = _scp(tmp_path / "a", down)
+    try:
+        rsp = _store(scp.port, study)
+        assert rsp.Status == 0xA700 and rsp.ErrorComment == "object store unavailable"
+        conn = database.connect()
+        assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+        conn.close()
+    finally:
+        scp.stop()
+    up = S3Blobs(s3_bucket, endpoint=s3_server.endpoint, tmp_dir=tmp_path / "b" / "spool" / "tmp")
+    scp, database = _scp(tmp_path / "b", up)
+    try:
+        assert _store(scp.port, study).Status == 0x0000
+        assert _store(scp.port, study).Status == 0x0000  # a resend: a duplicate, same object
+        conn = database.connect()
+        [(key,)] = conn.execute("SELECT path FROM instances").fetchall()
+        conn.close()
+        assert up.list("instances/") == [key]
+        assert up.get_bytes(key)[128:132] == b"DICM"
+        assert list((tmp_path / "b" / "spool" / "tmp").iterdir()) == []
+        assert list((tmp_path / "b" / "spool" / "instances").rglob("*.dcm")) == []
+    finally:
+        scp.stop()
