@@ -290,7 +290,7 @@ class StorageSettings(_Section):
     s3_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9._\-]+/)*$")
     s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9\-]{1,32}$")
 
-    @field_validator("postgres_dsn", mode="before")
+    @field_validator("postgres_dsn", "s3_endpoint", "s3_bucket", "s3_region", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
