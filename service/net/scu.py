@@ -55,7 +55,7 @@ from service import metrics
 from service.logs import safe_text
 from service.net import audit_events, tls
 from service.store import outbox
-from service.store.blobs import Blobs
+from service.store.blobs import Blobs, BlobStoreError
 from service.store.dialect import dialect_of
 from service.store.outbox import OutboxItem, RetryPolicy
 
@@ -264,9 +264,9 @@ class Sender:
             except (OSError, ValueError) as exc:
                 self._record(conn, item, report, None, f"output file unreadable: {type(exc).__name__}")
                 continue
-            except Exception as exc:  # noqa: BLE001 - the object store's edge: retried later
+            except BlobStoreError as exc:  # the object store's edge: retried later
                 log.warning("outbox_blob_unreachable", extra={"fields": {
-                    "item_id": item.id, "error": type(exc).__name__}})
+                    "item_id": item.id, "error": str(exc)}})  # status or class: no identifier
                 self._record(conn, item, report, None, "object store unreachable", retry=True)
                 continue
             try:

@@ -109,14 +109,8 @@ class S3Blobs:
             return stream.read()
 
     def open(self, key: str) -> BinaryIO:
-        from botocore.exceptions import ClientError
-
-        try:
+        with _translated():
             reply = self._s3.get_object(Bucket=self.bucket, Key=self._name(key))
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise BlobNotFound(errno.ENOENT, "no blob under this key") from None
-            raise
         return cast(BinaryIO, reply["Body"])
 
     @contextlib.contextmanager
@@ -124,7 +118,7 @@ class S3Blobs:
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp_dir)
         path = Path(name)
         try:
-            with os.fdopen(fd, "wb") as out, self.open(key) as stream:
+            with os.fdopen(fd, "wb") as out, self.open(key) as stream, _translated():
                 for chunk in iter(lambda: stream.read(1 << 20), b""):
                     out.write(chunk)
             yield path
@@ -132,26 +126,25 @@ class S3Blobs:
             path.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self._s3.head_object(Bucket=self.bucket, Key=self._name(key))
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return False
-            raise
+            with _translated():
+                self._s3.head_object(Bucket=self.bucket, Key=self._name(key))
+        except BlobNotFound:
+            return False
         return True
 
     def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=self._name(key))
+        with _translated():
+            self._s3.delete_object(Bucket=self.bucket, Key=self._name(key))
 
     def list(self, prefix: str) -> list[str]:
         validated_key(prefix)
         keys: list[str] = []
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix)
-        for page in pages:
-            keys.extend(str(o["Key"])[len(self.prefix):] for o in page.get("Contents", ()))
+        with _translated():
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                keys.extend(str(o["Key"])[len(self.prefix):] for o in page.get("Contents", ()))
         return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:
@@ -159,14 +152,30 @@ class S3Blobs:
             raise ValueError("a prefix ends in /")
         keys = self.list(prefix)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
-            self._s3.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": self.prefix + k} for k in keys[start:start + 1000]],
-                "Quiet": True})
+            with _translated():
+                self._s3.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self.prefix + k} for k in keys[start:start + 1000]],
+                    "Quiet": True})
         return len(keys)
 
     def check(self) -> None:
         """Raise when the bucket cannot be reached (readiness, start-up)."""
         self._s3.head_bucket(Bucket=self.bucket)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """botocore's errors as the port's: 404 BlobNotFound, the rest BlobStoreError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if _status(exc) == 404:
+            raise BlobNotFound(errno.ENOENT, "no blob under this key") from None
+        raise BlobStoreError(f"object store refused (HTTP {_status(exc)})") from exc
+    except BotoCoreError as exc:  # unreachable, timed out, no credentials
+        raise BlobStoreError(f"object store unavailable ({type(exc).__name__})") from exc
 
 
 def _status(exc: Any) -> int:

@@ -208,3 +208,49 @@ def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Pa
         assert list((tmp_path / "b" / "spool" / "instances").rglob("*.dcm")) == []
     finally:
         scp.stop()
+
+
+# --- the sender reads outputs through the port ------------------------------------------
+class _Dest:
+    name, ae_title, host = "pacs", "PACS", "127.0.0.1"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+def test_sender_reads_outputs_from_the_store_and_retries_while_it_is_down(
+        tmp_path: Path, study: Path, s3_server: Any, s3_bucket: str) -> None:
+    from service.net.scu import Sender
+    from service.store.blobs import output_key
+    from service.store.s3blobs import S3Blobs
+    from service.testing.destination import HoldingDestination
+    from service.testing.ports import free_port
+
+    database = db.Database(tmp_path / "node.sqlite3")
+    database.migrate()
+    spool = Spool(tmp_path / "spool")
+    up = S3Blobs(s3_bucket, endpoint=s3_server.endpoint, tmp_dir=spool.tmp_dir)
+    ds = pydicom.dcmread(study, stop_before_pixels=True)
+    key = output_key(1, "b" * 32, str(ds.SOPInstanceUID))
+    up.put_bytes(key, study.read_bytes(), if_absent=True)
+    conn = database.connect()
+    with conn:
+        [item_id] = outbox.enqueue(conn, 1, ["pacs"], key, ds.SOPClassUID, ds.SOPInstanceUID)
+    pacs = HoldingDestination()
+    try:
+        down = S3Blobs(s3_bucket, endpoint=f"http://127.0.0.1:{free_port()}",
+                       tmp_dir=spool.tmp_dir)
+        report = Sender(database, [_Dest(pacs.port)], "DOPANODE", blobs=down).send_due("pacs")
+        assert (report.sent, report.retried, report.failed) == (0, 1, 0)
+        item = outbox.get(conn, item_id)
+        assert item is not None and item.state == "pending"
+        assert item.last_error == "object store unreachable"
+        with conn:  # due again now
+            conn.execute("UPDATE outbox SET next_attempt_at = 0")
+        report = Sender(database, [_Dest(pacs.port)], "DOPANODE", blobs=up).send_due("pacs")
+        assert (report.sent, report.failed) == (1, 0)
+        assert pacs.received == [str(ds.SOPInstanceUID)]
+        assert list(spool.tmp_dir.iterdir()) == []  # the pass's download is gone
+    finally:
+        pacs.stop()
+        conn.close()
