@@ -37,7 +37,7 @@ from service.errors import AnalysisError
 from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
-from service.store.blobs import Blobs, as_blobs, output_key
+from service.store.blobs import Blobs, BlobStoreError, as_blobs, output_key
 from service.store.rows import Connection, Rows
 from service.store.spool import Spool, disk_full_cause, is_disk_full
 
@@ -218,9 +218,11 @@ class Worker:
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
                 if self.conn.in_transaction:
                     self.conn.rollback()
-                if is_disk_full(exc):  # the node's disk, not the job: later, no traceback
+                if is_disk_full(exc) or isinstance(exc, BlobStoreError):
+                    # the node's disk or object store, not the job: later, no traceback
                     code = self._defer_or_fail(job, exc)
-                    audit_analysis(job, pipeline, inputs, None, code, "disk full")
+                    audit_analysis(job, pipeline, inputs, None, code, "disk full"
+                                   if is_disk_full(exc) else "object store unavailable")
                     return
                 log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 self._retry_or_fail(job, exc)
@@ -318,28 +320,35 @@ class Worker:
             jobs.requeue(self.conn, job.id, self.token(job), reason)
 
     def _defer_or_fail(self, job: jobs.Job, exc: Exception) -> str:
-        """Put a job that met a full disk back with a growing wait, or fail it at the bound.
+        """Put a job that met a full disk or an unavailable object store back with a
+        growing wait, or fail it at the bound (the node's trouble, not the job's).
 
-        Returns the audit outcome: ``deferred_disk_full`` or ``disk_full``.
+        Returns the audit outcome: ``deferred_<code>`` or ``<code>`` (``disk_full``,
+        ``blob_store``).
         """
         policy = self.defer_policy
-        error = disk_full_cause(exc) or type(exc).__name__
+        if isinstance(exc, BlobStoreError):
+            code, what, remedy = "blob_store", "object store unavailable", "repair the store"
+            error = str(exc)
+        else:
+            code, what, remedy = "disk_full", "disk full", "free space on the node"
+            error = disk_full_cause(exc) or type(exc).__name__
         if job.deferrals >= policy.max_deferrals:
-            self._fail(job, f"disk full ({error}) in {job.deferrals + 1} tries; free space on "
-                            "the node, then retry the job", "disk_full")
-            return "disk_full"
+            self._fail(job, f"{what} ({error}) in {job.deferrals + 1} tries; {remedy}, "
+                            "then retry the job", code)
+            return code
         delay_s = policy.delay_s(job.deferrals + 1)
-        reason = (f"disk full ({error}): retried in {delay_s:.0f} s "
+        reason = (f"{what} ({error}): retried in {delay_s:.0f} s "
                   f"(deferral {job.deferrals + 1} of {policy.max_deferrals})")
         with self.conn:
-            deferred = jobs.defer(self.conn, job.id, self.token(job), reason, "disk_full", delay_s)
+            deferred = jobs.defer(self.conn, job.id, self.token(job), reason, code, delay_s)
         if deferred:
-            metrics.JOBS_DEFERRED.labels(pipeline=job.pipeline, reason="disk_full").inc()
+            metrics.JOBS_DEFERRED.labels(pipeline=job.pipeline, reason=code).inc()
         log.warning("job_deferred", extra={"fields": {
-            "job_id": job.id, "pipeline": job.pipeline, "reason_code": "disk_full",
+            "job_id": job.id, "pipeline": job.pipeline, "reason_code": code,
             "error": error, "delay_s": delay_s, "deferral": job.deferrals + 1,
             "lease_lost": not deferred}})
-        return "deferred_disk_full"
+        return f"deferred_{code}"
 
     @staticmethod
     def token(job: jobs.Job) -> str:

@@ -254,3 +254,30 @@ def test_sender_reads_outputs_from_the_store_and_retries_while_it_is_down(
     finally:
         pacs.stop()
         conn.close()
+
+
+def test_worker_defers_a_job_while_the_store_is_down(tmp_path: Path, study: Path,
+                                                     s3_server: Any, s3_bucket: str) -> None:
+    """The store's outage is the node's, not the job's: deferred, no attempt counted."""
+    from service.store.s3blobs import S3Blobs
+    from service.testing.ports import free_port
+
+    database = db.Database(tmp_path / "node.sqlite3")
+    database.migrate()
+    spool = Spool(tmp_path / "spool")
+    up = S3Blobs(s3_bucket, endpoint=s3_server.endpoint, tmp_dir=spool.tmp_dir)
+    node = (database, spool, up, database.connect())
+    try:
+        job_id = receive(node, study)
+        down = S3Blobs(s3_bucket, endpoint=f"http://127.0.0.1:{free_port()}",
+                       tmp_dir=spool.tmp_dir)
+        stuck = Worker(database, spool, {"fake_nm": FakeNmPipeline()}, ("pacs",), lease_s=60,
+                       blobs=down)
+        assert stuck.run_once()
+        job = jobs.get(node[3], job_id)
+        assert job is not None and (job.state, job.reason_code, job.deferrals) == (
+            "pending", "blob_store", 1)
+        assert "object store unavailable" in (job.reason or "") and job.attempts == 0
+        assert list(spool.tmp_dir.iterdir()) == []
+    finally:
+        node[3].close()
