@@ -184,7 +184,7 @@ def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Pa
     from service.testing.ports import free_port
 
     down = S3Blobs(s3_bucket, endpoint=f"http://127.0.0.1:{free_port()}",
-                   tmp_dir=tmp_path / "spool" / "tmp")
+                   tmp_dir=tmp_path / "a" / "spool" / "tmp")
     scp, database = _scp(tmp_path / "a", down)
     try:
         rsp = _store(scp.port, study)
@@ -192,6 +192,7 @@ def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Pa
         conn = database.connect()
         assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
         conn.close()
+        assert list((tmp_path / "a" / "spool" / "tmp").iterdir()) == []  # nothing kept
     finally:
         scp.stop()
     up = S3Blobs(s3_bucket, endpoint=s3_server.endpoint, tmp_dir=tmp_path / "b" / "spool" / "tmp")
