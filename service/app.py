@@ -100,6 +100,7 @@ class Node:
 
     def start(self) -> None:
         """Migrate the database, then start the chosen parts (SCP last but API)."""
+        from service.store.blobs import open_blobs
         from service.store.rows import open_rows
         from service.store.spool import Spool
 
@@ -113,9 +114,11 @@ class Node:
         self.database.migrate()
         one_flush = None if storage.spool_sync == "auto" else False  # None: by file system
         self.spool = Spool(storage.spool_dir, one_flush=one_flush)
+        self.blobs = open_blobs(storage, self.spool)  # the spool folder or an S3 bucket
         if "scp" in self.components:  # the SCP process owns the spool's tmp/ and recovery
             self.spool.clean_tmp()
-            self._recover_spool()
+            if self.blobs.kind == "local":  # on S3 the rows are the truth: nothing to recover
+                self._recover_spool()
         if "sender" in self.components or "worker" in self.components:
             self._take_back_crashed_work()
         if "sender" in self.components:
@@ -173,7 +176,8 @@ class Node:
     def _start_sender(self) -> None:
         from service.net.scu import sender_from_settings
 
-        sender = sender_from_settings(self.settings, self.database, self.run.owner_prefix)
+        sender = sender_from_settings(self.settings, self.database, self.run.owner_prefix,
+                                      self.blobs)
         sender.start()
         self._parts["sender"] = sender
 
@@ -188,7 +192,7 @@ class Node:
                    lease_s=wset.lease_s, poll_interval_s=wset.poll_interval_s,
                    owner_prefix=self.run.owner_prefix, name=f"w{i}",
                    on_outputs=sender.wake if sender is not None else None,
-                   defer_policy=defer_policy_from_settings(wset))
+                   defer_policy=defer_policy_from_settings(wset), blobs=self.blobs)
             for i in range(wset.count)
         ]
 
@@ -200,7 +204,8 @@ class Node:
 
         scheduler = Scheduler(self.database, self.spool, self.pipelines,
                               max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
-                              retention_days=self.settings.retention_days, on_jobs=wake_workers)
+                              retention_days=self.settings.retention_days, on_jobs=wake_workers,
+                              blobs=self.blobs)
         self._parts["scheduler"] = scheduler
         self._housekeeping = threading.Thread(target=scheduler.run, args=(self._stop,),
                                               name="scheduler", daemon=True)
@@ -216,7 +221,8 @@ class Node:
 
         scheduler = self._parts.get("scheduler")
         scp = StorageSCP(self.settings, self.database, self.spool,
-                         on_series_complete=scheduler.wake.set if scheduler is not None else None)
+                         on_series_complete=scheduler.wake.set if scheduler is not None else None,
+                         blobs=self.blobs)
         scp.start()
         self._parts["scp"] = scp
 

@@ -269,7 +269,12 @@ class StorageSettings(_Section):
     ``"posix"`` (the portable fsync sequence). ``backend`` chooses where the
     rows live: ``"sqlite"`` (the file ``db_path``, the embedded default) or
     ``"postgres"`` (the server ``postgres_dsn``, shared by several nodes; a
-    secret: set it with ``DOPANODE_STORAGE__POSTGRES_DSN``). See docs/storage.md.
+    secret: set it with ``DOPANODE_STORAGE__POSTGRES_DSN``). ``blobs`` chooses
+    where received instances and outputs live: ``"local"`` (the spool folder)
+    or ``"s3"`` (bucket ``s3_bucket`` below ``s3_prefix`` of the S3-compatible
+    server ``s3_endpoint``, AWS when unset; credentials only from the
+    environment, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``). See
+    docs/storage.md.
     """
 
     spool_dir: FilePath = Path("var/spool")
@@ -279,8 +284,13 @@ class StorageSettings(_Section):
     min_free_mb: Int = Field(default=1024, ge=0, le=10**9)
     max_instance_mb: Int = Field(default=512, ge=1, le=10**6)
     spool_sync: Literal["auto", "posix"] = "auto"
+    blobs: Literal["local", "s3"] = "local"
+    s3_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s@]+$")
+    s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+    s3_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9._\-]+/)*$")
+    s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9\-]{1,32}$")
 
-    @field_validator("postgres_dsn", mode="before")
+    @field_validator("postgres_dsn", "s3_endpoint", "s3_bucket", "s3_region", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -290,6 +300,8 @@ class StorageSettings(_Section):
         if self.backend == "postgres" and not self.postgres_dsn:
             raise KeyedValueError("postgres_dsn", 'is required when backend = "postgres"'
                                   " (set DOPANODE_STORAGE__POSTGRES_DSN)")
+        if self.blobs == "s3" and not self.s3_bucket:
+            raise KeyedValueError("s3_bucket", 'is required when blobs = "s3"')
         return self
 
 
@@ -549,7 +561,11 @@ def describe(settings: Settings) -> str:
         + (f"db {storage.db_path}, " if storage.backend == "sqlite"
            else "db PostgreSQL (postgres_dsn set), ")
         + f"min free {storage.min_free_mb} MiB, max instance {storage.max_instance_mb} MiB, "
-        f"spool sync {storage.spool_sync}",
+        f"spool sync {storage.spool_sync}, blobs "
+        + ("local (spool folder)" if storage.blobs == "local"
+           else f"S3 bucket {storage.s3_bucket} at {storage.s3_endpoint or 'AWS'}"
+                f" (credentials from the environment: "
+                f"{'set' if os.environ.get('AWS_ACCESS_KEY_ID') else 'default chain'})"),
         f"api: {settings.api.bind}:{settings.api.port}, token "
         + ("set" if settings.api.token else "NOT SET (/api answers loopback clients only)"),
         *_describe_pipelines(settings),

@@ -31,6 +31,7 @@ from service import metrics
 from service.dicom.header import READ_ERRORS, read_series_header
 from service.pipelines.base import InputSeries, Pipeline, SeriesView
 from service.store import db, jobs, retention, series
+from service.store.blobs import Blobs, as_blobs
 from service.store.dialect import try_singleton
 from service.store.rows import Connection, Rows
 from service.store.spool import Spool
@@ -58,14 +59,19 @@ class Scheduler:
         Series older than this are purged once per :data:`PURGE_INTERVAL_S`.
     on_jobs : callable or None
         Called after a round made jobs (wakes idle workers).
+    blobs : Blobs or None
+        The blob store of the instances (default: the spool folder).
     """
 
     def __init__(self, database: Rows, spool: Spool, pipelines: Mapping[str, Pipeline],
                  max_attempts: int = 3, interval_s: float = 0.2,
                  retention_days: float | None = None,
-                 on_jobs: Callable[[], None] | None = None) -> None:
+                 on_jobs: Callable[[], None] | None = None,
+                 blobs: Blobs | None = None) -> None:
         self.database = database
         self.spool = spool
+        #: Where instances are read (routing) and purged; default the spool folder.
+        self.blobs: Blobs = blobs if blobs is not None else as_blobs(spool)
         self.pipelines = dict(pipelines)
         self.max_attempts = max_attempts
         self.interval_s = interval_s
@@ -102,7 +108,7 @@ class Scheduler:
             return 0
         at = time.time() if now is None else now
         if self.retention_days is not None and at >= self._next_purge_at:
-            retention.purge_expired(conn, self.spool, at - self.retention_days * 86400.0)
+            retention.purge_expired(conn, self.blobs, at - self.retention_days * 86400.0)
             self._next_purge_at = at + PURGE_INTERVAL_S
         with conn:
             series.sweep_quiet(conn, at)
@@ -118,7 +124,8 @@ class Scheduler:
         if row.first_path is None:
             return None
         try:
-            header = read_series_header(self.spool.absolute(row.first_path))
+            with self.blobs.local_copy(row.first_path) as path:
+                header = read_series_header(path)
         except READ_ERRORS as exc:
             log.warning("series_header_unreadable", extra={"fields": {
                 "error": type(exc).__name__}})

@@ -22,9 +22,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmwrite
@@ -37,6 +37,7 @@ from service.errors import AnalysisError
 from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
+from service.store.blobs import Blobs, BlobStoreError, as_blobs, output_key
 from service.store.rows import Connection, Rows
 from service.store.spool import Spool, disk_full_cause, is_disk_full
 
@@ -115,6 +116,9 @@ class Worker:
         Called after a job queued outputs (the sender's ``wake``).
     defer_policy : DeferPolicy or None
         Delayed retries after a full disk (default :class:`DeferPolicy`).
+    blobs : Blobs or None
+        The blob store (default: the spool folder). Outputs are keyed by the
+        claim's lease token (:func:`service.store.blobs.output_key`).
     """
 
     def __init__(
@@ -129,9 +133,12 @@ class Worker:
         name: str = "w0",
         on_outputs: Callable[[], None] | None = None,
         defer_policy: DeferPolicy | None = None,
+        blobs: Blobs | None = None,
     ) -> None:
         self.database = database
         self.spool = spool
+        #: Inputs are read and outputs written here (default: the spool folder).
+        self.blobs: Blobs = blobs if blobs is not None else as_blobs(spool)
         self.pipelines = dict(pipelines)
         self.destination_names = tuple(destination_names)
         self.lease_s = lease_s
@@ -211,9 +218,11 @@ class Worker:
             except Exception as exc:  # the job's edge (pipeline, saving outputs): count, retry
                 if self.conn.in_transaction:
                     self.conn.rollback()
-                if is_disk_full(exc):  # the node's disk, not the job: later, no traceback
+                if is_disk_full(exc) or isinstance(exc, BlobStoreError):
+                    # the node's disk or object store, not the job: later, no traceback
                     code = self._defer_or_fail(job, exc)
-                    audit_analysis(job, pipeline, inputs, None, code, "disk full")
+                    audit_analysis(job, pipeline, inputs, None, code, "disk full"
+                                   if is_disk_full(exc) else "object store unavailable")
                     return
                 log.exception("job_error", extra={"fields": {**fields, "error": safe_exc(exc)}})
                 self._retry_or_fail(job, exc)
@@ -221,11 +230,11 @@ class Worker:
                                f"internal error: {type(exc).__name__}")
 
     def _failure_report(self, pipeline: Pipeline, job: jobs.Job,
-                        exc: AnalysisError) -> list[tuple[Path, dict[str, str]]]:
+                        exc: AnalysisError) -> list[tuple[str, dict[str, str]]]:
         """Save the pipeline's "analysis not possible" objects (none when it has none)."""
         try:
             datasets = pipeline.failure_report(self._load(job), self._context(job), exc.reason)
-            return [self._save_output(job.id, ds) for ds in datasets]
+            return [self._save_output(job, ds) for ds in datasets]
         except Exception:  # the edge: a broken failure report must not hide the failure
             log.exception("failure_report_error", extra={"fields": {"job_id": job.id}})
             return []
@@ -233,8 +242,10 @@ class Worker:
     def _load(self, job: jobs.Job) -> LoadedInputs:
         loaded: dict[str, tuple[Dataset, ...]] = {}
         for item in job.inputs:
-            paths = [self.spool.absolute(p) for p in db.instance_paths(self.conn, item.instance_uids)]
-            loaded[item.role] = read_series(paths)
+            keys = db.instance_paths(self.conn, item.instance_uids)
+            with ExitStack() as copies:  # S3: downloaded to the spool's tmp/, removed after
+                paths = [copies.enter_context(self.blobs.local_copy(k)) for k in keys]
+                loaded[item.role] = read_series(paths)
         return LoadedInputs(loaded)
 
     def _context(self, job: jobs.Job) -> JobContext:
@@ -246,7 +257,7 @@ class Worker:
     def _finish(self, job: jobs.Job, output: PipelineOutput, total_s: float,
                 read_s: float) -> bool:
         """Save and queue the outputs, finish the job; False when the lease was lost."""
-        saved = [self._save_output(job.id, ds) for ds in output.datasets]
+        saved = [self._save_output(job, ds) for ds in output.datasets]
         durations = {"read": read_s, **output.stage_durations_s, "total": total_s}
         with self.conn:
             if not jobs.finish(self.conn, job.id, self.token(job), output.summary, durations,
@@ -269,17 +280,19 @@ class Worker:
                                                "duration_s": round(total_s, 3)}})
         return True
 
-    def _save_output(self, job_id: int, ds: Dataset) -> tuple[Path, dict[str, str]]:
+    def _save_output(self, job: jobs.Job, ds: Dataset) -> tuple[str, dict[str, str]]:
+        """Write one output under this attempt's key (never replacing a blob); key and ref."""
+        key = output_key(job.id, self.token(job), str(ds.SOPInstanceUID))
         ref = {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-               "series_uid": str(ds.SeriesInstanceUID), "study_uid": str(ds.StudyInstanceUID)}
-        path = self.spool.output_path(job_id, ref["sop_instance_uid"])
+               "series_uid": str(ds.SeriesInstanceUID), "study_uid": str(ds.StudyInstanceUID),
+               "key": key}
         buffer = BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
-        self.spool.write_atomic(path, [buffer.getbuffer()])
-        return path, ref
+        self.blobs.put_bytes(key, buffer.getbuffer(), if_absent=True)
+        return key, ref
 
     def _fail(self, job: jobs.Job, reason: str, code: str,
-              reports: Sequence[tuple[Path, dict[str, str]]] = ()) -> None:
+              reports: Sequence[tuple[str, dict[str, str]]] = ()) -> None:
         """Fail the job; queue its "analysis not possible" objects in the same transaction."""
         with self.conn:
             if not jobs.fail(self.conn, job.id, self.token(job), reason, code, time.time(),
@@ -307,28 +320,35 @@ class Worker:
             jobs.requeue(self.conn, job.id, self.token(job), reason)
 
     def _defer_or_fail(self, job: jobs.Job, exc: Exception) -> str:
-        """Put a job that met a full disk back with a growing wait, or fail it at the bound.
+        """Put a job that met a full disk or an unavailable object store back with a
+        growing wait, or fail it at the bound (the node's trouble, not the job's).
 
-        Returns the audit outcome: ``deferred_disk_full`` or ``disk_full``.
+        Returns the audit outcome: ``deferred_<code>`` or ``<code>`` (``disk_full``,
+        ``blob_store``).
         """
         policy = self.defer_policy
-        error = disk_full_cause(exc) or type(exc).__name__
+        if isinstance(exc, BlobStoreError):
+            code, what, remedy = "blob_store", "object store unavailable", "repair the store"
+            error = str(exc)
+        else:
+            code, what, remedy = "disk_full", "disk full", "free space on the node"
+            error = disk_full_cause(exc) or type(exc).__name__
         if job.deferrals >= policy.max_deferrals:
-            self._fail(job, f"disk full ({error}) in {job.deferrals + 1} tries; free space on "
-                            "the node, then retry the job", "disk_full")
-            return "disk_full"
+            self._fail(job, f"{what} ({error}) in {job.deferrals + 1} tries; {remedy}, "
+                            "then retry the job", code)
+            return code
         delay_s = policy.delay_s(job.deferrals + 1)
-        reason = (f"disk full ({error}): retried in {delay_s:.0f} s "
+        reason = (f"{what} ({error}): retried in {delay_s:.0f} s "
                   f"(deferral {job.deferrals + 1} of {policy.max_deferrals})")
         with self.conn:
-            deferred = jobs.defer(self.conn, job.id, self.token(job), reason, "disk_full", delay_s)
+            deferred = jobs.defer(self.conn, job.id, self.token(job), reason, code, delay_s)
         if deferred:
-            metrics.JOBS_DEFERRED.labels(pipeline=job.pipeline, reason="disk_full").inc()
+            metrics.JOBS_DEFERRED.labels(pipeline=job.pipeline, reason=code).inc()
         log.warning("job_deferred", extra={"fields": {
-            "job_id": job.id, "pipeline": job.pipeline, "reason_code": "disk_full",
+            "job_id": job.id, "pipeline": job.pipeline, "reason_code": code,
             "error": error, "delay_s": delay_s, "deferral": job.deferrals + 1,
             "lease_lost": not deferred}})
-        return "deferred_disk_full"
+        return f"deferred_{code}"
 
     @staticmethod
     def token(job: jobs.Job) -> str:

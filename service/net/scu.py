@@ -40,7 +40,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydicom.errors import InvalidDicomError
@@ -54,6 +55,7 @@ from service import metrics
 from service.logs import safe_text
 from service.net import audit_events, tls
 from service.store import outbox
+from service.store.blobs import Blobs, BlobStoreError
 from service.store.dialect import dialect_of
 from service.store.outbox import OutboxItem, RetryPolicy
 
@@ -168,6 +170,10 @@ class Sender:
         Returns seconds since the epoch (tests may pass a fake clock).
     owner_prefix : str
         Names this process in outbox claims (:attr:`service.store.runs.NodeRun.owner_prefix`).
+    blobs : Blobs or None
+        Where outputs are read: an outbox ``path`` that is a blob key is read
+        through it (S3: downloaded for the pass); an absolute path (rows of
+        older releases, tests) is read as a file.
     """
 
     def __init__(
@@ -181,8 +187,10 @@ class Sender:
         timeouts: Timeouts | None = None,
         clock: Callable[[], float] = time.time,
         owner_prefix: str = "local:0:",
+        blobs: Blobs | None = None,
     ) -> None:
         self._db = db
+        self._blobs = blobs
         self._destinations = {d.name: d for d in destinations}
         self._calling_ae = calling_ae
         self._policy = policy or RetryPolicy()
@@ -229,9 +237,10 @@ class Sender:
                                      owner=f"{self._owner_prefix}sender-{destination_name}")
             if not items:
                 return report
-            sendable = self._readable(conn, items, report)
-            if sendable:
-                self._deliver(conn, destination, sendable, report)
+            with ExitStack() as copies:  # S3: the outputs' local copies last the pass
+                sendable = self._readable(conn, items, report, copies)
+                if sendable:
+                    self._deliver(conn, destination, sendable, report)
         finally:
             conn.close()
         log.info(
@@ -242,11 +251,24 @@ class Sender:
         return report
 
     def _readable(
-        self, conn: Any, items: list[OutboxItem], report: PassReport
+        self, conn: Any, items: list[OutboxItem], report: PassReport, copies: ExitStack
     ) -> list[tuple[OutboxItem, str]]:
-        """Items whose file is there, with its transfer syntax; the others fail."""
+        """Items whose file is there (``path`` now a local file), with its transfer
+        syntax; the others fail."""
         sendable: list[tuple[OutboxItem, str]] = []
         for item in items:
+            try:
+                if self._blobs is not None and not item.path.is_absolute():
+                    local = copies.enter_context(self._blobs.local_copy(str(item.path)))
+                    item = replace(item, path=local)
+            except (OSError, ValueError) as exc:
+                self._record(conn, item, report, None, f"output file unreadable: {type(exc).__name__}")
+                continue
+            except BlobStoreError as exc:  # the object store's edge: retried later
+                log.warning("outbox_blob_unreachable", extra={"fields": {
+                    "item_id": item.id, "error": str(exc)}})  # status or class: no identifier
+                self._record(conn, item, report, None, "object store unreachable", retry=True)
+                continue
             try:
                 meta = read_file_meta_info(item.path)
                 sendable.append((item, str(meta.TransferSyntaxUID)))
@@ -439,8 +461,8 @@ def tls_destinations_checked(settings: Any) -> list[str]:
     return failing
 
 
-def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "local:0:"
-                         ) -> Sender:
+def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "local:0:",
+                         blobs: Blobs | None = None) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
     for destination in settings.destinations:  # the expiry metric from start-up on
         if destination.tls and destination.cert_file is not None:
@@ -451,5 +473,6 @@ def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "l
         calling_ae=settings.node.ae_title,
         policy=retry_policy_from_settings(settings.sender),
         owner_prefix=owner_prefix,
+        blobs=blobs,
     )
 

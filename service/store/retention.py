@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from service.store import db
+from service.store.blobs import Blobs, as_blobs, output_prefix
 from service.store.dialect import dialect_of
 from service.store.rows import Connection
 from service.store.spool import Spool
@@ -12,13 +13,14 @@ from service.store.spool import Spool
 log = logging.getLogger(__name__)
 
 
-def purge_expired(conn: Connection, spool: Spool, cutoff: float) -> int:
-    """Delete series last received before ``cutoff`` (files, then rows); returns how many.
+def purge_expired(conn: Connection, store: Blobs | Spool, cutoff: float) -> int:
+    """Delete series last received before ``cutoff`` (blobs, then rows); returns how many.
 
     A series is kept while it waits for routing, while any of its jobs is
     pending or running, finished after ``cutoff``, or has an output still
     waiting in the outbox, and while a pending or running job of another
-    series reads it as a companion input. Files go
+    series reads it as a companion input. Every attempt's outputs of a
+    purged job go (``outputs/<job>/``). Blobs go
     first: a crash in between leaves rows whose files are gone, removed by
     the next purge, never files that start-up recovery would bring back.
     """
@@ -36,17 +38,14 @@ def purge_expired(conn: Connection, spool: Spool, cutoff: float) -> int:
     )]
     if conn.in_transaction:
         conn.commit()  # no snapshot held while files are deleted
+    blobs = as_blobs(store)
     for series_uid in expired:
         job_ids = [int(r[0]) for r in conn.execute(
             "SELECT id FROM jobs WHERE series_uid = ?", (series_uid,))]
-        for _, relative in db.series_instances(conn, series_uid):
-            spool.absolute(relative).unlink(missing_ok=True)
+        for _, key in db.series_instances(conn, series_uid):
+            blobs.delete(key)
         for job_id in job_ids:
-            outputs = spool.output_dir(job_id)
-            for item in outputs.glob("*.dcm"):
-                item.unlink()
-            if outputs.is_dir():
-                outputs.rmdir()
+            blobs.delete_prefix(output_prefix(job_id))
         with conn:
             conn.executemany("DELETE FROM outbox WHERE job_id = ?", [(j,) for j in job_ids])
             conn.execute("DELETE FROM jobs WHERE series_uid = ?", (series_uid,))

@@ -3,9 +3,15 @@
 Layout under ``root``::
 
     instances/<study uid>/<series uid>/<sop instance uid>.dcm
-    outputs/<job id>/<sop instance uid>.dcm
+    outputs/<job id>/<lease token>/<sop instance uid>.dcm
+                               (one folder per attempt; jobs made before per-attempt
+                               keys have outputs/<job id>/<sop instance uid>.dcm)
     tmp/                       temporary files, same file system, for rename
                                (also where the SCP streams arriving instances)
+
+The node reaches the files through the blobs port
+(:class:`service.store.blobs.LocalBlobs`, which builds the keys); with
+``storage.blobs = "s3"`` only ``tmp/`` is used here.
 
 Paths are built only from validated UIDs (:mod:`service.dicom.uids`) and
 integer job ids. Writes are atomic and durable: temporary file, fsync,
@@ -105,7 +111,7 @@ class Spool:
         return output_dir(self.root, job_id)
 
     def output_path(self, job_id: int, sop_instance_uid: str) -> Path:
-        """Where job ``job_id``'s output object lives."""
+        """Where job ``job_id``'s output object lived before per-attempt keys."""
         return output_path(self.root, job_id, sop_instance_uid)
 
     def relative(self, path: Path) -> str:
@@ -125,11 +131,14 @@ class Spool:
         return shutil.disk_usage(self.root).free / MIB
 
     # --- writes ----------------------------------------------------------------
-    def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+    def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview],
+                     replace: bool = True) -> int:
         """Write ``chunks`` to ``path`` durably and atomically; returns bytes written.
 
         The file appears under its name only complete and fsynced; a crash
         leaves at most an orphan in ``tmp/`` (removed by :meth:`clean_tmp`).
+        With ``replace=False`` an existing file is kept and FileExistsError
+        raised (``link`` instead of ``rename``).
         """
         self._ensure_dir(path.parent)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
@@ -148,7 +157,13 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
         return size
 
@@ -216,10 +231,10 @@ def output_dir(root: Path, job_id: int) -> Path:
 
 
 def output_path(root: Path, job_id: int, sop_instance_uid: str) -> Path:
-    """Where job ``job_id``'s output object lives below the spool ``root`` (no I/O).
+    """Where job ``job_id``'s output object lived below the spool ``root`` (no I/O).
 
-    For readers that must not create the spool (the API); the node's
-    :class:`Spool` uses the same layout.
+    The layout before per-attempt keys (:func:`service.store.blobs.output_key`);
+    the API reads outputs of such older jobs here.
     """
     uid = validated_uid(sop_instance_uid, "SOPInstanceUID")
     return output_dir(root, job_id) / f"{uid}.dcm"

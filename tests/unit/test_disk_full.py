@@ -168,8 +168,8 @@ def test_worker_defers_on_a_full_spool_then_finishes(small_fs: Path, tmp_path: P
     assert worker.run_once(now=time.time() + 61)
     done = jobs.get(conn, job_id)
     assert done is not None and done.state == "done" and done.not_before is None
-    [item] = outbox.items_for_job(conn, job_id)
-    assert pydicom.dcmread(item.path).SOPInstanceUID == item.sop_instance_uid
+    [item] = outbox.items_for_job(conn, job_id)  # its path: the blob key, below the spool
+    assert pydicom.dcmread(spool.root / item.path).SOPInstanceUID == item.sop_instance_uid
     conn.close()
 
 

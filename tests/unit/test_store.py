@@ -281,9 +281,11 @@ def test_crash_is_retried_then_done(store: Any, studies: dict[str, list[Path]]) 
     assert result == {"schema": 1, "instances": 1}
     items = outbox.items_for_job(conn, job_id)  # type: ignore[arg-type]
     assert [i.destination for i in items] == ["pacs"]
-    saved = pydicom.dcmread(items[0].path)
+    saved = pydicom.dcmread(spool.root / items[0].path)  # the outbox holds the blob key
     assert saved.SOPInstanceUID == items[0].sop_instance_uid
-    assert Path(items[0].path).parent.name == str(job_id)
+    # outputs/<job>/<lease token of the attempt that finished>/<sop>.dcm
+    assert items[0].path.parts[:2] == ("outputs", str(job_id)) and len(items[0].path.parts) == 4
+    assert job.outputs[0]["key"] == str(items[0].path)
     assert "total" in json.loads(job.stage_durations_json or "")
 
 
