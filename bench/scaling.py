@@ -101,6 +101,8 @@ def dat_series(root: Path, k: int, simulated: int) -> list[list[Path]]:
         files = []
         for j, path in enumerate(source.files):
             ds = pydicom.dcmread(path)
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()  # storescu would not send JPEG 2000 to a node preferring LEE
             ds.StudyInstanceUID = generate_uid(entropy_srcs=["scaling-study", str(i)])
             ds.SeriesInstanceUID = generate_uid(entropy_srcs=["scaling-series", str(i)])
             ds.SOPInstanceUID = generate_uid(entropy_srcs=["scaling-sop", str(i), str(j)])
@@ -137,7 +139,8 @@ def fill(work: Path, dsn: str, series: list[list[Path]], settings: dict[str, Any
     with NodeProcess(work / "fill", settings=settings, components="scp,worker",
                      postgres_dsn=dsn, spool_dir=work / "spool") as node:
         node.start(timeout_s=120)
-        _finished(storescu(node.scp_port, [f for s in series for f in s]))
+        for files in series:  # one association per series, as a PACS sends them
+            _finished(storescu(node.scp_port, files))
         node.wait_for("SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'failed')",
                       [(len(series),)], timeout_s=60 + 30 * len(series))
         failed = node.query("SELECT COUNT(*) FROM jobs WHERE state = 'failed'")[0][0]
@@ -148,8 +151,8 @@ def fill(work: Path, dsn: str, series: list[list[Path]], settings: dict[str, Any
         node.stop()
 
 
-def drain(work: Path, dsn: str, settings: dict[str, Any], n: int, k: int) -> float:
-    """N worker processes drain the K re-queued jobs; seconds from re-queue to last finish."""
+def drain(work: Path, dsn: str, settings: dict[str, Any], n: int, k: int) -> tuple[float, float]:
+    """N workers drain the K re-queued jobs: (s from re-queue to last finish, CPU s per job)."""
     import psycopg
 
     with ExitStack() as stack:
@@ -158,16 +161,25 @@ def drain(work: Path, dsn: str, settings: dict[str, Any], n: int, k: int) -> flo
             spool_dir=work / "spool")) for i in range(n)]
         for node in nodes:
             node.start(timeout_s=180)
+        cpu_before = sum(cpu_s(node) for node in nodes)
         with psycopg.connect(dsn) as conn:
             conn.execute(REQUEUE_SQL)
             conn.commit()
             started = time.time()
         nodes[0].wait_for("SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'failed')", [(k,)],
                           timeout_s=120 + 30 * k)
+        cpu = sum(cpu_s(node) for node in nodes) - cpu_before  # idle polling included
         [(last,)] = nodes[0].query("SELECT MAX(finished_at) FROM jobs")
         for node in nodes:
             node.stop(60)
-    return float(last) - started
+    return float(last) - started, cpu / k
+
+
+def cpu_s(node: NodeProcess) -> float:
+    """User + system CPU seconds the node's process has used so far (Linux /proc)."""
+    assert node.proc is not None
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_scaling(work: Path, pg: PgServer, pipeline: str, series: list[list[Path]],
@@ -177,12 +189,13 @@ def worker_scaling(work: Path, pg: PgServer, pipeline: str, series: list[list[Pa
     fill(work, dsn, series, settings, pipeline)
     rows: list[dict[str, Any]] = []
     for n in WORKER_COUNTS:
-        seconds = drain(work, dsn, settings, n, len(series))
+        seconds, cpu_per_job = drain(work, dsn, settings, n, len(series))
         rate = 60.0 * len(series) / seconds
         base = rows[0]["jobs_per_min"] if rows else rate
         rows.append({"pipeline": pipeline, "workers": n, "jobs": len(series),
                      "seconds": round(seconds, 2), "jobs_per_min": round(rate, 1),
-                     "efficiency": round(rate / (n * base), 2), "load": _load()})
+                     "efficiency": round(rate / (n * base), 2),
+                     "cpu_s_per_job": round(cpu_per_job, 3), "load": _load()})
         print(f"  {pipeline} x{n}: {rows[-1]}", flush=True)
     return rows
 
@@ -316,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     sizes = ({"fixed": 16, "dat": 6, "sim": 2, "ingest": 20, "claims": 200} if args.quick
-             else {"fixed": 48, "dat": 16, "sim": 3, "ingest": 50, "claims": 500})
+             else {"fixed": 48, "dat": 16, "sim": 3, "ingest": 150, "claims": 500})
     delay_s = 0.5  # the fixed-cost job: a 0.5 s sleep
     print(f"load average at start: {_load()} on {os.cpu_count()} CPUs", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
