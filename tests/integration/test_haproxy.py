@@ -89,8 +89,8 @@ def test_balanced_listeners_one_job_client_address_via_proxy_v2(
             assert _send(lb.port, files[:1], "127.0.0.3") is None
         # a connection from the balancer's address without a PROXY header is closed
         with socket.create_connection(("127.0.0.1", a.scp_port), timeout=10) as raw:
-            raw.sendall(b"\x01\x00" + bytes(20))
-            assert raw.recv(64) == b""
+            raw.sendall(b"\x01\x00" + bytes(10))  # an A-ASSOCIATE-RQ's start, 12 bytes
+            assert raw.recv(64) == b""  # all of it read, then closed (no reply, no RST)
         w.wait_for("SELECT pipeline, state FROM jobs", [("fake_nm", "done")], timeout_s=60)
         [(count, state)] = w.query("SELECT instance_count, state FROM series")
         assert (count, state) == (len(files), "routed")
