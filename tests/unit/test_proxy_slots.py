@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import cast
 
 import pytest
 from test_acceptor import acceptor_threads
 from test_scp_edge import start_scp
 
-from service.net.guard import REJECT_LOCAL_LIMIT
+from service.net.guard import REJECT_LOCAL_LIMIT, BoundedServer
 from service.testing.polling import wait_until
 
 
@@ -28,7 +29,7 @@ def _header(client: str, port: int) -> bytes:
 def test_slots_follow_the_proxy_header(tmp_path: Path, acceptor_kind: str) -> None:
     scp = start_scp(tmp_path, acceptor_kind, max_associations_per_host=1,
                     proxy_protocol_from=("127.0.0.1",))
-    server = scp._server
+    server = cast(BoundedServer, scp._server)
     peers: list[socket.socket] = []
 
     def connect(header: bytes, source: str = "127.0.0.1") -> socket.socket:
