@@ -6,8 +6,7 @@ Usage::
         ... storescu to 127.0.0.1:lb.port ...
 
 Mode ``tcp``, ``balance roundrobin`` over whole connections (one DICOM
-association each), no health checks (a check would be one more connection
-in the listeners' logs and audit trails). With ``proxy_v2`` every backend
+association each); health checks on request (``checks``). With ``proxy_v2`` every backend
 connection starts with a PROXY protocol v2 header naming the client
 (``send-proxy-v2``), which the node reads when ``node.proxy_protocol_from``
 lists the balancer's address.
@@ -15,6 +14,8 @@ lists the balancer's address.
 
 from __future__ import annotations
 
+import csv
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +27,20 @@ from service.testing.ports import free_port, tcp_open
 
 
 def haproxy_config(port: int, backends: Sequence[tuple[str, int]], proxy_v2: bool,
-                   timeout_s: int = 120) -> str:
-    """HAProxy's configuration text: one TCP frontend on ``port``, round robin."""
+                   timeout_s: int = 120, checks: bool = False) -> str:
+    """HAProxy's configuration text: one TCP frontend on ``port``, round robin.
+
+    ``checks``: TCP health checks every 0.5 s, with a PROXY v2 ``LOCAL`` header
+    when ``proxy_v2`` (``check-send-proxy``), as deploy/README.md recommends.
+    """
     proxy = " send-proxy-v2" if proxy_v2 else ""
+    if checks:
+        proxy += " check inter 500" + (" check-send-proxy" if proxy_v2 else "")
     servers = "\n".join(f"    server s{i} {host}:{p}{proxy}"
                         for i, (host, p) in enumerate(backends))
     return f"""global
     maxconn 512
+    stats socket {{stats_socket}} mode 600 level operator
 defaults
     mode tcp
     timeout connect 5s
@@ -51,13 +59,15 @@ class Balancer:
     """An HAProxy process in the foreground (``-db``) in front of ``backends``."""
 
     def __init__(self, work_dir: Path, backends: Sequence[tuple[str, int]],
-                 proxy_v2: bool = True) -> None:
+                 proxy_v2: bool = True, checks: bool = False) -> None:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = self.work_dir / "haproxy.cfg"
         self.log_path = self.work_dir / "haproxy.log"
-        self.config_path.write_text(haproxy_config(self.port, backends, proxy_v2),
+        self.stats_socket = self.work_dir / "haproxy.sock"
+        text = haproxy_config(self.port, backends, proxy_v2, checks=checks)
+        self.config_path.write_text(text.replace("{stats_socket}", str(self.stats_socket)),
                                     encoding="ascii")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,6 +89,20 @@ class Balancer:
 
         wait_until(up, timeout_s, "haproxy's port")
         return self
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """``show stat`` of the backend's servers (status, check_status, chkfail, ...)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode("ascii", errors="replace").lstrip("# ").splitlines()
+        rows = list(csv.DictReader(lines))
+        return {r["svname"]: r for r in rows
+                if r["pxname"] == "listeners" and r["svname"] not in ("FRONTEND", "BACKEND")}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

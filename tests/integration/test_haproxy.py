@@ -22,6 +22,7 @@ from pynetdicom import AE
 from service.testing.haproxy import Balancer
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess, fake_settings
+from service.testing.polling import wait_until
 from service.testing.ports import free_port
 
 pytestmark = pytest.mark.slow  # real node processes and servers
@@ -82,11 +83,17 @@ def test_balanced_listeners_one_job_client_address_via_proxy_v2(
         for node in (a, b, w):
             node.start()
         backends = [("127.0.0.1", a.scp_port), ("127.0.0.1", b.scp_port)]
-        with Balancer(tmp_path / "lb", backends) as lb:
+        # health checks as deploy/README.md configures them (PROXY v2 LOCAL, every 0.5 s)
+        with Balancer(tmp_path / "lb", backends, checks=True) as lb:
+            wait_until(lambda: all(v["check_status"] == "L4OK"
+                                   for v in lb.servers().values()), 15.0, "passed health checks")
             for chunk in (files[0:2], files[2:4], files[4:6], files[6:8]):
                 assert _send(lb.port, chunk, CLIENT_HOST) == [0, 0]
             # a caller the allow-list does not name is refused by its own address
             assert _send(lb.port, files[:1], "127.0.0.3") is None
+            servers = lb.servers()
+            assert [v["status"] for v in servers.values()] == ["UP", "UP"]
+            assert [v["chkfail"] for v in servers.values()] == ["0", "0"]
         # a connection from the balancer's address without a PROXY header is closed
         with socket.create_connection(("127.0.0.1", a.scp_port), timeout=10) as raw:
             raw.sendall(b"\x01\x00" + bytes(10))  # an A-ASSOCIATE-RQ's start, 12 bytes
@@ -101,6 +108,13 @@ def test_balanced_listeners_one_job_client_address_via_proxy_v2(
     a_hosts, b_hosts = _stored_from(a), _stored_from(b)
     assert set(a_hosts) == {CLIENT_HOST} and set(b_hosts) == {CLIENT_HOST}
     assert a_hosts[CLIENT_HOST] == 4 and b_hosts[CLIENT_HOST] == 4  # round robin, 2 + 2 each
-    assert "proxy_header_refused" in a.log_text()
+    # refused: the raw connection, and NodeProcess.start's TCP port probe (connect, close);
+    # never a health check (each sent a valid PROXY v2 LOCAL header)
+    reasons = [line.split("reason=", 1)[1] for node in (a, b)
+               for line in node.log_text().splitlines() if "proxy_header_refused" in line]
+    assert sorted(set(reasons)) == ['"connection closed before a complete PROXY header"',
+                                    '"no PROXY header from a configured balancer"']
+    assert reasons.count('"no PROXY header from a configured balancer"') == 1
+    assert reasons.count('"connection closed before a complete PROXY header"') == 2
     study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     assert study not in a.log_text() + b.log_text() + w.log_text()
