@@ -1,6 +1,6 @@
 """Scale-out: jobs/min with 1-8 worker processes, ingest behind HAProxy, the queue's claim rate.
 
-One command (``python bench/scaling.py``, about 8 minutes; ``--quick`` about 3):
+One command (``python bench/scaling.py``, 6-8 minutes here; ``--quick`` 4-5):
 
 1. **Workers.** 1, 2, 4 and 8 real ``dopanode serve --only worker`` processes
    (``[worker] count = 1`` each) on one PostgreSQL drain the same K jobs:
