@@ -4,7 +4,8 @@
 # Prometheus (prometheus, promtool: the alert rules and their tests under deploy/prometheus/)
 # docker-compose (validates deploy/compose/docker-compose.yml offline), PostgreSQL
 # (the server the tests of the postgres storage backend start on loopback) and
-# Chromium with its WebDriver (the admin page's browser test).
+# Chromium with its WebDriver (the admin page's browser test) and HAProxy (the TCP
+# balancer in front of two listeners, tests/integration/test_haproxy.py).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -16,6 +17,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
     || need+=(postgresql)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

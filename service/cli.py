@@ -20,6 +20,7 @@ from service import __version__
 #: pipeline's analyze, label, build-template, build-normals, train, evaluate, export.
 COMMAND_MODULES: tuple[str, ...] = (
     "service.app",  # serve, config, jobs
+    "service.db_commands",  # db migrate
     "service.sim.commands",  # simulate, benchmark
     "service.sim.fdopa.commands",  # fdopa generate|describe|validate|simulate
 )

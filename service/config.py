@@ -169,6 +169,13 @@ class NodeSettings(_Section):
     aborted); ``receive_timeout_s`` (longest wait for the rest of a PDU once
     it has started, and for a send to make progress). ``require_called_ae``:
     refuse an association whose Called AE Title is not ``ae_title``.
+
+    ``proxy_protocol_from``: addresses or networks of TCP load balancers that
+    send a PROXY protocol header (v1 or v2, HAProxy ``send-proxy-v2``) before
+    the DICOM stream; a connection from one of them must start with one, and
+    the allow-list's host check and the per-host slots then see the client's
+    address it names. Plain port only (the TLS port reads no header).
+    Empty (the default): no header is read from anyone.
     """
 
     ae_title: AeTitle = "DOPANODE"
@@ -181,8 +188,19 @@ class NodeSettings(_Section):
     network_timeout_s: Float = Field(default=60.0, ge=0.1, le=86400)
     receive_timeout_s: Float = Field(default=30.0, ge=0.1, le=3600)
     require_called_ae: bool = True
+    proxy_protocol_from: tuple[str, ...] = ()
     plain: bool = True
     tls: TlsSettings | None = None
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"must be IP addresses or networks, got {entry!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _some_port(self) -> NodeSettings:

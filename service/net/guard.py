@@ -8,6 +8,9 @@ space that the node cannot take back (reliability audit D4, D5, D7, D9):
   exceeded) and close it, before a byte is read, when its IP address
   already holds ``max_per_host`` connections, and gives every accepted
   socket a receive timeout (a half-sent PDU no longer blocks a thread);
+  behind a TCP balancer of ``node.proxy_from`` the address is the client's,
+  read from the balancer's PROXY header (:mod:`service.net.proxy_protocol`)
+  in the connection's thread before the association starts;
   :func:`end_waiting_acceptor` hands a slot back as soon as a connection
   closes before its A-ASSOCIATE-RQ (not after the ARTIM time);
 * :class:`AssociationGuard` wraps, per association, the two places where a
@@ -48,6 +51,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
+from service.net.proxy_protocol import ProxyHeaderError, is_trusted, read_header
 from service.net.status import Status
 from service.store.spool import is_disk_full
 
@@ -96,6 +100,8 @@ class BoundedServer(ThreadedAssociationServer):
     max_per_host: int = 5
     receive_timeout_s: float | None = 30.0
     on_refused: Callable[[str], None] | None = None
+    #: Balancer addresses (IPs or networks) whose connections start with a PROXY header.
+    proxy_from: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._slots_lock = threading.Lock()
@@ -112,14 +118,11 @@ class BoundedServer(ThreadedAssociationServer):
                    if assoc.is_alive() and assoc.requestor.address == host)
         return live + self._starting[host]
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close at once) a connection over the address's slots."""
-        host = str(client_address[0])
+    def _take_slot(self, request: Any, host: str) -> bool:
+        """Count a connection from ``host``; refuse (reject PDU, metric) when over."""
         with self._slots_lock:
-            if self._connections_from(host) >= self.max_per_host:
-                refused = True
-            else:
-                refused = False
+            refused = self._connections_from(host) >= self.max_per_host
+            if not refused:
                 self._starting[host] += 1
         if refused:
             # the peer reads this as a transient rejection once it has sent its
@@ -130,7 +133,35 @@ class BoundedServer(ThreadedAssociationServer):
                 self.on_refused("host_limit")
         return not refused
 
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse (close at once) a connection over the address's slots.
+
+        A connection from a balancer of ``proxy_from`` is counted in its own
+        thread, once its PROXY header has named the client.
+        """
+        host = str(client_address[0])
+        if self.proxy_from and is_trusted(host, self.proxy_from):
+            return True
+        return self._take_slot(request, host)
+
+    def _client_behind_proxy(self, request: Any, client_address: Any) -> Any:
+        """The client's address from the balancer's PROXY header, slot taken; or None."""
+        try:
+            header = read_header(request, self.receive_timeout_s or 30.0)
+        except (ProxyHeaderError, OSError) as exc:
+            log.warning("proxy_header_refused", extra={"fields": {"reason": str(exc)}})
+            if self.on_refused is not None:
+                self.on_refused("proxy_header")
+            return None
+        address = header.source or (str(client_address[0]), int(client_address[1]))
+        return address if self._take_slot(request, address[0]) else None
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.proxy_from and is_trusted(str(client_address[0]), self.proxy_from):
+            client_address = self._client_behind_proxy(request, client_address)
+            if client_address is None:
+                self.shutdown_request(request)
+                return
         host = str(client_address[0])
         try:  # returns once the association's thread runs (it is then counted live)
             super().process_request_thread(request, client_address)
@@ -142,11 +173,12 @@ class BoundedServer(ThreadedAssociationServer):
 
 
 def bounded_server_class(max_per_host: int, receive_timeout_s: float | None,
-                         on_refused: Callable[[str], None] | None = None
-                         ) -> type[BoundedServer]:
+                         on_refused: Callable[[str], None] | None = None,
+                         proxy_from: Collection[str] = ()) -> type[BoundedServer]:
     """A :class:`BoundedServer` subclass carrying these bounds."""
     return type("BoundedServer", (BoundedServer,), {
         "max_per_host": max_per_host, "receive_timeout_s": receive_timeout_s,
+        "proxy_from": tuple(proxy_from),
         "on_refused": staticmethod(on_refused) if on_refused is not None else None})
 
 

@@ -207,7 +207,7 @@ class StorageSCP:
         node = self.settings.node
         server_class = bounded_server_class(
             min(node.max_associations_per_host, node.max_associations), node.receive_timeout_s,
-            _count_rejected)
+            _count_rejected, node.proxy_protocol_from)
         try:
             if node.plain:
                 self._server = self._listen(node.port, handlers, server_class)

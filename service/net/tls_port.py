@@ -31,6 +31,8 @@ def tls_server_class(base: type[ThreadedAssociationServer], contexts: tls.Reload
     """``base`` (a :func:`~service.net.guard.bounded_server_class`) serving TLS."""
 
     class TlsServer(base):  # type: ignore[valid-type,misc]
+        proxy_from = ()  # the TLS port reads no PROXY header (a balancer passes TLS through)
+
         def get_request(self) -> tuple[Any, tuple[str, int]]:
             request, address = super().get_request()  # plain socket, timeout set
             wrapped = contexts.current().wrap_socket(

@@ -46,6 +46,8 @@ def to_toml(data: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list | tuple):  # an array of scalars, e.g. node.proxy_protocol_from
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):  # a table inside a table, e.g. node.tls
             return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()
                                    if x is not None) + "}"
