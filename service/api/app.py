@@ -32,7 +32,7 @@ from service.api.access_audit import AccessAudit
 from service.api.admin import admin_api_routes, page_routes
 from service.api.common import SQL_INT_MAX, connection
 from service.api.problems import PROBLEM_RESPONSE, install_handlers, problem
-from service.api.readiness import Probes, ReadyLimits, refresh_metrics, run_checks
+from service.api.readiness import PARTS, Probes, ReadyLimits, refresh_metrics, run_checks
 from service.dicom.uids import is_valid_uid
 from service.store import job_views, jobs, outbox
 from service.store import series as series_store
@@ -128,10 +128,16 @@ def _probe_routes(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -
         """Liveness: the process answers HTTP. Checks nothing else, on purpose."""
         return {"status": "ok", "version": __version__}
 
-    @router.get("/ready", responses={503: PROBLEM_RESPONSE})
-    def ready(request: Request) -> Response:
-        """Readiness: database, spool disk, model, SCP and outbox checks."""
-        checks = run_checks(settings, db, probes, limits)
+    @router.get("/ready", responses={400: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE})
+    def ready(request: Request, part: str | None = None) -> Response:
+        """Readiness: database, spool disk, model, SCP and outbox checks.
+
+        ``?part=scp``: only what a listener needs (``readiness.PARTS``).
+        """
+        if part is not None and part not in PARTS:
+            return problem(400, f"unknown part; known: {', '.join(sorted(PARTS))}",
+                           request.url.path, slug="bad-request")
+        checks = run_checks(settings, db, probes, limits, part)
         body = {c.name: c.as_dict() for c in checks}
         failing = [c.name for c in checks if not c.ok]
         if failing:

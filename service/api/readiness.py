@@ -173,8 +173,19 @@ def check_outbox(db: Any, limits: ReadyLimits) -> Check:
         "oldest_age_s": round(stats.oldest_age_s, 1)})
 
 
-def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> list[Check]:
-    """Every readiness check; a check that raises counts as failed (and is logged)."""
+#: ``GET /ready?part=...``: the checks one part of a split deployment needs. A
+#: listener (``scp``) must keep receiving while the return path is down, so an
+#: outbox backlog or a missing model does not take it out of the DICOM Service
+#: (the backlog has its own alert); the whole node (no part) runs every check.
+PARTS = {"scp": frozenset({"database", "spool_disk", "scp", "blob_store"})}
+
+
+def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits,
+               part: str | None = None) -> list[Check]:
+    """The readiness checks (all, or those of ``part``, see :data:`PARTS`).
+
+    A check that raises counts as failed (and is logged).
+    """
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("database", lambda: check_database(db)),
         ("spool_disk", lambda: check_spool_disk(settings.storage.spool_dir,
@@ -184,9 +195,13 @@ def run_checks(settings: Any, db: Any, probes: Probes, limits: ReadyLimits) -> l
     ]
     if settings.storage.blobs == "s3":
         steps.append(("blob_store", lambda: check_blob_store(settings.storage)))
+    wanted = PARTS[part] if part is not None else None
+    if wanted is not None:
+        steps = [(name, step) for name, step in steps if name in wanted]
     results = []
     try:
-        results.extend(check_models(settings.pipelines))
+        if wanted is None:
+            results.extend(check_models(settings.pipelines))
     except Exception as exc:  # the edge: a broken check means not ready
         log.error("ready_check_error", exc_info=exc, extra={"fields": {"check": "models"}})
         results.append(Check("models", False, f"check failed: {type(exc).__name__}"))

@@ -218,6 +218,26 @@ def test_ready_names_scp_and_outbox_failures(tmp_path, db):
     assert "not ready: scp, outbox" == r.json()["detail"]
 
 
+def test_a_listener_stays_ready_while_the_return_path_is_down(tmp_path, db):
+    """?part=scp: an outbox backlog (a PACS down for hours) does not stop receiving."""
+    conn = db.connect()
+    with conn:
+        outbox.enqueue(conn, 3, ["pacs"], tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33",
+                       "1.2.3.4.5", now=time.time() - 7200)
+    conn.close()
+    up = Probes(scp_listening=lambda: True)
+    api = TestClient(create_app(make_settings(tmp_path), db, up, ReadyLimits(3600, 100)))
+    assert api.get("/ready").json()["failing"] == ["outbox"]
+    r = api.get("/ready?part=scp")
+    assert r.status_code == 200, r.text
+    assert set(r.json()["checks"]) == {"database", "spool_disk", "scp"}
+    down = Probes(scp_listening=lambda: False)
+    r = TestClient(create_app(make_settings(tmp_path), db, down, ReadyLimits(3600, 100))).get(
+        "/ready?part=scp")
+    assert r.status_code == 503 and r.json()["failing"] == ["scp"]
+    assert api.get("/ready?part=worker").status_code == 400
+
+
 def test_ready_probes_the_scp_port_by_tcp_when_no_probe_is_given(tmp_path, db):
     port = free_port()
     settings = make_settings(tmp_path).model_copy(

@@ -114,7 +114,7 @@ def test_pods_are_wired_to_the_settings(overlay: tuple[str, list[dict[str, Any]]
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports["http"] == settings.api.port
             assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-            assert container["readinessProbe"]["httpGet"]["path"] in ("/health", "/ready")
+            assert container["readinessProbe"]["httpGet"]["path"] in ("/health", "/ready", "/ready?part=scp")
             assert container["readinessProbe"]["httpGet"]["port"] == "http"
             if "dicom" in ports:
                 assert ports["dicom"] == settings.node.port
