@@ -34,11 +34,10 @@ import numpy as np
 import pydicom
 
 from service.testing.fdopa_study import small_study
-from service.testing.ohif import OhifServer
+from service.testing.ohif import OhifServer, dicomweb_config
 from service.testing.orthanc import OrthancPeer
 from tests.integration.webdriver import ELEMENT_KEY, Browser, Element
 
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 #: WebGL without a GPU (SwiftShader); OHIF's cornerstone3D renders with WebGL.
 WEBGL_FLAGS = ("--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist")
 FIND_BY_TEXT = ("const t = arguments[0]; return [...document.querySelectorAll("
@@ -125,7 +124,7 @@ def screenshot(dist: Path, png: Path, work: Path) -> Path:
     static, seg = analysed_study(work)
     rank = lesion_slice_rank(static, seg)
     study_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).StudyInstanceUID)
-    config = {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    config = dicomweb_config()
     stamp = time.strftime("%Y%m%d%H%M%S")
     with OrthancPeer(work / f"orthanc-{stamp}", extra_config=config) as pacs:
         for path in [*static, seg]:

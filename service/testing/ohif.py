@@ -39,6 +39,22 @@ OHIF_PACKAGE = "@ohif/app@3.13.2"
 DICOMWEB_PREFIX = "/dicom-web"
 
 
+#: Debian ``orthanc-dicomweb``'s plugin (scripts/install-peers.sh installs it).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_config() -> dict[str, object]:
+    """``OrthancPeer`` ``extra_config`` that loads the DICOMweb plugin under ``/dicom-web/``.
+
+    Raises ``FileNotFoundError`` when the plugin is not installed (a missing
+    peer fails a test, never skips it).
+    """
+    if not DICOMWEB_PLUGIN.is_file():
+        raise FileNotFoundError(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} is missing: "
+                                "run scripts/install-peers.sh (orthanc-dicomweb)")
+    return {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+
+
 def app_config(root: str) -> str:
     """``app-config.js``: one DICOMweb data source at ``root`` + ``/dicom-web`` (WADO-RS)."""
     source = {
