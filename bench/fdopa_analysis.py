@@ -67,11 +67,12 @@ def _timed(run: Callable[[], dict[str, float]], n: int) -> list[dict[str, float]
     """``n`` runs after one warm-up; each run's stages plus ``total``, seconds."""
     run()
     rows = []
-    for _ in range(n):
+    for i in range(n):
         t0 = time.perf_counter()
         stages = dict(run())
         stages["total"] = time.perf_counter() - t0
         rows.append(stages)
+        print(f"  run {i + 1}/{n}: {stages['total']:.2f} s", flush=True)
     return rows
 
 
@@ -99,12 +100,15 @@ def fdopa_runs(folder: Path, n: int) -> dict[str, list[dict[str, float]]]:
 
 def dat_runs(study: Study, n: int) -> list[dict[str, float]]:
     """The DaT pipeline on one simulated DaT study (the peer), in process."""
+    from service.dicom.header import read_series
+    from service.pipelines.base import PRIMARY, JobContext, LoadedInputs
     from service.pipelines.dat_spect.pipeline import DatSpectPipeline
 
     pipeline = DatSpectPipeline()
 
     def run() -> dict[str, float]:
-        out = pipeline.run(study.files, "bench-dat")
+        loaded = {PRIMARY: read_series(study.files)}
+        out = pipeline.run(LoadedInputs(loaded), JobContext("bench-dat", time.time()))
         return {k: float(v) for k, v in out.stage_durations_s.items()}
 
     return _timed(run, n)
@@ -182,17 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the simulated studies here (reused when present)")
     parser.add_argument("--rss", action="store_true", help="also measure dopanode serve")
+    parser.add_argument("--rss-only", action="store_true", help="only measure dopanode serve")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dopanode-bench-fdopa-") as tmp:
         work = args.work or Path(tmp)
         folder = fdopa_study(work / "fdopa", args.site, args.index)
         [dat_study] = simulate(Path(tmp) / "dat", DAT_PROFILE, 1, seed=7, variant=None)
-        runs = fdopa_runs(folder, args.n)
-        dat = dat_runs(dat_study, args.n)
-        print(f"\n{folder.name}: {machine_note()}\n")
-        stage_table(runs, dat)
-        if args.rss:
+        if not args.rss_only:
+            print("DaT pipeline (peer)", flush=True)
+            dat = dat_runs(dat_study, args.n)
+            print("FDOPA pipeline", flush=True)
+            runs = fdopa_runs(folder, args.n)
+            print(f"\n{folder.name}: {machine_note()}\n")
+            stage_table(runs, dat)
+        if args.rss or args.rss_only:
             ready, peak = serve_rss(folder, dat_study, Path(tmp) / "serve", args.timeout)
             print(f"\ndopanode serve (DaT + FDOPA enabled): ready {ready:.0f} MB, peak "
                   f"{peak:.0f} MB during both jobs; goal < {RSS_GOAL_MB:.0f} MB: "
