@@ -4,12 +4,14 @@
 # Prometheus (prometheus, promtool: the alert rules and their tests under deploy/prometheus/)
 # docker-compose (validates deploy/compose/docker-compose.yml offline), PostgreSQL
 # (the server the tests of the postgres storage backend start on loopback) and
-# Chromium with its WebDriver (the admin page's browser test) and HAProxy (the TCP
-# balancer in front of two listeners, tests/integration/test_haproxy.py).
+# Chromium with its WebDriver (the admin page's browser test), HAProxy (the TCP
+# balancer in front of two listeners, tests/integration/test_haproxy.py) and Orthanc's
+# DICOMweb plugin (the OHIF front's test, tests/integration/test_ohif_server.py).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)

@@ -239,6 +239,8 @@ def _per_slice(datasets: Sequence[Dataset], series_uid: str) -> PetVolume:
         except (ValueError, AttributeError) as exc:
             raise AnalysisError(f"inconsistent geometry in frame {f + 1}: slices do not form "
                                 "one regular volume", "inconsistent_geometry") from exc
+        finally:
+            _drop_decoded_pixels(group)
         array, frame_affine = _oriented(volume)
         if affine is not None and (array.shape != arrays[0].shape
                                    or not np.allclose(frame_affine, affine, atol=1e-3)):
@@ -248,6 +250,23 @@ def _per_slice(datasets: Sequence[Dataset], series_uid: str) -> PetVolume:
         arrays.append(array)
     times, first_start = frame_times([instance_timing(g[0]) for g in groups], warnings)
     return _assemble(arrays, times, affine, series_uid, first, dynamic, first_start, warnings)
+
+
+def _drop_decoded_pixels(datasets: Sequence[Dataset]) -> None:
+    """Forget the decoded pixel arrays pydicom cached on the input datasets.
+
+    ``Dataset.pixel_array`` (which highdicom calls) keeps the decoded array on
+    the dataset until the dataset dies, and the job holds its inputs until it
+    ends: a 17-frame dynamic series of 1513 slices kept 48 MB of int16 copies
+    of what the float32 volume already holds (bench/fdopa_analysis.py, serve's
+    peak RSS). The encoded Pixel Data stays; a later ``pixel_array`` decodes
+    again. ``_pixel_array``/``_pixel_id`` are pydicom 3's cache attributes,
+    reset here as ``Dataset.convert_pixel_data`` would set them.
+    """
+    for ds in datasets:
+        if getattr(ds, "_pixel_array", None) is not None:
+            ds._pixel_array = None
+            ds._pixel_id = {}
 
 
 def _assemble(arrays: list[np.ndarray], times: list[tuple[float, float]],

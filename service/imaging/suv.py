@@ -26,7 +26,10 @@ Committee, as implemented by ``cornerstonejs/calculate-suv``
      start = Series Date/Time, unless it is later than the earliest
      Acquisition Date/Time of the series (a post-processed series): then the
      GE private scan date-time (0009,100D) of ``GEMS_PETD_01`` if present,
-     else the earliest Acquisition Date/Time;
+     else for Siemens the acquisition time + T_ave - Frame Reference Time
+     (:func:`siemens_scan_start`), else the earliest Acquisition Date/Time.
+     A true Enhanced PET gives its decay reference itself: Decay Correction
+     DateTime (0018,9701) (:func:`.pet_header.enhanced_pet_equivalents`);
    * ``NONE``: no SUV (values are not decay-corrected to one time).
 
 4. Weight = Patient's Weight (kg) x 1000 (g); dose = Radionuclide Total Dose
@@ -47,6 +50,7 @@ missing).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -122,7 +126,47 @@ def scan_start(header: Dataset, earliest_acquisition: dt.datetime | None
     ge = _private(header, 0x0009, GE_CREATOR, 0x0D)
     if ge:
         return parse_datetime(str(ge)), "GE private scan time (post-processed series)"
+    siemens = siemens_scan_start(header)
+    if siemens is not None and (acquired is None or siemens <= acquired):
+        return siemens, "Siemens T_ave back-computation (post-processed series)"
     return acquired, "acquisition time (post-processed series)"
+
+
+def count_average_time_s(duration_s: float, half_life_s: float) -> float:
+    """T_ave: seconds after a frame's start at which the count rate equals its average.
+
+    For activity decaying as exp(-lambda t) over a frame of length T, the rate
+    equals its frame mean at ``(1/lambda) ln(lambda T / (1 - exp(-lambda T)))``
+    (a little before mid-frame). This is the time Siemens writes as Frame
+    Reference Time (0054,1300) from the scan start (MIRP ``suv.py``, research
+    note ``fdopa_sim_and_product.md`` §3.5).
+    """
+    lam = math.log(2.0) / half_life_s
+    x = lam * duration_s
+    return math.log(x / -math.expm1(-x)) / lam
+
+
+def siemens_scan_start(header: Dataset) -> dt.datetime | None:
+    """Scan start of a Siemens series from its own frame: acquisition + T_ave - Frame Reference Time.
+
+    The decay reference of a START series whose Series Time was overwritten by
+    post-processing (a static window reconstructed later from a list-mode scan
+    that started at injection, say). None unless the manufacturer is Siemens
+    and Acquisition Date/Time, Actual Frame Duration, Frame Reference Time and
+    the half-life are all there: other vendors write Frame Reference Time as
+    mid-frame or frame start, where this would be wrong by up to half a frame.
+    """
+    if "SIEMENS" not in str(header.get("Manufacturer", "") or "").upper():
+        return None
+    acquired = acquisition_datetime(header)
+    duration_s = _positive(header.get("ActualFrameDuration"))
+    reference = header.get("FrameReferenceTime")
+    items = header.get("RadiopharmaceuticalInformationSequence") or []
+    half_life = _positive(items[0].get("RadionuclideHalfLife")) if items else None
+    if acquired is None or duration_s is None or reference in (None, "") or half_life is None:
+        return None
+    t_ave_s = count_average_time_s(duration_s / 1000.0, half_life)
+    return acquired + dt.timedelta(seconds=t_ave_s - float(reference) / 1000.0)
 
 
 def administration_datetime(item: Dataset, header: Dataset) -> dt.datetime | None:
@@ -153,7 +197,10 @@ def _decayed_dose(header: Dataset, earliest: dt.datetime | None) -> tuple[float 
     administered = administration_datetime(item, header)
     if administered is None:
         return None, "no Radiopharmaceutical Start Time"
-    start, source = scan_start(header, earliest)
+    start: dt.datetime | None = parse_datetime(str(header.get("DecayCorrectionDateTime", "")))
+    source = "Decay Correction DateTime (Enhanced PET)"
+    if start is None:
+        start, source = scan_start(header, earliest)
     if start is None:
         return None, "no Series or Acquisition Time"
     elapsed = (start - administered).total_seconds()

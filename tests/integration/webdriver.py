@@ -78,9 +78,13 @@ class Browser:
         A fresh, empty folder for ``--user-data-dir``.
     width, height : int
         Window size in CSS pixels (screenshots have this size).
+    extra_flags : tuple of str
+        More Chromium flags (e.g. ``--enable-unsafe-swiftshader`` for WebGL
+        without a GPU, which the OHIF viewer needs).
     """
 
-    def __init__(self, profile_dir: Path, width: int = 1360, height: int = 1000) -> None:
+    def __init__(self, profile_dir: Path, width: int = 1360, height: int = 1000,
+                 extra_flags: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.profile_dir = Path(profile_dir)
         self.profile_dir.mkdir(parents=True, exist_ok=False)
@@ -91,7 +95,7 @@ class Browser:
         try:
             wait_until(lambda: tcp_open(self.port), 30, "chromedriver's port")
             options = {"binary": chromium_binary(),
-                       "args": [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}",
+                       "args": [*CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={self.profile_dir}",
                                 f"--window-size={width},{height}"]}
             answer = self._http("POST", "/session", {"capabilities": {"alwaysMatch": {
                 "browserName": "chrome", "goog:chromeOptions": options}}})

@@ -222,3 +222,14 @@ def test_oblique_stack_matches_simpleitk(tmp_path) -> None:
     np.testing.assert_allclose(ours.GetSpacing(), theirs.GetSpacing(), atol=1e-4)
     np.testing.assert_allclose(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs),
                                rtol=1e-5, atol=1e-3)
+
+
+def test_decoded_pixels_are_not_kept_on_the_input_datasets() -> None:
+    """pydicom's pixel_array cache is dropped once the volume is built (serve's peak RSS)."""
+    frames, datasets = _dynamic(PetEncoding())
+    vol = volume_from_datasets(datasets)
+    assert all(getattr(ds, "_pixel_array", None) is None for ds in datasets)
+    again = volume_from_datasets(datasets)  # the encoded Pixel Data is still there
+    for a, b in zip(vol.frames, again.frames, strict=True):
+        np.testing.assert_array_equal(a.volume_zyx, b.volume_zyx)
+    assert len(vol.frames) == len(frames)

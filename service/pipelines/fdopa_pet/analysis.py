@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,6 +119,12 @@ class Volumes:
 def load_volumes(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
                  window_s: tuple[float, float], durations_s: dict[str, float]) -> Volumes:
     """PET volumes and SUV scales; a dynamic companion that fails leaves a note, not an error."""
+    return with_dynamic(load_static(primary, window_s, durations_s), dynamic, durations_s)
+
+
+def load_static(primary: Sequence[Dataset], window_s: tuple[float, float],
+                durations_s: dict[str, float]) -> Volumes:
+    """The primary series' volume and SUV scale (a dynamic primary also gives the curves)."""
     with stage(durations_s, "volume"):
         first = volume_from_datasets(primary)
         static = static_from_dynamic(first, window_s) if first.is_dynamic else first
@@ -127,19 +133,32 @@ def load_volumes(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     if first.is_dynamic:
         return Volumes(static, suv, first, suv, SourceReference.of(list(primary)), "",
                        injection_datetime(primary[0]))
-    if not dynamic:
-        return Volumes(static, suv, None, None, None, "no dynamic series in the study")
+    return Volumes(static, suv, None, None, None, "no dynamic series in the study")
+
+
+def with_dynamic(volumes: Volumes, dynamic: Sequence[Dataset] | None,
+                 durations_s: dict[str, float]) -> Volumes:
+    """``volumes`` with the dynamic companion series of a static primary, or why not.
+
+    Called after the segmentation (:func:`analyse_study`), so that the 4-D
+    dynamic volume (about 100 MB for 17 frames of 128 x 128 x 89) and the
+    U-Net's activations are not in memory at the same time
+    (bench/fdopa_analysis.py, serve's peak RSS).
+    """
+    if volumes.dynamic is not None or not dynamic:
+        return volumes
+    static = volumes.static
     try:
         with stage(durations_s, "volume"):
             dyn = volume_from_datasets(dynamic)
     except AnalysisError as exc:
-        return Volumes(static, suv, None, None, None, f"dynamic series not used: {exc.reason}")
+        return replace(volumes, dynamic_note=f"dynamic series not used: {exc.reason}")
     if dyn.frame_of_reference_uid != static.frame_of_reference_uid:
-        return Volumes(static, suv, None, None, None,
-                       "dynamic series not used: another frame of reference than the static")
+        return replace(volumes, dynamic_note="dynamic series not used: another frame of "
+                                             "reference than the static")
     with stage(durations_s, "suv"):
         dyn_suv = suv_scale(dynamic[0], dyn.first_frame_start)
-    return Volumes(static, suv, dyn, dyn_suv, SourceReference.of(list(dynamic)), "",
+    return Volumes(static, volumes.suv, dyn, dyn_suv, SourceReference.of(list(dynamic)), "",
                    injection_datetime(dynamic[0]))
 
 
@@ -240,9 +259,10 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     """
     with stage(durations_s, "gate"):
         selection = selection_of(primary, dynamic, options.fallback_keywords)
-    volumes = load_volumes(primary, dynamic, options.static_window_s, durations_s)
+    volumes = load_static(primary, options.static_window_s, durations_s)
     atlas, info, reference, lesions, measures = segment_and_measure(
         volumes.static, volumes.suv, template, segmenter, options, durations_s)
+    volumes = with_dynamic(volumes, dynamic, durations_s)
     dynamic_result, dynamic_note = curves(volumes, lesions, reference, durations_s)
     if volumes.dynamic is None and not dynamic and note:
         dynamic_note = note  # routing left the dynamic series out, and said why
