@@ -36,7 +36,7 @@ import pydicom
 from service.testing.fdopa_study import small_study
 from service.testing.ohif import OhifServer, dicomweb_config
 from service.testing.orthanc import OrthancPeer
-from tests.integration.webdriver import ELEMENT_KEY, Browser, Element
+from service.testing.webdriver import ELEMENT_KEY, Browser, Element
 
 #: WebGL without a GPU (SwiftShader); OHIF's cornerstone3D renders with WebGL.
 WEBGL_FLAGS = ("--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist")

@@ -37,7 +37,6 @@ import pytest
 from test_dat_incomplete_node import per_slice
 from test_ingress_dcmtk import storescu
 from test_sender_dcmtk import start_storescp
-from webdriver import Browser
 
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.result import Region
@@ -45,6 +44,7 @@ from service.testing.dat_phantom import make_phantom, random_pose
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess
 from service.testing.ports import free_port
+from service.testing.webdriver import Browser
 
 pytestmark = pytest.mark.slow  # real node processes or servers
 
