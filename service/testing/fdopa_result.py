@@ -7,9 +7,13 @@ lesions, labels 3/4/5 the reference regions, and the measures are computed
 here by plain numpy from their written definitions (:class:`LesionMeasures`).
 A dynamic study goes through :func:`.kinetics.analyse_dynamic`.
 
-``python -m service.testing.fdopa_result docs/img/fdopa_report_example.png [OUT_DIR]``
-writes the example picture report of the documentation (and, with OUT_DIR,
-the static series with its SEG, SR, picture and failure SR).
+``python -m service.testing.fdopa_result OUT.png [OUT_DIR]`` writes a picture
+report of this truth-built result (and, with OUT_DIR, the static series with
+its SEG, SR, picture and failure SR). The documentation's example
+(``docs/img/fdopa_report_example.png``) is instead the picture the node itself
+makes for the simulated study: ``python -m service.testing.fdopa_result
+--analysed docs/img/fdopa_report_example.png`` (``dopanode analyze`` with the
+shipped U-Net on :func:`.fdopa_study.analysed_small_study`).
 """
 
 from __future__ import annotations
@@ -255,6 +259,22 @@ def without_suv(result: FdopaResult, reason: str = "patient weight missing") -> 
                    flags=_flags(measures, suv, result.atlas.quality))
 
 
+def _analysed_picture(target: Path) -> int:
+    """The node's own picture report of the simulated study, as a PNG."""
+    import tempfile
+
+    from PIL import Image
+
+    from service.testing.fdopa_study import analysed_small_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, out = analysed_small_study(Path(tmp))
+        [picture] = out.glob("*/picture.dcm")
+        Image.fromarray(pydicom.dcmread(picture).pixel_array).save(target)
+    print(target)
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     """Write the example picture report PNG (``argv[0]``) from seed 77.
 
@@ -270,6 +290,9 @@ def main(argv: Sequence[str]) -> int:
     from service.pipelines.fdopa_pet.seg import build_seg
     from service.pipelines.fdopa_pet.sr import build_sr
 
+    if argv and argv[0] == "--analysed":
+        return _analysed_picture(Path(argv[1]) if len(argv) > 1
+                                 else Path("docs/img/fdopa_report_example.png"))
     target = Path(argv[0]) if argv else Path("docs/img/fdopa_report_example.png")
     with tempfile.TemporaryDirectory() as tmp:
         study = simulate_small_study(Path(tmp))

@@ -20,6 +20,8 @@ Not a site of the benchmark; never ``site_d_unseen``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -75,3 +77,19 @@ def small_study(out_dir: Path, preset: Literal["fine", "coarse"] = "fine", seed:
         with _registered(profile, schedule):
             simulate_study(plan, out_dir)
     return folder, json.loads((folder / "truth.json").read_text())
+
+
+def analysed_small_study(work: Path) -> tuple[list[Path], Path]:
+    """The ``fine`` study's static PET files and the folder ``dopanode analyze`` wrote for it.
+
+    The node's code path (the shipped template and U-Net) on the static and
+    dynamic series; the folder holds ``<study uid>/seg.dcm``, ``sr.dcm``,
+    ``picture.dcm`` and ``summary.json``. Reused when already there.
+    """
+    folder, _ = small_study(work / "sim", "fine")
+    out = work / "analysis"
+    if not list(out.glob("*/seg.dcm")):
+        cmd = [sys.executable, "-m", "service.cli", "analyze", "--out", str(out),
+               str(folder / "PT_STATIC"), str(folder / "PT_DYNAMIC")]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return sorted((folder / "PT_STATIC").iterdir()), out

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from service.testing.fdopa_study import small_study
+from service.testing.fdopa_study import analysed_small_study
 from service.testing.ohif import OhifServer, dicomweb_config
 from service.testing.orthanc import OrthancPeer
 from service.testing.webdriver import ELEMENT_KEY, Browser, Element
@@ -44,18 +43,6 @@ FIND_BY_TEXT = ("const t = arguments[0]; return [...document.querySelectorAll("
                 "'button,div,span,a')].filter(e => e.innerText && e.innerText.trim() == t)"
                 ".pop() || null;")
 ARROW_DOWN, ARROW_UP = "\ue015", "\ue013"
-
-
-def analysed_study(work: Path) -> tuple[list[Path], Path]:
-    """The static PET files of the simulated study and the SEG the node writes for it."""
-    folder, _ = small_study(work / "sim", "fine")
-    out = work / "analysis"
-    if not list(out.glob("*/seg.dcm")):
-        cmd = [sys.executable, "-m", "service.cli", "analyze", "--out", str(out),
-               str(folder / "PT_STATIC"), str(folder / "PT_DYNAMIC")]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    [seg] = out.glob("*/seg.dcm")
-    return sorted((folder / "PT_STATIC").iterdir()), seg
 
 
 def lesion_slice_rank(static: Sequence[Path], seg_path: Path) -> int:
@@ -121,7 +108,8 @@ def scroll_to(browser: Browser, rank: int, timeout_s: float = 30) -> None:
 
 def screenshot(dist: Path, png: Path, work: Path) -> Path:
     """Run the whole reproduction (see the module docstring); returns ``png``."""
-    static, seg = analysed_study(work)
+    static, out = analysed_small_study(work)
+    [seg] = out.glob("*/seg.dcm")
     rank = lesion_slice_rank(static, seg)
     study_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).StudyInstanceUID)
     config = dicomweb_config()

@@ -498,3 +498,24 @@ def test_an_empty_reference_segment_is_referenced_by_its_source_series(tmp_path:
     assert white_matter.referenced_segment.referenced_segment_numbers == [4]
     assert dciodvfy_errors(sr, tmp_path, "sr_empty") == []
     assert dciodvfy_errors(seg, tmp_path, "seg_empty") == []
+
+
+def test_a_long_headline_is_shrunk_to_fit_the_picture() -> None:
+    """Seen in a real analysis: 'T/S 1.20' was cut at the right edge at 20 pt."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from service.pipelines.fdopa_pet.render import HEADLINE_PT, fit_width
+
+    fig = Figure(figsize=(WIDTH_PX / 100, HEIGHT_PX / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    text = fig.text(0.02, 0.93, "[18F]FDOPA PET: 12 lesions (not measurable): MTV 123.45 cm3, "
+                    "TBRmax 12.34, T/S 12.34", fontsize=HEADLINE_PT[0], fontweight="bold")
+    renderer = canvas.get_renderer()
+    assert text.get_window_extent(renderer).width > 0.96 * fig.bbox.width  # too wide at 20 pt
+    fit_width(fig, text, 0.96)
+    assert text.get_window_extent(renderer).width <= 0.96 * fig.bbox.width
+    assert HEADLINE_PT[1] <= float(text.get_fontsize()) < HEADLINE_PT[0]
+    short = fig.text(0.02, 0.5, "No PET-active lesion found", fontsize=HEADLINE_PT[0])
+    fit_width(fig, short, 0.96)
+    assert short.get_fontsize() == HEADLINE_PT[0]

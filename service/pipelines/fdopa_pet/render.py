@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from service.pipelines.fdopa_pet.result import FdopaResult, LesionMeasures
 from service.report.picture import figure_rgb
@@ -245,6 +246,10 @@ def _curve_scale(result: FdopaResult) -> tuple[float, str]:
     return 1.0, "series units"
 
 
+#: Headline font size, points: the size it starts at and the least it shrinks to.
+HEADLINE_PT = (20.0, 12.0)
+
+
 def headline(result: FdopaResult) -> tuple[str, str]:
     """The result in one line and its colour."""
     tumour = result.measures.tumour
@@ -275,8 +280,20 @@ def _draw_banner(fig: Figure, result: FdopaResult) -> None:
     fig.text(0.5, 0.978, BANNER, fontsize=14, fontweight="bold", color="white", ha="center",
              va="center", bbox={"facecolor": "#b71c1c", "edgecolor": "none", "pad": 5})
     text, colour = headline(result)
-    fig.text(0.02, 0.93, f"[18F]FDOPA PET: {text}", fontsize=20, fontweight="bold",
-             color=colour, va="center")
+    line = fig.text(0.02, 0.93, f"[18F]FDOPA PET: {text}", fontsize=HEADLINE_PT[0],
+                    fontweight="bold", color=colour, va="center")
+    fit_width(fig, line, 0.96)
+
+
+def fit_width(fig: Figure, text: Text, fraction: float) -> None:
+    """Shrink ``text`` (down to :data:`HEADLINE_PT` [1]) until it spans at most ``fraction``
+    of the figure's width, so that a long headline is never cut at the edge."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    size = float(text.get_fontsize())
+    while size > HEADLINE_PT[1] and (text.get_window_extent(renderer).width
+                                     > fraction * fig.bbox.width):
+        size -= 1.0
+        text.set_fontsize(size)
 
 
 def render_report_figure(result: FdopaResult) -> Figure:
