@@ -36,16 +36,18 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from service.config import NodeSettings, Settings, StorageSettings
+from service.config import NodeSettings, Settings
 from service.dicom import codes
 from service.net import acceptor
 from service.net.scp import StorageSCP
 from service.store import db
 from service.store import series as completion
 from service.store import spool as spool_mod
+from service.store.rows import open_rows
 from service.store.spool import Spool, filesystem_type
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
+from service.testing.storage import storage_settings
 
 
 def nm_instance(seed: str, index: int, slices: int = 3) -> Dataset:
@@ -86,10 +88,10 @@ class RecordingSCP(StorageSCP):
 def make_scp(tmp_path: Path, acceptor_kind: str, spool_sync: str = "posix") -> RecordingSCP:
     settings = Settings().model_copy(update={
         "node": NodeSettings(port=free_port(), bind="127.0.0.1", acceptor=acceptor_kind),
-        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+        "storage": storage_settings(spool_dir=tmp_path / "spool",
                                    db_path=tmp_path / "node.sqlite3", min_free_mb=1,
                                    spool_sync=spool_sync)})
-    database = db.Database(settings.storage.db_path)
+    database = open_rows(settings.storage)
     database.migrate()
     one_flush = None if spool_sync == "auto" else False  # as service.app.Node does
     scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir, one_flush))
