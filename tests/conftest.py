@@ -17,6 +17,7 @@ data writers, the test pipelines) live in :mod:`service.testing`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-@pytest.fixture(autouse=True)
-def _node_storage(request: pytest.FixtureRequest) -> Iterator[None]:
+@contextmanager
+def _fresh_database(request: pytest.FixtureRequest) -> Iterator[None]:
     """Under ``DOPANODE_TEST_STORAGE=postgres``: a fresh database, named in the environment."""
-    stores = selected_stores()
-    if "postgres" not in stores or request.node.get_closest_marker("sqlite_only"):
+    if "postgres" not in selected_stores() or request.node.get_closest_marker("sqlite_only"):
         yield
         return
     server = request.getfixturevalue("postgres_server")
@@ -62,6 +62,20 @@ def _node_storage(request: pytest.FixtureRequest) -> Iterator[None]:
             yield
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_storage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The database of a module's module-scoped fixtures (a node kept across its tests)."""
+    with _fresh_database(request):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _node_storage(request: pytest.FixtureRequest, _module_storage: None) -> Iterator[None]:
+    """Each test's own database (a NodeProcess keeps the one it was built with)."""
+    with _fresh_database(request):
+        yield
 
 
 @pytest.fixture

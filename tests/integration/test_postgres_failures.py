@@ -17,6 +17,7 @@ share the PostgreSQL database and the spool folder (as NFS would share it).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,7 +152,10 @@ def test_a_listener_killed_mid_series_loses_nothing_it_acknowledged(
         rest = Scu(l2, files[0], calling_ae="ORTHANC")  # the PACS retries via the balancer
         assert [rest.store(p) for p in files[10:]] == [0x0000] * (len(files) - 10)
         rest.close()
-        l2.wait_for("SELECT state, instance_count FROM jobs", [("done", len(files))], 60)
+        [(uids_json,)] = l2.wait_for("SELECT instance_uids_json FROM jobs WHERE state = 'done'",
+                                     lambda r: len(r) == 1, 60)
+        assert len(json.loads(uids_json)) == len(files)  # one job, with every instance
+        assert l2.query("SELECT COUNT(*) FROM jobs") == [(1,)]
         assert l2.query("SELECT instance_count, state FROM series") == [(len(files), "routed")]
         assert l2.query("SELECT COUNT(*) FROM instances") == [(len(files),)]
         for path in acked:  # the killed listener's files are whole in the shared spool
@@ -202,7 +206,8 @@ def test_postgres_restarted_under_load_loses_nothing_acknowledged(
         refused: list[int] = []
         stop = threading.Event()
         senders = [threading.Thread(target=send_until_acknowledged,
-                                    args=(node, paths, refused, stop)) for paths in series]
+                                    args=(node, paths, refused, stop), daemon=True)
+                   for paths in series]
         for thread in senders:
             thread.start()
         try:
@@ -211,14 +216,15 @@ def test_postgres_restarted_under_load_loses_nothing_acknowledged(
             own_server.pause()  # fast shutdown: every session is cut
             wait_until(lambda: len(refused) >= 3, 60, "stores arriving while the server is down")
             own_server.resume()
+            wait_until(lambda: not any(t.is_alive() for t in senders), 120,
+                       "every instance acknowledged after the restart")
         finally:
-            for thread in senders:
-                thread.join(180)
             stop.set()
-        assert not any(t.is_alive() for t in senders)
         total = sum(len(s) for s in series)
-        node.wait_for("SELECT state, instance_count FROM jobs ORDER BY id",
-                      [("done", 30)] * len(series), 90)
+        done = node.wait_for("SELECT state, instance_uids_json FROM jobs",
+                             lambda r: len(r) == len(series)
+                             and all(state == "done" for state, _ in r), 90)
+        assert [len(json.loads(uids)) for _, uids in done] == [30] * len(series)
         assert node.query("SELECT COUNT(*) FROM instances") == [(total,)]
         assert node.query("SELECT COUNT(*) FROM series WHERE state = 'routed'") == [(3,)]
         assert refused and all(0xA700 <= s <= 0xA7FF or 0xC000 <= s <= 0xCFFF
