@@ -46,7 +46,7 @@ from service.testing.pipelines import FakeNmPipeline
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
 from service.testing.smallfs import SmallFsUnavailable, fill, small_filesystem
-from service.testing.storage import node_rows, storage_settings
+from service.testing.storage import env_postgres_dsn, node_rows, storage_settings
 from service.worker import DeferPolicy, Worker
 
 POLICY = DeferPolicy(base_s=60.0, cap_s=600.0, max_deferrals=2)
@@ -341,7 +341,11 @@ def test_database_full_when_recording_is_0xa700_and_the_file_removed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scp = start_scp(tmp_path / "spool", tmp_path, "event")
 
-    def full(*_: Any, **__: Any) -> Any:
+    def full(*_: Any, **__: Any) -> Any:  # what the node's own adapter raises
+        if env_postgres_dsn() is not None:
+            import psycopg.errors
+
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
         exc = sqlite3.OperationalError("database or disk is full")
         exc.sqlite_errorcode = 13
         raise exc
