@@ -109,5 +109,9 @@ class PgServer:
         return name
 
     def drop_database(self, name: str) -> None:
+        """Drop ``name`` and the databases named ``<name>_...`` (the nodes' of a test)."""
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            family = [row[0] for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{name}\\_%",))]
+            for each in [*family, name]:
+                conn.execute(f"DROP DATABASE IF EXISTS {each} WITH (FORCE)")

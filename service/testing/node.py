@@ -32,7 +32,7 @@ from typing import Any
 import service
 from service.testing.polling import wait_until
 from service.testing.ports import free_port, tcp_open
-from service.testing.storage import env_postgres_dsn, postgres_environ
+from service.testing.storage import node_database, postgres_environ
 
 #: The checkout (or installed tree) whose ``service`` package this is: the node's cwd.
 REPO_ROOT = Path(service.__file__).resolve().parents[1]
@@ -122,9 +122,10 @@ class NodeProcess:
         self.components = components
         self.log_level = log_level
         self.env = dict(env or {})
-        # the storage switch (service.testing.storage) names a database in the environment:
-        # kept for this node's life, even when it outlives the test that built it
-        self.postgres_dsn = postgres_dsn if postgres_dsn is not None else env_postgres_dsn()
+        # under the storage switch (service.testing.storage) each node folder has its own
+        # database, as it has its own SQLite file; kept for this node's life
+        self.postgres_dsn = (postgres_dsn if postgres_dsn is not None
+                             else node_database(self.work_dir))
         if self.postgres_dsn is not None:
             self.env.update(postgres_environ(self.postgres_dsn))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -15,6 +15,7 @@ the same fixture.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,29 @@ def env_postgres_dsn(environ: Mapping[str, str] | None = None) -> str | None:
         return None
     dsn = storage.get("postgres_dsn")
     return str(dsn) if dsn else None
+
+
+def node_database(work_dir: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """The DSN of the database of the node in ``work_dir`` under the switch (None without).
+
+    With SQLite every node folder has its own file; so under the switch every
+    node folder gets its own database on the environment's server, named after
+    the environment's database (``<name>_n<hash of the folder>``, which the
+    fixture that made ``<name>`` drops with it) and created on first use.
+    """
+    dsn = env_postgres_dsn(environ)
+    if dsn is None:
+        return None
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    folder = hashlib.sha256(str(Path(work_dir).resolve()).encode()).hexdigest()[:12]
+    name = f"{conninfo_to_dict(dsn)['dbname']}_n{folder}"
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(dsn, dbname=name)
 
 
 def storage_settings(environ: Mapping[str, str] | None = None, **values: Any) -> StorageSettings:

@@ -12,7 +12,8 @@ share the PostgreSQL database and the spool folder (as NFS would share it).
 * The PostgreSQL server restarted under load: C-STOREs keep arriving while
   the server is down; each one is either acknowledged (and then recorded and
   analysed) or refused with a failure status (the SCU sends it again, as a
-  PACS does); the node recovers without a restart and every series is done.
+  PACS does); the node recovers without a restart: every series is analysed
+  and its result sent once.
 """
 
 from __future__ import annotations
@@ -199,9 +200,11 @@ def test_postgres_restarted_under_load_loses_nothing_acknowledged(
         tmp_path: Path, own_server: PgServer) -> None:
     series = [per_slice_series(tmp_path / f"s{i}", f"pg-restart-{i}", 30) for i in range(3)]
     dsn = own_server.dsn(own_server.create_database())
-    settings = {**fake_settings(0.5), "allowed_callers": PATIENT_CALLERS}
-    with NodeProcess(tmp_path / "node", settings=settings, components="scp,worker,api",
-                     postgres_dsn=dsn) as node:
+    pacs = HoldingDestination()
+    settings = {**fake_settings(0.5), "allowed_callers": PATIENT_CALLERS,
+                "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": pacs.port}]}
+    with NodeProcess(tmp_path / "node", settings=settings, postgres_dsn=dsn) as node:
         node.start()
         refused: list[int] = []
         stop = threading.Event()
@@ -231,4 +234,8 @@ def test_postgres_restarted_under_load_loses_nothing_acknowledged(
                                for s in refused), refused  # refused, never dropped
         status, body = node.api_get("/api/jobs")
         assert status == 200 and len(body["jobs"]) == len(series)
+        node.wait_for("SELECT state, COUNT(*) FROM outbox GROUP BY state",
+                      [("sent", len(series))], 60)  # the sender recovered too
+        assert len(pacs.received) == len(set(pacs.received)) == len(series)
         assert node.stop() == 0
+    pacs.server.shutdown()
