@@ -5,8 +5,9 @@ The storage switch (:mod:`service.testing.storage`): with
 ``DOPANODE_TEST_STORAGE=postgres`` every test gets a fresh database on the
 session's PostgreSQL server and the node's own settings variables pointing at
 it (``DOPANODE_STORAGE__BACKEND``/``__POSTGRES_DSN``), which ``dopanode serve``
-subprocesses inherit and in-process tests read through ``storage_settings``.
-Under the switch, tests marked ``sqlite_only`` and tests that already run on
+subprocesses inherit and in-process tests read through ``storage_settings``
+(each ``NodeProcess`` folder then gets its own database, as it has its own
+SQLite file: :func:`service.testing.storage.node_database`). Under the switch, tests marked ``sqlite_only`` and tests that already run on
 PostgreSQL by themselves (the ``rows``/``postgres_dsn`` fixtures, marker ``picks_adapter``)
 are deselected, and so are tests marked ``no_storage``.
 

@@ -335,6 +335,26 @@ def test_no_connection_leak_between_associations(
         pooled.close()
 
 
+def test_a_connection_that_failed_a_store_is_not_pooled_again(
+        node: tuple[RecordingSCP, db.Database], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL session cut by a server restart stays broken: reused, it would
+    refuse every later store of the process (found by test_postgres_failures)."""
+    scp, _ = node
+    assoc = associate(scp)
+    assert assoc.send_c_store(nm_instance("pool-a", 0, slices=1)).Status == 0x0000
+    [pooled] = list(scp._pool.idle.queue)
+
+    def cut(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(completion, "record_instance", cut)
+    assert assoc.send_c_store(nm_instance("pool-b", 0, slices=1)).Status == 0xA700
+    assert pooled not in list(scp._pool.idle.queue)
+    monkeypatch.undo()
+    assert assoc.send_c_store(nm_instance("pool-b", 0, slices=1)).Status == 0x0000
+    assoc.release()
+
+
 @pytest.mark.parametrize(("status", "comment", "instance_uid"), [
     (0x0000, None, "1.2.3.4"),
     (0xA700, "insufficient disk space on the node's spool", "1.2.3.45"),
