@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint unit peers clean setup-run setup-test benchmark demo
+.PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,17 @@ lint: setup-test
 	$(VENV)/bin/ruff check service tests bench models scripts
 	$(VENV)/bin/mypy
 
-# Everything: lint, types, then every test (unit, integration with real peers, e2e, slow ones).
+# Everything: lint, types, then every test (unit, integration with real peers, e2e, slow ones)
+# on the embedded default (SQLite), then the node's tests again on PostgreSQL.
 test: peers setup-test lint
 	$(VENV)/bin/python -m pytest -q tests
+	$(PG_PASS)
+
+# The node's tests with its rows on PostgreSQL (docs/storage.md#tests): every test but the
+# ones marked sqlite_only, no_storage or picks_adapter, and those on the `rows` fixture.
+PG_PASS := DOPANODE_TEST_STORAGE=postgres $(VENV)/bin/python -m pytest -q tests
+test-postgres: peers setup-test
+	$(PG_PASS)
 
 # The fast inner loop: unit tests without the ones marked slow (simulator, torch, subprocesses).
 unit: setup-test

@@ -1,6 +1,16 @@
 """Shared fixtures only: a free loopback port, a seeded RNG, both rows adapters, both
-blobs adapters (S3: a real SeaweedFS server, service/testing/s3server.py), and
-pydicom's validation state restored around every test.
+blobs adapters (S3: a real SeaweedFS server, service/testing/s3server.py), the
+storage switch, and pydicom's validation state restored around every test.
+
+The storage switch (:mod:`service.testing.storage`): with
+``DOPANODE_TEST_STORAGE=postgres`` every test gets a fresh database on the
+session's PostgreSQL server and the node's own settings variables pointing at
+it (``DOPANODE_STORAGE__BACKEND``/``__POSTGRES_DSN``), which ``dopanode serve``
+subprocesses inherit and in-process tests read through ``storage_settings``
+(each ``NodeProcess`` folder then gets its own database, as it has its own
+SQLite file: :func:`service.testing.storage.node_database`). Under the switch, tests marked ``sqlite_only`` and tests that already run on
+PostgreSQL by themselves (the ``rows``/``postgres_dsn`` fixtures, marker ``picks_adapter``)
+are deselected, and so are tests marked ``no_storage``.
 
 Helpers (NodeProcess, OrthancPeer, wait_until, free_port, require_tool, NM
 data writers, the test pipelines) live in :mod:`service.testing`.
@@ -9,6 +19,7 @@ data writers, the test pipelines) live in :mod:`service.testing`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +27,57 @@ import numpy as np
 import pytest
 
 from service.testing.ports import free_port
+from service.testing.storage import postgres_environ, selected_stores
+
+#: Fixtures of tests that pick their adapter themselves (they run on both in every pass).
+_OWN_ADAPTER_FIXTURES = frozenset({"rows", "postgres_dsn", "postgres_server"})
+#: Markers of tests the PostgreSQL pass leaves out (pyproject.toml says why for each).
+_NOT_RERUN_MARKERS = ("sqlite_only", "no_storage", "picks_adapter")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under the storage switch keep only the tests whose node storage it moves."""
+    if not selected_stores():
+        return
+    keep, drop = [], []
+    for item in items:
+        own = _OWN_ADAPTER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        marked = any(item.get_closest_marker(m) for m in _NOT_RERUN_MARKERS)
+        (drop if own or marked else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@contextmanager
+def _fresh_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under ``DOPANODE_TEST_STORAGE=postgres``: a fresh database, named in the environment."""
+    if "postgres" not in selected_stores() or request.node.get_closest_marker("sqlite_only"):
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    try:
+        with pytest.MonkeyPatch.context() as environ:  # its own: the test's stays the test's
+            for key, value in postgres_environ(server.dsn(name)).items():
+                environ.setenv(key, value)
+            yield
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_storage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The database of a module's module-scoped fixtures (a node kept across its tests)."""
+    with _fresh_database(request):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _node_storage(request: pytest.FixtureRequest, _module_storage: None) -> Iterator[None]:
+    """Each test's own database (a NodeProcess keeps the one it was built with)."""
+    with _fresh_database(request):
+        yield
 
 
 @pytest.fixture

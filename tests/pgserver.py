@@ -67,14 +67,23 @@ class PgServer:
     def start(self) -> PgServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust",
                   "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self._running = True
+        atexit.register(self.stop)
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the (initialised, stopped) server; returns once it accepts connections."""
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                    " -c max_connections=60 -c shared_buffers=32MB")
-        self._running = True
-        atexit.register(self.stop)
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.root / "server.log"), "-w", "-t", "60", "-o", options, "start")
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (fast: sessions are cut), keeping its data; :meth:`resume` it."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                  "-t", "60", "stop")
 
     def restart(self) -> None:
         """Stop the server (fast: sessions are cut) and start it again, same options."""
@@ -100,5 +109,9 @@ class PgServer:
         return name
 
     def drop_database(self, name: str) -> None:
+        """Drop ``name`` and the databases named ``<name>_...`` (the nodes' of a test)."""
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            family = [row[0] for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{name}\\_%",))]
+            for each in [*family, name]:
+                conn.execute(f"DROP DATABASE IF EXISTS {each} WITH (FORCE)")

@@ -132,8 +132,12 @@ class _ConnectionPool:
                 conn.execute(statement)
         try:
             yield conn
-        finally:
-            self.idle.put(conn)
+        except BaseException:
+            # The connection may be the cause (a PostgreSQL session cut by a server
+            # restart stays broken): never hand it to the next store; a new one is cheap.
+            _close_quietly(conn)
+            raise
+        self.idle.put(conn)
 
     def close(self) -> None:
         while True:
@@ -141,6 +145,13 @@ class _ConnectionPool:
                 self.idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - closing a broken session may fail too; it is dropped
+        log.debug("store_connection_close_failed")
 
 
 class StorageSCP:

@@ -32,6 +32,7 @@ from typing import Any
 import service
 from service.testing.polling import wait_until
 from service.testing.ports import free_port, tcp_open
+from service.testing.storage import node_database, postgres_environ
 
 #: The checkout (or installed tree) whose ``service`` package this is: the node's cwd.
 REPO_ROOT = Path(service.__file__).resolve().parents[1]
@@ -123,10 +124,12 @@ class NodeProcess:
         self.components = components
         self.log_level = log_level
         self.env = dict(env or {})
-        self.postgres_dsn = postgres_dsn
-        if postgres_dsn is not None:
-            self.env.update({"DOPANODE_STORAGE__BACKEND": "postgres",
-                             "DOPANODE_STORAGE__POSTGRES_DSN": postgres_dsn})
+        # under the storage switch (service.testing.storage) each node folder has its own
+        # database, as it has its own SQLite file; kept for this node's life
+        self.postgres_dsn = (postgres_dsn if postgres_dsn is not None
+                             else node_database(self.work_dir))
+        if self.postgres_dsn is not None:
+            self.env.update(postgres_environ(self.postgres_dsn))
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config(settings or {})
 

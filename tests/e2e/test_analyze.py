@@ -26,7 +26,7 @@ from service.sim.nm_writer import EncodingVariant
 from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
 from service.testing.nmdata import write_marker_study
 
-pytestmark = pytest.mark.slow  # simulated scans through the command line
+pytestmark = [pytest.mark.slow, pytest.mark.no_storage]  # simulated scans through the command line
 
 ATLAS = load_atlas()
 SHIPPED_MODEL = default_models_dir() / MODEL_FILE

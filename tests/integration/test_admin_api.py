@@ -20,10 +20,11 @@ from pydicom.uid import generate_uid
 
 from service.api.app import create_app
 from service.api.readiness import Probes
-from service.config import ApiSettings, Destination, Settings, StorageSettings
+from service.config import ApiSettings, Destination, Settings
 from service.store import outbox
 from service.store.db import Database
 from service.store.spool import output_path
+from service.testing.storage import node_rows, storage_settings
 
 TOKEN = "s3cret-token-for-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -44,7 +45,7 @@ def secondary_capture(pixels: np.ndarray) -> hd.sc.SCImage:
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Database, np.ndarray]:
     """Jobs 1 (done, with a picture report in the spool), 2 (failed), 3 (superseded)."""
-    database = Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     pixels = np.random.default_rng(5).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     sc = secondary_capture(pixels)
@@ -82,7 +83,7 @@ def setup(tmp_path: Path) -> tuple[Database, np.ndarray]:
 def client(tmp_path: Path, db: Database, names: bool = False, token: str | None = TOKEN,
            host: str = "testclient") -> TestClient:
     settings = Settings().model_copy(update={
-        "storage": StorageSettings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.db"),
+        "storage": storage_settings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.db"),
         "api": ApiSettings(token=token, show_patient_names=names),
         "destinations": (Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
                          Destination(name="backup", ae_title="BKP", host="127.0.0.1", port=105)),

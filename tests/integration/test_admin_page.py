@@ -179,11 +179,11 @@ def test_page_shows_health_queue_outbox_studies_without_names(site: Site, browse
     assert "…" + site.study_uid[-12:] in studies  # abbreviated
     assert site.study_uid not in page_source(browser)
 
-    health = browser.text("#health")
+    health = browser.wait_for_text("#health", "ready")
     assert "ready" in health and "database" in health and "scp" in health
-    queue = browser.text("#queue")
+    queue = browser.wait_for_text("#queue", "dat_spect")  # panels refresh one by one
     assert "dat_spect" in queue
-    outbox = browser.text("#outbox")
+    outbox = browser.wait_for_text("#outbox", "archive")
     assert "pacs" in outbox and "archive" in outbox
     archive = browser.text("#outbox tbody tr:nth-child(2)").split("\t")
     assert archive[0] == "archive" and int(archive[1]) >= 1 and archive[-1] != "–"  # its error

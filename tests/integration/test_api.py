@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.api.readiness import Probes, ReadyLimits
 from service.api.server import ApiServer
-from service.config import ApiSettings, Settings, StorageSettings
+from service.config import ApiSettings, Settings
 from service.inference import manifest
 from service.pipelines.dat_spect.plugin import DatSpectSettings
 from service.store import outbox
 from service.store.db import Database
 from service.testing.ports import free_port
+from service.testing.storage import node_rows, storage_settings
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,7 +36,7 @@ UP = Probes(scp_listening=lambda: True)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    database = Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     conn = database.connect()
     with conn:
@@ -63,7 +64,7 @@ def db(tmp_path: Path) -> Database:
 
 def make_settings(tmp_path: Path, token: str | None = TOKEN, **storage: object) -> Settings:
     return Settings().model_copy(update={
-        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+        "storage": storage_settings(spool_dir=tmp_path / "spool",
                                    db_path=tmp_path / "node.sqlite3", **storage),
         "api": ApiSettings(token=token),
     })

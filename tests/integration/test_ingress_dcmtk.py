@@ -315,5 +315,5 @@ def test_concurrent_senders(tmp_path: Path, receive: tuple[str, str]) -> None:
                                      *map(str, paths)]) for paths in series]
         assert [s.wait(120) for s in senders] == [0, 0, 0]
         assert proc.query("SELECT COUNT(*) FROM instances") == [(36,)]
-        proc.wait_for("SELECT COUNT(*), SUM(state = 'failed') FROM jobs", [(3, 3)])
+        proc.wait_for("SELECT COUNT(*), SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) FROM jobs", [(3, 3)])
         assert proc.stop() == 0

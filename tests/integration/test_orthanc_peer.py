@@ -19,12 +19,13 @@ from pynetdicom import AE, evt
 from service.dicom import codes
 from service.net.scu import Sender
 from service.store import outbox
-from service.store.db import Database
 from service.store.outbox import RetryPolicy
+from service.store.rows import open_rows
 from service.testing.nmdata import write_marker_study
 from service.testing.orthanc import OrthancPeer
 from service.testing.ports import free_port
 from service.testing.samples import write_sr
+from service.testing.storage import node_rows, storage_settings
 
 pytestmark = pytest.mark.slow  # each test starts its own Orthanc
 
@@ -98,7 +99,7 @@ class _Dest:
 
 
 def test_sender_delivers_to_orthanc(tmp_path):
-    db = Database(tmp_path / "node.sqlite3")
+    db = node_rows(tmp_path / "node.sqlite3")
     db.migrate()
     ds = write_sr(tmp_path / "sr.dcm")
     conn = db.connect()
@@ -116,16 +117,16 @@ def test_sender_delivers_to_orthanc(tmp_path):
 
 def test_orthanc_stores_to_the_node_scp(tmp_path, nm_file):
     """Orthanc -> the node's own StorageSCP: the instance is spooled and recorded."""
-    from service.config import NodeSettings, Settings, StorageSettings
+    from service.config import NodeSettings, Settings
     from service.net.scp import StorageSCP
     from service.store.spool import Spool
 
     port = free_port()
     settings = Settings().model_copy(update={
         "node": NodeSettings(port=port, bind="127.0.0.1"),
-        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+        "storage": storage_settings(spool_dir=tmp_path / "spool",
                                    db_path=tmp_path / "node.sqlite3", min_free_mb=1)})
-    db = Database(settings.storage.db_path)
+    db = open_rows(settings.storage)
     db.migrate()
     scp = StorageSCP(settings, db, Spool(settings.storage.spool_dir))
     scp.start()

@@ -237,6 +237,7 @@ def test_notify_wakes_workers_when_a_job_is_made_never_per_instance(
         thread.join(10)
 
 
+@pytest.mark.picks_adapter  # its own server, restarted
 def test_worker_scheduler_and_wakeups_survive_a_server_restart(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """The server restarts under the node's loops: each opens a fresh session and goes on."""

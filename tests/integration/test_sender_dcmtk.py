@@ -27,6 +27,7 @@ from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
 from service.testing.samples import write_sr
+from service.testing.storage import node_rows
 
 FAST = RetryPolicy(base_s=0.2, cap_s=0.8, give_up_after_s=3600)
 
@@ -62,7 +63,7 @@ def start_storescp(directory: Path, port: int, ae_title: str = "DEST") -> subpro
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    database = Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     return database
 

@@ -29,6 +29,8 @@ from service.sim.disease import sample_background, sample_state
 from service.sim.profiles import get_profile
 from service.sim.scan import AnatomyScanner, to_image
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 MODEL = default_models_dir() / MODEL_FILE
 UNSEEN_PROFILE = "fanbeam_hr_osem"
 

@@ -22,6 +22,8 @@ from service.pipelines.dat_spect.result import Region, StudyResult
 from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, build_sr
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 JOB = "job-tools-1"
 ALLOWED_WARNINGS = ("Unrecognized defined term <99DOPANODE>",)
 TIMEOUT_S = 60

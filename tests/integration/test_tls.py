@@ -24,7 +24,6 @@ import pytest
 
 from service.net.scu import Sender
 from service.store import outbox
-from service.store.db import Database
 from service.store.outbox import RetryPolicy
 from service.testing import certs
 from service.testing.nmdata import marker_image, write_marker_study
@@ -34,6 +33,7 @@ from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port, tcp_open
 from service.testing.samples import write_sr
+from service.testing.storage import node_rows
 
 pytestmark = pytest.mark.slow  # real nodes and DCMTK peers
 
@@ -238,7 +238,7 @@ def storescp_tls(tmp_path: Path, pki: Pki) -> Iterator[tuple[int, Path]]:
 
 def test_sender_delivers_to_storescp_over_tls(tmp_path, pki, storescp_tls):
     port, inbox = storescp_tls
-    db = Database(tmp_path / "node.sqlite3")
+    db = node_rows(tmp_path / "node.sqlite3")
     db.migrate()
     path = tmp_path / "out" / "sr.dcm"
     ds = write_sr(path)

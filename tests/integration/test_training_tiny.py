@@ -41,7 +41,7 @@ from service.pipelines.dat_spect.preprocess import cnn_input  # noqa: E402
 from service.pipelines.dat_spect.quantify import quantify  # noqa: E402
 from service.pipelines.dat_spect.result import REGIONS  # noqa: E402
 
-pytestmark = pytest.mark.slow  # trains a tiny CNN with torch
+pytestmark = [pytest.mark.slow, pytest.mark.no_storage]  # trains a tiny CNN with torch
 
 SITES = {"site_x": ("train_test", 1.0, 90.0), "site_y": ("train_test", 0.6, 40.0),
          "site_u": ("unseen", 0.8, 60.0)}  # role, SBR scale, counts scale

@@ -17,7 +17,6 @@ No sleeps: every wait is a poll with a deadline.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import tempfile
 import threading
 import time
@@ -36,16 +35,18 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from service.config import NodeSettings, Settings, StorageSettings
+from service.config import NodeSettings, Settings
 from service.dicom import codes
 from service.net import acceptor
 from service.net.scp import StorageSCP
 from service.store import db
 from service.store import series as completion
 from service.store import spool as spool_mod
+from service.store.rows import open_rows
 from service.store.spool import Spool, filesystem_type
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
+from service.testing.storage import storage_settings
 
 
 def nm_instance(seed: str, index: int, slices: int = 3) -> Dataset:
@@ -86,10 +87,10 @@ class RecordingSCP(StorageSCP):
 def make_scp(tmp_path: Path, acceptor_kind: str, spool_sync: str = "posix") -> RecordingSCP:
     settings = Settings().model_copy(update={
         "node": NodeSettings(port=free_port(), bind="127.0.0.1", acceptor=acceptor_kind),
-        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+        "storage": storage_settings(spool_dir=tmp_path / "spool",
                                    db_path=tmp_path / "node.sqlite3", min_free_mb=1,
                                    spool_sync=spool_sync)})
-    database = db.Database(settings.storage.db_path)
+    database = open_rows(settings.storage)
     database.migrate()
     one_flush = None if spool_sync == "auto" else False  # as service.app.Node does
     scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir, one_flush))
@@ -317,16 +318,41 @@ def test_lost_rows_are_recovered_at_start_up(node: tuple[RecordingSCP, db.Databa
         conn.close()
 
 
-def test_no_sqlite_connection_leak_between_associations(
+def test_no_connection_leak_between_associations(
         node: tuple[RecordingSCP, db.Database]) -> None:
-    scp, _ = node
+    scp, database = node
     for i in range(3):
         assoc = associate(scp)
         assert assoc.send_c_store(nm_instance(f"series-d{i}", 0, slices=1)).Status == 0x0000
         assoc.release()
     wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
     assert scp._pool.idle.qsize() <= 2
-    assert isinstance(scp._pool.idle.get_nowait(), sqlite3.Connection)
+    pooled, fresh = scp._pool.idle.get_nowait(), database.connect()
+    try:  # a connection of the node's own adapter (SQLite, or PostgreSQL under the switch)
+        assert type(pooled) is type(fresh)
+    finally:
+        fresh.close()
+        pooled.close()
+
+
+def test_a_connection_that_failed_a_store_is_not_pooled_again(
+        node: tuple[RecordingSCP, db.Database], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL session cut by a server restart stays broken: reused, it would
+    refuse every later store of the process (found by test_postgres_failures)."""
+    scp, _ = node
+    assoc = associate(scp)
+    assert assoc.send_c_store(nm_instance("pool-a", 0, slices=1)).Status == 0x0000
+    [pooled] = list(scp._pool.idle.queue)
+
+    def cut(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(completion, "record_instance", cut)
+    assert assoc.send_c_store(nm_instance("pool-b", 0, slices=1)).Status == 0xA700
+    assert pooled not in list(scp._pool.idle.queue)
+    monkeypatch.undo()
+    assert assoc.send_c_store(nm_instance("pool-b", 0, slices=1)).Status == 0x0000
+    assoc.release()
 
 
 @pytest.mark.parametrize(("status", "comment", "instance_uid"), [

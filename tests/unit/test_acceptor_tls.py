@@ -14,6 +14,8 @@ import pytest
 from service.net import acceptor, tls
 from service.testing import certs
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 @pytest.fixture(scope="module")
 def server_pair(tmp_path_factory: pytest.TempPathFactory) -> certs.Pair:

@@ -20,6 +20,8 @@ from fastapi import FastAPI
 
 from service.api.server import ApiServer
 from service.app import raise_open_files_limit
+from service.store.rows import open_rows
+from service.testing.storage import storage_settings
 
 
 def poll(predicate: Callable[[], Any], timeout_s: float = 10.0) -> Any:
@@ -101,14 +103,13 @@ def test_malformed_chunked_body_is_one_warning_line_without_a_traceback(
 
     from service.api.app import create_app
     from service.api.readiness import Probes
-    from service.config import ApiSettings, Settings, StorageSettings
-    from service.store.db import Database
+    from service.config import ApiSettings, Settings
 
     token = "t" * 40
     settings = Settings().model_copy(update={
-        "storage": StorageSettings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.sqlite3"),
+        "storage": storage_settings(spool_dir=tmp_path / "spool", db_path=tmp_path / "n.sqlite3"),
         "api": ApiSettings(token=token)})
-    database = Database(settings.storage.db_path)
+    database = open_rows(settings.storage)
     database.migrate()
     server = ApiServer(create_app(settings, database, Probes(scp_listening=lambda: True)),
                        "127.0.0.1", 0)

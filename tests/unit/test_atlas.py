@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 
 from service.imaging.atlas import LABELS, load_atlas
 from service.paths import default_models_dir
+
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
 
 def test_atlas_file_matches_its_checksum() -> None:

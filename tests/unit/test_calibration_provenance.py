@@ -28,6 +28,8 @@ from service.pipelines.dat_spect.provenance import (
 from service.pipelines.dat_spect.result import StudyResult, summary_dict
 from service.pipelines.dat_spect.sr import build_sr
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 SHIPPED = default_models_dir() / "template"
 
 

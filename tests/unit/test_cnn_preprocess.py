@@ -15,6 +15,8 @@ from service.pipelines.dat_spect.preprocess import (
     contract_for_atlas,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 @pytest.fixture(scope="module")
 def atlas():

@@ -26,6 +26,8 @@ from service.pipelines.dat_spect.cnn import (  # noqa: E402
 from service.pipelines.dat_spect.preprocess import CONTRACT_METADATA_KEY, contract_for_atlas  # noqa: E402
 from service.pipelines.dat_spect.result import REGIONS, Level, Region  # noqa: E402
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 CONTRACT = contract_for_atlas(load_atlas())
 W = np.linspace(-2.0, 2.0, 20, dtype=np.float32).reshape(1, 20)
 B = np.tile(np.array([2.0, 1.0, 0.0, -1.0, -2.0], np.float32), 4)

@@ -12,6 +12,8 @@ from service.pipelines.dat_spect.gate import check_dat_series
 from service.sim.nm_writer import build_nm_datasets
 from service.testing.nmdata import CAMERA, SUBJECT, marker_image
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def _series(tracer: str = "dat") -> Dataset:
     image = marker_image(shape_xyz=(16, 16, 8))

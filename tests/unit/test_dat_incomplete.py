@@ -34,6 +34,8 @@ from service.report.identity import RESEARCH_USE_TEXT, AlgorithmInfo
 from service.report.uids import derive_uid
 from service.sim.nm_writer import EncodingVariant
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 ALGORITHM = AlgorithmInfo("dopanode DaT SBR", "0.1.0")
 
 

@@ -36,15 +36,17 @@ from test_acceptor import RecordingSCP, acceptor_threads, nm_instance
 from test_store import NOW, receive
 
 from service import metrics
-from service.config import NodeSettings, Settings, StorageSettings
+from service.config import NodeSettings, Settings
 from service.net import scp as scp_module
 from service.store import db, jobs, outbox
+from service.store.rows import open_rows
 from service.store.spool import Spool, disk_full_cause, is_disk_full
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.pipelines import FakeNmPipeline
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
 from service.testing.smallfs import SmallFsUnavailable, fill, small_filesystem
+from service.testing.storage import env_postgres_dsn, node_rows, storage_settings
 from service.worker import DeferPolicy, Worker
 
 POLICY = DeferPolicy(base_s=60.0, cap_s=600.0, max_deferrals=2)
@@ -145,7 +147,7 @@ def _tmp_leftovers(spool: Spool) -> list[str]:
 
 def test_worker_defers_on_a_full_spool_then_finishes(small_fs: Path, tmp_path: Path,
                                                       study: Path) -> None:
-    database = db.Database(tmp_path / "node.sqlite3")  # the database has room; the spool not
+    database = node_rows(tmp_path / "node.sqlite3")  # the database has room; the spool not
     database.migrate()
     spool = Spool(small_fs / "spool")
     conn = database.connect()
@@ -175,7 +177,7 @@ def test_worker_defers_on_a_full_spool_then_finishes(small_fs: Path, tmp_path: P
 
 def test_worker_gives_up_after_max_deferrals(small_fs: Path, tmp_path: Path,
                                              study: Path) -> None:
-    database = db.Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     spool = Spool(small_fs / "spool")
     conn = database.connect()
@@ -201,7 +203,7 @@ def test_worker_gives_up_after_max_deferrals(small_fs: Path, tmp_path: Path,
 def test_injected_enospc_at_the_single_write_defers(
         tmp_path: Path, study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no tmpfs can be mounted: ENOSPC raised by the spool's one write function."""
-    database = db.Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     spool = Spool(tmp_path / "spool")
     conn = database.connect()
@@ -224,9 +226,9 @@ def test_injected_enospc_at_the_single_write_defers(
 def start_scp(spool_dir: Path, tmp_path: Path, acceptor_kind: Any) -> RecordingSCP:
     settings = Settings().model_copy(update={
         "node": NodeSettings(port=free_port(), bind="127.0.0.1", acceptor=acceptor_kind),
-        "storage": StorageSettings(spool_dir=spool_dir, db_path=tmp_path / "node.sqlite3",
+        "storage": storage_settings(spool_dir=spool_dir, db_path=tmp_path / "node.sqlite3",
                                    min_free_mb=0)})
-    database = db.Database(settings.storage.db_path)
+    database = open_rows(settings.storage)
     database.migrate()
     scp = RecordingSCP(settings, database, Spool(spool_dir, False))
     scp.served_in, scp.database, scp.completions = [], database, []
@@ -339,7 +341,11 @@ def test_database_full_when_recording_is_0xa700_and_the_file_removed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scp = start_scp(tmp_path / "spool", tmp_path, "event")
 
-    def full(*_: Any, **__: Any) -> Any:
+    def full(*_: Any, **__: Any) -> Any:  # what the node's own adapter raises
+        if env_postgres_dsn() is not None:
+            import psycopg.errors
+
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
         exc = sqlite3.OperationalError("database or disk is full")
         exc.sqlite_errorcode = 13
         raise exc

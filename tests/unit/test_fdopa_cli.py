@@ -12,6 +12,8 @@ from service.cli import main
 from service.sim.fdopa import benchmark
 from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 @pytest.fixture
 def tiny_site(monkeypatch: pytest.MonkeyPatch) -> str:

@@ -18,6 +18,8 @@ from service.pipelines.fdopa_pet.curves import (
 )
 from service.pipelines.fdopa_pet.result import Lesion, ReferenceRegions
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 T0 = dt.datetime(2026, 3, 2, 9, 0, 0)
 SUV = SuvScale(0.001, 1.0, 0.001, "BQML, START, series time")
 STARTS = (0.0, 15.0, 60.0, 120.0, 300.0)

@@ -19,6 +19,8 @@ from service.sim.fdopa.subject import build_maps, sample_subject
 from service.sim.fdopa.truth import reference_masks
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 SMALL = FlairProtocol("small2d", "2D", 96, 2.4, 5.0, 34, 9000.0, 120.0, 2500.0, 3.0, 25.0)
 INFO = PetSeriesInfo("flair-seed", 60.0, 200.0, 12, "F", "SIEMENS", "Biograph", "OSEM", 10,
                      "FLAIR")

@@ -23,6 +23,8 @@ from service.sim.fdopa.pet_writer import (
     build_pet_series,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 IMG = sitk.GetImageFromArray(np.ones((3, 8, 8), np.float32))
 
 

@@ -8,6 +8,8 @@ import pytest
 from service.sim.fdopa.growth import GrowthParams, _step, grow
 from service.sim.fdopa.head import LABELS, head_labels, tissue_maps
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def test_growth_reaches_the_target_inside_brain_tissue_along_white_matter() -> None:
     maps = tissue_maps()

@@ -19,6 +19,8 @@ from service.sim.fdopa.kinetics import (
 )
 from service.sim.fdopa.uptake import TUMOUR_CLASSES, sample_subject_kinetics
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 # research note fdopa_sim_and_product.md §2.5: (K1, k2, k3, vB) -> SUV 10-30, TTP, slope %/min
 NOTE_TABLE = {
     "normal": ((0.108, 0.104, 0.0, 0.033), 1.20, 10.0, 0.30),

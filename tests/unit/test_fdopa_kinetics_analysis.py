@@ -27,6 +27,8 @@ from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_s
 from service.sim.fdopa.truth import dynamic_truth
 from service.sim.fdopa.uptake import sample_subject_kinetics
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 INFO = PetSeriesInfo("kin-seed", 64.0, 170.0, 12, "M", "GE", "Discovery ST", "OSEM", 4,
                      "Brain FDOPA dynamic")
 SHAPE = (6, 16, 16)

@@ -23,6 +23,8 @@ from service.pipelines.fdopa_pet.measures import (
 )
 from service.pipelines.fdopa_pet.result import AtlasOnPet, Lesion, ReferenceRegions
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 NAMES = {"white_matter_left": 1, "white_matter_right": 2, "striatum_left": 3,
          "striatum_right": 4, "brain_stem": 7, "cerebellum_left": 8, "cerebellum_right": 9,
          "cortex_left": 10, "cortex_right": 11}

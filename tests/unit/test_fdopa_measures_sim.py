@@ -40,6 +40,8 @@ from service.sim.fdopa.study import StudyPlan, simulate_study
 from service.sim.fdopa.subject import build_maps, sample_subject
 from service.sim.fdopa.truth import MARGIN_MM, SLAB_HALF_MM
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 PLANS = {"hgg": StudyPlan("m_hgg", "test_m", "hgg", False, seed=1, schedule="test5"),
          "lgg": StudyPlan("m_lgg", "test_m", "lgg", False, seed=8),
          "control": StudyPlan("m_control", "test_m", "none", False, seed=3)}

@@ -42,6 +42,8 @@ from service.testing.fdopa_result import (
 )
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 JOB = "job-fdopa-outputs"
 CREATED = 1.7e9
 

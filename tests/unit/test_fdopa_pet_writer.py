@@ -23,6 +23,8 @@ from service.sim.fdopa.pet_writer import (
 )
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 INFO = PetSeriesInfo("test-seed", 72.5, 180.0, 54, "F", "SIEMENS", "Biograph", "OSEM", 2,
                      "Brain FDOPA")
 SHAPE_ZYX = (5, 12, 16)  # non-square in-plane

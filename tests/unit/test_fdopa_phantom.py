@@ -26,6 +26,8 @@ from service.sim.fdopa.tumour import build_tumour, sample_lesions
 from service.sim.recon import osem
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 @pytest.fixture
 def small_profile(monkeypatch: pytest.MonkeyPatch) -> str:

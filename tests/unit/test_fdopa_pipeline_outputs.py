@@ -28,6 +28,8 @@ from service.testing.fdopa_result import (
     without_suv,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 NOW = 1_800_000_000.0
 KEY = "a" * 64
 

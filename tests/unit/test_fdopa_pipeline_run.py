@@ -47,7 +47,7 @@ from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.summary import SCHEMA
 from service.testing.fdopa_study import small_study
 
-pytestmark = pytest.mark.slow  # a simulated study through the whole analysis
+pytestmark = [pytest.mark.slow, pytest.mark.no_storage]  # a simulated study through the whole analysis
 
 # Measured with the shipped U-Net (models/dopanode_fdopa_seg.onnx, the complete run) on
 # this study: Dice 0.729; TBRmax 2.723 (measured on the reconstruction 2.764, -1.5 %; true

@@ -13,6 +13,8 @@ from service.pipelines.fdopa_pet import plugin
 from service.pipelines.fdopa_pet.pipeline import Options
 from service.pipelines.fdopa_pet.plugin import FdopaPetSettings
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def test_defaults_and_options() -> None:
     s = FdopaPetSettings()

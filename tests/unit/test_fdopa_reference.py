@@ -28,6 +28,8 @@ from service.pipelines.fdopa_pet.template import (
     image_from_affine,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 STRIATUM = ("caudate", "putamen", "pallidum")
 
 

@@ -21,6 +21,8 @@ from service.pipelines.fdopa_pet.template import image_from_affine
 from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
 from service.sim.fdopa.study import StudyPlan, simulate_study
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def _coarse(monkeypatch: pytest.MonkeyPatch, base: str) -> str:
     """A fast variant of a PET/CT profile (4.5 mm simulation grid, 30 views)."""

@@ -25,9 +25,9 @@ from service.scheduler import Scheduler
 from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_series, write_series
 from service.store import db, jobs
 from service.store import series as completion
-from service.store.db import Database
 from service.store.spool import Spool
 from service.testing.nmdata import marker_image, write_marker_study
+from service.testing.storage import node_rows
 
 NOW = 1_800_000_000.0
 QUIET_S = 10.0
@@ -139,7 +139,7 @@ class Node:
     """A store, a spool and the real scheduler with the FDOPA pipeline only."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.database = Database(tmp_path / "state.sqlite3")
+        self.database = node_rows(tmp_path / "state.sqlite3")
         self.database.migrate()
         self.conn = self.database.connect()
         self.spool = Spool(tmp_path / "spool")

@@ -19,6 +19,8 @@ from service.pipelines.fdopa_pet.segment import (
     to_native,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 HEAD_CENTRE = np.array([4.0, -12.0, 30.0])  # LPS mm
 BLOB = np.array([38.0, 10.0, 45.0])  # LPS mm, left posterior superior of the centre
 

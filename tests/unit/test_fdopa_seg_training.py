@@ -25,7 +25,7 @@ from service.pipelines.fdopa_pet.segment import (  # noqa: E402
     TumourSegmenter,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_storage]
 
 CONFIG = TrainConfig(steps=4, width=2, checkpoint_every=2, val_every=2, threads=1,
                      augment=AugmentConfig(patch_zyx=(16, 16, 16)))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 
 from service.dicom import codes
 from service.testing.fuzz import byte_damage, encode_ds
+
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
 
 def _image() -> Dataset:

@@ -17,6 +17,8 @@ from service.pipelines.dat_spect.levels import (
 )
 from service.pipelines.dat_spect.result import REGIONS, Level, Region
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def _two_populations(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([rng.normal(2.0, 0.2, 300), rng.normal(0.8, 0.25, 200)])

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 
 NODE = ("service.worker", "service.scheduler", "service.app", "service.store", "service.net",

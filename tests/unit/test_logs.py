@@ -20,6 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from service import logs
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 BIRTH_DATE = "17.08.1923"
 
 

@@ -42,6 +42,7 @@ def make_release_01_database(path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only("release 0.1 shipped a SQLite file; PostgreSQL starts at schema 2")
 def test_release_01_database_migrates_without_losing_a_row(tmp_path: Path) -> None:
     path = tmp_path / "dopanode.sqlite3"
     make_release_01_database(path)
@@ -63,6 +64,7 @@ def test_release_01_database_migrates_without_losing_a_row(tmp_path: Path) -> No
     conn.close()
 
 
+@pytest.mark.sqlite_only("PRAGMA user_version; the PostgreSQL twin is below")
 def test_migrate_is_idempotent_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     database = db.Database(tmp_path / "x.sqlite3")
     assert database.migrate() == 0
@@ -74,6 +76,7 @@ def test_migrate_is_idempotent_and_refuses_a_newer_schema(tmp_path: Path) -> Non
         database.migrate()
 
 
+@pytest.mark.sqlite_only("BEGIN EXCLUSIVE on the file; the PostgreSQL twin is below")
 def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "dopanode.sqlite3"

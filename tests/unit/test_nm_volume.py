@@ -21,6 +21,8 @@ from service.testing.nmdata import (
     write_marker_study,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 GEOMETRIES = {
     "axial": {},
     # oblique, non-square pixels, non-cubic matrix: where row/column order bugs show

@@ -23,6 +23,8 @@ from service.sim.nm_writer import EncodingVariant, build_nm_datasets
 from service.testing.nmdata import CAMERA, SUBJECT, marker_image, write_marker_study
 from service.testing.peers import require_tool
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 SMALL = {"shape_xyz": (32, 32, 16)}
 TRANSFER_SYNTAX = {
     EncodingVariant.JPEG2000: JPEG2000Lossless,

@@ -13,6 +13,8 @@ from service.pipelines.dat_spect.quantify import quantify
 from service.pipelines.dat_spect.template import model_template
 from service.testing.dat_phantom import make_phantom, normal_sbr, random_pose
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 ATLAS = load_atlas()
 TEMPLATE = model_template(ATLAS)
 

@@ -20,6 +20,8 @@ from service.sim.fdopa.pet_writer import (
     build_pet_series,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 INFO = PetSeriesInfo("vol-seed", 72.5, 180.0, 54, "F", "SIEMENS", "Biograph", "OSEM", 2,
                      "Brain FDOPA")
 SHAPE_ZYX = (6, 12, 16)  # non-square in-plane

@@ -17,6 +17,8 @@ from service.pipelines.dat_spect.result import StudyResult
 from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, build_sr
 from service.report.uids import derive_uid
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 JOB = "job-picture-1"
 
 

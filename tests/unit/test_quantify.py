@@ -13,6 +13,8 @@ from service.pipelines.dat_spect.normals import fit_normals
 from service.pipelines.dat_spect.quantify import asymmetry_pct, quantify, ratios
 from service.pipelines.dat_spect.result import REGIONS, Region
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 ATLAS = load_atlas()
 
 

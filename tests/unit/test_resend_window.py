@@ -20,9 +20,10 @@ from test_acceptor import nm_instance
 
 from service import metrics
 from service.net.scu import Sender
-from service.store import db, outbox
+from service.store import outbox
 from service.testing.destination import HoldingDestination
 from service.testing.polling import wait_until
+from service.testing.storage import node_rows
 
 
 class Dest:
@@ -34,7 +35,7 @@ class Dest:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Any:
-    database = db.Database(tmp_path / "node.sqlite3")
+    database = node_rows(tmp_path / "node.sqlite3")
     database.migrate()
     ds = nm_instance("resend", 0, slices=1)
     path = tmp_path / "out.dcm"

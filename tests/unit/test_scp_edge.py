@@ -36,13 +36,14 @@ from pynetdicom.pdu_primitives import P_DATA
 from test_acceptor import RecordingSCP, acceptor_threads, nm_instance
 
 from service import metrics
-from service.config import NodeSettings, Settings, StorageSettings
+from service.config import NodeSettings, Settings
 from service.dicom import codes
-from service.store import db
+from service.store.rows import open_rows
 from service.store.spool import Spool
 from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
+from service.testing.storage import storage_settings
 
 
 def poll(predicate: Any, timeout_s: float = 10.0) -> Any:
@@ -59,10 +60,10 @@ def start_scp(tmp_path: Path, acceptor_kind: str, **node: Any) -> RecordingSCP:
     storage = node.pop("storage", {})
     settings = Settings().model_copy(update={
         "node": NodeSettings(port=free_port(), bind="127.0.0.1", acceptor=acceptor_kind, **node),
-        "storage": StorageSettings(spool_dir=tmp_path / "spool",
+        "storage": storage_settings(spool_dir=tmp_path / "spool",
                                    db_path=tmp_path / "node.sqlite3", min_free_mb=1,
                                    **storage)})
-    database = db.Database(settings.storage.db_path)
+    database = open_rows(settings.storage)
     database.migrate()
     scp = RecordingSCP(settings, database, Spool(settings.storage.spool_dir, False))
     scp.served_in = []

@@ -18,6 +18,8 @@ from service.sim.anatomy import (
 )
 from service.sim.disease import CLASS_MIX, sample_state
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 GRID = ScanGrid((40, 56, 56), 4.0, np.array([0.0, 0.0, 0.0]))
 
 

@@ -22,7 +22,7 @@ from service.sim.profiles import PROFILES, get_profile
 from service.sim.scan import AnatomyScanner, measure_sbr, support_grid
 from service.testing.peers import require_tool
 
-pytestmark = pytest.mark.slow  # runs the simulator (torch)
+pytestmark = [pytest.mark.slow, pytest.mark.no_storage]  # runs the simulator (torch)
 
 FAST = "legacy_legp_lowcount"
 

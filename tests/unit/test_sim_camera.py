@@ -9,6 +9,8 @@ import torch
 from service.sim.camera import Collimator, Projector, view_angles_rad
 from service.sim.recon import chang_factors, fbp, osem
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 SHAPE = (8, 32, 32)
 VOXEL_MM = 4.0
 LEHR = Collimator("LEHR", 1.5, 0.04, 3.8)

@@ -21,6 +21,8 @@ from service.pipelines.dat_spect.result import Region, RegionResult, StudyResult
 from service.pipelines.dat_spect.sr import RESEARCH_USE_TEXT, VALUE_DECIMALS, build_sr
 from service.report.uids import DEVICE_OBSERVER_UID, derive_uid
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 JOB = "job-7f3a"
 STRUCTURES = {"caudate": codes.CAUDATE, "putamen": codes.PUTAMEN}
 SIDES = {"left": codes.LEFT, "right": codes.RIGHT}

@@ -21,6 +21,8 @@ from service.sim.fdopa.pet_writer import (
     build_pet_series,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 INFO = PetSeriesInfo("suv-seed", 72.5, 180.0, 54, "F", "SIEMENS", "Biograph", "OSEM", 2,
                      "Brain FDOPA")
 SHAPE_ZYX = (4, 10, 12)

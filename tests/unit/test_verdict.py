@@ -22,6 +22,8 @@ from service.pipelines.dat_spect.verdict import (
     method_disagreements,
 )
 
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
 
 def normal_cnn_with_sbr_level(level_sbr: Level, region: Region = Region.PUTAMEN_RIGHT,
                               ) -> StudyResult:
