@@ -162,15 +162,15 @@ def predicted(result: FdopaResult) -> dict[str, float | None]:
 
 def dynamic_pairs(result: FdopaResult | None, truth: Mapping[str, Any]) -> dict[str, Any]:
     """Tumour TTP (s), slope (%/min) and slope ratio, pipeline and ideal truth (frame starts)."""
-    if not truth.get("schedule") or "tumour_ttp_min_start" not in truth:
+    if not truth.get("schedule") or "dyn_tumour_ttp_min_start" not in truth:
         return {"dynamic": False}
-    ideal_ttp = _num(truth["tumour_ttp_min_start"])
+    ideal_ttp = _num(truth["dyn_tumour_ttp_min_start"])
     row: dict[str, Any] = {
         "dynamic": True, "pred_ttp_s": None, "pred_slope_pct_min": None,
         "pred_slope_ratio": None,
         "ideal_ttp_s": None if ideal_ttp is None else 60.0 * ideal_ttp,
-        "ideal_slope_pct_min": _num(truth.get("tumour_slope_percent_per_min_start")),
-        "ideal_slope_ratio": _num(truth.get("dsr_start"))}
+        "ideal_slope_pct_min": _num(truth.get("dyn_tumour_slope_percent_per_min_start")),
+        "ideal_slope_ratio": _num(truth.get("dyn_dsr_start"))}
     dyn = None if result is None else result.dynamic
     if dyn is not None and "tumour" in dyn.tacs:
         p = dyn.get("tumour", "start")
