@@ -170,3 +170,26 @@ def test_markdown_names_simulated_data_and_lists_the_failed_study(tmp_path: Path
     updated = card.read_text()
     assert "OLD-SECTION" not in updated and "tail" in updated and "| s9 |" not in updated
     assert updated.count(CARD_BEGIN) == 1
+
+
+def test_command_prints_the_table_from_cached_rows(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    study = tmp_path / "bench" / "site_d_unseen" / "site_d_unseen_00000"
+    study.mkdir(parents=True)
+    (study / "truth.json").write_text("{}")  # generated: the rows below are its cached results
+    out = tmp_path / "eval.json"
+    append_rows(out.with_suffix(".jsonl"), [_row("site_d_unseen_00000", "unet"),
+                                            _row("site_d_unseen_00000", "threshold")])
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    main(["fdopa", "evaluate", str(tmp_path / "bench"), "--sites", "site_d_unseen",
+          "--limit", "2", "--json", str(out), "--card", str(card)])
+    text = capsys.readouterr().out
+    assert "simulated data, not patients" in text and "PARTIAL run" in text
+    assert "site_d_unseen: 1 (+1 not generated)" in text
+    assert "| median Dice >= 0.88 | 0.900 | met |" in text
+    report = json.loads(out.read_text())
+    assert report["missing"] == {"site_d_unseen": 1}
+    assert CARD_BEGIN in card.read_text() and "| median Dice >= 0.88 |" in card.read_text()

@@ -44,6 +44,19 @@ def held_out_studies(bench: Path, site_names: Sequence[str], limit: int | None
     return refs, missing
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The arguments that reproduce this evaluation (outputs named as given)."""
+    argv = ["fdopa", "evaluate", str(args.bench)]
+    for flag, value in (("--sites", args.sites), ("--limit", args.limit),
+                        ("--segmentation", args.segmentation), ("--json", args.json),
+                        ("--markdown", args.markdown), ("--card", args.card),
+                        ("--model", args.model), ("--template", args.template),
+                        ("--workers", args.workers)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def header_lines(args: argparse.Namespace, refs: Sequence[Any], missing: dict[str, int],
                  model: dict[str, Any]) -> list[str]:
     """What was run, on what, and the reminder that these are simulated studies."""
@@ -52,7 +65,7 @@ def header_lines(args: argparse.Namespace, refs: Sequence[Any], missing: dict[st
     partial = any(missing.values())
     return [
         "## FDOPA evaluation in the papers' format (simulated data, not patients)", "",
-        f"Command: `dopanode {' '.join(shlex.quote(a) for a in args.argv)}` "
+        f"Command: `dopanode {' '.join(shlex.quote(a) for a in command_line(args))}` "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC).",
         f"Held-out studies: {len(refs)} ({per_site})"
         + ("; a PARTIAL run: not every held-out study was generated." if partial else "."),
@@ -111,7 +124,6 @@ def evaluate_benchmark(args: argparse.Namespace) -> int:
     from service.pipelines.fdopa_pet.evaluation_table import build_report, markdown
     from service.sim.fdopa.benchmark import SITES
 
-    args.argv = getattr(args, "argv", None) or sys.argv[1:]
     names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
     methods = [m.strip() for m in args.segmentation.split(",") if m.strip()]
     if unknown := [n for n in names if n not in SITES]:
