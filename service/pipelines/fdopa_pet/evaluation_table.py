@@ -3,8 +3,10 @@
 Pure: rows in, a report dict and markdown text out. Populations (stated in the
 printed text):
 
-* **Dice**: studies analysed (``done``) with a PET-active truth tumour on the
-  PET grid; a study where the pipeline found nothing has Dice 0.
+* **Dice**: studies analysed (``done``) whose truth tumour is measurable (ideal
+  MTV > 0.5 mL): a PET-active truth of a few voxels gives a Dice that says
+  nothing about the segmentation; a study where the pipeline found nothing
+  has Dice 0.
 * **Measurable found**: studies whose truth is measurable; a failed analysis
   counts as not found.
 * **False-positive studies**: no-tumour controls (``tumour_class`` ``none``)
@@ -73,15 +75,16 @@ def _tumour(rows: Rows) -> list[Mapping[str, Any]]:
 def group_metrics(rows: Rows, reference: str = "img") -> dict[str, Any]:
     """Every figure of one group and method (module docstring for the populations)."""
     tumour = _tumour(rows)
+    dice_rows = [r for r in tumour if r.get("truth_measurable")]
     measurable = [bool(r.get("overlaps_truth")) for r in rows if r.get("truth_measurable")]
     controls = [r["pred_lesions"] > 0 for r in rows
                 if r.get("tumour_class") == "none" and r["status"] == "done"]
     out: dict[str, Any] = {
         "studies": len(rows), "failed": sum(r["status"] != "done" for r in rows),
-        "with_tumour": len(tumour),
+        "with_tumour": len(tumour), "dice_studies": len(dice_rows),
         "no_lesion": sum(r["pred_lesions"] == 0 for r in tumour),
-        "dice": asdict(summarise([r["dice"] for r in tumour])),
-        "dice_img": asdict(summarise([r.get("dice_img") for r in tumour])),
+        "dice": asdict(summarise([r["dice"] for r in dice_rows])),
+        "dice_img": asdict(summarise([r.get("dice_img") for r in dice_rows])),
         "measurable_found": fraction(measurable),
         "fp_studies": fraction(controls),
         "fp_lesions": sum(r.get("fp_lesions", 0) for r in rows),
@@ -118,7 +121,8 @@ def _dice(d: Mapping[str, Any]) -> tuple[str, str]:
     s = Summary(**d)
     if s.n == 0:
         return "-", "-"
-    return (f"{_f(s.median)} [{_f(s.q1)}; {_f(s.q3)}]", f"{_f(s.mean)} +- {_f(s.sd)}")
+    return (f"{_f(s.median)} [{_f(s.q1)}; {_f(s.q3)}] (n={s.n})",
+            f"{_f(s.mean)} +- {_f(s.sd)}")
 
 
 def _frac(t: Sequence[Any]) -> str:

@@ -76,9 +76,11 @@ def header_lines(args: argparse.Namespace, refs: Sequence[Any], missing: dict[st
         "clinical performance.",
         "Reference of the agreement tables: the indices measured on the same reconstructed "
         "image with the truth masks (the papers compare against reference VOIs on the same "
-        "images); the ideal-activity truth is shown as well. Populations: Dice and agreement "
-        "over studies with a PET-active truth tumour (a study with no pipeline lesion has "
-        "Dice 0 and MTV 0; its ratios are missing and counted under 'no lesion found'); "
+        "images); the ideal-activity truth is shown as well. Populations: Dice over studies "
+        "whose truth tumour is measurable (ideal MTV > 0.5 mL; n in the Dice columns), "
+        "agreement over studies with a PET-active truth tumour (a study with no pipeline "
+        "lesion has Dice 0 and MTV 0; its ratios are missing and counted under 'no lesion "
+        "found'); "
         "measurable found over studies with a measurable truth tumour (a failed analysis "
         "counts as not found); FP studies over no-tumour controls. ICC(A,1) = ICC(2,1), "
         "two-way, absolute agreement, single measures.",
