@@ -1,4 +1,4 @@
-"""FDOPA evaluation: statistics against hand-computed values, the image reference, the cache, the table."""
+"""FDOPA evaluation: statistics by hand, the image reference, the cache, the table."""
 
 from __future__ import annotations
 
@@ -159,7 +159,8 @@ def test_markdown_names_simulated_data_and_lists_the_failed_study(tmp_path: Path
     rows = _report_rows()
     report = build_report(rows, ["unet", "threshold"])
     text = markdown(report, ["unet", "threshold"], ["simulated data, not patients"])
-    assert "simulated data, not patients" in text and "| unseen scanner (site_d_unseen) | unet |" in text
+    assert "simulated data, not patients" in text
+    assert "| unseen scanner (site_d_unseen) | unet |" in text
     assert "0.851 [0.733; 0.911]" in text  # the paper's figure beside ours
     failed = "\n".join(failures_lines(rows))
     assert "| s9 | unet | hgg | registration_quality |" in failed

@@ -26,12 +26,13 @@ One row per study and method (plain JSON), compared with two references:
 Dice: truth label 2 against the union of the pipeline's lesions, for studies
 with a PET-active truth tumour (``dice``); and the same lesions against the
 image's PET-active reference (``dice_img``: truth lesion at >= 1.6 x the
-image's crescent mean, the PET RANO reference rule applied on the image). Detection of measurable lesions: a study
-whose truth is measurable (``truth.json`` ``measurable``: ideal MTV > 0.5
-mL) is found when a pipeline lesion overlaps the truth lesion (labels 1, 2;
-``overlaps_truth``). Also kept, per component: each 26-connected component
-of label 2 larger than 0.5 mL on the PET grid (``measurable_lesions``) and
-how many a pipeline lesion overlaps (``measurable_found``). A pipeline lesion that overlaps no truth
+image's crescent mean, the PET RANO reference rule applied on the image).
+Detection of measurable lesions: a study whose truth is measurable
+(``truth.json`` ``measurable``: ideal MTV > 0.5 mL) is found when a pipeline
+lesion overlaps the truth lesion (labels 1, 2; ``overlaps_truth``). Also
+kept, per component: each 26-connected component of label 2 larger than 0.5
+mL on the PET grid (``measurable_lesions``) and how many a pipeline lesion
+overlaps (``measurable_found``). A pipeline lesion that overlaps no truth
 lesion (labels 1, 2) is a false-positive lesion. A study where the pipeline
 finds no lesion has ``pred_mtv_ml = 0`` and no ratios (counted, never dropped).
 A study the analysis refuses (``AnalysisError``) is a ``failed`` row with
