@@ -69,8 +69,9 @@ def header_lines(args: argparse.Namespace, refs: Sequence[Any], missing: dict[st
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC).",
         f"Held-out studies: {len(refs)} ({per_site})"
         + ("; a PARTIAL run: not every held-out study was generated." if partial else "."),
-        f"U-Net: {model.get('model', '-')} (SHA-256 {str(model.get('model_sha256', '-'))[:12]}); "
-        f"template SHA-256 {str(model.get('template_sha256', '-'))[:12]}.",
+        (f"U-Net: {model['model']} (SHA-256 {str(model['model_sha256'])[:12]}); "
+         if "model" in model else "U-Net: not evaluated; ")
+        + f"template SHA-256 {str(model.get('template_sha256', '-'))[:12]}.",
         "Every number below comes from simulated studies of the dopanode FDOPA simulator; "
         "the papers' figures come from patients. They are not comparable as evidence of "
         "clinical performance.",
