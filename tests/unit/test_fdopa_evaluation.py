@@ -194,3 +194,17 @@ def test_command_prints_the_table_from_cached_rows(tmp_path: Path,
     report = json.loads(out.read_text())
     assert report["missing"] == {"site_d_unseen": 1}
     assert CARD_BEGIN in card.read_text() and "| median Dice >= 0.88 |" in card.read_text()
+
+
+def test_dynamic_agreement_and_slope_sign() -> None:
+    rows = [_row(f"d{i}", "unet", dynamic=True, pred_ttp_s=p, ideal_ttp_s=t,
+                 pred_slope_pct_min=ps, ideal_slope_pct_min=ts, pred_slope_ratio=None,
+                 ideal_slope_ratio=0.5)
+            for i, (p, t, ps, ts) in enumerate([(600.0, 600.0, -1.0, -0.5),
+                                                (300.0, 600.0, 0.2, -0.1),
+                                                (900.0, 600.0, 1.0, 2.0)])]
+    m = build_report(rows, ["unet"])["groups"]["all"]["unet"]
+    assert m["dynamic_studies"] == 3
+    assert m["ttp_s"]["bias"] == pytest.approx(0.0) and m["ttp_s"]["n"] == 3
+    assert m["slope_sign"] == (2, 3, pytest.approx(2 / 3))
+    assert m["slope_ratio"]["n"] == 0  # missing pipeline ratios are not pairs

@@ -94,6 +94,10 @@ def group_metrics(rows: Rows, reference: str = "img") -> dict[str, Any]:
                                     [r.get(f"{reference}_{key}") for r in tumour]))
     dyn = [r for r in rows if r["status"] == "done" and r.get("dynamic")]
     out["dynamic_studies"] = len(dyn)
+    # the Genoa reading: a negative late tumour slope (washout) suggests high grade
+    out["slope_sign"] = fraction([(r["pred_slope_pct_min"] < 0) == (r["ideal_slope_pct_min"] < 0)
+                                  for r in dyn if r.get("pred_slope_pct_min") is not None
+                                  and r.get("ideal_slope_pct_min") is not None])
     for key in ("ttp_s", "slope_pct_min", "slope_ratio"):
         out[key] = asdict(agreement([r.get(f"pred_{key}") for r in dyn],
                                     [r.get(f"ideal_{key}") for r in dyn]))
@@ -200,7 +204,7 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str], header: Sequence
                                                     for k, _ in INDICES])
     dyn = _per_group(report, methods, "groups", lambda m: [
         str(m["dynamic_studies"]), _agree(m["ttp_s"], 0), _agree(m["slope_pct_min"], 2),
-        _agree(m["slope_ratio"], 3)])
+        _frac(m["slope_sign"]), _agree(m["slope_ratio"], 3)])
     names = [INDEX_NAMES[k] for k, _ in INDICES]
     out = [*header, "",
            "### Segmentation and detection", "",
@@ -216,7 +220,7 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str], header: Sequence
            "### Dynamic: tumour TTP (s), slope (%/min), tumour/striatum slope ratio "
            "against the ideal truth (frame starts)", "",
            *_table(["class", "segmentation", "dynamic studies", "TTP (s)", "slope (%/min)",
-                    "slope ratio"], [r for r in dyn if r[2] != "0"]), "",
+                    "slope sign agrees", "slope ratio"], [r for r in dyn if r[2] != "0"]), "",
            "### The papers' figures (patients)", "",
            *_table(["source", "figure"], [list(p) for p in PAPERS]), ""]
     for method in methods:
