@@ -107,7 +107,7 @@ def update_card(card: Path, section: str) -> None:
         head, rest = text.split(CARD_BEGIN, 1)
         text = head + block + rest.split(CARD_END, 1)[1]
     else:
-        text = text.rstrip() + "\n\n## Evaluation in the papers' format\n\n" + block + "\n"
+        text = text.rstrip() + "\n\n" + block + "\n"  # the section brings its own heading
     card.write_text(text)
 
 
