@@ -95,6 +95,15 @@ def test_image_reference_by_hand() -> None:
     assert measurable_components(labels, voxel_ml=0.2) == []
 
 
+@pytest.fixture(scope="module")
+def fingerprints() -> dict[str, str]:
+    """The shipped model's and template's fingerprints, as cached rows carry them."""
+    from service.pipelines.fdopa_pet.evaluation import Evaluator
+
+    evaluator = Evaluator(["unet", "threshold"])
+    return {m: evaluator.fingerprint(m) for m in ("unet", "threshold")}
+
+
 def _row(study: str, method: str, **kw: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "study_id": study, "site": "site_d_unseen", "method": method, "status": "done",
@@ -116,9 +125,19 @@ def test_cache_appends_reads_back_and_survives_a_torn_line(tmp_path: Path) -> No
     assert set(rows) == {("s1", "unet"), ("s3", "unet")}
 
 
-def test_run_evaluation_skips_cached_studies(tmp_path: Path) -> None:
+def test_cache_ignores_rows_of_another_model(tmp_path: Path) -> None:
     cache = tmp_path / "e.jsonl"
-    append_rows(cache, [_row("s1", "unet"), _row("s1", "threshold")])
+    append_rows(cache, [_row("s1", "unet", fingerprint="model:old"),
+                        _row("s2", "unet", fingerprint="model:new"),
+                        _row("s2", "threshold", fingerprint="template:t")])
+    rows = read_cache(cache, {"unet": "model:new", "threshold": "template:t"})
+    assert set(rows) == {("s2", "unet"), ("s2", "threshold")}
+
+
+def test_run_evaluation_skips_cached_studies(tmp_path: Path,
+                                            fingerprints: dict[str, str]) -> None:
+    cache = tmp_path / "e.jsonl"
+    append_rows(cache, [_row("s1", m, fingerprint=fingerprints[m]) for m in fingerprints])
     # the folder does not exist: any attempt to analyse it would fail loudly
     refs = [StudyRef("site_d_unseen", "s1", tmp_path / "missing")]
     seen: list[Any] = []
@@ -174,15 +193,16 @@ def test_markdown_names_simulated_data_and_lists_the_failed_study(tmp_path: Path
 
 
 def test_command_prints_the_table_from_cached_rows(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   fingerprints: dict[str, str]) -> None:
     from service.cli import main
 
     study = tmp_path / "bench" / "site_d_unseen" / "site_d_unseen_00000"
     study.mkdir(parents=True)
     (study / "truth.json").write_text("{}")  # generated: the rows below are its cached results
     out = tmp_path / "eval.json"
-    append_rows(out.with_suffix(".jsonl"), [_row("site_d_unseen_00000", "unet"),
-                                            _row("site_d_unseen_00000", "threshold")])
+    append_rows(out.with_suffix(".jsonl"),
+                [_row("site_d_unseen_00000", m, fingerprint=fingerprints[m]) for m in fingerprints])
     card = tmp_path / "card.md"
     card.write_text("# card\n")
     main(["fdopa", "evaluate", str(tmp_path / "bench"), "--sites", "site_d_unseen",

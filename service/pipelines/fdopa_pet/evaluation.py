@@ -275,7 +275,18 @@ class Evaluator:
                      "model_sha256": unet.segmenter.info.model_sha256}
         return info
 
+    def fingerprint(self, method: str) -> str:
+        """What a row of ``method`` depends on: the template and, for ``unet``, the model."""
+        pipeline = self.pipelines[method]
+        model = pipeline.segmenter.info.model_sha256 if pipeline.segmenter is not None else None
+        return f"template:{pipeline.template.sha256[:16]} model:{(model or 'none')[:16]}"
+
     def evaluate(self, ref: StudyRef) -> list[dict[str, Any]]:
+        """One row per method for one study, each with its :meth:`fingerprint`."""
+        rows = self._evaluate(ref)
+        return [r | {"fingerprint": self.fingerprint(r["method"])} for r in rows]
+
+    def _evaluate(self, ref: StudyRef) -> list[dict[str, Any]]:
         """One row per method for one study (module docstring)."""
         from service.dicom.header import read_series
         from service.pipelines.fdopa_pet.analysis import analyse_study
@@ -323,8 +334,13 @@ class Evaluator:
             "seconds": round(seconds, 2)} | dynamic_pairs(None, truth)
 
 
-def read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Rows already in a JSON-lines cache by (study id, method); a torn last line is ignored."""
+def read_cache(path: Path, fingerprints: Mapping[str, str] | None = None
+               ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows already in a JSON-lines cache by (study id, method); a torn last line is ignored.
+
+    With ``fingerprints`` (method to :meth:`Evaluator.fingerprint`), rows made
+    by another model or template are ignored: after a retraining they run again.
+    """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.is_file():
         return rows
@@ -333,7 +349,8 @@ def read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue  # an append cut short by a crash: that study runs again
-        rows[(row["study_id"], row["method"])] = row
+        if fingerprints is None or row.get("fingerprint") == fingerprints.get(row["method"]):
+            rows[(row["study_id"], row["method"])] = row
     return rows
 
 
@@ -368,13 +385,15 @@ def run_evaluation(studies: Sequence[StudyRef], methods: Sequence[str], cache: P
     """Rows of every study and method: cached ones read back, the others run and appended.
 
     ``progress`` (optional) is called with each newly computed study's rows.
-    Returns the rows in the order of ``studies`` then ``methods``.
+    Returns the rows in the order of ``studies`` then ``methods``. Cached rows
+    of another model or template are not reused (:func:`read_cache`).
     """
-    done = read_cache(cache)
+    evaluator = Evaluator(methods, model_path, template_path)
+    done = read_cache(cache, {m: evaluator.fingerprint(m) for m in methods})
     todo = [s for s in studies if any((s.study_id, m) not in done for m in methods)]
     if todo:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        for rows in _compute(todo, methods, model_path, template_path, workers):
+        for rows in _compute(todo, evaluator, model_path, template_path, workers):
             append_rows(cache, rows)
             done |= {(r["study_id"], r["method"]): r for r in rows}
             if progress is not None:
@@ -382,10 +401,10 @@ def run_evaluation(studies: Sequence[StudyRef], methods: Sequence[str], cache: P
     return [done[(s.study_id, m)] for s in studies for m in methods]
 
 
-def _compute(todo: Sequence[StudyRef], methods: Sequence[str], model_path: Path | None,
+def _compute(todo: Sequence[StudyRef], evaluator: Evaluator, model_path: Path | None,
              template_path: Path | None, workers: int) -> Iterable[list[dict[str, Any]]]:
+    methods = evaluator.methods
     if workers <= 1:
-        evaluator = Evaluator(methods, model_path, template_path)
         for ref in todo:
             yield evaluator.evaluate(ref)
         return
