@@ -169,7 +169,7 @@ def test_report_counts_failures_and_false_positives() -> None:
     verdicts = dict((g, v) for g, _, v in goals(unet))
     assert verdicts["median Dice >= 0.88"] == "met"
     assert verdicts["|TBRmax bias| <= 0.05"] == "met"
-    assert verdicts["measurable lesions found >= 98 %"] == "not met by % points 18.000"
+    assert verdicts["measurable lesions found >= 98 %"] == "not met by (% points) 18.000"
     assert verdicts["|MTV bias| <= 1 cm3"] == "met"  # bias 1 - 0.5 i -> -0.5
     assert goals(None) == [("unseen scanner", "no studies", "not evaluated")]
 

@@ -166,7 +166,7 @@ def goals(m: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
            ("(information) median Dice vs image reference >= 0.88", _f(img_median),
             at_least(img_median, 0.88)),
            ("measurable lesions found >= 98 %", _frac(m["measurable_found"]),
-            at_least(100 * found, 98.0).replace("not met by ", "not met by % points ")),
+            at_least(100 * found, 98.0).replace("not met by ", "not met by (% points) ")),
            ("|TBRmax bias| <= 0.05", _f(tbr["bias"]), at_most(abs(tbr["bias"]), 0.05)),
            ("TBRmax LoA within +-0.2", f"[{_f(tbr['loa_low'])}; {_f(tbr['loa_high'])}]",
             at_most(loa, 0.2)),
