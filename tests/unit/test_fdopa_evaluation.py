@@ -153,24 +153,31 @@ def _report_rows() -> list[dict[str, Any]]:
                              pred_mtv_ml=10.0 + i, img_mtv_ml=9.0 + 2 * i))
     rows.append(_row("s9", "unet", status="failed", code="registration_quality",
                      reason="registration to the FDOPA template failed its quality check",
-                     dice=None, overlaps_truth=False, pred_lesions=0, pred_mtv_ml=None))
+                     dice=None, overlaps_truth=False, pred_lesions=0, pred_mtv_ml=None,
+                     img_mtv_ml=None))
     rows.append(_row("c1", "unet", tumour_class="none", truth_measurable=False, dice=None,
-                     pred_lesions=1, fp_lesions=1))
+                     pred_lesions=1, fp_lesions=1, img_mtv_ml=None))
+    rows.append(_row("p1", "unet", truth_measurable=True, img_mtv_ml=0.3, dice=0.0,
+                     overlaps_truth=False, pred_lesions=0, pred_mtv_ml=0.0,
+                     **{f"pred_{k}": None for k in ("tbr_max", "tbr_mean", "ts", "tn")}))
+    # p1: measurable in the ideal activity, blurred below 0.5 mL on the image
     return rows
 
 
 def test_report_counts_failures_and_false_positives() -> None:
     report = build_report(_report_rows(), ["unet", "threshold"])
     unet = report["groups"]["unseen scanner (site_d_unseen)"]["unet"]
-    assert (unet["studies"], unet["failed"], unet["with_tumour"]) == (6, 1, 4)
-    assert unet["measurable_found"] == (4, 5, 0.8)  # the failed study counts as missed
+    assert (unet["studies"], unet["failed"], unet["with_tumour"]) == (7, 1, 5)
+    assert unet["measurable_found"] == (4, 6, pytest.approx(4 / 6))  # failed counts as missed
+    assert unet["measurable_found_img"] == (4, 4, 1.0)
     assert unet["fp_studies"] == (1, 1, 1.0)
     assert unet["tbr_max"]["bias"] == pytest.approx(0.025)
     verdicts = dict((g, v) for g, _, v in goals(unet))
     assert verdicts["median Dice >= 0.88"] == "met"
     assert verdicts["|TBRmax bias| <= 0.05"] == "met"
-    assert verdicts["measurable lesions found >= 98 %"] == "not met by (% points) 18.000"
-    assert verdicts["|MTV bias| <= 1 cm3"] == "met"  # bias 1 - 0.5 i -> -0.5
+    assert verdicts["measurable lesions found >= 98 %"] == "not met by (% points) 31.333"
+    assert unet["no_lesion"] == 1 and unet["tbr_max"]["n"] == 4 and unet["mtv_ml"]["n"] == 5
+    assert verdicts["|MTV bias| <= 1 cm3"] == "met"  # differences 1, 0, -1, -2, -0.3
     assert goals(None) == [("unseen scanner", "no studies", "not evaluated")]
 
 
