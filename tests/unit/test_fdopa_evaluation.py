@@ -12,12 +12,10 @@ import pytest
 
 from service.pipelines.fdopa_pet.evaluation import (
     StudyRef,
-    append_rows,
     image_reference,
     measurable_components,
-    read_cache,
-    run_evaluation,
 )
+from service.pipelines.fdopa_pet.evaluation_run import append_rows, read_cache, run_evaluation
 from service.pipelines.fdopa_pet.evaluation_stats import (
     agreement,
     dice,
@@ -98,7 +96,7 @@ def test_image_reference_by_hand() -> None:
 @pytest.fixture(scope="module")
 def fingerprints() -> dict[str, str]:
     """The shipped model's and template's fingerprints, as cached rows carry them."""
-    from service.pipelines.fdopa_pet.evaluation import Evaluator
+    from service.pipelines.fdopa_pet.evaluation_run import Evaluator
 
     evaluator = Evaluator(["unet", "threshold"])
     return {m: evaluator.fingerprint(m) for m in ("unet", "threshold")}

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from service.pipelines.fdopa_pet.evaluation import StudyRef, read_cache, run_evaluation
+from service.pipelines.fdopa_pet.evaluation import StudyRef
+from service.pipelines.fdopa_pet.evaluation_run import read_cache, run_evaluation
 from service.testing.fdopa_study import small_study
 
 

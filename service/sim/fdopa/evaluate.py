@@ -4,7 +4,7 @@ The held-out studies are those of :func:`.benchmark.study_indices` with
 ``split="test"`` (``index % 5 == 0`` of the training sites, every study of
 ``site_d_unseen``) that exist under the benchmark folder; studies not (yet)
 generated are counted in the header. Rows are cached in ``<json>.jsonl``
-(:func:`service.pipelines.fdopa_pet.evaluation.run_evaluation`), the report
+(:func:`service.pipelines.fdopa_pet.evaluation_run.run_evaluation`), the report
 goes to ``<json>``, the table to stdout (and ``--markdown``, ``--card``).
 """
 
@@ -123,7 +123,8 @@ def _json_safe(value: Any) -> Any:
 
 def evaluate_benchmark(args: argparse.Namespace) -> int:
     """The command (module docstring); exit status 0 when at least one study ran."""
-    from service.pipelines.fdopa_pet.evaluation import METHODS, Evaluator, run_evaluation
+    from service.pipelines.fdopa_pet.evaluation import METHODS
+    from service.pipelines.fdopa_pet.evaluation_run import Evaluator, run_evaluation
     from service.pipelines.fdopa_pet.evaluation_table import build_report, markdown
     from service.sim.fdopa.benchmark import SITES
 
