@@ -37,14 +37,15 @@ lint: setup-test
 	$(VENV)/bin/mypy
 
 # Everything: lint, types, then every test (unit, integration with real peers, e2e, slow ones)
-# on the embedded default (SQLite), then the node's tests again on PostgreSQL.
+# on the embedded default (SQLite, local spool), then the node's tests again on PostgreSQL + S3.
 test: peers setup-test lint
 	$(VENV)/bin/python -m pytest -q tests
 	$(PG_PASS)
 
-# The node's tests with its rows on PostgreSQL (docs/storage.md#tests): every test but the
-# ones marked sqlite_only, no_storage or picks_adapter, and those on the `rows` fixture.
-PG_PASS := DOPANODE_TEST_STORAGE=postgres $(VENV)/bin/python -m pytest -q tests
+# The node's tests on PostgreSQL (rows) and an S3 object store (blobs; SeaweedFS on loopback)
+# (docs/storage.md#tests): every test but the ones marked sqlite_only, no_storage or
+# picks_adapter, and those that choose their adapter themselves (rows, blobs fixtures).
+PG_PASS := DOPANODE_TEST_STORAGE=postgres+s3 $(VENV)/bin/python -m pytest -q tests
 test-postgres: peers setup-test
 	$(PG_PASS)
 

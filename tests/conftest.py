@@ -3,9 +3,10 @@ blobs adapters (S3: a real SeaweedFS server, service/testing/s3server.py), the
 storage switch, and pydicom's validation state restored around every test.
 
 The storage switch (:mod:`service.testing.storage`): with
-``DOPANODE_TEST_STORAGE=postgres`` every test gets a fresh database on the
-session's PostgreSQL server and the node's own settings variables pointing at
-it (``DOPANODE_STORAGE__BACKEND``/``__POSTGRES_DSN``), which ``dopanode serve``
+``DOPANODE_TEST_STORAGE=postgres+s3`` every test gets a fresh database on the
+session's PostgreSQL server and a fresh bucket on its S3 server, and the node's
+own settings variables pointing at them (``DOPANODE_STORAGE__BACKEND``/
+``__POSTGRES_DSN``, ``__BLOBS``/``__S3_ENDPOINT``/``__S3_BUCKET``), which ``dopanode serve``
 subprocesses inherit and in-process tests read through ``storage_settings``
 (each ``NodeProcess`` folder then gets its own database, as it has its own
 SQLite file: :func:`service.testing.storage.node_database`). Under the switch, tests marked ``sqlite_only`` and tests that already run on
@@ -27,10 +28,11 @@ import numpy as np
 import pytest
 
 from service.testing.ports import free_port
-from service.testing.storage import postgres_environ, selected_stores
+from service.testing.storage import postgres_environ, s3_environ, selected_stores
 
 #: Fixtures of tests that pick their adapter themselves (they run on both in every pass).
-_OWN_ADAPTER_FIXTURES = frozenset({"rows", "postgres_dsn", "postgres_server"})
+_OWN_ADAPTER_FIXTURES = frozenset({"rows", "postgres_dsn", "postgres_server", "blobs",
+                                   "s3_bucket", "s3_server"})
 #: Markers of tests the PostgreSQL pass leaves out (pyproject.toml says why for each).
 _NOT_RERUN_MARKERS = ("sqlite_only", "no_storage", "picks_adapter")
 
@@ -51,19 +53,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @contextmanager
 def _fresh_database(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Under ``DOPANODE_TEST_STORAGE=postgres``: a fresh database, named in the environment."""
-    if "postgres" not in selected_stores() or request.node.get_closest_marker("sqlite_only"):
+    """Under the storage switch: a fresh database and/or bucket, named in the environment."""
+    stores = selected_stores()
+    if not stores or request.node.get_closest_marker("sqlite_only"):
         yield
         return
-    server = request.getfixturevalue("postgres_server")
-    name = server.create_database()
+    variables: dict[str, str] = {}
+    server = request.getfixturevalue("postgres_server") if "postgres" in stores else None
+    name = server.create_database() if server is not None else None
+    if server is not None and name is not None:
+        variables |= postgres_environ(server.dsn(name))
+    if "s3" in stores:
+        s3 = request.getfixturevalue("s3_server")
+        variables |= s3_environ(s3.endpoint, str(s3.create_bucket()))
     try:
         with pytest.MonkeyPatch.context() as environ:  # its own: the test's stays the test's
-            for key, value in postgres_environ(server.dsn(name)).items():
+            for key, value in variables.items():
                 environ.setenv(key, value)
             yield
     finally:
-        server.drop_database(name)
+        if server is not None and name is not None:
+            server.drop_database(name)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,16 +1,16 @@
 """Which stores the node tests run on: the ``DOPANODE_TEST_STORAGE`` switch.
 
 The whole node test suite runs on the embedded default (SQLite and the local
-spool) and, with ``DOPANODE_TEST_STORAGE=postgres``, again on PostgreSQL. The
+spool) and, with ``DOPANODE_TEST_STORAGE=postgres+s3``, again on PostgreSQL and
+an S3 object store (``postgres`` alone: PostgreSQL and the local spool). The
 switch never patches the node: ``tests/conftest.py`` sets the node's own
 settings variables (``DOPANODE_STORAGE__BACKEND``, ``DOPANODE_STORAGE__POSTGRES_DSN``)
 for each test, which ``dopanode serve`` subprocesses inherit and which
 in-process tests read through :func:`storage_settings` (the same environment
 source :func:`service.config.load_settings` uses).
 
-The switch is a ``+``-separated list of stores, so that another store (an S3
-blob store: ``postgres+s3``) is one more word and one more set of variables in
-the same fixture.
+The switch is a ``+``-separated list of stores: ``postgres`` (rows), ``s3``
+(blobs; a fresh bucket of the session's SeaweedFS server per test).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from service.store.rows import Rows, open_rows
 #: The environment variable that selects the stores of a test run.
 SWITCH = "DOPANODE_TEST_STORAGE"
 #: Words the switch may hold; "sqlite" (or nothing) is the embedded default.
-KNOWN_STORES = frozenset({"sqlite", "postgres"})
+KNOWN_STORES = frozenset({"sqlite", "postgres", "s3"})
+#: The access key the test S3 server accepts (it runs without authentication).
+TEST_S3_KEY = "dopanode-test"
 
 
 def selected_stores(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -51,6 +53,13 @@ def selected_stores(environ: Mapping[str, str] | None = None) -> frozenset[str]:
 def postgres_environ(dsn: str) -> dict[str, str]:
     """The node's settings variables that move it onto the PostgreSQL database ``dsn``."""
     return {"DOPANODE_STORAGE__BACKEND": "postgres", "DOPANODE_STORAGE__POSTGRES_DSN": dsn}
+
+
+def s3_environ(endpoint: str, bucket: str) -> dict[str, str]:
+    """The node's settings variables that move its blobs into ``bucket`` at ``endpoint``."""
+    return {"DOPANODE_STORAGE__BLOBS": "s3", "DOPANODE_STORAGE__S3_ENDPOINT": endpoint,
+            "DOPANODE_STORAGE__S3_BUCKET": bucket, "AWS_ACCESS_KEY_ID": TEST_S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_S3_KEY}
 
 
 def env_postgres_dsn(environ: Mapping[str, str] | None = None) -> str | None:

@@ -1,4 +1,8 @@
-"""``dopanode fdopa generate|describe|validate``: the FDOPA benchmark (needs dopanode[sim])."""
+"""``dopanode fdopa generate|describe|validate|evaluate``: the FDOPA benchmark.
+
+``generate``, ``simulate`` and ``validate`` need dopanode[sim]; ``evaluate``
+reads a generated benchmark (DICOM, JSON, NIfTI) and needs only the node.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--manifest", type=Path, default=None,
                      help="a generated benchmark's manifest.csv: add its truth table")
     val.set_defaults(func=run_validate)
+    add_evaluate(sub)
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``fdopa evaluate``: the whole pipeline on the held-out studies, the papers' table."""
+    ev = sub.add_parser("evaluate", help="run the FDOPA pipeline on the held-out studies of a "
+                                         "generated benchmark; print the papers' table")
+    ev.add_argument("bench", type=Path, help="a benchmark made by 'fdopa generate'")
+    ev.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
+    ev.add_argument("--limit", type=int, default=None,
+                    help="at most this many held-out studies per site")
+    ev.add_argument("--segmentation", default="unet,threshold",
+                    help="comma-separated: unet, threshold (default both)")
+    ev.add_argument("--json", type=Path, default=Path("fdopa_evaluation.json"),
+                    help="report JSON; per-study rows are cached beside it in .jsonl "
+                         "(a rerun skips finished studies)")
+    ev.add_argument("--markdown", type=Path, default=None, help="write the table here too")
+    ev.add_argument("--card", type=Path, default=None,
+                    help="model card to put the table in (between its paper-evaluation markers)")
+    ev.add_argument("--model", type=Path, default=None, help="U-Net ONNX (default: shipped)")
+    ev.add_argument("--template", type=Path, default=None, help="template (default: shipped)")
+    ev.add_argument("--workers", type=int, default=1)
+    ev.set_defaults(func=run_evaluate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -105,3 +132,9 @@ def run_validate(args: argparse.Namespace) -> int:
         print(literature.table_markdown(literature.check(stats)))
         print(validation.manifest_table(rows))
     return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.evaluate import evaluate_benchmark
+
+    return evaluate_benchmark(args)
