@@ -249,6 +249,22 @@ class NodeProcess:
             return []
         return [json.loads(line) for line in self.audit_path.read_text("ascii").splitlines()]
 
+    def blobs(self) -> Any:
+        """Read access to the blobs this node stores: its spool folder, or the S3 bucket the
+        environment (the storage switch, :mod:`service.testing.storage`) gave it."""
+        from service.store.blobs import open_blobs
+        from service.testing.storage import storage_settings
+
+        return open_blobs(storage_settings(spool_dir=self.spool_dir))
+
+    def stored_bytes(self, key: str) -> bytes:
+        """A stored blob (``instances/...`` or an outbox/output key), whatever the store."""
+        return bytes(self.blobs().get_bytes(key))
+
+    def stored_keys(self, prefix: str = "instances/") -> list[str]:
+        """The keys of the stored blobs under ``prefix``, whatever the store."""
+        return sorted(self.blobs().list(prefix))
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows from the node's database (read-only connection)."""
         if self.postgres_dsn is not None:
