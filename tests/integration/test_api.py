@@ -231,7 +231,8 @@ def test_a_listener_stays_ready_while_the_return_path_is_down(tmp_path, db):
     assert api.get("/ready").json()["failing"] == ["outbox"]
     r = api.get("/ready?part=scp")
     assert r.status_code == 200, r.text
-    assert set(r.json()["checks"]) == {"database", "spool_disk", "scp"}
+    blob_check = {"blob_store"} if make_settings(tmp_path).storage.blobs == "s3" else set()
+    assert set(r.json()["checks"]) == {"database", "spool_disk", "scp"} | blob_check
     down = Probes(scp_listening=lambda: False)
     r = TestClient(create_app(make_settings(tmp_path), db, down, ReadyLimits(3600, 100))).get(
         "/ready?part=scp")

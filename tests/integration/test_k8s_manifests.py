@@ -28,6 +28,8 @@ from service.config import load_settings
 from service.store.jobs import JOB_STATES
 from service.testing.node import REPO_ROOT
 
+pytestmark = pytest.mark.no_storage  # renders manifests, loads their settings: no node
+
 K8S = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.37.0"
 

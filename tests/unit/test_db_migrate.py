@@ -10,6 +10,8 @@ import pytest
 from service.cli import main
 from service.store.db import SCHEMA_VERSION
 
+pytestmark = pytest.mark.picks_adapter  # each test chooses SQLite or PostgreSQL itself
+
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "dopanode.toml"
