@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from service import __version__, audit, memory
-from service.config import ConfigError, Settings, describe, load_settings
+from service.config import ConfigError, Settings, describe, load_command_settings, load_settings
 from service.pipelines.base import Pipeline
 from service.pipelines.registry import build_enabled
 
@@ -409,10 +409,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or os.environ.get("DOPANODE_CONFIG")
-    try:
-        settings = load_settings(Path(path) if path else None)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    settings = load_command_settings(path)
+    if settings is None:
         return 2
     print(f"configuration OK ({path or 'embedded defaults'} + DOPANODE_* environment)")
     print(describe(settings))

@@ -549,6 +549,22 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(_explain(exc, origins)) from None
 
 
+
+def load_command_settings(path: str | None) -> Settings | None:
+    """Settings for a command line: ``path``, else ``$DOPANODE_CONFIG``, else the defaults.
+
+    A bad configuration prints ``config error: ...`` on stderr and gives None
+    (the command then exits 2).
+    """
+    import sys
+
+    chosen = path or os.environ.get("DOPANODE_CONFIG")
+    try:
+        return load_settings(Path(chosen) if chosen else None)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
 def _explain(exc: ValidationError, origins: Mapping[str, str]) -> str:
     cause = exc.errors()[0].get("ctx", {}).get("error")
     message = str(cause) if isinstance(cause, PipelineConfigError) else explain(exc, Settings)

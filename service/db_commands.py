@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from service.config import ConfigError, load_settings
+from service.config import load_command_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +23,8 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     """Migrate the store ``[storage]`` names; 0 done, 1 refused, 2 bad settings."""
     from service.store.rows import open_rows
 
-    path = args.config or os.environ.get("DOPANODE_CONFIG")
-    try:
-        settings = load_settings(Path(path) if path else None)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    settings = load_command_settings(args.config)
+    if settings is None:
         return 2
     try:
         found = open_rows(settings.storage).migrate()

@@ -41,7 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under the storage switch keep only the tests whose node storage it moves."""
     if not selected_stores():
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         own = _OWN_ADAPTER_FIXTURES & set(getattr(item, "fixturenames", ()))
         marked = any(item.get_closest_marker(m) for m in _NOT_RERUN_MARKERS)
@@ -116,18 +117,11 @@ def _pydicom_validation_restored() -> Iterator[None]:
 def postgres_server() -> Iterator[Any]:
     """A PostgreSQL server on loopback for the whole session; fails (never skips) without one."""
     try:
-        from pgserver import PgServer, server_bindir
+        from pgserver import running_server
     except ImportError as exc:  # psycopg missing: make test installs the postgres extra
         pytest.fail(f"psycopg is not installed ({exc}): pip install -e '.[postgres]'")
-    bindir = server_bindir()
-    if bindir is None:
-        pytest.fail("PostgreSQL server binaries are not installed: run scripts/install-peers.sh")
-    server = PgServer(bindir, free_port())
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

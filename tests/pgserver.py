@@ -18,6 +18,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -115,3 +117,22 @@ class PgServer:
                 "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{name}\\_%",))]
             for each in [*family, name]:
                 conn.execute(f"DROP DATABASE IF EXISTS {each} WITH (FORCE)")
+
+
+@contextmanager
+def running_server() -> Iterator[PgServer]:
+    """A started server on a free loopback port, stopped afterwards; fails (never skips)
+    when the PostgreSQL server binaries are missing."""
+    import pytest
+
+    from service.testing.ports import free_port
+
+    bindir = server_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries are not installed: run scripts/install-peers.sh")
+    server = PgServer(bindir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -26,7 +26,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from service.errors import AnalysisError
-from service.imaging.pet_volume import _check_stack, _multiframe_volume, _oriented
+from service.imaging.pet_volume import (
+    _check_stack,
+    _multiframe_volume,
+    _oriented,
+    check_series,
+)
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -56,20 +61,6 @@ class MrVolume:
     def spacing_zyx_mm(self) -> np.ndarray:
         """Voxel size along (z, y, x), mm."""
         return np.linalg.norm(self.affine[:3, :3], axis=0)
-
-
-def _check_common(datasets: Sequence[Dataset]) -> str:
-    if not datasets:
-        raise AnalysisError("no instances to build a volume from", "no_instances")
-    uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
-    if len(uids) != 1:
-        raise AnalysisError("instances belong to more than one series", "mixed_series")
-    classes = {str(ds.get("SOPClassUID", "")) for ds in datasets}
-    if len(classes) != 1 or not classes <= _MULTIFRAME | {MR_IMAGE_STORAGE}:
-        raise AnalysisError("not an MR image series (SOP class)", "not_mr")
-    if not datasets[0].get("FrameOfReferenceUID"):
-        raise AnalysisError("missing geometry: no Frame of Reference UID", "missing_geometry")
-    return uids.pop()
 
 
 def _per_slice(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +96,7 @@ def _multiframe(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def mr_volume_from_datasets(datasets: Sequence[Dataset]) -> MrVolume:
     """Build the volume of one MR series (module docstring for conventions and refusals)."""
-    series_uid = _check_common(datasets)
+    series_uid = check_series(datasets, _MULTIFRAME | {MR_IMAGE_STORAGE}, "MR")
     if str(datasets[0].SOPClassUID) == MR_IMAGE_STORAGE:
         array, affine = _per_slice(datasets)
     elif len(datasets) != 1:

@@ -139,18 +139,28 @@ class PetVolume:
         return image
 
 
-def _check_common(datasets: Sequence[Dataset]) -> str:
+def check_series(datasets: Sequence[Dataset], sop_classes: set[str], kind: str) -> str:
+    """The one Series Instance UID of ``datasets``, or a refusal.
+
+    ``kind`` names the modality in the reason and the code (``"PET"``:
+    ``not_pet``); codes ``no_instances``, ``mixed_series``, ``missing_geometry``.
+    """
     if not datasets:
         raise AnalysisError("no instances to build a volume from", "no_instances")
     uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(uids) != 1:
         raise AnalysisError("instances belong to more than one series", "mixed_series")
     classes = {str(ds.get("SOPClassUID", "")) for ds in datasets}
-    if len(classes) != 1 or not classes <= _PER_SLICE | _MULTIFRAME:
-        raise AnalysisError("not a PET image series (SOP class)", "not_pet")
+    if len(classes) != 1 or not classes <= sop_classes:
+        raise AnalysisError(f"not a{'n' if kind[0] in 'AEIMO' else ''} {kind} image series "
+                            "(SOP class)", f"not_{kind.lower()}")
     if not datasets[0].get("FrameOfReferenceUID"):
         raise AnalysisError("missing geometry: no Frame of Reference UID", "missing_geometry")
     return uids.pop()
+
+
+def _check_common(datasets: Sequence[Dataset]) -> str:
+    return check_series(datasets, _PER_SLICE | _MULTIFRAME, "PET")
 
 
 def _normal(orientation: Sequence[float]) -> np.ndarray:

@@ -26,14 +26,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from pgserver import PgServer, server_bindir
+from pgserver import PgServer, running_server
 from pynetdicom import AE
 
 from service.testing.destination import HoldingDestination
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess, fake_settings
 from service.testing.polling import wait_until
-from service.testing.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.picks_adapter]  # nodes on their own databases
 
@@ -83,15 +82,8 @@ class Scu:
 @pytest.fixture
 def own_server() -> Iterator[PgServer]:
     """A PostgreSQL server of this test alone (it is restarted under load)."""
-    bindir = server_bindir()
-    if bindir is None:
-        pytest.fail("PostgreSQL server binaries are not installed: run scripts/install-peers.sh")
-    server = PgServer(bindir, free_port())
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_worker_killed_mid_job_is_taken_over_and_the_result_is_sent_once(
