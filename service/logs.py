@@ -10,6 +10,11 @@ one handler :func:`configure` installs withholds it:
 * records of pydicom, highdicom and Python's ``warnings`` (pydicom's
   ``warn_and_log`` prints e.g. ``Invalid value for VR DA: '1959-01-01'``)
   become ``library_message_withheld`` with the logger, level and a digest;
+  so do those of the S3 client stack (botocore, boto3, s3transfer, urllib3:
+  botocore's DEBUG records quote every request's parameters, among them the
+  blob key ``instances/<study UID>/...`` and a PUT's body) and of psycopg
+  (a server error's DETAIL quotes the row's values), and :func:`configure`
+  keeps the S3 client stack at WARNING;
 * the message of every exception in a logged traceback is replaced by
   :func:`safe_text` (frames and exception types stay; an ``OSError`` keeps
   its errno text, a type with ``log_safe = True`` its message);
@@ -39,7 +44,12 @@ from collections.abc import Callable
 from typing import Any
 
 #: Loggers whose messages may quote header values; their text is withheld.
-WITHHELD_LOGGERS = ("pydicom", "highdicom", "py.warnings")
+WITHHELD_LOGGERS = ("pydicom", "highdicom", "py.warnings", "botocore", "boto3", "s3transfer",
+                    "urllib3", "psycopg")
+#: Loggers kept at WARNING whatever the node's level: their DEBUG records narrate
+#: datasets (pynetdicom), copied attributes (highdicom) or S3 requests with their
+#: keys and bodies (botocore and the rest of the S3 client stack).
+QUIET_LOGGERS = ("pynetdicom", "highdicom", "botocore", "boto3", "s3transfer", "urllib3")
 #: Per-process key: digests correlate within one run, and a digest of a
 #: low-entropy value (a birth date) cannot be looked up in a table.
 _DIGEST_KEY = os.urandom(16)
@@ -251,10 +261,10 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs whole datasets (patient names) at DEBUG: keep it quiet.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # highdicom narrates every attribute it copies (withheld, but noise)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # pynetdicom logs whole datasets (patient names) at DEBUG, botocore every
+    # request's key (a study UID) and body: keep them quiet (and withheld above).
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     # warnings.warn() would print straight to stderr, past the filter above
     logging.captureWarnings(True)
     quiet_pydicom()

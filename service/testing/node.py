@@ -32,7 +32,7 @@ from typing import Any
 import service
 from service.testing.polling import wait_until
 from service.testing.ports import free_port, tcp_open
-from service.testing.storage import node_database, postgres_environ
+from service.testing.storage import env_s3_environ, node_database, postgres_environ
 
 #: The checkout (or installed tree) whose ``service`` package this is: the node's cwd.
 REPO_ROOT = Path(service.__file__).resolve().parents[1]
@@ -123,7 +123,8 @@ class NodeProcess:
         self.audit_path = self.work_dir / "audit" / "audit.jsonl"
         self.components = components
         self.log_level = log_level
-        self.env = dict(env or {})
+        # the bucket of the environment it was built in (a later test's is another one)
+        self.env = {**env_s3_environ(), **(env or {})}
         # under the storage switch (service.testing.storage) each node folder has its own
         # database, as it has its own SQLite file; kept for this node's life
         self.postgres_dsn = (postgres_dsn if postgres_dsn is not None
@@ -255,7 +256,7 @@ class NodeProcess:
         from service.store.blobs import open_blobs
         from service.testing.storage import storage_settings
 
-        return open_blobs(storage_settings(spool_dir=self.spool_dir))
+        return open_blobs(storage_settings({**os.environ, **self.env}, spool_dir=self.spool_dir))
 
     def stored_bytes(self, key: str) -> bytes:
         """A stored blob (``instances/...`` or an outbox/output key), whatever the store."""

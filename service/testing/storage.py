@@ -62,6 +62,24 @@ def s3_environ(endpoint: str, bucket: str) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": TEST_S3_KEY}
 
 
+#: The variables :func:`s3_environ` sets: a node keeps the bucket it was built with.
+S3_VARIABLES = ("DOPANODE_STORAGE__BLOBS", "DOPANODE_STORAGE__S3_ENDPOINT",
+                "DOPANODE_STORAGE__S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def env_s3_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The blob store variables the environment sets now (empty when blobs stay local).
+
+    A node built under the switch keeps these for its life, as it keeps its
+    database: a module-scoped node restarted in a later test must find the
+    bucket it wrote, not that test's fresh one.
+    """
+    source = os.environ if environ is None else environ
+    if source.get("DOPANODE_STORAGE__BLOBS", "").strip().lower() != "s3":
+        return {}
+    return {key: source[key] for key in S3_VARIABLES if key in source}
+
+
 def env_postgres_dsn(environ: Mapping[str, str] | None = None) -> str | None:
     """The DSN the environment moves nodes to, or None when it leaves them on SQLite."""
     storage = read_environ(os.environ if environ is None else environ, Settings).get("storage")

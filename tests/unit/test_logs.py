@@ -65,6 +65,18 @@ def test_pydicom_log_and_warning_are_withheld(stream: io.StringIO) -> None:
     assert "py.warnings library_message_withheld" in text and 'category="UserWarning"' in text
 
 
+def test_s3_client_records_are_withheld(stream: io.StringIO) -> None:
+    """botocore's DEBUG narration quotes the blob key, whose folders are study UIDs."""
+    key = "instances/1.2.826.0.1.3680043.8.498.1/1.2.3/1.2.3.4.dcm"
+    for name in ("botocore.endpoint", "boto3.resources", "s3transfer.upload",
+                 "urllib3.connectionpool", "psycopg.pool"):
+        logging.getLogger(name).debug("Making request with params: %s", {"Key": key})
+    text = stream.getvalue()
+    assert key not in text and "1.2.826.0.1.3680043.8.498.1" not in text
+    assert text.count("library_message_withheld") == 5
+    assert 'logger="botocore.endpoint"' in text
+
+
 def test_traceback_messages_are_withheld(stream: io.StringIO) -> None:
     try:
         try:
@@ -160,13 +172,17 @@ def test_repeats_beyond_the_burst_are_dropped_and_summarised() -> None:
 def test_configure_installs_the_rate_limit() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logs._configured
-    levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "highdicom")}
+    levels = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
     validation = config.settings.reading_validation_mode
     logs._configured = False
     try:
         logs.configure("INFO")
         (handler,) = root.handlers
         assert any(isinstance(f, logs.RateLimit) for f in handler.filters)
+        # a DEBUG node still leaves the S3 client's request narration out
+        logs.configure("DEBUG")
+        assert not logging.getLogger("botocore.endpoint").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("pynetdicom.assoc").isEnabledFor(logging.INFO)
     finally:  # configure() changes process-wide state: put it all back
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
