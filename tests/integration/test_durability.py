@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ def test_kill_during_series(tmp_path: Path, per_slice: list[Path]) -> None:
         assert len(stored) == len(acked) == 3  # nothing after the kill was taken
         for path in acked:  # every acknowledged instance survived, byte-for-byte dataset
             source = pydicom.dcmread(path)
-            assert pydicom.dcmread(node.spool_dir / stored[source.SOPInstanceUID]) == source
+            copy = pydicom.dcmread(io.BytesIO(node.stored_bytes(stored[source.SOPInstanceUID])))
+            assert copy == source
         assert node.query("SELECT COUNT(*) FROM jobs") == [(0,)]
         assert list((node.spool_dir / "tmp").iterdir()) == []
         resend = subprocess.run(storescu_cmd(node, per_slice), capture_output=True, text=True,
@@ -142,8 +144,8 @@ def test_kill_during_job(tmp_path: Path, multiframe: list[Path]) -> None:
         assert (runs(tmp_path, "start"), runs(tmp_path, "end")) == (2, 1)
         assert "crashed_run_jobs_taken_back" in node.log_text()
         rows = node.query("SELECT destination, path FROM outbox")
-        # the outbox holds the blob key of the attempt that finished (below the spool)
-        assert len(rows) == 1 and rows[0][0] == "pacs" and (node.spool_dir / rows[0][1]).is_file()
+        # the outbox holds the blob key of the attempt that finished (in the node's store)
+        assert len(rows) == 1 and rows[0][0] == "pacs" and node.blobs().exists(rows[0][1])
         assert node.stop() == 0
 
 

@@ -11,6 +11,7 @@ The receive path runs both ways (:data:`RECEIVE`): the event acceptor with
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import tomllib
@@ -109,6 +110,11 @@ def test_receive_path_is_the_configured_one(node: NodeProcess) -> None:
     assert f'adopt="{"one_flush" if one_flush else "fsync_rename_fsync_dir"}"' in text
 
 
+def stored_dataset(node: NodeProcess, key: str) -> pydicom.Dataset:
+    """The instance stored under ``key`` (the ``path`` column), read through the node's store."""
+    return pydicom.dcmread(io.BytesIO(node.stored_bytes(key)))
+
+
 def job_of_series(node: NodeProcess, series_uid: str, state: str = "done") -> tuple:
     rows = node.wait_for("SELECT id, state, reason, reason_code FROM jobs WHERE series_uid = ?"
                          " AND state != 'superseded'",
@@ -134,7 +140,7 @@ def test_multiframe_study_becomes_one_job(node: NodeProcess,
     assert reason is None
     stored = node.query("SELECT path FROM instances WHERE series_uid = ?", (series,))
     assert len(stored) == 1
-    assert (node.spool_dir / stored[0][0]).read_bytes()[132:] != b""  # durable copy exists
+    assert node.stored_bytes(stored[0][0])[132:] != b""  # durable copy exists
     # resend: answered Success, deduplicated, no second job
     assert storescu(node, data["multiframe"]).returncode == 0
     assert node.query("SELECT COUNT(*) FROM jobs WHERE series_uid = ?", (series,)) == [(1,)]
@@ -154,7 +160,7 @@ def test_per_slice_series_completes_after_quiet_time(node: NodeProcess,
     assert len(stored) == len(data["per_slice"])
     for source_path in data["per_slice"]:  # the dataset is stored exactly as sent
         source = pydicom.dcmread(source_path)
-        copy = pydicom.dcmread(node.spool_dir / stored[str(source.SOPInstanceUID)])
+        copy = stored_dataset(node, stored[str(source.SOPInstanceUID)])
         assert copy == source
 
 
@@ -170,7 +176,7 @@ def test_compressed_transfer_syntaxes(node: NodeProcess, data: dict[str, list[Pa
     rows = node.query("SELECT transfer_syntax, path FROM instances WHERE sop_instance_uid = ?",
                       (uid,))
     assert rows and rows[0][0] == syntax
-    stored = pydicom.dcmread(node.spool_dir / rows[0][1])
+    stored = stored_dataset(node, rows[0][1])
     assert stored.pixel_array.shape == (8, 32, 32)
     job_of_series(node, str(stored.SeriesInstanceUID))  # the fake pipeline decoded it too
 
