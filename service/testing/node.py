@@ -36,11 +36,6 @@ from service.testing.storage import env_s3_environ, node_database, postgres_envi
 
 #: The checkout (or installed tree) whose ``service`` package this is: the node's cwd.
 REPO_ROOT = Path(service.__file__).resolve().parents[1]
-#: The environment that picks the node's blob store (kept per node, like its database).
-BLOBS_VARIABLES = frozenset({"DOPANODE_STORAGE__BLOBS", "DOPANODE_STORAGE__S3_ENDPOINT",
-                             "DOPANODE_STORAGE__S3_BUCKET", "DOPANODE_STORAGE__S3_PREFIX",
-                             "DOPANODE_STORAGE__S3_REGION", "AWS_ACCESS_KEY_ID",
-                             "AWS_SECRET_ACCESS_KEY"})
 #: Holds ``dopanode_test_pipelines-0.dist-info`` (entry points of :mod:`.pipelines`).
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 
@@ -128,7 +123,8 @@ class NodeProcess:
         self.audit_path = self.work_dir / "audit" / "audit.jsonl"
         self.components = components
         self.log_level = log_level
-        # the bucket of the environment it was built in (a later test's is another one)
+        # its own bucket: the S3 settings of the environment it was built in, kept (a
+        # module-scoped node outlives the test whose bucket it got; a restart keeps it)
         self.env = {**env_s3_environ(), **(env or {})}
         # under the storage switch (service.testing.storage) each node folder has its own
         # database, as it has its own SQLite file; kept for this node's life
@@ -136,10 +132,6 @@ class NodeProcess:
                              else node_database(self.work_dir))
         if self.postgres_dsn is not None:
             self.env.update(postgres_environ(self.postgres_dsn))
-        # and its own bucket: the S3 settings of the environment it was built in, kept
-        # (a module-scoped node outlives the test whose bucket it got; a restart keeps it)
-        self.env = {**{k: v for k, v in os.environ.items() if k in BLOBS_VARIABLES},
-                    **self.env}
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config(settings or {})
 

@@ -64,7 +64,8 @@ def s3_environ(endpoint: str, bucket: str) -> dict[str, str]:
 
 #: The variables :func:`s3_environ` sets: a node keeps the bucket it was built with.
 S3_VARIABLES = ("DOPANODE_STORAGE__BLOBS", "DOPANODE_STORAGE__S3_ENDPOINT",
-                "DOPANODE_STORAGE__S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                "DOPANODE_STORAGE__S3_BUCKET", "DOPANODE_STORAGE__S3_PREFIX",
+                "DOPANODE_STORAGE__S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def env_s3_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
