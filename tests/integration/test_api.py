@@ -205,12 +205,17 @@ def test_ready_fails_when_spool_disk_is_below_threshold(tmp_path, db):
     assert "min_free_mb" in r.json()["checks"]["spool_disk"]["detail"]
 
 
-def test_ready_names_scp_and_outbox_failures(tmp_path, db):
+def _undelivered_for_two_hours(db, tmp_path):
+    """One outbox item waiting 2 h (over ReadyLimits(3600, ...)): the outbox check fails."""
     conn = db.connect()
     with conn:
         outbox.enqueue(conn, 3, ["pacs"], tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33",
                        "1.2.3.4.5", now=time.time() - 7200)
     conn.close()
+
+
+def test_ready_names_scp_and_outbox_failures(tmp_path, db):
+    _undelivered_for_two_hours(db, tmp_path)
     down = Probes(scp_listening=lambda: False)
     r = TestClient(create_app(make_settings(tmp_path), db, down, ReadyLimits(3600, 100))).get(
         "/ready")
@@ -221,11 +226,7 @@ def test_ready_names_scp_and_outbox_failures(tmp_path, db):
 
 def test_a_listener_stays_ready_while_the_return_path_is_down(tmp_path, db):
     """?part=scp: an outbox backlog (a PACS down for hours) does not stop receiving."""
-    conn = db.connect()
-    with conn:
-        outbox.enqueue(conn, 3, ["pacs"], tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33",
-                       "1.2.3.4.5", now=time.time() - 7200)
-    conn.close()
+    _undelivered_for_two_hours(db, tmp_path)
     up = Probes(scp_listening=lambda: True)
     api = TestClient(create_app(make_settings(tmp_path), db, up, ReadyLimits(3600, 100)))
     assert api.get("/ready").json()["failing"] == ["outbox"]

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from service.errors import AnalysisError
-from service.pipelines.fdopa_pet.normalise import head_mask
+from service.pipelines.fdopa_pet.normalise import coarser_grid, head_mask
 from service.pipelines.fdopa_pet.template import image_from_affine
 
 #: Mattes mutual information histogram bins.
@@ -86,19 +86,10 @@ class FlairRegistration:
         return np.asarray(p_pet_mm) @ self.matrix.T + self.offset_mm
 
 
-def _resampled(array_zyx: np.ndarray, affine: np.ndarray, smooth_mm: float) -> sitk.Image:
-    """The image on a grid of at least :data:`WORK_SPACING_MM`, smoothed, float32."""
-    image = image_from_affine(np.asarray(array_zyx, np.float32), affine)
-    spacing = np.array(image.GetSpacing())
-    if smooth_mm > 0:
-        image = sitk.SmoothingRecursiveGaussian(image, float(smooth_mm))
-    new_spacing = np.maximum(spacing, WORK_SPACING_MM)
-    size = np.maximum(np.round(np.array(image.GetSize()) * spacing / new_spacing), 1)
-    origin = image.TransformContinuousIndexToPhysicalPoint(
-        (0.5 * (new_spacing / spacing) - 0.5).tolist())
-    return sitk.Resample(image, size.astype(int).tolist(), sitk.Transform(), sitk.sitkLinear,
-                         origin, new_spacing.tolist(), image.GetDirection(), 0.0,
-                         sitk.sitkFloat32)
+def _resampled(array_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """The image on a grid of at least :data:`WORK_SPACING_MM`, float32."""
+    return coarser_grid(image_from_affine(np.asarray(array_zyx, np.float32), affine),
+                        WORK_SPACING_MM)
 
 
 def flair_head_mask(flair_zyx: np.ndarray) -> np.ndarray:
@@ -242,11 +233,11 @@ def register_flair_to_pet(flair_zyx: np.ndarray, flair_affine: np.ndarray, pet_z
     if pet_head.sum() < 100 or flair_head.sum() < 100:
         raise AnalysisError("FLAIR registration failed: no head found in the PET or the FLAIR",
                             "flair_registration_failed")
-    fixed = _resampled(pet / float(np.median(pet[pet_head])), pet_affine, 0.0)
-    moving = _resampled(flair / float(np.median(flair[flair_head])), flair_affine, 0.0)
-    fixed_mask = sitk.Cast(_resampled(pet_head.astype(np.float32), pet_affine, 0.0) > 0.5,
+    fixed = _resampled(pet / float(np.median(pet[pet_head])), pet_affine)
+    moving = _resampled(flair / float(np.median(flair[flair_head])), flair_affine)
+    fixed_mask = sitk.Cast(_resampled(pet_head.astype(np.float32), pet_affine) > 0.5,
                            sitk.sitkUInt8)
-    moving_mask = sitk.Cast(_resampled(flair_head.astype(np.float32), flair_affine, 0.0) > 0.5,
+    moving_mask = sitk.Cast(_resampled(flair_head.astype(np.float32), flair_affine) > 0.5,
                             sitk.sitkUInt8)
     search = sitk.Cast(sitk.BinaryDilate(fixed_mask, [3, 3, 3]), sitk.sitkUInt8)
     tx = _start(fixed, moving, search, moving_mask)

@@ -210,10 +210,16 @@ def head_mask(volume_zyx: np.ndarray) -> np.ndarray:
 def _work_image(volume_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """Normalised, smoothed PET on a grid of :data:`WORK_SPACING_MM` (its own orientation)."""
     image = image_from_affine(robust_normalise(volume_zyx), affine)
-    spacing = np.array(image.GetSpacing())
     sigma_mm = WORK_FWHM_MM / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    image = sitk.SmoothingRecursiveGaussian(image, float(sigma_mm))
-    new_spacing = np.maximum(spacing, WORK_SPACING_MM)
+    return coarser_grid(sitk.SmoothingRecursiveGaussian(image, float(sigma_mm)),
+                        WORK_SPACING_MM)
+
+
+def coarser_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` resampled (linear, float32) onto voxels of at least ``spacing_mm`` per
+    axis, same orientation, the new grid's corner on the old one's."""
+    spacing = np.array(image.GetSpacing())
+    new_spacing = np.maximum(spacing, spacing_mm)
     size = np.maximum(np.round(np.array(image.GetSize()) * spacing / new_spacing), 1).astype(int)
     origin = np.array(image.TransformContinuousIndexToPhysicalPoint(
         (0.5 * (new_spacing / spacing) - 0.5).tolist()))
