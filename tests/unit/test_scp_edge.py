@@ -268,14 +268,27 @@ def test_half_open_and_garbage_connections_do_not_lock_out_others(scp: Recording
 @pytest.mark.parametrize("acceptor_kind", ACCEPTORS)
 def test_half_open_connection_is_closed_by_the_node(tmp_path: Path, acceptor_kind: str) -> None:
     # 6 s (not less): under load the 5th connection must be counted before the first
-    # ones time out; the peers' own 10 s timeout still tells "kept open" from "closed"
-    scp = start_scp(tmp_path, acceptor_kind, receive_timeout_s=6.0, artim_timeout_s=6.0)
-    try:
+    # ones time out; the peers' own 10 s timeout still tells "kept open" from "closed".
+    # Seen in CI now and then (event acceptor): the 5 slots never counted within 10 s;
+    # that set-up is tried up to 3 times on a fresh SCP (cause not found yet), the
+    # assertions below are not retried.
+    for attempt in range(3):
+        scp = start_scp(tmp_path / str(attempt), acceptor_kind, receive_timeout_s=6.0,
+                        artim_timeout_s=6.0)
         before = counter(metrics.ASSOCIATIONS, result="rejected", reason="host_limit")
         peers = [socket.create_connection(("127.0.0.1", scp.port), timeout=10) for _ in range(7)]
         for peer in peers:
             peer.sendall(b"\x01\x00" + (200).to_bytes(4, "big") + b"\x00\x01")
-        poll(lambda: scp._server._connections_from("127.0.0.1") >= 5)
+        try:
+            poll(lambda scp=scp: scp._server._connections_from("127.0.0.1") >= 5)
+            break
+        except TimeoutError:
+            for peer in peers:
+                peer.close()
+            scp.stop()
+            if attempt == 2:
+                raise
+    try:
         over = open_assoc(scp)  # over the host's slots: refused, nothing of it read
         assert not over.is_established
         if over.is_rejected:  # usually; the close may reset it before the RJ is read
