@@ -333,13 +333,30 @@ class AuditTrail:
     # --- fsync timer -------------------------------------------------------------
     def _sync_loop(self) -> None:
         while not self._closing.wait(self.fsync_interval_s):
+            self.sync_pending()
+
+    def sync_pending(self) -> None:
+        """fsync what was written since the last sync, without holding the write lock.
+
+        The fsync runs on a duplicate of the descriptor, outside the lock: a
+        slow fsync (a busy disk flushing other files' data first) never makes
+        an association thread wait to append its record. A rotation meanwhile
+        closes only the original descriptor; the duplicate still syncs the
+        file it was taken from.
+        """
+        with self._lock:
+            if not self._dirty or self._fd is None:
+                return
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        except OSError as exc:
             with self._lock:
-                if self._dirty and self._fd is not None:
-                    try:
-                        os.fsync(self._fd)
-                        self._dirty = False
-                    except OSError as exc:
-                        _count_failure(exc)
+                self._dirty = True
+            _count_failure(exc)
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -625,18 +625,24 @@ class Sender:
             return "no_answer"
         return f"0x{int(rsp.Status):04X}"
 
-    def echo(self) -> bool:
+    def echo(self) -> str:
+        """One C-ECHO on a new association: ``"ok"`` or what went wrong
+        (``"not_established"``, ``"aborted"``, ``"status_0x...``, ``"no_response"``)."""
         from pynetdicom import AE
 
         ae = AE(ae_title="ECHOSCU")
         ae.acse_timeout = ae.dimse_timeout = 10
         ae.add_requested_context(codes.VERIFICATION)
         assoc = ae.associate("127.0.0.1", self.port, ae_title=self.called)
+        if assoc.is_rejected:
+            return "rejected"
         if not assoc.is_established:
-            return False
+            return "aborted" if assoc.is_aborted else "not_established"
         status = assoc.send_c_echo()
         assoc.release()
-        return bool(status) and int(status.Status) == 0
+        if not status:
+            return "no_response"
+        return "ok" if int(status.Status) == 0 else f"status_0x{int(status.Status):04X}"
 
     def close(self) -> None:
         if self.assoc is not None and self.assoc.is_established:

@@ -43,6 +43,9 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
     http_outcomes: Counter[str] = Counter()
     cases: dict[str, DatasetCase] = {}
     echo_failures, echo_retries, crashed, slowest = 0, 0, False, 0.0
+    echo_log: list[dict[str, Any]] = []
+    odd_stores: list[dict[str, Any]] = []  # no answer, abort, or slower than 5 s
+    slowest_case = ""
     sender = Sender(node.scp_port, node.ae_title)
     done = 0
 
@@ -52,11 +55,23 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
             crashed = True
             return
         # C-ECHO must answer; a transient A-ASSOCIATE-RJ (per-host slots still
-        # held by connections the raw cases just closed) is retried for 5 s
-        deadline = time.monotonic() + 5.0
-        while not sender.echo():
+        # held by connections the raw cases just closed) or a slow answer is
+        # retried: at least 3 attempts and for 15 s. Every attempt that failed
+        # or took over 1 s is in the report's echo log (CI once saw a first
+        # attempt fail after more than 5 s; cause not found).
+        deadline, attempts = time.monotonic() + 15.0, 0
+        while True:
+            attempts += 1
+            started = time.monotonic()
+            answer = sender.echo()
+            took = time.monotonic() - started
+            if answer != "ok" or took > 1.0:  # what a failure report needs to tell why
+                echo_log.append({"t": round(started - t0, 1), "inputs": done,
+                                 "answer": answer, "s": round(took, 2)})
+            if answer == "ok":
+                break
             echo_retries += 1
-            if time.monotonic() > deadline:
+            if attempts >= 3 and time.monotonic() > deadline:
                 echo_failures += 1
                 break
             time.sleep(0.5)
@@ -64,10 +79,19 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
         if progress:
             progress(samples[-1], outcomes)
 
+    last_end = time.monotonic()
     for case in fuzzer.datasets(n_datasets):
         start = time.monotonic()
         outcome = sender.store(case)
-        slowest = max(slowest, time.monotonic() - start)
+        if outcome in ("no_answer", "abort") or time.monotonic() - start > 5.0:
+            odd_stores.append({"t": round(start - t0, 1), "index": case.index,
+                               "mutation": case.mutation, "outcome": outcome,
+                               "idle_before_s": round(start - last_end, 2),
+                               "took_s": round(time.monotonic() - start, 2)})
+        last_end = time.monotonic()
+        if time.monotonic() - start > slowest:
+            slowest = time.monotonic() - start
+            slowest_case = f"dataset {case.index} {case.mutation}: {outcome}"
         outcomes[outcome] += 1
         by_mutation.setdefault(case.mutation, Counter())[outcome] += 1
         cases[case.series_uid] = case
@@ -81,8 +105,11 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
         if crashed:
             break
         start = time.monotonic()
-        pdu_outcomes[f"{pcase.name}:{send_raw(node.scp_port, pcase, node.ae_title)}"] += 1
-        slowest = max(slowest, time.monotonic() - start)
+        answer = send_raw(node.scp_port, pcase, node.ae_title)
+        pdu_outcomes[f"{pcase.name}:{answer}"] += 1
+        if time.monotonic() - start > slowest:
+            slowest = time.monotonic() - start
+            slowest_case = f"pdu {pcase.name}: {answer}"
         done += 1
         if done % batch == 0:
             checkpoint()
@@ -125,6 +152,7 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
         "send_s": round(send_s, 1), "total_s": round(time.monotonic() - t0, 1),
         "slowest_input_s": round(slowest, 2),
         "crashed": crashed, "echo_failures": echo_failures, "echo_retries": echo_retries,
+        "echo_log": echo_log, "slowest_case": slowest_case, "odd_stores": odd_stores,
         "dataset_outcomes": dict(outcomes.most_common()),
         "by_mutation": {k: dict(v) for k, v in sorted(by_mutation.items())},
         "pdu_outcomes": dict(sorted(pdu_outcomes.items())),

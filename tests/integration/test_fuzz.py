@@ -42,7 +42,9 @@ def test_bounded_fuzz_leaves_the_node_answering_and_clean(tmp_path: Path) -> Non
             node.start(timeout_s=120)
             report = run_campaign(node, fuzzer, N_DATASETS, N_PDUS, N_HTTP, batch=BATCH,
                                   drain_s=15)
-            text = summary(report)
+            log_lines = node.log_path.read_text(errors="replace").splitlines()
+            text = summary(report) + "\nnode log (last 40 lines):\n" + "\n".join(log_lines[-40:])
+            print(text)  # shown with -rP: the echo log of a passing run too
             assert not report["crashed"], text
             assert report["echo_failures"] == 0, text
             assert "no_answer" not in report["dataset_outcomes"], text

@@ -126,6 +126,37 @@ def test_appends_across_a_restart_never_rewrites(tmp_path: Path) -> None:
     assert lines(settings.path)[0]["event_type"]["code"] == "110134"  # recording started
 
 
+def test_a_slow_fsync_never_holds_up_a_record(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The periodic fsync runs outside the write lock: an association thread
+    appending its record does not wait for a busy disk (CI fuzz finding)."""
+    trail = AuditTrail(tmp_path / "audit.jsonl", fsync_interval_s=3600).open()
+    written, syncing = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # returns only once the second record is written
+        syncing.set()
+        written.wait(30)
+        real_fsync(fd)
+
+    try:
+        trail.write({"event": "one"})
+        monkeypatch.setattr(audit.os, "fsync", slow_fsync)
+        syncer = threading.Thread(target=trail.sync_pending)
+        syncer.start()
+        assert syncing.wait(30)
+        writer = threading.Thread(target=lambda: (trail.write({"event": "two"}), written.set()))
+        writer.start()
+        writer.join(30)
+        assert written.is_set(), "the record waited for the fsync"  # the old lock: deadlock
+        syncer.join(30)
+        monkeypatch.setattr(audit.os, "fsync", real_fsync)
+    finally:
+        written.set()
+        trail.close()
+    assert [r["event"] for r in lines(tmp_path / "audit.jsonl")] == ["one", "two"]
+
+
 def test_rotation_by_size_and_by_age(tmp_path: Path) -> None:
     clock = Clock()
     trail = AuditTrail(tmp_path / "audit.jsonl", rotate_mb=2000 / audit.MIB, rotate_hours=1,
