@@ -19,7 +19,7 @@ from service import __version__
 #: (:attr:`service.pipelines.registry.PipelineSpec.command_modules`), e.g. the DaT
 #: pipeline's analyze, label, build-template, build-normals, train, evaluate, export.
 COMMAND_MODULES: tuple[str, ...] = (
-    "service.app",  # serve, config, jobs
+    "service.node_commands",  # serve, config, jobs
     "service.db_commands",  # db migrate
     "service.sim.commands",  # simulate, benchmark
     "service.sim.fdopa.commands",  # fdopa generate|describe|validate|simulate

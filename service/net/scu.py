@@ -31,12 +31,14 @@ and logged (``output_resent_after_interruption``). A restarted node takes
 back the claims of its own dead processes at once (:func:`outbox.expire_leases`
 with the run's owner prefix); a claim of another node's process waits for its
 lease (:attr:`Sender.lease_s`, the longest a pass may take).
+
+The association itself (presentation contexts, TLS, time limits) is
+:mod:`service.net.scu_association`; this module is the send and retry policy.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,71 +48,39 @@ from typing import Any, Protocol
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
 from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
 
 from service import metrics
 from service.logs import safe_text
 from service.net import audit_events, tls
+from service.net.scu_association import (
+    MAX_CONTEXTS,
+    DestinationLike,
+    Timeouts,
+    associate,
+    tls_args,
+    tls_destinations_checked,
+)
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
 from service.store.dialect import dialect_of
 from service.store.outbox import OutboxItem, RetryPolicy
 
+__all__ = [
+    "DELIVERED_STATUSES", "MAX_CONTEXTS", "DestinationLike", "PassReport", "Sender", "Timeouts",
+    "retry_policy_from_settings", "sender_from_settings", "tls_destinations_checked",
+]
+
 log = logging.getLogger(__name__)
 
 #: Statuses after which the destination holds the object (PS3.4 Table B.2-1).
 DELIVERED_STATUSES = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
-MAX_CONTEXTS = 128
-#: Encodings pynetdicom converts between when sending a dataset.
-_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class DestinationLike(Protocol):
-    """What the sender needs of a destination (``service.config.Destination``)."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
-
-
-def _tls_args(destination: DestinationLike) -> tuple[ssl.SSLContext, str] | None:
-    """``(context, server hostname)`` for a destination with ``tls = true``, else None.
-
-    The context is built for each association, so renewed files are used
-    at once; the peer's chain is checked against ``ca_file``, its host name
-    only when ``server_hostname`` is set.
-    """
-    if not getattr(destination, "tls", False):
-        return None
-    hostname = getattr(destination, "server_hostname", None)
-    cert_file = getattr(destination, "cert_file", None)
-    ctx = tls.client_context(getattr(destination, "ca_file", None), cert_file,
-                             getattr(destination, "key_file", None), hostname is not None)
-    if cert_file is not None:  # checked at start-up; may have changed since
-        info = tls.read_certificate(cert_file, "destinations.cert_file")
-        metrics.TLS_CERTIFICATE_EXPIRY.labels(role="scu", name=destination.name).set(
-            info.not_after_s)
-    return ctx, hostname or destination.host
 
 
 class DatabaseLike(Protocol):
     """What the sender needs of the database (``service.store.rows.Rows``)."""
 
     def connect(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Network time limits of one association, seconds."""
-
-    connect_s: float = 5.0
-    acse_s: float = 15.0
-    dimse_s: float = 120.0
-    network_s: float = 120.0
 
 
 @dataclass
@@ -131,22 +101,6 @@ def retry_policy_from_settings(sender_settings: Any) -> RetryPolicy:
         cap_s=float(sender_settings.retry_cap_s),
         give_up_after_s=float(sender_settings.give_up_after_h) * 3600.0,
     )
-
-
-def _contexts(transfer_syntaxes: dict[str, set[str]]) -> list[PresentationContext]:
-    """One presentation context per (SOP class, transfer syntax) the items need.
-
-    An uncompressed file also offers the other uncompressed syntaxes, so an
-    SCP that accepts only Implicit VR Little Endian still gets it.
-    """
-    contexts: list[PresentationContext] = []
-    for sop_class, syntaxes in sorted(transfer_syntaxes.items()):
-        for ts in sorted(syntaxes):
-            offered = [ts]
-            if ts in _LITTLE_ENDIAN:
-                offered += [t for t in _LITTLE_ENDIAN if t != ts]
-            contexts.append(build_context(sop_class, offered))
-    return contexts[:MAX_CONTEXTS]
 
 
 class Sender:
@@ -281,15 +235,7 @@ class Sender:
         needed: dict[str, set[str]] = {}
         for item, ts in sendable:
             needed.setdefault(item.sop_class_uid, set()).add(ts)
-        ae = AE(ae_title=self._calling_ae)
-        ae.connection_timeout = self._timeouts.connect_s
-        ae.acse_timeout = self._timeouts.acse_s
-        ae.dimse_timeout = self._timeouts.dimse_s
-        ae.network_timeout = self._timeouts.network_s
-        return ae.associate(
-            destination.host, destination.port, contexts=_contexts(needed),
-            ae_title=destination.ae_title, tls_args=_tls_args(destination),
-        )
+        return associate(self._calling_ae, destination, needed, self._timeouts)
 
     def _deliver(self, conn: Any, destination: DestinationLike,
                  sendable: list[tuple[OutboxItem, str]], report: PassReport) -> None:
@@ -447,26 +393,12 @@ class Sender:
         return min(self._poll_interval_s, max(0.05, next_at - self._clock()))
 
 
-def tls_destinations_checked(settings: Any) -> list[str]:
-    """Read every TLS destination's files again (expiry metric); the names that fail."""
-    failing = []
-    for destination in settings.destinations:
-        if destination.tls:
-            try:
-                _tls_args(destination)
-            except tls.CertificateError as exc:
-                failing.append(destination.name)
-                log.error("destination_tls_invalid", extra={"fields": {
-                    "destination": destination.name, "key": exc.key}})
-    return failing
-
-
 def sender_from_settings(settings: Any, db: DatabaseLike, owner_prefix: str = "local:0:",
                          blobs: Blobs | None = None) -> Sender:
     """A :class:`Sender` for ``service.config.Settings`` (destinations, sender, node)."""
     for destination in settings.destinations:  # the expiry metric from start-up on
         if destination.tls and destination.cert_file is not None:
-            _tls_args(destination)
+            tls_args(destination)
     return Sender(
         db,
         settings.destinations,

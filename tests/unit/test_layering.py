@@ -29,12 +29,12 @@ pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 
-NODE = ("service.worker", "service.scheduler", "service.app", "service.store", "service.net",
-        "service.api")
+NODE = ("service.worker", "service.job_runner", "service.scheduler", "service.app",
+        "service.node_commands", "service.store", "service.net", "service.api")
 RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("service.imaging", "service.pipelines", "service.report"),
-     ("service.net", "service.store", "service.worker", "service.scheduler", "service.app",
-      "service.api", "torch")),
+     ("service.net", "service.store", "service.worker", "service.job_runner", "service.scheduler",
+      "service.app", "service.node_commands", "service.api", "torch")),
     (("service.net",),
      ("service.imaging", "service.pipelines", "service.inference", "service.report")),
     (("service.dicom",), ("service.net", "service.store", "service.pipelines", "torch")),
