@@ -2,7 +2,7 @@
 
 Thin handlers (style rule 3): pynetdicom streams each arriving dataset into
 a file in the spool's ``tmp/`` (no copy in memory); the C-STORE handler
-checks the SOP class and the limits, reads a handful of header values (never
+(:class:`service.net.instance_store.InstanceStore`) checks the SOP class and the limits, reads a handful of header values (never
 pixel data), makes the file durable under a path of validated UIDs
 (:meth:`Spool.adopt`), records it in SQLite together with the series
 bookkeeping, and only then answers Success. Every failure is answered with a
@@ -38,12 +38,8 @@ import queue
 import socket
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -62,28 +58,24 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
 from service.config import Settings
 from service.dicom import codes
-from service.dicom import header as header_mod
-from service.dicom.uids import validated_uid
 from service.net import acceptor, audit_events, tls, tls_port
-from service.net.guard import (
-    DISK_FULL,
-    AssociationGuard,
-    Refusal,
-    bounded_server_class,
-    count_refusal,
-    end_waiting_acceptor,
+from service.net.guard import AssociationGuard, bounded_server_class, end_waiting_acceptor
+from service.net.instance_store import (  # noqa: F401 - re-exported (older import path)
+    DEFAULT_QUIET_S,
+    FREE_FLOOR_MB,
+    ConnectionPool,
+    InstanceStore,
+    StoreRefused,
 )
 from service.net.status import Status
-from service.store import db, series
-from service.store.blobs import BlobExists, Blobs, BlobStoreError, LocalBlobs, instance_key
-from service.store.rows import Connection, Rows
-from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
+from service.store.blobs import Blobs, LocalBlobs
+from service.store.rows import Rows
+from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -95,63 +87,10 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
     RLELossless,
 )
-DEFAULT_QUIET_S = 30.0
 MAX_PDU_BYTES = 1024 * 1024
-#: Free spool space below which nothing is stored, whatever ``storage.min_free_mb``
-#: says (SQLite's journal and the node's outputs need room too), MiB.
-FREE_FLOOR_MB = FREE_SPACE_FLOOR_MB
 #: A-ASSOCIATE-RJ (source, reason) of pynetdicom's own rejections -> metrics reason.
 _REJECT_REASONS: dict[tuple[Any, Any], str] = {(0x01, 0x03): "unknown_caller", (0x01, 0x07): "called_ae",
                    (0x03, 0x02): "association_limit", (0x02, 0x01): "user_identity"}
-
-
-class StoreRefused(Exception):
-    """An instance we answer with a failure status (expected, no traceback)."""
-
-    def __init__(self, status: Status, comment: str, reason: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-        self.reason = reason
-
-
-@dataclass
-class _ConnectionPool:
-    """Database connections handed to one association thread at a time."""
-
-    database: Rows
-    idle: queue.LifoQueue[Connection]
-
-    @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        try:
-            conn = self.idle.get_nowait()
-        except queue.Empty:
-            conn = self.database.connect(check_same_thread=False)
-            for statement in conn.dialect.ingest_setup:  # SQLite: synchronous=NORMAL
-                conn.execute(statement)
-        try:
-            yield conn
-        except BaseException:
-            # The connection may be the cause (a PostgreSQL session cut by a server
-            # restart stays broken): never hand it to the next store; a new one is cheap.
-            _close_quietly(conn)
-            raise
-        self.idle.put(conn)
-
-    def close(self) -> None:
-        while True:
-            try:
-                self.idle.get_nowait().close()
-            except queue.Empty:
-                return
-
-
-def _close_quietly(conn: Connection) -> None:
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - closing a broken session may fail too; it is dropped
-        log.debug("store_connection_close_failed")
 
 
 class StorageSCP:
@@ -178,8 +117,9 @@ class StorageSCP:
         self.spool = spool
         #: Where instances go: the spool itself (default) or the object store.
         self.blobs: Blobs = blobs if blobs is not None else LocalBlobs(spool.root, spool)
-        self.on_series_complete = on_series_complete
-        self._pool = _ConnectionPool(database, queue.LifoQueue())
+        self._pool = ConnectionPool(database, queue.LifoQueue())
+        #: The C-STORE path (limits, durable write, row, answer).
+        self.store = InstanceStore(settings, spool, self.blobs, self._pool, on_series_complete)
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._tls_contexts: tls.ReloadingContext | None = None
@@ -187,6 +127,15 @@ class StorageSCP:
         self._active_lock = threading.Lock()
         self._saved_globals: dict[str, Any] | None = None
         self.ae = self._make_ae()
+
+    @property
+    def on_series_complete(self) -> Callable[[], None] | None:
+        """Called after an instance completed its series (set on the store path)."""
+        return self.store.on_series_complete
+
+    @on_series_complete.setter
+    def on_series_complete(self, callback: Callable[[], None] | None) -> None:
+        self.store.on_series_complete = callback
 
     def _make_ae(self) -> AE:
         node = self.settings.node
@@ -320,7 +269,7 @@ class StorageSCP:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         AssociationGuard(event.assoc, codes.ACCEPTED_STORAGE_SOP_CLASSES,
-                         self._receive_limit).install()
+                         self.store.receive_limit).install()
 
     def handle_requested(self, event: evt.Event) -> None:
         """Reject callers that are not configured (AE title and host), and
@@ -336,7 +285,7 @@ class StorageSCP:
                 caller.tls_subject, audit_events.tls_subject(event.assoc) or ""):
             # the caller is tied to a certificate subject: not this connection's
             self._reject(event, (0x01, 0x01, 0x03), "tls_subject")
-        elif self._proposes_storage(primitive) and self._short_of_space(0):
+        elif self._proposes_storage(primitive) and self.store.short_of_space(0):
             # rejected-transient, service-provider (presentation), local limit exceeded
             self._reject(event, (0x02, 0x03, 0x02), "disk_space")
 
@@ -385,155 +334,8 @@ class StorageSCP:
 
     # --- C-STORE ---------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> Dataset | int:
-        """Store one instance durably, then answer; never raise into pynetdicom."""
-        started = time.perf_counter()
-        try:
-            outcome = self._store(event)
-        except StoreRefused as refused:
-            count_refusal(Refusal(refused.status, refused.comment, refused.reason))
-            audit_events.instance_refused(event.assoc, refused.reason)
-            return _status(refused.status, refused.comment)
-        except Exception as exc:  # edge of the association thread: log, answer precisely
-            if is_disk_full(exc):  # transient: 0xA700, the sender retries; nothing kept
-                count_refusal(DISK_FULL)
-                audit_events.instance_refused(event.assoc, DISK_FULL.reason)
-                return _status(DISK_FULL.status, DISK_FULL.comment)
-            metrics.INSTANCES_REJECTED.labels(reason="internal_error").inc()
-            log.exception("store_failed", extra={"fields": {"status": "0xA700"}})
-            return _status(Status.OUT_OF_RESOURCES, "internal error while storing")
-        if outcome == "duplicate":
-            metrics.INSTANCES_DUPLICATE.inc()
-        else:
-            metrics.INSTANCES_RECEIVED.inc()
-        log.debug("stored", extra={"fields": {"outcome": outcome,
-                                              "ms": round(1e3 * (time.perf_counter() - started), 2)}})
-        return int(Status.SUCCESS)
-
-    def _store(self, event: evt.Event) -> str:
-        request = cast(C_STORE, event.request)
-        sop_class = str(request.AffectedSOPClassUID or "")
-        if sop_class not in codes.ACCEPTED_STORAGE_SOP_CLASSES:
-            raise StoreRefused(Status.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported",
-                               "sop_class")
-        try:
-            sop_uid = validated_uid(str(request.AffectedSOPInstanceUID or ""), "SOPInstanceUID")
-        except ValueError:
-            raise StoreRefused(Status.CANNOT_UNDERSTAND, "invalid SOP Instance UID",
-                               "invalid_uid") from None
-        with self._pool.connection() as conn:
-            if db.instance_exists(conn, sop_uid):
-                return "duplicate"
-        # pynetdicom has streamed the dataset (with a file meta header) into tmp/
-        received = Path(event.dataset_path)
-        self._check_limits(received.stat().st_size)
-        header = _read_header(received, sop_class, sop_uid)
-        key = instance_key(header.study_uid, header.series_uid, sop_uid)
-        try:
-            recorded = self._adopt_and_record(event, received, key, header, sop_class)
-        except Exception as exc:
-            if is_disk_full(exc) and self.blobs.kind == "local":
-                self._drop_unrecorded(key, sop_uid)
-            raise
-        if not recorded:
-            return "duplicate"
-        if recorded is series.Recorded.COMPLETED and self.on_series_complete is not None:
-            self.on_series_complete()  # committed: routing can start now, not at its next poll
-        audit_events.instance_stored(event.assoc, header)
-        return "stored"
-
-    def _adopt_and_record(self, event: evt.Event, received: Path, key: str,
-                          header: header_mod.ParsedHeader, sop_class: str) -> series.Recorded:
-        """Make the received file durable under ``key``, then record it (falsy: a duplicate).
-
-        Locally the file is adopted into the spool; on S3 it is PUT with
-        ``If-None-Match: *`` before the answer (docs/storage.md, "the ack"):
-        a 412 means another listener stored the same instance first, and the
-        row decides whether this one is a duplicate.
-        """
-        sop_uid = header.sop_instance_uid
-        try:
-            size = self.blobs.put_file(key, received, if_absent=self.blobs.kind != "local")
-        except BlobExists:
-            size = received.stat().st_size
-            received.unlink(missing_ok=True)
-        except BlobStoreError as exc:  # transient: the sender retries; nothing recorded
-            log.warning("store_blob_unavailable", extra={"fields": {"error": str(exc)}})
-            raise StoreRefused(Status.OUT_OF_RESOURCES, "object store unavailable",
-                               "blob_store") from None
-        rec = db.InstanceRecord(
-            sop_instance_uid=sop_uid, study_uid=header.study_uid,
-            series_uid=header.series_uid, sop_class_uid=sop_class,
-            transfer_syntax=str(event.context.transfer_syntax),
-            calling_ae=event.assoc.requestor.ae_title.strip(),
-            path=key, size_bytes=size, received_at=time.time(),
-        )
-        caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
-        quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
-        with self._pool.connection() as conn, conn:
-            return series.record_instance(conn, rec, header.info, quiet_s)
-
-    def _drop_unrecorded(self, key: str, sop_uid: str) -> None:
-        """Remove a file moved into place whose row could not be written (disk full).
-
-        Kept when the check itself fails: ``series.recover_spool`` records it
-        at the next start, and the sender's retry is then a duplicate.
-        """
-        try:
-            with self._pool.connection() as conn:
-                if not db.instance_exists(conn, sop_uid):
-                    self.blobs.delete(key)
-        except Exception:  # noqa: BLE001 - the database is unwell too: keep the file
-            log.warning("store_cleanup_skipped", extra={"fields": {"reason": "database"}})
-
-    def _check_limits(self, size_bytes: int) -> None:
-        storage = self.settings.storage
-        if size_bytes > storage.max_instance_mb * MIB:
-            raise StoreRefused(Status.OUT_OF_RESOURCES,
-                               f"instance larger than {storage.max_instance_mb} MiB limit",
-                               "too_large")
-        if self._short_of_space(size_bytes):
-            raise StoreRefused(Status.OUT_OF_RESOURCES,
-                               "insufficient disk space on the node's spool", "out_of_space")
-
-    def _short_of_space(self, size_bytes: int) -> bool:
-        """Would ``size_bytes`` more leave the spool below its free-space floor?"""
-        floor_mb = max(self.settings.storage.min_free_mb, FREE_FLOOR_MB)
-        return self.spool.free_mb() - size_bytes / MIB < floor_mb
-
-    def _receive_limit(self, data_bytes: int, check_free: bool) -> Refusal | None:
-        """Whether a C-STORE data set may grow to ``data_bytes`` while it arrives."""
-        max_mb = self.settings.storage.max_instance_mb
-        if data_bytes > max_mb * MIB:
-            return Refusal(Status.OUT_OF_RESOURCES, f"instance larger than {max_mb} MiB limit",
-                           "too_large")
-        if check_free and self._short_of_space(data_bytes):
-            return Refusal(Status.OUT_OF_RESOURCES,
-                           "insufficient disk space on the node's spool", "out_of_space")
-        return None
-
-
-def _read_header(path: Path, sop_class: str, sop_uid: str) -> header_mod.ParsedHeader:
-    """The received instance's UIDs and counts, or a precise refusal."""
-    try:
-        header = header_mod.read_header(path, sop_class)
-    except ValueError as exc:  # invalid UID or count: the message names the attribute
-        raise StoreRefused(Status.CANNOT_UNDERSTAND, str(exc)[:64], "bad_header") from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - anything pydicom raises on bad bytes
-        # (RecursionError, zlib.error, BytesLengthException, ...) is the data's fault:
-        # 0xC000, never 0xA700 (audit D8); the type only, a traceback would be pydicom's
-        log.info("header_unparsable", extra={"fields": {"error": type(exc).__name__}})
-        raise StoreRefused(Status.CANNOT_UNDERSTAND, "dataset could not be parsed",
-                           "unparsable") from None
-    if header.sop_instance_uid != sop_uid:
-        raise StoreRefused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                           "SOP Instance UID differs from the request", "uid_mismatch")
-    if header.dataset_sop_class_uid != sop_class:
-        raise StoreRefused(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                           "SOP Class UID differs from the request", "class_mismatch")
-    return header
-
+        """Store one instance durably, then answer (:class:`InstanceStore`)."""
+        return self.store.handle(event)
 
 def _count_rejected(reason: str) -> None:
     metrics.ASSOCIATIONS.labels(result="rejected", reason=reason).inc()
@@ -551,8 +353,3 @@ def _start_stock_server(ae: AE, address: tuple[str, int], handlers: list[Any],
     return server
 
 
-def _status(status: Status, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = int(status)
-    ds.ErrorComment = comment[:64]
-    return ds

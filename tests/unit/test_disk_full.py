@@ -37,8 +37,8 @@ from test_store import NOW, receive
 
 from service import metrics
 from service.config import NodeSettings, Settings
-from service.net import scp as scp_module
 from service.store import db, jobs, outbox
+from service.store import series as series_module
 from service.store.rows import open_rows
 from service.store.spool import Spool, disk_full_cause, is_disk_full
 from service.testing.nmdata import marker_image, write_marker_study
@@ -352,7 +352,7 @@ def test_database_full_when_recording_is_0xa700_and_the_file_removed(
 
     try:
         assoc = associate(scp)
-        monkeypatch.setattr(scp_module.series, "record_instance", full)
+        monkeypatch.setattr(series_module, "record_instance", full)
         rsp = assoc.send_c_store(nm_instance("db-full", 0, slices=1))
         assert rsp.Status == 0xA700 and "disk space" in str(rsp.ErrorComment)
         assert list((scp.spool.root / "instances").rglob("*.dcm")) == []
