@@ -38,6 +38,7 @@ from service.sim.fdopa.pet_writer import (
     build_pet_series,
     write_series,
 )
+from service.sim.fdopa.study import StudyPlan
 from service.sim.transfer_syntax import TRANSFER_SYNTAXES, encode_pixels
 from service.testing.peers import require_tool
 
@@ -268,3 +269,30 @@ def test_legacy_converted_enhanced_mr_compressed_reads_back(tmp_path: Path) -> N
     (back,) = _round_trip([enhanced], tmp_path, "MR")
     _assert_same_mr(mr_volume_from_datasets([back]), mr_volume_from_datasets(singles))
     assert classify_mr_series(back).is_flair
+
+
+def test_benchmark_variants_come_from_their_own_stream() -> None:
+    from dataclasses import replace
+
+    from service.sim.fdopa.benchmark import SITES, plan_study
+
+    variant_fields = ("encoding", "enhanced", "flair_enhanced", "enhanced_kind",
+                      "dynamic_enhanced")
+    seen: set[str] = set()
+    for site in SITES.values():
+        plain = replace(site, transfer_syntax_mix=None, native_enhanced_fraction=0.0)
+        for i in range(60):
+            plan, base = plan_study(site, i), plan_study(plain, i)
+            assert base.encoding.transfer_syntax == "explicit" and base.enhanced_kind == "legacy"
+            for name in StudyPlan.__dataclass_fields__:
+                if name not in variant_fields:
+                    assert getattr(plan, name) == getattr(base, name), (site.name, i, name)
+            assert replace(plan.encoding, transfer_syntax="explicit") == base.encoding
+            if plan.enhanced_kind == "native":
+                assert plan.encoding.units != "CNTS" and plan.enhanced
+                assert plan.dynamic_enhanced == (plan.schedule is not None)
+            elif (plan.enhanced, plan.flair_enhanced) != (base.enhanced, base.flair_enhanced):
+                raise AssertionError(f"{site.name} {i}: enhanced changed without a variant")
+            seen.add(plan.encoding.transfer_syntax)
+            seen.add(plan.enhanced_kind)
+    assert seen >= {*TRANSFER_SYNTAXES, "native", "legacy"}
