@@ -197,6 +197,13 @@ def test_native_enhanced_pet_equals_the_per_slice_series_and_its_suv(
         assert volume.spacing == pytest.approx(SPACING_XYZ, abs=1e-4)
         np.testing.assert_allclose(volume.array, np.transpose(ref.frames[0].volume_zyx,
                                                               (2, 1, 0)), rtol=1e-5)
+        back = sitk.ReadImage(str(tmp_path / "native" / "PT00001.dcm"))
+        np.testing.assert_allclose(back.GetOrigin(), ORIGIN, atol=1e-4)
+        np.testing.assert_allclose(back.GetSpacing(), SPACING_XYZ, atol=1e-4)
+        # GDCM applies the first frame's Rescale Slope to every frame: geometry only
+        first = native.PerFrameFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back),
+                                      native.pixel_array * float(first.RescaleSlope))
 
 
 def test_legacy_converted_enhanced_pet_compressed_reads_back(reference_static: PetVolume,
