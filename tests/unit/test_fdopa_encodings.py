@@ -103,6 +103,8 @@ def test_per_slice_pet_reads_back_identically_in_every_lossless_syntax(
     _assert_same_pet(volume_from_datasets(datasets), reference_static)
     assert suv_scale(datasets[0]).factor == pytest.approx(suv_scale(explicit_static[0]).factor,
                                                           rel=1e-12)
+    if syntax == "jpegls":
+        assert not _dciodvfy_errors(tmp_path / "PT00001.dcm")
     reader = sitk.ImageSeriesReader()  # GDCM decodes every one of them too
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
     back = reader.Execute()
@@ -245,6 +247,8 @@ def test_per_slice_flair_reads_back_identically(syntax: str, tmp_path: Path) -> 
                        "MR")
     assert back[0].file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[syntax]
     _assert_same_mr(mr_volume_from_datasets(back), ref)
+    if syntax == "jpeg2000":
+        assert not _dciodvfy_errors(tmp_path / "MR00001.dcm")
 
 
 @pytest.mark.parametrize("acquisition,syntax", [("2D", "explicit"), ("3D", "jpeg2000"),
@@ -276,6 +280,7 @@ def test_legacy_converted_enhanced_mr_compressed_reads_back(tmp_path: Path) -> N
     (back,) = _round_trip([enhanced], tmp_path, "MR")
     _assert_same_mr(mr_volume_from_datasets([back]), mr_volume_from_datasets(singles))
     assert classify_mr_series(back).is_flair
+    assert not _dciodvfy_errors(tmp_path / "MR00001.dcm")
 
 
 def test_benchmark_variants_come_from_their_own_stream() -> None:
@@ -303,3 +308,45 @@ def test_benchmark_variants_come_from_their_own_stream() -> None:
             seen.add(plan.encoding.transfer_syntax)
             seen.add(plan.enhanced_kind)
     assert seen >= {*TRANSFER_SYNTAXES, "native", "legacy"}
+
+
+def test_a_simulated_study_in_native_enhanced_jpegls_reads_and_gates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from service.sim.fdopa import kinetics
+    from service.sim.fdopa.kinetics import FrameSchedule
+    from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
+    from service.sim.fdopa.study import simulate_study
+
+    profile = replace(get_pet_profile("petmr_unseen"), name="test_tiny_enc", sim_voxel_mm=5.0,
+                      n_views=24, iterations=1, subsets=4, matrix=48, pixel_mm=5.0,
+                      slice_mm=5.0)
+    schedule = FrameSchedule("test_enc_4", (120.0, 480.0, 600.0, 600.0))
+    monkeypatch.setitem(PET_PROFILES, profile.name, profile)
+    monkeypatch.setitem(kinetics.SCHEDULES, schedule.name, schedule)
+    plan = StudyPlan("enc", profile.name, "hgg", False, 5, schedule=schedule.name,
+                     encoding=PetEncoding(transfer_syntax="jpegls"), flair="ax2d_15t",
+                     enhanced=True, flair_enhanced=True, enhanced_kind="native",
+                     dynamic_enhanced=True)
+    row = simulate_study(plan, tmp_path)
+    assert (row["transfer_syntax"], row["enhanced_kind"], row["dynamic_enhanced"]) == (
+        "jpegls", "native", True)
+    folder = tmp_path / "enc"
+    read = {name: [pydicom.dcmread(p) for p in sorted((folder / name).iterdir())]
+            for name in ("PT_STATIC", "PT_DYNAMIC", "PT_NAC", "MR_FLAIR")}
+    for datasets in read.values():
+        assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {pydicom.uid.JPEGLSLossless}
+    static, dynamic = read["PT_STATIC"], read["PT_DYNAMIC"]
+    assert len(static) == len(dynamic) == len(read["MR_FLAIR"]) == 1
+    assert classify_series(static[0]).role == "static"
+    assert classify_series(dynamic[0]).role == "dynamic"
+    assert classify_series(read["PT_NAC"][0]).role == "ignored"
+    assert classify_mr_series(read["MR_FLAIR"][0]).is_flair
+    frames = volume_from_datasets(dynamic)
+    np.testing.assert_allclose(frames.durations_s, schedule.durations_s)
+    np.testing.assert_allclose(frames.starts_s, np.asarray(schedule.starts_s) - schedule.starts_s[0])
+    image = volume_from_datasets(static)
+    assert image.shape_zyx == volume_from_datasets(read["PT_NAC"]).shape_zyx
+    assert suv_scale(static[0], image.first_frame_start).available
+    assert mr_volume_from_datasets(read["MR_FLAIR"]).array_zyx.shape[0] == 28
