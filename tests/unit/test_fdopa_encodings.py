@@ -350,3 +350,20 @@ def test_a_simulated_study_in_native_enhanced_jpegls_reads_and_gates(
     assert image.shape_zyx == volume_from_datasets(read["PT_NAC"]).shape_zyx
     assert suv_scale(static[0], image.first_frame_start).available
     assert mr_volume_from_datasets(read["MR_FLAIR"]).array_zyx.shape[0] == 28
+
+
+def test_legacy_conversions_are_deterministic() -> None:
+    """highdicom stamps the wall clock and a random UID; the writers pin them to the seed."""
+    import io
+
+    def encoded(ds: Dataset) -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    image, name = _flair("3D")
+    pet = [encoded(build_legacy_enhanced(build_pet_series(
+        [_volume(1)], *STATIC, INFO, PetEncoding(), False), INFO)) for _ in range(2)]
+    mr = [encoded(build_legacy_enhanced_mr(build_flair_series(
+        image, PROTOCOLS[name], MR_INFO), MR_INFO)) for _ in range(2)]
+    assert pet[0] == pet[1] and mr[0] == mr[1]

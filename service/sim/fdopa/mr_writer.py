@@ -18,7 +18,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from service.sim.fdopa.flair import FlairImage, FlairProtocol
-from service.sim.fdopa.pet_writer import INJECTION, PetSeriesInfo, _ds, _patient_study, _time, uid
+from service.sim.fdopa.pet_writer import (
+    INJECTION,
+    PetSeriesInfo,
+    _ds,
+    _patient_study,
+    _time,
+    pin_legacy_conversion,
+    uid,
+)
 from service.sim.transfer_syntax import encode_pixels
 
 #: Vendor-style FLAIR series descriptions and sequence names by acquisition.
@@ -108,4 +116,5 @@ def build_legacy_enhanced_mr(datasets: list[Dataset], info: PetSeriesInfo) -> Da
     )
     if "ReferencedSeriesSequence" in enhanced:
         del enhanced.ReferencedSeriesSequence
+    pin_legacy_conversion(enhanced, info.uid_seed, "mr", str(info.series_number))
     return enhanced

@@ -365,4 +365,24 @@ def build_legacy_enhanced(datasets: list[Dataset], info: PetSeriesInfo) -> Datas
     )
     if "ReferencedSeriesSequence" in enhanced:
         del enhanced.ReferencedSeriesSequence
+    pin_legacy_conversion(enhanced, info.uid_seed, "pet", str(info.series_number))
     return enhanced
+
+
+def pin_legacy_conversion(enhanced: Dataset, uid_seed: str, *parts: str) -> None:
+    """Make a highdicom legacy conversion deterministic (same seed, same bytes).
+
+    highdicom stamps the conversion with the wall clock (Instance Creation
+    Date/Time, the Contributing Equipment's Contribution DateTime) and a
+    random Dimension Organization UID. They become the image's Content
+    Date/Time and a UID derived from ``uid_seed`` and ``parts``.
+    """
+    date, time = str(enhanced.ContentDate), str(enhanced.ContentTime)
+    enhanced.InstanceCreationDate, enhanced.InstanceCreationTime = date, time
+    for equipment in enhanced.get("ContributingEquipmentSequence") or []:
+        equipment.ContributionDateTime = date + time
+    organisation = uid(uid_seed, "legacy-dimension-organisation", *parts)
+    for item in [*(enhanced.get("DimensionOrganizationSequence") or []),
+                 *(enhanced.get("DimensionIndexSequence") or [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organisation
