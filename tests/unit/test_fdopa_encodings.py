@@ -367,3 +367,50 @@ def test_legacy_conversions_are_deterministic() -> None:
     mr = [encoded(build_legacy_enhanced_mr(build_flair_series(
         image, PROTOCOLS[name], MR_INFO), MR_INFO)) for _ in range(2)]
     assert pet[0] == pet[1] and mr[0] == mr[1]
+
+
+@pytest.mark.parametrize("tool,syntax", [("dcmdrle", "rle"), ("dcmdjpls", "jpegls")])
+def test_dcmtk_decodes_our_compressed_pet_to_the_same_values(
+        tool: str, syntax: str, tmp_path: Path) -> None:
+    """Another toolkit (DCMTK, as many PACS) decodes what the simulator encodes."""
+    enc = PetEncoding(transfer_syntax=syntax)
+    paths = [*write_series([build_enhanced_pet([_volume(1)], *STATIC, INFO, enc, False)],
+                           tmp_path / "native"),
+             *write_series(build_pet_series([_volume(1)], *STATIC, INFO, enc, False)[:1],
+                           tmp_path / "slice")]
+    for k, path in enumerate(paths):
+        out = tmp_path / f"decoded{k}.dcm"
+        subprocess.run([require_tool(tool), str(path), str(out)], check=True,
+                       capture_output=True)
+        decoded = pydicom.dcmread(out)
+        assert decoded.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        np.testing.assert_array_equal(decoded.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+def test_jpeg_lossless_sv1_from_dcmtk_reads_back(reference_static: PetVolume,
+                                                 tmp_path: Path) -> None:
+    """JPEG Lossless SV1 (Process 14), which many scanners send: DCMTK encodes, the node's
+    own decoder (pylibjpeg with libjpeg) decodes."""
+    paths = write_series(build_pet_series([_volume(1)], *STATIC, INFO, PetEncoding(), False),
+                         tmp_path / "in")
+    converted = []
+    for path in paths:
+        out = tmp_path / path.name
+        subprocess.run([require_tool("dcmcjpeg"), "+e1", str(path), str(out)], check=True,
+                       capture_output=True)
+        ds = pydicom.dcmread(out)
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+        ds.pixel_array_options(decoding_plugin="pylibjpeg")
+        converted.append(ds)
+    _assert_same_pet(volume_from_datasets(converted), reference_static)
+
+
+def test_the_node_decodes_jpegls_without_the_simulators_encoder(tmp_path: Path) -> None:
+    """pyjpegls is in the ``sim`` extra only: the node's pylibjpeg (libjpeg) must decode."""
+    enc = PetEncoding(transfer_syntax="jpegls")
+    (path,) = write_series([build_enhanced_pet([_volume(3)], *STATIC, INFO, enc, False)],
+                           tmp_path)
+    ds, ref = pydicom.dcmread(path), pydicom.dcmread(path)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    ref.pixel_array_options(decoding_plugin="pyjpegls")
+    np.testing.assert_array_equal(ds.pixel_array, ref.pixel_array)
