@@ -109,7 +109,8 @@ def _corrections(ds: Dataset, info: PetSeriesInfo, decay_reference: dt.datetime)
     ds.DecayCorrectionDateTime = datetime_text(decay_reference)
     ds.RandomsCorrectionMethod = "DLYD"
     if info.attenuation_corrected:
-        ds.AttenuationCorrectionSource = "CT" if "MR" not in info.model_name else "MR"
+        # the profile's reconstruction description names it (CTAC or MRAC)
+        ds.AttenuationCorrectionSource = "MR" if "MRAC" in info.reconstruction else "CT"
         ds.ScatterCorrectionMethod = "model-based"
         ds.AttenuationCorrectionTemporalRelationship = "CONCURRENT"
 
