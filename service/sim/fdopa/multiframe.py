@@ -43,7 +43,7 @@ def seq(**attributes: object) -> Sequence:
 
 
 def datetime_text(t: dt.datetime) -> str:
-    """A DICOM DT (``YYYYMMDDHHMMSS.FFFFFF``, 6-digit fraction kept to 2)."""
+    """A DICOM DT ``YYYYMMDDHHMMSS.FFFFFF`` (naive, scanner clock)."""
     return t.strftime("%Y%m%d") + _time(t)
 
 
