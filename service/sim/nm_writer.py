@@ -32,18 +32,11 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    generate_uid,
-)
+from pydicom.uid import UID, generate_uid
 
 from service.dicom import codes as dicom_codes
 from service.sim import codes
+from service.sim.transfer_syntax import encode_pixels
 
 #: Stored maximum of non-rescaled variants (leaves headroom below 65535).
 STORED_MAX = 30000
@@ -303,19 +296,13 @@ def _pixels(ds: Dataset, stored: np.ndarray, slope: float, intercept: float) -> 
     ds.PixelData = stored.tobytes()
 
 
+_SYNTAX = {EncodingVariant.RLE: "rle", EncodingVariant.JPEG2000: "jpeg2000",
+           EncodingVariant.JPEGLS: "jpegls", EncodingVariant.DEFLATE: "deflate"}
+
+
 def _encode(ds: Dataset, stored: np.ndarray, variant: EncodingVariant) -> None:
     """Set the transfer syntax, compressing the pixel data where needed."""
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    arr = stored if stored.shape[0] > 1 else stored[0]
-    if variant is EncodingVariant.RLE:
-        ds.compress(RLELossless, arr, encoding_plugin="pydicom", generate_instance_uid=False)
-    elif variant is EncodingVariant.JPEG2000:
-        ds.compress(JPEG2000Lossless, arr, encoding_plugin="pylibjpeg",
-                    generate_instance_uid=False)
-    elif variant is EncodingVariant.JPEGLS:
-        ds.compress(JPEGLSLossless, arr, encoding_plugin="pyjpegls", generate_instance_uid=False)
-    elif variant is EncodingVariant.DEFLATE:
-        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    encode_pixels(ds, _SYNTAX.get(variant, "explicit"), stored)
 
 
 def _instance(

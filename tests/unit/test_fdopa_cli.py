@@ -60,3 +60,9 @@ def test_unknown_names_are_refused(tmp_path: Path) -> None:
         main(["fdopa", "generate", str(tmp_path), "--sites", "site_x"])
     with pytest.raises(SystemExit, match="unknown PET profile"):
         main(["fdopa", "simulate", str(tmp_path), "--profile", "nope", "--n", "1", "--seed", "1"])
+    with pytest.raises(SystemExit):  # lossy syntaxes are not offered
+        main(["fdopa", "simulate", str(tmp_path), "--profile", "petmr_unseen", "--n", "1",
+              "--seed", "1", "--transfer-syntax", "jpeg_baseline"])
+    with pytest.raises(SystemExit, match="native-enhanced"):
+        main(["fdopa", "simulate", str(tmp_path), "--profile", "petmr_unseen", "--n", "1",
+              "--seed", "1", "--native-enhanced", "1.5"])

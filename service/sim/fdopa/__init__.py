@@ -9,7 +9,8 @@ phantoms with truth masks), :mod:`.subject` (one subject on a scan grid),
 :mod:`.truth` (reference regions and metrics), :mod:`.pet` (PET projection,
 noise, OSEM), :mod:`.profiles` and :mod:`.scanner` (scanner profiles,
 acquisition), :mod:`.flair` (synthetic FLAIR), :mod:`.pet_writer`,
-:mod:`.mr_writer` and :mod:`.ct_writer` (DICOM), :mod:`.study` and
+:mod:`.mr_writer` and :mod:`.ct_writer` (DICOM), :mod:`.enhanced_pet`,
+:mod:`.enhanced_mr` and :mod:`.multiframe` (native Enhanced PET / MR), :mod:`.study` and
 :mod:`.benchmark` (one study, the benchmark), :mod:`.commands` (CLI) and
 :mod:`.validation` (report pictures and tables). torch is imported only by
 :mod:`.pet` and the modules that drive it. See ``docs/fdopa_simulator.md``.

@@ -56,6 +56,11 @@ class FdopaSite:
     ge_quirk_fraction : float
         Share of static AC series with GE-style signed pixels and a post-processed
         (later) Series Time.
+    transfer_syntax_mix : dict of str to float, optional
+        Transfer syntax of the whole study (lossless only); None: Explicit VR LE.
+    native_enhanced_fraction : float
+        Share of studies whose static AC PET (BQML or GML), dynamic PET and
+        FLAIR are native Enhanced PET / Enhanced MR instances.
     """
 
     name: str
@@ -68,19 +73,25 @@ class FdopaSite:
     assay_time_fraction: float = 0.0
     enhanced_fraction: float = 0.0
     ge_quirk_fraction: float = 0.0
+    transfer_syntax_mix: dict[str, float] | None = None
+    native_enhanced_fraction: float = 0.0
 
 
 SITES: dict[str, FdopaSite] = {
     s.name: s
     for s in (
         FdopaSite("site_a", "siemens_biograph_like", "train_test", 180, 2101, "nancy30",
-                  {"BQML": 1.0}, assay_time_fraction=0.5),
+                  {"BQML": 1.0}, assay_time_fraction=0.5, native_enhanced_fraction=0.15,
+                  transfer_syntax_mix={"explicit": 0.8, "jpeg2000": 0.2}),
         FdopaSite("site_b", "ge_discovery_like", "train_test", 180, 2102, "rennes20",
-                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1, ge_quirk_fraction=0.3),
+                  {"BQML": 0.8, "GML": 0.2}, enhanced_fraction=0.1, ge_quirk_fraction=0.3,
+                  transfer_syntax_mix={"explicit": 0.75, "jpegls": 0.25}),
         FdopaSite("site_c", "philips_vereos_like", "train_test", 180, 2103, "nancy30",
-                  {"CNTS": 0.7, "BQML": 0.3}),
+                  {"CNTS": 0.7, "BQML": 0.3},
+                  transfer_syntax_mix={"explicit": 0.75, "rle": 0.2, "deflate": 0.05}),
         FdopaSite("site_d_unseen", "petmr_unseen", "unseen", 120, 2104, "nancy30",
-                  {"BQML": 1.0}, enhanced_fraction=0.5),
+                  {"BQML": 1.0}, enhanced_fraction=0.5, native_enhanced_fraction=0.25,
+                  transfer_syntax_mix={"explicit": 0.6, "jpeg2000": 0.2, "jpegls": 0.2}),
     )
 }
 
@@ -118,12 +129,28 @@ def plan_study(site: FdopaSite, index: int) -> StudyPlan:
     if rng.random() < site.ge_quirk_fraction:
         encoding = replace(encoding, signed_pixels=True,
                            series_time_after_scan_min=round(float(rng.uniform(20, 90)), 1))
-    return StudyPlan(
+    plan = StudyPlan(
         study_id=f"{site.name}_{index:05d}", profile=site.profile, tumour_class=cls,
         paediatric=paediatric, seed=seed, static_window=window,
         schedule=("genoa25" if paediatric else site.adult_schedule) if dynamic else None,
         encoding=encoding, flair=flair, enhanced=enhanced, flair_enhanced=flair_enhanced,
     )
+    return _with_variants(site, index, plan)
+
+
+def _with_variants(site: FdopaSite, index: int, plan: StudyPlan) -> StudyPlan:
+    """Transfer syntax and native Enhanced objects, from their own random stream.
+
+    ``default_rng([seed, index, 11])`` leaves the draws of :func:`plan_study`
+    untouched: a study not drawn for a variant keeps its bytes.
+    """
+    rng = np.random.default_rng([site.seed, index, 11])
+    syntax = _choice(rng, site.transfer_syntax_mix or {"explicit": 1.0})
+    if rng.random() < site.native_enhanced_fraction and plan.encoding.units != "CNTS":
+        plan = replace(plan, enhanced=True, enhanced_kind="native",
+                       dynamic_enhanced=plan.schedule is not None,
+                       flair_enhanced=plan.flair is not None)
+    return replace(plan, encoding=replace(plan.encoding, transfer_syntax=syntax))
 
 
 def _site_dir(out_dir: Path, site: FdopaSite) -> Path:

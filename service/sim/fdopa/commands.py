@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.sim.transfer_syntax import TRANSFER_SYNTAXES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fdopa`` with its actions."""
@@ -28,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--profile", required=True, help="PET profile name")
     sim.add_argument("--n", type=int, required=True, help="number of studies")
     sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument("--transfer-syntax", default="explicit", choices=sorted(TRANSFER_SYNTAXES),
+                     help="lossless transfer syntax of every series (default: explicit)")
+    sim.add_argument("--native-enhanced", type=float, default=0.0, metavar="FRACTION",
+                     help="share of studies written as native Enhanced PET / Enhanced MR")
     sim.add_argument("--workers", type=int, default=2)
     sim.set_defaults(func=run_simulate)
     desc = sub.add_parser("describe", help="print the benchmark definition and progress")
@@ -89,8 +95,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         get_pet_profile(args.profile)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if not 0.0 <= args.native_enhanced <= 1.0:
+        raise SystemExit("--native-enhanced must be a fraction in [0, 1]")
     site = FdopaSite(args.profile, args.profile, "custom", args.n, args.seed, "nancy30",
-                     {"BQML": 1.0})
+                     {"BQML": 1.0}, transfer_syntax_mix={args.transfer_syntax: 1.0},
+                     native_enhanced_fraction=args.native_enhanced)
     print(f"manifest {generate([site], args.out, workers=args.workers)}")
     return 0
 

@@ -18,7 +18,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from service.sim.fdopa.flair import FlairImage, FlairProtocol
-from service.sim.fdopa.pet_writer import INJECTION, PetSeriesInfo, _ds, _patient_study, _time, uid
+from service.sim.fdopa.pet_writer import (
+    INJECTION,
+    PetSeriesInfo,
+    _ds,
+    _patient_study,
+    _time,
+    pin_legacy_conversion,
+    uid,
+)
+from service.sim.transfer_syntax import encode_pixels
 
 #: Vendor-style FLAIR series descriptions and sequence names by acquisition.
 DESCRIPTIONS = {"2D": ("AX T2 FLAIR", "*tir2d1_16"), "3D": ("3D FLAIR SAG", "*spcir_278")}
@@ -51,9 +60,18 @@ def _mr_series(ds: Dataset, protocol: FlairProtocol, info: PetSeriesInfo) -> Non
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
 
 
+def stored_flair(volume_zyx: np.ndarray) -> np.ndarray:
+    """12-bit stored values of a FLAIR volume (maximum at 4000), (z, y, x) uint16."""
+    scale = 4000.0 / max(float(volume_zyx.max()), 1e-6)
+    return np.clip(np.rint(volume_zyx * scale), 0, 4095).astype(np.uint16)
+
+
 def build_flair_series(image: FlairImage, protocol: FlairProtocol,
-                       info: PetSeriesInfo) -> list[Dataset]:
-    """MR instances of one FLAIR series (see module docstring)."""
+                       info: PetSeriesInfo, transfer_syntax: str = "explicit") -> list[Dataset]:
+    """MR instances of one FLAIR series (see module docstring).
+
+    ``transfer_syntax``: a key of :data:`service.sim.transfer_syntax.TRANSFER_SYNTAXES`.
+    """
     common = Dataset()
     common.SpecificCharacterSet = "ISO_IR 100"
     _patient_study(common, info)
@@ -62,9 +80,7 @@ def build_flair_series(image: FlairImage, protocol: FlairProtocol,
     common.SliceThickness = common.SpacingBetweenSlices = _ds(sz)
     common.PixelSpacing = [_ds(sy), _ds(sx)]
     common.WindowCenter, common.WindowWidth = "1500", "3000"
-    vol = image.volume_zyx
-    scale = 4000.0 / max(float(vol.max()), 1e-6)
-    stored = np.clip(np.rint(vol * scale), 0, 4095).astype(np.uint16)
+    stored = stored_flair(image.volume_zyx)
     out = []
     for k in range(stored.shape[0]):
         ds = copy.deepcopy(common)
@@ -79,6 +95,7 @@ def build_flair_series(image: FlairImage, protocol: FlairProtocol,
         ds.SliceLocation = _ds(float(ipp[2]))
         ds.Rows, ds.Columns = stored.shape[1:]
         ds.PixelData = stored[k].tobytes()
+        encode_pixels(ds, transfer_syntax, stored[k])
         out.append(ds)
     return out
 
@@ -99,4 +116,5 @@ def build_legacy_enhanced_mr(datasets: list[Dataset], info: PetSeriesInfo) -> Da
     )
     if "ReferencedSeriesSequence" in enhanced:
         del enhanced.ReferencedSeriesSequence
+    pin_legacy_conversion(enhanced, info.uid_seed, "mr", str(info.series_number))
     return enhanced

@@ -49,6 +49,7 @@ from pydicom.uid import (
 )
 
 from service.sim.fdopa.kinetics import F18_HALF_LIFE_S
+from service.sim.transfer_syntax import check_transfer_syntax, encode_pixels
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
 INJECTION = dt.datetime(2026, 1, 1, 9, 0, 0)
@@ -70,8 +71,10 @@ class PetEncoding:
     assay_minutes_before_injection: float = 0.0
     signed_pixels: bool = False
     series_time_after_scan_min: float = 0.0
+    transfer_syntax: str = "explicit"
 
     def __post_init__(self) -> None:
+        check_transfer_syntax(self.transfer_syntax)
         if self.units not in ("BQML", "CNTS", "GML"):
             raise ValueError(f"units must be BQML, CNTS or GML, got {self.units!r}")
         if self.decay_correction not in ("START", "ADMIN"):
@@ -241,7 +244,7 @@ def _reference_s(enc: PetEncoding, series_start_s: float) -> float:
 
 
 def _slice(common: Dataset, plane: np.ndarray, ipp: np.ndarray, number: int,
-           sop: str) -> Dataset:
+           sop: str, transfer_syntax: str) -> Dataset:
     ds = copy.deepcopy(common)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
@@ -257,8 +260,9 @@ def _slice(common: Dataset, plane: np.ndarray, ipp: np.ndarray, number: int,
     ds.RescaleSlope = _ds(slope)
     ds.Rows, ds.Columns = plane.shape
     dtype = np.int16 if ds.PixelRepresentation == 1 else np.uint16
-    ds.PixelData = np.rint(np.clip(plane, 0, None) / slope).clip(0, STORED_MAX).astype(
-        dtype).tobytes()
+    stored = np.rint(np.clip(plane, 0, None) / slope).clip(0, STORED_MAX).astype(dtype)
+    ds.PixelData = stored.tobytes()
+    encode_pixels(ds, transfer_syntax, stored)
     return ds
 
 
@@ -302,7 +306,8 @@ def build_pet_series(
             number = (n_frames * n_slices - index) if enc.reversed_order else index + 1
             ipp = origin + np.array([0.0, 0.0, sz * k])
             ds = _slice(frame_ds, vol[k], ipp, number,
-                        uid(info.uid_seed, "sop", str(info.series_number), str(index)))
+                        uid(info.uid_seed, "sop", str(info.series_number), str(index)),
+                        enc.transfer_syntax)
             ds.ImageIndex = index + 1
             out.append(ds)
     return out
@@ -360,4 +365,24 @@ def build_legacy_enhanced(datasets: list[Dataset], info: PetSeriesInfo) -> Datas
     )
     if "ReferencedSeriesSequence" in enhanced:
         del enhanced.ReferencedSeriesSequence
+    pin_legacy_conversion(enhanced, info.uid_seed, "pet", str(info.series_number))
     return enhanced
+
+
+def pin_legacy_conversion(enhanced: Dataset, uid_seed: str, *parts: str) -> None:
+    """Make a highdicom legacy conversion deterministic (same seed, same bytes).
+
+    highdicom stamps the conversion with the wall clock (Instance Creation
+    Date/Time, the Contributing Equipment's Contribution DateTime) and a
+    random Dimension Organization UID. They become the image's Content
+    Date/Time and a UID derived from ``uid_seed`` and ``parts``.
+    """
+    date, time = str(enhanced.ContentDate), str(enhanced.ContentTime)
+    enhanced.InstanceCreationDate, enhanced.InstanceCreationTime = date, time
+    for equipment in enhanced.get("ContributingEquipmentSequence") or []:
+        equipment.ContributionDateTime = date + time
+    organisation = uid(uid_seed, "legacy-dimension-organisation", *parts)
+    for item in [*(enhanced.get("DimensionOrganizationSequence") or []),
+                 *(enhanced.get("DimensionIndexSequence") or [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organisation

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from service.sim.fdopa.enhanced_pet import build_enhanced_pet
 from service.sim.fdopa.kinetics import SCHEDULES, STATIC_WINDOWS_MIN
 from service.sim.fdopa.pet_writer import (
     PetEncoding,
@@ -48,6 +49,7 @@ from service.sim.fdopa.subject import (
     sample_subject,
 )
 from service.sim.fdopa.truth import dynamic_truth, static_truth
+from service.sim.transfer_syntax import encode_pixels
 
 TRUTH_FILE = "truth.json"
 TRUTH_LABELS = {"lesion": 1, "pet_active": 2, "background": 3, "striatum_contralateral": 4,
@@ -69,6 +71,12 @@ class StudyPlan:
     flair: str | None = None
     enhanced: bool = False
     flair_enhanced: bool = False
+    enhanced_kind: str = "legacy"
+    dynamic_enhanced: bool = False
+
+    def __post_init__(self) -> None:
+        if self.enhanced_kind not in ("legacy", "native"):
+            raise ValueError(f"enhanced_kind must be legacy or native, got {self.enhanced_kind!r}")
 
 
 def _series_info(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, number: int,
@@ -216,10 +224,16 @@ def _write_static(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: Subject
         # the NAC companion: same radiopharmaceutical record, plain BQML
         enc = plan.encoding if is_ac else replace(plan.encoding, units="BQML",
                                                   series_time_after_scan_min=0.0)
-        datasets = build_pet_series([to_output(vol, sm.grid, p)], [start_s], [dur_s], info,
-                                    enc, dynamic=False)
-        if is_ac and plan.enhanced:
-            datasets = [build_legacy_enhanced(datasets, info)]
+        image = to_output(vol, sm.grid, p)
+        if is_ac and plan.enhanced and plan.enhanced_kind == "native":
+            datasets = [build_enhanced_pet([image], [start_s], [dur_s], info, enc, False)]
+        elif is_ac and plan.enhanced:  # converted from the per-slice series, then encoded
+            singles = build_pet_series([image], [start_s], [dur_s], info,
+                                       replace(enc, transfer_syntax="explicit"), dynamic=False)
+            datasets = [build_legacy_enhanced(singles, info)]
+            encode_pixels(datasets[0], enc.transfer_syntax)
+        else:
+            datasets = build_pet_series([image], [start_s], [dur_s], info, enc, dynamic=False)
         write_series(datasets, study_dir / name)
 
 
@@ -233,7 +247,10 @@ def _write_ct(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps
     image = sitk.Resample(sim_image(hu, sm.grid), ct_reference(sm.grid.centre_lps_mm, axial_mm),
                           sitk.Transform(), sitk.sitkLinear, -1000.0)
     info = _series_info(plan, spec, p, 1, "CT LowDose AC Brain")
-    write_series(build_ct_series(image, info), study_dir / "CT_AC", "CT")
+    datasets = build_ct_series(image, info)
+    for ds in datasets:  # a study is exported in one transfer syntax
+        encode_pixels(ds, plan.encoding.transfer_syntax)
+    write_series(datasets, study_dir / "CT_AC", "CT")
 
 
 def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
@@ -253,15 +270,20 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
     enc = PetEncoding(plan.encoding.units if plan.encoding.units != "GML" else "BQML",
                       plan.encoding.decay_correction, p.frame_reference,
                       p.reversed_dynamic_order, plan.encoding.assay_minutes_before_injection,
-                      signed_pixels=plan.encoding.signed_pixels)
-    datasets = build_pet_series(images, list(sched.starts_s), list(sched.durations_s), info,
-                                enc, dynamic=True)
+                      signed_pixels=plan.encoding.signed_pixels,
+                      transfer_syntax=plan.encoding.transfer_syntax)
+    timing = (list(sched.starts_s), list(sched.durations_s))
+    if plan.dynamic_enhanced:  # one native Enhanced PET with a temporal dimension
+        datasets = [build_enhanced_pet(images, *timing, info, enc, dynamic=True)]
+    else:
+        datasets = build_pet_series(images, *timing, info, enc, dynamic=True)
     write_series(datasets, study_dir / "PT_DYNAMIC")
     return {f"dyn_{k}": v for k, v in dynamic_truth(ideal, masks, sched).items()}
 
 
 def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, seed: int,
            study_dir: Path) -> dict[str, object]:
+    from service.sim.fdopa.enhanced_mr import build_enhanced_flair
     from service.sim.fdopa.flair import PROTOCOLS, synthesise_flair
     from service.sim.fdopa.mr_writer import build_flair_series, build_legacy_enhanced_mr
 
@@ -269,9 +291,14 @@ def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, s
     protocol = PROTOCOLS[plan.flair]
     image = synthesise_flair(spec, sm.grid, sm.tumour, protocol, np.random.default_rng(seed))
     info = _series_info(plan, spec, p, 10, protocol.name)
-    datasets = build_flair_series(image, protocol, info)
-    if plan.flair_enhanced:
-        datasets = [build_legacy_enhanced_mr(datasets, info)]
+    syntax = plan.encoding.transfer_syntax
+    if plan.flair_enhanced and plan.enhanced_kind == "native":
+        datasets = [build_enhanced_flair(image, protocol, info, syntax)]
+    elif plan.flair_enhanced:
+        datasets = [build_legacy_enhanced_mr(build_flair_series(image, protocol, info), info)]
+        encode_pixels(datasets[0], syntax)
+    else:
+        datasets = build_flair_series(image, protocol, info, syntax)
     write_series(datasets, study_dir / "MR_FLAIR", "MR")
     seg = sitk.GetImageFromArray(image.truth_zyx)
     seg.SetOrigin(tuple(float(v) for v in image.origin_lps_mm))
@@ -301,4 +328,17 @@ def _plan_fields(plan: StudyPlan, spec: SubjectSpec) -> dict[str, object]:
         "units": plan.encoding.units, "decay_correction": plan.encoding.decay_correction,
         "assay_minutes_before_injection": plan.encoding.assay_minutes_before_injection,
         "atlas_labels": head_labels()[1],
-    }
+    } | _variant_fields(plan)
+
+
+def _variant_fields(plan: StudyPlan) -> dict[str, object]:
+    """The encoding variants of ``plan`` that differ from the defaults (older truth rows lack
+    them: a study without variants keeps its bytes)."""
+    out: dict[str, object] = {}
+    if plan.encoding.transfer_syntax != "explicit":
+        out["transfer_syntax"] = plan.encoding.transfer_syntax
+    if plan.enhanced_kind != "legacy":
+        out["enhanced_kind"] = plan.enhanced_kind
+    if plan.dynamic_enhanced:
+        out["dynamic_enhanced"] = True
+    return out
