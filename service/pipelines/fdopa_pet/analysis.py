@@ -252,9 +252,8 @@ def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnP
     from service.pipelines.fdopa_pet.mr_route import flair_guided_measures, flair_lesion_on_pet
 
     if not flair:
-        flair_note = next((n for n in note.split("; ") if "FLAIR" in n), "")
-        return (RouteInfo("pet_only", f"PET-only route: {flair_note}") if flair_note
-                else NO_FLAIR), None
+        why = next((n for n in note.split("; ") if n.startswith("PET-only route: ")), "")
+        return (RouteInfo("pet_only", why) if why else NO_FLAIR), None
     with stage(durations_s, "route"):
         route, lesion = flair_lesion_on_pet(
             flair, volumes.static, segmenter or THRESHOLD_SEGMENTER,

@@ -182,7 +182,7 @@ def with_flair(plan: InputPlan, trigger: SeriesView, study: Sequence[SeriesView]
     until = since + rules.flair_wait_s
     if now < until:
         return InputPlan(plan.series, until, _joined(plan.note, f"waiting for {waiting}"))
-    return InputPlan(plan.series, None, _joined(plan.note, f"{late}: PET-only route"))
+    return InputPlan(plan.series, None, _joined(plan.note, f"PET-only route: {late}"))
 
 
 def _joined(*notes: str) -> str:
