@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service.dicom.header import read_header
 from service.imaging.mr_volume import MR_IMAGE_STORAGE
@@ -259,7 +259,7 @@ def flair_series(study_uid: str, number: int = 10, inversion_ms: float | None = 
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPClassUID = UID(MR_IMAGE_STORAGE)
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.SOPClassUID, ds.Modality = MR_IMAGE_STORAGE, "MR"
