@@ -10,6 +10,7 @@ arrival order; no pixels are analysed here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -357,3 +358,25 @@ def test_static_then_arriving_flair_makes_one_job_with_the_flair(tmp_path: Path)
         assert n.states()[_uid(mr)] == "ignored"    # not a PET series: no job of its own
     finally:
         n.conn.close()
+
+
+def test_late_static_supersedes_the_dynamic_only_job(node: Node) -> None:
+    st, dy = static_series(), dynamic_series()
+    node.receive(dy, NOW)
+    assert node.round(NOW + RULES.static_wait_s) == 1    # no static: the dynamic alone
+    sent = {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.34", "sop_instance_uid": "1.2.3.4"}
+    with node.conn:  # the dynamic-only result reached the PACS
+        node.conn.execute("UPDATE jobs SET state = 'done', outputs_json = ? WHERE id = 1",
+                          (json.dumps([sent]),))
+        node.conn.execute(
+            "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
+            " state, next_attempt_at, created_at) VALUES (1, 'pacs', '1.2.3.4', ?, 'x', 'sent',"
+            " ?, ?)", (sent["sop_class_uid"], NOW, NOW))
+    node.receive(st, NOW + 500)
+    assert node.round(NOW + 501) == 1                     # the static's job reads both
+    assert node.jobs() == [
+        ("superseded", _uid(dy), [(PRIMARY, _uid(dy), 6)]),
+        ("pending", _uid(st), [(PRIMARY, _uid(st), 3), (DYNAMIC, _uid(dy), 6)])]
+    newest = jobs.get(node.conn, 2)
+    assert newest is not None  # its SR names the dynamic-only result as predecessor
+    assert jobs.previous_sent_outputs(node.conn, newest) == (sent,)

@@ -14,9 +14,10 @@ so that they converge on one job:
 * the job key hashes the instances of all inputs and jobs are keyed by their
   primary series: the same plan reached from either series makes the job
   once (the second ``create`` is a no-op), and a later plan with the same
-  primary (a dynamic series that arrived after the static one was analysed)
-  **supersedes** the earlier job; its SR names the earlier outputs as
-  predecessors, so the PACS ends with one current result;
+  primary (a dynamic series that arrived after the static one was analysed),
+  or whose inputs hold the earlier job's primary, **supersedes** the earlier
+  job; its SR names the earlier outputs as predecessors, so the PACS ends
+  with one current result;
 * waits, each bounded (:class:`WaitRules`):
 
   - the primary must be *ready*: complete, and holding the instances its
@@ -40,11 +41,15 @@ so that they converge on one job:
     Without either, nothing is waited for. An MR series is recognised as a
     FLAIR from its first instance's header, so a FLAIR still arriving counts.
 
-Known limits: a FLAIR that arrives after the job was made is not analysed
+A static series that arrives after a dynamic-only job was made makes the
+static + dynamic job, which supersedes the dynamic-only one: a new job
+supersedes the jobs whose primary is one of its inputs
+(:func:`service.store.jobs.create`), and its SR names their sent outputs as
+predecessors.
+
+Known limit: a FLAIR that arrives after the job was made is not analysed
 (the node routes on PET series only; ``expect_flair`` with ``flair_wait_s``
-is the guard). A static series that arrives after a dynamic-only job was made
-has a different primary, so it makes a second job beside the first instead
-of superseding it (``static_wait_s`` is the guard).
+is the guard).
 """
 
 from __future__ import annotations
