@@ -249,3 +249,15 @@ def test_unusable_or_foreign_flair_gives_the_pet_only_route(mr_result: FdopaResu
         "fluid-attenuating (needs at least 1500 ms)")
     route, _ = flair_lesion_on_pet([], mr_result.static, THRESHOLD_SEGMENTER)
     assert route.reason == "PET-only route: no FLAIR in the study"
+
+
+def test_offline_analyze_finds_the_flair_of_the_study(study: dict[str, Any]) -> None:
+    from service.pipelines.fdopa_pet.commands import find_studies
+
+    folder = study["folder"]
+    series = {name: sorted((folder / name).glob("*.dcm"))
+              for name in ("PT_STATIC", "PT_DYNAMIC", "MR_FLAIR", "CT_AC")}
+    [found], claimed = find_studies(series)
+    flair_uid = str(study["flair"][0].SeriesInstanceUID)
+    assert found.flair_uid == flair_uid and flair_uid in claimed
+    assert (flair_uid, "flair", "inversion recovery, inversion time 2500 ms") in found.decisions

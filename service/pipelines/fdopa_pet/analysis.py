@@ -9,8 +9,8 @@ the threshold-only baseline), ``reference`` (contralateral regions and their
 values), ``lesions`` (PET RANO: candidates at >= 1.6 x the background mean,
 one lesion per component), ``measure`` (static measures), ``route`` (with a
 FLAIR: reading, registering and segmenting it, :mod:`.mr_route`),
-``flair_measures`` (the paediatric FLAIR-guided measures), ``dynamic``
-(curves, when there is a dynamic series). The PET-only measures are always
+``flair_measures`` (the paediatric FLAIR-guided measures), ``dynamic`` and
+``flair_dynamic`` (curves, when there is a dynamic series). The PET-only measures are always
 made; the MR-guided route adds its own, named apart.
 
 Static image from a dynamic series: the duration-weighted mean of the frames
@@ -306,7 +306,7 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     if guided is not None:
         from service.pipelines.fdopa_pet.mr_route import flair_guided_dynamic
 
-        with stage(durations_s, "dynamic"):
+        with stage(durations_s, "flair_dynamic"):
             guided = flair_guided_dynamic(guided, volumes.dynamic, volumes.static,
                                           volumes.dynamic_suv, volumes.injection,
                                           dynamic_note)

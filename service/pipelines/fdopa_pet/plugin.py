@@ -170,16 +170,34 @@ def build(settings: FdopaPetSettings) -> Pipeline:
 
 
 def check_models(settings: FdopaPetSettings) -> tuple[ModelStatus, ...]:
-    """The U-Net file (presence and SHA-256), or a note that the threshold baseline is used."""
+    """The U-Net file (presence and SHA-256), or a note that the threshold baseline is used;
+    the same for the FLAIR U-Net of the MR-guided route."""
     from service.inference.manifest import check_model
 
     path = settings.unet_path
     if path is None:
         return (ModelStatus("fdopa_unet", "", True,
                             "segmentation = threshold: classical threshold-only baseline, "
-                            "no model"),)
+                            "no model"), flair_model_status(settings))
     check = check_model(path, settings.model_sha256)
-    return (ModelStatus("fdopa_unet", check.path or "", check.ok, check.detail, check.sha256),)
+    return (ModelStatus("fdopa_unet", check.path or "", check.ok, check.detail, check.sha256),
+            flair_model_status(settings))
+
+
+def flair_model_status(settings: FdopaPetSettings) -> ModelStatus:
+    """The FLAIR U-Net of the MR-guided route, or which classical threshold is used instead."""
+    from service.inference.manifest import check_model
+    from service.pipelines.fdopa_pet.flair_lesion import THRESHOLD_TEXT, default_flair_model
+
+    path = settings.flair_model_path or default_flair_model()
+    if settings.flair_segmentation == "threshold":
+        return ModelStatus("fdopa_flair_unet", "", True,
+                           "flair_segmentation = threshold: FLAIR lesion by classical threshold")
+    if settings.flair_segmentation == "auto" and not path.is_file():
+        return ModelStatus("fdopa_flair_unet", "", True, f"FLAIR lesion: {THRESHOLD_TEXT}")
+    check = check_model(path, None)
+    return ModelStatus("fdopa_flair_unet", check.path or "", check.ok, check.detail,
+                       check.sha256)
 
 
 SPEC = PipelineSpec(

@@ -312,7 +312,7 @@ def render_report_figure(result: FdopaResult) -> Figure:
     """The picture report as a matplotlib Figure (Agg canvas attached)."""
     fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=0.88, bottom=0.15,
+    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=0.88, bottom=0.17,
                             height_ratios=[1.25, 1.0], hspace=0.25, wspace=0.08)
     _draw_banner(fig, result)
     draw_planes(fig, grid, result)
@@ -321,7 +321,7 @@ def render_report_figure(result: FdopaResult) -> Figure:
     draw_table(fig.add_subplot(lower[0, 0]), result)
     draw_curves(fig.add_subplot(lower[0, 1]), result)
     for i, line in enumerate(footer_lines(result)):
-        fig.text(0.02, 0.105 - 0.022 * i, line, fontsize=9.5, color="#333333")
+        fig.text(0.02, 0.098 - 0.02 * i, line, fontsize=9.5, color="#333333")
     return fig
 
 
