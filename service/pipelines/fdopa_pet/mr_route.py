@@ -114,7 +114,7 @@ def flair_lesion_on_pet(flair: Sequence[Dataset], static: PetVolume,
     if lesion.shape != mr.array_zyx.shape:
         raise ValueError("the FLAIR segmenter's output is not on the FLAIR grid")
     if not lesion.any():
-        return _pet_only(f"no lesion found on the FLAIR ({segmenter.description})", uid,
+        return _pet_only(f"no lesion found on the FLAIR by the {segmenter.description}", uid,
                          reg.quality)
     on_pet = lesion_on_pet(lesion.astype(np.float32), mr.affine, reg, pet.shape, pet_affine)
     if not on_pet.any():
