@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from service.imaging.mr_volume import mr_volume_from_datasets
 from service.pipelines.base import JobContext
 from service.pipelines.fdopa_pet import report_codes as rc
-from service.pipelines.fdopa_pet.analysis import AnalysisOptions, analyse_study
+from service.pipelines.fdopa_pet.analysis import AnalysisOptions, analyse_study, split_note
 from service.pipelines.fdopa_pet.flair_lesion import (
     THRESHOLD_SEGMENTER,
     THRESHOLD_TEXT,
@@ -161,6 +161,11 @@ def test_the_pet_rano_numbers_stay_as_they_are(mr_result: FdopaResult,
     assert pet_result.route.reason == "PET-only route: no FLAIR in the study after 600 s"
     assert mr_result.measures == pet_result.measures
     assert mr_result.flags == pet_result.flags
+    assert not any("FLAIR" in w for w in pet_result.warnings)  # said once, as the reason
+    assert split_note("dynamic series still arriving after 300 s: analysed without curves; "
+                      "PET-only route: no FLAIR in the study after 600 s") == (
+        "dynamic series still arriving after 300 s: analysed without curves",
+        "PET-only route: no FLAIR in the study after 600 s")
 
 
 def test_low_uptake_fallback_takes_the_whole_flair_lesion(mr_result: FdopaResult) -> None:

@@ -244,6 +244,13 @@ def curves(volumes: Volumes, lesions: Sequence[Lesion], reference: ReferenceRegi
         return None, f"no curves: {exc.reason}"
 
 
+def split_note(note: str) -> tuple[str, str]:
+    """The routing note's PET part (the dynamic series) and its route part ("PET-only route: ...")."""
+    parts = [n for n in note.split("; ") if n]
+    route = [n for n in parts if n.startswith("PET-only route: ")]
+    return "; ".join(n for n in parts if n not in route), "; ".join(route)
+
+
 def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnPet,
               segmenter: FlairLesionSegmenter | None, options: AnalysisOptions, note: str,
               durations_s: dict[str, float]) -> tuple[RouteInfo, FlairGuidedMeasures | None]:
@@ -252,7 +259,7 @@ def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnP
     from service.pipelines.fdopa_pet.mr_route import flair_guided_measures, flair_lesion_on_pet
 
     if not flair:
-        why = next((n for n in note.split("; ") if n.startswith("PET-only route: ")), "")
+        why = split_note(note)[1]
         return (RouteInfo("pet_only", why) if why else NO_FLAIR), None
     with stage(durations_s, "route"):
         route, lesion = flair_lesion_on_pet(
@@ -262,6 +269,18 @@ def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnP
         return route, None
     with stage(durations_s, "flair_measures"):
         return route, flair_guided_measures(volumes.static, volumes.suv, atlas, lesion)
+
+
+def guided_curves(guided: FlairGuidedMeasures | None, volumes: Volumes, dynamic_note: str,
+                  durations_s: dict[str, float]) -> FlairGuidedMeasures | None:
+    """The MR-guided route's measures with the curves of its VOI (None stays None)."""
+    if guided is None:
+        return None
+    from service.pipelines.fdopa_pet.mr_route import flair_guided_dynamic
+
+    with stage(durations_s, "flair_dynamic"):
+        return flair_guided_dynamic(guided, volumes.dynamic, volumes.static,
+                                    volumes.dynamic_suv, volumes.injection, dynamic_note)
 
 
 def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
@@ -301,16 +320,11 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
                               durations_s)
     volumes = with_dynamic(volumes, dynamic, durations_s)
     dynamic_result, dynamic_note = curves(volumes, lesions, reference, durations_s)
-    if volumes.dynamic is None and not dynamic and note:
-        dynamic_note = note  # routing left the dynamic series out, and said why
-    if guided is not None:
-        from service.pipelines.fdopa_pet.mr_route import flair_guided_dynamic
-
-        with stage(durations_s, "flair_dynamic"):
-            guided = flair_guided_dynamic(guided, volumes.dynamic, volumes.static,
-                                          volumes.dynamic_suv, volumes.injection,
-                                          dynamic_note)
-    warnings = (*((note,) if note else ()), *volumes.static.warnings, *atlas.warnings,
+    pet_note = split_note(note)[0]  # the route part is the route's reason
+    if volumes.dynamic is None and not dynamic and pet_note:
+        dynamic_note = pet_note  # routing left the dynamic series out, and said why
+    guided = guided_curves(guided, volumes, dynamic_note, durations_s)
+    warnings = (*((pet_note,) if pet_note else ()), *volumes.static.warnings, *atlas.warnings,
                 *(dynamic_result.warnings if dynamic_result is not None else ()))
     return FdopaResult(
         source=SourceReference.of(list(primary)),
