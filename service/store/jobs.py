@@ -129,11 +129,16 @@ def create(
     now: float,
     note: str = "",
 ) -> int | None:
-    """Make a pending job; older jobs of the same pipeline and series are superseded.
+    """Make a pending job; older jobs of the same pipeline whose primary series is one of its
+    inputs are superseded.
 
-    ``inputs[0]`` is the primary series. Returns the new id, or None when a
-    job for exactly this content already exists (a resend, a repeated sweep).
-    Idle workers of every node are woken when the transaction commits.
+    ``inputs[0]`` is the primary series. Superseded: the jobs of the same
+    primary (a series received again, or the same primary with more
+    companions), and those whose primary is now a companion of this one (an
+    FDOPA dynamic-only job, once its static series arrived). Returns the new
+    id, or None when a job for exactly this content already exists (a
+    resend, a repeated sweep). Idle workers of every node are woken when the
+    transaction commits.
     """
     primary = inputs[0]
     row = conn.execute(
@@ -150,11 +155,13 @@ def create(
     if row is None:
         return None
     job_id = int(row[0])
+    series_uids = list(dict.fromkeys(i.series_uid for i in inputs))
     conn.execute(
         "UPDATE jobs SET state = 'superseded', lease_owner = NULL, lease_token = NULL,"
         " finished_at = COALESCE(finished_at, ?)"
-        " WHERE pipeline = ? AND series_uid = ? AND id != ? AND state != 'superseded'",
-        (now, pipeline, primary.series_uid, job_id),
+        f" WHERE pipeline = ? AND series_uid IN ({', '.join('?' * len(series_uids))})"
+        " AND id != ? AND state != 'superseded'",
+        (now, pipeline, *series_uids, job_id),
     )
     notify_job_created(conn)
     return job_id
@@ -386,15 +393,18 @@ def list_jobs(
 
 
 def previous_sent_outputs(conn: Connection, job: Job) -> tuple[dict[str, str], ...]:
-    """Outputs of the newest earlier job of this pipeline and series that reached a destination.
+    """Outputs of the newest earlier job of this pipeline that reached a destination and whose
+    primary series is one of this job's inputs (the jobs :func:`create` supersedes).
 
     These are the objects the new result replaces in the PACS (the new SR
     names them as predecessors).
     """
+    series_uids = list(dict.fromkeys([job.series_uid, *(i.series_uid for i in job.inputs)]))
     for row in conn.execute(
-            "SELECT j.outputs_json FROM jobs j WHERE j.pipeline = ? AND j.series_uid = ?"
+            "SELECT j.outputs_json FROM jobs j WHERE j.pipeline = ? AND j.series_uid IN"
+            f" ({', '.join('?' * len(series_uids))})"
             " AND j.id < ? AND j.outputs_json IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o"
             " WHERE o.job_id = j.id AND o.state = 'sent') ORDER BY j.id DESC LIMIT 1",
-            (job.pipeline, job.series_uid, job.id)):
+            (job.pipeline, *series_uids, job.id)):
         return tuple(json.loads(row[0]))
     return ()

@@ -25,6 +25,11 @@ def test_defaults_and_options() -> None:
     assert options.static_window_s == (1200.0, 2400.0)
     assert options.rules.companion_wait_s == 30.0 and options.rules.static_wait_s == 120.0
     assert FdopaPetSettings(fallback_keywords="").keywords == ()
+    rules = Options.of(s.model_copy(update={"flair_wait_s": 45.0, "expect_flair": True,
+                                            "flair_keywords": "FLAIR, DARK FLUID"})).rules
+    assert (rules.flair_wait_s, rules.expect_flair) == (45.0, True)
+    assert rules.flair_keywords == ("FLAIR", "DARK FLUID")
+    assert (s.flair_wait_s, s.expect_flair, s.flair_segmentation) == (600.0, False, "auto")
 
 
 @pytest.mark.parametrize(("section", "key"), [
@@ -36,6 +41,9 @@ def test_defaults_and_options() -> None:
     ({"min_registration_quality": 0.8, "warn_registration_quality": 0.6},
      "pipelines.fdopa_pet"),
     ({"threshold": 1.6}, "pipelines.fdopa_pet.threshold"),
+    ({"flair_wait_s": -1}, "pipelines.fdopa_pet.flair_wait_s"),
+    ({"flair_segmentation": "cnn"}, "pipelines.fdopa_pet.flair_segmentation"),
+    ({"min_flair_registration_quality": 2}, "pipelines.fdopa_pet.min_flair_registration_quality"),
 ])
 def test_bad_values_name_their_key(section: dict[str, Any], key: str) -> None:
     with pytest.raises(registry.PipelineConfigError, match=f"^{key}"):
@@ -70,10 +78,21 @@ def test_entry_point_of_a_builtin_is_taken_once_a_twin_is_refused(
 
 
 def test_check_models_threshold_and_missing_model(tmp_path: Path) -> None:
-    [status] = plugin.check_models(FdopaPetSettings(segmentation="threshold"))
+    [status, flair] = plugin.check_models(FdopaPetSettings(segmentation="threshold"))
     assert status.ok and "threshold-only baseline" in status.detail
-    [missing] = plugin.check_models(FdopaPetSettings(model_path=tmp_path / "none.onnx"))
+    [missing, _] = plugin.check_models(FdopaPetSettings(model_path=tmp_path / "none.onnx"))
     assert not missing.ok and "not found" in missing.detail
+    # the FLAIR U-Net: absent under "auto" is the named classical threshold, under "unet" a fault
+    absent = tmp_path / "flair.onnx"
+    [_, auto] = plugin.check_models(FdopaPetSettings(segmentation="threshold",
+                                                     flair_model_path=absent))
+    assert auto.ok and auto.detail == ("FLAIR lesion: classical threshold (no FLAIR U-Net "
+                                       "shipped)")
+    [_, unet] = plugin.check_models(FdopaPetSettings(segmentation="threshold",
+                                                     flair_segmentation="unet",
+                                                     flair_model_path=absent))
+    assert not unet.ok and "not found" in unet.detail
+    assert flair.name == "fdopa_flair_unet"
 
 
 def test_unet_without_its_model_refuses_to_build(tmp_path: Path) -> None:

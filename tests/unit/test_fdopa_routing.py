@@ -1,5 +1,8 @@
 """FDOPA routing: select, the study-level input plan, and the scheduler path to ONE job per study.
 
+The FLAIR of the MR-guided route: taken when complete, waited for (bounded)
+when announced or expected, never a job of its own.
+
 Tiny simulator series (3 slices of 8 x 8; a 2-frame dynamic) are received
 into a real SQLite store and routed by the real :class:`Scheduler`, in every
 arrival order; no pixels are analysed here.
@@ -7,6 +10,8 @@ arrival order; no pixels are analysed here.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,12 +20,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service.dicom.header import read_header
-from service.pipelines.base import PRIMARY, InputSeries, SeriesView
+from service.imaging.mr_volume import MR_IMAGE_STORAGE
+from service.pipelines.base import PRIMARY, InputPlan, InputSeries, SeriesView
 from service.pipelines.fdopa_pet.pipeline import FdopaPetPipeline, Options
-from service.pipelines.fdopa_pet.plan import DYNAMIC, WaitRules
+from service.pipelines.fdopa_pet.plan import DYNAMIC, FLAIR, WaitRules
 from service.scheduler import Scheduler
 from service.sim.fdopa.pet_writer import PetEncoding, PetSeriesInfo, build_pet_series, write_series
 from service.store import db, jobs
@@ -238,3 +245,138 @@ def test_nac_series_is_ignored_with_its_reason(node: Node) -> None:
     [(routing,)] = node.conn.execute("SELECT routing_json FROM series").fetchall()
     assert node.states() == {_uid(nac): "ignored"}
     assert "declined: not attenuation-corrected (Corrected Image lacks ATTN)" in routing
+
+
+# --- the FLAIR of the MR-guided route ---------------------------------------------------
+FLAIR_RULES = WaitRules(companion_wait_s=300.0, static_wait_s=60.0, flair_wait_s=200.0)
+
+
+def flair_series(study_uid: str, number: int = 10, inversion_ms: float | None = 2500.0,
+                 description: str = "AX FLAIR", slices: int = 3) -> list[Dataset]:
+    """A tiny per-slice MR series (8 x 8 pixels) of the study."""
+    series_uid = generate_uid(entropy_srcs=[study_uid, str(number)])
+    out = []
+    for k in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = UID(MR_IMAGE_STORAGE)
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SOPClassUID, ds.Modality = MR_IMAGE_STORAGE, "MR"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = number, k + 1, description
+        ds.ScanningSequence = "SE\\IR" if inversion_ms is not None else "GR"
+        if inversion_ms is not None:
+            ds.InversionTime = inversion_ms
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "for"])
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.PixelData = np.full((8, 8), 100 + k, np.uint16).tobytes()
+        out.append(ds)
+    return out
+
+
+def flair_pipeline(rules: WaitRules = FLAIR_RULES) -> FdopaPetPipeline:
+    template: Any = SimpleNamespace(sha256="0" * 64)
+    return FdopaPetPipeline(template, None, Options(rules=rules))
+
+
+def test_plan_takes_a_complete_flair_without_waiting() -> None:
+    st, dy = static_series(), dynamic_series()
+    study = str(st[0].StudyInstanceUID)
+    flair, other = view(flair_series(study)[0]), view(flair_series(study, 12)[0])
+    t1 = view(flair_series(study, 8, None, "T1 MPRAGE")[0])
+    p, sv, dv = flair_pipeline(), view(st[0]), view(dy[0])
+    for trigger, others in ((sv, [dv, other, flair, t1]), (dv, [t1, flair, sv, other])):
+        plan = p.inputs(trigger, others, NOW)
+        assert plan.wait_until is None and plan.note == ""
+        assert plan.series == (InputSeries(PRIMARY, sv.series_uid),
+                               InputSeries(DYNAMIC, dv.series_uid),
+                               InputSeries(FLAIR, flair.series_uid))  # lowest Series Number
+
+
+def test_plan_waits_bounded_for_an_arriving_flair_then_goes_pet_only() -> None:
+    st = static_series()
+    sv = view(st[0])
+    arriving = view(flair_series(str(st[0].StudyInstanceUID))[0], count=1, complete=False)
+    p = flair_pipeline()
+    plan = p.inputs(sv, [arriving], NOW + 1)
+    assert plan.wait_until == NOW + FLAIR_RULES.flair_wait_s
+    assert plan.note == "waiting for the FLAIR series (still arriving)"
+    late = p.inputs(sv, [arriving], NOW + FLAIR_RULES.flair_wait_s)
+    assert late.wait_until is None and late.series == (InputSeries(PRIMARY, sv.series_uid),)
+    assert late.note == "PET-only route: FLAIR series still arriving after 200 s"
+
+
+def test_plan_waits_for_an_expected_flair_only_when_the_site_says_so() -> None:
+    sv = view(static_series()[0])
+    t1 = view(flair_series(str(sv.study_uid), 8, None, "T1 MPRAGE")[0])
+    assert flair_pipeline().inputs(sv, [t1], NOW + 1) == InputPlan.single(sv.series_uid)
+    expecting = flair_pipeline(replace(FLAIR_RULES, expect_flair=True))
+    plan = expecting.inputs(sv, [t1], NOW + 1)
+    assert plan.wait_until == NOW + FLAIR_RULES.flair_wait_s
+    assert plan.note == "waiting for a FLAIR series (expected at this site)"
+    late = expecting.inputs(sv, [t1], NOW + FLAIR_RULES.flair_wait_s)
+    assert late == InputPlan.single(sv.series_uid,
+                                    "PET-only route: no FLAIR in the study after 200 s")
+
+
+def test_plan_flair_waits_after_the_dynamic_waits() -> None:
+    st, dy = static_series(), dynamic_series()
+    sv = view(st[0])
+    dynamic = view(dy[0], count=2, complete=False)
+    flair = view(flair_series(str(sv.study_uid))[0])
+    plan = flair_pipeline().inputs(sv, [dynamic, flair], NOW + 1)
+    assert plan.note == "waiting for the dynamic series (still arriving)"
+    assert plan.wait_until == NOW + FLAIR_RULES.companion_wait_s
+    late = flair_pipeline().inputs(sv, [dynamic, flair], NOW + FLAIR_RULES.companion_wait_s)
+    assert late.series == (InputSeries(PRIMARY, sv.series_uid),
+                           InputSeries(FLAIR, flair.series_uid))
+    assert late.note.startswith("dynamic series still arriving after 300 s")
+
+
+def test_static_then_arriving_flair_makes_one_job_with_the_flair(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.scheduler = Scheduler(n.database, n.spool, {"fdopa_pet": flair_pipeline()})
+    try:
+        st = static_series()
+        mr = flair_series(str(st[0].StudyInstanceUID))
+        n.receive(st, NOW)
+        n.receive(mr, NOW, upto=1)                  # the FLAIR's first slice
+        assert n.round(NOW + 1) == 0                # the static waits for the FLAIR
+        n.receive(mr[1:], NOW + 5)
+        assert n.round(NOW + 5 + QUIET_S) == 1      # the FLAIR is quiet: the study's job
+        assert n.round(NOW + 6 + QUIET_S) == 0
+        assert n.jobs() == [("pending", _uid(st), [(PRIMARY, _uid(st), 3),
+                                                   (FLAIR, _uid(mr), 3)])]
+        assert n.states()[_uid(mr)] == "ignored"    # not a PET series: no job of its own
+    finally:
+        n.conn.close()
+
+
+def test_late_static_supersedes_the_dynamic_only_job(node: Node) -> None:
+    st, dy = static_series(), dynamic_series()
+    node.receive(dy, NOW)
+    assert node.round(NOW + RULES.static_wait_s) == 1    # no static: the dynamic alone
+    sent = {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.34", "sop_instance_uid": "1.2.3.4"}
+    with node.conn:  # the dynamic-only result reached the PACS
+        node.conn.execute("UPDATE jobs SET state = 'done', outputs_json = ? WHERE id = 1",
+                          (json.dumps([sent]),))
+        node.conn.execute(
+            "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
+            " state, next_attempt_at, created_at) VALUES (1, 'pacs', '1.2.3.4', ?, 'x', 'sent',"
+            " ?, ?)", (sent["sop_class_uid"], NOW, NOW))
+    node.receive(st, NOW + 500)
+    assert node.round(NOW + 501) == 1                     # the static's job reads both
+    assert node.jobs() == [
+        ("superseded", _uid(dy), [(PRIMARY, _uid(dy), 6)]),
+        ("pending", _uid(st), [(PRIMARY, _uid(st), 3), (DYNAMIC, _uid(dy), 6)])]
+    newest = jobs.get(node.conn, 2)
+    assert newest is not None  # its SR names the dynamic-only result as predecessor
+    assert jobs.previous_sent_outputs(node.conn, newest) == (sent,)

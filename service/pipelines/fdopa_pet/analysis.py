@@ -7,8 +7,11 @@ or the reason it is missing), ``register`` (FDOPA template onto the static
 grid; refused below the minimum quality), ``segment`` (U-Net probability or
 the threshold-only baseline), ``reference`` (contralateral regions and their
 values), ``lesions`` (PET RANO: candidates at >= 1.6 x the background mean,
-one lesion per component), ``measure`` (static measures), ``dynamic``
-(curves, when there is a dynamic series).
+one lesion per component), ``measure`` (static measures), ``route`` (with a
+FLAIR: reading, registering and segmenting it, :mod:`.mr_route`),
+``flair_measures`` (the paediatric FLAIR-guided measures), ``dynamic`` and
+``flair_dynamic`` (curves, when there is a dynamic series). The PET-only measures are always
+made; the MR-guided route adds its own, named apart.
 
 Static image from a dynamic series: the duration-weighted mean of the frames
 lying wholly inside ``static_window_s`` (default 600-1800 s, i.e. 10-30 min
@@ -49,11 +52,14 @@ from service.pipelines.fdopa_pet.reference import (
     register_to_template,
 )
 from service.pipelines.fdopa_pet.result import (
+    NO_FLAIR,
     TUMOUR_THRESHOLD_X_BACKGROUND,
     AtlasOnPet,
     FdopaResult,
+    FlairGuidedMeasures,
     Lesion,
     ReferenceRegions,
+    RouteInfo,
     SegmentationInfo,
     StaticMeasures,
 )
@@ -61,6 +67,7 @@ from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo, SourceReference
 
 if TYPE_CHECKING:
+    from service.pipelines.fdopa_pet.flair_lesion import FlairLesionSegmenter
     from service.pipelines.fdopa_pet.segment import TumourSegmenter
 
 
@@ -72,6 +79,8 @@ class AnalysisOptions:
     min_registration_quality: float = 0.6
     warn_registration_quality: float = 0.75
     static_window_s: tuple[float, float] = (600.0, 1800.0)
+    min_flair_registration_quality: float = 0.9
+    flair_keywords: tuple[str, ...] = ("FLAIR",)
 
 
 def selection_of(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
@@ -235,10 +244,51 @@ def curves(volumes: Volumes, lesions: Sequence[Lesion], reference: ReferenceRegi
         return None, f"no curves: {exc.reason}"
 
 
+def split_note(note: str) -> tuple[str, str]:
+    """The routing note's PET part (the dynamic series) and its route part ("PET-only route: ...")."""
+    parts = [n for n in note.split("; ") if n]
+    route = [n for n in parts if n.startswith("PET-only route: ")]
+    return "; ".join(n for n in parts if n not in route), "; ".join(route)
+
+
+def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnPet,
+              segmenter: FlairLesionSegmenter | None, options: AnalysisOptions, note: str,
+              durations_s: dict[str, float]) -> tuple[RouteInfo, FlairGuidedMeasures | None]:
+    """The route of the study and, on the MR-guided route, its static measures."""
+    from service.pipelines.fdopa_pet.flair_lesion import THRESHOLD_SEGMENTER
+    from service.pipelines.fdopa_pet.mr_route import flair_guided_measures, flair_lesion_on_pet
+
+    if not flair:
+        why = split_note(note)[1]
+        return (RouteInfo("pet_only", why) if why else NO_FLAIR), None
+    with stage(durations_s, "route"):
+        route, lesion = flair_lesion_on_pet(
+            flair, volumes.static, segmenter or THRESHOLD_SEGMENTER,
+            options.min_flair_registration_quality, options.flair_keywords)
+    if lesion is None:
+        return route, None
+    with stage(durations_s, "flair_measures"):
+        return route, flair_guided_measures(volumes.static, volumes.suv, atlas, lesion)
+
+
+def guided_curves(guided: FlairGuidedMeasures | None, volumes: Volumes, dynamic_note: str,
+                  durations_s: dict[str, float]) -> FlairGuidedMeasures | None:
+    """The MR-guided route's measures with the curves of its VOI (None stays None)."""
+    if guided is None:
+        return None
+    from service.pipelines.fdopa_pet.mr_route import flair_guided_dynamic
+
+    with stage(durations_s, "flair_dynamic"):
+        return flair_guided_dynamic(guided, volumes.dynamic, volumes.static,
+                                    volumes.dynamic_suv, volumes.injection, dynamic_note)
+
+
 def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
                   template: FdopaTemplate, segmenter: TumourSegmenter | None,
                   algorithm: AlgorithmInfo, options: AnalysisOptions,
-                  durations_s: dict[str, float], note: str = "") -> FdopaResult:
+                  durations_s: dict[str, float], note: str = "",
+                  flair: Sequence[Dataset] | None = None,
+                  flair_segmenter: FlairLesionSegmenter | None = None) -> FdopaResult:
     """Analyse one study (module docstring).
 
     Parameters
@@ -251,6 +301,10 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
         What made the result (:func:`.pipeline.algorithm_info`).
     note : str
         The routing note (e.g. why the dynamic series was left out).
+    flair : sequence of pydicom.Dataset or None
+        The FLAIR series (plan role ``"flair"``): the MR-guided route.
+    flair_segmenter : FlairLesionSegmenter or None
+        Its lesion segmenter (None: the classical threshold).
 
     Raises
     ------
@@ -262,11 +316,15 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     volumes = load_static(primary, options.static_window_s, durations_s)
     atlas, info, reference, lesions, measures = segment_and_measure(
         volumes.static, volumes.suv, template, segmenter, options, durations_s)
+    route, guided = mr_guided(flair, volumes, atlas, flair_segmenter, options, note,
+                              durations_s)
     volumes = with_dynamic(volumes, dynamic, durations_s)
     dynamic_result, dynamic_note = curves(volumes, lesions, reference, durations_s)
-    if volumes.dynamic is None and not dynamic and note:
-        dynamic_note = note  # routing left the dynamic series out, and said why
-    warnings = (*((note,) if note else ()), *volumes.static.warnings, *atlas.warnings,
+    pet_note = split_note(note)[0]  # the route part is the route's reason
+    if volumes.dynamic is None and not dynamic and pet_note:
+        dynamic_note = pet_note  # routing left the dynamic series out, and said why
+    guided = guided_curves(guided, volumes, dynamic_note, durations_s)
+    warnings = (*((pet_note,) if pet_note else ()), *volumes.static.warnings, *atlas.warnings,
                 *(dynamic_result.warnings if dynamic_result is not None else ()))
     return FdopaResult(
         source=SourceReference.of(list(primary)),
@@ -285,4 +343,6 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
                           options.warn_registration_quality),
         algorithm=algorithm,
         warnings=tuple(dict.fromkeys(warnings)),
+        route=route,
+        flair_guided=guided,
     )

@@ -3,7 +3,8 @@
 A study is analysed as the node does: the series of one study are chosen by
 the gate (:func:`.gate.select_series`: the attenuation-corrected static
 series, the dynamic series for the curves, or the static image summed from
-the dynamic frames when there is no static series), the job key is the
+the dynamic frames when there is no static series; a complete FLAIR of the
+study, :mod:`.flair_gate`, for the MR-guided route), the job key is the
 node's (SHA-256 over every input instance UID), so the same study gets the
 same output UIDs offline and in the node. Outputs per study, in
 ``<out>/<primary series UID>/``: ``seg.dcm``, ``sr.dcm``, ``picture.dcm``
@@ -37,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FDOPA U-Net ONNX (with its .sha256 sidecar); default: the shipped one")
     p.add_argument("--fdopa-template", type=Path, default=None,
                    help="FDOPA template file; default: the shipped one")
+    p.add_argument("--fdopa-flair-segmentation", choices=("auto", "unet", "threshold"),
+                   default="auto",
+                   help="FLAIR lesion of the MR-guided route: the FLAIR U-Net when its model "
+                        "exists (auto, default), the U-Net or refuse (unet), or the classical "
+                        "threshold")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,19 @@ class FdopaStudy:
     static_uid: str | None
     dynamic_uid: str | None
     decisions: tuple[tuple[str, str, str], ...]  # (series UID, role, reason)
+    flair_uid: str | None = None
+
+
+def first_flair(headers: list[Any]) -> tuple[str | None, tuple[tuple[str, str, str], ...]]:
+    """The FLAIR of a study's MR series (lowest Series Number) and every MR series' decision."""
+    from service.pipelines.fdopa_pet.flair_gate import classify_mr_series
+
+    mr = sorted((h for h in headers if str(h.get("Modality", "")).upper() == "MR"),
+                key=lambda h: (int(h.get("SeriesNumber") or 1 << 30), str(h.SeriesInstanceUID)))
+    decisions = [classify_mr_series(h) for h in mr]
+    chosen = next((d.series_uid for d in decisions if d.is_flair), None)
+    return chosen, tuple((d.series_uid, "flair" if d.series_uid == chosen else "ignored",
+                          d.reason) for d in decisions)
 
 
 def find_studies(series: Mapping[str, list[Path]]) -> tuple[list[FdopaStudy], set[str]]:
@@ -72,9 +91,13 @@ def find_studies(series: Mapping[str, list[Path]]) -> tuple[list[FdopaStudy], se
             chosen = select_series(headers, DEFAULT_KEYWORDS)
         except AnalysisError:
             continue  # no FDOPA series here
-        decisions = tuple((d.series_uid, d.role, d.reason) for d in chosen.decisions)
+        decisions = tuple((d.series_uid, d.role, d.reason) for d in chosen.decisions
+                          if d.series_uid not in {str(h.SeriesInstanceUID) for h in headers
+                                                  if h.get("Modality") == "MR"})
+        flair_uid, mr_decisions = first_flair(headers)
         studies.append(FdopaStudy(study_uid, chosen.static_series_uid,
-                                  chosen.dynamic_series_uid, decisions))
+                                  chosen.dynamic_series_uid, decisions + mr_decisions,
+                                  flair_uid))
         claimed |= {str(h.SeriesInstanceUID) for h in headers if h.get("Modality") != "NM"}
     return studies, claimed
 
@@ -85,7 +108,9 @@ def load_pipeline(args: argparse.Namespace) -> FdopaPetPipeline:
     from service.pipelines.fdopa_pet.plugin import FdopaPetSettings, build
 
     settings = FdopaPetSettings(segmentation=args.fdopa_segmentation,
-                                model_path=args.fdopa_model, template_path=args.fdopa_template)
+                                model_path=args.fdopa_model, template_path=args.fdopa_template,
+                                flair_segmentation=getattr(args, "fdopa_flair_segmentation",
+                                                           "auto"))
     pipeline = build(settings)
     assert isinstance(pipeline, FdopaPetPipeline)
     return pipeline
@@ -100,7 +125,7 @@ def analyse_one(pipeline: FdopaPetPipeline, study: FdopaStudy,
     from service.dicom.uids import content_hash
     from service.errors import AnalysisError
     from service.pipelines.base import PRIMARY, JobContext, LoadedInputs
-    from service.pipelines.fdopa_pet.plan import DYNAMIC
+    from service.pipelines.fdopa_pet.plan import DYNAMIC, FLAIR
 
     primary_uid = study.static_uid or study.dynamic_uid
     assert primary_uid is not None
@@ -109,6 +134,8 @@ def analyse_one(pipeline: FdopaPetPipeline, study: FdopaStudy,
     roles = {PRIMARY: primary_uid}
     if study.static_uid and study.dynamic_uid:
         roles[DYNAMIC] = study.dynamic_uid
+    if study.flair_uid:
+        roles[FLAIR] = study.flair_uid
     summary: dict[str, Any]
     try:
         loaded = {role: read_series(series[uid]) for role, uid in roles.items()}
@@ -140,7 +167,12 @@ def describe(summary: Mapping[str, Any]) -> str:
         found = (f"{len(summary['lesions'])} lesion(s), MTV {tumour['volume_ml']:.2f} mL, "
                  f"TBRmax {tumour['tbr_max']:.2f}, T/S {tumour['ts_ratio']:.2f}")
     curves = "with curves" if summary.get("dynamic") else "no curves"
-    return f"{found}; {curves}; {total:.2f} s"
+    route = summary.get("route", {}).get("reason", "")
+    guided = summary.get("flair_guided")
+    if guided:
+        route += (f"; FLAIR-guided T/S {guided['ts_ratio']:.2f}, "
+                  f"T/N {guided['tn_ratio']:.2f}")
+    return f"{found}; {curves}; {route}; {total:.2f} s"
 
 
 def analyze_studies(series: Mapping[str, list[Path]], args: argparse.Namespace

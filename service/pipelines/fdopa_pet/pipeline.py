@@ -5,9 +5,11 @@
   series is declined with "not attenuation-corrected ...", anything else
   with the gate's reason.
 * :meth:`FdopaPetPipeline.inputs` gives the study-level plan of
-  :mod:`.plan` (roles ``"primary"`` and ``"dynamic"``; bounded waits; one
-  current result per study).
-* :meth:`FdopaPetPipeline.run` analyses (:mod:`.analysis`) and builds the
+  :mod:`.plan` (roles ``"primary"``, ``"dynamic"`` and ``"flair"``; bounded
+  waits; one current result per study).
+* :meth:`FdopaPetPipeline.run` analyses (:mod:`.analysis`; the MR-guided
+  route of :mod:`.mr_route` beside the PET-only one when the plan has a
+  FLAIR) and builds the
   DICOM SEG, the Comprehensive 3D SR (naming the superseded result's SR as
   predecessor) and the picture report, all in the study of the analysed
   series, plus the JSON summary (:mod:`.summary`).
@@ -37,12 +39,13 @@ from service.pipelines.base import (
     SeriesView,
 )
 from service.pipelines.fdopa_pet.gate import classify_series
-from service.pipelines.fdopa_pet.plan import DYNAMIC, WaitRules, study_plan
+from service.pipelines.fdopa_pet.plan import DYNAMIC, FLAIR, WaitRules, study_plan
 from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo
 
 if TYPE_CHECKING:
     from service.pipelines.fdopa_pet.analysis import AnalysisOptions
+    from service.pipelines.fdopa_pet.flair_lesion import FlairLesionSegmenter
     from service.pipelines.fdopa_pet.plugin import FdopaPetSettings
     from service.pipelines.fdopa_pet.reference import FdopaTemplate
     from service.pipelines.fdopa_pet.result import FdopaResult
@@ -73,20 +76,24 @@ class Options:
     static_window_s: tuple[float, float] = (600.0, 1800.0)
     rules: WaitRules = field(default_factory=WaitRules)
     report_failures: bool = True
+    min_flair_registration_quality: float = 0.9
 
     @classmethod
     def of(cls, settings: FdopaPetSettings) -> Options:
         start, end = settings.static_window_min
         return cls(settings.keywords, settings.min_registration_quality,
                    settings.warn_registration_quality, (60.0 * start, 60.0 * end),
-                   WaitRules(settings.companion_wait_s, settings.static_wait_s),
-                   settings.report_failures)
+                   WaitRules(settings.companion_wait_s, settings.static_wait_s,
+                             settings.flair_wait_s, settings.expect_flair,
+                             settings.flair_gate_keywords),
+                   settings.report_failures, settings.min_flair_registration_quality)
 
     def analysis(self) -> AnalysisOptions:
         from service.pipelines.fdopa_pet.analysis import AnalysisOptions
 
         return AnalysisOptions(self.fallback_keywords, self.min_registration_quality,
-                               self.warn_registration_quality, self.static_window_s)
+                               self.warn_registration_quality, self.static_window_s,
+                               self.min_flair_registration_quality, self.rules.flair_keywords)
 
 
 class FdopaPetPipeline:
@@ -100,16 +107,21 @@ class FdopaPetPipeline:
         The U-Net; None segments by the classical threshold-only baseline
         (named so in every output).
     options : Options
+    flair : FlairLesionSegmenter or None
+        The FLAIR lesion segmenter of the MR-guided route (None: the
+        classical threshold, :data:`.flair_lesion.THRESHOLD_SEGMENTER`).
     """
 
     name = "fdopa_pet"
     version = __version__
 
     def __init__(self, template: FdopaTemplate, segmenter: TumourSegmenter | None,
-                 options: Options | None = None) -> None:
+                 options: Options | None = None,
+                 flair: FlairLesionSegmenter | None = None) -> None:
         self.template = template
         self.segmenter = segmenter
         self.options = options or Options()
+        self.flair = flair
         self.algorithm: AlgorithmInfo = algorithm_info(template, segmenter)
 
     def select(self, series: SeriesView) -> Selection:
@@ -131,12 +143,14 @@ class FdopaPetPipeline:
         durations_s: dict[str, float] = {}
         result = analyse_study(inputs.primary, inputs.series.get(DYNAMIC), self.template,
                                self.segmenter, self.algorithm, self.options.analysis(),
-                               durations_s, note=context.note)
+                               durations_s, note=context.note,
+                               flair=inputs.series.get(FLAIR), flair_segmenter=self.flair)
         datasets = self.build_outputs(result, inputs.primary, context, durations_s)
         with stage(durations_s, "summary"):
             summary = summary_dict(result)
         log.info("fdopa_analysis_done", extra={"fields": {
             "lesions": len(result.lesions), "dynamic": result.dynamic is not None,
+            "route": result.route.route,
             "durations_s": {k: round(v, 3) for k, v in durations_s.items()}}})
         return PipelineOutput(
             summary=summary, datasets=datasets, stage_durations_s=durations_s,

@@ -9,14 +9,15 @@ so that they converge on one job:
   (:func:`~service.pipelines.fdopa_pet.gate.select_series`: attenuation-
   corrected, lowest Series Number), or the chosen dynamic series when the
   study has no static one; ``"dynamic"`` is the chosen dynamic series beside
-  a static primary (more roles, e.g. a FLAIR, are one more entry in
-  :func:`study_plan`);
+  a static primary; ``"flair"`` is a FLAIR MR series of the study
+  (:func:`.flair_gate.classify_mr_series`), the input of the MR-guided route;
 * the job key hashes the instances of all inputs and jobs are keyed by their
   primary series: the same plan reached from either series makes the job
   once (the second ``create`` is a no-op), and a later plan with the same
-  primary (a dynamic series that arrived after the static one was analysed)
-  **supersedes** the earlier job; its SR names the earlier outputs as
-  predecessors, so the PACS ends with one current result;
+  primary (a dynamic series that arrived after the static one was analysed),
+  or whose inputs hold the earlier job's primary, **supersedes** the earlier
+  job; its SR names the earlier outputs as predecessors, so the PACS ends
+  with one current result;
 * waits, each bounded (:class:`WaitRules`):
 
   - the primary must be *ready*: complete, and holding the instances its
@@ -28,11 +29,27 @@ so that they converge on one job:
     static is analysed without curves and the note says why;
   - a dynamic series with no static series in the study waits
     ``static_wait_s`` after it completed for one to arrive, then its frames
-    give the static image.
+    give the static image;
+  - the FLAIR, once the PET plan is ready (:func:`with_flair`): a FLAIR that
+    is complete is taken (the lowest Series Number of the complete ones). The
+    node waits for one only when it has a reason to expect one: a FLAIR
+    series of the study is **announced** (received in part, or complete with
+    fewer instances than its header announces), or the site says its
+    FDOPA studies come with a FLAIR (``expect_flair``). Then it waits until
+    ``flair_wait_s`` after the routed PET series completed, and after that
+    makes the job without the FLAIR (PET-only route) and the note says why.
+    Without either, nothing is waited for. An MR series is recognised as a
+    FLAIR from its first instance's header, so a FLAIR still arriving counts.
 
-Known limit: a static series that arrives after a dynamic-only job was made
-has a different primary, so it makes a second job beside the first instead
-of superseding it (``static_wait_s`` is the guard).
+A static series that arrives after a dynamic-only job was made makes the
+static + dynamic job, which supersedes the dynamic-only one: a new job
+supersedes the jobs whose primary is one of its inputs
+(:func:`service.store.jobs.create`), and its SR names their sent outputs as
+predecessors.
+
+Known limit: a FLAIR that arrives after the job was made is not analysed
+(the node routes on PET series only; ``expect_flair`` with ``flair_wait_s``
+is the guard).
 """
 
 from __future__ import annotations
@@ -45,18 +62,38 @@ from pydicom.dataset import Dataset
 from service.dicom.header import InstanceHeader, expected_count
 from service.errors import AnalysisError
 from service.pipelines.base import PRIMARY, InputPlan, InputSeries, SeriesView
+from service.pipelines.fdopa_pet.flair_gate import DEFAULT_KEYWORDS as FLAIR_KEYWORDS
+from service.pipelines.fdopa_pet.flair_gate import classify_mr_series
 from service.pipelines.fdopa_pet.gate import classify_series, select_series
 
 #: The role of the dynamic series beside a static primary.
 DYNAMIC = "dynamic"
+#: The role of the FLAIR MR series (the MR-guided route).
+FLAIR = "flair"
 
 
 @dataclass(frozen=True)
 class WaitRules:
-    """How long routing waits (seconds; see the module docstring)."""
+    """How long routing waits (seconds; see the module docstring).
+
+    Attributes
+    ----------
+    companion_wait_s, static_wait_s : float
+    flair_wait_s : float
+        After the routed PET series completed, how long an announced or
+        expected FLAIR is waited for.
+    expect_flair : bool
+        The site's FDOPA studies come with a FLAIR: wait for one even when
+        none has arrived yet.
+    flair_keywords : tuple of str
+        Fallback keywords of the FLAIR gate (:mod:`.flair_gate`).
+    """
 
     companion_wait_s: float = 600.0
     static_wait_s: float = 120.0
+    flair_wait_s: float = 600.0
+    expect_flair: bool = False
+    flair_keywords: tuple[str, ...] = FLAIR_KEYWORDS
 
 
 def _int_or_none(value: object) -> int | None:
@@ -117,6 +154,49 @@ def study_plan(trigger: SeriesView, study: Sequence[SeriesView], now: float,
         Seconds since the epoch.
     """
     rules = rules or WaitRules()
+    plan = _pet_plan(trigger, study, now, fallback_keywords, rules)
+    if plan.wait_until is not None:
+        return plan
+    return with_flair(plan, trigger, study, now, rules)
+
+
+def _series_number(view: SeriesView) -> int:
+    number = _int_or_none(view.header.get("SeriesNumber"))
+    return number if number is not None else 1 << 30
+
+
+def with_flair(plan: InputPlan, trigger: SeriesView, study: Sequence[SeriesView], now: float,
+               rules: WaitRules) -> InputPlan:
+    """``plan`` (ready) with the study's FLAIR, a bounded wait for one, or why not (docstring)."""
+    flairs = sorted((v for v in study if v.modality.upper() == "MR"
+                     and classify_mr_series(v.header, rules.flair_keywords).is_flair),
+                    key=lambda v: (_series_number(v), v.series_uid))
+    whole = [v for v in flairs if is_whole(v)]
+    if whole:
+        return InputPlan((*plan.series, InputSeries(FLAIR, whole[0].series_uid)), None,
+                         plan.note)
+    if flairs:
+        waiting = f"the FLAIR series ({_describe(flairs[0])})"
+        late = f"FLAIR series {_describe(flairs[0])} after {rules.flair_wait_s:g} s"
+    elif rules.expect_flair:
+        waiting = "a FLAIR series (expected at this site)"
+        late = f"no FLAIR in the study after {rules.flair_wait_s:g} s"
+    else:
+        return plan
+    since = trigger.completed_at if trigger.completed_at is not None else now
+    until = since + rules.flair_wait_s
+    if now < until:
+        return InputPlan(plan.series, until, _joined(plan.note, f"waiting for {waiting}"))
+    return InputPlan(plan.series, None, _joined(plan.note, f"PET-only route: {late}"))
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _pet_plan(trigger: SeriesView, study: Sequence[SeriesView], now: float,
+              fallback_keywords: Sequence[str], rules: WaitRules) -> InputPlan:
+    """The PET part of :func:`study_plan` (static, dynamic and their waits)."""
     views = {v.series_uid: v for v in (trigger, *study)}
     fdopa = [v.header for v in views.values()
              if classify_series(v.header, fallback_keywords).role in ("static", "dynamic")]

@@ -59,6 +59,29 @@ class FdopaPetSettings(PipelineSettings):
     report_failures : bool
         Send a short "analysis not possible" SR for a taken study that cannot
         be analysed.
+    flair_wait_s : float
+        How long, after the PET series completed, routing waits for a FLAIR
+        MR series of the study that is announced (received in part) or
+        expected (``expect_flair``); then the job runs on the PET-only route
+        and says why (:mod:`.plan`).
+    expect_flair : bool
+        This site's FDOPA studies come with a FLAIR: wait ``flair_wait_s``
+        for one even when none has arrived yet (default: wait only for a
+        FLAIR already partly received).
+    flair_keywords : str
+        Comma-separated keywords of Series Description / Protocol Name that
+        make an MR series a FLAIR when its header has no inversion time
+        (:mod:`.flair_gate`).
+    flair_segmentation : {"auto", "unet", "threshold"}
+        The FLAIR lesion of the MR-guided route: ``"auto"`` the FLAIR U-Net
+        when ``flair_model_path`` exists, else the classical threshold (named
+        so in every output); ``"unet"`` the U-Net or no start;
+        ``"threshold"`` the classical threshold.
+    flair_model_path : Path or None
+        The FLAIR U-Net ONNX file (None: ``models/dopanode_flair_seg.onnx``).
+    min_flair_registration_quality : float
+        FLAIR-to-PET registrations scoring below this (edge alignment, 0-1)
+        are refused: the PET-only route runs and says why.
     """
 
     fallback_keywords: str = ",".join(DEFAULT_KEYWORDS)
@@ -72,6 +95,12 @@ class FdopaPetSettings(PipelineSettings):
     static_wait_s: float = Field(default=120.0, ge=0.0)
     static_window_min: tuple[float, float] = (10.0, 30.0)
     report_failures: bool = True
+    flair_wait_s: float = Field(default=600.0, ge=0.0)
+    expect_flair: bool = False
+    flair_keywords: str = "FLAIR"
+    flair_segmentation: Literal["auto", "unet", "threshold"] = "auto"
+    flair_model_path: Path | None = None
+    min_flair_registration_quality: float = Field(default=0.9, ge=0.0, le=1.0)
 
     @field_validator("model_sha256")
     @classmethod
@@ -99,6 +128,10 @@ class FdopaPetSettings(PipelineSettings):
         return tuple(k.strip() for k in self.fallback_keywords.split(",") if k.strip())
 
     @property
+    def flair_gate_keywords(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.flair_keywords.split(",") if k.strip())
+
+    @property
     def unet_path(self) -> Path | None:
         """The ONNX file the pipeline serves, or None for the threshold baseline."""
         if self.segmentation != "unet":
@@ -117,9 +150,11 @@ def build(settings: FdopaPetSettings) -> Pipeline:
     ------
     FileNotFoundError, ValueError, AnalysisError
         When the template or the configured model cannot be loaded or fails
-        its checksum: the node refuses to start rather than analyse with
+        its checksum (or ``flair_segmentation = "unet"`` without the FLAIR
+        model): the node refuses to start rather than analyse with
         something else.
     """
+    from service.pipelines.fdopa_pet.flair_lesion import flair_segmenter
     from service.pipelines.fdopa_pet.pipeline import FdopaPetPipeline, Options
     from service.pipelines.fdopa_pet.reference import load_fdopa_template
 
@@ -130,20 +165,39 @@ def build(settings: FdopaPetSettings) -> Pipeline:
         from service.pipelines.fdopa_pet.segment import TumourSegmenter
 
         segmenter = TumourSegmenter(path, settings.model_sha256)
-    return FdopaPetPipeline(template, segmenter, Options.of(settings))
+    flair = flair_segmenter(settings.flair_segmentation, settings.flair_model_path)
+    return FdopaPetPipeline(template, segmenter, Options.of(settings), flair)
 
 
 def check_models(settings: FdopaPetSettings) -> tuple[ModelStatus, ...]:
-    """The U-Net file (presence and SHA-256), or a note that the threshold baseline is used."""
+    """The U-Net file (presence and SHA-256), or a note that the threshold baseline is used;
+    the same for the FLAIR U-Net of the MR-guided route."""
     from service.inference.manifest import check_model
 
     path = settings.unet_path
     if path is None:
         return (ModelStatus("fdopa_unet", "", True,
                             "segmentation = threshold: classical threshold-only baseline, "
-                            "no model"),)
+                            "no model"), flair_model_status(settings))
     check = check_model(path, settings.model_sha256)
-    return (ModelStatus("fdopa_unet", check.path or "", check.ok, check.detail, check.sha256),)
+    return (ModelStatus("fdopa_unet", check.path or "", check.ok, check.detail, check.sha256),
+            flair_model_status(settings))
+
+
+def flair_model_status(settings: FdopaPetSettings) -> ModelStatus:
+    """The FLAIR U-Net of the MR-guided route, or which classical threshold is used instead."""
+    from service.inference.manifest import check_model
+    from service.pipelines.fdopa_pet.flair_lesion import THRESHOLD_TEXT, default_flair_model
+
+    path = settings.flair_model_path or default_flair_model()
+    if settings.flair_segmentation == "threshold":
+        return ModelStatus("fdopa_flair_unet", "", True,
+                           "flair_segmentation = threshold: FLAIR lesion by classical threshold")
+    if settings.flair_segmentation == "auto" and not path.is_file():
+        return ModelStatus("fdopa_flair_unet", "", True, f"FLAIR lesion: {THRESHOLD_TEXT}")
+    check = check_model(path, None)
+    return ModelStatus("fdopa_flair_unet", check.path or "", check.ok, check.detail,
+                       check.sha256)
 
 
 SPEC = PipelineSpec(

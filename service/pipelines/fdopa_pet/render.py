@@ -272,8 +272,20 @@ def footer_lines(result: FdopaResult) -> list[str]:
              f"Background crescent {values}, {ref.background_ml:.0f} cm3.",
              f"Segmentation: {method}; lesions >= 1.6 x background mean. "
              f"{result.algorithm.name} {result.algorithm.version}.",
-             "Flags: " + ("; ".join(result.flags) if result.flags else "none")]
+             "Flags: " + ("; ".join(result.flags) if result.flags else "none"),
+             *route_lines(result)]
     return [line[:170] for line in lines]
+
+
+def route_lines(result: FdopaResult) -> list[str]:
+    """Which route ran and why; on the MR-guided route its FLAIR lesion and indices."""
+    g = result.flair_guided
+    if g is None:
+        return [result.route.reason]
+    voi = "PET VOI" if g.pet_voi else "low-uptake fallback: the whole FLAIR lesion"
+    return [f"{result.route.reason}; {result.route.flair_method}",
+            f"Paediatric FLAIR-guided (not PET RANO): T/S {g.ts_ratio:.2f}, T/N "
+            f"{g.tn_ratio:.2f} (max/max; {voi}, {g.voi_ml:.1f} cm3)"]
 
 
 def _draw_banner(fig: Figure, result: FdopaResult) -> None:
@@ -300,7 +312,7 @@ def render_report_figure(result: FdopaResult) -> Figure:
     """The picture report as a matplotlib Figure (Agg canvas attached)."""
     fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=0.88, bottom=0.15,
+    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=0.88, bottom=0.17,
                             height_ratios=[1.25, 1.0], hspace=0.25, wspace=0.08)
     _draw_banner(fig, result)
     draw_planes(fig, grid, result)
@@ -309,7 +321,7 @@ def render_report_figure(result: FdopaResult) -> Figure:
     draw_table(fig.add_subplot(lower[0, 0]), result)
     draw_curves(fig.add_subplot(lower[0, 1]), result)
     for i, line in enumerate(footer_lines(result)):
-        fig.text(0.02, 0.07 - 0.022 * i, line, fontsize=9.5, color="#333333")
+        fig.text(0.02, 0.098 - 0.02 * i, line, fontsize=9.5, color="#333333")
     return fig
 
 

@@ -81,6 +81,24 @@ QUALITY_FLAG = Code("DN-0118", PRIVATE_SCHEME, "Quality flag")
 DYNAMIC_NOTE = Code("DN-0119", PRIVATE_SCHEME, "Dynamic analysis note")
 LESION_THRESHOLD = Code("DN-0120", PRIVATE_SCHEME,
                         "Lesion threshold (1.6 x background mean, SUVbw)")
+# --- The MR-guided route (issue 13): paediatric FLAIR-guided measures, named apart ---
+ANALYSIS_ROUTE = Code("DN-0121", PRIVATE_SCHEME, "FDOPA analysis route")
+MR_GUIDED_ROUTE = Code("DN-0122", PRIVATE_SCHEME, "MR-guided route (FLAIR lesion)")
+PET_ONLY_ROUTE = Code("DN-0123", PRIVATE_SCHEME, "PET-only route")
+ROUTE_REASON = Code("DN-0124", PRIVATE_SCHEME, "Why this route")
+FLAIR_LESION_METHOD = Code("DN-0125", PRIVATE_SCHEME, "FLAIR lesion segmentation method")
+FLAIR_REGISTRATION_QUALITY = Code("DN-0126", PRIVATE_SCHEME,
+                                  "FLAIR to PET registration quality (edge alignment)")
+FLAIR_GUIDED_TS = Code("DN-0127", PRIVATE_SCHEME, "T/S (paediatric FLAIR-guided, max/max)")
+FLAIR_GUIDED_TN = Code("DN-0128", PRIVATE_SCHEME, "T/N (paediatric FLAIR-guided, max/max)")
+FLAIR_GUIDED_VOI_VOLUME = Code("DN-0129", PRIVATE_SCHEME,
+                               "PET tumour VOI volume (paediatric FLAIR-guided)")
+FLAIR_LESION_VOLUME = Code("DN-0130", PRIVATE_SCHEME, "FLAIR lesion volume on the PET grid")
+LOW_UPTAKE_FALLBACK = Code("DN-0131", PRIVATE_SCHEME,
+                           "Low-uptake fallback: the whole FLAIR lesion is the VOI")
+FLAIR_GUIDED_SLOPE_RATIO = Code("DN-0132", PRIVATE_SCHEME,
+                                "Slope ratio tumour/striatum (paediatric FLAIR-guided VOI)")
+
 #: Shared with the DaT pipeline (same concept, same code).
 REGISTRATION_QUALITY = Code("DN-0013", PRIVATE_SCHEME, "Spatial normalisation quality")
 ANALYSIS_NOT_POSSIBLE = Code("DN-0020", PRIVATE_SCHEME, "Analysis not possible")

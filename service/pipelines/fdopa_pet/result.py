@@ -217,6 +217,85 @@ class SegmentationInfo:
     model_sha256: str | None = None
 
 
+Route = Literal["mr_guided", "pet_only"]
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """Which route analysed the study, and why (issue 13; :mod:`.mr_route`).
+
+    Attributes
+    ----------
+    route : {"mr_guided", "pet_only"}
+    reason : str
+        Patient-free, e.g. ``"MR-guided route: FLAIR series 10 registered
+        (quality 0.95)"`` or ``"PET-only route: no FLAIR in the study"``.
+    flair_series_uid : str or None
+        The FLAIR series the route was given.
+    registration_quality : float or None
+        FLAIR-to-PET edge alignment, when a registration ran.
+    flair_method : str
+        How the FLAIR lesion was segmented (MR-guided route), e.g.
+        ``"classical threshold (no FLAIR U-Net shipped)"``.
+    """
+
+    route: Route
+    reason: str
+    flair_series_uid: str | None = None
+    registration_quality: float | None = None
+    flair_method: str = ""
+
+
+NO_FLAIR = RouteInfo("pet_only", "PET-only route: no FLAIR in the study")
+
+
+@dataclass(frozen=True, eq=False)
+class FlairGuidedMeasures:
+    """The paediatric FLAIR-guided (Genoa) measures of the MR-guided route.
+
+    Definitions (``research/fdopa.md`` section 1a): the FLAIR lesion carried
+    onto the PET grid; reference regions contralateral to it
+    (:func:`.reference.reference_regions`); the PET tumour VOI = lesion
+    voxels above the contralateral eroded white-matter maximum, or the whole
+    lesion when its uptake is low (:func:`.measures.genoa_tumour_voi`); T/S
+    and T/N = VOI max / reference max. Named apart from the PET RANO numbers
+    in every output.
+
+    Attributes
+    ----------
+    flair_lesion_zyx, voi_zyx : (z, y, x) bool arrays
+        On the static PET grid.
+    pet_voi : bool
+        False: the low-uptake fallback (the VOI is the whole FLAIR lesion).
+    voi_rule : str
+    reference : ReferenceRegions
+    reference_measures : ReferenceMeasures
+    flair_lesion_ml, voi_ml : float
+    voi_max_units : float
+    voi_suv_max : float or None
+    ts_ratio, tn_ratio : float
+    dynamic : DynamicResult or None
+        Curves of ``"tumour"`` (the VOI), ``"striatum"``, ``"background"``.
+    dynamic_note : str
+        Why there are no curves, when ``dynamic`` is None.
+    """
+
+    flair_lesion_zyx: np.ndarray
+    voi_zyx: np.ndarray
+    pet_voi: bool
+    voi_rule: str
+    reference: ReferenceRegions
+    reference_measures: ReferenceMeasures
+    flair_lesion_ml: float
+    voi_ml: float
+    voi_max_units: float
+    voi_suv_max: float | None
+    ts_ratio: float
+    tn_ratio: float
+    dynamic: DynamicResult | None = None
+    dynamic_note: str = ""
+
+
 @dataclass(frozen=True, eq=False)
 class FdopaResult:
     """One analysed FDOPA study.
@@ -246,6 +325,10 @@ class FdopaResult:
         ``"registration quality 0.62"``).
     algorithm : AlgorithmInfo
     warnings : tuple of str
+    route : RouteInfo
+        Which route ran and why (the PET-only measures are always there).
+    flair_guided : FlairGuidedMeasures or None
+        The MR-guided route's measures (None on the PET-only route).
     """
 
     source: SourceReference
@@ -263,3 +346,5 @@ class FdopaResult:
     flags: tuple[str, ...]
     algorithm: AlgorithmInfo
     warnings: tuple[str, ...] = ()
+    route: RouteInfo = NO_FLAIR
+    flair_guided: FlairGuidedMeasures | None = None

@@ -18,8 +18,11 @@ section "FDOPA PET", lists every code):
   - one TID 1411 group per reference segment (background crescent,
     contralateral striatum, contralateral white matter): SUVbw mean or max,
     volume, the lesion threshold (background), their TTP and slopes;
+  - on the MR-guided route, one TID 1501 group "Tumour VOI (paediatric
+    FLAIR-guided)" (:mod:`.sr_route`) with its own T/S and T/N concepts;
 
-* "Qualitative Evaluations": segmentation method (U-Net or threshold-only
+* "Qualitative Evaluations": the analysis route and why (:mod:`.sr_route`),
+  segmentation method (U-Net or threshold-only
   baseline), SUV available (and why not), registration quality, the
   reference side rule, quality flags, the dynamic note or time convention,
   warnings, and "Research use, not for diagnosis" with the simulated-data
@@ -51,6 +54,7 @@ from service.pipelines.base import OutputRef
 from service.pipelines.fdopa_pet import report_codes as rc
 from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.sr_content import all_groups, value
+from service.pipelines.fdopa_pet.sr_route import flair_guided_group, route_items
 from service.report.evidence import evidence_headers
 from service.report.identity import RESEARCH_USE_TEXT, stamp_times
 from service.report.sr_common import (
@@ -110,6 +114,7 @@ def _evaluation_items(result: FdopaResult) -> list[ContentItem]:
     contains = RelationshipTypeValues.CONTAINS
     method = rc.UNET_METHOD if result.segmentation.method == "unet" else rc.THRESHOLD_METHOD
     items: list[ContentItem] = [
+        *route_items(result),
         CodeContentItem(rc.SEGMENTATION_METHOD, method, contains),
         CodeContentItem(rc.SUV_AVAILABLE, rc.YES if result.suv.available else rc.NO, contains),
     ]
@@ -151,7 +156,11 @@ def build_measurement_report(result: FdopaResult, seg: Dataset, job_key: str
     if len(seg.get("SegmentSequence", [])) != len(result.lesions) + 3 or (
             seg.get("StudyInstanceUID") != result.source.study_instance_uid):
         raise ValueError("the SEG is not the segmentation of this result")
-    groups = all_groups(result, seg, job_key, algorithm_identification(result))
+    algorithm_id = algorithm_identification(result)
+    groups = list(all_groups(result, seg, job_key, algorithm_id))
+    guided = flair_guided_group(result, job_key, algorithm_id)
+    if guided is not None:
+        groups.append(guided)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(),
         procedure_reported=[rc.PROCEDURE_BRAIN_PET],

@@ -16,6 +16,7 @@ from service.pipelines.fdopa_pet.result import (
     MEASURABLE_ML,
     TUMOUR_THRESHOLD_X_BACKGROUND,
     FdopaResult,
+    FlairGuidedMeasures,
     LesionMeasures,
 )
 from service.report.identity import RESEARCH_USE_TEXT
@@ -33,6 +34,10 @@ DEFINITIONS = {
                "tumour candidates, one lesion per connected component"),
     "measurable": f"lesion volume > {MEASURABLE_ML} mL (PET RANO 1.0)",
     "suv_peak": "highest mean over a 1 mL sphere centred in the lesion",
+    "flair_guided": ("paediatric FLAIR-guided (MR-guided route): PET tumour VOI = FLAIR "
+                     "lesion voxels above the contralateral eroded white-matter max (whole "
+                     "lesion when T/N or T/S < 1); T/S, T/N = VOI max / contralateral striatum, "
+                     "white-matter max; TTP and slopes at frame start"),
     "dynamic": ("TAC = VOI mean per frame; TTP = time of the highest frame; slope = "
                 "least-squares line from the fit start to the last frame; times from "
                 "the dynamic acquisition start, taken as the injection"),
@@ -71,6 +76,18 @@ def _dynamic(d: DynamicResult) -> dict[str, Any]:
     }
 
 
+def _flair_guided(g: FlairGuidedMeasures | None) -> dict[str, Any] | None:
+    if g is None:
+        return None
+    return {"pet_voi": g.pet_voi, "voi_rule": g.voi_rule, "reference_side": g.reference.side,
+            "reference_rule": g.reference.rule,
+            **{k: _num(getattr(g, k)) for k in ("flair_lesion_ml", "voi_ml", "voi_max_units",
+                                                "voi_suv_max", "ts_ratio", "tn_ratio")},
+            "reference": {k: _num(v) for k, v in asdict(g.reference_measures).items()},
+            "dynamic": None if g.dynamic is None else _dynamic(g.dynamic),
+            "dynamic_note": g.dynamic_note}
+
+
 def summary_dict(result: FdopaResult) -> dict[str, Any]:
     """JSON-ready summary of ``result`` (module docstring)."""
     ref = result.measures.reference
@@ -98,6 +115,11 @@ def summary_dict(result: FdopaResult) -> dict[str, Any]:
         "lesions": [_lesion(m) for m in result.measures.lesions],
         "dynamic": None if result.dynamic is None else _dynamic(result.dynamic),
         "dynamic_note": result.dynamic_note,
+        "route": {"route": result.route.route, "reason": result.route.reason,
+                  "flair_series_instance_uid": result.route.flair_series_uid,
+                  "registration_quality": _num(result.route.registration_quality),
+                  "flair_method": result.route.flair_method},
+        "flair_guided": _flair_guided(result.flair_guided),
         "flags": list(result.flags),
         "warnings": list(result.warnings),
         "definitions": DEFINITIONS,
