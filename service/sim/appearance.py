@@ -199,10 +199,12 @@ def atlas_maps(appearance: Appearance) -> tuple[dict[str, np.ndarray], np.ndarra
     maps["grey_matter"] = np.where(tissue, atlas.gm_zyx * pattern, 0.0).astype(np.float32)
     maps["white_matter"] = np.where(tissue, atlas.wm_zyx, 0.0).astype(np.float32)
     head = _head_mask(atlas)
-    glands = _ellipsoids(atlas, _GLANDS_MNI) & head
-    nasal = _ellipsoids(atlas, _NASAL_MNI) & head & ~atlas.brain_zyx
+    # CSF inside the skull (ventricles included) has no uptake, unlike the classic phantom's
+    intracranial = np.stack([ndimage.binary_fill_holes(s) for s in atlas.brain_zyx | atlas.skull_zyx])
+    glands = _ellipsoids(atlas, _GLANDS_MNI) & head & ~intracranial
+    nasal = _ellipsoids(atlas, _NASAL_MNI) & head & ~intracranial
     scalp = atlas.scalp_zyx & ~glands & ~nasal
-    soft = head & ~atlas.brain_zyx & ~atlas.skull_zyx & ~glands & ~nasal & ~scalp
+    soft = head & ~intracranial & ~glands & ~nasal & ~scalp
     for name, mask in (("extracerebral", soft), ("scalp", scalp), ("salivary", glands),
                        ("nasal", nasal)):
         maps[name] = mask.astype(np.float32)
