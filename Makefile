@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark demo
+.PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark benchmark-v2 demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +61,13 @@ unit: setup-test
 demo: peers setup-test
 	$(VENV)/bin/python scripts/demo_orthanc.py
 
-# The synthetic benchmark (2000 studies, resumable; see docs/simulator.md).
+# The synthetic benchmark, version 1 (2000 studies, resumable; see docs/simulator.md),
+# and version 2 (domain randomisation, 3000 studies; docs/simulator.md "Domain randomisation").
 benchmark: setup-test
-	$(VENV)/bin/dopanode benchmark generate data/benchmark
+	$(VENV)/bin/dopanode benchmark generate data/benchmark --version 1
+
+benchmark-v2: setup-test
+	$(VENV)/bin/dopanode benchmark generate data/benchmark_v2 --version 2
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 SCANS_PER_ANATOMY = 4
 TRUTH_FILE = "truth.json"
 MANIFEST_FILE = "manifest.csv"
+VERSION_FILE = "benchmark_version.json"
 
 
 @dataclass(frozen=True)
@@ -317,9 +318,45 @@ def _run_group(args: tuple[SiteSpec, int, Path]) -> int:
     return len(generate_group(*args))
 
 
-def generate(sites: list[SiteSpec], out_dir: Path, workers: int = 2) -> Path:
-    """Generate (or finish) ``sites`` under ``out_dir``; writes and returns the manifest CSV."""
+class VersionMismatch(ValueError):
+    """The output folder holds another benchmark version (same study ids, other data)."""
+
+
+def claim_version(out_dir: Path, version: int) -> None:
+    """Mark ``out_dir`` as holding benchmark ``version``; refuse a folder of another one.
+
+    A folder without the marker but with finished studies is version 1 (made
+    before the marker existed). Resuming would otherwise mix versions silently.
+    """
+    path = out_dir / VERSION_FILE
+    if path.exists():
+        found = int(json.loads(path.read_text())["version"])
+    elif any(out_dir.glob(f"*/*/{TRUTH_FILE}")):
+        found = 1
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": version}))
+        return
+    if found != version:
+        raise VersionMismatch(
+            f"{out_dir} holds benchmark version {found}, not {version}: use another folder "
+            f"or --version {found}"
+        )
+    if not path.exists():
+        path.write_text(json.dumps({"version": found}))
+
+
+def generate(
+    sites: list[SiteSpec], out_dir: Path, workers: int = 2, version: int | None = None
+) -> Path:
+    """Generate (or finish) ``sites`` under ``out_dir``; writes and returns the manifest CSV.
+
+    ``version``: the benchmark version the sites belong to (checked and
+    recorded by :func:`claim_version`); ``None`` for ad-hoc sites.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if version is not None:
+        claim_version(out_dir, version)
     tasks = [(s, g, out_dir) for s in sites for g in range(-(-s.n_studies // SCANS_PER_ANATOMY))]
     t0 = time.monotonic()
     done = 0
@@ -361,7 +398,8 @@ def write_manifest(sites: list[SiteSpec], out_dir: Path) -> Path:
             if path.exists():
                 rows.append(json.loads(path.read_text()))
     manifest = out_dir / MANIFEST_FILE
-    fields = list(rows[0]) if rows else ["study_id"]
+    # union in first-seen order: broad-camera rows have columns the others lack
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["study_id"]
     tmp = manifest.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -124,10 +124,13 @@ def _selected_sites(names: str | None, limit: int | None, version: int) -> list[
 
 
 def run_benchmark_generate(args: argparse.Namespace) -> int:
-    from service.sim.benchmark import generate
+    from service.sim.benchmark import VersionMismatch, generate
 
     sites = _selected_sites(args.sites, args.limit, args.version)
-    manifest = generate(sites, args.out, workers=args.workers)
+    try:
+        manifest = generate(sites, args.out, workers=args.workers, version=args.version)
+    except VersionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     print(f"manifest {manifest}")
     return 0
 

@@ -24,7 +24,16 @@ from service.sim.appearance import (
     sample_appearance,
     template_ventricles,
 )
-from service.sim.benchmark import SITES, SITES_V2, SiteSpec, generate_group, truth_labels
+from service.sim.benchmark import (
+    SITES,
+    SITES_V2,
+    SiteSpec,
+    VersionMismatch,
+    claim_version,
+    generate_group,
+    truth_labels,
+    write_manifest,
+)
 from service.sim.broad_profiles import (
     FILTER_FWHM_MM,
     RECON_FAMILIES,
@@ -179,6 +188,12 @@ def test_broad_site_writes_truth_and_labels(tmp_path: Path) -> None:
     assert truth["binary_reference"] in reference.REFERENCE_VALUES
     assert truth["binary_reference"] == reference.binary_reference(
         {k: v for k, v in truth.items() if k != "binary_reference"})
+    camera = replace(site, name="site_e_broad_t", profile="broad", n_studies=1, seed=3)  # 64, FBP
+    camera_rows = generate_group(camera, 0, tmp_path)
+    manifest = write_manifest([site, camera], tmp_path).read_text().splitlines()
+    assert "cam_recon_family" in manifest[0] and len(manifest) == 4
+    assert camera_rows[0]["cam_filter_fwhm_mm"] == pytest.approx(
+        float(manifest[3].split(",")[manifest[0].split(",").index("cam_filter_fwhm_mm")]))
     labels = truth_labels(site, 1)
     assert labels.GetSize()[0] == 64
     assert {1, 2, 3, 4} <= set(np.unique(sitk.GetArrayFromImage(labels)).tolist())
@@ -200,3 +215,17 @@ def test_reference_metrics_leave_out_excluded_scans() -> None:
     table = evaluate.format_table({"unseen": {"cnn": row}})
     assert "66.7% (sens 50.0%, spec 100.0%; n=3, excl. 1)" in table
     assert "96.2% (the bar)" in table
+
+
+def test_a_folder_holds_one_benchmark_version(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy"
+    (legacy / "site_a" / "site_a_00000").mkdir(parents=True)
+    (legacy / "site_a" / "site_a_00000" / "truth.json").write_text("{}")
+    with pytest.raises(VersionMismatch, match="version 1"):
+        claim_version(legacy, 2)
+    claim_version(legacy, 1)
+    fresh = tmp_path / "fresh"
+    claim_version(fresh, 2)
+    claim_version(fresh, 2)
+    with pytest.raises(VersionMismatch):
+        claim_version(fresh, 1)
