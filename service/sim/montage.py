@@ -111,11 +111,11 @@ def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
         axes[r + 1, c].set_title(
             f"{cam['cam_recon_family']} {plan.profile.matrix}/{plan.profile.voxel_mm} mm\n"
             f"filter {cam['cam_filter_fwhm_mm']} mm, {scan.counts_total / 1e6:.1f} Mc", fontsize=7)
-        binding = region_binding(state.binding, a.striatal_source)
+        binding = region_binding(state.normal_binding(), a.striatal_source)  # without disease
         out.append({"subject": g, "source": a.striatal_source, "age": a.age_years,
                     "ventricles_x": round(a.ventricle_factor, 2),
                     "brain_scale": round(a.brain_scale, 3),
-                    "true_c_p": round((binding["caudate_left"] + binding["caudate_right"])
+                    "normal_c_p": round((binding["caudate_left"] + binding["caudate_right"])
                                       / (binding["putamen_left"] + binding["putamen_right"]), 2),
                     "class": state.disease_class, **cam,
                     "counts_m": round(scan.counts_total / 1e6, 2),
@@ -143,7 +143,7 @@ def _reference(state: Any, source: str) -> str:
 
 def draws_table(rows: list[dict[str, object]]) -> str:
     """Markdown table of :func:`render_broad`'s rows."""
-    keys = ["subject", "source", "age", "ventricles_x", "brain_scale", "true_c_p", "class",
+    keys = ["subject", "source", "age", "ventricles_x", "brain_scale", "normal_c_p", "class",
             "cam_recon_family", "cam_matrix", "cam_voxel_mm", "cam_filter_fwhm_mm", "counts_m",
             "sbr_caudate_left", "sbr_putamen_left", "sbr_caudate_right", "sbr_putamen_right"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
