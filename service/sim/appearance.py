@@ -50,6 +50,13 @@ from service.sim.striatal_sources import SOURCES, striatal_labels
 BROAD_BACKGROUND: tuple[str, ...] = (
     "grey_matter", "white_matter", "extracerebral", "scalp", "salivary", "nasal",
 )
+#: Salivary glands: the classic phantom's parotids (centre z = -45 mm) lie two
+#: thirds inside the skull on this template; here they sit lower and further
+#: back, below the ear (78 % outside the skull), submandibular glands as before.
+_GLANDS_BROAD_MNI = (
+    ((52.0, -20.0, -55.0), (11.0, 16.0, 20.0)),
+    ((-52.0, -20.0, -55.0), (11.0, 16.0, 20.0)),
+) + _GLANDS_MNI[2:]
 #: Nasal mucosa (centre MNI RAS mm, semi-axes mm).
 _NASAL_MNI = (((0.0, 62.0, -38.0), (13.0, 20.0, 14.0)),)
 #: Ventricle volume growth per year of age after 30 (log scale).
@@ -201,7 +208,7 @@ def atlas_maps(appearance: Appearance) -> tuple[dict[str, np.ndarray], np.ndarra
     head = _head_mask(atlas)
     # CSF inside the skull (ventricles included) has no uptake, unlike the classic phantom's
     intracranial = np.stack([ndimage.binary_fill_holes(s) for s in atlas.brain_zyx | atlas.skull_zyx])
-    glands = _ellipsoids(atlas, _GLANDS_MNI) & head & ~intracranial
+    glands = _ellipsoids(atlas, _GLANDS_BROAD_MNI) & head & ~intracranial
     nasal = _ellipsoids(atlas, _NASAL_MNI) & head & ~intracranial
     scalp = atlas.scalp_zyx & ~glands & ~nasal
     soft = head & ~intracranial & ~glands & ~nasal & ~scalp

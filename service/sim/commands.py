@@ -187,6 +187,7 @@ def run_benchmark_montage(args: argparse.Namespace) -> int:
     _check_n(args.n)
     args.img_dir.mkdir(parents=True, exist_ok=True)
     montage.render_sources(args.img_dir / "sim_broad_sources.png")
+    montage.render_appearance(args.img_dir / "sim_broad_appearance.png", args.seed)
     rows = montage.render_broad(args.img_dir / "sim_broad_montage.png", args.n, args.seed)
     print(montage.draws_table(rows))
     return 0

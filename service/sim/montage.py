@@ -2,6 +2,8 @@
 
 * :func:`render_sources`: the striatum of each anatomical source on the same
   axial and coronal atlas slices (the analysis' AAL outline in red);
+* :func:`render_appearance`: one subject's noise-free activity at three ages
+  (atrophy, ventricles, cortical pattern, extracerebral uptake);
 * :func:`render_broad`: ``n`` subjects of a broad site (broad appearance and
   camera family), each as the noise-free activity of its phantom and the
   reconstructed scan, axial slab through the striatum.
@@ -65,6 +67,49 @@ def render_sources(out_png: Path) -> None:
                  "(red); radiological view (patient's right on the left)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
+def render_appearance(out_png: Path, seed: int, ages: tuple[int, ...] = (35, 60, 85)) -> None:
+    """Noise-free activity of one subject (same draws) at ``ages``; three axial levels."""
+    from dataclasses import replace
+
+    from service.sim.anatomy import SubjectTransform, atlas_centre_lps_mm
+    from service.sim.appearance import build_broad_phantom, sample_appearance
+    from service.sim.disease import sample_state
+    from service.sim.scan import ScanGrid
+
+    plt = _plt()
+    identity = SubjectTransform(np.ones(3), np.zeros(3), np.zeros(3), np.zeros((3, 2, 2, 2)))
+    # the scan centre maps to the atlas brain centroid: pick rows by MNI z
+    grid = ScanGrid((76, 114, 92), 2.0, np.zeros(3))
+    centroid_z = float(atlas_centre_lps_mm(load_atlas())[2])
+    levels_mm = (20.0, 4.0, -40.0, -56.0)
+    fig, axes = plt.subplots(len(levels_mm), len(ages),
+                             figsize=(3.0 * len(ages), 3.3 * len(levels_mm)))
+    for j, age in enumerate(ages):
+        app = replace(sample_appearance(np.random.default_rng(seed), age),
+                      striatal_source="aal", cortical_contrast=0.25, salivary=1.5, nasal=1.5)
+        state = sample_state(np.random.default_rng(seed), "normal", age_years=age, sex="M",
+                             br_young=app.br_young())
+        ph = build_broad_phantom(identity, app, grid)
+        amps = np.concatenate([state.striatal_amplitudes(), app.amplitudes()])
+        act = np.tensordot(amps, ph.components_czyx, axes=1)
+        for i, z_mm in enumerate(levels_mm):
+            z = int(round((z_mm - centroid_z - grid.origin_lps_mm[2]) / grid.voxel_mm))
+            ax = axes[i, j]
+            ax.imshow(act[z], cmap="gray_r", vmin=0, vmax=3.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"age {age}: ventricles x{app.ventricle_factor:.1f}, "
+                             f"brain {app.brain_scale ** 3:.0%}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"MNI z = {z_mm:+.0f} mm", fontsize=8)
+    fig.suptitle("One subject's noise-free activity at three ages (striatum clipped at 3x "
+                 "grey matter); lower rows: nasal mucosa, parotids, face", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=72)
     plt.close(fig)
 
 
