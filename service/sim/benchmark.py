@@ -250,8 +250,9 @@ def _write_study(
 def _truth_fields(state: DiseaseState, plan: GroupPlan, scan: SimulatedScan) -> dict[str, object]:
     """True and normal binding, truth levels, binary reference and truth-ROI SBR."""
     from service.sim.anatomy import STRIATAL_COMPONENTS
-    from service.sim.reference import binary_from_levels, fraction_level
+    from service.sim.reference import binary_from_levels, region_levels
     from service.sim.scan import measure_sbr
+    from service.sim.striatal_sources import region_binding
 
     source = plan.appearance.striatal_source if plan.appearance else "aal"
     row: dict[str, object] = {}
@@ -261,7 +262,7 @@ def _truth_fields(state: DiseaseState, plan: GroupPlan, scan: SimulatedScan) -> 
     normal = region_binding(state.normal_binding(), source)
     for name, value in true.items():
         row[f"true_br_{name}"] = round(value, 4)
-    levels = {name: fraction_level(true[name] / normal[name]) for name in true}
+    levels = region_levels(true, normal)
     for name in true:
         row[f"normal_br_{name}"] = round(normal[name], 4)
         row[f"true_level_{name}"] = levels[name]
@@ -269,26 +270,6 @@ def _truth_fields(state: DiseaseState, plan: GroupPlan, scan: SimulatedScan) -> 
     for name, value in measure_sbr(scan.volume_zyx, scan.labels_zyx).items():
         row[f"roi_sbr_{name}"] = round(value, 4)
     return row
-
-
-def region_binding(binding: dict[str, float], source: str = "aal") -> dict[str, float]:
-    """Volume-weighted binding of whole caudate/putamen per side (``source``'s volumes)."""
-    from service.imaging.atlas import LABELS, PUTAMEN_SPLIT_MNI_Y_MM, load_atlas
-    from service.sim.striatal_sources import striatal_labels
-
-    atlas = load_atlas()
-    labels = striatal_labels(source)
-    anterior = (atlas.mni_y_mm() >= PUTAMEN_SPLIT_MNI_Y_MM)[None, :, None]
-    out = {}
-    for side in ("left", "right"):
-        out[f"caudate_{side}"] = binding[f"caudate_{side}"]
-        putamen = labels == LABELS[f"putamen_{side}"]
-        vols = {"anterior": float((putamen & anterior).sum()),
-                "posterior": float((putamen & ~anterior).sum())}
-        out[f"putamen_{side}"] = sum(
-            binding[f"putamen_{p}_{side}"] * v for p, v in vols.items()
-        ) / sum(vols.values())
-    return out
 
 
 def _transform_fields(

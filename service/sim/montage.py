@@ -115,10 +115,7 @@ def render_appearance(out_png: Path, seed: int, ages: tuple[int, ...] = (35, 60,
 
 def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
     """Phantom and scan of ``n`` broad subjects; returns one row of draws per subject."""
-    from service.sim.benchmark import SCANS_PER_ANATOMY, SiteSpec, region_binding
-    from service.sim.broad_profiles import profile_fields
-    from service.sim.groups import plan_group, plan_scanner
-    from service.sim.scan import measure_sbr
+    from service.sim.benchmark import SCANS_PER_ANATOMY, SiteSpec
 
     plt = _plt()
     site = SiteSpec(_MONTAGE_SITE, "broad", n * SCANS_PER_ANATOMY, seed, "custom",
@@ -129,19 +126,8 @@ def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
     axes = np.atleast_2d(axes)
     out = []
     for g in range(n):
-        plan = plan_group(site, g, SCANS_PER_ANATOMY)
-        assert plan.appearance is not None
-        scanner = plan_scanner(plan)
-        state = plan.states[0]
-        scan = scanner.scan(state, np.random.default_rng(plan.noise_seeds[0]))
-        comps = scanner.phantom.components_czyx
-        amps = np.concatenate([state.striatal_amplitudes(), plan.appearance.amplitudes()])
-        truth = np.tensordot(amps, comps, axes=1)
-        labels = scan.labels_zyx
-        z = int(np.argmax(np.isin(labels, [1, 2, 3, 4]).sum(axis=(1, 2))))
-        sbr = measure_sbr(scan.volume_zyx, labels)
-        cam = profile_fields(plan.profile)
-        a = plan.appearance
+        truth, scan, row, titles = _subject(site, g)
+        z = int(np.argmax(np.isin(scan.labels_zyx, [1, 2, 3, 4]).sum(axis=(1, 2))))
         r, c = 2 * (g // cols), g % cols
         for k, vol in enumerate((truth, scan.volume_zyx)):
             slab = vol[max(z - 1, 0): z + 2].mean(axis=0)
@@ -150,21 +136,8 @@ def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
             ax.imshow(slab, cmap="gray_r", vmin=0, vmax=float(slab.max()))
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, c].set_title(
-            f"{a.striatal_source}, {a.age_years} y, vent x{a.ventricle_factor:.1f}\n"
-            f"{state.disease_class} ({_reference(state, a.striatal_source)})", fontsize=7)
-        axes[r + 1, c].set_title(
-            f"{cam['cam_recon_family']} {plan.profile.matrix}/{plan.profile.voxel_mm} mm\n"
-            f"filter {cam['cam_filter_fwhm_mm']} mm, {scan.counts_total / 1e6:.1f} Mc", fontsize=7)
-        binding = region_binding(state.normal_binding(), a.striatal_source)  # without disease
-        out.append({"subject": g, "source": a.striatal_source, "age": a.age_years,
-                    "ventricles_x": round(a.ventricle_factor, 2),
-                    "brain_scale": round(a.brain_scale, 3),
-                    "normal_c_p": round((binding["caudate_left"] + binding["caudate_right"])
-                                      / (binding["putamen_left"] + binding["putamen_right"]), 2),
-                    "class": state.disease_class, **cam,
-                    "counts_m": round(scan.counts_total / 1e6, 2),
-                    **{f"sbr_{k}": round(v, 2) for k, v in sbr.items()}})
+            ax.set_title(titles[k], fontsize=7)
+        out.append(row)
     for g in range(n, rows_n * cols):
         axes[2 * (g // cols), g % cols].set_visible(False)
         axes[2 * (g // cols) + 1, g % cols].set_visible(False)
@@ -177,13 +150,47 @@ def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
     return out
 
 
+def _subject(site: Any, g: int) -> tuple[np.ndarray, Any, dict[str, object], tuple[str, str]]:
+    """Noise-free activity, scan, row of draws and panel titles of group ``g``'s first scan."""
+    from service.sim.benchmark import SCANS_PER_ANATOMY
+    from service.sim.broad_profiles import profile_fields
+    from service.sim.groups import plan_group, plan_scanner
+    from service.sim.scan import measure_sbr
+    from service.sim.striatal_sources import region_binding
+
+    plan = plan_group(site, g, SCANS_PER_ANATOMY)
+    a = plan.appearance
+    assert a is not None  # a broad site
+    scanner = plan_scanner(plan)
+    state = plan.states[0]
+    scan = scanner.scan(state, np.random.default_rng(plan.noise_seeds[0]))
+    amps = np.concatenate([state.striatal_amplitudes(), a.amplitudes()])
+    truth = np.tensordot(amps, scanner.phantom.components_czyx, axes=1)
+    cam = profile_fields(plan.profile)
+    titles = (
+        f"{a.striatal_source}, {a.age_years} y, vent x{a.ventricle_factor:.1f}\n"
+        f"{state.disease_class} ({_reference(state, a.striatal_source)})",
+        f"{cam['cam_recon_family']} {plan.profile.matrix}/{plan.profile.voxel_mm} mm\n"
+        f"filter {cam['cam_filter_fwhm_mm']} mm, {scan.counts_total / 1e6:.1f} Mc",
+    )
+    b = region_binding(state.normal_binding(), a.striatal_source)  # without disease
+    row = {"subject": g, "source": a.striatal_source, "age": a.age_years,
+           "ventricles_x": round(a.ventricle_factor, 2), "brain_scale": round(a.brain_scale, 3),
+           "normal_c_p": round((b["caudate_left"] + b["caudate_right"])
+                               / (b["putamen_left"] + b["putamen_right"]), 2),
+           "class": state.disease_class, **cam, "counts_m": round(scan.counts_total / 1e6, 2),
+           **{f"sbr_{k}": round(v, 2) for k, v in measure_sbr(scan.volume_zyx,
+                                                              scan.labels_zyx).items()}}
+    return truth, scan, row, titles
+
+
 def _reference(state: Any, source: str) -> str:
-    from service.sim.benchmark import region_binding
-    from service.sim.reference import binary_from_levels, fraction_level
+    from service.sim.reference import binary_from_levels, region_levels
+    from service.sim.striatal_sources import region_binding
 
     true = region_binding(state.binding, source)
     normal = region_binding(state.normal_binding(), source)
-    return binary_from_levels({k: fraction_level(true[k] / normal[k]) for k in true})
+    return binary_from_levels(region_levels(true, normal))
 
 
 def draws_table(rows: list[dict[str, object]]) -> str:

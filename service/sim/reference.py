@@ -38,6 +38,11 @@ def fraction_level(fraction: float) -> int:
     return sum(fraction < t for t in LEVEL_FRACTIONS)
 
 
+def region_levels(true: Mapping[str, float], normal: Mapping[str, float]) -> dict[str, int]:
+    """Truth level per region from true and normal (no disease) region binding."""
+    return {r: fraction_level(true[r] / normal[r]) for r in REGIONS}
+
+
 def binary_from_levels(levels: Mapping[str, int]) -> str:
     """``reduced``, ``normal`` or ``excluded`` from the four regional truth levels."""
     if any(levels[r] >= 2 for r in REGIONS if r.startswith("putamen")):

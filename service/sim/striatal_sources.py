@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from service.imaging.atlas import LABELS, load_atlas
+from service.imaging.atlas import LABELS, PUTAMEN_SPLIT_MNI_Y_MM, load_atlas
 
 #: Striatal shape sources, in draw order.
 SOURCES: tuple[str, ...] = ("aal", "harvard_oxford", "neuromorphometrics", "desikan_killiany")
@@ -144,3 +144,20 @@ def label_volumes_ml(labels_zyx: np.ndarray, voxel_ml: float = 0.008) -> dict[st
         name: float((labels_zyx == LABELS[name]).sum()) * voxel_ml
         for name in ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
     }
+
+
+def region_binding(binding: dict[str, float], source: str = "aal") -> dict[str, float]:
+    """Volume-weighted binding of whole caudate/putamen per side (``source``'s volumes)."""
+    atlas = load_atlas()
+    labels = striatal_labels(source)
+    anterior = (atlas.mni_y_mm() >= PUTAMEN_SPLIT_MNI_Y_MM)[None, :, None]
+    out = {}
+    for side in ("left", "right"):
+        out[f"caudate_{side}"] = binding[f"caudate_{side}"]
+        putamen = labels == LABELS[f"putamen_{side}"]
+        vols = {"anterior": float((putamen & anterior).sum()),
+                "posterior": float((putamen & ~anterior).sum())}
+        out[f"putamen_{side}"] = sum(
+            binding[f"putamen_{p}_{side}"] * v for p, v in vols.items()
+        ) / sum(vols.values())
+    return out

@@ -229,3 +229,12 @@ def test_a_folder_holds_one_benchmark_version(tmp_path: Path) -> None:
     claim_version(fresh, 2)
     with pytest.raises(VersionMismatch):
         claim_version(fresh, 1)
+
+
+def test_source_and_appearance_figures_render(tmp_path: Path) -> None:
+    from service.sim import montage
+
+    montage.render_sources(tmp_path / "sources.png")
+    montage.render_appearance(tmp_path / "appearance.png", seed=4, ages=(35, 85))
+    for name in ("sources.png", "appearance.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
