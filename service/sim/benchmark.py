@@ -20,12 +20,14 @@ import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+
+from service.sim.groups import GroupPlan, plan_fields
 
 if TYPE_CHECKING:  # torch-free at import time
     from service.sim.anatomy import SubjectTransform
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 SCANS_PER_ANATOMY = 4
 TRUTH_FILE = "truth.json"
 MANIFEST_FILE = "manifest.csv"
+VERSION_FILE = "benchmark_version.json"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class SiteSpec:
         ``"train_test"`` (in-distribution) or ``"unseen"``.
     variants : dict of str to float
         Encoding-variant mix (:class:`service.sim.nm_writer.EncodingVariant` values).
+    appearance : str
+        ``"classic"`` (one brain, benchmark version 1) or ``"broad"`` (domain
+        randomisation, :mod:`service.sim.appearance`). ``profile`` may be
+        ``"broad"`` (a random protocol per group, :mod:`service.sim.broad_profiles`).
     """
 
     name: str
@@ -64,6 +71,7 @@ class SiteSpec:
     seed: int
     role: str
     variants: dict[str, float]
+    appearance: str = "classic"
 
 
 SITES: dict[str, SiteSpec] = {
@@ -105,7 +113,35 @@ SITES: dict[str, SiteSpec] = {
 }
 
 
-def profile_site(profile: str, n_studies: int, seed: int, variant: str | None) -> SiteSpec:
+#: Version 2 (issue 10): the same four-site design and unseen camera, every
+#: site with the broad appearance, plus a training site drawn from the broad
+#: camera family. New seeds; version 1 (:data:`SITES`) stays reproducible.
+SITES_V2: dict[str, SiteSpec] = {
+    s.name: s
+    for s in (
+        replace(SITES["site_a"], seed=2001, appearance="broad"),
+        replace(SITES["site_b"], seed=2002, appearance="broad"),
+        replace(SITES["site_c"], seed=2003, appearance="broad"),
+        replace(SITES["site_d_unseen"], seed=2004, appearance="broad"),
+        SiteSpec(
+            "site_e_broad",
+            "broad",
+            1000,
+            2005,
+            "train_test",
+            {"multiframe": 0.4, "per_slice": 0.2, "ge_negative_spacing": 0.2, "z_flipped": 0.2},
+            "broad",
+        ),
+    )
+}
+#: Benchmark definitions by version; ``dopanode benchmark generate`` makes the latest.
+BENCHMARKS: dict[int, dict[str, SiteSpec]] = {1: SITES, 2: SITES_V2}
+BENCHMARK_VERSION = 2
+
+
+def profile_site(
+    profile: str, n_studies: int, seed: int, variant: str | None, appearance: str = "classic"
+) -> SiteSpec:
     """An ad-hoc site for ``dopanode simulate`` (one profile, one or mixed variants)."""
     from service.sim.nm_writer import EncodingVariant
 
@@ -114,7 +150,7 @@ def profile_site(profile: str, n_studies: int, seed: int, variant: str | None) -
         if variant
         else {v.value: 1.0 / len(EncodingVariant) for v in EncodingVariant}
     )
-    return SiteSpec(profile, profile, n_studies, seed, "custom", mix)
+    return SiteSpec(profile, profile, n_studies, seed, "custom", mix, appearance)
 
 
 def study_id(site: SiteSpec, index: int) -> str:
@@ -127,53 +163,25 @@ def generate_group(site: SiteSpec, group: int, out_dir: Path) -> list[dict[str, 
     Studies already finished (truth file present) are skipped, but their random
     draws are still made so the others stay identical.
     """
-    from service.sim.anatomy import sample_transform
-    from service.sim.disease import sample_background, sample_state
-    from service.sim.profiles import get_profile
-    from service.sim.scan import AnatomyScanner
+    from service.sim.groups import plan_group, plan_scanner
 
-    profile = get_profile(site.profile)
-    rng = np.random.default_rng([site.seed, group])
-    transform = sample_transform(rng)
-    background = sample_background(rng)
-    indices = range(group * SCANS_PER_ANATOMY, min((group + 1) * SCANS_PER_ANATOMY, site.n_studies))
-    states = [sample_state(rng) for _ in indices]
-    variants = [str(rng.choice(list(site.variants), p=_probabilities(site))) for _ in indices]
-    activities = [float(rng.uniform(150.0, 190.0)) for _ in indices]
-    noise_seeds = [int(rng.integers(2**63)) for _ in indices]
-    todo = [k for k, i in enumerate(indices) if not _done(out_dir, site, i)]
+    plan = plan_group(site, group, SCANS_PER_ANATOMY)
+    todo = [k for k, i in enumerate(plan.indices) if not _done(out_dir, site, i)]
     if not todo:
         return []
-    scanner = AnatomyScanner(profile, transform, background)
+    scanner = plan_scanner(plan)
     rows = []
     for k in todo:
-        index = indices[k]
+        index = plan.indices[k]
         t0 = time.process_time()
-        scan = scanner.scan(states[k], np.random.default_rng(noise_seeds[k]))
-        row = _write_study(
-            site,
-            index,
-            group,
-            k,
-            scan,
-            states[k],
-            variants[k],
-            activities[k],
-            transform,
-            background,
-            out_dir,
-        )
+        scan = scanner.scan(plan.states[k], np.random.default_rng(plan.noise_seeds[k]))
+        row = _write_study(site, index, group, k, scan, plan, out_dir)
         row["cpu_s"] = round(time.process_time() - t0, 2)
         # written last: its presence marks the study as finished
         truth = out_dir / site.name / study_id(site, index) / TRUTH_FILE
         truth.write_text(json.dumps(row, indent=1))
         rows.append(row)
     return rows
-
-
-def _probabilities(site: SiteSpec) -> np.ndarray:
-    p = np.array(list(site.variants.values()), float)
-    return p / p.sum()
 
 
 def _done(out_dir: Path, site: SiteSpec, index: int) -> bool:
@@ -186,21 +194,14 @@ def _write_study(
     group: int,
     k: int,
     scan: SimulatedScan,
-    state: DiseaseState,
-    variant: str,
-    activity: float,
-    transform: SubjectTransform,
-    background: Background,
+    plan: GroupPlan,
     out_dir: Path,
 ) -> dict[str, object]:
-    from service.sim.anatomy import STRIATAL_COMPONENTS
     from service.sim.nm_writer import CameraHeader, EncodingVariant, SubjectHeader, write_nm_study
-    from service.sim.profiles import get_profile
-    from service.sim.scan import measure_sbr, to_image
+    from service.sim.scan import to_image
 
-    profile = get_profile(site.profile)
+    profile, state, variant = plan.profile, plan.states[k], plan.variants[k]
     sid = study_id(site, index)
-    study_dir = out_dir / site.name / sid
     camera = CameraHeader(
         manufacturer=profile.manufacturer,
         model_name=profile.model_name,
@@ -212,15 +213,14 @@ def _write_study(
         counts_total=scan.counts_total,
     )
     subject = SubjectHeader(
-        age_years=state.age_years, sex=state.sex, injected_activity_mbq=activity
+        age_years=state.age_years, sex=state.sex, injected_activity_mbq=plan.activities[k]
     )
-    image = to_image(scan.volume_zyx, scan.grid, profile.matrix)
     write_nm_study(
-        image,
+        to_image(scan.volume_zyx, scan.grid, profile.matrix),
         camera,
         subject,
         EncodingVariant(variant),
-        study_dir / "series",
+        out_dir / site.name / sid / "series",
         uid_seed=f"dopanode-sim:{site.name}:{site.seed}:{index}",
     )
     row: dict[str, object] = {
@@ -237,35 +237,44 @@ def _write_study(
         "more_affected_side": state.more_affected_side,
         "age_years": state.age_years,
         "sex": state.sex,
-        "injected_activity_mbq": round(activity, 1),
+        "injected_activity_mbq": round(plan.activities[k], 1),
         "counts_total": scan.counts_total,
     }
-    for comp in STRIATAL_COMPONENTS:
-        row[f"true_br_{comp}"] = round(state.binding[comp], 4)
-    for name, value in region_binding(state.binding).items():
-        row[f"true_br_{name}"] = round(value, 4)
-    for name, value in measure_sbr(scan.volume_zyx, scan.labels_zyx).items():
-        row[f"roi_sbr_{name}"] = round(value, 4)
-    row.update(_transform_fields(transform, background))
+    row.update(_truth_fields(state, plan, scan))
+    row.update(_transform_fields(plan.transform, plan.background))
+    row["appearance"] = site.appearance
+    row.update(plan_fields(plan))
     return row
 
 
-def region_binding(binding: dict[str, float]) -> dict[str, float]:
-    """Volume-weighted true binding of whole caudate/putamen per side (atlas volumes)."""
-    from service.imaging.atlas import load_atlas
+def _truth_fields(state: DiseaseState, plan: GroupPlan, scan: SimulatedScan) -> dict[str, object]:
+    """True and normal binding, truth levels, binary reference and truth-ROI SBR."""
+    from service.sim.anatomy import STRIATAL_COMPONENTS
+    from service.sim.reference import binary_from_levels, region_levels
+    from service.sim.scan import measure_sbr
+    from service.sim.striatal_sources import region_binding
 
-    atlas = load_atlas()
-    out = {}
-    for side in ("left", "right"):
-        out[f"caudate_{side}"] = binding[f"caudate_{side}"]
-        vols = {p: float(atlas.putamen_part(side, p).sum()) for p in ("anterior", "posterior")}
-        out[f"putamen_{side}"] = sum(
-            binding[f"putamen_{p}_{side}"] * v for p, v in vols.items()
-        ) / sum(vols.values())
-    return out
+    source = plan.appearance.striatal_source if plan.appearance else "aal"
+    row: dict[str, object] = {}
+    for comp in STRIATAL_COMPONENTS:
+        row[f"true_br_{comp}"] = round(state.binding[comp], 4)
+    true = region_binding(state.binding, source)
+    normal = region_binding(state.normal_binding(), source)
+    for name, value in true.items():
+        row[f"true_br_{name}"] = round(value, 4)
+    levels = region_levels(true, normal)
+    for name in true:
+        row[f"normal_br_{name}"] = round(normal[name], 4)
+        row[f"true_level_{name}"] = levels[name]
+    row["binary_reference"] = binary_from_levels(levels)
+    for name, value in measure_sbr(scan.volume_zyx, scan.labels_zyx).items():
+        row[f"roi_sbr_{name}"] = round(value, 4)
+    return row
 
 
-def _transform_fields(transform: SubjectTransform, background: Background) -> dict[str, object]:
+def _transform_fields(
+    transform: SubjectTransform, background: Background | None
+) -> dict[str, object]:
     fields: dict[str, object] = {}
     for axis, s, r, t in zip(
         "xyz", transform.scale, transform.rotation_deg, transform.translation_mm, strict=True
@@ -273,9 +282,10 @@ def _transform_fields(transform: SubjectTransform, background: Background) -> di
         fields[f"scale_{axis}"] = round(float(s), 4)
         fields[f"rotation_{axis}_deg"] = round(float(r), 3)
         fields[f"translation_{axis}_mm"] = round(float(t), 3)
-    fields["bg_white_matter"] = round(background.white_matter, 4)
-    fields["bg_extracerebral"] = round(background.extracerebral, 4)
-    fields["bg_salivary"] = round(background.salivary, 4)
+    if background is not None:
+        fields["bg_white_matter"] = round(background.white_matter, 4)
+        fields["bg_extracerebral"] = round(background.extracerebral, 4)
+        fields["bg_salivary"] = round(background.salivary, 4)
     return fields
 
 
@@ -289,9 +299,45 @@ def _run_group(args: tuple[SiteSpec, int, Path]) -> int:
     return len(generate_group(*args))
 
 
-def generate(sites: list[SiteSpec], out_dir: Path, workers: int = 2) -> Path:
-    """Generate (or finish) ``sites`` under ``out_dir``; writes and returns the manifest CSV."""
+class VersionMismatch(ValueError):
+    """The output folder holds another benchmark version (same study ids, other data)."""
+
+
+def claim_version(out_dir: Path, version: int) -> None:
+    """Mark ``out_dir`` as holding benchmark ``version``; refuse a folder of another one.
+
+    A folder without the marker but with finished studies is version 1 (made
+    before the marker existed). Resuming would otherwise mix versions silently.
+    """
+    path = out_dir / VERSION_FILE
+    if path.exists():
+        found = int(json.loads(path.read_text())["version"])
+    elif any(out_dir.glob(f"*/*/{TRUTH_FILE}")):
+        found = 1
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": version}))
+        return
+    if found != version:
+        raise VersionMismatch(
+            f"{out_dir} holds benchmark version {found}, not {version}: use another folder "
+            f"or --version {found}"
+        )
+    if not path.exists():
+        path.write_text(json.dumps({"version": found}))
+
+
+def generate(
+    sites: list[SiteSpec], out_dir: Path, workers: int = 2, version: int | None = None
+) -> Path:
+    """Generate (or finish) ``sites`` under ``out_dir``; writes and returns the manifest CSV.
+
+    ``version``: the benchmark version the sites belong to (checked and
+    recorded by :func:`claim_version`); ``None`` for ad-hoc sites.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if version is not None:
+        claim_version(out_dir, version)
     tasks = [(s, g, out_dir) for s in sites for g in range(-(-s.n_studies // SCANS_PER_ANATOMY))]
     t0 = time.monotonic()
     done = 0
@@ -333,7 +379,8 @@ def write_manifest(sites: list[SiteSpec], out_dir: Path) -> Path:
             if path.exists():
                 rows.append(json.loads(path.read_text()))
     manifest = out_dir / MANIFEST_FILE
-    fields = list(rows[0]) if rows else ["study_id"]
+    # union in first-seen order: broad-camera rows have columns the others lack
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["study_id"]
     tmp = manifest.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -344,19 +391,18 @@ def write_manifest(sites: list[SiteSpec], out_dir: Path) -> Path:
 
 
 def truth_labels(site: SiteSpec, index: int) -> sitk.Image:
-    """Atlas ROI labels of study ``index`` on its written image grid (LPS).
+    """Truth ROI labels of study ``index`` on its written image grid (LPS).
 
-    Re-draws the study's anatomy from the site seed (cheap: no projection), so
-    the known ROIs of any generated study can be had without storing them.
-    Labels as :data:`service.imaging.atlas.LABELS`, uint8.
+    Re-draws the study's anatomy (and, for broad sites, its appearance and
+    camera) from the site seed (cheap: no projection), so the known ROIs of
+    any generated study can be had without storing them. Labels as
+    :data:`service.imaging.atlas.LABELS` (striatum of the study's source), uint8.
     """
-    from service.sim.anatomy import build_phantom, sample_transform
-    from service.sim.profiles import get_profile
+    from service.sim.groups import plan_group, plan_phantom
     from service.sim.scan import support_grid, to_image
 
     if not 0 <= index < site.n_studies:
         raise ValueError(f"study index {index} outside 0..{site.n_studies - 1}")
-    profile = get_profile(site.profile)
-    transform = sample_transform(np.random.default_rng([site.seed, index // SCANS_PER_ANATOMY]))
-    grid = support_grid(profile)
-    return to_image(build_phantom(transform, grid).labels_zyx, grid, profile.matrix)
+    plan = plan_group(site, index // SCANS_PER_ANATOMY, SCANS_PER_ANATOMY)
+    grid = support_grid(plan.profile)
+    return to_image(plan_phantom(plan, grid).labels_zyx, grid, plan.profile.matrix)

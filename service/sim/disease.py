@@ -80,6 +80,9 @@ class DiseaseState:
         ``"M"`` or ``"F"``.
     binding : dict of str to float
         True binding ratio per name of :data:`STRIATAL_COMPONENTS`.
+    loss : dict of str to float
+        Fractional disease loss per component (0 none .. 0.97); the subject's
+        binding without disease is ``binding / (1 - loss)``. Empty when unknown.
     """
 
     disease_class: str
@@ -88,10 +91,15 @@ class DiseaseState:
     age_years: int
     sex: str
     binding: dict[str, float] = field(hash=False)
+    loss: dict[str, float] = field(default_factory=dict, hash=False)
 
     def striatal_amplitudes(self) -> np.ndarray:
         """Concentration of each striatal component relative to grey matter, shape (6,)."""
         return np.array([1.0 + self.binding[c] for c in STRIATAL_COMPONENTS])
+
+    def normal_binding(self) -> dict[str, float]:
+        """The subject's binding without disease loss, per component."""
+        return {c: b / (1.0 - self.loss.get(c, 0.0)) for c, b in self.binding.items()}
 
 
 def _family(component: str) -> str:
@@ -139,8 +147,15 @@ def sample_state(
     disease_class: str | None = None,
     age_years: int | None = None,
     sex: str | None = None,
+    br_young: dict[str, float] | None = None,
 ) -> DiseaseState:
-    """Draw one scan's disease state (class from :data:`CLASS_MIX` unless given)."""
+    """Draw one scan's disease state (class from :data:`CLASS_MIX` unless given).
+
+    ``br_young`` replaces :data:`BR_YOUNG` (the broad simulator's per-subject
+    caudate/putamen ratio and anterior-posterior gradient); the random draws
+    are the same either way.
+    """
+    young = BR_YOUNG if br_young is None else br_young
     classes = list(CLASS_MIX)
     if disease_class is None:
         disease_class = str(rng.choice(classes, p=np.array(list(CLASS_MIX.values()))))
@@ -157,7 +172,7 @@ def sample_state(
     factor *= FEMALE_FACTOR if sex == "F" else 1.0
     factor *= float(np.exp(rng.normal(0.0, 0.08)))
     binding = {
-        c: BR_YOUNG[_family(c)] * factor * float(np.exp(rng.normal(0.0, 0.03))) * (1.0 - losses[c])
+        c: young[_family(c)] * factor * float(np.exp(rng.normal(0.0, 0.03))) * (1.0 - losses[c])
         for c in STRIATAL_COMPONENTS
     }
-    return DiseaseState(disease_class, severity, side, age_years, sex, binding)
+    return DiseaseState(disease_class, severity, side, age_years, sex, binding, losses)

@@ -13,6 +13,7 @@ which :func:`to_image` pads to the profile matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,7 +22,7 @@ from scipy import ndimage
 
 from service.sim.anatomy import ScanGrid, SubjectPhantom, SubjectTransform, build_phantom
 from service.sim.camera import Projector, gaussian_blur_projections
-from service.sim.disease import Background, DiseaseState
+from service.sim.disease import DiseaseState
 from service.sim.profiles import CameraProfile
 from service.sim.recon import chang_factors, fbp, gaussian_post_filter, osem
 
@@ -61,13 +62,30 @@ def support_grid(profile: CameraProfile) -> ScanGrid:
     return ScanGrid((n_z, n_xy, n_xy), profile.voxel_mm, SCAN_CENTRE_LPS_MM)
 
 
-class AnatomyScanner:
-    """Cached projections of one anatomy under one camera profile."""
+class BackgroundLevels(Protocol):
+    """Amplitudes of a phantom's non-specific components (after the 6 striatal ones)."""
 
-    def __init__(self, profile: CameraProfile, transform: SubjectTransform, background: Background):
+    def amplitudes(self) -> np.ndarray: ...
+
+
+class AnatomyScanner:
+    """Cached projections of one anatomy under one camera profile.
+
+    ``phantom`` (on :func:`support_grid` of ``profile``) replaces the classic
+    phantom of ``transform`` (the broad simulator's, :mod:`service.sim.appearance`);
+    ``background`` gives the amplitudes of its non-specific components.
+    """
+
+    def __init__(
+        self,
+        profile: CameraProfile,
+        transform: SubjectTransform,
+        background: BackgroundLevels,
+        phantom: SubjectPhantom | None = None,
+    ):
         self.profile = profile
         self.grid = support_grid(profile)
-        self.phantom: SubjectPhantom = build_phantom(transform, self.grid)
+        self.phantom: SubjectPhantom = phantom or build_phantom(transform, self.grid)
         comps = self.phantom.components_czyx
         bg = np.tensordot(background.amplitudes(), comps[6:], axes=1)[None]
         basis = torch.from_numpy(np.concatenate([comps[:6], bg]).astype(np.float32))
