@@ -291,7 +291,7 @@ def _referenced_segments(group: Dataset) -> list[tuple[str, int]]:
 def test_seg_of_the_mr_guided_route_flair_lesion_and_voi(mr_result: FdopaResult,
                                                          study: dict[str, Any],
                                                          tmp_path: Path) -> None:
-    seg_ds, flair_ds, sr, _ = _outputs(mr_result, study, flair=True)
+    seg_ds, flair_ds, sr, picture = _outputs(mr_result, study, flair=True)
     g = mr_result.flair_guided
     assert g is not None and g.flair is not None
     flair = study["flair"]
@@ -310,9 +310,13 @@ def test_seg_of_the_mr_guided_route_flair_lesion_and_voi(mr_result: FdopaResult,
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Morphological Operations"
     assert "classical threshold" in algorithm.AlgorithmParameters
     uids = [str(ds.SOPInstanceUID) for ds in flair]
-    mask = seg.get_volume(combine_segments=True).array  # back on the FLAIR's planes
-    assert mask.shape == g.flair.lesion_zyx.shape
-    assert int(mask.sum()) == int(g.flair.lesion_zyx.sum())
+    normal = np.cross(*np.reshape(np.asarray(flair[0].ImageOrientationPatient, float), (2, 3)))
+    ordered = sorted(flair, key=lambda ds: float(np.dot(normal, ds.ImagePositionPatient)))
+    if g.flair.affine[:3, 0] @ normal < 0:  # the volume's slice axis runs against the normal
+        ordered.reverse()
+    mask = seg.get_pixels_by_source_instance([str(ds.SOPInstanceUID) for ds in ordered],
+                                             segment_numbers=[1])[..., 0]
+    assert np.array_equal(mask > 0, g.flair.lesion_zyx)  # slice by slice on the FLAIR's planes
     for item in flair_ds.PerFrameFunctionalGroupsSequence:  # every frame: its own MR slice
         source = item.DerivationImageSequence[0].SourceImageSequence[0]
         assert str(source.ReferencedSOPInstanceUID) in uids
@@ -339,6 +343,8 @@ def test_seg_of_the_mr_guided_route_flair_lesion_and_voi(mr_result: FdopaResult,
     evidence = {str(r.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
     assert {str(flair_ds.SOPInstanceUID), *uids} <= evidence
+    again = _outputs(mr_result, study, flair=True)  # a retried job: the same bytes
+    assert [_bytes(ds) for ds in again] == [_bytes(ds) for ds in (seg_ds, flair_ds, sr, picture)]
     for name, ds in (("seg", seg_ds), ("flair_seg", flair_ds), ("sr", sr)):
         assert not _dciodvfy_errors(ds, tmp_path / f"{name}.dcm"), name
 

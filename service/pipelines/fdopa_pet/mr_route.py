@@ -2,7 +2,8 @@
 
 The route (issue 13; the paediatric Genoa method, ``research/fdopa.md``
 section 1a) runs per study beside the PET-only one when routing gave the job
-a FLAIR (:mod:`.plan`). :func:`flair_lesion_on_pet` decides the route:
+a FLAIR (:mod:`.plan`). :func:`flair_route` decides the route (and keeps the
+FLAIR with its lesion on its own grid for the FLAIR SEG and the picture):
 
 1. the series is still a FLAIR by its header (:mod:`.flair_gate`);
 2. it reads as one volume (:func:`service.imaging.mr_volume.mr_volume_from_datasets`);
