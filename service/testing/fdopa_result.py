@@ -13,7 +13,10 @@ its SEG, SR, picture and failure SR). The documentation's example
 (``docs/img/fdopa_report_example.png``) is instead the picture the node itself
 makes for the simulated study: ``python -m service.testing.fdopa_result
 --analysed docs/img/fdopa_report_example.png`` (``dopanode analyze`` with the
-shipped U-Net on :func:`.fdopa_study.analysed_small_study`).
+shipped U-Net on :func:`.fdopa_study.analysed_small_study`). The MR-guided
+route's example (``docs/img/fdopa_mr_guided_report_example.png``): ``python -m
+service.testing.fdopa_result --mr-guided docs/img/fdopa_mr_guided_report_example.png``
+(``dopanode analyze`` on the same study with its 2D axial FLAIR).
 """
 
 from __future__ import annotations
@@ -259,16 +262,24 @@ def without_suv(result: FdopaResult, reason: str = "patient weight missing") -> 
                    flags=_flags(measures, suv, result.atlas.quality))
 
 
-def _analysed_picture(target: Path) -> int:
-    """The node's own picture report of the simulated study, as a PNG."""
+def _analysed_picture(target: Path, flair: bool = False) -> int:
+    """The node's own picture report of the simulated study (with its FLAIR), as a PNG."""
+    import subprocess
     import tempfile
 
     from PIL import Image
 
-    from service.testing.fdopa_study import analysed_small_study
+    from service.testing.fdopa_study import analysed_small_study, small_study
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, out = analysed_small_study(Path(tmp))
+        if flair:  # ``dopanode analyze`` on the PET + FLAIR study: the MR-guided route
+            folder, _ = small_study(Path(tmp) / "sim", "fine", flair="ax2d_3t")
+            out = Path(tmp) / "analysis"
+            subprocess.run([sys.executable, "-m", "service.cli", "analyze", "--out", str(out),
+                            *(str(folder / n) for n in ("PT_STATIC", "PT_DYNAMIC", "MR_FLAIR"))],
+                           check=True, stdout=subprocess.DEVNULL)
+        else:
+            _, out = analysed_small_study(Path(tmp))
         [picture] = out.glob("*/picture.dcm")
         Image.fromarray(pydicom.dcmread(picture).pixel_array).save(target)
     print(target)
@@ -293,6 +304,9 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "--analysed":
         return _analysed_picture(Path(argv[1]) if len(argv) > 1
                                  else Path("docs/img/fdopa_report_example.png"))
+    if argv and argv[0] == "--mr-guided":
+        return _analysed_picture(Path(argv[1]) if len(argv) > 1
+                                 else Path("docs/img/fdopa_mr_guided_report_example.png"), True)
     target = Path(argv[0]) if argv else Path("docs/img/fdopa_report_example.png")
     with tempfile.TemporaryDirectory() as tmp:
         study = simulate_small_study(Path(tmp))

@@ -11,12 +11,14 @@ segmentation keeps it fast; the FLAIR lesion is the classical threshold.
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -40,6 +42,7 @@ from service.pipelines.fdopa_pet.render import footer_lines
 from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.summary import summary_dict
 from service.testing.fdopa_study import small_study
+from service.testing.peers import require_tool
 
 pytestmark = pytest.mark.no_storage
 
@@ -76,10 +79,12 @@ def pet_result(study: dict[str, Any]) -> FdopaResult:
                     note="PET-only route: no FLAIR in the study after 600 s")
 
 
-def _outputs(result: FdopaResult, study: dict[str, Any]) -> tuple[Dataset, ...]:
+def _outputs(result: FdopaResult, study: dict[str, Any], flair: bool = False
+             ) -> tuple[Dataset, ...]:
     template: Any = SimpleNamespace(sha256="0" * 64)
     pipeline = FdopaPetPipeline(template, None)
-    outputs = pipeline.build_outputs(result, study["static"], JobContext(KEY, NOW), {})
+    outputs = pipeline.build_outputs(result, study["static"], JobContext(KEY, NOW), {},
+                                     flair=study["flair"] if flair else None)
     return tuple(pydicom.dcmread(BytesIO(_bytes(ds))) for ds in outputs)  # round trip
 
 
@@ -266,3 +271,94 @@ def test_offline_analyze_finds_the_flair_of_the_study(study: dict[str, Any]) -> 
     flair_uid = str(study["flair"][0].SeriesInstanceUID)
     assert found.flair_uid == flair_uid and flair_uid in claimed
     assert (flair_uid, "flair", "inversion recovery, inversion time 2500 ms") in found.decisions
+
+
+# --- the MR-guided route's SEGs, SR references and picture -----------------------------
+def _dciodvfy_errors(ds: Dataset, path: Path) -> list[str]:
+    path.write_bytes(_bytes(ds))
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True,
+                         check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+
+
+def _referenced_segments(group: Dataset) -> list[tuple[str, int]]:
+    return [(str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+             int(i.ReferencedSOPSequence[0].ReferencedSegmentNumber))
+            for i in group.ContentSequence
+            if "ReferencedSegmentNumber" in i.get("ReferencedSOPSequence", [Dataset()])[0]]
+
+
+def test_seg_of_the_mr_guided_route_flair_lesion_and_voi(mr_result: FdopaResult,
+                                                         study: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    seg_ds, flair_ds, sr, picture = _outputs(mr_result, study, flair=True)
+    g = mr_result.flair_guided
+    assert g is not None and g.flair is not None
+    flair = study["flair"]
+    # the FLAIR SEG: one segment on the FLAIR's own planes, referencing the MR instances
+    seg = hd.seg.Segmentation.from_dataset(flair_ds)
+    assert seg.StudyInstanceUID == flair[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == flair[0].FrameOfReferenceUID
+    [referenced] = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == flair[0].SeriesInstanceUID
+    [desc] = seg.SegmentSequence
+    assert desc.SegmentLabel == "FLAIR lesion (paediatric route)"
+    assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"  # SCT Lesion
+    assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    algorithm = desc.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "dopanode FDOPA paediatric FLAIR-guided route"
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Morphological Operations"
+    assert "classical threshold" in algorithm.AlgorithmParameters
+    uids = [str(ds.SOPInstanceUID) for ds in flair]
+    normal = np.cross(*np.reshape(np.asarray(flair[0].ImageOrientationPatient, float), (2, 3)))
+    ordered = sorted(flair, key=lambda ds: float(np.dot(normal, ds.ImagePositionPatient)))
+    if g.flair.affine[:3, 0] @ normal < 0:  # the volume's slice axis runs against the normal
+        ordered.reverse()
+    mask = seg.get_pixels_by_source_instance([str(ds.SOPInstanceUID) for ds in ordered],
+                                             segment_numbers=[1])[..., 0]
+    assert np.array_equal(mask > 0, g.flair.lesion_zyx)  # slice by slice on the FLAIR's planes
+    for item in flair_ds.PerFrameFunctionalGroupsSequence:  # every frame: its own MR slice
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert str(source.ReferencedSOPInstanceUID) in uids
+    # the PET SEG: the FLAIR-guided VOI as its last segment, named apart from the lesions
+    pet_seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    n = len(mr_result.lesions) + 4
+    last = pet_seg.SegmentSequence[-1]
+    assert int(last.SegmentNumber) == n and last.SegmentLabel == "Paediatric FLAIR-guided PET VOI"
+    assert last.TrackingID == "Tumour VOI (paediatric FLAIR-guided)"
+    assert all(d.SegmentLabel.startswith("Tumour lesion")
+               for d in pet_seg.SegmentSequence[:len(mr_result.lesions)])
+    voi = pet_seg.get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in study["static"]], segment_numbers=[n])
+    assert int(voi.sum()) == int(g.voi_zyx.sum())
+    # the SR: the VOI group on the PET SEG's VOI segment, the FLAIR lesion group on the FLAIR SEG
+    voi_group = _group(sr, "Tumour VOI (paediatric FLAIR-guided)")
+    assert _referenced_segments(voi_group) == [(str(seg_ds.SOPInstanceUID), n)]
+    lesion_group = _group(sr, "FLAIR lesion (paediatric FLAIR-guided)")
+    assert _referenced_segments(lesion_group) == [(str(flair_ds.SOPInstanceUID), 1)]
+    [volume] = [float(i.MeasuredValueSequence[0].NumericValue)
+                for i in lesion_group.ContentSequence if _concept(i) == rc.VOLUME.value]
+    assert volume == pytest.approx(g.flair.lesion_ml, rel=1e-6)
+    assert volume == pytest.approx(g.flair_lesion_ml, rel=0.15)  # same lesion, PET grid
+    evidence = {str(r.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
+    assert {str(flair_ds.SOPInstanceUID), *uids} <= evidence
+    again = _outputs(mr_result, study, flair=True)  # a retried job: the same bytes
+    assert [_bytes(ds) for ds in again] == [_bytes(ds) for ds in (seg_ds, flair_ds, sr, picture)]
+    for name, ds in (("seg", seg_ds), ("flair_seg", flair_ds), ("sr", sr)):
+        assert not _dciodvfy_errors(ds, tmp_path / f"{name}.dcm"), name
+
+
+def test_picture_of_the_mr_guided_route(mr_result: FdopaResult) -> None:
+    from service.pipelines.fdopa_pet.render import render_report_figure
+
+    fig = render_report_figure(mr_result)
+    texts = [t.get_text() for t in fig.texts] + [a.get_title() for a in fig.axes]
+    assert "RESEARCH USE - NOT FOR DIAGNOSIS - derived from simulated data" in texts
+    assert mr_result.route.reason in texts
+    assert any(t.startswith("[18F]FDOPA PET: MR-guided: FLAIR-guided T/S 1.") for t in texts)
+    assert "FLAIR with the lesion (classical threshold)" in texts
+    assert "PET > white-matter max over the registered FLAIR" in texts
+    legends = [a.get_legend() for a in fig.axes]
+    legend = [t.get_text() for leg in legends if leg is not None for t in leg.get_texts()]
+    assert any(t.startswith("FLAIR-guided VOI: TTP 5.0 min") for t in legend)

@@ -256,19 +256,21 @@ def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnP
               durations_s: dict[str, float]) -> tuple[RouteInfo, FlairGuidedMeasures | None]:
     """The route of the study and, on the MR-guided route, its static measures."""
     from service.pipelines.fdopa_pet.flair_lesion import THRESHOLD_SEGMENTER
-    from service.pipelines.fdopa_pet.mr_route import flair_guided_measures, flair_lesion_on_pet
+    from service.pipelines.fdopa_pet.mr_route import flair_guided_measures, flair_route
 
     if not flair:
         why = split_note(note)[1]
         return (RouteInfo("pet_only", why) if why else NO_FLAIR), None
     with stage(durations_s, "route"):
-        route, lesion = flair_lesion_on_pet(
+        route, found = flair_route(
             flair, volumes.static, segmenter or THRESHOLD_SEGMENTER,
             options.min_flair_registration_quality, options.flair_keywords)
-    if lesion is None:
+    if found is None:
         return route, None
+    image, lesion = found
     with stage(durations_s, "flair_measures"):
-        return route, flair_guided_measures(volumes.static, volumes.suv, atlas, lesion)
+        measures = flair_guided_measures(volumes.static, volumes.suv, atlas, lesion)
+    return route, replace(measures, flair=image)
 
 
 def guided_curves(guided: FlairGuidedMeasures | None, volumes: Volumes, dynamic_note: str,

@@ -8,7 +8,8 @@ study, :mod:`.flair_gate`, for the MR-guided route), the job key is the
 node's (SHA-256 over every input instance UID), so the same study gets the
 same output UIDs offline and in the node. Outputs per study, in
 ``<out>/<primary series UID>/``: ``seg.dcm``, ``sr.dcm``, ``picture.dcm``
-and ``summary.json`` (with the stage durations and every series' role and
+(on the MR-guided route also ``flair_seg.dcm``, the FLAIR lesion SEG) and
+``summary.json`` (with the stage durations and every series' role and
 reason). Folder names come from validated UIDs only.
 """
 
@@ -144,8 +145,8 @@ def analyse_one(pipeline: FdopaPetPipeline, study: FdopaStudy,
     except AnalysisError as exc:
         summary = {"status": "failed", "code": exc.code, "reason": exc.reason}
     else:
-        for name, ds in zip(OUTPUT_FILES, output.datasets, strict=True):
-            dcmwrite(folder / name, ds, enforce_file_format=True)
+        for ds in output.datasets:
+            dcmwrite(folder / output_file(ds), ds, enforce_file_format=True)
         summary = {"status": "done", **output.summary,
                    "stage_durations_s": {k: round(v, 3)
                                          for k, v in output.stage_durations_s.items()}}
@@ -153,6 +154,15 @@ def analyse_one(pipeline: FdopaPetPipeline, study: FdopaStudy,
                                for uid, role, reason in study.decisions]
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def output_file(ds: Any) -> str:
+    """The file name of one output object: :data:`OUTPUT_FILES` or ``flair_seg.dcm``."""
+    from service.pipelines.fdopa_pet.seg_flair import FLAIR_SEG_SERIES_NUMBER
+
+    if ds.Modality == "SEG":
+        return "flair_seg.dcm" if int(ds.SeriesNumber) == FLAIR_SEG_SERIES_NUMBER else "seg.dcm"
+    return "sr.dcm" if ds.Modality == "SR" else "picture.dcm"
 
 
 def describe(summary: Mapping[str, Any]) -> str:

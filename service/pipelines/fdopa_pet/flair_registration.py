@@ -255,6 +255,13 @@ def register_flair_to_pet(flair_zyx: np.ndarray, flair_affine: np.ndarray, pet_z
     return FlairRegistration(matrix, offset, quality, result.metric)
 
 
+def flair_on_pet(flair_zyx: np.ndarray, flair_affine: np.ndarray,
+                 registration: FlairRegistration, pet_shape_zyx: tuple[int, ...],
+                 pet_affine: np.ndarray) -> np.ndarray:
+    """The FLAIR resampled onto the PET grid (linear, 0 outside), float32 ``(z, y, x)``."""
+    return _resample_onto(flair_zyx, flair_affine, registration, pet_shape_zyx, pet_affine)
+
+
 def lesion_on_pet(lesion_zyx: np.ndarray, flair_affine: np.ndarray,
                   registration: FlairRegistration, pet_shape_zyx: tuple[int, ...],
                   pet_affine: np.ndarray) -> np.ndarray:

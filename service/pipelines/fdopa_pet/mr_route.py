@@ -2,7 +2,8 @@
 
 The route (issue 13; the paediatric Genoa method, ``research/fdopa.md``
 section 1a) runs per study beside the PET-only one when routing gave the job
-a FLAIR (:mod:`.plan`). :func:`flair_lesion_on_pet` decides the route:
+a FLAIR (:mod:`.plan`). :func:`flair_route` decides the route (and keeps the
+FLAIR with its lesion on its own grid for the FLAIR SEG and the picture):
 
 1. the series is still a FLAIR by its header (:mod:`.flair_gate`);
 2. it reads as one volume (:func:`service.imaging.mr_volume.mr_volume_from_datasets`);
@@ -48,6 +49,7 @@ from service.pipelines.fdopa_pet.flair_gate import DEFAULT_KEYWORDS, classify_mr
 from service.pipelines.fdopa_pet.flair_lesion import FlairLesionSegmenter
 from service.pipelines.fdopa_pet.flair_registration import (
     QUALITY_GATE,
+    flair_on_pet,
     lesion_on_pet,
     register_flair_to_pet,
 )
@@ -56,6 +58,7 @@ from service.pipelines.fdopa_pet.reference import reference_regions
 from service.pipelines.fdopa_pet.result import (
     AtlasOnPet,
     FlairGuidedMeasures,
+    FlairImage,
     Lesion,
     RouteInfo,
 )
@@ -71,6 +74,18 @@ def flair_lesion_on_pet(flair: Sequence[Dataset], static: PetVolume,
                         ) -> tuple[RouteInfo, np.ndarray | None]:
     """The route of one study and, on the MR-guided route, the FLAIR lesion on the PET grid.
 
+    :func:`flair_route` without the FLAIR image (same parameters).
+    """
+    route, image = flair_route(flair, static, segmenter, min_quality, keywords)
+    return route, None if image is None else image[1]
+
+
+def flair_route(flair: Sequence[Dataset], static: PetVolume,
+                segmenter: FlairLesionSegmenter, min_quality: float = QUALITY_GATE,
+                keywords: Sequence[str] = DEFAULT_KEYWORDS
+                ) -> tuple[RouteInfo, tuple[FlairImage, np.ndarray] | None]:
+    """The route of one study and, on the MR-guided route, the FLAIR and its lesion on the PET.
+
     Parameters
     ----------
     flair : sequence of pydicom.Dataset
@@ -85,9 +100,9 @@ def flair_lesion_on_pet(flair: Sequence[Dataset], static: PetVolume,
 
     Returns
     -------
-    RouteInfo, (z, y, x) bool array or None
-        The lesion on the static PET grid on the MR-guided route, else None
-        (the reason says why).
+    RouteInfo, (FlairImage, (z, y, x) bool array) or None
+        On the MR-guided route the FLAIR with its lesion on its own grid and
+        the lesion on the static PET grid, else None (the reason says why).
     """
     uid = str(flair[0].get("SeriesInstanceUID", "")) if flair else ""
     if not flair:
@@ -121,9 +136,12 @@ def flair_lesion_on_pet(flair: Sequence[Dataset], static: PetVolume,
         return _pet_only("FLAIR lesion outside the PET field of view", uid, reg.quality)
     number = flair[0].get("SeriesNumber")
     name = f"FLAIR series {number}" if number not in (None, "") else "FLAIR series"
+    image = FlairImage(np.asarray(mr.array_zyx, np.float32), mr.affine, lesion,
+                       flair_on_pet(mr.array_zyx, mr.affine, reg, pet.shape, pet_affine),
+                       uid, segmenter.method)
     return RouteInfo("mr_guided", f"MR-guided route: {name} registered (quality "
                      f"{reg.quality:.2f})", uid, reg.quality,
-                     f"FLAIR lesion: {segmenter.description}"), on_pet
+                     f"FLAIR lesion: {segmenter.description}"), (image, on_pet)
 
 
 def flair_guided_measures(static: PetVolume, suv: SuvScale, atlas: AtlasOnPet,

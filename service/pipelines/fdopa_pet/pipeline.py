@@ -145,7 +145,8 @@ class FdopaPetPipeline:
                                self.segmenter, self.algorithm, self.options.analysis(),
                                durations_s, note=context.note,
                                flair=inputs.series.get(FLAIR), flair_segmenter=self.flair)
-        datasets = self.build_outputs(result, inputs.primary, context, durations_s)
+        datasets = self.build_outputs(result, inputs.primary, context, durations_s,
+                                      flair=inputs.series.get(FLAIR))
         with stage(durations_s, "summary"):
             summary = summary_dict(result)
         log.info("fdopa_analysis_done", extra={"fields": {
@@ -158,24 +159,32 @@ class FdopaPetPipeline:
             supersedes=tuple(p.sop_instance_uid for p in context.previous_outputs))
 
     def build_outputs(self, result: FdopaResult, datasets: Sequence[Dataset],
-                      context: JobContext, durations_s: dict[str, float]
-                      ) -> tuple[Dataset, ...]:
-        """SEG, SR (referencing the SEG and the previous SRs) and picture report."""
+                      context: JobContext, durations_s: dict[str, float],
+                      flair: Sequence[Dataset] | None = None) -> tuple[Dataset, ...]:
+        """SEG, the FLAIR SEG (MR-guided route, given the FLAIR's instances), SR
+        (referencing the SEGs and the previous SRs) and picture report."""
         from service.pipelines.fdopa_pet.picture import build_picture_report
         from service.pipelines.fdopa_pet.seg import build_seg
+        from service.pipelines.fdopa_pet.seg_flair import build_flair_seg
         from service.pipelines.fdopa_pet.sr import build_sr
 
         previous_srs = [p for p in context.previous_outputs
                         if p.sop_class_uid == COMPREHENSIVE_SR_STORAGE]
+        guided = result.flair_guided
         with stage(durations_s, "seg"):
             seg = build_seg(result, datasets, context.job_key, context.created_at)
+            flair_seg = (build_flair_seg(result, flair, context.job_key, context.created_at)
+                         if flair and guided is not None and guided.flair is not None
+                         else None)
         with stage(durations_s, "sr"):
             sr = build_sr(result, datasets, seg, context.job_key, context.created_at,
-                          previous_srs)
+                          previous_srs, None if flair_seg is None or not flair
+                          else (flair_seg, flair))
         with stage(durations_s, "picture"):
             picture = build_picture_report(result, datasets, context.job_key,
                                            context.created_at)
-        return seg, sr, picture
+        segs = (seg,) if flair_seg is None else (seg, flair_seg)
+        return (*segs, sr, picture)
 
     def failure_report(self, inputs: LoadedInputs, context: JobContext,
                        reason: str) -> tuple[Dataset, ...]:

@@ -17,7 +17,14 @@ Layout (1280 x 960 px), read top to bottom in five seconds:
 * the time-activity curves (tumour, striatum, background) against frame
   start time when there is a dynamic series, with TTP, slopes and the slope
   ratio; else the reason there are none;
-* footer: reference side rule and values, flags, segmentation method and model.
+* footer: reference side rule and values, flags, segmentation method and
+  model, which route ran and why.
+
+On the MR-guided route (:mod:`.render_route`) the headline gives the
+paediatric FLAIR-guided T/S and T/N and the route's reason is written under
+it; the top row shows the FLAIR with its lesion, the PET fused over the
+registered FLAIR with the FLAIR-guided VOI, and the PET alone with the
+PET RANO outlines; the curves are those of the FLAIR-guided VOI.
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ def region_masks(result: FdopaResult) -> dict[str, np.ndarray]:
             "white_matter": ref.white_matter_zyx}
 
 
-def _plane(array: np.ndarray, plane: str, centre: tuple[int, int, int],
+def plane_cut(array: np.ndarray, plane: str, centre: tuple[int, int, int],
            affine: np.ndarray) -> np.ndarray:
     """2-D cut displayed as (rows, columns), radiological, superior/anterior up."""
     z, y, x = centre
@@ -91,19 +98,19 @@ def _plane(array: np.ndarray, plane: str, centre: tuple[int, int, int],
     return cut
 
 
-def _aspect(plane: str, spacing_zyx: np.ndarray) -> float:
+def plane_aspect(plane: str, spacing_zyx: np.ndarray) -> float:
     z, y, x = (float(v) for v in spacing_zyx)
     return {"axial": y / x, "coronal": z / x, "sagittal": z / y}[plane]
 
 
-def _draw_plane(ax: Axes, result: FdopaResult, image: np.ndarray, plane: str,
+def draw_plane(ax: Axes, result: FdopaResult, image: np.ndarray, plane: str,
                 vmax: float) -> object:
     centre = centre_voxel(result)
     affine, spacing = result.static.affine, result.static.spacing_zyx_mm
-    shown = ax.imshow(_plane(image, plane, centre, affine), cmap="gray_r", vmin=0.0, vmax=vmax,
-                      aspect=_aspect(plane, spacing), interpolation="nearest")
+    shown = ax.imshow(plane_cut(image, plane, centre, affine), cmap="gray_r", vmin=0.0,
+                      vmax=vmax, aspect=plane_aspect(plane, spacing), interpolation="nearest")
     for name, mask in region_masks(result).items():
-        cut = _plane(mask, plane, centre, affine)
+        cut = plane_cut(mask, plane, centre, affine)
         if cut.any():
             colour, style = OUTLINES[name]
             ax.contour(cut.astype(float), levels=[0.5], colors=[colour], linewidths=1.4,
@@ -119,7 +126,7 @@ def _draw_plane(ax: Axes, result: FdopaResult, image: np.ndarray, plane: str,
     return shown
 
 
-def _crop(image: np.ndarray) -> tuple[slice, slice, slice]:
+def crop_box(image: np.ndarray) -> tuple[slice, slice, slice]:
     """The head's bounding box (above 10 % of the 99.9th percentile), padded by 2 voxels."""
     head = np.argwhere(image > 0.1 * float(np.percentile(image, 99.9)))
     if head.size == 0:
@@ -134,7 +141,7 @@ def cropped(result: FdopaResult) -> tuple[FdopaResult, np.ndarray, str]:
     from dataclasses import replace
 
     image, unit = display_volume(result)
-    box = _crop(image)
+    box = crop_box(image)
     shift = np.eye(4)
     shift[:3, 3] = [s.start or 0 for s in box]
     static = replace(result.static, affine=result.static.affine @ shift)
@@ -154,7 +161,8 @@ def draw_planes(fig: Figure, grid: object, result: FdopaResult) -> None:
     vmax = float(np.percentile(image, 99.9)) or 1.0
     shown = None
     for k, plane in enumerate(("axial", "coronal", "sagittal")):
-        shown = _draw_plane(fig.add_subplot(grid[0, k]), cut, image, plane, vmax)  # type: ignore[index]
+        shown = draw_plane(fig.add_subplot(grid[0, k]), cut, image, plane,  # type: ignore[index]
+                           vmax)
     bar = fig.colorbar(shown, ax=fig.axes[-3:], fraction=0.02, pad=0.01)  # type: ignore[arg-type]
     bar.set_label(unit, fontsize=9)
 
@@ -205,21 +213,30 @@ def draw_table(ax: Axes, result: FdopaResult) -> None:
 
 
 def draw_curves(ax: Axes, result: FdopaResult) -> None:
-    """TACs against frame start time, the fit window shaded, TTP and slopes in the legend."""
-    dynamic = result.dynamic
+    """TACs against frame start time, the fit window shaded, TTP and slopes in the legend.
+
+    On the MR-guided route the curves of the FLAIR-guided VOI and its
+    reference regions (the paper's dynamic indices), named so.
+    """
+    guided = result.flair_guided
+    dynamic, note = result.dynamic, result.dynamic_note
+    names: dict[str, str] = {}
+    if guided is not None:
+        dynamic, note = guided.dynamic, guided.dynamic_note
+        names = {"tumour": "FLAIR-guided VOI"}
     if dynamic is None:
         ax.axis("off")
-        ax.text(0.5, 0.5, f"No time-activity curves:\n{result.dynamic_note or 'no dynamic series'}",
+        ax.text(0.5, 0.5, f"No time-activity curves:\n{note or 'no dynamic series'}",
                 ha="center", va="center", fontsize=11, color="#555555", wrap=True)
         return
-    factor, unit = _curve_scale(result)
+    factor, unit = curve_scale(result)
     times_min = dynamic.starts_s / 60.0
     for region, tac in dynamic.tacs.items():
         p = dynamic.get(region, "start")
         slope = (f"{p.slope_suv_per_min:+.3f} SUV/min" if p.slope_suv_per_min is not None
                  else f"{p.slope_bqml_per_s:+.2f} Bq/mL/s" if p.slope_bqml_per_s is not None
                  else f"{p.slope_units_per_s:+.2f} units/s")
-        label = (f"{region}: TTP {p.ttp_min:.1f} min, slope {slope} "
+        label = (f"{names.get(region, region)}: TTP {p.ttp_min:.1f} min, slope {slope} "
                  f"({p.slope_percent_per_min:+.1f} %/min)")
         values = tac * factor
         ax.plot(times_min, values, "o-", color=CURVE_COLOURS.get(region, "#555555"), ms=4,
@@ -229,7 +246,7 @@ def draw_curves(ax: Axes, result: FdopaResult) -> None:
     ratio = dynamic.slope_ratios.get("start")
     title = "Time-activity curves (frame start; shaded: slope fit window)"
     if ratio is not None:
-        title += f"\nslope ratio tumour/striatum {ratio:.2f}"
+        title += f"\nslope ratio {names.get('tumour', 'tumour')}/striatum {ratio:.2f}"
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("time from injection (min, frame start)", fontsize=9)
     ax.set_ylabel(unit, fontsize=9)
@@ -237,7 +254,7 @@ def draw_curves(ax: Axes, result: FdopaResult) -> None:
     ax.grid(color="#dddddd")
 
 
-def _curve_scale(result: FdopaResult) -> tuple[float, str]:
+def curve_scale(result: FdopaResult) -> tuple[float, str]:
     """Factor from series units to the plotted unit, and its label."""
     if result.suv.factor is not None:
         return result.suv.factor, "SUVbw (g/mL)"
@@ -289,12 +306,17 @@ def route_lines(result: FdopaResult) -> list[str]:
 
 
 def _draw_banner(fig: Figure, result: FdopaResult) -> None:
+    from service.pipelines.fdopa_pet import render_route  # draws with this module's helpers
+
     fig.text(0.5, 0.978, BANNER, fontsize=14, fontweight="bold", color="white", ha="center",
              va="center", bbox={"facecolor": "#b71c1c", "edgecolor": "none", "pad": 5})
-    text, colour = headline(result)
+    text, colour = (render_route.route_headline(result) if render_route.is_mr_guided(result)
+                    else headline(result))
     line = fig.text(0.02, 0.93, f"[18F]FDOPA PET: {text}", fontsize=HEADLINE_PT[0],
                     fontweight="bold", color=colour, va="center")
     fit_width(fig, line, 0.96)
+    if render_route.is_mr_guided(result):  # which route ran and why, under the headline
+        fig.text(0.02, 0.893, result.route.reason, fontsize=12, color="#4a148c", va="center")
 
 
 def fit_width(fig: Figure, text: Text, fraction: float) -> None:
@@ -310,13 +332,20 @@ def fit_width(fig: Figure, text: Text, fraction: float) -> None:
 
 def render_report_figure(result: FdopaResult) -> Figure:
     """The picture report as a matplotlib Figure (Agg canvas attached)."""
+    from service.pipelines.fdopa_pet import render_route  # draws with this module's helpers
+
     fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=0.88, bottom=0.17,
+    top = 0.85 if render_route.is_mr_guided(result) else 0.88  # room for the route line
+    grid = fig.add_gridspec(2, 3, left=0.03, right=0.93, top=top, bottom=0.17,
                             height_ratios=[1.25, 1.0], hspace=0.25, wspace=0.08)
     _draw_banner(fig, result)
-    draw_planes(fig, grid, result)
-    fig.text(0.03, 0.495, OUTLINE_LEGEND, fontsize=9.5, color="#333333")
+    if render_route.is_mr_guided(result):
+        render_route.draw_route_planes(fig, grid, result)
+        fig.text(0.03, 0.495, render_route.ROUTE_LEGEND, fontsize=9.5, color="#333333")
+    else:
+        draw_planes(fig, grid, result)
+        fig.text(0.03, 0.495, OUTLINE_LEGEND, fontsize=9.5, color="#333333")
     lower = grid[1, :].subgridspec(1, 2, width_ratios=[1.15, 1.0], wspace=0.12)
     draw_table(fig.add_subplot(lower[0, 0]), result)
     draw_curves(fig.add_subplot(lower[0, 1]), result)
@@ -334,6 +363,7 @@ def render_report_rgb(result: FdopaResult) -> np.ndarray:
         RGB, row 0 at the top.
     """
     return figure_rgb(render_report_figure(result))
+
 
 
 def render_report_png(result: FdopaResult) -> bytes:

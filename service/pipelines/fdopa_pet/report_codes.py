@@ -28,6 +28,8 @@ BRAIN = codes.SCT.Brain
 CORPUS_STRIATUM = codes.SCT.CorpusStriatum
 CEREBRAL_WHITE_MATTER = codes.SCT.CerebralWhiteMatter
 TUMOUR = codes.SCT.Tumor
+#: The FLAIR lesion (hyperintensity: tumour, oedema, necrosis), MR SEG of the MR-guided route.
+LESION = codes.SCT.Lesion
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure
 #: Not in pydicom's dictionary (UMLS), used by TID 1500 for the evaluations container.

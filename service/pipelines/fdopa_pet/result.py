@@ -250,6 +250,44 @@ NO_FLAIR = RouteInfo("pet_only", "PET-only route: no FLAIR in the study")
 
 
 @dataclass(frozen=True, eq=False)
+class FlairImage:
+    """The FLAIR of the MR-guided route, for the outputs (MR SEG, picture).
+
+    Attributes
+    ----------
+    volume_zyx : (z, y, x) float32 array
+        The FLAIR on its own grid (stored values through the modality LUT).
+    affine : (4, 4) float array
+        FLAIR voxel index ``(z, y, x)`` to LPS mm (voxel centre).
+    lesion_zyx : (z, y, x) bool array
+        The FLAIR lesion on the FLAIR's grid (what the segmenter found).
+    on_pet_zyx : (z, y, x) float32 array
+        The FLAIR resampled onto the static PET grid through the registration
+        (linear; 0 outside the FLAIR's field of view): the fused picture.
+    series_uid : str
+    method : {"unet", "threshold"}
+        The FLAIR segmenter.
+    """
+
+    volume_zyx: np.ndarray
+    affine: np.ndarray
+    lesion_zyx: np.ndarray
+    on_pet_zyx: np.ndarray
+    series_uid: str
+    method: Literal["unet", "threshold"]
+
+    @property
+    def spacing_zyx_mm(self) -> np.ndarray:
+        """FLAIR voxel size along (z, y, x), mm."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def lesion_ml(self) -> float:
+        """The FLAIR lesion's volume on the FLAIR grid, mL."""
+        return float(self.lesion_zyx.sum()) * float(np.prod(self.spacing_zyx_mm)) / 1000.0
+
+
+@dataclass(frozen=True, eq=False)
 class FlairGuidedMeasures:
     """The paediatric FLAIR-guided (Genoa) measures of the MR-guided route.
 
@@ -278,6 +316,8 @@ class FlairGuidedMeasures:
         Curves of ``"tumour"`` (the VOI), ``"striatum"``, ``"background"``.
     dynamic_note : str
         Why there are no curves, when ``dynamic`` is None.
+    flair : FlairImage or None
+        The FLAIR and its lesion on the FLAIR grid (the MR SEG, the picture).
     """
 
     flair_lesion_zyx: np.ndarray
@@ -294,6 +334,7 @@ class FlairGuidedMeasures:
     tn_ratio: float
     dynamic: DynamicResult | None = None
     dynamic_note: str = ""
+    flair: FlairImage | None = None
 
 
 @dataclass(frozen=True, eq=False)

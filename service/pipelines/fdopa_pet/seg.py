@@ -21,6 +21,14 @@ n+2    contralateral striatum (T/S denominator): type (31428008, SCT,
        "Corpus striatum") + laterality.
 n+3    contralateral eroded white matter (T/N denominator): type (68523003,
        SCT, "Cerebral White Matter") + laterality.
+n+4    on the MR-guided route only: the paediatric FLAIR-guided PET tumour VOI
+       ("Paediatric FLAIR-guided PET VOI", tracking identifier "Tumour VOI
+       (paediatric FLAIR-guided)", the SR group's name; never "Tumour lesion"):
+       category "Morphologically Abnormal Structure", type "Tumor"; algorithm
+       "dopanode FDOPA paediatric FLAIR-guided route" (family "Artificial
+       Intelligence" with the FLAIR U-Net, else "Morphological Operations")
+       with the FLAIR segmenter and the VOI rule as parameters. The FLAIR
+       lesion itself is in a second SEG on the FLAIR's grid (:mod:`.seg_flair`).
 
 A study without lesions gets only the three reference segments (a SEG needs
 at least one segment, and the reader sees where the reference was taken).
@@ -96,6 +104,47 @@ def _reference_algorithm(result: FdopaResult) -> hd.AlgorithmIdentificationSeque
                     "side rule": result.reference.rule[:64]})
 
 
+#: Label and tracking identifier of the FLAIR-guided PET VOI segment (MR-guided route).
+VOI_LABEL = "Paediatric FLAIR-guided PET VOI"
+VOI_TRACKING_ID = "Tumour VOI (paediatric FLAIR-guided)"
+ROUTE_ALGORITHM = "dopanode FDOPA paediatric FLAIR-guided route"
+_VOI_RGB = (230, 60, 230)
+
+
+def route_algorithm(result: FdopaResult, parameters: dict[str, str]
+                    ) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm identification of the MR-guided route's segments.
+
+    ``parameters`` (besides the FLAIR segmenter) say what the route made; no
+    commas in them (highdicom joins the parameters with commas).
+    """
+    flair = result.flair_guided.flair if result.flair_guided is not None else None
+    family = (dcm_codes.cid7162.ArtificialIntelligence
+              if flair is not None and flair.method == "unet"
+              else dcm_codes.cid7162.MorphologicalOperations)
+    return hd.AlgorithmIdentificationSequence(
+        name=ROUTE_ALGORITHM, family=family, version=result.algorithm.version,
+        parameters={k: v.replace(",", ";")[:64] for k, v in (
+            {"FLAIR lesion": result.route.flair_method, **parameters}).items()})
+
+
+def voi_description(result: FdopaResult, job_key: str, number: int
+                    ) -> hd.seg.SegmentDescription:
+    """The FLAIR-guided PET VOI segment (module docstring, segment n+4)."""
+    assert result.flair_guided is not None
+    algorithm = route_algorithm(result, {
+        "PET VOI": "FLAIR lesion voxels above the contralateral WM max",
+        "VOI rule": result.flair_guided.voi_rule})
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=VOI_LABEL,
+        segmented_property_category=rc.MORPHOLOGICALLY_ABNORMAL,
+        segmented_property_type=rc.TUMOUR, algorithm_type="AUTOMATIC",
+        algorithm_identification=algorithm, anatomic_regions=[rc.BRAIN],
+        tracking_id=VOI_TRACKING_ID,
+        tracking_uid=derive_uid(job_key, result.algorithm, "tracking-flair-guided-voi"),
+        display_color=hd.color.CIELabColor.from_rgb(*_VOI_RGB))
+
+
 def segment_descriptions(result: FdopaResult, job_key: str) -> list[hd.seg.SegmentDescription]:
     """Descriptions of the segments, in the order of :func:`segment_masks`."""
     lesion_alg = _lesion_algorithm(result)
@@ -125,6 +174,8 @@ def segment_descriptions(result: FdopaResult, job_key: str) -> list[hd.seg.Segme
         desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             side]
         out.append(desc)
+    if result.flair_guided is not None:
+        out.append(voi_description(result, job_key, len(out) + 1))
     return out
 
 
@@ -133,6 +184,8 @@ def segment_masks(result: FdopaResult) -> np.ndarray:
     ref = result.reference
     masks = [les.mask_zyx for les in result.lesions]
     masks += [ref.background_zyx, ref.striatum_zyx, ref.white_matter_zyx]
+    if result.flair_guided is not None:
+        masks.append(result.flair_guided.voi_zyx)
     shape = result.static.shape_zyx
     for mask in masks:
         if mask.shape != shape:
@@ -140,7 +193,7 @@ def segment_masks(result: FdopaResult) -> np.ndarray:
     return np.stack([np.asarray(m, bool) for m in masks], axis=-1).astype(np.uint8)
 
 
-def _header(ds: Dataset) -> Dataset:
+def header_copy(ds: Dataset) -> Dataset:
     """The dataset without its pixel data (highdicom reads geometry only)."""
     copy = Dataset()
     for element in ds:
@@ -175,7 +228,7 @@ def source_images(result: FdopaResult, datasets: Sequence[Dataset]) -> list[Data
         Empty or foreign datasets.
     """
     evidence_headers(result.source, datasets)  # the same checks as the SR's evidence
-    return [_header(ds) for ds in _first_time_frame(datasets)]
+    return [header_copy(ds) for ds in _first_time_frame(datasets)]
 
 
 def plane_geometry(affine: np.ndarray, n_slices: int) -> tuple[
@@ -228,7 +281,7 @@ def snap_positions(sources: Sequence[Dataset], positions: Sequence[hd.PlanePosit
     return out
 
 
-def _fix_dimension_organization(seg: Dataset, uid: str) -> None:
+def fix_dimension_organization(seg: Dataset, uid: str) -> None:
     """Replace highdicom's random Dimension Organization UID: a retried job writes the same bytes."""
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = uid
@@ -272,11 +325,12 @@ def build_seg(result: FdopaResult, datasets: Sequence[Dataset], job_key: str,
         sop_instance_uid=derive_uid(job_key, result.algorithm, "seg-instance"),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="dopanode",
         software_versions=__version__, device_serial_number="none",
-        content_description="FDOPA tumour lesions and reference regions",
+        content_description=("FDOPA tumour lesions and reference regions"
+                             + (", FLAIR-guided VOI" if result.flair_guided else "")),
         content_label="FDOPA_SEG", series_description=SEG_SERIES_DESCRIPTION,
         plane_positions=snap_positions(sources, positions), plane_orientation=orientation,
         pixel_measures=measures, omit_empty_frames=True)
-    _fix_dimension_organization(seg, derive_uid(job_key, result.algorithm, "seg-dimension-org"))
+    fix_dimension_organization(seg, derive_uid(job_key, result.algorithm, "seg-dimension-org"))
     stamp_times(seg, created_at)
     logger.info("built SEG", extra={"fields": {
         "event": "seg_built", "sop_instance_uid": str(seg.SOPInstanceUID),

@@ -18,8 +18,11 @@ section "FDOPA PET", lists every code):
   - one TID 1411 group per reference segment (background crescent,
     contralateral striatum, contralateral white matter): SUVbw mean or max,
     volume, the lesion threshold (background), their TTP and slopes;
-  - on the MR-guided route, one TID 1501 group "Tumour VOI (paediatric
-    FLAIR-guided)" (:mod:`.sr_route`) with its own T/S and T/N concepts;
+  - on the MR-guided route, one TID 1411 group "Tumour VOI (paediatric
+    FLAIR-guided)" on the PET SEG's VOI segment (:mod:`.sr_route`) with its
+    own T/S and T/N concepts, and with the FLAIR SEG one TID 1411 group
+    "FLAIR lesion (paediatric FLAIR-guided)" on its segment (the FLAIR's
+    instances are then evidence too);
 
 * "Qualitative Evaluations": the analysis route and why (:mod:`.sr_route`),
   segmentation method (U-Net or threshold-only
@@ -54,7 +57,11 @@ from service.pipelines.base import OutputRef
 from service.pipelines.fdopa_pet import report_codes as rc
 from service.pipelines.fdopa_pet.result import FdopaResult
 from service.pipelines.fdopa_pet.sr_content import all_groups, value
-from service.pipelines.fdopa_pet.sr_route import flair_guided_group, route_items
+from service.pipelines.fdopa_pet.sr_route import (
+    flair_guided_group,
+    flair_lesion_group,
+    route_items,
+)
 from service.report.evidence import evidence_headers
 from service.report.identity import RESEARCH_USE_TEXT, stamp_times
 from service.report.sr_common import (
@@ -148,19 +155,22 @@ def qualitative_evaluations(result: FdopaResult) -> ContainerContentItem:
     return container
 
 
-def build_measurement_report(result: FdopaResult, seg: Dataset, job_key: str
-                             ) -> hd.sr.MeasurementReport:
+def build_measurement_report(result: FdopaResult, seg: Dataset, job_key: str,
+                             flair_seg: Dataset | None = None) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree (module docstring)."""
     if [les.index for les in result.lesions] != [m.index for m in result.measures.lesions]:
         raise ValueError("the lesion measures do not follow the lesions")
-    if len(seg.get("SegmentSequence", [])) != len(result.lesions) + 3 or (
+    n_segments = len(result.lesions) + 3 + (result.flair_guided is not None)
+    if len(seg.get("SegmentSequence", [])) != n_segments or (
             seg.get("StudyInstanceUID") != result.source.study_instance_uid):
         raise ValueError("the SEG is not the segmentation of this result")
     algorithm_id = algorithm_identification(result)
     groups = list(all_groups(result, seg, job_key, algorithm_id))
-    guided = flair_guided_group(result, job_key, algorithm_id)
+    guided = flair_guided_group(result, seg, job_key, algorithm_id)
     if guided is not None:
         groups.append(guided)
+    if flair_seg is not None:
+        groups.append(flair_lesion_group(result, flair_seg, job_key, algorithm_id))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(),
         procedure_reported=[rc.PROCEDURE_BRAIN_PET],
@@ -178,6 +188,7 @@ def build_sr(
     job_key: str,
     created_at: float,
     previous_srs: Sequence[OutputRef] = (),
+    flair: tuple[Dataset, Sequence[Dataset]] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the Comprehensive 3D SR (TID 1500) of one FDOPA analysis.
 
@@ -197,6 +208,9 @@ def build_sr(
     previous_srs : sequence of OutputRef
         Earlier SRs of the same series this one replaces (Predecessor
         Documents Sequence, PS3.3 C.17.2).
+    flair : (pydicom.Dataset, sequence of pydicom.Dataset), optional
+        On the MR-guided route, the FLAIR SEG (:func:`.seg_flair.build_flair_seg`)
+        and the FLAIR's instances (headers suffice), both evidence.
 
     Returns
     -------
@@ -211,9 +225,10 @@ def build_sr(
         A NaN or infinite number (code ``"non_finite_result"``).
     """
     headers = evidence_headers(result.source, datasets)
+    flair_seg, flair_evidence = (None, []) if flair is None else (flair[0], [*flair[1], flair[0]])
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*headers, seg],
-        content=build_measurement_report(result, seg, job_key),
+        evidence=[*headers, seg, *flair_evidence],
+        content=build_measurement_report(result, seg, job_key, flair_seg),
         **sr_document_arguments(job_key, result.algorithm, SR_SERIES_NUMBER,
                                 SR_SERIES_DESCRIPTION, private_coding_scheme(), previous_srs),
     )

@@ -26,6 +26,7 @@ from highdicom.sr import (
     MeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     ReferencedSegment,
+    SourceImageForSegmentation,
     SourceSeriesForSegmentation,
     TrackingIdentifier,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
@@ -78,6 +79,21 @@ def _infer_from(measurement: Measurement, concept: Code, seg: Dataset, segment: 
     return measurement
 
 
+def _frame_sources(frames: Sequence[Dataset]) -> list[SourceImageForSegmentation]:
+    """The distinct source images (instance and frame) the SEG frames derive from."""
+    seen: dict[tuple[str, int | None], SourceImageForSegmentation] = {}
+    for frame in frames:
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.SourceImageSequence:
+                number = source.get("ReferencedFrameNumber")
+                key = (str(source.ReferencedSOPInstanceUID),
+                       None if number is None else int(number))
+                seen.setdefault(key, SourceImageForSegmentation(
+                    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID,
+                    None if key[1] is None else [key[1]]))
+    return list(seen.values())
+
+
 def referenced_segment(seg: Dataset, number: int) -> ReferencedSegment:
     """TID 1411 Referenced Segment, with its source images.
 
@@ -90,6 +106,11 @@ def referenced_segment(seg: Dataset, number: int) -> ReferencedSegment:
               if int((item.get("SegmentIdentificationSequence")
                       or shared.SegmentIdentificationSequence)[0].ReferencedSegmentNumber)
               == number]
+    if frames and "SegmentIdentificationSequence" in shared:
+        # One segment: highdicom keeps its identification in the shared groups,
+        # where ReferencedSegment.from_segmentation does not look.
+        return ReferencedSegment(seg.SOPClassUID, seg.SOPInstanceUID, number,
+                                 source_images=_frame_sources(frames))
     if frames:
         return ReferencedSegment.from_segmentation(seg, segment_number=number)
     series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID

@@ -7,8 +7,10 @@ refused (quality 0.84 < 0.90)"), and on the MR-guided route the FLAIR lesion
 method (DN-0125, TEXT, e.g. "FLAIR lesion: classical threshold (no FLAIR U-Net
 shipped)") and the FLAIR-to-PET registration quality (DN-0126, NUM).
 
-Measurements (MR-guided route only): one TID 1501 group "Tumour VOI
-(paediatric FLAIR-guided)", apart from the PET RANO lesion groups, whose
+Measurements (MR-guided route only): one TID 1411 group "Tumour VOI
+(paediatric FLAIR-guided)" referencing the PET SEG's "Paediatric
+FLAIR-guided PET VOI" segment (the last one), apart from the PET RANO
+lesion groups, whose
 ratios have their own concepts so that a reader cannot take one definition
 for the other: T/S and T/N "(paediatric FLAIR-guided, max/max)" (DN-0127,
 DN-0128), the VOI and FLAIR lesion volumes (DN-0129, DN-0130), SUVbw max of
@@ -16,7 +18,10 @@ the VOI and of its two reference regions (finding sites: contralateral
 striatum, contralateral cerebral white matter), the low-uptake fallback as a
 Yes/No evaluation (DN-0131), and from a dynamic series the VOI's TTP and late
 slopes at frame start (the paper's convention) with the slope ratio under
-its own concept (DN-0132). docs/conformance_sr.md lists them.
+its own concept (DN-0132). With the FLAIR SEG (:mod:`.seg_flair`), a
+second TID 1411 group "FLAIR lesion (paediatric FLAIR-guided)" references
+its segment 1 and gives the lesion's volume on the FLAIR's own grid (Volume,
+118565006 SCT, mL). docs/conformance_sr.md lists them.
 """
 
 from __future__ import annotations
@@ -27,22 +32,25 @@ from highdicom.sr import (
     ContentItem,
     FindingSite,
     Measurement,
-    MeasurementsAndQualitativeEvaluations,
     NumContentItem,
     QualitativeEvaluation,
     TextContentItem,
     TrackingIdentifier,
+    VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from highdicom.sr.enum import RelationshipTypeValues
+from pydicom.dataset import Dataset
 
 from service.pipelines.fdopa_pet import report_codes as rc
 from service.pipelines.fdopa_pet.kinetics import DynamicResult
 from service.pipelines.fdopa_pet.result import FdopaResult, FlairGuidedMeasures
-from service.pipelines.fdopa_pet.sr_content import value
+from service.pipelines.fdopa_pet.seg import VOI_TRACKING_ID
+from service.pipelines.fdopa_pet.seg_flair import FLAIR_LESION_TRACKING_ID
+from service.pipelines.fdopa_pet.sr_content import referenced_segment, value
 from service.report.uids import derive_uid
 
-#: Tracking identifier of the MR-guided route's group.
-FLAIR_GUIDED_GROUP = "Tumour VOI (paediatric FLAIR-guided)"
+#: Tracking identifier of the MR-guided route's group (that of the PET SEG's VOI segment).
+FLAIR_GUIDED_GROUP = VOI_TRACKING_ID
 
 
 def route_items(result: FdopaResult) -> list[ContentItem]:
@@ -109,21 +117,51 @@ def _dynamic(dynamic: DynamicResult | None) -> list[Measurement]:
     return out
 
 
-def flair_guided_group(result: FdopaResult, job_key: str,
+def voi_segment_number(result: FdopaResult) -> int:
+    """The PET SEG's number of the FLAIR-guided VOI segment (after lesions and references)."""
+    return len(result.lesions) + 4
+
+
+def flair_guided_group(result: FdopaResult, seg: Dataset, job_key: str,
                        algorithm_id: AlgorithmIdentification
-                       ) -> MeasurementsAndQualitativeEvaluations | None:
-    """TID 1501 of the MR-guided route (None on the PET-only route)."""
+                       ) -> VolumetricROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1411 of the MR-guided route on the PET SEG's VOI segment (None on the PET-only route)."""
     g = result.flair_guided
     if g is None:
         return None
     side = rc.LEFT if g.reference.side == "left" else rc.RIGHT
-    return MeasurementsAndQualitativeEvaluations(
+    return VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derive_uid(job_key, result.algorithm, "tracking-flair-guided-voi"),
             identifier=FLAIR_GUIDED_GROUP),
+        referenced_segment=referenced_segment(seg, voi_segment_number(result)),
         finding_type=rc.TUMOUR, finding_sites=[FindingSite(rc.BRAIN)], algorithm_id=algorithm_id,
         measurements=(_static(g, FindingSite(rc.CORPUS_STRIATUM, laterality=side),
                               FindingSite(rc.CEREBRAL_WHITE_MATTER, laterality=side))
                       + _dynamic(g.dynamic)),
         qualitative_evaluations=[QualitativeEvaluation(
             rc.LOW_UPTAKE_FALLBACK, rc.NO if g.pet_voi else rc.YES)])
+
+
+def flair_lesion_group(result: FdopaResult, flair_seg: Dataset, job_key: str,
+                       algorithm_id: AlgorithmIdentification
+                       ) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 on segment 1 of the FLAIR SEG: the lesion's volume on the FLAIR grid.
+
+    Raises
+    ------
+    ValueError
+        Not the MR-guided route (no FLAIR on the result).
+    """
+    g = result.flair_guided
+    if g is None or g.flair is None:
+        raise ValueError("the result has no FLAIR lesion (not the MR-guided route)")
+    return VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derive_uid(job_key, result.algorithm, "tracking-flair-lesion"),
+            identifier=FLAIR_LESION_TRACKING_ID),
+        referenced_segment=referenced_segment(flair_seg, 1),
+        finding_type=rc.LESION, finding_sites=[FindingSite(rc.BRAIN)],
+        algorithm_id=algorithm_id,
+        measurements=[Measurement(rc.VOLUME, value(g.flair.lesion_ml, "FLAIR lesion volume"),
+                                  rc.UCUM_ML, method=rc.SUM_OF_VOXELS_METHOD)])
