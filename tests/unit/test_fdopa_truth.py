@@ -22,7 +22,14 @@ from scipy import ndimage
 from service.sim.fdopa.benchmark import SITES, plan_study
 from service.sim.fdopa.head import LABELS
 from service.sim.fdopa.retruth import is_current, rewrite_study
-from service.sim.fdopa.study import TRUTH_FILE, PlanTruth, StudyPlan, plan_truth, simulate_study
+from service.sim.fdopa.study import (
+    TRUTH_FILE,
+    PlanTruth,
+    StudyPlan,
+    _label_image,
+    plan_truth,
+    simulate_study,
+)
 from service.sim.fdopa.truth import (
     ACTIVE_THRESHOLD,
     DEEP_GREY_MARGIN_MM,
@@ -92,6 +99,10 @@ def test_multifocal_reference_side_is_opposite_the_largest_focus() -> None:
     for name in ("background", "white_matter_contralateral"):
         assert masks[name].any() and far[masks[name]].min() >= MARGIN_MM, name
     assert not (masks["striatum_contralateral"] & lesion).any()
+    # label 3 of truth_seg is the whole crescent; label 5 the WM VOI outside it
+    labels = _label_image(masks)
+    assert np.array_equal(labels == 3, masks["background"])
+    assert not ((labels == 5) & ~masks["white_matter_contralateral"]).any()
     # the crescent's slab is at the main focus's level
     z_bg = np.argwhere(masks["background"])[:, 0]
     z_main = float(np.argwhere(main)[:, 0].mean())

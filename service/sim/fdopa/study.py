@@ -13,9 +13,10 @@ Layout of a study folder::
     <study>/truth_seg.nii.gz            truth labels on the static output grid (LPS)
     <study>/truth.json                  truth values (written last: marks completion)
 
-Truth labels: 1 lesion (not PET-active), 2 PET-active tumour (> 1.6 x
-background), 3 healthy-brain background crescent, 4 contralateral striatum,
-5 contralateral eroded white matter.
+Truth labels: 1 lesion (not PET-active), 2 PET-active tumour (>= 1.6 x
+background), 3 healthy-brain background crescent (all of it), 4 contralateral
+striatum, 5 contralateral white-matter VOI outside the crescent's slab (its
+voxels inside the crescent carry label 3).
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def _measured(vol: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, object
 
 
 def _label_image(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Truth labels; label 3 is the whole crescent, label 5 the WM VOI outside it."""
     labels = np.zeros(masks["lesion"].shape, np.uint8)
-    for name in ("background", "white_matter_contralateral", "striatum_contralateral",
+    for name in ("white_matter_contralateral", "background", "striatum_contralateral",
                  "lesion", "pet_active"):
         labels[masks[name]] = TRUTH_LABELS[name]
     return labels
