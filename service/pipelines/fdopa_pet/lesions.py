@@ -48,6 +48,10 @@ MIN_LESION_ML = 0.1
 OPENING_RADIUS_MM = 1.0
 #: A probability at or above this makes a voxel a candidate.
 PROBABILITY_CUT = 0.5
+#: Shell around a lesion for :func:`component_contrast`: from this distance (mm) ...
+SHELL_INNER_MM = 4.0
+#: ... to this one (mm).
+SHELL_OUTER_MM = 10.0
 #: The baseline's brain mask is the atlas brain dilated by this (mm).
 BASELINE_BRAIN_MARGIN_MM = 4.0
 #: The baseline excludes the atlas striatum dilated by this (mm).
@@ -251,3 +255,38 @@ def baseline_candidates(volume_zyx: np.ndarray, atlas: AtlasOnPet, spacing_zyx_m
     striatum = atlas.mask(*atlas_names(atlas, STRIATUM_PREFIXES, "striatum"))
     excluded = ndimage.binary_dilation(striatum, ball(spacing, striatum_margin_mm))
     return np.asarray(brain & ~excluded & (volume >= factor * reference))
+
+
+def component_contrast(volume_zyx: np.ndarray, mask_zyx: np.ndarray, exclude_zyx: np.ndarray,
+                       spacing_zyx_mm: np.ndarray, within_zyx: np.ndarray | None = None, *,
+                       inner_mm: float = SHELL_INNER_MM, outer_mm: float = SHELL_OUTER_MM
+                       ) -> float:
+    """How far a lesion's peak stands out: its maximum / the mean of a shell around it.
+
+    The shell holds the voxels whose centres lie more than ``inner_mm`` and
+    at most ``outer_mm`` from the lesion (Euclidean, in mm; the inner gap
+    keeps the lesion's own blurred rim out), minus ``exclude_zyx`` (other
+    candidates) and, when given, only inside ``within_zyx`` (e.g. the atlas
+    brain, so scalp and air do not lower the surroundings).
+
+    Returns
+    -------
+    float
+        ``inf`` when the shell is empty or its mean is not positive.
+    """
+    volume = np.asarray(volume_zyx, float)
+    mask = np.asarray(mask_zyx, bool)
+    spacing = np.asarray(spacing_zyx_mm, float)
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return 0.0
+    pad = np.ceil(outer_mm / spacing).astype(int) + 1
+    lo, hi = np.maximum(idx.min(axis=0) - pad, 0), np.minimum(idx.max(axis=0) + pad + 1,
+                                                             mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    dist = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
+    shell = (dist > inner_mm) & (dist <= outer_mm) & ~np.asarray(exclude_zyx, bool)[box]
+    if within_zyx is not None:
+        shell &= np.asarray(within_zyx, bool)[box]
+    around = float(volume[box][shell].mean()) if shell.any() else 0.0
+    return float(volume[mask].max()) / around if around > 0 else float("inf")
