@@ -84,3 +84,26 @@ def test_the_shipped_model_with_mirror_tta_averages_the_two_views() -> None:
     got = seg.segment(volume, affine, mirror=True)
     assert np.allclose(got, want, atol=1e-6)
     assert not np.allclose(seg.segment(volume, affine, mirror=False), got, atol=1e-3)
+
+
+def test_unet_lesions_need_the_measurable_size_and_baseline_lesions_do_not() -> None:
+    from service.pipelines.fdopa_pet.lesions import (
+        MIN_LESION_ML,
+        UNET_MIN_LESION_ML,
+        method_lesions,
+    )
+
+    volume = np.ones((20, 20, 40))
+    volume[2:6, 2:6, 2:6] = 3.0      # 64 voxels of 8 uL = 0.512 mL
+    volume[10:13, 10:13, 20:23] = 3.0  # 27 voxels = 0.216 mL
+    spacing = np.full(3, 2.0)
+    assert MIN_LESION_ML < 0.216 < UNET_MIN_LESION_ML < 0.512
+    hot = volume > 2.0
+    probability = np.where(hot, 0.9, 0.1).astype(np.float32)
+    unet = method_lesions(probability, volume, 1.6, spacing)
+    assert [int(les.mask_zyx.sum()) for les in unet] == [64]
+    baseline = method_lesions(hot, volume, 1.6, spacing)
+    assert [int(les.mask_zyx.sum()) for les in baseline] == [64, 27]
+    # below the probability cut nothing is a U-Net candidate
+    assert method_lesions(np.where(hot, 0.49, 0.0).astype(np.float32), volume, 1.6,
+                          spacing) == ()

@@ -27,6 +27,11 @@ orientation, spacing or Units: BQML, CNTS, GML):
    native grid by linear interpolation (0 outside the box); the caller
    thresholds it (>= 0.5 is a tumour candidate).
 
+Serving (not part of the contract, the model is unchanged): the probability
+is the mean of the prediction on the box and on the left-right mirrored box
+(:data:`MIRROR_TTA`, :func:`mirrored_probability`), chosen on validation with
+the U-Net's 0.5 mL minimum lesion volume (:mod:`.lesions`).
+
 Research use, not for diagnosis; the shipped model was trained on simulated
 data only (``models/dopanode_fdopa_seg.card.md``).
 """
@@ -59,7 +64,7 @@ CANDIDATE_PROBABILITY = 0.5
 #: Whether :meth:`TumourSegmenter.segment` averages with the left-right mirrored
 #: prediction (:func:`mirrored_probability`); chosen on validation
 #: (docs/fdopa_analysis.md, "False-positive suppression").
-MIRROR_TTA = False
+MIRROR_TTA = True
 
 
 @dataclass(frozen=True)
