@@ -19,7 +19,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
 from service.imaging.pet_volume import PetVolume, volume_from_datasets
 from service.imaging.suv import SuvScale, suv_scale
@@ -38,7 +37,6 @@ from service.sim.fdopa.profiles import PET_PROFILES, get_pet_profile
 from service.sim.fdopa.scanner import sim_grid
 from service.sim.fdopa.study import StudyPlan, simulate_study
 from service.sim.fdopa.subject import build_maps, sample_subject
-from service.sim.fdopa.truth import MARGIN_MM, SLAB_HALF_MM
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
@@ -87,21 +85,13 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stud
 
 
 def _crescent(labels: np.ndarray) -> np.ndarray:
-    """The truth's background crescent rebuilt from ``truth_seg.nii.gz``.
+    """The truth's background crescent: label 3 of ``truth_seg.nii.gz`` (truth version 2).
 
-    Label 3 alone is not the crescent of ``truth.reference_masks``: the
-    crescent's white-matter voxels carry label 5 (eroded contralateral WM),
-    written after label 3. They are added back: label-5 voxels inside the
-    crescent's 30 mm slab (centred on the lesion, or on the striatum without
-    one) and at least 15 mm from the lesion (the truth's own rule).
+    Version 1 wrote label 5 (the WM VOI) over the crescent's white matter;
+    version 2 writes the crescent last, so label 3 alone is the crescent of
+    ``truth.reference_masks``.
     """
-    lesion = np.isin(labels, [1, 2])
-    level = lesion if lesion.any() else labels == 4
-    z = np.arange(labels.shape[0])
-    slab = (np.abs(z - np.argwhere(level)[:, 0].mean()) * 4.0 <= SLAB_HALF_MM)[:, None, None]
-    far = ~ndimage.binary_dilation(lesion, iterations=round(MARGIN_MM / 4.0)) \
-        if lesion.any() else True
-    return (labels == 3) | ((labels == 5) & slab & far)
+    return labels == 3
 
 
 def _reference(labels: np.ndarray) -> ReferenceRegions:

@@ -74,11 +74,14 @@ def test_reference_regions_match_the_simulated_truth(
     assert np.linalg.norm(centroid[0] - centroid[1]) < 4.0
     assert _dice(regions.striatum_zyx, true_st) > 0.6
     assert _dice(regions.background_zyx, truth == 3) > 0.5
-    assert _dice(regions.white_matter_zyx, truth == 5) > 0.4
-    # measured on the same reconstruction in our masks and in the truth masks; the
-    # truth WM reaches the striatum (its maximum can be striatal spill-in), ours
-    # keeps 8 mm away (reference.DEEP_GREY_MARGIN_MM), hence the wider WM bound
+    # label 5 is the truth's WM VOI (the pipeline's rule) outside the crescent
+    # (truth version 2): compare our WM VOI outside the truth crescent with it;
+    # both are thin deep regions (>= 8 mm from the deep grey matter, > 4 mm
+    # inside the WM) on this 4.5 mm test grid, one through the registration
+    wm_outside = regions.white_matter_zyx & (truth != 3)
+    assert _dice(wm_outside, truth == 5) > 0.3
+    # measured on the same reconstruction in our masks and in the truth masks
     for ours, ref, fn, tol in ((regions.background_zyx, truth == 3, np.mean, 0.05),
                                (regions.striatum_zyx, true_st, np.max, 0.05),
-                               (regions.white_matter_zyx, truth == 5, np.max, 0.15)):
+                               (wm_outside, truth == 5, np.max, 0.15)):
         assert float(fn(volume[ours])) / float(fn(volume[ref])) == pytest.approx(1.0, abs=tol)

@@ -39,10 +39,10 @@ from service.imaging.suv import SuvScale, suv_scale
 from service.pipelines.fdopa_pet.curves import injection_datetime
 from service.pipelines.fdopa_pet.gate import StudySelection, select_series
 from service.pipelines.fdopa_pet.kinetics import DynamicResult
+from service.pipelines.fdopa_pet.lesions import method_lesions
 from service.pipelines.fdopa_pet.measures import (
     analyse_study_dynamic,
     baseline_candidates,
-    lesions_from_candidates,
     measure_reference,
     measure_static,
 )
@@ -204,8 +204,7 @@ def segment_and_measure(static: PetVolume, suv: SuvScale, template: FdopaTemplat
         ref_values = measure_reference(volume_zyx, reference, spacing, suv)
     with stage(durations_s, "lesions"):
         threshold = TUMOUR_THRESHOLD_X_BACKGROUND * ref_values.background_mean_units
-        mask = candidates if candidates.dtype == bool else candidates >= 0.5
-        lesions = lesions_from_candidates(mask, volume_zyx, threshold, spacing)
+        lesions = method_lesions(candidates, volume_zyx, threshold, spacing)
     with stage(durations_s, "measure"):
         measures = measure_static(volume_zyx, affine, suv, lesions, reference, atlas)
     return atlas, info, reference, lesions, measures

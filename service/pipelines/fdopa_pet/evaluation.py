@@ -208,6 +208,7 @@ def truth_row(ref: StudyRef, truth: Mapping[str, Any], method: str) -> dict[str,
         "study_id": ref.study_id, "site": ref.site, "method": method,
         "tumour_class": truth.get("tumour_class"), "paediatric": bool(truth.get("paediatric")),
         "location": truth.get("location"), "truth_measurable": bool(truth.get("measurable")),
+        "truth_version": int(truth.get("truth_version", 1)),
     }
     for key, ideal in INDICES:
         row[f"ideal_{key}"] = _num(truth.get(ideal))

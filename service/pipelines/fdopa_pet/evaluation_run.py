@@ -81,10 +81,23 @@ class Evaluator:
         return info
 
     def fingerprint(self, method: str) -> str:
-        """What a row of ``method`` depends on: the template and, for ``unet``, the model."""
+        """What a row of ``method`` depends on: template, model and post-processing, truth.
+
+        ``post`` names the U-Net's post-processing (mirror TTA, minimum lesion
+        volume) or the baseline's minimum volume; ``truth`` the truth
+        definitions' version this code scores against. A row made under
+        another of them is computed again.
+        """
+        from service.pipelines.fdopa_pet.lesions import MIN_LESION_ML, UNET_MIN_LESION_ML
+        from service.pipelines.fdopa_pet.segment import MIRROR_TTA
+        from service.sim.fdopa.truth import TRUTH_VERSION
+
         pipeline = self.pipelines[method]
         model = pipeline.segmenter.info.model_sha256 if pipeline.segmenter is not None else None
-        return f"template:{pipeline.template.sha256[:16]} model:{(model or 'none')[:16]}"
+        post = (f"tta{int(MIRROR_TTA)}-min{UNET_MIN_LESION_ML:g}" if model
+                else f"min{MIN_LESION_ML:g}")
+        return (f"template:{pipeline.template.sha256[:16]} model:{(model or 'none')[:16]} "
+                f"post:{post} truth:v{TRUTH_VERSION}")
 
     def evaluate(self, ref: StudyRef) -> list[dict[str, Any]]:
         """One row per method for one study, each with its :meth:`fingerprint`."""

@@ -27,6 +27,11 @@ orientation, spacing or Units: BQML, CNTS, GML):
    native grid by linear interpolation (0 outside the box); the caller
    thresholds it (>= 0.5 is a tumour candidate).
 
+Serving (not part of the contract, the model is unchanged): the probability
+is the mean of the prediction on the box and on the left-right mirrored box
+(:data:`MIRROR_TTA`, :func:`mirrored_probability`), chosen on validation with
+the U-Net's 0.5 mL minimum lesion volume (:mod:`.lesions`).
+
 Research use, not for diagnosis; the shipped model was trained on simulated
 data only (``models/dopanode_fdopa_seg.card.md``).
 """
@@ -34,6 +39,7 @@ data only (``models/dopanode_fdopa_seg.card.md``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,10 @@ INPUT_NAME = "volume"
 OUTPUT_NAME = "probability"
 #: Probability at and above which a voxel is a tumour candidate (the caller's threshold).
 CANDIDATE_PROBABILITY = 0.5
+#: Whether :meth:`TumourSegmenter.segment` averages with the left-right mirrored
+#: prediction (:func:`mirrored_probability`); chosen on validation
+#: (docs/fdopa_analysis.md, "False-positive suppression").
+MIRROR_TTA = True
 
 
 @dataclass(frozen=True)
@@ -230,6 +240,21 @@ def _box_centre(net_input: NetInput) -> np.ndarray:
     return net_input.origin_lps_mm + net_input.contract.spacing_mm * half
 
 
+def mirrored_probability(predict: Callable[[np.ndarray], np.ndarray],
+                         image_zyx: np.ndarray) -> np.ndarray:
+    """Left-right mirror test-time augmentation on the box.
+
+    The mean of the prediction on the box and the prediction on the box
+    mirrored along x (the box's x axis runs to patient left, so this swaps the
+    hemispheres about the box's mid-sagittal plane), mirrored back: the
+    normal brain is nearly symmetric, the tumour is not, and a voxel the
+    network calls tumour in one view only is halved.
+    """
+    plain = predict(image_zyx)
+    flipped = predict(np.ascontiguousarray(image_zyx[:, :, ::-1]))[:, :, ::-1]
+    return np.asarray(0.5 * (plain + flipped), np.float32)
+
+
 class TumourSegmenter:
     """The PET-only tumour U-Net served through :class:`service.inference.onnx.OnnxModel`.
 
@@ -275,7 +300,8 @@ class TumourSegmenter:
         """``method="unet"`` with the model's name and SHA-256."""
         return SegmentationInfo("unet", self._model.name, self._model.sha256)
 
-    def segment(self, volume_zyx: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def segment(self, volume_zyx: np.ndarray, affine: np.ndarray,
+                mirror: bool = MIRROR_TTA) -> np.ndarray:
         """Tumour probability of every voxel of the static PET.
 
         Parameters
@@ -284,6 +310,9 @@ class TumourSegmenter:
             Static attenuation-corrected PET, any Units.
         affine : (4, 4) float array
             Voxel index ``(z, y, x)`` to LPS mm of the voxel centre.
+        mirror : bool
+            Test-time augmentation (:func:`mirrored_probability`); default
+            :data:`MIRROR_TTA`.
 
         Returns
         -------
@@ -291,7 +320,8 @@ class TumourSegmenter:
             Probability in [0, 1] on the given grid; candidates are >= 0.5.
         """
         net_input = preprocess(volume_zyx, affine, self.contract)
-        prob = self.predict_box(net_input.image_zyx)
+        prob = (mirrored_probability(self.predict_box, net_input.image_zyx) if mirror
+                else self.predict_box(net_input.image_zyx))
         return to_native(prob, net_input, tuple(np.shape(volume_zyx)), affine)
 
     def predict_box(self, image_zyx: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``dopanode fdopa generate|describe|validate|evaluate``: the FDOPA benchmark.
+"""``dopanode fdopa generate|retruth|describe|validate|evaluate``: the FDOPA benchmark.
 
 ``generate``, ``simulate`` and ``validate`` need dopanode[sim]; ``evaluate``
 reads a generated benchmark (DICOM, JSON, NIfTI) and needs only the node.
@@ -25,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "sites, every study of the unseen site)")
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=run_generate)
+    rt = sub.add_parser("retruth", help="copy a generated benchmark's images, rewrite its "
+                                       "truth under the current definitions")
+    rt.add_argument("src", type=Path)
+    rt.add_argument("dst", type=Path)
+    rt.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
+    rt.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
+    rt.add_argument("--split", choices=("all", "test"), default="all")
+    rt.set_defaults(func=run_retruth)
     sim = sub.add_parser("simulate", help="ad-hoc FDOPA studies of one scanner profile")
     sim.add_argument("out", type=Path)
     sim.add_argument("--profile", required=True, help="PET profile name")
@@ -82,6 +90,19 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit("--limit must be at least 1")
     sites = [SITES[n] for n in names]
     print(f"manifest {generate(sites, args.out, workers=args.workers, split=args.split, limit=args.limit)}")
+    return 0
+
+
+def run_retruth(args: argparse.Namespace) -> int:
+    from service.sim.fdopa.benchmark import SITES
+    from service.sim.fdopa.retruth import rewrite_benchmark
+
+    names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
+    if unknown := [n for n in names if n not in SITES]:
+        raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
+    done, current, manifest = rewrite_benchmark([SITES[n] for n in names], args.src, args.dst,
+                                                args.split, args.limit)
+    print(f"{done} rewritten, {current} already current; manifest {manifest}")
     return 0
 
 

@@ -13,9 +13,10 @@ Layout of a study folder::
     <study>/truth_seg.nii.gz            truth labels on the static output grid (LPS)
     <study>/truth.json                  truth values (written last: marks completion)
 
-Truth labels: 1 lesion (not PET-active), 2 PET-active tumour (> 1.6 x
-background), 3 healthy-brain background crescent, 4 contralateral striatum,
-5 contralateral eroded white matter.
+Truth labels: 1 lesion (not PET-active), 2 PET-active tumour (>= 1.6 x
+background), 3 healthy-brain background crescent (all of it), 4 contralateral
+striatum, 5 contralateral white-matter VOI outside the crescent's slab (its
+voxels inside the crescent carry label 3).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from service.sim.fdopa.enhanced_pet import build_enhanced_pet
-from service.sim.fdopa.kinetics import SCHEDULES, STATIC_WINDOWS_MIN
+from service.sim.fdopa.kinetics import SCHEDULES, STATIC_WINDOWS_MIN, FrameSchedule
 from service.sim.fdopa.pet_writer import (
     PetEncoding,
     PetSeriesInfo,
@@ -48,7 +49,7 @@ from service.sim.fdopa.subject import (
     build_maps,
     sample_subject,
 )
-from service.sim.fdopa.truth import dynamic_truth, static_truth
+from service.sim.fdopa.truth import dynamic_truth, lesion_suv, static_truth
 from service.sim.transfer_syntax import encode_pixels
 
 TRUTH_FILE = "truth.json"
@@ -102,8 +103,9 @@ def _measured(vol: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, object
 
 
 def _label_image(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Truth labels; label 3 is the whole crescent, label 5 the WM VOI outside it."""
     labels = np.zeros(masks["lesion"].shape, np.uint8)
-    for name in ("background", "white_matter_contralateral", "striatum_contralateral",
+    for name in ("white_matter_contralateral", "background", "striatum_contralateral",
                  "lesion", "pet_active"):
         labels[masks[name]] = TRUTH_LABELS[name]
     return labels
@@ -131,23 +133,55 @@ def _static_acquisition(plan: StudyPlan, corrections: tuple[bool, ...]) -> _Stat
     is (the non-AC reconstruction consumes no random numbers), so the AC image of
     :func:`simulate_static` is the one the benchmark writes.
     """
+    st = plan_truth(plan)
+    spec, p, sm, static, values, masks = st.spec, st.profile, st.maps, st.activity, \
+        st.values, st.masks
+    window = STATIC_WINDOWS_MIN[plan.static_window]
+    scanner = PetScanner(p, sm)
+    start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
+    recons, counts = scanner.frames(static, start_s, dur_s,
+                                    np.random.default_rng(st.noise_seeds[0]), corrections)
+    return _StaticAcquisition(spec, p, sm, scanner, values, masks, recons, counts, start_s,
+                              dur_s, st.noise_seeds)
+
+
+@dataclass(frozen=True, eq=False)
+class PlanTruth:
+    """The subject of a plan and its static truth, before any reconstruction.
+
+    Attributes
+    ----------
+    spec, profile, maps
+        Subject, scanner profile and maps on the simulation grid.
+    activity : array
+        Ideal static activity (Bq/mL) on the simulation grid.
+    values, masks
+        :func:`service.sim.fdopa.truth.static_truth` of it.
+    noise_seeds : array
+        The study's noise seeds (drawn right after the subject).
+    """
+
+    spec: SubjectSpec
+    profile: PetProfile
+    maps: SubjectMaps
+    activity: np.ndarray
+    values: dict[str, object]
+    masks: dict[str, np.ndarray]
+    noise_seeds: np.ndarray
+
+
+def plan_truth(plan: StudyPlan) -> PlanTruth:
+    """Subject and static truth of ``plan`` (the random draws of :func:`simulate_study`)."""
     rng = np.random.default_rng(plan.seed)
     spec = sample_subject(rng, plan.tumour_class, plan.paediatric)
     noise_seeds = rng.integers(2**63, size=4)
     p = get_pet_profile(plan.profile)
     sm = build_maps(spec, sim_grid(p))
-    scale = bqml_per_suv(spec)
-    window = STATIC_WINDOWS_MIN[plan.static_window]
     suv = spec.kinetics.static_suv(plan.static_window)
     static = activity_bqml(sm, spec, suv)
-    own = {k: (v if k == "tumour" else 0.0) for k, v in suv.items()}
-    values, masks = static_truth(sm, static, scale, activity_bqml(sm, spec, own))
-    scanner = PetScanner(p, sm)
-    start_s, dur_s = 60.0 * window[0], 60.0 * (window[1] - window[0])
-    recons, counts = scanner.frames(static, start_s, dur_s,
-                                    np.random.default_rng(noise_seeds[0]), corrections)
-    return _StaticAcquisition(spec, p, sm, scanner, values, masks, recons, counts, start_s,
-                              dur_s, noise_seeds)
+    values, masks = static_truth(sm, static, bqml_per_suv(spec),
+                                 activity_bqml(sm, spec, lesion_suv(suv)))
+    return PlanTruth(spec, p, sm, static, values, masks, noise_seeds)
 
 
 def simulate_static(plan: StudyPlan) -> tuple[sitk.Image, sitk.Image, dict[str, object]]:
@@ -258,12 +292,10 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
              study_dir: Path) -> dict[str, object]:
     assert plan.schedule is not None
     sched = SCHEDULES[plan.schedule]
-    tacs = spec.kinetics.frame_tacs(sched)
     rng = np.random.default_rng(seed)
-    ideal, images = [], []
-    for i, (start, dur) in enumerate(zip(sched.starts_s, sched.durations_s, strict=True)):
-        act = activity_bqml(sm, spec, {k: float(v[i]) for k, v in tacs.items()})
-        ideal.append(act)
+    ideal, ideal_lesion = ideal_frames(spec, sm, sched)
+    images = []
+    for act, start, dur in zip(ideal, sched.starts_s, sched.durations_s, strict=True):
         vol, _ = scanner.frame(act, float(start), float(dur), rng)
         images.append(to_output(vol, sm.grid, p))
     info = _series_info(plan, spec, p, 4, f"Brain FDOPA dynamic {sched.name}")
@@ -278,7 +310,19 @@ def _dynamic(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps,
     else:
         datasets = build_pet_series(images, *timing, info, enc, dynamic=True)
     write_series(datasets, study_dir / "PT_DYNAMIC")
-    return {f"dyn_{k}": v for k, v in dynamic_truth(ideal, masks, sched).items()}
+    return {f"dyn_{k}": v for k, v in dynamic_truth(ideal, masks, sched, ideal_lesion).items()}
+
+
+def ideal_frames(spec: SubjectSpec, sm: SubjectMaps, sched: FrameSchedule
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ideal whole and lesion activity (:func:`.truth.lesion_suv`) of every frame, Bq/mL."""
+    tacs = spec.kinetics.frame_tacs(sched)
+    whole, lesion = [], []
+    for i in range(len(sched.starts_s)):
+        suv = {k: float(v[i]) for k, v in tacs.items()}
+        whole.append(activity_bqml(sm, spec, suv))
+        lesion.append(activity_bqml(sm, spec, lesion_suv(suv)))
+    return whole, lesion
 
 
 def _flair(plan: StudyPlan, spec: SubjectSpec, p: PetProfile, sm: SubjectMaps, seed: int,

@@ -228,6 +228,23 @@ def _lesion_masks(spec: LesionSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return lesion, necrosis, envelope
 
 
+def _side(specs: tuple[LesionSpec, ...], lesion: np.ndarray) -> str:
+    """Patient side of the largest lesion: its centre's MNI x (midline within 5 mm).
+
+    One lesion: the centre it was drawn around. A multifocal tumour: the
+    centroid of the largest 26-connected component of the rasterised lesions
+    (foci that touch count as one), whose side the reference regions must
+    be opposite to, as the pipeline chooses its side from its main lesion.
+    """
+    x = specs[0].centre_ras_mm[0] if specs else 0.0
+    if len(specs) > 1 and lesion.any():
+        labels, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        main = labels == 1 + int(np.argmax(counts))
+        x = float(_ras_grid()[0][main].mean())
+    return "midline" if abs(x) < 5.0 else ("left" if x < 0 else "right")
+
+
 def build_tumour(
     tumour_class: str, location: str, specs: tuple[LesionSpec, ...], peak_factor: float,
     uptake_seed: int,
@@ -258,8 +275,7 @@ def build_tumour(
         if top > 1.0:
             amp = 1.0 + (amp - 1.0) * (peak_factor - 1.0) / (top - 1.0)
         uptake = np.where(active, amp, 0.0).astype(np.float32)
-    x = specs[0].centre_ras_mm[0] if specs else 0.0
-    side = "midline" if abs(x) < 5.0 else ("left" if x < 0 else "right")
+    side = _side(specs, lesion)
     return TumourMaps(
         tumour_class, location, side, specs,
         lesion.astype(np.float32), necrosis.astype(np.float32), oedema.astype(np.float32), uptake,
