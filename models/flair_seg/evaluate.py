@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"))
     summaries = [{"group": g, **summarise(rows, m, unseen)}
                  for unseen, g in ((False, "test split, sites a-c"),
-                                   (True, "site_d_unseen (unseen PET/MR site)"))
+                                   (True, "site_d_unseen (PET/MR site; same FLAIR protocols)"))
                  for m in methods if any((r["role"] == "unseen") == unseen for r in rows)]
     text = table(summaries) + ("\n\n" + a.note if a.note else "")
     print(text)

@@ -3,9 +3,9 @@
 ::
 
     python -m models.flair_seg.train --out .cache/flairnet/run1 \\
-        --data .cache/flairnet/data --adult-limit 20 --paediatric-limit 5 \\
-        --pretrain-steps 1000 --finetune-steps 600 --freeze-encoder-levels 1 \\
-        --encoder-lr-factor 0.1 --threads 2 --export models/dopanode_flair_seg.onnx
+        --data .cache/flairnet/data --adult-limit 12 --paediatric-limit 5 \\
+        --pretrain-steps 600 --finetune-steps 600 --freeze-encoder-levels 1 \\
+        --encoder-lr-factor 0.1 --threads 1 --export models/dopanode_flair_seg.onnx
 
 makes the missing samples (:mod:`models.flair_seg.data`) and trains, with
 the PET U-Net's network, augmentation and trainer
@@ -92,18 +92,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run folder (one sub-folder per arm)")
     p.add_argument("--data", type=Path, default=Path(".cache/flairnet/data"))
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
-    p.add_argument("--adult-limit", type=int, default=20, help="adult training studies per site")
+    p.add_argument("--adult-limit", type=int, default=12, help="adult training studies per site")
     p.add_argument("--paediatric-limit", type=int, default=5,
                    help="paediatric training studies per site (the small fine-tuning subset)")
     p.add_argument("--adult-val-limit", type=int, default=4, help="adult validation per site")
-    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=600)
     p.add_argument("--freeze-encoder-levels", type=int, default=1)
     p.add_argument("--encoder-lr-factor", type=float, default=0.1)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="simulation and loading workers")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--val-every", type=int, default=100)
