@@ -141,6 +141,21 @@ def table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def protocol_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
+    """Dice mean (n) per FLAIR protocol and method, all held-out studies with a lesion."""
+    protocols = sorted({r["flair"] for r in rows})
+    lines = ["| method | " + " | ".join(protocols) + " |",
+             "|---|" + "---|" * len(protocols)]
+    for m in methods:
+        cells = []
+        for prot in protocols:
+            d = [r["dice"] for r in rows if r["method"] == m and r["flair"] == prot
+                 and r["dice"] is not None]
+            cells.append(f"{np.mean(d):.3f} ({len(d)})" if d else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def put_in_card(card: Path, text: str) -> None:
     """Replace the ablation section of the card (between its markers)."""
     from models.flair_seg.export import TABLE_BEGIN, TABLE_END
@@ -178,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
                  for unseen, g in ((False, "test split, sites a-c"),
                                    (True, "site_d_unseen (PET/MR site; same FLAIR protocols)"))
                  for m in methods if any((r["role"] == "unseen") == unseen for r in rows)]
-    text = table(summaries) + ("\n\n" + a.note if a.note else "")
+    text = (table(summaries) + "\n\nDice mean (n) per FLAIR protocol, all held-out studies "
+            "above:\n\n" + protocol_table(rows, list(methods))
+            + ("\n\n" + a.note if a.note else ""))
     print(text)
     a.json.write_text(json.dumps({"summaries": summaries, "n_studies": len(studies),
                                   "benches": [str(b) for b in a.bench]}, indent=1) + "\n")

@@ -107,8 +107,10 @@ def write_flair_card(shipped: Path, best: dict[str, Any], out: Path,
     table = (old[old.index(TABLE_BEGIN) + len(TABLE_BEGIN):old.index(TABLE_END)].strip()
              if TABLE_BEGIN in old and TABLE_END in old else
              "Not run yet: `python -m models.flair_seg.evaluate` (README).")
-    command = json.loads((out / "command.json").read_text()) \
-        if (out / "command.json").exists() else {"argv": [], "counts": {}}
+    runs = json.loads((out / "command.json").read_text()).get("runs", {}) \
+        if (out / "command.json").exists() else {}
+    commands = sorted({" ".join(r["argv"]) for r in runs.values()})
+    counts = {arm: f"{r['n_train']} training, {r['n_val']} validation" for arm, r in runs.items()}
     rows = "\n".join(
         f"| {r['arm']} | {r['step']} of {r['steps_done']} done ({r['steps_planned']} planned) "
         f"| {_f(r['own_val'].get('val_dice_mean'))} | "
@@ -124,8 +126,8 @@ def write_flair_card(shipped: Path, best: dict[str, Any], out: Path,
         "status": "Final: every arm ran its planned steps." if done else
                   "PRELIMINARY: exported before every arm had run its planned steps; "
                   "the training command resumes them.",
-        "command": "python -m models.flair_seg.train " + " ".join(command["argv"]),
-        "counts": json.dumps(command["counts"]), "table": TABLE_BEGIN + "\n" + table + "\n"
+        "command": "\n".join("python -m models.flair_seg.train " + c for c in commands),
+        "counts": json.dumps(counts), "table": TABLE_BEGIN + "\n" + table + "\n"
         + TABLE_END, "command_seconds": summary.get("command_seconds", "?")},
         template=CARD_TEMPLATE)
 

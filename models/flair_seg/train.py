@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -84,6 +85,18 @@ def paediatric_record(run: Path, paediatric_val: list[Sample]) -> dict[str, Any]
     """The best step of ``run`` validated on the paediatric validation studies."""
     net, state = load_net(run / "best.pt")
     return {"step": state["record"]["step"], **validate(net, paediatric_val)}
+
+
+def record_command(out: Path, arms: list[str], argv: list[str], counts: dict[str, int]) -> None:
+    """Add the arms' command and sample counts to ``<out>/command.json`` (for the card)."""
+    path = out / "command.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    runs = record.get("runs", {})
+    for arm in arms:
+        group = "adult" if arm == "adult" else "paediatric"
+        runs[arm] = {"argv": argv, "n_train": counts[f"{group}_train"],
+                     "n_val": counts[f"{group}_val"]}
+    path.write_text(json.dumps({"runs": runs}) + "\n")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,9 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     configs = arm_configs(base, a.pretrain_steps, a.finetune_steps, a.out,
                           a.freeze_encoder_levels, a.encoder_lr_factor, a.finetune_lr)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "command.json").write_text(json.dumps({
-        "argv": argv if argv is not None else __import__("sys").argv[1:],
-        "counts": {k: len(v) for k, v in ids.items()}}) + "\n")
+    record_command(a.out, arms, argv if argv is not None else sys.argv[1:],
+                   {k: len(v) for k, v in ids.items()})
     records = run_arms(arms, configs, sets, a.out)
     log.info("paediatric validation of the arms: %s", records)
     from models.flair_seg.export import export_arms
