@@ -156,6 +156,18 @@ def protocol_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict[str, Any]], a: str, b: str) -> str:
+    """Mean paired Dice difference ``a - b`` over the lesion studies both segmented."""
+    da = {r["study_id"]: r["dice"] for r in rows if r["method"] == a and r["dice"] is not None}
+    db = {r["study_id"]: r["dice"] for r in rows if r["method"] == b and r["dice"] is not None}
+    both = sorted(set(da) & set(db))
+    if not both:
+        return f"{a} - {b}: no common studies"
+    diff = np.array([da[k] - db[k] for k in both])
+    return (f"{a} - {b}: mean paired Dice difference {diff.mean():+.3f} (SD {diff.std():.3f}), "
+            f"{a} higher in {int((diff > 0).sum())} of {diff.size} studies")
+
+
 def put_in_card(card: Path, text: str) -> None:
     """Replace the ablation section of the card (between its markers)."""
     from models.flair_seg.export import TABLE_BEGIN, TABLE_END
@@ -194,7 +206,11 @@ def main(argv: list[str] | None = None) -> None:
                                    (True, "site_d_unseen (PET/MR site; same FLAIR protocols)"))
                  for m in methods if any((r["role"] == "unseen") == unseen for r in rows)]
     text = (table(summaries) + "\n\nDice mean (n) per FLAIR protocol, all held-out studies "
-            "above:\n\n" + protocol_table(rows, list(methods))
+            "above:\n\n" + protocol_table(rows, list(methods)) + "\n\nPaired, all held-out "
+            "studies with a lesion:\n"
+            + "".join(f"\n* {paired(rows, 'finetune', m)}" for m in methods if m != "finetune"
+                      and "finetune" in methods and m != "baseline")
+            + (f"\n* {paired(rows, 'finetune', 'baseline')}" if "finetune" in methods else "")
             + ("\n\n" + a.note if a.note else ""))
     print(text)
     a.json.write_text(json.dumps({"summaries": summaries, "n_studies": len(studies),
