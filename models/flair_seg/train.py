@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -96,7 +97,9 @@ def record_command(out: Path, arms: list[str], argv: list[str], counts: dict[str
         group = "adult" if arm == "adult" else "paediatric"
         runs[arm] = {"argv": argv, "n_train": counts[f"{group}_train"],
                      "n_val": counts[f"{group}_val"]}
-    path.write_text(json.dumps({"runs": runs}) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # arms may run in parallel
+    tmp.write_text(json.dumps({"runs": runs}) + "\n")
+    os.replace(tmp, path)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
