@@ -169,3 +169,16 @@ def test_ablation_table_and_test_split_guard(tmp_path: Path) -> None:
     card.write_text(f"a\n{TABLE_BEGIN}\nold\n{TABLE_END}\nb\n")
     put_in_card(card, text)
     assert "old" not in card.read_text() and card.read_text().endswith(f"{TABLE_END}\nb\n")
+
+
+def test_shipped_model_finds_the_lesion_of_a_validation_study(cache: Path) -> None:
+    """The committed model through the serving path on a simulated FLAIR (not a test study)."""
+    from service.pipelines.fdopa_pet.flair_segment import DEFAULT_MODEL
+
+    assert PAEDIATRIC[0].index % 5 != 0  # validation split, never the held-out test split
+    with np.load(sample_path(cache, PAEDIATRIC[0])) as data:
+        flair = MrVolume(data["flair_zyx"].astype(np.float32), data["affine"], "1.2.3", "1.2.4")
+        truth = data["truth_zyx"] > 0
+    mask = FlairSegmenter(DEFAULT_MODEL).lesion_mask(flair)
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.7
