@@ -21,7 +21,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from service.pipelines.fdopa_pet.segment import (
     CONTRACT_METADATA_KEY,
     INPUT_NAME,
     OUTPUT_NAME,
-    SegContract,
 )
 
 OPSET = 17
@@ -42,9 +41,27 @@ PARITY_TOLERANCE = 1e-4
 CARD_TEMPLATE = Path(__file__).with_name("CARD_TEMPLATE.md")
 
 
-def export_onnx(net: UNet3d, path: Path, contract: SegContract = CONTRACT,
-                metadata: dict[str, str] | None = None) -> str:
-    """Write ``net`` (with a sigmoid) as ONNX to ``path`` and its sidecar; returns the SHA-256."""
+class ExportContract(Protocol):
+    """What the export needs of a preprocessing contract (the PET's or the FLAIR's)."""
+
+    @property
+    def box_shape_zyx(self) -> tuple[int, int, int]: ...
+
+    def to_json(self) -> str: ...
+
+
+class BoxPredictor(Protocol):
+    def predict_box(self, image_zyx: np.ndarray) -> np.ndarray: ...
+
+
+def export_onnx(net: UNet3d, path: Path, contract: ExportContract = CONTRACT,
+                metadata: dict[str, str] | None = None,
+                contract_key: str = CONTRACT_METADATA_KEY) -> str:
+    """Write ``net`` (with a sigmoid) as ONNX to ``path`` and its sidecar; returns the SHA-256.
+
+    The contract goes into the metadata under ``contract_key`` (the PET
+    segmenter's key unless another model, e.g. the FLAIR one, is exported).
+    """
     model = ProbabilityModel(net).eval()
     dummy = torch.zeros((1, 1, *contract.box_shape_zyx), dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,22 +71,23 @@ def export_onnx(net: UNet3d, path: Path, contract: SegContract = CONTRACT,
         torch.onnx.export(model, (dummy,), str(raw), opset_version=OPSET, dynamo=False,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    props = {CONTRACT_METADATA_KEY: contract.to_json(),
+    props = {contract_key: contract.to_json(),
              "dopanode_use": "research use only, not for diagnosis; trained on simulated data",
              **(metadata or {})}
     return finish_onnx(raw, path, props)
 
 
-def check_parity(net: UNet3d, onnx_path: Path, boxes: Sequence[np.ndarray]) -> float:
+def check_parity(net: UNet3d, onnx_path: Path, boxes: Sequence[np.ndarray],
+                 segmenter: BoxPredictor | None = None) -> float:
     """Max |torch - onnxruntime| of the probability over ``boxes`` ((D, H, W) each).
 
-    onnxruntime runs through the node's serving class
-    (:class:`service.pipelines.fdopa_pet.segment.TumourSegmenter`): checksum
-    and contract checks included.
+    onnxruntime runs through the node's serving class (``segmenter``, by
+    default :class:`service.pipelines.fdopa_pet.segment.TumourSegmenter` of
+    ``onnx_path``): checksum and contract checks included.
     """
     from service.pipelines.fdopa_pet.segment import TumourSegmenter
 
-    seg = TumourSegmenter(onnx_path)
+    seg = segmenter if segmenter is not None else TumourSegmenter(onnx_path)
     model = ProbabilityModel(net).eval()
     worst = 0.0
     with torch.no_grad():
@@ -80,7 +98,7 @@ def check_parity(net: UNet3d, onnx_path: Path, boxes: Sequence[np.ndarray]) -> f
     return worst
 
 
-def synthetic_boxes(n: int, seed: int, contract: SegContract = CONTRACT) -> list[np.ndarray]:
+def synthetic_boxes(n: int, seed: int, contract: ExportContract = CONTRACT) -> list[np.ndarray]:
     """Seeded smooth random boxes (parity inputs that need no data)."""
     from scipy import ndimage
 
@@ -89,11 +107,11 @@ def synthetic_boxes(n: int, seed: int, contract: SegContract = CONTRACT) -> list
             .astype(np.float32) * 4 for _ in range(n)]
 
 
-def write_card(path: Path, fields: dict[str, Any]) -> None:
-    """The model card from :data:`CARD_TEMPLATE` (``${name}`` placeholders)."""
+def write_card(path: Path, fields: dict[str, Any], template: Path = CARD_TEMPLATE) -> None:
+    """The model card from ``template`` (``${name}`` placeholders)."""
     from string import Template
 
-    text = Template(CARD_TEMPLATE.read_text()).substitute(
+    text = Template(template.read_text()).substitute(
         {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
     path.write_text(text)
 

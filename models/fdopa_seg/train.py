@@ -59,6 +59,12 @@ class TrainConfig:
     checkpoint_every: int = 250
     val_every: int = 250
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Transfer learning: weights to start from (a ``best.pt`` or ``checkpoint.pt``).
+    init: str | None = None
+    #: Encoder levels (``net.down[:k]``) whose weights and batch-norm statistics stay fixed.
+    freeze_encoder_levels: int = 0
+    #: Learning-rate factor of the encoder levels that are not frozen.
+    encoder_lr_factor: float = 1.0
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,7 +99,6 @@ def validate(net: UNet3d, samples: list[Sample]) -> dict[str, float]:
             dices.append(dice(pred, truth))
         else:
             fp_ml.append(float(pred.sum()) * 0.008)  # 2 mm voxels: 8 uL each
-    net.train()
     return {"val_dice_mean": float(np.mean(dices)) if dices else float("nan"),
             "val_dice_median": float(np.median(dices)) if dices else float("nan"),
             "val_n_tumour": len(dices),
@@ -105,6 +110,33 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         return config.learning_rate * (step + 1) / config.warmup_steps
     t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.learning_rate * 0.5 * (1 + np.cos(np.pi * min(t, 1.0)))
+
+
+def _optimiser(net: UNet3d, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; with transfer learning the frozen levels are left out and the other
+    encoder levels get ``encoder_lr_factor`` (one parameter group otherwise, as before)."""
+    k = config.freeze_encoder_levels
+    if not 0 <= k <= net.levels:
+        raise ValueError(f"freeze_encoder_levels must lie in 0..{net.levels}, got {k}")
+    if k == 0 and config.encoder_lr_factor == 1.0:
+        return torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    for block in net.down[:k]:
+        block.requires_grad_(False)
+    encoder = [p for block in net.down[k:] for p in block.parameters()]
+    ids = {id(p) for block in net.down for p in block.parameters()}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    groups = [{"params": encoder, "lr_factor": config.encoder_lr_factor},
+              {"params": rest, "lr_factor": 1.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
+                             weight_decay=config.weight_decay)
+
+
+def set_train_mode(net: UNet3d, config: TrainConfig) -> None:
+    """Training mode, except the frozen encoder levels (their batch-norm statistics stay)."""
+    net.train()
+    for block in net.down[:config.freeze_encoder_levels]:
+        block.eval()
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
@@ -131,8 +163,9 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
     # slower (measured); CPU kernels with a fixed thread count repeat bit for bit
     # (tests/unit/test_fdopa_seg_training.py checks it)
     net = UNet3d(config.width)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
-                            weight_decay=config.weight_decay)
+    if config.init is not None:
+        net.load_state_dict(torch.load(config.init, weights_only=False)["net"])
+    opt = _optimiser(net, config)
     gen = torch.Generator().manual_seed(config.seed)
     step, best = 0, {"step": -1, "val_dice_mean": -1.0}
     ckpt = out / "checkpoint.pt"
@@ -143,11 +176,11 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
         gen.set_state(state["gen"])
         step, best = state["step"], state["best"]
         log.info("resumed at step %d", step)
-    net.train()
+    set_train_mode(net, config)
     t0, losses = time.monotonic(), []
     while step < config.steps:
         for group in opt.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step) * group.get("lr_factor", 1.0)
         x, y = _batch(train_set, config, gen)
         loss = loss_fn(net(x), y)
         opt.zero_grad()
@@ -160,6 +193,7 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
         if step % config.val_every == 0 or step == config.steps:
             record = {"step": step, "loss": float(np.mean(losses)),
                       "seconds": round(time.monotonic() - t0, 1), **validate(net, val_set)}
+            set_train_mode(net, config)
             losses = []
             with (out / "history.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -42,7 +42,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -112,6 +112,16 @@ class SegContract:
 CONTRACT = SegContract()
 
 
+class BoxGeometry(Protocol):
+    """What the box functions need of a contract (:class:`SegContract` and the FLAIR one)."""
+
+    @property
+    def spacing_mm(self) -> float: ...
+
+    @property
+    def box_shape_zyx(self) -> tuple[int, int, int]: ...
+
+
 @dataclass(frozen=True, eq=False)
 class NetInput:
     """A static PET volume prepared for the network.
@@ -124,13 +134,14 @@ class NetInput:
         LPS position of the centre of box voxel ``(0, 0, 0)``, mm (x, y, z order).
     scale_units : float
         The brain-level statistic the box was divided by, in the volume's units.
-    contract : SegContract
+    contract : BoxGeometry
+        The contract the box was made under (:class:`SegContract` for the PET).
     """
 
     image_zyx: np.ndarray
     origin_lps_mm: np.ndarray
     scale_units: float
-    contract: SegContract
+    contract: BoxGeometry
 
 
 def image_from_zyx(volume_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -167,7 +178,7 @@ def head_centre_lps_mm(volume_zyx: np.ndarray, affine: np.ndarray,
     return np.asarray(affine, float)[:3, :3] @ index_zyx + np.asarray(affine, float)[:3, 3]
 
 
-def box_reference(centre_lps_mm: np.ndarray, contract: SegContract = CONTRACT) -> sitk.Image:
+def box_reference(centre_lps_mm: np.ndarray, contract: BoxGeometry = CONTRACT) -> sitk.Image:
     """The contract's box (identity direction, LPS) centred on ``centre_lps_mm``."""
     size_xyz = tuple(int(v) for v in contract.box_shape_zyx[::-1])
     ref = sitk.Image(size_xyz, sitk.sitkFloat32)
