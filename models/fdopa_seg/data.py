@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +167,16 @@ def load_sample(cache: Path, sid: SampleId) -> Sample:
                   lesion.astype(np.uint8))
 
 
-def _load(args: tuple[Path, SampleId]) -> Sample:
-    return load_sample(*args)
+def _load(args: tuple[Callable[[Path, SampleId], Sample], Path, SampleId]) -> Sample:
+    loader, cache, sid = args
+    return loader(cache, sid)
 
 
-def load_samples(cache: Path, ids: Sequence[SampleId], workers: int = 2) -> list[Sample]:
-    """:func:`load_sample` of every id, in order, with ``workers`` processes."""
-    tasks = [(cache, s) for s in ids]
+def load_samples(cache: Path, ids: Sequence[SampleId], workers: int = 2,
+                 loader: Callable[[Path, SampleId], Sample] | None = None) -> list[Sample]:
+    """``loader`` (default :func:`load_sample`; a module-level function) of every id,
+    in order, with ``workers`` processes."""
+    tasks = [(loader or load_sample, cache, s) for s in ids]
     if workers <= 1 or len(tasks) < 2:
         return [_load(t) for t in tasks]
     with ProcessPoolExecutor(max_workers=workers) as pool:

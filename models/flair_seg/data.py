@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.fdopa_seg import data as seg_data
 from models.fdopa_seg.data import TRAINING_SITES, Sample, SampleId, split_of
 
 #: Protocol mix of the benchmark's FLAIRs (:func:`service.sim.fdopa.benchmark.plan_study`).
@@ -166,14 +167,6 @@ def load_sample(cache: Path, sid: SampleId) -> Sample:
     return Sample(sid.study_id, net_input.image_zyx, mask, mask)
 
 
-def _load(args: tuple[Path, SampleId]) -> Sample:
-    return load_sample(*args)
-
-
 def load_samples(cache: Path, ids: Sequence[SampleId], workers: int = 1) -> list[Sample]:
     """:func:`load_sample` of every id, in order, with ``workers`` processes."""
-    tasks = [(cache, s) for s in ids]
-    if workers <= 1 or len(tasks) < 2:
-        return [_load(t) for t in tasks]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_load, tasks, chunksize=4))
+    return seg_data.load_samples(cache, ids, workers, loader=load_sample)

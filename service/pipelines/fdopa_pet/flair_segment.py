@@ -51,8 +51,8 @@ import SimpleITK as sitk
 from service.errors import AnalysisError
 from service.imaging.mr_volume import MrVolume
 from service.paths import default_models_dir
-from service.pipelines.fdopa_pet.result import SegmentationInfo
 from service.pipelines.fdopa_pet.segment import (
+    ContractModel,
     NetInput,
     box_reference,
     image_from_zyx,
@@ -168,7 +168,7 @@ def preprocess_flair(volume_zyx: np.ndarray, affine: np.ndarray,
                     scale, contract)
 
 
-class FlairSegmenter:
+class FlairSegmenter(ContractModel):
     """The FLAIR whole-tumour U-Net served through :class:`service.inference.onnx.OnnxModel`.
 
     Parameters
@@ -189,30 +189,8 @@ class FlairSegmenter:
 
     def __init__(self, model_path: Path, expected_sha256: str | None = None,
                  intra_op_threads: int = 1) -> None:
-        from service.inference.onnx import ModelSignature, OnnxModel, TensorSpec
-
-        box = CONTRACT.box_shape_zyx
-        signature = ModelSignature(
-            inputs=(TensorSpec(INPUT_NAME, shape=(1, *box)),),
-            outputs=(TensorSpec(OUTPUT_NAME, shape=(1, *box)),))
-        self._model = OnnxModel(Path(model_path), signature, expected_sha256, intra_op_threads)
-        text = self._model.metadata.get(CONTRACT_METADATA_KEY)
-        if text is None:
-            raise AnalysisError("model has no FLAIR segmentation contract in its metadata",
-                                "model_contract")
-        try:
-            contract = FlairContract.from_json(text)
-        except ValueError as exc:
-            raise AnalysisError(str(exc), "model_contract") from exc
-        if contract != CONTRACT:
-            raise AnalysisError("model's FLAIR segmentation contract differs from this code's",
-                                "model_contract")
-        self.contract = contract
-
-    @property
-    def info(self) -> SegmentationInfo:
-        """``method="unet"`` with the model's name and SHA-256."""
-        return SegmentationInfo("unet", self._model.name, self._model.sha256)
+        super().__init__(model_path, CONTRACT, FlairContract.from_json, CONTRACT_METADATA_KEY,
+                         "FLAIR segmentation", expected_sha256, intra_op_threads)
 
     def probabilities(self, flair: MrVolume) -> np.ndarray:
         """Whole-tumour probability of every voxel of the FLAIR.
@@ -238,8 +216,3 @@ class FlairSegmenter:
             raise ValueError(f"cut must lie in (0, 1), got {cut}")
         return self.probabilities(flair) >= cut
 
-    def predict_box(self, image_zyx: np.ndarray) -> np.ndarray:
-        """The model's probability ``(D, H, W)`` float32 for one normalised box."""
-        x = np.ascontiguousarray(image_zyx, np.float32)[None, None]
-        (prob,) = self._model.run(x)
-        return np.asarray(prob[0, 0], np.float32)

@@ -266,7 +266,51 @@ def mirrored_probability(predict: Callable[[np.ndarray], np.ndarray],
     return np.asarray(0.5 * (plain + flipped), np.float32)
 
 
-class TumourSegmenter:
+class ContractModel:
+    """A box-in, box-out U-Net served by :class:`service.inference.onnx.OnnxModel`,
+    its preprocessing contract checked at load (shared by the PET and FLAIR segmenters).
+
+    ``parse`` reads the contract from the model's metadata under
+    ``metadata_key``; it must equal ``expected``. ``label`` names the contract
+    in the refusals (``model_contract``).
+    """
+
+    def __init__(self, model_path: Path, expected: Any, parse: Callable[[str], Any],
+                 metadata_key: str, label: str, expected_sha256: str | None = None,
+                 intra_op_threads: int = 1) -> None:
+        from service.inference.onnx import ModelSignature, OnnxModel, TensorSpec
+
+        box = expected.box_shape_zyx
+        signature = ModelSignature(
+            inputs=(TensorSpec(INPUT_NAME, shape=(1, *box)),),
+            outputs=(TensorSpec(OUTPUT_NAME, shape=(1, *box)),))
+        self._model = OnnxModel(Path(model_path), signature, expected_sha256, intra_op_threads)
+        text = self._model.metadata.get(metadata_key)
+        if text is None:
+            raise AnalysisError(f"model has no {label} contract in its metadata",
+                                "model_contract")
+        try:
+            contract = parse(text)
+        except ValueError as exc:
+            raise AnalysisError(str(exc), "model_contract") from exc
+        if contract != expected:
+            raise AnalysisError(f"model's {label} contract differs from this code's",
+                                "model_contract")
+        self.contract = contract
+
+    @property
+    def info(self) -> SegmentationInfo:
+        """``method="unet"`` with the model's name and SHA-256."""
+        return SegmentationInfo("unet", self._model.name, self._model.sha256)
+
+    def predict_box(self, image_zyx: np.ndarray) -> np.ndarray:
+        """The model's probability ``(D, H, W)`` float32 for one normalised box."""
+        x = np.ascontiguousarray(image_zyx, np.float32)[None, None]
+        (prob,) = self._model.run(x)
+        return np.asarray(prob[0, 0], np.float32)
+
+
+class TumourSegmenter(ContractModel):
     """The PET-only tumour U-Net served through :class:`service.inference.onnx.OnnxModel`.
 
     Parameters
@@ -286,30 +330,8 @@ class TumourSegmenter:
 
     def __init__(self, model_path: Path, expected_sha256: str | None = None,
                  intra_op_threads: int = 1) -> None:
-        from service.inference.onnx import ModelSignature, OnnxModel, TensorSpec
-
-        box = CONTRACT.box_shape_zyx
-        signature = ModelSignature(
-            inputs=(TensorSpec(INPUT_NAME, shape=(1, *box)),),
-            outputs=(TensorSpec(OUTPUT_NAME, shape=(1, *box)),))
-        self._model = OnnxModel(Path(model_path), signature, expected_sha256, intra_op_threads)
-        text = self._model.metadata.get(CONTRACT_METADATA_KEY)
-        if text is None:
-            raise AnalysisError("model has no segmentation contract in its metadata",
-                                "model_contract")
-        try:
-            contract = SegContract.from_json(text)
-        except ValueError as exc:
-            raise AnalysisError(str(exc), "model_contract") from exc
-        if contract != CONTRACT:
-            raise AnalysisError("model's segmentation contract differs from this code's",
-                                "model_contract")
-        self.contract = contract
-
-    @property
-    def info(self) -> SegmentationInfo:
-        """``method="unet"`` with the model's name and SHA-256."""
-        return SegmentationInfo("unet", self._model.name, self._model.sha256)
+        super().__init__(model_path, CONTRACT, SegContract.from_json, CONTRACT_METADATA_KEY,
+                         "segmentation", expected_sha256, intra_op_threads)
 
     def segment(self, volume_zyx: np.ndarray, affine: np.ndarray,
                 mirror: bool = MIRROR_TTA) -> np.ndarray:
@@ -335,8 +357,3 @@ class TumourSegmenter:
                 else self.predict_box(net_input.image_zyx))
         return to_native(prob, net_input, tuple(np.shape(volume_zyx)), affine)
 
-    def predict_box(self, image_zyx: np.ndarray) -> np.ndarray:
-        """The model's probability ``(D, H, W)`` float32 for one normalised box."""
-        x = np.ascontiguousarray(image_zyx, np.float32)[None, None]
-        (prob,) = self._model.run(x)
-        return np.asarray(prob[0, 0], np.float32)
