@@ -16,6 +16,16 @@ Layout of the work directory (never in git):
 * ``index.csv``: one row per study: id, site, role, anatomy group, disease
   class, split, SBRs and levels.
 
+Two label sources (``label_source``): ``"gmm"`` (the per-site GMM labels
+above, as the reference paper; suits sites with one camera each) and
+``"truth"``: the simulator's own truth levels
+(:func:`service.sim.reference.truth_levels`: the remaining fraction of each
+region's binding against the same subject without disease, cut at 80 / 65 /
+45 / 25 %), for benchmarks whose sites mix appearances and protocols, where a
+per-site mixture of measured SBRs has no meaning. Truth labels come from the
+simulation, not from a reader. The GMM calibration is computed either way
+(the carried-over SBR baseline of :mod:`.evaluate` uses it).
+
 Splits keep anatomy groups together: ``unseen`` sites are all ``test_unseen``;
 in the other sites a seeded permutation of the anatomy groups gives
 ``train`` / ``val`` / ``test`` (70/10/20 %).
@@ -65,6 +75,9 @@ class Study:
     #: :func:`service.sim.reference.binary_reference` of the manifest row
     #: ("" when the manifest has no true binding).
     binary_reference: str = ""
+    #: :func:`service.sim.reference.truth_levels` in the order of REGIONS
+    #: (None when the manifest has no true binding).
+    truth_levels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,8 +123,18 @@ def read_manifest(bench_dir: Path) -> list[Study]:
             raise SystemExit(f"manifest holds an unusable study id or site: {sid!r}")
         studies.append(Study(sid, site, row.get("role", "train_test"), row["anatomy_id"],
                              row.get("disease_class", ""), bench_dir / site / sid / "series",
-                             _reference(row)))
+                             _reference(row), _truth_levels(row)))
     return studies
+
+
+def _truth_levels(row: dict[str, str]) -> tuple[int, ...] | None:
+    """Truth level per region (order of REGIONS), None without true binding columns."""
+    from service.sim.reference import truth_levels
+
+    if not row.get("true_br_putamen_left") or not row.get("age_years"):
+        return None
+    levels = truth_levels(row)
+    return tuple(levels[r.value] for r in REGIONS)
 
 
 def _reference(row: dict[str, str]) -> str:
@@ -216,10 +239,22 @@ def _load_cached(work_dir: Path, study_id: str) -> tuple[np.ndarray, np.ndarray]
         return npz["x"], npz["sbr"]
 
 
-def label_sites(studies: Sequence[Study], work_dir: Path, seed: int) -> Path:
-    """GMM labels per site (as ``dopanode label``) and the index CSV; returns its path."""
+LABEL_SOURCES = ("gmm", "truth")
+
+
+def label_sites(studies: Sequence[Study], work_dir: Path, seed: int,
+                label_source: str = "gmm") -> Path:
+    """GMM labels per site (as ``dopanode label``) and the index CSV; returns its path.
+
+    The index's ``level_*`` columns hold the GMM levels, or with
+    ``label_source="truth"`` the studies' truth levels (module docstring).
+    """
     from service.pipelines.dat_spect.labelling import label_dataset
 
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {label_source!r}; known: {LABEL_SOURCES}")
+    if label_source == "truth" and any(s.truth_levels is None for s in studies):
+        raise SystemExit("truth labels need a manifest with true binding (benchmark >= 2)")
     splits = assign_splits(studies, seed)
     rows: list[dict[str, object]] = []
     for site in sorted({s.site for s in studies}):
@@ -231,7 +266,9 @@ def label_sites(studies: Sequence[Study], work_dir: Path, seed: int) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         calibration = {**labels.calibration().to_dict(), "provenance": "simulated"}
         (out / "calibration.json").write_text(json.dumps(calibration, indent=2))
-        for s, sbr, levels in zip(members, sbrs, labels.levels, strict=True):
+        for s, sbr, gmm in zip(members, sbrs, labels.levels, strict=True):
+            levels = gmm if s.truth_levels is None or label_source == "gmm" else dict(
+                zip(REGIONS, s.truth_levels, strict=True))
             rows.append({
                 "study_id": s.study_id, "site": s.site, "role": s.role,
                 "anatomy_id": s.anatomy_id, "disease_class": s.disease_class,
@@ -269,7 +306,7 @@ def load_training_set(work_dir: Path) -> TrainingSet:
 
 def build(bench_dir: Path, work_dir: Path, seed: int, workers: int = 1,
           limit_per_site: int | None = None,
-          measure_fn: MeasureFn = measure_study,
+          measure_fn: MeasureFn = measure_study, label_source: str = "gmm",
           ) -> TrainingSet:
     """Measure (cached), label per site and load the benchmark under ``bench_dir``."""
     studies = read_manifest(bench_dir)
@@ -278,7 +315,7 @@ def build(bench_dir: Path, work_dir: Path, seed: int, workers: int = 1,
     cached = cache_studies(studies, work_dir, workers, measure_fn)
     if not cached:
         raise SystemExit("no study could be measured")
-    label_sites(cached, work_dir, seed)
+    label_sites(cached, work_dir, seed, label_source)
     return load_training_set(work_dir)
 
 

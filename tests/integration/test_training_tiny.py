@@ -224,7 +224,7 @@ def test_augmentation() -> None:
     batch = torch.rand(3, 1, 8, 8, 8)
     a = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
     b = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and not torch.equal(a, batch) and a.shape == batch.shape
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, batch) and a.x.shape == batch.shape
 
 
 def test_pipeline_serves_the_exported_cnn(trained: dict, tmp_path: Path) -> None:

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--workers", type=int, default=2, help="processes measuring the benchmark")
     p.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
+    p.add_argument("--labels", choices=("gmm", "truth"), default="gmm",
+                   help="gmm: per-site GMM labels on measured SBR (one camera per site); "
+                        "truth: the simulator's truth levels (mixed-appearance benchmarks)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
@@ -49,6 +52,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("robustness", help="sensitivity/specificity per data set of CNN "
+                              "models and the SBR path (e.g. on 'benchmark robustness' output)")
+    p.add_argument("bench", type=Path, help="folder with manifest.csv")
+    p.add_argument("--work", type=Path, required=True, help="cache folder (measured once)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="an ONNX model to rate with (repeatable; default: the shipped one)")
+    p.add_argument("--workers", type=int, default=2, help="processes measuring the studies")
+    p.add_argument("--json", type=Path, default=None, help="also write the table here")
+    p.set_defaults(func=cmd_robustness)
+
+    p = subparsers.add_parser("heldout-v1", help="generate the benchmark-1 test groups the "
+                              "shipped version-1 CNN held out (first N per site)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--per-site", type=int, default=8, help="anatomy groups (4 scans) per site")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_heldout_v1)
 
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity")
     p.add_argument("work", type=Path, help="work folder with checkpoint.pt and the cache")
@@ -83,7 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                learning_rate=args.learning_rate, width=args.width,
                                seed=args.seed, threads=args.threads, device=args.device)
     out = _model_path(args.out)
-    summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit)
+    summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit,
+                                 label_source=args.labels)
     print(f"model {out} sha256 {summary['sha256']}")
     print(f"parity max abs diff {summary['parity']['max_abs_diff']:.2e} "
           f"over {summary['parity']['n_scans']} scans")
@@ -131,3 +152,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"parity max abs diff {parity.max_abs_diff:.2e} over {parity.n_scans} scans: "
           f"{'ok' if parity.ok else 'FAILED'}")
     return 0 if parity.ok else 1
+
+
+def _named_models(specs: list[str]) -> dict[str, Path]:
+    if not specs:
+        return {"shipped": _model_path(None)}
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--model wants NAME=PATH, not {spec!r}")
+        out[name] = Path(path)
+    return out
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    robustness = _training("robustness")
+    result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
+                                        args.workers)
+    print(result["markdown"])
+    print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_heldout_v1(args: argparse.Namespace) -> int:
+    robustness = _training("robustness")
+    print(f"manifest {robustness.generate_v1_heldout(args.out, args.per_site, args.workers)}")
+    return 0

@@ -1,0 +1,232 @@
+"""Sensitivity and specificity per data set (variant) for CNN models and the SBR path.
+
+Used on the robustness set (:mod:`service.sim.robustness`) and on any
+benchmark folder (e.g. the held-out benchmark version 1 groups of
+:func:`v1_heldout_groups`). Per scan and method a *call*:
+
+* ``reduced`` and ``inconclusive`` of the method's own global rule: the CNN's
+  (:func:`service.pipelines.dat_spect.cnn.rate_scan`), or the SBR-threshold
+  path's (:func:`service.pipelines.dat_spect.levels.global_score` with the
+  shipped calibration, as the node scores without a CNN);
+* ``verdict``: what the node reports with that CNN: the CNN call made
+  inconclusive where the CNN and the SBR levels fall on opposite sides of
+  level 2 in a region (:func:`service.pipelines.dat_spect.verdict.consistent_score`).
+
+Against the binding reference (``binary_reference`` of the manifest;
+excluded scans left out): **sensitivity** is the fraction of *reduced* scans
+called reduced and not inconclusive; **specificity** the fraction of *normal*
+scans called normal and not inconclusive (an inconclusive call counts as a
+miss both ways: the reader is left without an answer). ``sens 1-sided``
+restricts sensitivity to the robustness set's one-sided cases.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.pipelines.dat_spect.result import REGIONS, Level
+
+#: Seed and split of the shipped version-1 model (its held-out test groups).
+V1_SEED = 20261121
+V1_SITES = ("site_a", "site_b", "site_c")
+
+
+@dataclass(frozen=True)
+class Calls:
+    """One method's calls on N scans: ``(N,)`` bool arrays and ``(N, 4)`` levels."""
+
+    reduced: np.ndarray
+    inconclusive: np.ndarray
+    levels: np.ndarray
+
+
+def sbr_calls(sbr: np.ndarray, calibration: Any) -> Calls:
+    """The SBR-threshold path's calls on ``(N, 4)`` SBRs (order of REGIONS)."""
+    from service.pipelines.dat_spect.levels import global_score, level_for
+
+    reduced, unsure, levels = [], [], []
+    for row in sbr:
+        values = {r: float(v) for r, v in zip(REGIONS, row, strict=True)}
+        lv = {r: level_for(r, values[r], calibration) for r in REGIONS}
+        score = global_score(lv, values, calibration)
+        reduced.append(score.reduced)
+        unsure.append(score.inconclusive)
+        levels.append([int(lv[r]) for r in REGIONS])
+    return Calls(np.array(reduced, bool), np.array(unsure, bool), np.array(levels, np.int64))
+
+
+def cnn_calls(model: Path, x: np.ndarray) -> Calls:
+    """A CNN model's own calls on ``(N, 1, D, H, W)`` inputs."""
+    from models.training.workflow import cnn_predictions
+    from service.pipelines.dat_spect.cnn import CnnSession
+
+    levels, reduced, unsure, _, _ = cnn_predictions(CnnSession(model), x)
+    return Calls(np.asarray(reduced, bool), np.asarray(unsure, bool), levels)
+
+
+def verdict_calls(cnn: Calls, sbr: Calls) -> Calls:
+    """The node's verdict with a CNN: inconclusive where CNN and SBR straddle level 2."""
+    two = int(Level.MODERATE_REDUCTION)
+    disagree = ((cnn.levels >= two) != (sbr.levels >= two)).any(axis=1)
+    return Calls(cnn.reduced, cnn.inconclusive | disagree, cnn.levels)
+
+
+def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Sensitivity, specificity (conclusive calls only) and counts on ``mask``."""
+    pos = mask & (reference == "reduced")
+    neg = mask & (reference == "normal")
+    hit = calls.reduced & ~calls.inconclusive
+    ok_neg = ~calls.reduced & ~calls.inconclusive
+    return {"n_reduced": int(pos.sum()), "n_normal": int(neg.sum()),
+            "tp": int((hit & pos).sum()), "tn": int((ok_neg & neg).sum()),
+            "inconclusive": int((calls.inconclusive & (pos | neg)).sum())}
+
+
+def level_accuracy(calls: Calls, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Pooled 5-level accuracy against the truth levels on ``mask``."""
+    if not mask.any():
+        return float("nan")
+    return float((calls.levels[mask] == truth[mask]).mean())
+
+
+def method_table(groups: np.ndarray, reference: np.ndarray, one_sided: np.ndarray,
+                 truth: np.ndarray | None, methods: Mapping[str, Calls]
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{group: {method: rates}}`` for each value of ``groups`` and ``"all"``."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for group in [*sorted(set(groups.tolist())), "all"]:
+        mask = np.ones(len(groups), bool) if group == "all" else groups == group
+        out[group] = {}
+        for name, calls in methods.items():
+            r = rates(calls, reference, mask)
+            side = rates(calls, reference, mask & one_sided)
+            r["n_one_sided"], r["tp_one_sided"] = side["n_reduced"], side["tp"]
+            if truth is not None:
+                r["level_accuracy"] = level_accuracy(calls, truth, mask)
+            out[group][name] = r
+    return out
+
+
+def _frac(k: int, n: int) -> str:
+    return "-" if n == 0 else f"{k}/{n}"
+
+
+def format_methods(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Markdown: one row per group, per method ``sens 1-sided | sens | spec | inconcl.``."""
+    methods = list(next(iter(table.values())))
+    head = "| data set | " + " | ".join(
+        f"{m} sens 1-sided | {m} sens | {m} spec | {m} inconcl." for m in methods) + " |"
+    lines = [head, "|" + "---|" * (1 + 4 * len(methods))]
+    for group, by_method in table.items():
+        cells = []
+        for m in methods:
+            r = by_method[m]
+            cells += [_frac(r["tp_one_sided"], r["n_one_sided"]), _frac(r["tp"], r["n_reduced"]),
+                      _frac(r["tn"], r["n_normal"]),
+                      f"{r['inconclusive']}/{r['n_reduced'] + r['n_normal']}"]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _manifest_rows(bench_dir: Path) -> dict[str, dict[str, str]]:
+    with (bench_dir / "manifest.csv").open(newline="") as f:
+        return {row["study_id"]: row for row in csv.DictReader(f)}
+
+
+def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
+                    workers: int = 1) -> dict[str, Any]:
+    """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
+
+    ``models``: display name -> ONNX file. Returns ``{"table": {...},
+    "markdown": str, "n_failed": int}``.
+    """
+    from models.training.data import cache_studies, read_manifest
+    from service.pipelines.dat_spect.assets import load_dat_models
+
+    studies = read_manifest(bench_dir)
+    cached = cache_studies(studies, work_dir, workers)
+    rows = _manifest_rows(bench_dir)
+    xs, sbrs = [], []
+    for s in cached:
+        with np.load(work_dir / "cache" / f"{s.study_id}.npz") as npz:
+            xs.append(npz["x"])
+            sbrs.append(npz["sbr"])
+    x, sbr = np.stack(xs).astype(np.float32), np.stack(sbrs)
+    row_of = [rows[s.study_id] for s in cached]
+    reference = np.array([s.binary_reference for s in cached], dtype=object)
+    one_sided = np.array([r.get("case", "").startswith("loss_") for r in row_of])
+    truth = np.array([s.truth_levels or (-1,) * 4 for s in cached], np.int64)
+    calibration = load_dat_models().calibration
+    sbr_path = sbr_calls(sbr, calibration)
+    methods: dict[str, Calls] = {}
+    for name, path in models.items():
+        cnn = cnn_calls(path, x)
+        methods[name] = cnn
+        methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path)
+    methods["sbr"] = sbr_path
+    table = method_table(np.array([s.site for s in cached]), reference, one_sided, truth,
+                         methods)
+    return {"table": table, "markdown": format_methods(table),
+            "n_failed": len(studies) - len(cached)}
+
+
+def v1_heldout_groups(per_site: int, seed: int = V1_SEED) -> dict[str, list[int]]:
+    """The first ``per_site`` anatomy groups per in-distribution site of benchmark
+    version 1 that the shipped version-1 model held out as its test split.
+
+    Rebuilds :func:`models.training.data.assign_splits` over the whole version-1
+    benchmark (every study of it was measured then: no failures).
+    """
+    from models.training.data import Study, assign_splits
+    from service.sim.benchmark import SCANS_PER_ANATOMY, SITES, study_id
+
+    studies = [Study(study_id(site, i), site.name, site.role,
+                     f"{site.name}_a{i // SCANS_PER_ANATOMY:04d}", "", Path())
+               for site in SITES.values() for i in range(site.n_studies)]
+    splits = assign_splits(studies, seed)
+    out: dict[str, list[int]] = {}
+    for name in V1_SITES:
+        groups = sorted({int(s.anatomy_id.rsplit("_a", 1)[1]) for s in studies
+                         if s.site == name and splits[s.study_id] == "test"})
+        out[name] = groups[:per_site]
+    return out
+
+
+def generate_v1_heldout(out_dir: Path, per_site: int, workers: int = 1) -> Path:
+    """Generate those groups (benchmark version 1 bytes) under ``out_dir``; the manifest."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from service.sim.benchmark import SITES, _run_group, claim_version, write_manifest
+
+    claim_version(out_dir, 1)
+    tasks = [(SITES[name], g, out_dir)
+             for name, groups in v1_heldout_groups(per_site).items() for g in groups]
+    if workers > 1:
+        from service.sim.benchmark import _init_worker
+
+        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+            list(pool.map(_run_group, tasks, chunksize=1))
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the benchmark's workers: the same bytes
+        try:
+            for task in tasks:
+                _run_group(task)
+        finally:
+            torch.set_num_threads(threads)
+    return write_manifest([SITES[name] for name in V1_SITES], out_dir)
+
+
+def summary_lines(result: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
+    """One line per method of the ``all`` row (for the command's output)."""
+    rows = result["table"]["all"]
+    return [f"{m}: sens {_frac(rows[m]['tp'], rows[m]['n_reduced'])}, "
+            f"spec {_frac(rows[m]['tn'], rows[m]['n_normal'])}" for m in methods if m in rows]

@@ -1,0 +1,263 @@
+"""The DaT CNN's standing robustness set: appearance variants beyond the training ranges.
+
+Issue 10: a CNN trained on one simulator's look missed a one-sided putamen
+loss (a putamen at about 59 % of the other side) on images derived from real
+patients. This set asks, per *variant* (a camera, a protocol or an anatomy
+the training data never had, :data:`VARIANTS`), the questions a reader asks:
+
+* is a **one-sided putamen loss** (the affected putamen's specific binding at
+  45-58 % of the other side's, the early Parkinson pattern; left and right)
+  called *reduced*, not inconclusive?
+* is a **bilateral** putamen loss called reduced?
+* is a **normal** scan called normal?
+
+Each anatomy group is one subject scanned four times: normal, loss left, loss
+right, bilateral (:data:`CASES`), so the cases differ only in the striatal
+binding. Seeds are separate from every benchmark site's
+(:data:`ROBUST_SEED`; group ``g`` of variant ``v`` draws from
+``default_rng([ROBUST_SEED, v, g])``), the data are written like a benchmark
+(``<out>/<variant>/<study>/series``, ``truth.json``, ``manifest.csv``) so
+the training code's cache reads them, and nothing of it is committed:
+``dopanode benchmark robustness OUT`` makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.sim.anatomy import STRIATAL_COMPONENTS
+from service.sim.benchmark import (
+    SCANS_PER_ANATOMY,
+    TRUTH_FILE,
+    SiteSpec,
+    _write_study,
+    study_id,
+    write_manifest,
+)
+from service.sim.disease import DiseaseState
+
+if TYPE_CHECKING:
+    from service.sim.groups import GroupPlan
+
+#: Seed of the robustness set (benchmark sites use 1001-1004 and 2001-2005).
+ROBUST_SEED = 7001
+#: The four scans of a group, in order.
+CASES: tuple[str, ...] = ("normal", "loss_left", "loss_right", "bilateral")
+#: Remaining fraction of the affected putamen (relative to the other side) in a one-sided case.
+ONE_SIDED_FRACTION = (0.45, 0.58)
+#: Remaining fraction of both putamina in a bilateral case.
+BILATERAL_FRACTION = (0.25, 0.50)
+#: Largest affected/other putamen binding ratio a one-sided case may have.
+ONE_SIDED_MAX_RATIO = 0.60
+_ENCODINGS = {"multiframe": 0.4, "per_slice": 0.2, "ge_negative_spacing": 0.2, "z_flipped": 0.2}
+
+
+@dataclass(frozen=True)
+class RobustVariant:
+    """One appearance variant of the robustness set.
+
+    Attributes
+    ----------
+    name : str
+        Data-set name (study-folder prefix).
+    description : str
+        What lies beyond the training ranges.
+    profile : str
+        Base camera profile (:data:`service.sim.profiles.PROFILES`).
+    camera : tuple of (str, object) pairs
+        Fields of the :class:`~service.sim.profiles.CameraProfile` replaced.
+    anatomy : tuple of (str, object) pairs
+        Fields of the drawn :class:`~service.sim.appearance.Appearance` replaced.
+    age_years : int or None
+        Fixed age of the subjects (None: normal(62, 12) clipped to 25-90).
+    """
+
+    name: str
+    description: str
+    profile: str
+    camera: tuple[tuple[str, Any], ...] = ()
+    anatomy: tuple[tuple[str, Any], ...] = ()
+    age_years: int | None = None
+
+
+_OSEM_CHANG = (("recon", "osem"), ("attenuation_correction", "chang"),
+               ("chang_mu_per_mm", 0.011), ("scatter_correction", False))
+_FBP_NOAC = (("recon", "fbp"), ("attenuation_correction", "none"),
+             ("scatter_correction", False), ("post_filter_fwhm_mm", 0.0))
+
+VARIANTS: tuple[RobustVariant, ...] = (
+    RobustVariant("siemens_osem_ctac", "site A camera, held-out subjects",
+                  "siemens_lehr_osem_ctac"),
+    RobustVariant("ge_fbp_chang", "site B camera, held-out subjects", "ge_lehr_fbp_chang"),
+    RobustVariant("legacy_lowcount", "site C camera, held-out subjects", "legacy_legp_lowcount"),
+    RobustVariant("fanbeam_unseen", "the unseen fan-beam HR camera", "fanbeam_hr_osem"),
+    RobustVariant("aicha_striatum", "striatum from AICHA, a source held out of training",
+                  "ge_lehr_fbp_chang", anatomy=(("striatal_source", "aicha"),)),
+    RobustVariant("fwhm_18mm", "OSEM + Chang, 18 mm Gaussian post-filter (training 6-16 mm)",
+                  "siemens_lehr_osem_ctac",
+                  camera=(*_OSEM_CHANG, ("post_filter_fwhm_mm", 18.0),
+                          ("osem_resolution_recovery", False))),
+    RobustVariant("sharp_lowcount", "OSEM-RR + CT-AC, 5 mm filter at 0.35 Mcounts "
+                  "(training >= 6 mm, >= 0.5 Mcounts)", "siemens_lehr_osem_ctac",
+                  camera=(("post_filter_fwhm_mm", 5.0), ("counts_mcounts", (0.35, 0.35)))),
+    RobustVariant("matrix64_5p5mm", "64 x 64 matrix, 5.5 mm voxels (training <= 5.2 mm)",
+                  "legacy_legp_lowcount",
+                  camera=(("matrix", 64), ("voxel_mm", 5.5), ("butterworth_cutoff_cycles_per_cm",
+                                                              0.40))),
+    RobustVariant("fbp_noac_legp", "FBP without AC, LEGP, 15 mm Butterworth, 0.6 Mcounts",
+                  "legacy_legp_lowcount",
+                  camera=(*_FBP_NOAC, ("butterworth_cutoff_cycles_per_cm", 0.40),
+                          ("counts_mcounts", (0.6, 0.6)))),
+    RobustVariant("extracerebral_strong", "scalp 1.2, glands 4, nasal 3, soft tissue 0.8 of GM "
+                  "(training at most 0.8, 2.5, 2.0, 0.5)", "ge_lehr_fbp_chang",
+                  anatomy=(("scalp", 1.2), ("salivary", 4.0), ("nasal", 3.0),
+                           ("extracerebral", 0.8))),
+    RobustVariant("atrophy_severe", "age 90, brain volume -27 %, ventricles x 8 "
+                  "(training about -20 %, x 5)", "ge_lehr_fbp_chang",
+                  anatomy=(("brain_scale", 0.90), ("ventricle_factor", 8.0)), age_years=90),
+)
+VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
+
+
+def variant_site(variant: RobustVariant, n_groups: int) -> SiteSpec:
+    """The benchmark-style site of ``variant`` with ``n_groups`` anatomy groups."""
+    return SiteSpec(variant.name, variant.profile, n_groups * SCANS_PER_ANATOMY, ROBUST_SEED,
+                    "robustness", dict(_ENCODINGS), "broad")
+
+
+def _loss_state(normal: DiseaseState, case: str, source: str,
+                rng: np.random.Generator) -> DiseaseState:
+    """The case's state: the normal subject with putamen loss (posterior more than anterior).
+
+    A one-sided case is scaled so that the affected putamen's volume-weighted
+    binding (``source``'s volumes) is exactly a drawn fraction in
+    :data:`ONE_SIDED_FRACTION` of the other putamen's.
+    """
+    from service.sim.striatal_sources import region_binding
+
+    if case == "normal":
+        return normal
+    remaining: dict[str, float] = dict.fromkeys(STRIATAL_COMPONENTS, 1.0)
+    sides = ("left", "right") if case == "bilateral" else (case.removeprefix("loss_"),)
+    span = BILATERAL_FRACTION if case == "bilateral" else ONE_SIDED_FRACTION
+    for side in sides:
+        f = float(rng.uniform(*span))
+        remaining[f"putamen_posterior_{side}"] = f - 0.08
+        remaining[f"putamen_anterior_{side}"] = f + 0.08
+        if case != "bilateral":
+            other = "right" if side == "left" else "left"
+            regions = region_binding({c: b * remaining[c] for c, b in normal.binding.items()},
+                                     source)
+            scale = f * regions[f"putamen_{other}"] / regions[f"putamen_{side}"]
+            for part in ("posterior", "anterior"):
+                remaining[f"putamen_{part}_{side}"] *= scale
+    loss = {c: 1.0 - r for c, r in remaining.items()}
+    binding = {c: b * remaining[c] for c, b in normal.binding.items()}
+    side = "both" if case == "bilateral" else sides[0]
+    return DiseaseState("pd", 0.5, side, normal.age_years, normal.sex, binding, loss)
+
+
+def plan_variant_group(variant: RobustVariant, index: int, group: int) -> GroupPlan:
+    """The :class:`~service.sim.groups.GroupPlan` of one group (four :data:`CASES`)."""
+    from service.sim.anatomy import sample_transform
+    from service.sim.appearance import sample_appearance
+    from service.sim.disease import sample_state
+    from service.sim.groups import GroupPlan
+    from service.sim.profiles import get_profile
+
+    rng = np.random.default_rng([ROBUST_SEED, index, group])
+    transform = sample_transform(rng)
+    age = variant.age_years or int(np.clip(round(rng.normal(62.0, 12.0)), 25, 90))
+    sex = "F" if rng.random() < 0.45 else "M"
+    appearance = replace(sample_appearance(rng, age), **dict(variant.anatomy))
+    profile = replace(get_profile(variant.profile), **dict(variant.camera))
+    normal = sample_state(rng, "normal", age_years=age, sex=sex, br_young=appearance.br_young())
+    states = [_loss_state(normal, case, appearance.striatal_source, rng) for case in CASES]
+    indices = range(group * SCANS_PER_ANATOMY, (group + 1) * SCANS_PER_ANATOMY)
+    names, p = list(_ENCODINGS), np.array(list(_ENCODINGS.values()))
+    encodings = [str(rng.choice(names, p=p / p.sum())) for _ in indices]
+    activities = [float(rng.uniform(150.0, 190.0)) for _ in indices]
+    seeds = [int(rng.integers(2**63)) for _ in indices]
+    return GroupPlan(profile, transform, None, appearance, indices, states, encodings,
+                     activities, seeds)
+
+
+def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) -> int:
+    """Simulate and write one group of ``variant`` (skips finished studies); studies written."""
+    from service.sim.broad_profiles import profile_fields
+    from service.sim.groups import plan_scanner
+
+    index = VARIANT_NAMES.index(variant.name)
+    site = variant_site(variant, group + 1)
+    plan = plan_variant_group(variant, index, group)
+    todo = [k for k, i in enumerate(plan.indices)
+            if not (out_dir / site.name / study_id(site, i) / TRUTH_FILE).exists()]
+    if not todo:
+        return 0
+    scanner = plan_scanner(plan)
+    for k in todo:
+        t0 = time.process_time()
+        scan = scanner.scan(plan.states[k], np.random.default_rng(plan.noise_seeds[k]))
+        row = _write_study(site, plan.indices[k], group, k, scan, plan, out_dir)
+        row.update(case_fields(row, CASES[k]))
+        row.update(profile_fields(plan.profile))
+        row["variant_description"] = variant.description
+        row["cpu_s"] = round(time.process_time() - t0, 2)
+        path = out_dir / site.name / study_id(site, plan.indices[k]) / TRUTH_FILE
+        path.write_text(json.dumps(row, indent=1))
+    return len(todo)
+
+
+def case_fields(row: dict[str, object], case: str) -> dict[str, object]:
+    """``case`` and the affected/other putamen binding ratio; checks the one-sided rule.
+
+    Raises
+    ------
+    ValueError
+        A one-sided case whose affected putamen is above :data:`ONE_SIDED_MAX_RATIO`
+        of the other side's binding (cannot happen with the ranges above).
+    """
+    left, right = (float(str(row[f"true_br_putamen_{s}"])) for s in ("left", "right"))
+    ratio = {"loss_left": left / right, "loss_right": right / left}.get(case, min(left, right)
+                                                                       / max(left, right))
+    if case.startswith("loss_") and ratio > ONE_SIDED_MAX_RATIO:
+        raise ValueError(f"one-sided case at {ratio:.2f} of the other side")
+    return {"case": case, "putamen_ratio": round(ratio, 4)}
+
+
+def _run(task: tuple[RobustVariant, int, Path]) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic in a pool and in process: same bytes
+    try:
+        return generate_variant_group(*task)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def generate_robustness(out_dir: Path, n_groups: int = 2,
+                        variants: Sequence[RobustVariant] = VARIANTS, workers: int = 1) -> Path:
+    """Generate (or finish) the robustness set under ``out_dir``; returns the manifest path.
+
+    ``n_groups`` anatomy groups (four scans each) per variant.
+    """
+    if n_groups < 1:
+        raise ValueError("n_groups must be at least 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = [(v, g, out_dir) for v in variants for g in range(n_groups)]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_run, tasks, chunksize=1))
+    else:
+        for task in tasks:
+            _run(task)
+    return write_manifest([variant_site(v, n_groups) for v in variants], out_dir)

@@ -1,0 +1,62 @@
+"""The robustness set in CI, small: the shipped DaT CNN catches one-sided putamen loss
+and passes normals on appearance variants beyond its training ranges.
+
+Generates one anatomy group (normal, loss left, loss right, bilateral; one-sided at
+45-58 % of the other putamen) of each of the cheap 64-matrix variants of
+:mod:`service.sim.robustness`, runs the real pipeline's ``measure`` (registration,
+quantification, CNN input) and rates with the shipped model through onnxruntime. The
+full set and the per-variant table: ``dopanode benchmark robustness`` then
+``dopanode robustness`` (models/training/README.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.sim.robustness import VARIANTS, generate_robustness
+
+pytestmark = pytest.mark.slow  # simulator (torch) and the whole measuring pipeline
+
+CHEAP = ("matrix64_5p5mm", "fbp_noac_legp", "legacy_lowcount")
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from models.training.robustness import evaluate_folder
+    from service.paths import default_models_dir
+    from service.pipelines.dat_spect.plugin import MODEL_FILE
+
+    root = tmp_path_factory.mktemp("robust")
+    generate_robustness(root / "bench", 1, [v for v in VARIANTS if v.name in CHEAP])
+    model = default_models_dir() / MODEL_FILE
+    return evaluate_folder(root / "bench", root / "work", {"shipped": model})
+
+
+def test_every_study_is_measured(rated: dict) -> None:
+    assert rated["n_failed"] == 0
+    assert set(rated["table"]) == {*CHEAP, "all"}
+
+
+@pytest.mark.parametrize("variant", CHEAP)
+def test_one_sided_loss_is_called_reduced(rated: dict, variant: str) -> None:
+    r = rated["table"][variant]["shipped"]
+    assert r["n_one_sided"] == 2 and r["n_reduced"] == 3
+    assert r["tp_one_sided"] == 2, rated["markdown"]  # reduced, not inconclusive
+    assert r["tp"] == 3, rated["markdown"]
+
+
+@pytest.mark.parametrize("variant", CHEAP)
+def test_normals_are_called_normal(rated: dict, variant: str) -> None:
+    r = rated["table"][variant]["shipped"]
+    assert r["n_normal"] == 1 and r["tn"] == 1, rated["markdown"]
+
+
+def test_table_counts_add_up(rated: dict) -> None:
+    table = rated["table"]
+    for method in ("shipped", "shipped+verdict", "sbr"):
+        total = sum(table[v][method]["n_reduced"] for v in CHEAP)
+        assert total == table["all"][method]["n_reduced"] == 9
+        assert 0.0 <= table["all"][method]["level_accuracy"] <= 1.0
+    assert np.isfinite(table["all"]["sbr"]["level_accuracy"])
+    assert "| matrix64_5p5mm |" in rated["markdown"]

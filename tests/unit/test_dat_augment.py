@@ -1,0 +1,110 @@
+"""Appearance augmentation of the DaT CNN's training (models/training/augment.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from torch.nn import functional as F
+
+from models.training.augment import (
+    MIRROR_REGIONS,
+    AugmentConfig,
+    augment,
+    gaussian_blur,
+    pose_theta,
+    smooth_field,
+    swap_sides,
+)
+from models.training.workflow import midline_box_index
+from service.imaging.atlas import load_atlas
+from service.pipelines.dat_spect.preprocess import contract_for_atlas
+from service.pipelines.dat_spect.result import REGIONS
+
+pytestmark = pytest.mark.slow  # torch
+
+SHAPE = (8, 10, 12)
+STILL = AugmentConfig(scale_jitter=0.0, rotation_max_deg=0.0, shift_max_vox=0.0)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta[None], [1, 1, *x.shape[2:]], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("mirror", [None, 5.0, 6.5])
+def test_flip_mirrors_about_the_given_index(mirror: float | None) -> None:
+    x = torch.zeros(1, 1, *SHAPE)
+    x[0, 0, 3, 4, 2] = 1.0
+    config = AugmentConfig(**{**STILL.__dict__, "mirror_x_vox": mirror})
+    m = (SHAPE[2] - 1) / 2 if mirror is None else mirror
+    target = 2 * m - 2
+    out = _resample(x, pose_theta(SHAPE, torch.rand(9), True, config))
+    if target == int(target):
+        assert out[0, 0, 3, 4, int(target)] == pytest.approx(1.0, abs=1e-5)
+    else:  # between two voxels: split in half
+        assert out[0, 0, 3, 4, int(target)] == pytest.approx(0.5, abs=1e-5)
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5)
+    still = _resample(x, pose_theta(SHAPE, torch.rand(9), False, config))
+    torch.testing.assert_close(still, x)
+
+
+def test_swap_sides_exchanges_left_and_right() -> None:
+    names = [r.value for r in REGIONS]
+    assert [names[i] for i in MIRROR_REGIONS] == [
+        n.replace("left", "x").replace("right", "left").replace("x", "right") for n in names]
+    levels = torch.tensor([[0, 0, 3, 0], [1, 2, 0, 4]])
+    out = swap_sides(levels, torch.tensor([True, False]))
+    assert out.tolist() == [[0, 0, 0, 3], [1, 2, 0, 4]]
+
+
+def test_midline_of_the_shipped_box_is_mni_x_zero() -> None:
+    atlas = load_atlas()
+    contract = contract_for_atlas(atlas)
+    m = midline_box_index(contract, atlas)
+    x_mm = atlas.origin_lps_mm[0] + atlas.spacing_mm[0] * (contract.box_start_zyx[2] + m)
+    assert x_mm == pytest.approx(0.0)
+
+
+def test_blur_matches_scipy() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.random(SHAPE).astype(np.float32)
+    ref = gaussian_filter(x.astype(np.float64), 1.0, mode="nearest", truncate=3.0)
+    out = gaussian_blur(torch.from_numpy(x)[None, None], 1.0)[0, 0].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_smooth_field_is_standardised_and_smooth() -> None:
+    field = smooth_field((32, 40, 48), torch.Generator().manual_seed(1))[0]
+    assert float(field.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(field.std()) == pytest.approx(1.0, abs=1e-4)
+    steps = field.diff(dim=2).abs()  # white noise of unit SD: mean step about 1.1
+    assert float(steps.mean()) < 0.2 and float(steps.max()) < 1.0
+
+
+def test_augment_is_seeded_and_flips_about_half() -> None:
+    batch = torch.rand(64, 1, *SHAPE)
+    a = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
+    b = augment(batch, AugmentConfig(), torch.Generator().manual_seed(3))
+    assert torch.equal(a.x, b.x) and torch.equal(a.flipped, b.flipped)
+    assert a.x.shape == batch.shape and not torch.equal(a.x, batch)
+    assert 16 < int(a.flipped.sum()) < 48
+    none = augment(batch, AugmentConfig(flip_probability=0.0), torch.Generator().manual_seed(3))
+    assert not none.flipped.any()
+
+
+def test_one_sided_loss_follows_the_flip() -> None:
+    """A bright 'left' block lands on the other side of the midline when flipped."""
+    x = torch.zeros(2, 1, *SHAPE)
+    x[:, 0, 2:6, 3:7, 1:4] = 3.0  # box columns 1-3: one side
+    config = AugmentConfig(**{**STILL.__dict__, "blur_sigma_max_vox": 0.0, "noise_max": 0.0,
+                              "background_max": 0.0, "gamma_range": (1.0, 1.0),
+                              "reference_range": (1.0, 1.0), "scale_range": (1.0, 1.0),
+                              "flip_probability": 0.5})
+    for seed in range(20):
+        out = augment(x, config, torch.Generator().manual_seed(seed))
+        for i in range(2):
+            half = SHAPE[2] // 2
+            left, right = float(out.x[i, 0, ..., :half].sum()), float(out.x[i, 0, ..., half:].sum())
+            assert (right > left) == bool(out.flipped[i])

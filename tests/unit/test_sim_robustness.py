@@ -1,0 +1,71 @@
+"""The CNN's robustness set: variants, cases and their truth (service/sim/robustness.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.sim import robustness
+from service.sim.benchmark import BENCHMARKS
+from service.sim.broad_profiles import COUNTS_MCOUNTS, FILTER_FWHM_MM, VOXEL_MM
+from service.sim.reference import binary_from_levels, region_levels
+from service.sim.striatal_sources import HELD_OUT_SOURCES, SOURCES, region_binding
+
+pytestmark = pytest.mark.slow  # imports the simulator (torch)
+
+
+def test_seeds_and_sources_are_apart_from_training() -> None:
+    seeds = {s.seed for sites in BENCHMARKS.values() for s in sites.values()}
+    assert robustness.ROBUST_SEED not in seeds
+    assert not set(HELD_OUT_SOURCES) & set(SOURCES)
+    assert len(set(robustness.VARIANT_NAMES)) == len(robustness.VARIANTS)
+
+
+@pytest.mark.parametrize("variant", robustness.VARIANTS, ids=robustness.VARIANT_NAMES)
+def test_cases_have_the_promised_binding(variant: robustness.RobustVariant) -> None:
+    index = robustness.VARIANT_NAMES.index(variant.name)
+    for group in range(2):
+        plan = robustness.plan_variant_group(variant, index, group)
+        assert plan.appearance is not None
+        source = plan.appearance.striatal_source
+        for k, case in enumerate(robustness.CASES):
+            state = plan.states[k]
+            true = region_binding(state.binding, source)
+            normal = region_binding(state.normal_binding(), source)
+            levels = region_levels(true, normal)
+            expected = "normal" if case == "normal" else "reduced"
+            assert binary_from_levels(levels) == expected, (case, levels)
+            if case.startswith("loss_"):
+                side = case.removeprefix("loss_")
+                other = "right" if side == "left" else "left"
+                ratio = true[f"putamen_{side}"] / true[f"putamen_{other}"]
+                assert robustness.ONE_SIDED_FRACTION[0] - 1e-9 <= ratio
+                assert ratio <= robustness.ONE_SIDED_FRACTION[1] + 1e-9
+                assert ratio <= robustness.ONE_SIDED_MAX_RATIO
+                assert levels[f"putamen_{other}"] == 0 and levels[f"caudate_{side}"] == 0
+        # the four scans are one subject: same normal binding
+        assert all(s.normal_binding() == pytest.approx(plan.states[0].normal_binding())
+                   for s in plan.states)
+
+
+def test_variants_lie_beyond_the_training_ranges() -> None:
+    by_name = {v.name: v for v in robustness.VARIANTS}
+
+    def plan(name: str):  # noqa: ANN202
+        return robustness.plan_variant_group(by_name[name], robustness.VARIANT_NAMES.index(name), 0)
+
+    assert plan("fwhm_18mm").profile.post_filter_fwhm_mm > FILTER_FWHM_MM[1]
+    sharp = plan("sharp_lowcount").profile
+    assert sharp.post_filter_fwhm_mm < FILTER_FWHM_MM[0]
+    assert sharp.counts_mcounts[1] < COUNTS_MCOUNTS[0]
+    assert plan("matrix64_5p5mm").profile.voxel_mm > VOXEL_MM[64][1]
+    assert plan("aicha_striatum").appearance.striatal_source == "aicha"
+    strong = plan("extracerebral_strong").appearance
+    assert strong.scalp > 0.8 and strong.salivary > 2.5 and strong.nasal > 2.0
+    assert plan("atrophy_severe").appearance.ventricle_factor == 8.0
+
+
+def test_case_fields_refuse_a_mild_one_sided_case() -> None:
+    row = {"true_br_putamen_left": 1.3, "true_br_putamen_right": 2.0}
+    with pytest.raises(ValueError, match="one-sided"):
+        robustness.case_fields(row, "loss_left")
+    assert robustness.case_fields(row, "normal")["putamen_ratio"] == 0.65
