@@ -117,12 +117,19 @@ def _frac(k: int, n: int) -> str:
     return "-" if n == 0 else f"{k}/{n}"
 
 
-def format_methods(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """Markdown: one row per group, per method ``sens 1-sided | sens | spec | inconcl.``."""
+def format_methods(table: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                   not_measured: Mapping[str, int] | None = None) -> str:
+    """Markdown: one row per group, per method ``sens 1-sided | sens | spec | inconcl.``.
+
+    ``not_measured``: studies per group the pipeline refused (registration),
+    left out of every count; shown in a second column.
+    """
     methods = list(next(iter(table.values())))
-    head = "| data set | " + " | ".join(
+    missing = dict(not_measured or {})
+    missing.setdefault("all", sum(missing.values()))
+    head = "| data set | not measured | " + " | ".join(
         f"{m} sens 1-sided | {m} sens | {m} spec | {m} inconcl." for m in methods) + " |"
-    lines = [head, "|" + "---|" * (1 + 4 * len(methods))]
+    lines = [head, "|" + "---|" * (2 + 4 * len(methods))]
     for group, by_method in table.items():
         cells = []
         for m in methods:
@@ -130,7 +137,7 @@ def format_methods(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
             cells += [_frac(r["tp_one_sided"], r["n_one_sided"]), _frac(r["tp"], r["n_reduced"]),
                       _frac(r["tn"], r["n_normal"]),
                       f"{r['inconclusive']}/{r['n_reduced'] + r['n_normal']}"]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append(f"| {group} | {missing.get(group, 0)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,8 +179,13 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     methods["sbr"] = sbr_path
     table = method_table(np.array([s.site for s in cached]), reference, one_sided, truth,
                          methods)
-    return {"table": table, "markdown": format_methods(table),
-            "n_failed": len(studies) - len(cached)}
+    measured = {s.study_id for s in cached}
+    not_measured: dict[str, int] = {}
+    for s in studies:
+        if s.study_id not in measured:
+            not_measured[s.site] = not_measured.get(s.site, 0) + 1
+    return {"table": table, "markdown": format_methods(table, not_measured),
+            "n_failed": len(studies) - len(cached), "not_measured": not_measured}
 
 
 def v1_heldout_groups(per_site: int, seed: int = V1_SEED) -> dict[str, list[int]]:

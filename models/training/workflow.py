@@ -227,9 +227,38 @@ def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
             "history": result.history, "config": asdict(config)}
 
 
+LABEL_TEXT = {
+    "gmm": ("Labels: per-site Gaussian-mixture thresholds on the measured SBRs "
+            "(`service/pipelines/dat_spect/levels.py`; thresholds in `{name}.labels.json`), as in "
+            "Buddenkotte et al. 2025.",
+            "simulated PD or atypical parkinsonism = reduced",
+            "Labels are the GMM thresholds of each dataset: the model learns those thresholds, "
+            "including their arbitrariness at level boundaries."),
+    "truth": ("Labels come from the SIMULATED TRUTH, not from a reader: per region the "
+              "remaining fraction of the subject's own binding without disease, cut at 80 / 65 "
+              "/ 45 / 25 % into levels 0-4 (`service.sim.reference.truth_levels`). Per-site GMM "
+              "labels do not suit a benchmark whose every subject has its own appearance and, "
+              "on the broad site, its own camera.",
+              "any region at truth level 2 or worse = reduced, the rule that keeps the served "
+              "verdict consistent with the regional table",
+              "Labels are the simulator's truth: the model learns what the simulator calls a "
+              "loss; a reader's visual grading of real scans was never its target."),
+}
+AUGMENT_TEXT = (
+    "augmentation for camera and appearance independence: left/right flip about the MNI "
+    "midline with the labels swapped, pose jitter (scale +-8 %, rotation +-6 deg, shift +-2 "
+    "voxels), resolution blur, intensity nonlinearity (gamma 0.8-1.25), reference "
+    "mis-estimate (0.85-1.2), intensity scale (0.6-1.5), a smooth background field and "
+    "Poisson-like noise")
+
+
 def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any],
                  config: Any) -> dict[str, str]:
+    source = summary.get("label_source", "gmm")
+    labels, global_text, limit = LABEL_TEXT[source]
     return {
+        "labels_text": labels.replace("{name}", out_model.stem), "global_text": global_text,
+        "labels_limit": limit, "label_source": source, "augment_text": AUGMENT_TEXT,
         "name": out_model.stem, "sha256": summary["sha256"],
         "sites": ", ".join(summary["sites"]), "n_train": str(summary["n_train"]),
         "n_val": str(summary["n_val"]), "seed": str(config.seed), "epochs": str(config.epochs),
