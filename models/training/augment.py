@@ -49,12 +49,12 @@ MIRROR_REGIONS: tuple[int, ...] = (1, 0, 3, 2)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    blur_sigma_max_vox: float = 2.0
-    scale_range: tuple[float, float] = (0.6, 1.5)
-    gamma_range: tuple[float, float] = (0.8, 1.25)
-    reference_range: tuple[float, float] = (0.85, 1.2)
-    background_max: float = 0.3
-    noise_max: float = 0.15
+    blur_sigma_max_vox: float = 1.6
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    gamma_range: tuple[float, float] = (0.87, 1.15)
+    reference_range: tuple[float, float] = (0.9, 1.1)
+    background_max: float = 0.25
+    noise_max: float = 0.12
     shift_max_vox: float = 2.0
     scale_jitter: float = 0.08
     rotation_max_deg: float = 6.0

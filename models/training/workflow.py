@@ -247,9 +247,9 @@ LABEL_TEXT = {
 AUGMENT_TEXT = (
     "augmentation for camera and appearance independence: left/right flip about the MNI "
     "midline with the labels swapped, pose jitter (scale +-8 %, rotation +-6 deg, shift +-2 "
-    "voxels), resolution blur, intensity nonlinearity (gamma 0.8-1.25), reference "
-    "mis-estimate (0.85-1.2), intensity scale (0.6-1.5), a smooth background field and "
-    "Poisson-like noise")
+    "voxels), resolution blur (sigma up to 1.6 voxels), intensity nonlinearity (gamma "
+    "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale (0.75-1.33), a smooth "
+    "background field and Poisson-like noise")
 
 
 def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any],
