@@ -127,7 +127,8 @@ def _row(i: int, **kw: Any) -> dict[str, Any]:
            "pred_tn": 1.0 + 0.2 * i, "truth_tn": 1.0 + 0.2 * i,
            "unrefined_ts": 0.5 + 0.1 * i, "unrefined_tn": 1.0 + 0.2 * i,
            "ideal_ts": 0.6 + 0.1 * i, "ideal_tn": 1.1 + 0.2 * i,
-           "pred_fallback": i < 4, "truth_fallback": i < 3, "pet_only_on_truth": i >= 2}
+           "pred_fallback": i < 4, "truth_fallback": i < 3, "pet_only_on_truth": i >= 2,
+           "pred_voi_ml": 5.0, "unrefined_voi_ml": 10.0}
     return row | kw
 
 
@@ -149,6 +150,9 @@ def test_report_populations_and_verdicts() -> None:
     assert a["fallback_fired"] == (4, 10) and a["fallback_agrees"] == (9, 10)
     assert a["fallback_pet_only_found"] == (2, 4) and a["pet_only_misses"] == (2, 10)
     assert a["no_tumour_mr_guided"] == (0, 1)
+    assert a["refined_volume_fraction"]["n"] == 6  # the PET-VOI studies (no fallback)
+    assert a["refined_volume_fraction"]["median"] == pytest.approx(0.5)
+    assert a["refinement_changed_ts"] == (0, 6)
     assert report["groups"]["adults with a FLAIR, all sites"]["failed"] == 1
     verdicts = dict((g, v) for g, _, v in report["goals"])
     assert verdicts["FLAIR Dice >= 0.88 +- 0.08, paediatric, sites a-c held out"] == "not met"

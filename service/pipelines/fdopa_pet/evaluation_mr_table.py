@@ -89,6 +89,12 @@ def group_metrics(rows: Rows) -> dict[str, Any]:
         out[f"ideal_{key}"] = asdict(agreement([r.get(f"pred_{key}") for r in guided],
                                                [r.get(f"ideal_{key}") for r in guided]))
     out["dynamic_studies"] = sum(bool(r.get("dynamic")) for r in guided)
+    pet_voi = [r for r in guided if r.get("pred_fallback") is False
+               and r.get("unrefined_voi_ml")]
+    out["refined_volume_fraction"] = asdict(summarise(
+        [r["pred_voi_ml"] / r["unrefined_voi_ml"] for r in pet_voi]))
+    out["refinement_changed_ts"] = _count(pet_voi, lambda r: r.get("pred_ts")
+                                          != r.get("unrefined_ts"))
     return out
 
 
@@ -185,6 +191,12 @@ def markdown(report: Mapping[str, Any], header: Sequence[str],
         "ICC(A,1)", "",
         *_table(["studies", "VOI", "T/S", "T/N"], agree), "",
         f"Paper: T/S ICC {PAPER_ICC}; goal {GOAL_ICC}.", "",
+        "Refinements (PET-VOI branch only): VOI volume after / before, median [IQR] (n); "
+        "studies whose T/S they changed:", "",
+        *(f"* {n}: {_f(m['refined_volume_fraction']['median'], 2)} "
+          f"[{_f(m['refined_volume_fraction']['q1'], 2)}; "
+          f"{_f(m['refined_volume_fraction']['q3'], 2)}] (n={m['refined_volume_fraction']['n']})"
+          f"; T/S changed in {_frac(m['refinement_changed_ts'])}" for n, m in g.items()), "",
         "### Dynamic (frame starts; slopes from 120 s or 150 s to the last frame) against the "
         "truth's curves", "",
         *_table(["studies", "VOI", "n", *(name for _, name, _ in DYNAMIC)], dyn), "",
