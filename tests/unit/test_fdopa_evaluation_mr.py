@@ -8,7 +8,9 @@ and verdicts on hand-made rows.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,3 +165,37 @@ def test_report_populations_and_verdicts() -> None:
          "dice_sd": 0.038, "dice_median": 0.89, "dice_q1": 0.85, "dice_q3": 0.905}]})
     assert "adult model fine-tuned | 22 | 0.881 +- 0.038" in text
     assert "0.82 +- 0.11" in text and ">= 0.95" in text
+
+
+def test_command_prints_the_table_from_cached_rows_into_the_card(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+    from service.pipelines.fdopa_pet.evaluation_mr_run import MrEvaluator
+    from service.pipelines.fdopa_pet.evaluation_run import append_rows
+    from service.sim.fdopa.evaluate_mr import MR_BEGIN, MR_END
+
+    bench = tmp_path / "bench" / "site_d_unseen"
+    for i, flair in ((0, "ax2d_3t"), (1, "")):  # the second has no FLAIR: not evaluated
+        (bench / f"site_d_unseen_{i:05d}").mkdir(parents=True)
+        (bench / f"site_d_unseen_{i:05d}" / "truth.json").write_text(
+            json.dumps({"flair": flair, "paediatric": True}))
+    out = tmp_path / "eval.json"
+    fingerprint = MrEvaluator(["unet"]).fingerprint("unet")
+    append_rows(out.with_suffix(".jsonl"), [_row(0, site="site_d_unseen", method="unet",
+                                                 study_id="site_d_unseen_00000",
+                                                 fingerprint=fingerprint)])
+    card = tmp_path / "card.md"
+    card.write_text(f"# card\n\n{MR_BEGIN}\nOLD\n{MR_END}\n\ntail\n")
+    ablation = tmp_path / "ablation.json"
+    ablation.write_text(json.dumps({"summaries": [{"group": "site_d", "method": "scratch",
+                                                   "n": 7, "dice_mean": 0.868}]}))
+    main(["fdopa", "evaluate-mr", str(tmp_path / "bench"), "--sites", "site_d_unseen",
+          "--limit", "2", "--json", str(out), "--card", str(card), "--ablation", str(ablation)])
+    text = capsys.readouterr().out
+    assert "Held-out studies with a FLAIR: 1 (1 paediatric, 0 adult)" in text
+    assert "| paediatric, site_d_unseen | 1 | 0 | 1 |" in text
+    assert "from scratch, paediatric subset only | 7 | 0.868" in text
+    updated = card.read_text()
+    assert "OLD" not in updated and updated.count(MR_BEGIN) == 1 and "tail" in updated
+    assert "| paediatric, site_d_unseen | 1 | 0 | 1 |" in updated
+    assert json.loads(out.read_text())["groups"]["paediatric, site_d_unseen"]["studies"] == 1
