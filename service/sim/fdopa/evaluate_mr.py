@@ -69,7 +69,7 @@ def header_lines(args: argparse.Namespace, refs: list[Any], info: dict[str, Any]
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC).",
         f"Held-out studies with a FLAIR: {len(refs)} ({child} paediatric, {len(refs) - child} "
         f"adult); PET U-Net {info.get('model', '-')} "
-        f"({str(info.get('model_sha256', '-'))[:12]}), FLAIR U-Net "
+        f"({str(info.get('model_sha256', '-'))[:12]}), FLAIR lesion: "
         f"{info.get('flair_model', '-')}.",
         "Truth (docs/fdopa_flair_route.md, `evaluation_mr.flair_truth`): the paper's VOI rule "
         "applied on the same reconstructed images to the true FLAIR lesion (tumour + oedema, "
