@@ -206,6 +206,9 @@ def test_sr_and_picture_of_the_mr_guided_route(mr_result: FdopaResult,
     assert texts[rc.ROUTE_REASON.value] == mr_result.route.reason
     assert texts[rc.FLAIR_LESION_METHOD.value] == (
         "FLAIR lesion: classical threshold (no FLAIR U-Net shipped)")
+    refinements = texts[rc.FLAIR_GUIDED_VOI_REFINEMENTS.value]  # DN-0133, named steps
+    assert refinements == "; ".join(g.voi_refinements)
+    assert refinements.startswith("striatum removal: ") and "; sinus removal" in refinements
     group = _group(sr, "Tumour VOI (paediatric FLAIR-guided)")
     nums = {_concept(i): float(i.MeasuredValueSequence[0].NumericValue)
             for i in group.ContentSequence if "MeasuredValueSequence" in i}
