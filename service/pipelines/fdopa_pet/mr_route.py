@@ -73,6 +73,9 @@ from service.pipelines.fdopa_pet.voi_refine import (
     sinus_map,
 )
 
+#: The refinement note of a VOI computed with ``refine=False`` (the evaluation's "before").
+NO_REFINEMENT = "no refinement"
+
 
 def _pet_only(reason: str, uid: str, quality: float | None = None) -> tuple[RouteInfo, None]:
     return RouteInfo("pet_only", f"PET-only route: {reason}", uid, quality), None
@@ -168,7 +171,7 @@ def paper_voi(lesion_zyx: np.ndarray, volume_zyx: np.ndarray, ref: ReferenceMeas
     voi = genoa_tumour_voi(lesion, volume_zyx, ref.white_matter_max_units,
                            ref.striatum_max_units)
     if not refine:
-        return voi, ("no refinement",)
+        return voi, (NO_REFINEMENT,)
     if not voi.pet_voi:
         return voi, ("no refinement (low-uptake fallback: the FLAIR lesion itself)",)
     striatum = remove_striatum(voi.mask_zyx, lesion, atlas, reference.side)
@@ -233,7 +236,7 @@ def with_sinus_removal(measures: FlairGuidedMeasures, dynamic: PetVolume, static
     dynamic series on the static grid; otherwise ``measures`` unchanged (a
     dynamic series on another grid adds a note).
     """
-    if not measures.pet_voi or measures.voi_refinements == ("no refinement",):
+    if not measures.pet_voi or NO_REFINEMENT in measures.voi_refinements:
         return measures
     if not same_grid(dynamic, static):
         return replace(measures, voi_refinements=(
