@@ -152,8 +152,11 @@ class Scheduler:
             decisions[name] = ("taken: " if selection.taken else "declined: ") + selection.reason
             if not selection.taken:
                 continue
-            taken = True
             plan = pipeline.inputs(view, self._study(conn, view), now)
+            if not plan.series:  # taken by its header, but its study holds nothing to analyse
+                decisions[name] = f"declined: {plan.note}"
+                continue
+            taken = True
             if plan.wait_until is not None and now < plan.wait_until:
                 waiting = True
                 continue
