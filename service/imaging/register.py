@@ -8,7 +8,8 @@ template (fixed; MNI grid) with the same steps, on a working grid of a few mm:
    at twice the working voxel size and the best starts the optimisation;
 2. **rigid** (Euler, 6 parameters);
 3. **similarity** (rotation, translation and one isotropic scale), optional;
-4. **affine** (12 parameters), started from the best previous stage.
+4. **affine** (12 parameters), started from the similarity or the rigid
+   result (:attr:`Settings.affine_from_similarity`).
 
 Scaling is bounded: a similarity whose scale leaves
 :attr:`Settings.scale_range` is refitted with its scale held at the nearest
@@ -65,6 +66,10 @@ class Settings:
         Whether the similarity stage runs (else rigid then affine).
     affine : bool
         Whether the affine stage runs (else the similarity or rigid result is kept).
+    affine_from_similarity : bool
+        The affine starts from the similarity (True) or from the rigid result
+        (False; the similarity then only measures the head size and is the
+        fallback for an implausible affine).
     scale_range : (float, float)
         Accepted singular values of the fitted matrix.
     max_anisotropy : float
@@ -85,6 +90,7 @@ class Settings:
     sampling_fraction: float = 0.5
     similarity: bool = True
     affine: bool = True
+    affine_from_similarity: bool = True
     scale_range: tuple[float, float] = HEAD_SCALE_RANGE
     max_anisotropy: float = MAX_ANISOTROPY
     metric: str = "correlation"
@@ -160,7 +166,8 @@ def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
                                        fixed_scale=True))
             clipped_scale = True
     if settings.affine:
-        affine = as_affine(_optimise(fixed, fixed_mask, moving, kept, settings, affine=True))
+        origin = kept if settings.affine_from_similarity else as_affine(rigid)
+        affine = as_affine(_optimise(fixed, fixed_mask, moving, origin, settings, affine=True))
         scales = singular_values(affine)
         if _plausible(scales, settings):
             kept, stage = affine, "affine"

@@ -129,7 +129,7 @@ class PosedScan:
 
 def simulate_posed(profile: str, seed: int, index: int,
                    changes: Mapping[str, object] | None = None,
-                   appearance: str = "broad") -> PosedScan:
+                   appearance: str = "broad", *, scan: bool = True) -> PosedScan:
     """Simulate subject ``index`` of an ad-hoc site in memory (one scan of its group).
 
     Parameters
@@ -143,16 +143,23 @@ def simulate_posed(profile: str, seed: int, index: int,
         replace (e.g. ``{"matrix": 64, "voxel_mm": 4.4}``).
     appearance : str
         ``"broad"`` or ``"classic"``.
+    scan : bool
+        False skips the projection and reconstruction (the pose only; ``image``
+        is then an empty 1-voxel image), e.g. to measure a cached scan.
     """
     from service.sim.benchmark import SiteSpec
     from service.sim.groups import plan_group, plan_scanner
-    from service.sim.scan import to_image
+    from service.sim.scan import support_grid, to_image
 
     site = SiteSpec("posed", profile, 1_000_000, seed, "custom", {"multiframe": 1.0}, appearance)
     plan = plan_group(site, index, 1)
     if changes:
         plan = replace(plan, profile=replace(plan.profile, **changes))  # type: ignore[arg-type]
-    scan = plan_scanner(plan).scan(plan.states[0], np.random.default_rng(plan.noise_seeds[0]))
-    image = to_image(scan.volume_zyx, scan.grid, plan.profile.matrix)
     brain_scale = plan.appearance.brain_scale if plan.appearance else 1.0
-    return PosedScan(image, plan.transform, scan.grid, brain_scale, plan.states[0].disease_class)
+    cls = plan.states[0].disease_class
+    if not scan:
+        return PosedScan(sitk.Image([1, 1, 1], sitk.sitkFloat32), plan.transform,
+                         support_grid(plan.profile), brain_scale, cls)
+    sim = plan_scanner(plan).scan(plan.states[0], np.random.default_rng(plan.noise_seeds[0]))
+    image = to_image(sim.volume_zyx, sim.grid, plan.profile.matrix)
+    return PosedScan(image, plan.transform, sim.grid, brain_scale, cls)

@@ -121,14 +121,34 @@ def test_a_deliberately_shifted_registration_is_refused_with_its_reason() -> Non
     assert any(name in result.refusal for name in ("head outline", "hot spot", "quality"))
 
 
-def test_wrong_anatomy_is_refused() -> None:
-    """A uniform ellipsoid of head size (no brain, no striatum) is not a DaT scan."""
-    z, y, x = np.mgrid[:64, :64, :64]
-    blob = (((x - 32) / 18.0) ** 2 + ((y - 30) / 23.0) ** 2 + ((z - 34) / 20.0) ** 2) < 1
-    image = sitk.GetImageFromArray(
-        np.random.default_rng(1).poisson(blob * 100.0).astype(np.float32))
+def _grid_image(array_zyx: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_zyx.astype(np.float32))
     image.SetSpacing((4.0, 4.0, 4.0))
     image.SetOrigin((-126.0, -110.0, -110.0))
+    return image
+
+
+def test_a_body_is_refused_as_wrong_anatomy() -> None:
+    """A trunk-sized ellipsoid (semi-axes 150, 110, 200 mm) is no head."""
+    z, y, x = np.mgrid[:64, :64, :64]
+    body = (((x - 32) / 37.5) ** 2 + ((y - 32) / 27.5) ** 2 + ((z - 32) / 50.0) ** 2) < 1
+    image = _grid_image(np.random.default_rng(1).poisson(body * 100.0))
     models = load_dat_models()
-    with pytest.raises(AnalysisError, match="normalisation failed: "):
+    with pytest.raises(AnalysisError, match="normalisation failed: (head size|head outline)"):
         normalise(image, models.template_zyx, ATLAS)
+
+
+def test_a_head_whose_hot_spot_is_not_the_striatum_is_refused() -> None:
+    """No striatal binding, but a hot 3 cm sphere in the occipital lobe."""
+    phantom = make_phantom(ATLAS, normal_sbr(0.0), sitk.Transform(), np.random.default_rng(4))
+    arr = sitk.GetArrayFromImage(phantom.image)
+    z, y, x = np.mgrid[:64, :64, :64]
+    pts = np.stack([x, y, z], axis=-1) * 4.0 + np.array([-126.0, -110.0, -110.0])
+    sphere = np.linalg.norm(pts - np.array([0.0, 80.0, 10.0]), axis=-1) < 15.0  # LPS
+    arr = arr + sphere * 4.0 * float(np.percentile(arr[arr > 0], 90))
+    image = _grid_image(arr)
+    image.CopyInformation(phantom.image)
+    models = load_dat_models()
+    result = register_scan(image, models.template_zyx, ATLAS)
+    assert result.refusal is not None, result.checks
+    assert result.refusal.startswith("normalisation failed: ")

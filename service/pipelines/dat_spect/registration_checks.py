@@ -45,13 +45,13 @@ MIN_HEAD_DICE = 0.80
 HOT_SPOT_ML = 8.0
 #: The hot-spot check applies when the hot spot's mean is at least this x the
 #: brain median (a visible striatum; a scan without striatal uptake is not judged).
-HOT_X_BRAIN_MEDIAN = 1.5
+HOT_X_BRAIN_MEDIAN = 1.8
 #: Least fraction of the hot voxels inside the dilated atlas striatum.
-MIN_HOT_IN_STRIATUM = 0.6
+MIN_HOT_IN_STRIATUM = 0.5
 #: Dilation of the atlas striatum for the hot-spot check, mm.
-STRIATUM_MARGIN_MM = 8.0
+STRIATUM_MARGIN_MM = 4.0
 #: Floor of the processed correlation outside the striatum.
-MIN_QUALITY = 0.5
+MIN_QUALITY = 0.55
 
 
 @dataclass(frozen=True)
