@@ -11,12 +11,13 @@ template (fixed; MNI grid) with the same steps, on a working grid of a few mm:
 4. **affine** (12 parameters), started from the similarity or the rigid
    result (:attr:`Settings.affine_from_similarity`).
 
-Scaling is bounded: a similarity whose scale leaves
-:attr:`Settings.scale_range` is refitted with its scale held at the nearest
-bound (:attr:`Fit.scale_clipped`), and an affine whose singular values leave the
-range, or whose axes differ by more than :attr:`Settings.max_anisotropy`, is
-replaced by the similarity (or rigid) result: a head is never shrunk (or
-grown) past the bound to raise a correlation. The bound comes from adult head size: intracranial
+Scaling is bounded: an affine whose singular values leave
+:attr:`Settings.scale_range`, or whose axes differ by more than
+:attr:`Settings.max_anisotropy`, is replaced by the previous stage's result,
+and a similarity whose scale leaves the range is either refitted with its
+scale held at the nearest bound (:attr:`Fit.scale_clipped`) or only reported
+(:attr:`Settings.affine_from_similarity`): a head is never shrunk (or grown)
+past the bound to raise a correlation. The bound comes from adult head size: intracranial
 volume has a coefficient of variation of about 10 % (e.g. Buckner et al.,
 NeuroImage 2004, 23:724), i.e. linear size about 3.3 % per SD, so 0.85-1.15
 is more than 4 SD either way; the simulator draws 0.92-1.08 per axis.
@@ -67,9 +68,11 @@ class Settings:
     affine : bool
         Whether the affine stage runs (else the similarity or rigid result is kept).
     affine_from_similarity : bool
-        The affine starts from the similarity (True) or from the rigid result
-        (False; the similarity then only measures the head size and is the
-        fallback for an implausible affine).
+        True: a similarity outside the range is refitted with its scale held
+        at the nearest bound, the affine starts from it and an implausible
+        affine falls back to it. False: the similarity only measures the head
+        size (:attr:`Fit.similarity_scale`); the affine starts from the rigid
+        result and an implausible affine falls back to it (the mean head size).
     scale_range : (float, float)
         Accepted singular values of the fitted matrix.
     max_anisotropy : float
@@ -154,20 +157,20 @@ def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
     warnings: list[str] = []
     if settings.similarity:
         sim = _similarity(fixed, fixed_mask, moving, rigid, settings)
-        kept, stage = as_affine(sim), "similarity"
         sim_scale = float(sim.GetScale())
         lo, hi = settings.scale_range
-        if not lo <= sim_scale <= hi:
-            clipped = float(np.clip(sim_scale, lo, hi))
-            warnings.append(f"head size x{sim_scale:.2f} outside {lo:.2f}-{hi:.2f}: "
-                            f"fitted at x{clipped:.2f}")
-            sim.SetScale(clipped)
-            kept = as_affine(_optimise(fixed, fixed_mask, moving, sim, settings, affine=False,
-                                       fixed_scale=True))
-            clipped_scale = True
+        inside = lo <= sim_scale <= hi
+        if not inside:
+            warnings.append(f"head size x{sim_scale:.2f} outside {lo:.2f}-{hi:.2f}")
+        if settings.affine_from_similarity:
+            if not inside:  # held at the nearest bound, the rest refitted
+                sim.SetScale(float(np.clip(sim_scale, lo, hi)))
+                sim = sitk.Similarity3DTransform(_optimise(
+                    fixed, fixed_mask, moving, sim, settings, affine=False, fixed_scale=True))
+                clipped_scale = True
+            kept, stage = as_affine(sim), "similarity"
     if settings.affine:
-        origin = kept if settings.affine_from_similarity else as_affine(rigid)
-        affine = as_affine(_optimise(fixed, fixed_mask, moving, origin, settings, affine=True))
+        affine = as_affine(_optimise(fixed, fixed_mask, moving, kept, settings, affine=True))
         scales = singular_values(affine)
         if _plausible(scales, settings):
             kept, stage = affine, "affine"
