@@ -202,7 +202,8 @@ class Node:
         scheduler = Scheduler(self.database, self.spool, self.pipelines,
                               max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
                               retention_days=self.settings.retention_days, on_jobs=wake_workers,
-                              blobs=self.blobs)
+                              blobs=self.blobs,
+                              orphan_grace_s=self.settings.storage.orphan_grace_h * 3600.0 or None)
         self._parts["scheduler"] = scheduler
         self._housekeeping = threading.Thread(target=scheduler.run, args=(self._stop,),
                                               name="scheduler", daemon=True)

@@ -32,6 +32,12 @@ back the claims of its own dead processes at once (:func:`outbox.expire_leases`
 with the run's owner prefix); a claim of another node's process waits for its
 lease (:attr:`Sender.lease_s`, the longest a pass may take).
 
+Idle delivery threads wake when a worker of this process queues outputs
+(:meth:`Sender.wake`), and on PostgreSQL when a worker of any node does: the
+job's finish sends one NOTIFY on :data:`~service.store.dialect.OUTBOX_CHANNEL`
+and the sender LISTENs on it (``Rows.start_wakeups``); ``poll_interval_s``
+stays the fallback.
+
 The association itself (presentation contexts, TLS, time limits) is
 :mod:`service.net.scu_association`; this module is the send and retry policy.
 """
@@ -63,7 +69,7 @@ from service.net.scu_association import (
 )
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
-from service.store.dialect import dialect_of
+from service.store.dialect import OUTBOX_CHANNEL, dialect_of
 from service.store.outbox import OutboxItem, RetryPolicy
 
 __all__ = [
@@ -159,6 +165,7 @@ class Sender:
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in self._destinations}
         self._threads: list[threading.Thread] = []
+        self._wakeups: threading.Thread | None = None
 
     # --- one pass ------------------------------------------------------------
     def fail_unconfigured(self) -> int:
@@ -347,6 +354,9 @@ class Sender:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+        start_wakeups = getattr(self._db, "start_wakeups", None)
+        if start_wakeups is not None and self._destinations:  # outputs queued on other nodes
+            self._wakeups = start_wakeups(self._stop, self.wake, OUTBOX_CHANNEL)
         log.info("sender_started", extra={"fields": {"destinations": list(self._destinations)}})
 
     def wake(self) -> None:
@@ -366,6 +376,9 @@ class Sender:
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._wakeups is not None:  # ends within its wait for notifications
+            self._wakeups.join(max(0.0, deadline - time.monotonic()))
+            self._wakeups = None
         self._threads = [t for t in self._threads if t.is_alive()]
         log.info("sender_stopped", extra={"fields": {"still_running": len(self._threads)}})
 

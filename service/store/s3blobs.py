@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -147,16 +147,31 @@ class S3Blobs:
                 keys.extend(str(o["Key"])[len(self.prefix):] for o in page.get("Contents", ()))
         return sorted(keys)
 
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Keys and ``LastModified`` (the server's clock), one ListObjectsV2 page at a time."""
+        validated_key(prefix)
+        with _translated():
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield str(item["Key"])[len(self.prefix):], item["LastModified"].timestamp()
+
     def delete_prefix(self, prefix: str) -> int:
         if not validated_key(prefix).endswith("/"):
             raise ValueError("a prefix ends in /")
         keys = self.list(prefix)
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+        self.delete_many(keys)
+        return len(keys)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove these blobs (DeleteObjects, 1000 keys a request); no error for missing ones."""
+        names = [self._name(k) for k in keys]
+        for start in range(0, len(names), 1000):  # DeleteObjects takes up to 1000 keys
             with _translated():
                 self._s3.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": self.prefix + k} for k in keys[start:start + 1000]],
+                    "Objects": [{"Key": n} for n in names[start:start + 1000]],
                     "Quiet": True})
-        return len(keys)
 
     def check(self) -> None:
         """Raise when the bucket cannot be reached (readiness, start-up)."""
