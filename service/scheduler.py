@@ -27,8 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from pydicom.dataset import Dataset
+
 from service import metrics
-from service.dicom.header import READ_ERRORS, read_series_header
+from service.dicom.header import READ_ERRORS, read_header_prefix, read_series_header
 from service.pipelines.base import InputSeries, Pipeline, SeriesView
 from service.store import db, jobs, retention, series
 from service.store.blobs import Blobs, as_blobs
@@ -40,6 +42,9 @@ from service.store.spool import Spool
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 3600.0
+#: Bytes of an instance read for its routing header before falling back to the whole
+#: file (NM and PET headers are a few KiB; an Enhanced multi-frame one may be more).
+HEADER_PREFIX_BYTES = 256 * 1024
 NO_PIPELINE_REASON = "no analysis pipeline enabled on this node"
 
 
@@ -128,12 +133,19 @@ class Scheduler:
             conn.commit()  # nothing left open between rounds (PostgreSQL: no locks held idle)
         return made
 
+    def _header(self, key: str) -> Dataset:
+        """The routing header of one instance: its first bytes (S3: a ranged GET), else all."""
+        header = read_header_prefix(self.blobs.get_head(key, HEADER_PREFIX_BYTES))
+        if header is not None:
+            return header
+        with self.blobs.local_copy(key) as path:  # a long header, or no pixel data
+            return read_series_header(path)
+
     def _view(self, row: series.SeriesRow) -> SeriesView | None:
         if row.first_path is None:
             return None
         try:
-            with self.blobs.local_copy(row.first_path) as path:
-                header = read_series_header(path)
+            header = self._header(row.first_path)
         except READ_ERRORS as exc:
             log.warning("series_header_unreadable", extra={"fields": {
                 "error": type(exc).__name__}})

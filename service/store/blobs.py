@@ -141,6 +141,9 @@ class Blobs(Protocol):
     def open(self, key: str) -> BinaryIO:
         """A binary stream of the blob (close it); :class:`BlobNotFound` when none."""
 
+    def get_head(self, key: str, size: int) -> bytes:
+        """The blob's first ``size`` bytes (all of it when shorter; S3: a ranged GET)."""
+
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]:
         """A local file with the blob's content while the context lasts (for pydicom)."""
 
@@ -221,6 +224,10 @@ class LocalBlobs:
             return open(self.path(key), "rb")
         except FileNotFoundError:
             raise BlobNotFound(errno.ENOENT, "no blob under this key") from None
+
+    def get_head(self, key: str, size: int) -> bytes:
+        with self.open(key) as stream:
+            return stream.read(size)
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:

@@ -113,6 +113,21 @@ class S3Blobs:
             reply = self._s3.get_object(Bucket=self.bucket, Key=self._name(key))
         return cast(BinaryIO, reply["Body"])
 
+    def get_head(self, key: str, size: int) -> bytes:
+        """A ranged GET (``bytes=0-<size-1>``); an empty blob gives b""."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with _translated():
+                reply = self._s3.get_object(Bucket=self.bucket, Key=self._name(key),
+                                            Range=f"bytes=0-{max(size, 1) - 1}")
+        except BlobStoreError as exc:
+            if isinstance(exc.__cause__, ClientError) and _status(exc.__cause__) == 416:
+                return b""  # the range starts past the end: an empty object
+            raise
+        with reply["Body"] as body:
+            return bytes(body.read())[:size]
+
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp_dir)

@@ -73,6 +73,18 @@ def test_put_get_open_exists_delete(blobs: Any, tmp_path: Path) -> None:
         pass
 
 
+def test_get_head_reads_the_first_bytes_only(blobs: Any) -> None:
+    key, empty = instance_key(STUDY, SERIES, "1.2.6"), instance_key(STUDY, SERIES, "1.2.7")
+    data = bytes(range(256)) * 300
+    blobs.put_bytes(key, data)
+    blobs.put_bytes(empty, b"")
+    assert blobs.get_head(key, 1000) == data[:1000]  # S3: a ranged GET
+    assert blobs.get_head(key, 10**6) == data  # longer than the blob: all of it
+    assert blobs.get_head(empty, 1000) == b""
+    with pytest.raises(BlobNotFound):
+        blobs.get_head(instance_key(STUDY, SERIES, "1.2.8"), 10)
+
+
 def test_put_file_from_tmp_consumes_it(blobs: Any, tmp_path: Path) -> None:
     key = instance_key(STUDY, SERIES, "1.2.4")
     source = _tmp_file(blobs, tmp_path, b"D" * 70_000)
