@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -33,16 +36,45 @@ log = logging.getLogger(__name__)
 _PRECONDITION_FAILED = frozenset({412, 409})
 
 
+#: The environment variables botocore's default chain reads credentials from.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+#: Clients kept per process (one per endpoint, region and credentials in practice).
+_MAX_CLIENTS = 8
+_clients: OrderedDict[tuple[str | None, str, str], Any] = OrderedDict()
+_clients_lock = threading.Lock()
+
+
 def _client(endpoint: str | None, region: str | None) -> Any:
+    """The process's S3 client for this endpoint, region and credentials (made once).
+
+    A botocore client is thread-safe and large: its parsed service model and
+    event hooks are about 35,000 Python objects (0.2 s of CPU to build). One
+    per :class:`S3Blobs` (the API made one per app, /ready one per bucket)
+    grew a process by that much each time, and every full garbage collection
+    had to walk them: a test process that had made a few hundred paused for
+    4-11 s per full collection (docs/storage.md, "Tests"). The credentials in
+    the environment are part of the key (hashed): a change gives a new client.
+    """
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise RuntimeError('blobs = "s3" needs boto3: pip install "dopanode[s3]"') from exc
-    config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
-                    retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint,
-                                          region_name=region or "us-east-1", config=config)
+    secrets = "\0".join(os.environ.get(name, "") for name in CREDENTIAL_VARIABLES)
+    key = (endpoint, region or "us-east-1", hashlib.sha256(secrets.encode()).hexdigest())
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
+                            retries={"max_attempts": 3, "mode": "standard"})
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint,
+                                                    region_name=key[1], config=config)
+            _clients[key] = client
+            while len(_clients) > _MAX_CLIENTS:
+                _clients.popitem(last=False)
+        _clients.move_to_end(key)
+        return client
 
 
 class S3Blobs:
