@@ -228,10 +228,11 @@ class Node:
         from service.api.app import create_app
         from service.api.readiness import Probes
         from service.api.server import ApiServer
+        from service.store.pool import PooledRows
 
         scp = self._parts.get("scp")
         probes = Probes(scp_listening=scp.is_listening if scp is not None else None)
-        app = create_app(self.settings, self.database, probes)
+        app = create_app(self.settings, PooledRows(self.database), probes)  # no connect per request
         api = self.settings.api
         server = ApiServer(app, api.bind, api.port, api.max_connections, api.header_timeout_s)
         server.start()
