@@ -113,16 +113,12 @@ class BoundedServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def service_actions(self) -> None:
-        """Every :data:`GC_EVERY_ROUNDS` accept-loop rounds, a young garbage collection.
+        """A young garbage collection every :data:`GC_EVERY_ROUNDS` accept rounds.
 
-        pynetdicom's own ``service_actions`` forces a *full* collection every
-        60 rounds ("dead Association threads aren't being garbage collected"):
-        a stop-the-world pause of the whole process, every association's
-        threads included, that grows with the process's heap; measured 4-11 s
-        in the accept thread of a test process holding 3 million objects,
-        longer than a receive timeout. Generations 0 and 1 hold the cycles of
-        associations that just ended; older ones go with the interpreter's
-        own full collections.
+        pynetdicom forces a *full* one every 60 rounds: a stop-the-world pause of
+        every association that grows with the heap (4-11 s measured with 3 million
+        objects). Ended associations' cycles are young; the interpreter's own
+        full collections take the rest.
         """
         self._rounds += 1
         if self._rounds >= GC_EVERY_ROUNDS:

@@ -32,11 +32,9 @@ back the claims of its own dead processes at once (:func:`outbox.expire_leases`
 with the run's owner prefix); a claim of another node's process waits for its
 lease (:attr:`Sender.lease_s`, the longest a pass may take).
 
-Idle delivery threads wake when a worker of this process queues outputs
-(:meth:`Sender.wake`), and on PostgreSQL when a worker of any node does: the
-job's finish sends one NOTIFY on :data:`~service.store.dialect.OUTBOX_CHANNEL`
-and the sender LISTENs on it (``Rows.start_wakeups``); ``poll_interval_s``
-stays the fallback.
+Idle threads wake on :meth:`Sender.wake` (this process's workers) and, on
+PostgreSQL, on the NOTIFY a job's finish sends on
+:data:`~service.store.dialect.OUTBOX_CHANNEL` (any node); polling is the fallback.
 
 The association itself (presentation contexts, TLS, time limits) is
 :mod:`service.net.scu_association`; this module is the send and retry policy.
