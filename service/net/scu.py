@@ -32,6 +32,8 @@ back the claims of its own dead processes at once (:func:`outbox.expire_leases`
 with the run's owner prefix); a claim of another node's process waits for its
 lease (:attr:`Sender.lease_s`, the longest a pass may take).
 
+On PostgreSQL a pass holds its destination's advisory lock: the senders of all
+nodes open one association to a destination at a time, as one node does.
 Idle threads wake on :meth:`Sender.wake` (this process's workers) and, on
 PostgreSQL, on the NOTIFY a job's finish sends on
 :data:`~service.store.dialect.OUTBOX_CHANNEL` (any node); polling is the fallback.
@@ -67,7 +69,7 @@ from service.net.scu_association import (
 )
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
-from service.store.dialect import OUTBOX_CHANNEL, dialect_of
+from service.store.dialect import OUTBOX_CHANNEL, dialect_of, try_destination_lock
 from service.store.outbox import OutboxItem, RetryPolicy
 
 __all__ = [
@@ -96,6 +98,8 @@ class PassReport:
     retried: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Another node's sender holds the destination (PostgreSQL): nothing was claimed.
+    elsewhere: bool = False
 
 
 def retry_policy_from_settings(sender_settings: Any) -> RetryPolicy:
@@ -191,6 +195,9 @@ class Sender:
         try:
             for statement in dialect_of(conn).ingest_setup:  # SQLite: synchronous=NORMAL
                 conn.execute(statement)
+            if not try_destination_lock(conn, destination_name):  # one association per PACS
+                report.elsewhere = True
+                return report
             items = outbox.claim_due(conn, destination_name, self.lease_s, self._clock(),
                                      self._batch_size,
                                      owner=f"{self._owner_prefix}sender-{destination_name}")
@@ -384,8 +391,8 @@ class Sender:
         wake = self._wake[name]
         while not self._stop.is_set():
             try:
-                self.send_due(name)
-                wait_s = self._idle_wait_s(name)
+                report = self.send_due(name)
+                wait_s = self._poll_interval_s if report.elsewhere else self._idle_wait_s(name)
             except Exception:  # the edge: log and keep the thread alive
                 log.exception("sender_pass_failed", extra={"fields": {"destination": name}})
                 wait_s = self._poll_interval_s

@@ -22,7 +22,9 @@ claiming a job         ``BEGIN IMMEDIATE`` (one writer)    ``FOR UPDATE SKIP LOC
 JSON arrays            ``json_each`` / ``json_extract``    ``jsonb_array_elements`` / ``->>``
                                                            (:meth:`Dialect.json_items`)
 singletons             the process is the only one         ``pg_try_advisory_lock`` per session
-                                                           (:func:`try_singleton`)
+                                                           (:func:`try_singleton`); one sender
+                                                           pass per destination
+                                                           (:func:`try_destination_lock`)
 orphan sweep vs. SCP   ``BEGIN IMMEDIATE`` (write lock)    ``pg_advisory_xact_lock`` (sweep),
                                                            ``..._shared`` (a listener adopting
                                                            an object it did not write)
@@ -151,6 +153,22 @@ def try_singleton(conn: Any, name: str) -> bool:
         if got:
             held.add(name)
     return name in held
+
+
+def try_destination_lock(conn: Any, destination: str) -> bool:
+    """True when this session may open the association to ``destination`` now.
+
+    PostgreSQL: ``pg_try_advisory_lock`` per destination, held by the sender
+    pass's session until it closes, so the senders of every node open one
+    association to a destination at a time, as one node does. SQLite: always
+    (the one process has one thread per destination). Commits.
+    """
+    if dialect_of(conn).name != "postgres":
+        return True
+    got = conn.execute("SELECT pg_try_advisory_lock(?)",
+                       (lock_key(f"sender:{destination}"),)).fetchone()[0]
+    conn.commit()
+    return bool(got)
 
 
 def notify_job_created(conn: Any) -> None:

@@ -1,4 +1,4 @@
-"""NOTIFY wakes the senders of every node when a job's outputs are queued (PostgreSQL).
+"""Senders of several nodes on one PostgreSQL: NOTIFY wake-ups, one association per PACS.
 
 A worker on one node finishes a job with three outputs; an idle sender of
 another node, whose polling interval is an hour, delivers them at once to a
@@ -6,6 +6,10 @@ real pynetdicom storage SCP: only the notification can have woken it. One
 NOTIFY per job's outputs, never one per output (a pending NOTIFY takes a
 global lock at commit). Polling stays the fallback: the sender's other tests
 enqueue without any notification.
+
+Two senders (two nodes) and one destination: while one holds its association
+(the destination holds its answer), the other's pass claims nothing and opens
+no second association; every output arrives once.
 """
 
 from __future__ import annotations
@@ -148,3 +152,38 @@ def test_outputs_queued_on_one_node_wake_an_idle_sender_on_another(
         wait_until(lambda: _listeners(check) == 0, 20, "the LISTEN sessions to close")
     finally:
         check.close()
+
+
+def test_senders_of_two_nodes_open_one_association_per_destination(
+        rows: PostgresRows, destination: HoldingDestination, tmp_path: Path) -> None:
+    from service.store import outbox
+    from service.testing.samples import write_sr
+
+    conn = rows.connect()
+    uids = []
+    for i in range(3):
+        ds = write_sr(tmp_path / f"sr{i}.dcm")
+        ds_uid = str(ds.SOPInstanceUID)
+        with conn:
+            outbox.enqueue(conn, 1, ["pacs"], tmp_path / f"sr{i}.dcm", ds.SOPClassUID, ds_uid)
+        uids.append(ds_uid)
+    policy = RetryPolicy(base_s=0.2, cap_s=0.8, give_up_after_s=3600)
+    first, second = (Sender(PostgresRows(rows._dsn), [Dest(destination.port)], "DOPANODE",
+                            policy, batch_size=1) for _ in range(2))
+    destination.hold()
+    passes: dict[str, Any] = {}
+    holder = threading.Thread(target=lambda: passes.update(first=first.send_due("pacs")))
+    try:
+        holder.start()
+        assert destination.stored.wait(30)  # the first sender's C-STORE is on the wire
+        busy = second.send_due("pacs")  # batch of one: without the lock it would send one
+        assert busy.elsewhere and (busy.sent, busy.retried, busy.failed) == (0, 0, 0)
+        assert len(destination.received) == 1
+    finally:
+        destination.release()
+        holder.join(60)
+        conn.close()
+    assert passes["first"].sent == 1 and not passes["first"].elsewhere
+    while (report := second.send_due("pacs")).sent:  # the lock went with the first's session
+        assert not report.elsewhere
+    assert sorted(destination.received) == sorted(uids)  # each once
