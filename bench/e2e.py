@@ -145,11 +145,16 @@ def start_storescp(directory: Path, port: int, ae_title: str) -> subprocess.Pope
     return proc
 
 
-def storescu(port: int, ae_title: str, files: list[Path]) -> subprocess.Popen[bytes]:
+def storescu(port: int, ae_title: str, files: list[Path],
+             required: bool = False) -> subprocess.Popen[bytes]:
+    """DCMTK ``storescu`` sending ``files``; ``required`` proposes only their SOP
+    classes (``-R``: storescu's default list lacks e.g. Enhanced PET and Enhanced MR)."""
     exe = shutil.which("storescu")
     if exe is None:
         raise SystemExit("DCMTK storescu is not installed (scripts/install-peers.sh)")
-    return subprocess.Popen([exe, "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
+    options = ["-R"] if required else []
+    return subprocess.Popen([exe, *options, "-aec", ae_title, "127.0.0.1", str(port),
+                             *map(str, files)],
                             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -5,7 +5,9 @@ One command, ``python bench/fdopa_analysis.py``, in one run:
 1. simulates (or reuses, ``--work``) one study of the FDOPA benchmark with its
    seed (``plan_study(SITES[site], index)``, default ``site_a`` #1: the
    Siemens-like profile, a hemispheric high-grade glioma, static 10-30 min and
-   a ``nancy30`` dynamic series of 17 frames; the MR series is left out) and
+   a ``nancy30`` dynamic series of 17 frames; the MR series is left out unless
+   ``--with-mr``, which takes the site's first paediatric tumour study with a
+   dynamic series and a FLAIR, so serve also runs the MR-guided route) and
    one DaT SPECT study with ``dopanode simulate`` (the peer);
 2. runs the FDOPA pipeline in-process (the shipped U-Net and template, as
    ``[pipelines.fdopa_pet]`` builds it) after one untimed warm-up run, ``--n``
@@ -46,12 +48,28 @@ STAGE_MEANING = {"volume": "load volumes (highdicom)", "suv": "SUV factor",
                  "sr": "DICOM SR", "picture": "picture report"}
 
 
-def fdopa_study(work: Path, site: str, index: int) -> Path:
+def mr_index(site: str) -> int:
+    """The site's first paediatric tumour study with a dynamic series and a FLAIR."""
+    from service.sim.fdopa.benchmark import SITES, plan_study
+
+    for index in range(SITES[site].n_studies):
+        plan = plan_study(SITES[site], index)
+        if (plan.paediatric and plan.flair and plan.schedule
+                and plan.tumour_class != "none"):
+            return index
+    raise SystemExit(f"{site} has no paediatric study with dynamic series and FLAIR")
+
+
+def fdopa_study(work: Path, site: str, index: int, with_mr: bool = False) -> Path:
     """The benchmark study's folder (simulated once; kept under ``work``)."""
     from service.sim.fdopa.benchmark import SITES, plan_study
     from service.sim.fdopa.study import simulate_study
 
-    plan = replace(plan_study(SITES[site], index), flair=None)
+    plan = plan_study(SITES[site], index)
+    if not with_mr:
+        plan = replace(plan, flair=None)
+    elif plan.flair is None:
+        raise SystemExit(f"{site} #{index} has no FLAIR; pick another --index")
     if plan.schedule is None:
         raise SystemExit(f"{site} #{index} has no dynamic series; pick another --index")
     folder = work / plan.study_id
@@ -151,17 +169,19 @@ def serve_rss(folder: Path, dat: Study, work: Path, timeout_s: float) -> tuple[f
         "worker": WorkerSettings().model_dump(), "sender": SenderSettings().model_dump(),
         "pipelines": {"dat_spect": {"enabled": True}, "fdopa_pet": {"enabled": True}},
     }
-    fdopa_files = [p for s in ("PT_DYNAMIC", "PT_STATIC", "PT_NAC", "CT_AC")
-                   for p in sorted((folder / s).iterdir())]
+    # The FLAIR (when simulated) goes first: a job made while it arrives waits for it.
+    fdopa_files = [p for s in ("MR_FLAIR", "PT_DYNAMIC", "PT_STATIC", "PT_NAC", "CT_AC")
+                   if (folder / s).is_dir() for p in sorted((folder / s).iterdir())]
     try:
         with NodeProcess(work / "node", settings=settings, test_pipelines=False) as node:
             node.start(timeout_s=120)
             assert node.proc is not None
             with RssSampler(node.proc.pid) as rss:
                 for files in (fdopa_files, dat.files):
-                    proc = storescu(node.scp_port, node.ae_title, files)
-                    if proc.wait(timeout_s) != 0:
-                        raise RuntimeError("storescu to the node failed")
+                    proc = storescu(node.scp_port, node.ae_title, files, required=True)
+                    _, err = proc.communicate(timeout=timeout_s)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"storescu to the node failed: {err.decode()[-500:]}")
 
                 def finished() -> bool:
                     states = [r[0] for r in node.query("SELECT state FROM jobs")]
@@ -170,6 +190,10 @@ def serve_rss(folder: Path, dat: Study, work: Path, timeout_s: float) -> tuple[f
                 wait_until(finished, timeout_s, "both jobs finished")
             jobs = node.query("SELECT pipeline, state, reason FROM jobs ORDER BY id")
             print(f"serve jobs: {jobs}")
+            outputs = node.query("SELECT j.pipeline, o.sop_class_uid, COUNT(*) FROM outbox o "
+                                 "JOIN jobs j ON j.id = o.job_id "
+                                 "GROUP BY j.pipeline, o.sop_class_uid ORDER BY 1, 2")
+            print(f"outputs per pipeline and SOP class: {outputs}")
             if any(state != "done" for _, state, _ in jobs):
                 raise RuntimeError(f"a job did not finish: {jobs}")
             return rss.ready_mb, rss.peak_mb
@@ -187,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the simulated studies here (reused when present)")
     parser.add_argument("--rss", action="store_true", help="also measure dopanode serve")
     parser.add_argument("--rss-only", action="store_true", help="only measure dopanode serve")
+    parser.add_argument("--with-mr", action="store_true",
+                        help="a paediatric study with FLAIR (the MR-guided route runs too); "
+                             "--index is then the site's first such study")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    if args.with_mr:
+        args.index = mr_index(args.site)
     with tempfile.TemporaryDirectory(prefix="dopanode-bench-fdopa-") as tmp:
         work = args.work or Path(tmp)
-        folder = fdopa_study(work / "fdopa", args.site, args.index)
+        folder = fdopa_study(work / "fdopa", args.site, args.index, args.with_mr)
         [dat_study] = simulate(Path(tmp) / "dat", DAT_PROFILE, 1, seed=7, variant=None)
         if not args.rss_only:
             print("DaT pipeline (peer)", flush=True)

@@ -12,7 +12,9 @@ and prints per study: the route and its reason, whether the low-uptake
 fallback fired, the FLAIR-guided T/S and T/N beside the simulator's truth
 (``t_s``, ``t_n``: the truth's own reference definitions, see
 docs/fdopa_simulator.md) and the PET-only route's lesion count (0: a lesion
-the PET-only route missed). Evaluation only.
+the PET-only route missed). Evaluation only. The evaluation on the held-out
+studies beside the paper, with its truth and statistics, is
+``dopanode fdopa evaluate-mr`` (docs/fdopa_flair_route.md).
 """
 
 from __future__ import annotations

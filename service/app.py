@@ -202,7 +202,8 @@ class Node:
         scheduler = Scheduler(self.database, self.spool, self.pipelines,
                               max_attempts=wset.max_attempts, interval_s=wset.poll_interval_s,
                               retention_days=self.settings.retention_days, on_jobs=wake_workers,
-                              blobs=self.blobs)
+                              blobs=self.blobs,
+                              orphan_grace_s=self.settings.storage.orphan_grace_h * 3600.0 or None)
         self._parts["scheduler"] = scheduler
         self._housekeeping = threading.Thread(target=scheduler.run, args=(self._stop,),
                                               name="scheduler", daemon=True)
@@ -227,10 +228,11 @@ class Node:
         from service.api.app import create_app
         from service.api.readiness import Probes
         from service.api.server import ApiServer
+        from service.store.pool import PooledRows
 
         scp = self._parts.get("scp")
         probes = Probes(scp_listening=scp.is_listening if scp is not None else None)
-        app = create_app(self.settings, self.database, probes)
+        app = create_app(self.settings, PooledRows(self.database), probes)  # no connect per request
         api = self.settings.api
         server = ApiServer(app, api.bind, api.port, api.max_connections, api.header_timeout_s)
         server.start()

@@ -256,6 +256,8 @@ class StorageSettings(_Section):
     s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
     s3_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9._\-]+/)*$")
     s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9\-]{1,32}$")
+    #: blobs no row refers to are deleted once this old (hours; 0: never)
+    orphan_grace_h: Float = Field(default=24.0, ge=0, le=100000)
 
     @field_validator("postgres_dsn", "s3_endpoint", "s3_bucket", "s3_region", mode="before")
     @classmethod
@@ -269,6 +271,9 @@ class StorageSettings(_Section):
                                   " (set DOPANODE_STORAGE__POSTGRES_DSN)")
         if self.blobs == "s3" and not self.s3_bucket:
             raise KeyedValueError("s3_bucket", 'is required when blobs = "s3"')
+        if 0 < self.orphan_grace_h < 1:
+            raise KeyedValueError("orphan_grace_h", "must be 0 (no sweep) or at least 1 hour"
+                                  " (above any C-STORE and job)")
         return self
 
 

@@ -42,6 +42,7 @@ from service.logs import safe_exc
 from service.pipelines.base import JobContext, LoadedInputs, OutputRef, Pipeline, PipelineOutput
 from service.store import db, jobs, outbox
 from service.store.blobs import Blobs, BlobStoreError, output_key
+from service.store.dialect import notify_outputs_queued
 from service.store.rows import Connection, Rows
 from service.store.spool import disk_full_cause, is_disk_full
 
@@ -221,10 +222,7 @@ class JobRunner:
                                [r for _, r in saved], time.time()):
                 log.warning("job_lost_lease", extra={"fields": {"job_id": job.id}})
                 return False
-            for path, ref in saved:
-                if self.destination_names:
-                    outbox.enqueue(self.conn, job.id, self.destination_names, path,
-                                   ref["sop_class_uid"], ref["sop_instance_uid"])
+            self._queue(job, saved)
         if saved and self.destination_names and self.on_outputs is not None:
             self.on_outputs()
         for stage, seconds in durations.items():
@@ -236,6 +234,19 @@ class JobRunner:
                                                "outputs": len(saved),
                                                "duration_s": round(total_s, 3)}})
         return True
+
+    def _queue(self, job: jobs.Job, saved: Sequence[tuple[str, dict[str, str]]]) -> None:
+        """Queue a job's outputs for every destination, in the caller's transaction.
+
+        One NOTIFY for all of them (PostgreSQL): idle senders of every node wake
+        when the transaction commits; never one per output.
+        """
+        if not saved or not self.destination_names:
+            return
+        for path, ref in saved:
+            outbox.enqueue(self.conn, job.id, self.destination_names, path,
+                           ref["sop_class_uid"], ref["sop_instance_uid"])
+        notify_outputs_queued(self.conn)
 
     def _save_output(self, job: jobs.Job, ds: Dataset) -> tuple[str, dict[str, str]]:
         """Write one output under this attempt's key (never replacing a blob); key and ref."""
@@ -255,10 +266,7 @@ class JobRunner:
             if not jobs.fail(self.conn, job.id, self.token(job), reason, code, time.time(),
                              [r for _, r in reports]):
                 return
-            for path, ref in reports:
-                if self.destination_names:
-                    outbox.enqueue(self.conn, job.id, self.destination_names, path,
-                                   ref["sop_class_uid"], ref["sop_instance_uid"])
+            self._queue(job, reports)
         if reports and self.destination_names and self.on_outputs is not None:
             self.on_outputs()
         log.info("job_failed", extra={"fields": {"job_id": job.id, "pipeline": job.pipeline,

@@ -130,6 +130,13 @@ DELIVERIES = Counter(
     ["destination", "result"],
     registry=REGISTRY,
 )
+ORPHAN_BLOBS_DELETED = Counter(
+    "dopanode_orphan_blobs_deleted_total",
+    "Blobs no row referred to, older than storage.orphan_grace_h, deleted by the sweep"
+    " (instance: a PUT whose row never committed; output: an attempt whose finish lost).",
+    ["kind"],
+    registry=REGISTRY,
+)
 OUTPUTS_RESENT = Counter(
     "dopanode_outputs_resent_total",
     "Outputs sent again after their previous C-STORE was interrupted (the sender died"

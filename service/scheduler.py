@@ -1,4 +1,4 @@
-"""Once per node: complete quiet series, route completed series to pipelines, purge.
+"""Once per node: complete quiet series, route completed series to pipelines, purge, sweep.
 
 Routing happens before any job exists. A completed series is offered to
 every enabled pipeline (:meth:`service.pipelines.base.Pipeline.select`, on
@@ -27,18 +27,24 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from pydicom.dataset import Dataset
+
 from service import metrics
-from service.dicom.header import READ_ERRORS, read_series_header
+from service.dicom.header import READ_ERRORS, read_header_prefix, read_series_header
 from service.pipelines.base import InputSeries, Pipeline, SeriesView
 from service.store import db, jobs, retention, series
 from service.store.blobs import Blobs, as_blobs
 from service.store.dialect import try_singleton
+from service.store.orphans import OrphanSweep
 from service.store.rows import Connection, Rows
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 3600.0
+#: Bytes of an instance read for its routing header before falling back to the whole
+#: file (NM and PET headers are a few KiB; an Enhanced multi-frame one may be more).
+HEADER_PREFIX_BYTES = 256 * 1024
 NO_PIPELINE_REASON = "no analysis pipeline enabled on this node"
 
 
@@ -61,13 +67,16 @@ class Scheduler:
         Called after a round made jobs (wakes idle workers).
     blobs : Blobs or None
         The blob store of the instances (default: the spool folder).
+    orphan_grace_s : float or None
+        Sweep blobs no row refers to once they are this old (seconds), one
+        batch per round (:class:`service.store.orphans.OrphanSweep`); None: no sweep.
     """
 
     def __init__(self, database: Rows, spool: Spool, pipelines: Mapping[str, Pipeline],
                  max_attempts: int = 3, interval_s: float = 0.2,
                  retention_days: float | None = None,
                  on_jobs: Callable[[], None] | None = None,
-                 blobs: Blobs | None = None) -> None:
+                 blobs: Blobs | None = None, orphan_grace_s: float | None = None) -> None:
         self.database = database
         self.spool = spool
         #: Where instances are read (routing) and purged; default the spool folder.
@@ -78,6 +87,8 @@ class Scheduler:
         self.retention_days = retention_days
         self.on_jobs = on_jobs
         self._next_purge_at = 0.0
+        #: The sweep of blobs without rows (None: off).
+        self.orphans = OrphanSweep(self.blobs, orphan_grace_s) if orphan_grace_s else None
         #: Set by the SCP of this process when a series completes by count.
         self.wake = threading.Event()
 
@@ -110,6 +121,8 @@ class Scheduler:
         if self.retention_days is not None and at >= self._next_purge_at:
             retention.purge_expired(conn, self.blobs, at - self.retention_days * 86400.0)
             self._next_purge_at = at + PURGE_INTERVAL_S
+        if self.orphans is not None:
+            self.orphans.step(conn, at)  # one batch per round, when a sweep is due
         with conn:
             series.sweep_quiet(conn, at)
         made = 0
@@ -120,12 +133,19 @@ class Scheduler:
             conn.commit()  # nothing left open between rounds (PostgreSQL: no locks held idle)
         return made
 
+    def _header(self, key: str) -> Dataset:
+        """The routing header of one instance: its first bytes (S3: a ranged GET), else all."""
+        header = read_header_prefix(self.blobs.get_head(key, HEADER_PREFIX_BYTES))
+        if header is not None:
+            return header
+        with self.blobs.local_copy(key) as path:  # a long header, or no pixel data
+            return read_series_header(path)
+
     def _view(self, row: series.SeriesRow) -> SeriesView | None:
         if row.first_path is None:
             return None
         try:
-            with self.blobs.local_copy(row.first_path) as path:
-                header = read_series_header(path)
+            header = self._header(row.first_path)
         except READ_ERRORS as exc:
             log.warning("series_header_unreadable", extra={"fields": {
                 "error": type(exc).__name__}})
@@ -152,8 +172,11 @@ class Scheduler:
             decisions[name] = ("taken: " if selection.taken else "declined: ") + selection.reason
             if not selection.taken:
                 continue
-            taken = True
             plan = pipeline.inputs(view, self._study(conn, view), now)
+            if not plan.series:  # taken by its header, but its study holds nothing to analyse
+                decisions[name] = f"declined: {plan.note}"
+                continue
+            taken = True
             if plan.wait_until is not None and now < plan.wait_until:
                 waiting = True
                 continue

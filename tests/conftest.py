@@ -34,7 +34,7 @@ from service.testing.storage import postgres_environ, s3_environ, selected_store
 _OWN_ADAPTER_FIXTURES = frozenset({"rows", "postgres_dsn", "postgres_server", "blobs",
                                    "s3_bucket", "s3_server"})
 #: Markers of tests the PostgreSQL pass leaves out (pyproject.toml says why for each).
-_NOT_RERUN_MARKERS = ("sqlite_only", "no_storage", "picks_adapter", "edge_only")
+_NOT_RERUN_MARKERS = ("sqlite_only", "no_storage", "picks_adapter")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -122,17 +122,12 @@ def check_spool_disk(spool_dir: Path, min_free_mb: float) -> Check:
                                             "min_free_mb": need_mb})
 
 
-_BLOB_STORES: dict[tuple[Any, ...], Any] = {}
-
-
 def check_blob_store(storage: Any) -> Check:
-    """The S3 bucket answers (HEAD bucket); its client is made once per configuration."""
-    from service.store.blobs import open_blobs
+    """The S3 bucket answers (HEAD bucket), through the process's shared client."""
+    from service.store.s3blobs import S3Blobs
 
-    where = (storage.s3_endpoint, storage.s3_bucket, storage.s3_prefix, storage.s3_region)
-    if where not in _BLOB_STORES:
-        _BLOB_STORES[where] = open_blobs(storage)
-    _BLOB_STORES[where].check()
+    S3Blobs(storage.s3_bucket, endpoint=storage.s3_endpoint, prefix=storage.s3_prefix,
+            region=storage.s3_region).check()
     return Check("blob_store", True, f"bucket {storage.s3_bucket} reachable")
 
 

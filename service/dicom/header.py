@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -191,6 +192,33 @@ def read_series_header(path: Path) -> Dataset:
     See :data:`READ_ERRORS`.
     """
     return dcmread(path, stop_before_pixels=True)
+
+
+#: Tags that end a header (pydicom's ``stop_before_pixels``): Pixel, Float and Double Float Pixel Data.
+_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
+
+
+def read_header_prefix(data: bytes) -> Dataset | None:
+    """The header from the first bytes of a Part-10 file; None when they end before it does.
+
+    ``data`` must reach the pixel data element's tag: pydicom reads a
+    truncated stream without complaint (the last value cut short), so a
+    header is returned only when reading stopped at a pixel data tag, never
+    at the end of ``data``. A data set without pixel data (an SR) always
+    gives None: read the whole file then.
+
+    Raises
+    ------
+    See :data:`READ_ERRORS` (a prefix that is not DICOM at all).
+    """
+    stream = BytesIO(data)
+    header = dcmread(stream, stop_before_pixels=True)
+    position = stream.tell()
+    if len(data) - position < 8:
+        return None  # stopped at the end of the prefix
+    little = header.file_meta.get("TransferSyntaxUID") != "1.2.840.10008.1.2.2"
+    group, element = struct.unpack("<HH" if little else ">HH", data[position:position + 4])
+    return header if (group, element) in _PIXEL_TAGS else None
 
 
 #: What a damaged data set raises while it is read and its elements are parsed.

@@ -35,6 +35,7 @@ Nothing here decodes a data set: only the command set pynetdicom decoded.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -57,6 +58,8 @@ from service.store.spool import is_disk_full
 
 log = logging.getLogger(__name__)
 
+#: Accept-loop rounds (a connection, or 0.5 s idle) between young garbage collections.
+GC_EVERY_ROUNDS = 60
 #: Free space is re-checked each time a data set grows by this much, bytes.
 FREE_CHECK_BYTES = 16 * 1024 * 1024
 #: A-ASSOCIATE-RJ PDU: rejected-transient, service-provider (presentation), local
@@ -106,7 +109,21 @@ class BoundedServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._slots_lock = threading.Lock()
         self._starting: Counter[str] = Counter()
+        self._rounds = 0
         super().__init__(*args, **kwargs)
+
+    def service_actions(self) -> None:
+        """A young garbage collection every :data:`GC_EVERY_ROUNDS` accept rounds.
+
+        pynetdicom forces a *full* one every 60 rounds: a stop-the-world pause of
+        every association that grows with the heap (4-11 s measured with 3 million
+        objects). Ended associations' cycles are young; the interpreter's own
+        full collections take the rest.
+        """
+        self._rounds += 1
+        if self._rounds >= GC_EVERY_ROUNDS:
+            self._rounds = 0
+            gc.collect(1)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         request, address = super().get_request()

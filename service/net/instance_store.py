@@ -34,6 +34,7 @@ from service.net.guard import DISK_FULL, Refusal, count_refusal
 from service.net.status import Status
 from service.store import db, series
 from service.store.blobs import BlobExists, Blobs, BlobStoreError, instance_key
+from service.store.dialect import lock_blob_keys
 from service.store.rows import Connection, Rows
 from service.store.spool import FREE_SPACE_FLOOR_MB, MIB, Spool, is_disk_full
 
@@ -181,19 +182,18 @@ class InstanceStore:
 
         Locally the file is adopted into the spool; on S3 it is PUT with
         ``If-None-Match: *`` before the answer (docs/storage.md, "the ack"):
-        a 412 means another listener stored the same instance first, and the
-        row decides whether this one is a duplicate.
+        a 412 means another listener stored the same instance first, or an
+        earlier attempt left it without a row (an orphan the sweep may be
+        removing), and the row decides whether this one is a duplicate.
         """
         sop_uid = header.sop_instance_uid
+        found = False  # the object was there already: this listener did not write it
         try:
             size = self.blobs.put_file(key, received, if_absent=self.blobs.kind != "local")
         except BlobExists:
-            size = received.stat().st_size
-            received.unlink(missing_ok=True)
+            size, found = received.stat().st_size, True
         except BlobStoreError as exc:  # transient: the sender retries; nothing recorded
-            log.warning("store_blob_unavailable", extra={"fields": {"error": str(exc)}})
-            raise StoreRefused(Status.OUT_OF_RESOURCES, "object store unavailable",
-                               "blob_store") from None
+            raise _blob_store_unavailable(exc) from None
         rec = db.InstanceRecord(
             sop_instance_uid=sop_uid, study_uid=header.study_uid,
             series_uid=header.series_uid, sop_class_uid=sop_class,
@@ -203,8 +203,28 @@ class InstanceStore:
         )
         caller = self.settings.caller(rec.calling_ae, event.assoc.requestor.address)
         quiet_s = caller.series_quiet_s if caller is not None else DEFAULT_QUIET_S
-        with self._pool.connection() as conn, conn:
-            return series.record_instance(conn, rec, header.info, quiet_s)
+        try:
+            with self._pool.connection() as conn, conn:
+                if found:  # the orphan sweep may be deleting it: check, under its lock
+                    lock_blob_keys(conn, exclusive=False)
+                recorded = series.record_instance(conn, rec, header.info, quiet_s)
+                if found and recorded:
+                    self._put_back_if_swept(key, received)
+                return recorded
+        finally:
+            if found:
+                received.unlink(missing_ok=True)
+
+    def _put_back_if_swept(self, key: str, received: Path) -> None:
+        """Our row names an object we did not write: store our copy if it is gone."""
+        try:
+            if not self.blobs.exists(key):
+                self.blobs.put_file(key, received, if_absent=True)
+                log.info("store_object_put_back", extra={"fields": {"reason": "swept"}})
+        except BlobExists:  # another listener put it back first: the same instance
+            pass
+        except BlobStoreError as exc:  # the row is rolled back: the sender retries
+            raise _blob_store_unavailable(exc) from None
 
     def _drop_unrecorded(self, key: str, sop_uid: str) -> None:
         """Remove a file moved into place whose row could not be written (disk full).
@@ -245,6 +265,11 @@ class InstanceStore:
                            "insufficient disk space on the node's spool", "out_of_space")
         return None
 
+
+
+def _blob_store_unavailable(exc: BlobStoreError) -> StoreRefused:
+    log.warning("store_blob_unavailable", extra={"fields": {"error": str(exc)}})
+    return StoreRefused(Status.OUT_OF_RESOURCES, "object store unavailable", "blob_store")
 
 
 def _read_header(path: Path, sop_class: str, sop_uid: str) -> header_mod.ParsedHeader:

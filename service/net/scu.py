@@ -32,6 +32,12 @@ back the claims of its own dead processes at once (:func:`outbox.expire_leases`
 with the run's owner prefix); a claim of another node's process waits for its
 lease (:attr:`Sender.lease_s`, the longest a pass may take).
 
+On PostgreSQL a pass holds its destination's advisory lock: the senders of all
+nodes open one association to a destination at a time, as one node does.
+Idle threads wake on :meth:`Sender.wake` (this process's workers) and, on
+PostgreSQL, on the NOTIFY a job's finish sends on
+:data:`~service.store.dialect.OUTBOX_CHANNEL` (any node); polling is the fallback.
+
 The association itself (presentation contexts, TLS, time limits) is
 :mod:`service.net.scu_association`; this module is the send and retry policy.
 """
@@ -63,7 +69,7 @@ from service.net.scu_association import (
 )
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
-from service.store.dialect import dialect_of
+from service.store.dialect import OUTBOX_CHANNEL, dialect_of, try_destination_lock
 from service.store.outbox import OutboxItem, RetryPolicy
 
 __all__ = [
@@ -92,6 +98,8 @@ class PassReport:
     retried: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Another node's sender holds the destination (PostgreSQL): nothing was claimed.
+    elsewhere: bool = False
 
 
 def retry_policy_from_settings(sender_settings: Any) -> RetryPolicy:
@@ -159,6 +167,7 @@ class Sender:
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in self._destinations}
         self._threads: list[threading.Thread] = []
+        self._wakeups: threading.Thread | None = None
 
     # --- one pass ------------------------------------------------------------
     def fail_unconfigured(self) -> int:
@@ -186,6 +195,9 @@ class Sender:
         try:
             for statement in dialect_of(conn).ingest_setup:  # SQLite: synchronous=NORMAL
                 conn.execute(statement)
+            if not try_destination_lock(conn, destination_name):  # one association per PACS
+                report.elsewhere = True
+                return report
             items = outbox.claim_due(conn, destination_name, self.lease_s, self._clock(),
                                      self._batch_size,
                                      owner=f"{self._owner_prefix}sender-{destination_name}")
@@ -347,6 +359,9 @@ class Sender:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+        start_wakeups = getattr(self._db, "start_wakeups", None)
+        if start_wakeups is not None and self._destinations:  # outputs queued on other nodes
+            self._wakeups = start_wakeups(self._stop, self.wake, OUTBOX_CHANNEL)
         log.info("sender_started", extra={"fields": {"destinations": list(self._destinations)}})
 
     def wake(self) -> None:
@@ -366,6 +381,9 @@ class Sender:
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._wakeups is not None:  # ends within its wait for notifications
+            self._wakeups.join(max(0.0, deadline - time.monotonic()))
+            self._wakeups = None
         self._threads = [t for t in self._threads if t.is_alive()]
         log.info("sender_stopped", extra={"fields": {"still_running": len(self._threads)}})
 
@@ -373,8 +391,8 @@ class Sender:
         wake = self._wake[name]
         while not self._stop.is_set():
             try:
-                self.send_due(name)
-                wait_s = self._idle_wait_s(name)
+                report = self.send_due(name)
+                wait_s = self._poll_interval_s if report.elsewhere else self._idle_wait_s(name)
             except Exception:  # the edge: log and keep the thread alive
                 log.exception("sender_pass_failed", extra={"fields": {"destination": name}})
                 wait_s = self._poll_interval_s

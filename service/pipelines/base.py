@@ -104,7 +104,10 @@ class InputPlan:
     Attributes
     ----------
     series : tuple of InputSeries
-        The primary series first. Ignored while ``wait_until`` is set. The
+        The primary series first. Ignored while ``wait_until`` is set. Empty:
+        no job for this study (the scheduler records the series as declined
+        with ``note``), e.g. a FLAIR the FDOPA pipeline took by its header in
+        a study without FDOPA PET. The
         primary need not be the series being routed: a study-level analysis
         answers every one of its series with the same plan, and since a job
         is keyed by its primary series and the instances of all its inputs,

@@ -30,7 +30,7 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -141,6 +141,9 @@ class Blobs(Protocol):
     def open(self, key: str) -> BinaryIO:
         """A binary stream of the blob (close it); :class:`BlobNotFound` when none."""
 
+    def get_head(self, key: str, size: int) -> bytes:
+        """The blob's first ``size`` bytes (all of it when shorter; S3: a ranged GET)."""
+
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]:
         """A local file with the blob's content while the context lasts (for pydicom)."""
 
@@ -155,6 +158,16 @@ class Blobs(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every blob below ``prefix`` (ends in ``/``); how many keys were listed."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove these blobs (no error for missing ones; S3: one request per 1000)."""
+
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """``(key, last modified, s since the epoch)`` of every blob below ``prefix``.
+
+        Lazy (one listing page at a time, in no promised order): the orphan
+        sweep (:mod:`service.store.orphans`) walks a whole bucket with it.
+        """
 
 
 class LocalBlobs:
@@ -212,6 +225,10 @@ class LocalBlobs:
         except FileNotFoundError:
             raise BlobNotFound(errno.ENOENT, "no blob under this key") from None
 
+    def get_head(self, key: str, size: int) -> bytes:
+        with self.open(key) as stream:
+            return stream.read(size)
+
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         path = self.path(key)
@@ -225,6 +242,10 @@ class LocalBlobs:
     def delete(self, key: str) -> None:
         # the folder stays: the spool caches the folders it has made (and fsynced)
         self.path(key).unlink(missing_ok=True)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
 
     def list(self, prefix: str) -> list[str]:
         validated_key(prefix)
@@ -242,6 +263,17 @@ class LocalBlobs:
         count = sum(1 for p in base.rglob("*") if p.is_file()) if base.is_dir() else 0
         shutil.rmtree(base, ignore_errors=True)
         return count
+
+
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        validated_key(prefix)
+        base = self.root / prefix.rstrip("/")
+        for folder, _, names in os.walk(base):  # nothing when the folder is missing
+            for name in names:
+                if name.endswith(".dcm"):
+                    path = Path(folder) / name
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        yield str(path.relative_to(self.root)), path.stat().st_mtime
 
 
 def _link_durably(spool: Spool, tmp: Path, path: Path) -> int:

@@ -252,9 +252,10 @@ class Database:
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    def start_wakeups(self, stop: threading.Event, on_job: Callable[[], None]) -> None:
-        """Nothing to start: on one node the scheduler wakes its workers in process."""
-        del stop, on_job
+    def start_wakeups(self, stop: threading.Event, on_job: Callable[[], None],
+                      channel: str = "") -> None:
+        """Nothing to start: on one node the scheduler and workers wake in process."""
+        del stop, on_job, channel
 
     def migrate(self) -> int:
         """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found.

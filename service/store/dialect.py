@@ -22,9 +22,17 @@ claiming a job         ``BEGIN IMMEDIATE`` (one writer)    ``FOR UPDATE SKIP LOC
 JSON arrays            ``json_each`` / ``json_extract``    ``jsonb_array_elements`` / ``->>``
                                                            (:meth:`Dialect.json_items`)
 singletons             the process is the only one         ``pg_try_advisory_lock`` per session
-                                                           (:func:`try_singleton`)
+                                                           (:func:`try_singleton`); one sender
+                                                           pass per destination
+                                                           (:func:`try_destination_lock`)
+orphan sweep vs. SCP   ``BEGIN IMMEDIATE`` (write lock)    ``pg_advisory_xact_lock`` (sweep),
+                                                           ``..._shared`` (a listener adopting
+                                                           an object it did not write)
+                                                           (:func:`lock_blob_keys`)
 wake-ups               in-process events                   ``NOTIFY`` when a job is made
-                                                           (:func:`notify_job_created`)
+                                                           (:func:`notify_job_created`) and when
+                                                           a job's outputs are queued
+                                                           (:func:`notify_outputs_queued`)
 commit durability      SCP and sender rows                 always durable (``synchronous_commit``)
                        ``synchronous=NORMAL``
                                                            (:attr:`Dialect.ingest_setup`)
@@ -45,6 +53,10 @@ from typing import Any
 
 #: The channel that wakes idle workers (PostgreSQL only).
 JOBS_CHANNEL = "dopanode_jobs"
+#: The channel that wakes idle senders (PostgreSQL only).
+OUTBOX_CHANNEL = "dopanode_outbox"
+#: Every channel a node LISTENs on (:meth:`service.store.rows.Rows.start_wakeups`).
+CHANNELS = frozenset({JOBS_CHANNEL, OUTBOX_CHANNEL})
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,22 @@ def try_singleton(conn: Any, name: str) -> bool:
     return name in held
 
 
+def try_destination_lock(conn: Any, destination: str) -> bool:
+    """True when this session may open the association to ``destination`` now.
+
+    PostgreSQL: ``pg_try_advisory_lock`` per destination, held by the sender
+    pass's session until it closes, so the senders of every node open one
+    association to a destination at a time, as one node does. SQLite: always
+    (the one process has one thread per destination). Commits.
+    """
+    if dialect_of(conn).name != "postgres":
+        return True
+    got = conn.execute("SELECT pg_try_advisory_lock(?)",
+                       (lock_key(f"sender:{destination}"),)).fetchone()[0]
+    conn.commit()
+    return bool(got)
+
+
 def notify_job_created(conn: Any) -> None:
     """Wake idle workers of every node when this transaction commits (PostgreSQL).
 
@@ -151,3 +179,35 @@ def notify_job_created(conn: Any) -> None:
     """
     if dialect_of(conn).name == "postgres":
         conn.execute("SELECT pg_notify(?, '')", (JOBS_CHANNEL,))
+
+
+def notify_outputs_queued(conn: Any) -> None:
+    """Wake idle senders of every node when this transaction commits (PostgreSQL).
+
+    Called once per job whose outputs were queued (its finish or its
+    failure), never per output: a pending NOTIFY takes a global lock at
+    commit, and one pass of a sender sends every due item anyway.
+    """
+    if dialect_of(conn).name == "postgres":
+        conn.execute("SELECT pg_notify(?, '')", (OUTBOX_CHANNEL,))
+
+
+def lock_blob_keys(conn: Any, exclusive: bool) -> None:
+    """Serialise the orphan sweep with a listener adopting an object it did not write.
+
+    Call first in the transaction. The sweep (``exclusive``) checks rows and
+    deletes objects under it; a listener whose conditional PUT found the
+    object already stored takes it shared around its row, then checks the
+    object is still there (:mod:`service.store.orphans`). PostgreSQL: a
+    transaction-scoped advisory lock. SQLite: the sweep takes the write lock
+    (``BEGIN IMMEDIATE``); the listener needs nothing, its insert takes the
+    same lock.
+    """
+    dialect = dialect_of(conn)
+    if dialect.name == "postgres":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.execute(f"SELECT {function}(?)", (lock_key("blob_keys"),))
+    elif exclusive and dialect.begin_write is not None:
+        if conn.in_transaction:
+            conn.commit()
+        conn.execute(dialect.begin_write)

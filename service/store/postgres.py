@@ -12,7 +12,9 @@
   later ones find the work done; versions are rows of ``schema_migrations``.
 * :meth:`PostgresRows.start_wakeups` LISTENs for the NOTIFY that
   :func:`service.store.jobs.create` sends, so idle workers of every node wake
-  at once; their polling stays as the fallback.
+  at once, and (on its own channel) for the one a job's finish sends once its
+  outputs are queued, so idle senders of every node wake at once; polling
+  stays as the fallback for both.
 
 Times stay seconds since the epoch in ``DOUBLE PRECISION`` columns, the same
 numbers as on SQLite; leases use the server's clock.
@@ -29,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from service.store.dialect import JOBS_CHANNEL, POSTGRES, Dialect, lock_key
+from service.store.dialect import CHANNELS, JOBS_CHANNEL, POSTGRES, Dialect, lock_key
 
 log = logging.getLogger(__name__)
 
@@ -270,23 +272,25 @@ class PostgresRows:
         finally:
             conn.close()
 
-    def start_wakeups(self, stop: threading.Event,
-                      on_job: Callable[[], None]) -> threading.Thread:
-        """LISTEN for new jobs on a dedicated connection; ``on_job`` per notification.
+    def start_wakeups(self, stop: threading.Event, on_job: Callable[[], None],
+                      channel: str = JOBS_CHANNEL) -> threading.Thread:
+        """LISTEN on ``channel`` on a dedicated connection; ``on_job`` per notification.
 
         Reconnects after an error (a server restart) with a short pause; the
-        workers' polling covers the gap.
+        callers' polling covers the gap.
         """
-        thread = threading.Thread(target=self._listen, args=(stop, on_job),
-                                  name="pg-wakeups", daemon=True)
+        if channel not in CHANNELS:  # the name is put into the LISTEN statement
+            raise ValueError(f"unknown notification channel {channel!r}")
+        thread = threading.Thread(target=self._listen, args=(stop, on_job, channel),
+                                  name=f"pg-wakeups-{channel}", daemon=True)
         thread.start()
         return thread
 
-    def _listen(self, stop: threading.Event, on_job: Callable[[], None]) -> None:
+    def _listen(self, stop: threading.Event, on_job: Callable[[], None], channel: str) -> None:
         while not stop.is_set():
             try:
                 with self._raw(autocommit=True) as raw:
-                    raw.execute(f"LISTEN {JOBS_CHANNEL}")
+                    raw.execute(f"LISTEN {channel}")
                     while not stop.is_set():
                         for _ in raw.notifies(timeout=0.5):
                             on_job()

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from service.store.dialect import Dialect
+from service.store.dialect import JOBS_CHANNEL, Dialect
 
 
 class Cursor(Protocol):
@@ -70,9 +70,14 @@ class Rows(Protocol):
     def migrate(self) -> int:
         """Bring the schema to the current version; the version found."""
 
-    def start_wakeups(self, stop: threading.Event,
-                      on_job: Callable[[], None]) -> threading.Thread | None:
-        """Call ``on_job`` when any node makes a job, until ``stop`` (None: not needed)."""
+    def start_wakeups(self, stop: threading.Event, on_job: Callable[[], None],
+                      channel: str = JOBS_CHANNEL) -> threading.Thread | None:
+        """Call ``on_job`` on each notification of ``channel`` from any node, until ``stop``.
+
+        ``channel``: :data:`~service.store.dialect.JOBS_CHANNEL` (a job was made)
+        or :data:`~service.store.dialect.OUTBOX_CHANNEL` (a job's outputs were
+        queued). None: not needed (one node wakes its threads in process).
+        """
 
 
 def open_rows(storage: Any) -> Rows:

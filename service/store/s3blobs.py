@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -33,16 +36,45 @@ log = logging.getLogger(__name__)
 _PRECONDITION_FAILED = frozenset({412, 409})
 
 
+#: The environment variables botocore's default chain reads credentials from.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+#: Clients kept per process (one per endpoint, region and credentials in practice).
+_MAX_CLIENTS = 8
+_clients: OrderedDict[tuple[str | None, str, str], Any] = OrderedDict()
+_clients_lock = threading.Lock()
+
+
 def _client(endpoint: str | None, region: str | None) -> Any:
+    """The process's S3 client for this endpoint, region and credentials (made once).
+
+    A botocore client is thread-safe and large: its parsed service model and
+    event hooks are about 35,000 Python objects (0.2 s of CPU to build). One
+    per :class:`S3Blobs` (the API made one per app, /ready one per bucket)
+    grew a process by that much each time, and every full garbage collection
+    had to walk them: a test process that had made a few hundred paused for
+    4-11 s per full collection (docs/storage.md, "Tests"). The credentials in
+    the environment are part of the key (hashed): a change gives a new client.
+    """
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise RuntimeError('blobs = "s3" needs boto3: pip install "dopanode[s3]"') from exc
-    config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
-                    retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint,
-                                          region_name=region or "us-east-1", config=config)
+    secrets = "\0".join(os.environ.get(name, "") for name in CREDENTIAL_VARIABLES)
+    key = (endpoint, region or "us-east-1", hashlib.sha256(secrets.encode()).hexdigest())
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
+                            retries={"max_attempts": 3, "mode": "standard"})
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint,
+                                                    region_name=key[1], config=config)
+            _clients[key] = client
+            while len(_clients) > _MAX_CLIENTS:
+                _clients.popitem(last=False)
+        _clients.move_to_end(key)
+        return client
 
 
 class S3Blobs:
@@ -113,6 +145,21 @@ class S3Blobs:
             reply = self._s3.get_object(Bucket=self.bucket, Key=self._name(key))
         return cast(BinaryIO, reply["Body"])
 
+    def get_head(self, key: str, size: int) -> bytes:
+        """A ranged GET (``bytes=0-<size-1>``); an empty blob gives b""."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with _translated():
+                reply = self._s3.get_object(Bucket=self.bucket, Key=self._name(key),
+                                            Range=f"bytes=0-{max(size, 1) - 1}")
+        except BlobStoreError as exc:
+            if isinstance(exc.__cause__, ClientError) and _status(exc.__cause__) == 416:
+                return b""  # the range starts past the end: an empty object
+            raise
+        with reply["Body"] as body:
+            return bytes(body.read())[:size]
+
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=self.tmp_dir)
@@ -147,16 +194,31 @@ class S3Blobs:
                 keys.extend(str(o["Key"])[len(self.prefix):] for o in page.get("Contents", ()))
         return sorted(keys)
 
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Keys and ``LastModified`` (the server's clock), one ListObjectsV2 page at a time."""
+        validated_key(prefix)
+        with _translated():
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield str(item["Key"])[len(self.prefix):], item["LastModified"].timestamp()
+
     def delete_prefix(self, prefix: str) -> int:
         if not validated_key(prefix).endswith("/"):
             raise ValueError("a prefix ends in /")
         keys = self.list(prefix)
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+        self.delete_many(keys)
+        return len(keys)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove these blobs (DeleteObjects, 1000 keys a request); no error for missing ones."""
+        names = [self._name(k) for k in keys]
+        for start in range(0, len(names), 1000):  # DeleteObjects takes up to 1000 keys
             with _translated():
                 self._s3.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": self.prefix + k} for k in keys[start:start + 1000]],
+                    "Objects": [{"Key": n} for n in names[start:start + 1000]],
                     "Quiet": True})
-        return len(keys)
 
     def check(self) -> None:
         """Raise when the bucket cannot be reached (readiness, start-up)."""

@@ -73,6 +73,18 @@ def test_put_get_open_exists_delete(blobs: Any, tmp_path: Path) -> None:
         pass
 
 
+def test_get_head_reads_the_first_bytes_only(blobs: Any) -> None:
+    key, empty = instance_key(STUDY, SERIES, "1.2.6"), instance_key(STUDY, SERIES, "1.2.7")
+    data = bytes(range(256)) * 300
+    blobs.put_bytes(key, data)
+    blobs.put_bytes(empty, b"")
+    assert blobs.get_head(key, 1000) == data[:1000]  # S3: a ranged GET
+    assert blobs.get_head(key, 10**6) == data  # longer than the blob: all of it
+    assert blobs.get_head(empty, 1000) == b""
+    with pytest.raises(BlobNotFound):
+        blobs.get_head(instance_key(STUDY, SERIES, "1.2.8"), 10)
+
+
 def test_put_file_from_tmp_consumes_it(blobs: Any, tmp_path: Path) -> None:
     key = instance_key(STUDY, SERIES, "1.2.4")
     source = _tmp_file(blobs, tmp_path, b"D" * 70_000)
@@ -162,3 +174,23 @@ def test_readiness_checks_the_bucket(s3_server: Any, s3_bucket: str) -> None:
     missing = StorageSettings(blobs="s3", s3_endpoint=s3_server.endpoint, s3_bucket="no-such-b")
     with pytest.raises(Exception, match="404|Not ?Found|NoSuchBucket"):
         check_blob_store(missing)  # run_checks turns a raise into a failed check
+
+
+def test_one_client_per_endpoint_and_credentials(s3_server: Any, s3_bucket: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A botocore client is ~35,000 objects: buckets and apps share the process's one."""
+    import gc
+
+    first = S3Blobs(s3_bucket, endpoint=s3_server.endpoint)
+    others = [S3Blobs(f"bucket-{i}", endpoint=s3_server.endpoint, prefix=f"n{i}/")
+              for i in range(20)]
+    assert all(b._s3 is first._s3 for b in others)
+    gc.collect()
+    before = len(gc.get_objects())
+    more = [S3Blobs(f"more-{i}", endpoint=s3_server.endpoint) for i in range(20)]
+    gc.collect()
+    assert len(gc.get_objects()) - before < 2000  # wrappers only, no new service models
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-key")
+    moved = S3Blobs(s3_bucket, endpoint=s3_server.endpoint)
+    assert moved._s3 is not first._s3  # other credentials: another client
+    assert more[0]._s3 is first._s3

@@ -150,7 +150,7 @@ def roundtrip(ds: Dataset) -> tuple[pydicom.Dataset, hd.sr.ComprehensiveSR]:
 
 def test_failure_sr_round_trip() -> None:
     evidence = example_evidence(example_result())
-    reason = "normalisation failed: quality 0.55 < 0.7"
+    reason = "normalisation failed: head outline overlap 0.59 < 0.80"  # a gate reason
     sr = build_failure_sr(evidence, reason, "job-fail", ALGORITHM, created_at=1.7e9)
     ds, parsed = roundtrip(sr)
     assert ds.SOPClassUID == dicom_codes.COMPREHENSIVE_SR_STORAGE

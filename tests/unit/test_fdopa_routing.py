@@ -355,7 +355,7 @@ def test_static_then_arriving_flair_makes_one_job_with_the_flair(tmp_path: Path)
         assert n.round(NOW + 6 + QUIET_S) == 0
         assert n.jobs() == [("pending", _uid(st), [(PRIMARY, _uid(st), 3),
                                                    (FLAIR, _uid(mr), 3)])]
-        assert n.states()[_uid(mr)] == "ignored"    # not a PET series: no job of its own
+        assert n.states()[_uid(mr)] == "routed"     # its plan is the PET's: the same job
     finally:
         n.conn.close()
 
@@ -380,3 +380,62 @@ def test_late_static_supersedes_the_dynamic_only_job(node: Node) -> None:
     newest = jobs.get(node.conn, 2)
     assert newest is not None  # its SR names the dynamic-only result as predecessor
     assert jobs.previous_sent_outputs(node.conn, newest) == (sent,)
+
+
+def test_select_takes_a_flair_and_its_plan_is_the_pets_or_no_job() -> None:
+    st = static_series()
+    study = str(st[0].StudyInstanceUID)
+    p, sv = flair_pipeline(), view(st[0])
+    flair, t1 = view(flair_series(study)[0]), view(flair_series(study, 8, None, "T1 MPRAGE")[0])
+    assert p.select(flair).taken and "FLAIR" in p.select(flair).reason
+    assert not p.select(t1).taken
+    assert p.inputs(flair, [sv, t1], NOW) == p.inputs(sv, [flair, t1], NOW)  # one job
+    assert p.inputs(flair, [sv], NOW).series == (InputSeries(PRIMARY, sv.series_uid),
+                                                 InputSeries(FLAIR, flair.series_uid))
+    alone = p.inputs(flair, [t1], NOW)
+    assert alone.series == () and alone.wait_until is None
+    assert alone.note == "FLAIR series: no FDOPA PET series in the study"
+
+
+def test_late_flair_supersedes_the_pet_only_job(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.scheduler = Scheduler(n.database, n.spool, {"fdopa_pet": flair_pipeline()})
+    try:
+        st = static_series()
+        mr = flair_series(str(st[0].StudyInstanceUID))
+        n.receive(st, NOW)
+        assert n.round(NOW + 1) == 1                # no FLAIR announced: the PET-only job
+        sent = {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.34", "sop_instance_uid": "1.2.3.5"}
+        with n.conn:  # the PET-only result reached the PACS
+            n.conn.execute("UPDATE jobs SET state = 'done', outputs_json = ? WHERE id = 1",
+                           (json.dumps([sent]),))
+            n.conn.execute(
+                "INSERT INTO outbox (job_id, destination, sop_instance_uid, sop_class_uid, path,"
+                " state, next_attempt_at, created_at) VALUES (1, 'pacs', '1.2.3.5', ?, 'x',"
+                " 'sent', ?, ?)", (sent["sop_class_uid"], NOW, NOW))
+        n.receive(mr, NOW + 900)                    # the FLAIR, long after the job
+        assert n.round(NOW + 900 + QUIET_S) == 1    # the FLAIR's plan: PET + FLAIR
+        assert n.round(NOW + 901 + QUIET_S) == 0
+        assert n.jobs() == [
+            ("superseded", _uid(st), [(PRIMARY, _uid(st), 3)]),
+            ("pending", _uid(st), [(PRIMARY, _uid(st), 3), (FLAIR, _uid(mr), 3)])]
+        newest = jobs.get(n.conn, 2)
+        assert newest is not None  # its SR names the PET-only result as predecessor
+        assert jobs.previous_sent_outputs(n.conn, newest) == (sent,)
+    finally:
+        n.conn.close()
+
+
+def test_a_flair_without_fdopa_pet_in_its_study_makes_no_job(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.scheduler = Scheduler(n.database, n.spool, {"fdopa_pet": flair_pipeline()})
+    try:
+        mr = flair_series(generate_uid(entropy_srcs=["an MR-only study"]))
+        n.receive(mr, NOW)
+        assert n.round(NOW + QUIET_S) == 0
+        assert n.jobs() == [] and n.states() == {_uid(mr): "ignored"}
+        [(routing,)] = n.conn.execute("SELECT routing_json FROM series").fetchall()
+        assert "declined: FLAIR series: no FDOPA PET series in the study" in routing
+    finally:
+        n.conn.close()
+

@@ -1,29 +1,26 @@
 """Spatial normalisation of a DaT SPECT volume to the MNI 2 mm template.
 
-Rigid, then affine registration with SimpleITK, maximising the correlation
-between the FP-CIT template (fixed, on the atlas grid) and the scan (moving,
-any LPS grid). Correlation is invariant to the unknown global scale of SPECT
-counts. For speed the work is done on a 4 mm copy of the template, with an
-8 mm then 4 mm schedule; only the final resampling is at 2 mm.
+The shared engine (:mod:`service.imaging.register`: multi-start rigid,
+similarity, bounded affine) registers the scan (moving, any LPS grid) to the
+FP-CIT template (fixed, atlas grid) on a 4 mm grid, both divided by the
+median of their own head outline and clipped at :data:`CLIP_X_HEAD_MEDIAN`.
+Scaling is bounded (:data:`service.imaging.register.HEAD_SCALE_RANGE`): a
+head is never shrunk to raise a correlation. The choices (no extra
+smoothing, affine from the rigid result) are the most accurate of those
+measured against the simulator's true poses (docs/dat_registration.md).
 
-Initialisation is robust to pose and disease: the centres of the two head
-outlines (not of the counts, which a healthy striatum dominates) are aligned,
-then a set of rotations is scored at 8 mm and the best starts the
-optimisation.
+The gate (:mod:`.registration_checks`) checks, after resampling to the atlas
+grid, that the head outline overlaps the template's and that the fitted size
+is that of a head, not one correlation threshold; a failed check refuses the
+study with ``normalisation failed: <check>, <value>``.
 
 Frames: both images in LPS millimetres. The returned transform maps a point
 of the template (MNI) space to the corresponding point of the scan, as
 ``SimpleITK.Resample`` expects.
-
-The quality score is the Pearson correlation between the normalised scan and
-the template inside the head, with the striatum excluded so that a scan with
-almost no striatal uptake is not penalised for its disease; a low score or an
-implausible affine raises ``AnalysisError(code="normalisation_failed")``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,34 +30,47 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from service.errors import AnalysisError
+from service.imaging import register
 from service.imaging.atlas import Atlas
+from service.pipelines.dat_spect.registration_checks import Checks, run_checks
 
 log = logging.getLogger(__name__)
 
-#: Below this correlation (head without striatum) the registration is rejected.
-#: Measured: smoothed phantoms 0.98; simulated scans (service.sim) 0.86-0.93,
-#: the lowest for FBP without attenuation correction (darker brain centre);
-#: an upside-down head 0.59, noise 0.01. A featureless sphere scores 0.79 and
-#: passes: the score checks alignment, the gate checks that it is a DaT scan.
-MIN_QUALITY = 0.7
-#: Accepted range of the affine's singular values (head size relative to MNI).
-SCALE_RANGE = (0.7, 1.4)
-#: Rotations (degrees, about x, y, z) tried from the centred start.
-START_ANGLES_DEG = (-20.0, 0.0, 20.0)
-#: Voxel size of the registration copy of the template, millimetres.
+#: Voxel size of the registration copies, millimetres.
 WORK_SPACING_MM = 4.0
-#: First step of the affine optimiser (physical-shift scaled, about mm). A
-#: step of 1 threw some scans far from the rigid solution on the first
-#: iteration (site_a_00000: correlation 0.91 -> 0.28, AP scale 0.69 at the
-#: end); 0.25 converges to the truth's scales within 21 iterations.
-AFFINE_STEP = 0.25
+#: Gaussian smoothing (FWHM, mm) of both images before registration. Measured
+#: over 32 simulated studies of 8 profiles (docs/dat_registration.md): extra
+#: smoothing (6 or 12 mm) made the striatal error worse (mean of the worst
+#: region 4.1 and 4.5 mm against 3.9 without), so none.
+WORK_FWHM_MM = 0.0
+#: Both images are divided by their head-outline median and clipped here
+#: (a normal striatum is about 3-4 x the head median; only hotter spots are
+#: clipped, e.g. salivary glands at 2.5 x grey matter on a small head).
+CLIP_X_HEAD_MEDIAN = 6.0
+#: What the gate's checks compare: smoothed by this (mm) and clipped here, so
+#: that noise and reconstruction texture do not decide a check.
+CHECK_FWHM_MM = 6.0
+CHECK_CLIP_X_HEAD_MEDIAN = 4.0
 #: Margin kept around the head when the scan is cropped for registration, mm.
 CROP_MARGIN_MM = 24.0
+#: Fixed-image mask: the template head outline dilated by this, mm.
+MASK_MARGIN_MM = 8.0
+#: The engine's schedule (see :class:`service.imaging.register.Settings`).
+#: The affine starts from the rigid result (starting from the similarity was
+#: worse: 4.4 against 3.9 mm, the similarity's scale overshooting on scans
+#: without attenuation correction); the similarity measures the head size
+#: for the gate. An affine outside the bounds falls back to the rigid result,
+#: the mean head size (falling back to the similarity held at its bound was
+#: worse: it was 1.13-1.16 on the scans without attenuation correction).
+SETTINGS = register.Settings(
+    rigid_iterations=40, affine_iterations=40, shrink=(2, 1), sigmas_mm=(0.0, 0.0),
+    affine_shrink=(1,), affine_sigmas_mm=(0.0,), affine_step=0.25, sampling_fraction=0.5,
+    similarity=True, affine_from_similarity=False)
 
 
 @dataclass(frozen=True, eq=False)
 class Normalisation:
-    """Outcome of :func:`normalise`.
+    """Outcome of :func:`normalise` / :func:`register_scan`.
 
     Attributes
     ----------
@@ -69,23 +79,38 @@ class Normalisation:
     transform : SimpleITK.Transform
         Maps template (MNI, LPS mm) points to scan points.
     quality : float
-        Correlation with the template in the head minus striatum, -1..1.
+        Correlation of the clipped, smoothed scan with the template in the
+        head minus striatum, -1..1 (reported; the gate uses :attr:`checks`).
     scales : (3,) float array
         Singular values of the affine matrix (scan mm per MNI mm).
+    checks : Checks or None
+        The gate's measurements (None only if the head could not be measured).
+    refusal : str or None
+        Patient-free reason when the gate refuses, else None.
+    stage : str
+        The engine's kept stage (``affine``, ``similarity`` or ``rigid``).
+    warnings : tuple of str
+        The engine's patient-free notes (a scale held at its bound, an affine
+        replaced by the similarity).
     """
 
     volume_zyx: np.ndarray
     transform: sitk.Transform
     quality: float
     scales: np.ndarray
+    checks: Checks | None = None
+    refusal: str | None = None
+    stage: str = "affine"
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
 class _Fixed:
     image: sitk.Image
     mask: sitk.Image
+    processed_zyx: np.ndarray
+    head_zyx: np.ndarray
     quality_mask_zyx: np.ndarray
-    centre_lps_mm: np.ndarray
 
 
 def normalise(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Normalisation:
@@ -102,70 +127,104 @@ def normalise(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Nor
     Returns
     -------
     Normalisation
-        The resampled scan, the transform and the quality score.
+        The resampled scan, the transform, the quality score and the checks.
 
     Raises
     ------
     AnalysisError
-        ``normalisation_failed`` when the optimiser fails, the affine is
-        implausible or the quality score is below :data:`MIN_QUALITY`.
+        ``normalisation_failed`` when no head is found, the optimiser fails or
+        a check of the gate fails (the reason names the check and its value).
+    """
+    result = register_scan(moving, template_zyx, atlas)
+    if result.refusal is not None:
+        raise AnalysisError(result.refusal, "normalisation_failed")
+    return result
+
+
+def register_scan(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Normalisation:
+    """As :func:`normalise`, but a refused registration is returned, not raised.
+
+    ``refusal`` holds the gate's reason; the transform is the engine's best
+    (for measuring refused studies, e.g. ``bench/dat_registration.py``).
+
+    Raises
+    ------
+    AnalysisError
+        ``normalisation_failed`` when no head is found or the optimiser fails.
     """
     fixed = _prepare_fixed(template_zyx, atlas)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     work = _working_copy(moving)
     try:
-        rigid = _rigid(fixed, work, _best_start(fixed, work))
-        affine = _affine(fixed, work, rigid)
+        fitted = register.fit(fixed.image, fixed.mask, work, SETTINGS)
     except RuntimeError as exc:  # SimpleITK reports optimiser failures so
         raise AnalysisError(
             "normalisation failed: optimiser error", "normalisation_failed"
         ) from exc
-    scales = np.linalg.svd(np.asarray(affine.GetMatrix()).reshape(3, 3), compute_uv=False)
-    volume = sitk.Resample(moving, atlas.reference_image(), affine, sitk.sitkLinear, 0.0)
-    volume_zyx = sitk.GetArrayFromImage(volume).astype(np.float32)
-    quality = _correlation(volume_zyx, template_zyx, fixed.quality_mask_zyx)
-    log.info(
-        "normalised",
-        extra={"fields": {"quality": round(quality, 3), "scales": np.round(scales, 3).tolist()}},
-    )
-    if not SCALE_RANGE[0] <= scales.min() <= scales.max() <= SCALE_RANGE[1]:
-        raise AnalysisError(
-            f"normalisation failed: implausible scaling {scales.min():.2f}-{scales.max():.2f}",
-            "normalisation_failed",
-        )
-    if not quality >= MIN_QUALITY:
-        raise AnalysisError(
-            f"normalisation failed: quality {quality:.2f} < {MIN_QUALITY}", "normalisation_failed"
-        )
-    return Normalisation(volume_zyx, affine, quality, scales)
+    return evaluate(moving, fitted, template_zyx, atlas)
 
 
-def _head_mask_zyx(volume_zyx: np.ndarray) -> np.ndarray:
-    """Head outline: above 25 % of a robust maximum that ignores the striatum.
+def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
+             atlas: Atlas) -> Normalisation:
+    """Resample the scan through ``fitted.transform`` and run the gate's checks.
 
-    The 90th percentile of positive voxels is a level of non-specific brain
-    uptake in healthy and diseased scans alike, so the outline does not
-    collapse onto a hot striatum.
+    Parameters
+    ----------
+    moving : SimpleITK.Image
+        The scan (LPS).
+    fitted : service.imaging.register.Fit
+        A fitted (or, in tests, a deliberately wrong) template-to-scan transform.
+    template_zyx : (91, 109, 91) float32 array
+    atlas : Atlas
+
+    Returns
+    -------
+    Normalisation
+        ``refusal`` set when a check fails.
     """
-    positive = volume_zyx[volume_zyx > 0]
-    if positive.size == 0:
-        return np.zeros(volume_zyx.shape, bool)
-    level = float(np.percentile(positive, 90))
-    mask = volume_zyx > 0.25 * level
-    labels, n = ndimage.label(mask)
-    if n > 1:  # keep the largest component: noise specks move a centroid
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
-    return mask
+    fixed = _prepare_fixed(template_zyx, atlas)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    reference = atlas.reference_image()
+    volume = sitk.Resample(moving, reference, fitted.transform, sitk.sitkLinear, 0.0)
+    volume_zyx = sitk.GetArrayFromImage(volume).astype(np.float32)
+    fov = sitk.Resample(moving * 0 + 1, reference, fitted.transform, sitk.sitkNearestNeighbor, 0.0)
+    processed_zyx = sitk.GetArrayFromImage(
+        _process(atlas.reference_image(volume_zyx), CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
+    quality = _correlation(processed_zyx, fixed.processed_zyx, fixed.quality_mask_zyx)
+    checks = run_checks(
+        processed_zyx, sitk.GetArrayFromImage(fov) > 0, fixed.head_zyx, atlas, fitted, quality)
+    log.info("normalised", extra={"fields": {
+        "quality": round(quality, 3), "scales": np.round(fitted.scales, 3).tolist(),
+        "stage": fitted.stage, "head_dice": round(checks.head_dice, 3),
+        "warnings": list(fitted.warnings),
+        "refused": checks.failure is not None}})
+    refusal = None if checks.failure is None else f"normalisation failed: {checks.failure}"
+    return Normalisation(volume_zyx, fitted.transform, quality, fitted.scales, checks, refusal,
+                         fitted.stage, fitted.warnings)
+
+
+def _process(image: sitk.Image, fwhm_mm: float, clip: float) -> sitk.Image:
+    """Smooth by ``fwhm_mm``, divide by the head median, clip at ``clip`` (float32, same grid)."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if fwhm_mm > 0:
+        sigma_mm = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        image = sitk.SmoothingRecursiveGaussian(image, float(sigma_mm))
+    arr = sitk.GetArrayFromImage(image)
+    arr = np.clip(arr, 0.0, None)
+    head = register.head_mask(arr)
+    level = float(np.median(arr[head])) if head.sum() >= 100 else float(arr.max() or 1.0)
+    out = sitk.GetImageFromArray(np.clip(arr / level, 0.0, clip).astype(np.float32))
+    out.CopyInformation(image)
+    return out
 
 
 def _working_copy(moving: sitk.Image) -> sitk.Image:
-    """The head's bounding box (plus a margin), at no finer than the work spacing.
+    """The head's bounding box (plus a margin), processed, at no finer than the work spacing.
 
     Large fields of view (128^3 and more) hold mostly empty space; cropping and
     coarsening keep the optimiser's cost independent of the camera's matrix.
     """
-    mask_zyx = _head_mask_zyx(sitk.GetArrayViewFromImage(moving))
+    mask_zyx = register.head_mask(sitk.GetArrayViewFromImage(moving))
     if mask_zyx.sum() < 100:
         raise AnalysisError("normalisation failed: no head found in volume", "normalisation_failed")
     margin = np.ceil(CROP_MARGIN_MM / np.array(moving.GetSpacing())).astype(int)
@@ -175,39 +234,30 @@ def _working_copy(moving: sitk.Image) -> sitk.Image:
     lo_xyz = np.maximum(lo_xyz, 0)
     hi_xyz = np.minimum(hi_xyz, np.array(moving.GetSize()) - 1)
     cropped = sitk.RegionOfInterest(moving, (hi_xyz - lo_xyz + 1).tolist(), lo_xyz.tolist())
-    spacing = np.array(cropped.GetSpacing())
-    if spacing.min() >= 0.8 * WORK_SPACING_MM:
-        return cropped
-    new_spacing = np.maximum(spacing, WORK_SPACING_MM)
-    size = np.ceil(np.array(cropped.GetSize()) * spacing / new_spacing).astype(int)
-    return sitk.Resample(
-        cropped, size.tolist(), sitk.Transform(), sitk.sitkLinear, cropped.GetOrigin(),
-        new_spacing.tolist(), cropped.GetDirection(), 0.0, sitk.sitkFloat32,
-    )
-
-
-def _mask_centre_lps(image: sitk.Image) -> np.ndarray:
-    """Physical centre (LPS mm) of the head outline of an image."""
-    mask_zyx = _head_mask_zyx(sitk.GetArrayViewFromImage(image))
-    centre_zyx = np.array(ndimage.center_of_mass(mask_zyx))
-    return np.array(image.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist()))
+    return register.coarser_grid(_process(cropped, WORK_FWHM_MM, CLIP_X_HEAD_MEDIAN),
+                                 WORK_SPACING_MM)
 
 
 @lru_cache(maxsize=2)
 def _fixed_cached(template_bytes: bytes, shape: tuple[int, int, int], atlas: Atlas) -> _Fixed:
     template_zyx = np.frombuffer(template_bytes, np.float32).reshape(shape)
-    full = atlas.reference_image(template_zyx.copy())
+    image = atlas.reference_image(template_zyx.copy())
+    processed = _process(image, WORK_FWHM_MM, CLIP_X_HEAD_MEDIAN)
+    processed_zyx = sitk.GetArrayFromImage(
+        _process(image, CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
     factor = int(round(WORK_SPACING_MM / atlas.spacing_mm[0]))
-    image = sitk.BinShrink(full, [factor] * 3)
-    head = _head_mask_zyx(template_zyx)
-    mask_zyx = ndimage.binary_dilation(head, iterations=4)
+    head = register.head_mask(template_zyx)
+    grow = max(1, int(round(MASK_MARGIN_MM / float(atlas.spacing_mm[0]))))
+    mask_zyx = ndimage.binary_dilation(head, iterations=grow)
     mask = sitk.BinShrink(atlas.reference_image(mask_zyx.astype(np.float32)), [factor] * 3) > 0
-    striatum = ndimage.binary_dilation((atlas.labels_zyx >= 1) & (atlas.labels_zyx <= 4), iterations=4)
+    striatum = ndimage.binary_dilation((atlas.labels_zyx >= 1) & (atlas.labels_zyx <= 4),
+                                       iterations=4)
     return _Fixed(
-        image=image,
+        image=sitk.BinShrink(processed, [factor] * 3),
         mask=sitk.Cast(mask, sitk.sitkUInt8),
+        processed_zyx=processed_zyx,
+        head_zyx=head,
         quality_mask_zyx=head & ~striatum,
-        centre_lps_mm=_mask_centre_lps(full),
     )
 
 
@@ -216,64 +266,6 @@ def _prepare_fixed(template_zyx: np.ndarray, atlas: Atlas) -> _Fixed:
         raise ValueError(f"template shape {template_zyx.shape} is not {atlas.shape_zyx}")
     data = np.ascontiguousarray(template_zyx, np.float32)
     return _fixed_cached(data.tobytes(), data.shape, atlas)
-
-
-def _method(fixed: _Fixed, iterations: int, shrink: list[int], step: float = 1.0
-            ) -> sitk.ImageRegistrationMethod:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsCorrelation()
-    reg.SetMetricFixedMask(fixed.mask)
-    reg.SetMetricSamplingStrategy(reg.REGULAR)
-    reg.SetMetricSamplingPercentage(0.5, seed=1)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetMetricUseMovingImageGradientFilter(False)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=step, minStep=0.01, numberOfIterations=iterations, relaxationFactor=0.6
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel([0] * len(shrink))
-    return reg
-
-
-def _best_start(fixed: _Fixed, moving: sitk.Image) -> sitk.Euler3DTransform:
-    """Centre the head outlines, then keep the best of a grid of rotations."""
-    shift = _mask_centre_lps(moving) - fixed.centre_lps_mm
-    reg = _method(fixed, iterations=0, shrink=[2])
-    coarse_fixed = sitk.BinShrink(fixed.image, [2, 2, 2])
-    reg.SetMetricFixedMask(sitk.Cast(sitk.BinShrink(fixed.mask, [2, 2, 2]) > 0, sitk.sitkUInt8))
-    best: tuple[float, sitk.Euler3DTransform] | None = None
-    for angles in itertools.product(START_ANGLES_DEG, repeat=3):
-        if sum(a != 0 for a in angles) > 1:  # one axis at a time: 7 starts
-            continue
-        tx = sitk.Euler3DTransform()
-        tx.SetCenter(fixed.centre_lps_mm.tolist())
-        tx.SetRotation(*np.deg2rad(angles).tolist())
-        tx.SetTranslation(shift.tolist())
-        reg.SetInitialTransform(tx, inPlace=False)
-        value = reg.MetricEvaluate(coarse_fixed, moving)
-        if best is None or value < best[0]:
-            best = (value, tx)
-    assert best is not None
-    return best[1]
-
-
-def _rigid(fixed: _Fixed, moving: sitk.Image, start: sitk.Euler3DTransform) -> sitk.Transform:
-    reg = _method(fixed, iterations=40, shrink=[2, 1])
-    reg.SetInitialTransform(start, inPlace=False)
-    return reg.Execute(fixed.image, moving)
-
-
-def _affine(fixed: _Fixed, moving: sitk.Image, rigid: sitk.Transform) -> sitk.AffineTransform:
-    euler = sitk.Euler3DTransform(sitk.CompositeTransform(rigid).GetNthTransform(0))
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(euler.GetCenter())
-    affine.SetMatrix(euler.GetMatrix())
-    affine.SetTranslation(euler.GetTranslation())
-    reg = _method(fixed, iterations=40, shrink=[1], step=AFFINE_STEP)
-    reg.SetInitialTransform(affine, inPlace=True)
-    reg.Execute(fixed.image, moving)
-    return affine
 
 
 def _correlation(a_zyx: np.ndarray, b_zyx: np.ndarray, mask_zyx: np.ndarray) -> float:

@@ -273,15 +273,21 @@ def mr_guided(flair: Sequence[Dataset] | None, volumes: Volumes, atlas: AtlasOnP
 
 
 def guided_curves(guided: FlairGuidedMeasures | None, volumes: Volumes, dynamic_note: str,
-                  durations_s: dict[str, float]) -> FlairGuidedMeasures | None:
-    """The MR-guided route's measures with the curves of its VOI (None stays None)."""
+                  durations_s: dict[str, float], atlas: AtlasOnPet | None = None
+                  ) -> FlairGuidedMeasures | None:
+    """The MR-guided route's measures with the curves of its VOI (None stays None).
+
+    With ``atlas`` a dynamic series first refines the VOI by sinus removal
+    (:func:`.mr_route.with_sinus_removal`).
+    """
     if guided is None:
         return None
     from service.pipelines.fdopa_pet.mr_route import flair_guided_dynamic
 
     with stage(durations_s, "flair_dynamic"):
         return flair_guided_dynamic(guided, volumes.dynamic, volumes.static,
-                                    volumes.dynamic_suv, volumes.injection, dynamic_note)
+                                    volumes.dynamic_suv, volumes.injection, dynamic_note,
+                                    atlas, volumes.suv)
 
 
 def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
@@ -324,7 +330,7 @@ def analyse_study(primary: Sequence[Dataset], dynamic: Sequence[Dataset] | None,
     pet_note = split_note(note)[0]  # the route part is the route's reason
     if volumes.dynamic is None and not dynamic and pet_note:
         dynamic_note = pet_note  # routing left the dynamic series out, and said why
-    guided = guided_curves(guided, volumes, dynamic_note, durations_s)
+    guided = guided_curves(guided, volumes, dynamic_note, durations_s, atlas)
     warnings = (*((pet_note,) if pet_note else ()), *volumes.static.warnings, *atlas.warnings,
                 *(dynamic_result.warnings if dynamic_result is not None else ()))
     return FdopaResult(

@@ -187,9 +187,9 @@ _WORKER: Evaluator | None = None
 
 
 def _init_worker(methods: Sequence[str], model_path: Path | None,
-                 template_path: Path | None) -> None:
+                 template_path: Path | None, kind: type[Evaluator] = Evaluator) -> None:
     global _WORKER
-    _WORKER = Evaluator(methods, model_path, template_path)
+    _WORKER = kind(methods, model_path, template_path)
 
 
 def _evaluate_in_worker(ref: StudyRef) -> list[dict[str, Any]]:
@@ -199,14 +199,17 @@ def _evaluate_in_worker(ref: StudyRef) -> list[dict[str, Any]]:
 
 def run_evaluation(studies: Sequence[StudyRef], methods: Sequence[str], cache: Path, *,
                    model_path: Path | None = None, template_path: Path | None = None,
-                   workers: int = 1, progress: Any = None) -> list[dict[str, Any]]:
+                   workers: int = 1, progress: Any = None,
+                   kind: type[Evaluator] = Evaluator) -> list[dict[str, Any]]:
     """Rows of every study and method: cached ones read back, the others run and appended.
 
     ``progress`` (optional) is called with each newly computed study's rows.
     Returns the rows in the order of ``studies`` then ``methods``. Cached rows
     of another model or template are not reused (:func:`read_cache`).
+    ``kind``: the evaluator class (the MR-guided route's is
+    :class:`.evaluation_mr_run.MrEvaluator`).
     """
-    evaluator = Evaluator(methods, model_path, template_path)
+    evaluator = kind(methods, model_path, template_path)
     done = read_cache(cache, {m: evaluator.fingerprint(m) for m in methods})
     todo = [s for s in studies if any((s.study_id, m) not in done for m in methods)]
     if todo:
@@ -222,6 +225,7 @@ def run_evaluation(studies: Sequence[StudyRef], methods: Sequence[str], cache: P
 def _compute(todo: Sequence[StudyRef], evaluator: Evaluator, model_path: Path | None,
              template_path: Path | None, workers: int) -> Iterable[list[dict[str, Any]]]:
     methods = evaluator.methods
+    kind = type(evaluator)
     if workers <= 1:
         for ref in todo:
             yield evaluator.evaluate(ref)
@@ -229,5 +233,5 @@ def _compute(todo: Sequence[StudyRef], evaluator: Evaluator, model_path: Path | 
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(tuple(methods), model_path, template_path)) as pool:
+                             initargs=(tuple(methods), model_path, template_path, kind)) as pool:
         yield from pool.map(_evaluate_in_worker, todo)

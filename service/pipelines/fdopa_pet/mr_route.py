@@ -25,10 +25,12 @@ maximum, low-uptake fallback to the whole lesion, the reference code's "any
 ratio < 1" rule), T/S and T/N as VOI max over reference max, and
 :func:`flair_guided_dynamic` the VOI's curves: TTP at frame start, slopes from
 120 s (150 s on newer framings) to the last frame in Bq/mL/s and SUV/min, and
-the slope ratio (:mod:`.kinetics`). Not done: the reference code's
-refinement of the VOI (smoothed PET-and-FLAIR distance map, sinus removal by
-k-means and an SVM), and its removal of the contralateral striatum from a
-crossing lesion. Pure: datasets and arrays in, frozen dataclasses out.
+the slope ratio (:mod:`.kinetics`). On the PET-VOI branch the VOI is refined
+as the reference code does (:func:`paper_voi`, :mod:`.voi_refine`): striatum
+removal, then the distance-map cut (static) or, with a dynamic series, the
+sinus removal (:func:`with_sinus_removal`); the notes of each step are in
+``voi_refinements`` (SR, summary). Pure: datasets and arrays in, frozen
+dataclasses out.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from service.errors import AnalysisError
 from service.imaging.mr_volume import mr_volume_from_datasets
 from service.imaging.pet_volume import PetVolume
 from service.imaging.suv import SuvScale
-from service.pipelines.fdopa_pet.curves import analyse_study_dynamic
+from service.pipelines.fdopa_pet.curves import analyse_study_dynamic, same_grid
 from service.pipelines.fdopa_pet.flair_gate import DEFAULT_KEYWORDS, classify_mr_series
 from service.pipelines.fdopa_pet.flair_lesion import FlairLesionSegmenter
 from service.pipelines.fdopa_pet.flair_registration import (
@@ -53,15 +55,26 @@ from service.pipelines.fdopa_pet.flair_registration import (
     lesion_on_pet,
     register_flair_to_pet,
 )
-from service.pipelines.fdopa_pet.measures import genoa_tumour_voi, measure_reference
+from service.pipelines.fdopa_pet.measures import GenoaVoi, genoa_tumour_voi, measure_reference
 from service.pipelines.fdopa_pet.reference import reference_regions
 from service.pipelines.fdopa_pet.result import (
     AtlasOnPet,
     FlairGuidedMeasures,
     FlairImage,
     Lesion,
+    ReferenceMeasures,
+    ReferenceRegions,
     RouteInfo,
 )
+from service.pipelines.fdopa_pet.voi_refine import (
+    distance_map,
+    remove_sinus,
+    remove_striatum,
+    sinus_map,
+)
+
+#: The refinement note of a VOI computed with ``refine=False`` (the evaluation's "before").
+NO_REFINEMENT = "no refinement"
 
 
 def _pet_only(reason: str, uid: str, quality: float | None = None) -> tuple[RouteInfo, None]:
@@ -144,8 +157,32 @@ def flair_route(flair: Sequence[Dataset], static: PetVolume,
                      f"FLAIR lesion: {segmenter.description}"), (image, on_pet)
 
 
+def paper_voi(lesion_zyx: np.ndarray, volume_zyx: np.ndarray, ref: ReferenceMeasures,
+              reference: ReferenceRegions, atlas: AtlasOnPet, *,
+              sinus_zyx: np.ndarray | None = None, refine: bool = True
+              ) -> tuple[GenoaVoi, tuple[str, ...]]:
+    """The paper's PET tumour VOI with the reference code's refinements, and their notes.
+
+    :func:`.measures.genoa_tumour_voi` (low-uptake rule), then on the PET-VOI
+    branch only (``refine``): striatum removal, then the distance-map cut
+    (static, ``sinus_zyx`` None) or the sinus removal (:mod:`.voi_refine`).
+    """
+    lesion = np.asarray(lesion_zyx, bool)
+    voi = genoa_tumour_voi(lesion, volume_zyx, ref.white_matter_max_units,
+                           ref.striatum_max_units)
+    if not refine:
+        return voi, (NO_REFINEMENT,)
+    if not voi.pet_voi:
+        return voi, ("no refinement (low-uptake fallback: the FLAIR lesion itself)",)
+    striatum = remove_striatum(voi.mask_zyx, lesion, atlas, reference.side)
+    cut = remove_sinus(striatum.mask_zyx, distance_map(striatum.mask_zyx, lesion), sinus_zyx)
+    return replace(voi, mask_zyx=cut.mask_zyx), (striatum.note, cut.note)
+
+
 def flair_guided_measures(static: PetVolume, suv: SuvScale, atlas: AtlasOnPet,
-                          lesion_zyx: np.ndarray) -> FlairGuidedMeasures:
+                          lesion_zyx: np.ndarray, *, refine: bool = True,
+                          sinus_zyx: np.ndarray | None = None,
+                          reference: ReferenceRegions | None = None) -> FlairGuidedMeasures:
     """The paper's static measures from the FLAIR lesion on the PET grid (module docstring).
 
     Parameters
@@ -158,6 +195,13 @@ def flair_guided_measures(static: PetVolume, suv: SuvScale, atlas: AtlasOnPet,
         The template's atlas on the static grid.
     lesion_zyx : (z, y, x) bool array
         The FLAIR lesion on the static grid, non-empty.
+    refine : bool
+        Apply the reference code's VOI refinements (:func:`paper_voi`).
+    sinus_zyx : (z, y, x) float array, optional
+        The early-frame sinus map (:func:`.voi_refine.sinus_map`): sinus
+        removal instead of the static distance-map cut.
+    reference : ReferenceRegions, optional
+        Already computed for this lesion (else computed here).
 
     Raises
     ------
@@ -168,9 +212,10 @@ def flair_guided_measures(static: PetVolume, suv: SuvScale, atlas: AtlasOnPet,
     volume, affine = static.frames[0].volume_zyx, static.affine
     spacing = static.spacing_zyx_mm
     lesion = np.asarray(lesion_zyx, bool)
-    reference = reference_regions(atlas, lesion, affine)
+    reference = reference or reference_regions(atlas, lesion, affine)
     ref = measure_reference(volume, reference, spacing, suv)
-    voi = genoa_tumour_voi(lesion, volume, ref.white_matter_max_units, ref.striatum_max_units)
+    voi, notes = paper_voi(lesion, volume, ref, reference, atlas, sinus_zyx=sinus_zyx,
+                           refine=refine)
     top = float(volume[voi.mask_zyx].max())
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return FlairGuidedMeasures(
@@ -179,20 +224,49 @@ def flair_guided_measures(static: PetVolume, suv: SuvScale, atlas: AtlasOnPet,
         flair_lesion_ml=float(lesion.sum()) * voxel_ml,
         voi_ml=float(voi.mask_zyx.sum()) * voxel_ml, voi_max_units=top,
         voi_suv_max=None if suv.factor is None else top * suv.factor,
-        ts_ratio=top / ref.striatum_max_units, tn_ratio=top / ref.white_matter_max_units)
+        ts_ratio=top / ref.striatum_max_units, tn_ratio=top / ref.white_matter_max_units,
+        voi_refinements=notes)
+
+
+def with_sinus_removal(measures: FlairGuidedMeasures, dynamic: PetVolume, static: PetVolume,
+                       suv: SuvScale, atlas: AtlasOnPet) -> FlairGuidedMeasures:
+    """``measures`` with the VOI refined by sinus removal from the dynamic's first frames.
+
+    Only for a refined PET VOI (not the fallback, not ``refine=False``) and a
+    dynamic series on the static grid; otherwise ``measures`` unchanged (a
+    dynamic series on another grid adds a note).
+    """
+    if not measures.pet_voi or NO_REFINEMENT in measures.voi_refinements:
+        return measures
+    if not same_grid(dynamic, static):
+        return replace(measures, voi_refinements=(
+            *measures.voi_refinements, "sinus removal not applied: dynamic series on "
+                                       "another grid than the static"))
+    frames = sorted(dynamic.frames, key=lambda f: f.start_s)
+    sinus = sinus_map([f.volume_zyx for f in frames], [f.duration_s for f in frames],
+                      atlas.labels_zyx > 0)
+    again = flair_guided_measures(static, suv, atlas, measures.flair_lesion_zyx,
+                                  sinus_zyx=sinus, reference=measures.reference)
+    return replace(again, flair=measures.flair)
 
 
 def flair_guided_dynamic(measures: FlairGuidedMeasures, dynamic: PetVolume | None,
                          static: PetVolume, suv: SuvScale | None,
-                         injection: dt.datetime | None, note: str) -> FlairGuidedMeasures:
+                         injection: dt.datetime | None, note: str,
+                         atlas: AtlasOnPet | None = None,
+                         static_suv: SuvScale | None = None) -> FlairGuidedMeasures:
     """``measures`` with the curves of the FLAIR-guided VOI (or why there are none).
 
-    The same kinetics as the PET-only route (:func:`.curves.analyse_study_dynamic`)
+    With ``atlas`` (and ``static_suv``, the static series' SUV scale) the VOI
+    is first refined by sinus removal (:func:`with_sinus_removal`). The same
+    kinetics as the PET-only route (:func:`.curves.analyse_study_dynamic`)
     with the FLAIR-guided VOI as ``"tumour"`` and the FLAIR-guided reference
     regions.
     """
     if dynamic is None or suv is None:
         return replace(measures, dynamic_note=note or "no dynamic series in the study")
+    if atlas is not None and static_suv is not None:
+        measures = with_sinus_removal(measures, dynamic, static, static_suv, atlas)
     try:
         curves = analyse_study_dynamic(dynamic, static, (Lesion(1, measures.voi_zyx),),
                                        measures.reference, suv, injection=injection)

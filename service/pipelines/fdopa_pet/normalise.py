@@ -21,7 +21,6 @@ than any normal brain (1.15 x the template's maximum: tumour) are left out.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from service.errors import AnalysisError
+from service.imaging import register
+from service.imaging.register import coarser_grid
 from service.pipelines.fdopa_pet.result import AtlasOnPet
 from service.pipelines.fdopa_pet.template import FdopaTemplate, image_from_affine
 
@@ -61,8 +62,6 @@ MASK_MARGIN_MM = 12.0
 #: template moved by a known transform and scored with a wrong one: 0.54 (10 mm
 #: shift), 0.31 (20 mm), 0.26 (upside down), but 0.72 with 15 degrees of pitch.
 QUALITY_GATE = 0.6
-#: First step of the affine optimiser (about mm).
-AFFINE_STEP = 0.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,26 +131,29 @@ def fit_registration(volume_zyx: np.ndarray, affine: np.ndarray,
     volume = np.nan_to_num(np.asarray(volume_zyx, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     fixed, fixed_mask = _fixed(template)
     moving = _work_image(volume, affine)
-    warnings: list[str] = []
     try:
-        start = _best_start(fixed, fixed_mask, moving)
-        rigid = _rigid(fixed, fixed_mask, moving, start)
-        result = _affine(fixed, fixed_mask, moving, rigid)
+        result = register.fit(fixed, fixed_mask, moving, _settings())
     except RuntimeError as exc:  # SimpleITK reports optimiser failures so
         raise AnalysisError("registration failed: optimiser error",
                             "registration_failed") from exc
-    scales = np.linalg.svd(np.asarray(result.GetMatrix()).reshape(3, 3), compute_uv=False)
-    if not SCALE_RANGE[0] <= scales.min() <= scales.max() <= SCALE_RANGE[1]:
-        warnings.append(f"affine scaling {scales.min():.2f}-{scales.max():.2f} implausible: "
-                        "rigid registration used")
-        result = _as_affine(rigid)
-        scales = np.ones(3)
-    quality = registration_quality(volume, affine, result, template)
+    scales, warnings = result.scales, list(result.warnings)
+    quality = registration_quality(volume, affine, result.transform, template)
     seconds = time.perf_counter() - t0
     log.info("fdopa registered", extra={"fields": {
         "quality": round(quality, 3), "scales": np.round(scales, 3).tolist(),
         "seconds": round(seconds, 2)}})
-    return Registration(result, quality, scales, seconds, tuple(warnings))
+    return Registration(result.transform, quality, scales, seconds, tuple(warnings))
+
+
+def _settings() -> register.Settings:
+    """The shared engine's schedule for FDOPA: rigid then affine (no similarity
+    stage), 60 iterations each on an 8 mm then 4 mm pyramid, every mask voxel;
+    an affine outside :data:`SCALE_RANGE` falls back to the rigid result."""
+    return register.Settings(
+        start_angles_deg=START_ANGLES_DEG, rigid_iterations=60, affine_iterations=60,
+        shrink=(2, 1), sigmas_mm=(4.0, 2.0), affine_shrink=(2, 1), affine_sigmas_mm=(4.0, 2.0),
+        affine_step=0.25, sampling_fraction=1.0, similarity=False, scale_range=SCALE_RANGE,
+        max_anisotropy=SCALE_RANGE[1] / SCALE_RANGE[0])
 
 
 def _check_geometry(volume_zyx: np.ndarray, affine: np.ndarray) -> None:
@@ -179,6 +181,11 @@ def robust_normalise(volume_zyx: np.ndarray) -> np.ndarray:
         np.float32)
 
 
+def head_mask(volume_zyx: np.ndarray) -> np.ndarray:
+    """Largest component above :data:`HEAD_FRACTION_OF_P90` of the positive voxels' p90."""
+    return register.head_mask(volume_zyx, HEAD_FRACTION_OF_P90)
+
+
 def head_level(volume_zyx: np.ndarray) -> float:
     """Median inside the head outline (:func:`head_mask`), the volume's units.
 
@@ -194,17 +201,6 @@ def head_level(volume_zyx: np.ndarray) -> float:
     return float(np.median(volume_zyx[head]))
 
 
-def head_mask(volume_zyx: np.ndarray) -> np.ndarray:
-    """Largest component above :data:`HEAD_FRACTION_OF_P90` of the positive voxels' p90."""
-    positive = volume_zyx[volume_zyx > 0]
-    if positive.size < 100:
-        return np.zeros(volume_zyx.shape, bool)
-    mask = volume_zyx > HEAD_FRACTION_OF_P90 * float(np.percentile(positive, 90))
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
-    return np.asarray(mask)
 
 
 def _work_image(volume_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -215,17 +211,6 @@ def _work_image(volume_zyx: np.ndarray, affine: np.ndarray) -> sitk.Image:
                         WORK_SPACING_MM)
 
 
-def coarser_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """``image`` resampled (linear, float32) onto voxels of at least ``spacing_mm`` per
-    axis, same orientation, the new grid's corner on the old one's."""
-    spacing = np.array(image.GetSpacing())
-    new_spacing = np.maximum(spacing, spacing_mm)
-    size = np.maximum(np.round(np.array(image.GetSize()) * spacing / new_spacing), 1).astype(int)
-    origin = np.array(image.TransformContinuousIndexToPhysicalPoint(
-        (0.5 * (new_spacing / spacing) - 0.5).tolist()))
-    return sitk.Resample(image, size.tolist(), sitk.Transform(), sitk.sitkLinear,
-                         origin.tolist(), new_spacing.tolist(), image.GetDirection(), 0.0,
-                         sitk.sitkFloat32)
 
 
 @lru_cache(maxsize=4)  # templates hash by identity (eq=False)
@@ -239,74 +224,16 @@ def _fixed(template: FdopaTemplate) -> tuple[sitk.Image, sitk.Image]:
     return sitk.BinShrink(image, [factor] * 3), sitk.Cast(mask, sitk.sitkUInt8)
 
 
-def _centre(image: sitk.Image) -> np.ndarray:
-    mask = head_mask(sitk.GetArrayViewFromImage(image))
-    centre_zyx = np.array(ndimage.center_of_mass(mask))
-    return np.array(image.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist()))
 
 
-def _method(mask: sitk.Image, iterations: int, shrink: list[int], sigmas_mm: list[float],
-            step: float = 1.0) -> sitk.ImageRegistrationMethod:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsCorrelation()
-    reg.SetMetricFixedMask(mask)
-    reg.SetMetricSamplingStrategy(reg.NONE)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=step, minStep=0.01, numberOfIterations=iterations, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel(sigmas_mm)
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    return reg
 
 
-def _best_start(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image) -> sitk.Euler3DTransform:
-    """Align the head centres, then keep the best of seven rotations (scored at 8 mm)."""
-    centre = _centre(fixed)
-    shift = _centre(moving) - centre
-    coarse = sitk.BinShrink(fixed, [2, 2, 2])
-    reg = _method(sitk.Cast(sitk.BinShrink(mask, [2, 2, 2]) > 0, sitk.sitkUInt8), 0, [1], [0.0])
-    best: tuple[float, sitk.Euler3DTransform] | None = None
-    for angles in itertools.product(START_ANGLES_DEG, repeat=3):
-        if sum(a != 0 for a in angles) > 1:
-            continue
-        tx = sitk.Euler3DTransform()
-        tx.SetCenter(centre.tolist())
-        tx.SetRotation(*np.deg2rad(angles).tolist())
-        tx.SetTranslation(shift.tolist())
-        reg.SetInitialTransform(tx, inPlace=False)
-        value = reg.MetricEvaluate(coarse, moving)
-        if best is None or value < best[0]:
-            best = (value, tx)
-    assert best is not None
-    return best[1]
 
 
-def _rigid(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image,
-           start: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
-    reg = _method(mask, 60, [2, 1], [4.0, 2.0])
-    tx = sitk.Euler3DTransform(start)
-    reg.SetInitialTransform(tx, inPlace=True)
-    reg.Execute(fixed, moving)
-    return tx
 
 
-def _as_affine(rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(rigid.GetCenter())
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
-    return affine
 
 
-def _affine(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image,
-            rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
-    affine = _as_affine(rigid)
-    reg = _method(mask, 60, [2, 1], [4.0, 2.0], step=AFFINE_STEP)
-    reg.SetInitialTransform(affine, inPlace=True)
-    reg.Execute(fixed, moving)
-    return affine
 
 
 def warp_to_template(volume_zyx: np.ndarray, affine: np.ndarray, transform: sitk.Transform,

@@ -38,8 +38,9 @@ from service.pipelines.base import (
     Selection,
     SeriesView,
 )
+from service.pipelines.fdopa_pet.flair_gate import classify_mr_series
 from service.pipelines.fdopa_pet.gate import classify_series
-from service.pipelines.fdopa_pet.plan import DYNAMIC, FLAIR, WaitRules, study_plan
+from service.pipelines.fdopa_pet.plan import DYNAMIC, FLAIR, WaitRules, flair_plan, study_plan
 from service.pipelines.fdopa_pet.timing import stage
 from service.report.identity import AlgorithmInfo
 
@@ -125,14 +126,22 @@ class FdopaPetPipeline:
         self.algorithm: AlgorithmInfo = algorithm_info(template, segmenter)
 
     def select(self, series: SeriesView) -> Selection:
-        """Take an AC FDOPA static or dynamic PET series; decline anything else with its reason."""
+        """Take an AC FDOPA static or dynamic PET series, or a FLAIR (for a late FLAIR, whose
+        plan is its study's FDOPA PET plan or no job); decline anything else with its reason."""
+        if series.modality.upper() == "MR":
+            mr = classify_mr_series(series.header, self.options.rules.flair_keywords)
+            if mr.is_flair:
+                return Selection.take(f"FLAIR for the MR-guided route ({mr.reason})")
         decision = classify_series(series.header, self.options.fallback_keywords)
         if decision.role in ("static", "dynamic"):
             return Selection.take(decision.reason)
         return Selection.decline(decision.reason)
 
     def inputs(self, primary: SeriesView, study: Sequence[SeriesView], now: float) -> InputPlan:
-        """The study-level plan (:func:`.plan.study_plan`)."""
+        """The study-level plan (:func:`.plan.study_plan`; a FLAIR: :func:`.plan.flair_plan`)."""
+        if primary.modality.upper() == "MR":
+            return flair_plan(primary, study, now, self.options.fallback_keywords,
+                              self.options.rules)
         return study_plan(primary, study, now, self.options.fallback_keywords, self.options.rules)
 
     def run(self, inputs: LoadedInputs, context: JobContext) -> PipelineOutput:

@@ -47,9 +47,13 @@ supersedes the jobs whose primary is one of its inputs
 (:func:`service.store.jobs.create`), and its SR names their sent outputs as
 predecessors.
 
-Known limit: a FLAIR that arrives after the job was made is not analysed
-(the node routes on PET series only; ``expect_flair`` with ``flair_wait_s``
-is the guard).
+A FLAIR routed on its own (:func:`flair_plan`; the pipeline takes FLAIR MR
+series too) answers with the plan of its study's FDOPA PET, seen from the PET
+(so the same plan as the PET's: one job), or with no job when the study
+holds no FDOPA PET series (an MR-only study of the PACS). So a FLAIR that
+arrives after the PET-only job was made makes the PET + FLAIR job, which
+supersedes the PET-only one like a late static does, and its SR names the
+sent PET-only outputs as predecessors.
 """
 
 from __future__ import annotations
@@ -158,6 +162,28 @@ def study_plan(trigger: SeriesView, study: Sequence[SeriesView], now: float,
     if plan.wait_until is not None:
         return plan
     return with_flair(plan, trigger, study, now, rules)
+
+
+#: The note of a FLAIR routed in a study without FDOPA PET (the scheduler declines it).
+NO_PET_FOR_FLAIR = "FLAIR series: no FDOPA PET series in the study"
+
+
+def flair_plan(flair: SeriesView, study: Sequence[SeriesView], now: float,
+               fallback_keywords: Sequence[str] = (),
+               rules: WaitRules | None = None) -> InputPlan:
+    """The plan of a FLAIR routed on its own (module docstring): the PET's plan, or no job.
+
+    The study's FDOPA PET series (any state) become the trigger (the lowest
+    Series Number), the FLAIR one of the study's series; without one the
+    plan has no series and the note :data:`NO_PET_FOR_FLAIR`.
+    """
+    pets = sorted((v for v in study
+                   if classify_series(v.header, fallback_keywords).role in ("static", "dynamic")),
+                  key=lambda v: (_series_number(v), v.series_uid))
+    if not pets:
+        return InputPlan((), None, NO_PET_FOR_FLAIR)
+    others = [v for v in study if v.series_uid != pets[0].series_uid]
+    return study_plan(pets[0], [*others, flair], now, fallback_keywords, rules)
 
 
 def _series_number(view: SeriesView) -> int:

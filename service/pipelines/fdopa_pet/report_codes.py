@@ -100,6 +100,8 @@ LOW_UPTAKE_FALLBACK = Code("DN-0131", PRIVATE_SCHEME,
                            "Low-uptake fallback: the whole FLAIR lesion is the VOI")
 FLAIR_GUIDED_SLOPE_RATIO = Code("DN-0132", PRIVATE_SCHEME,
                                 "Slope ratio tumour/striatum (paediatric FLAIR-guided VOI)")
+FLAIR_GUIDED_VOI_REFINEMENTS = Code("DN-0133", PRIVATE_SCHEME,
+                                    "Refinements of the paediatric FLAIR-guided VOI")
 
 #: Shared with the DaT pipeline (same concept, same code).
 REGISTRATION_QUALITY = Code("DN-0013", PRIVATE_SCHEME, "Spatial normalisation quality")

@@ -318,6 +318,9 @@ class FlairGuidedMeasures:
         Why there are no curves, when ``dynamic`` is None.
     flair : FlairImage or None
         The FLAIR and its lesion on the FLAIR grid (the MR SEG, the picture).
+    voi_refinements : tuple of str
+        What each refinement step of the reference code did to the VOI
+        (:mod:`.voi_refine`), patient-free.
     """
 
     flair_lesion_zyx: np.ndarray
@@ -335,6 +338,7 @@ class FlairGuidedMeasures:
     dynamic: DynamicResult | None = None
     dynamic_note: str = ""
     flair: FlairImage | None = None
+    voi_refinements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

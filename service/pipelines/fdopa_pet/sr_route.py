@@ -5,7 +5,11 @@ Qualitative Evaluations (every SR): "FDOPA analysis route" (DN-0121) coded
 "Why this route" (DN-0124, TEXT, e.g. "PET-only route: FLAIR registration
 refused (quality 0.84 < 0.90)"), and on the MR-guided route the FLAIR lesion
 method (DN-0125, TEXT, e.g. "FLAIR lesion: classical threshold (no FLAIR U-Net
-shipped)") and the FLAIR-to-PET registration quality (DN-0126, NUM).
+shipped)"), the refinements of the FLAIR-guided VOI as the reference code
+makes them (DN-0133, TEXT, e.g. "striatum removal: 0 voxel(s) out
+(ipsilateral removed); sinus removal (k-means on distance and early-frame
+maps): 41 voxel(s) out", :mod:`.voi_refine`) and the FLAIR-to-PET
+registration quality (DN-0126, NUM).
 
 Measurements (MR-guided route only): one TID 1411 group "Tumour VOI
 (paediatric FLAIR-guided)" referencing the PET SEG's "Paediatric
@@ -62,6 +66,10 @@ def route_items(result: FdopaResult) -> list[ContentItem]:
                                 TextContentItem(rc.ROUTE_REASON, route.reason, contains)]
     if route.flair_method:
         items.append(TextContentItem(rc.FLAIR_LESION_METHOD, route.flair_method, contains))
+    guided = result.flair_guided
+    if guided is not None and guided.voi_refinements:
+        items.append(TextContentItem(rc.FLAIR_GUIDED_VOI_REFINEMENTS,
+                                     "; ".join(guided.voi_refinements)[:1024], contains))
     if route.registration_quality is not None:
         items.append(NumContentItem(
             rc.FLAIR_REGISTRATION_QUALITY,

@@ -79,7 +79,8 @@ def _dynamic(d: DynamicResult) -> dict[str, Any]:
 def _flair_guided(g: FlairGuidedMeasures | None) -> dict[str, Any] | None:
     if g is None:
         return None
-    return {"pet_voi": g.pet_voi, "voi_rule": g.voi_rule, "reference_side": g.reference.side,
+    return {"pet_voi": g.pet_voi, "voi_rule": g.voi_rule,
+            "voi_refinements": list(g.voi_refinements), "reference_side": g.reference.side,
             "reference_rule": g.reference.rule,
             **{k: _num(getattr(g, k)) for k in ("flair_lesion_ml", "voi_ml", "voi_max_units",
                                                 "voi_suv_max", "ts_ratio", "tn_ratio")},

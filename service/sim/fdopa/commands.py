@@ -1,4 +1,4 @@
-"""``dopanode fdopa generate|retruth|describe|validate|evaluate``: the FDOPA benchmark.
+"""``dopanode fdopa generate|retruth|describe|validate|evaluate|evaluate-mr``: the FDOPA benchmark.
 
 ``generate``, ``simulate`` and ``validate`` need dopanode[sim]; ``evaluate``
 reads a generated benchmark (DICOM, JSON, NIfTI) and needs only the node.
@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="a generated benchmark's manifest.csv: add its truth table")
     val.set_defaults(func=run_validate)
     add_evaluate(sub)
+    from service.sim.fdopa.evaluate_mr import add_evaluate_mr
+
+    add_evaluate_mr(sub)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -99,13 +99,15 @@ def failures_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
               f"| {r['reason']} |" for r in failed)]
 
 
-def update_card(card: Path, section: str) -> None:
-    """Replace (or append) the paper-evaluation section of a model card."""
+def update_card(card: Path, section: str,
+                markers: tuple[str, str] = (CARD_BEGIN, CARD_END)) -> None:
+    """Replace (or append) the section between ``markers`` (default: the paper evaluation's)."""
+    begin, end = markers
     text = card.read_text()
-    block = f"{CARD_BEGIN}\n\n{section}\n\n{CARD_END}"
-    if CARD_BEGIN in text and CARD_END in text:
-        head, rest = text.split(CARD_BEGIN, 1)
-        text = head + block + rest.split(CARD_END, 1)[1]
+    block = f"{begin}\n\n{section}\n\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"  # the section brings its own heading
     card.write_text(text)
