@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rob.add_argument("--groups", type=int, default=2, help="anatomy groups (4 scans) per variant")
     rob.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     rob.add_argument("--workers", type=int, default=2)
+    rob.add_argument("--training", action="store_true",
+                     help="the training site of the same four-case design instead "
+                          "(TRAINING_VARIANTS: broad cameras, its own seed)")
     rob.set_defaults(func=run_benchmark_robustness)
     desc = sub.add_parser("describe", help="print the benchmark definition (and progress)")
     desc.add_argument("out", type=Path, nargs="?", default=None)
@@ -201,8 +204,17 @@ def run_benchmark_montage(args: argparse.Namespace) -> int:
 
 
 def run_benchmark_robustness(args: argparse.Namespace) -> int:
-    from service.sim.robustness import VARIANT_NAMES, VARIANTS, generate_robustness
+    from service.sim.robustness import (
+        TRAINING_VARIANTS,
+        VARIANT_NAMES,
+        VARIANTS,
+        generate_robustness,
+    )
 
+    if args.training:
+        manifest = generate_robustness(args.out, args.groups, TRAINING_VARIANTS, args.workers)
+        print(f"manifest {manifest}")
+        return 0
     chosen = VARIANT_NAMES if not args.variants else tuple(
         n.strip() for n in args.variants.split(",") if n.strip())
     unknown = [n for n in chosen if n not in VARIANT_NAMES]

@@ -78,6 +78,12 @@ class RobustVariant:
         Fields of the drawn :class:`~service.sim.appearance.Appearance` replaced.
     age_years : int or None
         Fixed age of the subjects (None: normal(62, 12) clipped to 25-90).
+    one_sided : tuple of 2 float
+        Range of the affected/other putamen binding ratio of the one-sided cases.
+    role : str
+        Manifest role: ``"robustness"`` (test only) or ``"train_test"``
+        (:data:`TRAINING_VARIANTS`).
+    seed : int
     """
 
     name: str
@@ -86,6 +92,9 @@ class RobustVariant:
     camera: tuple[tuple[str, Any], ...] = ()
     anatomy: tuple[tuple[str, Any], ...] = ()
     age_years: int | None = None
+    one_sided: tuple[float, float] = ONE_SIDED_FRACTION
+    role: str = "robustness"
+    seed: int = ROBUST_SEED
 
 
 _OSEM_CHANG = (("recon", "osem"), ("attenuation_correction", "chang"),
@@ -125,16 +134,25 @@ VARIANTS: tuple[RobustVariant, ...] = (
                   anatomy=(("brain_scale", 0.90), ("ventricle_factor", 8.0)), age_years=90),
 )
 VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
+#: Training data of the same four-case design, inside the training ranges: the broad
+#: camera family and broad appearance (training striatal sources only), one-sided
+#: cases over a wide range (levels 0-3 of the affected putamen), its own seed. The
+#: benchmark's disease model rarely makes a one-sided loss with a normal other side
+#: (its PD class reduces both putamina); this site adds that pattern to training.
+TRAINING_VARIANTS: tuple[RobustVariant, ...] = (
+    RobustVariant("train_cases_broad", "four-case groups for training", "broad",
+                  one_sided=(0.30, 0.85), role="train_test", seed=7101),
+)
 
 
 def variant_site(variant: RobustVariant, n_groups: int) -> SiteSpec:
     """The benchmark-style site of ``variant`` with ``n_groups`` anatomy groups."""
-    return SiteSpec(variant.name, variant.profile, n_groups * SCANS_PER_ANATOMY, ROBUST_SEED,
-                    "robustness", dict(_ENCODINGS), "broad")
+    return SiteSpec(variant.name, variant.profile, n_groups * SCANS_PER_ANATOMY, variant.seed,
+                    variant.role, dict(_ENCODINGS), "broad")
 
 
-def _loss_state(normal: DiseaseState, case: str, source: str,
-                rng: np.random.Generator) -> DiseaseState:
+def _loss_state(normal: DiseaseState, case: str, source: str, rng: np.random.Generator,
+                one_sided: tuple[float, float] = ONE_SIDED_FRACTION) -> DiseaseState:
     """The case's state: the normal subject with putamen loss (posterior more than anterior).
 
     A one-sided case is scaled so that the affected putamen's volume-weighted
@@ -147,7 +165,7 @@ def _loss_state(normal: DiseaseState, case: str, source: str,
         return normal
     remaining: dict[str, float] = dict.fromkeys(STRIATAL_COMPONENTS, 1.0)
     sides = ("left", "right") if case == "bilateral" else (case.removeprefix("loss_"),)
-    span = BILATERAL_FRACTION if case == "bilateral" else ONE_SIDED_FRACTION
+    span = BILATERAL_FRACTION if case == "bilateral" else one_sided
     for side in sides:
         f = float(rng.uniform(*span))
         remaining[f"putamen_posterior_{side}"] = f - 0.08
@@ -169,18 +187,22 @@ def plan_variant_group(variant: RobustVariant, index: int, group: int) -> GroupP
     """The :class:`~service.sim.groups.GroupPlan` of one group (four :data:`CASES`)."""
     from service.sim.anatomy import sample_transform
     from service.sim.appearance import sample_appearance
+    from service.sim.broad_profiles import BROAD_PROFILE, sample_broad_profile
     from service.sim.disease import sample_state
     from service.sim.groups import GroupPlan
     from service.sim.profiles import get_profile
 
-    rng = np.random.default_rng([ROBUST_SEED, index, group])
+    rng = np.random.default_rng([variant.seed, index, group])
     transform = sample_transform(rng)
     age = variant.age_years or int(np.clip(round(rng.normal(62.0, 12.0)), 25, 90))
     sex = "F" if rng.random() < 0.45 else "M"
     appearance = replace(sample_appearance(rng, age), **dict(variant.anatomy))
-    profile = replace(get_profile(variant.profile), **dict(variant.camera))
+    base = (sample_broad_profile(rng) if variant.profile == BROAD_PROFILE
+            else get_profile(variant.profile))
+    profile = replace(base, **dict(variant.camera))
     normal = sample_state(rng, "normal", age_years=age, sex=sex, br_young=appearance.br_young())
-    states = [_loss_state(normal, case, appearance.striatal_source, rng) for case in CASES]
+    states = [_loss_state(normal, case, appearance.striatal_source, rng, variant.one_sided)
+              for case in CASES]
     indices = range(group * SCANS_PER_ANATOMY, (group + 1) * SCANS_PER_ANATOMY)
     names, p = list(_ENCODINGS), np.array(list(_ENCODINGS.values()))
     encodings = [str(rng.choice(names, p=p / p.sum())) for _ in indices]
@@ -195,7 +217,8 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     from service.sim.broad_profiles import profile_fields
     from service.sim.groups import plan_scanner
 
-    index = VARIANT_NAMES.index(variant.name)
+    names = [v.name for v in (*VARIANTS, *TRAINING_VARIANTS)]
+    index = names.index(variant.name)
     site = variant_site(variant, group + 1)
     plan = plan_variant_group(variant, index, group)
     todo = [k for k, i in enumerate(plan.indices)
@@ -207,7 +230,7 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
         t0 = time.process_time()
         scan = scanner.scan(plan.states[k], np.random.default_rng(plan.noise_seeds[k]))
         row = _write_study(site, plan.indices[k], group, k, scan, plan, out_dir)
-        row.update(case_fields(row, CASES[k]))
+        row.update(case_fields(row, CASES[k], variant.one_sided[1]))
         row.update(profile_fields(plan.profile))
         row["variant_description"] = variant.description
         row["cpu_s"] = round(time.process_time() - t0, 2)
@@ -216,7 +239,8 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     return len(todo)
 
 
-def case_fields(row: dict[str, object], case: str) -> dict[str, object]:
+def case_fields(row: dict[str, object], case: str,
+                max_ratio: float = ONE_SIDED_MAX_RATIO) -> dict[str, object]:
     """``case`` and the affected/other putamen binding ratio; checks the one-sided rule.
 
     Raises
@@ -228,7 +252,7 @@ def case_fields(row: dict[str, object], case: str) -> dict[str, object]:
     left, right = (float(str(row[f"true_br_putamen_{s}"])) for s in ("left", "right"))
     ratio = {"loss_left": left / right, "loss_right": right / left}.get(case, min(left, right)
                                                                        / max(left, right))
-    if case.startswith("loss_") and ratio > ONE_SIDED_MAX_RATIO:
+    if case.startswith("loss_") and ratio > max_ratio + 1e-6:
         raise ValueError(f"one-sided case at {ratio:.2f} of the other side")
     return {"case": case, "putamen_ratio": round(ratio, 4)}
 

@@ -69,3 +69,23 @@ def test_case_fields_refuse_a_mild_one_sided_case() -> None:
     with pytest.raises(ValueError, match="one-sided"):
         robustness.case_fields(row, "loss_left")
     assert robustness.case_fields(row, "normal")["putamen_ratio"] == 0.65
+
+
+def test_training_site_stays_inside_the_training_ranges() -> None:
+    from service.sim.broad_profiles import BROAD_PROFILE
+
+    (variant,) = robustness.TRAINING_VARIANTS
+    assert variant.seed not in {robustness.ROBUST_SEED} | {
+        s.seed for sites in BENCHMARKS.values() for s in sites.values()}
+    assert variant.role == "train_test" and variant.profile == BROAD_PROFILE
+    assert robustness.variant_site(variant, 2).role == "train_test"
+    for group in range(3):
+        plan = robustness.plan_variant_group(variant, len(robustness.VARIANTS), group)
+        assert plan.appearance is not None and plan.appearance.striatal_source in SOURCES
+        assert FILTER_FWHM_MM[0] <= plan.profile.post_filter_fwhm_mm <= FILTER_FWHM_MM[1] or (
+            plan.profile.recon == "fbp")
+        one_sided = plan.states[1]
+        source = plan.appearance.striatal_source
+        true = region_binding(one_sided.binding, source)
+        ratio = true["putamen_left"] / true["putamen_right"]
+        assert variant.one_sided[0] - 1e-9 <= ratio <= variant.one_sided[1] + 1e-9
