@@ -138,6 +138,9 @@ def format_methods(table: Mapping[str, Mapping[str, Mapping[str, Any]]],
                       _frac(r["tn"], r["n_normal"]),
                       f"{r['inconclusive']}/{r['n_reduced'] + r['n_normal']}"]
         lines.append(f"| {group} | {missing.get(group, 0)} | " + " | ".join(cells) + " |")
+    for group in sorted(set(missing) - set(table)):  # every study of it refused
+        lines.insert(-1, f"| {group} | {missing[group]} | " + " | ".join(
+            ["-"] * 4 * len(methods)) + " |")
     return "\n".join(lines)
 
 
