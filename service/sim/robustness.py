@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -239,7 +239,7 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     return len(todo)
 
 
-def case_fields(row: dict[str, object], case: str,
+def case_fields(row: Mapping[str, object], case: str,
                 max_ratio: float = ONE_SIDED_MAX_RATIO) -> dict[str, object]:
     """``case`` and the affected/other putamen binding ratio; checks the one-sided rule.
 
