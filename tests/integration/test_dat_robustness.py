@@ -1,5 +1,5 @@
-"""The robustness set in CI, small: the shipped DaT CNN catches one-sided putamen loss
-and passes normals on appearance variants beyond its training ranges.
+"""The robustness set in CI, small: generated, measured by the real pipeline and rated
+by the shipped DaT CNN on appearance variants beyond its training ranges.
 
 Generates one anatomy group (normal, loss left, loss right, bilateral; one-sided at
 45-58 % of the other putamen) of each of the cheap 64-matrix variants of
@@ -19,13 +19,11 @@ from service.sim.robustness import VARIANTS, generate_robustness
 pytestmark = pytest.mark.slow  # simulator (torch) and the whole measuring pipeline
 
 CHEAP = ("matrix64_5p5mm", "fbp_noac_legp", "legacy_lowcount")
-#: Known failure (issue 10 open): neither the shipped model nor the candidate retrained on
-#: the broad simulator catches the one-sided loss on every variant (per-variant table in
-#: models/dopanode_dat_cnn.card.md). Not strict: some variants pass, and a model that
-#: passes all of them shows up as XPASS; remove the mark when it does.
-KNOWN_MISS = pytest.mark.xfail(reason="issue 10: the shipped DaT CNN misses one-sided "
-                               "putamen loss / calls normals reduced on some variants",
-                               strict=False)
+#: The goal checks (one-sided loss called reduced, normals called normal on every
+#: variant) are not here yet: neither the shipped model nor the candidate retrained on
+#: the broad simulator meets them (issue 10 open; per-variant table in
+#: models/dopanode_dat_cnn.card.md). A test that could not fail (a non-strict xfail)
+#: would hide that; add them when a shipped model passes.
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +41,6 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_study_is_measured(rated: dict) -> None:
     assert rated["n_failed"] == 0
     assert set(rated["table"]) == {*CHEAP, "all"}
-
-
-@KNOWN_MISS
-@pytest.mark.parametrize("variant", CHEAP)
-def test_one_sided_loss_is_called_reduced(rated: dict, variant: str) -> None:
-    r = rated["table"][variant]["shipped"]
-    assert r["n_one_sided"] == 2 and r["n_reduced"] == 3
-    assert r["tp_one_sided"] == 2, rated["markdown"]  # reduced, not inconclusive
-    assert r["tp"] == 3, rated["markdown"]
-
-
-@KNOWN_MISS
-@pytest.mark.parametrize("variant", CHEAP)
-def test_normals_are_called_normal(rated: dict, variant: str) -> None:
-    r = rated["table"][variant]["shipped"]
-    assert r["n_normal"] == 1 and r["tn"] == 1, rated["markdown"]
 
 
 def test_table_counts_add_up(rated: dict) -> None:
