@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from service.pipelines.fdopa_pet.evaluation_stats import Agreement, agreement, summarise
-from service.pipelines.fdopa_pet.evaluation_table import UNSEEN
+from service.pipelines.fdopa_pet.evaluation_stats import agreement, summarise
+from service.pipelines.fdopa_pet.evaluation_table import UNSEEN, agreement_cell, fmt
 
 Rows = Sequence[Mapping[str, Any]]
 #: The paper's and the issue's figures.
@@ -105,21 +105,9 @@ def build_report(rows: Rows) -> dict[str, Any]:
     return report
 
 
-def _f(v: float | None, digits: int = 3) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
 def _frac(t: Sequence[int]) -> str:
     k, n = t
     return "-" if n == 0 else f"{k}/{n}"
-
-
-def _agree(a: Mapping[str, Any], digits: int = 3) -> str:
-    g = Agreement(**a)
-    if g.n == 0:
-        return "-"
-    return (f"{_f(g.bias, digits)} [{_f(g.loa_low, digits)}; {_f(g.loa_high, digits)}] "
-            f"ICC {_f(g.icc_agreement, 2)} (n={g.n})")
 
 
 def goals(by_group: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str]]:
@@ -132,10 +120,10 @@ def goals(by_group: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str
         d = m["flair_dice"]
         mean, sd = d["mean"], d["sd"]
         ok = math.isfinite(mean) and mean >= 0.88 and math.isfinite(sd) and sd <= 0.08
-        out.append((f"FLAIR Dice >= 0.88 +- 0.08, {name}", f"{_f(mean)} +- {_f(sd)}",
+        out.append((f"FLAIR Dice >= 0.88 +- 0.08, {name}", f"{fmt(mean)} +- {fmt(sd)}",
                     "met" if ok else "not met"))
         icc = m["pred_ts"]["icc_agreement"]
-        out.append((f"T/S ICC(A,1) >= 0.95, {name}", _f(icc, 3),
+        out.append((f"T/S ICC(A,1) >= 0.95, {name}", fmt(icc, 3),
                     "not evaluated" if not math.isfinite(icc) else
                     "met" if icc >= 0.95 else f"not met by {0.95 - icc:.3f}"))
     return out
@@ -154,8 +142,8 @@ def ablation_lines(ablation: Mapping[str, Any] | None) -> list[str]:
              "adult": "adult model, no fine-tuning", "finetune": "adult model fine-tuned",
              "baseline": "classical threshold (no learning)"}
     lines = [[s["group"], names.get(s["method"], s["method"]), str(s["n"]),
-              f"{_f(s.get('dice_mean'))} +- {_f(s.get('dice_sd'))}",
-              f"{_f(s.get('dice_median'))} [{_f(s.get('dice_q1'))}; {_f(s.get('dice_q3'))}]"]
+              f"{fmt(s.get('dice_mean'))} +- {fmt(s.get('dice_sd'))}",
+              f"{fmt(s.get('dice_median'))} [{fmt(s.get('dice_q1'))}; {fmt(s.get('dice_q3'))}]"]
              for s in ablation.get("summaries", [])]
     return _table(["held-out studies", "arm", "n", "Dice mean +- SD", "median [IQR]"], lines)
 
@@ -167,15 +155,15 @@ def markdown(report: Mapping[str, Any], header: Sequence[str],
     route = [[n, str(m["studies"]), str(m["failed"]), str(m["mr_guided"]),
               "; ".join(f"{k} {v}" for k, v in sorted(m["refusals"].items())) or "-",
               _frac(m["no_tumour_mr_guided"])] for n, m in g.items()]
-    dice = [[n, str(m["flair_dice"]["n"]), f"{_f(m['flair_dice']['mean'])} +- "
-             f"{_f(m['flair_dice']['sd'])}", f"{_f(m['flair_dice']['median'])} "
-             f"[{_f(m['flair_dice']['q1'])}; {_f(m['flair_dice']['q3'])}]"] for n, m in g.items()]
-    agree = [[n, label, _agree(m[f"{p}_ts"]), _agree(m[f"{p}_tn"])]
+    dice = [[n, str(m["flair_dice"]["n"]), f"{fmt(m['flair_dice']['mean'])} +- "
+             f"{fmt(m['flair_dice']['sd'])}", f"{fmt(m['flair_dice']['median'])} "
+             f"[{fmt(m['flair_dice']['q1'])}; {fmt(m['flair_dice']['q3'])}]"] for n, m in g.items()]
+    agree = [[n, label, agreement_cell(m[f"{p}_ts"]), agreement_cell(m[f"{p}_tn"])]
              for n, m in g.items() for p, label in VARIANTS]
-    agree += [[n, "refined, vs ideal activity (information)", _agree(m["ideal_ts"]),
-               _agree(m["ideal_tn"])] for n, m in g.items()]
+    agree += [[n, "refined, vs ideal activity (information)", agreement_cell(m["ideal_ts"]),
+               agreement_cell(m["ideal_tn"])] for n, m in g.items()]
     dyn = [[n, label, str(m["dynamic_studies"]),
-            *(_agree(m[f"{p}_{k}"], d) for k, _, d in DYNAMIC)]
+            *(agreement_cell(m[f"{p}_{k}"], d) for k, _, d in DYNAMIC)]
            for n, m in g.items() for p, label in VARIANTS if m["dynamic_studies"]]
     fall = [[n, _frac(m["fallback_fired"]), _frac(m["fallback_truth"]),
              _frac(m["fallback_agrees"]), _frac(m["fallback_pet_only_found"]),
@@ -193,9 +181,9 @@ def markdown(report: Mapping[str, Any], header: Sequence[str],
         f"Paper: T/S ICC {PAPER_ICC}; goal {GOAL_ICC}.", "",
         "Refinements (PET-VOI branch only): VOI volume after / before, median [IQR] (n); "
         "studies whose T/S they changed:", "",
-        *(f"* {n}: {_f(m['refined_volume_fraction']['median'], 2)} "
-          f"[{_f(m['refined_volume_fraction']['q1'], 2)}; "
-          f"{_f(m['refined_volume_fraction']['q3'], 2)}] (n={m['refined_volume_fraction']['n']})"
+        *(f"* {n}: {fmt(m['refined_volume_fraction']['median'], 2)} "
+          f"[{fmt(m['refined_volume_fraction']['q1'], 2)}; "
+          f"{fmt(m['refined_volume_fraction']['q3'], 2)}] (n={m['refined_volume_fraction']['n']})"
           f"; T/S changed in {_frac(m['refinement_changed_ts'])}" for n, m in g.items()), "",
         "### Dynamic (frame starts; slopes from 120 s or 150 s to the last frame) against the "
         "truth's curves", "",

@@ -124,7 +124,8 @@ def build_report(rows: Rows, methods: Sequence[str]) -> dict[str, Any]:
     return report
 
 
-def _f(v: float | None, digits: int = 3) -> str:
+def fmt(v: float | None, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals, ``-`` when missing or not finite."""
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -132,8 +133,8 @@ def _dice(d: Mapping[str, Any]) -> tuple[str, str]:
     s = Summary(**d)
     if s.n == 0:
         return "-", "-"
-    return (f"{_f(s.median)} [{_f(s.q1)}; {_f(s.q3)}] (n={s.n})",
-            f"{_f(s.mean)} +- {_f(s.sd)}")
+    return (f"{fmt(s.median)} [{fmt(s.q1)}; {fmt(s.q3)}] (n={s.n})",
+            f"{fmt(s.mean)} +- {fmt(s.sd)}")
 
 
 def _frac(t: Sequence[Any]) -> str:
@@ -141,12 +142,13 @@ def _frac(t: Sequence[Any]) -> str:
     return "-" if n == 0 else f"{k}/{n} ({100 * p:.0f} %)"
 
 
-def _agree(a: Mapping[str, Any], digits: int = 3) -> str:
+def agreement_cell(a: Mapping[str, Any], digits: int = 3) -> str:
+    """One agreement as a table cell: bias [limits] ICC (n)."""
     g = Agreement(**a)
     if g.n == 0:
         return "-"
-    return (f"{_f(g.bias, digits)} [{_f(g.loa_low, digits)}; {_f(g.loa_high, digits)}] "
-            f"ICC {_f(g.icc_agreement, 2)} (n={g.n})")
+    return (f"{fmt(g.bias, digits)} [{fmt(g.loa_low, digits)}; {fmt(g.loa_high, digits)}] "
+            f"ICC {fmt(g.icc_agreement, 2)} (n={g.n})")
 
 
 def goals(m: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
@@ -169,8 +171,8 @@ def goals(m: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
     tbr, mtv = m["tbr_max"], m["mtv_ml"]
     loa = max(abs(tbr["loa_low"]), abs(tbr["loa_high"]))
     img_median = m["dice_img"]["median"]
-    out = [("median Dice >= 0.88", _f(dice_median), at_least(dice_median, 0.88)),
-           ("(information) median Dice vs image reference >= 0.88", _f(img_median),
+    out = [("median Dice >= 0.88", fmt(dice_median), at_least(dice_median, 0.88)),
+           ("(information) median Dice vs image reference >= 0.88", fmt(img_median),
             at_least(img_median, 0.88)),
            ("measurable lesions found >= 98 %", _frac(m["measurable_found"]),
             at_least(100 * found, 98.0).replace("not met by ", "not met by (% points) ")),
@@ -178,13 +180,13 @@ def goals(m: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
             ">= 98 %", _frac(m["measurable_found_img"]),
             at_least(100 * m["measurable_found_img"][2], 98.0).replace(
                 "not met by ", "not met by (% points) ")),
-           ("|TBRmax bias| <= 0.05", _f(tbr["bias"]), at_most(abs(tbr["bias"]), 0.05)),
-           ("TBRmax LoA within +-0.2", f"[{_f(tbr['loa_low'])}; {_f(tbr['loa_high'])}]",
+           ("|TBRmax bias| <= 0.05", fmt(tbr["bias"]), at_most(abs(tbr["bias"]), 0.05)),
+           ("TBRmax LoA within +-0.2", f"[{fmt(tbr['loa_low'])}; {fmt(tbr['loa_high'])}]",
             at_most(loa, 0.2)),
-           ("|MTV bias| <= 1 cm3", _f(mtv["bias"]), at_most(abs(mtv["bias"]), 1.0))]
+           ("|MTV bias| <= 1 cm3", fmt(mtv["bias"]), at_most(abs(mtv["bias"]), 1.0))]
     for key in ("tbr_max", "tbr_mean", "mtv_ml", "ts"):
         icc = m[key]["icc_agreement"]
-        out.append((f"ICC(A,1) {INDEX_NAMES[key]} >= 0.95", _f(icc), at_least(icc, 0.95)))
+        out.append((f"ICC(A,1) {INDEX_NAMES[key]} >= 0.95", fmt(icc), at_least(icc, 0.95)))
     return out
 
 
@@ -208,15 +210,15 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str], header: Sequence
         _frac(m["fp_studies"]),
         str(m["fp_lesions"])])
     agree = _per_group(report, methods, "groups", lambda m: [
-        _agree(m[k], 2 if k == "mtv_ml" else 3) for k, _ in INDICES])
+        agreement_cell(m[k], 2 if k == "mtv_ml" else 3) for k, _ in INDICES])
     ideal = _per_group({"ideal": {k: v for k, v in report["ideal"].items()
                                   if k in ("all", "training sites, held-out",
                                            "unseen scanner (site_d_unseen)")}},
-                       methods, "ideal", lambda m: [_agree(m[k], 2 if k == "mtv_ml" else 3)
+                       methods, "ideal", lambda m: [agreement_cell(m[k], 2 if k == "mtv_ml" else 3)
                                                     for k, _ in INDICES])
     dyn = _per_group(report, methods, "groups", lambda m: [
-        str(m["dynamic_studies"]), _agree(m["ttp_s"], 0), _agree(m["slope_pct_min"], 2),
-        _frac(m["slope_sign"]), _agree(m["slope_ratio"], 3)])
+        str(m["dynamic_studies"]), agreement_cell(m["ttp_s"], 0), agreement_cell(m["slope_pct_min"], 2),
+        _frac(m["slope_sign"]), agreement_cell(m["slope_ratio"], 3)])
     names = [INDEX_NAMES[k] for k, _ in INDICES]
     out = [*header, "",
            "### Segmentation and detection", "",
