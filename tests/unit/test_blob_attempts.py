@@ -25,6 +25,7 @@ from service.store.retention import purge_expired
 from service.store.spool import Spool
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.pipelines import FakeNmPipeline
+from service.testing.scu import store_nm_file
 from service.worker import Worker
 
 NOW = 1_800_000_000.0
@@ -161,22 +162,6 @@ def _scp(tmp_path: Path, blobs: Any) -> Any:
     return scp, database
 
 
-def _store(port: int, path: Path) -> Any:
-    from pydicom.uid import ExplicitVRLittleEndian
-    from pynetdicom import AE
-
-    from service.dicom import codes
-
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DOPANODE")
-    assert assoc.is_established
-    try:
-        return assoc.send_c_store(pydicom.dcmread(path))
-    finally:
-        assoc.release()
-
-
 def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Path,
                                                       s3_server: Any, s3_bucket: str) -> None:
     """Store down: 0xA700, no row, nothing kept; store up: the object first, then Success."""
@@ -187,7 +172,7 @@ def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Pa
                    tmp_dir=tmp_path / "a" / "spool" / "tmp")
     scp, database = _scp(tmp_path / "a", down)
     try:
-        rsp = _store(scp.port, study)
+        rsp = store_nm_file(scp.port, study)
         assert rsp.Status == 0xA700 and rsp.ErrorComment == "object store unavailable"
         conn = database.connect()
         assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
@@ -198,8 +183,8 @@ def test_scp_acks_only_once_the_object_is_in_the_store(tmp_path: Path, study: Pa
     up = S3Blobs(s3_bucket, endpoint=s3_server.endpoint, tmp_dir=tmp_path / "b" / "spool" / "tmp")
     scp, database = _scp(tmp_path / "b", up)
     try:
-        assert _store(scp.port, study).Status == 0x0000
-        assert _store(scp.port, study).Status == 0x0000  # a resend: a duplicate, same object
+        assert store_nm_file(scp.port, study).Status == 0x0000
+        assert store_nm_file(scp.port, study).Status == 0x0000  # a resend: a duplicate, same object
         conn = database.connect()
         [(key,)] = conn.execute("SELECT path FROM instances").fetchall()
         conn.close()

@@ -30,6 +30,7 @@ from service.store.dialect import lock_blob_keys
 from service.store.orphans import OrphanSweep
 from service.store.spool import Spool
 from service.testing.polling import wait_until
+from service.testing.scu import store_nm_file
 
 STUDY = "1.2.826.0.1.3680043.8.498.90"
 GRACE_S = 3600.0
@@ -168,7 +169,7 @@ def test_a_listener_puts_back_an_orphan_the_sweep_deleted_under_it(
     try:
         with sweep:
             lock_blob_keys(sweep, exclusive=True)  # the sweep is checking this batch
-            store = threading.Thread(target=lambda: answer.update(rsp=_store(scp.port, study)))
+            store = threading.Thread(target=lambda: answer.update(rsp=store_nm_file(scp.port, study)))
             store.start()  # its PUT gets 412; its row waits for the lock
             wait_until(lambda: _waiting_for_advisory_lock(rows), 20, "the listener to wait")
             blobs.delete(key)  # the sweep found no row and deletes
@@ -205,20 +206,6 @@ def _scp(tmp_path: Path, rows: Any, spool: Spool, blobs: Any) -> Any:
     scp = StorageSCP(settings, rows, spool, blobs=blobs)
     scp.start()
     return scp
-
-
-def _store(port: int, path: Path) -> Any:
-    from pydicom.uid import ExplicitVRLittleEndian
-    from pynetdicom import AE
-
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DOPANODE")
-    assert assoc.is_established
-    try:
-        return assoc.send_c_store(pydicom.dcmread(path))
-    finally:
-        assoc.release()
 
 
 @pytest.mark.parametrize("hours", [0.5, -1.0])
