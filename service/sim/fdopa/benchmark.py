@@ -238,3 +238,40 @@ def write_manifest(sites: list[FdopaSite], out_dir: Path) -> Path:
         writer.writerows(rows)
     os.replace(tmp, manifest)
     return manifest
+
+
+#: Benchmark design minimums (issue: >= 600 static, >= 200 dynamic, >= 200 FLAIR, ~1/3 children).
+CENSUS_GOALS = {"studies": 600, "dynamic": 200, "flair": 200}
+
+
+def census(rows: list[dict[str, object]]) -> dict[str, object]:
+    """Composition of a generated benchmark from its truth rows (``manifest.csv`` or truth.json).
+
+    Counts studies, children, dynamic series (a non-empty ``schedule``), FLAIR
+    series, Enhanced PET objects, measurable lesions, the tumour classes and
+    the generation CPU time recorded per study (``cpu_s``).
+    """
+    def truthy(value: object) -> bool:
+        return value not in (None, "", False, "False", "0", 0)
+
+    classes: dict[str, int] = {}
+    for r in rows:
+        classes[str(r.get("tumour_class"))] = classes.get(str(r.get("tumour_class")), 0) + 1
+    cpu = [float(str(r["cpu_s"])) for r in rows if truthy(r.get("cpu_s"))]
+    return {
+        "studies": len(rows),
+        "paediatric": sum(truthy(r.get("paediatric")) for r in rows),
+        "dynamic": sum(truthy(r.get("schedule")) for r in rows),
+        "flair": sum(truthy(r.get("flair")) for r in rows),
+        "enhanced_pet": sum(truthy(r.get("enhanced_pet")) for r in rows),
+        "measurable": sum(truthy(r.get("measurable")) for r in rows),
+        "classes": dict(sorted(classes.items())),
+        "cpu_s_total": round(sum(cpu), 1),
+        "cpu_s_mean": round(sum(cpu) / len(cpu), 2) if cpu else None,
+    }
+
+
+def census_shortfalls(counts: dict[str, object]) -> list[str]:
+    """The design minimums a census misses, as readable lines (empty when all are met)."""
+    return [f"{key}: {counts[key]} < {goal}" for key, goal in CENSUS_GOALS.items()
+            if int(str(counts[key])) < goal]

@@ -145,7 +145,27 @@ def run_describe(args: argparse.Namespace) -> int:
         if args.out is not None:
             line += f" done={sum(is_done(args.out, site, i) for i in range(site.n_studies))}"
         print(line)
+    if args.out is not None:
+        _print_census(args.out)
     return 0
+
+
+def _print_census(out: Path) -> None:
+    """Per-site and total composition of the studies finished under ``out``."""
+    import json
+
+    from service.sim.fdopa.benchmark import SITES, census, census_shortfalls
+    from service.sim.fdopa.study import TRUTH_FILE
+
+    every: list[dict[str, object]] = []
+    for site in SITES.values():
+        rows = [json.loads(p.read_text()) for p in sorted((out / site.name).glob(f"*/{TRUTH_FILE}"))]
+        every += rows
+        print(f"census {site.name}: {census(rows)}")
+    total = census(every)
+    print(f"census total: {total}")
+    missing = census_shortfalls(total)
+    print("design minimums met" if not missing else "design minimums not met: " + "; ".join(missing))
 
 
 def run_validate(args: argparse.Namespace) -> int:
