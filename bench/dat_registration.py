@@ -25,10 +25,12 @@ asked for their transform), so the gate's false refusals are visible.
 Usage::
 
     PYTHONPATH=$PWD .venv/bin/python bench/dat_registration.py --per-profile 4 --json out.json \\
-        [--cache DIR]
+        [--cache DIR] [--engines after]
 
 The simulation dominates the time (3-15 CPU-s a study, more for 128 x 128);
-``--cache DIR`` keeps the reconstructions and reuses them on the next run.
+``--cache DIR`` keeps the reconstructions and reuses them on the next run;
+``--engines after`` skips the previous engine. The robustness set is measured
+the same way by ``bench/dat_registration_robustness.py``.
 """
 
 from __future__ import annotations

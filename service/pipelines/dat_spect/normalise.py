@@ -10,8 +10,7 @@ smoothing, affine from the rigid result) are the most accurate of those
 measured against the simulator's true poses (docs/dat_registration.md).
 
 The gate (:mod:`.registration_checks`) checks, after resampling to the atlas
-grid and against the template smoothed to the scan's own resolution, that
-the head outline overlaps the template's, that the fitted size is that of a
+grid, that the head outline overlaps the template's, that the fitted size is that of a
 head, that the hot spot is the striatum and that the brain correlates, not
 one correlation threshold; a failed check refuses the
 study with ``normalisation failed: <check>, <value>``.
@@ -34,12 +33,7 @@ from scipy import ndimage
 from service.errors import AnalysisError
 from service.imaging import register
 from service.imaging.atlas import Atlas
-from service.pipelines.dat_spect.registration_checks import (
-    EXTRA_FWHM_MM,
-    Checks,
-    TemplateView,
-    run_checks,
-)
+from service.pipelines.dat_spect.registration_checks import Checks, TemplateView, run_checks
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +84,9 @@ class Normalisation:
     transform : SimpleITK.Transform
         Maps template (MNI, LPS mm) points to scan points.
     quality : float
-        Correlation of the clipped, smoothed scan with the template smoothed
-        to the scan's resolution, inside the brain outside the striatum,
-        -1..1 (:attr:`Checks.quality`; extracerebral uptake does not count).
+        Correlation of the clipped, smoothed scan with the template inside
+        the brain outside the striatum, -1..1 (:attr:`Checks.quality`;
+        extracerebral uptake does not count).
     scales : (3,) float array
         Singular values of the affine matrix (scan mm per MNI mm).
     checks : Checks or None
@@ -120,7 +114,7 @@ class Normalisation:
 class _Fixed:
     image: sitk.Image
     mask: sitk.Image
-    views: tuple[TemplateView, ...]
+    view: TemplateView
 
 
 def normalise(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Normalisation:
@@ -200,13 +194,13 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
     fov = sitk.Resample(moving * 0 + 1, reference, fitted.transform, sitk.sitkNearestNeighbor, 0.0)
     processed_zyx = sitk.GetArrayFromImage(
         _process(atlas.reference_image(volume_zyx), CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
-    checks = run_checks(processed_zyx, sitk.GetArrayFromImage(fov) > 0, fixed.views, atlas,
+    checks = run_checks(processed_zyx, sitk.GetArrayFromImage(fov) > 0, fixed.view, atlas,
                         fitted)
     quality = checks.quality
     log.info("normalised", extra={"fields": {
         "quality": round(quality, 3), "scales": np.round(fitted.scales, 3).tolist(),
         "stage": fitted.stage, "head_dice": round(checks.head_dice, 3),
-        "extra_fwhm_mm": checks.extra_fwhm_mm, "outline_gap_mm": checks.outline_gap_mm,
+        "outline_gap_mm": checks.outline_gap_mm,
         "warnings": list(fitted.warnings),
         "refused": checks.failure is not None}})
     refusal = None if checks.failure is None else f"normalisation failed: {checks.failure}"
@@ -214,8 +208,8 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
                          fitted.stage, fitted.warnings)
 
 
-def template_views(template_zyx: np.ndarray, atlas: Atlas) -> tuple[TemplateView, ...]:
-    """The template as the gate compares it, at each of :data:`EXTRA_FWHM_MM` (cached).
+def template_view(template_zyx: np.ndarray, atlas: Atlas) -> TemplateView:
+    """The template as the gate compares it (cached).
 
     Parameters
     ----------
@@ -224,10 +218,9 @@ def template_views(template_zyx: np.ndarray, atlas: Atlas) -> tuple[TemplateView
 
     Returns
     -------
-    tuple of TemplateView
-        Sharpest first.
+    TemplateView
     """
-    return _prepare_fixed(template_zyx, atlas).views
+    return _prepare_fixed(template_zyx, atlas).view
 
 
 def _process(image: sitk.Image, fwhm_mm: float, clip: float) -> sitk.Image:
@@ -277,15 +270,15 @@ def _fixed_cached(template_bytes: bytes, shape: tuple[int, int, int], atlas: Atl
     return _Fixed(
         image=sitk.BinShrink(processed, [factor] * 3),
         mask=sitk.Cast(mask, sitk.sitkUInt8),
-        views=tuple(_template_view(image, extra) for extra in EXTRA_FWHM_MM),
+        view=_template_view(image),
     )
 
 
-def _template_view(template: sitk.Image, extra_fwhm_mm: float) -> TemplateView:
-    """The template processed as a scan is for the checks, smoothed by ``extra_fwhm_mm`` more."""
-    fwhm = float(np.hypot(CHECK_FWHM_MM, extra_fwhm_mm))  # Gaussians add in quadrature
-    processed_zyx = sitk.GetArrayFromImage(_process(template, fwhm, CHECK_CLIP_X_HEAD_MEDIAN))
-    return TemplateView(extra_fwhm_mm, processed_zyx, register.head_mask(processed_zyx))
+def _template_view(template: sitk.Image) -> TemplateView:
+    """The template processed as a scan is for the checks, and its head outline."""
+    processed_zyx = sitk.GetArrayFromImage(
+        _process(template, CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
+    return TemplateView(processed_zyx, register.head_mask(processed_zyx))
 
 
 def _prepare_fixed(template_zyx: np.ndarray, atlas: Atlas) -> _Fixed:

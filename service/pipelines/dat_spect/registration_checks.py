@@ -6,31 +6,28 @@ patients, gate 0.7). The gate asks questions whose answers do not depend on
 the camera's filter, reconstruction, counts, the subject's striatal shape,
 extracerebral uptake or atrophy, measured after resampling onto the atlas
 grid (the scan smoothed, divided by its head median and clipped, as the
-engine compares it), against the template processed the same way and
-smoothed further to the scan's own measured resolution
-(:func:`match_resolution`: a blurrier scan has a blurrier outline and
-flatter contrasts, which is its camera, not a misregistration):
+engine compares it) against the template processed the same way
+(:class:`TemplateView`):
 
 1. **head size**: the similarity's free isotropic scale is not far outside an
    adult head's (:data:`NOT_A_HEAD_OUTSIDE`; the engine itself never fits
    past :data:`service.imaging.register.HEAD_SCALE_RANGE`);
-2. **head outline**: the scan's head outline overlaps the resolution-matched
-   template's (Dice within the scan's field of view, at least
-   :data:`MIN_HEAD_DICE`), the template's outline allowed to lie up to
-   :data:`ATROPHY_GAP_MM` inside the scan's (:func:`outline_dice`: the
-   registration fits the brain, and an atrophic brain lies inside a skull
-   of its younger size);
+2. **head outline**: the scan's head outline overlaps the template's (Dice
+   within the scan's field of view, at least :data:`MIN_HEAD_DICE`), the
+   template's outline allowed to lie up to :data:`OUTLINE_GAP_MM` inside the
+   scan's (:func:`outline_dice`: the registration fits the brain, and a
+   scan's outline lies outside it by more than the template's where the
+   brain is atrophic, the scalp hot or the camera blurrier);
 3. **striatal hot spot**: the hottest :data:`HOT_SPOT_ML` of the brain; where
    it is clearly hot (mean at least :data:`HOT_X_BRAIN_MEDIAN` times the
    brain median: a striatum with uptake), at least :data:`MIN_HOT_IN_STRIATUM`
    of it lies in the atlas striatum dilated by :data:`STRIATUM_MARGIN_MM`; a
    scan without a hot spot (no striatal uptake) is not judged by this check;
-4. **similarity**: the correlation of the scan with the resolution-matched
-   template inside the atlas brain (dilated by :data:`BRAIN_MARGIN_MM`, in
-   the field of view) outside the striatum is at least :data:`MIN_QUALITY`
-   (a loose floor against noise and wrong anatomy, not an appearance gate;
-   scalp, salivary glands and nasal mucosa lie outside the brain and do not
-   count).
+4. **similarity**: the correlation of the scan with the template inside the
+   atlas brain (dilated by :data:`BRAIN_MARGIN_MM`, in the field of view)
+   outside the striatum is at least :data:`MIN_QUALITY` (a floor against
+   noise, wrong anatomy and misregistration, not an appearance gate: scalp,
+   salivary glands and nasal mucosa lie outside the brain and do not count).
 
 The first failed check is the refusal, ``<check>, <value>``, patient-free.
 Thresholds are measured by ``bench/dat_registration.py`` and
@@ -39,7 +36,6 @@ Thresholds are measured by ``bench/dat_registration.py`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -53,22 +49,20 @@ from service.imaging.atlas import Atlas
 #: child, a phantom of another size): refused. Between it and the engine's
 #: bound (0.85-1.15) the scan is fitted at the bound.
 NOT_A_HEAD_OUTSIDE = (0.75, 1.33)
-#: Least Dice of the head outlines (inside the scan's field of view), after
-#: the resolution match and the atrophy allowance.
+#: Least Dice of the head outlines (inside the scan's field of view), within
+#: the outline allowance.
 MIN_HEAD_DICE = 0.80
-#: Extra smoothing (FWHM, mm, on top of the check's own) of the template
-#: views among which :func:`match_resolution` picks the scan's resolution:
-#: cameras reconstruct at 6-18 mm FWHM, the template was averaged from scans
-#: of about 10 mm; a sharper scan is compared with the template as it is.
-EXTRA_FWHM_MM = (0.0, 4.0, 8.0, 12.0, 16.0)
-#: How far the template's head outline may lie inside the scan's, mm. The
-#: registration fits the brain; with age the brain shrinks inside a skull of
-#: its younger size (brain parenchymal fraction about 0.85 of intracranial
-#: volume in young adults, about 0.7 at 90: a linear gap of 6-7 % of a 70 mm
-#: brain radius, 4-5 mm, plus a sulcal and ventricular margin). 6 mm is 3
-#: atlas voxels; a misregistration moves an outline to one side, which a
-#: uniform allowance barely helps (20 mm shifts: docs/dat_registration.md).
-ATROPHY_GAP_MM = 6.0
+#: How far the template's head outline may lie inside the scan's, mm (4 atlas
+#: voxels). The registration fits the brain; a scan's outline (a quarter of
+#: its non-specific level) lies outside it by the skull, by the scalp where
+#: scalp uptake is above that level (scalp about 5 mm), by the camera's blur
+#: (an edge blurred to 18 mm FWHM crosses a quarter of its plateau 5 mm
+#: outside, 3 mm at the template's 10 mm) and, in an atrophic brain, by the
+#: gap to a skull of its younger size (brain parenchymal fraction about 0.85
+#: of intracranial volume young, about 0.7 at 90: 4-5 mm). A misregistration
+#: moves the outline to one side, which a uniform allowance barely helps: the
+#: measured 20 mm shifts were refused as often with 0 as with 10 mm allowed.
+OUTLINE_GAP_MM = 8.0
 #: The hot spot: the hottest this many ml of the brain (inside the field of view).
 HOT_SPOT_ML = 8.0
 #: The hot-spot check applies when the hot spot's mean is at least this x the
@@ -84,25 +78,22 @@ STRIATUM_EXCLUDED_MM = 8.0
 #: Dilation of the atlas brain in which the correlation is measured, mm (a
 #: fitted brain is off by a few mm; more would take in the scalp).
 BRAIN_MARGIN_MM = 4.0
-#: Floor of the resolution-matched correlation inside the brain, outside the striatum.
+#: Floor of the correlation inside the brain, outside the striatum.
 MIN_QUALITY = 0.55
 
 
 @dataclass(frozen=True, eq=False)
 class TemplateView:
-    """The template processed as the scan is, at one extra smoothness.
+    """The template processed as the scan is for the checks.
 
     Attributes
     ----------
-    extra_fwhm_mm : float
-        Smoothing on top of the check's own (FWHM, mm).
     processed_zyx : (91, 109, 91) float32 array
         Smoothed, in units of its head median, clipped (as the scan).
     head_zyx : (91, 109, 91) bool array
         Its head outline (:func:`service.imaging.register.head_mask`).
     """
 
-    extra_fwhm_mm: float
     processed_zyx: np.ndarray
     head_zyx: np.ndarray
 
@@ -116,20 +107,18 @@ class Checks:
     head_size : float
         Isotropic scale of the similarity stage (scan mm per MNI mm).
     head_dice : float
-        Dice of the head outlines inside the field of view, 0..1 (resolution
-        matched, best within the atrophy allowance).
+        Dice of the head outlines inside the field of view, 0..1 (the best
+        within the outline allowance).
     hot_contrast : float
         Mean of the hot spot over the brain median.
     hot_in_striatum : float
         Fraction of them in the dilated atlas striatum (nan if none).
     quality : float
-        Resolution-matched correlation inside the brain outside the striatum, -1..1.
+        Correlation with the template inside the brain outside the striatum, -1..1.
     failure : str or None
         ``"<check>, <value>"`` of the first failed check, else None.
-    extra_fwhm_mm : float
-        The template's extra smoothing that matched the scan (its resolution).
     outline_gap_mm : float
-        The atrophy allowance used by the best ``head_dice`` (0..ATROPHY_GAP_MM).
+        The allowance used by the best ``head_dice`` (0..OUTLINE_GAP_MM).
     """
 
     head_size: float
@@ -138,12 +127,11 @@ class Checks:
     hot_in_striatum: float
     quality: float
     failure: str | None
-    extra_fwhm_mm: float = 0.0
     outline_gap_mm: float = 0.0
 
 
 def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
-               views: Sequence[TemplateView], atlas: Atlas, fitted: register.Fit) -> Checks:
+               template: TemplateView, atlas: Atlas, fitted: register.Fit) -> Checks:
     """Measure and judge a registration (arrays on the atlas grid).
 
     Parameters
@@ -152,8 +140,7 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
         The resampled scan, smoothed, in units of its head median, clipped.
     fov_zyx : (91, 109, 91) bool array
         Where the scan has data (its grid mapped onto the atlas).
-    views : sequence of TemplateView
-        The template at each of :data:`EXTRA_FWHM_MM`.
+    template : TemplateView
     atlas : Atlas
     fitted : service.imaging.register.Fit
 
@@ -162,11 +149,10 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
     Checks
     """
     brain, striatum_hot, striatum_wide = _masks(atlas)
-    brain = brain & fov_zyx
-    view = match_resolution(processed_zyx, views, brain)
-    quality = correlation(processed_zyx, view.processed_zyx, brain & ~striatum_wide)
-    gap_voxels = int(round(ATROPHY_GAP_MM / float(atlas.spacing_mm[0])))
-    dice, gap = outline_dice(register.head_mask(processed_zyx), view.head_zyx & fov_zyx,
+    quality = correlation(processed_zyx, template.processed_zyx,
+                          brain & fov_zyx & ~striatum_wide)
+    gap_voxels = int(round(OUTLINE_GAP_MM / float(atlas.spacing_mm[0])))
+    dice, gap = outline_dice(register.head_mask(processed_zyx), template.head_zyx & fov_zyx,
                              gap_voxels)
     hot, contrast = _hot_spot(processed_zyx, atlas.brain_zyx & fov_zyx)
     n_hot = int(hot.sum())
@@ -183,18 +169,7 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
     elif not quality >= MIN_QUALITY:
         failure = f"quality {quality:.2f} < {MIN_QUALITY:.2f}"
     return Checks(fitted.similarity_scale, dice, contrast, in_striatum, quality, failure,
-                  view.extra_fwhm_mm, gap * float(atlas.spacing_mm[0]))
-
-
-def match_resolution(processed_zyx: np.ndarray, views: Sequence[TemplateView],
-                     mask_zyx: np.ndarray) -> TemplateView:
-    """The template view whose smoothness best matches the scan's inside ``mask_zyx``.
-
-    The highest correlation (striatum included: its peak is the sharpest
-    structure of a DaT scan) over the views; the first (sharpest) on a tie.
-    """
-    scores = [correlation(processed_zyx, v.processed_zyx, mask_zyx) for v in views]
-    return views[int(np.argmax(scores))]
+                  gap * float(atlas.spacing_mm[0]))
 
 
 def outline_dice(scan_head_zyx: np.ndarray, template_head_zyx: np.ndarray,
