@@ -9,11 +9,15 @@ head is never shrunk to raise a correlation. The choices (no extra
 smoothing, affine from the rigid result) are the most accurate of those
 measured against the simulator's true poses (docs/dat_registration.md).
 
+The engine's metric is evaluated in the atlas brain (dilated by
+:data:`MASK_MARGIN_MM`), not the whole head: extracerebral uptake (scalp,
+salivary glands, nasal mucosa) varies between subjects and pulled the fit.
+
 The gate (:mod:`.registration_checks`) checks, after resampling to the atlas
-grid, that the head outline overlaps the template's, that the fitted size is that of a
-head, that the hot spot is the striatum and that the brain correlates, not
-one correlation threshold; a failed check refuses the
-study with ``normalisation failed: <check>, <value>``.
+grid, that the head outline overlaps the template's, that the fitted size is
+that of a head, that the hot spot is the striatum and that the brain
+correlates, not one correlation threshold; a failed check refuses the study
+with ``normalisation failed: <check>, <value>``.
 
 Frames: both images in LPS millimetres. The returned transform maps a point
 of the template (MNI) space to the corresponding point of the scan, as
