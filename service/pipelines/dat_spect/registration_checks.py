@@ -76,7 +76,9 @@ STRIATUM_MARGIN_MM = 4.0
 #: binding is the disease, not the registration).
 STRIATUM_EXCLUDED_MM = 8.0
 #: Dilation of the atlas brain in which the correlation is measured, mm (a
-#: fitted brain is off by a few mm; more would take in the scalp).
+#: fitted brain is off by a few mm and its edge carries the information: with
+#: 0 or -4 mm correct and misregistered scans overlapped; more would take in
+#: the scalp).
 BRAIN_MARGIN_MM = 4.0
 #: Floor of the correlation inside the brain, outside the striatum. Measured
 #: (docs/dat_registration.md) over 120 correct registrations of 19 camera and
