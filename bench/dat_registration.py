@@ -25,10 +25,12 @@ asked for their transform), so the gate's false refusals are visible.
 Usage::
 
     PYTHONPATH=$PWD .venv/bin/python bench/dat_registration.py --per-profile 4 --json out.json \\
-        [--cache DIR]
+        [--cache DIR] [--engines after]
 
 The simulation dominates the time (3-15 CPU-s a study, more for 128 x 128);
-``--cache DIR`` keeps the reconstructions and reuses them on the next run.
+``--cache DIR`` keeps the reconstructions and reuses them on the next run;
+``--engines after`` skips the previous engine. The robustness set is measured
+the same way by ``bench/dat_registration_robustness.py``.
 """
 
 from __future__ import annotations
@@ -206,12 +208,12 @@ def measure(transform: sitk.Transform | None, truth: np.ndarray, mni: np.ndarray
     return out
 
 
-def run(per_profile: int, profiles: list[str], cache: Path | None = None
-        ) -> list[dict[str, object]]:
+def run(per_profile: int, profiles: list[str], cache: Path | None = None,
+        names: tuple[str, ...] = ("before", "after")) -> list[dict[str, object]]:
     import torch
 
     torch.set_num_threads(1)
-    eng = engines()
+    eng = {k: v for k, v in engines().items() if k in names}
     rows: list[dict[str, object]] = []
     for key in profiles:
         for i in range(per_profile):
@@ -285,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every study's row here")
     parser.add_argument("--cache", type=Path,
                         help="keep the simulated reconstructions here and reuse them")
+    parser.add_argument("--engines", default="before,after",
+                        help="comma-separated engines to run (the gate's table needs 'after')")
     args = parser.parse_args(argv)
-    rows = run(args.per_profile, [p for p in args.profiles.split(",") if p], args.cache)
+    rows = run(args.per_profile, [p for p in args.profiles.split(",") if p], args.cache,
+               tuple(args.engines.split(",")))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))

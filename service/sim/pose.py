@@ -129,7 +129,8 @@ class PosedScan:
 
 def simulate_posed(profile: str, seed: int, index: int,
                    changes: Mapping[str, object] | None = None,
-                   appearance: str = "broad", *, scan: bool = True) -> PosedScan:
+                   appearance: str = "broad", *, scan: bool = True,
+                   anatomy: Mapping[str, object] | None = None) -> PosedScan:
     """Simulate subject ``index`` of an ad-hoc site in memory (one scan of its group).
 
     Parameters
@@ -146,6 +147,9 @@ def simulate_posed(profile: str, seed: int, index: int,
     scan : bool
         False skips the projection and reconstruction (the pose only; ``image``
         is then an empty 1-voxel image), e.g. to measure a cached scan.
+    anatomy : mapping, optional
+        Fields of the drawn :class:`~service.sim.appearance.Appearance` to
+        replace (broad appearance only; e.g. ``{"salivary": 4.0}``).
     """
     from service.sim.benchmark import SiteSpec
     from service.sim.groups import plan_group, plan_scanner
@@ -155,6 +159,10 @@ def simulate_posed(profile: str, seed: int, index: int,
     plan = plan_group(site, index, 1)
     if changes:
         plan = replace(plan, profile=replace(plan.profile, **changes))  # type: ignore[arg-type]
+    if anatomy:
+        if plan.appearance is None:
+            raise ValueError("anatomy changes need the broad appearance")
+        plan = replace(plan, appearance=replace(plan.appearance, **anatomy))  # type: ignore[arg-type]
     brain_scale = plan.appearance.brain_scale if plan.appearance else 1.0
     cls = plan.states[0].disease_class
     if not scan:

@@ -46,6 +46,7 @@ from service.sim.disease import DiseaseState
 
 if TYPE_CHECKING:
     from service.sim.groups import GroupPlan
+    from service.sim.pose import PosedScan
 
 #: Seed of the robustness set (benchmark sites use 1001-1004 and 2001-2005).
 ROBUST_SEED = 7001
@@ -285,3 +286,34 @@ def generate_robustness(out_dir: Path, n_groups: int = 2,
         for task in tasks:
             _run(task)
     return write_manifest([variant_site(v, n_groups) for v in variants], out_dir)
+
+
+def variant_pose(variant_name: str, study_index: int) -> PosedScan:
+    """The pose the simulator drew for study ``study_index`` of a variant (no scan).
+
+    The truth against which a registration of a written robustness study
+    is measured in mm (``bench/dat_registration_robustness.py``): the plan is
+    redrawn from its seed (cheap; no projection), its ``image`` is empty.
+
+    Parameters
+    ----------
+    variant_name : str
+        A name of :data:`VARIANTS` or :data:`TRAINING_VARIANTS`.
+    study_index : int
+        The number in the study id (``<variant>_<index:05d>``).
+    """
+    import SimpleITK as sitk
+
+    from service.sim.pose import PosedScan
+    from service.sim.scan import support_grid
+
+    variants = (*VARIANTS, *TRAINING_VARIANTS)
+    names = [v.name for v in variants]
+    if variant_name not in names:
+        raise ValueError(f"unknown robustness variant {variant_name!r}")
+    group, k = divmod(study_index, SCANS_PER_ANATOMY)
+    plan = plan_variant_group(variants[names.index(variant_name)], names.index(variant_name),
+                              group)
+    brain_scale = plan.appearance.brain_scale if plan.appearance else 1.0
+    return PosedScan(sitk.Image([1, 1, 1], sitk.sitkFloat32), plan.transform,
+                     support_grid(plan.profile), brain_scale, plan.states[k].disease_class)
