@@ -40,14 +40,14 @@ lint: setup-test
 	$(VENV)/bin/ruff check service tests bench models scripts
 	$(VENV)/bin/mypy
 
-# pytest-xdist workers per pass (0: one process, the default until the parallel passes are
-# proven here). The suite mostly waits (node start-up, Orthanc, PostgreSQL, SeaweedFS), so
-# more workers than the 2 cores may pay: `make test TEST_WORKERS=4`. --dist loadfile: a test
+# pytest-xdist workers per pass (0: one process). The suite mostly waits (node start-up,
+# Orthanc, PostgreSQL, SeaweedFS), so 3 workers pay on 2 cores: make test took 10.6 min
+# from a fresh clone on the idle machine, 23.4 min in one process (README "Tests"). --dist loadfile: a test
 # file runs whole, in its own order, on one worker (its module fixtures are built once);
 # files go out in collection order, the longest first (tests/conftest.py, _LONGEST_FILES).
 # Every worker has its own session peers (PostgreSQL, SeaweedFS), tmp_path and loopback
 # ports (service/testing/ports.py).
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 PYTEST := $(VENV)/bin/python -m pytest -q $(XDIST)
 
