@@ -267,12 +267,16 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def gate_table(rows: list[dict[str, object]]) -> str:
-    """Markdown table: per profile, how often the gate refuses each perturbation."""
-    lines = ["| profile | n | " + " | ".join(PERTURBATIONS) + " |",
+def gate_table(rows: list[dict[str, object]], group: str = "profile",
+               engine: str | None = "after") -> str:
+    """Markdown table: per ``group`` value, how often the gate refuses each perturbation.
+
+    Only rows of ``engine`` count (``None``: rows without an engine column).
+    """
+    lines = [f"| {group} | n | " + " | ".join(PERTURBATIONS) + " |",
              "|" + "---|" * (2 + len(PERTURBATIONS))]
-    for key in dict.fromkeys(str(r["profile"]) for r in rows):
-        sel = [r for r in rows if r["profile"] == key and r["engine"] == "after"]
+    for key in dict.fromkeys(str(r[group]) for r in rows):
+        sel = [r for r in rows if r[group] == key and (engine is None or r["engine"] == engine)]
         cells = [f"{sum(bool(r[f'gate_refuses {p}']) for r in sel)}/{len(sel)}"
                  for p in PERTURBATIONS]
         lines.append(f"| {key} | {len(sel)} | " + " | ".join(cells) + " |")

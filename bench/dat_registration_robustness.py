@@ -39,7 +39,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dat_registration import PERTURBATIONS, _perturbed_refusals, _points_mni, measure  # noqa: E402
+from bench.dat_registration import (  # noqa: E402
+    _perturbed_refusals,
+    _points_mni,
+    gate_table,
+    measure,
+)
 
 
 def register_study(series_dir: Path, variant: str, study_id: str) -> dict[str, object]:
@@ -120,18 +125,6 @@ def refused_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "none refused"
 
 
-def gate_table(rows: list[dict[str, object]]) -> str:
-    """Markdown table: per variant, how often the gate refuses each deliberate misregistration."""
-    lines = ["| variant | n | " + " | ".join(PERTURBATIONS) + " |",
-             "|" + "---|" * (2 + len(PERTURBATIONS))]
-    for variant in dict.fromkeys(str(r["variant"]) for r in rows):
-        sel = [r for r in rows if r["variant"] == variant]
-        cells = [f"{sum(bool(r[f'gate_refuses {p}']) for r in sel)}/{len(sel)}"
-                 for p in PERTURBATIONS]
-        lines.append(f"| {variant} | {len(sel)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("robust_dir", type=Path, help="the robustness set (manifest.csv)")
@@ -153,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nrefused studies and their true pose error:\n")
     print(refused_table(rows))
     print("\ngate on deliberate misregistrations (refused / studies):\n")
-    print(gate_table(rows))
+    print(gate_table(rows, group="variant", engine=None))
     return 0
 
 
