@@ -142,12 +142,13 @@ class BoundedServer(ThreadedAssociationServer):
             if not refused:
                 self._starting[host] += 1
         if refused:
+            # counted first, so a peer that has read the rejection finds it counted
+            if self.on_refused is not None:
+                self.on_refused("host_limit")
             # the peer reads this as a transient rejection once it has sent its
             # A-ASSOCIATE-RQ, as for pynetdicom's association limit; best effort
             with contextlib.suppress(OSError):
                 request.send(REJECT_LOCAL_LIMIT)
-            if self.on_refused is not None:
-                self.on_refused("host_limit")
         return not refused
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -180,10 +181,13 @@ class BoundedServer(ThreadedAssociationServer):
                 self.shutdown_request(request)
                 return
         host = str(client_address[0])
-        try:  # returns once the association's thread runs (it is then counted live)
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._slots_lock:
+        # Under the slots lock, so _take_slot never sees the connection twice (its
+        # association already live, its start not yet released): a burst of connections
+        # was refused one slot early. Returns once the association's thread runs.
+        with self._slots_lock:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
                 self._starting[host] -= 1
                 if self._starting[host] <= 0:
                     del self._starting[host]
