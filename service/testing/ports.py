@@ -3,10 +3,10 @@
 Test processes running side by side (pytest-xdist workers, the two passes of
 ``make test``) each take ports from their own slot, so a port one of them
 picked but has not bound yet (a node still starting) is never handed to
-another: ``DOPANODE_TEST_PORT_SLOTS`` (default 1) slots per pass,
-``PYTEST_XDIST_WORKER`` (``gw<k>``) and ``PYTEST_XDIST_WORKER_COUNT`` the
-worker's, ``DOPANODE_TEST_PORT_PASS`` (default 0) of ``DOPANODE_TEST_PORT_PASSES``
-(default 1) the pass's. Outside the tests all of them are unset: one slot,
+another: one slot per (pass, worker), the worker from ``PYTEST_XDIST_WORKER``
+(``gw<k>``) and ``PYTEST_XDIST_WORKER_COUNT``, the pass from
+``DOPANODE_TEST_PORT_PASS`` (default 0) of ``DOPANODE_TEST_PORT_PASSES``
+(default 1). Outside the tests all of them are unset: one slot,
 any free port.
 """
 
