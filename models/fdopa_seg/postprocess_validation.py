@@ -18,7 +18,9 @@ positive lesions (overlapping no truth lesion) and their volume, controls
 with a lesion.
 
 ``python -m models.fdopa_seg.postprocess_validation --data .cache/fdopa_seg/data
---cache .cache/fdopaq/val --json OUT.json`` prints the table (markdown).
+--cache .cache/fdopaq/val --json OUT.json [--model CANDIDATE.onnx]`` prints the
+table (markdown); with ``--model`` it measures a candidate model (a retraining)
+instead of the shipped one, so two models are compared on validation only.
 """
 
 from __future__ import annotations
@@ -93,19 +95,22 @@ def _truth_labels(sid: SampleId, shape: tuple[int, ...]) -> tuple[np.ndarray, bo
     return labels, bool(st.values.get("measurable"))
 
 
-def prepare(sid: SampleId, data: Path, cache: Path) -> Path:
-    """Cache one validation study's probabilities, atlas and truth (skipped when present)."""
+def prepare(sid: SampleId, data: Path, cache: Path, model: Path | None = None) -> Path:
+    """Cache one validation study's probabilities (of ``model``, default the shipped one),
+    atlas and truth; skipped when present for the same model (its SHA-256 is stored)."""
     from service.pipelines.fdopa_pet.normalise import register_to_template
     from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
     from service.pipelines.fdopa_pet.template import load_fdopa_template
 
     out = cache / f"{sid.study_id}.npz"
+    seg = TumourSegmenter(model or DEFAULT_MODEL)
     if out.exists():
-        return out
+        with np.load(out) as done:
+            if "model_sha256" in done.files and str(done["model_sha256"]) == seg.info.model_sha256:
+                return out
     sample = np.load(sample_path(data, sid))
     volume, affine = sample["image_zyx"], sample["affine"]
     atlas = register_to_template(volume, affine, load_fdopa_template())
-    seg = TumourSegmenter(DEFAULT_MODEL)
     labels, measurable = _truth_labels(sid, volume.shape)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{sid.study_id}.tmp.npz"
@@ -114,7 +119,8 @@ def prepare(sid: SampleId, data: Path, cache: Path) -> Path:
         prob=seg.segment(volume, affine, mirror=False).astype(np.float16),
         prob_tta=seg.segment(volume, affine, mirror=True).astype(np.float16),
         atlas_labels=atlas.labels_zyx, atlas_lateral=atlas.lateral_mm_zyx.astype(np.float32),
-        atlas_names=json.dumps(dict(atlas.names)), atlas_quality=atlas.quality)
+        atlas_names=json.dumps(dict(atlas.names)), atlas_quality=atlas.quality,
+        model_sha256=str(seg.info.model_sha256))
     tmp.replace(out)
     return out
 
@@ -216,9 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="training sample cache (.npz)")
     p.add_argument("--cache", type=Path, required=True, help="per-study cache of this module")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--model", type=Path, default=None, help="U-Net ONNX (default: shipped)")
     args = p.parse_args(argv)
     ids = sample_ids("val")
-    cases = {sid.study_id: Case(prepare(sid, args.data, args.cache)) for sid in ids}
+    cases = {sid.study_id: Case(prepare(sid, args.data, args.cache, args.model)) for sid in ids}
     table = []
     for option in options():
         rows = [score(lesion_masks(option, c), c) for c in cases.values()]
