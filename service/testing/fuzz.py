@@ -44,6 +44,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.dicom import codes
+from service.testing.scu import reactor_paused
 
 #: Marker in traversal UIDs and file names: must never appear as a file anywhere.
 TRAVERSAL_MARKER = "FUZZPWN"
@@ -605,17 +606,12 @@ class Sender:
             return "scu_refused_command"  # pynetdicom will not encode it (UID > 64 chars)
         req.DataSet = BytesIO(case.data)
         assoc = self.assoc
-        assoc._reactor_checkpoint.clear()
-        deadline = time.monotonic() + 5
-        while not (assoc._is_paused or not assoc.is_alive()) and time.monotonic() < deadline:
-            time.sleep(0.001)
         try:
-            assoc.dimse.send_msg(req, cx)
-            _, rsp = assoc.dimse.get_msg(block=True)
+            with reactor_paused(assoc):
+                assoc.dimse.send_msg(req, cx)
+                _, rsp = assoc.dimse.get_msg(block=True)
         except Exception as exc:  # noqa: BLE001 - an encoder error is an outcome too
             return f"send_error_{type(exc).__name__}"
-        finally:
-            assoc._reactor_checkpoint.set()
         if rsp is None:
             if assoc.is_aborted or not assoc.is_alive():
                 self.assoc = None

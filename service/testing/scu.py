@@ -1,8 +1,11 @@
-"""One C-STORE from a test to a listener on loopback (pynetdicom as the caller)."""
+"""C-STOREs from a test to a listener on loopback (pynetdicom as the caller)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -29,3 +32,32 @@ def store_nm_file(port: int, path: Path, called_ae: str = "DOPANODE") -> Dataset
         return assoc.send_c_store(pydicom.dcmread(path))
     finally:
         assoc.release()
+
+
+@contextmanager
+def reactor_paused(assoc: Any, timeout_s: float = 5.0) -> Iterator[None]:
+    """Keep the association's reactor off the DIMSE queue while the caller sends a
+    hand-built message and reads its answer itself (as pynetdicom's ``send_c_*`` do).
+
+    The reactor checkpoint alone is not enough: a reactor thread descheduled just
+    past the checkpoint (a loaded machine) can still make one non-blocking read and
+    swallow the answer ("Received unexpected C-STORE service message"; the caller
+    then waits in vain). So the non-blocking reads see nothing while paused.
+    """
+    from service.testing.polling import wait_until
+
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def blocking_reads_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    dimse.get_msg = blocking_reads_only
+    assoc._reactor_checkpoint.clear()
+    try:
+        wait_until(lambda: assoc._is_paused or not assoc.is_alive(), timeout_s,
+                   "the reactor to pause", 0.001)
+        yield
+    finally:
+        del dimse.get_msg  # the class's method again
+        assoc._reactor_checkpoint.set()

@@ -22,7 +22,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from service.store.spool import Spool
 from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
+from service.testing.scu import reactor_paused
 from service.testing.storage import storage_settings
 
 
@@ -106,32 +106,10 @@ def send_store(assoc: Any, dataset_bytes: bytes, sop_class: str, sop_instance: s
     req.AffectedSOPInstanceUID = sop_instance
     req.Priority = 2
     req.DataSet = BytesIO(dataset_bytes)
-    with paused(assoc):
+    with reactor_paused(assoc):
         assoc.dimse.send_msg(req, nm_context_id(assoc))
         _, rsp = assoc.dimse.get_msg(block=True)
     return rsp
-
-
-@contextmanager
-def paused(assoc: Any) -> Iterator[None]:
-    """Keep the SCU's reactor off the DIMSE queue (as pynetdicom's send_c_* do), and its
-    non-blocking reads blind: the checkpoint alone lets one read through when the reactor
-    thread, descheduled just past the checkpoint (a loaded machine), reads after the answer
-    came ("Received unexpected C-STORE service message"; the test then waited in vain)."""
-    dimse = assoc.dimse
-    get_msg = dimse.get_msg
-
-    def blocking_reads_only(block: bool = False) -> Any:
-        return get_msg(block=True) if block else (None, None)
-
-    dimse.get_msg = blocking_reads_only
-    assoc._reactor_checkpoint.clear()
-    poll(lambda: assoc._is_paused or not assoc.is_alive())
-    try:
-        yield
-    finally:
-        del dimse.get_msg  # the class's method again
-        assoc._reactor_checkpoint.set()
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -148,7 +126,7 @@ def send_raw_command(assoc: Any, elements: dict[int, bytes], data: bytes) -> Any
     first, second = P_DATA(), P_DATA()
     first.presentation_data_value_list = [[cx, b"\x03" + command]]
     second.presentation_data_value_list = [[cx, b"\x02" + data]]
-    with paused(assoc):
+    with reactor_paused(assoc):
         assoc.dul.send_pdu(first)
         assoc.dul.send_pdu(second)
         _, rsp = assoc.dimse.get_msg(block=True)
