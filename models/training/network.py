@@ -18,6 +18,15 @@ atypical parkinsonism) from the same 128 features, trained with binary
 cross-entropy beside the ordinal loss. The simulator's PD class starts at
 mild disease whose whole-putamen SBR can still be normal; the head may use
 what the four regional levels do not carry (posterior putamen, asymmetry).
+
+Mirror channel (``mirror_x_vox`` set): the network sees a second input
+channel, ``x - mirror(x)``, the scan minus its left/right mirror image about
+the MNI midline (box column ``mirror_x_vox``). A one-sided loss is then a
+signed difference in the first convolution's receptive field, not a
+comparison the network must learn to make across 20 voxels of flattened
+features; normal asymmetry of noise and pose stays small in it. The mirror is
+a fixed gather inside the graph, so the exported model's input is still the
+one-channel crop of the preprocessing contract.
 """
 
 from __future__ import annotations
@@ -56,6 +65,35 @@ class OrdinalHeads(nn.Module):
         return self.score(features)[:, :, None] + self.thresholds()[None]
 
 
+def mirror_index(width: int, mirror_x_vox: float) -> torch.Tensor:
+    """``(width,)`` int64 source column of each column's mirror image about ``mirror_x_vox``.
+
+    Column ``i`` mirrors to ``2 m - i``; a mirror outside the box points at
+    column ``width`` (the zero column :class:`MirrorDifference` pads).
+    ``2 m`` must be a whole number (the midline on a voxel centre or edge).
+    """
+    twice = 2.0 * mirror_x_vox
+    if abs(twice - round(twice)) > 1e-6:
+        raise ValueError(f"mirror column {mirror_x_vox} is not on a voxel centre or edge")
+    src = int(round(twice)) - torch.arange(width)
+    return torch.where((src >= 0) & (src < width), src, torch.full_like(src, width))
+
+
+class MirrorDifference(nn.Module):
+    """``(N, 1, D, H, W)`` -> ``(N, 2, D, H, W)``: the input and input minus its mirror."""
+
+    index: torch.Tensor
+
+    def __init__(self, width: int, mirror_x_vox: float) -> None:
+        super().__init__()
+        self.register_buffer("index", mirror_index(width, mirror_x_vox), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (0, 1))
+        mirrored = torch.index_select(padded, 4, self.index)
+        return torch.cat([x, x - mirrored], dim=1)
+
+
 class StriatumNet(nn.Module):
     """The CNN; ``forward`` gives ``(N, 4, 4)`` cumulative logits.
 
@@ -66,16 +104,21 @@ class StriatumNet(nn.Module):
     width : int
         Channels of the first block (doubling twice, then x1.5).
     dropout : float
+    mirror_x_vox : float or None
+        Box column of the MNI midline: adds the mirror-difference channel
+        (module docstring); None: the input alone (the version-1 network).
     """
 
     def __init__(self, input_shape_zyx: tuple[int, int, int], width: int = 16,
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, mirror_x_vox: float | None = None) -> None:
         super().__init__()
         if any(n % 8 for n in input_shape_zyx):
             raise ValueError(f"input shape {input_shape_zyx} must be divisible by 8")
         widths = (width, 2 * width, 4 * width, 6 * width)
+        self.inputs: nn.Module = (nn.Identity() if mirror_x_vox is None else
+                                  MirrorDifference(input_shape_zyx[2], mirror_x_vox))
         self.features = nn.Sequential(
-            _block(1, widths[0]), nn.MaxPool3d(2),
+            _block(1 if mirror_x_vox is None else 2, widths[0]), nn.MaxPool3d(2),
             _block(widths[0], widths[1]), nn.MaxPool3d(2),
             _block(widths[1], widths[2]), nn.MaxPool3d(2),
             _block(widths[2], widths[3]),
@@ -87,13 +130,14 @@ class StriatumNet(nn.Module):
         self.global_head = nn.Linear(128, 1)
         self.input_shape_zyx = tuple(input_shape_zyx)
         self.width = width
+        self.mirror_x_vox = mirror_x_vox
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.neck(self.features(x)))
+        return self.heads(self.neck(self.features(self.inputs(x))))
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative logits ``(N, 4, 4)`` and the global logit ``(N,)`` of *reduced*."""
-        h = self.neck(self.features(x))
+        h = self.neck(self.features(self.inputs(x)))
         return self.heads(h), self.global_head(h)[:, 0]
 
 
@@ -117,22 +161,46 @@ class ProbabilityModel(nn.Module):
         return level_probabilities(cum_logits), torch.sigmoid(global_logit)[:, None]
 
 
-def ordinal_loss(cum_logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def ordinal_loss(cum_logits: torch.Tensor, levels: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     """CORAL loss: mean binary cross-entropy of the four ``level > k`` tasks.
 
     Parameters
     ----------
     cum_logits : (N, 4, 4) tensor
     levels : (N, 4) int64 tensor, values 0..4
+    weights : (N,) tensor or None
+        Per-scan weights (the mean is weighted); None: all 1.
     """
     k = torch.arange(N_LEVELS - 1, device=levels.device)
     targets = (levels[..., None] > k).to(cum_logits.dtype)
-    return F.binary_cross_entropy_with_logits(cum_logits, targets)
+    per_scan = F.binary_cross_entropy_with_logits(cum_logits, targets,
+                                                  reduction="none").mean(dim=(1, 2))
+    return _weighted_mean(per_scan, weights)
 
 
-def global_loss(global_logit: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+def global_loss(global_logit: torch.Tensor, reduced: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of the global head against the scan-level truth (0/1)."""
-    return F.binary_cross_entropy_with_logits(global_logit, reduced.to(global_logit.dtype))
+    per_scan = F.binary_cross_entropy_with_logits(global_logit, reduced.to(global_logit.dtype),
+                                                  reduction="none")
+    return _weighted_mean(per_scan, weights)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    w = weights.to(values.dtype)
+    return (values * w).sum() / w.sum()
+
+
+def one_sided(levels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: a putamen at level >= 2 while the other is at level 0 or 1.
+
+    ``levels`` ``(N, 4)`` in the order caudate L, caudate R, putamen L, putamen R.
+    """
+    left, right = levels[:, 2], levels[:, 3]
+    return ((left >= 2) & (right <= 1)) | ((right >= 2) & (left <= 1))
 
 
 def predicted_levels(cum_logits: torch.Tensor) -> torch.Tensor:

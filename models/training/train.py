@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from models.training.augment import AugmentConfig, augment, swap_sides
-from models.training.network import StriatumNet, global_loss, ordinal_loss, predicted_levels
+from models.training.network import (
+    StriatumNet,
+    global_loss,
+    one_sided,
+    ordinal_loss,
+    predicted_levels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,12 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Add the mirror-difference input channel (:class:`~models.training.network.StriatumNet`;
+    #: mirrored about ``augment.mirror_x_vox``).
+    mirror_channel: bool = False
+    #: Loss weight of a scan with a one-sided putamen loss (:func:`~models.training.network.one_sided`)
+    #: against 1 for every other scan.
+    one_sided_weight: float = 1.0
 
 
 @dataclass
@@ -109,9 +121,27 @@ def train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray,
                       r_val.astype(np.float32), config)
 
 
+def scan_weights(levels: torch.Tensor, one_sided_weight: float) -> torch.Tensor | None:
+    """``(N,)`` loss weights: ``one_sided_weight`` for one-sided scans, 1 otherwise (None: all 1)."""
+    if one_sided_weight == 1.0:
+        return None
+    return 1.0 + (one_sided_weight - 1.0) * one_sided(levels).float()
+
+
+def build_net(input_shape_zyx: tuple[int, ...], config: TrainConfig) -> StriatumNet:
+    """The untrained network of ``config`` (mirror channel about ``augment.mirror_x_vox``)."""
+    mirror = None
+    if config.mirror_channel:
+        width = int(input_shape_zyx[2])
+        mirror = ((width - 1) / 2.0 if config.augment.mirror_x_vox is None
+                  else config.augment.mirror_x_vox)
+    shape = (int(input_shape_zyx[0]), int(input_shape_zyx[1]), int(input_shape_zyx[2]))
+    return StriatumNet(shape, config.width, config.dropout, mirror)
+
+
 def _train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray, x_val: np.ndarray,
            y_val: np.ndarray, r_val: np.ndarray, config: TrainConfig) -> TrainResult:
-    net = StriatumNet(tuple(x_train.shape[2:]), config.width, config.dropout).to(config.device)
+    net = build_net(tuple(x_train.shape[2:]), config).to(config.device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                             weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1))
@@ -131,7 +161,9 @@ def _train(x_train: np.ndarray, y_train: np.ndarray, r_train: np.ndarray, x_val:
             yb = swap_sides(torch.from_numpy(y_train[idx]), aug.flipped).to(config.device)
             gb = torch.from_numpy(r_train[idx]).to(config.device)
             logits, global_logit = net.forward_all(xb)
-            loss = ordinal_loss(logits, yb) + GLOBAL_WEIGHT * global_loss(global_logit, gb)
+            wb = scan_weights(yb, config.one_sided_weight)
+            loss = (ordinal_loss(logits, yb, wb)
+                    + GLOBAL_WEIGHT * global_loss(global_logit, gb, wb))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -160,6 +192,7 @@ def save_checkpoint(result: TrainResult, config: TrainConfig, path: Path,
         "state_dict": result.net.state_dict(),
         "input_shape_zyx": list(result.net.input_shape_zyx),
         "width": result.net.width,
+        "mirror_x_vox": result.net.mirror_x_vox,
         "config": asdict(config),
         "history": result.history,
         "best_epoch": result.best_epoch,
@@ -171,7 +204,9 @@ def save_checkpoint(result: TrainResult, config: TrainConfig, path: Path,
 def load_checkpoint(path: Path) -> tuple[StriatumNet, dict[str, Any]]:
     """The network (eval mode, CPU) and the checkpoint dictionary."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    net = StriatumNet(tuple(ckpt["input_shape_zyx"]), int(ckpt["width"]))
+    mirror = ckpt.get("mirror_x_vox")
+    net = StriatumNet(tuple(ckpt["input_shape_zyx"]), int(ckpt["width"]),
+                      mirror_x_vox=None if mirror is None else float(mirror))
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     return net, ckpt

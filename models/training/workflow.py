@@ -220,6 +220,7 @@ def train_export(ts: TrainingSet, contract: PreprocessContract, work_dir: Path,
         "dopanode_model_name": out_model.stem, "dopanode_seed": str(config.seed),
         "dopanode_training_sites": ",".join(sites), "dopanode_best_epoch": str(result.best_epoch),
         "dopanode_label_source": label_source,
+        "dopanode_mirror_channel": str(result.net.mirror_x_vox is not None).lower(),
     })
     return {"sha256": sha, "n_train": len(tr.x), "n_val": len(va.x), "sites": sites,
             "label_source": label_source,
@@ -251,12 +252,25 @@ AUGMENT_TEXT = (
     "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale (0.75-1.33), a smooth "
     "background field and Poisson-like noise")
 
+MIRROR_TEXT = (
+    "; a second input channel, the crop minus its left/right mirror image about the MNI "
+    "midline, so a one-sided loss is a signed difference the first convolution sees (the "
+    "mirror is part of the graph: the model's input is still the one-channel crop)")
+WEIGHT_TEXT = (" Scans with a one-sided putamen loss (a putamen at level 2 or worse, the other "
+               "at 0-1) weigh {weight:g} times the others in both losses.")
+
 
 def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any],
                  config: Any) -> dict[str, str]:
     source = summary.get("label_source", "gmm")
     labels, global_text, limit = LABEL_TEXT[source]
+    mirror = bool(getattr(config, "mirror_channel", False))
+    weight = float(getattr(config, "one_sided_weight", 1.0))
     return {
+        "mirror_text": MIRROR_TEXT if mirror else "",
+        "weight_text": "" if weight == 1.0 else WEIGHT_TEXT.format(weight=weight),
+        "train_flags": (" --mirror-channel" if mirror else "")
+        + ("" if weight == 1.0 else f" --one-sided-weight {weight:g}"),
         "labels_text": labels.replace("{name}", out_model.stem), "global_text": global_text,
         "labels_limit": limit, "label_source": source, "augment_text": AUGMENT_TEXT,
         "name": out_model.stem, "sha256": summary["sha256"],

@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", choices=("gmm", "truth"), default="gmm",
                    help="gmm: per-site GMM labels on measured SBR (one camera per site); "
                         "truth: the simulator's truth levels (mixed-appearance benchmarks)")
+    p.add_argument("--mirror-channel", action="store_true",
+                   help="second input channel: the crop minus its left/right mirror image")
+    p.add_argument("--one-sided-weight", type=float, default=1.0,
+                   help="loss weight of scans with a one-sided putamen loss (others 1)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
@@ -101,7 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = _training("train")
     config = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, width=args.width,
-                               seed=args.seed, threads=args.threads, device=args.device)
+                               seed=args.seed, threads=args.threads, device=args.device,
+                               mirror_channel=args.mirror_channel,
+                               one_sided_weight=args.one_sided_weight)
     out = _model_path(args.out)
     summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit,
                                  label_source=args.labels)
