@@ -43,15 +43,25 @@ ARM_LABELS = {"scratch": "from scratch, paediatric subset only",
               "baseline": "classical: FLAIR > 1.5 x brain level (no learning)"}
 
 
-def held_out_studies(bench: Path) -> list[Path]:
-    """Paediatric test-split studies with a FLAIR under ``bench`` (sorted)."""
+def held_out_studies(bench: Path, full: bool = False,
+                     sites: tuple[str, ...] | None = None) -> list[Path]:
+    """Paediatric test-split studies with a FLAIR under ``bench`` (sorted).
+
+    ``full``: ``bench`` is a whole benchmark (``dopanode fdopa generate``
+    without ``--split test``): its training-split studies are skipped; else
+    one is refused (a bench of the wrong kind). ``sites``: only these sites.
+    """
     out = []
     for truth in sorted(bench.glob("*/*/truth.json")):
+        if sites is not None and truth.parent.parent.name not in sites:
+            continue
         row = json.loads(truth.read_text())
         if not (row.get("paediatric") and row.get("flair")):
             continue
         index = int(str(row["study_id"]).rsplit("_", 1)[1])
         if row.get("role") != "unseen" and index % 5 != 0:
+            if full:
+                continue
             raise ValueError(f"{row['study_id']} is not in the test split")
         out.append(truth.parent)
     return out
@@ -185,6 +195,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", type=Path, action="append", required=True,
                    help="benchmark folder(s) made by 'dopanode fdopa generate --split test'")
+    p.add_argument("--full-benchmark", action="store_true",
+                   help="the bench(es) hold every split: skip the training-split studies")
+    p.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
     p.add_argument("--run", type=Path, required=True, help="training run (<arm>/model.onnx)")
     p.add_argument("--json", type=Path, default=Path("flair_ablation.json"))
     p.add_argument("--card", type=Path, default=None, help="model card to put the table in")
@@ -194,7 +207,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
-    studies = [s for b in a.bench for s in held_out_studies(b)]
+    sites = tuple(x.strip() for x in a.sites.split(",")) if a.sites else None
+    studies = [s for b in a.bench for s in held_out_studies(b, a.full_benchmark, sites)]
     methods: dict[str, Callable[[MrVolume], np.ndarray]] = {}
     for arm in ("scratch", "adult", "finetune"):
         if (a.run / arm / "model.onnx").exists():

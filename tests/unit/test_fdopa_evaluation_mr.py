@@ -22,6 +22,7 @@ from service.pipelines.fdopa_pet.evaluation_mr import (
     flair_dice,
     flair_truth,
     refusal,
+    registration_shift,
     true_registration,
 )
 from service.pipelines.fdopa_pet.evaluation_mr_table import build_report, markdown
@@ -121,6 +122,22 @@ def test_refusal_categories_and_flair_dice() -> None:
     assert flair_dice(half, np.zeros(SHAPE, bool), 0.008)["flair_dice"] is None
 
 
+def test_registration_shift_is_the_centroid_distance_in_mm() -> None:
+    lesion = _lesion()
+    moved = np.roll(lesion, 3, axis=2)  # 3 voxels along x at 2 mm: 6 mm
+    out = registration_shift(lesion, moved, AFFINE)
+    assert out["reg_lesion_shift_mm"] == pytest.approx(6.0)
+    assert out["reg_lesion_dice"] == pytest.approx(0.25)
+    oblique = np.array([[0.0, 0.0, 2.0, 5.0], [0.0, 3.0, 0.0, -7.0], [4.0, 0.0, 0.0, 1.0],
+                        [0.0, 0.0, 0.0, 1.0]])  # z along L-R at 4 mm: 2 slices = 8 mm
+    assert registration_shift(lesion, np.roll(lesion, 2, axis=0), oblique)[
+        "reg_lesion_shift_mm"] == pytest.approx(8.0)
+    assert registration_shift(lesion, lesion, AFFINE) == {"reg_lesion_shift_mm": 0.0,
+                                                          "reg_lesion_dice": 1.0}
+    assert registration_shift(lesion, np.zeros(SHAPE, bool), AFFINE)[
+        "reg_lesion_shift_mm"] is None
+
+
 def _row(i: int, **kw: Any) -> dict[str, Any]:
     row = {"study_id": f"site_a_{i:05d}", "site": "site_a", "paediatric": True,
            "status": "done", "route": "mr_guided", "tumour_class": "lgg", "dynamic": False,
@@ -130,7 +147,8 @@ def _row(i: int, **kw: Any) -> dict[str, Any]:
            "unrefined_ts": 0.5 + 0.1 * i, "unrefined_tn": 1.0 + 0.2 * i,
            "ideal_ts": 0.6 + 0.1 * i, "ideal_tn": 1.1 + 0.2 * i,
            "pred_fallback": i < 4, "truth_fallback": i < 3, "pet_only_on_truth": i >= 2,
-           "pred_voi_ml": 5.0, "unrefined_voi_ml": 10.0}
+           "pred_voi_ml": 5.0, "unrefined_voi_ml": 10.0, "registration_quality": 0.95,
+           "reg_lesion_shift_mm": 0.5 + 0.1 * i}
     return row | kw
 
 
@@ -155,6 +173,9 @@ def test_report_populations_and_verdicts() -> None:
     assert a["refined_volume_fraction"]["n"] == 6  # the PET-VOI studies (no fallback)
     assert a["refined_volume_fraction"]["median"] == pytest.approx(0.5)
     assert a["refinement_changed_ts"] == (0, 6)
+    assert a["registration_quality"]["n"] == 12  # every study whose registration ran
+    assert a["registration_shift_mm"]["n"] == 10  # the MR-guided ones
+    assert a["registration_shift_max_mm"] == pytest.approx(1.4)
     assert report["groups"]["adults with a FLAIR, all sites"]["failed"] == 1
     verdicts = dict((g, v) for g, _, v in report["goals"])
     assert verdicts["FLAIR Dice >= 0.88 +- 0.08, paediatric, sites a-c held out"] == "not met"
@@ -165,6 +186,8 @@ def test_report_populations_and_verdicts() -> None:
          "dice_sd": 0.038, "dice_median": 0.89, "dice_q1": 0.85, "dice_q3": 0.905}]})
     assert "adult model fine-tuned | 22 | 0.881 +- 0.038" in text
     assert "0.82 +- 0.11" in text and ">= 0.95" in text
+    assert ("paediatric, sites a-c held out: quality median 0.950 [0.950; 0.950] (n=12); "
+            "lesion shift median 0.95 mm [0.72; 1.18], max 1.40 mm (n=10)") in text
 
 
 def test_command_prints_the_table_from_cached_rows_into_the_card(
@@ -175,10 +198,12 @@ def test_command_prints_the_table_from_cached_rows_into_the_card(
     from service.sim.fdopa.evaluate_mr import MR_BEGIN, MR_END
 
     bench = tmp_path / "bench" / "site_d_unseen"
-    for i, flair in ((0, "ax2d_3t"), (1, "")):  # the second has no FLAIR: not evaluated
+    # the second has no FLAIR: not evaluated; the third is an adult: left out by
+    # --paediatric-only
+    for i, flair, child in ((0, "ax2d_3t", True), (1, "", True), (2, "iso3d_3t", False)):
         (bench / f"site_d_unseen_{i:05d}").mkdir(parents=True)
         (bench / f"site_d_unseen_{i:05d}" / "truth.json").write_text(
-            json.dumps({"flair": flair, "paediatric": True}))
+            json.dumps({"flair": flair, "paediatric": child}))
     out = tmp_path / "eval.json"
     fingerprint = MrEvaluator(["unet"]).fingerprint("unet")
     append_rows(out.with_suffix(".jsonl"), [_row(0, site="site_d_unseen", method="unet",
@@ -190,9 +215,11 @@ def test_command_prints_the_table_from_cached_rows_into_the_card(
     ablation.write_text(json.dumps({"summaries": [{"group": "site_d", "method": "scratch",
                                                    "n": 7, "dice_mean": 0.868}]}))
     main(["fdopa", "evaluate-mr", str(tmp_path / "bench"), "--sites", "site_d_unseen",
-          "--limit", "2", "--json", str(out), "--card", str(card), "--ablation", str(ablation)])
+          "--limit", "3", "--paediatric-only", "--json", str(out), "--card", str(card),
+          "--ablation", str(ablation)])
     text = capsys.readouterr().out
     assert "Held-out studies with a FLAIR: 1 (1 paediatric, 0 adult)" in text
+    assert "--limit 3 --workers 1 --paediatric-only" in text  # the command that reproduces it
     assert "| paediatric, site_d_unseen | 1 | 0 | 1 |" in text
     assert "from scratch, paediatric subset only | 7 | 0.868" in text
     updated = card.read_text()

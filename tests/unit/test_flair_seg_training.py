@@ -157,6 +157,9 @@ def test_ablation_table_and_test_split_guard(tmp_path: Path) -> None:
          "role": "train_test"}))
     with pytest.raises(ValueError, match="not in the test split"):
         held_out_studies(tmp_path)
+    # a whole benchmark: its training studies are skipped, never evaluated
+    assert [p.name for p in held_out_studies(tmp_path, full=True)] == ["site_a_00005"]
+    assert held_out_studies(tmp_path, full=True, sites=("site_b",)) == []
     rows = [{"method": "finetune", "role": "train_test", "dice": d, "pred_ml": 1.0}
             for d in (0.6, 0.8, 0.9)] + [{"method": "finetune", "role": "train_test",
                                           "dice": None, "pred_ml": 0.5}]

@@ -203,3 +203,36 @@ def flair_dice(pred_zyx: np.ndarray | None, truth_zyx: np.ndarray, voxel_ml: flo
     return {"flair_dice": dice(pred, truth_zyx) if truth_zyx.any() else None,
             "flair_truth_ml": float(truth_zyx.sum()) * voxel_ml,
             "flair_pred_ml": float(pred.sum()) * voxel_ml}
+
+
+def registration_shift(route_lesion_zyx: np.ndarray, true_pose_lesion_zyx: np.ndarray,
+                       pet_affine: np.ndarray) -> dict[str, float | None]:
+    """The registration's error at the lesion: the same FLAIR lesion carried two ways.
+
+    Parameters
+    ----------
+    route_lesion_zyx : (z, y, x) bool array
+        The segmented FLAIR lesion on the static PET grid through the route's
+        registration (:attr:`.result.FlairGuidedMeasures.flair_lesion_zyx`).
+    true_pose_lesion_zyx : (z, y, x) bool array
+        The same segmented lesion through the simulator's known pose.
+    pet_affine : (4, 4) float array
+        PET voxel index ``(z, y, x)`` to LPS mm (voxel centre).
+
+    Returns
+    -------
+    dict
+        ``reg_lesion_shift_mm``: distance (mm) between the two masks'
+        centroids, so segmentation errors cancel and only the registration
+        remains; ``reg_lesion_dice``: their overlap. None when either is empty.
+    """
+    a, b = np.asarray(route_lesion_zyx, bool), np.asarray(true_pose_lesion_zyx, bool)
+    if not (a.any() and b.any()):
+        return {"reg_lesion_shift_mm": None, "reg_lesion_dice": None}
+    affine = np.asarray(pet_affine, float)
+
+    def centroid_mm(mask: np.ndarray) -> np.ndarray:
+        return np.asarray(affine[:3, :3] @ np.argwhere(mask).mean(axis=0) + affine[:3, 3])
+
+    shift = float(np.linalg.norm(centroid_mm(a) - centroid_mm(b)))
+    return {"reg_lesion_shift_mm": shift, "reg_lesion_dice": dice(a, b)}

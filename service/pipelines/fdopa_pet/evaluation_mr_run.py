@@ -10,7 +10,10 @@ the FLAIR grid (the U-Net run on its own when the route stopped before it),
 the route's T/S, T/N, fallback and curves with the reference code's VOI
 refinements (``pred_*``, as the node reports) and without them
 (``unrefined_*``), the truth's (``truth_*``), the ideal-activity ``t_s`` and
-``t_n`` (``ideal_*``), and whether the PET-only route found a lesion.
+``t_n`` (``ideal_*``), whether the PET-only route found a lesion, and the
+registration's error at the lesion (``reg_lesion_*``: the segmented lesion
+carried by the route's registration against the known pose; rows cached
+before this field existed lack it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from service.pipelines.fdopa_pet.evaluation_mr import (
     guided_numbers,
     pet_only_numbers,
     refusal,
+    registration_shift,
     true_flair_lesion,
     true_registration,
     truth_numbers,
@@ -148,6 +152,10 @@ class MrEvaluator(Evaluator):
         voxel_ml = float(np.prod(static.spacing_zyx_mm)) / 1000.0
         out |= truth_numbers(flair_truth(lesion_pet, labels, static, dyn, suv, injection),
                              voxel_ml)
+        if g is not None and pred is not None:
+            true_pose = lesion_on_pet(pred.astype(np.float32), mr.affine,
+                                      true_registration(truth), static.shape_zyx, static.affine)
+            out |= registration_shift(g.flair_lesion_zyx, true_pose, static.affine)
         if g is not None:
             plain = flair_guided_measures(static, result.suv, result.atlas, g.flair_lesion_zyx,
                                           refine=False, reference=g.reference)

@@ -16,7 +16,11 @@ Bland-Altman bias and 95 % limits; ICC(A,1)). Populations:
   fired, how many the PET-only route found a lesion in (one overlapping the
   true lesion); **PET-only misses**: tumour studies on the MR-guided route
   where the PET-only route found no lesion on the true lesion;
-* **route**: MR-guided, or PET-only with the refusal's category.
+* **route**: MR-guided, or PET-only with the refusal's category;
+* **registration**: the edge-alignment quality of every registered study,
+  and on the MR-guided route the registration's error at the lesion (the
+  segmented lesion's centroid through the route's registration against the
+  known pose, mm; rows that carry it).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def group_metrics(rows: Rows) -> dict[str, Any]:
     for key in ("ts", "tn"):
         out[f"ideal_{key}"] = asdict(agreement([r.get(f"pred_{key}") for r in guided],
                                                [r.get(f"ideal_{key}") for r in guided]))
+    out |= registration_metrics(done)
     out["dynamic_studies"] = sum(bool(r.get("dynamic")) for r in guided)
     pet_voi = [r for r in guided if r.get("pred_fallback") is False
                and r.get("unrefined_voi_ml")]
@@ -96,6 +101,24 @@ def group_metrics(rows: Rows) -> dict[str, Any]:
     out["refinement_changed_ts"] = _count(pet_voi, lambda r: r.get("pred_ts")
                                           != r.get("unrefined_ts"))
     return out
+
+
+def registration_metrics(done: Rows) -> dict[str, Any]:
+    """Quality of every registration that ran; lesion shift (mm) and its maximum."""
+    shifts = [r["reg_lesion_shift_mm"] for r in done
+              if r.get("route") == "mr_guided" and r.get("reg_lesion_shift_mm") is not None]
+    return {"registration_quality": asdict(summarise(
+                [r.get("registration_quality") for r in done])),
+            "registration_shift_mm": asdict(summarise(shifts)),
+            "registration_shift_max_mm": max(shifts) if shifts else math.nan}
+
+
+def _registration_line(name: str, m: Mapping[str, Any]) -> str:
+    q, s = m["registration_quality"], m["registration_shift_mm"]
+    return (f"* {name}: quality median {fmt(q['median'])} [{fmt(q['q1'])}; {fmt(q['q3'])}] "
+            f"(n={q['n']}); lesion shift median {fmt(s['median'], 2)} mm "
+            f"[{fmt(s['q1'], 2)}; {fmt(s['q3'], 2)}], max "
+            f"{fmt(m['registration_shift_max_mm'], 2)} mm (n={s['n']})")
 
 
 def build_report(rows: Rows) -> dict[str, Any]:
@@ -185,6 +208,10 @@ def markdown(report: Mapping[str, Any], header: Sequence[str],
           f"[{fmt(m['refined_volume_fraction']['q1'], 2)}; "
           f"{fmt(m['refined_volume_fraction']['q3'], 2)}] (n={m['refined_volume_fraction']['n']})"
           f"; T/S changed in {_frac(m['refinement_changed_ts'])}" for n, m in g.items()), "",
+        "### FLAIR to PET registration", "",
+        "Edge-alignment quality (gate 0.90) and the error at the lesion: the segmented "
+        "lesion's centroid through the route's registration against the known pose:", "",
+        *(_registration_line(n, m) for n, m in g.items()), "",
         "### Dynamic (frame starts; slopes from 120 s or 150 s to the last frame) against the "
         "truth's curves", "",
         *_table(["studies", "VOI", "n", *(name for _, name, _ in DYNAMIC)], dyn), "",

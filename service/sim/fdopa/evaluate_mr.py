@@ -43,14 +43,21 @@ def add_evaluate_mr(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--ablation", type=Path,
                     default=Path("models/dopanode_flair_seg.ablation.json"),
                     help="the FLAIR U-Net's transfer-learning ablation JSON, printed with it")
+    ev.add_argument("--paediatric-only", action="store_true",
+                    help="only the paediatric studies (the paper's population); adults with "
+                         "a FLAIR are left out")
     ev.add_argument("--workers", type=int, default=1)
     ev.set_defaults(func=run_evaluate_mr)
 
 
-def flair_studies(refs: list[Any]) -> list[Any]:
-    """The studies whose truth says they have a FLAIR."""
-    return [r for r in refs
-            if json.loads((r.folder / "truth.json").read_text()).get("flair")]
+def flair_studies(refs: list[Any], paediatric_only: bool = False) -> list[Any]:
+    """The studies whose truth says they have a FLAIR (only the paediatric ones if asked)."""
+    kept = []
+    for r in refs:
+        truth = json.loads((r.folder / "truth.json").read_text())
+        if truth.get("flair") and (truth.get("paediatric") or not paediatric_only):
+            kept.append(r)
+    return kept
 
 
 def header_lines(args: argparse.Namespace, refs: list[Any], info: dict[str, Any]) -> list[str]:
@@ -60,6 +67,8 @@ def header_lines(args: argparse.Namespace, refs: list[Any], info: dict[str, Any]
                         ("--workers", args.workers)):
         if value is not None:
             argv += [flag, str(value)]
+    if args.paediatric_only:
+        argv.append("--paediatric-only")
     argv += [x for c in args.card for x in ("--card", str(c))]
     child = sum(bool(json.loads((r.folder / "truth.json").read_text()).get("paediatric"))
                 for r in refs)
@@ -90,7 +99,8 @@ def run_evaluate_mr(args: argparse.Namespace) -> int:
     names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
     if unknown := [n for n in names if n not in SITES]:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
-    refs = flair_studies(held_out_studies(args.bench, names, args.limit)[0])
+    refs = flair_studies(held_out_studies(args.bench, names, args.limit)[0],
+                         args.paediatric_only)
     if not refs:
         raise SystemExit(f"no generated held-out study with a FLAIR under {args.bench}")
 
