@@ -70,6 +70,14 @@ def sample_ids(split: str, sites: Sequence[str] = TRAINING_SITES,
     return out
 
 
+def fresh_ids(n: int, sites: Sequence[str] = TRAINING_SITES) -> list[SampleId]:
+    """``n`` studies per site beyond the benchmark's last index (fresh seeds: never in the
+    benchmark, so never in its test split); extra validation studies."""
+    from service.sim.fdopa.benchmark import SITES
+
+    return [SampleId(name, SITES[name].n_studies + i) for name in sites for i in range(n)]
+
+
 def affine_of(image: sitk.Image) -> np.ndarray:
     """(4, 4) affine of a SimpleITK image: index ``(z, y, x)`` to LPS mm of the voxel centre."""
     direction = np.array(image.GetDirection(), float).reshape(3, 3)

@@ -1,8 +1,9 @@
 """Post-processing options of the U-Net's probabilities, measured on the VALIDATION studies.
 
 Validation only: ``split_of(index) == "val"`` of the training sites
-(:mod:`models.fdopa_seg.data`); the held-out test split and ``site_d_unseen``
-are never read. The choice rule and the options are in docs/fdopa_analysis.md
+(:mod:`models.fdopa_seg.data`), and with ``--fresh`` studies from fresh seeds
+beyond the benchmark; the held-out test split and ``site_d_unseen`` are never
+read. The choice rule and the options are in docs/fdopa_analysis.md
 ("False-positive suppression"); this module measures them.
 
 Per study (cached in ``--cache``, one ``.npz`` each, resumable): the static
@@ -18,7 +19,9 @@ positive lesions (overlapping no truth lesion) and their volume, controls
 with a lesion.
 
 ``python -m models.fdopa_seg.postprocess_validation --data .cache/fdopa_seg/data
---cache .cache/fdopaq/val --json OUT.json [--model CANDIDATE.onnx]`` prints the
+--cache .cache/fdopaq/val --json OUT.json [--model CANDIDATE.onnx] [--fresh N]``
+(``--fresh N``: N more validation studies per site from fresh seeds beyond the
+benchmark, :func:`models.fdopa_seg.data.fresh_ids`) prints the
 table (markdown); with ``--model`` it measures a candidate model (a retraining)
 instead of the shipped one, so two models are compared on validation only.
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from models.fdopa_seg.data import SampleId, sample_ids, sample_path
+from models.fdopa_seg.data import SampleId, fresh_ids, generate, sample_ids, sample_path
 from service.pipelines.fdopa_pet.lesions import (
     baseline_candidates,
     component_contrast,
@@ -223,8 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, required=True, help="per-study cache of this module")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--model", type=Path, default=None, help="U-Net ONNX (default: shipped)")
+    p.add_argument("--fresh", type=int, default=0, metavar="N",
+                   help="also N fresh-seed studies per training site beyond the benchmark "
+                        "(simulated into --data when missing)")
     args = p.parse_args(argv)
-    ids = sample_ids("val")
+    ids = sample_ids("val") + fresh_ids(args.fresh)
+    generate(args.data, ids, workers=2)
     cases = {sid.study_id: Case(prepare(sid, args.data, args.cache, args.model)) for sid in ids}
     table = []
     for option in options():
