@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections import deque
 
 #: bind(0) attempts before giving up on a port of this process's slot.
 _TRIES = 2000
+#: Ports this process handed out lately: never handed out twice in a row. Two calls
+#: before anything binds (an Orthanc's HTTP and DICOM ports) could otherwise get the
+#: same port from the kernel, which then refuses the second listener.
+_RECENT: deque[int] = deque(maxlen=512)
+_RECENT_LOCK = threading.Lock()
 
 
 def port_slot(environ: dict[str, str] | None = None) -> tuple[int, int]:
@@ -37,15 +44,20 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (and of this process's slot).
 
     The kernel hands out odd ports to ``bind(0)`` first (even ones go to
-    ``connect``), so the slot is taken from ``port >> 1``.
+    ``connect``), so the slot is taken from ``port >> 1``. A port this process
+    handed out among its last 512 is not handed out again.
     """
     slot, slots = port_slot()
     for _ in range(_TRIES):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if (port >> 1) % slots == slot:
-            return port
+        if (port >> 1) % slots != slot:
+            continue
+        with _RECENT_LOCK:
+            if port not in _RECENT:
+                _RECENT.append(port)
+                return port
     raise RuntimeError(f"no free loopback port of slot {slot} of {slots} in {_TRIES} tries")
 
 

@@ -56,3 +56,31 @@ def test_free_port_is_of_the_slot_and_bindable(worker: str,
             s.bind(("127.0.0.1", port))
             s.listen()
             assert ports.tcp_open(port)
+
+
+def test_a_port_is_not_handed_out_twice_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two calls before anything binds (an Orthanc's HTTP and DICOM ports) once got the
+    same port from the kernel; a port handed out lately is skipped."""
+    for name in _VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    kernel = iter([40001, 40001, 40001, 40003])
+
+    class FakeSocket:
+        def __init__(self, *args: object) -> None:
+            self.port = 0
+
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(kernel)
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+    monkeypatch.setattr(ports, "_RECENT", type(ports._RECENT)(maxlen=8))
+    monkeypatch.setattr(ports.socket, "socket", FakeSocket)
+    assert [ports.free_port(), ports.free_port()] == [40001, 40003]
