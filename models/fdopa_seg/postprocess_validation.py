@@ -43,6 +43,7 @@ from service.pipelines.fdopa_pet.lesions import (
     lesions_from_candidates,
 )
 from service.pipelines.fdopa_pet.result import TUMOUR_THRESHOLD_X_BACKGROUND, AtlasOnPet
+from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
 
 MEASURABLE_ML = 0.5
 
@@ -98,15 +99,13 @@ def _truth_labels(sid: SampleId, shape: tuple[int, ...]) -> tuple[np.ndarray, bo
     return labels, bool(st.values.get("measurable"))
 
 
-def prepare(sid: SampleId, data: Path, cache: Path, model: Path | None = None) -> Path:
-    """Cache one validation study's probabilities (of ``model``, default the shipped one),
-    atlas and truth; skipped when present for the same model (its SHA-256 is stored)."""
+def prepare(sid: SampleId, data: Path, cache: Path, seg: TumourSegmenter) -> Path:
+    """Cache one validation study's probabilities (of ``seg``'s model), atlas and truth;
+    skipped when present for the same model (its SHA-256 is stored)."""
     from service.pipelines.fdopa_pet.normalise import register_to_template
-    from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
     from service.pipelines.fdopa_pet.template import load_fdopa_template
 
     out = cache / f"{sid.study_id}.npz"
-    seg = TumourSegmenter(model or DEFAULT_MODEL)
     if out.exists():
         with np.load(out) as done:
             if "model_sha256" in done.files and str(done["model_sha256"]) == seg.info.model_sha256:
@@ -232,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     ids = sample_ids("val") + fresh_ids(args.fresh)
     generate(args.data, ids, workers=2)
-    cases = {sid.study_id: Case(prepare(sid, args.data, args.cache, args.model)) for sid in ids}
+    seg = TumourSegmenter(args.model or DEFAULT_MODEL)
+    cases = {sid.study_id: Case(prepare(sid, args.data, args.cache, seg)) for sid in ids}
     table = []
     for option in options():
         rows = [score(lesion_masks(option, c), c) for c in cases.values()]
