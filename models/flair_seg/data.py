@@ -76,6 +76,30 @@ def flair_sample_ids(split: str, paediatric: bool, sites: Sequence[str] = TRAINI
     return out
 
 
+def extra_val_ids(per_site: int, paediatric: bool = True,
+                  sites: Sequence[str] = TRAINING_SITES) -> list[FlairSampleId]:
+    """``per_site`` studies of one age group per site just beyond the benchmark's last index.
+
+    Extra validation studies (as :func:`models.fdopa_seg.data.fresh_ids`): never in the
+    benchmark, so never in its test split, and below the fresh split
+    (:func:`service.sim.fdopa.benchmark.fresh_start`).
+    """
+    from service.sim.fdopa.benchmark import SITES, fresh_start, plan_study
+
+    out: list[FlairSampleId] = []
+    for name in sites:
+        site = SITES[name]
+        index, found = site.n_studies, 0
+        while found < per_site:
+            if index >= fresh_start(site):
+                raise ValueError(f"{per_site} extra validation studies reach the fresh split")
+            if plan_study(site, index).paediatric == paediatric:
+                out.append(FlairSampleId(name, index, paediatric))
+                found += 1
+            index += 1
+    return out
+
+
 def protocol_of(sid: SampleId) -> str:
     """The study's FLAIR protocol: the benchmark's, else a seeded draw of :data:`PROTOCOL_MIX`."""
     from service.sim.fdopa.benchmark import SITES, plan_study

@@ -37,6 +37,8 @@ from service.pipelines.fdopa_pet.flair_segment import FlairSegmenter, preprocess
 from service.pipelines.fdopa_pet.segment import to_native
 
 PAPER = "0.82 ± 0.11"
+TEST_GROUP = "test split, sites a-c"
+UNSEEN_GROUP = "site_d_unseen (PET/MR site; same FLAIR protocols)"
 GOAL = "≥ 0.88 ± 0.08"
 ARM_LABELS = {"scratch": "from scratch, paediatric subset only",
               "adult": "adult model, no fine-tuning", "finetune": "adult model fine-tuned",
@@ -50,7 +52,11 @@ def held_out_studies(bench: Path, full: bool = False,
     ``full``: ``bench`` is a whole benchmark (``dopanode fdopa generate``
     without ``--split test``): its training-split studies are skipped; else
     one is refused (a bench of the wrong kind). ``sites``: only these sites.
+    Held out (:func:`service.sim.fdopa.benchmark.is_held_out`): the test split and
+    the fresh studies (``--split fresh``, beyond the benchmark).
     """
+    from service.sim.fdopa.benchmark import SITES, is_held_out
+
     out = []
     for truth in sorted(bench.glob("*/*/truth.json")):
         if sites is not None and truth.parent.parent.name not in sites:
@@ -58,13 +64,30 @@ def held_out_studies(bench: Path, full: bool = False,
         row = json.loads(truth.read_text())
         if not (row.get("paediatric") and row.get("flair")):
             continue
-        index = int(str(row["study_id"]).rsplit("_", 1)[1])
-        if row.get("role") != "unseen" and index % 5 != 0:
+        site, index = study_site_index(str(row["study_id"]))
+        if not is_held_out(SITES[site], index):
             if full:
                 continue
             raise ValueError(f"{row['study_id']} is not in the test split")
         out.append(truth.parent)
     return out
+
+
+def study_site_index(study_id: str) -> tuple[str, int]:
+    """``site_a_00120`` -> ``("site_a", 120)``."""
+    site, index = study_id.rsplit("_", 1)
+    return site, int(index)
+
+
+def group_of(row: dict[str, Any]) -> str:
+    """The table group of a study row: test split or fresh, training sites or the unseen one."""
+    from service.sim.fdopa.benchmark import SITES, fresh_start
+
+    name, index = study_site_index(row["study_id"])
+    fresh = index >= fresh_start(SITES[name])
+    if row["role"] == "unseen":
+        return "site_d_unseen, fresh studies" if fresh else UNSEEN_GROUP
+    return "fresh studies, sites a-c (beyond the benchmark)" if fresh else TEST_GROUP
 
 
 def read_study(folder: Path) -> tuple[MrVolume, np.ndarray]:
@@ -120,9 +143,9 @@ def evaluate(studies: list[Path], methods: dict[str, Callable[[MrVolume], np.nda
     return rows
 
 
-def summarise(rows: list[dict[str, Any]], method: str, unseen: bool) -> dict[str, Any]:
-    """Dice mean, SD, median, IQR over lesion studies; FP mL over lesion-free ones."""
-    mine = [r for r in rows if r["method"] == method and (r["role"] == "unseen") == unseen]
+def summarise(rows: list[dict[str, Any]], method: str, group: str) -> dict[str, Any]:
+    """Dice mean, SD, median, IQR over the group's lesion studies; FP mL over lesion-free ones."""
+    mine = [r for r in rows if r["method"] == method and group_of(r) == group]
     d = np.array([r["dice"] for r in mine if r["dice"] is not None], float)
     fp = [r["pred_ml"] for r in mine if r["dice"] is None]
     out: dict[str, Any] = {"method": method, "n": int(d.size), "n_no_lesion": len(fp),
@@ -202,6 +225,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=Path("flair_ablation.json"))
     p.add_argument("--card", type=Path, default=None, help="model card to put the table in")
     p.add_argument("--note", default="", help="a line printed under the table (run state)")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=ONNX",
+                   help="another FLAIR model to evaluate beside the arms (e.g. the one shipped "
+                        "before)")
     return p.parse_args(argv)
 
 
@@ -213,12 +239,17 @@ def main(argv: list[str] | None = None) -> None:
     for arm in ("scratch", "adult", "finetune"):
         if (a.run / arm / "model.onnx").exists():
             methods[arm] = FlairSegmenter(a.run / arm / "model.onnx").lesion_mask
+    for spec in a.extra:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or name in methods or name == "baseline":
+            raise SystemExit(f"--extra {spec!r}: NAME=ONNX with a new name")
+        methods[name] = FlairSegmenter(Path(path)).lesion_mask
     methods["baseline"] = baseline_mask
     rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"))
-    summaries = [{"group": g, **summarise(rows, m, unseen)}
-                 for unseen, g in ((False, "test split, sites a-c"),
-                                   (True, "site_d_unseen (PET/MR site; same FLAIR protocols)"))
-                 for m in methods if any((r["role"] == "unseen") == unseen for r in rows)]
+    present = {group_of(r) for r in rows}
+    groups = [g for g in (TEST_GROUP, "fresh studies, sites a-c (beyond the benchmark)",
+                          UNSEEN_GROUP, "site_d_unseen, fresh studies") if g in present]
+    summaries = [{"group": g, **summarise(rows, m, g)} for g in groups for m in methods]
     text = (table(summaries) + "\n\nDice mean (n) per FLAIR protocol, all held-out studies "
             "above:\n\n" + protocol_table(rows, list(methods)) + "\n\nPaired, all held-out "
             "studies with a lesion:\n"

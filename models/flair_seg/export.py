@@ -137,14 +137,17 @@ def _f(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.flair_seg.data import flair_sample_ids, load_samples
+    from models.flair_seg.data import extra_val_ids, flair_sample_ids, load_samples
 
     p = argparse.ArgumentParser(prog="python -m models.flair_seg.export")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, default=Path(".cache/flairnet/data"))
     p.add_argument("--out", type=Path, default=None, help="shipped ONNX path (best arm)")
+    p.add_argument("--extra-paediatric-val", type=int, default=0,
+                   help="as given to the training command")
     a = p.parse_args(argv)
-    val = load_samples(a.data, flair_sample_ids("val", True))
+    val = load_samples(a.data, flair_sample_ids("val", True)
+                       + extra_val_ids(a.extra_paediatric_val))
     summary = export_arms(a.run, val, a.out,
                           {"command_seconds": "not measured (exported separately)"})
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "config"}

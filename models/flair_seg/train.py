@@ -46,7 +46,7 @@ from typing import Any
 from models.fdopa_seg.augment import AugmentConfig
 from models.fdopa_seg.data import Sample
 from models.fdopa_seg.train import DEFAULT_SEED, TrainConfig, load_net, train, validate
-from models.flair_seg.data import flair_sample_ids, generate, load_samples
+from models.flair_seg.data import extra_val_ids, flair_sample_ids, generate, load_samples
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--paediatric-limit", type=int, default=5,
                    help="paediatric training studies per site (the small fine-tuning subset)")
     p.add_argument("--adult-val-limit", type=int, default=4, help="adult validation per site")
+    p.add_argument("--extra-paediatric-val", type=int, default=0,
+                   help="paediatric validation studies per site beyond the benchmark's last "
+                        "index, added to its validation split (a steadier choice of step)")
     p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=600)
     p.add_argument("--freeze-encoder-levels", type=int, default=1)
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := [x for x in arms if x not in ARMS]:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
     t0 = time.monotonic()
-    ids = {"paediatric_val": flair_sample_ids("val", True),
+    ids = {"paediatric_val": flair_sample_ids("val", True)
+           + extra_val_ids(a.extra_paediatric_val),
            "paediatric_train": flair_sample_ids("train", True, limit=a.paediatric_limit),
            "adult_val": flair_sample_ids("val", False, limit=a.adult_val_limit),
            "adult_train": flair_sample_ids("train", False, limit=a.adult_limit)}

@@ -30,11 +30,19 @@ from models.flair_seg.data import (  # noqa: E402
     make_sample,
     sample_path,
 )
-from models.flair_seg.evaluate import held_out_studies, put_in_card, summarise, table  # noqa: E402
+from models.flair_seg.evaluate import (  # noqa: E402
+    TEST_GROUP,
+    group_of,
+    held_out_studies,
+    put_in_card,
+    summarise,
+    table,
+)
 from models.flair_seg.export import TABLE_BEGIN, TABLE_END, export_arms  # noqa: E402
 from models.flair_seg.train import arm_configs, run_arms  # noqa: E402
 from service.imaging.mr_volume import MrVolume  # noqa: E402
 from service.pipelines.fdopa_pet.flair_segment import CONTRACT, FlairSegmenter  # noqa: E402
+from service.sim.fdopa.benchmark import SITES, fresh_start  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.no_storage]
 
@@ -160,10 +168,21 @@ def test_ablation_table_and_test_split_guard(tmp_path: Path) -> None:
     # a whole benchmark: its training studies are skipped, never evaluated
     assert [p.name for p in held_out_studies(tmp_path, full=True)] == ["site_a_00005"]
     assert held_out_studies(tmp_path, full=True, sites=("site_b",)) == []
-    rows = [{"method": "finetune", "role": "train_test", "dice": d, "pred_ml": 1.0}
-            for d in (0.6, 0.8, 0.9)] + [{"method": "finetune", "role": "train_test",
-                                          "dice": None, "pred_ml": 0.5}]
-    s = summarise(rows, "finetune", unseen=False)
+    # a fresh study (beyond the benchmark, 'fdopa generate --split fresh') is held out too
+    fresh = f"site_a_{fresh_start(SITES['site_a']) + 3:05d}"
+    (tmp_path / "site_a" / fresh).mkdir()
+    (tmp_path / "site_a" / fresh / "truth.json").write_text(json.dumps(
+        {"study_id": fresh, "paediatric": True, "flair": "ax2d_3t", "role": "train_test"}))
+    assert [p.name for p in held_out_studies(tmp_path, full=True)] == ["site_a_00005", fresh]
+    rows = [{"method": "finetune", "role": "train_test", "dice": d, "pred_ml": 1.0,
+             "study_id": f"site_a_{i:05d}"} for i, d in ((0, 0.6), (5, 0.8), (10, 0.9))]
+    rows += [{"method": "finetune", "role": "train_test", "dice": None, "pred_ml": 0.5,
+              "study_id": "site_a_00015"},
+             {"method": "finetune", "role": "train_test", "dice": 0.1, "pred_ml": 0.5,
+              "study_id": fresh}]
+    assert group_of(rows[-1]) != group_of(rows[0]) == TEST_GROUP
+    assert summarise(rows, "finetune", group_of(rows[-1]))["n"] == 1
+    s = summarise(rows, "finetune", TEST_GROUP)
     assert s["n"] == 3 and s["dice_mean"] == pytest.approx(0.7667, abs=1e-3)
     assert s["dice_median"] == pytest.approx(0.8) and s["fp_ml_no_lesion"] == 0.5
     text = table([{"group": "test", **s}])
@@ -185,3 +204,34 @@ def test_shipped_model_finds_the_lesion_of_a_validation_study(cache: Path) -> No
     mask = FlairSegmenter(DEFAULT_MODEL).lesion_mask(flair)
     dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     assert dice > 0.7
+
+
+def test_fresh_split_lies_beyond_the_benchmark_and_is_held_out() -> None:
+    from service.sim.fdopa.benchmark import is_held_out, plan_study, study_indices
+
+    site = SITES["site_b"]
+    with pytest.raises(ValueError, match="limit"):
+        study_indices(site, "fresh")
+    fresh = study_indices(site, "fresh", 4)
+    assert fresh == list(range(fresh_start(site), fresh_start(site) + 4))
+    assert fresh[0] >= site.n_studies + 1000 and all(is_held_out(site, i) for i in fresh)
+    children = study_indices(site, "fresh", 3, paediatric_only=True)
+    assert len(children) == 3 and all(plan_study(site, i).paediatric for i in children)
+    test_children = study_indices(site, "test", 12, paediatric_only=True)
+    assert test_children == [i for i in study_indices(site, "test", 12)
+                             if plan_study(site, i).paediatric]
+    # training and validation studies (PET U-Net fresh validation ids included) are not held out
+    assert not is_held_out(site, 3) and not is_held_out(site, site.n_studies + 5)
+    assert is_held_out(SITES["site_d_unseen"], 3)
+
+
+def test_extra_validation_studies_lie_between_the_benchmark_and_the_fresh_split() -> None:
+    from models.flair_seg.data import extra_val_ids
+    from service.sim.fdopa.benchmark import is_held_out, plan_study
+
+    ids = extra_val_ids(3)
+    assert len(ids) == 9 and {i.site for i in ids} == {"site_a", "site_b", "site_c"}
+    for sid in ids:
+        site = SITES[sid.site]
+        assert site.n_studies <= sid.index < fresh_start(site) and not is_held_out(site, sid.index)
+        assert plan_study(site, sid.index).paediatric and sid.paediatric

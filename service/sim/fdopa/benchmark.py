@@ -178,29 +178,68 @@ def _run(args: tuple[FdopaSite, int, Path]) -> float:
     return time.monotonic() - t0
 
 
-SPLITS = ("all", "test")
+SPLITS = ("all", "test", "fresh")
+#: The fresh split starts this far beyond a site's last benchmark study: no benchmark, training
+#: or validation study (``models/fdopa_seg/data.py`` ``fresh_ids`` stays below it) is fresh.
+FRESH_OFFSET = 1000
 
 
-def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None) -> list[int]:
+def fresh_start(site: FdopaSite) -> int:
+    """The first study index of ``site``'s fresh split."""
+    return site.n_studies + FRESH_OFFSET
+
+
+def is_held_out(site: FdopaSite, index: int) -> bool:
+    """Whether study ``index`` of ``site`` may be evaluated: never trained or validated on.
+
+    Every study of the unseen site; of a training site, ``index % 5 == 0`` among the
+    benchmark's studies (the indices just beyond them are the PET U-Net's extra
+    validation studies) and the fresh split.
+    """
+    if site.role != "train_test":
+        return True
+    return index % 5 == 0 if index < site.n_studies else index >= fresh_start(site)
+
+
+def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None,
+                  paediatric_only: bool = False) -> list[int]:
     """The study indices of ``site`` in ``split``, at most ``limit`` of them.
 
     ``test`` is the held-out evaluation split: ``index % 5 == 0`` of a training
     site, every study of the unseen site. Training code never draws from it
-    (``models/fdopa_seg/data.py`` uses the same rule).
+    (``models/fdopa_seg/data.py`` uses the same rule). ``fresh`` is a second
+    held-out set for a check once the test split has been looked at: the
+    first ``limit`` (required) studies from :func:`fresh_start` on, drawn by
+    the same rules as the benchmark's. ``paediatric_only``: only the studies
+    whose plan draws a child: among the first ``limit`` of ``all`` or ``test``
+    (the same studies as without it, less the adults), ``limit`` of them in
+    ``fresh``.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if split == "fresh":
+        if limit is None:
+            raise ValueError("the fresh split needs a limit (studies per site)")
+        out: list[int] = []
+        index = fresh_start(site)
+        while len(out) < limit:
+            if not paediatric_only or plan_study(site, index).paediatric:
+                out.append(index)
+            index += 1
+        return out
     indices = list(range(site.n_studies))
     if split == "test" and site.role == "train_test":
         indices = [i for i in indices if i % 5 == 0]
-    return indices[:limit] if limit is not None else indices
+    indices = indices[:limit] if limit is not None else indices
+    return [i for i in indices if plan_study(site, i).paediatric] if paediatric_only else indices
 
 
 def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str = "all",
-             limit: int | None = None) -> Path:
+             limit: int | None = None, paediatric_only: bool = False) -> Path:
     """Generate (or finish) ``sites`` under ``out_dir``; returns the manifest path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(s, i, out_dir) for s in sites for i in study_indices(s, split, limit)
+    tasks = [(s, i, out_dir) for s in sites
+             for i in study_indices(s, split, limit, paediatric_only)
              if not is_done(out_dir, s, i)]
     if workers <= 1:
         import torch
@@ -221,12 +260,10 @@ def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str
 def write_manifest(sites: list[FdopaSite], out_dir: Path) -> Path:
     """Collect every finished study's truth (without the TAC lists) into ``manifest.csv``."""
     rows = []
-    for site in sites:
-        for i in range(site.n_studies):
-            path = _site_dir(out_dir, site) / f"{site.name}_{i:05d}" / TRUTH_FILE
-            if path.exists():
-                row = json.loads(path.read_text())
-                rows.append({k: v for k, v in row.items() if not isinstance(v, list)})
+    for site in sites:  # the benchmark's studies and any fresh ones, in index order
+        for path in sorted(_site_dir(out_dir, site).glob(f"{site.name}_[0-9]*/{TRUTH_FILE}")):
+            row = json.loads(path.read_text())
+            rows.append({k: v for k, v in row.items() if not isinstance(v, list)})
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]

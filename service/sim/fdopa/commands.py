@@ -20,9 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("out", type=Path)
     gen.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
     gen.add_argument("--limit", type=int, default=None, help="at most this many studies per site")
-    gen.add_argument("--split", choices=("all", "test"), default="all",
+    gen.add_argument("--split", choices=("all", "test", "fresh"), default="all",
                      help="test: only the held-out studies (index %% 5 == 0 of the training "
-                          "sites, every study of the unseen site)")
+                          "sites, every study of the unseen site); fresh: --limit studies per "
+                          "site beyond the benchmark (a second held-out set)")
+    gen.add_argument("--paediatric-only", action="store_true",
+                     help="only the studies whose plan draws a child: among the first --limit "
+                          "of the split (fresh: --limit of them)")
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=run_generate)
     rt = sub.add_parser("retruth", help="copy a generated benchmark's images, rewrite its "
@@ -91,8 +95,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be at least 1")
+    if args.split == "fresh" and args.limit is None:
+        raise SystemExit("--split fresh needs --limit (studies per site)")
     sites = [SITES[n] for n in names]
-    print(f"manifest {generate(sites, args.out, workers=args.workers, split=args.split, limit=args.limit)}")
+    manifest = generate(sites, args.out, workers=args.workers, split=args.split,
+                        limit=args.limit, paediatric_only=args.paediatric_only)
+    print(f"manifest {manifest}")
     return 0
 
 

@@ -34,6 +34,10 @@ def add_evaluate_mr(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
     ev.add_argument("--limit", type=int, default=None,
                     help="at most this many held-out studies per site (before the FLAIR filter)")
+    ev.add_argument("--split", choices=("test", "fresh"), default="test",
+                    help="test: the benchmark's held-out studies; fresh: the studies made by "
+                         "'fdopa generate --split fresh' (--limit and --paediatric-only as given "
+                         "there)")
     ev.add_argument("--json", type=Path, default=Path("fdopa_mr_evaluation.json"),
                     help="report JSON; per-study rows cached beside it in .jsonl")
     ev.add_argument("--markdown", type=Path, default=None, help="write the table here too")
@@ -64,6 +68,7 @@ def header_lines(args: argparse.Namespace, refs: list[Any], info: dict[str, Any]
     """What ran, on what, and what the truth is."""
     argv = ["fdopa", "evaluate-mr", str(args.bench), "--json", str(args.json)]
     for flag, value in (("--sites", args.sites), ("--limit", args.limit),
+                        ("--split", args.split if args.split != "test" else None),
                         ("--workers", args.workers)):
         if value is not None:
             argv += [flag, str(value)]
@@ -99,8 +104,10 @@ def run_evaluate_mr(args: argparse.Namespace) -> int:
     names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
     if unknown := [n for n in names if n not in SITES]:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
-    refs = flair_studies(held_out_studies(args.bench, names, args.limit)[0],
-                         args.paediatric_only)
+    if args.split == "fresh" and args.limit is None:
+        raise SystemExit("--split fresh needs --limit (as given to 'fdopa generate')")
+    refs = flair_studies(held_out_studies(args.bench, names, args.limit, args.split,
+                                          args.paediatric_only)[0], args.paediatric_only)
     if not refs:
         raise SystemExit(f"no generated held-out study with a FLAIR under {args.bench}")
 
