@@ -7,8 +7,9 @@ cache (:mod:`models.fdopa_seg.data`) holds one anatomy, named in its
 (``--data`` repeated) and the rules are:
 
 * each cache is checked against its own marker; a new cache (no marker) gets
-  this process's anatomy; the same folder twice, or two caches of one
-  anatomy, are refused (:func:`open_caches`);
+  this process's anatomy; the same folder twice, two caches of one anatomy,
+  or (with several caches) samples without a marker are refused
+  (:func:`open_caches`);
 * missing samples of a cache are simulated only when this process simulates
   that cache's anatomy; in any other cache a missing sample is an error
   naming the command that fills it (:func:`prepare_caches`,
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from models.fdopa_seg.data import (
+    ANATOMY_FILE,
     Sample,
     SampleId,
     check_anatomy,
@@ -70,11 +72,20 @@ def open_caches(paths: Sequence[Path]) -> list[Cache]:
     Raises
     ------
     ValueError
-        A folder given twice, or two caches of the same anatomy (one cache per
-        anatomy: the same studies would be in the training set twice).
+        A folder given twice, two caches of the same anatomy (one cache per
+        anatomy: the same studies would be in the training set twice), or, with
+        more than one cache, a cache holding samples without an ``anatomy.txt``
+        (made before the marker existed: its anatomy is not known, and adopting
+        this process's could mislabel it; one cache alone adopts it, as before).
     """
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError("the same --data folder is given more than once")
+    if len(paths) > 1:
+        for p in paths:
+            if read_anatomy(p) is None and any(p.glob("*.npz")):
+                raise ValueError(
+                    f"{p} holds samples but no {ANATOMY_FILE}: write the anatomy they were made "
+                    f"with (synthetic, desikan_killiany or harvard_oxford) into {p / ANATOMY_FILE}")
     now = process_anatomy()
     caches = [Cache(p, found or now, (found or now) == now)
               for p, found in ((p, read_anatomy(p)) for p in paths)]

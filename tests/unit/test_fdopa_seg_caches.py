@@ -77,6 +77,10 @@ def test_each_cache_has_its_own_anatomy(made: list[tuple[Path, str]], tmp_path: 
         open_caches([new, tmp_path / "new2"])  # both would be filled with synthetic
     with pytest.raises(ValueError, match="more than once"):
         open_caches([dk, tmp_path / "x" / ".." / "dk"])
+    legacy = _cache(tmp_path / "legacy", None, IDS[:1])  # samples from before the marker
+    with pytest.raises(ValueError, match="no anatomy.txt"):
+        open_caches([dk, legacy])
+    assert open_caches([legacy])[0].anatomy == "synthetic"  # one cache alone: as before
 
 
 def test_only_the_caches_of_this_anatomy_are_filled(made: list[tuple[Path, str]],
