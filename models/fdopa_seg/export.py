@@ -147,12 +147,13 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
         "val_dice_median": _fmt(record.get("val_dice_median")),
         "val_fp_ml": _fmt(record.get("val_fp_ml_no_tumour")),
         "val_n_tumour": record.get("val_n_tumour", "?"),
+        "val_by_anatomy": by_anatomy_text(record.get("val_by_anatomy")),
         "parity": f"{parity:.1e}", "contract": CONTRACT.to_json(),
         "history": "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val_dice_mean']:.3f} | "
                              f"{h['val_dice_median']:.3f} | {h['val_fp_ml_no_tumour']:.2f} |"
                              for h in history),
         "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?",
-        "anatomy": "synthetic", "truth_version": "1", "optimiser": optimiser_text(_config(config)),
+        "anatomy": "synthetic", "anatomy_scope": "one head anatomy", "truth_version": "1", "optimiser": optimiser_text(_config(config)),
         "train_command": RUN1_COMMAND, **extra,
     }
     write_card(card or onnx_path.with_suffix(".card.md"), fields)
@@ -173,6 +174,17 @@ def _config(saved: dict[str, Any]) -> Any:
 
     names = {f.name for f in fields(TrainConfig)} - {"augment"}
     return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def by_anatomy_text(per_anatomy: dict[str, dict[str, Any]] | None) -> str:
+    """The card's sentence on the per-anatomy validation ("" for one anatomy)."""
+    if not per_anatomy:
+        return ""
+    parts = [f"{name} Dice mean {_fmt(r['val_dice_mean'])}, median {_fmt(r['val_dice_median'])} "
+             f"({r['val_n_tumour']} with a tumour), false positives {_fmt(r['val_fp_ml_no_tumour'])} mL"
+             for name, r in per_anatomy.items()]
+    return (" Per anatomy (the figures above are their means, and the best step was chosen "
+            "on that mean): " + "; ".join(parts) + ".")
 
 
 def _fmt(value: object) -> str:

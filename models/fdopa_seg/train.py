@@ -15,6 +15,16 @@ probability >= 0.5) and keeps the best step in ``<out>/best.pt``. Every
 optimiser, step and every random state: the same command continues where a
 stopped run ended. ``<out>/history.jsonl`` has one line per validation.
 
+More than one head anatomy: ``--data`` once per anatomy's cache, e.g.
+``--data .cache/fdopa_seg/data_dk --data .cache/fdopa_seg/data_syn``
+(:mod:`models.fdopa_seg.caches`; each cache is checked against its
+own ``anatomy.txt``, only the caches of this process's anatomy are filled
+here, the others must be complete). Training patches come from the union;
+validation is reported per anatomy (``val_by_anatomy`` in the history) and in
+total, the total being the mean over the anatomies (:func:`combine`), so that
+one anatomy with more studies cannot dominate the choice of the best step.
+With one ``--data`` the records are as before.
+
 Reproducibility: the seed fixes the weight initialisation (torch's global
 generator), patch sampling and augmentation (a ``torch.Generator``). On CPU
 with the same thread count a rerun gives the same weights (checked by the
@@ -30,6 +40,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,19 +50,19 @@ import torch
 from torch.nn import functional as F
 
 from models.fdopa_seg.augment import AugmentConfig, make_patch
-from models.fdopa_seg.data import (
-    Sample,
-    check_anatomy,
-    generate,
-    load_samples,
-    sample_ids,
-    truth_version,
+from models.fdopa_seg.caches import (
+    anatomy_fields,
+    check_validation,
+    open_caches,
+    prepare_caches,
 )
+from models.fdopa_seg.data import Sample, load_samples, sample_ids
 from models.fdopa_seg.network import UNet3d
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 20261130
+DEFAULT_DATA = Path(".cache/fdopa_seg/data")
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,30 @@ def validate(net: UNet3d, samples: list[Sample]) -> dict[str, float]:
             "val_dice_median": float(np.median(dices)) if dices else float("nan"),
             "val_n_tumour": len(dices),
             "val_fp_ml_no_tumour": float(np.mean(fp_ml)) if fp_ml else 0.0}
+
+
+def combine(per_anatomy: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The total of per-anatomy validation records (:func:`validate`).
+
+    Dice mean, Dice median and false-positive mL are the means over the
+    anatomies (each anatomy weighs the same, whatever its number of studies;
+    a NaN of one anatomy makes the total NaN); ``val_n_tumour`` is the sum.
+    """
+    records = list(per_anatomy.values())
+    out: dict[str, float] = {
+        key: float(np.mean([r[key] for r in records]))
+        for key in ("val_dice_mean", "val_dice_median", "val_fp_ml_no_tumour")}
+    out["val_n_tumour"] = int(sum(r["val_n_tumour"] for r in records))
+    return out
+
+
+def validate_sets(net: UNet3d, sets: Mapping[str, list[Sample]]) -> dict[str, Any]:
+    """:func:`validate` of one set, or of each anatomy's set with their :func:`combine`d
+    total and ``val_by_anatomy`` (the per-anatomy records)."""
+    per = {name: validate(net, samples) for name, samples in sets.items()}
+    if len(per) == 1:
+        return next(iter(per.values()))
+    return {**combine(per), "val_by_anatomy": per}
 
 
 def recompute_batch_norm(net: UNet3d, samples: list[Sample], config: TrainConfig,
@@ -194,9 +229,14 @@ def _batch(samples: list[Sample], config: TrainConfig,
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
-          out: Path) -> dict[str, Any]:
-    """Train (or continue) into ``out``; returns the best validation record."""
+def train(config: TrainConfig, train_set: list[Sample],
+          val_set: list[Sample] | Mapping[str, list[Sample]], out: Path) -> dict[str, Any]:
+    """Train (or continue) into ``out``; returns the best validation record.
+
+    ``val_set``: one list, or one list per anatomy (:func:`validate_sets`; the
+    best step is the one with the best total Dice mean).
+    """
+    val_sets = val_set if isinstance(val_set, Mapping) else {"all": val_set}
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -236,7 +276,7 @@ def train(config: TrainConfig, train_set: list[Sample], val_set: list[Sample],
         if step % config.val_every == 0 or step == config.steps:
             recompute_batch_norm(net, train_set, config, step)
             record = {"step": step, "loss": float(np.mean(losses)),
-                      "seconds": round(time.monotonic() - t0, 1), **validate(net, val_set)}
+                      "seconds": round(time.monotonic() - t0, 1), **validate_sets(net, val_sets)}
             set_train_mode(net, config)
             losses = []
             with (out / "history.jsonl").open("a") as f:
@@ -276,7 +316,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m models.fdopa_seg.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
-    p.add_argument("--data", type=Path, default=Path(".cache/fdopa_seg/data"))
+    p.add_argument("--data", type=Path, action="append", default=None,
+                   help=f"sample cache of one anatomy; repeat for more anatomies "
+                        f"(default {DEFAULT_DATA})")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--lr", type=float, default=TrainConfig.learning_rate, help="peak learning rate")
@@ -301,19 +343,24 @@ def main(argv: list[str] | None = None) -> None:
                          learning_rate=a.lr, grad_clip=a.grad_clip,
                          precise_bn_batches=a.precise_bn)
     t0 = time.monotonic()
+    caches = open_caches(a.data or [DEFAULT_DATA])
     ids = {s: sample_ids(s, limit=a.limit) for s in ("train", "val")}
-    generate(a.data, ids["val"] + ids["train"], a.workers)
-    log.info("samples ready: %d train, %d val (%.0f s)", len(ids["train"]), len(ids["val"]),
-             time.monotonic() - t0)
-    sets = {k: load_samples(a.data, v, a.workers) for k, v in ids.items()}
+    prepare_caches(caches, ids["val"] + ids["train"], a.workers, a.limit)
+    train_set, val_sets = [], {}
+    for cache in caches:
+        train_set += load_samples(cache.path, cache.ids(ids["train"]), a.workers)
+        val_sets[cache.anatomy] = load_samples(cache.path, cache.ids(ids["val"]), a.workers)
+        log.info("%s (%s): %d train, %d val", cache.path, cache.anatomy, len(ids["train"]),
+                 len(ids["val"]))
+    log.info("samples ready (%.0f s)", time.monotonic() - t0)
+    check_validation(val_sets)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "command.json").write_text(json.dumps({
-        "limit_arg": f"--limit {a.limit} " if a.limit else "", "n_train": len(ids["train"]),
-        "n_val": len(ids["val"]), "anatomy": check_anatomy(a.data),
-        "truth_version": truth_version(a.data, ids["val"][0]),
+        "limit_arg": f"--limit {a.limit} " if a.limit else "",
+        **anatomy_fields(caches, ids["train"], ids["val"]),
         "train_command": " ".join(["python -m models.fdopa_seg.train", *(argv or sys.argv[1:])]),
         "optimiser": optimiser_text(config)}) + "\n")
-    best = train(config, sets["train"], sets["val"], a.out)
+    best = train(config, train_set, val_sets, a.out)
     log.info("best: %s", best)
     if a.export is not None:
         from models.fdopa_seg.export import export_run

