@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.fdopa_seg.data import Sample
 from models.fdopa_seg.export import (
     PARITY_TOLERANCE,
@@ -28,7 +30,7 @@ from models.fdopa_seg.export import (
     write_card,
 )
 from models.fdopa_seg.network import UNet3d, n_parameters
-from models.fdopa_seg.train import load_net, validate
+from models.fdopa_seg.train import dice, load_net, validate
 from service.pipelines.fdopa_pet.flair_segment import (
     CONTRACT,
     CONTRACT_METADATA_KEY,
@@ -132,6 +134,19 @@ def write_flair_card(shipped: Path, best: dict[str, Any], out: Path,
         template=CARD_TEMPLATE)
 
 
+def onnx_validation(path: Path, paediatric_val: list[Sample]) -> dict[str, float]:
+    """An exported model's paediatric validation Dice through the serving class, by the rule
+    of :func:`models.fdopa_seg.train.validate` (box Dice at cut 0.5 over the tumour studies):
+    compares a model shipped before with a new run's arms on the same studies."""
+    from service.pipelines.fdopa_pet.flair_segment import FlairSegmenter
+
+    seg = FlairSegmenter(path)
+    d = [dice(seg.predict_box(s.image_zyx) >= 0.5, s.target_zyx.astype(bool))
+         for s in paediatric_val if s.target_zyx.any()]
+    return {"val_dice_mean": float(np.mean(d)), "val_dice_median": float(np.median(d)),
+            "val_n_tumour": len(d)}
+
+
 def _f(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "-"
 
@@ -145,9 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="shipped ONNX path (best arm)")
     p.add_argument("--extra-paediatric-val", type=int, default=0,
                    help="as given to the training command")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=ONNX",
+                   help="only print these exported models' paediatric validation Dice")
     a = p.parse_args(argv)
     val = load_samples(a.data, flair_sample_ids("val", True)
                        + extra_val_ids(a.extra_paediatric_val))
+    if a.compare:
+        for spec in a.compare:
+            name, _, path = spec.partition("=")
+            print(name, json.dumps(onnx_validation(Path(path), val)))
+        return
     summary = export_arms(a.run, val, a.out,
                           {"command_seconds": "not measured (exported separately)"})
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "config"}

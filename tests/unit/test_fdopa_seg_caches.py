@@ -18,6 +18,7 @@ from models.fdopa_seg.caches import (
 )
 from models.fdopa_seg.caches import main as fill_main
 from models.fdopa_seg.data import ANATOMY_FILE, Sample, SampleId, load_sample, sample_path
+from service.testing.fdopa_sample import tiny_static_sample
 
 pytestmark = pytest.mark.no_storage
 
@@ -43,14 +44,7 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, str]]:
 
 def _write_sample(cache: Path, sid: SampleId, tumour: bool = True) -> None:
     """A small static image (2 mm, 30 x 60 x 60) with a brain block and a hot cube."""
-    shape = (30, 60, 60)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = [-59.0, -59.0, -29.0]
-    image = np.zeros(shape, np.float32)
-    labels = np.zeros(shape, np.uint8)
-    image[3:27, 5:55, 8:52], labels[3:27, 5:55, 8:52] = 1000.0, 3
-    if tumour:
-        image[12:18, 20:26, 20:26], labels[12:18, 20:26, 20:26] = 3000.0, 2
+    image, labels, affine = tiny_static_sample(tumour)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(sample_path(cache, sid), image_zyx=image, labels_zyx=labels,
                         affine=affine, truth=np.array(json.dumps({"truth_version": 2})))

@@ -31,6 +31,7 @@ from service.pipelines.fdopa_pet.segment import (  # noqa: E402
     SegContract,
     TumourSegmenter,
 )
+from service.testing.fdopa_sample import tiny_static_sample  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.no_storage]
 
@@ -249,13 +250,7 @@ def test_the_evaluation_summary(run: Path, tmp_path: Path) -> None:
     assert [s.index for s in evaluation_ids("site_d_unseen", 3)] == [0, 1, 2]
     onnx_path = tmp_path / "seg.onnx"
     export_onnx(load_net(run / "best.pt")[0], onnx_path)
-    shape = (30, 60, 60)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = [-59.0, -59.0, -29.0]
-    image = np.zeros(shape, np.float32)
-    labels = np.zeros(shape, np.uint8)
-    image[3:27, 5:55, 8:52], labels[3:27, 5:55, 8:52] = 1000.0, 3
-    image[12:18, 20:26, 20:26], labels[12:18, 20:26, 20:26] = 3000.0, 2
+    image, labels, affine = tiny_static_sample()
     np.savez_compressed(tmp_path / "s.npz", image_zyx=image, labels_zyx=labels, affine=affine)
     row = evaluate_study(TumourSegmenter(onnx_path), tmp_path / "s.npz")
     assert row["truth_ml"] == pytest.approx(216 * 0.008) and 0.0 <= row["dice"] <= 1.0
