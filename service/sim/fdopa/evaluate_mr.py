@@ -106,8 +106,11 @@ def run_evaluate_mr(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
     if args.split == "fresh" and args.limit is None:
         raise SystemExit("--split fresh needs --limit (as given to 'fdopa generate')")
+    # the fresh split's --limit counts children when it was generated --paediatric-only; in
+    # the test split the truth decides (flair_studies), as before
     refs = flair_studies(held_out_studies(args.bench, names, args.limit, args.split,
-                                          args.paediatric_only)[0], args.paediatric_only)
+                                          args.paediatric_only and args.split == "fresh")[0],
+                         args.paediatric_only)
     if not refs:
         raise SystemExit(f"no generated held-out study with a FLAIR under {args.bench}")
 
