@@ -38,6 +38,8 @@ from service.pipelines.fdopa_pet.segment import to_native
 
 PAPER = "0.82 ± 0.11"
 TEST_GROUP = "test split, sites a-c"
+#: The classical baseline's identity in the cached rows (bump when its rule changes).
+BASELINE_ID = "baseline:v1"
 UNSEEN_GROUP = "site_d_unseen (PET/MR site; same FLAIR protocols)"
 GOAL = "≥ 0.88 ± 0.08"
 ARM_LABELS = {"scratch": "from scratch, paediatric subset only",
@@ -113,13 +115,21 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def evaluate(studies: list[Path], methods: dict[str, Callable[[MrVolume], np.ndarray]],
-             rows_path: Path | None = None) -> list[dict[str, Any]]:
-    """One row per study and method: Dice, volumes (mL); cached in ``rows_path`` (JSON lines)."""
+             rows_path: Path | None = None,
+             identities: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per study and method: Dice, volumes (mL); cached in ``rows_path`` (JSON lines).
+
+    ``identities``: what each method is (a model's SHA-256, :data:`BASELINE_ID`), stored
+    in its rows as ``model``; a cached row of another identity (another run's arm of
+    the same name) is not reused.
+    """
+    identities = identities or {}
     done: dict[tuple[str, str], dict[str, Any]] = {}
     if rows_path is not None and rows_path.exists():
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["study_id"], r["method"])] = r
+            if r.get("model") == identities.get(r["method"]):
+                done[(r["study_id"], r["method"])] = r
     rows = []
     for folder in studies:
         truth_row = json.loads((folder / "truth.json").read_text())
@@ -135,7 +145,8 @@ def evaluate(studies: list[Path], methods: dict[str, Callable[[MrVolume], np.nda
                     "flair": truth_row["flair"], "tumour_class": truth_row["tumour_class"],
                     "truth_ml": float(truth.sum()) * voxel_ml,
                     "pred_ml": float(pred.sum()) * voxel_ml,
-                    "dice": dice(pred, truth) if truth.any() else None}
+                    "dice": dice(pred, truth) if truth.any() else None,
+                    "model": identities.get(name)}
                 if rows_path is not None:
                     with rows_path.open("a") as f:
                         f.write(json.dumps(done[(folder.name, name)]) + "\n")
@@ -235,17 +246,21 @@ def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     sites = tuple(x.strip() for x in a.sites.split(",")) if a.sites else None
     studies = [s for b in a.bench for s in held_out_studies(b, a.full_benchmark, sites)]
-    methods: dict[str, Callable[[MrVolume], np.ndarray]] = {}
+    models: dict[str, FlairSegmenter] = {}
     for arm in ("scratch", "adult", "finetune"):
         if (a.run / arm / "model.onnx").exists():
-            methods[arm] = FlairSegmenter(a.run / arm / "model.onnx").lesion_mask
+            models[arm] = FlairSegmenter(a.run / arm / "model.onnx")
     for spec in a.extra:
         name, sep, path = spec.partition("=")
-        if not sep or not name or name in methods or name == "baseline":
+        if not sep or not name or name in models or name == "baseline":
             raise SystemExit(f"--extra {spec!r}: NAME=ONNX with a new name")
-        methods[name] = FlairSegmenter(Path(path)).lesion_mask
+        models[name] = FlairSegmenter(Path(path))
+    methods: dict[str, Callable[[MrVolume], np.ndarray]] = {
+        name: m.lesion_mask for name, m in models.items()}
     methods["baseline"] = baseline_mask
-    rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"))
+    identities = {name: str(m.info.model_sha256) for name, m in models.items()}
+    identities["baseline"] = BASELINE_ID
+    rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"), identities)
     present = {group_of(r) for r in rows}
     groups = [g for g in (TEST_GROUP, "fresh studies, sites a-c (beyond the benchmark)",
                           UNSEEN_GROUP, "site_d_unseen, fresh studies") if g in present]

@@ -246,3 +246,31 @@ def test_flair_sample_ids_keep_their_age_group() -> None:
     assert all(s.paediatric and plan_study(SITES[s.site], s.index).paediatric for s in children)
     assert not any(s.paediatric or plan_study(SITES[s.site], s.index).paediatric for s in adults)
     assert all(s.anatomy == "" and s.key == s.study_id for s in children + adults)
+
+
+def test_cached_ablation_rows_are_reused_only_for_the_same_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.flair_seg.evaluate as ev
+
+    study = tmp_path / "site_a" / "site_a_00005"
+    study.mkdir(parents=True)
+    (study / "truth.json").write_text(json.dumps(
+        {"study_id": study.name, "role": "train_test", "flair": "ax2d_3t", "tumour_class": "lgg"}))
+    truth = np.zeros((4, 4, 4), bool)
+    truth[1:3, 1:3, 1:3] = True
+    flair = MrVolume(np.ones((4, 4, 4), np.float32), np.eye(4), "1.2.3", "1.2.4")
+    monkeypatch.setattr(ev, "read_study", lambda folder: (flair, truth))
+    calls: list[str] = []
+
+    def method(tag: str) -> Any:
+        def segment(volume: MrVolume) -> np.ndarray:
+            calls.append(tag)
+            return truth
+        return segment
+
+    rows_path = tmp_path / "rows.jsonl"
+    ev.evaluate([study], {"finetune": method("a")}, rows_path, {"finetune": "sha-a"})
+    ev.evaluate([study], {"finetune": method("a")}, rows_path, {"finetune": "sha-a"})
+    assert calls == ["a"]  # the second run reads the cache
+    rows = ev.evaluate([study], {"finetune": method("b")}, rows_path, {"finetune": "sha-b"})
+    assert calls == ["a", "b"] and rows[0]["model"] == "sha-b" and rows[0]["dice"] == 1.0
