@@ -40,7 +40,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,11 +113,17 @@ def predict_box(net: UNet3d, image_zyx: np.ndarray) -> np.ndarray:
         return torch.sigmoid(net(x))[0, 0].numpy()
 
 
-def validate(net: UNet3d, samples: list[Sample]) -> dict[str, float]:
-    """Mean and median Dice over the samples with a tumour; false-positive mL without one."""
+def validate(net: UNet3d | Callable[[np.ndarray], np.ndarray],
+             samples: list[Sample]) -> dict[str, float]:
+    """Mean and median Dice over the samples with a tumour; false-positive mL without one.
+
+    ``net``: the network, or any box-probability function (an exported model's
+    ``predict_box``), judged by the same rule (cut 0.5).
+    """
+    predict = (lambda image: predict_box(net, image)) if isinstance(net, UNet3d) else net
     dices, fp_ml = [], []
     for s in samples:
-        pred = predict_box(net, s.image_zyx) >= 0.5
+        pred = predict(s.image_zyx) >= 0.5
         truth = s.target_zyx.astype(bool)
         if truth.any():
             dices.append(dice(pred, truth))

@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.fdopa_seg.data import Sample
 from models.fdopa_seg.export import (
     PARITY_TOLERANCE,
@@ -30,7 +28,7 @@ from models.fdopa_seg.export import (
     write_card,
 )
 from models.fdopa_seg.network import UNet3d, n_parameters
-from models.fdopa_seg.train import dice, load_net, validate
+from models.fdopa_seg.train import load_net, validate
 from service.pipelines.fdopa_pet.flair_segment import (
     CONTRACT,
     CONTRACT_METADATA_KEY,
@@ -135,16 +133,10 @@ def write_flair_card(shipped: Path, best: dict[str, Any], out: Path,
 
 
 def onnx_validation(path: Path, paediatric_val: list[Sample]) -> dict[str, float]:
-    """An exported model's paediatric validation Dice through the serving class, by the rule
-    of :func:`models.fdopa_seg.train.validate` (box Dice at cut 0.5 over the tumour studies):
-    compares a model shipped before with a new run's arms on the same studies."""
-    from service.pipelines.fdopa_pet.flair_segment import FlairSegmenter
-
-    seg = FlairSegmenter(path)
-    d = [dice(seg.predict_box(s.image_zyx) >= 0.5, s.target_zyx.astype(bool))
-         for s in paediatric_val if s.target_zyx.any()]
-    return {"val_dice_mean": float(np.mean(d)), "val_dice_median": float(np.median(d)),
-            "val_n_tumour": len(d)}
+    """An exported model's paediatric validation record through the serving class, by the
+    rule of :func:`models.fdopa_seg.train.validate`: compares a model shipped before with a
+    new run's arms on the same studies."""
+    return validate(FlairSegmenter(path).predict_box, paediatric_val)
 
 
 def _f(value: object) -> str:
