@@ -217,6 +217,10 @@ def test_fresh_split_lies_beyond_the_benchmark_and_is_held_out() -> None:
     assert fresh[0] >= site.n_studies + 1000 and all(is_held_out(site, i) for i in fresh)
     children = study_indices(site, "fresh", 3, paediatric_only=True)
     assert len(children) == 3 and all(plan_study(site, i).paediatric for i in children)
+    later = study_indices(site, "fresh", 2, paediatric_only=True, skip=2)
+    assert later == study_indices(site, "fresh", 4, paediatric_only=True)[2:]
+    with pytest.raises(ValueError, match="fresh"):
+        study_indices(site, "test", 4, skip=1)
     test_children = study_indices(site, "test", 12, paediatric_only=True)
     assert test_children == [i for i in study_indices(site, "test", 12)
                              if plan_study(site, i).paediatric]

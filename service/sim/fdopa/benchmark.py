@@ -202,7 +202,7 @@ def is_held_out(site: FdopaSite, index: int) -> bool:
 
 
 def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None,
-                  paediatric_only: bool = False) -> list[int]:
+                  paediatric_only: bool = False, skip: int = 0) -> list[int]:
     """The study indices of ``site`` in ``split``, at most ``limit`` of them.
 
     ``test`` is the held-out evaluation split: ``index % 5 == 0`` of a training
@@ -213,20 +213,23 @@ def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None,
     the same rules as the benchmark's. ``paediatric_only``: only the studies
     whose plan draws a child: among the first ``limit`` of ``all`` or ``test``
     (the same studies as without it, less the adults), ``limit`` of them in
-    ``fresh``.
+    ``fresh``. ``skip`` (fresh only): leave out the first ``skip`` studies of the
+    fresh split that qualify (a new check set once the first ones have been looked at).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if skip and split != "fresh":
+        raise ValueError("skip applies to the fresh split only")
     if split == "fresh":
         if limit is None:
             raise ValueError("the fresh split needs a limit (studies per site)")
         out: list[int] = []
         index = fresh_start(site)
-        while len(out) < limit:
+        while len(out) < limit + skip:
             if not paediatric_only or plan_study(site, index).paediatric:
                 out.append(index)
             index += 1
-        return out
+        return out[skip:]
     indices = list(range(site.n_studies))
     if split == "test" and site.role == "train_test":
         indices = [i for i in indices if i % 5 == 0]
@@ -235,11 +238,11 @@ def study_indices(site: FdopaSite, split: str = "all", limit: int | None = None,
 
 
 def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str = "all",
-             limit: int | None = None, paediatric_only: bool = False) -> Path:
+             limit: int | None = None, paediatric_only: bool = False, skip: int = 0) -> Path:
     """Generate (or finish) ``sites`` under ``out_dir``; returns the manifest path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = [(s, i, out_dir) for s in sites
-             for i in study_indices(s, split, limit, paediatric_only)
+             for i in study_indices(s, split, limit, paediatric_only, skip)
              if not is_done(out_dir, s, i)]
     if workers <= 1:
         import torch

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--paediatric-only", action="store_true",
                      help="only the studies whose plan draws a child: among the first --limit "
                           "of the split (fresh: --limit of them)")
+    gen.add_argument("--skip", type=int, default=0,
+                     help="fresh split: leave out its first SKIP studies per site (those "
+                          "already looked at), then --limit more")
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=run_generate)
     rt = sub.add_parser("retruth", help="copy a generated benchmark's images, rewrite its "
@@ -101,10 +104,15 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit("--limit must be at least 1")
     if args.split == "fresh" and args.limit is None:
         raise SystemExit("--split fresh needs --limit (studies per site)")
+    if args.skip and args.split != "fresh":
+        raise SystemExit("--skip applies to --split fresh only")
+    if args.skip < 0:
+        raise SystemExit("--skip must not be negative")
     sites = [SITES[n] for n in names]
     print(f"head labels: {head_anatomy().describe()}")
     manifest = generate(sites, args.out, workers=args.workers, split=args.split,
-                        limit=args.limit, paediatric_only=args.paediatric_only)
+                        limit=args.limit, paediatric_only=args.paediatric_only,
+                        skip=args.skip)
     print(f"manifest {manifest}")
     return 0
 

@@ -26,13 +26,13 @@ CARD_END = "<!-- paper evaluation: end -->"
 
 
 def held_out_studies(bench: Path, site_names: Sequence[str], limit: int | None,
-                     split: str = "test", paediatric_only: bool = False
+                     split: str = "test", paediatric_only: bool = False, skip: int = 0
                      ) -> tuple[list[Any], dict[str, int]]:
     """(StudyRef of every generated held-out study, count not generated per site).
 
     ``split``: "test" (the benchmark's held-out studies) or "fresh" (beyond the
     benchmark, :func:`service.sim.fdopa.benchmark.study_indices`; ``limit``
-    required); ``paediatric_only`` as there.
+    required); ``paediatric_only`` and ``skip`` as there.
     """
     from service.pipelines.fdopa_pet.evaluation import StudyRef
     from service.sim.fdopa.benchmark import SITES, study_indices
@@ -43,7 +43,7 @@ def held_out_studies(bench: Path, site_names: Sequence[str], limit: int | None,
         site = SITES[name]
         if split not in ("test", "fresh"):
             raise ValueError(f"split {split!r}: only 'test' and 'fresh' are held out")
-        indices = study_indices(site, split, limit, paediatric_only)
+        indices = study_indices(site, split, limit, paediatric_only, skip)
         found = [StudyRef(name, f"{name}_{i:05d}", bench / name / f"{name}_{i:05d}")
                  for i in indices]
         present = [r for r in found if (r.folder / TRUTH_FILE).is_file()]

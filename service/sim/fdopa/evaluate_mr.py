@@ -38,6 +38,8 @@ def add_evaluate_mr(sub: argparse._SubParsersAction) -> None:
                     help="test: the benchmark's held-out studies; fresh: the studies made by "
                          "'fdopa generate --split fresh' (--limit and --paediatric-only as given "
                          "there)")
+    ev.add_argument("--skip", type=int, default=0,
+                    help="fresh split: as given to 'fdopa generate --skip'")
     ev.add_argument("--json", type=Path, default=Path("fdopa_mr_evaluation.json"),
                     help="report JSON; per-study rows cached beside it in .jsonl")
     ev.add_argument("--markdown", type=Path, default=None, help="write the table here too")
@@ -69,7 +71,7 @@ def header_lines(args: argparse.Namespace, refs: list[Any], info: dict[str, Any]
     argv = ["fdopa", "evaluate-mr", str(args.bench), "--json", str(args.json)]
     for flag, value in (("--sites", args.sites), ("--limit", args.limit),
                         ("--split", args.split if args.split != "test" else None),
-                        ("--workers", args.workers)):
+                        ("--skip", args.skip or None), ("--workers", args.workers)):
         if value is not None:
             argv += [flag, str(value)]
     if args.paediatric_only:
@@ -106,10 +108,13 @@ def run_evaluate_mr(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown site(s) {', '.join(unknown)}; known: {', '.join(SITES)}")
     if args.split == "fresh" and args.limit is None:
         raise SystemExit("--split fresh needs --limit (as given to 'fdopa generate')")
+    if args.skip and args.split != "fresh":
+        raise SystemExit("--skip applies to --split fresh only")
     # the fresh split's --limit counts children when it was generated --paediatric-only; in
     # the test split the truth decides (flair_studies), as before
     refs = flair_studies(held_out_studies(args.bench, names, args.limit, args.split,
-                                          args.paediatric_only and args.split == "fresh")[0],
+                                          args.paediatric_only and args.split == "fresh",
+                                          args.skip)[0],
                          args.paediatric_only)
     if not refs:
         raise SystemExit(f"no generated held-out study with a FLAIR under {args.bench}")
