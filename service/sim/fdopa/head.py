@@ -48,6 +48,7 @@ import SimpleITK as sitk
 
 from service.imaging.atlas import Atlas, load_atlas
 from service.sim.anatomy import SubjectTransform, _ellipsoids, _head_mask
+from service.sim.fdopa import harvard_oxford
 
 #: Compact label set (value in the label maps of this package).
 LABELS: dict[str, int] = {
@@ -122,8 +123,7 @@ ANATOMIES: dict[str, str] = {"synthetic": "synthetic", "dk": "desikan_killiany",
 SOURCE_FILES: dict[str, tuple[str, ...]] = {
     "synthetic": (),
     "desikan_killiany": (DK_FILE,),
-    "harvard_oxford": ("atlas_harvard_oxford.nii.gz", "labels_harvard_oxford.csv",
-                       "atlas_neuromorphometrics.nii.gz", "labels_neuromorphometrics.csv"),
+    "harvard_oxford": harvard_oxford.FILES,
 }
 
 
@@ -267,9 +267,7 @@ def _labels_of(choice: AnatomyChoice) -> np.ndarray:
     elif choice.source == "desikan_killiany":
         labels = dk_labels(atlas, choice.folder)
     else:
-        from service.sim.fdopa.harvard_oxford import ho_labels
-
-        labels = ho_labels(atlas, choice.folder)
+        labels = harvard_oxford.ho_labels(atlas, choice.folder)
     labels.setflags(write=False)
     return labels
 
