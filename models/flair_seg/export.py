@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from service.pipelines.fdopa_pet.flair_segment import (
     CONTRACT_METADATA_KEY,
     FlairSegmenter,
 )
+from service.pipelines.fdopa_pet.segment import mirrored_probability
 
 CARD_TEMPLATE = Path(__file__).with_name("CARD_TEMPLATE.md")
 ARMS_FILE = "arms.json"
@@ -132,11 +134,16 @@ def write_flair_card(shipped: Path, best: dict[str, Any], out: Path,
         template=CARD_TEMPLATE)
 
 
-def onnx_validation(path: Path, paediatric_val: list[Sample]) -> dict[str, float]:
+def onnx_validation(path: Path, paediatric_val: list[Sample],
+                    mirror: bool = False) -> dict[str, float]:
     """An exported model's paediatric validation record through the serving class, by the
     rule of :func:`models.fdopa_seg.train.validate`: compares a model shipped before with a
-    new run's arms on the same studies."""
-    return validate(FlairSegmenter(path).predict_box, paediatric_val)
+    new run's arms on the same studies; ``mirror``: with the left-right mirror test-time
+    augmentation (:func:`service.pipelines.fdopa_pet.segment.mirrored_probability`)."""
+    predict = FlairSegmenter(path).predict_box
+    if mirror:
+        return validate(partial(mirrored_probability, predict), paediatric_val)
+    return validate(predict, paediatric_val)
 
 
 def _f(value: object) -> str:
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="as given to the training command")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=ONNX",
                    help="only print these exported models' paediatric validation Dice")
+    p.add_argument("--mirror", action="store_true",
+                   help="with --compare: also with the left-right mirror test-time "
+                        "augmentation (the choice of flair_segment.MIRROR_TTA)")
     a = p.parse_args(argv)
     val = load_samples(a.data, flair_sample_ids("val", True)
                        + extra_val_ids(a.extra_paediatric_val))
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         for spec in a.compare:
             name, _, path = spec.partition("=")
             print(name, json.dumps(onnx_validation(Path(path), val)))
+            if a.mirror:
+                print(f"{name}+mirror", json.dumps(onnx_validation(Path(path), val, True)))
         return
     summary = export_arms(a.run, val, a.out,
                           {"command_seconds": "not measured (exported separately)"})

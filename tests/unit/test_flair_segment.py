@@ -31,7 +31,7 @@ from service.pipelines.fdopa_pet.segment import CONTRACT as PET_CONTRACT  # noqa
 from service.pipelines.fdopa_pet.segment import (  # noqa: E402
     CONTRACT_METADATA_KEY as PET_KEY,
 )
-from service.pipelines.fdopa_pet.segment import to_native  # noqa: E402
+from service.pipelines.fdopa_pet.segment import mirrored_probability, to_native  # noqa: E402
 
 pytestmark = pytest.mark.no_storage
 
@@ -147,7 +147,9 @@ def _sigmoid_model(path: Path, props: dict[str, str]) -> Path:
 def test_served_probabilities_on_the_native_grid(flair: MrVolume, tmp_path: Path) -> None:
     path = _sigmoid_model(tmp_path / "flair.onnx", {CONTRACT_METADATA_KEY: CONTRACT.to_json()})
     seg = FlairSegmenter(path)
-    prob = seg.probabilities(flair)
+    prob = seg.probabilities(flair, mirror=False)
+    # a voxel-wise model gives the same with the mirror test-time augmentation
+    assert np.abs(seg.probabilities(flair, mirror=True) - prob).max() < 1e-6
     assert prob.shape == flair.array_zyx.shape and prob.dtype == np.float32
     net = preprocess_flair(flair.array_zyx, flair.affine)
     expected = to_native(1 / (1 + np.exp(-(net.image_zyx - 1.5))), net, prob.shape, flair.affine)
@@ -156,6 +158,21 @@ def test_served_probabilities_on_the_native_grid(flair: MrVolume, tmp_path: Path
     assert seg.info.method == "unet" and seg.info.model_sha256 == seg._model.sha256
     with pytest.raises(ValueError):
         seg.lesion_mask(flair, cut=1.0)
+
+
+def test_mirror_averages_with_the_left_right_flipped_prediction() -> None:
+    """Left-right is the box's last (x) axis; the flipped prediction is flipped back."""
+    rng = np.random.default_rng(3)
+    box = rng.random((4, 5, 6)).astype(np.float32)
+    weight = np.linspace(0.0, 1.0, 6, dtype=np.float32)  # a network that is not symmetric
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return x * weight
+
+    out = mirrored_probability(predict, box)
+    expected = 0.5 * (box * weight + box * weight[::-1])
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+    assert out.dtype == np.float32 and not np.allclose(out, predict(box))
 
 
 @pytest.mark.parametrize("props", [

@@ -56,6 +56,7 @@ from service.pipelines.fdopa_pet.segment import (
     NetInput,
     box_reference,
     image_from_zyx,
+    mirrored_probability,
     to_native,
 )
 
@@ -68,6 +69,10 @@ INPUT_NAME = "volume"
 OUTPUT_NAME = "probability"
 #: Default probability cut of :meth:`FlairSegmenter.lesion_mask`.
 LESION_PROBABILITY = 0.5
+#: Whether :meth:`FlairSegmenter.probabilities` averages with the left-right mirrored
+#: prediction (:func:`service.pipelines.fdopa_pet.segment.mirrored_probability`); chosen
+#: on the paediatric validation studies (docs/fdopa_flair_route.md, "The FLAIR U-Net").
+MIRROR_TTA = False
 
 
 @dataclass(frozen=True)
@@ -192,13 +197,16 @@ class FlairSegmenter(ContractModel):
         super().__init__(model_path, CONTRACT, FlairContract.from_json, CONTRACT_METADATA_KEY,
                          "FLAIR segmentation", expected_sha256, intra_op_threads)
 
-    def probabilities(self, flair: MrVolume) -> np.ndarray:
+    def probabilities(self, flair: MrVolume, mirror: bool = MIRROR_TTA) -> np.ndarray:
         """Whole-tumour probability of every voxel of the FLAIR.
 
         Parameters
         ----------
         flair : MrVolume
             The FLAIR series as one volume (:mod:`service.imaging.mr_volume`).
+        mirror : bool
+            Test-time augmentation (:func:`mirrored_probability`); default
+            :data:`MIRROR_TTA`.
 
         Returns
         -------
@@ -207,7 +215,8 @@ class FlairSegmenter(ContractModel):
             ``flair.array_zyx``); 0 outside the contract's box.
         """
         net_input = preprocess_flair(flair.array_zyx, flair.affine, self.contract)
-        prob = self.predict_box(net_input.image_zyx)
+        prob = (mirrored_probability(self.predict_box, net_input.image_zyx) if mirror
+                else self.predict_box(net_input.image_zyx))
         return to_native(prob, net_input, tuple(np.shape(flair.array_zyx)), flair.affine)
 
     def lesion_mask(self, flair: MrVolume, cut: float = LESION_PROBABILITY) -> np.ndarray:
