@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.testing.fuzz import NODE_SETTINGS, Fuzzer  # noqa: E402
+from service.testing.fuzz import Fuzzer  # noqa: E402
 from service.testing.fuzz_campaign import run_campaign, summary  # noqa: E402
+from service.testing.fuzz_node import NODE_SETTINGS  # noqa: E402
 from service.testing.node import NodeProcess  # noqa: E402
 from service.testing.peers import require_tool  # noqa: E402
 from service.testing.ports import free_port  # noqa: E402

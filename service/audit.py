@@ -10,20 +10,8 @@ counts). ``docs/operations.md`` ("Audit trail") lists every record.
 The node's ordinary log never carries identifiers (:mod:`service.logs`);
 this module writes them to a separate file and nowhere else.
 
-File handling
--------------
-* created ``0600`` in a folder created ``0700``; a folder that group or
-  others may write is refused at start-up (anyone could swap the file);
-* opened ``O_APPEND``, never truncated; each record is one ``write()`` of a
-  whole line, so records of several threads or processes never interleave;
-* a record is in the kernel when :meth:`AuditTrail.write` returns, so a
-  crash of the process (kill -9) loses nothing written; ``fsync`` runs every
-  ``fsync_interval_s`` while records are waiting (0: after every record), on
-  rotation and on close, so a power loss loses at most that interval;
-* rotation renames the file to ``<stem>-<UTC time>.jsonl`` when it reaches
-  ``rotate_mb`` or is ``rotate_hours`` old; a rotated file is deleted only
-  once that time is more than ``retention_days`` ago, never earlier. Another
-  process writing the same path notices the rename and reopens.
+The file itself (permissions, append-only writes, rotation, retention,
+fsync) is :mod:`service.audit_file`.
 
 Writing never raises into the caller (an SCP thread, a worker, the API): a
 failed write is logged (``audit_write_failed``, errno only) and counted
@@ -33,27 +21,14 @@ raise, and the node then refuses to start.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
-import logging
-import os
-import socket
-import stat
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from pydicom.sr.codedict import codes
 
-from service import metrics
-
-log = logging.getLogger(__name__)
+from service.audit_file import AuditTrail, count_write_failure
 
 _DCM = codes.DCM
 #: PS3.15 A.5 Event IDs (CID 400) and Event Type Codes (CID 401) the node writes.
@@ -73,9 +48,6 @@ SOURCE_ROLE = _DCM.SourceRoleID                          # 110153
 DESTINATION_ROLE = _DCM.DestinationRoleID                # 110152
 APPLICATION_ROLE = _DCM.Application                      # 110150
 
-MIB = 1024 * 1024
-_STAMP = "%Y%m%dT%H%M%SZ"
-
 
 class Outcome(IntEnum):
     """A.5 Event Outcome Indicator."""
@@ -86,23 +58,12 @@ class Outcome(IntEnum):
     MAJOR_FAILURE = 12
 
 
-class AuditError(Exception):
-    """The trail cannot be opened as required (start-up refuses)."""
-
-    log_safe = True  # paths and modes only, no identifiers
-
-
 def code(value: Any) -> dict[str, str] | None:
     """A pydicom ``Code`` as ``{"code", "scheme", "meaning"}`` (None stays None)."""
     if value is None:
         return None
     return {"code": str(value.value), "scheme": str(value.scheme_designator),
             "meaning": str(value.meaning)}
-
-
-def utc_iso(seconds: float) -> str:
-    """``2026-11-30T19:10:00.123456Z`` for seconds since the epoch."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def participant(role: Any, *, requestor: bool, ae_title: str | None = None,
@@ -121,262 +82,6 @@ def patient_study(ds: Any) -> dict[str, Any]:
     return {"study_uid": value("StudyInstanceUID"), "patient_id": value("PatientID"),
             "accession": value("AccessionNumber")}
 
-
-@dataclass
-class AuditTrail:
-    """The append-only audit file of this process (see the module docstring).
-
-    Parameters
-    ----------
-    path : Path
-        The current file, e.g. ``var/audit/audit.jsonl``.
-    retention_days : int
-        Rotated files whose rotation time is older than this are deleted.
-    rotate_mb : float
-        Rotate when the current file reaches this size, MiB.
-    rotate_hours : float
-        Rotate when the current file's first record is this old, hours.
-    fsync_interval_s : float
-        Longest time a written record waits for ``fsync``, seconds (0: each record).
-    source : mapping
-        The A.5 Audit Source Identification fields put in every record.
-    clock : callable
-        Seconds since the epoch (tests pass a fake one).
-    """
-
-    path: Path
-    retention_days: int = 365
-    rotate_mb: float = 64.0
-    rotate_hours: float = 24.0
-    fsync_interval_s: float = 1.0
-    source: Mapping[str, Any] | None = None
-    clock: Callable[[], float] = time.time
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._started_at = 0.0
-        self._dirty = False
-        self._seq = 0
-        self._closing = threading.Event()
-        self._syncer: threading.Thread | None = None
-        self._source = {"node_id": socket.gethostname(), "pid": os.getpid(),
-                        **dict(self.source or {})}
-
-    # --- lifecycle -------------------------------------------------------------
-    def open(self) -> AuditTrail:
-        """Create the folder and file (or append to the existing one), purge expired files.
-
-        Raises
-        ------
-        AuditError
-            The folder is writable by group or others, or cannot be made.
-        OSError
-            The file cannot be opened.
-        """
-        folder = self.path.parent
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AuditError(f"audit folder {folder} cannot be created: "
-                             f"{errno.errorcode.get(exc.errno or 0, exc.errno)}") from None
-        mode = folder.stat().st_mode
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise AuditError(f"audit folder {folder} is writable by group or others "
-                             f"(mode {stat.S_IMODE(mode):04o}); make it 0700")
-        with self._lock:
-            self._open_file()
-        self.purge()
-        if self.fsync_interval_s > 0:
-            self._syncer = threading.Thread(target=self._sync_loop, name="audit-sync",
-                                            daemon=True)
-            self._syncer.start()
-        return self
-
-    def close(self) -> None:
-        """fsync and close (idempotent)."""
-        self._closing.set()
-        if self._syncer is not None:
-            self._syncer.join(5.0)
-            self._syncer = None
-        with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
-
-    def _open_file(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)  # an older file may have been made under a looser umask
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = fd
-        self._started_at = self._first_record_time()
-        _fsync_dir(self.path.parent)
-
-    def _first_record_time(self) -> float:
-        try:
-            with self.path.open("rb") as f:
-                first = f.readline()
-            if not first:
-                return self.clock()
-            return datetime.strptime(json.loads(first)["time"],
-                                     "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-        except (OSError, ValueError, KeyError, TypeError):
-            return self.path.stat().st_mtime
-
-    # --- writing ---------------------------------------------------------------
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Append one record (``time`` and ``source`` added); raises OSError on failure."""
-        with self._lock:
-            if self._fd is None:
-                raise OSError(errno.EBADF, "audit trail is closed")
-            now = self.clock()
-            self._reopen_if_moved()
-            if self._due_for_rotation(now):
-                self._rotate(now)
-            self._seq += 1
-            line = json.dumps({"time": utc_iso(now), **record,
-                               "source": {**self._source, "seq": self._seq}},
-                              ensure_ascii=True, separators=(",", ":"), default=str)
-            _write_all(self._fd, (line + "\n").encode("ascii"))
-            if self.fsync_interval_s <= 0:
-                os.fsync(self._fd)
-            else:
-                self._dirty = True
-
-    def _reopen_if_moved(self) -> None:
-        """Another process rotated the file: follow the path to the new one."""
-        assert self._fd is not None
-        try:
-            moved = os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
-        except FileNotFoundError:
-            moved = True
-        if moved:
-            os.fsync(self._fd)
-            self._open_file()
-
-    def _due_for_rotation(self, now: float) -> bool:
-        assert self._fd is not None
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            return False
-        return (size >= self.rotate_mb * MIB
-                or now - self._started_at >= self.rotate_hours * 3600.0)
-
-    def rotate(self) -> Path | None:
-        """Rotate now (tests, operators); returns the rotated file's path."""
-        with self._lock:
-            return self._rotate(self.clock())
-
-    def _rotate(self, now: float) -> Path | None:
-        """Rename the current file aside and start a new one, under a cross-process lock."""
-        assert self._fd is not None
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
-                self._open_file()  # another process rotated it meanwhile
-                return None
-            os.fsync(self._fd)
-            target = self._rotated_name(now)
-            os.rename(self.path, target)
-            self._open_file()
-        finally:
-            os.close(lock_fd)  # releases the flock
-        self._purge_locked(now)
-        return target
-
-    def _rotated_name(self, now: float) -> Path:
-        stamp = datetime.fromtimestamp(now, UTC).strftime(_STAMP)
-        candidate = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
-        n = 1
-        while candidate.exists():
-            candidate = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
-            n += 1
-        return candidate
-
-    # --- retention -------------------------------------------------------------
-    def rotated_files(self) -> list[tuple[float, Path]]:
-        """Rotated files with their rotation time (seconds since the epoch), oldest first."""
-        found = []
-        prefix, suffix = f"{self.path.stem}-", self.path.suffix
-        for candidate in self.path.parent.glob(f"{prefix}*{suffix}"):
-            stamp, _, n = candidate.name[len(prefix):len(candidate.name) - len(suffix)
-                                         ].partition("-")
-            try:
-                when = datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC).timestamp()
-                order = int(n or 0)
-            except ValueError:
-                continue  # not ours: never touched
-            found.append((when, order, candidate))
-        return [(when, path) for when, _, path in sorted(found)]
-
-    def purge(self) -> list[Path]:
-        """Delete rotated files older than ``retention_days``; returns what was deleted."""
-        with self._lock:
-            return self._purge_locked(self.clock())
-
-    def _purge_locked(self, now: float) -> list[Path]:
-        cutoff = now - self.retention_days * 86400.0
-        deleted = []
-        for rotated_at, path in self.rotated_files():
-            if rotated_at < cutoff:  # its newest record is older than the retention
-                path.unlink(missing_ok=True)
-                deleted.append(path)
-        if deleted:
-            log.info("audit_files_purged", extra={"fields": {"files": len(deleted)}})
-        return deleted
-
-    # --- fsync timer -------------------------------------------------------------
-    def _sync_loop(self) -> None:
-        while not self._closing.wait(self.fsync_interval_s):
-            self.sync_pending()
-
-    def sync_pending(self) -> None:
-        """fsync what was written since the last sync, without holding the write lock.
-
-        The fsync runs on a duplicate of the descriptor, outside the lock: a
-        slow fsync (a busy disk flushing other files' data first) never makes
-        an association thread wait to append its record. A rotation meanwhile
-        closes only the original descriptor; the duplicate still syncs the
-        file it was taken from.
-        """
-        with self._lock:
-            if not self._dirty or self._fd is None:
-                return
-            fd = os.dup(self._fd)
-            self._dirty = False
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            with self._lock:
-                self._dirty = True
-            _count_failure(exc)
-        finally:
-            os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _count_failure(exc: OSError) -> None:
-    metrics.AUDIT_WRITE_ERRORS.inc()
-    log.error("audit_write_failed", extra={"fields": {
-        "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno))}})
 
 
 # --- the process's trail ---------------------------------------------------------
@@ -452,4 +157,4 @@ def emit(event: str, event_id: Any, event_type: Any = None, *, action: str = "E"
     try:
         trail.write(record)
     except OSError as exc:  # the trail's edge: the caller's work goes on, the loss is counted
-        _count_failure(exc)
+        count_write_failure(exc)

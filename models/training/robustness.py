@@ -199,7 +199,8 @@ def v1_heldout_groups(per_site: int, seed: int = V1_SEED) -> dict[str, list[int]
     benchmark (every study of it was measured then: no failures).
     """
     from models.training.data import Study, assign_splits
-    from service.sim.benchmark import SCANS_PER_ANATOMY, SITES, study_id
+    from service.sim.benchmark import SCANS_PER_ANATOMY, study_id
+    from service.sim.sites import SITES
 
     studies = [Study(study_id(site, i), site.name, site.role,
                      f"{site.name}_a{i // SCANS_PER_ANATOMY:04d}", "", Path())
@@ -217,7 +218,8 @@ def generate_v1_heldout(out_dir: Path, per_site: int, workers: int = 1) -> Path:
     """Generate those groups (benchmark version 1 bytes) under ``out_dir``; the manifest."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from service.sim.benchmark import SITES, _run_group, claim_version, write_manifest
+    from service.sim.benchmark import _run_group, claim_version, write_manifest
+    from service.sim.sites import SITES
 
     claim_version(out_dir, 1)
     tasks = [(SITES[name], g, out_dir)

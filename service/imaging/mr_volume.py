@@ -26,12 +26,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from service.errors import AnalysisError
-from service.imaging.pet_volume import (
-    _check_stack,
-    _multiframe_volume,
-    _oriented,
-    check_series,
-)
+from service.imaging.slice_stack import check_series, check_stack, multiframe_volume, oriented
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -74,14 +69,14 @@ def _per_slice(datasets: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray]:
         raise AnalysisError("inconsistent geometry: slices of more than one orientation",
                             "inconsistent_geometry")
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-    _check_stack(positions, datasets[0].ImageOrientationPatient, None, "the MR series")
+    check_stack(positions, datasets[0].ImageOrientationPatient, None, "the MR series")
     try:
         volume = hd.get_volume_from_series(list(datasets), dtype=np.float32,
                                            orientation_tol=1e-4)
     except (ValueError, AttributeError) as exc:
         raise AnalysisError("inconsistent geometry: slices do not form one regular volume",
                             "inconsistent_geometry") from exc
-    return _oriented(volume)
+    return oriented(volume)
 
 
 def _multiframe(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +86,7 @@ def _multiframe(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
         raise AnalysisError("missing geometry: multi-frame MR header not readable",
                             "missing_geometry") from exc
     numbers = list(range(1, int(ds.NumberOfFrames) + 1))
-    return _multiframe_volume(image, ds, numbers, 0)
+    return multiframe_volume(image, ds, numbers, 0)
 
 
 def mr_volume_from_datasets(datasets: Sequence[Dataset]) -> MrVolume:

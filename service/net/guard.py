@@ -1,18 +1,11 @@
-"""Bounds and refusals at the socket edge, the same for both acceptors.
+"""Bounds and refusals inside one association at the socket edge, for both acceptors.
 
 pynetdicom leaves several ways for a peer to hold a thread, a socket or disk
-space that the node cannot take back (reliability audit D4, D5, D7, D9):
+space that the node cannot take back (reliability audit D4, D5, D7, D9). The
+bounds at TCP accept (per-host slots, socket receive timeouts, the PROXY
+header of a balancer) are :mod:`service.net.bounded_server`; this module
+guards one association:
 
-* :func:`bounded_server_class` makes the association server answer a
-  connection at TCP accept with an A-ASSOCIATE-RJ (transient, local limit
-  exceeded) and close it, before a byte is read, when its IP address
-  already holds ``max_per_host`` connections, and gives every accepted
-  socket a receive timeout (a half-sent PDU no longer blocks a thread);
-  behind a TCP balancer of ``node.proxy_from`` the address is the client's,
-  read from the balancer's PROXY header (:mod:`service.net.proxy_protocol`)
-  in the connection's thread before the association starts;
-  :func:`end_waiting_acceptor` hands a slot back as soon as a connection
-  closes before its A-ASSOCIATE-RQ (not after the ARTIM time);
 * :class:`AssociationGuard` wraps, per association, the two places where a
   peer's message enters pynetdicom:
 
@@ -35,12 +28,8 @@ Nothing here decodes a data set: only the command set pynetdicom decoded.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
-import socket
-import threading
-from collections import Counter
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -49,22 +38,15 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
-from service.net.proxy_protocol import ProxyHeaderError, is_trusted, read_header
 from service.net.status import Status
 from service.store.spool import is_disk_full
 
 log = logging.getLogger(__name__)
 
-#: Accept-loop rounds (a connection, or 0.5 s idle) between young garbage collections.
-GC_EVERY_ROUNDS = 60
 #: Free space is re-checked each time a data set grows by this much, bytes.
 FREE_CHECK_BYTES = 16 * 1024 * 1024
-#: A-ASSOCIATE-RJ PDU: rejected-transient, service-provider (presentation), local
-#: limit exceeded (PS3.8 9.3.4), sent unasked to a connection over its host's slots.
-REJECT_LOCAL_LIMIT = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02))
 #: C-STORE-RQ in Command Field (0000,0100).
 C_STORE_RQ = 0x0001
 #: Command Data Set Type (0000,0800) meaning "no data set follows".
@@ -91,136 +73,6 @@ def count_refusal(refusal: Refusal) -> None:
     log.warning("store_refused", extra={"fields": {
         "reason": refusal.reason, "status": f"0x{int(refusal.status):04X}"}})
 
-
-# --- TCP accept ------------------------------------------------------------------------
-class BoundedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with per-address slots and socket timeouts.
-
-    Class attributes are set by :func:`bounded_server_class` (the server
-    starts serving before an instance could be configured).
-    """
-
-    max_per_host: int = 5
-    receive_timeout_s: float | None = 30.0
-    on_refused: Callable[[str], None] | None = None
-    #: Balancer addresses (IPs or networks) whose connections start with a PROXY header.
-    proxy_from: tuple[str, ...] = ()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots_lock = threading.Lock()
-        self._starting: Counter[str] = Counter()
-        self._rounds = 0
-        super().__init__(*args, **kwargs)
-
-    def service_actions(self) -> None:
-        """A young garbage collection every :data:`GC_EVERY_ROUNDS` accept rounds.
-
-        pynetdicom forces a *full* one every 60 rounds: a stop-the-world pause of
-        every association that grows with the heap (4-11 s measured with 3 million
-        objects). Ended associations' cycles are young; the interpreter's own
-        full collections take the rest.
-        """
-        self._rounds += 1
-        if self._rounds >= GC_EVERY_ROUNDS:
-            self._rounds = 0
-            gc.collect(1)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        request, address = super().get_request()
-        request.settimeout(self.receive_timeout_s)
-        return request, address
-
-    def _connections_from(self, host: str) -> int:
-        live = sum(1 for assoc in self.active_associations
-                   if assoc.is_alive() and assoc.requestor.address == host)
-        return live + self._starting[host]
-
-    def _take_slot(self, request: Any, host: str) -> bool:
-        """Count a connection from ``host``; refuse (reject PDU, metric) when over."""
-        with self._slots_lock:
-            refused = self._connections_from(host) >= self.max_per_host
-            if not refused:
-                self._starting[host] += 1
-        if refused:
-            # counted first, so a peer that has read the rejection finds it counted
-            if self.on_refused is not None:
-                self.on_refused("host_limit")
-            # the peer reads this as a transient rejection once it has sent its
-            # A-ASSOCIATE-RQ, as for pynetdicom's association limit; best effort
-            with contextlib.suppress(OSError):
-                request.send(REJECT_LOCAL_LIMIT)
-        return not refused
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close at once) a connection over the address's slots.
-
-        A connection from a balancer of ``proxy_from`` is counted in its own
-        thread, once its PROXY header has named the client.
-        """
-        host = str(client_address[0])
-        if self.proxy_from and is_trusted(host, self.proxy_from):
-            return True
-        return self._take_slot(request, host)
-
-    def _client_behind_proxy(self, request: Any, client_address: Any) -> Any:
-        """The client's address from the balancer's PROXY header, slot taken; or None."""
-        try:
-            header = read_header(request, self.receive_timeout_s or 30.0)
-        except (ProxyHeaderError, OSError) as exc:
-            log.warning("proxy_header_refused", extra={"fields": {"reason": str(exc)}})
-            if self.on_refused is not None:
-                self.on_refused("proxy_header")
-            return None
-        address = header.source or (str(client_address[0]), int(client_address[1]))
-        return address if self._take_slot(request, address[0]) else None
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.proxy_from and is_trusted(str(client_address[0]), self.proxy_from):
-            client_address = self._client_behind_proxy(request, client_address)
-            if client_address is None:
-                self.shutdown_request(request)
-                return
-        host = str(client_address[0])
-        # Under the slots lock, so _take_slot never sees the connection twice (its
-        # association already live, its start not yet released): a burst of connections
-        # was refused one slot early. Returns once the association's thread runs.
-        with self._slots_lock:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self._starting[host] -= 1
-                if self._starting[host] <= 0:
-                    del self._starting[host]
-
-
-def bounded_server_class(max_per_host: int, receive_timeout_s: float | None,
-                         on_refused: Callable[[str], None] | None = None,
-                         proxy_from: Collection[str] = ()) -> type[BoundedServer]:
-    """A :class:`BoundedServer` subclass carrying these bounds."""
-    return type("BoundedServer", (BoundedServer,), {
-        "max_per_host": max_per_host, "receive_timeout_s": receive_timeout_s,
-        "proxy_from": tuple(proxy_from),
-        "on_refused": staticmethod(on_refused) if on_refused is not None else None})
-
-
-def end_waiting_acceptor(assoc: Any) -> bool:
-    """On a closed connection, end an acceptor still waiting for its A-ASSOCIATE-RQ.
-
-    pynetdicom's association thread waits ``acse_timeout`` (the ARTIM time,
-    10 s) for the request even after the peer has closed the connection (the
-    DUL goes back to idle without telling it), and holds the address's slot
-    meanwhile: a few raw connections that send nothing, garbage or half a PDU
-    and close locked their host out for 10 s (fuzz finding). A ``None`` on the
-    DUL's user queue is what that wait returns on a timeout: the thread closes
-    the association at once. Call from ``EVT_CONN_CLOSE``; True when it did.
-    """
-    dul = getattr(assoc, "dul", None)
-    queue = getattr(dul, "to_user_queue", None)
-    if (queue is None or not assoc.is_acceptor or assoc.is_established
-            or assoc.requestor.primitive is not None or not queue.empty()):
-        return False
-    queue.put(None)
-    return True
 
 
 # --- one association ---------------------------------------------------------------------
@@ -420,6 +272,4 @@ class AssociationGuard:
         self.assoc.dimse.send_msg(rsp, context_id)
 
 
-__all__ = ["DISK_FULL", "AssociationGuard", "BoundedServer", "Refusal", "abort_from_dul",
-           "end_waiting_acceptor",
-           "bounded_server_class", "count_refusal"]
+__all__ = ["DISK_FULL", "AssociationGuard", "Refusal", "abort_from_dul", "count_refusal"]

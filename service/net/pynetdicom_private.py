@@ -1,10 +1,10 @@
 """The pynetdicom internals the event acceptor uses, in one table, checked at start-up.
 
-:mod:`service.net.acceptor` copies pynetdicom 3.0's reactor loops and reaches
-into private attributes. A renamed private would otherwise raise inside the
-DUL thread and abort every association at run time; checking the table when
-the server is made turns that into a refusal to start that names what is
-missing.
+:mod:`service.net.acceptor` and :mod:`service.net.event_dul` copy pynetdicom
+3.0's reactor loops and reach into private attributes. A renamed private
+would otherwise raise inside the DUL thread and abort every association at
+run time; checking the table when the server is made turns that into a
+refusal to start that names what is missing.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ precise status and an ErrorComment; nothing patient-related is logged
 Bounds and refusals that must act before the handler (per-host connection
 slots, socket receive timeouts, size and free-space limits while a data set
 arrives, unknown SOP classes, undecodable commands) live in
-:mod:`service.net.guard`, the same for both acceptors.
+:mod:`service.net.bounded_server` (at TCP accept) and :mod:`service.net.guard`
+(within an association), the same for both acceptors.
 
 Durability costs one flush per instance on ext4/XFS/btrfs with the default
 ``storage.spool_sync = "auto"`` (data written out, rename, fsync of the file),
@@ -64,7 +65,8 @@ from service import metrics
 from service.config import Settings
 from service.dicom import codes
 from service.net import acceptor, audit_events, tls, tls_port
-from service.net.guard import AssociationGuard, bounded_server_class, end_waiting_acceptor
+from service.net.bounded_server import bounded_server_class, end_waiting_acceptor
+from service.net.guard import AssociationGuard
 from service.net.instance_store import (  # noqa: F401 - re-exported (older import path)
     DEFAULT_QUIET_S,
     FREE_FLOOR_MB,

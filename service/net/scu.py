@@ -39,7 +39,9 @@ PostgreSQL, on the NOTIFY a job's finish sends on
 :data:`~service.store.dialect.OUTBOX_CHANNEL` (any node); polling is the fallback.
 
 The association itself (presentation contexts, TLS, time limits) is
-:mod:`service.net.scu_association`; this module is the send and retry policy.
+:mod:`service.net.scu_association`, what each attempt leaves behind (the
+outbox row, metric, audit record and log line) :mod:`service.net.scu_outcome`;
+this module is the send and retry policy.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pydicom.errors import InvalidDicomError
@@ -58,7 +60,7 @@ from pynetdicom.association import Association
 
 from service import metrics
 from service.logs import safe_text
-from service.net import audit_events, tls
+from service.net import tls
 from service.net.scu_association import (
     MAX_CONTEXTS,
     DestinationLike,
@@ -67,6 +69,7 @@ from service.net.scu_association import (
     tls_args,
     tls_destinations_checked,
 )
+from service.net.scu_outcome import DELIVERED_STATUSES, PassReport, mark_in_flight, record_outcome
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
 from service.store.dialect import OUTBOX_CHANNEL, dialect_of, try_destination_lock
@@ -79,27 +82,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Statuses after which the destination holds the object (PS3.4 Table B.2-1).
-DELIVERED_STATUSES = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
-
 
 class DatabaseLike(Protocol):
     """What the sender needs of the database (``service.store.rows.Rows``)."""
 
     def connect(self) -> Any: ...
-
-
-@dataclass
-class PassReport:
-    """What one pass over a destination did (counts of items)."""
-
-    destination: str
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-    #: Another node's sender holds the destination (PostgreSQL): nothing was claimed.
-    elsewhere: bool = False
 
 
 def retry_policy_from_settings(sender_settings: Any) -> RetryPolicy:
@@ -300,52 +287,15 @@ class Sender:
             self._record(conn, item, report, int(status), error, retry=True)
 
     def _mark_in_flight(self, conn: Any, item: OutboxItem) -> bool:
-        """Commit the in-flight mark before the C-STORE; False when the item is not ours."""
-        if item.in_flight_at is not None:  # on the wire when its sender died: maybe stored
-            metrics.OUTPUTS_RESENT.labels(destination=item.destination).inc()
-            log.warning("output_resent_after_interruption", extra={"fields": {
-                "item_id": item.id, "job_id": item.job_id, "destination": item.destination}})
-        with conn:
-            if outbox.mark_in_flight(conn, item.id, item.lease_token, self._clock()):
-                return True
-        log.warning("outbox_item_changed", extra={"fields": {"item_id": item.id}})
-        return False
+        """Commit the in-flight mark (:func:`~service.net.scu_outcome.mark_in_flight`)."""
+        return mark_in_flight(conn, item, self._clock())
 
     def _record(self, conn: Any, item: OutboxItem, report: PassReport, status: int | None,
                 error: str | None, retry: bool = False) -> None:
-        """Write one outcome to the database at once (so a crash loses at most this one).
-
-        Every write names the pass's lease: an item whose lease was taken over
-        (or that a retried job queued again) is left to its new state.
-        """
-        now = self._clock()
-        fields = {"item_id": item.id, "job_id": item.job_id, "destination": item.destination,
-                  "attempt": item.attempts + 1}
-        with conn:
-            token = item.lease_token
-            if error is None:
-                if not outbox.mark_sent(conn, item.id, now, token):
-                    log.warning("outbox_item_changed", extra={"fields": fields})
-                result = "sent"  # the destination has it, whatever the row says now
-            elif retry:
-                result = outbox.mark_retry(conn, item.id, error, self._policy, now, token)
-                result = "retry" if result == "pending" else result
-            else:
-                result = "failed" if outbox.mark_failed(conn, item.id, error, now, token) else "gone"
-        metrics.DELIVERIES.labels(destination=item.destination, result=result).inc()
-        audit_events.output_sent(self._calling_ae, self._destinations.get(item.destination),
-                                 item, status, result, error)
-        if result == "sent":
-            report.sent += 1
-            log.info("output_delivered", extra={"fields": {**fields, "status": f"0x{status:04X}"}})
-            return
-        report.errors.append(error or "")
-        if result == "retry":
-            report.retried += 1
-        else:
-            report.failed += 1
-        log.warning("output_not_delivered", extra={"fields": {**fields, "result": result,
-                                                              "error": error}})
+        """Commit one outcome at once (:func:`~service.net.scu_outcome.record_outcome`)."""
+        record_outcome(conn, item, report, status, error, retry=retry, policy=self._policy,
+                       now=self._clock(), calling_ae=self._calling_ae,
+                       destination=self._destinations.get(item.destination))
 
     # --- threads ---------------------------------------------------------------
     def start(self) -> None:

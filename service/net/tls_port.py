@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def tls_server_class(base: type[ThreadedAssociationServer], contexts: tls.ReloadingContext
                      ) -> type[ThreadedAssociationServer]:
-    """``base`` (a :func:`~service.net.guard.bounded_server_class`) serving TLS."""
+    """``base`` (a :func:`~service.net.bounded_server.bounded_server_class`) serving TLS."""
 
     class TlsServer(base):  # type: ignore[valid-type,misc]
         proxy_from = ()  # the TLS port reads no PROXY header (a balancer passes TLS through)

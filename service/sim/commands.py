@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.sim.benchmark import SiteSpec
+    from service.sim.sites import SiteSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _version_argument(parser: argparse.ArgumentParser) -> None:
-    from service.sim.benchmark import BENCHMARK_VERSION, BENCHMARKS
+    from service.sim.sites import BENCHMARK_VERSION, BENCHMARKS
 
     parser.add_argument(
         "--version",
@@ -99,9 +99,10 @@ def _check_n(n: int) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from service.sim.benchmark import generate, profile_site
+    from service.sim.benchmark import generate
     from service.sim.broad_profiles import BROAD_PROFILE
     from service.sim.profiles import get_profile
+    from service.sim.sites import profile_site
 
     _check_n(args.n)
     try:
@@ -118,7 +119,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _selected_sites(names: str | None, limit: int | None, version: int) -> list[SiteSpec]:
     from dataclasses import replace
 
-    from service.sim.benchmark import BENCHMARKS
+    from service.sim.sites import BENCHMARKS
 
     sites = BENCHMARKS[version]
     chosen = list(sites) if not names else [n.strip() for n in names.split(",") if n.strip()]
@@ -146,9 +147,10 @@ def run_benchmark_generate(args: argparse.Namespace) -> int:
 
 
 def run_benchmark_describe(args: argparse.Namespace) -> int:
-    from service.sim.benchmark import BENCHMARKS, TRUTH_FILE, study_id
+    from service.sim.benchmark import TRUTH_FILE, study_id
     from service.sim.broad_profiles import BROAD_PROFILE
     from service.sim.profiles import get_profile
+    from service.sim.sites import BENCHMARKS
 
     print(f"benchmark version {args.version}")
     for site in BENCHMARKS[args.version].values():

@@ -20,10 +20,10 @@ import numpy as np
 if TYPE_CHECKING:
     from service.sim.anatomy import ScanGrid, SubjectPhantom, SubjectTransform
     from service.sim.appearance import Appearance
-    from service.sim.benchmark import SiteSpec
     from service.sim.disease import Background, DiseaseState
     from service.sim.profiles import CameraProfile
     from service.sim.scan import AnatomyScanner
+    from service.sim.sites import SiteSpec
 
 APPEARANCES: tuple[str, ...] = ("classic", "broad")
 

@@ -115,7 +115,8 @@ def render_appearance(out_png: Path, seed: int, ages: tuple[int, ...] = (35, 60,
 
 def render_broad(out_png: Path, n: int, seed: int) -> list[dict[str, object]]:
     """Phantom and scan of ``n`` broad subjects; returns one row of draws per subject."""
-    from service.sim.benchmark import SCANS_PER_ANATOMY, SiteSpec
+    from service.sim.benchmark import SCANS_PER_ANATOMY
+    from service.sim.sites import SiteSpec
 
     plt = _plt()
     site = SiteSpec(_MONTAGE_SITE, "broad", n * SCANS_PER_ANATOMY, seed, "custom",

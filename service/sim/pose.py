@@ -151,9 +151,9 @@ def simulate_posed(profile: str, seed: int, index: int,
         Fields of the drawn :class:`~service.sim.appearance.Appearance` to
         replace (broad appearance only; e.g. ``{"salivary": 4.0}``).
     """
-    from service.sim.benchmark import SiteSpec
     from service.sim.groups import plan_group, plan_scanner
     from service.sim.scan import support_grid, to_image
+    from service.sim.sites import SiteSpec
 
     site = SiteSpec("posed", profile, 1_000_000, seed, "custom", {"multiframe": 1.0}, appearance)
     plan = plan_group(site, index, 1)

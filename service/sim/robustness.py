@@ -37,12 +37,12 @@ from service.sim.anatomy import STRIATAL_COMPONENTS
 from service.sim.benchmark import (
     SCANS_PER_ANATOMY,
     TRUTH_FILE,
-    SiteSpec,
     _write_study,
     study_id,
     write_manifest,
 )
 from service.sim.disease import DiseaseState
+from service.sim.sites import SiteSpec
 
 if TYPE_CHECKING:
     from service.sim.groups import GroupPlan

@@ -1,13 +1,13 @@
 """Read-only views over ``jobs`` for the API, the admin page and /metrics.
 
-The queue's writes (and the one ``Job`` row type) stay in
-:mod:`service.store.jobs`; these summaries only read. Functions take a
-connection and do not commit.
+The queue's writes stay in :mod:`service.store.jobs`, the one ``Job`` row
+type in :mod:`service.store.job_row`; these summaries only read. Functions
+take a connection and do not commit.
 """
 
 from __future__ import annotations
 
-from service.store.jobs import _COLUMNS, JOB_STATES, Job, _job
+from service.store.job_row import JOB_COLUMNS, JOB_STATES, Job, job_from_row
 from service.store.rows import Connection
 
 
@@ -15,9 +15,9 @@ def latest_done_per_pipeline(conn: Connection, study_uid: str) -> dict[str, Job]
     """For each pipeline, the newest done job of a study (what the API serves)."""
     latest: dict[str, Job] = {}
     for row in conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state = 'done'"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_uid = ? AND state = 'done'"
             " ORDER BY finished_at DESC, id DESC", (study_uid,)):
-        job = _job(row)
+        job = job_from_row(row)
         latest.setdefault(job.pipeline, job)
     return latest
 
@@ -35,9 +35,9 @@ def recent_studies(conn: Connection, limit: int = 20) -> list[tuple[str, list[Jo
     for study_uid in studies:
         latest: dict[str, Job] = {}
         for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_uid = ? AND state != 'superseded'"
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_uid = ? AND state != 'superseded'"
                 " ORDER BY id DESC", (study_uid,)):
-            job = _job(row)
+            job = job_from_row(row)
             latest.setdefault(job.pipeline, job)
         out.append((study_uid, [latest[name] for name in sorted(latest)]))
     return out

@@ -3,13 +3,20 @@
 Usage::
 
     from service.testing.fuzz import Fuzzer
+    from service.testing.fuzz_node import Sender
+    from service.testing.fuzz_wire import send_http, send_raw
     fz = Fuzzer(seed=4, work_dir=tmp_path / "seeds")
+    sender = Sender(node.scp_port, node.ae_title)
     for case in fz.datasets(200):          # DatasetCase: bytes, command UIDs, garbage flag
-        outcome = send_dataset(node.scp_port, node.ae_title, case)
-    for case in fz.pdu_cases(40):          # PduCase: a name and the bytes to write raw
-        outcome = send_raw(node.scp_port, case)
-    for case in fz.http_cases(20):         # raw HTTP request bytes
+        outcome = sender.store(case)
+    for case in fz.pdu_cases(40, node.ae_title):   # PduCase: a name and the bytes to write raw
+        outcome = send_raw(node.scp_port, case, node.ae_title)
+    for case in fz.http_cases(20, token):  # raw HTTP request bytes
         status = send_http(node.api_port, case)
+
+This module makes the data set cases; the raw PDU and HTTP cases and their
+senders are :mod:`service.testing.fuzz_wire`, the C-STORE sender and the
+probes of the node :mod:`service.testing.fuzz_node`.
 
 Every input is derived from ``random.Random(seed)`` only, so a failing input
 is reproduced from (seed, index). Each dataset input gets its own series
@@ -26,9 +33,7 @@ from __future__ import annotations
 
 import copy
 import random
-import socket
 import struct
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import suppress
@@ -44,7 +49,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.dicom import codes
-from service.testing.scu import reactor_paused
+from service.testing.fuzz_wire import HttpCase, PduCase, http_cases, pdu_cases
 
 #: Marker in traversal UIDs and file names: must never appear as a file anywhere.
 TRAVERSAL_MARKER = "FUZZPWN"
@@ -88,22 +93,6 @@ class DatasetCase:
     series_uid: str          # as written in the data set (before byte mutations)
     context_class: str       # presentation context to send on
 
-
-@dataclass
-class PduCase:
-    """Raw bytes written to the DICOM port; ``associate`` first if set."""
-
-    index: int
-    name: str
-    chunks: list[bytes]
-    associate: bool = False
-
-
-@dataclass
-class HttpCase:
-    index: int
-    name: str
-    raw: bytes
 
 
 @dataclass
@@ -387,285 +376,11 @@ class Fuzzer:
             return b"\0" * 8  # (pynetdicom sends no fragment at all for b"")
         return bytes(rng.randrange(256) for _ in range(rng.choice([4, 128, 4096])))
 
-    # --- raw PDUs -----------------------------------------------------------------
+    # --- raw PDUs and HTTP (service.testing.fuzz_wire) --------------------------------
     def pdu_cases(self, n: int, called: str, calling: str = "STORESCU") -> Iterator[PduCase]:
-        names = ["garbage", "bad_type", "header_only_huge", "truncated_rq", "rq_bad_length",
-                 "rq_bad_items", "pdata_before_assoc", "release_before_assoc", "zero_length",
-                 "after_assoc_garbage", "after_assoc_second_rq", "after_assoc_pdata_bad_pdv",
-                 "after_assoc_truncated_pdata", "after_assoc_huge_length",
-                 "after_assoc_unknown_context", "after_assoc_release_rp", "after_assoc_abort"]
-        for i in range(n):
-            rng = random.Random(f"{self.seed}-pdu-{i}")
-            name = names[i % len(names)] if i < len(names) else rng.choice(names)
-            rq = associate_rq(called, calling)
-            assoc = name.startswith("after_assoc")
-            junk = bytes(rng.randrange(256) for _ in range(rng.choice([1, 6, 64, 2000])))
-            chunks: list[bytes] = {
-                "garbage": [junk],
-                "bad_type": [bytes([rng.choice([0, 8, 9, 0x7F, 0xFF]), 0]) + struct.pack(">I", 4) + b"abcd"],
-                "header_only_huge": [bytes([rng.choice([1, 4]), 0]) + struct.pack(">I", rng.choice(
-                    [0xFFFFFFFF, 0x40000000, 0x10000000]))],
-                "truncated_rq": [rq[: rng.randrange(1, len(rq))]],
-                "rq_bad_length": [rq[:2] + struct.pack(">I", rng.choice([0, 3, len(rq) + 500]))
-                                  + rq[6:]],
-                "rq_bad_items": [_corrupt_items(rq, rng)],
-                "pdata_before_assoc": [p_data(1, b"\x03" + junk)],
-                "release_before_assoc": [b"\x05\x00" + struct.pack(">I", 4) + b"\0\0\0\0"],
-                "zero_length": [b"\x04\x00\x00\x00\x00\x00"],
-                "after_assoc_garbage": [junk],
-                "after_assoc_second_rq": [rq],
-                "after_assoc_pdata_bad_pdv": [b"\x04\x00" + struct.pack(">I", 10)
-                                              + struct.pack(">I", rng.choice([0, 1, 0xFFFF, 200]))
-                                              + b"\x01\x03" + b"\0" * 4],
-                "after_assoc_truncated_pdata": [p_data(1, b"\x03" + junk)[: rng.randrange(3, 20)]],
-                "after_assoc_huge_length": [b"\x04\x00" + struct.pack(">I", 0xFFFFFFF0) + junk[:8]],
-                "after_assoc_unknown_context": [p_data(rng.choice([3, 99, 255]), b"\x03" + junk)],
-                "after_assoc_release_rp": [b"\x06\x00" + struct.pack(">I", 4) + b"\0\0\0\0"],
-                "after_assoc_abort": [b"\x07\x00" + struct.pack(">I", 4) + b"\0\0\0\0", junk],
-            }[name]
-            yield PduCase(i, name, chunks, associate=assoc)
+        """Raw PDU cases from this fuzzer's seed (:func:`~service.testing.fuzz_wire.pdu_cases`)."""
+        return pdu_cases(self.seed, n, called, calling)
 
-    # --- HTTP -------------------------------------------------------------------------
     def http_cases(self, n: int, token: str) -> Iterator[HttpCase]:
-        auth = f"Authorization: Bearer {token}\r\n".encode()
-        base: list[tuple[str, bytes]] = [
-            ("garbage_line", b"\x00\xff GARBAGE\r\n\r\n"),
-            ("no_version", b"GET /health\r\n\r\n"),
-            ("huge_header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: " + b"A" * 200_000 + b"\r\n\r\n"),
-            ("bad_content_length", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
-             + b"Content-Length: -5\r\n\r\n"),
-            ("short_body", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
-             + b"Content-Length: 100\r\n\r\n{"),
-            ("traversal", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
-            ("no_token", b"GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("bad_token", b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\n\r\n"),
-            ("int_overflow", b"GET /jobs?limit=99999999999999999999 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
-            ("negative", b"GET /jobs/-1 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
-            ("bad_json", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
-             + b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{{{{{"),
-            ("unicode_path", "GET /jobs/\u00e9\u4e2d HTTP/1.1\r\nHost: x\r\n".encode() + auth + b"\r\n"),
-            ("method", b"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("chunked_bad", b"POST /jobs/1/retry HTTP/1.1\r\nHost: x\r\n" + auth
-             + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n"),
-            ("many_headers", b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n"),
-            ("nul_in_path", b"GET /jobs/\x00 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"),
-        ]
-        for i in range(n):
-            name, raw = base[i % len(base)]
-            yield HttpCase(i, name, raw)
-
-
-# --- PDU helpers -------------------------------------------------------------------------
-def _item(item_type: int, value: bytes) -> bytes:
-    return bytes([item_type, 0]) + struct.pack(">H", len(value)) + value
-
-
-def associate_rq(called: str, calling: str,
-                 abstract: str = codes.NM_IMAGE_STORAGE) -> bytes:
-    """A well-formed A-ASSOCIATE-RQ with one presentation context (id 1), explicit VR LE."""
-    app = _item(0x10, b"1.2.840.10008.3.1.1.1")
-    pc = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, abstract.encode())
-               + _item(0x40, ExplicitVRLittleEndian.encode()))
-    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode()
-            + b"\0" * 32 + app + pc + user)
-    return b"\x01\x00" + struct.pack(">I", len(body)) + body
-
-
-def _corrupt_items(rq: bytes, rng: random.Random) -> bytes:
-    buf = bytearray(rq)
-    pos = rng.randrange(74, len(buf) - 2)
-    struct.pack_into(">H", buf, pos, rng.choice([0, 0xFFFF, 1, 500]))
-    return bytes(buf)
-
-
-def p_data(context_id: int, pdv: bytes) -> bytes:
-    item = struct.pack(">I", len(pdv) + 1) + bytes([context_id]) + pdv
-    return b"\x04\x00" + struct.pack(">I", len(item)) + item
-
-
-def send_raw(port: int, case: PduCase, called: str, timeout_s: float = 10.0) -> str:
-    """Write a raw case; returns how the node ended it: closed, abort, reject, or no_close."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        try:
-            if case.associate:
-                sock.sendall(associate_rq(called, "STORESCU"))
-                first = sock.recv(6)
-                if not first or first[0] != 0x02:
-                    return f"assoc_refused_{first[:1].hex() or 'closed'}"
-                (length,) = struct.unpack(">I", first[2:6])
-                _recv_exact(sock, length)
-            for chunk in case.chunks:
-                sock.sendall(chunk)
-            sock.shutdown(socket.SHUT_WR) if case.name.startswith("truncated") else None
-            start, answer = time.monotonic(), b""
-            while time.monotonic() - start < timeout_s:
-                got = sock.recv(65536)
-                if not got:
-                    break
-                answer += got
-            else:
-                return "no_close"
-        except TimeoutError:
-            return "no_close"
-        except OSError:  # reset, broken pipe, ENOTCONN: the node closed it first
-            return "reset"
-        kinds = {0x02: "accept", 0x03: "reject", 0x06: "release", 0x07: "abort"}
-        return kinds.get(answer[0], "other") if answer else "closed"
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        got = sock.recv(n - len(data))
-        if not got:
-            break
-        data += got
-    return data
-
-
-def send_http(port: int, case: HttpCase, timeout_s: float = 10.0) -> str:
-    """Write raw request bytes; returns the HTTP status line's code, or closed/timeout."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-            with suppress(BrokenPipeError, ConnectionResetError):
-                sock.sendall(case.raw)
-            data = b""
-            with suppress(ConnectionResetError):
-                while b"\r\n" not in data:
-                    got = sock.recv(4096)
-                    if not got:
-                        break
-                    data += got
-    except TimeoutError:
-        return "timeout"
-    if not data.startswith(b"HTTP/"):
-        return "closed"
-    parts = data.split(b" ", 2)
-    return parts[1].decode("ascii", "replace") if len(parts) > 1 else "closed"
-
-
-# --- running against a node ------------------------------------------------------------
-def proc_stats(pid: int) -> dict[str, int]:
-    """Threads, open descriptors and RSS (kB) of a process, from /proc."""
-    out = {"threads": -1, "fds": -1, "rss_kb": -1}
-    with suppress(OSError):
-        out["threads"] = len(list(Path(f"/proc/{pid}/task").iterdir()))
-        out["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                out["rss_kb"] = int(line.split()[1])
-    return out
-
-
-#: Node settings for fuzzing: short edge timeouts, so that a half-sent PDU costs
-#: seconds, and a connection left open after them is a finding.
-NODE_SETTINGS: dict[str, Any] = {"node": {"artim_timeout_s": 2.0, "receive_timeout_s": 3.0,
-                                          "network_timeout_s": 8.0}}
-
-
-class Sender:
-    """One pynetdicom association reused for many C-STOREs (reopened after an abort)."""
-
-    CLASSES = [codes.NM_IMAGE_STORAGE, codes.PET_IMAGE_STORAGE, codes.COMPREHENSIVE_SR_STORAGE,
-               codes.CT_IMAGE_STORAGE]
-
-    def __init__(self, port: int, called: str, timeout_s: float = 20.0) -> None:
-        from pynetdicom import AE
-
-        self.port, self.called = port, called
-        self.ae = AE(ae_title="STORESCU")
-        self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
-        self.ae.acse_timeout = timeout_s
-        self.ae.add_requested_context(codes.VERIFICATION)
-        for sop_class in self.CLASSES:
-            self.ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-        self.assoc: Any = None
-
-    def _open(self) -> bool:
-        if self.assoc is None or not self.assoc.is_established:
-            self.assoc = self.ae.associate("127.0.0.1", self.port, ae_title=self.called)
-        return bool(self.assoc.is_established)
-
-    def store(self, case: DatasetCase) -> str:
-        from pynetdicom.dimse_primitives import C_STORE
-
-        if not self._open():
-            return "assoc_rejected"
-        cx = next((c.context_id for c in self.assoc.accepted_contexts
-                   if c.abstract_syntax == case.context_class), None)
-        if cx is None:
-            return "no_context"
-        req = C_STORE()
-        req.MessageID = case.index % 65535 + 1
-        req.Priority = 2
-        try:
-            req.AffectedSOPClassUID = case.sop_class or "1.2"
-            req.AffectedSOPInstanceUID = case.sop_instance or "1.2"
-        except ValueError:
-            return "scu_refused_command"  # pynetdicom will not encode it (UID > 64 chars)
-        req.DataSet = BytesIO(case.data)
-        assoc = self.assoc
-        try:
-            with reactor_paused(assoc):
-                assoc.dimse.send_msg(req, cx)
-                _, rsp = assoc.dimse.get_msg(block=True)
-        except Exception as exc:  # noqa: BLE001 - an encoder error is an outcome too
-            return f"send_error_{type(exc).__name__}"
-        if rsp is None:
-            if assoc.is_aborted or not assoc.is_alive():
-                self.assoc = None
-                return "abort"
-            self.assoc.abort()
-            self.assoc = None
-            return "no_answer"
-        return f"0x{int(rsp.Status):04X}"
-
-    def echo(self) -> str:
-        """One C-ECHO on a new association: ``"ok"`` or what went wrong
-        (``"not_established"``, ``"aborted"``, ``"status_0x...``, ``"no_response"``)."""
-        from pynetdicom import AE
-
-        ae = AE(ae_title="ECHOSCU")
-        ae.acse_timeout = ae.dimse_timeout = 10
-        ae.add_requested_context(codes.VERIFICATION)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=self.called)
-        if assoc.is_rejected:
-            return "rejected"
-        if not assoc.is_established:
-            return "aborted" if assoc.is_aborted else "not_established"
-        status = assoc.send_c_echo()
-        assoc.release()
-        if not status:
-            return "no_response"
-        return "ok" if int(status.Status) == 0 else f"status_0x{int(status.Status):04X}"
-
-    def close(self) -> None:
-        if self.assoc is not None and self.assoc.is_established:
-            self.assoc.release()
-        self.assoc = None
-
-
-def files_outside_spool(root: Path, spool: Path, allowed: set[Path]) -> list[str]:
-    """New files under ``root`` that are neither in ``spool`` nor ``allowed`` (db, log...)."""
-    out = []
-    for path in root.rglob("*"):
-        if not path.is_file() or path in allowed or spool in path.parents:
-            continue
-        if path.name.startswith(("dopanode.sqlite3", "node.log", "dopanode.toml", "audit")):
-            continue
-        if "audit" in path.parts or "seeds" in path.parts or "storescp" in path.parts:
-            continue
-        out.append(str(path))
-    return out
-
-
-def traversal_files(deep: Path, *shallow: Path) -> list[str]:
-    """Files or folders named after :data:`TRAVERSAL_MARKER`: under ``deep``, or in ``shallow``."""
-    found: list[str] = []
-    with suppress(OSError):
-        found += [str(p) for p in deep.rglob(f"*{TRAVERSAL_MARKER}*")]
-    for root in shallow:
-        with suppress(OSError):
-            found += [str(p) for p in root.glob(f"*{TRAVERSAL_MARKER}*")]
-    return found
+        """Malformed HTTP requests (:func:`~service.testing.fuzz_wire.http_cases`)."""
+        return http_cases(n, token)

@@ -16,16 +16,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from service.testing.fuzz import (
-    DatasetCase,
-    Fuzzer,
-    Sender,
-    files_outside_spool,
-    proc_stats,
-    send_http,
-    send_raw,
-    traversal_files,
-)
+from service.testing.fuzz import DatasetCase, Fuzzer
+from service.testing.fuzz_node import Sender, files_outside_spool, proc_stats, traversal_files
+from service.testing.fuzz_wire import send_http, send_raw
 from service.testing.node import NodeProcess
 
 

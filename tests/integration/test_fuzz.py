@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from service.testing.fuzz import NODE_SETTINGS, Fuzzer
+from service.testing.fuzz import Fuzzer
 from service.testing.fuzz_campaign import run_campaign, summary
+from service.testing.fuzz_node import NODE_SETTINGS
 from service.testing.node import NodeProcess
 from service.testing.peers import require_tool
 from service.testing.ports import free_port

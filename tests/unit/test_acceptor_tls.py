@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.net import acceptor, tls
+from service.net import event_dul, tls
 from service.testing import certs
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
@@ -38,7 +38,7 @@ def tls_pair(pair: certs.Pair) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
 
 
 def test_wait_returns_at_once_when_the_ssl_buffer_holds_data(server_pair, monkeypatch):
-    monkeypatch.setattr(acceptor, "IDLE_WAIT_S", 5.0)
+    monkeypatch.setattr(event_dul, "IDLE_WAIT_S", 5.0)
     server, client = tls_pair(server_pair)
     wake_rx, wake_tx = socket.socketpair()
     wake_rx.setblocking(False)
@@ -48,7 +48,7 @@ def test_wait_returns_at_once_when_the_ssl_buffer_holds_data(server_pair, monkey
         assert server.pending() > 0
         dul = SimpleNamespace(_wake_rx=wake_rx, socket=SimpleNamespace(socket=server))
         started = time.monotonic()
-        acceptor.EventDUL._wait(dul)  # type: ignore[arg-type]
+        event_dul.EventDUL._wait(dul)  # type: ignore[arg-type]
         assert time.monotonic() - started < 1.0  # not the 5 s idle wait
     finally:
         for s in (server, client, wake_rx, wake_tx):

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from service import audit, metrics
+from service import audit, audit_file, metrics
 from service.api.access_audit import fingerprint, token_label
-from service.audit import AuditError, AuditTrail, Outcome
+from service.audit import Outcome
+from service.audit_file import AuditError, AuditTrail
 from service.config import load_settings
 from service.net.audit_events import ReceivedLedger, association_refused
 from service.worker import audit_analysis
@@ -141,7 +142,7 @@ def test_a_slow_fsync_never_holds_up_a_record(tmp_path: Path,
 
     try:
         trail.write({"event": "one"})
-        monkeypatch.setattr(audit.os, "fsync", slow_fsync)
+        monkeypatch.setattr(audit_file.os, "fsync", slow_fsync)
         syncer = threading.Thread(target=trail.sync_pending)
         syncer.start()
         assert syncing.wait(30)
@@ -150,7 +151,7 @@ def test_a_slow_fsync_never_holds_up_a_record(tmp_path: Path,
         writer.join(30)
         assert written.is_set(), "the record waited for the fsync"  # the old lock: deadlock
         syncer.join(30)
-        monkeypatch.setattr(audit.os, "fsync", real_fsync)
+        monkeypatch.setattr(audit_file.os, "fsync", real_fsync)
     finally:
         written.set()
         trail.close()
@@ -159,7 +160,7 @@ def test_a_slow_fsync_never_holds_up_a_record(tmp_path: Path,
 
 def test_rotation_by_size_and_by_age(tmp_path: Path) -> None:
     clock = Clock()
-    trail = AuditTrail(tmp_path / "audit.jsonl", rotate_mb=2000 / audit.MIB, rotate_hours=1,
+    trail = AuditTrail(tmp_path / "audit.jsonl", rotate_mb=2000 / audit_file.MIB, rotate_hours=1,
                        fsync_interval_s=0, clock=clock).open()
     for i in range(60):  # ~ 100 bytes each: rotates by size about every 20 records
         trail.write({"event": "x", "i": i})
@@ -200,7 +201,7 @@ def test_retention_deletes_only_expired_rotated_files(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from service.audit import AuditTrail, MIB
+from service.audit_file import AuditTrail, MIB
 trail = AuditTrail(Path(sys.argv[1]), rotate_mb=20_000 / MIB, fsync_interval_s=0.01).open()
 for i in range(int(sys.argv[3])):
     trail.write({"event": sys.argv[2], "i": i, "pad": "x" * 50})
@@ -210,7 +211,7 @@ trail.close()
 
 def test_concurrent_threads_and_processes_never_interleave_or_lose(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    shared = AuditTrail(path, rotate_mb=20_000 / audit.MIB, fsync_interval_s=0.01).open()
+    shared = AuditTrail(path, rotate_mb=20_000 / audit_file.MIB, fsync_interval_s=0.01).open()
 
     def thread_writer(tag: str) -> None:
         for i in range(150):

@@ -98,7 +98,8 @@ def test_benchmark_study_that_once_diverged_registers_at_its_true_scales(tmp_pat
 
     from service.dicom.header import read_series as read_datasets
     from service.imaging.nm_volume import volume_from_datasets
-    from service.sim.benchmark import SITES, TRUTH_FILE, generate_group, study_id
+    from service.sim.benchmark import TRUTH_FILE, generate_group, study_id
+    from service.sim.sites import SITES
 
     site = SITES["site_a"]
     for index in (1, 2, 3):  # marked finished: only study 0 is simulated, same draws

@@ -17,7 +17,7 @@ import pytest
 from test_acceptor import acceptor_threads
 from test_scp_edge import start_scp
 
-from service.net.guard import REJECT_LOCAL_LIMIT, BoundedServer
+from service.net.bounded_server import REJECT_LOCAL_LIMIT, BoundedServer
 from service.testing.polling import wait_until
 
 

