@@ -33,7 +33,11 @@ import SimpleITK as sitk
 
 from models.flair_seg.baseline import baseline_box
 from service.imaging.mr_volume import MrVolume, mr_volume_from_datasets
-from service.pipelines.fdopa_pet.flair_segment import FlairSegmenter, preprocess_flair
+from service.pipelines.fdopa_pet.flair_segment import (
+    MIRROR_TTA,
+    FlairSegmenter,
+    preprocess_flair,
+)
 from service.pipelines.fdopa_pet.segment import to_native
 
 PAPER = "0.82 ± 0.11"
@@ -41,6 +45,8 @@ TEST_GROUP = "test split, sites a-c"
 #: The classical baseline's identity in the cached rows (bump when its rule changes).
 BASELINE_ID = "baseline:v1"
 UNSEEN_GROUP = "site_d_unseen (PET/MR site; same FLAIR protocols)"
+#: The group of every held-out study of the run's benches together (printed when there are several).
+ALL_GROUP = "all held-out studies above"
 GOAL = "≥ 0.88 ± 0.08"
 ARM_LABELS = {"scratch": "from scratch, paediatric subset only",
               "adult": "adult model, no fine-tuning", "finetune": "adult model fine-tuned",
@@ -155,8 +161,12 @@ def evaluate(studies: list[Path], methods: dict[str, Callable[[MrVolume], np.nda
 
 
 def summarise(rows: list[dict[str, Any]], method: str, group: str) -> dict[str, Any]:
-    """Dice mean, SD, median, IQR over the group's lesion studies; FP mL over lesion-free ones."""
-    mine = [r for r in rows if r["method"] == method and group_of(r) == group]
+    """Dice mean, SD, median, IQR over the group's lesion studies; FP mL over lesion-free ones.
+
+    ``group`` :data:`ALL_GROUP` takes every row of ``method``.
+    """
+    mine = [r for r in rows if r["method"] == method
+            and (group == ALL_GROUP or group_of(r) == group)]
     d = np.array([r["dice"] for r in mine if r["dice"] is not None], float)
     fp = [r["pred_ml"] for r in mine if r["dice"] is None]
     out: dict[str, Any] = {"method": method, "n": int(d.size), "n_no_lesion": len(fp),
@@ -186,7 +196,7 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 
 def protocol_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
-    """Dice mean (n) per FLAIR protocol and method, all held-out studies with a lesion."""
+    """Dice mean ± SD (n) per FLAIR protocol and method, all held-out studies with a lesion."""
     protocols = sorted({r["flair"] for r in rows})
     lines = ["| method | " + " | ".join(protocols) + " |",
              "|---|" + "---|" * len(protocols)]
@@ -195,7 +205,8 @@ def protocol_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
         for prot in protocols:
             d = [r["dice"] for r in rows if r["method"] == m and r["flair"] == prot
                  and r["dice"] is not None]
-            cells.append(f"{np.mean(d):.3f} ({len(d)})" if d else "-")
+            sd = f" ± {np.std(d, ddof=1):.3f}" if len(d) > 1 else ""
+            cells.append(f"{np.mean(d):.3f}{sd} ({len(d)})" if d else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -258,14 +269,17 @@ def main(argv: list[str] | None = None) -> None:
     methods: dict[str, Callable[[MrVolume], np.ndarray]] = {
         name: m.lesion_mask for name, m in models.items()}
     methods["baseline"] = baseline_mask
-    identities = {name: str(m.info.model_sha256) for name, m in models.items()}
+    # the serving default of the mirror test-time augmentation is part of what a row measured
+    tta = "+mirror" if MIRROR_TTA else ""
+    identities = {name: f"{m.info.model_sha256}{tta}" for name, m in models.items()}
     identities["baseline"] = BASELINE_ID
     rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"), identities)
     present = {group_of(r) for r in rows}
     groups = [g for g in (TEST_GROUP, "fresh studies, sites a-c (beyond the benchmark)",
                           UNSEEN_GROUP, "site_d_unseen, fresh studies") if g in present]
+    groups += [ALL_GROUP] if len(groups) > 1 else []
     summaries = [{"group": g, **summarise(rows, m, g)} for g in groups for m in methods]
-    text = (table(summaries) + "\n\nDice mean (n) per FLAIR protocol, all held-out studies "
+    text = (table(summaries) + "\n\nDice mean ± SD (n) per FLAIR protocol, all held-out studies "
             "above:\n\n" + protocol_table(rows, list(methods)) + "\n\nPaired, all held-out "
             "studies with a lesion:\n"
             + "".join(f"\n* {paired(rows, 'finetune', m)}" for m in methods if m != "finetune"

@@ -31,6 +31,7 @@ from models.flair_seg.data import (  # noqa: E402
     sample_path,
 )
 from models.flair_seg.evaluate import (  # noqa: E402
+    ALL_GROUP,
     TEST_GROUP,
     group_of,
     held_out_studies,
@@ -182,6 +183,7 @@ def test_ablation_table_and_test_split_guard(tmp_path: Path) -> None:
               "study_id": fresh}]
     assert group_of(rows[-1]) != group_of(rows[0]) == TEST_GROUP
     assert summarise(rows, "finetune", group_of(rows[-1]))["n"] == 1
+    assert summarise(rows, "finetune", ALL_GROUP)["n"] == 4  # every group together
     s = summarise(rows, "finetune", TEST_GROUP)
     assert s["n"] == 3 and s["dice_mean"] == pytest.approx(0.7667, abs=1e-3)
     assert s["dice_median"] == pytest.approx(0.8) and s["fp_ml_no_lesion"] == 0.5

@@ -72,7 +72,7 @@ LESION_PROBABILITY = 0.5
 #: Whether :meth:`FlairSegmenter.probabilities` averages with the left-right mirrored
 #: prediction (:func:`service.pipelines.fdopa_pet.segment.mirrored_probability`); chosen
 #: on the paediatric validation studies (docs/fdopa_flair_route.md, "The FLAIR U-Net").
-MIRROR_TTA = False
+MIRROR_TTA = True
 
 
 @dataclass(frozen=True)
