@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from service import metrics
+from service.paths import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class AuditTrail:
             os.close(self._fd)
         self._fd = fd
         self._started_at = self._first_record_time()
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _first_record_time(self) -> float:
         try:
@@ -301,13 +302,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 def count_write_failure(exc: OSError) -> None:
     """Log (errno only) and count a record or fsync the trail could not write."""

@@ -1,4 +1,4 @@
-"""Where shipped files live when no setting says otherwise."""
+"""Where shipped files live when no setting says otherwise; making a folder's entries durable."""
 
 from __future__ import annotations
 
@@ -12,3 +12,12 @@ def default_models_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent / "models"
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (a create, rename or unlink in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from service.dicom.uids import is_valid_uid, validated_uid
-from service.store.spool import Spool, _fsync_dir
+from service.paths import fsync_dir
+from service.store.spool import Spool
 
 INSTANCES = "instances"
 OUTPUTS = "outputs"
@@ -296,7 +297,7 @@ def _link_durably(spool: Spool, tmp: Path, path: Path) -> int:
         raise BlobExists("a blob is already stored under this key") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return size
 
 

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from service.dicom.uids import validated_uid
+from service.paths import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Spool:
                 os.link(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return size
 
     def adopt(self, source: Path, path: Path) -> int:
@@ -191,7 +192,7 @@ class Spool:
             else:
                 os.fsync(fd)
                 os.replace(source, path)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         finally:
             os.close(fd)
         return size
@@ -219,7 +220,7 @@ class Spool:
                     m.mkdir()
                 except FileExistsError:
                     continue
-                _fsync_dir(m.parent)
+                fsync_dir(m.parent)
             self._dirs_known.add(directory)
 
 
@@ -265,14 +266,6 @@ def disk_full_cause(exc: BaseException) -> str | None:
 def is_disk_full(exc: BaseException) -> bool:
     """True for an error that says a disk (or a quota) is full: a transient cause."""
     return disk_full_cause(exc) is not None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def filesystem_type(path: Path) -> str:
