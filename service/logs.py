@@ -246,13 +246,31 @@ def quiet_pydicom() -> None:
 _configured = False
 
 
+class StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is
+    emitted, not what it was when the handler was made (as ``logging.lastResort``):
+    a replaced stderr (a test's capture that has since been closed, a redirection)
+    never leaves a library thread writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """``StreamHandler`` sets it; the property always answers ``sys.stderr``."""
+
+
 def configure(level: str = "INFO") -> None:
     """Configure the root logger once (idempotent)."""
     global _configured
     if _configured:
         logging.getLogger().setLevel(level.upper())
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     handler.addFilter(WithholdLibraryText())
     limit = RateLimit()

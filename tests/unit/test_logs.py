@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -202,3 +203,16 @@ def test_configure_installs_the_rate_limit() -> None:
             logging.getLogger(name).setLevel(level)
         config.settings.reading_validation_mode = validation
         logging.captureWarnings(False)
+
+
+def test_stderr_handler_writes_to_the_stderr_of_the_moment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record emitted after stderr was replaced (and the old one closed, as a test's
+    capture is) goes to the new stderr, not to a closed file ("--- Logging error ---")."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = logs.StderrHandler()
+    monkeypatch.setattr(sys, "stderr", second)
+    first.close()
+    handler.handle(logging.LogRecord("t", logging.ERROR, __file__, 1, "hello", None, None))
+    assert "hello" in second.getvalue() and "Logging error" not in second.getvalue()
