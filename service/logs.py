@@ -48,8 +48,10 @@ WITHHELD_LOGGERS = ("pydicom", "highdicom", "py.warnings", "botocore", "boto3", 
                     "urllib3", "psycopg")
 #: Loggers kept at WARNING whatever the node's level: their DEBUG records narrate
 #: datasets (pynetdicom), copied attributes (highdicom) or S3 requests with their
-#: keys and bodies (botocore and the rest of the S3 client stack).
-QUIET_LOGGERS = ("pynetdicom", "highdicom", "botocore", "boto3", "s3transfer", "urllib3")
+#: keys and bodies (botocore and the rest of the S3 client stack); openjpeg's INFO
+#: is one line per encoded tile (thousands per simulated benchmark).
+QUIET_LOGGERS = ("pynetdicom", "highdicom", "botocore", "boto3", "s3transfer", "urllib3",
+                 "openjpeg")
 #: Per-process key: digests correlate within one run, and a digest of a
 #: low-entropy value (a birth date) cannot be looked up in a table.
 _DIGEST_KEY = os.urandom(16)

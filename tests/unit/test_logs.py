@@ -195,6 +195,7 @@ def test_configure_installs_the_rate_limit() -> None:
         logs.configure("DEBUG")
         assert not logging.getLogger("botocore.endpoint").isEnabledFor(logging.DEBUG)
         assert not logging.getLogger("pynetdicom.assoc").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("openjpeg.encode").isEnabledFor(logging.INFO)
     finally:  # configure() changes process-wide state: put it all back
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
