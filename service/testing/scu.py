@@ -61,3 +61,26 @@ def reactor_paused(assoc: Any, timeout_s: float = 5.0) -> Iterator[None]:
     finally:
         del dimse.get_msg  # the class's method again
         assoc._reactor_checkpoint.set()
+
+
+def send_echo(assoc: Any) -> Any:
+    """A C-ECHO whose answer cannot be lost to the association's own reactor.
+
+    pynetdicom's ``send_c_echo`` trusts ``_is_paused``, which its reactor sets
+    on every turn, even when it is not going to stop: right after another
+    message the reactor may still make one non-blocking read and swallow the
+    answer ("Received unexpected C-ECHO service message"; the caller then
+    waits for the DIMSE timeout). Sent through :func:`reactor_paused` instead;
+    returns the response (None when none came).
+    """
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    req = C_ECHO()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = codes.VERIFICATION
+    cx = next(c.context_id for c in assoc.accepted_contexts
+              if c.abstract_syntax == codes.VERIFICATION)
+    with reactor_paused(assoc):
+        assoc.dimse.send_msg(req, cx)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    return rsp

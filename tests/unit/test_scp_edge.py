@@ -42,7 +42,7 @@ from service.store.spool import Spool
 from service.testing.peers import require_tool
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
-from service.testing.scu import reactor_paused
+from service.testing.scu import reactor_paused, send_echo
 from service.testing.storage import storage_settings
 
 
@@ -174,7 +174,7 @@ def test_unknown_sop_class_is_answered_0122_and_leaves_nothing(scp: RecordingSCP
     data, uid = nm_bytes("unknown-class")
     rsp = send_store(assoc, data, "1.2.3.4.5.6", uid)
     assert rsp is not None and rsp.Status == 0x0122 and rsp.ErrorComment
-    assert assoc.send_c_echo().Status == 0x0000  # the association still works
+    assert send_echo(assoc).Status == 0x0000  # the association still works
     assoc.release()
     poll(lambda: not acceptor_threads())  # no thread stuck in abort
     assert list(scp.spool.tmp_dir.iterdir()) == []
@@ -189,7 +189,7 @@ def test_undecodable_store_command_gets_a_status(scp: RecordingSCP,
     rsp = send_raw_command(assoc, store_command(instance_uid), data)
     assert rsp is not None, "no answer (the DUL thread died)"
     assert rsp.Status == 0xC000 and rsp.ErrorComment
-    assert assoc.send_c_echo().Status == 0x0000
+    assert send_echo(assoc).Status == 0x0000
     assoc.release()
     poll(lambda: not acceptor_threads())
     assert list(scp.spool.tmp_dir.iterdir()) == []
@@ -226,7 +226,7 @@ def _leak_round(scp: RecordingSCP) -> None:
     poll(lambda: threading.active_count() <= threads and open_fds() <= fds, timeout_s=15)
     assert list(scp.spool.tmp_dir.iterdir()) == []
     again = open_assoc(scp)
-    assert again.send_c_echo().Status == 0x0000
+    assert send_echo(again).Status == 0x0000
     again.release()
 
 
