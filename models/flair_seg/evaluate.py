@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from models.flair_seg.baseline import baseline_box
 from service.imaging.mr_volume import MrVolume, mr_volume_from_datasets
 from service.pipelines.fdopa_pet.flair_segment import (
-    MIRROR_TTA,
+    SERVING_VARIANT,
     FlairSegmenter,
     preprocess_flair,
 )
@@ -270,8 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         name: m.lesion_mask for name, m in models.items()}
     methods["baseline"] = baseline_mask
     # the serving default of the mirror test-time augmentation is part of what a row measured
-    tta = "+mirror" if MIRROR_TTA else ""
-    identities = {name: f"{m.info.model_sha256}{tta}" for name, m in models.items()}
+    identities = {name: f"{m.info.model_sha256}{SERVING_VARIANT}" for name, m in models.items()}
     identities["baseline"] = BASELINE_ID
     rows = evaluate(studies, methods, a.json.with_suffix(".jsonl"), identities)
     present = {group_of(r) for r in rows}

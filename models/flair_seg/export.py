@@ -35,7 +35,6 @@ from service.pipelines.fdopa_pet.flair_segment import (
     CONTRACT_METADATA_KEY,
     FlairSegmenter,
 )
-from service.pipelines.fdopa_pet.segment import mirrored_probability
 
 CARD_TEMPLATE = Path(__file__).with_name("CARD_TEMPLATE.md")
 ARMS_FILE = "arms.json"
@@ -140,10 +139,7 @@ def onnx_validation(path: Path, paediatric_val: list[Sample],
     rule of :func:`models.fdopa_seg.train.validate`: compares a model shipped before with a
     new run's arms on the same studies; ``mirror``: with the left-right mirror test-time
     augmentation (:func:`service.pipelines.fdopa_pet.segment.mirrored_probability`)."""
-    predict = FlairSegmenter(path).predict_box
-    if mirror:
-        return validate(partial(mirrored_probability, predict), paediatric_val)
-    return validate(predict, paediatric_val)
+    return validate(partial(FlairSegmenter(path).predict, mirror=mirror), paediatric_val)
 
 
 def _f(value: object) -> str:

@@ -54,7 +54,7 @@ class MrEvaluator(Evaluator):
     def fingerprint(self, method: str) -> str:
         """The PET evaluation's fingerprint plus the FLAIR model and this row version."""
         from service.pipelines.fdopa_pet.flair_lesion import default_flair_model
-        from service.pipelines.fdopa_pet.flair_segment import MIRROR_TTA
+        from service.pipelines.fdopa_pet.flair_segment import SERVING_VARIANT
         from service.pipelines.fdopa_pet.voi_refine import DISTANCE_CUT
 
         pipeline = self.pipelines[method]
@@ -63,7 +63,7 @@ class MrEvaluator(Evaluator):
         if flair is not None and flair.method == "unet":
             sidecar = default_flair_model().with_suffix(".onnx.sha256")
             sha = sidecar.read_text().split()[0][:16] if sidecar.is_file() else "unknown"
-            sha += "+mirror" if MIRROR_TTA else ""
+            sha += SERVING_VARIANT
         return (f"{super().fingerprint(method)} flair:{sha or 'threshold'} "
                 f"refine:{DISTANCE_CUT:g} mr:v{MR_EVALUATION_VERSION}")
 

@@ -56,7 +56,6 @@ from service.pipelines.fdopa_pet.segment import (
     NetInput,
     box_reference,
     image_from_zyx,
-    mirrored_probability,
     to_native,
 )
 
@@ -71,8 +70,11 @@ OUTPUT_NAME = "probability"
 LESION_PROBABILITY = 0.5
 #: Whether :meth:`FlairSegmenter.probabilities` averages with the left-right mirrored
 #: prediction (:func:`service.pipelines.fdopa_pet.segment.mirrored_probability`); chosen
-#: on the paediatric validation studies (docs/fdopa_flair_route.md, "The FLAIR U-Net").
+#: on the paediatric validation studies (docs/fdopa_flair_route.md, "FLAIR tumour
+#: segmentation (transfer learning)").
 MIRROR_TTA = True
+#: What :data:`MIRROR_TTA` adds to a model's identity in cached evaluation rows.
+SERVING_VARIANT = "+mirror" if MIRROR_TTA else ""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class FlairSegmenter(ContractModel):
         flair : MrVolume
             The FLAIR series as one volume (:mod:`service.imaging.mr_volume`).
         mirror : bool
-            Test-time augmentation (:func:`mirrored_probability`); default
+            Test-time augmentation (:meth:`predict`); default
             :data:`MIRROR_TTA`.
 
         Returns
@@ -215,8 +217,7 @@ class FlairSegmenter(ContractModel):
             ``flair.array_zyx``); 0 outside the contract's box.
         """
         net_input = preprocess_flair(flair.array_zyx, flair.affine, self.contract)
-        prob = (mirrored_probability(self.predict_box, net_input.image_zyx) if mirror
-                else self.predict_box(net_input.image_zyx))
+        prob = self.predict(net_input.image_zyx, mirror)
         return to_native(prob, net_input, tuple(np.shape(flair.array_zyx)), flair.affine)
 
     def lesion_mask(self, flair: MrVolume, cut: float = LESION_PROBABILITY) -> np.ndarray:

@@ -309,6 +309,13 @@ class ContractModel:
         (prob,) = self._model.run(x)
         return np.asarray(prob[0, 0], np.float32)
 
+    def predict(self, image_zyx: np.ndarray, mirror: bool) -> np.ndarray:
+        """:meth:`predict_box`, averaged with the mirrored box when ``mirror``
+        (:func:`mirrored_probability`)."""
+        if mirror:
+            return mirrored_probability(self.predict_box, image_zyx)
+        return self.predict_box(image_zyx)
+
 
 class TumourSegmenter(ContractModel):
     """The PET-only tumour U-Net served through :class:`service.inference.onnx.OnnxModel`.
@@ -353,7 +360,6 @@ class TumourSegmenter(ContractModel):
             Probability in [0, 1] on the given grid; candidates are >= 0.5.
         """
         net_input = preprocess(volume_zyx, affine, self.contract)
-        prob = (mirrored_probability(self.predict_box, net_input.image_zyx) if mirror
-                else self.predict_box(net_input.image_zyx))
+        prob = self.predict(net_input.image_zyx, mirror)
         return to_native(prob, net_input, tuple(np.shape(volume_zyx)), affine)
 
