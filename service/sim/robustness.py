@@ -6,8 +6,9 @@ patients. This set asks, per *variant* (a camera, a protocol or an anatomy
 the training data never had, :data:`VARIANTS`), the questions a reader asks:
 
 * is a **one-sided putamen loss** (the affected putamen's specific binding at
-  45-58 % of the other side's, the early Parkinson pattern; left and right)
-  called *reduced*, not inconclusive?
+  45-58 % of the other side's as the noise-free image shows it, the early
+  Parkinson pattern; left and right; :data:`IMAGE_BASIS`) called *reduced*,
+  not inconclusive?
 * is a **bilateral** putamen loss called reduced?
 * is a **normal** scan called normal?
 
@@ -47,6 +48,7 @@ from service.sim.sites import SiteSpec
 if TYPE_CHECKING:
     from service.sim.groups import GroupPlan
     from service.sim.pose import PosedScan
+    from service.sim.scan import AnatomyScanner
 
 #: Seed of the robustness set (benchmark sites use 1001-1004 and 2001-2005).
 ROBUST_SEED = 7001
@@ -58,6 +60,18 @@ ONE_SIDED_FRACTION = (0.45, 0.58)
 BILATERAL_FRACTION = (0.25, 0.50)
 #: Largest affected/other putamen binding ratio a one-sided case may have.
 ONE_SIDED_MAX_RATIO = 0.60
+#: ``RobustVariant.one_sided_basis``: the drawn ratio is what the noise-free image shows
+#: (the affected putamen's SBR over the other's, measured with the phantom's ROIs), so a
+#: one-sided case looks like the pattern a reader sees (ratio 0.6: asymmetry index 50 %).
+IMAGE_BASIS = "image"
+#: The drawn ratio is the volume-weighted binding concentration ratio (the first
+#: definition: blur and spill from the caudate made it look like 0.7-0.8 on the image).
+BINDING_BASIS = "binding"
+#: Secant steps and tolerance of :func:`match_image_ratio`.
+MATCH_STEPS = 4
+MATCH_TOLERANCE = 0.01
+#: Lowest binding fraction :func:`match_image_ratio` goes to.
+MIN_FRACTION = 0.02
 _ENCODINGS = {"multiframe": 0.4, "per_slice": 0.2, "ge_negative_spacing": 0.2, "z_flipped": 0.2}
 
 
@@ -80,7 +94,10 @@ class RobustVariant:
     age_years : int or None
         Fixed age of the subjects (None: normal(62, 12) clipped to 25-90).
     one_sided : tuple of 2 float
-        Range of the affected/other putamen binding ratio of the one-sided cases.
+        Range of the affected/other putamen ratio of the one-sided cases.
+    one_sided_basis : str
+        What that ratio is: :data:`IMAGE_BASIS` (what the noise-free image shows) or
+        :data:`BINDING_BASIS` (the binding concentration).
     role : str
         Manifest role: ``"robustness"`` (test only) or ``"train_test"``
         (:data:`TRAINING_VARIANTS`).
@@ -94,6 +111,7 @@ class RobustVariant:
     anatomy: tuple[tuple[str, Any], ...] = ()
     age_years: int | None = None
     one_sided: tuple[float, float] = ONE_SIDED_FRACTION
+    one_sided_basis: str = IMAGE_BASIS
     role: str = "robustness"
     seed: int = ROBUST_SEED
 
@@ -158,30 +176,83 @@ def _loss_state(normal: DiseaseState, case: str, source: str, rng: np.random.Gen
 
     A one-sided case is scaled so that the affected putamen's volume-weighted
     binding (``source``'s volumes) is exactly a drawn fraction in
-    :data:`ONE_SIDED_FRACTION` of the other putamen's.
+    ``one_sided`` of the other putamen's (:func:`one_sided_state`; with
+    :data:`IMAGE_BASIS` the fraction is then moved so that the noise-free image
+    shows that ratio, :func:`match_image_ratio`).
     """
-    from service.sim.striatal_sources import region_binding
-
     if case == "normal":
         return normal
+    if case == "bilateral":
+        remaining: dict[str, float] = dict.fromkeys(STRIATAL_COMPONENTS, 1.0)
+        for side in ("left", "right"):
+            f = float(rng.uniform(*BILATERAL_FRACTION))
+            remaining[f"putamen_posterior_{side}"] = f - 0.08
+            remaining[f"putamen_anterior_{side}"] = f + 0.08
+        return _with_remaining(normal, remaining, "both")
+    return one_sided_state(normal, case.removeprefix("loss_"), float(rng.uniform(*one_sided)),
+                           source)
+
+
+def one_sided_state(normal: DiseaseState, side: str, fraction: float,
+                    source: str) -> DiseaseState:
+    """``normal`` with the ``side`` putamen's volume-weighted binding at ``fraction`` of the
+    other putamen's (posterior part 0.16 below the anterior before scaling, or at 0.16 of
+    ``fraction`` below 0.095; ``fraction`` > 0)."""
+    from service.sim.striatal_sources import region_binding
+
+    other = "right" if side == "left" else "left"
     remaining: dict[str, float] = dict.fromkeys(STRIATAL_COMPONENTS, 1.0)
-    sides = ("left", "right") if case == "bilateral" else (case.removeprefix("loss_"),)
-    span = BILATERAL_FRACTION if case == "bilateral" else one_sided
-    for side in sides:
-        f = float(rng.uniform(*span))
-        remaining[f"putamen_posterior_{side}"] = f - 0.08
-        remaining[f"putamen_anterior_{side}"] = f + 0.08
-        if case != "bilateral":
-            other = "right" if side == "left" else "left"
-            regions = region_binding({c: b * remaining[c] for c, b in normal.binding.items()},
-                                     source)
-            scale = f * regions[f"putamen_{other}"] / regions[f"putamen_{side}"]
-            for part in ("posterior", "anterior"):
-                remaining[f"putamen_{part}_{side}"] *= scale
+    remaining[f"putamen_posterior_{side}"] = max(fraction - 0.08, 0.16 * fraction)
+    remaining[f"putamen_anterior_{side}"] = fraction + 0.08
+    regions = region_binding({c: b * remaining[c] for c, b in normal.binding.items()}, source)
+    scale = fraction * regions[f"putamen_{other}"] / regions[f"putamen_{side}"]
+    for part in ("posterior", "anterior"):
+        remaining[f"putamen_{part}_{side}"] *= scale
+    return _with_remaining(normal, remaining, side)
+
+
+def _with_remaining(normal: DiseaseState, remaining: Mapping[str, float],
+                    side: str) -> DiseaseState:
     loss = {c: 1.0 - r for c, r in remaining.items()}
     binding = {c: b * remaining[c] for c, b in normal.binding.items()}
-    side = "both" if case == "bilateral" else sides[0]
     return DiseaseState("pd", 0.5, side, normal.age_years, normal.sex, binding, loss)
+
+
+def image_ratio(scanner: AnatomyScanner, state: DiseaseState, side: str) -> float:
+    """Affected/other putamen SBR of ``state``'s noise-free image, measured with the
+    phantom's own putamen ROIs (:meth:`AnatomyScanner.expected`, :func:`measure_sbr`)."""
+    from service.sim.scan import measure_sbr
+
+    sbr = measure_sbr(scanner.expected(state), scanner.phantom.labels_zyx)
+    other = "right" if side == "left" else "left"
+    return sbr[f"putamen_{side}"] / sbr[f"putamen_{other}"]
+
+
+def match_image_ratio(scanner: AnatomyScanner, normal: DiseaseState, side: str, target: float,
+                      source: str) -> tuple[DiseaseState, float]:
+    """The one-sided state whose noise-free image shows ``target`` (affected/other putamen
+    SBR), and the ratio its image shows.
+
+    The image ratio rises with the binding fraction almost linearly (blur and
+    spill from the caudate keep it above the binding ratio); secant steps from
+    the normal subject (fraction 1) and ``target`` as a binding fraction find the
+    fraction, clipped at :data:`MIN_FRACTION` (almost no specific binding left) when
+    the camera cannot show so low a ratio (the returned ratio is then above ``target``). At most :data:`MATCH_STEPS` noise-free reconstructions.
+    """
+    f0, r0 = 1.0, image_ratio(scanner, normal, side)
+    f1 = target
+    state = one_sided_state(normal, side, f1, source)
+    r1 = image_ratio(scanner, state, side)
+    for _ in range(MATCH_STEPS):
+        if abs(r1 - target) <= MATCH_TOLERANCE or r1 == r0:
+            break
+        f2 = float(np.clip(f1 + (target - r1) * (f1 - f0) / (r1 - r0), MIN_FRACTION, 1.0))
+        if f2 == f1:
+            break
+        f0, r0, f1 = f1, r1, f2
+        state = one_sided_state(normal, side, f1, source)
+        r1 = image_ratio(scanner, state, side)
+    return state, r1
 
 
 def plan_variant_group(variant: RobustVariant, index: int, group: int) -> GroupPlan:
@@ -203,7 +274,7 @@ def plan_variant_group(variant: RobustVariant, index: int, group: int) -> GroupP
     profile = replace(base, **dict(variant.camera))
     normal = sample_state(rng, "normal", age_years=age, sex=sex, br_young=appearance.br_young())
     states = [_loss_state(normal, case, appearance.striatal_source, rng, variant.one_sided)
-              for case in CASES]
+              for case in CASES]  # one-sided ones re-matched to the image in generate_variant_group
     indices = range(group * SCANS_PER_ANATOMY, (group + 1) * SCANS_PER_ANATOMY)
     names, p = list(_ENCODINGS), np.array(list(_ENCODINGS.values()))
     encodings = [str(rng.choice(names, p=p / p.sum())) for _ in indices]
@@ -217,6 +288,7 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     """Simulate and write one group of ``variant`` (skips finished studies); studies written."""
     from service.sim.broad_profiles import profile_fields
     from service.sim.groups import plan_scanner
+    from service.sim.striatal_sources import region_binding
 
     names = [v.name for v in (*VARIANTS, *TRAINING_VARIANTS)]
     index = names.index(variant.name)
@@ -229,15 +301,33 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     scanner = plan_scanner(plan)
     for k in todo:
         t0 = time.process_time()
-        scan = scanner.scan(plan.states[k], np.random.default_rng(plan.noise_seeds[k]))
+        state, image = plan.states[k], None
+        if CASES[k].startswith("loss_") and variant.one_sided_basis == IMAGE_BASIS:
+            side, source = CASES[k].removeprefix("loss_"), _source(plan)
+            regions = region_binding(state.binding, source)
+            other = "right" if side == "left" else "left"
+            target = regions[f"putamen_{side}"] / regions[f"putamen_{other}"]
+            state, image = match_image_ratio(scanner, plan.states[0], side, target, source)
+            plan.states[k] = state
+        scan = scanner.scan(state, np.random.default_rng(plan.noise_seeds[k]))
         row = _write_study(site, plan.indices[k], group, k, scan, plan, out_dir)
-        row.update(case_fields(row, CASES[k], variant.one_sided[1]))
+        # the image basis bounds what the image shows (the binding ratio follows from it)
+        binding_max = 1.0 if image is not None else variant.one_sided[1]
+        row.update(case_fields(row, CASES[k], binding_max))
+        row["one_sided_basis"] = variant.one_sided_basis
+        if image is not None:
+            row["putamen_ratio_target"] = round(target, 4)
+            row["putamen_ratio_image"] = round(image, 4)
         row.update(profile_fields(plan.profile))
         row["variant_description"] = variant.description
         row["cpu_s"] = round(time.process_time() - t0, 2)
         path = out_dir / site.name / study_id(site, plan.indices[k]) / TRUTH_FILE
         path.write_text(json.dumps(row, indent=1))
     return len(todo)
+
+
+def _source(plan: GroupPlan) -> str:
+    return plan.appearance.striatal_source if plan.appearance else "aal"
 
 
 def case_fields(row: Mapping[str, object], case: str,

@@ -102,8 +102,8 @@ class AnatomyScanner:
         self._recon_projector: Projector | None = None
         self._chang: np.ndarray | None = None
 
-    def scan(self, state: DiseaseState, rng: np.random.Generator) -> SimulatedScan:
-        """Acquire and reconstruct ``state`` on this anatomy (Poisson draw from ``rng``)."""
+    def _projections(self, state: DiseaseState) -> tuple[np.ndarray, np.ndarray]:
+        """Primary and scatter (+ penetration) projections of ``state``, arbitrary scale."""
         p = self.profile
         amp = np.concatenate([state.striatal_amplitudes(), [1.0]]).astype(np.float32)
         primary = np.tensordot(self.basis_proj, amp, axes=([1], [0]))
@@ -111,6 +111,12 @@ class AnatomyScanner:
         scatter += p.penetration_fraction * _blur_conserving(
             primary, PENETRATION_FWHM_MM, p.voxel_mm
         )
+        return primary, scatter
+
+    def scan(self, state: DiseaseState, rng: np.random.Generator) -> SimulatedScan:
+        """Acquire and reconstruct ``state`` on this anatomy (Poisson draw from ``rng``)."""
+        p = self.profile
+        primary, scatter = self._projections(state)
         counts = rng.uniform(*p.counts_mcounts) * 1e6
         scale = counts / float((primary + scatter).sum())
         measured = rng.poisson((primary + scatter) * scale).astype(np.float32)
@@ -125,6 +131,24 @@ class AnatomyScanner:
             grid=self.grid,
             counts_total=int(measured.sum()),
         )
+
+    def expected(self, state: DiseaseState) -> np.ndarray:
+        """The noise-free image of ``state``: the profile's reconstruction of the expected
+        projections (mean counts, no Poisson draw; the scatter estimate its expectation).
+
+        What the camera shows of ``state`` apart from noise (blur, partial volume,
+        spill between structures, reconstruction): the robustness set defines a
+        one-sided loss on it (:mod:`service.sim.robustness`). Non-negative, support grid.
+        """
+        p = self.profile
+        primary, scatter = self._projections(state)
+        scale = 0.5 * sum(p.counts_mcounts) * 1e6 / float((primary + scatter).sum())
+        measured = ((primary + scatter) * scale).astype(np.float32)
+        scatter_est = None
+        if p.scatter_correction:
+            scatter_est = gaussian_blur_projections(
+                (scatter * scale).astype(np.float32), 15.0, p.voxel_mm)
+        return np.clip(self._reconstruct(measured, scatter_est), 0.0, None).astype(np.float32)
 
     def _reconstruct(self, measured: np.ndarray, scatter_est: np.ndarray | None) -> np.ndarray:
         p = self.profile

@@ -1,8 +1,8 @@
 """The robustness set in CI, small: generated, measured by the real pipeline and rated
 by the shipped DaT CNN on appearance variants beyond its training ranges.
 
-Generates one anatomy group (normal, loss left, loss right, bilateral; one-sided at
-45-58 % of the other putamen) of each of the cheap 64-matrix variants of
+Generates one anatomy group (normal, loss left, loss right, bilateral; one-sided: the
+noise-free image shows the affected putamen at 45-58 % of the other) of each of the cheap 64-matrix variants of
 :mod:`service.sim.robustness`, runs the real pipeline's ``measure`` (registration,
 quantification, CNN input) and rates with the shipped model through onnxruntime. The
 full set and the per-variant table: ``dopanode benchmark robustness`` then
@@ -11,10 +11,19 @@ full set and the per-variant table: ``dopanode benchmark robustness`` then
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.sim.robustness import VARIANTS, generate_robustness
+from service.sim.robustness import (
+    IMAGE_BASIS,
+    MATCH_TOLERANCE,
+    ONE_SIDED_FRACTION,
+    VARIANTS,
+    generate_robustness,
+)
 
 pytestmark = pytest.mark.slow  # simulator (torch) and the whole measuring pipeline
 
@@ -27,15 +36,41 @@ CHEAP = ("matrix64_5p5mm", "fbp_noac_legp", "legacy_lowcount")
 
 
 @pytest.fixture(scope="module")
-def rated(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("robust")
+    generate_robustness(root / "bench", 1, [v for v in VARIANTS if v.name in CHEAP])
+    return root / "bench"
+
+
+@pytest.fixture(scope="module")
+def rated(bench: Path) -> dict:
     from models.training.robustness import evaluate_folder
     from service.paths import default_models_dir
     from service.pipelines.dat_spect.plugin import MODEL_FILE
 
-    root = tmp_path_factory.mktemp("robust")
-    generate_robustness(root / "bench", 1, [v for v in VARIANTS if v.name in CHEAP])
     model = default_models_dir() / MODEL_FILE
-    return evaluate_folder(root / "bench", root / "work", {"shipped": model})
+    return evaluate_folder(bench, bench.parent / "work", {"shipped": model})
+
+
+def test_one_sided_cases_show_their_ratio_on_the_image(bench: Path) -> None:
+    """The image basis: the noise-free image shows the drawn ratio (within the matching
+    tolerance), the binding is lower (spill from the caudate and blur lift the image), the
+    truth is one reduced putamen, and the case's own noisy scan shows the loss side."""
+    with (bench / "manifest.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["case"].startswith("loss_")]
+    assert len(rows) == 2 * len(CHEAP)
+    low, high = ONE_SIDED_FRACTION
+    for row in rows:
+        assert row["one_sided_basis"] == IMAGE_BASIS
+        image, target = float(row["putamen_ratio_image"]), float(row["putamen_ratio_target"])
+        assert low <= target <= high
+        assert abs(image - target) <= MATCH_TOLERANCE + 0.005, row["study_id"]
+        assert float(row["putamen_ratio"]) < image
+        side = row["case"].removeprefix("loss_")
+        other = "right" if side == "left" else "left"
+        assert int(row[f"true_level_putamen_{side}"]) >= 2
+        assert int(row[f"true_level_putamen_{other}"]) == 0
+        assert float(row[f"roi_sbr_putamen_{side}"]) < float(row[f"roi_sbr_putamen_{other}"])
 
 
 def test_every_study_is_measured(rated: dict) -> None:

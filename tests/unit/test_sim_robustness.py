@@ -89,3 +89,29 @@ def test_training_site_stays_inside_the_training_ranges() -> None:
         true = region_binding(one_sided.binding, source)
         ratio = true["putamen_left"] / true["putamen_right"]
         assert variant.one_sided[0] - 1e-9 <= ratio <= variant.one_sided[1] + 1e-9
+
+
+@pytest.mark.parametrize("fraction", [robustness.MIN_FRACTION, 0.09, 0.3, 0.58])
+def test_one_sided_state_has_the_fraction_and_keeps_the_subject(fraction: float) -> None:
+    """The state the image matching moves through: the affected putamen at exactly
+    ``fraction`` of the other (down to the matching's floor), everything else the subject's
+    normal binding, and the subject's normal binding recoverable (no loss of 100 %)."""
+    variant = robustness.VARIANTS[0]
+    plan = robustness.plan_variant_group(variant, 0, 0)
+    source = plan.appearance.striatal_source
+    normal = plan.states[0]
+    for side, other in (("left", "right"), ("right", "left")):
+        state = robustness.one_sided_state(normal, side, fraction, source)
+        true = region_binding(state.binding, source)
+        assert true[f"putamen_{side}"] / true[f"putamen_{other}"] == pytest.approx(fraction)
+        assert state.normal_binding() == pytest.approx(normal.binding)
+        assert all(v > 0 for v in state.binding.values())
+        unchanged = [c for c in normal.binding if not c.startswith("putamen") or other in c]
+        assert {c: state.binding[c] for c in unchanged} == {c: normal.binding[c] for c in unchanged}
+
+
+def test_every_set_draws_one_sided_cases_on_the_image() -> None:
+    """Issue 10's pattern is what a reader sees (a putamen at about 59 % of the other side,
+    asymmetry index about 50 %), so every variant and the training site match the image."""
+    for variant in (*robustness.VARIANTS, *robustness.TRAINING_VARIANTS):
+        assert variant.one_sided_basis == robustness.IMAGE_BASIS
