@@ -61,6 +61,20 @@ def sbr_calls(sbr: np.ndarray, calibration: Any) -> Calls:
     return Calls(np.array(reduced, bool), np.array(unsure, bool), np.array(levels, np.int64))
 
 
+def _per_site_calls(sbr: np.ndarray, sites: np.ndarray, calibrations: Mapping[str, Any]
+                    ) -> Calls:
+    """The SBR path's calls with each scan's own site calibration."""
+    n = len(sbr)
+    out = Calls(np.zeros(n, bool), np.zeros(n, bool), np.zeros((n, len(REGIONS)), np.int64))
+    for site, calibration in calibrations.items():
+        mask = sites == site
+        if mask.any():
+            calls = sbr_calls(sbr[mask], calibration)
+            out.reduced[mask], out.inconclusive[mask] = calls.reduced, calls.inconclusive
+            out.levels[mask] = calls.levels
+    return out
+
+
 def cnn_calls(model: Path, x: np.ndarray) -> Calls:
     """A CNN model's own calls on ``(N, 1, D, H, W)`` inputs."""
     from models.training.workflow import cnn_predictions
@@ -149,12 +163,42 @@ def _manifest_rows(bench_dir: Path) -> dict[str, dict[str, str]]:
         return {row["study_id"]: row for row in csv.DictReader(f)}
 
 
+def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1
+                      ) -> dict[str, Any]:
+    """Per variant, the SBR thresholds a site with that camera builds from its normals.
+
+    ``normals_dir``: ``dopanode benchmark robustness OUT --normals`` (one folder per
+    variant, :func:`service.sim.robustness.normals_variant`), measured into
+    ``work_dir/normals`` by the pipeline. The rule is the shipped one
+    (:func:`service.pipelines.dat_spect.labelling.label_dataset`) with one mixture
+    component, as for a dataset of normals: ``t01 = mu - 1.5 s``, ``t12 = mu - 2 s``
+    with ``s`` the normals' SD capped at 15 % of ``mu``. Returns variant name ->
+    :class:`~service.pipelines.dat_spect.levels.Calibration`.
+    """
+    from models.training.data import cache_studies, read_manifest
+    from service.pipelines.dat_spect.labelling import label_dataset
+    from service.sim.robustness import NORMALS_SUFFIX
+
+    cached = cache_studies(read_manifest(normals_dir), work_dir / "normals", workers)
+    by_variant: dict[str, list[dict[Any, float]]] = {}
+    for s in cached:
+        with np.load(work_dir / "normals" / "cache" / f"{s.study_id}.npz") as npz:
+            row = dict(zip(REGIONS, (float(v) for v in npz["sbr"]), strict=True))
+        by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(row)
+    return {name: label_dataset(f"{name} normals", rows, np.random.default_rng(0),
+                                max_components=1, min_components=1).calibration()
+            for name, rows in by_variant.items()}
+
+
 def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
-                    workers: int = 1) -> dict[str, Any]:
+                    workers: int = 1, normals_dir: Path | None = None) -> dict[str, Any]:
     """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
 
-    ``models``: display name -> ONNX file. Returns ``{"table": {...},
-    "markdown": str, "n_failed": int}``.
+    ``models``: display name -> ONNX file. With ``normals_dir`` (the variants'
+    site-calibration normals, :func:`site_calibrations`) the SBR path and each
+    verdict are scored a second time with each variant's own thresholds
+    (methods ``sbr@site`` and ``<model>+verdict@site``). Returns ``{"table":
+    {...}, "markdown": str, "n_failed": int}``.
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.assets import load_dat_models
@@ -174,14 +218,25 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     truth = np.array([s.truth_levels or (-1,) * 4 for s in cached], np.int64)
     calibration = load_dat_models().calibration
     sbr_path = sbr_calls(sbr, calibration)
+    sites = np.array([s.site for s in cached])
+    sbr_site = None
+    if normals_dir is not None:
+        own = site_calibrations(normals_dir, work_dir, workers)
+        missing_normals = sorted(set(sites) - set(own))
+        if missing_normals:
+            raise ValueError(f"no site-calibration normals for {', '.join(missing_normals)}")
+        sbr_site = _per_site_calls(sbr, sites, own)
     methods: dict[str, Calls] = {}
     for name, path in models.items():
         cnn = cnn_calls(path, x)
         methods[name] = cnn
         methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path)
+        if sbr_site is not None:
+            methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site)
     methods["sbr"] = sbr_path
-    table = method_table(np.array([s.site for s in cached]), reference, one_sided, truth,
-                         methods)
+    if sbr_site is not None:
+        methods["sbr@site"] = sbr_site
+    table = method_table(sites, reference, one_sided, truth, methods)
     measured = {s.study_id for s in cached}
     not_measured: dict[str, int] = {}
     for s in studies:

@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rob.add_argument("--training", action="store_true",
                      help="the training site of the same four-case design instead "
                           "(TRAINING_VARIANTS: broad cameras, its own seed)")
+    rob.add_argument("--normals", action="store_true",
+                     help="the variants' site-calibration normals instead (--groups subjects "
+                          "per variant, one normal scan each, their own seed): for "
+                          "'dopanode robustness --site-normals'")
     rob.set_defaults(func=run_benchmark_robustness)
     desc = sub.add_parser("describe", help="print the benchmark definition (and progress)")
     desc.add_argument("out", type=Path, nargs="?", default=None)
@@ -211,8 +215,11 @@ def run_benchmark_robustness(args: argparse.Namespace) -> int:
         VARIANT_NAMES,
         VARIANTS,
         generate_robustness,
+        normals_variant,
     )
 
+    if args.training and args.normals:
+        raise SystemExit("--training and --normals are two different data sets: choose one")
     if args.training:
         manifest = generate_robustness(args.out, args.groups, TRAINING_VARIANTS, args.workers)
         print(f"manifest {manifest}")
@@ -224,7 +231,9 @@ def run_benchmark_robustness(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: "
                          f"{', '.join(VARIANT_NAMES)}")
     _check_n(args.groups)
-    manifest = generate_robustness(args.out, args.groups,
-                                   [v for v in VARIANTS if v.name in chosen], args.workers)
+    variants = [v for v in VARIANTS if v.name in chosen]
+    if args.normals:
+        variants = [normals_variant(v) for v in variants]
+    manifest = generate_robustness(args.out, args.groups, variants, args.workers)
     print(f"manifest {manifest}")
     return 0

@@ -72,6 +72,10 @@ MATCH_STEPS = 4
 MATCH_TOLERANCE = 0.01
 #: Lowest binding fraction :func:`match_image_ratio` goes to.
 MIN_FRACTION = 0.02
+#: Seed of the site-calibration normals (:func:`normals_variant`), apart from every other.
+NORMALS_SEED = 7201
+#: Site-name suffix of a variant's site-calibration normals.
+NORMALS_SUFFIX = "_normals"
 _ENCODINGS = {"multiframe": 0.4, "per_slice": 0.2, "ge_negative_spacing": 0.2, "z_flipped": 0.2}
 
 
@@ -162,6 +166,21 @@ TRAINING_VARIANTS: tuple[RobustVariant, ...] = (
     RobustVariant("train_cases_broad", "four-case groups for training", "broad",
                   one_sided=(0.30, 0.85), role="train_test", seed=7101),
 )
+
+
+def normals_variant(variant: RobustVariant) -> RobustVariant:
+    """The normal scans a site with ``variant``'s camera would calibrate from.
+
+    Issue 10 point 4: SBR thresholds are camera-specific and a site builds its
+    own from its normal scans (README, "Calibrate your camera"). These are
+    other subjects of the same camera and anatomy rules (their own seed,
+    :data:`NORMALS_SEED`), one normal scan each (the normal case of each group),
+    role ``"calibration"``; ``dopanode robustness --site-normals`` builds each
+    variant's thresholds from them and scores the SBR path and the verdict with
+    them beside the shipped simulated calibration.
+    """
+    return replace(variant, name=variant.name + NORMALS_SUFFIX, seed=NORMALS_SEED,
+                   role="calibration")
 
 
 def variant_site(variant: RobustVariant, n_groups: int) -> SiteSpec:
@@ -285,17 +304,21 @@ def plan_variant_group(variant: RobustVariant, index: int, group: int) -> GroupP
 
 
 def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) -> int:
-    """Simulate and write one group of ``variant`` (skips finished studies); studies written."""
+    """Simulate and write one group of ``variant`` (skips finished studies); studies written.
+
+    A :func:`normals_variant` writes only the group's normal scan (one subject each).
+    """
     from service.sim.broad_profiles import profile_fields
     from service.sim.groups import plan_scanner
     from service.sim.striatal_sources import region_binding
 
     names = [v.name for v in (*VARIANTS, *TRAINING_VARIANTS)]
-    index = names.index(variant.name)
+    index = names.index(variant.name.removesuffix(NORMALS_SUFFIX))
     site = variant_site(variant, group + 1)
     plan = plan_variant_group(variant, index, group)
+    cases = (0,) if variant.role == "calibration" else range(len(CASES))  # normals: one scan
     todo = [k for k, i in enumerate(plan.indices)
-            if not (out_dir / site.name / study_id(site, i) / TRUTH_FILE).exists()]
+            if k in cases and not (out_dir / site.name / study_id(site, i) / TRUTH_FILE).exists()]
     if not todo:
         return 0
     scanner = plan_scanner(plan)

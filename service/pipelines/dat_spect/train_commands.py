@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an ONNX model to rate with (repeatable; default: the shipped one)")
     p.add_argument("--workers", type=int, default=2, help="processes measuring the studies")
     p.add_argument("--json", type=Path, default=None, help="also write the table here")
+    p.add_argument("--site-normals", type=Path, default=None, metavar="NORMALS",
+                   help="the variants' normals ('dopanode benchmark robustness NORMALS "
+                        "--normals'): also score the SBR path and the verdicts with each "
+                        "variant's own thresholds built from them (a calibrated site)")
     p.set_defaults(func=cmd_robustness)
 
     p = subparsers.add_parser("heldout-v1", help="generate the benchmark-1 test groups the "
@@ -175,7 +179,7 @@ def _named_models(specs: list[str]) -> dict[str, Path]:
 def cmd_robustness(args: argparse.Namespace) -> int:
     robustness = _training("robustness")
     result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
-                                        args.workers)
+                                        args.workers, args.site_normals)
     print(result["markdown"])
     print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
     if args.json:
