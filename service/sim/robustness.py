@@ -219,7 +219,7 @@ def one_sided_state(normal: DiseaseState, side: str, fraction: float,
     ``fraction`` below 0.095; ``fraction`` > 0)."""
     from service.sim.striatal_sources import region_binding
 
-    other = "right" if side == "left" else "left"
+    other = _other(side)
     remaining: dict[str, float] = dict.fromkeys(STRIATAL_COMPONENTS, 1.0)
     remaining[f"putamen_posterior_{side}"] = max(fraction - 0.08, 0.16 * fraction)
     remaining[f"putamen_anterior_{side}"] = fraction + 0.08
@@ -237,31 +237,40 @@ def _with_remaining(normal: DiseaseState, remaining: Mapping[str, float],
     return DiseaseState("pd", 0.5, side, normal.age_years, normal.sex, binding, loss)
 
 
-def image_ratio(scanner: AnatomyScanner, state: DiseaseState, side: str) -> float:
-    """Affected/other putamen SBR of ``state``'s noise-free image, measured with the
-    phantom's own putamen ROIs (:meth:`AnatomyScanner.expected`, :func:`measure_sbr`)."""
+def _other(side: str) -> str:
+    return "right" if side == "left" else "left"
+
+
+def noise_free_sbr(scanner: AnatomyScanner, state: DiseaseState) -> dict[str, float]:
+    """SBR per striatal ROI of ``state``'s noise-free image, measured with the phantom's
+    own ROIs (:meth:`AnatomyScanner.expected`, :func:`measure_sbr`)."""
     from service.sim.scan import measure_sbr
 
-    sbr = measure_sbr(scanner.expected(state), scanner.phantom.labels_zyx)
-    other = "right" if side == "left" else "left"
-    return sbr[f"putamen_{side}"] / sbr[f"putamen_{other}"]
+    return measure_sbr(scanner.expected(state), scanner.phantom.labels_zyx)
 
 
-def match_image_ratio(scanner: AnatomyScanner, normal: DiseaseState, side: str, target: float,
+def _putamen_ratio(sbr: Mapping[str, float], side: str) -> float:
+    return sbr[f"putamen_{side}"] / sbr[f"putamen_{_other(side)}"]
+
+
+def match_image_ratio(scanner: AnatomyScanner, normal: DiseaseState,
+                      normal_sbr: Mapping[str, float], side: str, target: float,
                       source: str) -> tuple[DiseaseState, float]:
     """The one-sided state whose noise-free image shows ``target`` (affected/other putamen
     SBR), and the ratio its image shows.
 
-    The image ratio rises with the binding fraction almost linearly (blur and
-    spill from the caudate keep it above the binding ratio); secant steps from
-    the normal subject (fraction 1) and ``target`` as a binding fraction find the
-    fraction, clipped at :data:`MIN_FRACTION` (almost no specific binding left) when
-    the camera cannot show so low a ratio (the returned ratio is then above ``target``). At most :data:`MATCH_STEPS` noise-free reconstructions.
+    ``normal_sbr``: :func:`noise_free_sbr` of ``normal`` (one reconstruction serves
+    both sides of a group). The image ratio rises with the binding fraction almost
+    linearly (blur and spill from the caudate keep it above the binding ratio);
+    secant steps from the normal subject (fraction 1) and ``target`` as a binding
+    fraction find the fraction, clipped at :data:`MIN_FRACTION` (almost no specific
+    binding left) when the camera cannot show so low a ratio (the returned ratio is
+    then above ``target``). At most :data:`MATCH_STEPS` + 1 noise-free reconstructions.
     """
-    f0, r0 = 1.0, image_ratio(scanner, normal, side)
+    f0, r0 = 1.0, _putamen_ratio(normal_sbr, side)
     f1 = target
     state = one_sided_state(normal, side, f1, source)
-    r1 = image_ratio(scanner, state, side)
+    r1 = _putamen_ratio(noise_free_sbr(scanner, state), side)
     for _ in range(MATCH_STEPS):
         if abs(r1 - target) <= MATCH_TOLERANCE or r1 == r0:
             break
@@ -270,7 +279,7 @@ def match_image_ratio(scanner: AnatomyScanner, normal: DiseaseState, side: str, 
             break
         f0, r0, f1 = f1, r1, f2
         state = one_sided_state(normal, side, f1, source)
-        r1 = image_ratio(scanner, state, side)
+        r1 = _putamen_ratio(noise_free_sbr(scanner, state), side)
     return state, r1
 
 
@@ -322,15 +331,17 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     if not todo:
         return 0
     scanner = plan_scanner(plan)
+    normal_sbr: dict[str, float] | None = None
     for k in todo:
         t0 = time.process_time()
         state, image = plan.states[k], None
         if CASES[k].startswith("loss_") and variant.one_sided_basis == IMAGE_BASIS:
             side, source = CASES[k].removeprefix("loss_"), _source(plan)
-            regions = region_binding(state.binding, source)
-            other = "right" if side == "left" else "left"
-            target = regions[f"putamen_{side}"] / regions[f"putamen_{other}"]
-            state, image = match_image_ratio(scanner, plan.states[0], side, target, source)
+            target = _putamen_ratio(region_binding(state.binding, source), side)
+            if normal_sbr is None:
+                normal_sbr = noise_free_sbr(scanner, plan.states[0])
+            state, image = match_image_ratio(scanner, plan.states[0], normal_sbr, side, target,
+                                             source)
             plan.states[k] = state
         scan = scanner.scan(state, np.random.default_rng(plan.noise_seeds[k]))
         row = _write_study(site, plan.indices[k], group, k, scan, plan, out_dir)

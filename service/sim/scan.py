@@ -30,6 +30,8 @@ SCATTER_FWHM_MM = 50.0
 PENETRATION_FWHM_MM = 110.0
 #: Scatter-window counts per scatter count in the photopeak (sets the estimate's noise).
 SCATTER_WINDOW_RATIO = 0.5
+#: Smoothing of the scatter-window estimate (mm FWHM).
+SCATTER_ESTIMATE_FWHM_MM = 15.0
 #: Scan centre (centre of rotation), LPS mm.
 SCAN_CENTRE_LPS_MM = np.array([0.0, 0.0, 0.0])
 
@@ -123,7 +125,8 @@ class AnatomyScanner:
         scatter_est = None
         if p.scatter_correction:
             window = rng.poisson(scatter * scale * SCATTER_WINDOW_RATIO).astype(np.float32)
-            scatter_est = gaussian_blur_projections(window, 15.0, p.voxel_mm) / SCATTER_WINDOW_RATIO
+            scatter_est = gaussian_blur_projections(
+                window, SCATTER_ESTIMATE_FWHM_MM, p.voxel_mm) / SCATTER_WINDOW_RATIO
         vol = self._reconstruct(measured, scatter_est)
         return SimulatedScan(
             volume_zyx=np.clip(vol, 0.0, None).astype(np.float32),
@@ -147,7 +150,7 @@ class AnatomyScanner:
         scatter_est = None
         if p.scatter_correction:
             scatter_est = gaussian_blur_projections(
-                (scatter * scale).astype(np.float32), 15.0, p.voxel_mm)
+                (scatter * scale).astype(np.float32), SCATTER_ESTIMATE_FWHM_MM, p.voxel_mm)
         return np.clip(self._reconstruct(measured, scatter_est), 0.0, None).astype(np.float32)
 
     def _reconstruct(self, measured: np.ndarray, scatter_est: np.ndarray | None) -> np.ndarray:
