@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["runtime", "scans", "median ms", "p95 ms", f"< {GOAL_MS:g} ms",
                  "time / onnxruntime"], rows)
     report = workflow.evaluate_model(args.work, args.model)
-    print("\nEvaluation on held-out scans (labels: per-site GMM; binary truth: simulated "
+    print("\nEvaluation on held-out scans (labels: the work folder's, per-site GMM or the "
+          "simulated truth of `dopanode train --labels truth`; binary truth: simulated "
           "PD or atypical):\n")
     print(report["table"])
     if args.data is not None:

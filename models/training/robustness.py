@@ -7,10 +7,12 @@ benchmark folder (e.g. the held-out benchmark version 1 groups of
 * ``reduced`` and ``inconclusive`` of the method's own global rule: the CNN's
   (:func:`service.pipelines.dat_spect.cnn.rate_scan`), or the SBR-threshold
   path's (:func:`service.pipelines.dat_spect.levels.global_score` with the
-  shipped calibration, as the node scores without a CNN);
+  shipped calibration's set for the scan's correction family and the
+  asymmetry rule, as the node scores without a CNN);
 * ``verdict``: what the node reports with that CNN: the CNN call made
-  inconclusive where the CNN and the SBR levels fall on opposite sides of
-  level 2 in a region (:func:`service.pipelines.dat_spect.verdict.consistent_score`).
+  inconclusive where the CNN and the SBR path call the scan differently (one
+  has a region at level 2 or worse, the other none;
+  :func:`service.pipelines.dat_spect.verdict.consistent_score`).
 
 Against the binding reference (``binary_reference`` of the manifest;
 excluded scans left out): **sensitivity** is the fraction of *reduced* scans
@@ -46,15 +48,27 @@ class Calls:
     levels: np.ndarray
 
 
-def sbr_calls(sbr: np.ndarray, calibration: Any) -> Calls:
-    """The SBR-threshold path's calls on ``(N, 4)`` SBRs (order of REGIONS)."""
-    from service.pipelines.dat_spect.levels import global_score, level_for
+def sbr_calls(sbr: np.ndarray, calibration: Any, families: Sequence[Any] | None = None
+              ) -> Calls:
+    """The SBR-threshold path's calls on ``(N, 4)`` SBRs (order of REGIONS).
+
+    ``calibration``: a :class:`~service.pipelines.dat_spect.levels.Calibration`
+    for every scan, or a :class:`~service.pipelines.dat_spect.protocol.ByProtocol`
+    with ``families`` (one :class:`~service.pipelines.dat_spect.protocol.Family` per scan).
+    """
+    from service.pipelines.dat_spect.levels import global_score, sbr_levels
+    from service.pipelines.dat_spect.protocol import ByProtocol
 
     reduced, unsure, levels = [], [], []
-    for row in sbr:
+    for k, row in enumerate(sbr):
+        cal = calibration
+        if isinstance(calibration, ByProtocol):
+            if families is None:
+                raise ValueError("a per-protocol calibration needs each scan's family")
+            cal = calibration.select(families[k])
         values = {r: float(v) for r, v in zip(REGIONS, row, strict=True)}
-        lv = {r: level_for(r, values[r], calibration) for r in REGIONS}
-        score = global_score(lv, values, calibration)
+        lv = sbr_levels(values, cal)
+        score = global_score(lv, values, cal)
         reduced.append(score.reduced)
         unsure.append(score.inconclusive)
         levels.append([int(lv[r]) for r in REGIONS])
@@ -85,10 +99,22 @@ def cnn_calls(model: Path, x: np.ndarray) -> Calls:
 
 
 def verdict_calls(cnn: Calls, sbr: Calls) -> Calls:
-    """The node's verdict with a CNN: inconclusive where CNN and SBR straddle level 2."""
+    """The node's verdict with a CNN: inconclusive where the CNN and the SBR path
+    call the scan differently (one has a region at level 2+, the other none)."""
     two = int(Level.MODERATE_REDUCTION)
-    disagree = ((cnn.levels >= two) != (sbr.levels >= two)).any(axis=1)
+    disagree = (cnn.levels >= two).any(axis=1) != (sbr.levels >= two).any(axis=1)
     return Calls(cnn.reduced, cnn.inconclusive | disagree, cnn.levels)
+
+
+def series_family(series_dir: Path) -> Any:
+    """The correction family of a stored series (its first file's Corrected Image)."""
+    import pydicom
+
+    from service.pipelines.dat_spect.protocol import correction_family
+
+    first = min(p for p in series_dir.rglob("*") if p.is_file())
+    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["CorrectedImage"])
+    return correction_family(ds.get("CorrectedImage"))
 
 
 def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -217,7 +243,8 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     one_sided = np.array([r.get("case", "").startswith("loss_") for r in row_of])
     truth = np.array([s.truth_levels or (-1,) * 4 for s in cached], np.int64)
     calibration = load_dat_models().calibration
-    sbr_path = sbr_calls(sbr, calibration)
+    families = [series_family(s.series_dir) for s in cached]
+    sbr_path = sbr_calls(sbr, calibration, families)
     sites = np.array([s.site for s in cached])
     sbr_site = None
     if normals_dir is not None:

@@ -19,6 +19,7 @@ from service.pipelines.dat_spect.example import example_evidence, example_result
 from service.pipelines.dat_spect.levels import Calibration
 from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.picture import build_picture_report
+from service.pipelines.dat_spect.protocol import FAMILIES, ByProtocol, Family, read_by_protocol
 from service.pipelines.dat_spect.provenance import (
     SIMULATED,
     SITE,
@@ -33,14 +34,24 @@ pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on
 SHIPPED = default_models_dir() / "template"
 
 
-def test_shipped_files_say_they_are_simulated() -> None:
-    calibration = Calibration.from_dict(json.loads((SHIPPED / "calibration.json").read_text()))
-    normals = NormalDatabase.from_dict(json.loads((SHIPPED / "normals.json").read_text()))
-    assert (calibration.provenance, normals.provenance) == (SIMULATED, SIMULATED)
+def _shipped() -> tuple[ByProtocol[Calibration], ByProtocol[NormalDatabase]]:
+    return (read_by_protocol(json.loads((SHIPPED / "calibration.json").read_text()),
+                             Calibration.from_dict),
+            read_by_protocol(json.loads((SHIPPED / "normals.json").read_text()),
+                             NormalDatabase.from_dict))
+
+
+def test_shipped_files_say_they_are_simulated_and_hold_every_family() -> None:
+    calibrations, normals = _shipped()
+    assert (calibrations.provenance, normals.provenance) == (SIMULATED, SIMULATED)
+    for family in FAMILIES:
+        assert calibrations.select(Family(family)).provenance == SIMULATED
+        assert normals.select(Family(family)).provenance == SIMULATED
+        assert "SIMULATED" in calibrations.select(Family(family)).source
 
 
 def test_provenance_field_round_trips_and_old_files_are_read_from_their_source() -> None:
-    calibration = Calibration.from_dict(json.loads((SHIPPED / "calibration.json").read_text()))
+    calibration = _shipped()[0].select(Family("attn"))
     site = replace(calibration, provenance=SITE, source="GMM labels of dataset cam1")
     assert Calibration.from_dict(site.to_dict()).provenance == SITE
     assert provenance_of({"source": "GMM labels of 120 SIMULATED scans"}) == SIMULATED

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from service.errors import AnalysisError  # noqa: E402
 from service.imaging.atlas import load_atlas  # noqa: E402
 from service.pipelines.dat_spect.cnn import (  # noqa: E402
+    REGIONAL_RULE,
     REGIONS_METADATA_KEY,
     CnnSession,
     rate_region,
@@ -135,35 +136,33 @@ def test_rating_rules() -> None:
     normal = np.tile([0.97, 0.03, 0.0, 0.0, 0.0], (4, 1))
     pred = rate_scan(normal)
     assert not pred.reduced and not pred.inconclusive and pred.p_reduced == pytest.approx(0.0)
+    assert pred.rule == REGIONAL_RULE
     one_reduced = normal.copy()
     one_reduced[3] = [0.0, 0.05, 0.9, 0.05, 0.0]
     pred = rate_scan(one_reduced)
     assert pred.reduced and not pred.inconclusive and pred.p_reduced == pytest.approx(0.95)
-    unsure_call = normal.copy()
-    unsure_call[2] = [0.0, 0.5, 0.5, 0.0, 0.0]  # tight (spread 0.5) but P(>= 2) = 0.5
-    pred = rate_scan(unsure_call)
-    assert not pred.region(Region.PUTAMEN_LEFT).unsure
-    assert pred.inconclusive and pred.reduced and pred.p_reduced == pytest.approx(0.5)
-    # three regions each 30 % likely reduced: 1 - 0.7^3 = 0.657, reduced but unsure,
-    # although every region's median level is borderline
+    # the call is the regional levels': a median at level 2 means reduced, whatever P(>= 2)
+    at_half = normal.copy()
+    at_half[2] = [0.0, 0.5, 0.5, 0.0, 0.0]  # cumulative 0.5 at level 1: median level 1
+    pred = rate_scan(at_half)
+    assert pred.region(Region.PUTAMEN_LEFT).level is Level.BORDERLINE
+    assert not pred.reduced and pred.p_reduced == pytest.approx(0.5)
+    at_half[2] = [0.0, 0.45, 0.55, 0.0, 0.0]
+    assert rate_scan(at_half).reduced
+    # three regions each 30 % likely reduced: P(reduced) 1 - 0.7^3 = 0.657 is reported,
+    # but every region's median level is borderline, so the call is normal
     several = np.tile([0.0, 0.7, 0.3, 0.0, 0.0], (4, 1))
     several[0] = [0.97, 0.03, 0.0, 0.0, 0.0]
     pred = rate_scan(several)
     assert all(r.level <= Level.BORDERLINE for r in pred.regions)
-    assert pred.reduced and pred.inconclusive and pred.p_reduced == pytest.approx(1 - 0.7**3)
-    # a scattered region is flagged itself but does not make the study inconclusive
+    assert not pred.reduced and not pred.inconclusive
+    assert pred.p_reduced == pytest.approx(1 - 0.7**3)
+    # a scattered region is flagged itself; its median decides the call
     scattered = normal.copy()
     scattered[1] = [0.6, 0.0, 0.0, 0.0, 0.4]
     pred = rate_scan(scattered)
     assert pred.region(Region.CAUDATE_RIGHT).unsure and pred.p_reduced == pytest.approx(0.4)
-    assert pred.inconclusive and not pred.reduced
-    borderline_close = normal.copy()
-    borderline_close[2] = [0.0, 0.85, 0.15, 0.0, 0.0]  # tight, P(>= 2) = 0.15
-    pred = rate_scan(borderline_close)
-    assert not pred.inconclusive and not pred.reduced
-    borderline_close[2] = [0.0, 0.7, 0.3, 0.0, 0.0]  # tight, but P(>= 2) = 0.3
-    pred = rate_scan(borderline_close)
-    assert not pred.region(Region.PUTAMEN_LEFT).unsure and pred.inconclusive and not pred.reduced
+    assert not pred.reduced and not pred.inconclusive
 
 
 def test_global_head_output(tmp_path: Path, rng) -> None:
@@ -176,7 +175,7 @@ def test_global_head_output(tmp_path: Path, rng) -> None:
     np.testing.assert_allclose(probs, session.probabilities(x), atol=0)
     pred = session.predict(x[0])
     assert pred.p_reduced == pytest.approx(float(p_global[0]), abs=1e-6)
-    assert pred.rule.startswith("reduced if the model's global P(reduced)")
+    assert pred.rule == REGIONAL_RULE
     plain = CnnSession(_model(tmp_path / "p.onnx"))
     assert not plain.has_global_head and plain.outputs(x)[1] is None
     assert _code(_model(tmp_path / "m.onnx", global_head="misnamed")) == "model_contract"
@@ -186,16 +185,16 @@ def test_global_head_output(tmp_path: Path, rng) -> None:
     assert err.value.code == "cnn_output"
 
 
-def test_global_head_rules() -> None:
+def test_global_head_is_reported_but_the_regions_decide() -> None:
     normal = np.tile([0.97, 0.03, 0.0, 0.0, 0.0], (4, 1))
     sure_normal = rate_scan(normal, 0.05)
     assert not sure_normal.reduced and not sure_normal.inconclusive
-    # the head sees a reduction the regional levels do not: reduced, but inconclusive
-    disagree = rate_scan(normal, 0.9)
-    assert disagree.reduced and disagree.inconclusive and disagree.p_reduced == 0.9
+    # the head sees a reduction the regional levels do not: normal (the regions'), P reported
+    head_only = rate_scan(normal, 0.9)
+    assert not head_only.reduced and not head_only.inconclusive and head_only.p_reduced == 0.9
     one_reduced = normal.copy()
     one_reduced[3] = [0.0, 0.05, 0.9, 0.05, 0.0]
     agree = rate_scan(one_reduced, 0.95)
-    assert agree.reduced and not agree.inconclusive
-    assert rate_scan(one_reduced, 0.1).inconclusive  # a level-2 region, head says normal
-    assert rate_scan(normal, 0.5).inconclusive  # inside the band
+    assert agree.reduced and not agree.inconclusive and agree.rule == REGIONAL_RULE
+    head_normal = rate_scan(one_reduced, 0.1)  # a level-2 region, head says normal
+    assert head_normal.reduced and head_normal.p_reduced == pytest.approx(0.1)

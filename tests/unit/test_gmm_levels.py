@@ -13,6 +13,7 @@ from service.pipelines.dat_spect.levels import (
     global_score,
     level_for,
     normal_spread,
+    sbr_levels,
     thresholds_from_mixture,
 )
 from service.pipelines.dat_spect.result import REGIONS, Level, Region
@@ -107,8 +108,12 @@ def test_level_for_putamen(sbr: float, level: Level) -> None:
 
 
 def _score(sbr: dict[Region, float]):  # type: ignore[no-untyped-def]
-    levels = {r: level_for(r, v, CAL) for r, v in sbr.items()}
-    return global_score(levels, sbr, CAL)
+    return global_score(sbr_levels(sbr, CAL), sbr, CAL)
+
+
+def _putamina(normal: dict[Region, float], value: float) -> dict[Region, float]:
+    """Both putamina at ``value`` (no asymmetry: the thresholds alone decide)."""
+    return {**normal, Region.PUTAMEN_LEFT: value, Region.PUTAMEN_RIGHT: value}
 
 
 def test_global_score_rule() -> None:
@@ -116,17 +121,22 @@ def test_global_score_rule() -> None:
               Region.PUTAMEN_LEFT: 2.0, Region.PUTAMEN_RIGHT: 2.0}
     s = _score(normal)
     assert not s.reduced and not s.inconclusive and s.method == "sbr"
-    s = _score({**normal, Region.PUTAMEN_RIGHT: 0.6})
+    s = _score(_putamina(normal, 0.6))
     assert s.reduced and not s.inconclusive
-    s = _score({**normal, Region.PUTAMEN_RIGHT: 1.5})  # borderline only
+    s = _score(_putamina(normal, 1.5))  # borderline only
     assert not s.reduced and s.inconclusive
-    s = _score({**normal, Region.PUTAMEN_RIGHT: 1.27})  # just under t12
+    s = _score(_putamina(normal, 1.27))  # just under t12
     assert s.reduced and s.inconclusive
     # one clearly reduced region makes the reduced call conclusive
     s = _score({**normal, Region.PUTAMEN_LEFT: 0.6, Region.PUTAMEN_RIGHT: 1.27})
     assert s.reduced and not s.inconclusive
-    s = _score({**normal, Region.PUTAMEN_RIGHT: 1.33})  # level 0/1 but just above t12
+    s = _score(_putamina(normal, 1.33))  # level 0/1 but just above t12
     assert not s.reduced and s.inconclusive
+    # one putamen at 0.6 of the other: normal by thresholds, reduced by the asymmetry rule
+    high = {**normal, Region.PUTAMEN_LEFT: 2.4, Region.PUTAMEN_RIGHT: 2.4 * 0.6}
+    assert all(level_for(r, v, CAL) <= Level.BORDERLINE for r, v in high.items())
+    s = _score(high)
+    assert s.reduced and not s.inconclusive
 
 
 def test_calibration_round_trip_and_validation() -> None:

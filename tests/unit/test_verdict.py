@@ -55,14 +55,27 @@ def test_sbr_moderate_under_a_normal_cnn_makes_it_inconclusive_and_says_where() 
     assert score.rule.endswith(result.global_score.rule)
 
 
-def test_cnn_reduced_where_sbr_is_normal_is_named_too() -> None:
+def test_both_reduced_but_different_regions_keeps_the_call_and_names_them() -> None:
     base = example_result(reduced=True, with_cnn=True)
     regions = tuple(replace(r, level_sbr=Level.NORMAL) if r.region is Region.PUTAMEN_LEFT
                     else r for r in base.regions)
+    assert any(r.level_sbr >= Level.MODERATE_REDUCTION for r in regions)  # SBR: reduced too
+    score = consistent_score(regions, base.global_score)
+    assert not score.inconclusive and score.reduced
+    assert score.rule.startswith("CNN and SBR thresholds differ on putamen left (CNN 3, SBR 0); "
+                                 "both call the scan reduced")
+    assert "putamen right" not in score.rule  # CNN 2, SBR 2: they agree
+    assert contradiction(regions, score) == ""
+
+
+def test_cnn_reduced_where_the_sbr_path_finds_nothing_is_inconclusive() -> None:
+    base = example_result(reduced=True, with_cnn=True)
+    regions = tuple(replace(r, level_sbr=min(r.level_sbr, Level.BORDERLINE))
+                    for r in base.regions)
     score = consistent_score(regions, base.global_score)
     assert score.inconclusive and score.reduced
-    assert "putamen left (CNN 3, SBR 0)" in score.rule
-    assert "putamen right" not in score.rule  # CNN 2, SBR 2: they agree
+    assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen left")
+    assert contradiction(regions, score) == "CNN and SBR disagree"
 
 
 def test_a_normal_call_above_a_reported_level_two_is_inconclusive() -> None:

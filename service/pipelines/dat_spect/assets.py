@@ -18,6 +18,7 @@ from service.imaging.atlas import Atlas, load_atlas
 from service.paths import default_models_dir
 from service.pipelines.dat_spect.levels import Calibration
 from service.pipelines.dat_spect.normals import NormalDatabase
+from service.pipelines.dat_spect.protocol import ByProtocol, read_by_protocol
 from service.pipelines.dat_spect.template import load_template
 
 TEMPLATE_FILE = "fpcit_template_mni2mm.npz"
@@ -33,9 +34,11 @@ class DatModels:
     ----------
     atlas : Atlas
     template_zyx : (91, 109, 91) float32 array
-    calibration : Calibration or None
-        None only where no scoring is done (labelling, building normals).
-    normals : NormalDatabase or None
+    calibration : ByProtocol of Calibration, or None
+        One set of thresholds per correction family, or one for every series
+        (:mod:`.protocol`); None only where no scoring is done (labelling,
+        building normals).
+    normals : ByProtocol of NormalDatabase, or None
     sha256 : str
         Hash over the three files, identifying this configuration in the SR.
     directory : Path
@@ -44,8 +47,8 @@ class DatModels:
 
     atlas: Atlas
     template_zyx: np.ndarray
-    calibration: Calibration | None
-    normals: NormalDatabase | None
+    calibration: ByProtocol[Calibration] | None
+    normals: ByProtocol[NormalDatabase] | None
     sha256: str
     directory: Path
 
@@ -67,12 +70,10 @@ def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -
     for path in paths:
         if path.exists():
             digest.update(path.read_bytes())
-    normals = (
-        NormalDatabase.from_dict(json.loads(paths[2].read_text())) if paths[2].exists() else None
-    )
-    calibration = (
-        Calibration.from_dict(json.loads(paths[1].read_text())) if paths[1].exists() else None
-    )
+    normals = (read_by_protocol(json.loads(paths[2].read_text()), NormalDatabase.from_dict)
+               if paths[2].exists() else None)
+    calibration = (read_by_protocol(json.loads(paths[1].read_text()), Calibration.from_dict)
+                   if paths[1].exists() else None)
     return DatModels(
         atlas=atlas,
         template_zyx=load_template(paths[0], atlas),

@@ -22,18 +22,21 @@ the level under the predicted distribution, ``sqrt(sum_k p_k (k - E[k])^2)``,
 in levels; the region is *unsure* when the spread exceeds
 :data:`MAX_SPREAD_LEVELS` (reported per region).
 
-With a global head, ``P(reduced)`` is the model's ``p_reduced``; the study is
-*reduced* when it is >= 0.5 and *inconclusive* when it lies in
-:data:`BINARY_UNSURE_RANGE` or when the call disagrees with the regional
-levels (reduced with no region at level 2 or worse, or normal with one), so
-the headline never contradicts the table beside it without saying so.
+The CNN's binary call is derived from its regional levels, as the reference
+paper derives its global score from the regional 5-scores: *reduced* when any
+region's level is 2 (moderate reduction) or worse (:data:`REGIONAL_RULE`).
+The call is never contradicted by the CNN's own table. Whether it is
+conclusive is decided against the other method, the SBR path
+(:func:`service.pipelines.dat_spect.verdict.consistent_score`).
 
-Without one (an older model), ``P(reduced) = 1 - prod_r (1 - P_r(level >= 2))``:
-the probability that at least one region is at level 2 (moderate reduction)
-or worse, the regions taken as independent; *reduced* when >= 0.5,
-*inconclusive* inside :data:`BINARY_UNSURE_RANGE`. On the validation split
-this called the simulated disease class better than "any region's median
-level >= 2" (85.8 % against 83.3 %).
+``P(reduced)`` is reported beside the call: the model's global head
+(``p_reduced``) where it has one, else ``1 - prod_r (1 - P_r(level >= 2))``
+(the regions taken as independent). It no longer decides the call: on the
+validation split of benchmark version 2 (62 scans with a binding reference)
+the head with its unsure range (:data:`BINARY_UNSURE_RANGE`) left 14 scans
+inconclusive and called 48 right; the regional call alone 62, checked against
+the SBR path (the node's verdict) 59 (``models/training/README.md``, "Fourth
+attempt").
 
 The region spread is not part of the study flag: it marks a third to a half
 of the scans (mostly level 0/1/2 mixtures between close GMM thresholds)
@@ -73,20 +76,11 @@ SIGNATURE = ModelSignature(
 )
 #: Largest ordinal spread (SD of the level distribution, in levels) of a sure region.
 MAX_SPREAD_LEVELS = 0.75
-#: P(reduced) in this closed range makes the binary call inconclusive.
+#: P(reduced) in this closed range was the old unsure range (kept for the training reports).
 BINARY_UNSURE_RANGE = (0.2, 0.8)
 #: Tolerance on the sum of one region's five probabilities.
 PROBABILITY_SUM_TOL = 1e-3
-REGIONAL_RULE = (
-    "reduced if P(any region >= moderate reduction) >= 0.5 (regions independent); "
-    f"inconclusive if that probability is within [{BINARY_UNSURE_RANGE[0]}, "
-    f"{BINARY_UNSURE_RANGE[1]}]"
-)
-GLOBAL_HEAD_RULE = (
-    "reduced if the model's global P(reduced) >= 0.5; inconclusive if it is within "
-    f"[{BINARY_UNSURE_RANGE[0]}, {BINARY_UNSURE_RANGE[1]}] or the call disagrees with the "
-    "regional levels (a region at moderate reduction or worse means reduced)"
-)
+REGIONAL_RULE = "reduced if any region's CNN level is moderate reduction (2) or worse"
 
 
 @dataclass(frozen=True)
@@ -121,11 +115,12 @@ class CnnPrediction:
     ----------
     regions : tuple of 4 RegionPrediction, order of REGIONS
     reduced : bool
-        ``p_reduced >= 0.5``.
+        A region at level 2 or worse.
     p_reduced : float
-        P(reduced): the model's global head, or from the regions when the
-        model has none (module docstring).
+        P(reduced), reported: the model's global head, or from the regions when
+        the model has none (module docstring).
     inconclusive : bool
+        Always False from the CNN alone (kept for the result's shape).
     rule : str
     """
 
@@ -168,15 +163,10 @@ def rate_scan(probabilities_rk: np.ndarray, p_global: float | None = None) -> Cn
     if p_global is None:
         p_region = np.clip(probabilities_rk[:, 2:].sum(axis=1), 0.0, 1.0)
         p_reduced = float(1.0 - np.prod(1.0 - p_region))
-        rule = REGIONAL_RULE
     else:
         p_reduced = float(np.clip(p_global, 0.0, 1.0))
-        rule = GLOBAL_HEAD_RULE
-    reduced = p_reduced >= 0.5
-    lo, hi = BINARY_UNSURE_RANGE
-    regions_reduced = any(r.level >= Level.MODERATE_REDUCTION for r in regions)
-    inconclusive = lo <= p_reduced <= hi or (p_global is not None and reduced != regions_reduced)
-    return CnnPrediction(regions, reduced, p_reduced, inconclusive, rule)
+    reduced = any(r.level >= Level.MODERATE_REDUCTION for r in regions)
+    return CnnPrediction(regions, reduced, p_reduced, False, REGIONAL_RULE)
 
 
 class CnnSession:

@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from service.dicom import codes as dicom_codes
 from service.imaging.atlas import LABELS, load_atlas
-from service.pipelines.dat_spect.cnn import GLOBAL_HEAD_RULE
+from service.pipelines.dat_spect.cnn import REGIONAL_RULE
 from service.pipelines.dat_spect.levels import GLOBAL_RULE
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
 from service.pipelines.dat_spect.result import (
@@ -145,7 +145,7 @@ def example_result(reduced: bool = True, with_cnn: bool = True) -> StudyResult:
         global_score=GlobalScore(
             reduced=reduced,
             inconclusive=False,
-            rule=GLOBAL_HEAD_RULE if with_cnn else GLOBAL_RULE,  # the node's own rule texts
+            rule=REGIONAL_RULE if with_cnn else GLOBAL_RULE,  # the node's own rule texts
             method="cnn" if with_cnn else "sbr",
         ),
         ratios=_ratios(sbr_by_region),

@@ -40,6 +40,19 @@ age-corrected: in the simulated referral mix age correction (5 %/decade) made
 the separation worse, since reduced scans come from older subjects; the
 age-corrected view is the normal database's z-score, reported beside it.
 
+The asymmetry rule
+------------------
+A loss on one side shows first in the putamen, and a putamen at 60 % of the
+other still lies inside the normal SBR range of a subject who binds well: the
+thresholds alone miss it. A putamen whose SBR is below
+:data:`ASYMMETRY_REDUCED_RATIO` of the other putamen's (putamen asymmetry index
+above about 25 %) is therefore rated at least level 2 (moderate reduction) by
+the SBR method (:func:`sbr_levels`). A ratio needs no camera calibration to
+first order. 0.78 is the cut that separated the simulated training normals
+(148 scans, 3 below it) from the training one-sided cases whose noise-free
+image shows 60 % or less (46 scans, 2 above it) best, chosen on the training
+split of benchmark version 2 only (``models/template/README.md``).
+
 Global score
 ------------
 *Reduced* if any of the four regions is at level 2 or worse, else *normal*.
@@ -49,7 +62,10 @@ threshold (the normal/reduced boundary), i.e. every region at level 2 or
 worse is within :data:`INCONCLUSIVE_MARGIN_REL` of ``t12``; a *normal* call is
 inconclusive when the worst level is 1 (borderline) or any region's SBR lies
 within that margin above ``t12``. One clearly reduced region makes a reduced
-call conclusive, whatever the other regions show.
+call conclusive, whatever the other regions show. A putamen raised by the
+asymmetry rule counts as clearly reduced when its ratio to the other putamen
+is below the cut by more than the margin; a normal call is inconclusive also
+when a putamen ratio lies within the margin above the cut.
 """
 
 from __future__ import annotations
@@ -75,11 +91,17 @@ Z_REDUCED = 2.0
 ALMOST_MISSING_REL = 0.2
 #: Relative distance to the normal/reduced threshold that makes a call unsure.
 INCONCLUSIVE_MARGIN_REL = 0.05
+#: A putamen below this fraction of the other putamen's SBR is at least level 2 (SBR method).
+ASYMMETRY_REDUCED_RATIO = 0.78
+#: The pairs the asymmetry rule compares: (region rated, the other side).
+ASYMMETRY_PAIRS = ((Region.PUTAMEN_LEFT, Region.PUTAMEN_RIGHT),
+                   (Region.PUTAMEN_RIGHT, Region.PUTAMEN_LEFT))
 STRUCTURES = ("caudate", "putamen")
 
 GLOBAL_RULE = (
-    "reduced if any region is level 2+; inconclusive if borderline only, or if an SBR error "
-    f"of {INCONCLUSIVE_MARGIN_REL:.0%} could flip the call"
+    "reduced if any region is level 2+ (SBR thresholds; a putamen below "
+    f"{ASYMMETRY_REDUCED_RATIO:g} x the other putamen is level 2+); inconclusive if borderline "
+    f"only, or if an SBR error of {INCONCLUSIVE_MARGIN_REL:.0%} could flip the call"
 )
 
 
@@ -186,8 +208,54 @@ def _bayes_boundary(mixture: Mixture, n: int, lower: list[int]) -> float:
 
 
 def level_for(region: Region, sbr: float, calibration: Calibration) -> Level:
-    """Conventional level of one region from the calibration thresholds."""
+    """Conventional level of one region from the calibration thresholds alone."""
     return calibration.for_region(region).level(sbr)
+
+
+def asymmetry_ratio(sbr: Mapping[Region, float], region: Region) -> float | None:
+    """``sbr[region] / sbr[other putamen]`` for a putamen; None for a caudate or
+    when the other putamen's SBR is not positive."""
+    for rated, other in ASYMMETRY_PAIRS:
+        if rated is region and other in sbr:
+            return sbr[region] / sbr[other] if sbr[other] > 0 else None
+    return None
+
+
+def sbr_levels(sbr: Mapping[Region, float], calibration: Calibration) -> dict[Region, Level]:
+    """The SBR method's levels: thresholds, then the asymmetry rule (module docstring)."""
+    levels = {r: level_for(r, sbr[r], calibration) for r in sbr}
+    for region, _ in ASYMMETRY_PAIRS:
+        ratio = asymmetry_ratio(sbr, region) if region in sbr else None
+        if ratio is not None and ratio < ASYMMETRY_REDUCED_RATIO:
+            levels[region] = max(levels[region], Level.MODERATE_REDUCTION)
+    return levels
+
+
+def fit_truth_thresholds(sbr: np.ndarray, truth_levels: np.ndarray) -> Thresholds:
+    """Thresholds that reproduce known levels best (simulated scans with their truth).
+
+    For each level boundary ``k`` (1..4) the threshold minimising the number of
+    regions on the wrong side (``sbr < t`` against ``truth >= k``), searched
+    over the measured SBRs (the lowest on a tie); the four are then sorted into
+    descending order. Used for the shipped simulated calibration
+    (``models/template/``), where the truth is known; a site has no truth and
+    labels its scans by GMM (:mod:`.labelling`).
+
+    Parameters
+    ----------
+    sbr, truth_levels : (N,) arrays
+        One structure's regions (both sides pooled).
+    """
+    x = np.asarray(sbr, np.float64)
+    y = np.asarray(truth_levels, np.int64)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("sbr and truth_levels must be non-empty and of one shape")
+    candidates = np.unique(x)
+    values = []
+    for k in (1, 2, 3, 4):
+        errors = [int(((x < t) != (y >= k)).sum()) for t in candidates]
+        values.append(float(candidates[int(np.argmin(errors))]))
+    return Thresholds(tuple(sorted(values, reverse=True)))  # type: ignore[arg-type]
 
 
 def global_score(
@@ -200,13 +268,15 @@ def global_score(
     worst = max(levels.values())
     reduced = worst >= Level.MODERATE_REDUCTION
     t12 = {r: calibration.for_region(r).values[1] for r in levels}
+    ratios = [q for q in (asymmetry_ratio(sbr, r) for r in levels) if q is not None]
     if reduced:
         clearly_reduced = any(
             sbr[r] < (1.0 - INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels
-        )
+        ) or any(q < (1.0 - INCONCLUSIVE_MARGIN_REL) * ASYMMETRY_REDUCED_RATIO for q in ratios)
         inconclusive = not clearly_reduced
     else:
-        near = any(sbr[r] <= (1.0 + INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels)
+        near = any(sbr[r] <= (1.0 + INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels) or any(
+            q <= (1.0 + INCONCLUSIVE_MARGIN_REL) * ASYMMETRY_REDUCED_RATIO for q in ratios)
         inconclusive = worst == Level.BORDERLINE or near
     return GlobalScore(
         reduced=reduced,

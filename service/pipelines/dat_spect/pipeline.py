@@ -45,10 +45,11 @@ from service.pipelines.dat_spect.completeness import (
     check_coverage,
 )
 from service.pipelines.dat_spect.gate import check_dat_series
-from service.pipelines.dat_spect.levels import Calibration, global_score, level_for
+from service.pipelines.dat_spect.levels import Calibration, global_score, sbr_levels
 from service.pipelines.dat_spect.normalise import Normalisation, normalise
 from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.preprocess import cnn_input
+from service.pipelines.dat_spect.protocol import ByProtocol, Family, correction_family
 from service.pipelines.dat_spect.provenance import CalibrationInfo
 from service.pipelines.dat_spect.quantify import REFERENCE_REGION, Quantification, quantify
 from service.pipelines.dat_spect.result import (
@@ -118,7 +119,9 @@ def score_regions(
     normals: NormalDatabase | None,
     age_years: float | None,
 ) -> tuple[RegionResult, ...]:
-    """Levels from the calibration and z-scores from the normal database."""
+    """Levels from the calibration (thresholds and the asymmetry rule) and
+    z-scores from the normal database."""
+    levels = sbr_levels(quant.sbr, calibration)
     results = []
     for region in REGIONS:
         sbr = quant.sbr[region]
@@ -130,7 +133,7 @@ def score_regions(
             RegionResult(
                 region=region,
                 sbr=sbr,
-                level_sbr=level_for(region, sbr, calibration),
+                level_sbr=levels[region],
                 z_score=z,
                 normal_mean=mean,
                 normal_sd=sd,
@@ -255,11 +258,7 @@ class DatSpectPipeline:
         self.models = models or load_dat_models()
         if self.models.calibration is None:
             raise ValueError(f"no {CALIBRATION_FILE} beside the template: cannot score")
-        self.calibration: Calibration = self.models.calibration
-        normals = self.models.normals
-        self.calibration_info = CalibrationInfo(
-            self.calibration.provenance, None if normals is None else normals.provenance
-        )
+        self.calibrations: ByProtocol[Calibration] = self.models.calibration
         self.fallback_keywords = tuple(fallback_keywords)
         self.cnn = cnn
         if cnn is None:
@@ -333,17 +332,17 @@ class DatSpectPipeline:
         """Gate, volume, normalise, quantify and score (no reports)."""
         m = measure(datasets, self.models, self.fallback_keywords, durations_s)
         with _stage(durations_s, "score"):
-            regions = score_regions(
-                m.quantification, self.calibration, self.models.normals, m.age_years
-            )
+            family = correction_family(datasets[0].get("CorrectedImage"))
+            calibration, normals, info = self.calibration_for(family)
+            regions = score_regions(m.quantification, calibration, normals, m.age_years)
             levels = {r.region: r.level_sbr for r in regions}
-            score = global_score(levels, m.quantification.sbr, self.calibration)
+            score = global_score(levels, m.quantification.sbr, calibration)
         if self.cnn is not None:
             with _stage(durations_s, "infer"):
                 regions, score = rate_with_cnn(
                     self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
                 )
-        score = with_calibration(consistent_score(regions, score), self.calibration_info)
+        score = with_calibration(consistent_score(regions, score), info)
         warnings = list(m.warnings)
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")
@@ -358,8 +357,30 @@ class DatSpectPipeline:
             images=report_images(m.normalisation.volume_zyx, self.models.atlas),
             patient_age_years=m.age_years,
             warnings=tuple(warnings),
-            calibration=self.calibration_info,
+            calibration=info,
         )
+
+    def calibration_for(self, family: Family
+                        ) -> tuple[Calibration, NormalDatabase | None, CalibrationInfo]:
+        """Thresholds, normal database and what the reader is told, for one
+        series' correction family (:mod:`.protocol`).
+
+        Raises
+        ------
+        AnalysisError
+            ``calibration``: a per-protocol file without this family.
+        """
+        try:
+            calibration = self.calibrations.select(family)
+            normals = None if self.models.normals is None else self.models.normals.select(family)
+        except ValueError as exc:
+            raise AnalysisError(str(exc), "calibration") from exc
+        per_protocol = self.calibrations.per_protocol or (
+            self.models.normals is not None and self.models.normals.per_protocol)
+        info = CalibrationInfo(calibration.provenance,
+                               None if normals is None else normals.provenance,
+                               family.describe() if per_protocol else None)
+        return calibration, normals, info
 
     def build_reports(
         self, result: StudyResult, datasets: Sequence[Dataset], context: JobContext

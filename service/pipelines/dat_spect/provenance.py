@@ -53,10 +53,15 @@ class CalibrationInfo:
         ``"simulated"`` or ``"site"``: the SBR-threshold calibration.
     normals : str or None
         Same for the normal database; None when there is none (no z-scores).
+    protocol : str or None
+        The correction family whose entry of a per-protocol file was used, as
+        a reader is told it (:meth:`service.pipelines.dat_spect.protocol.Family.describe`);
+        None for files that apply to every series.
     """
 
     thresholds: str
     normals: str | None = None
+    protocol: str | None = None
 
     @property
     def indicative(self) -> bool:
@@ -80,10 +85,11 @@ class CalibrationInfo:
             return f"{what} use this site's own calibration"
         what = " and ".join(simulated)
         verb = "use" if len(simulated) > 1 or what.endswith("s") else "uses"
-        return (f"{what} {verb} the shipped SIMULATED calibration (simulated scans, "
+        protocol = f"{self.protocol}; " if self.protocol else ""
+        return (f"{what} {verb} the shipped SIMULATED calibration ({protocol}simulated scans, "
                 "not this camera): indicative only")
 
     def to_dict(self) -> dict[str, Any]:
         return {"provenance": self.provenance, "thresholds": self.thresholds,
                 "normals": self.normals, "indicative": self.indicative,
-                "statement": self.statement()}
+                "protocol": self.protocol, "statement": self.statement()}

@@ -5,11 +5,20 @@ level (:mod:`.levels`) beside each other, and the global score is the CNN's
 (:mod:`.cnn`) or the SBR path's. They are separate methods and may disagree.
 The rule here, applied after both have rated a scan:
 
-* **methods disagree**: when, for a region, one method says level 2
-  (moderate reduction) or worse and the other says below 2, the verdict is
-  *inconclusive* and its rule text names the methods, the regions and both
-  levels, e.g. ``"inconclusive: CNN and SBR thresholds disagree on putamen
-  right (CNN 0, SBR 2)"``;
+* **methods disagree**: when one method finds a region at level 2 (moderate
+  reduction) or worse and the other finds none, so that the two methods would
+  call the scan differently, the verdict is *inconclusive* and its rule text
+  names the methods, the regions and both levels, e.g. ``"inconclusive: CNN
+  and SBR thresholds disagree on putamen right (CNN 0, SBR 2)"``;
+* **methods differ in a region but agree on the scan**: both find a region at
+  level 2 or worse, not the same ones. The call stands (both methods make it);
+  the rule text names the regions where they differ (``"CNN and SBR
+  thresholds differ on ... ; both call the scan reduced"``) and the table shows
+  both levels. Until December 2026 any such region made the verdict
+  inconclusive: with the per-family thresholds that left 29 of the 62
+  validation scans without an answer, most of them reduced scans whose two
+  methods agreed that they were reduced (``models/training/README.md``,
+  "Fourth attempt");
 * **verdict and table disagree**: a *normal* call above a reported level of 2
   or worse, or a *reduced* call without one, is *inconclusive* too, with the
   regions named.
@@ -67,13 +76,26 @@ def table_disagreements(regions: Sequence[RegionResult], reduced: bool) -> tuple
     return ()
 
 
+def methods_call_differently(regions: Sequence[RegionResult]) -> bool:
+    """True when one method has a region at level 2+ and the other has none."""
+    if any(r.level_cnn is None for r in regions):
+        return False
+    cnn = any(r.level_cnn is not None and r.level_cnn >= REDUCED_FROM for r in regions)
+    sbr = any(r.level_sbr >= REDUCED_FROM for r in regions)
+    return cnn != sbr
+
+
 def consistent_score(regions: Sequence[RegionResult], score: GlobalScore) -> GlobalScore:
     """``score`` made inconclusive, with the reason first in its rule, where it
     contradicts the regional table (rule in the module docstring)."""
     reasons = []
     methods = method_disagreements(regions)
-    if methods:
+    if methods and methods_call_differently(regions):
         reasons.append(f"CNN and SBR thresholds disagree on {', '.join(methods)}")
+    elif methods:
+        call = "reduced" if score.reduced else "normal"
+        score = replace(score, rule=f"CNN and SBR thresholds differ on {', '.join(methods)}; "
+                                    f"both call the scan {call}. Rule: {score.rule}")
     table = table_disagreements(regions, score.reduced)
     if table:
         call = "reduced" if score.reduced else "normal"
@@ -94,7 +116,7 @@ def with_calibration(score: GlobalScore, calibration: CalibrationInfo) -> Global
 
 def contradiction(regions: Sequence[RegionResult], score: GlobalScore) -> str:
     """Short headline text when the verdict and the table disagree, else ``""``."""
-    if method_disagreements(regions):
+    if methods_call_differently(regions):
         return "CNN and SBR disagree"
     levels = [max(r.level, r.level_sbr) for r in regions]
     if not score.reduced and any(level >= REDUCED_FROM for level in levels):
