@@ -81,10 +81,7 @@ def test_study_pushed_from_orthanc_comes_back_as_sr(tmp_path: Path) -> None:
     assert sr.SOPClassUID == codes.COMPREHENSIVE_SR_STORAGE
     levels = sr_levels(sr_bytes)
     # The phantom's truth: the left putamen is the reduced one, the caudates are not.
-    # (This phantom is not the simulator the CNN learned from: its blurred left
-    # putamen measures SBR 0.92, at the site thresholds' level 2/3 boundary, and
-    # the shipped CNN puts it at borderline with P(level >= 2) = 0.44 while its
-    # global head calls the scan reduced with P = 0.94. The CNN's ratings of
+    # (This phantom is not the simulator the CNN learned from; the CNN's ratings of
     # simulated scans are tested in test_shipped_model.py.)
     assert levels[Region.PUTAMEN_LEFT] > levels[Region.PUTAMEN_RIGHT]
     assert levels[Region.CAUDATE_LEFT] <= Level.BORDERLINE
