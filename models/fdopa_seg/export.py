@@ -119,7 +119,7 @@ def write_card(path: Path, fields: dict[str, Any], template: Path = CARD_TEMPLAT
 def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
                card: Path | None = None) -> dict[str, Any]:
     """Export the best step of ``run``, check parity, write the card; returns the card fields."""
-    from models.fdopa_seg.train import load_net, optimiser_text
+    from models.fdopa_seg.train import load_net, loss_text, optimiser_text
 
     best = run / "best.pt"
     net, state = load_net(best if best.exists() else run / "checkpoint.pt")
@@ -154,6 +154,7 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
                              for h in history),
         "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?",
         "anatomy": "synthetic", "anatomy_scope": "one head anatomy", "truth_version": "1", "optimiser": optimiser_text(_config(config)),
+        "loss": loss_text(_config(config)),
         "train_command": RUN1_COMMAND, **extra,
     }
     write_card(card or onnx_path.with_suffix(".card.md"), fields)

@@ -89,6 +89,13 @@ class TrainConfig:
     #: Batches of training patches that re-estimate the batch-norm statistics before
     #: each validation (0: the running averages of training are kept, as run1 and run2).
     precise_bn_batches: int = 0
+    #: ``"dice_bce"`` (:func:`loss_fn`, run1-run4) or ``"tversky_bce"`` (:func:`tversky_loss`).
+    loss: str = "dice_bce"
+    #: Weight of the missed voxels in the Tversky index (that of false positives: 1 - beta).
+    tversky_beta: float = 0.7
+
+
+LOSSES = ("dice_bce", "tversky_bce")
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -97,6 +104,35 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     prob = torch.sigmoid(logits)
     dice = (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
     return bce + (1 - dice)
+
+
+def tversky_loss(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Binary cross-entropy + (1 - Tversky index) per patch, averaged over the batch.
+
+    Tversky index ``(TP + 1) / (TP + (1 - beta) FP + beta FN + 1)`` of each
+    patch on its own: the batch-wide soft Dice of :func:`loss_fn` is ruled by
+    the largest tumour in the batch, so a faint small lesion missed whole costs
+    almost nothing; per patch and with ``beta > 0.5`` a missed lesion costs
+    its patch's whole index (recall before precision).
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits)
+    dims = tuple(range(1, prob.dim()))
+    tp = (prob * target).sum(dims)
+    fp = (prob * (1 - target)).sum(dims)
+    fn = ((1 - prob) * target).sum(dims)
+    index = (tp + 1) / (tp + (1 - beta) * fp + beta * fn + 1)
+    return bce + (1 - index).mean()
+
+
+def training_loss(config: TrainConfig, logits: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """The loss ``config.loss`` names."""
+    if config.loss == "dice_bce":
+        return loss_fn(logits, target)
+    if config.loss == "tversky_bce":
+        return tversky_loss(logits, target, config.tversky_beta)
+    raise ValueError(f"unknown loss {config.loss!r} (one of {', '.join(LOSSES)})")
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -269,7 +305,7 @@ def train(config: TrainConfig, train_set: list[Sample],
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step) * group.get("lr_factor", 1.0)
         x, y = _batch(train_set, config, gen)
-        loss = loss_fn(net(x), y)
+        loss = training_loss(config, net(x), y)
         opt.zero_grad()
         loss.backward()
         if config.grad_clip is not None:
@@ -298,10 +334,20 @@ def train(config: TrainConfig, train_set: list[Sample],
     return best
 
 
+def loss_text(config: TrainConfig) -> str:
+    """The loss as the model card states it."""
+    if config.loss == "tversky_bce":
+        return (f"binary cross-entropy + (1 - Tversky index) per patch (missed voxels weigh "
+                f"{config.tversky_beta:g}, false positives {1 - config.tversky_beta:g})")
+    return "binary cross-entropy + soft Dice"
+
+
 def optimiser_text(config: TrainConfig) -> str:
     """The optimisation settings as the model card states them."""
     text = (f"AdamW (lr {config.learning_rate:g}, weight decay {config.weight_decay:g}, "
             f"warm-up {config.warmup_steps} steps, cosine)")
+    if config.init is not None:
+        text += f", started from the weights of {config.init}"
     if config.grad_clip is not None:
         text += f", gradient norm clipped at {config.grad_clip:g}"
     if config.precise_bn_batches:
@@ -328,7 +374,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--lr", type=float, default=TrainConfig.learning_rate, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps,
+                   help="warm-up steps of the learning rate")
     p.add_argument("--grad-clip", type=float, default=None, help="largest gradient norm")
+    p.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss)
+    p.add_argument("--tversky-beta", type=float, default=TrainConfig.tversky_beta,
+                   help="weight of missed voxels in the Tversky loss")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a best.pt or checkpoint.pt; fine-tuning)")
     p.add_argument("--precise-bn", type=int, default=0, metavar="BATCHES",
                    help="re-estimate batch-norm statistics on BATCHES batches before validation")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -347,7 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(steps=a.steps, width=a.width, seed=a.seed, threads=a.threads,
                          checkpoint_every=a.checkpoint_every, val_every=a.val_every,
                          learning_rate=a.lr, grad_clip=a.grad_clip,
-                         precise_bn_batches=a.precise_bn)
+                         precise_bn_batches=a.precise_bn, warmup_steps=a.warmup,
+                         loss=a.loss, tversky_beta=a.tversky_beta,
+                         init=None if a.init is None else str(a.init))
     t0 = time.monotonic()
     caches = open_caches(a.data or [DEFAULT_DATA])
     ids = {s: sample_ids(s, limit=a.limit) for s in ("train", "val")}
@@ -365,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         "limit_arg": f"--limit {a.limit} " if a.limit else "",
         **anatomy_fields(caches, ids["train"], ids["val"]),
         "train_command": " ".join(["python -m models.fdopa_seg.train", *(argv or sys.argv[1:])]),
-        "optimiser": optimiser_text(config)}) + "\n")
+        "optimiser": optimiser_text(config), "loss": loss_text(config)}) + "\n")
     best = train(config, train_set, val_sets, a.out)
     log.info("best: %s", best)
     if a.export is not None:

@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from models.training.data import read_manifest
-from models.training.robustness import series_family
 from service.pipelines.dat_spect.levels import Calibration, fit_truth_thresholds
 from service.pipelines.dat_spect.normals import fit_normals
-from service.pipelines.dat_spect.protocol import FAMILIES
+from service.pipelines.dat_spect.protocol import FAMILIES, series_family
 from service.pipelines.dat_spect.provenance import SIMULATED
 from service.pipelines.dat_spect.result import REGIONS
 
@@ -46,8 +45,6 @@ MIN_SCANS_PER_FAMILY = 40
 def training_rows(bench: Path, work: Path, split: str) -> list[dict]:
     """Per training scan: SBR ``(4,)``, truth levels, age, class and family."""
     manifest = {s.study_id: s for s in read_manifest(bench)}
-    with (bench / "manifest.csv").open(newline="") as f:
-        ages = {r["study_id"]: r.get("age_years", "") for r in csv.DictReader(f)}
     with (work / "index.csv").open(newline="") as f:
         index = [r for r in csv.DictReader(f) if r["split"] == split]
     rows = []
@@ -58,7 +55,7 @@ def training_rows(bench: Path, work: Path, split: str) -> list[dict]:
         with np.load(work / "cache" / f"{study.study_id}.npz") as npz:
             sbr = np.asarray(npz["sbr"], np.float64)
         rows.append({"study_id": study.study_id, "sbr": sbr, "levels": np.array(study.truth_levels),
-                     "age": float(ages[study.study_id]) if ages[study.study_id] else None,
+                     "age": study.age_years,
                      "normal": study.disease_class == "normal",
                      "family": series_family(study.series_dir).name})
     return rows

@@ -78,6 +78,8 @@ class Study:
     #: :func:`service.sim.reference.truth_levels` in the order of REGIONS
     #: (None when the manifest has no true binding).
     truth_levels: tuple[int, ...] | None = None
+    #: The manifest's ``age_years`` (None when empty or absent).
+    age_years: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +125,8 @@ def read_manifest(bench_dir: Path) -> list[Study]:
             raise SystemExit(f"manifest holds an unusable study id or site: {sid!r}")
         studies.append(Study(sid, site, row.get("role", "train_test"), row["anatomy_id"],
                              row.get("disease_class", ""), bench_dir / site / sid / "series",
-                             _reference(row), _truth_levels(row)))
+                             _reference(row), _truth_levels(row),
+                             float(row["age_years"]) if row.get("age_years") else None))
     return studies
 
 

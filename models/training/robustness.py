@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from service.pipelines.dat_spect.result import REGIONS, Level
+from service.pipelines.dat_spect.protocol import series_family
+from service.pipelines.dat_spect.result import REGIONS
+from service.pipelines.dat_spect.verdict import calls_differ
 
 #: Seed and split of the shipped version-1 model (its held-out test groups).
 V1_SEED = 20261121
@@ -100,21 +102,10 @@ def cnn_calls(model: Path, x: np.ndarray) -> Calls:
 
 def verdict_calls(cnn: Calls, sbr: Calls) -> Calls:
     """The node's verdict with a CNN: inconclusive where the CNN and the SBR path
-    call the scan differently (one has a region at level 2+, the other none)."""
-    two = int(Level.MODERATE_REDUCTION)
-    disagree = (cnn.levels >= two).any(axis=1) != (sbr.levels >= two).any(axis=1)
+    call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`)."""
+    disagree = np.array([calls_differ(c, s) for c, s in zip(cnn.levels, sbr.levels, strict=True)],
+                        bool)
     return Calls(cnn.reduced, cnn.inconclusive | disagree, cnn.levels)
-
-
-def series_family(series_dir: Path) -> Any:
-    """The correction family of a stored series (its first file's Corrected Image)."""
-    import pydicom
-
-    from service.pipelines.dat_spect.protocol import correction_family
-
-    first = min(p for p in series_dir.rglob("*") if p.is_file())
-    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["CorrectedImage"])
-    return correction_family(ds.get("CorrectedImage"))
 
 
 def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:

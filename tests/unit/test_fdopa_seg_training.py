@@ -21,8 +21,12 @@ from models.fdopa_seg.train import (  # noqa: E402
     _batch,
     combine,
     load_net,
+    loss_fn,
+    loss_text,
     recompute_batch_norm,
     train,
+    training_loss,
+    tversky_loss,
 )
 from service.errors import AnalysisError  # noqa: E402
 from service.inference.manifest import sidecar_path  # noqa: E402
@@ -111,6 +115,38 @@ def test_clipping_and_precise_batch_norm_resume_exactly(samples: list[Sample],
     net, _ = load_net(tmp_path / "full" / "checkpoint.pt")
     assert all(m.momentum == 0.1 for m in net.modules()
                if isinstance(m, torch.nn.BatchNorm3d))  # restored after the re-estimate
+
+
+def test_the_tversky_loss_charges_a_missed_small_lesion_its_whole_patch() -> None:
+    """Two patches: a large tumour found, a small one missed whole. The batch-wide
+    Dice barely notices the miss; the per-patch Tversky index charges it fully."""
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, 0, :6, :6, :6] = 1  # 216 voxels, found
+    target[1, 0, 3:5, 3:5, 3:5] = 1  # 8 voxels, missed
+    logits = torch.where(target > 0, 8.0, -8.0)
+    logits[1] = -8.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(loss_fn(logits, target) - bce) < 0.05
+    assert float(tversky_loss(logits, target, 0.7) - bce) > 0.4  # (1 - 1/6.6) / 2
+    # beta weighs misses against false positives
+    assert tversky_loss(logits, target, 0.9) > tversky_loss(logits, target, 0.5)
+    config = replace(CONFIG, loss="tversky_bce", tversky_beta=0.7)
+    assert torch.equal(training_loss(config, logits, target), tversky_loss(logits, target, 0.7))
+    assert "Tversky" in loss_text(config) and "soft Dice" in loss_text(CONFIG)
+    with pytest.raises(ValueError, match="unknown loss"):
+        training_loss(replace(CONFIG, loss="focal"), logits, target)
+
+
+def test_fine_tuning_starts_from_the_given_weights(run: Path, samples: list[Sample],
+                                                   tmp_path: Path) -> None:
+    config = replace(CONFIG, steps=2, init=str(run / "best.pt"), loss="tversky_bce",
+                     learning_rate=0.0)
+    train(config, samples[:2], samples[2:], tmp_path / "tuned")
+    start, _ = load_net(run / "best.pt")
+    tuned, _ = load_net(tmp_path / "tuned" / "checkpoint.pt")
+    for name, value in start.state_dict().items():  # lr 0: weights unchanged
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, tuned.state_dict()[name]), name
 
 
 def test_precise_batch_norm_is_the_average_over_the_batches(samples: list[Sample]) -> None:

@@ -20,6 +20,7 @@ from service.pipelines.dat_spect.verdict import (
     consistent_score,
     contradiction,
     method_disagreements,
+    methods_call_differently,
 )
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
@@ -39,6 +40,24 @@ def test_agreeing_methods_leave_the_score_alone() -> None:
         assert method_disagreements(result.regions) == ()
         assert consistent_score(result.regions, result.global_score) == result.global_score
         assert contradiction(result.regions, result.global_score) == ""
+
+
+def test_the_offline_tabulation_applies_the_same_rule_as_the_node() -> None:
+    """models.training.robustness.verdict_calls (arrays) == the node's rule per scan."""
+    from models.training.robustness import Calls, verdict_calls
+
+    rng = np.random.default_rng(5)
+    cnn_levels = rng.integers(0, 5, (200, 4)) * (rng.random((200, 4)) < 0.4)
+    sbr_levels = rng.integers(0, 5, (200, 4)) * (rng.random((200, 4)) < 0.4)
+    none = np.zeros(200, bool)
+    calls = verdict_calls(Calls(none, none, cnn_levels), Calls(none, none, sbr_levels))
+    base = example_result(reduced=False, with_cnn=True)
+    expected = [methods_call_differently(tuple(
+        replace(r, level_cnn=Level(int(c)), level_sbr=Level(int(s)))
+        for r, c, s in zip(base.regions, cnn_row, sbr_row, strict=True)))
+        for cnn_row, sbr_row in zip(cnn_levels, sbr_levels, strict=True)]
+    assert calls.inconclusive.tolist() == expected
+    assert 20 < sum(expected) < 180  # both outcomes occur
 
 
 def test_borderline_sbr_under_a_normal_cnn_is_not_a_disagreement() -> None:

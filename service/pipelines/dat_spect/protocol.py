@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from service.pipelines.dat_spect.provenance import provenance_of
@@ -76,6 +77,15 @@ def correction_family(corrected_image: object) -> Family:
     if "ATTN" in terms:
         return Family("attn_scat" if "SCAT" in terms else "attn")
     return Family("none")
+
+
+def series_family(series_dir: Path) -> Family:
+    """The correction family of a stored series (its first file's Corrected Image)."""
+    import pydicom
+
+    first = min(p for p in series_dir.rglob("*") if p.is_file())
+    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["CorrectedImage"])
+    return correction_family(ds.get("CorrectedImage"))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ simulated thresholds says in its rule that it is indicative only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
@@ -76,13 +76,18 @@ def table_disagreements(regions: Sequence[RegionResult], reduced: bool) -> tuple
     return ()
 
 
+def calls_differ(levels_cnn: Iterable[int], levels_sbr: Iterable[int]) -> bool:
+    """True when one method's levels have a region at level 2+ and the other's none."""
+    return (any(level >= REDUCED_FROM for level in levels_cnn)
+            != any(level >= REDUCED_FROM for level in levels_sbr))
+
+
 def methods_call_differently(regions: Sequence[RegionResult]) -> bool:
-    """True when one method has a region at level 2+ and the other has none."""
-    if any(r.level_cnn is None for r in regions):
+    """:func:`calls_differ` of the regions' CNN and SBR levels (False without a CNN)."""
+    cnn = [r.level_cnn for r in regions if r.level_cnn is not None]
+    if len(cnn) < len(regions):
         return False
-    cnn = any(r.level_cnn is not None and r.level_cnn >= REDUCED_FROM for r in regions)
-    sbr = any(r.level_sbr >= REDUCED_FROM for r in regions)
-    return cnn != sbr
+    return calls_differ(cnn, [r.level_sbr for r in regions])
 
 
 def consistent_score(regions: Sequence[RegionResult], score: GlobalScore) -> GlobalScore:
