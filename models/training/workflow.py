@@ -249,8 +249,22 @@ AUGMENT_TEXT = (
     "augmentation for camera and appearance independence: left/right flip about the MNI "
     "midline with the labels swapped, pose jitter (scale +-8 %, rotation +-6 deg, shift +-2 "
     "voxels), resolution blur (sigma up to 1.6 voxels), intensity nonlinearity (gamma "
-    "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale (0.75-1.33), a smooth "
+    "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale ({lo:g}-{hi:g}), a smooth "
     "background field and Poisson-like noise")
+
+
+def augment_text(config: Any) -> str:
+    """:data:`AUGMENT_TEXT` with the intensity-scale range of ``config.augment``."""
+    lo, hi = config.augment.scale_range
+    return AUGMENT_TEXT.format(lo=lo, hi=hi)
+
+
+def contrast_flag(config: Any) -> str:
+    """`` --contrast-range LO HI`` when the range is not the default ("" otherwise)."""
+    from models.training.augment import AugmentConfig
+
+    lo, hi = config.augment.scale_range
+    return "" if (lo, hi) == AugmentConfig().scale_range else f" --contrast-range {lo:g} {hi:g}"
 
 MIRROR_TEXT = (
     "; a second input channel, the crop minus its left/right mirror image about the MNI "
@@ -270,9 +284,9 @@ def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any
         "mirror_text": MIRROR_TEXT if mirror else "",
         "weight_text": "" if weight == 1.0 else WEIGHT_TEXT.format(weight=weight),
         "train_flags": (" --mirror-channel" if mirror else "")
-        + ("" if weight == 1.0 else f" --one-sided-weight {weight:g}"),
+        + ("" if weight == 1.0 else f" --one-sided-weight {weight:g}") + contrast_flag(config),
         "labels_text": labels.replace("{name}", out_model.stem), "global_text": global_text,
-        "labels_limit": limit, "label_source": source, "augment_text": AUGMENT_TEXT,
+        "labels_limit": limit, "label_source": source, "augment_text": augment_text(config),
         "name": out_model.stem, "sha256": summary["sha256"],
         "sites": ", ".join(summary["sites"]), "n_train": str(summary["n_train"]),
         "n_val": str(summary["n_val"]), "seed": str(config.seed), "epochs": str(config.epochs),

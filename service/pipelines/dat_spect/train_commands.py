@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="second input channel: the crop minus its left/right mirror image")
     p.add_argument("--one-sided-weight", type=float, default=1.0,
                    help="loss weight of scans with a one-sided putamen loss (others 1)")
+    p.add_argument("--contrast-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="augmentation: specific binding scaled by a factor uniform in "
+                        "[LO, HI] (default 0.75 1.33)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
@@ -112,6 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                                seed=args.seed, threads=args.threads, device=args.device,
                                mirror_channel=args.mirror_channel,
                                one_sided_weight=args.one_sided_weight)
+    if args.contrast_range is not None:
+        lo, hi = args.contrast_range
+        if not 0 < lo <= hi:
+            raise SystemExit(f"--contrast-range needs 0 < LO <= HI, got {lo} {hi}")
+        config = replace(config, augment=replace(config.augment, scale_range=(lo, hi)))
     out = _model_path(args.out)
     summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit,
                                  label_source=args.labels)
