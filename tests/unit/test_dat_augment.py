@@ -108,3 +108,36 @@ def test_one_sided_loss_follows_the_flip() -> None:
             half = SHAPE[2] // 2
             left, right = float(out.x[i, 0, ..., :half].sum()), float(out.x[i, 0, ..., half:].sum())
             assert (right > left) == bool(out.flipped[i])
+
+
+def test_the_contrast_range_reaches_the_config_and_the_card(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """`dopanode train --contrast-range LO HI` sets the intensity-scale augmentation; the
+    card's augmentation text and training flags say so (default: no flag, 0.75-1.33)."""
+    import argparse
+
+    from models.training.train import TrainConfig
+    from models.training.workflow import augment_text, contrast_flag
+    from service.pipelines.dat_spect import train_commands
+
+    parser = argparse.ArgumentParser()
+    train_commands.register(parser.add_subparsers())
+    seen = {}
+
+    def fake_run_train(bench, work, out, config, workers, limit, label_source):  # noqa: ANN001, ANN202
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_commands._training("workflow"), "run_train", fake_run_train)
+    args = parser.parse_args(["train", "b", "--work", "w", "--contrast-range", "0.5", "1.5"])
+    with pytest.raises(SystemExit):
+        args.func(args)
+    config = seen["config"]
+    assert config.augment.scale_range == (0.5, 1.5)
+    assert "intensity scale (0.5-1.5)" in augment_text(config)
+    assert contrast_flag(config) == " --contrast-range 0.5 1.5"
+    assert contrast_flag(TrainConfig()) == ""
+    assert "intensity scale (0.75-1.33)" in augment_text(TrainConfig())
+    bad = parser.parse_args(["train", "b", "--work", "w", "--contrast-range", "1.5", "0.5"])
+    with pytest.raises(SystemExit, match="LO <= HI"):
+        bad.func(bad)
