@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from models.fdopa_seg.data import SampleId, fresh_ids, generate, sample_ids, sample_path
+from service.errors import AnalysisError
 from service.pipelines.fdopa_pet.lesions import (
+    PROBABILITY_CUT,
     baseline_candidates,
     component_contrast,
     lesions_from_candidates,
@@ -46,6 +49,8 @@ from service.pipelines.fdopa_pet.result import TUMOUR_THRESHOLD_X_BACKGROUND, At
 from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
 
 MEASURABLE_ML = 0.5
+#: 26-connectivity, as the pipeline's lesions.
+FULL_26 = np.ones((3, 3, 3), bool)
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,15 @@ class Option:
     contrast: float | None = None
     min_ml: float = 0.1
     hybrid: bool = False
+    #: U-Net candidates plus the baseline's components that touch none
+    #: (:func:`with_baseline_components`).
+    union: bool = False
 
     @property
     def name(self) -> str:
+        if self.union:
+            return (f"union: U-Net{' TTA' if self.tta else ''} p>={self.cut:g}, min "
+                    f"{self.min_ml:g} mL + separate threshold components")
         if self.hybrid:
             return f"hybrid (threshold components touching U-Net{' TTA' if self.tta else ''})"
         parts = [("TTA " if self.tta else "") + f"p>={self.cut:g}"]
@@ -80,7 +91,48 @@ def options() -> list[Option]:
                     if o not in out:
                         out.append(o)
         out.append(Option(tta=tta, hybrid=True))
+    out.append(Option(tta=True, min_ml=0.5, union=True))
     return out
+
+
+def with_baseline_components(probability_zyx: np.ndarray, baseline_zyx: np.ndarray
+                             ) -> np.ndarray:
+    """The U-Net's probability with the baseline's separate components added at 1.0.
+
+    Measured, not served: the option "union" (docs/fdopa_analysis.md,
+    "Threshold components the U-Net did not mark"); the node does not use it.
+
+    A 26-connected component of the threshold-only baseline's candidates
+    (``lesions.baseline_candidates``) that touches no U-Net candidate
+    (probability ``>= PROBABILITY_CUT``, dilated by one voxel in
+    26-connectivity) becomes a candidate too; one that touches a U-Net
+    candidate adds nothing, so the U-Net's own outlines are kept as they are.
+    The result is a probability map for the U-Net's lesion rules (0.5 cut,
+    then ``lesions_from_candidates`` with the option's minimum volume).
+
+    Parameters
+    ----------
+    probability_zyx : (z, y, x) float array
+        The U-Net's tumour probability.
+    baseline_zyx : (z, y, x) bool array
+        The baseline's candidates on the same grid.
+
+    Returns
+    -------
+    (z, y, x) float32 array
+    """
+    prob = np.asarray(probability_zyx, np.float32)
+    base = np.asarray(baseline_zyx, bool)
+    if base.shape != prob.shape:
+        raise AnalysisError(f"baseline candidates {base.shape} differ from the probability "
+                            f"{prob.shape}", "candidates")
+    near_unet = ndimage.binary_dilation(prob >= PROBABILITY_CUT, structure=FULL_26)
+    labels, n = ndimage.label(base, structure=FULL_26)
+    if n == 0:
+        return prob.copy()
+    touching = np.unique(labels[near_unet & (labels > 0)])
+    separate = (labels > 0) & ~np.isin(labels, touching)
+    return np.where(separate, np.float32(1.0), prob)
 
 
 def _truth_labels(sid: SampleId, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
@@ -142,14 +194,18 @@ class Case:
 
     def threshold(self, tta: bool, cut: float) -> float:
         """1.6 x the background of the reference regions the candidates give (as the pipeline)."""
-        from service.pipelines.fdopa_pet.reference import reference_regions
-
         if (tta, cut) not in self._thresholds:
             unet = np.asarray(self["prob_tta" if tta else "prob"], np.float32) >= cut
-            reference = reference_regions(self.atlas, unet, self["affine"])
-            self._thresholds[(tta, cut)] = TUMOUR_THRESHOLD_X_BACKGROUND * float(
-                self["volume"][reference.background_zyx].mean())
+            self._thresholds[(tta, cut)] = self.threshold_of(unet)
         return self._thresholds[(tta, cut)]
+
+    def threshold_of(self, candidates: np.ndarray) -> float:
+        """1.6 x the background of the reference regions of a candidate mask."""
+        from service.pipelines.fdopa_pet.reference import reference_regions
+
+        reference = reference_regions(self.atlas, candidates, self["affine"])
+        return TUMOUR_THRESHOLD_X_BACKGROUND * float(
+            self["volume"][reference.background_zyx].mean())
 
 
 def lesion_masks(option: Option, case: Case) -> list[np.ndarray]:
@@ -157,6 +213,12 @@ def lesion_masks(option: Option, case: Case) -> list[np.ndarray]:
     volume, affine, atlas = case["volume"], case["affine"], case.atlas
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     unet = np.asarray(case["prob_tta" if option.tta else "prob"], np.float32) >= option.cut
+    if option.union:
+        cands = with_baseline_components(np.where(unet, 1.0, 0.0),
+                                         baseline_candidates(volume, atlas, spacing))
+        threshold = case.threshold_of(cands >= PROBABILITY_CUT)
+        return [les.mask_zyx for les in lesions_from_candidates(
+            cands, volume, threshold, spacing, min_ml=option.min_ml)]
     threshold = case.threshold(option.tta, option.cut)
     if option.hybrid:
         base = lesions_from_candidates(baseline_candidates(volume, atlas, spacing), volume,
@@ -212,7 +274,7 @@ def choose(table: list[tuple[Option, dict[str, Any]]]) -> Option:
     ok = [(o, s) for o, s in table
           if s["found"] >= base["found"] and s["median_dice"] >= base["median_dice"] - 0.01]
     steps = {o: (o.tta + (o.cut != 0.5) + (o.contrast is not None) + (o.min_ml != 0.1)
-                 + o.hybrid) for o, _ in table}
+                 + o.hybrid + o.union) for o, _ in table}
     best = min(ok, key=lambda t: (t[1]["fp_lesions"], -t[1]["median_dice"], steps[t[0]]))
     return best[0] if best[1]["fp_lesions"] < base["fp_lesions"] else table[0][0]
 

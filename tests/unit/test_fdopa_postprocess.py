@@ -107,3 +107,32 @@ def test_unet_lesions_need_the_measurable_size_and_baseline_lesions_do_not() -> 
     # below the probability cut nothing is a U-Net candidate
     assert method_lesions(np.where(hot, 0.49, 0.0).astype(np.float32), volume, 1.6,
                           spacing) == ()
+
+
+def test_baseline_components_the_unet_did_not_mark_are_added_whole() -> None:
+    from models.fdopa_seg.postprocess_validation import with_baseline_components
+    from service.errors import AnalysisError
+
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:6, 2:6, 2:6] = 0.9  # the U-Net's lesion
+    prob[15, 15, 15] = 0.3  # below the cut: not a candidate
+    base = np.zeros(prob.shape, bool)
+    base[4:8, 4:8, 4:8] = True  # overlaps the U-Net's lesion: adds nothing
+    base[2:6, 7, 2:6] = True  # two voxels away, but one component with the block above
+    base[2:6, 2:6, 10:12] = True  # its own component, 4 voxels from the U-Net's
+    base[7, 2:6, 2:6] = True  # 1 voxel gap to z = 5 ... joined to the block: touches
+    base[12:16, 12:16, 12:16] = True  # separate: added at 1.0
+    out = with_baseline_components(prob, base)
+    assert out.dtype == np.float32
+    assert np.array_equal(out[prob >= 0.5], prob[prob >= 0.5])  # U-Net outlines unchanged
+    assert np.all(out[12:16, 12:16, 12:16] == 1.0)
+    assert out[4:8, 4:8, 4:8][~(prob[4:8, 4:8, 4:8] >= 0.5)].max() < 0.5
+    assert out[2:6, 7, 2:6].max() == 0.0 and out[7, 2:6, 2:6].max() == 0.0
+    assert np.all(out[2:6, 2:6, 10:12] == 1.0)
+    alone = np.zeros(prob.shape, bool)
+    alone[2:6, 2:6, 6] = True  # the 26-neighbour layer of the U-Net's lesion: touches
+    assert np.array_equal(with_baseline_components(prob, alone), prob)
+    assert out[15, 15, 15] == 1.0  # inside the separate component
+    assert np.array_equal(with_baseline_components(prob, np.zeros(prob.shape, bool)), prob)
+    with pytest.raises(AnalysisError):
+        with_baseline_components(prob, base[:-1])
