@@ -37,7 +37,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -222,8 +222,26 @@ def cache_studies(
     return [s for s in studies if (cache / f"{s.study_id}.npz").exists()]
 
 
-def assign_splits(studies: Sequence[Study], seed: int) -> dict[str, str]:
-    """Split name per study id (anatomy groups kept together, see module docstring)."""
+def assign_splits(studies: Sequence[Study], seed: int,
+                  keep: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Split name per study id (anatomy groups kept together, see module docstring).
+
+    ``keep``: study id -> split of an earlier training (its ``index.csv``,
+    :func:`read_splits`); those studies keep their split, and only the anatomy
+    groups without such a study are split anew (same fractions and seed), so a
+    benchmark grown by new groups is compared with the earlier model on the same
+    validation and test scans.
+    """
+    if keep:
+        group_split: dict[str, str] = {}
+        for s in studies:
+            if s.study_id in keep:
+                group_split.setdefault(s.anatomy_id, keep[s.study_id])
+        out = assign_splits([s for s in studies if s.anatomy_id not in group_split], seed)
+        for s in studies:
+            if s.anatomy_id in group_split:
+                out[s.study_id] = keep.get(s.study_id, group_split[s.anatomy_id])
+        return out
     rng = np.random.default_rng(seed)
     groups = sorted({s.anatomy_id for s in studies if s.role != "unseen"})
     order = rng.permutation(len(groups))
@@ -245,8 +263,15 @@ def _load_cached(work_dir: Path, study_id: str) -> tuple[np.ndarray, np.ndarray]
 LABEL_SOURCES = ("gmm", "truth")
 
 
+def read_splits(index_csv: Path) -> dict[str, str]:
+    """Study id -> split of a training's ``index.csv``."""
+    with index_csv.open(newline="") as f:
+        return {row["study_id"]: row["split"] for row in csv.DictReader(f)}
+
+
 def label_sites(studies: Sequence[Study], work_dir: Path, seed: int,
-                label_source: str = "gmm") -> Path:
+                label_source: str = "gmm", keep_splits: Mapping[str, str] | None = None
+                ) -> Path:
     """GMM labels per site (as ``dopanode label``) and the index CSV; returns its path.
 
     The index's ``level_*`` columns hold the GMM levels, or with
@@ -258,7 +283,7 @@ def label_sites(studies: Sequence[Study], work_dir: Path, seed: int,
         raise ValueError(f"unknown label source {label_source!r}; known: {LABEL_SOURCES}")
     if label_source == "truth" and any(s.truth_levels is None for s in studies):
         raise SystemExit("truth labels need a manifest with true binding (benchmark >= 2)")
-    splits = assign_splits(studies, seed)
+    splits = assign_splits(studies, seed, keep_splits)
     rows: list[dict[str, object]] = []
     for site in sorted({s.site for s in studies}):
         members = [s for s in studies if s.site == site]
@@ -310,15 +335,16 @@ def load_training_set(work_dir: Path) -> TrainingSet:
 def build(bench_dir: Path, work_dir: Path, seed: int, workers: int = 1,
           limit_per_site: int | None = None,
           measure_fn: MeasureFn = measure_study, label_source: str = "gmm",
-          ) -> TrainingSet:
-    """Measure (cached), label per site and load the benchmark under ``bench_dir``."""
+          keep_splits: Mapping[str, str] | None = None) -> TrainingSet:
+    """Measure (cached), label per site and load the benchmark under ``bench_dir``
+    (``keep_splits``: :func:`assign_splits`)."""
     studies = read_manifest(bench_dir)
     if limit_per_site is not None:
         studies = first_per_site(studies, limit_per_site)
     cached = cache_studies(studies, work_dir, workers, measure_fn)
     if not cached:
         raise SystemExit("no study could be measured")
-    label_sites(cached, work_dir, seed, label_source)
+    label_sites(cached, work_dir, seed, label_source, keep_splits)
     return load_training_set(work_dir)
 
 

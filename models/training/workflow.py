@@ -12,6 +12,7 @@ import json
 import logging
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def write_card(out_model: Path, fields: dict[str, str]) -> Path:
 def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
               workers: int = 1, limit_per_site: int | None = None,
               measure_fn: MeasureFn = measure_study, label_source: str = "gmm",
-              ) -> dict[str, Any]:
+              keep_splits: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole ``dopanode train`` (see module docstring); returns the summary.
 
     ``measure_fn`` turns a study's series folder into the arrays to cache; the
@@ -153,7 +154,7 @@ def run_train(bench_dir: Path, work_dir: Path, out_model: Path, config: Any,
 
     start = time.perf_counter()
     ts = build(bench_dir, work_dir, config.seed, workers, limit_per_site, measure_fn,
-               label_source)
+               label_source, keep_splits)
     contract = contract_for_atlas(load_atlas())
     summary = train_export(ts, contract, work_dir, out_model, config, label_source)
     held_out = ts.subset(np.isin(ts.column("split"), list(GROUPS.values())))

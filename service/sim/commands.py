@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "training ranges (service/sim/robustness.py), resumable")
     rob.add_argument("out", type=Path)
     rob.add_argument("--groups", type=int, default=2, help="anatomy groups (4 scans) per variant")
-    rob.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
+    rob.add_argument("--variants", default=None,
+                     help="comma-separated variant names (default: all; with --training: "
+                          "train_cases_broad)")
     rob.add_argument("--workers", type=int, default=2)
     rob.add_argument("--training", action="store_true",
                      help="the training site of the same four-case design instead "
@@ -211,8 +213,8 @@ def run_benchmark_montage(args: argparse.Namespace) -> int:
 
 def run_benchmark_robustness(args: argparse.Namespace) -> int:
     from service.sim.robustness import (
+        DEFAULT_TRAINING_VARIANT,
         TRAINING_VARIANTS,
-        VARIANT_NAMES,
         VARIANTS,
         generate_robustness,
         normals_variant,
@@ -220,18 +222,17 @@ def run_benchmark_robustness(args: argparse.Namespace) -> int:
 
     if args.training and args.normals:
         raise SystemExit("--training and --normals are two different data sets: choose one")
-    if args.training:
-        manifest = generate_robustness(args.out, args.groups, TRAINING_VARIANTS, args.workers)
-        print(f"manifest {manifest}")
-        return 0
-    chosen = VARIANT_NAMES if not args.variants else tuple(
+    pool = TRAINING_VARIANTS if args.training else VARIANTS
+    known = tuple(v.name for v in pool)
+    default = (DEFAULT_TRAINING_VARIANT,) if args.training else known
+    chosen = default if not args.variants else tuple(
         n.strip() for n in args.variants.split(",") if n.strip())
-    unknown = [n for n in chosen if n not in VARIANT_NAMES]
+    unknown = [n for n in chosen if n not in known]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(VARIANT_NAMES)}")
-    _check_n(args.groups)
-    variants = [v for v in VARIANTS if v.name in chosen]
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if not args.training:
+        _check_n(args.groups)
+    variants = [v for v in pool if v.name in chosen]
     if args.normals:
         variants = [normals_variant(v) for v in variants]
     manifest = generate_robustness(args.out, args.groups, variants, args.workers)

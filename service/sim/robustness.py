@@ -165,7 +165,19 @@ VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 TRAINING_VARIANTS: tuple[RobustVariant, ...] = (
     RobustVariant("train_cases_broad", "four-case groups for training", "broad",
                   one_sided=(0.30, 0.85), role="train_test", seed=7101),
+    # the same design on each training site's camera (other subjects, own seeds): the
+    # one-sided pattern was otherwise seen only through the broad cameras
+    RobustVariant("train_cases_siemens", "four-case groups, site A camera",
+                  "siemens_lehr_osem_ctac", one_sided=(0.30, 0.85), role="train_test",
+                  seed=7102),
+    RobustVariant("train_cases_ge", "four-case groups, site B camera", "ge_lehr_fbp_chang",
+                  one_sided=(0.30, 0.85), role="train_test", seed=7103),
+    RobustVariant("train_cases_legacy", "four-case groups, site C camera",
+                  "legacy_legp_lowcount", one_sided=(0.30, 0.85), role="train_test",
+                  seed=7104),
 )
+#: What ``dopanode benchmark robustness --training`` makes without ``--variants``.
+DEFAULT_TRAINING_VARIANT = "train_cases_broad"
 
 
 def normals_variant(variant: RobustVariant) -> RobustVariant:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,8 +112,8 @@ def test_one_sided_loss_follows_the_flip() -> None:
             assert (right > left) == bool(out.flipped[i])
 
 
-def test_the_contrast_range_reaches_the_config_and_the_card(monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
     """`dopanode train --contrast-range LO HI` sets the intensity-scale augmentation; the
     card's augmentation text and training flags say so (default: no flag, 0.75-1.33)."""
     import argparse
@@ -124,8 +126,9 @@ def test_the_contrast_range_reaches_the_config_and_the_card(monkeypatch: pytest.
     train_commands.register(parser.add_subparsers())
     seen = {}
 
-    def fake_run_train(bench, work, out, config, workers, limit, label_source):  # noqa: ANN001, ANN202
-        seen["config"] = config
+    def fake_run_train(bench, work, out, config, workers, limit, label_source,  # noqa: ANN001, ANN202
+                       keep_splits):  # noqa: ANN001
+        seen["config"], seen["keep"] = config, keep_splits
         raise SystemExit(0)
 
     monkeypatch.setattr(train_commands._training("workflow"), "run_train", fake_run_train)
@@ -133,7 +136,13 @@ def test_the_contrast_range_reaches_the_config_and_the_card(monkeypatch: pytest.
     with pytest.raises(SystemExit):
         args.func(args)
     config = seen["config"]
-    assert config.augment.scale_range == (0.5, 1.5)
+    assert config.augment.scale_range == (0.5, 1.5) and seen["keep"] is None
+    index = tmp_path / "index.csv"
+    index.write_text("study_id,split\nsite_a_00001,val\n")
+    args = parser.parse_args(["train", "b", "--work", "w", "--keep-splits", str(index)])
+    with pytest.raises(SystemExit):
+        args.func(args)
+    assert seen["keep"] == {"site_a_00001": "val"}
     assert "intensity scale (0.5-1.5)" in augment_text(config)
     assert contrast_flag(config) == " --contrast-range 0.5 1.5"
     assert contrast_flag(TrainConfig()) == ""

@@ -68,3 +68,30 @@ def test_truth_labels_need_true_binding(tmp_path: Path) -> None:
         data.label_sites(studies, tmp_path / "work", seed=1, label_source="truth")
     with pytest.raises(ValueError, match="label source"):
         data.label_sites(studies, tmp_path / "work", seed=1, label_source="reader")
+
+
+def test_kept_splits_stay_and_only_new_groups_are_split(tmp_path: Path) -> None:
+    """`dopanode train --keep-splits INDEX`: an earlier training's studies keep their split
+    (so a grown benchmark is compared on the same validation and test scans)."""
+    def study(sid: str, group: str, role: str = "train_test") -> data.Study:
+        return data.Study(sid, sid.split("_")[0], role, group, "normal", tmp_path)
+
+    old = [study(f"a_{i:03d}", f"g{i // 4}") for i in range(80)] + [study("d_000", "u0", "unseen")]
+    before = data.assign_splits(old, seed=3)
+    new = [study(f"n_{i:03d}", f"h{i // 4}") for i in range(40)]
+    grown = old + new + [study("a_999", "g0")]  # a new scan of a kept group joins its split
+    index = tmp_path / "index.csv"
+    with index.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["study_id", "split"])
+        writer.writerows(before.items())
+    kept = data.read_splits(index)
+    after = data.assign_splits(grown, seed=3, keep=kept)
+    assert {sid: after[sid] for sid in before} == before
+    assert after["a_999"] == before["a_000"]
+    assert after["d_000"] == "test_unseen"
+    groups = {s.anatomy_id: after[s.study_id] for s in new}
+    assert set(groups.values()) == {"train", "val", "test"}  # 10 groups split 7 / 1 / 2
+    assert sorted(groups.values()).count("train") == 7
+    # without keep the grown benchmark would be split anew (what --keep-splits avoids)
+    assert {sid: data.assign_splits(grown, seed=3)[sid] for sid in before} != before

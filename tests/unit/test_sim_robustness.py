@@ -74,9 +74,15 @@ def test_case_fields_refuse_a_mild_one_sided_case() -> None:
 def test_training_site_stays_inside_the_training_ranges() -> None:
     from service.sim.broad_profiles import BROAD_PROFILE
 
-    (variant,) = robustness.TRAINING_VARIANTS
-    assert variant.seed not in {robustness.ROBUST_SEED} | {
-        s.seed for sites in BENCHMARKS.values() for s in sites.values()}
+    variant = robustness.TRAINING_VARIANTS[0]
+    assert variant.name == robustness.DEFAULT_TRAINING_VARIANT
+    seeds = [v.seed for v in robustness.TRAINING_VARIANTS]
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & ({robustness.ROBUST_SEED} | {
+        s.seed for sites in BENCHMARKS.values() for s in sites.values()})
+    assert all(v.role == "train_test" for v in robustness.TRAINING_VARIANTS)
+    # the per-camera groups use the training sites' cameras, never a robustness-only one
+    training_profiles = {s.profile for s in BENCHMARKS[2].values() if s.role != "unseen"}
+    assert {v.profile for v in robustness.TRAINING_VARIANTS[1:]} <= training_profiles
     assert variant.role == "train_test" and variant.profile == BROAD_PROFILE
     assert robustness.variant_site(variant, 2).role == "train_test"
     for group in range(3):

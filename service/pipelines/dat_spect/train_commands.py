@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--contrast-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="augmentation: specific binding scaled by a factor uniform in "
                         "[LO, HI] (default 0.75 1.33)")
+    p.add_argument("--keep-splits", type=Path, default=None, metavar="INDEX_CSV",
+                   help="studies in this earlier index.csv keep their split; only new "
+                        "anatomy groups are split (compare with that model fairly)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
@@ -122,8 +125,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"--contrast-range needs 0 < LO <= HI, got {lo} {hi}")
         config = replace(config, augment=replace(config.augment, scale_range=(lo, hi)))
     out = _model_path(args.out)
+    keep = None
+    if args.keep_splits is not None:
+        keep = _training("data").read_splits(args.keep_splits)
     summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit,
-                                 label_source=args.labels)
+                                 label_source=args.labels, keep_splits=keep)
     print(f"model {out} sha256 {summary['sha256']}")
     print(f"parity max abs diff {summary['parity']['max_abs_diff']:.2e} "
           f"over {summary['parity']['n_scans']} scans")
