@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.sim import robustness
@@ -121,3 +123,27 @@ def test_every_set_draws_one_sided_cases_on_the_image() -> None:
     asymmetry index about 50 %), so every variant and the training site match the image."""
     for variant in (*robustness.VARIANTS, *robustness.TRAINING_VARIANTS):
         assert variant.one_sided_basis == robustness.IMAGE_BASIS
+
+
+def test_the_robustness_command_picks_the_variants(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """`dopanode benchmark robustness`: every variant by default; with --training only
+    train_cases_broad unless --variants names others; unknown names are refused."""
+    from service import cli
+
+    made: list[list[str]] = []
+
+    def fake(out: Path, groups: int, variants: list[robustness.RobustVariant],
+             workers: int) -> Path:
+        made.append([v.name for v in variants])
+        return out / "manifest.csv"
+
+    monkeypatch.setattr(robustness, "generate_robustness", fake)
+    base = ["benchmark", "robustness", str(tmp_path), "--groups", "2"]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--training"]) == 0
+    assert cli.main([*base, "--training", "--variants", "train_cases_ge,train_cases_legacy"]) == 0
+    assert made == [list(robustness.VARIANT_NAMES), ["train_cases_broad"],
+                    ["train_cases_ge", "train_cases_legacy"]]
+    with pytest.raises(SystemExit, match="unknown variant"):
+        cli.main([*base, "--training", "--variants", "siemens_osem_ctac"])
