@@ -290,11 +290,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", type=int, default=0, metavar="N",
                    help="also N fresh-seed studies per training site beyond the benchmark "
                         "(simulated into --data when missing)")
+    p.add_argument("--pool", type=Path, action="append", default=[], metavar="CACHE",
+                   help="also every study of this filled cache (another anatomy's, made by a "
+                        "run in a process of that anatomy with the same model); repeatable")
     args = p.parse_args(argv)
     ids = sample_ids("val") + fresh_ids(args.fresh)
     generate(args.data, ids, workers=2)
     seg = TumourSegmenter(args.model or DEFAULT_MODEL)
-    cases = {sid.study_id: Case(prepare(sid, args.data, args.cache, seg)) for sid in ids}
+    cases = {f"{args.cache.name}/{sid.study_id}": Case(prepare(sid, args.data, args.cache, seg))
+             for sid in ids}
+    for folder in args.pool:
+        for path in sorted(folder.glob("*.npz")):
+            with np.load(path) as done:
+                if str(done["model_sha256"]) != seg.info.model_sha256:
+                    raise SystemExit(f"{path}: made with another model")
+            cases[f"{folder.name}/{path.stem}"] = Case(path)
     table = []
     for option in options():
         rows = [score(lesion_masks(option, c), c) for c in cases.values()]

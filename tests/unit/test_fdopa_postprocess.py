@@ -86,7 +86,7 @@ def test_the_shipped_model_with_mirror_tta_averages_the_two_views() -> None:
     assert not np.allclose(seg.segment(volume, affine, mirror=False), got, atol=1e-3)
 
 
-def test_unet_lesions_need_the_measurable_size_and_baseline_lesions_do_not() -> None:
+def test_unet_lesions_need_their_minimum_size_and_baseline_lesions_do_not() -> None:
     from service.pipelines.fdopa_pet.lesions import (
         MIN_LESION_ML,
         UNET_MIN_LESION_ML,

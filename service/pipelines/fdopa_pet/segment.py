@@ -30,7 +30,7 @@ orientation, spacing or Units: BQML, CNTS, GML):
 Serving (not part of the contract, the model is unchanged): the probability
 is the mean of the prediction on the box and on the left-right mirrored box
 (:data:`MIRROR_TTA`, :func:`mirrored_probability`), chosen on validation with
-the U-Net's 0.5 mL minimum lesion volume (:mod:`.lesions`).
+the U-Net's minimum lesion volume (0.25 mL, :mod:`.lesions`).
 
 Research use, not for diagnosis; the shipped model was trained on simulated
 data only (``models/dopanode_fdopa_seg.card.md``).
