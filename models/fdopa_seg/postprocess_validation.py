@@ -40,6 +40,7 @@ from scipy import ndimage
 from models.fdopa_seg.data import SampleId, fresh_ids, generate, sample_ids, sample_path
 from service.errors import AnalysisError
 from service.pipelines.fdopa_pet.lesions import (
+    FULL_26,
     PROBABILITY_CUT,
     baseline_candidates,
     component_contrast,
@@ -49,8 +50,6 @@ from service.pipelines.fdopa_pet.result import TUMOUR_THRESHOLD_X_BACKGROUND, At
 from service.pipelines.fdopa_pet.segment import DEFAULT_MODEL, TumourSegmenter
 
 MEASURABLE_ML = 0.5
-#: 26-connectivity, as the pipeline's lesions.
-FULL_26 = np.ones((3, 3, 3), bool)
 
 
 @dataclass(frozen=True)

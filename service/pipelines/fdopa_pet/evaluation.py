@@ -59,6 +59,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from service.pipelines.fdopa_pet.evaluation_stats import dice
+from service.pipelines.fdopa_pet.lesions import FULL_26
 from service.pipelines.fdopa_pet.result import (
     MEASURABLE_ML,
     TUMOUR_THRESHOLD_X_BACKGROUND,
@@ -72,7 +73,6 @@ METHODS = ("unet", "threshold")
 #: The indices compared, as (row key suffix, ideal key in truth.json).
 INDICES = (("tbr_max", "tbrmax"), ("tbr_mean", "tbrmean"), ("mtv_ml", "mtv_ml"),
            ("ts", "t_s"), ("tn", "t_n"))
-_FULL = np.ones((3, 3, 3), bool)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def truth_labels_on(path: Path, shape_zyx: tuple[int, ...], affine: np.ndarray) 
 
 def measurable_components(labels_zyx: np.ndarray, voxel_ml: float) -> list[np.ndarray]:
     """Masks of the 26-connected components of label 2 larger than 0.5 mL."""
-    comps, n = ndimage.label(labels_zyx == ACTIVE, structure=_FULL)
+    comps, n = ndimage.label(labels_zyx == ACTIVE, structure=FULL_26)
     counts = np.bincount(comps.ravel(), minlength=n + 1)
     return [comps == k for k in range(1, n + 1) if counts[k] * voxel_ml > MEASURABLE_ML]
 

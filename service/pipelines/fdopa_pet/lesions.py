@@ -74,7 +74,8 @@ STRIATUM_PREFIXES = ("striatum", "caudate", "putamen", "pallidum")
 INFRATENTORIAL_PREFIXES = ("brain_stem", "brainstem", "cerebellum")
 HEALTHY_BRAIN_PREFIXES = ("cortex", "grey_matter", "gray_matter", "white_matter")
 
-_FULL = np.ones((3, 3, 3), bool)
+#: 26-connectivity (face, edge and corner neighbours), for labelling and dilation.
+FULL_26 = np.ones((3, 3, 3), bool)
 
 
 def atlas_names(atlas: AtlasOnPet, prefixes: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -154,7 +155,7 @@ def opening_by_reconstruction(mask_zyx: np.ndarray, spacing_zyx_mm: np.ndarray,
     if element.sum() == 1:
         return mask.copy()
     seeds = ndimage.binary_erosion(mask, structure=element)
-    return np.asarray(ndimage.binary_propagation(seeds, structure=_FULL, mask=mask))
+    return np.asarray(ndimage.binary_propagation(seeds, structure=FULL_26, mask=mask))
 
 
 def lesions_from_candidates(candidates_zyx: np.ndarray, volume_zyx: np.ndarray,
@@ -195,7 +196,7 @@ def lesions_from_candidates(candidates_zyx: np.ndarray, volume_zyx: np.ndarray,
     spacing = np.asarray(spacing_zyx_mm, float)
     mask = opening_by_reconstruction(cand & (volume >= threshold_units), spacing,
                                      opening_radius_mm)
-    labels, n = ndimage.label(mask, structure=_FULL)
+    labels, n = ndimage.label(mask, structure=FULL_26)
     if n == 0:
         return ()
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]

@@ -46,6 +46,7 @@ from service.errors import AnalysisError
 from service.imaging.suv import SuvScale
 from service.pipelines.fdopa_pet.curves import analyse_study_dynamic
 from service.pipelines.fdopa_pet.lesions import (
+    FULL_26,
     INFRATENTORIAL_PREFIXES,
     STRIATUM_PREFIXES,
     atlas_names,
@@ -73,7 +74,6 @@ __all__ = [
 #: Radius of a 1 mL sphere, mm: (3 x 1000 mm^3 / 4 pi)^(1/3).
 PEAK_RADIUS_MM = float((3000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
-_FULL = np.ones((3, 3, 3), bool)
 
 
 def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
@@ -255,7 +255,7 @@ def _lesion_measures(index: int, mask: np.ndarray, ctx: _Context) -> LesionMeasu
     volume_ml = float(mask.sum()) * voxel_ml
     centre, lps = _centroid(mask, ctx.affine)
     at = tuple(int(np.clip(np.rint(c), 0, n - 1)) for c, n in zip(centre, mask.shape, strict=True))
-    touches = bool((ndimage.binary_dilation(mask, _FULL) & ctx.striatum_any).any())
+    touches = bool((ndimage.binary_dilation(mask, FULL_26) & ctx.striatum_any).any())
     return LesionMeasures(
         index=index, voxels=int(mask.sum()), volume_ml=volume_ml,
         measurable=volume_ml > MEASURABLE_ML, max_units=top, mean_units=mean, peak_units=peak,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from service.pipelines.fdopa_pet.lesions import FULL_26
 from service.pipelines.fdopa_pet.result import AtlasOnPet
 
 #: The static refinement keeps VOI voxels whose distance map is above this (reference HEAD).
@@ -50,7 +51,6 @@ DISTANCE_CUT = 0.30
 DISTANCE_FWHM_VOXELS = 5.0
 #: Frames summed for the sinus map (the first two, weighted by their durations).
 SINUS_FRAMES = 2
-_FULL = np.ones((3, 3, 3), bool)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +101,7 @@ def distance_map(voi_zyx: np.ndarray, lesion_zyx: np.ndarray) -> np.ndarray:
     the reference code), divided by its maximum. All zero when both are empty.
     """
     union = np.asarray(voi_zyx, bool) | np.asarray(lesion_zyx, bool)
-    labels, n = ndimage.label(union, structure=_FULL)
+    labels, n = ndimage.label(union, structure=FULL_26)
     if n == 0:
         return np.zeros(union.shape, np.float32)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
