@@ -12,7 +12,10 @@ benchmark folder (e.g. the held-out benchmark version 1 groups of
 * ``verdict``: what the node reports with that CNN: the CNN call made
   inconclusive where the CNN and the SBR path call the scan differently (one
   has a region at level 2 or worse, the other none;
-  :func:`service.pipelines.dat_spect.verdict.consistent_score`).
+  :func:`service.pipelines.dat_spect.verdict.consistent_score`), except that a
+  normal CNN call above a clearly one-sided putamen SBR is *reduced* (the
+  node's default ``asymmetry_decides``); ``verdict-noasym`` without that
+  override (the node with ``asymmetry_decides = false``).
 
 Against the binding reference (``binary_reference`` of the manifest;
 excluded scans left out): **sensitivity** is the fraction of *reduced* scans
@@ -100,12 +103,33 @@ def cnn_calls(model: Path, x: np.ndarray) -> Calls:
     return Calls(np.asarray(reduced, bool), np.asarray(unsure, bool), levels)
 
 
-def verdict_calls(cnn: Calls, sbr: Calls) -> Calls:
+def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = None) -> Calls:
     """The node's verdict with a CNN: inconclusive where the CNN and the SBR path
-    call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`)."""
+    call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`).
+
+    ``one_sided_clear``: ``(N,)`` bool, a clearly one-sided putamen SBR
+    (:func:`clear_asymmetry`); given, a normal CNN call there becomes reduced
+    and conclusive (the node's ``asymmetry_decides``,
+    :func:`~service.pipelines.dat_spect.verdict.one_sided_override`).
+    """
     disagree = np.array([calls_differ(c, s) for c, s in zip(cnn.levels, sbr.levels, strict=True)],
                         bool)
-    return Calls(cnn.reduced, cnn.inconclusive | disagree, cnn.levels)
+    reduced, inconclusive = cnn.reduced.copy(), cnn.inconclusive | disagree
+    if one_sided_clear is not None:
+        override = one_sided_clear & ~cnn.reduced
+        reduced |= override
+        inconclusive &= ~override
+    return Calls(reduced, inconclusive, cnn.levels)
+
+
+def clear_asymmetry(sbr: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: a putamen clearly below the asymmetry cut in ``(N, 4)`` SBRs
+    (:func:`~service.pipelines.dat_spect.levels.clearly_one_sided`)."""
+    from service.pipelines.dat_spect.levels import clearly_one_sided
+
+    return np.array([bool(clearly_one_sided(dict(zip(REGIONS, (float(v) for v in row),
+                                                     strict=True))))
+                     for row in sbr], bool)
 
 
 def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -236,6 +260,7 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     calibration = load_dat_models().calibration
     families = [series_family(s.series_dir) for s in cached]
     sbr_path = sbr_calls(sbr, calibration, families)
+    clear = clear_asymmetry(sbr)  # the node's default asymmetry_decides
     sites = np.array([s.site for s in cached])
     sbr_site = None
     if normals_dir is not None:
@@ -248,9 +273,10 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     for name, path in models.items():
         cnn = cnn_calls(path, x)
         methods[name] = cnn
-        methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path)
+        methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path, clear)
+        methods[f"{name}+verdict-noasym"] = verdict_calls(cnn, sbr_path)
         if sbr_site is not None:
-            methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site)
+            methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site, clear)
     methods["sbr"] = sbr_path
     if sbr_site is not None:
         methods["sbr@site"] = sbr_site

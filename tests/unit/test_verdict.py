@@ -13,10 +13,13 @@ from highdicom.sr.utils import find_content_items
 
 from service.pipelines.dat_spect import codes, render
 from service.pipelines.dat_spect.example import example_evidence, example_result
+from service.pipelines.dat_spect.levels import CLEAR_ASYMMETRY_RATIO
 from service.pipelines.dat_spect.picture import build_picture_report
 from service.pipelines.dat_spect.result import Level, Region, StudyResult
 from service.pipelines.dat_spect.sr import build_sr
 from service.pipelines.dat_spect.verdict import (
+    ASYMMETRY_METHOD,
+    apply_verdict,
     consistent_score,
     contradiction,
     method_disagreements,
@@ -60,6 +63,89 @@ def test_the_offline_tabulation_applies_the_same_rule_as_the_node() -> None:
     assert 20 < sum(expected) < 180  # both outcomes occur
 
 
+def one_sided_under_normal_cnn(ratio: float) -> StudyResult:
+    """A normal CNN call (levels 0) whose right putamen's SBR is ``ratio`` x the left's
+    (SBR level 2, as the asymmetry rule rates a ratio below 0.78)."""
+    result = normal_cnn_with_sbr_level(Level.MODERATE_REDUCTION)
+    left = result.region(Region.PUTAMEN_LEFT).sbr
+    regions = tuple(replace(r, sbr=ratio * left) if r.region is Region.PUTAMEN_RIGHT else r
+                    for r in result.regions)
+    return replace(result, regions=regions)
+
+
+def test_clear_one_sided_loss_under_a_normal_cnn_is_reduced_by_default() -> None:
+    result = one_sided_under_normal_cnn(0.66)
+    off = consistent_score(result.regions, result.global_score, asymmetry_decides=False)
+    assert off.inconclusive and not off.reduced  # without the option: a disagreement
+    score = consistent_score(result.regions, result.global_score)  # the node's default
+    assert score.reduced and not score.inconclusive and score.method == ASYMMETRY_METHOD
+    assert "putamen right SBR at 0.66 x the other putamen's, CNN level 0" in score.rule
+    assert score.rule.startswith("reduced: one-sided putamen loss by the calibration-free "
+                                 "asymmetry rule (ratio below 0.741")
+    assert score.rule.endswith(result.global_score.rule)
+    regions, applied = apply_verdict(result.regions, result.global_score)
+    assert applied == score
+    right = next(r for r in regions if r.region is Region.PUTAMEN_RIGHT)
+    assert right.by_asymmetry and right.level == right.level_sbr == Level.MODERATE_REDUCTION
+    assert right.level_cnn == Level.NORMAL  # the CNN's own level is kept
+    assert [r.level for r in regions if r.region is not Region.PUTAMEN_RIGHT] == [
+        Level.NORMAL] * 3
+    fixed = replace(result, regions=regions, global_score=score)
+    assert contradiction(fixed.regions, score) == ""
+    assert render.headline(fixed)[0] == "REDUCED striatal DaT uptake (abnormal)"
+    assert apply_verdict(result.regions, result.global_score, asymmetry_decides=False) == (
+        result.regions, off)
+
+
+@pytest.mark.parametrize("ratio", [CLEAR_ASYMMETRY_RATIO + 0.005, 0.77])
+def test_asymmetry_near_the_cut_stays_a_disagreement(ratio: float) -> None:
+    """Between 0.741 and 0.78 the SBR level is 2 but not clearly: no override."""
+    result = one_sided_under_normal_cnn(ratio)
+    score = consistent_score(result.regions, result.global_score, asymmetry_decides=True)
+    assert score.inconclusive and not score.reduced and score.method == "cnn"
+    assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen right")
+
+
+def test_the_override_leaves_reduced_cnn_calls_and_sbr_verdicts_alone() -> None:
+    reduced = example_result(reduced=True, with_cnn=True)
+    assert consistent_score(reduced.regions, reduced.global_score, asymmetry_decides=True) == (
+        reduced.global_score)
+    result = one_sided_under_normal_cnn(0.6)
+    sbr_call = replace(result.global_score, method="sbr", reduced=True)
+    assert consistent_score(result.regions, sbr_call, asymmetry_decides=True).method == "sbr"
+
+
+def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
+    """models.training.robustness.verdict_calls with clear_asymmetry == the node per scan."""
+    from models.training.robustness import Calls, clear_asymmetry, verdict_calls
+    from service.pipelines.dat_spect.result import REGIONS, GlobalScore
+
+    rng = np.random.default_rng(7)
+    n = 300
+    sbr = rng.uniform(1.0, 2.2, (n, 4))
+    cnn_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
+    sbr_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
+    cnn_reduced = (cnn_levels >= 2).any(axis=1)
+    none = np.zeros(n, bool)
+    calls = verdict_calls(Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels),
+                          clear_asymmetry(sbr))
+    base = example_result(reduced=False, with_cnn=True)
+    node = []
+    for k in range(n):
+        regions = tuple(replace(r, sbr=float(sbr[k, REGIONS.index(r.region)]),
+                                level_cnn=Level(int(cnn_levels[k, REGIONS.index(r.region)])),
+                                level_sbr=Level(int(sbr_levels[k, REGIONS.index(r.region)])))
+                        for r in base.regions)
+        score = consistent_score(regions, GlobalScore(bool(cnn_reduced[k]), False, "r", "cnn"),
+                                 asymmetry_decides=True)
+        node.append((score.reduced, score.inconclusive and
+                     score.rule.startswith("inconclusive: CNN and SBR")))
+    assert [(bool(a), bool(b)) for a, b in zip(calls.reduced, calls.inconclusive,
+                                               strict=True)] == node
+    overridden = int((clear_asymmetry(sbr) & ~cnn_reduced).sum())
+    assert 10 < overridden < n - 10  # both outcomes occur
+
+
 def test_borderline_sbr_under_a_normal_cnn_is_not_a_disagreement() -> None:
     result = normal_cnn_with_sbr_level(Level.BORDERLINE)
     assert consistent_score(result.regions, result.global_score) == result.global_score
@@ -100,7 +186,8 @@ def test_cnn_reduced_where_the_sbr_path_finds_nothing_is_inconclusive() -> None:
 def test_a_normal_call_above_a_reported_level_two_is_inconclusive() -> None:
     base = example_result(reduced=True, with_cnn=True)
     normal_call = replace(base.global_score, reduced=False)
-    score = consistent_score(base.regions, normal_call)
+    # (the example's putamina differ clearly: without the option, not overridden)
+    score = consistent_score(base.regions, normal_call, asymmetry_decides=False)
     assert score.inconclusive
     assert "the CNN call (normal) disagrees with the regional levels (putamen left level 3" in (
         score.rule)
@@ -165,7 +252,8 @@ class _NormalCnn:
 
 def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     """A phantom with the left putamen at a fifth of the right: SBR thresholds say level >= 2,
-    a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why."""
+    a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why; by default
+    (asymmetry_decides) the clear one-sided loss makes it REDUCED."""
     from service.imaging.atlas import load_atlas
     from service.pipelines.dat_spect import pipeline as dat_pipeline
     from service.pipelines.dat_spect.result import GlobalScore
@@ -178,7 +266,8 @@ def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.Monke
         return rated, GlobalScore(False, False, "test rule", "cnn")
 
     monkeypatch.setattr(dat_pipeline, "rate_with_cnn", rate_normal)
-    pipe = dat_pipeline.DatSpectPipeline(cnn=_NormalCnn())  # type: ignore[arg-type]
+    pipe = dat_pipeline.DatSpectPipeline(cnn=_NormalCnn(),  # type: ignore[arg-type]
+                                         asymmetry_decides=False)
     rng = np.random.default_rng(11)
     true_sbr = {Region.CAUDATE_LEFT: 4.0, Region.CAUDATE_RIGHT: 4.0,
                 Region.PUTAMEN_LEFT: 0.7, Region.PUTAMEN_RIGHT: 3.6}
@@ -194,3 +283,45 @@ def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.Monke
     assert f"putamen left (CNN 0, SBR {int(putamen_left.level_sbr)})" in score.rule
     assert render.headline(result)[0] == "INCONCLUSIVE - CNN and SBR disagree"
     assert result.calibration is not None and result.calibration.indicative
+
+    from service.pipelines.dat_spect.plugin import DatSpectSettings
+
+    assert DatSpectSettings().asymmetry_decides  # the node's default
+    pipe.asymmetry_decides = True
+    decided = pipe.analyse(datasets, {})
+    assert decided.global_score.reduced and not decided.global_score.inconclusive
+    assert decided.global_score.method == "cnn+asymmetry"
+    assert render.headline(decided)[0] == "REDUCED striatal DaT uptake (abnormal)"
+    decided_left = decided.region(Region.PUTAMEN_LEFT)
+    assert decided_left.by_asymmetry and decided_left.level == putamen_left.level_sbr
+    assert decided_left.level_cnn == Level.NORMAL
+
+
+def test_sr_of_an_overridden_verdict_reports_the_sbr_level_and_the_method() -> None:
+    """SR round trip: method "cnn+asymmetry", finding reduced, not inconclusive; the
+    overridden putamen's reported level is its SBR level, its CNN level stays 0."""
+    result = one_sided_under_normal_cnn(0.62)
+    regions, score = apply_verdict(result.regions, result.global_score)
+    result = replace(result, regions=regions, global_score=score)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, build_sr(result, example_evidence(result), "job-asym"),
+                     enforce_file_format=True)
+    sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    (container,) = find_content_items(sr.content[0], name=codes.QUALITATIVE_EVALUATIONS)
+    items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+    assert items[codes.GLOBAL_SCORE_METHOD.value].TextValue == ASYMMETRY_METHOD
+    assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue != codes.NORMAL.value
+    assert items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue != (
+        codes.YES.value)
+    assert "putamen right SBR at 0.62 x the other putamen's" in (
+        items[codes.GLOBAL_SCORE_RULE.value].TextValue)
+    levels: dict[str, list[str]] = {}
+    for item in find_content_items(sr.content[0], name=codes.UPTAKE_LEVEL_CONCEPT,
+                                   recursive=True):
+        levels.setdefault("reported", []).append(item.ConceptCodeSequence[0].CodeValue)
+    for item in find_content_items(sr.content[0], name=codes.UPTAKE_LEVEL_CNN_CONCEPT,
+                                   recursive=True):
+        levels.setdefault("cnn", []).append(item.ConceptCodeSequence[0].CodeValue)
+    moderate = codes.LEVEL_CODES[Level.MODERATE_REDUCTION].value
+    assert levels["reported"].count(moderate) == 1  # the overridden putamen only
+    assert moderate not in levels["cnn"]

@@ -93,6 +93,8 @@ ALMOST_MISSING_REL = 0.2
 INCONCLUSIVE_MARGIN_REL = 0.05
 #: A putamen below this fraction of the other putamen's SBR is at least level 2 (SBR method).
 ASYMMETRY_REDUCED_RATIO = 0.78
+#: A putamen ratio below this is *clearly* below the asymmetry cut (by more than the margin).
+CLEAR_ASYMMETRY_RATIO = (1.0 - INCONCLUSIVE_MARGIN_REL) * ASYMMETRY_REDUCED_RATIO
 #: The pairs the asymmetry rule compares: (region rated, the other side).
 ASYMMETRY_PAIRS = ((Region.PUTAMEN_LEFT, Region.PUTAMEN_RIGHT),
                    (Region.PUTAMEN_RIGHT, Region.PUTAMEN_LEFT))
@@ -221,6 +223,21 @@ def asymmetry_ratio(sbr: Mapping[Region, float], region: Region) -> float | None
     return None
 
 
+def clearly_one_sided(sbr: Mapping[Region, float]) -> dict[Region, float]:
+    """Putamina whose SBR is below :data:`CLEAR_ASYMMETRY_RATIO` of the other's -> that ratio.
+
+    The SBR method's clearly reduced asymmetry (module docstring): a one-sided
+    loss measured against the same scan's other putamen, which needs no
+    camera calibration to first order. Empty for a symmetric scan.
+    """
+    out = {}
+    for region, _ in ASYMMETRY_PAIRS:
+        ratio = asymmetry_ratio(sbr, region) if region in sbr else None
+        if ratio is not None and ratio < CLEAR_ASYMMETRY_RATIO:
+            out[region] = ratio
+    return out
+
+
 def sbr_levels(sbr: Mapping[Region, float], calibration: Calibration) -> dict[Region, Level]:
     """The SBR method's levels: thresholds, then the asymmetry rule (module docstring)."""
     levels = {r: level_for(r, sbr[r], calibration) for r in sbr}
@@ -272,7 +289,7 @@ def global_score(
     if reduced:
         clearly_reduced = any(
             sbr[r] < (1.0 - INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels
-        ) or any(q < (1.0 - INCONCLUSIVE_MARGIN_REL) * ASYMMETRY_REDUCED_RATIO for q in ratios)
+        ) or any(q < CLEAR_ASYMMETRY_RATIO for q in ratios)
         inconclusive = not clearly_reduced
     else:
         near = any(sbr[r] <= (1.0 + INCONCLUSIVE_MARGIN_REL) * t12[r] for r in levels) or any(

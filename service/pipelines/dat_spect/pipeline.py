@@ -62,7 +62,7 @@ from service.pipelines.dat_spect.result import (
     StudyResult,
     summary_dict,
 )
-from service.pipelines.dat_spect.verdict import consistent_score, with_calibration
+from service.pipelines.dat_spect.verdict import apply_verdict, with_calibration
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,9 @@ class DatSpectPipeline:
         How long routing waits, after the series' quiet-time completion, for
         the rest of a per-slice series that announced more slices than
         arrived (:mod:`.completeness`); then the job is made and refused.
+    asymmetry_decides : bool
+        A normal CNN call above a clear one-sided putamen loss becomes
+        *reduced* (:func:`.verdict.one_sided_override`).
     """
 
     name = "dat_spect"
@@ -252,8 +255,10 @@ class DatSpectPipeline:
         cnn: CnnSession | None = None,
         report_failures: bool = True,
         incomplete_wait_s: float = DEFAULT_INCOMPLETE_WAIT_S,
+        asymmetry_decides: bool = True,
     ) -> None:
         self.report_failures = report_failures
+        self.asymmetry_decides = asymmetry_decides
         self.incomplete_wait_s = float(incomplete_wait_s)
         self.models = models or load_dat_models()
         if self.models.calibration is None:
@@ -342,7 +347,8 @@ class DatSpectPipeline:
                 regions, score = rate_with_cnn(
                     self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
                 )
-        score = with_calibration(consistent_score(regions, score), info)
+        regions, score = apply_verdict(regions, score, self.asymmetry_decides)
+        score = with_calibration(score, info)
         warnings = list(m.warnings)
         if m.age_years is None and self.models.normals is not None:
             warnings.append("patient age unknown: z-scores at the normal database mean age")

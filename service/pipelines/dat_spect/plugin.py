@@ -43,6 +43,12 @@ class DatSpectSettings(PipelineSettings):
         Seconds routing waits, after the usual quiet time, for the rest of a
         per-slice series whose header announces more slices than arrived;
         then it is reported as incomplete, never analysed.
+    asymmetry_decides : bool
+        A normal CNN call above a clear one-sided putamen loss (SBR ratio to
+        the other putamen below 0.741) is reported *reduced*, not
+        inconclusive (:func:`service.pipelines.dat_spect.verdict.one_sided_override`).
+        On by default since 2026-12-02 (``models/training/README.md``,
+        "The asymmetry decides"); False reports such a scan inconclusive.
     """
 
     template_dir: Path | None = None
@@ -52,6 +58,7 @@ class DatSpectSettings(PipelineSettings):
     model_sha256: str | None = None
     report_failures: bool = True
     incomplete_wait_s: float = Field(default=600.0, ge=0.0)
+    asymmetry_decides: bool = True
 
     @field_validator("model_sha256")
     @classmethod
@@ -92,7 +99,8 @@ def build(settings: DatSpectSettings) -> Pipeline:
     cnn = CnnSession(path, settings.model_sha256) if path is not None else None
     return DatSpectPipeline(models, settings.keywords, cnn=cnn,
                             report_failures=settings.report_failures,
-                            incomplete_wait_s=settings.incomplete_wait_s)
+                            incomplete_wait_s=settings.incomplete_wait_s,
+                            asymmetry_decides=settings.asymmetry_decides)
 
 
 def check_models(settings: DatSpectSettings) -> tuple[ModelStatus, ...]:

@@ -75,6 +75,10 @@ class RegionResult:
         CNN rating; None when no model is installed.
     cnn_probabilities : tuple of 5 floats or None
         CNN class probabilities for levels 0..4.
+    by_asymmetry : bool
+        The reported level is the SBR method's although a CNN rated the
+        region: a putamen clearly below the asymmetry cut under a normal CNN
+        call (:func:`service.pipelines.dat_spect.verdict.apply_verdict`).
     """
 
     region: Region
@@ -85,11 +89,15 @@ class RegionResult:
     normal_sd: float | None = None
     level_cnn: Level | None = None
     cnn_probabilities: tuple[float, ...] | None = None
+    by_asymmetry: bool = False
 
     @property
     def level(self) -> Level:
-        """The reported level: the CNN's when present, else the conventional one."""
-        return self.level_cnn if self.level_cnn is not None else self.level_sbr
+        """The reported level: the CNN's when present (unless ``by_asymmetry``),
+        else the conventional one."""
+        if self.level_cnn is not None and not self.by_asymmetry:
+            return self.level_cnn
+        return self.level_sbr
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,9 @@ class GlobalScore:
     rule : str
         Human-readable statement of the rule that produced it.
     method : str
-        ``"cnn"`` or ``"sbr"``.
+        ``"cnn"``, ``"sbr"``, or ``"cnn+asymmetry"`` (a normal CNN call
+        overridden by a clear one-sided putamen loss,
+        :func:`service.pipelines.dat_spect.verdict.one_sided_override`).
     """
 
     reduced: bool
@@ -203,6 +213,7 @@ def summary_dict(result: StudyResult) -> dict[str, Any]:
                 "level": int(r.level),
                 "level_sbr": int(r.level_sbr),
                 "level_cnn": None if r.level_cnn is None else int(r.level_cnn),
+                "level_by_asymmetry": r.by_asymmetry,
                 "cnn_probabilities": (
                     None if r.cnn_probabilities is None else list(r.cnn_probabilities)
                 ),
