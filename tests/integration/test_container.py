@@ -164,7 +164,7 @@ def context_files() -> set[str]:
 
 def test_build_context_has_the_runtime_and_models_only():
     files = context_files()
-    for needed in ("pyproject.toml", "README.md", "service/cli.py", "service/metrics.py",
+    for needed in ("pyproject.toml", "README.md", "constraints.txt", "service/cli.py", "service/metrics.py",
                    "models/dopanode_dat_cnn.onnx", "models/dopanode_dat_cnn.onnx.sha256",
                    "models/template/fpcit_template_mni2mm.npz",
                    "models/template/calibration.json", "models/template/normals.json",

@@ -208,16 +208,21 @@ def test_headline_never_says_normal_above_a_level_two() -> None:
     assert render.headline(wrong)[0] == "INCONCLUSIVE - a region is at level 2+"
 
 
-@pytest.mark.parametrize("level_sbr", [Level.MODERATE_REDUCTION, Level.STRONG_REDUCTION])
-def test_sr_carries_the_inconclusive_flag_and_the_rule(level_sbr: Level) -> None:
-    result = normal_cnn_with_sbr_level(level_sbr)
-    result = replace(result, global_score=consistent_score(result.regions, result.global_score))
+def sr_round_trip(result: StudyResult) -> tuple[hd.sr.ComprehensiveSR, dict]:
+    """The result's SR written and read back; its qualitative evaluations by concept code."""
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, build_sr(result, example_evidence(result), "job-verdict"),
                      enforce_file_format=True)
     sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
     (container,) = find_content_items(sr.content[0], name=codes.QUALITATIVE_EVALUATIONS)
-    items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+    return sr, {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+
+
+@pytest.mark.parametrize("level_sbr", [Level.MODERATE_REDUCTION, Level.STRONG_REDUCTION])
+def test_sr_carries_the_inconclusive_flag_and_the_rule(level_sbr: Level) -> None:
+    result = normal_cnn_with_sbr_level(level_sbr)
+    result = replace(result, global_score=consistent_score(result.regions, result.global_score))
+    _, items = sr_round_trip(result)
     flag = items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue
     assert flag == codes.YES.value
     assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue == codes.NORMAL.value
@@ -303,12 +308,7 @@ def test_sr_of_an_overridden_verdict_reports_the_sbr_level_and_the_method() -> N
     result = one_sided_under_normal_cnn(0.62)
     regions, score = apply_verdict(result.regions, result.global_score)
     result = replace(result, regions=regions, global_score=score)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, build_sr(result, example_evidence(result), "job-asym"),
-                     enforce_file_format=True)
-    sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
-    (container,) = find_content_items(sr.content[0], name=codes.QUALITATIVE_EVALUATIONS)
-    items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+    sr, items = sr_round_trip(result)
     assert items[codes.GLOBAL_SCORE_METHOD.value].TextValue == ASYMMETRY_METHOD
     assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue != codes.NORMAL.value
     assert items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue != (
