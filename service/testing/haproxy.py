@@ -85,9 +85,10 @@ class Balancer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"haproxy exited with {self.proc.returncode}:\n"
                                    + self.log_path.read_text(errors="replace")[-2000:])
-            return tcp_open(self.port)
+            # the stats socket may appear after the listener port (seen under load)
+            return tcp_open(self.port) and self.stats_socket.exists()
 
-        wait_until(up, timeout_s, "haproxy's port")
+        wait_until(up, timeout_s, "haproxy's port and stats socket")
         return self
 
     def servers(self) -> dict[str, dict[str, str]]:
