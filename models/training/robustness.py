@@ -231,20 +231,41 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1
             for name, rows in by_variant.items()}
 
 
+#: The splits of a training's index that ``splits`` tabulates (the training split is left out).
+HELD_OUT_SPLITS = ("val", "test", "test_unseen")
+
+
+def one_sided_truth(truth: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: a putamen at truth level 2 or worse while the other is at 0-1
+    (``(N, 4)`` truth levels in the order of REGIONS; -1 rows: no truth, False)."""
+    left, right = truth[:, 2], truth[:, 3]
+    known = (left >= 0) & (right >= 0)
+    return known & (((left >= 2) & (right <= 1)) | ((right >= 2) & (left <= 1)))
+
+
 def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
-                    workers: int = 1, normals_dir: Path | None = None) -> dict[str, Any]:
+                    workers: int = 1, normals_dir: Path | None = None,
+                    splits: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
 
     ``models``: display name -> ONNX file. With ``normals_dir`` (the variants'
     site-calibration normals, :func:`site_calibrations`) the SBR path and each
     verdict are scored a second time with each variant's own thresholds
-    (methods ``sbr@site`` and ``<model>+verdict@site``). Returns ``{"table":
-    {...}, "markdown": str, "n_failed": int}``.
+    (methods ``sbr@site`` and ``<model>+verdict@site``). With ``splits`` (study
+    id -> split of a training's ``index.csv``, :func:`models.training.data.read_splits`)
+    only that training's held-out studies (:data:`HELD_OUT_SPLITS`) are rated and
+    the table's rows are the splits instead of the sites: how a model choice on
+    the validation split is made and checked on the test splits by the node's
+    rules. One-sided cases: the robustness set's ``case`` column where the
+    manifest has one, else the truth levels (:func:`one_sided_truth`). Returns
+    ``{"table": {...}, "markdown": str, "n_failed": int}``.
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.assets import load_dat_models
 
     studies = read_manifest(bench_dir)
+    if splits is not None:
+        studies = [s for s in studies if splits.get(s.study_id) in HELD_OUT_SPLITS]
     cached = cache_studies(studies, work_dir, workers)
     rows = _manifest_rows(bench_dir)
     xs, sbrs = [], []
@@ -255,8 +276,10 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     x, sbr = np.stack(xs).astype(np.float32), np.stack(sbrs)
     row_of = [rows[s.study_id] for s in cached]
     reference = np.array([s.binary_reference for s in cached], dtype=object)
-    one_sided = np.array([r.get("case", "").startswith("loss_") for r in row_of])
     truth = np.array([s.truth_levels or (-1,) * 4 for s in cached], np.int64)
+    by_truth = one_sided_truth(truth)
+    one_sided = np.array([r["case"].startswith("loss_") if r.get("case") else bool(t)
+                          for r, t in zip(row_of, by_truth, strict=True)])
     calibration = load_dat_models().calibration
     families = [series_family(s.series_dir) for s in cached]
     sbr_path = sbr_calls(sbr, calibration, families)
@@ -280,12 +303,16 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     methods["sbr"] = sbr_path
     if sbr_site is not None:
         methods["sbr@site"] = sbr_site
-    table = method_table(sites, reference, one_sided, truth, methods)
+    def group(s: Any) -> str:
+        return s.site if splits is None else splits[s.study_id]
+
+    table = method_table(np.array([group(s) for s in cached]), reference, one_sided, truth,
+                         methods)
     measured = {s.study_id for s in cached}
     not_measured: dict[str, int] = {}
     for s in studies:
         if s.study_id not in measured:
-            not_measured[s.site] = not_measured.get(s.site, 0) + 1
+            not_measured[group(s)] = not_measured.get(group(s), 0) + 1
     return {"table": table, "markdown": format_methods(table, not_measured),
             "n_failed": len(studies) - len(cached), "not_measured": not_measured}
 

@@ -109,3 +109,33 @@ def test_site_thresholds_come_from_each_cameras_normals(bench: Path) -> None:
     for name, c in own.items():
         t01, t12_, t23, t34 = c.putamen.values
         assert t01 > t12_ > t23 > t34 > 0, name
+
+
+def test_a_trainings_held_out_splits_are_tabulated_by_split(bench: Path, rated: dict) -> None:
+    """``--splits INDEX``: only val/test studies, one row per split, the same rates."""
+    from models.training.robustness import evaluate_folder
+    from service.paths import default_models_dir
+    from service.pipelines.dat_spect.plugin import MODEL_FILE
+
+    with (bench / "manifest.csv").open() as f:
+        ids = [r["study_id"] for r in csv.DictReader(f)]
+    names = ("train", "val", "test", "test_unseen")
+    splits = {sid: names[(k + k // 4) % 4] for k, sid in enumerate(ids)}  # each case in train once
+    result = evaluate_folder(bench, bench.parent / "work", {"shipped": default_models_dir()
+                                                            / MODEL_FILE}, splits=splits)
+    table = result["table"]
+    assert set(table) == {"val", "test", "test_unseen", "all"}
+    held_out = sum(1 for s in splits.values() if s != "train")
+    all_rates = table["all"]["shipped+verdict"]
+    assert all_rates["n_reduced"] + all_rates["n_normal"] <= held_out
+    assert sum(table[s]["sbr"]["n_reduced"] for s in ("val", "test", "test_unseen")) == (
+        table["all"]["sbr"]["n_reduced"]) < rated["table"]["all"]["sbr"]["n_reduced"]
+    assert "| val |" in result["markdown"] and "| train |" not in result["markdown"]
+
+
+def test_one_sided_by_truth_levels() -> None:
+    from models.training.robustness import one_sided_truth
+
+    truth = np.array([[0, 0, 2, 0], [0, 0, 1, 3], [0, 0, 2, 2], [0, 0, 1, 1], [-1, -1, -1, -1],
+                      [3, 0, 0, 0]])
+    assert one_sided_truth(truth).tolist() == [True, True, False, False, False, False]

@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the variants' normals ('dopanode benchmark robustness NORMALS "
                         "--normals'): also score the SBR path and the verdicts with each "
                         "variant's own thresholds built from them (a calibrated site)")
+    p.add_argument("--splits", type=Path, default=None, metavar="INDEX_CSV",
+                   help="a training's index.csv: rate only its validation and test studies, "
+                        "one row per split (the node's verdict on a model's own held-out scans)")
     p.set_defaults(func=cmd_robustness)
 
     p = subparsers.add_parser("heldout-v1", help="generate the benchmark-1 test groups the "
@@ -193,8 +196,13 @@ def _named_models(specs: list[str]) -> dict[str, Path]:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     robustness = _training("robustness")
+    splits = None
+    if args.splits is not None:
+        from models.training.data import read_splits
+
+        splits = read_splits(args.splits)
     result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
-                                        args.workers, args.site_normals)
+                                        args.workers, args.site_normals, splits)
     print(result["markdown"])
     print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
     if args.json:
