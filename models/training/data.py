@@ -255,6 +255,24 @@ def assign_splits(studies: Sequence[Study], seed: int,
             for s in studies}
 
 
+def extend_splits(studies: Sequence[Study], keep: Mapping[str, str], new_split: str
+                  ) -> dict[str, str]:
+    """``keep`` plus ``new_split`` for every study of an anatomy group ``keep`` has no
+    study of (role ``unseen``: ``test_unseen``), as :func:`assign_splits` ``keep``.
+
+    How a grown benchmark's new groups all become, e.g., validation scans: the
+    earlier model's splits stay, and a model choice gets a larger validation split.
+    """
+    if new_split not in SPLIT_FRACTIONS:
+        raise ValueError(f"unknown split {new_split!r} (one of {', '.join(SPLIT_FRACTIONS)})")
+    kept_groups = {s.anatomy_id for s in studies if s.study_id in keep}
+    out = dict(keep)
+    for s in studies:
+        if s.study_id not in out and s.anatomy_id not in kept_groups:
+            out[s.study_id] = "test_unseen" if s.role == "unseen" else new_split
+    return out
+
+
 def _load_cached(work_dir: Path, study_id: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(work_dir / "cache" / f"{study_id}.npz") as npz:
         return npz["x"], npz["sbr"]

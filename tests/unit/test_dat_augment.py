@@ -143,6 +143,18 @@ def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit):
         args.func(args)
     assert seen["keep"] == {"site_a_00001": "val"}
+    data = train_commands._training("data")
+    grown = [data.Study(f"site_a_0000{i}", "site_a", "train_test", f"g{i}", "normal", tmp_path)
+             for i in (1, 9)]
+    monkeypatch.setattr(data, "read_manifest", lambda bench: grown)
+    args = parser.parse_args(["train", "b", "--work", "w", "--keep-splits", str(index),
+                              "--new-groups-split", "test"])
+    with pytest.raises(SystemExit):
+        args.func(args)
+    assert seen["keep"] == {"site_a_00001": "val", "site_a_00009": "test"}
+    lone = parser.parse_args(["train", "b", "--work", "w", "--new-groups-split", "val"])
+    with pytest.raises(SystemExit, match="needs --keep-splits"):
+        lone.func(lone)
     assert "intensity scale (0.5-1.5)" in augment_text(config)
     assert contrast_flag(config) == " --contrast-range 0.5 1.5"
     assert contrast_flag(TrainConfig()) == ""

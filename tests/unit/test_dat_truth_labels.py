@@ -95,3 +95,13 @@ def test_kept_splits_stay_and_only_new_groups_are_split(tmp_path: Path) -> None:
     assert sorted(groups.values()).count("train") == 7
     # without keep the grown benchmark would be split anew (what --keep-splits avoids)
     assert {sid: data.assign_splits(grown, seed=3)[sid] for sid in before} != before
+
+    # --new-groups-split val: every new group (and nothing kept) becomes validation
+    extended = data.extend_splits(grown + [study("d_001", "u9", "unseen")], kept, "val")
+    after = data.assign_splits(grown, seed=3, keep=extended)
+    assert {sid: after[sid] for sid in before} == before
+    assert {after[s.study_id] for s in new} == {"val"}
+    assert after["a_999"] == before["a_000"]  # a kept group's new scan: its group's split
+    assert extended["d_001"] == "test_unseen"
+    with pytest.raises(ValueError, match="unknown split"):
+        data.extend_splits(grown, kept, "validation")

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-splits", type=Path, default=None, metavar="INDEX_CSV",
                    help="studies in this earlier index.csv keep their split; only new "
                         "anatomy groups are split (compare with that model fairly)")
+    p.add_argument("--new-groups-split", choices=("train", "val", "test"), default=None,
+                   help="with --keep-splits: every new anatomy group goes to this split "
+                        "(e.g. val: a larger validation split for a model choice)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="paper-format evaluation of an ONNX model")
@@ -129,8 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = replace(config, augment=replace(config.augment, scale_range=(lo, hi)))
     out = _model_path(args.out)
     keep = None
+    if args.new_groups_split is not None and args.keep_splits is None:
+        raise SystemExit("--new-groups-split needs --keep-splits")
     if args.keep_splits is not None:
-        keep = _training("data").read_splits(args.keep_splits)
+        data = _training("data")
+        keep = data.read_splits(args.keep_splits)
+        if args.new_groups_split is not None:
+            keep = data.extend_splits(data.read_manifest(args.bench), keep,
+                                      args.new_groups_split)
     summary = workflow.run_train(args.bench, args.work, out, config, args.workers, args.limit,
                                  label_source=args.labels, keep_splits=keep)
     print(f"model {out} sha256 {summary['sha256']}")
