@@ -21,27 +21,27 @@ The rule here, applied after both have rated a scan:
   "Fourth attempt");
 * **verdict and table disagree**: a *normal* call above a reported level of 2
   or worse, or a *reduced* call without one, is *inconclusive* too, with the
-  regions named.
-
-* **a clear one-sided putamen loss under a normal CNN call** (``asymmetry_decides``,
-  the node's default, ``[pipelines.dat_spect] asymmetry_decides``): when the CNN calls the scan normal and a putamen's
-  SBR is clearly below the asymmetry cut against the other putamen
+  regions named;
+* **a clear one-sided putamen loss under a normal CNN call**
+  (``asymmetry_decides``, the node's default, ``[pipelines.dat_spect]
+  asymmetry_decides``): when the CNN calls the scan normal and a putamen's SBR
+  is clearly below the asymmetry cut against the other putamen
   (:func:`~service.pipelines.dat_spect.levels.clearly_one_sided`, ratio below
-  0.741), the verdict is *reduced* and conclusive, method
-  ``"cnn+asymmetry"``, its rule names the putamen, its ratio and the CNN's
-  level, and that putamen's reported level is its SBR level
-  (:func:`apply_verdict`; the CNN level stays in its own column). The ratio compares the scan with itself and needs no camera
-  calibration; the CNN is the weaker method on one-sided losses
-  (``models/training/README.md``, "The asymmetry decides": on the
+  0.741), the verdict is *reduced* and conclusive, method ``"cnn+asymmetry"``;
+  its rule names the putamen, its ratio and the CNN's level, and that
+  putamen's reported level is its SBR level (:func:`apply_verdict`; the CNN
+  level stays in its own column). The ratio compares the scan with itself and
+  needs no camera calibration; the CNN is the weaker method on one-sided
+  losses (``models/training/README.md``, "The asymmetry decides": on the
   robustness set it raised the one-sided losses caught from 29 to 38 of 43,
   normals passed unchanged). Without the option the case is a disagreement
   (first point).
 
 Apart from that override the binary call itself (``reduced``) is left as the
-method made it; only the inconclusive flag and the rule text change. A result whose methods agree is
-returned unchanged. A verdict of the SBR path (no CNN) on the shipped
-simulated thresholds says in its rule that it is indicative only
-(:func:`with_calibration`; the picture headline says INDICATIVE).
+method made it; only the inconclusive flag and the rule text change. A result
+whose methods agree is returned unchanged. A verdict of the SBR path (no CNN)
+on the shipped simulated thresholds says in its rule that it is indicative
+only (:func:`with_calibration`; the picture headline says INDICATIVE).
 """
 
 from __future__ import annotations
