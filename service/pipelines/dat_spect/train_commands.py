@@ -205,11 +205,7 @@ def _named_models(specs: list[str]) -> dict[str, Path]:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     robustness = _training("robustness")
-    splits = None
-    if args.splits is not None:
-        from models.training.data import read_splits
-
-        splits = read_splits(args.splits)
+    splits = None if args.splits is None else _training("data").read_splits(args.splits)
     result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
                                         args.workers, args.site_normals, splits)
     print(result["markdown"])
