@@ -72,7 +72,12 @@ from service.net.scu_association import (
 from service.net.scu_outcome import DELIVERED_STATUSES, PassReport, mark_in_flight, record_outcome
 from service.store import outbox
 from service.store.blobs import Blobs, BlobStoreError
-from service.store.dialect import OUTBOX_CHANNEL, dialect_of, try_destination_lock
+from service.store.dialect import (
+    OUTBOX_CHANNEL,
+    dialect_of,
+    release_destination_lock,
+    try_destination_lock,
+)
 from service.store.outbox import OutboxItem, RetryPolicy
 
 __all__ = [
@@ -179,10 +184,12 @@ class Sender:
         destination = self._destinations[destination_name]
         report = PassReport(destination=destination_name)
         conn = self._db.connect()
+        locked = False
         try:
             for statement in dialect_of(conn).ingest_setup:  # SQLite: synchronous=NORMAL
                 conn.execute(statement)
-            if not try_destination_lock(conn, destination_name):  # one association per PACS
+            locked = try_destination_lock(conn, destination_name)  # one association per PACS
+            if not locked:
                 report.elsewhere = True
                 return report
             items = outbox.claim_due(conn, destination_name, self.lease_s, self._clock(),
@@ -195,6 +202,8 @@ class Sender:
                 if sendable:
                     self._deliver(conn, destination, sendable, report)
         finally:
+            if locked:
+                release_destination_lock(conn, destination_name)
             conn.close()
         log.info(
             "outbox_pass",

@@ -48,8 +48,11 @@ the conflicting row in ``DO UPDATE`` are qualified with the table name
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: The channel that wakes idle workers (PostgreSQL only).
 JOBS_CHANNEL = "dopanode_jobs"
@@ -169,6 +172,22 @@ def try_destination_lock(conn: Any, destination: str) -> bool:
                        (lock_key(f"sender:{destination}"),)).fetchone()[0]
     conn.commit()
     return bool(got)
+
+
+def release_destination_lock(conn: Any, destination: str) -> None:
+    """Give back :func:`try_destination_lock`'s lock now (PostgreSQL; SQLite: nothing).
+
+    Closing the session releases it too, but the server does that after the
+    client has gone, so another node's pass started at once could still find it
+    held. A session that can no longer talk to the server is left to close.
+    """
+    if dialect_of(conn).name != "postgres":
+        return
+    try:
+        conn.execute("SELECT pg_advisory_unlock(?)", (lock_key(f"sender:{destination}"),))
+        conn.commit()
+    except Exception:  # noqa: BLE001 - a broken session releases the lock when it closes
+        log.debug("destination_lock_release_failed", exc_info=True)
 
 
 def notify_job_created(conn: Any) -> None:

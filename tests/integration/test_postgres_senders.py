@@ -187,3 +187,28 @@ def test_senders_of_two_nodes_open_one_association_per_destination(
     while (report := second.send_due("pacs")).sent:  # the lock went with the first's session
         assert not report.elsewhere
     assert sorted(destination.received) == sorted(uids)  # each once
+
+
+def test_a_pass_gives_its_destination_lock_back_before_it_returns(
+        rows: PostgresRows, destination: HoldingDestination, tmp_path: Path) -> None:
+    """Not only when its session closes (the server does that after the client has gone,
+    so another node's pass started at once could still find the lock held)."""
+    from service.store import outbox
+    from service.store.dialect import release_destination_lock, try_destination_lock
+    from service.testing.samples import write_sr
+
+    conn = rows.connect()
+    try:
+        ds = write_sr(tmp_path / "sr.dcm")
+        with conn:
+            outbox.enqueue(conn, 1, ["pacs"], tmp_path / "sr.dcm", ds.SOPClassUID,
+                           str(ds.SOPInstanceUID))
+        sender = Sender(PostgresRows(rows._dsn), [Dest(destination.port)], "DOPANODE",
+                        RetryPolicy(base_s=0.2, cap_s=0.8, give_up_after_s=3600))
+        for _ in range(20):  # a pass with an item and passes with none: each gives it back
+            sender.send_due("pacs")
+            assert try_destination_lock(conn, "pacs")
+            release_destination_lock(conn, "pacs")
+        assert str(ds.SOPInstanceUID) in destination.received
+    finally:
+        conn.close()
