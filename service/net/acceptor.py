@@ -75,7 +75,12 @@ class _InlineRequests(queue.Queue):
     queues the response for the same thread, which sends it when the state
     machine action returns. Anything else (other services, unknown contexts,
     requests during release) goes to the association thread as usual, so no
-    abort is ever started from inside the DUL thread.
+    abort is ever started from inside the DUL thread. So does a request that
+    arrives before the association thread has marked the association
+    established (it sends the A-ASSOCIATE-AC, runs the EVT_ACCEPTED handlers,
+    then sets ``is_established``): pynetdicom's service classes answer nothing
+    on an association not established, and the SCU would wait for a response
+    until its own timeout. The association thread serves it once its loop runs.
     """
 
     def __init__(self, assoc: EventAssociation) -> None:
@@ -86,7 +91,8 @@ class _InlineRequests(queue.Queue):
         context_id, primitive = item
         assoc = self._assoc
         if (isinstance(primitive, C_STORE | C_ECHO) and primitive.is_valid_request
-                and context_id in assoc._accepted_cx and not assoc._sent_release):
+                and assoc.is_established and context_id in assoc._accepted_cx
+                and not assoc._sent_release):
             # the association thread may check the network idle timer while
             # the handler runs here: count our handler time as activity
             assoc.dul._idle_timer.restart()

@@ -418,3 +418,44 @@ def test_concurrent_associations_complete_one_series(
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(12,)]
     assert rows(database, "SELECT instance_count, state FROM series") == [(12, "complete")]
     wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+
+
+@pytest.mark.parametrize("acceptor_kind", ["event", "pynetdicom"])
+def test_requests_sent_while_the_acceptance_is_still_being_recorded_are_answered(
+        tmp_path: Path, acceptor_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that arrives before the association thread has marked it established.
+
+    pynetdicom sends the A-ASSOCIATE-AC, runs the EVT_ACCEPTED handlers (the
+    node's audit record) and only then sets ``is_established``; its service
+    classes answer nothing on an association not established ("the handler
+    aborted"). The event acceptor served a C-ECHO or C-STORE arriving in that
+    window at once in the DUL thread: no response, the SCU waited until its
+    own timeout (CI: echoscu hung 60 s, a pynetdicom SCU got no C-ECHO status).
+    A slow acceptance record widens the window here to half a second.
+    """
+    scp = make_scp(tmp_path, acceptor_kind)
+    recorded = scp.handle_accepted
+
+    def slow_record(event: evt.Event) -> None:
+        time.sleep(0.5)
+        recorded(event)
+
+    monkeypatch.setattr(scp, "handle_accepted", slow_record)
+    scp.start()
+    try:
+        for request in ("echo", "store"):
+            ae = AE(ae_title="STORESCU")
+            ae.dimse_timeout = 5
+            ae.add_requested_context(codes.VERIFICATION)
+            ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="DOPANODE")
+            assert assoc.is_established
+            if request == "echo":
+                answer = assoc.send_c_echo()
+            else:
+                answer = assoc.send_c_store(nm_instance("early", 0, slices=1))
+            assert answer.get("Status") == 0x0000, request
+            assoc.release()
+        assert len(rows(scp.database, "SELECT * FROM instances")) == 1
+    finally:
+        scp.stop()
