@@ -4,7 +4,8 @@ Every SCP test runs against each ``node.acceptor`` (``"event"``:
 :mod:`service.net.acceptor`; ``"pynetdicom"``: its stock acceptor) with each
 ``storage.spool_sync`` (``"auto"``: one flush on ext4/XFS/btrfs; ``"posix"``).
 Covers: C-ECHO and C-STORE answered (with the event acceptor the store is
-served in the DUL thread),
+served in the DUL thread), a request sent while the acceptance is still being
+recorded (before pynetdicom marks the association established) answered,
 several instances on one association, a resend deduplicated, release and
 abort by the peer, the network idle timeout, associations' threads ending,
 the one-flush and the POSIX adoption paths, start-up recovery of a file
@@ -113,8 +114,10 @@ def node(tmp_path: Path, request: pytest.FixtureRequest
         scp.stop()
 
 
-def associate(scp: StorageSCP, aet: str = "STORESCU") -> Any:
+def associate(scp: StorageSCP, aet: str = "STORESCU", dimse_timeout_s: float = 30.0
+              ) -> Any:
     ae = AE(ae_title=aet)
+    ae.dimse_timeout = dimse_timeout_s
     ae.add_requested_context(codes.VERIFICATION)
     ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="DOPANODE")
@@ -444,12 +447,7 @@ def test_requests_sent_while_the_acceptance_is_still_being_recorded_are_answered
     scp.start()
     try:
         for request in ("echo", "store"):
-            ae = AE(ae_title="STORESCU")
-            ae.dimse_timeout = 5
-            ae.add_requested_context(codes.VERIFICATION)
-            ae.add_requested_context(codes.NM_IMAGE_STORAGE, ExplicitVRLittleEndian)
-            assoc = ae.associate("127.0.0.1", scp.port, ae_title="DOPANODE")
-            assert assoc.is_established
+            assoc = associate(scp, dimse_timeout_s=5)
             if request == "echo":
                 answer = assoc.send_c_echo()
             else:
