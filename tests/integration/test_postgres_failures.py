@@ -93,7 +93,9 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_result_is_sent_once(
     runs_log, spool = tmp_path / "runs.log", tmp_path / "spool"
     pacs = HoldingDestination()
     dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
-    settings = {**fake_settings(3.0, runs_log), "destinations": dest,
+    # the analysis lasts long enough that w1 is still inside it when it is killed after
+    # w2 has started (3 s was not, once, on a loaded CI machine: w1 finished the job first)
+    settings = {**fake_settings(12.0, runs_log), "destinations": dest,
                 "worker": {"lease_s": 2.0}}  # renewed while alive; expires 2 s after a kill
     common: dict[str, Any] = {"settings": settings, "postgres_dsn": postgres_dsn,
                               "spool_dir": spool}
@@ -109,6 +111,7 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_result_is_sent_once(
         [(owner,)] = edge.query("SELECT lease_owner FROM jobs WHERE state = 'running'")
         w2.start()  # polling already: it may not claim a job whose lease is alive
         w1.kill()
+        assert runs(runs_log, "end") == 0, "w1 finished the job before it was killed"
         [(job_id, attempts)] = w2.wait_for(
             "SELECT id, attempts FROM jobs WHERE state = 'done'", lambda r: len(r) == 1, 60)
         outbox = edge.wait_for("SELECT sop_instance_uid, state FROM outbox",
