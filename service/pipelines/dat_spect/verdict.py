@@ -33,8 +33,8 @@ The rule here, applied after both have rated a scan:
   level stays in its own column). The ratio compares the scan with itself and
   needs no camera calibration; the CNN is the weaker method on one-sided
   losses (``models/training/README.md``, "The asymmetry decides": on the
-  robustness set, with the model of that day (C), it raised the one-sided losses caught from 29 to 38 of 43,
-  normals passed unchanged). Without the option the case is a disagreement
+  robustness set, with the model of that day (C), it raised the one-sided
+  losses caught from 29 to 38 of 43, normals passed unchanged). Without the option the case is a disagreement
   (first point).
 
 Apart from that override the binary call itself (``reduced``) is left as the
