@@ -158,18 +158,23 @@ def try_singleton(conn: Any, name: str) -> bool:
     return name in held
 
 
+def _destination_lock_key(destination: str) -> int:
+    return lock_key(f"sender:{destination}")
+
+
 def try_destination_lock(conn: Any, destination: str) -> bool:
     """True when this session may open the association to ``destination`` now.
 
     PostgreSQL: ``pg_try_advisory_lock`` per destination, held by the sender
-    pass's session until it closes, so the senders of every node open one
+    pass's session until the pass gives it back (:func:`release_destination_lock`)
+    or the session closes, so the senders of every node open one
     association to a destination at a time, as one node does. SQLite: always
     (the one process has one thread per destination). Commits.
     """
     if dialect_of(conn).name != "postgres":
         return True
     got = conn.execute("SELECT pg_try_advisory_lock(?)",
-                       (lock_key(f"sender:{destination}"),)).fetchone()[0]
+                       (_destination_lock_key(destination),)).fetchone()[0]
     conn.commit()
     return bool(got)
 
@@ -184,7 +189,7 @@ def release_destination_lock(conn: Any, destination: str) -> None:
     if dialect_of(conn).name != "postgres":
         return
     try:
-        conn.execute("SELECT pg_advisory_unlock(?)", (lock_key(f"sender:{destination}"),))
+        conn.execute("SELECT pg_advisory_unlock(?)", (_destination_lock_key(destination),))
         conn.commit()
     except Exception:  # noqa: BLE001 - a broken session releases the lock when it closes
         log.debug("destination_lock_release_failed", exc_info=True)

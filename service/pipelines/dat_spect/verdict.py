@@ -34,8 +34,8 @@ The rule here, applied after both have rated a scan:
   needs no camera calibration; the CNN is the weaker method on one-sided
   losses (``models/training/README.md``, "The asymmetry decides": on the
   robustness set, with the model of that day (C), it raised the one-sided
-  losses caught from 29 to 38 of 43, normals passed unchanged). Without the option the case is a disagreement
-  (first point).
+  losses caught from 29 to 38 of 43, normals passed unchanged). Without the
+  option the case is a disagreement (first point).
 
 Apart from that override the binary call itself (``reduced``) is left as the
 method made it; only the inconclusive flag and the rule text change. A result
