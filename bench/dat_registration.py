@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.errors import AnalysisError  # noqa: E402
 from service.imaging.atlas import Atlas, load_atlas  # noqa: E402
-from service.sim.pose import PosedScan, simulate_posed  # noqa: E402
+from service.sim.pose import simulate_posed  # noqa: E402
 
 REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
 #: Brain landmarks, MNI RAS mm: anterior and posterior commissure, frontal and
@@ -105,25 +105,8 @@ def simulate(profile_key: str, index: int, cache: Path | None = None
         sitk.WriteImage(posed.image, str(path))
     atlas = load_atlas()
     mni = _points_mni(atlas)
-    return (image, posed.scan_points(mni), mni, posed.size, best_affine(posed, atlas),
+    return (image, posed.scan_points(mni), mni, posed.size, posed.best_affine(atlas),
             posed.disease_class)
-
-
-def best_affine(posed: PosedScan, atlas: Atlas) -> sitk.AffineTransform:
-    """Least-squares affine fit of the true mapping over the brain (every 97th voxel).
-
-    The simulator adds a smooth non-linear deformation (about 2.5 mm) and
-    atrophy inside the skull, so no affine reaches zero error: this is the floor.
-    """
-    ref = atlas.reference_image()
-    idx = np.argwhere(atlas.brain_zyx)[::97][:, ::-1].astype(float)
-    dense = np.array([ref.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in idx])
-    coeffs, *_ = np.linalg.lstsq(np.c_[dense, np.ones(len(dense))], posed.scan_points(dense),
-                                 rcond=None)
-    tx = sitk.AffineTransform(3)
-    tx.SetMatrix(coeffs[:3].T.ravel().tolist())
-    tx.SetTranslation(coeffs[3].tolist())
-    return tx
 
 
 def _points_mni(atlas: Atlas) -> np.ndarray:
@@ -162,9 +145,10 @@ def engines() -> dict[str, Engine]:
     return {"before": before, "after": after}
 
 
-def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: Any
-                        ) -> dict[str, bool]:
-    """Whether the gate refuses each of :data:`PERTURBATIONS` of ``transform``."""
+def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: Any,
+                        template_zyx: np.ndarray | None = None) -> dict[str, bool]:
+    """Whether the gate refuses each of :data:`PERTURBATIONS` of ``transform``
+    (checked against ``template_zyx``, by default the standard template)."""
     from service.imaging import register
     from service.pipelines.dat_spect.normalise import evaluate
 
@@ -176,7 +160,8 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
         move.SetTranslation(shift)
         wrong = sitk.CompositeTransform([transform, move])
         fit = register.Fit(wrong, "affine", np.ones(3), 1.0, False, ())  # type: ignore[arg-type]
-        out[f"gate_refuses {name}"] = evaluate(image, fit, models.template_zyx,
+        target = models.template_zyx if template_zyx is None else template_zyx
+        out[f"gate_refuses {name}"] = evaluate(image, fit, target,
                                                models.atlas).refusal is not None
     return out
 

@@ -47,36 +47,47 @@ from bench.dat_registration import (  # noqa: E402
 )
 
 
-def register_study(series_dir: Path, variant: str, study_id: str) -> dict[str, object]:
-    """Register one written study with the pipeline's engine and gate; its row."""
+def register_study(series_dir: Path, variant: str, study_id: str, second_target: bool = True
+                   ) -> dict[str, object]:
+    """Register one written study with the pipeline's engine and gate; its row.
+
+    ``second_target``: a series not stated as attenuation corrected that the
+    standard template refuses is registered again to the no-AC template, as
+    the node does (False measures the standard template alone).
+    """
     import torch
 
     from service.dicom.header import read_series
     from service.imaging.nm_volume import volume_from_datasets
     from service.pipelines.dat_spect.assets import load_dat_models
-    from service.pipelines.dat_spect.normalise import register_scan
+    from service.pipelines.dat_spect.normalise import NOAC_TARGET, register_series
+    from service.pipelines.dat_spect.protocol import correction_family
     from service.sim.robustness import variant_pose
 
     torch.set_num_threads(1)
     models = load_dat_models()
     files = sorted(p for p in series_dir.rglob("*") if p.is_file())
-    image = volume_from_datasets(read_series(files)).image
+    datasets = read_series(files)
+    image = volume_from_datasets(datasets).image
     posed = variant_pose(variant, int(study_id.rsplit("_", 1)[1]))
     mni = _points_mni(models.atlas)
-    result = register_scan(image, models.template_zyx, models.atlas)
+    family = correction_family(datasets[0].get("CorrectedImage"))
+    noac = models.noac_template_zyx if second_target else None
+    result = register_series(image, models.template_zyx, models.atlas, noac, family.ac_stated)
+    template = noac if result.target == NOAC_TARGET else models.template_zyx
     row: dict[str, object] = {"study_id": study_id, "variant": variant,
                               "refused": result.refusal is not None,
                               "reason": result.refusal or "", "stage": result.stage,
-                              "true_size": round(posed.size, 4)}
+                              "target": result.target, "true_size": round(posed.size, 4)}
     if result.checks is not None:
         row.update({k: v for k, v in vars(result.checks).items() if k != "failure"})
     row.update(measure(result.transform, posed.scan_points(mni), mni, posed.size))
-    row.update(_perturbed_refusals(image, result.transform, models))
+    row.update(_perturbed_refusals(image, result.transform, models, template))
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
 
-def _task(args: tuple[Path, str, str]) -> dict[str, object]:
+def _task(args: tuple[Path, str, str, bool]) -> dict[str, object]:
     return register_study(*args)
 
 
@@ -132,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every study's row here")
     parser.add_argument("--before", type=Path, help="an earlier run's JSON to compare with")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--standard-only", action="store_true",
+                        help="never try the no-AC template (the node's second target)")
     args = parser.parse_args(argv)
-    todo = studies(args.robust_dir, args.variants.split(",") if args.variants else None)
+    todo = [(*t, not args.standard_only)
+            for t in studies(args.robust_dir, args.variants.split(",") if args.variants else None)]
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             rows = list(pool.map(_task, todo, chunksize=1))

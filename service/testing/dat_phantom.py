@@ -84,3 +84,24 @@ def normal_sbr(factor: float = 1.0) -> dict[Region, float]:
         Region.PUTAMEN_LEFT: 3.6 * factor,
         Region.PUTAMEN_RIGHT: 3.6 * factor,
     }
+
+
+#: Striatal regions whose AAL centroids :func:`mni_points` lists first.
+POSE_REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
+#: MNI RAS mm: AC, frontal pole, occipital pole, vertex, lateral temporal L/R.
+LANDMARKS_RAS = ((0.0, 2.0, -4.0), (0.0, 62.0, 4.0), (0.0, -96.0, 6.0), (0.0, -20.0, 70.0),
+                 (-62.0, -22.0, -4.0), (62.0, -22.0, -4.0))
+
+
+def mni_points(atlas: Atlas) -> np.ndarray:
+    """LPS mm of the four AAL striatal centroids, then of :data:`LANDMARKS_RAS`, (10, 3)."""
+    ref = atlas.reference_image()
+    pts = [ref.TransformContinuousIndexToPhysicalPoint(
+        np.argwhere(atlas.mask(r)).mean(axis=0)[::-1].tolist()) for r in POSE_REGIONS]
+    return np.array(pts + [(-x, -y, z) for x, y, z in LANDMARKS_RAS], float)
+
+
+def pose_errors_mm(transform: sitk.Transform, truth: np.ndarray, mni: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each MNI point mapped by a template-to-scan ``transform`` to its truth."""
+    fitted = np.array([transform.TransformPoint(p.tolist()) for p in mni])
+    return np.linalg.norm(fitted - truth, axis=1)

@@ -22,29 +22,11 @@ from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect.assets import load_dat_models
 from service.pipelines.dat_spect.normalise import evaluate, normalise, register_scan
 from service.sim.pose import PosedScan, simulate_posed
-from service.testing.dat_phantom import make_phantom, normal_sbr
+from service.testing.dat_phantom import make_phantom, mni_points, normal_sbr, pose_errors_mm
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
 ATLAS = load_atlas()
-REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
-#: MNI RAS mm: AC, frontal pole, occipital pole, vertex, lateral temporal L/R.
-LANDMARKS_RAS = ((0.0, 2.0, -4.0), (0.0, 62.0, 4.0), (0.0, -96.0, 6.0), (0.0, -20.0, 70.0),
-                 (-62.0, -22.0, -4.0), (62.0, -22.0, -4.0))
-
-
-def _mni_points() -> np.ndarray:
-    ref = ATLAS.reference_image()
-    pts = [ref.TransformContinuousIndexToPhysicalPoint(
-        np.argwhere(ATLAS.mask(r)).mean(axis=0)[::-1].tolist()) for r in REGIONS]
-    return np.array(pts + [(-x, -y, z) for x, y, z in LANDMARKS_RAS], float)
-
-
-def _errors_mm(transform: sitk.Transform, truth: np.ndarray, mni: np.ndarray) -> np.ndarray:
-    fitted = np.array([transform.TransformPoint(p.tolist()) for p in mni])
-    return np.linalg.norm(fitted - truth, axis=1)
-
-
 #: Two broad-family subjects (random appearance, striatal source, recon, filter,
 #: counts), simulated on 64 x 64 grids with 60 views to keep the file fast:
 #: GE-like 4.4 mm voxels, and the drawn protocol with 4 mm voxels.
@@ -63,8 +45,8 @@ def test_error_in_mm_against_the_drawn_pose(case: str) -> None:
     posed = _posed(case)
     models = load_dat_models()
     result = normalise(posed.image, models.template_zyx, models.atlas)
-    mni = _mni_points()
-    err = _errors_mm(result.transform, posed.scan_points(mni), mni)
+    mni = mni_points(ATLAS)
+    err = pose_errors_mm(result.transform, posed.scan_points(mni), mni)
     assert err[:4].max() < 5.0, err[:4]  # striatal centroids
     assert err[4:].mean() < 7.0, err[4:]  # brain landmarks
     size = float(abs(np.linalg.det(np.asarray(register.as_affine(result.transform).GetMatrix()).reshape(3, 3))))

@@ -22,6 +22,9 @@ from service.pipelines.dat_spect.protocol import ByProtocol, read_by_protocol
 from service.pipelines.dat_spect.template import load_template
 
 TEMPLATE_FILE = "fpcit_template_mni2mm.npz"
+#: The second registration target, for series without attenuation correction
+#: (``models/template/build_noac_template.py``; optional in a site's folder).
+NOAC_TEMPLATE_FILE = "fpcit_template_noac_mni2mm.npz"
 CALIBRATION_FILE = "calibration.json"
 NORMALS_FILE = "normals.json"
 
@@ -40,9 +43,13 @@ class DatModels:
         building normals).
     normals : ByProtocol of NormalDatabase, or None
     sha256 : str
-        Hash over the three files, identifying this configuration in the SR.
+        Hash over the files present, identifying this configuration in the SR.
     directory : Path
         Where the files were read from.
+    noac_template_zyx : (91, 109, 91) float32 array or None
+        The second registration target for series without attenuation
+        correction (:func:`service.pipelines.dat_spect.normalise.normalise_series`);
+        None where the folder has none (no second attempt).
     """
 
     atlas: Atlas
@@ -51,12 +58,14 @@ class DatModels:
     normals: ByProtocol[NormalDatabase] | None
     sha256: str
     directory: Path
+    noac_template_zyx: np.ndarray | None = None
 
 
 def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -> DatModels:
     """Load template, calibration and normal database from ``directory``.
 
-    Calibration and normal database are None where their files are absent.
+    Calibration, normal database and the no-AC template are None where their
+    files are absent.
 
     Raises
     ------
@@ -66,7 +75,8 @@ def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -
     directory = directory or default_models_dir() / "template"
     atlas = atlas or load_atlas()
     digest = hashlib.sha256()
-    paths = [directory / TEMPLATE_FILE, directory / CALIBRATION_FILE, directory / NORMALS_FILE]
+    paths = [directory / TEMPLATE_FILE, directory / CALIBRATION_FILE, directory / NORMALS_FILE,
+             directory / NOAC_TEMPLATE_FILE]
     for path in paths:
         if path.exists():
             digest.update(path.read_bytes())
@@ -81,4 +91,5 @@ def load_dat_models(directory: Path | None = None, atlas: Atlas | None = None) -
         normals=normals,
         sha256=digest.hexdigest(),
         directory=directory,
+        noac_template_zyx=load_template(paths[3], atlas) if paths[3].exists() else None,
     )

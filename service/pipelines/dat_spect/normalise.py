@@ -27,7 +27,7 @@ of the template (MNI) space to the corresponding point of the scan, as
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -77,6 +77,11 @@ SETTINGS = register.Settings(
     similarity=True, affine_from_similarity=False)
 
 
+#: :attr:`Normalisation.target` of the shipped (CT-AC) template and of the no-AC one.
+STANDARD_TARGET = "standard"
+NOAC_TARGET = "no_ac"
+
+
 @dataclass(frozen=True, eq=False)
 class Normalisation:
     """Outcome of :func:`normalise` / :func:`register_scan`.
@@ -102,6 +107,12 @@ class Normalisation:
     warnings : tuple of str
         The engine's patient-free notes (a scale held at its bound, an affine
         replaced by the similarity).
+    target : str
+        The template registered to: :data:`STANDARD_TARGET` or, after the
+        standard one was refused, :data:`NOAC_TARGET` (:func:`normalise_series`).
+    target_note : str
+        For a reader when the target is not the standard one (why, and that
+        the quality is measured against that target), else empty.
     """
 
     volume_zyx: np.ndarray
@@ -112,6 +123,8 @@ class Normalisation:
     refusal: str | None = None
     stage: str = "affine"
     warnings: tuple[str, ...] = ()
+    target: str = STANDARD_TARGET
+    target_note: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,6 +160,75 @@ def normalise(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Nor
     if result.refusal is not None:
         raise AnalysisError(result.refusal, "normalisation_failed")
     return result
+
+
+def normalise_series(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas,
+                     noac_template_zyx: np.ndarray | None, ac_stated: bool) -> Normalisation:
+    """:func:`normalise`, with the no-AC template as a second target.
+
+    A scan without attenuation correction (AC) looks unlike the standard
+    (CT-AC) template; the engine then fits the head too large and the gate
+    refuses about one such scan in eight (docs/dat_registration.md, "Scans
+    without attenuation correction"). A series whose header does not state AC
+    (Corrected Image without ``ATTN``, or absent) that the gate refused on
+    the standard template is registered again to ``noac_template_zyx``
+    (``models/template/build_noac_template.py``); the gate checks that
+    registration against that template. An accepted second registration is
+    returned with :attr:`Normalisation.target` ``no_ac`` and a
+    :attr:`Normalisation.target_note` that says so (the pipeline makes it a
+    warning of the result: the SR and the picture show it); a series registered well to
+    the standard template never reaches the second, and a series stated as
+    AC never does.
+
+    Parameters
+    ----------
+    moving : SimpleITK.Image
+    template_zyx : (91, 109, 91) float32 array
+        The standard template.
+    atlas : Atlas
+    noac_template_zyx : (91, 109, 91) float32 array or None
+        The second target; None turns the second attempt off.
+    ac_stated : bool
+        True when the header says the series is attenuation corrected.
+
+    Raises
+    ------
+    AnalysisError
+        ``normalisation_failed``: no head, an optimiser error, or the gate
+        refused every target tried (the reason names the standard template's
+        failed check, then the second's).
+    """
+    result = register_series(moving, template_zyx, atlas, noac_template_zyx, ac_stated)
+    if result.refusal is not None:
+        raise AnalysisError(result.refusal, "normalisation_failed")
+    return result
+
+
+def register_series(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas,
+                    noac_template_zyx: np.ndarray | None, ac_stated: bool) -> Normalisation:
+    """As :func:`normalise_series`, but a refused registration is returned, not raised.
+
+    When both targets were tried and refused, the second's result is returned
+    (``target`` ``no_ac``) with a refusal naming both failed checks.
+
+    Raises
+    ------
+    AnalysisError
+        ``normalisation_failed`` when no head is found or the optimiser fails.
+    """
+    first = register_scan(moving, template_zyx, atlas)
+    if first.refusal is None or ac_stated or noac_template_zyx is None:
+        return first
+    second = register_scan(moving, noac_template_zyx, atlas)
+    standard = first.refusal.removeprefix("normalisation failed: ")
+    if second.refusal is not None:
+        both = (f"{first.refusal}; on the no-AC template: "
+                f"{second.refusal.removeprefix('normalisation failed: ')}")
+        return replace(second, target=NOAC_TARGET, refusal=both)
+    note = ("registered to the template for scans without attenuation correction "
+            f"(the standard template was refused: {standard}); registration quality is "
+            "measured against that template")
+    return replace(second, target=NOAC_TARGET, target_note=note)
 
 
 def register_scan(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) -> Normalisation:

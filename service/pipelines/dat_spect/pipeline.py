@@ -46,7 +46,7 @@ from service.pipelines.dat_spect.completeness import (
 )
 from service.pipelines.dat_spect.gate import check_dat_series
 from service.pipelines.dat_spect.levels import Calibration, global_score, sbr_levels
-from service.pipelines.dat_spect.normalise import Normalisation, normalise
+from service.pipelines.dat_spect.normalise import Normalisation, normalise_series
 from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.preprocess import cnn_input
 from service.pipelines.dat_spect.protocol import ByProtocol, Family, correction_family
@@ -215,11 +215,15 @@ def measure(
         except AnalysisError as exc:
             raise as_incomplete(exc) from exc
     with _stage(durations_s, "normalise"):
-        norm = normalise(volume.image, models.template_zyx, models.atlas)
+        family = correction_family(datasets[0].get("CorrectedImage"))
+        norm = normalise_series(volume.image, models.template_zyx, models.atlas,
+                                models.noac_template_zyx,
+                                ac_stated=family.ac_stated)
         check_coverage(volume.image, norm.transform, models.atlas)
     with _stage(durations_s, "quantify"):
         quant = quantify(norm.volume_zyx, models.atlas)
-    return Measurement(norm, quant, patient_age_years(datasets[0]), volume.warnings)
+    return Measurement(norm, quant, patient_age_years(datasets[0]),
+                       (*volume.warnings, *((norm.target_note,) if norm.target_note else ())))
 
 
 class DatSpectPipeline:

@@ -63,6 +63,11 @@ class Family:
     name: str
     stated: bool = True
 
+    @property
+    def ac_stated(self) -> bool:
+        """True when the header states attenuation correction (``ATTN``)."""
+        return self.stated and self.name != "none"
+
     def describe(self) -> str:
         text = FAMILIES[self.name]
         return text if self.stated else f"{text}, assumed"

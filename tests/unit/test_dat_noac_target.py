@@ -1,0 +1,151 @@
+"""The no-AC template as the DaT registration's second target (series not stated as AC).
+
+One simulated subject (broad appearance, FBP without attenuation correction,
+64 x 64 x 4.4 mm, seed 7, subject 0; found by searching the broad family for a
+scan the standard template refuses) is registered as the node registers it:
+the standard template refuses it (quality 0.51, worst striatal centroid
+7.2 mm off the drawn pose); the no-AC template accepts it (quality 0.78,
+4.2 mm). The bound on the rescued registration's error is the one of
+``test_dat_registration.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from service.errors import AnalysisError
+from service.imaging.atlas import load_atlas
+from service.pipelines.dat_spect.assets import (
+    CALIBRATION_FILE,
+    NOAC_TEMPLATE_FILE,
+    NORMALS_FILE,
+    TEMPLATE_FILE,
+    load_dat_models,
+)
+from service.pipelines.dat_spect.normalise import (
+    NOAC_TARGET,
+    STANDARD_TARGET,
+    normalise_series,
+    register_scan,
+    register_series,
+)
+from service.pipelines.dat_spect.pipeline import measure
+from service.pipelines.dat_spect.template import load_template
+from service.sim.nm_writer import CameraHeader, EncodingVariant, SubjectHeader, build_nm_datasets
+from service.sim.pose import PosedScan, simulate_posed
+from service.testing.dat_phantom import mni_points, pose_errors_mm
+
+pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
+
+ATLAS = load_atlas()
+NOAC_FBP_64 = {"recon": "fbp", "attenuation_correction": "none", "scatter_correction": False,
+               "post_filter_fwhm_mm": 0.0, "matrix": 64, "voxel_mm": 4.4, "n_views": 60}
+
+
+@lru_cache(maxsize=1)
+def _posed() -> PosedScan:
+    return simulate_posed("broad", 7, 0, NOAC_FBP_64)
+
+
+def _datasets(attenuation_corrected: bool | None) -> list[Dataset]:
+    """The scan as one multi-frame NM instance; None: without Corrected Image."""
+    camera = CameraHeader("GE MEDICAL SYSTEMS", "Infinia", "LEHR", "FBP Butterworth NoAC",
+                          bool(attenuation_corrected), False, (143.1, 174.9), 500_000)
+    datasets = build_nm_datasets(_posed().image, camera,
+                                 SubjectHeader(age_years=70, sex="F", injected_activity_mbq=185.0),
+                                 EncodingVariant.MULTIFRAME, "noac-target")
+    if attenuation_corrected is None:
+        for ds in datasets:
+            del ds.CorrectedImage
+    return datasets
+
+
+def test_the_premise_the_standard_template_refuses_this_scan() -> None:
+    models = load_dat_models()
+    result = register_scan(_posed().image, models.template_zyx, ATLAS)
+    assert result.refusal is not None and result.refusal.startswith("normalisation failed: ")
+
+
+def test_a_scan_without_ac_refused_by_the_standard_template_is_rescued_close_to_its_pose() -> None:
+    models = load_dat_models()
+    assert models.noac_template_zyx is not None
+    result = normalise_series(_posed().image, models.template_zyx, ATLAS,
+                              models.noac_template_zyx, ac_stated=False)
+    assert result.refusal is None and result.target == NOAC_TARGET
+    assert result.target_note.startswith(
+        "registered to the template for scans without attenuation correction "
+        "(the standard template was refused: ")
+    mni = mni_points(ATLAS)
+    err = pose_errors_mm(result.transform, _posed().scan_points(mni), mni)
+    assert err[:4].max() < 5.0, err[:4]  # striatal centroids
+    assert err[4:].mean() < 7.0, err[4:]  # brain landmarks
+
+
+def test_a_series_stated_as_ac_never_reaches_the_second_target() -> None:
+    models = load_dat_models()
+    with pytest.raises(AnalysisError) as caught:
+        normalise_series(_posed().image, models.template_zyx, ATLAS, models.noac_template_zyx,
+                         ac_stated=True)
+    assert caught.value.code == "normalisation_failed"
+    assert "no-AC" not in caught.value.reason
+
+
+def test_without_a_second_target_the_standard_refusal_stands() -> None:
+    models = load_dat_models()
+    result = register_series(_posed().image, models.template_zyx, ATLAS, None, ac_stated=False)
+    assert result.target == STANDARD_TARGET and result.refusal is not None
+    assert "no-AC" not in result.refusal
+
+
+def test_refused_on_both_targets_names_both_checks() -> None:
+    """The standard template as the 'second' target refuses again: both reasons are named."""
+    models = load_dat_models()
+    result = register_series(_posed().image, models.template_zyx, ATLAS, models.template_zyx,
+                             ac_stated=False)
+    assert result.refusal is not None
+    first, second = result.refusal.split("; on the no-AC template: ")
+    assert first.startswith("normalisation failed: ") and second
+    assert result.target_note == ""
+
+
+@pytest.mark.parametrize("stated", [False, None], ids=["corrected-image-without-attn",
+                                                       "no-corrected-image"])
+def test_the_pipeline_tries_the_second_target_for_series_not_stated_as_ac(
+        stated: bool | None) -> None:
+    m = measure(_datasets(stated), load_dat_models(), (), {})
+    assert m.normalisation.target == NOAC_TARGET
+    notes = [w for w in m.warnings if "without attenuation correction" in w]
+    assert notes == [m.normalisation.target_note]
+
+
+def test_the_pipeline_refuses_a_series_stated_as_ac_on_the_standard_template_alone() -> None:
+    with pytest.raises(AnalysisError) as caught:
+        measure(_datasets(True), load_dat_models(), (), {})
+    assert "no-AC" not in caught.value.reason
+
+
+def test_a_template_folder_without_the_no_ac_file_has_no_second_target(tmp_path: Path) -> None:
+    shipped = load_dat_models().directory
+    for name in (TEMPLATE_FILE, CALIBRATION_FILE, NORMALS_FILE):
+        (tmp_path / name).write_bytes((shipped / name).read_bytes())
+    without = load_dat_models(tmp_path)
+    assert without.noac_template_zyx is None
+    assert without.sha256 != load_dat_models().sha256  # the no-AC file is part of the identity
+
+
+def test_the_build_script_makes_a_template_the_loader_reads(tmp_path: Path) -> None:
+    from models.template.build_noac_template import main
+
+    assert main(["--out", str(tmp_path), "--scans", "1", "--workers", "1"]) == 0
+    template = load_template(tmp_path / NOAC_TEMPLATE_FILE, ATLAS)
+    striatum = ATLAS.mask("putamen_left") | ATLAS.mask("putamen_right")
+    assert float(template[striatum].mean()) > 1.5 * float(template[ATLAS.mask("occipital")].mean())
+    log = json.loads((tmp_path / "build_log.json").read_text())["noac_template_build"]
+    assert len(log["subjects"]) == 1 and log["seed"] == 20261202
+    assert np.isfinite(template).all()
