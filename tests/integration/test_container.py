@@ -167,6 +167,7 @@ def test_build_context_has_the_runtime_and_models_only():
     for needed in ("pyproject.toml", "README.md", "constraints.txt", "service/cli.py", "service/metrics.py",
                    "models/dopanode_dat_cnn.onnx", "models/dopanode_dat_cnn.onnx.sha256",
                    "models/template/fpcit_template_mni2mm.npz",
+                   "models/template/fpcit_template_noac_mni2mm.npz",
                    "models/template/calibration.json", "models/template/normals.json",
                    "models/atlas/mni_2mm.npz", "models/atlas/mni_2mm.npz.sha256",
                    "models/fdopa_template/fdopa_template_mni2mm.npz",
