@@ -124,6 +124,16 @@ def test_the_pipeline_tries_the_second_target_for_series_not_stated_as_ac(
     assert notes == [m.normalisation.target_note]
 
 
+def test_the_result_says_which_template_it_was_registered_to() -> None:
+    from service.pipelines.dat_spect.pipeline import DatSpectPipeline
+    from service.pipelines.dat_spect.result import summary_dict
+
+    summary = summary_dict(DatSpectPipeline().analyse(_datasets(False), {}))
+    assert summary["registration_target"] == NOAC_TARGET
+    assert any(w.startswith("registered to the template for scans without attenuation")
+               for w in summary["warnings"])
+
+
 def test_the_pipeline_refuses_a_series_stated_as_ac_on_the_standard_template_alone() -> None:
     with pytest.raises(AnalysisError) as caught:
         measure(_datasets(True), load_dat_models(), (), {})

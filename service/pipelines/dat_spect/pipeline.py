@@ -368,6 +368,7 @@ class DatSpectPipeline:
             patient_age_years=m.age_years,
             warnings=tuple(warnings),
             calibration=info,
+            registration_target=m.normalisation.target,
         )
 
     def calibration_for(self, family: Family

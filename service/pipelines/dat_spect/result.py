@@ -164,6 +164,9 @@ class StudyResult:
 
     ``calibration`` says where the SBR thresholds and normal database came
     from (None: not stated, e.g. a result built by hand).
+    ``registration_target`` names the template the scan was registered to
+    (``standard``, or ``no_ac`` after the standard one was refused:
+    :func:`service.pipelines.dat_spect.normalise.normalise_series`).
     """
 
     source: SourceReference
@@ -177,6 +180,7 @@ class StudyResult:
     patient_age_years: float | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
     calibration: CalibrationInfo | None = None
+    registration_target: str = "standard"
 
     def region(self, region: Region) -> RegionResult:
         for r in self.regions:
@@ -226,6 +230,7 @@ def summary_dict(result: StudyResult) -> dict[str, Any]:
         "ratios": {k: _finite_or_none(v) for k, v in vars(result.ratios).items()},
         "reference_region": result.reference_region,
         "registration_quality": _finite_or_none(result.registration_quality),
+        "registration_target": result.registration_target,
         "warnings": list(result.warnings),
         "calibration": None if result.calibration is None else result.calibration.to_dict(),
     }
