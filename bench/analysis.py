@@ -61,18 +61,22 @@ class Outcome:
 
 
 def analyse(pipeline: object, study: Study) -> Outcome:
+    from service.dicom.header import read_series
     from service.errors import AnalysisError
+    from service.pipelines.base import PRIMARY, JobContext, LoadedInputs
 
     variant = study.truth.get("encoding_variant", "")
     t0 = time.perf_counter()
     try:
-        out = pipeline.run(study.files, f"bench-{study.study_id}")  # type: ignore[attr-defined]
+        inputs = LoadedInputs({PRIMARY: read_series(study.files)})
+        out = pipeline.run(  # type: ignore[attr-defined]
+            inputs, JobContext(f"bench-{study.study_id}", time.time()))
     except AnalysisError as exc:
         return Outcome(study.study_id, study.profile, variant, time.perf_counter() - t0,
                        failure=f"{exc.code}: {exc}")
     total = time.perf_counter() - t0
     stages = {k: float(v) for k, v in out.stage_durations_s.items()}
-    sbr = {str(r.region): float(r.sbr) for r in out.result.regions}
+    sbr = {name: float(r["sbr"]) for name, r in out.summary["regions"].items()}
     return Outcome(study.study_id, study.profile, variant, total, stages, sbr)
 
 

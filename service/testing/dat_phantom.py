@@ -105,3 +105,11 @@ def pose_errors_mm(transform: sitk.Transform, truth: np.ndarray, mni: np.ndarray
     """Distance (mm) of each MNI point mapped by a template-to-scan ``transform`` to its truth."""
     fitted = np.array([transform.TransformPoint(p.tolist()) for p in mni])
     return np.linalg.norm(fitted - truth, axis=1)
+
+
+def scaled_head_phantom(atlas: Atlas, scale: float, seed: int = 3) -> sitk.Image:
+    """A normal phantom of a head ``scale`` x the MNI size, centred (about the head's middle)."""
+    pose = sitk.AffineTransform(3)  # scan to MNI
+    pose.SetCenter((0.0, 18.0, 18.0))
+    pose.SetMatrix(np.diag([1.0 / scale] * 3).ravel().tolist())
+    return make_phantom(atlas, normal_sbr(), pose, np.random.default_rng(seed)).image

@@ -2,11 +2,12 @@
 
 One simulated subject (broad appearance, FBP without attenuation correction,
 64 x 64 x 4.4 mm, seed 7, subject 0; found by searching the broad family for a
-scan the standard template refuses) is registered as the node registers it:
-the standard template refuses it (quality 0.51, worst striatal centroid
-7.2 mm off the drawn pose); the no-AC template accepts it (quality 0.78,
-4.2 mm). The bound on the rescued registration's error is the one of
-``test_dat_registration.py``.
+scan the standard template fits badly) is registered as the node registers
+it: the standard template's fit is weak (quality 0.51 < 0.55, worst striatal
+centroid 7.2 mm off the drawn pose; the gate accepts it since its check 5
+replaced the 0.55 floor); the no-AC template's fit is accepted at quality 0.78,
+4.2 mm off, and kept. The bound on the rescued registration's error is the one
+of ``test_dat_registration.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from service.pipelines.dat_spect.assets import (
 from service.pipelines.dat_spect.normalise import (
     NOAC_TARGET,
     STANDARD_TARGET,
+    WEAK_QUALITY,
     normalise_series,
     register_scan,
     register_series,
@@ -39,7 +41,11 @@ from service.pipelines.dat_spect.pipeline import measure
 from service.pipelines.dat_spect.template import load_template
 from service.sim.nm_writer import CameraHeader, EncodingVariant, SubjectHeader, build_nm_datasets
 from service.sim.pose import PosedScan, simulate_posed
-from service.testing.dat_phantom import mni_points, pose_errors_mm
+from service.testing.dat_phantom import (
+    mni_points,
+    pose_errors_mm,
+    scaled_head_phantom,
+)
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
@@ -66,13 +72,20 @@ def _datasets(attenuation_corrected: bool | None) -> list[Dataset]:
     return datasets
 
 
-def test_the_premise_the_standard_template_refuses_this_scan() -> None:
+def _worst_striatal_mm(result: object) -> float:
+    mni = mni_points(ATLAS)
+    err = pose_errors_mm(result.transform, _posed().scan_points(mni), mni)  # type: ignore[attr-defined]
+    return float(err[:4].max())
+
+
+def test_the_premise_the_standard_template_fits_this_scan_weakly() -> None:
     models = load_dat_models()
     result = register_scan(_posed().image, models.template_zyx, ATLAS)
-    assert result.refusal is not None and result.refusal.startswith("normalisation failed: ")
+    assert result.quality < WEAK_QUALITY
+    assert _worst_striatal_mm(result) > 6.0
 
 
-def test_a_scan_without_ac_refused_by_the_standard_template_is_rescued_close_to_its_pose() -> None:
+def test_a_weak_fit_without_ac_is_replaced_by_the_no_ac_template_close_to_its_pose() -> None:
     models = load_dat_models()
     assert models.noac_template_zyx is not None
     result = normalise_series(_posed().image, models.template_zyx, ATLAS,
@@ -80,38 +93,34 @@ def test_a_scan_without_ac_refused_by_the_standard_template_is_rescued_close_to_
     assert result.refusal is None and result.target == NOAC_TARGET
     assert result.target_note.startswith(
         "registered to the template for scans without attenuation correction "
-        "(the standard template was refused: ")
+        "(the standard template: weak fit, quality 0.")
+    assert _worst_striatal_mm(result) < 5.0
     mni = mni_points(ATLAS)
     err = pose_errors_mm(result.transform, _posed().scan_points(mni), mni)
-    assert err[:4].max() < 5.0, err[:4]  # striatal centroids
     assert err[4:].mean() < 7.0, err[4:]  # brain landmarks
 
 
 def test_a_series_stated_as_ac_never_reaches_the_second_target() -> None:
     models = load_dat_models()
-    with pytest.raises(AnalysisError) as caught:
-        normalise_series(_posed().image, models.template_zyx, ATLAS, models.noac_template_zyx,
-                         ac_stated=True)
-    assert caught.value.code == "normalisation_failed"
-    assert "no-AC" not in caught.value.reason
+    result = register_series(_posed().image, models.template_zyx, ATLAS,
+                             models.noac_template_zyx, ac_stated=True)
+    assert result.target == STANDARD_TARGET and result.target_note == ""
 
 
-def test_without_a_second_target_the_standard_refusal_stands() -> None:
+def test_without_a_second_target_the_standard_fit_stands() -> None:
     models = load_dat_models()
     result = register_series(_posed().image, models.template_zyx, ATLAS, None, ac_stated=False)
-    assert result.target == STANDARD_TARGET and result.refusal is not None
-    assert "no-AC" not in result.refusal
+    assert result.target == STANDARD_TARGET and result.target_note == ""
 
 
 def test_refused_on_both_targets_names_both_checks() -> None:
-    """The standard template as the 'second' target refuses again: both reasons are named."""
+    """A head of 0.65 x adult size: refused on the standard template, then on the no-AC one."""
     models = load_dat_models()
-    result = register_series(_posed().image, models.template_zyx, ATLAS, models.template_zyx,
-                             ac_stated=False)
-    assert result.refusal is not None
-    first, second = result.refusal.split("; on the no-AC template: ")
-    assert first.startswith("normalisation failed: ") and second
-    assert result.target_note == ""
+    with pytest.raises(AnalysisError) as caught:
+        normalise_series(scaled_head_phantom(ATLAS, 0.65), models.template_zyx, ATLAS,
+                         models.noac_template_zyx, ac_stated=False)
+    first, second = caught.value.reason.split("; on the no-AC template: ")
+    assert first.startswith("normalisation failed: head size x0.") and second.startswith("head size")
 
 
 @pytest.mark.parametrize("stated", [False, None], ids=["corrected-image-without-attn",
@@ -134,10 +143,10 @@ def test_the_result_says_which_template_it_was_registered_to() -> None:
                for w in summary["warnings"])
 
 
-def test_the_pipeline_refuses_a_series_stated_as_ac_on_the_standard_template_alone() -> None:
-    with pytest.raises(AnalysisError) as caught:
-        measure(_datasets(True), load_dat_models(), (), {})
-    assert "no-AC" not in caught.value.reason
+def test_the_pipeline_keeps_the_standard_fit_of_a_series_stated_as_ac() -> None:
+    m = measure(_datasets(True), load_dat_models(), (), {})
+    assert m.normalisation.target == STANDARD_TARGET
+    assert not [w for w in m.warnings if "without attenuation correction" in w]
 
 
 def test_a_template_folder_without_the_no_ac_file_has_no_second_target(tmp_path: Path) -> None:

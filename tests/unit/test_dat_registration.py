@@ -19,10 +19,17 @@ import SimpleITK as sitk
 from service.errors import AnalysisError
 from service.imaging import register
 from service.imaging.atlas import load_atlas
+from service.pipelines.dat_spect import registration_checks as checks_module
 from service.pipelines.dat_spect.assets import load_dat_models
 from service.pipelines.dat_spect.normalise import evaluate, normalise, register_scan
 from service.sim.pose import PosedScan, simulate_posed
-from service.testing.dat_phantom import make_phantom, mni_points, normal_sbr, pose_errors_mm
+from service.testing.dat_phantom import (
+    make_phantom,
+    mni_points,
+    normal_sbr,
+    pose_errors_mm,
+    scaled_head_phantom,
+)
 
 pytestmark = pytest.mark.no_storage  # never opens the node's rows: not rerun on PostgreSQL
 
@@ -54,16 +61,9 @@ def test_error_in_mm_against_the_drawn_pose(case: str) -> None:
     assert result.refusal is None and result.checks is not None
 
 
-def _scaled_phantom(scale: float) -> sitk.Image:
-    pose = sitk.AffineTransform(3)  # scan to MNI: a head of ``scale`` x MNI size
-    pose.SetCenter((0.0, 18.0, 18.0))
-    pose.SetMatrix(np.diag([1.0 / scale] * 3).ravel().tolist())
-    return make_phantom(ATLAS, normal_sbr(), pose, np.random.default_rng(3)).image
-
-
 def test_a_head_scaled_0_8_is_not_shrunk_past_the_bound() -> None:
     models = load_dat_models()
-    result = register_scan(_scaled_phantom(0.8), models.template_zyx, ATLAS)
+    result = register_scan(scaled_head_phantom(ATLAS, 0.8), models.template_zyx, ATLAS)
     lo = register.HEAD_SCALE_RANGE[0]
     assert result.scales.min() >= lo - 1e-6, result.scales
     assert any(w.startswith("head size x0.8") for w in result.warnings), result.warnings
@@ -73,7 +73,7 @@ def test_a_head_scaled_0_8_is_not_shrunk_past_the_bound() -> None:
 def test_a_head_scaled_0_65_is_refused_with_its_reason() -> None:
     models = load_dat_models()
     with pytest.raises(AnalysisError, match=r"normalisation failed: head size x0\.\d\d outside"):
-        normalise(_scaled_phantom(0.65), models.template_zyx, ATLAS)
+        normalise(scaled_head_phantom(ATLAS, 0.65), models.template_zyx, ATLAS)
 
 
 def test_a_head_scaled_0_9_is_fitted_small_not_held_at_one() -> None:
@@ -85,7 +85,7 @@ def test_a_head_scaled_0_9_is_fitted_small_not_held_at_one() -> None:
     error of simulated scans: docs/dat_registration.md).
     """
     models = load_dat_models()
-    result = normalise(_scaled_phantom(0.9), models.template_zyx, ATLAS)
+    result = normalise(scaled_head_phantom(ATLAS, 0.9), models.template_zyx, ATLAS)
     assert np.allclose(result.scales, 0.9, atol=0.06), result.scales
     assert result.scales.max() < 0.97
 
@@ -101,6 +101,39 @@ def test_a_deliberately_shifted_registration_is_refused_with_its_reason() -> Non
     result = evaluate(posed.image, fit, models.template_zyx, ATLAS)
     assert result.refusal is not None and result.refusal.startswith("normalisation failed: ")
     assert any(name in result.refusal for name in ("head outline", "hot spot", "quality"))
+
+
+@pytest.mark.parametrize("shift_mm, pitch_deg", [((0.0, 0.0, 10.0), 0.0), ((0.0, 0.0, 0.0), 15.0)],
+                         ids=["shift-S-10mm", "pitch-15deg"])
+def test_a_small_misregistration_is_refused_as_not_at_the_optimum(
+        shift_mm: tuple[float, float, float], pitch_deg: float) -> None:
+    """Check 5: a 10 mm shift or a 15 degree pitch of a correct registration passed
+    the old gate (the floor alone) on most scans; a nearby pose correlates better."""
+    posed = _posed("broad_64_4mm")
+    models = load_dat_models()
+    good = register_scan(posed.image, models.template_zyx, ATLAS)
+    assert good.refusal is None and good.checks is not None
+    assert good.checks.optimum_gain <= checks_module.MAX_OPTIMUM_GAIN
+    move = sitk.Euler3DTransform()
+    move.SetCenter(checks_module.PROBE_CENTRE_LPS_MM)
+    move.SetRotation(float(np.deg2rad(pitch_deg)), 0.0, 0.0)
+    move.SetTranslation(shift_mm)
+    fit = register.Fit(sitk.CompositeTransform([good.transform, move]), "affine",  # type: ignore[arg-type]
+                       good.scales, 1.0, False, ())
+    result = evaluate(posed.image, fit, models.template_zyx, ATLAS)
+    assert result.refusal is not None and "not at the optimum" in result.refusal, result.refusal
+    assert result.checks is not None and result.checks.quality >= checks_module.MIN_QUALITY
+
+
+def test_the_optimum_check_refuses_only_a_better_probe_and_keeps_an_earlier_failure() -> None:
+    base = checks_module.Checks(1.0, 0.9, 2.5, 0.9, 0.6, None)
+    limit = checks_module.MAX_OPTIMUM_GAIN
+    assert checks_module.with_optimum(base, 0.6 + limit - 0.005).failure is None
+    refused = checks_module.with_optimum(base, 0.6 + limit + 0.02)
+    assert refused.failure is not None and refused.failure.startswith("not at the optimum")
+    assert refused.optimum_gain == pytest.approx(limit + 0.02)
+    earlier = checks_module.Checks(1.0, 0.5, 2.5, 0.9, 0.6, "head outline overlap 0.50 < 0.80")
+    assert checks_module.with_optimum(earlier, 0.9).failure == earlier.failure
 
 
 def _grid_image(array_zyx: np.ndarray) -> sitk.Image:
