@@ -151,16 +151,13 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
     (checked against ``template_zyx``, by default the standard template)."""
     from service.imaging import register
     from service.pipelines.dat_spect.normalise import evaluate
+    from service.pipelines.dat_spect.registration_checks import moved
 
     out = {}
+    target = models.template_zyx if template_zyx is None else template_zyx
     for name, (shift, pitch_deg) in PERTURBATIONS.items():
-        move = sitk.Euler3DTransform()
-        move.SetCenter((0.0, 18.0, 18.0))  # about the middle of the MNI head (LPS)
-        move.SetRotation(float(np.deg2rad(pitch_deg)), 0.0, 0.0)
-        move.SetTranslation(shift)
-        wrong = sitk.CompositeTransform([transform, move])
+        wrong = moved(transform, (float(np.deg2rad(pitch_deg)), 0.0, 0.0), shift)
         fit = register.Fit(wrong, "affine", np.ones(3), 1.0, False, ())  # type: ignore[arg-type]
-        target = models.template_zyx if template_zyx is None else template_zyx
         out[f"gate_refuses {name}"] = evaluate(image, fit, target,
                                                models.atlas).refusal is not None
     return out

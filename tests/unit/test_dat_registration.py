@@ -114,12 +114,8 @@ def test_a_small_misregistration_is_refused_as_not_at_the_optimum(
     good = register_scan(posed.image, models.template_zyx, ATLAS)
     assert good.refusal is None and good.checks is not None
     assert good.checks.optimum_gain <= checks_module.MAX_OPTIMUM_GAIN
-    move = sitk.Euler3DTransform()
-    move.SetCenter(checks_module.PROBE_CENTRE_LPS_MM)
-    move.SetRotation(float(np.deg2rad(pitch_deg)), 0.0, 0.0)
-    move.SetTranslation(shift_mm)
-    fit = register.Fit(sitk.CompositeTransform([good.transform, move]), "affine",  # type: ignore[arg-type]
-                       good.scales, 1.0, False, ())
+    wrong = checks_module.moved(good.transform, (float(np.deg2rad(pitch_deg)), 0.0, 0.0), shift_mm)
+    fit = register.Fit(wrong, "affine", good.scales, 1.0, False, ())  # type: ignore[arg-type]
     result = evaluate(posed.image, fit, models.template_zyx, ATLAS)
     assert result.refusal is not None and "not at the optimum" in result.refusal, result.refusal
     assert result.checks is not None and result.checks.quality >= checks_module.MIN_QUALITY

@@ -38,9 +38,9 @@ from service.errors import AnalysisError
 from service.imaging import register
 from service.imaging.atlas import Atlas
 from service.pipelines.dat_spect.registration_checks import (
-    PROBE_CENTRE_LPS_MM,
     Checks,
     TemplateView,
+    moved,
     probe_moves,
     run_checks,
     similarity,
@@ -298,14 +298,15 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
     reference = atlas.reference_image()
     volume = sitk.Resample(moving, reference, fitted.transform, sitk.sitkLinear, 0.0)
     volume_zyx = sitk.GetArrayFromImage(volume).astype(np.float32)
-    fov = sitk.Resample(moving * 0 + 1, reference, fitted.transform, sitk.sitkNearestNeighbor, 0.0)
+    ones = moving * 0 + 1
+    fov = sitk.Resample(ones, reference, fitted.transform, sitk.sitkNearestNeighbor, 0.0)
     processed_zyx = sitk.GetArrayFromImage(
         _process(atlas.reference_image(volume_zyx), CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
     checks = run_checks(processed_zyx, sitk.GetArrayFromImage(fov) > 0, fixed.view, atlas,
                         fitted)
     if checks.failure is None:
-        checks = with_optimum(checks, _best_probe_quality(moving, fitted.transform, fixed.view,
-                                                          atlas))
+        checks = with_optimum(checks, _best_probe_quality(moving, ones, fitted.transform,
+                                                          fixed.view, atlas))
     quality = checks.quality
     log.info("normalised", extra={"fields": {
         "quality": round(quality, 3), "scales": np.round(fitted.scales, 3).tolist(),
@@ -318,18 +319,14 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
                          fitted.stage, fitted.warnings)
 
 
-def _best_probe_quality(moving: sitk.Image, transform: sitk.Transform, view: TemplateView,
-                        atlas: Atlas) -> float:
-    """The best check-4 correlation at the probes of check 5 around ``transform``."""
+def _best_probe_quality(moving: sitk.Image, ones: sitk.Image, transform: sitk.Transform,
+                        view: TemplateView, atlas: Atlas) -> float:
+    """The best check-4 correlation at the probes of check 5 around ``transform``
+    (``ones``: the scan's grid filled with 1, for its field of view)."""
     reference = atlas.reference_image()
-    ones = moving * 0 + 1
     best = -1.0
     for rotation, shift in probe_moves():
-        move = sitk.Euler3DTransform()
-        move.SetCenter(PROBE_CENTRE_LPS_MM)
-        move.SetRotation(*rotation)
-        move.SetTranslation(shift)
-        probe = sitk.CompositeTransform([transform, move])
+        probe = moved(transform, rotation, shift)
         volume = sitk.Resample(moving, reference, probe, sitk.sitkLinear, 0.0)
         fov = sitk.Resample(ones, reference, probe, sitk.sitkNearestNeighbor, 0.0)
         processed = sitk.GetArrayFromImage(

@@ -182,13 +182,17 @@ class Measurement:
     quantification : Quantification
     age_years : float or None
     warnings : tuple of str
-        Patient-free notes from the volume reader.
+        Patient-free notes from the volume reader and the registration.
+    family : Family
+        The series' correction family (Corrected Image), which chose the
+        registration targets and chooses the calibration.
     """
 
     normalisation: Normalisation
     quantification: Quantification
     age_years: float | None
     warnings: tuple[str, ...]
+    family: Family
 
 
 def measure(
@@ -223,7 +227,8 @@ def measure(
     with _stage(durations_s, "quantify"):
         quant = quantify(norm.volume_zyx, models.atlas)
     return Measurement(norm, quant, patient_age_years(datasets[0]),
-                       (*volume.warnings, *((norm.target_note,) if norm.target_note else ())))
+                       (*volume.warnings, *((norm.target_note,) if norm.target_note else ())),
+                       family)
 
 
 class DatSpectPipeline:
@@ -341,8 +346,7 @@ class DatSpectPipeline:
         """Gate, volume, normalise, quantify and score (no reports)."""
         m = measure(datasets, self.models, self.fallback_keywords, durations_s)
         with _stage(durations_s, "score"):
-            family = correction_family(datasets[0].get("CorrectedImage"))
-            calibration, normals, info = self.calibration_for(family)
+            calibration, normals, info = self.calibration_for(m.family)
             regions = score_regions(m.quantification, calibration, normals, m.age_years)
             levels = {r.region: r.level_sbr for r in regions}
             score = global_score(levels, m.quantification.sbr, calibration)

@@ -31,7 +31,7 @@ engine compares it) against the template processed the same way
 
 5. **at the optimum**: a correct registration is where the scan fits the
    template best; a misregistration is not. The correlation of check 4 is
-   measured again at :data:`OPTIMUM_PROBES` poses (each axis shifted by
+   measured again at 12 poses (:func:`probe_moves`: each axis shifted by
    :data:`PROBE_SHIFT_MM` and turned by :data:`PROBE_TURN_DEG` about the
    head's middle, both ways); if one of them correlates better by more
    than :data:`MAX_OPTIMUM_GAIN`, the registration is not at the optimum
@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from service.imaging import register
@@ -105,7 +106,6 @@ MIN_QUALITY = 0.40
 #: The probes of check 5: shift (mm) and turn (degrees) about each axis, both ways.
 PROBE_SHIFT_MM = 8.0
 PROBE_TURN_DEG = 8.0
-OPTIMUM_PROBES = 12
 #: Most a probe may correlate better than the registration (check 5).
 MAX_OPTIMUM_GAIN = 0.01
 #: Centre of the probes' turns, MNI LPS mm (about the middle of the head).
@@ -212,8 +212,20 @@ def similarity(processed_zyx: np.ndarray, fov_zyx: np.ndarray, template: Templat
     return correlation(processed_zyx, template.processed_zyx, brain & fov_zyx & ~striatum_wide)
 
 
+def moved(transform: sitk.Transform, rotation_rad: tuple[float, float, float],
+          shift_mm: tuple[float, float, float]) -> sitk.Transform:
+    """``transform`` after a rigid move of the template space (turned about
+    :data:`PROBE_CENTRE_LPS_MM`, then shifted): a probe of check 5, or a
+    deliberate misregistration in the benches."""
+    move = sitk.Euler3DTransform()
+    move.SetCenter(PROBE_CENTRE_LPS_MM)
+    move.SetRotation(*rotation_rad)
+    move.SetTranslation(shift_mm)
+    return sitk.CompositeTransform([transform, move])
+
+
 def probe_moves() -> list[tuple[tuple[float, float, float], tuple[float, float, float]]]:
-    """The :data:`OPTIMUM_PROBES` small moves of check 5: (rotation radians xyz, shift mm xyz)."""
+    """The 12 small moves of check 5: (rotation radians xyz, shift mm xyz)."""
     moves = []
     for axis in range(3):
         for sign in (-1.0, 1.0):
