@@ -14,6 +14,7 @@ from service.pipelines.fdopa_pet.evaluation import (
     StudyRef,
     image_reference,
     measurable_components,
+    rule_ceiling,
 )
 from service.pipelines.fdopa_pet.evaluation_run import append_rows, read_cache, run_evaluation
 from service.pipelines.fdopa_pet.evaluation_stats import (
@@ -93,6 +94,22 @@ def test_image_reference_by_hand() -> None:
     assert measurable_components(labels, voxel_ml=0.2) == []
 
 
+def test_rule_ceiling_by_hand() -> None:
+    labels = np.zeros((1, 1, 10), np.int16)
+    vol = np.zeros((1, 1, 10))
+    labels[0, 0, :4] = 3  # crescent, mean 10: the rule keeps >= 16
+    vol[0, 0, :4] = [9, 11, 10, 10]
+    labels[0, 0, 4:9] = [2, 2, 2, 2, 1]  # label 2: 30, 20, 15, 12 -> 2 of 4 reach 16
+    vol[0, 0, 4:9] = [30, 20, 15, 12, 40]
+    assert rule_ceiling(vol, labels)["dice_ceiling"] == pytest.approx(2 * 2 / (2 + 4))
+    # the blurred tumour: no PET-active voxel reaches 1.6 x the background
+    vol[0, 0, 4:9] = [15, 14, 13, 12, 40]
+    assert rule_ceiling(vol, labels) == {"dice_ceiling": 0.0}
+    # nothing to measure against: no crescent, or no PET-active tumour
+    assert rule_ceiling(vol, np.where(labels == 3, 0, labels)) == {"dice_ceiling": None}
+    assert rule_ceiling(vol, np.where(labels == 2, 1, labels)) == {"dice_ceiling": None}
+
+
 @pytest.fixture(scope="module")
 def fingerprints() -> dict[str, str]:
     """The shipped model's and template's fingerprints, as cached rows carry them."""
@@ -107,7 +124,7 @@ def _row(study: str, method: str, **kw: Any) -> dict[str, Any]:
         "study_id": study, "site": "site_d_unseen", "method": method, "status": "done",
         "tumour_class": "hgg", "paediatric": False, "truth_measurable": True,
         "dice": 0.9, "dice_img": 0.95, "overlaps_truth": True, "pred_lesions": 1,
-        "fp_lesions": 0, "dynamic": False}
+        "fp_lesions": 0, "dynamic": False, "dice_ceiling": 0.8}
     for key in ("tbr_max", "tbr_mean", "mtv_ml", "ts", "tn"):
         row |= {f"pred_{key}": 2.0, f"img_{key}": 2.0, f"ideal_{key}": 2.1}
     return row | kw
@@ -152,10 +169,11 @@ def _report_rows() -> list[dict[str, Any]]:
     rows.append(_row("s9", "unet", status="failed", code="registration_quality",
                      reason="registration to the FDOPA template failed its quality check",
                      dice=None, overlaps_truth=False, pred_lesions=0, pred_mtv_ml=None,
-                     img_mtv_ml=None))
+                     img_mtv_ml=None, dice_ceiling=None))
     rows.append(_row("c1", "unet", tumour_class="none", truth_measurable=False, dice=None,
                      pred_lesions=1, fp_lesions=1, img_mtv_ml=None))
-    rows.append(_row("p1", "unet", truth_measurable=True, img_mtv_ml=0.3, dice=0.0,
+    rows.append(_row("p1", "unet", truth_measurable=True, img_mtv_ml=0.2, dice=0.0,
+                     dice_ceiling=0.1,
                      overlaps_truth=False, pred_lesions=0, pred_mtv_ml=0.0,
                      **{f"pred_{k}": None for k in ("tbr_max", "tbr_mean", "ts", "tn")}))
     # p1: measurable in the ideal activity, blurred below 0.5 mL on the image
@@ -168,6 +186,10 @@ def test_report_counts_failures_and_false_positives() -> None:
     assert (unet["studies"], unet["failed"], unet["with_tumour"]) == (7, 1, 5)
     assert unet["measurable_found"] == (4, 6, pytest.approx(4 / 6))  # failed counts as missed
     assert unet["measurable_found_img"] == (4, 4, 1.0)
+    # the ceiling of the 1.6 x rule: over the Dice rows that carry it; p1's 0.2 mL on the
+    # image is below the U-Net's 0.25 mL minimum, the failed row has no image reference
+    assert unet["dice_ceiling"]["n"] == 5 and unet["dice_ceiling"]["median"] == pytest.approx(0.8)
+    assert unet["measurable_reachable"] == (4, 5, pytest.approx(0.8))  # the failed row: None
     assert unet["fp_studies"] == (1, 1, 1.0)
     assert unet["tbr_max"]["bias"] == pytest.approx(0.025)
     verdicts = dict((g, v) for g, _, v in goals(unet))
@@ -175,7 +197,9 @@ def test_report_counts_failures_and_false_positives() -> None:
     assert verdicts["|TBRmax bias| <= 0.05"] == "met"
     assert verdicts["measurable lesions found >= 98 %"] == "not met by (% points) 31.333"
     assert unet["no_lesion"] == 1 and unet["tbr_max"]["n"] == 4 and unet["mtv_ml"]["n"] == 5
-    assert verdicts["|MTV bias| <= 1 cm3"] == "met"  # differences 1, 0, -1, -2, -0.3
+    assert verdicts["|MTV bias| <= 1 cm3"] == "met"  # differences 1, 0, -1, -2, -0.2
+    ceiling = [v for g, v in verdicts.items() if g.startswith("(information) the ceiling")]
+    assert ceiling == ["not met by 0.080", "not met by (% points) 18.000"]
     assert goals(None) == [("unseen scanner", "no studies", "not evaluated")]
 
 

@@ -28,6 +28,10 @@ from service.pipelines.fdopa_pet.evaluation import (
     truth_row,
 )
 
+#: What a row holds; 2 added the ceiling of the 1.6 x rule (``dice_ceiling``),
+#: so rows made before are computed again.
+ROW_VERSION = 2
+
 
 def series_of(folder: Path) -> dict[str, list[Path]]:
     """Series Instance UID to its sorted files, for every series folder of a study folder."""
@@ -85,8 +89,9 @@ class Evaluator:
 
         ``post`` names the U-Net's post-processing (mirror TTA, minimum lesion
         volume) or the baseline's minimum volume; ``truth`` the truth
-        definitions' version this code scores against. A row made under
-        another of them is computed again.
+        definitions' version this code scores against, ``score`` the version
+        of what a row holds (:data:`ROW_VERSION`). A row made under another
+        of them is computed again.
         """
         from service.pipelines.fdopa_pet.lesions import MIN_LESION_ML, UNET_MIN_LESION_ML
         from service.pipelines.fdopa_pet.segment import MIRROR_TTA
@@ -97,7 +102,7 @@ class Evaluator:
         post = (f"tta{int(MIRROR_TTA)}-min{UNET_MIN_LESION_ML:g}" if model
                 else f"min{MIN_LESION_ML:g}")
         return (f"template:{pipeline.template.sha256[:16]} model:{(model or 'none')[:16]} "
-                f"post:{post} truth:v{TRUTH_VERSION}")
+                f"post:{post} truth:v{TRUTH_VERSION} score:v{ROW_VERSION}")
 
     def evaluate(self, ref: StudyRef) -> list[dict[str, Any]]:
         """One row per method for one study, each with its :meth:`fingerprint`."""

@@ -93,6 +93,12 @@ def header_lines(args: argparse.Namespace, refs: Sequence[Any], missing: dict[st
         "measurable found over studies with a measurable truth tumour (a failed analysis "
         "counts as not found); FP studies over no-tumour controls. ICC(A,1) = ICC(2,1), "
         "two-way, absolute agreement, single measures.",
+        "The ceiling of the 1.6 x rule describes the images, not a method: a segmentation "
+        "that keeps only voxels at >= 1.6 x the background (PET RANO's rule, which the "
+        "pipeline applies) can at best reach the Dice of the truth's PET-active voxels that "
+        "are >= 1.6 x the crescent mean on the reconstructed image, and cannot report a "
+        "tumour whose image holds less than the method's minimum lesion volume at >= 1.6 x "
+        "('measurable, reportable under the 1.6 x rule').",
     ]
 
 
