@@ -189,7 +189,7 @@ def test_report_counts_failures_and_false_positives() -> None:
     # the ceiling of the 1.6 x rule: over the Dice rows that carry it; p1's 0.2 mL on the
     # image is below the U-Net's 0.25 mL minimum, the failed row has no image reference
     assert unet["dice_ceiling"]["n"] == 5 and unet["dice_ceiling"]["median"] == pytest.approx(0.8)
-    assert unet["measurable_reachable"] == (4, 5, pytest.approx(0.8))  # the failed row: None
+    assert unet["measurable_reportable"] == (4, 5, pytest.approx(0.8))  # the failed row: None
     assert unet["fp_studies"] == (1, 1, 1.0)
     assert unet["tbr_max"]["bias"] == pytest.approx(0.025)
     verdicts = dict((g, v) for g, _, v in goals(unet))

@@ -86,6 +86,13 @@ INDICES = (("tbr_max", "tbrmax"), ("tbr_mean", "tbrmean"), ("mtv_ml", "mtv_ml"),
            ("ts", "t_s"), ("tn", "t_n"))
 
 
+def min_lesion_ml(method: str) -> float:
+    """The smallest lesion (mL) ``method`` of :data:`METHODS` reports (:mod:`.lesions`)."""
+    from service.pipelines.fdopa_pet.lesions import MIN_LESION_ML, UNET_MIN_LESION_ML
+
+    return UNET_MIN_LESION_ML if method == "unet" else MIN_LESION_ML
+
+
 @dataclass(frozen=True)
 class StudyRef:
     """One benchmark study: its site, its id (the folder name) and its folder."""

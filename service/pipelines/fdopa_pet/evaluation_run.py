@@ -24,6 +24,7 @@ from service.pipelines.fdopa_pet.evaluation import (
     compare,
     dynamic_pairs,
     failed_measurable,
+    min_lesion_ml,
     truth_labels_on,
     truth_row,
 )
@@ -93,14 +94,13 @@ class Evaluator:
         of what a row holds (:data:`ROW_VERSION`). A row made under another
         of them is computed again.
         """
-        from service.pipelines.fdopa_pet.lesions import MIN_LESION_ML, UNET_MIN_LESION_ML
         from service.pipelines.fdopa_pet.segment import MIRROR_TTA
         from service.sim.fdopa.truth import TRUTH_VERSION
 
         pipeline = self.pipelines[method]
         model = pipeline.segmenter.info.model_sha256 if pipeline.segmenter is not None else None
-        post = (f"tta{int(MIRROR_TTA)}-min{UNET_MIN_LESION_ML:g}" if model
-                else f"min{MIN_LESION_ML:g}")
+        post = (f"tta{int(MIRROR_TTA)}-min{min_lesion_ml('unet'):g}" if model
+                else f"min{min_lesion_ml('threshold'):g}")
         return (f"template:{pipeline.template.sha256[:16]} model:{(model or 'none')[:16]} "
                 f"post:{post} truth:v{TRUTH_VERSION} score:v{ROW_VERSION}")
 
