@@ -394,6 +394,9 @@ def test_wrong_called_ae_title_is_rejected_and_counted(scp: RecordingSCP) -> Non
                           str(scp.port)], capture_output=True, text=True, timeout=30)
     assert run.returncode != 0
     assert "Called AE Title Not Recognized" in run.stdout + run.stderr
+    # the peer can read the rejection before the node's thread has counted it
+    poll(lambda: counter(metrics.ASSOCIATIONS, result="rejected", reason="called_ae")
+         >= before + 2)
     assert counter(metrics.ASSOCIATIONS, result="rejected", reason="called_ae") == before + 2
     right = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "DOPANODE", "127.0.0.1",
                             str(scp.port)], capture_output=True, text=True, timeout=30)
