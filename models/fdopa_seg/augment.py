@@ -15,6 +15,13 @@ the crop and a small affine at once, then its intensities are changed:
 * **contrast**: gamma ``x -> m (x / m) ** g`` (``m`` the patch's 99th
   percentile), ``g`` in ``gamma_range``, then a global factor in
   ``intensity_range`` (the brain-level normalisation is not exact);
+* **bias field** (only when ``bias_field_max > 0``; run1-run5 trained without
+  it): the image is multiplied by ``exp(a f)``, ``f`` a random quadratic
+  polynomial of the patch coordinates scaled to ``max |f| = 1`` over the
+  patch and ``a`` uniform in ``[0, bias_field_max]``: a smooth gain that
+  varies across the head, as attenuation maps from MR (no bone), scatter and
+  normalisation errors of another scanner make it; without it every
+  training image has the simulator's own flat gain;
 * **noise**: additive Gaussian noise of SD ``a * sqrt(max(x, 0))``, ``a``
   uniform in ``[0, noise_max]`` (Poisson-like, other count levels).
 
@@ -45,6 +52,8 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.8, 1.25)
     intensity_range: tuple[float, float] = (0.85, 1.15)
     noise_max: float = 0.12
+    #: Largest log-amplitude of the smooth multiplicative bias field (0: none, no draw).
+    bias_field_max: float = 0.0
 
 
 def _rotation(angles_rad: Sequence[float]) -> torch.Tensor:
@@ -85,9 +94,30 @@ def sample_grid(shape_zyx: Sequence[int], centre_zyx: np.ndarray, config: Augmen
     return normalised.flip(-1)[None]  # grid_sample wants (x, y, z)
 
 
+def bias_field(shape_zyx: Sequence[int], amplitude: float, gen: torch.Generator) -> torch.Tensor:
+    """A smooth multiplicative field ``exp(amplitude f)`` of ``shape_zyx``.
+
+    ``f`` is a quadratic polynomial of the coordinates (each in [-1, 1]) with
+    nine coefficients uniform in [-1, 1] (three linear, three squared, three
+    mixed terms), scaled so that ``max |f| = 1`` over the patch; so the gain
+    stays within ``exp(+-amplitude)``.
+    """
+    axes = [torch.linspace(-1.0, 1.0, int(n)) for n in shape_zyx]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    terms = torch.stack([z, y, x, z * z, y * y, x * x, z * y, z * x, y * x])
+    c = 2 * torch.rand(9, generator=gen) - 1
+    f = torch.tensordot(c, terms, dims=1)
+    f = f - f.mean()
+    f = f / torch.clamp(f.abs().max(), min=1e-6)
+    return torch.exp(amplitude * f)
+
+
 def _intensity(x: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(4, generator=gen).tolist()
     x = gaussian_blur(x, u[0] * config.blur_sigma_max_vox)
+    if config.bias_field_max > 0:
+        a = float(torch.rand(1, generator=gen)) * config.bias_field_max
+        x = x * bias_field(x.shape[-3:], a, gen)
     top = torch.clamp(torch.quantile(x.flatten()[::7], 0.99), min=1e-3)
     g_lo, g_hi = config.gamma_range
     x = top * torch.clamp(x / top, min=0.0) ** (g_lo + (g_hi - g_lo) * u[1])
@@ -107,3 +137,15 @@ def make_patch(image_zyx: np.ndarray, target_zyx: np.ndarray, config: AugmentCon
     x = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     y = F.grid_sample(target, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return _intensity(x, config, gen)[0], (y[0] >= 0.5).float()
+
+
+def augment_text(config: AugmentConfig) -> str:
+    """The model card's sentence on the augmentation of ``config``."""
+    lo, hi = config.scale_range
+    g_lo, g_hi = config.gamma_range
+    i_lo, i_hi = config.intensity_range
+    field = (f", a smooth multiplicative bias field up to exp(+-{config.bias_field_max:g})"
+             if config.bias_field_max > 0 else "")
+    return (f"rotation up to {config.rotate_deg:g} degrees, scale {lo:g}-{hi:g}, "
+            f"left-right mirror, extra blur up to sigma {config.blur_sigma_max_vox:g} voxels"
+            f"{field}, gamma {g_lo:g}-{g_hi:g}, intensity {i_lo:g}-{i_hi:g}, Poisson-like noise")

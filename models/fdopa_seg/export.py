@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from models.fdopa_seg.augment import augment_text
 from models.fdopa_seg.network import ProbabilityModel, UNet3d, n_parameters
 from models.training.export import finish_onnx
 from service.pipelines.fdopa_pet.segment import (
@@ -155,6 +156,7 @@ def export_run(run: Path, onnx_path: Path, extra: dict[str, Any] | None = None,
         "limit_arg": "", "n_train": "?", "n_val": "?", "command_seconds": "?",
         "anatomy": "synthetic", "anatomy_scope": "one head anatomy", "truth_version": "1", "optimiser": optimiser_text(_config(config)),
         "loss": loss_text(_config(config)),
+        "augmentation": augment_text(_config(config).augment),
         "train_command": RUN1_COMMAND, **extra,
     }
     write_card(card or onnx_path.with_suffix(".card.md"), fields)
@@ -171,10 +173,15 @@ def _config(saved: dict[str, Any]) -> Any:
     """The saved training configuration as a ``TrainConfig`` (fields it lacks: defaults)."""
     from dataclasses import fields
 
+    from models.fdopa_seg.augment import AugmentConfig
     from models.fdopa_seg.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"augment"}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    kept = {f.name for f in fields(AugmentConfig)}
+    augment = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in (saved.get("augment") or {}).items() if k in kept}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names},
+                       augment=AugmentConfig(**augment))
 
 
 def by_anatomy_text(per_anatomy: dict[str, dict[str, Any]] | None) -> str:

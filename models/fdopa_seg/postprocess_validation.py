@@ -64,9 +64,15 @@ class Option:
     #: U-Net candidates plus the baseline's components that touch none
     #: (:func:`with_baseline_components`).
     union: bool = False
+    #: U-Net candidates grown into the 1.6 x region by at most this many mm
+    #: (:func:`grown_candidates`; ``inf``: the whole connected region).
+    grow_mm: float | None = None
 
     @property
     def name(self) -> str:
+        if self.grow_mm is not None:
+            return (f"grown {self.grow_mm:g} mm into the 1.6 x region: U-Net"
+                    f"{' TTA' if self.tta else ''} p>={self.cut:g}, min {self.min_ml:g} mL")
         if self.union:
             return (f"union: U-Net{' TTA' if self.tta else ''} p>={self.cut:g}, min "
                     f"{self.min_ml:g} mL + separate threshold components")
@@ -91,7 +97,66 @@ def options() -> list[Option]:
                         out.append(o)
         out.append(Option(tta=tta, hybrid=True))
     out.append(Option(tta=True, min_ml=0.5, union=True))
+    out += [Option(tta=True, min_ml=0.25, grow_mm=r) for r in (2.0, 4.0, 6.0, float("inf"))]
     return out
+
+
+def grown_candidates(candidates_zyx: np.ndarray, volume_zyx: np.ndarray, threshold_units: float,
+                     allowed_zyx: np.ndarray, spacing_zyx_mm: np.ndarray,
+                     grow_mm: float) -> np.ndarray:
+    """The candidates grown into the 1.6 x region (option "grown", measured, not served).
+
+    Voxels of ``allowed & volume >= threshold`` that a 26-connected path
+    through that region joins to a candidate voxel at ``>= threshold``, and
+    that lie within ``grow_mm`` (Euclidean, mm) of a candidate, are added;
+    the candidates themselves are kept. ``grow_mm = inf``: the whole
+    connected region.
+
+    Parameters
+    ----------
+    candidates_zyx, allowed_zyx : (z, y, x) bool arrays
+    volume_zyx : (z, y, x) float array
+    threshold_units : float
+        1.6 x the background, series units.
+    spacing_zyx_mm : (3,) array
+    grow_mm : float
+
+    Returns
+    -------
+    (z, y, x) bool array
+    """
+    cands = np.asarray(candidates_zyx, bool)
+    hot = np.asarray(volume_zyx, float) >= threshold_units
+    region = hot & np.asarray(allowed_zyx, bool)
+    if np.isfinite(grow_mm):
+        if not cands.any():
+            return cands.copy()
+        near = ndimage.distance_transform_edt(~cands, sampling=spacing_zyx_mm) <= grow_mm
+        region &= near
+    seeds = cands & hot
+    labels, n = ndimage.label(region | seeds, structure=FULL_26)
+    if n == 0:
+        return cands.copy()
+    reached = np.unique(labels[seeds])
+    return cands | (region & np.isin(labels, reached[reached > 0]))
+
+
+def growth_allowed(volume_zyx: np.ndarray, atlas: AtlasOnPet,
+                   spacing_zyx_mm: np.ndarray) -> np.ndarray:
+    """Where growth may go: the baseline's atlas brain (4 mm margin) outside its striatum
+    (6 mm margin), the masks of :func:`.lesions.baseline_candidates`."""
+    from service.pipelines.fdopa_pet.lesions import (
+        BASELINE_BRAIN_MARGIN_MM,
+        BASELINE_STRIATUM_MARGIN_MM,
+        STRIATUM_PREFIXES,
+        atlas_names,
+        ball,
+    )
+
+    spacing = np.asarray(spacing_zyx_mm, float)
+    brain = ndimage.binary_dilation(atlas.labels_zyx > 0, ball(spacing, BASELINE_BRAIN_MARGIN_MM))
+    striatum = atlas.mask(*atlas_names(atlas, STRIATUM_PREFIXES, "striatum"))
+    return brain & ~ndimage.binary_dilation(striatum, ball(spacing, BASELINE_STRIATUM_MARGIN_MM))
 
 
 def with_baseline_components(probability_zyx: np.ndarray, baseline_zyx: np.ndarray
@@ -219,6 +284,11 @@ def lesion_masks(option: Option, case: Case) -> list[np.ndarray]:
         return [les.mask_zyx for les in lesions_from_candidates(
             cands, volume, threshold, spacing, min_ml=option.min_ml)]
     threshold = case.threshold(option.tta, option.cut)
+    if option.grow_mm is not None:
+        grown = grown_candidates(unet, volume, threshold,
+                                 growth_allowed(volume, atlas, spacing), spacing, option.grow_mm)
+        return [les.mask_zyx for les in lesions_from_candidates(
+            grown, volume, threshold, spacing, min_ml=option.min_ml)]
     if option.hybrid:
         base = lesions_from_candidates(baseline_candidates(volume, atlas, spacing), volume,
                                        threshold, spacing)
@@ -273,7 +343,7 @@ def choose(table: list[tuple[Option, dict[str, Any]]]) -> Option:
     ok = [(o, s) for o, s in table
           if s["found"] >= base["found"] and s["median_dice"] >= base["median_dice"] - 0.01]
     steps = {o: (o.tta + (o.cut != 0.5) + (o.contrast is not None) + (o.min_ml != 0.1)
-                 + o.hybrid + o.union) for o, _ in table}
+                 + o.hybrid + o.union + (o.grow_mm is not None)) for o, _ in table}
     best = min(ok, key=lambda t: (t[1]["fp_lesions"], -t[1]["median_dice"], steps[t[0]]))
     return best[0] if best[1]["fp_lesions"] < base["fp_lesions"] else table[0][0]
 

@@ -384,6 +384,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="start from these weights (a best.pt or checkpoint.pt; fine-tuning)")
     p.add_argument("--precise-bn", type=int, default=0, metavar="BATCHES",
                    help="re-estimate batch-norm statistics on BATCHES batches before validation")
+    p.add_argument("--bias-field", type=float, default=AugmentConfig.bias_field_max,
+                   metavar="A", help="augmentation: smooth multiplicative bias field up to "
+                                     "exp(+-A) (0: none, as run1-run5)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="simulation workers")
@@ -402,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
                          learning_rate=a.lr, grad_clip=a.grad_clip,
                          precise_bn_batches=a.precise_bn, warmup_steps=a.warmup,
                          loss=a.loss, tversky_beta=a.tversky_beta,
-                         init=None if a.init is None else str(a.init))
+                         init=None if a.init is None else str(a.init),
+                         augment=AugmentConfig(bias_field_max=a.bias_field))
     t0 = time.monotonic()
     caches = open_caches(a.data or [DEFAULT_DATA])
     ids = {s: sample_ids(s, limit=a.limit) for s in ("train", "val")}

@@ -136,3 +136,29 @@ def test_baseline_components_the_unet_did_not_mark_are_added_whole() -> None:
     assert np.array_equal(with_baseline_components(prob, np.zeros(prob.shape, bool)), prob)
     with pytest.raises(AnalysisError):
         with_baseline_components(prob, base[:-1])
+
+
+def test_unet_candidates_grow_into_the_hot_region_within_the_limit() -> None:
+    from models.fdopa_seg.postprocess_validation import grown_candidates
+
+    spacing = np.array([2.0, 2.0, 2.0])
+    volume = np.ones((20, 20, 30), np.float32)
+    volume[8:12, 8:12, 4:26] = 3.0  # a hot bar along x, 22 voxels long
+    volume[8:12, 8:12, 27:29] = 3.0  # hot, but not connected to the bar
+    cands = np.zeros(volume.shape, bool)
+    cands[8:12, 8:12, 10:14] = True  # the U-Net marked 4 voxels of the bar
+    allowed = np.ones(volume.shape, bool)
+    four = grown_candidates(cands, volume, 1.6, allowed, spacing, 4.0)
+    assert np.array_equal(np.flatnonzero(four[9, 9]), np.arange(8, 16))  # 2 voxels each way
+    assert np.array_equal(four & ~cands, four & ~cands & (volume >= 1.6))
+    whole = grown_candidates(cands, volume, 1.6, allowed, spacing, float("inf"))
+    assert np.array_equal(np.flatnonzero(whole[9, 9]), np.arange(4, 26))  # the whole bar only
+    allowed[:, :, 20:] = False  # e.g. the striatum's margin: never entered
+    assert np.flatnonzero(grown_candidates(cands, volume, 1.6, allowed, spacing,
+                                           float("inf"))[9, 9]).max() == 19
+    # candidates kept as they are (also cold ones); nothing to grow from: nothing added
+    cold = np.zeros(volume.shape, bool)
+    cold[1:3, 1:3, 1:3] = True
+    assert np.array_equal(grown_candidates(cold, volume, 1.6, allowed, spacing, 6.0), cold)
+    empty = np.zeros(volume.shape, bool)
+    assert not grown_candidates(empty, volume, 1.6, allowed, spacing, float("inf")).any()
