@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from models.fdopa_seg.augment import augment_text
+from models.fdopa_seg.augment import AugmentConfig, augment_text
 from models.fdopa_seg.network import ProbabilityModel, UNet3d, n_parameters
 from models.training.export import finish_onnx
 from service.pipelines.fdopa_pet.segment import (
@@ -173,7 +173,6 @@ def _config(saved: dict[str, Any]) -> Any:
     """The saved training configuration as a ``TrainConfig`` (fields it lacks: defaults)."""
     from dataclasses import fields
 
-    from models.fdopa_seg.augment import AugmentConfig
     from models.fdopa_seg.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"augment"}
