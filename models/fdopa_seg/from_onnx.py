@@ -119,16 +119,17 @@ def calibrate(net: UNet3d, folded: Sequence[tuple[nn.BatchNorm3d, torch.Tensor]]
               images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
               n_patches: int = CALIBRATION_PATCHES, seed: int = 0) -> None:
     """Steps 2-3: norms with the measured statistics of their inputs, same eval function."""
-    sums = {id(n): [torch.zeros_like(b), torch.zeros_like(b), 0] for n, b in folded}
-    hooks = []
-    for norm, _ in folded:
-        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _o: torch.Tensor) -> None:
-            x = inputs[0].double()
-            acc = sums[id(mod)]
-            acc[0] += x.sum(dim=(0, 2, 3, 4)).float()
-            acc[1] += (x * x).sum(dim=(0, 2, 3, 4)).float()
-            acc[2] += x.numel() // x.shape[1]
-        hooks.append(norm.register_forward_hook(hook))
+    sums = {id(n): [torch.zeros(b.shape, dtype=torch.float64),
+                    torch.zeros(b.shape, dtype=torch.float64), 0] for n, b in folded}
+
+    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _o: torch.Tensor) -> None:
+        x = inputs[0].double()
+        acc = sums[id(mod)]
+        acc[0] += x.sum(dim=(0, 2, 3, 4))
+        acc[1] += (x * x).sum(dim=(0, 2, 3, 4))
+        acc[2] += x.numel() // x.shape[1]
+
+    hooks = [norm.register_forward_hook(hook) for norm, _ in folded]
     gen = torch.Generator().manual_seed(seed)
     config = AugmentConfig()
     with torch.no_grad():
@@ -141,8 +142,8 @@ def calibrate(net: UNet3d, folded: Sequence[tuple[nn.BatchNorm3d, torch.Tensor]]
     with torch.no_grad():
         for norm, b in folded:
             s1, s2, n = sums[id(norm)]
-            mean = s1 / n
-            var = torch.clamp(s2 / n - mean * mean, min=1e-8)
+            mean = (s1 / n).float()
+            var = torch.clamp((s2 / n - (s1 / n) ** 2).float(), min=1e-8)
             norm.running_mean.copy_(mean)
             norm.running_var.copy_(var)
             norm.weight.copy_(torch.sqrt(var + norm.eps))

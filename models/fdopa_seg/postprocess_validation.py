@@ -43,6 +43,7 @@ from service.pipelines.fdopa_pet.lesions import (
     FULL_26,
     PROBABILITY_CUT,
     baseline_candidates,
+    brain_outside_striatum,
     component_contrast,
     lesions_from_candidates,
 )
@@ -139,24 +140,6 @@ def grown_candidates(candidates_zyx: np.ndarray, volume_zyx: np.ndarray, thresho
         return cands.copy()
     reached = np.unique(labels[seeds])
     return cands | (region & np.isin(labels, reached[reached > 0]))
-
-
-def growth_allowed(volume_zyx: np.ndarray, atlas: AtlasOnPet,
-                   spacing_zyx_mm: np.ndarray) -> np.ndarray:
-    """Where growth may go: the baseline's atlas brain (4 mm margin) outside its striatum
-    (6 mm margin), the masks of :func:`.lesions.baseline_candidates`."""
-    from service.pipelines.fdopa_pet.lesions import (
-        BASELINE_BRAIN_MARGIN_MM,
-        BASELINE_STRIATUM_MARGIN_MM,
-        STRIATUM_PREFIXES,
-        atlas_names,
-        ball,
-    )
-
-    spacing = np.asarray(spacing_zyx_mm, float)
-    brain = ndimage.binary_dilation(atlas.labels_zyx > 0, ball(spacing, BASELINE_BRAIN_MARGIN_MM))
-    striatum = atlas.mask(*atlas_names(atlas, STRIATUM_PREFIXES, "striatum"))
-    return brain & ~ndimage.binary_dilation(striatum, ball(spacing, BASELINE_STRIATUM_MARGIN_MM))
 
 
 def with_baseline_components(probability_zyx: np.ndarray, baseline_zyx: np.ndarray
@@ -286,7 +269,7 @@ def lesion_masks(option: Option, case: Case) -> list[np.ndarray]:
     threshold = case.threshold(option.tta, option.cut)
     if option.grow_mm is not None:
         grown = grown_candidates(unet, volume, threshold,
-                                 growth_allowed(volume, atlas, spacing), spacing, option.grow_mm)
+                                 brain_outside_striatum(atlas, spacing), spacing, option.grow_mm)
         return [les.mask_zyx for les in lesions_from_candidates(
             grown, volume, threshold, spacing, min_ml=option.min_ml)]
     if option.hybrid:

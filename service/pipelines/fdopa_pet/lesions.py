@@ -278,10 +278,20 @@ def baseline_candidates(volume_zyx: np.ndarray, atlas: AtlasOnPet, spacing_zyx_m
     reference = float(np.median(volume[healthy]))
     if not reference > 0:
         raise AnalysisError("healthy-brain median is not positive", "reference_values")
+    allowed = brain_outside_striatum(atlas, spacing, brain_margin_mm, striatum_margin_mm)
+    return np.asarray(allowed & (volume >= factor * reference))
+
+
+def brain_outside_striatum(atlas: AtlasOnPet, spacing_zyx_mm: np.ndarray,
+                           brain_margin_mm: float = BASELINE_BRAIN_MARGIN_MM,
+                           striatum_margin_mm: float = BASELINE_STRIATUM_MARGIN_MM) -> np.ndarray:
+    """(z, y, x) bool: the atlas brain dilated by ``brain_margin_mm`` outside the atlas
+    striatum (both sides) dilated by ``striatum_margin_mm`` (the baseline's search region,
+    :func:`baseline_candidates`)."""
+    spacing = np.asarray(spacing_zyx_mm, float)
     brain = ndimage.binary_dilation(atlas.labels_zyx > 0, ball(spacing, brain_margin_mm))
     striatum = atlas.mask(*atlas_names(atlas, STRIATUM_PREFIXES, "striatum"))
-    excluded = ndimage.binary_dilation(striatum, ball(spacing, striatum_margin_mm))
-    return np.asarray(brain & ~excluded & (volume >= factor * reference))
+    return np.asarray(brain & ~ndimage.binary_dilation(striatum, ball(spacing, striatum_margin_mm)))
 
 
 def component_contrast(volume_zyx: np.ndarray, mask_zyx: np.ndarray, exclude_zyx: np.ndarray,
