@@ -22,6 +22,7 @@ from service.pipelines.fdopa_pet.evaluation_stats import (
     dice,
     fraction,
     icc,
+    paired_difference,
     summarise,
 )
 from service.pipelines.fdopa_pet.evaluation_table import build_report, goals, markdown
@@ -257,3 +258,53 @@ def test_dynamic_agreement_and_slope_sign() -> None:
     assert m["ttp_s"]["bias"] == pytest.approx(0.0) and m["ttp_s"]["n"] == 3
     assert m["slope_sign"] == (2, 3, pytest.approx(2 / 3))
     assert m["slope_ratio"]["n"] == 0  # missing pipeline ratios are not pairs
+
+
+def test_paired_difference_by_hand() -> None:
+    x = [0.5, 0.6, 0.7, 0.8]
+    same = paired_difference(x, x)
+    assert (same.n, same.mean, same.mean_low, same.mean_high, same.median) == (4, 0, 0, 0, 0)
+    shifted = paired_difference([v + 0.1 for v in x], x, draws=500, seed=3)
+    # a constant shift: every bootstrap draw differs by exactly 0.1
+    assert shifted.mean == pytest.approx(0.1)
+    assert (shifted.mean_low, shifted.mean_high) == pytest.approx((0.1, 0.1))
+    assert (shifted.median, shifted.median_low, shifted.median_high) == pytest.approx((0.1,) * 3)
+    mixed = paired_difference([1.0, 0.0, 1.0, 0.0], [0.0] * 4, draws=2000, seed=0)
+    assert mixed.mean == pytest.approx(0.5)
+    assert 0.0 <= mixed.mean_low < 0.5 < mixed.mean_high <= 1.0
+    assert paired_difference([1.0, 0.0, 1.0, 0.0], [0.0] * 4, draws=2000, seed=0) == mixed
+    for bad in (([], []), ([1.0], [1.0, 2.0]), ([math.nan], [1.0])):
+        with pytest.raises(ValueError):
+            paired_difference(*bad)
+
+
+def test_compare_command_pairs_measurable_studies(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    def row(sid: str, site: str, dice_value: float | None, measurable: bool,
+            method: str = "unet") -> dict[str, Any]:
+        return {"study_id": sid, "site": site, "method": method, "dice": dice_value,
+                "dice_img": dice_value, "truth_measurable": measurable,
+                "measurable_found": int(bool(dice_value))}
+
+    old = [row("a1", "site_a", 0.5, True), row("a2", "site_a", 0.0, True),
+           row("d1", "site_d_unseen", 0.6, True), row("c1", "site_a", None, False),
+           row("a1", "site_a", 0.9, True, method="threshold")]
+    new = [row("a1", "site_a", 0.7, True), row("a2", "site_a", 0.4, True),
+           row("d1", "site_d_unseen", 0.6, True), row("c1", "site_a", None, False)]
+    append_rows(tmp_path / "old.jsonl", old)
+    append_rows(tmp_path / "new.jsonl", new)
+    assert main(["fdopa", "compare", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl"),
+                 "--draws", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "3 studies with a measurable truth tumour" in out
+    assert "Dice vs truth: mean +0.200" in out  # (0.2 + 0.4 + 0) / 3
+    assert "measurable found: old 2/3, new 3/3" in out
+    main(["fdopa", "compare", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl"),
+          "--sites", "site_d_unseen", "--draws", "200"])
+    out = capsys.readouterr().out
+    assert "1 studies" in out and "mean +0.000 [+0.000; +0.000]" in out
+    with pytest.raises(SystemExit):
+        main(["fdopa", "compare", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl"),
+              "--method", "threshold"])

@@ -1,4 +1,4 @@
-"""``dopanode fdopa generate|retruth|describe|validate|evaluate|evaluate-mr``: the FDOPA benchmark.
+"""``dopanode fdopa generate|retruth|describe|validate|evaluate|evaluate-mr|compare``: the FDOPA benchmark.
 
 ``generate``, ``simulate`` and ``validate`` need dopanode[sim]; ``evaluate``
 reads a generated benchmark (DICOM, JSON, NIfTI) and needs only the node.
@@ -69,6 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from service.sim.fdopa.evaluate_mr import add_evaluate_mr
 
     add_evaluate_mr(sub)
+    cmp = sub.add_parser("compare", help="paired comparison of two 'fdopa evaluate' runs on the "
+                                         "same studies (Dice with bootstrap 95 %% intervals)")
+    cmp.add_argument("old", type=Path, help="per-study rows (.jsonl) of 'fdopa evaluate'")
+    cmp.add_argument("new", type=Path, help="the other run's rows (.jsonl)")
+    cmp.add_argument("--method", default="unet", help="segmentation method (default unet)")
+    cmp.add_argument("--sites", default=None, help="comma-separated site names (default: all)")
+    cmp.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.set_defaults(func=run_compare)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -226,3 +235,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from service.sim.fdopa.evaluate import evaluate_benchmark
 
     return evaluate_benchmark(args)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``fdopa compare``: new minus old on the studies with a measurable truth tumour in both."""
+    from service.pipelines.fdopa_pet.evaluation_run import read_cache
+    from service.pipelines.fdopa_pet.evaluation_stats import paired_difference
+
+    sites = None if not args.sites else {n.strip() for n in args.sites.split(",")}
+    old, new = ({sid: row for (sid, method), row in read_cache(path).items()
+                 if method == args.method and (sites is None or row["site"] in sites)}
+                for path in (args.old, args.new))
+    studies = sorted(sid for sid in old.keys() & new.keys()
+                     if old[sid].get("truth_measurable") and new[sid].get("truth_measurable"))
+    if not studies:
+        raise SystemExit(f"no study with a measurable truth tumour in both files ({args.method})")
+    print(f"{args.new} - {args.old}, {args.method}: {len(studies)} studies with a measurable "
+          f"truth tumour (bootstrap {args.draws} draws, seed {args.seed})")
+    for key, label in (("dice", "Dice vs truth"), ("dice_img", "Dice vs image reference")):
+        d = paired_difference([new[s][key] or 0.0 for s in studies],
+                              [old[s][key] or 0.0 for s in studies], args.draws, args.seed)
+        print(f"  {label}: mean {d.mean:+.3f} [{d.mean_low:+.3f}; {d.mean_high:+.3f}], "
+              f"median {d.median:+.3f} [{d.median_low:+.3f}; {d.median_high:+.3f}]")
+    found = [sum(bool(rows[s]["measurable_found"]) for s in studies) for rows in (old, new)]
+    print(f"  measurable found: old {found[0]}/{len(studies)}, new {found[1]}/{len(studies)}")
+    return 0
