@@ -276,6 +276,8 @@ def test_paired_difference_by_hand() -> None:
     for bad in (([], []), ([1.0], [1.0, 2.0]), ([math.nan], [1.0])):
         with pytest.raises(ValueError):
             paired_difference(*bad)
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [0.0], draws=0)
 
 
 def test_compare_command_pairs_measurable_studies(tmp_path: Path,

@@ -175,6 +175,8 @@ def paired_difference(x: Sequence[float], y: Sequence[float], draws: int = 2000,
         raise ValueError("paired_difference needs two non-empty samples of one length")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired_difference needs finite values")
+    if draws < 1:
+        raise ValueError("paired_difference needs at least one bootstrap draw")
     k = np.random.default_rng(seed).integers(0, a.size, (draws, a.size))
     means = (a[k] - b[k]).mean(axis=1)
     medians = np.median(a[k], axis=1) - np.median(b[k], axis=1)
