@@ -16,6 +16,10 @@ misregistration of the engine's transform. A refusal of a study whose
 registration is within the broad benchmark's errors is a false refusal of
 the gate; one with a large error is the engine's failure.
 
+The site-calibration normals (``dopanode benchmark robustness OUT --normals``,
+:func:`service.sim.robustness.normals_variant`) are measured the same way: their
+poses are redrawn from their own seed.
+
 Usage::
 
     PYTHONPATH=$PWD .venv/bin/python bench/dat_registration_robustness.py ROBUST_DIR \\

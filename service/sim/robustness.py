@@ -434,7 +434,8 @@ def variant_pose(variant_name: str, study_index: int) -> PosedScan:
     Parameters
     ----------
     variant_name : str
-        A name of :data:`VARIANTS` or :data:`TRAINING_VARIANTS`.
+        A name of :data:`VARIANTS` or :data:`TRAINING_VARIANTS`, or of one's
+        site-calibration normals (:func:`normals_variant`).
     study_index : int
         The number in the study id (``<variant>_<index:05d>``).
     """
@@ -445,11 +446,14 @@ def variant_pose(variant_name: str, study_index: int) -> PosedScan:
 
     variants = (*VARIANTS, *TRAINING_VARIANTS)
     names = [v.name for v in variants]
-    if variant_name not in names:
+    base_name = variant_name.removesuffix(NORMALS_SUFFIX)
+    if base_name not in names:
         raise ValueError(f"unknown robustness variant {variant_name!r}")
+    variant = variants[names.index(base_name)]
+    if variant_name != base_name:  # a site-calibration normal (normals_variant)
+        variant = normals_variant(variant)
     group, k = divmod(study_index, SCANS_PER_ANATOMY)
-    plan = plan_variant_group(variants[names.index(variant_name)], names.index(variant_name),
-                              group)
+    plan = plan_variant_group(variant, names.index(base_name), group)
     brain_scale = plan.appearance.brain_scale if plan.appearance else 1.0
     return PosedScan(sitk.Image([1, 1, 1], sitk.sitkFloat32), plan.transform,
                      support_grid(plan.profile), brain_scale, plan.states[k].disease_class)

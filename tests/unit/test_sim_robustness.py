@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.sim import robustness
@@ -147,3 +148,19 @@ def test_the_robustness_command_picks_the_variants(monkeypatch: pytest.MonkeyPat
                     ["train_cases_ge", "train_cases_legacy"]]
     with pytest.raises(SystemExit, match="unknown variant"):
         cli.main([*base, "--training", "--variants", "siemens_osem_ctac"])
+
+
+def test_variant_pose_of_a_site_calibration_normal() -> None:
+    """The calibration normals' poses are redrawn from their own seed, as generated."""
+    variant = robustness.VARIANTS[0]
+    index = robustness.VARIANT_NAMES.index(variant.name)
+    normals = robustness.normals_variant(variant)
+    pose = robustness.variant_pose(normals.name, 5 * robustness.SCANS_PER_ANATOMY)
+    drawn = robustness.plan_variant_group(normals, index, 5).transform
+    other = robustness.variant_pose(variant.name, 5 * robustness.SCANS_PER_ANATOMY).transform
+    for field in ("scale", "rotation_deg", "translation_mm"):
+        assert np.array_equal(getattr(pose.transform, field), getattr(drawn, field))
+    assert not np.array_equal(pose.transform.translation_mm, other.translation_mm)
+    assert pose.disease_class == "normal"
+    with pytest.raises(ValueError, match="unknown robustness variant"):
+        robustness.variant_pose("no_such" + robustness.NORMALS_SUFFIX, 0)
