@@ -333,10 +333,8 @@ def generate_variant_group(variant: RobustVariant, group: int, out_dir: Path) ->
     from service.sim.groups import plan_scanner
     from service.sim.striatal_sources import region_binding
 
-    names = [v.name for v in (*VARIANTS, *TRAINING_VARIANTS)]
-    index = names.index(variant.name.removesuffix(NORMALS_SUFFIX))
     site = variant_site(variant, group + 1)
-    plan = plan_variant_group(variant, index, group)
+    plan = plan_variant_group(variant, _variant_index(variant.name), group)
     cases = (0,) if variant.role == "calibration" else range(len(CASES))  # normals: one scan
     todo = [k for k, i in enumerate(plan.indices)
             if k in cases and not (out_dir / site.name / study_id(site, i) / TRUTH_FILE).exists()]
@@ -424,6 +422,16 @@ def generate_robustness(out_dir: Path, n_groups: int = 2,
     return write_manifest([variant_site(v, n_groups) for v in variants], out_dir)
 
 
+def _variant_index(variant_name: str) -> int:
+    """Position of a variant (or of its site-calibration normals, which draw with
+    the same index and their own seed) in :data:`VARIANTS` + :data:`TRAINING_VARIANTS`."""
+    names = [v.name for v in (*VARIANTS, *TRAINING_VARIANTS)]
+    base_name = variant_name.removesuffix(NORMALS_SUFFIX)
+    if base_name not in names:
+        raise ValueError(f"unknown robustness variant {variant_name!r}")
+    return names.index(base_name)
+
+
 def variant_pose(variant_name: str, study_index: int) -> PosedScan:
     """The pose the simulator drew for study ``study_index`` of a variant (no scan).
 
@@ -444,16 +452,12 @@ def variant_pose(variant_name: str, study_index: int) -> PosedScan:
     from service.sim.pose import PosedScan
     from service.sim.scan import support_grid
 
-    variants = (*VARIANTS, *TRAINING_VARIANTS)
-    names = [v.name for v in variants]
-    base_name = variant_name.removesuffix(NORMALS_SUFFIX)
-    if base_name not in names:
-        raise ValueError(f"unknown robustness variant {variant_name!r}")
-    variant = variants[names.index(base_name)]
-    if variant_name != base_name:  # a site-calibration normal (normals_variant)
+    index = _variant_index(variant_name)
+    variant = (*VARIANTS, *TRAINING_VARIANTS)[index]
+    if variant_name != variant.name:  # a site-calibration normal (normals_variant)
         variant = normals_variant(variant)
     group, k = divmod(study_index, SCANS_PER_ANATOMY)
-    plan = plan_variant_group(variant, names.index(base_name), group)
+    plan = plan_variant_group(variant, index, group)
     brain_scale = plan.appearance.brain_scale if plan.appearance else 1.0
     return PosedScan(sitk.Image([1, 1, 1], sitk.sitkFloat32), plan.transform,
                      support_grid(plan.profile), brain_scale, plan.states[k].disease_class)
