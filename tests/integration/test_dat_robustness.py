@@ -139,3 +139,27 @@ def test_one_sided_by_truth_levels() -> None:
     truth = np.array([[0, 0, 2, 0], [0, 0, 1, 3], [0, 0, 2, 2], [0, 0, 1, 1], [-1, -1, -1, -1],
                       [3, 0, 0, 0]])
     assert one_sided_truth(truth).tolist() == [True, True, False, False, False, False]
+
+
+def test_the_node_s_putamen_vois_at_the_true_pose_see_the_one_sided_loss(
+        bench: Path, rated: dict) -> None:
+    """``bench/dat_putamen_ratio_pose.py``: the AAL putamina mapped into the written series
+    through the simulator's pose find the lost putamen on its side, as the image does."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "dat_putamen_ratio_pose.py"
+    spec = importlib.util.spec_from_file_location("dat_putamen_ratio_pose", path)
+    assert spec is not None and spec.loader is not None
+    pose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pose)
+    rows = [pose._task((bench, row, bench.parent / "work")) for row in pose.studies(bench)]
+    assert len(rows) == 3 * len(CHEAP)  # normal and both one-sided cases per variant
+    for row in rows:
+        assert np.isfinite(row["node"]) and 0.0 < row["node"] <= 1.0
+        assert 0.0 < row["image"] <= 1.0 and 0.0 < row["true_pose"] <= 1.0
+        if row["case"] == "normal":
+            continue
+        side = str(row["case"]).removeprefix("loss_")
+        other = "right" if side == "left" else "left"
+        assert row[f"true_pose_sbr_putamen_{side}"] < row[f"true_pose_sbr_putamen_{other}"], row
+        assert row["true_pose"] < 0.85, row
