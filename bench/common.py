@@ -7,15 +7,20 @@ temporary folder inside the benchmark run; its manifest CSV carries the truth.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.csv"
 
@@ -130,3 +135,17 @@ def machine_note() -> str:
     """CPU count and load average, printed beside every result."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+def map_rows(task: Callable[[T], dict[str, object]], todo: Sequence[T], workers: int = 1,
+             json_path: Path | None = None, chunksize: int = 1) -> list[dict[str, object]]:
+    """``task`` over ``todo`` (in ``workers`` processes when more than one), in order;
+    the rows also written to ``json_path`` when given."""
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(task, todo, chunksize=chunksize))
+    else:
+        rows = [task(t) for t in todo]
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows, indent=1))
+    return rows

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import map_rows  # noqa: E402
 from service.imaging.atlas import Atlas, load_atlas  # noqa: E402
 
 #: The atlas labels measured (order of the node's REGIONS) and the reference.
@@ -155,13 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     todo = [(args.bench_dir, row, args.work) for row in studies(args.bench_dir)]
-    if args.workers > 1:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            rows = list(pool.map(_task, todo, chunksize=4))
-    else:
-        rows = [_task(t) for t in todo]
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rows = map_rows(_task, todo, args.workers, args.json, chunksize=4)
     print(table(rows))
     return 0
 

@@ -36,13 +36,13 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import map_rows  # noqa: E402
 from bench.dat_registration import (  # noqa: E402
     _perturbed_refusals,
     _points_mni,
@@ -152,13 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     todo = [(*t, not args.standard_only)
             for t in studies(args.robust_dir, args.variants.split(",") if args.variants else None)]
-    if args.workers > 1:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            rows = list(pool.map(_task, todo, chunksize=1))
-    else:
-        rows = [_task(t) for t in todo]
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rows = map_rows(_task, todo, args.workers, args.json, chunksize=1)
     before = json.loads(args.before.read_text()) if args.before else None
     print(table(rows, before))
     print("\nrefused studies and their true pose error:\n")
