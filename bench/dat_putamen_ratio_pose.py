@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import map_rows  # noqa: E402
-from service.imaging.atlas import Atlas, load_atlas  # noqa: E402
+from service.imaging.atlas import load_atlas  # noqa: E402
 
 #: The atlas labels measured (order of the node's REGIONS) and the reference.
 PUTAMINA = ("putamen_left", "putamen_right")
@@ -53,8 +54,10 @@ def lower_ratio(left: float, right: float) -> float:
     return min(left / right, right / left)
 
 
-def _atlas_points(atlas: Atlas, name: str) -> np.ndarray:
-    """LPS mm of the centres of one atlas label's voxels, (n, 3)."""
+@functools.cache
+def _atlas_points(name: str) -> np.ndarray:
+    """LPS mm of the centres of one atlas label's voxels, (n, 3) (once per process)."""
+    atlas = load_atlas()
     idx_xyz = np.argwhere(atlas.mask(name))[:, ::-1].astype(float)
     direction = np.asarray(atlas.direction, float).reshape(3, 3)
     return np.asarray(atlas.origin_lps_mm) + (idx_xyz * np.asarray(atlas.spacing_mm)) @ direction.T
@@ -69,7 +72,6 @@ def true_pose_sbr(series_dir: Path, variant: str, study_index: int) -> dict[str,
     from service.imaging.nm_volume import volume_from_datasets
     from service.sim.robustness import variant_pose
 
-    atlas = load_atlas()
     files = sorted(p for p in series_dir.rglob("*") if p.is_file())
     image = volume_from_datasets(read_series(files)).image
     array = sitk.GetArrayFromImage(image).astype(np.float64)
@@ -78,7 +80,7 @@ def true_pose_sbr(series_dir: Path, variant: str, study_index: int) -> dict[str,
     posed = variant_pose(variant, study_index)
     means = {}
     for name in (*PUTAMINA, REFERENCE):
-        index_xyz = ((posed.scan_points(_atlas_points(atlas, name)) - origin) @ direction) / spacing
+        index_xyz = ((posed.scan_points(_atlas_points(name)) - origin) @ direction) / spacing
         means[name] = float(map_coordinates(array, index_xyz[:, ::-1].T, order=1).mean())
     return {name: means[name] / means[REFERENCE] - 1.0 for name in PUTAMINA}
 

@@ -12,6 +12,12 @@ reference) independently gets, in order:
   per axis, rotation up to ``rotation_max_deg`` per axis, translation up to
   ``shift_max_vox`` voxels (trilinear, zero filled): residual
   misregistration and head size the registration leaves;
+* **shape** (only when ``warp_max_vox`` > 0): a smooth random displacement
+  field added to the pose, three independent :func:`smooth_field` components
+  (x, y, z) times an amplitude uniform in ``[0, warp_max_vox]`` voxels: the
+  striatum's shape and size differ between subjects (and between the atlases
+  a simulator draws them from) in ways no affine describes. Off by default,
+  so recipes trained without it draw the same random numbers as before;
 * **resolution**: Gaussian blur with sigma uniform in ``[0, blur_sigma_max_vox]``
   voxels (2 mm each): cameras, filters and reconstructions differ;
 * **intensity nonlinearity**: ``c ** gamma``, gamma log-uniform in
@@ -58,6 +64,7 @@ class AugmentConfig:
     shift_max_vox: float = 2.0
     scale_jitter: float = 0.08
     rotation_max_deg: float = 6.0
+    warp_max_vox: float = 0.0
     flip_probability: float = 0.5
     mirror_x_vox: float | None = None
 
@@ -184,6 +191,20 @@ def smooth_field(shape_zyx: tuple[int, int, int], gen: torch.Generator) -> torch
     return (field - field.mean()) / field.std().clamp(min=1e-6)
 
 
+def warp_field(shape_zyx: tuple[int, int, int], warp_max_vox: float,
+               gen: torch.Generator) -> torch.Tensor:
+    """``(D, H, W, 3)`` smooth displacement of one sample in ``affine_grid`` units.
+
+    Components ``x, y, z`` (the grid's order), each a :func:`smooth_field`
+    times one amplitude uniform in ``[0, warp_max_vox]`` voxels, converted to
+    normalised coordinates (one voxel is ``2 / size`` with ``align_corners=False``).
+    """
+    amplitude = float(torch.rand(1, generator=gen)) * warp_max_vox
+    sizes = (shape_zyx[2], shape_zyx[1], shape_zyx[0])
+    comps = [smooth_field(shape_zyx, gen)[0] * (2.0 * amplitude / size) for size in sizes]
+    return torch.stack(comps, dim=-1)
+
+
 def _uniform(lo_hi: tuple[float, float], u: float) -> float:
     lo, hi = lo_hi
     return lo + (hi - lo) * u
@@ -212,6 +233,9 @@ def augment(batch: torch.Tensor, config: AugmentConfig, gen: torch.Generator) ->
     theta = torch.stack([pose_theta(shape, poses[i], bool(flipped[i]), config)
                          for i in range(n)])
     grid = F.affine_grid(theta, [n, 1, *shape], align_corners=False)
+    if config.warp_max_vox > 0:
+        grid = grid + torch.stack([warp_field(shape, config.warp_max_vox, gen)
+                                   for _ in range(n)])
     moved = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)
     out = [_intensity(moved[i], torch.rand(6, generator=gen).tolist(), config, gen)

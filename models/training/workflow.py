@@ -251,21 +251,26 @@ AUGMENT_TEXT = (
     "midline with the labels swapped, pose jitter (scale +-8 %, rotation +-6 deg, shift +-2 "
     "voxels), resolution blur (sigma up to 1.6 voxels), intensity nonlinearity (gamma "
     "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale ({lo:g}-{hi:g}), a smooth "
-    "background field and Poisson-like noise")
+    "background field and Poisson-like noise{warp}")
+WARP_TEXT = (", and a smooth random displacement field of up to {vox:g} voxels amplitude "
+             "(striatal shape and size)")
 
 
 def augment_text(config: Any) -> str:
-    """:data:`AUGMENT_TEXT` with the intensity-scale range of ``config.augment``."""
+    """:data:`AUGMENT_TEXT` with the intensity-scale range and shape term of ``config.augment``."""
     lo, hi = config.augment.scale_range
-    return AUGMENT_TEXT.format(lo=lo, hi=hi)
+    vox = float(getattr(config.augment, "warp_max_vox", 0.0))
+    return AUGMENT_TEXT.format(lo=lo, hi=hi, warp=WARP_TEXT.format(vox=vox) if vox > 0 else "")
 
 
 def contrast_flag(config: Any) -> str:
-    """`` --contrast-range LO HI`` when the range is not the default ("" otherwise)."""
+    """`` --contrast-range LO HI`` / `` --warp-max VOX`` where not the default ("" otherwise)."""
     from models.training.augment import AugmentConfig
 
     lo, hi = config.augment.scale_range
-    return "" if (lo, hi) == AugmentConfig().scale_range else f" --contrast-range {lo:g} {hi:g}"
+    vox = float(getattr(config.augment, "warp_max_vox", 0.0))
+    return (("" if (lo, hi) == AugmentConfig().scale_range else f" --contrast-range {lo:g} {hi:g}")
+            + (f" --warp-max {vox:g}" if vox > 0 else ""))
 
 MIRROR_TEXT = (
     "; a second input channel, the crop minus its left/right mirror image about the MNI "

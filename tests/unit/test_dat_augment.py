@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from models.training.augment import (
     pose_theta,
     smooth_field,
     swap_sides,
+    warp_field,
 )
 from models.training.workflow import midline_box_index
 from service.imaging.atlas import load_atlas
@@ -96,6 +98,39 @@ def test_augment_is_seeded_and_flips_about_half() -> None:
     assert not none.flipped.any()
 
 
+def test_shape_warp_moves_structures_a_few_voxels_and_is_off_by_default() -> None:
+    """The shape term displaces a blob by a smooth field of the configured amplitude
+    (at most about three times it), keeps its mass, and without it the random
+    stream and the result are exactly those of a recipe that never had it."""
+    shape = (32, 40, 48)  # the shipped crop
+    x = torch.zeros(1, 1, *shape)
+    x[0, 0, 13:19, 17:23, 12:18] = 1.0  # a putamen-sized block
+    plain = AugmentConfig(**{**STILL.__dict__, "blur_sigma_max_vox": 0.0, "noise_max": 0.0,
+                             "background_max": 0.0, "gamma_range": (1.0, 1.0),
+                             "reference_range": (1.0, 1.0), "scale_range": (1.0, 1.0),
+                             "flip_probability": 0.0})
+    same = augment(x, plain, torch.Generator().manual_seed(5)).x
+    assert torch.allclose(same, x, atol=1e-5)  # nothing on: identity
+    zz, yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape),
+                                indexing="ij")
+    centre = [float((c * x[0, 0]).sum() / x.sum()) for c in (zz, yy, xx)]
+    moved = []
+    for seed in range(12):
+        out = augment(x, replace(plain, warp_max_vox=1.5), torch.Generator().manual_seed(seed)).x
+        assert float(out.sum()) == pytest.approx(float(x.sum()), rel=0.5)  # local stretch
+        c = [float((g * out[0, 0]).sum() / out.sum()) for g in (zz, yy, xx)]
+        moved.append(max(abs(a - b) for a, b in zip(c, centre, strict=True)))
+    assert max(moved) < 4.5 and max(moved) > 0.3  # a few voxels, not nothing
+    field = warp_field(shape, 1.0, torch.Generator().manual_seed(0))
+    assert field.shape == (*shape, 3)
+    vox = field * torch.tensor([shape[2], shape[1], shape[0]]) / 2.0  # back to voxels
+    assert 0.0 < float(vox.abs().max()) < 4.0
+    batch = torch.rand(3, 1, *SHAPE)
+    a = augment(batch, AugmentConfig(), torch.Generator().manual_seed(7))
+    b = augment(batch, AugmentConfig(warp_max_vox=0.0), torch.Generator().manual_seed(7))
+    assert torch.equal(a.x, b.x)
+
+
 def test_one_sided_loss_follows_the_flip() -> None:
     """A bright 'left' block lands on the other side of the midline when flipped."""
     x = torch.zeros(2, 1, *SHAPE)
@@ -161,4 +196,15 @@ def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPat
     assert "intensity scale (0.75-1.33)" in augment_text(TrainConfig())
     bad = parser.parse_args(["train", "b", "--work", "w", "--contrast-range", "1.5", "0.5"])
     with pytest.raises(SystemExit, match="LO <= HI"):
+        bad.func(bad)
+    args = parser.parse_args(["train", "b", "--work", "w", "--warp-max", "1"])
+    with pytest.raises(SystemExit):
+        args.func(args)
+    warped = seen["config"]
+    assert warped.augment.warp_max_vox == 1.0
+    assert contrast_flag(warped) == " --warp-max 1"
+    assert "displacement field of up to 1 voxels" in augment_text(warped)
+    assert "displacement" not in augment_text(TrainConfig())
+    bad = parser.parse_args(["train", "b", "--work", "w", "--warp-max", "-1"])
+    with pytest.raises(SystemExit, match="VOX >= 0"):
         bad.func(bad)

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--contrast-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="augmentation: specific binding scaled by a factor uniform in "
                         "[LO, HI] (default 0.75 1.33)")
+    p.add_argument("--warp-max", type=float, default=0.0, metavar="VOX",
+                   help="augmentation: a smooth random displacement field (striatal shape) "
+                        "with amplitude uniform in [0, VOX] voxels (default 0: off)")
     p.add_argument("--keep-splits", type=Path, default=None, metavar="INDEX_CSV",
                    help="studies in this earlier index.csv keep their split; only new "
                         "anatomy groups are split (compare with that model fairly)")
@@ -130,6 +133,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not 0 < lo <= hi:
             raise SystemExit(f"--contrast-range needs 0 < LO <= HI, got {lo} {hi}")
         config = replace(config, augment=replace(config.augment, scale_range=(lo, hi)))
+    if args.warp_max < 0:
+        raise SystemExit(f"--warp-max needs VOX >= 0, got {args.warp_max}")
+    if args.warp_max > 0:
+        config = replace(config, augment=replace(config.augment, warp_max_vox=args.warp_max))
     out = _model_path(args.out)
     keep = None
     if args.new_groups_split is not None and args.keep_splits is None:
