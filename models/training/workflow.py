@@ -252,8 +252,8 @@ AUGMENT_TEXT = (
     "voxels), resolution blur (sigma up to 1.6 voxels), intensity nonlinearity (gamma "
     "0.87-1.15), reference mis-estimate (0.9-1.1), intensity scale ({lo:g}-{hi:g}), a smooth "
     "background field and Poisson-like noise{warp}")
-WARP_TEXT = (", and a smooth random displacement field of up to {vox:g} voxels amplitude "
-             "(striatal shape and size)")
+WARP_TEXT = (", and a smooth random displacement field (striatal shape and size) of "
+             "amplitude up to {vox:g} x the 2 mm voxel")
 
 
 def augment_text(config: Any) -> str:

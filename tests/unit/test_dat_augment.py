@@ -203,7 +203,7 @@ def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPat
     warped = seen["config"]
     assert warped.augment.warp_max_vox == 1.0
     assert contrast_flag(warped) == " --warp-max 1"
-    assert "displacement field of up to 1 voxels" in augment_text(warped)
+    assert "amplitude up to 1 x the 2 mm voxel" in augment_text(warped)
     assert "displacement" not in augment_text(TrainConfig())
     bad = parser.parse_args(["train", "b", "--work", "w", "--warp-max", "-1"])
     with pytest.raises(SystemExit, match="VOX >= 0"):
