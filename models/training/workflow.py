@@ -263,7 +263,7 @@ def augment_text(config: Any) -> str:
     return AUGMENT_TEXT.format(lo=lo, hi=hi, warp=WARP_TEXT.format(vox=vox) if vox > 0 else "")
 
 
-def contrast_flag(config: Any) -> str:
+def augment_flags(config: Any) -> str:
     """`` --contrast-range LO HI`` / `` --warp-max VOX`` where not the default ("" otherwise)."""
     from models.training.augment import AugmentConfig
 
@@ -290,7 +290,7 @@ def _card_fields(out_model: Path, summary: dict[str, Any], report: dict[str, Any
         "mirror_text": MIRROR_TEXT if mirror else "",
         "weight_text": "" if weight == 1.0 else WEIGHT_TEXT.format(weight=weight),
         "train_flags": (" --mirror-channel" if mirror else "")
-        + ("" if weight == 1.0 else f" --one-sided-weight {weight:g}") + contrast_flag(config),
+        + ("" if weight == 1.0 else f" --one-sided-weight {weight:g}") + augment_flags(config),
         "labels_text": labels.replace("{name}", out_model.stem), "global_text": global_text,
         "labels_limit": limit, "label_source": source, "augment_text": augment_text(config),
         "name": out_model.stem, "sha256": summary["sha256"],

@@ -149,12 +149,12 @@ def test_one_sided_loss_follows_the_flip() -> None:
 
 def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path) -> None:
-    """`dopanode train --contrast-range LO HI` sets the intensity-scale augmentation; the
+    """`dopanode train --contrast-range LO HI` / `--warp-max VOX` set the augmentation; the
     card's augmentation text and training flags say so (default: no flag, 0.75-1.33)."""
     import argparse
 
     from models.training.train import TrainConfig
-    from models.training.workflow import augment_text, contrast_flag
+    from models.training.workflow import augment_flags, augment_text
     from service.pipelines.dat_spect import train_commands
 
     parser = argparse.ArgumentParser()
@@ -191,8 +191,8 @@ def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit, match="needs --keep-splits"):
         lone.func(lone)
     assert "intensity scale (0.5-1.5)" in augment_text(config)
-    assert contrast_flag(config) == " --contrast-range 0.5 1.5"
-    assert contrast_flag(TrainConfig()) == ""
+    assert augment_flags(config) == " --contrast-range 0.5 1.5"
+    assert augment_flags(TrainConfig()) == ""
     assert "intensity scale (0.75-1.33)" in augment_text(TrainConfig())
     bad = parser.parse_args(["train", "b", "--work", "w", "--contrast-range", "1.5", "0.5"])
     with pytest.raises(SystemExit, match="LO <= HI"):
@@ -202,7 +202,7 @@ def test_train_flags_reach_the_config_and_the_card(monkeypatch: pytest.MonkeyPat
         args.func(args)
     warped = seen["config"]
     assert warped.augment.warp_max_vox == 1.0
-    assert contrast_flag(warped) == " --warp-max 1"
+    assert augment_flags(warped) == " --warp-max 1"
     assert "amplitude up to 1 x the 2 mm voxel" in augment_text(warped)
     assert "displacement" not in augment_text(TrainConfig())
     bad = parser.parse_args(["train", "b", "--work", "w", "--warp-max", "-1"])
