@@ -259,7 +259,7 @@ WARP_TEXT = (", and a smooth random displacement field (striatal shape and size)
 def augment_text(config: Any) -> str:
     """:data:`AUGMENT_TEXT` with the intensity-scale range and shape term of ``config.augment``."""
     lo, hi = config.augment.scale_range
-    vox = float(getattr(config.augment, "warp_max_vox", 0.0))
+    vox = config.augment.warp_max_vox
     return AUGMENT_TEXT.format(lo=lo, hi=hi, warp=WARP_TEXT.format(vox=vox) if vox > 0 else "")
 
 
@@ -268,7 +268,7 @@ def augment_flags(config: Any) -> str:
     from models.training.augment import AugmentConfig
 
     lo, hi = config.augment.scale_range
-    vox = float(getattr(config.augment, "warp_max_vox", 0.0))
+    vox = config.augment.warp_max_vox
     return (("" if (lo, hi) == AugmentConfig().scale_range else f" --contrast-range {lo:g} {hi:g}")
             + (f" --warp-max {vox:g}" if vox > 0 else ""))
 

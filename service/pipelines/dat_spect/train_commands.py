@@ -135,8 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = replace(config, augment=replace(config.augment, scale_range=(lo, hi)))
     if args.warp_max < 0:
         raise SystemExit(f"--warp-max needs VOX >= 0, got {args.warp_max}")
-    if args.warp_max > 0:
-        config = replace(config, augment=replace(config.augment, warp_max_vox=args.warp_max))
+    config = replace(config, augment=replace(config.augment, warp_max_vox=args.warp_max))
     out = _model_path(args.out)
     keep = None
     if args.new_groups_split is not None and args.keep_splits is None:
