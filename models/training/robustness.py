@@ -168,6 +168,56 @@ def method_table(groups: np.ndarray, reference: np.ndarray, one_sided: np.ndarra
     return out
 
 
+def _call_text(calls: Calls, k: int) -> str:
+    call = "reduced" if calls.reduced[k] else "normal"
+    return f"inconclusive ({call})" if calls.inconclusive[k] else call
+
+
+def case_rows(study_ids: Sequence[str], groups: Sequence[str], reference: np.ndarray,
+              one_sided: np.ndarray, truth: np.ndarray, sbr: np.ndarray,
+              methods: Mapping[str, Calls]) -> list[dict[str, str]]:
+    """One row per rated scan: what each method called and the levels it rests on.
+
+    Columns: ``study_id``, ``group`` (variant or split), ``reference``
+    (reduced/normal/excluded), ``one_sided``, ``truth_levels`` and, per region,
+    ``sbr_<region>``, ``putamen_ratio`` (lower over higher putamen SBR), then per
+    method ``<method>`` (``reduced``, ``normal``, ``inconclusive (reduced)``, ...),
+    ``<method> levels`` (CL CR PL PR) and ``<method> right`` (conclusive and equal
+    to the reference; empty without a reference). The robustness set's study ids
+    are the simulator's own, no patient's.
+    """
+    rows = []
+    for k, sid in enumerate(study_ids):
+        pl, pr = float(sbr[k][2]), float(sbr[k][3])
+        ratio = min(pl, pr) / max(pl, pr) if max(pl, pr) > 0 else float("nan")
+        row = {"study_id": sid, "group": groups[k], "reference": str(reference[k] or ""),
+               "one_sided": "yes" if one_sided[k] else "no",
+               "truth_levels": " ".join(str(int(v)) for v in truth[k]) if truth[k][0] >= 0
+               else ""}
+        row.update({f"sbr_{r.value}": f"{float(v):.4f}"
+                    for r, v in zip(REGIONS, sbr[k], strict=True)})
+        row["putamen_ratio"] = f"{ratio:.4f}"
+        for name, calls in methods.items():
+            row[name] = _call_text(calls, k)
+            row[f"{name} levels"] = " ".join(str(int(v)) for v in calls.levels[k])
+            right = ""
+            if reference[k] in ("reduced", "normal"):
+                ok = (not calls.inconclusive[k]
+                      and bool(calls.reduced[k]) == (reference[k] == "reduced"))
+                right = "yes" if ok else "no"
+            row[f"{name} right"] = right
+        rows.append(row)
+    return rows
+
+
+def write_case_rows(rows: Sequence[Mapping[str, str]], path: Path) -> None:
+    """:func:`case_rows` as CSV (header from the first row)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["study_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _frac(k: int, n: int) -> str:
     return "-" if n == 0 else f"{k}/{n}"
 
@@ -258,7 +308,8 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     the validation split is made and checked on the test splits by the node's
     rules. One-sided cases: the robustness set's ``case`` column where the
     manifest has one, else the truth levels (:func:`one_sided_truth`). Returns
-    ``{"table": {...}, "markdown": str, "n_failed": int}``.
+    ``{"table": {...}, "markdown": str, "n_failed": int, "not_measured": {...},
+    "cases": [...]}`` (``cases``: :func:`case_rows`).
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.assets import load_dat_models
@@ -306,15 +357,18 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     def group(s: Any) -> str:
         return s.site if splits is None else splits[s.study_id]
 
-    table = method_table(np.array([group(s) for s in cached]), reference, one_sided, truth,
-                         methods)
+    groups = np.array([group(s) for s in cached])
+    table = method_table(groups, reference, one_sided, truth, methods)
+    cases = case_rows([s.study_id for s in cached], groups.tolist(), reference, one_sided,
+                      truth, sbr, methods)
     measured = {s.study_id for s in cached}
     not_measured: dict[str, int] = {}
     for s in studies:
         if s.study_id not in measured:
             not_measured[group(s)] = not_measured.get(group(s), 0) + 1
     return {"table": table, "markdown": format_methods(table, not_measured),
-            "n_failed": len(studies) - len(cached), "not_measured": not_measured}
+            "n_failed": len(studies) - len(cached), "not_measured": not_measured,
+            "cases": cases}
 
 
 def v1_heldout_groups(per_site: int, seed: int = V1_SEED) -> dict[str, list[int]]:

@@ -325,3 +325,34 @@ def test_sr_of_an_overridden_verdict_reports_the_sbr_level_and_the_method() -> N
     moderate = codes.LEVEL_CODES[Level.MODERATE_REDUCTION].value
     assert levels["reported"].count(moderate) == 1  # the overridden putamen only
     assert moderate not in levels["cnn"]
+
+
+def test_case_rows_say_per_scan_what_each_method_called(tmp_path) -> None:
+    """``dopanode robustness --cases``: one row per scan; a row is right exactly when the
+    call is conclusive and equals the reference; the rows add up to the table's counts."""
+    import csv
+
+    from models.training.robustness import Calls, case_rows, method_table, write_case_rows
+
+    reference = np.array(["reduced", "reduced", "normal", "normal", "excluded"], dtype=object)
+    one_sided = np.array([True, False, False, False, True])
+    truth = np.array([[0, 0, 3, 0], [0, 0, 3, 3], [0] * 4, [0] * 4, [-1] * 4], np.int64)
+    sbr = np.array([[2.0, 2.1, 1.0, 2.0], [2.0, 2.0, 1.0, 1.1], [2.0, 2.0, 2.0, 1.8],
+                    [2.0, 2.0, 1.9, 2.0], [2.0, 2.0, 2.0, 2.0]])
+    levels = np.array([[0, 0, 3, 0], [0, 0, 2, 2], [0] * 4, [0, 0, 0, 2], [0] * 4], np.int64)
+    calls = Calls(np.array([True, True, False, True, False]),
+                  np.array([False, True, False, False, False]), levels)
+    rows = case_rows([f"s{k}" for k in range(5)], ["a", "a", "b", "b", "b"], reference,
+                     one_sided, truth, sbr, {"m": calls})
+    assert [r["m"] for r in rows] == ["reduced", "inconclusive (reduced)", "normal",
+                                      "reduced", "normal"]
+    assert [r["m right"] for r in rows] == ["yes", "no", "yes", "no", ""]
+    assert rows[0]["putamen_ratio"] == "0.5000" and rows[0]["m levels"] == "0 0 3 0"
+    assert rows[4]["truth_levels"] == "" and rows[1]["truth_levels"] == "0 0 3 3"
+    table = method_table(np.array(["a", "a", "b", "b", "b"]), reference, one_sided, truth,
+                         {"m": calls})["all"]["m"]
+    right = sum(r["m right"] == "yes" for r in rows)
+    assert right == table["tp"] + table["tn"] == 2
+    write_case_rows(rows, tmp_path / "cases.csv")
+    with (tmp_path / "cases.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == rows

@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an ONNX model to rate with (repeatable; default: the shipped one)")
     p.add_argument("--workers", type=int, default=2, help="processes measuring the studies")
     p.add_argument("--json", type=Path, default=None, help="also write the table here")
+    p.add_argument("--cases", type=Path, default=None, metavar="CSV",
+                   help="also write one row per rated scan here: each method's call and "
+                        "levels, the SBRs and the putamen ratio (which scans are missed)")
     p.add_argument("--site-normals", type=Path, default=None, metavar="NORMALS",
                    help="the variants' normals ('dopanode benchmark robustness NORMALS "
                         "--normals'): also score the SBR path and the verdicts with each "
@@ -216,6 +219,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
                                         args.workers, args.site_normals, splits)
     print(result["markdown"])
     print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
+    cases = result.pop("cases")
+    if args.cases:
+        robustness.write_case_rows(cases, args.cases)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
