@@ -13,9 +13,10 @@ benchmark folder (e.g. the held-out benchmark version 1 groups of
   inconclusive where the CNN and the SBR path call the scan differently (one
   has a region at level 2 or worse, the other none;
   :func:`service.pipelines.dat_spect.verdict.consistent_score`), except that a
-  normal CNN call above a clearly one-sided putamen SBR is *reduced* (the
-  node's default ``asymmetry_decides``); ``verdict-noasym`` without that
-  override (the node with ``asymmetry_decides = false``).
+  normal CNN call above a clearly one-sided putamen SBR is *reduced* and a
+  strong one-sided CNN call the scan's putamen asymmetry points to stays
+  *reduced* (both the node's default ``asymmetry_decides``); ``verdict-noasym``
+  without them (the node with ``asymmetry_decides = false``).
 
 Against the binding reference (``binary_reference`` of the manifest;
 excluded scans left out): **sensitivity** is the fraction of *reduced* scans
@@ -103,14 +104,30 @@ def cnn_calls(model: Path, x: np.ndarray) -> Calls:
     return Calls(np.asarray(reduced, bool), np.asarray(unsure, bool), levels)
 
 
-def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = None) -> Calls:
+def side_agrees(cnn: Calls, sbr_values: np.ndarray, sbr: Calls) -> np.ndarray:
+    """``(N,)`` bool: a strong one-sided CNN call (conclusive, reduced) whose putamen the
+    scan's own asymmetry points to while the SBR path has no level 2
+    (:func:`~service.pipelines.dat_spect.verdict.cnn_side`)."""
+    from service.pipelines.dat_spect.verdict import cnn_side
+
+    return np.array([bool(reduced and not unsure and cnn_side(
+        [int(v) for v in lc], [float(v) for v in values], [int(v) for v in ls]) is not None)
+        for reduced, unsure, lc, values, ls in zip(
+            cnn.reduced, cnn.inconclusive, cnn.levels, sbr_values, sbr.levels, strict=True)],
+        bool)
+
+
+def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = None,
+                  cnn_side_clear: np.ndarray | None = None) -> Calls:
     """The node's verdict with a CNN: inconclusive where the CNN and the SBR path
     call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`).
 
     ``one_sided_clear``: ``(N,)`` bool, a clearly one-sided putamen SBR
     (:func:`clear_asymmetry`); given, a normal CNN call there becomes reduced
     and conclusive (the node's ``asymmetry_decides``,
-    :func:`~service.pipelines.dat_spect.verdict.one_sided_override`).
+    :func:`~service.pipelines.dat_spect.verdict.one_sided_override`);
+    ``cnn_side_clear`` (:func:`side_agrees`): there the CNN's reduced call stands,
+    conclusive (the same option, :func:`~service.pipelines.dat_spect.verdict.cnn_side_override`).
     """
     disagree = np.array([calls_differ(c, s) for c, s in zip(cnn.levels, sbr.levels, strict=True)],
                         bool)
@@ -119,6 +136,8 @@ def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = N
         override = one_sided_clear & ~cnn.reduced
         reduced |= override
         inconclusive &= ~override
+    if cnn_side_clear is not None:
+        inconclusive &= ~cnn_side_clear
     return Calls(reduced, inconclusive, cnn.levels)
 
 
@@ -347,10 +366,12 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     for name, path in models.items():
         cnn = cnn_calls(path, x)
         methods[name] = cnn
-        methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path, clear)
+        methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path, clear,
+                                                   side_agrees(cnn, sbr, sbr_path))
         methods[f"{name}+verdict-noasym"] = verdict_calls(cnn, sbr_path)
         if sbr_site is not None:
-            methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site, clear)
+            methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site, clear,
+                                                            side_agrees(cnn, sbr, sbr_site))
     methods["sbr"] = sbr_path
     if sbr_site is not None:
         methods["sbr@site"] = sbr_site

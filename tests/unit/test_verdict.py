@@ -117,7 +117,7 @@ def test_the_override_leaves_reduced_cnn_calls_and_sbr_verdicts_alone() -> None:
 
 def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     """models.training.robustness.verdict_calls with clear_asymmetry == the node per scan."""
-    from models.training.robustness import Calls, clear_asymmetry, verdict_calls
+    from models.training.robustness import Calls, clear_asymmetry, side_agrees, verdict_calls
     from service.pipelines.dat_spect.result import REGIONS, GlobalScore
 
     rng = np.random.default_rng(7)
@@ -127,8 +127,10 @@ def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     sbr_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
     cnn_reduced = (cnn_levels >= 2).any(axis=1)
     none = np.zeros(n, bool)
-    calls = verdict_calls(Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels),
-                          clear_asymmetry(sbr))
+    cnn, sbr_path = Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels)
+    side = side_agrees(cnn, sbr, sbr_path)
+    assert 5 < int(side.sum()) < n - 5  # the CNN-side rule applies to some, not all
+    calls = verdict_calls(cnn, sbr_path, clear_asymmetry(sbr), side)
     base = example_result(reduced=False, with_cnn=True)
     node = []
     for k in range(n):
@@ -356,3 +358,53 @@ def test_case_rows_say_per_scan_what_each_method_called(tmp_path) -> None:
     write_case_rows(rows, tmp_path / "cases.csv")
     with (tmp_path / "cases.csv").open(newline="") as f:
         assert list(csv.DictReader(f)) == rows
+
+
+def strong_one_sided_cnn(cnn_level: Level, ratio: float, sbr_level: Level = Level.NORMAL,
+                         ) -> StudyResult:
+    """A reduced CNN call rating only the right putamen ``cnn_level``; the right putamen's
+    SBR is ``ratio`` x the left's and the SBR thresholds rate it ``sbr_level``."""
+    from service.pipelines.dat_spect.result import GlobalScore
+
+    base = example_result(reduced=False, with_cnn=True)
+    left = base.region(Region.PUTAMEN_LEFT).sbr
+    regions = tuple(replace(r, level_cnn=cnn_level, level_sbr=sbr_level, sbr=ratio * left)
+                    if r.region is Region.PUTAMEN_RIGHT else r for r in base.regions)
+    score = GlobalScore(reduced=True, inconclusive=False, rule="CNN rule", method="cnn")
+    return replace(base, regions=regions, global_score=score)
+
+
+def test_a_strong_one_sided_cnn_call_stands_where_the_asymmetry_points_to_it() -> None:
+    """The CNN's side rule: CNN level 3+ on one putamen only, the SBR thresholds at level
+    0-1, the putamen below 0.95 x the other: reduced and conclusive, the rule says why."""
+    from service.pipelines.dat_spect.verdict import SIDE_AGREES_RATIO, SIDE_METHOD
+
+    result = strong_one_sided_cnn(Level.STRONG_REDUCTION, 0.86)
+    score = consistent_score(result.regions, result.global_score)
+    assert (score.reduced, score.inconclusive, score.method) == (True, False, SIDE_METHOD)
+    assert "putamen right level 3" in score.rule and "0.86 x" in score.rule
+    assert "find no region at level 2" in score.rule and score.rule.endswith("CNN rule")
+    off = consistent_score(result.regions, result.global_score, asymmetry_decides=False)
+    assert off.inconclusive and off.rule.startswith("inconclusive: CNN and SBR thresholds")
+    # each premise matters: the CNN's level 2 only, no asymmetry, the SBR path already at 2
+    # (then the methods agree and the call stands as the CNN's), a second side at level 2
+    for kept in (strong_one_sided_cnn(Level.MODERATE_REDUCTION, 0.86),
+                 strong_one_sided_cnn(Level.STRONG_REDUCTION, SIDE_AGREES_RATIO),
+                 strong_one_sided_cnn(Level.STRONG_REDUCTION, 1.10)):
+        s = consistent_score(kept.regions, kept.global_score)
+        assert s.inconclusive and s.method == "cnn", s.rule
+    both = strong_one_sided_cnn(Level.STRONG_REDUCTION, 0.86)
+    both = replace(both, regions=tuple(
+        replace(r, level_cnn=Level.MODERATE_REDUCTION) if r.region is Region.CAUDATE_LEFT
+        else r for r in both.regions))
+    assert consistent_score(both.regions, both.global_score).inconclusive
+    agree = strong_one_sided_cnn(Level.STRONG_REDUCTION, 0.86, Level.MODERATE_REDUCTION)
+    s = consistent_score(agree.regions, agree.global_score)
+    assert (s.reduced, s.inconclusive, s.method) == (True, False, "cnn")
+    regions, final = apply_verdict(result.regions, result.global_score)
+    assert final.method == SIDE_METHOD
+    assert regions[3].level == Level.STRONG_REDUCTION  # the table reports the CNN's level
+    # the picture's headline says what the SR says: REDUCED, not INCONCLUSIVE
+    assert contradiction(regions, final) == ""
+    text, _ = render.headline(replace(result, regions=regions, global_score=final))
+    assert text.startswith("REDUCED")

@@ -251,7 +251,9 @@ class DatSpectPipeline:
         arrived (:mod:`.completeness`); then the job is made and refused.
     asymmetry_decides : bool
         A normal CNN call above a clear one-sided putamen loss becomes
-        *reduced* (:func:`.verdict.one_sided_override`).
+        *reduced* (:func:`.verdict.one_sided_override`), and a strong
+        one-sided CNN call the putamen ratio points to stays *reduced*
+        (:func:`.verdict.cnn_side_override`).
     """
 
     name = "dat_spect"

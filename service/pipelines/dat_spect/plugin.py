@@ -48,7 +48,11 @@ class DatSpectSettings(PipelineSettings):
         the other putamen below 0.741) is reported *reduced*, not
         inconclusive (:func:`service.pipelines.dat_spect.verdict.one_sided_override`).
         On by default since 2026-12-02 (``models/training/README.md``,
-        "The asymmetry decides"); False reports such a scan inconclusive.
+        "The asymmetry decides"); since 2026-12-04 it also keeps a one-sided
+        CNN call with a putamen at level 3+ *reduced* where that putamen's
+        SBR is below 0.95 x the other's while the SBR thresholds see nothing
+        (:func:`service.pipelines.dat_spect.verdict.cnn_side_override`).
+        False reports both kinds of scan inconclusive.
     """
 
     template_dir: Path | None = None

@@ -113,9 +113,11 @@ class GlobalScore:
     rule : str
         Human-readable statement of the rule that produced it.
     method : str
-        ``"cnn"``, ``"sbr"``, or ``"cnn+asymmetry"`` (a normal CNN call
+        ``"cnn"``, ``"sbr"``, ``"cnn+asymmetry"`` (a normal CNN call
         overridden by a clear one-sided putamen loss,
-        :func:`service.pipelines.dat_spect.verdict.one_sided_override`).
+        :func:`service.pipelines.dat_spect.verdict.one_sided_override`) or
+        ``"cnn+side"`` (a strong one-sided CNN call kept where the putamen
+        ratio points to it, :func:`service.pipelines.dat_spect.verdict.cnn_side_override`).
     """
 
     reduced: bool

@@ -35,7 +35,20 @@ The rule here, applied after both have rated a scan:
   losses (``models/training/README.md``, "The asymmetry decides": on the
   robustness set, with the model of that day (C), it raised the one-sided
   losses caught from 29 to 38 of 43, normals passed unchanged). Without the
-  option the case is a disagreement (first point).
+  option the case is a disagreement (first point);
+* **a strong one-sided CNN call the scan's own asymmetry points to** (the
+  same option, :func:`cnn_side_override`): when the CNN calls the scan
+  reduced, every region it rates 2 or worse lies on one side, that side's
+  putamen is rated 3 or worse (strong reduction), the SBR thresholds find no
+  region at level 2, and that putamen's SBR is below
+  :data:`SIDE_AGREES_RATIO` (0.95) of the other putamen's, the verdict is
+  *reduced* and conclusive, method ``"cnn+side"``; its rule names the
+  putamen, the CNN level and the ratio, and says that the SBR thresholds see
+  no region at level 2. Blur, missing attenuation correction and another
+  striatal shape lift a lost putamen's VOI ratio above the SBR path's cut
+  (0.78) while the CNN sees the loss (``models/training/README.md``, "The
+  CNN's one-sided call where the asymmetry agrees"). The ratio 0.95 was
+  chosen on the CNN's validation split only.
 
 Apart from that override the binary call itself (``reduced``) is left as the
 method made it; only the inconclusive flag and the rule text change. A result
@@ -51,7 +64,7 @@ from dataclasses import replace
 
 from service.pipelines.dat_spect.levels import CLEAR_ASYMMETRY_RATIO, clearly_one_sided
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
-from service.pipelines.dat_spect.result import GlobalScore, Level, RegionResult
+from service.pipelines.dat_spect.result import REGIONS, GlobalScore, Level, RegionResult
 
 #: The level from which a region counts as reduced (moderate reduction).
 REDUCED_FROM = Level.MODERATE_REDUCTION
@@ -59,6 +72,13 @@ REDUCED_FROM = Level.MODERATE_REDUCTION
 INDICATIVE_RULE = "indicative only: SBR thresholds from the shipped SIMULATED calibration"
 #: ``GlobalScore.method`` of a normal CNN call overridden by a clear one-sided loss.
 ASYMMETRY_METHOD = "cnn+asymmetry"
+#: ``GlobalScore.method`` of a strong one-sided CNN call kept by the scan's asymmetry.
+SIDE_METHOD = "cnn+side"
+#: The CNN level from which its one-sided call may stand against the SBR thresholds.
+SIDE_CNN_FROM = Level.STRONG_REDUCTION
+#: The putamen ratio (CNN-rated putamen over the other) below which the scan's own
+#: asymmetry points to the CNN's side (chosen on the CNN's validation split, 2026-12-04).
+SIDE_AGREES_RATIO = 0.95
 
 
 def _name(r: RegionResult) -> str:
@@ -127,6 +147,57 @@ def one_sided_override(regions: Sequence[RegionResult], score: GlobalScore
               f"normal. CNN rule: {score.rule}"))
 
 
+def cnn_side(levels_cnn: Sequence[int], sbr: Sequence[float], levels_sbr: Sequence[int]
+             ) -> tuple[int, float] | None:
+    """The putamen of a strong one-sided CNN call that the scan's asymmetry points to.
+
+    Arguments in the order of :data:`~service.pipelines.dat_spect.result.REGIONS`
+    (caudate left, caudate right, putamen left, putamen right). Returns the
+    putamen's index and its SBR ratio to the other putamen where the rule of
+    :func:`cnn_side_override` holds for the levels, else None.
+    """
+    if any(level >= REDUCED_FROM for level in levels_sbr):
+        return None
+    at_two = [k for k, level in enumerate(levels_cnn) if level >= REDUCED_FROM]
+    if not at_two or len({k % 2 for k in at_two}) != 1:
+        return None
+    putamen, other = (2, 3) if at_two[0] % 2 == 0 else (3, 2)
+    if levels_cnn[putamen] < SIDE_CNN_FROM or sbr[other] <= 0:
+        return None
+    ratio = sbr[putamen] / sbr[other]
+    return (putamen, ratio) if ratio < SIDE_AGREES_RATIO else None
+
+
+def _cnn_side_of(regions: Sequence[RegionResult]) -> tuple[RegionResult, float] | None:
+    """:func:`cnn_side` of the regions: the putamen and its ratio, or None."""
+    by_region = {r.region: r for r in regions}
+    if set(by_region) != set(REGIONS) or any(r.level_cnn is None for r in regions):
+        return None
+    found = cnn_side([int(by_region[g].level_cnn or 0) for g in REGIONS],
+                     [by_region[g].sbr for g in REGIONS],
+                     [int(by_region[g].level_sbr) for g in REGIONS])
+    return None if found is None else (by_region[REGIONS[found[0]]], found[1])
+
+
+def cnn_side_override(regions: Sequence[RegionResult], score: GlobalScore
+                      ) -> GlobalScore | None:
+    """The *reduced* verdict of a strong one-sided CNN call that the scan's own putamen
+    asymmetry points to while the SBR thresholds see nothing, or None (module docstring)."""
+    if score.method != "cnn" or not score.reduced or score.inconclusive:
+        return None
+    found = _cnn_side_of(regions)
+    if found is None:
+        return None
+    putamen = found[0]
+    return GlobalScore(
+        reduced=True, inconclusive=False, method=SIDE_METHOD,
+        rule=(f"reduced: the CNN rates {_name(putamen)} level {int(putamen.level_cnn or 0)} "
+              f"and the other side 0-1; its SBR is {found[1]:.2f} x the other putamen's "
+              f"(below {SIDE_AGREES_RATIO:.2f}: the scan's own asymmetry points the same way), "
+              f"while the SBR thresholds find no region at level 2 (partial volume lifts a "
+              f"lost putamen's VOI). CNN rule: {score.rule}"))
+
+
 def consistent_score(regions: Sequence[RegionResult], score: GlobalScore,
                      asymmetry_decides: bool = True) -> GlobalScore:
     """``score`` made inconclusive, with the reason first in its rule, where it
@@ -134,7 +205,7 @@ def consistent_score(regions: Sequence[RegionResult], score: GlobalScore,
     ``asymmetry_decides`` a normal CNN call above a clear one-sided putamen
     loss becomes *reduced* (:func:`one_sided_override`)."""
     if asymmetry_decides:
-        override = one_sided_override(regions, score)
+        override = one_sided_override(regions, score) or cnn_side_override(regions, score)
         if override is not None:
             return override
     reasons = []
@@ -182,6 +253,8 @@ def contradiction(regions: Sequence[RegionResult], score: GlobalScore) -> str:
     if (score.method == ASYMMETRY_METHOD and score.reduced
             and clearly_one_sided({r.region: r.sbr for r in regions})):
         return ""  # the SBR column shows the putamen at level 2+, the rule says why
+    if score.method == SIDE_METHOD and score.reduced and _cnn_side_of(regions):
+        return ""  # the reported (CNN) level is 3+, the rule says why the SBR column is not
     if methods_call_differently(regions):
         return "CNN and SBR disagree"
     levels = [max(r.level, r.level_sbr) for r in regions]
