@@ -120,7 +120,7 @@ def test_a_scan_without_brain_structure_is_refused_by_the_correlation_floor() ->
     rng = np.random.default_rng(5)
     scan[brain] = rng.permutation(scan[brain])
     checks = _check(scan)
-    assert checks.failure == f"quality {checks.quality:.2f} < {rc.MIN_QUALITY:.2f}"
+    assert checks.failure == rc.below("quality", checks.quality, rc.MIN_QUALITY)
 
 
 def test_extracerebral_uptake_does_not_lower_the_correlation() -> None:
@@ -155,3 +155,9 @@ def test_strong_extracerebral_uptake_passes_aligned_and_is_refused_shifted() -> 
     shifted = evaluate(posed.image, register.Fit(wrong, "affine", good.scales, 1.0, False, ()),
                        models.template_zyx, ATLAS)
     assert shifted.refusal is not None and shifted.refusal.startswith("normalisation failed: ")
+
+
+def test_a_refusal_never_prints_its_value_equal_to_the_bound() -> None:
+    """Just under the bound reads as under it ("0.799 < 0.80", not "0.80 < 0.80")."""
+    assert rc.below("head outline overlap", 0.79996, 0.80) == "head outline overlap 0.799 < 0.80"
+    assert rc.below("quality", 0.5, 0.55) == "quality 0.500 < 0.55"

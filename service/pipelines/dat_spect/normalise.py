@@ -40,6 +40,7 @@ from service.imaging.atlas import Atlas
 from service.pipelines.dat_spect.registration_checks import (
     Checks,
     TemplateView,
+    below,
     moved,
     probe_moves,
     run_checks,
@@ -240,7 +241,7 @@ def register_series(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas,
     if second.refusal is None:
         standard = (first.refusal.removeprefix("normalisation failed: ")
                     if first.refusal is not None
-                    else f"weak fit, quality {first.quality:.2f} < {WEAK_QUALITY:.2f}")
+                    else "weak fit, " + below("quality", first.quality, WEAK_QUALITY))
         note = ("registered to the template for scans without attenuation correction "
                 f"(the standard template: {standard}); registration quality is "
                 "measured against that template")

@@ -46,6 +46,7 @@ Thresholds are measured by ``bench/dat_registration.py`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -195,14 +196,20 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
     if not lo <= fitted.similarity_scale <= hi:
         failure = f"head size x{fitted.similarity_scale:.2f} outside {lo:.2f}-{hi:.2f}"
     elif dice < MIN_HEAD_DICE:
-        failure = f"head outline overlap {dice:.2f} < {MIN_HEAD_DICE:.2f}"
+        failure = below("head outline overlap", dice, MIN_HEAD_DICE)
     elif contrast >= HOT_X_BRAIN_MEDIAN and in_striatum < MIN_HOT_IN_STRIATUM:
         failure = (f"striatal hot spot {100 * in_striatum:.0f} % inside the striatum "
                    f"< {100 * MIN_HOT_IN_STRIATUM:.0f} %")
     elif not quality >= MIN_QUALITY:
-        failure = f"quality {quality:.2f} < {MIN_QUALITY:.2f}"
+        failure = below("quality", quality, MIN_QUALITY)
     return Checks(fitted.similarity_scale, dice, contrast, in_striatum, quality, failure,
                   gap * float(atlas.spacing_mm[0]))
+
+
+def below(name: str, value: float, bound: float) -> str:
+    """``"<name> 0.799 < 0.80"``: a refusal's measured value, rounded down to three
+    decimals so that a value just under the bound never reads as equal to it."""
+    return f"{name} {math.floor(value * 1000.0) / 1000.0:.3f} < {bound:.2f}"
 
 
 def similarity(processed_zyx: np.ndarray, fov_zyx: np.ndarray, template: TemplateView,
