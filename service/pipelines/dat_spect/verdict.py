@@ -50,7 +50,7 @@ The rule here, applied after both have rated a scan:
   CNN's one-sided call where the asymmetry agrees"). The ratio 0.95 was
   chosen on the CNN's validation split only.
 
-Apart from that override the binary call itself (``reduced``) is left as the
+Apart from these two overrides the binary call itself (``reduced``) is left as the
 method made it; only the inconclusive flag and the rule text change. A result
 whose methods agree is returned unchanged. A verdict of the SBR path (no CNN)
 on the shipped simulated thresholds says in its rule that it is indicative
@@ -194,8 +194,7 @@ def cnn_side_override(regions: Sequence[RegionResult], score: GlobalScore
         rule=(f"reduced: the CNN rates {_name(putamen)} level {int(putamen.level_cnn or 0)} "
               f"and the other side 0-1; its SBR is {found[1]:.2f} x the other putamen's "
               f"(below {SIDE_AGREES_RATIO:.2f}: the scan's own asymmetry points the same way), "
-              f"while the SBR thresholds find no region at level 2 (partial volume lifts a "
-              f"lost putamen's VOI). CNN rule: {score.rule}"))
+              f"while the SBR thresholds find no region at level 2. CNN rule: {score.rule}"))
 
 
 def consistent_score(regions: Sequence[RegionResult], score: GlobalScore,
@@ -203,7 +202,8 @@ def consistent_score(regions: Sequence[RegionResult], score: GlobalScore,
     """``score`` made inconclusive, with the reason first in its rule, where it
     contradicts the regional table (rule in the module docstring); with
     ``asymmetry_decides`` a normal CNN call above a clear one-sided putamen
-    loss becomes *reduced* (:func:`one_sided_override`)."""
+    loss becomes *reduced* (:func:`one_sided_override`) and a strong one-sided
+    CNN call the putamen ratio points to stays *reduced* (:func:`cnn_side_override`)."""
     if asymmetry_decides:
         override = one_sided_override(regions, score) or cnn_side_override(regions, score)
         if override is not None:
