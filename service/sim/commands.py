@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rob.add_argument("--variants", default=None,
                      help="comma-separated variant names (default: all; with --training: "
                           "train_cases_broad)")
+    rob.add_argument("--first-group", type=int, default=0, metavar="G",
+                     help="make only groups G .. GROUPS-1 (a new batch of subjects in a "
+                          "folder of its own; its manifest lists only what the folder holds)")
     rob.add_argument("--workers", type=int, default=2)
     rob.add_argument("--training", action="store_true",
                      help="the training site of the same four-case design instead "
@@ -235,6 +238,9 @@ def run_benchmark_robustness(args: argparse.Namespace) -> int:
     variants = [v for v in pool if v.name in chosen]
     if args.normals:
         variants = [normals_variant(v) for v in variants]
-    manifest = generate_robustness(args.out, args.groups, variants, args.workers)
+    if not 0 <= args.first_group < max(args.groups, 1):
+        raise SystemExit("--first-group must be at least 0 and below --groups")
+    manifest = generate_robustness(args.out, args.groups, variants, args.workers,
+                                   args.first_group)
     print(f"manifest {manifest}")
     return 0

@@ -404,15 +404,19 @@ def _run(task: tuple[RobustVariant, int, Path]) -> int:
 
 
 def generate_robustness(out_dir: Path, n_groups: int = 2,
-                        variants: Sequence[RobustVariant] = VARIANTS, workers: int = 1) -> Path:
+                        variants: Sequence[RobustVariant] = VARIANTS, workers: int = 1,
+                        first_group: int = 0) -> Path:
     """Generate (or finish) the robustness set under ``out_dir``; returns the manifest path.
 
-    ``n_groups`` anatomy groups (four scans each) per variant.
+    ``n_groups`` anatomy groups (four scans each) per variant; only groups
+    ``first_group`` .. ``n_groups - 1`` are made (each group is drawn from its own
+    seed, so a later batch of new subjects can go to a folder of its own, its
+    manifest listing just those studies).
     """
-    if n_groups < 1:
-        raise ValueError("n_groups must be at least 1")
+    if not 0 <= first_group < n_groups:
+        raise ValueError(f"need 0 <= first_group < n_groups, got {first_group} and {n_groups}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(v, g, out_dir) for v in variants for g in range(n_groups)]
+    tasks = [(v, g, out_dir) for v in variants for g in range(first_group, n_groups)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             list(pool.map(_run, tasks, chunksize=1))

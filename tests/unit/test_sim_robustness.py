@@ -133,10 +133,12 @@ def test_the_robustness_command_picks_the_variants(monkeypatch: pytest.MonkeyPat
     from service import cli
 
     made: list[list[str]] = []
+    firsts: list[int] = []
 
     def fake(out: Path, groups: int, variants: list[robustness.RobustVariant],
-             workers: int) -> Path:
+             workers: int, first_group: int) -> Path:
         made.append([v.name for v in variants])
+        firsts.append(first_group)
         return out / "manifest.csv"
 
     monkeypatch.setattr(robustness, "generate_robustness", fake)
@@ -148,6 +150,23 @@ def test_the_robustness_command_picks_the_variants(monkeypatch: pytest.MonkeyPat
                     ["train_cases_ge", "train_cases_legacy"]]
     with pytest.raises(SystemExit, match="unknown variant"):
         cli.main([*base, "--training", "--variants", "siemens_osem_ctac"])
+    assert cli.main([*base, "--first-group", "1"]) == 0
+    assert firsts == [0, 0, 0, 1]
+    for bad in ("2", "-1"):
+        with pytest.raises(SystemExit, match="--first-group"):
+            cli.main([*base, "--first-group", bad])
+
+
+def test_a_later_batch_makes_only_its_groups(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """``first_group``: groups before it are not made (a new batch of subjects)."""
+    done: list[tuple[str, int]] = []
+    monkeypatch.setattr(robustness, "_run", lambda task: done.append((task[0].name, task[1])))
+    variant = robustness.VARIANTS[0]
+    robustness.generate_robustness(tmp_path, 3, [variant], workers=1, first_group=1)
+    assert done == [(variant.name, 1), (variant.name, 2)]
+    with pytest.raises(ValueError, match="first_group"):
+        robustness.generate_robustness(tmp_path, 3, [variant], workers=1, first_group=3)
 
 
 def test_variant_pose_of_a_site_calibration_normal() -> None:
