@@ -23,7 +23,10 @@ poses are redrawn from their own seed.
 Usage::
 
     PYTHONPATH=$PWD .venv/bin/python bench/dat_registration_robustness.py ROBUST_DIR \\
-        --json out.json [--variants a,b] [--workers 2] [--before before.json]
+        --json out.json [--variants a,b] [--studies FILE] [--workers 2] [--before before.json]
+
+``--studies`` takes a file of study ids (one per line): only those are
+measured (e.g. the studies a change of the engine can affect).
 
 ``--before`` prints refusals per variant of an earlier run's JSON beside this
 run's (the same studies, e.g. before and after a change of the gate).
@@ -95,12 +98,17 @@ def _task(args: tuple[Path, str, str, bool]) -> dict[str, object]:
     return register_study(*args)
 
 
-def studies(robust_dir: Path, variants: Sequence[str] | None) -> list[tuple[Path, str, str]]:
-    """(series dir, variant, study id) of the manifest's studies, in manifest order."""
+def studies(robust_dir: Path, variants: Sequence[str] | None,
+            ids: set[str] | None = None) -> list[tuple[Path, str, str]]:
+    """(series dir, variant, study id) of the manifest's studies, in manifest order.
+
+    ``variants`` and ``ids`` (study ids) select; None selects all.
+    """
     with (robust_dir / "manifest.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return [(robust_dir / r["site"] / r["study_id"] / "series", r["site"], r["study_id"])
-            for r in rows if variants is None or r["site"] in variants]
+            for r in rows if (variants is None or r["site"] in variants)
+            and (ids is None or r["study_id"] in ids)]
 
 
 def _mean_max(rows: list[dict[str, object]], col: str) -> str:
@@ -144,14 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("robust_dir", type=Path, help="the robustness set (manifest.csv)")
     parser.add_argument("--variants", help="comma-separated variant names (default all)")
+    parser.add_argument("--studies", type=Path,
+                        help="a file of study ids, one per line (default all)")
     parser.add_argument("--json", type=Path, help="write every study's row here")
     parser.add_argument("--before", type=Path, help="an earlier run's JSON to compare with")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--standard-only", action="store_true",
                         help="never try the no-AC template (the node's second target)")
     args = parser.parse_args(argv)
+    ids = set(args.studies.read_text().split()) if args.studies else None
     todo = [(*t, not args.standard_only)
-            for t in studies(args.robust_dir, args.variants.split(",") if args.variants else None)]
+            for t in studies(args.robust_dir, args.variants.split(",") if args.variants else None, ids)]
     rows = map_rows(_task, todo, args.workers, args.json, chunksize=1)
     before = json.loads(args.before.read_text()) if args.before else None
     print(table(rows, before))
