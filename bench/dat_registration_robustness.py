@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ids = set(args.studies.read_text().split()) if args.studies else None
     todo = [(*t, not args.standard_only)
             for t in studies(args.robust_dir, args.variants.split(",") if args.variants else None, ids)]
+    if ids is not None and (missing := ids - {t[2] for t in studies(args.robust_dir, None)}):
+        raise SystemExit(f"--studies: {len(missing)} not in {args.robust_dir / 'manifest.csv'}, "
+                         f"e.g. {sorted(missing)[0]}")
     rows = map_rows(_task, todo, args.workers, args.json, chunksize=1)
     before = json.loads(args.before.read_text()) if args.before else None
     print(table(rows, before))

@@ -44,3 +44,10 @@ def test_studies_are_selected_by_id_and_by_variant(robust_dir: Path) -> None:
     both = studies(robust_dir, ["fwhm_18mm"], {"fwhm_18mm_00002", "atrophy_severe_00001"})
     assert [s[2] for s in both] == ["fwhm_18mm_00002"]
     assert studies(robust_dir, None, {"not_in_the_manifest_00009"}) == []
+
+
+def test_an_id_that_is_not_in_the_manifest_stops_the_run(robust_dir: Path) -> None:
+    ids = robust_dir / "ids.txt"
+    ids.write_text("fwhm_18mm_00001\nfwhm_18mm_00099\n")
+    with pytest.raises(SystemExit, match=r"--studies: 1 not in .*manifest.csv, e.g. fwhm_18mm_00099"):
+        _bench().main([str(robust_dir), "--studies", str(ids)])
