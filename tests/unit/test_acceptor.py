@@ -138,6 +138,30 @@ def acceptor_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if isinstance(t, Association | DULServiceProvider)]
 
 
+def describe_threads(threads: list[threading.Thread]) -> str:
+    """Which association and DUL threads are alive, and in which state (for a failure)."""
+    parts = []
+    for t in threads:
+        if isinstance(t, Association):
+            role = "requestor" if t.is_requestor else "acceptor"
+            flags = [f for f in ("is_established", "is_released", "is_aborted", "is_rejected")
+                     if getattr(t, f, False)]
+            parts.append(f"{t.name}: Association ({role}, {', '.join(flags) or 'no flag'}, "
+                         f"paused={getattr(t, '_is_paused', '?')})")
+        else:
+            state = getattr(getattr(t, "state_machine", None), "current_state", "?")
+            parts.append(f"{t.name}: {type(t).__name__} (state {state})")
+    return "; ".join(parts)
+
+
+def wait_for_no_acceptor_threads(timeout_s: float = 10.0) -> None:
+    """Wait until no association or DUL thread is alive; on expiry name the ones left."""
+    try:
+        wait_until(lambda: not acceptor_threads(), timeout_s, "the association threads to end", 0.01)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; still alive: {describe_threads(acceptor_threads())}") from None
+
+
 def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -> None:
     scp, database = node
     assoc = associate(scp)

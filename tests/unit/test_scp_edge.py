@@ -32,7 +32,7 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
-from test_acceptor import RecordingSCP, acceptor_threads, nm_instance
+from test_acceptor import RecordingSCP, nm_instance, wait_for_no_acceptor_threads
 
 from service import metrics
 from service.config import NodeSettings, Settings
@@ -79,7 +79,7 @@ def scp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RecordingSCP
         yield node
     finally:
         node.stop()
-        poll(lambda: not acceptor_threads(), timeout_s=15)  # stop ends every association
+        wait_for_no_acceptor_threads(15)  # stop ends every association
 
 
 def open_assoc(scp: RecordingSCP, called: str = "DOPANODE", bind: str | None = None,
@@ -176,7 +176,7 @@ def test_unknown_sop_class_is_answered_0122_and_leaves_nothing(scp: RecordingSCP
     assert rsp is not None and rsp.Status == 0x0122 and rsp.ErrorComment
     assert send_echo(assoc).Status == 0x0000  # the association still works
     assoc.release()
-    poll(lambda: not acceptor_threads())  # no thread stuck in abort
+    wait_for_no_acceptor_threads()  # no thread stuck in abort
     assert list(scp.spool.tmp_dir.iterdir()) == []
 
 
@@ -191,7 +191,7 @@ def test_undecodable_store_command_gets_a_status(scp: RecordingSCP,
     assert rsp.Status == 0xC000 and rsp.ErrorComment
     assert send_echo(assoc).Status == 0x0000
     assoc.release()
-    poll(lambda: not acceptor_threads())
+    wait_for_no_acceptor_threads()
     assert list(scp.spool.tmp_dir.iterdir()) == []
 
 
@@ -208,7 +208,7 @@ def test_bad_inputs_leak_no_thread_and_no_descriptor(tmp_path: Path, acceptor_ki
 def _leak_round(scp: RecordingSCP) -> None:
     warm = open_assoc(scp)
     warm.release()
-    poll(lambda: not acceptor_threads())
+    wait_for_no_acceptor_threads()
     threads, fds = threading.active_count(), open_fds()
     data, uid = nm_bytes("leak")
     for i in range(40):
@@ -221,8 +221,8 @@ def _leak_round(scp: RecordingSCP) -> None:
             peer.sendall(b"\x07\x00" + (4).to_bytes(4, "big") + bytes([i % 256]) * 4)
         with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
             peer.sendall(os.urandom(106))
-        poll(lambda: not acceptor_threads(), timeout_s=15)  # ARTIM (0.2 s) ends the garbage
-    poll(lambda: not acceptor_threads(), timeout_s=30)
+        wait_for_no_acceptor_threads(15)  # ARTIM (0.2 s) ends the garbage
+    wait_for_no_acceptor_threads(30)
     poll(lambda: threading.active_count() <= threads and open_fds() <= fds, timeout_s=15)
     assert list(scp.spool.tmp_dir.iterdir()) == []
     again = open_assoc(scp)
@@ -287,7 +287,7 @@ def test_connections_over_the_host_slots_are_refused_at_once(tmp_path: Path,
         assert scp._server._connections_from("127.0.0.1") == 5  # the five still hold them
         for peer in peers:
             peer.close()
-        poll(lambda: not acceptor_threads(), timeout_s=30)
+        wait_for_no_acceptor_threads(30)
         assoc = open_assoc(scp)  # the same host gets in again
         assert assoc.is_established
         assoc.release()
@@ -305,7 +305,7 @@ def test_half_open_connection_is_closed_by_the_node(tmp_path: Path, acceptor_kin
                     max_associations_per_host=1)
     try:
         wait_closed(half_open(scp))
-        poll(lambda: not acceptor_threads(), timeout_s=30)
+        wait_for_no_acceptor_threads(30)
         assoc = open_assoc(scp)  # the host's one slot is free again
         assert assoc.is_established
         assoc.release()
@@ -456,6 +456,6 @@ def test_trickled_pdu_is_bounded_by_the_receive_timeout(tmp_path: Path) -> None:
                         closed = True
             assert closed, "the node kept reading a trickled PDU"
             assert time.monotonic() - started < 4
-        poll(lambda: not acceptor_threads())
+        wait_for_no_acceptor_threads()
     finally:
         scp.stop()
