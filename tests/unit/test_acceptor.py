@@ -186,7 +186,7 @@ def test_echo_store_resend_and_release(node: tuple[RecordingSCP, db.Database]) -
         assert dcmread(scp.spool.absolute(relative)).SOPInstanceUID == uid
     assert rows(database, "SELECT state FROM series") == [("complete",)]  # 3 of 3 slices
     assert list(scp.spool.tmp_dir.iterdir()) == []
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
 
 
 def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Database]) -> None:
@@ -194,7 +194,7 @@ def test_abort_by_peer_ends_the_association(node: tuple[RecordingSCP, db.Databas
     assoc = associate(scp)
     assert assoc.send_c_store(nm_instance("series-b", 0)).Status == 0x0000
     assoc.abort()
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(1,)]
     # the server still accepts the next caller
     again = associate(scp)
@@ -208,7 +208,7 @@ def test_idle_association_times_out(node: tuple[RecordingSCP, db.Database]) -> N
     assoc = associate(scp)
     wait_until(lambda: assoc.is_aborted or not assoc.is_established, 10,
                "the association to end", 0.01)
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
 
 
 @pytest.mark.parametrize("version", ["3.1.0", "4.0.0", "2.1.1"])
@@ -283,7 +283,7 @@ def test_declared_pdu_length_allocates_nothing(node: tuple[RecordingSCP, db.Data
     with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as peer:
         peer.sendall(b"\x01\x00" + (1 << 30).to_bytes(4, "big") + b"\x00" * 1000)
         wait_until(acceptor_threads, 10, "the association to read the PDU", 0.01)
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
     assert peak_rss_mb() - before < 256
     again = associate(scp)  # and the node still serves
     assert again.send_c_echo().Status == 0x0000
@@ -352,7 +352,7 @@ def test_no_connection_leak_between_associations(
         assoc = associate(scp)
         assert assoc.send_c_store(nm_instance(f"series-d{i}", 0, slices=1)).Status == 0x0000
         assoc.release()
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
     assert scp._pool.idle.qsize() <= 2
     pooled, fresh = scp._pool.idle.get_nowait(), database.connect()
     try:  # a connection of the node's own adapter (SQLite, or PostgreSQL under the switch)
@@ -444,7 +444,7 @@ def test_concurrent_associations_complete_one_series(
     assert statuses == [0x0000] * 12
     assert rows(database, "SELECT COUNT(*) FROM instances") == [(12,)]
     assert rows(database, "SELECT instance_count, state FROM series") == [(12, "complete")]
-    wait_until(lambda: not acceptor_threads(), 10, "the acceptor threads to end", 0.01)
+    wait_for_no_acceptor_threads()
 
 
 @pytest.mark.parametrize("acceptor_kind", ["event", "pynetdicom"])

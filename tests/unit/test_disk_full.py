@@ -32,7 +32,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from test_acceptor import RecordingSCP, acceptor_threads, nm_instance
+from test_acceptor import RecordingSCP, nm_instance, wait_for_no_acceptor_threads
 from test_store import NOW, receive
 
 from service import metrics
@@ -294,7 +294,7 @@ def test_store_meeting_a_full_disk_is_0xa700_and_leaves_nothing(
         assoc.release()
     finally:
         scp.stop()
-        wait_until(lambda: not acceptor_threads(), 15.0, "associations ended", 0.05)
+        wait_for_no_acceptor_threads(15.0)
 
 
 class _FullAfter:

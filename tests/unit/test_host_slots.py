@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_acceptor import acceptor_threads
+from test_acceptor import wait_for_no_acceptor_threads
 from test_scp_edge import open_assoc, start_scp
 
 from service.testing.polling import wait_until
@@ -63,7 +63,7 @@ def test_slots_are_free_as_soon_as_raw_connections_close(tmp_path: Path,
             assert assoc.is_established, name
             assert assoc.send_c_echo().Status == 0x0000
             assoc.release()
-        wait_until(lambda: not acceptor_threads(), 5.0, "association threads ended", 0.01)
+        wait_for_no_acceptor_threads(5.0)
     finally:
         scp.stop()
 

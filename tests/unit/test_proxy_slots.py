@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from test_acceptor import acceptor_threads
+from test_acceptor import wait_for_no_acceptor_threads
 from test_scp_edge import start_scp
 
 from service.net.bounded_server import REJECT_LOCAL_LIMIT, BoundedServer
@@ -55,4 +55,4 @@ def test_slots_follow_the_proxy_header(tmp_path: Path, acceptor_kind: str) -> No
         for peer in peers:
             peer.close()
         scp.stop()
-        wait_until(lambda: not acceptor_threads(), 15.0, "association threads ended")
+        wait_for_no_acceptor_threads(15.0)
