@@ -139,16 +139,21 @@ def engines() -> dict[str, Engine]:
         if result.checks is not None:
             AFTER_EXTRAS.update({k: v for k, v in vars(result.checks).items() if k != "failure"})
         AFTER_EXTRAS["stage"] = result.stage
-        AFTER_EXTRAS.update(_perturbed_refusals(image, result.transform, models))
+        AFTER_EXTRAS.update(_perturbed_refusals(image, result.transform, models,
+                                                scales=result.scales))
         return result.transform, result.refusal or ""
 
     return {"before": before, "after": after}
 
 
 def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: Any,
-                        template_zyx: np.ndarray | None = None) -> dict[str, bool]:
+                        template_zyx: np.ndarray | None = None,
+                        scales: np.ndarray | None = None) -> dict[str, bool]:
     """Whether the gate refuses each of :data:`PERTURBATIONS` of ``transform``
-    (checked against ``template_zyx``, by default the standard template)."""
+    (checked against ``template_zyx``, by default the standard template).
+
+    ``scales``: the singular values of the engine's kept transform (a rigid move
+    keeps them), which the gate's head-outline allowance reads; default 1."""
     from service.imaging import register
     from service.pipelines.dat_spect.normalise import evaluate
     from service.pipelines.dat_spect.registration_checks import moved
@@ -157,7 +162,8 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
     target = models.template_zyx if template_zyx is None else template_zyx
     for name, (shift, pitch_deg) in PERTURBATIONS.items():
         wrong = moved(transform, (float(np.deg2rad(pitch_deg)), 0.0, 0.0), shift)
-        fit = register.Fit(wrong, "affine", np.ones(3), 1.0, False, ())  # type: ignore[arg-type]
+        size = np.ones(3) if scales is None else np.asarray(scales, float)
+        fit = register.Fit(wrong, "affine", size, 1.0, False, ())  # type: ignore[arg-type]
         out[f"gate_refuses {name}"] = evaluate(image, fit, target,
                                                models.atlas).refusal is not None
     return out

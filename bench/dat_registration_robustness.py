@@ -89,7 +89,7 @@ def register_study(series_dir: Path, variant: str, study_id: str, second_target:
     if result.checks is not None:
         row.update({k: v for k, v in vars(result.checks).items() if k != "failure"})
     row.update(measure(result.transform, posed.scan_points(mni), mni, posed.size))
-    row.update(_perturbed_refusals(image, result.transform, models, template))
+    row.update(_perturbed_refusals(image, result.transform, models, template, result.scales))
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 

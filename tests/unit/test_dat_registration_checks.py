@@ -34,14 +34,14 @@ def _view() -> rc.TemplateView:
     return template_view(load_dat_models().template_zyx, ATLAS)
 
 
-def _fit(similarity_scale: float = 1.0) -> register.Fit:
-    return register.Fit(sitk.AffineTransform(3), "affine", np.ones(3), similarity_scale, False,
-                        ())
+def _fit(similarity_scale: float = 1.0, size: float = 1.0) -> register.Fit:
+    return register.Fit(sitk.AffineTransform(3), "affine", np.full(3, size), similarity_scale,
+                        False, ())
 
 
-def _check(scan_zyx: np.ndarray, similarity_scale: float = 1.0) -> rc.Checks:
+def _check(scan_zyx: np.ndarray, similarity_scale: float = 1.0, size: float = 1.0) -> rc.Checks:
     return rc.run_checks(scan_zyx.astype(np.float32), FOV, _view(), ATLAS,
-                         _fit(similarity_scale))
+                         _fit(similarity_scale, size))
 
 
 def _template() -> np.ndarray:
@@ -89,6 +89,30 @@ def test_outline_dice_allows_the_gap_not_more() -> None:
     assert rc.outline_dice(wider, template, 0)[0] < dice
     much_wider = ndimage.binary_dilation(template, iterations=18)
     assert rc.outline_dice(much_wider, template, gap_voxels)[0] < rc.MIN_HEAD_DICE
+
+
+def test_the_outline_allowance_grows_only_with_a_small_fitted_head() -> None:
+    assert rc.outline_allowance_mm(np.ones(3)) == rc.OUTLINE_GAP_MM
+    assert rc.outline_allowance_mm(np.full(3, 1.1)) == rc.OUTLINE_GAP_MM
+    assert rc.outline_allowance_mm(np.full(3, 0.9)) == pytest.approx(
+        rc.OUTLINE_GAP_MM + rc.BRAIN_RADIUS_MM / 9.0)
+    # the size is the geometric mean of the singular values
+    assert rc.outline_allowance_mm(np.array([0.81, 0.9, 1.0])) == pytest.approx(
+        rc.outline_allowance_mm(np.full(3, 0.9)))
+
+
+def test_a_small_fitted_head_may_lie_further_inside_the_scans_outline() -> None:
+    """The scan's outline 32 mm outside the template's everywhere (face-connected
+    dilation, 16 voxels): refused at the template's size; fitted at 0.85 (an
+    atrophic brain in its younger skull) the allowance reaches 20 mm and it passes."""
+    view = _view()
+    wide = ndimage.binary_dilation(view.head_zyx, iterations=16)
+    scan = np.clip(np.where(wide, 1.0, 0.0) + np.where(view.head_zyx, _template() - 1.0, 0.0),
+                   0.0, None)
+    refused = _check(scan).failure
+    assert refused is not None and refused.startswith("head outline overlap 0.")
+    small = _check(scan, 0.85, size=0.85)
+    assert small.failure is None and small.outline_gap_mm == 20.0
 
 
 def test_an_outline_far_outside_the_template_is_refused_by_the_gate() -> None:

@@ -15,7 +15,8 @@ engine compares it) against the template processed the same way
 2. **head outline**: the scan's head outline overlaps the template's (Dice
    within the scan's field of view, at least :data:`MIN_HEAD_DICE`), the
    template's outline allowed to lie up to :data:`OUTLINE_GAP_MM` inside the
-   scan's (:func:`outline_dice`: the registration fits the brain, and a
+   scan's, more where the fitted head is small (:func:`outline_allowance_mm`;
+   :func:`outline_dice`: the registration fits the brain, and a
    scan's outline lies outside it by more than the template's where the
    brain is atrophic, the scalp hot or the camera blurrier);
 3. **striatal hot spot**: the hottest :data:`HOT_SPOT_ML` of the brain; where
@@ -75,6 +76,14 @@ MIN_HEAD_DICE = 0.80
 #: moves the outline to one side, which a uniform allowance barely helps: the
 #: measured 20 mm shifts were refused as often with 0 as with 10 mm allowed.
 OUTLINE_GAP_MM = 8.0
+#: A brain's mean radius, mm: where the kept transform fits a head smaller than
+#: the template's (size ``s`` < 1), the allowance grows by ``(1/s - 1)`` times
+#: this (:func:`outline_allowance_mm`). The registration fits the brain; the part
+#: of a small fitted size that is atrophy leaves that gap to a skull of the
+#: brain's younger size (a severely atrophic normal registered 1.3 mm from its
+#: true pose measured 0.785 with 8 mm; rule `models/training/rules/
+#: dat28_outline_allowance.md`). At the engine's bound 0.85: 12.4 mm more.
+BRAIN_RADIUS_MM = 70.0
 #: The hot spot: the hottest this many ml of the brain (inside the field of view).
 HOT_SPOT_ML = 8.0
 #: The hot-spot check applies when the hot spot's mean is at least this x the
@@ -149,7 +158,8 @@ class Checks:
     failure : str or None
         ``"<check>, <value>"`` of the first failed check, else None.
     outline_gap_mm : float
-        The allowance used by the best ``head_dice`` (0..OUTLINE_GAP_MM).
+        The allowance used by the best ``head_dice`` (0 up to
+        :func:`outline_allowance_mm` of the fit).
     optimum_gain : float
         Best probe correlation minus ``quality`` (check 5; nan where it was
         not measured because an earlier check failed).
@@ -185,7 +195,7 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
     """
     quality = similarity(processed_zyx, fov_zyx, template, atlas)
     _, striatum_hot, _ = _masks(atlas)
-    gap_voxels = int(round(OUTLINE_GAP_MM / float(atlas.spacing_mm[0])))
+    gap_voxels = int(round(outline_allowance_mm(fitted.scales) / float(atlas.spacing_mm[0])))
     dice, gap = outline_dice(register.head_mask(processed_zyx), template.head_zyx & fov_zyx,
                              gap_voxels)
     hot, contrast = _hot_spot(processed_zyx, atlas.brain_zyx & fov_zyx)
@@ -204,6 +214,14 @@ def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
         failure = below("quality", quality, MIN_QUALITY)
     return Checks(fitted.similarity_scale, dice, contrast, in_striatum, quality, failure,
                   gap * float(atlas.spacing_mm[0]))
+
+
+def outline_allowance_mm(scales: np.ndarray) -> float:
+    """Check 2's allowance, mm: :data:`OUTLINE_GAP_MM`, more where the kept
+    transform's size (the geometric mean of its singular values ``scales``, scan
+    mm per template mm) is below 1 (:data:`BRAIN_RADIUS_MM`)."""
+    size = float(np.prod(np.asarray(scales, float))) ** (1.0 / 3.0)
+    return OUTLINE_GAP_MM + max(0.0, 1.0 / size - 1.0) * BRAIN_RADIUS_MM
 
 
 def below(name: str, value: float, bound: float) -> str:
