@@ -81,7 +81,7 @@ OUTLINE_GAP_MM = 8.0
 #: this (:func:`outline_allowance_mm`). The registration fits the brain; the part
 #: of a small fitted size that is atrophy leaves that gap to a skull of the
 #: brain's younger size (a severely atrophic normal registered 1.3 mm from its
-#: true pose measured 0.785 with 8 mm; rule `models/training/rules/
+#: true pose measured 0.787 with 8 mm; rule `models/training/rules/
 #: dat28_outline_allowance.md`). At the engine's bound 0.85: 12.4 mm more.
 BRAIN_RADIUS_MM = 70.0
 #: The hot spot: the hottest this many ml of the brain (inside the field of view).
