@@ -160,9 +160,9 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
 
     out = {}
     target = models.template_zyx if template_zyx is None else template_zyx
+    size = np.ones(3) if scales is None else np.asarray(scales, float)
     for name, (shift, pitch_deg) in PERTURBATIONS.items():
         wrong = moved(transform, (float(np.deg2rad(pitch_deg)), 0.0, 0.0), shift)
-        size = np.ones(3) if scales is None else np.asarray(scales, float)
         fit = register.Fit(wrong, "affine", size, 1.0, False, ())  # type: ignore[arg-type]
         out[f"gate_refuses {name}"] = evaluate(image, fit, target,
                                                models.atlas).refusal is not None
