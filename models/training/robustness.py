@@ -117,21 +117,8 @@ def side_agrees(cnn: Calls, sbr_values: np.ndarray, sbr: Calls) -> np.ndarray:
         bool)
 
 
-def both_side_agrees(cnn: Calls, sbr_values: np.ndarray, sbr: Calls) -> np.ndarray:
-    """``(N,)`` bool: a putamen both methods point to, one of them only borderline,
-    where the scan's own asymmetry agrees
-    (:func:`~service.pipelines.dat_spect.verdict.both_side`)."""
-    from service.pipelines.dat_spect.verdict import both_side
-
-    return np.array([both_side([int(v) for v in lc], [float(v) for v in values],
-                               [int(v) for v in ls]) is not None
-                     for lc, values, ls in zip(cnn.levels, sbr_values, sbr.levels, strict=True)],
-                    bool)
-
-
 def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = None,
-                  cnn_side_clear: np.ndarray | None = None,
-                  both_side_clear: np.ndarray | None = None) -> Calls:
+                  cnn_side_clear: np.ndarray | None = None) -> Calls:
     """The node's verdict with a CNN: inconclusive where the CNN and the SBR path
     call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`).
 
@@ -140,9 +127,7 @@ def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = N
     and conclusive (the node's ``asymmetry_decides``,
     :func:`~service.pipelines.dat_spect.verdict.one_sided_override`);
     ``cnn_side_clear`` (:func:`side_agrees`): there the CNN's reduced call stands,
-    conclusive (the same option, :func:`~service.pipelines.dat_spect.verdict.cnn_side_override`);
-    ``both_side_clear`` (:func:`both_side_agrees`): there the verdict is reduced and
-    conclusive (:func:`~service.pipelines.dat_spect.verdict.both_side_override`).
+    conclusive (the same option, :func:`~service.pipelines.dat_spect.verdict.cnn_side_override`).
     """
     disagree = np.array([calls_differ(c, s) for c, s in zip(cnn.levels, sbr.levels, strict=True)],
                         bool)
@@ -153,9 +138,6 @@ def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = N
         inconclusive &= ~override
     if cnn_side_clear is not None:
         inconclusive &= ~cnn_side_clear
-    if both_side_clear is not None:
-        reduced |= both_side_clear
-        inconclusive &= ~both_side_clear
     return Calls(reduced, inconclusive, cnn.levels)
 
 
@@ -385,13 +367,11 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
         cnn = cnn_calls(path, x)
         methods[name] = cnn
         methods[f"{name}+verdict"] = verdict_calls(cnn, sbr_path, clear,
-                                                   side_agrees(cnn, sbr, sbr_path),
-                                                   both_side_agrees(cnn, sbr, sbr_path))
+                                                   side_agrees(cnn, sbr, sbr_path))
         methods[f"{name}+verdict-noasym"] = verdict_calls(cnn, sbr_path)
         if sbr_site is not None:
             methods[f"{name}+verdict@site"] = verdict_calls(cnn, sbr_site, clear,
-                                                            side_agrees(cnn, sbr, sbr_site),
-                                                            both_side_agrees(cnn, sbr, sbr_site))
+                                                            side_agrees(cnn, sbr, sbr_site))
     methods["sbr"] = sbr_path
     if sbr_site is not None:
         methods["sbr@site"] = sbr_site

@@ -117,13 +117,7 @@ def test_the_override_leaves_reduced_cnn_calls_and_sbr_verdicts_alone() -> None:
 
 def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     """models.training.robustness.verdict_calls with clear_asymmetry == the node per scan."""
-    from models.training.robustness import (
-        Calls,
-        both_side_agrees,
-        clear_asymmetry,
-        side_agrees,
-        verdict_calls,
-    )
+    from models.training.robustness import Calls, clear_asymmetry, side_agrees, verdict_calls
     from service.pipelines.dat_spect.result import REGIONS, GlobalScore
 
     rng = np.random.default_rng(7)
@@ -136,9 +130,7 @@ def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     cnn, sbr_path = Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels)
     side = side_agrees(cnn, sbr, sbr_path)
     assert 5 < int(side.sum()) < n - 5  # the CNN-side rule applies to some, not all
-    both = both_side_agrees(cnn, sbr, sbr_path)
-    assert 3 < int(both.sum()) < n - 5  # the both-side rule too
-    calls = verdict_calls(cnn, sbr_path, clear_asymmetry(sbr), side, both)
+    calls = verdict_calls(cnn, sbr_path, clear_asymmetry(sbr), side)
     base = example_result(reduced=False, with_cnn=True)
     node = []
     for k in range(n):
@@ -416,53 +408,3 @@ def test_a_strong_one_sided_cnn_call_stands_where_the_asymmetry_points_to_it() -
     assert contradiction(regions, final) == ""
     text, _ = render.headline(replace(result, regions=regions, global_score=final))
     assert text.startswith("REDUCED")
-
-
-def putamen_both_point_to(level_cnn: Level, level_sbr: Level, ratio: float) -> StudyResult:
-    """The right putamen rated ``level_cnn`` by the CNN and ``level_sbr`` by the SBR
-    thresholds, its SBR ``ratio`` x the left's; every other region 0 in both."""
-    from service.pipelines.dat_spect.result import GlobalScore
-
-    base = example_result(reduced=False, with_cnn=True)
-    left = base.region(Region.PUTAMEN_LEFT).sbr
-    regions = tuple(replace(r, level_cnn=level_cnn, level_sbr=level_sbr, sbr=ratio * left)
-                    if r.region is Region.PUTAMEN_RIGHT else r for r in base.regions)
-    reduced = level_cnn >= Level.MODERATE_REDUCTION
-    score = GlobalScore(reduced=reduced, inconclusive=False, rule="CNN rule", method="cnn")
-    return replace(base, regions=regions, global_score=score)
-
-
-@pytest.mark.parametrize(("level_cnn", "level_sbr"), [
-    (Level.BORDERLINE, Level.MODERATE_REDUCTION), (Level.BORDERLINE, Level.STRONG_REDUCTION),
-    (Level.MODERATE_REDUCTION, Level.BORDERLINE)])
-def test_a_putamen_both_methods_point_to_is_reduced(level_cnn: Level, level_sbr: Level) -> None:
-    """One method at 2+, the other borderline (1) on the same putamen, nothing else at 2,
-    the putamen below 0.95 x the other: reduced, conclusive, the table shows the higher
-    level and the picture does not contradict it (rule dat29_both_point_to_one_putamen)."""
-    from service.pipelines.dat_spect.verdict import BOTH_SIDE_METHOD, SIDE_AGREES_RATIO
-
-    result = putamen_both_point_to(level_cnn, level_sbr, 0.84)
-    score = consistent_score(result.regions, result.global_score)
-    assert (score.reduced, score.inconclusive, score.method) == (True, False, BOTH_SIDE_METHOD)
-    assert (f"both methods point to putamen right (CNN level {int(level_cnn)}, SBR level "
-            f"{int(level_sbr)}" in score.rule) and "0.84 x" in score.rule
-    off = consistent_score(result.regions, result.global_score, asymmetry_decides=False)
-    assert off.inconclusive and off.rule.startswith("inconclusive: CNN and SBR thresholds")
-    regions, final = apply_verdict(result.regions, result.global_score)
-    assert final == score
-    right = regions[3]
-    assert right.level == max(level_cnn, level_sbr) and right.level_cnn == level_cnn
-    assert [r.level for r in regions[:3]] == [Level.NORMAL] * 3
-    assert contradiction(regions, final) == ""
-    text, _ = render.headline(replace(result, regions=regions, global_score=final))
-    assert text.startswith("REDUCED")
-    # each premise matters: no asymmetry, both levels below 2 or both at 2+, the other level 0
-    for kept in (putamen_both_point_to(level_cnn, level_sbr, SIDE_AGREES_RATIO),
-                 putamen_both_point_to(level_cnn, level_sbr, 1.1),
-                 putamen_both_point_to(Level.NORMAL, Level.MODERATE_REDUCTION, 0.84)):
-        assert consistent_score(kept.regions, kept.global_score).method == "cnn"
-    other = putamen_both_point_to(level_cnn, level_sbr, 0.84)
-    other = replace(other, regions=tuple(
-        replace(r, level_sbr=Level.MODERATE_REDUCTION) if r.region is Region.CAUDATE_RIGHT
-        else r for r in other.regions))
-    assert consistent_score(other.regions, other.global_score).method == "cnn"

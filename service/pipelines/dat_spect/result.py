@@ -78,8 +78,7 @@ class RegionResult:
     by_asymmetry : bool
         The reported level is the SBR method's although a CNN rated the
         region: a putamen clearly below the asymmetry cut under a normal CNN
-        call, or a putamen both methods point to whose SBR level is the
-        higher (:func:`service.pipelines.dat_spect.verdict.apply_verdict`).
+        call (:func:`service.pipelines.dat_spect.verdict.apply_verdict`).
     """
 
     region: Region
@@ -118,9 +117,7 @@ class GlobalScore:
         overridden by a clear one-sided putamen loss,
         :func:`service.pipelines.dat_spect.verdict.one_sided_override`) or
         ``"cnn+side"`` (a strong one-sided CNN call kept where the putamen
-        ratio points to it, :func:`service.pipelines.dat_spect.verdict.cnn_side_override`)
-        or ``"both+side"`` (both methods point to one putamen, one only
-        borderline, :func:`service.pipelines.dat_spect.verdict.both_side_override`).
+        ratio points to it, :func:`service.pipelines.dat_spect.verdict.cnn_side_override`).
     """
 
     reduced: bool

@@ -50,19 +50,7 @@ The rule here, applied after both have rated a scan:
   CNN's one-sided call where the asymmetry agrees"). The ratio 0.95 was
   chosen on the CNN's validation split only.
 
-* **both methods point to the same putamen, one of them only borderline**
-  (the same option, :func:`both_side_override`): one method rates a putamen
-  2 or worse and the other rates it exactly 1 (borderline), every other
-  region is below 2 in both methods, and that putamen's SBR is below
-  :data:`SIDE_AGREES_RATIO` of the other putamen's: the verdict is
-  *reduced* and conclusive, method ``"both+side"``; its rule names the
-  putamen, both levels and the ratio, and the putamen's reported level is
-  the higher of the two (``by_asymmetry`` where that is the SBR level). The
-  two methods differ by one level on the one region either finds, and the
-  scan's own asymmetry points there too (rule
-  ``models/training/rules/dat29_both_point_to_one_putamen.md``).
-
-Apart from these overrides the binary call itself (``reduced``) is left as the
+Apart from these two overrides the binary call itself (``reduced``) is left as the
 method made it; only the inconclusive flag and the rule text change. A result
 whose methods agree is returned unchanged. A verdict of the SBR path (no CNN)
 on the shipped simulated thresholds says in its rule that it is indicative
@@ -86,8 +74,6 @@ INDICATIVE_RULE = "indicative only: SBR thresholds from the shipped SIMULATED ca
 ASYMMETRY_METHOD = "cnn+asymmetry"
 #: ``GlobalScore.method`` of a strong one-sided CNN call kept by the scan's asymmetry.
 SIDE_METHOD = "cnn+side"
-#: ``GlobalScore.method`` of a one-sided call both methods point to, one only borderline.
-BOTH_SIDE_METHOD = "both+side"
 #: The CNN level from which its one-sided call may stand against the SBR thresholds.
 SIDE_CNN_FROM = Level.STRONG_REDUCTION
 #: The putamen ratio (CNN-rated putamen over the other) below which the scan's own
@@ -211,68 +197,15 @@ def cnn_side_override(regions: Sequence[RegionResult], score: GlobalScore
               f"while the SBR thresholds find no region at level 2. CNN rule: {score.rule}"))
 
 
-def both_side(levels_cnn: Sequence[int], sbr: Sequence[float], levels_sbr: Sequence[int]
-              ) -> tuple[int, float] | None:
-    """The putamen both methods point to, one of them only borderline.
-
-    Arguments in the order of :data:`~service.pipelines.dat_spect.result.REGIONS`.
-    Returns the putamen's index and its SBR ratio to the other putamen where one
-    method rates it 2 or worse and the other exactly 1, every other region is
-    below 2 in both, and the ratio is below :data:`SIDE_AGREES_RATIO`; else None.
-    """
-    for putamen, other in ((2, 3), (3, 2)):
-        low, high = sorted((int(levels_cnn[putamen]), int(levels_sbr[putamen])))
-        if low != Level.BORDERLINE or high < REDUCED_FROM or sbr[other] <= 0:
-            continue
-        if any(max(levels_cnn[k], levels_sbr[k]) >= REDUCED_FROM
-               for k in range(len(REGIONS)) if k != putamen):
-            continue
-        ratio = sbr[putamen] / sbr[other]
-        if ratio < SIDE_AGREES_RATIO:
-            return putamen, ratio
-    return None
-
-
-def _both_side_of(regions: Sequence[RegionResult]) -> tuple[RegionResult, float] | None:
-    """:func:`both_side` of the regions: the putamen and its ratio, or None."""
-    by_region = {r.region: r for r in regions}
-    if set(by_region) != set(REGIONS) or any(r.level_cnn is None for r in regions):
-        return None
-    found = both_side([int(by_region[g].level_cnn or 0) for g in REGIONS],
-                      [by_region[g].sbr for g in REGIONS],
-                      [int(by_region[g].level_sbr) for g in REGIONS])
-    return None if found is None else (by_region[REGIONS[found[0]]], found[1])
-
-
-def both_side_override(regions: Sequence[RegionResult], score: GlobalScore
-                       ) -> GlobalScore | None:
-    """The *reduced* verdict of a putamen both methods point to, one of them only
-    borderline, where the putamen ratio agrees, or None (module docstring)."""
-    if score.method != "cnn":
-        return None
-    found = _both_side_of(regions)
-    if found is None:
-        return None
-    putamen, ratio = found
-    return GlobalScore(
-        reduced=True, inconclusive=False, method=BOTH_SIDE_METHOD,
-        rule=(f"reduced: both methods point to {_name(putamen)} (CNN level "
-              f"{int(putamen.level_cnn or 0)}, SBR level {int(putamen.level_sbr)}; one of them "
-              f"only borderline) and to no other region, and its SBR is {ratio:.2f} x the "
-              f"other putamen's (below {SIDE_AGREES_RATIO:.2f}). CNN rule: {score.rule}"))
-
-
 def consistent_score(regions: Sequence[RegionResult], score: GlobalScore,
                      asymmetry_decides: bool = True) -> GlobalScore:
     """``score`` made inconclusive, with the reason first in its rule, where it
     contradicts the regional table (rule in the module docstring); with
     ``asymmetry_decides`` a normal CNN call above a clear one-sided putamen
-    loss becomes *reduced* (:func:`one_sided_override`), a strong one-sided
-    CNN call the putamen ratio points to stays *reduced* (:func:`cnn_side_override`)
-    and a putamen both methods point to is *reduced* (:func:`both_side_override`)."""
+    loss becomes *reduced* (:func:`one_sided_override`) and a strong one-sided
+    CNN call the putamen ratio points to stays *reduced* (:func:`cnn_side_override`)."""
     if asymmetry_decides:
-        override = (one_sided_override(regions, score) or cnn_side_override(regions, score)
-                    or both_side_override(regions, score))
+        override = one_sided_override(regions, score) or cnn_side_override(regions, score)
         if override is not None:
             return override
     reasons = []
@@ -299,15 +232,8 @@ def apply_verdict(regions: Sequence[RegionResult], score: GlobalScore,
                   ) -> tuple[tuple[RegionResult, ...], GlobalScore]:
     """The regions and :func:`consistent_score`; where the one-sided override
     decided, the overridden putamina report their SBR level (``by_asymmetry``),
-    so the table's reported level shows what the verdict rests on; where both
-    methods point to one putamen (``both+side``), it reports the higher level."""
+    so the table's reported level shows what the verdict rests on."""
     final = consistent_score(regions, score, asymmetry_decides)
-    if final.method == BOTH_SIDE_METHOD:
-        found = _both_side_of(regions)
-        putamen = None if found is None else found[0]
-        return tuple(replace(r, by_asymmetry=True)
-                     if putamen is not None and r is putamen and r.level_sbr > (r.level_cnn or 0)
-                     else r for r in regions), final
     if final.method != ASYMMETRY_METHOD:
         return tuple(regions), final
     clear = clearly_one_sided({r.region: r.sbr for r in regions})
@@ -329,8 +255,6 @@ def contradiction(regions: Sequence[RegionResult], score: GlobalScore) -> str:
         return ""  # the SBR column shows the putamen at level 2+, the rule says why
     if score.method == SIDE_METHOD and score.reduced and _cnn_side_of(regions):
         return ""  # the reported (CNN) level is 3+, the rule says why the SBR column is not
-    if score.method == BOTH_SIDE_METHOD and score.reduced and _both_side_of(regions):
-        return ""  # the reported level is the higher one (2+), the rule names both
     if methods_call_differently(regions):
         return "CNN and SBR disagree"
     levels = [max(r.level, r.level_sbr) for r in regions]
