@@ -273,8 +273,8 @@ def _manifest_rows(bench_dir: Path) -> dict[str, dict[str, str]]:
         return {row["study_id"]: row for row in csv.DictReader(f)}
 
 
-def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1
-                      ) -> dict[str, Any]:
+def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
+                      cv_max: float | None = None) -> dict[str, Any]:
     """Per variant, the SBR thresholds a site with that camera builds from its normals.
 
     ``normals_dir``: ``dopanode benchmark robustness OUT --normals`` (one folder per
@@ -282,11 +282,14 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1
     ``work_dir/normals`` by the pipeline. The rule is the shipped one
     (:func:`service.pipelines.dat_spect.labelling.label_dataset`) with one mixture
     component, as for a dataset of normals: ``t01 = mu - 1.5 s``, ``t12 = mu - 2 s``
-    with ``s`` the normals' SD capped at 15 % of ``mu``. Returns variant name ->
+    with ``s`` the normals' SD capped at ``cv_max`` x ``mu`` (default
+    :data:`~service.pipelines.dat_spect.levels.NORMAL_CV_MAX`, 15 %; README,
+    "Calibrate your camera", for what the cap trades). Returns variant name ->
     :class:`~service.pipelines.dat_spect.levels.Calibration`.
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.labelling import label_dataset
+    from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
     from service.sim.robustness import NORMALS_SUFFIX
 
     cached = cache_studies(read_manifest(normals_dir), work_dir / "normals", workers)
@@ -295,8 +298,9 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1
         with np.load(work_dir / "normals" / "cache" / f"{s.study_id}.npz") as npz:
             row = dict(zip(REGIONS, (float(v) for v in npz["sbr"]), strict=True))
         by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(row)
+    cap = NORMAL_CV_MAX if cv_max is None else cv_max
     return {name: label_dataset(f"{name} normals", rows, np.random.default_rng(0),
-                                max_components=1, min_components=1).calibration()
+                                max_components=1, min_components=1, cv_max=cap).calibration()
             for name, rows in by_variant.items()}
 
 
@@ -314,13 +318,15 @@ def one_sided_truth(truth: np.ndarray) -> np.ndarray:
 
 def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
                     workers: int = 1, normals_dir: Path | None = None,
-                    splits: Mapping[str, str] | None = None) -> dict[str, Any]:
+                    splits: Mapping[str, str] | None = None,
+                    site_cv_max: float | None = None) -> dict[str, Any]:
     """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
 
     ``models``: display name -> ONNX file. With ``normals_dir`` (the variants'
     site-calibration normals, :func:`site_calibrations`) the SBR path and each
     verdict are scored a second time with each variant's own thresholds
-    (methods ``sbr@site`` and ``<model>+verdict@site``). With ``splits`` (study
+    (methods ``sbr@site`` and ``<model>+verdict@site``; ``site_cv_max``: their
+    SD cap, :func:`site_calibrations`). With ``splits`` (study
     id -> split of a training's ``index.csv``, :func:`models.training.data.read_splits`)
     only that training's held-out studies (:data:`HELD_OUT_SPLITS`) are rated and
     the table's rows are the splits instead of the sites: how a model choice on
@@ -357,7 +363,7 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     sites = np.array([s.site for s in cached])
     sbr_site = None
     if normals_dir is not None:
-        own = site_calibrations(normals_dir, work_dir, workers)
+        own = site_calibrations(normals_dir, work_dir, workers, site_cv_max)
         missing_normals = sorted(set(sites) - set(own))
         if missing_normals:
             raise ValueError(f"no site-calibration normals for {', '.join(missing_normals)}")

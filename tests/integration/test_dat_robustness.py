@@ -109,6 +109,10 @@ def test_site_thresholds_come_from_each_cameras_normals(bench: Path) -> None:
     for name, c in own.items():
         t01, t12_, t23, t34 = c.putamen.values
         assert t01 > t12_ > t23 > t34 > 0, name
+    # the SD cap (`--site-cv-max`) reaches the thresholds: a 1 % cap puts t12 at 0.98 mu
+    tight = site_calibrations(bench.parent / "normals", bench.parent / "work", cv_max=0.01)
+    for name in CHEAP:
+        assert tight[name].putamen.values[1] > own[name].putamen.values[1], name
 
 
 def test_a_trainings_held_out_splits_are_tabulated_by_split(bench: Path, rated: dict) -> None:

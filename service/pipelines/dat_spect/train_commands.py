@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the variants' normals ('dopanode benchmark robustness NORMALS "
                         "--normals'): also score the SBR path and the verdicts with each "
                         "variant's own thresholds built from them (a calibrated site)")
+    p.add_argument("--site-cv-max", type=float, default=None, metavar="CV",
+                   help="with --site-normals: cap on the normals' SD as a fraction of their "
+                        "mean, as 'dopanode label --normal-cv-max' (default: the shipped cap)")
     p.add_argument("--splits", type=Path, default=None, metavar="INDEX_CSV",
                    help="a training's index.csv: rate only its validation and test studies, "
                         "one row per split (the node's verdict on a model's own held-out scans)")
@@ -216,7 +219,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     robustness = _training("robustness")
     splits = None if args.splits is None else _training("data").read_splits(args.splits)
     result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
-                                        args.workers, args.site_normals, splits)
+                                        args.workers, args.site_normals, splits,
+                                        site_cv_max=args.site_cv_max)
     print(result["markdown"])
     print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
     cases = result.pop("cases")
