@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 from service.pipelines.dat_spect.protocol import series_family
 from service.pipelines.dat_spect.result import REGIONS
 from service.pipelines.dat_spect.verdict import calls_differ
@@ -274,7 +275,7 @@ def _manifest_rows(bench_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
-                      cv_max: float | None = None) -> dict[str, Any]:
+                      cv_max: float = NORMAL_CV_MAX) -> dict[str, Any]:
     """Per variant, the SBR thresholds a site with that camera builds from its normals.
 
     ``normals_dir``: ``dopanode benchmark robustness OUT --normals`` (one folder per
@@ -282,14 +283,13 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
     ``work_dir/normals`` by the pipeline. The rule is the shipped one
     (:func:`service.pipelines.dat_spect.labelling.label_dataset`) with one mixture
     component, as for a dataset of normals: ``t01 = mu - 1.5 s``, ``t12 = mu - 2 s``
-    with ``s`` the normals' SD capped at ``cv_max`` x ``mu`` (default
+    with ``s`` the normals' SD capped at ``cv_max`` x ``mu`` (by default
     :data:`~service.pipelines.dat_spect.levels.NORMAL_CV_MAX`, 15 %; README,
     "Calibrate your camera", for what the cap trades). Returns variant name ->
     :class:`~service.pipelines.dat_spect.levels.Calibration`.
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.labelling import label_dataset
-    from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
     from service.sim.robustness import NORMALS_SUFFIX
 
     cached = cache_studies(read_manifest(normals_dir), work_dir / "normals", workers)
@@ -298,9 +298,8 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
         with np.load(work_dir / "normals" / "cache" / f"{s.study_id}.npz") as npz:
             row = dict(zip(REGIONS, (float(v) for v in npz["sbr"]), strict=True))
         by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(row)
-    cap = NORMAL_CV_MAX if cv_max is None else cv_max
     return {name: label_dataset(f"{name} normals", rows, np.random.default_rng(0),
-                                max_components=1, min_components=1, cv_max=cap).calibration()
+                                max_components=1, min_components=1, cv_max=cv_max).calibration()
             for name, rows in by_variant.items()}
 
 
@@ -319,7 +318,7 @@ def one_sided_truth(truth: np.ndarray) -> np.ndarray:
 def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
                     workers: int = 1, normals_dir: Path | None = None,
                     splits: Mapping[str, str] | None = None,
-                    site_cv_max: float | None = None) -> dict[str, Any]:
+                    site_cv_max: float = NORMAL_CV_MAX) -> dict[str, Any]:
     """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
 
     ``models``: display name -> ONNX file. With ``normals_dir`` (the variants'

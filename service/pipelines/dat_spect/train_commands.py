@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from service.paths import default_models_dir
+from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 from service.pipelines.dat_spect.plugin import MODEL_FILE
 
 TORCH_MISSING = "torch is not installed: the training commands need pip install -e '.[sim]'"
@@ -85,9 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the variants' normals ('dopanode benchmark robustness NORMALS "
                         "--normals'): also score the SBR path and the verdicts with each "
                         "variant's own thresholds built from them (a calibrated site)")
-    p.add_argument("--site-cv-max", type=float, default=None, metavar="CV",
+    p.add_argument("--site-cv-max", type=float, default=NORMAL_CV_MAX, metavar="CV",
                    help="with --site-normals: cap on the normals' SD as a fraction of their "
-                        "mean, as 'dopanode label --normal-cv-max' (default: the shipped cap)")
+                        "mean, as 'dopanode label --normal-cv-max' (default %(default)s)")
     p.add_argument("--splits", type=Path, default=None, metavar="INDEX_CSV",
                    help="a training's index.csv: rate only its validation and test studies, "
                         "one row per split (the node's verdict on a model's own held-out scans)")
