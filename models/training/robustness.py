@@ -274,33 +274,66 @@ def _manifest_rows(bench_dir: Path) -> dict[str, dict[str, str]]:
         return {row["study_id"]: row for row in csv.DictReader(f)}
 
 
+#: How :func:`site_calibrations` builds a variant's thresholds from its normals.
+SITE_RULES = ("mixture", "scaled")
+
+
 def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
-                      cv_max: float = NORMAL_CV_MAX) -> dict[str, Any]:
+                      cv_max: float = NORMAL_CV_MAX, rule: str = "mixture") -> dict[str, Any]:
     """Per variant, the SBR thresholds a site with that camera builds from its normals.
 
     ``normals_dir``: ``dopanode benchmark robustness OUT --normals`` (one folder per
     variant, :func:`service.sim.robustness.normals_variant`), measured into
-    ``work_dir/normals`` by the pipeline. The rule is the shipped one
-    (:func:`service.pipelines.dat_spect.labelling.label_dataset`) with one mixture
+    ``work_dir/normals`` by the pipeline. ``rule`` ``"mixture"``: the shipped labelling
+    rule (:func:`service.pipelines.dat_spect.labelling.label_dataset`) with one mixture
     component, as for a dataset of normals: ``t01 = mu - 1.5 s``, ``t12 = mu - 2 s``
     with ``s`` the normals' SD capped at ``cv_max`` x ``mu`` (by default
     :data:`~service.pipelines.dat_spect.levels.NORMAL_CV_MAX`, 15 %; README,
-    "Calibrate your camera", for what the cap trades). Returns variant name ->
-    :class:`~service.pipelines.dat_spect.levels.Calibration`.
+    "Calibrate your camera", for what the cap trades). ``"scaled"``: the shipped
+    thresholds of the normals' correction family times their recovery factors
+    (:mod:`models.training.cross_calibration`, candidate V, not adopted; ``cv_max`` unused).
+    Returns variant name -> :class:`~service.pipelines.dat_spect.levels.Calibration`.
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.labelling import label_dataset
     from service.sim.robustness import NORMALS_SUFFIX
 
+    if rule not in SITE_RULES:
+        raise ValueError(f"site rule {rule!r}: one of {', '.join(SITE_RULES)}")
     cached = cache_studies(read_manifest(normals_dir), work_dir / "normals", workers)
-    by_variant: dict[str, list[dict[Any, float]]] = {}
+    by_variant: dict[str, list[tuple[dict[Any, float], float | None, Any]]] = {}
     for s in cached:
         with np.load(work_dir / "normals" / "cache" / f"{s.study_id}.npz") as npz:
             row = dict(zip(REGIONS, (float(v) for v in npz["sbr"]), strict=True))
-        by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(row)
-    return {name: label_dataset(f"{name} normals", rows, np.random.default_rng(0),
-                                max_components=1, min_components=1, cv_max=cv_max).calibration()
-            for name, rows in by_variant.items()}
+            age = float(npz["age"])
+        family = series_family(s.series_dir) if rule == "scaled" else None
+        by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(
+            (row, None if np.isnan(age) else age, family))
+    if rule == "scaled":
+        return {name: _scaled_site(name, measured) for name, measured in by_variant.items()}
+    return {name: label_dataset(f"{name} normals", [m[0] for m in measured],
+                                np.random.default_rng(0), max_components=1, min_components=1,
+                                cv_max=cv_max).calibration()
+            for name, measured in by_variant.items()}
+
+
+def _scaled_site(name: str, measured: Sequence[tuple[dict[Any, float], float | None, Any]]
+                 ) -> Any:
+    """The cross-calibration of one variant from its measured normals (one family)."""
+    from models.training.cross_calibration import recovery_factors, scaled_calibration
+    from service.pipelines.dat_spect.assets import load_dat_models
+
+    families = {m[2] for m in measured}
+    if len(families) != 1:
+        raise ValueError(f"{name} normals span correction families "
+                         f"{sorted(f.name for f in families)}")
+    family = families.pop()
+    models = load_dat_models()
+    assert models.calibration is not None and models.normals is not None
+    factors = recovery_factors([m[0] for m in measured], [m[1] for m in measured],
+                               models.normals.select(family))
+    return scaled_calibration(models.calibration.select(family), factors,
+                              f"{name}: {len(measured)} normal scans")
 
 
 #: The splits of a training's index that ``splits`` tabulates (the training split is left out).
@@ -318,14 +351,15 @@ def one_sided_truth(truth: np.ndarray) -> np.ndarray:
 def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
                     workers: int = 1, normals_dir: Path | None = None,
                     splits: Mapping[str, str] | None = None,
-                    site_cv_max: float = NORMAL_CV_MAX) -> dict[str, Any]:
+                    site_cv_max: float = NORMAL_CV_MAX, site_rule: str = "mixture"
+                    ) -> dict[str, Any]:
     """Measure ``bench_dir`` into ``work_dir/cache`` (pipeline) and tabulate every method.
 
     ``models``: display name -> ONNX file. With ``normals_dir`` (the variants'
     site-calibration normals, :func:`site_calibrations`) the SBR path and each
     verdict are scored a second time with each variant's own thresholds
     (methods ``sbr@site`` and ``<model>+verdict@site``; ``site_cv_max``: their
-    SD cap, :func:`site_calibrations`). With ``splits`` (study
+    SD cap; ``site_rule``: how they are built, :func:`site_calibrations`). With ``splits`` (study
     id -> split of a training's ``index.csv``, :func:`models.training.data.read_splits`)
     only that training's held-out studies (:data:`HELD_OUT_SPLITS`) are rated and
     the table's rows are the splits instead of the sites: how a model choice on
@@ -337,6 +371,7 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     """
     from models.training.data import cache_studies, read_manifest
     from service.pipelines.dat_spect.assets import load_dat_models
+    from service.sim.robustness import NORMALS_SUFFIX
 
     studies = read_manifest(bench_dir)
     if splits is not None:
@@ -359,10 +394,11 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     families = [series_family(s.series_dir) for s in cached]
     sbr_path = sbr_calls(sbr, calibration, families)
     clear = clear_asymmetry(sbr)  # the node's default asymmetry_decides
-    sites = np.array([s.site for s in cached])
+    # a set of site-calibration normals rated as test scans uses its variant's thresholds
+    sites = np.array([s.site.removesuffix(NORMALS_SUFFIX) for s in cached])
     sbr_site = None
     if normals_dir is not None:
-        own = site_calibrations(normals_dir, work_dir, workers, site_cv_max)
+        own = site_calibrations(normals_dir, work_dir, workers, site_cv_max, site_rule)
         missing_normals = sorted(set(sites) - set(own))
         if missing_normals:
             raise ValueError(f"no site-calibration normals for {', '.join(missing_normals)}")

@@ -113,6 +113,13 @@ def test_site_thresholds_come_from_each_cameras_normals(bench: Path) -> None:
     tight = site_calibrations(bench.parent / "normals", bench.parent / "work", cv_max=0.01)
     for name in CHEAP:
         assert tight[name].putamen.values[1] > own[name].putamen.values[1], name
+    # cross-calibration (`--site-rule scaled`) reads each variant's measured normals and
+    # their family, and refuses a factor from fewer normals than it needs
+    from models.training.cross_calibration import MIN_NORMALS
+
+    assert N_NORMALS < MIN_NORMALS
+    with pytest.raises(ValueError, match=f"{N_NORMALS} normal scans; .* at least {MIN_NORMALS}"):
+        site_calibrations(bench.parent / "normals", bench.parent / "work", rule="scaled")
 
 
 def test_a_trainings_held_out_splits_are_tabulated_by_split(bench: Path, rated: dict) -> None:

@@ -89,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--site-cv-max", type=float, default=NORMAL_CV_MAX, metavar="CV",
                    help="with --site-normals: cap on the normals' SD as a fraction of their "
                         "mean, as 'dopanode label --normal-cv-max' (default %(default)s)")
+    p.add_argument("--site-rule", choices=("mixture", "scaled"), default="mixture",
+                   help="with --site-normals: 'mixture' fits thresholds to the normals (as "
+                        "'dopanode label --max-components 1'); 'scaled' multiplies the shipped "
+                        "thresholds by the normals' recovery factors (measured, not adopted: "
+                        "models/training/rules/dat30_site_scaled_shipped.md)")
     p.add_argument("--splits", type=Path, default=None, metavar="INDEX_CSV",
                    help="a training's index.csv: rate only its validation and test studies, "
                         "one row per split (the node's verdict on a model's own held-out scans)")
@@ -221,7 +226,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     splits = None if args.splits is None else _training("data").read_splits(args.splits)
     result = robustness.evaluate_folder(args.bench, args.work, _named_models(args.model),
                                         args.workers, args.site_normals, splits,
-                                        site_cv_max=args.site_cv_max)
+                                        site_cv_max=args.site_cv_max,
+                                        site_rule=args.site_rule)
     print(result["markdown"])
     print(f"studies not measured: {result['n_failed']} (see {args.work / 'failures.csv'})")
     cases = result.pop("cases")
