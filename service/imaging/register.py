@@ -118,6 +118,10 @@ class Fit:
         outside the range and the similarity was refitted at the nearest bound.
     warnings : tuple of str
         Patient-free notes on stages that were replaced.
+    rejected_affine : SimpleITK.AffineTransform or None
+        The affine fit that left the bounds and was replaced (None when it
+        was kept or did not run), for a caller that bounds it
+        (:func:`bounded_affine`).
     """
 
     transform: sitk.AffineTransform
@@ -126,6 +130,7 @@ class Fit:
     similarity_scale: float
     scale_clipped: bool
     warnings: tuple[str, ...]
+    rejected_affine: sitk.AffineTransform | None = None
 
 
 def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
@@ -155,6 +160,7 @@ def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
     rigid = _optimise(fixed, fixed_mask, moving, start, settings, affine=False)
     kept, stage, sim_scale, clipped_scale = as_affine(rigid), "rigid", 1.0, False
     warnings: list[str] = []
+    rejected: sitk.AffineTransform | None = None
     if settings.similarity:
         sim = _similarity(fixed, fixed_mask, moving, rigid, settings)
         sim_scale = float(sim.GetScale())
@@ -175,9 +181,30 @@ def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
         if _plausible(scales, settings):
             kept, stage = affine, "affine"
         else:
+            rejected = affine
             warnings.append(f"affine scaling {scales.min():.2f}-{scales.max():.2f} "
                             f"implausible: {stage} registration used")
-    return Fit(kept, stage, singular_values(kept), sim_scale, clipped_scale, tuple(warnings))
+    return Fit(kept, stage, singular_values(kept), sim_scale, clipped_scale, tuple(warnings),
+               rejected)
+
+
+def bounded_affine(affine: sitk.AffineTransform, settings: Settings = Settings()
+                   ) -> sitk.AffineTransform:
+    """``affine`` with its singular values brought inside the bounds.
+
+    Clipped to :attr:`Settings.scale_range`, then to within the square root
+    of :attr:`Settings.max_anisotropy` of their geometric mean either way;
+    the rotations (the SVD's U and V), the centre and the translation are kept.
+    """
+    u, values, vt = np.linalg.svd(np.asarray(affine.GetMatrix()).reshape(3, 3))
+    lo, hi = settings.scale_range
+    values = np.clip(values, lo, hi)
+    mean = float(np.exp(np.log(values).mean()))
+    spread = float(np.sqrt(settings.max_anisotropy))
+    values = np.clip(values, mean / spread, mean * spread)
+    out = as_affine(affine)
+    out.SetMatrix((u @ np.diag(values) @ vt).ravel().tolist())
+    return out
 
 
 def _similarity(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image,

@@ -10,6 +10,7 @@ a margin.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -21,7 +22,13 @@ from service.imaging import register
 from service.imaging.atlas import load_atlas
 from service.pipelines.dat_spect import registration_checks as checks_module
 from service.pipelines.dat_spect.assets import load_dat_models
-from service.pipelines.dat_spect.normalise import evaluate, normalise, register_scan
+from service.pipelines.dat_spect.normalise import (
+    blur_estimate_mm,
+    evaluate,
+    normalise,
+    register_scan,
+    small_head_affine,
+)
 from service.sim.pose import PosedScan, simulate_posed
 from service.testing.dat_phantom import (
     make_phantom,
@@ -163,3 +170,69 @@ def test_a_head_whose_hot_spot_is_not_the_striatum_is_refused() -> None:
     result = register_scan(image, models.template_zyx, ATLAS)
     assert result.refusal is not None, result.checks
     assert result.refusal.startswith("normalisation failed: ")
+
+
+def _template_scan(fwhm_mm: float) -> sitk.Image:
+    """The shipped template as a scan on the atlas grid, blurred by ``fwhm_mm``."""
+    template = load_dat_models().template_zyx.astype(np.float32)
+    image = ATLAS.reference_image(template)
+    if fwhm_mm > 0:
+        image = sitk.SmoothingRecursiveGaussian(image, fwhm_mm / (2 * np.sqrt(2 * np.log(2))))
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+@pytest.mark.parametrize("fwhm_mm", [0.0, 8.0, 20.0])
+def test_the_blur_estimate_finds_the_blur_added_to_the_template(fwhm_mm: float) -> None:
+    estimate = blur_estimate_mm(_template_scan(fwhm_mm), sitk.AffineTransform(3),
+                                load_dat_models().template_zyx, ATLAS)
+    assert abs(estimate - fwhm_mm) <= 4.0, estimate
+
+
+def _rigid_fallback(similarity_scale: float) -> register.Fit:
+    """A rigid fallback whose rejected affine is rotated 10 degrees and scaled 0.80, 0.90, 0.95."""
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.0, 0.0, float(np.deg2rad(10.0)))
+    turn = np.asarray(rotation.GetMatrix()).reshape(3, 3)
+    rejected = sitk.AffineTransform(3)
+    rejected.SetMatrix((turn @ np.diag([0.80, 0.90, 0.95])).ravel().tolist())
+    rejected.SetTranslation((1.0, -2.0, 3.0))
+    return register.Fit(sitk.AffineTransform(3), "rigid", np.ones(3), similarity_scale, False,
+                        ("affine scaling 0.80-0.95 implausible: rigid registration used",),
+                        rejected)
+
+
+def test_a_bounded_affine_keeps_its_rotation_and_shift_inside_the_bounds() -> None:
+    rejected = _rigid_fallback(0.88).rejected_affine
+    assert rejected is not None
+    bounded = register.bounded_affine(rejected)
+    scales = register.singular_values(bounded)
+    lo, hi = register.HEAD_SCALE_RANGE
+    assert scales.min() >= lo - 1e-9 and scales.max() <= hi + 1e-9
+    assert scales.max() <= register.MAX_ANISOTROPY * scales.min() + 1e-9
+    np.testing.assert_allclose(sorted(scales), [0.85, 0.90, 0.95], atol=1e-9)
+    u, _, vt = np.linalg.svd(np.asarray(bounded.GetMatrix()).reshape(3, 3))
+    u0, _, vt0 = np.linalg.svd(np.asarray(rejected.GetMatrix()).reshape(3, 3))
+    np.testing.assert_allclose(np.abs(u @ vt), np.abs(u0 @ vt0), atol=1e-9)  # the same turn
+    assert bounded.GetTranslation() == rejected.GetTranslation()
+    # an anisotropic fit is brought to within sqrt(1.15) of its geometric mean either way
+    stretched = sitk.AffineTransform(3)
+    stretched.SetMatrix(np.diag([0.86, 1.0, 1.14]).ravel().tolist())
+    values = register.singular_values(register.bounded_affine(stretched))
+    assert values.max() / values.min() == pytest.approx(register.MAX_ANISOTROPY)
+
+
+def test_a_small_sharp_head_keeps_its_affine_bounded_a_blurry_or_large_one_the_rigid_fit() -> None:
+    """The rigid fallback's mean size is wrong for a small head (atrophy), but a blurry
+    scan looks small to the engine: only a sharp scan's small head keeps its affine."""
+    template = load_dat_models().template_zyx
+    sharp, blurry = _template_scan(0.0), _template_scan(20.0)
+    kept = small_head_affine(sharp, _rigid_fallback(0.88), template, ATLAS)
+    assert kept.stage == "affine"
+    np.testing.assert_allclose(sorted(kept.scales), [0.85, 0.90, 0.95], atol=1e-9)
+    assert "bounded to 0.85-0.95 used instead of the rigid one" in kept.warnings[-1]
+    assert not any(w.endswith("rigid registration used") for w in kept.warnings)
+    for scan, scale in ((blurry, 0.88), (sharp, 1.04), (sharp, 0.80)):
+        fit = _rigid_fallback(scale)
+        assert small_head_affine(scan, fit, template, ATLAS) is fit, (scale,)
+    affine = replace(_rigid_fallback(0.88), stage="affine")
+    assert small_head_affine(sharp, affine, template, ATLAS) is affine

@@ -79,7 +79,9 @@ MASK_MARGIN_MM = 8.0
 #: without attenuation correction); the similarity measures the head size
 #: for the gate. An affine outside the bounds falls back to the rigid result,
 #: the mean head size (falling back to the similarity held at its bound was
-#: worse: it was 1.13-1.16 on the scans without attenuation correction).
+#: worse: it was 1.13-1.16 on the scans without attenuation correction), except
+#: for a small sharp head, which keeps that affine bounded
+#: (:data:`SMALL_HEAD_BLUR_MAX_MM`).
 SETTINGS = register.Settings(
     rigid_iterations=40, affine_iterations=40, shrink=(2, 1), sigmas_mm=(0.0, 0.0),
     affine_shrink=(1,), affine_sigmas_mm=(0.0,), affine_step=0.25, sampling_fraction=0.5,
@@ -92,6 +94,22 @@ SETTINGS = register.Settings(
 #: the no-AC template too, whose accepted result is kept: on the benchmark's
 #: weak no-AC fits it was 0.4-1.3 mm closer to the true pose (8 studies).
 WEAK_QUALITY = 0.55
+#: A rigid fallback (the affine left the bounds) is replaced by that affine,
+#: bounded (:func:`service.imaging.register.bounded_affine`), when the
+#: similarity's free scale is below 1 (and inside the engine's bounds) and the
+#: scan's blur estimate (:func:`blur_estimate_mm`) is at most this: a small
+#: sharp head, e.g. a severely atrophic one, is fitted near its size rather
+#: than at the mean (the rigid fallback's size error on such heads: 10-15 %),
+#: while a blurry scan, which looks small to the engine (the 18 mm camera:
+#: similarity 7-12 % small, blur 16-28 mm), keeps the rigid fit. Rule and
+#: measurement: ``models/training/rules/dat30_bounded_affine_small_sharp_head.md``.
+SMALL_HEAD_BLUR_MAX_MM = 12.0
+#: Extra Gaussian blurs (FWHM, mm) of the template that the blur estimate tries.
+BLUR_GRID_MM = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)
+#: The blur estimate compares the striatum dilated by this, mm.
+BLUR_BOX_MARGIN_MM = 8.0
+STRIATAL_REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
+
 #: :attr:`Normalisation.target` of the shipped (CT-AC) template and of the no-AC one.
 STANDARD_TARGET = "standard"
 NOAC_TARGET = "no_ac"
@@ -273,7 +291,68 @@ def register_scan(moving: sitk.Image, template_zyx: np.ndarray, atlas: Atlas) ->
         raise AnalysisError(
             "normalisation failed: optimiser error", "normalisation_failed"
         ) from exc
-    return evaluate(moving, fitted, template_zyx, atlas)
+    return evaluate(moving, small_head_affine(moving, fitted, template_zyx, atlas),
+                    template_zyx, atlas)
+
+
+def small_head_affine(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
+                      atlas: Atlas) -> register.Fit:
+    """``fitted``, or its rejected affine bounded where a rigid fallback meets a small
+    sharp head (:data:`SMALL_HEAD_BLUR_MAX_MM`)."""
+    rejected = fitted.rejected_affine
+    lo, _ = SETTINGS.scale_range
+    if fitted.stage != "rigid" or rejected is None or not lo <= fitted.similarity_scale < 1.0:
+        return fitted
+    blur = blur_estimate_mm(moving, fitted.transform, template_zyx, atlas)
+    if blur > SMALL_HEAD_BLUR_MAX_MM:
+        return fitted
+    bounded = register.bounded_affine(rejected, SETTINGS)
+    scales = register.singular_values(bounded)
+    note = (f"small head x{fitted.similarity_scale:.2f}, blur about {blur:.0f} mm: the affine "
+            f"bounded to {scales.min():.2f}-{scales.max():.2f} used instead of the rigid one")
+    kept = tuple(w for w in fitted.warnings if not w.endswith("rigid registration used"))
+    return replace(fitted, transform=bounded, stage="affine", scales=scales,
+                   warnings=(*kept, note))
+
+
+def blur_estimate_mm(moving: sitk.Image, transform: sitk.Transform, template_zyx: np.ndarray,
+                     atlas: Atlas) -> float:
+    """How much blurrier than the template the scan is, about: FWHM in mm.
+
+    The scan is resampled onto the atlas grid through ``transform``; the
+    result is the extra Gaussian blur of :data:`BLUR_GRID_MM` that makes the
+    template correlate best with it inside the AAL striatum dilated by
+    :data:`BLUR_BOX_MARGIN_MM` (the striatum is the only sharp structure of
+    an FP-CIT scan, so its width is the scan's resolution).
+    """
+    volume = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), atlas.reference_image(),
+                           transform, sitk.sitkLinear, 0.0)
+    template = np.ascontiguousarray(template_zyx, np.float32)
+    references, box = _blurred_striatum(template.tobytes(), template.shape, atlas)
+    scan = sitk.GetArrayViewFromImage(volume)[box].astype(np.float64)
+    scores = [_correlation(scan, reference) for reference in references]
+    return BLUR_GRID_MM[int(np.argmax(scores))]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / norm if norm > 0 else -1.0
+
+
+@lru_cache(maxsize=2)
+def _blurred_striatum(template_bytes: bytes, shape: tuple[int, int, int], atlas: Atlas
+                      ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The template blurred by each of :data:`BLUR_GRID_MM`, inside the box (and the box)."""
+    template = np.frombuffer(template_bytes, np.float32).reshape(shape).astype(np.float64)
+    striatum = np.any([atlas.mask(name) for name in STRIATAL_REGIONS], axis=0)
+    grow = max(1, int(round(BLUR_BOX_MARGIN_MM / float(atlas.spacing_mm[0]))))
+    box = ndimage.binary_dilation(striatum, iterations=grow)
+    fwhm_per_sigma = 2.0 * np.sqrt(2.0 * np.log(2.0))
+    blurred = tuple(
+        (ndimage.gaussian_filter(template, fwhm / fwhm_per_sigma / float(atlas.spacing_mm[0]))
+         if fwhm > 0 else template)[box] for fwhm in BLUR_GRID_MM)
+    return blurred, box
 
 
 def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
