@@ -32,7 +32,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -301,36 +301,43 @@ def site_calibrations(normals_dir: Path, work_dir: Path, workers: int = 1,
     if rule not in SITE_RULES:
         raise ValueError(f"site rule {rule!r}: one of {', '.join(SITE_RULES)}")
     cached = cache_studies(read_manifest(normals_dir), work_dir / "normals", workers)
-    by_variant: dict[str, list[tuple[dict[Any, float], float | None, Any]]] = {}
+    by_variant: dict[str, list[_Normal]] = {}
     for s in cached:
         with np.load(work_dir / "normals" / "cache" / f"{s.study_id}.npz") as npz:
             row = dict(zip(REGIONS, (float(v) for v in npz["sbr"]), strict=True))
             age = float(npz["age"])
         family = series_family(s.series_dir) if rule == "scaled" else None
         by_variant.setdefault(s.site.removesuffix(NORMALS_SUFFIX), []).append(
-            (row, None if np.isnan(age) else age, family))
+            _Normal(row, None if np.isnan(age) else age, family))
     if rule == "scaled":
         return {name: _scaled_site(name, measured) for name, measured in by_variant.items()}
-    return {name: label_dataset(f"{name} normals", [m[0] for m in measured],
+    return {name: label_dataset(f"{name} normals", [m.sbr for m in measured],
                                 np.random.default_rng(0), max_components=1, min_components=1,
                                 cv_max=cv_max).calibration()
             for name, measured in by_variant.items()}
 
 
-def _scaled_site(name: str, measured: Sequence[tuple[dict[Any, float], float | None, Any]]
-                 ) -> Any:
+class _Normal(NamedTuple):
+    """One measured site-calibration normal: its SBRs, age (None: unknown), family."""
+
+    sbr: dict[Any, float]
+    age: float | None
+    family: Any
+
+
+def _scaled_site(name: str, measured: Sequence[_Normal]) -> Any:
     """The cross-calibration of one variant from its measured normals (one family)."""
     from models.training.cross_calibration import recovery_factors, scaled_calibration
     from service.pipelines.dat_spect.assets import load_dat_models
 
-    families = {m[2] for m in measured}
+    families = {m.family for m in measured}
     if len(families) != 1:
         raise ValueError(f"{name} normals span correction families "
                          f"{sorted(f.name for f in families)}")
     family = families.pop()
     models = load_dat_models()
     assert models.calibration is not None and models.normals is not None
-    factors = recovery_factors([m[0] for m in measured], [m[1] for m in measured],
+    factors = recovery_factors([m.sbr for m in measured], [m.age for m in measured],
                                models.normals.select(family))
     return scaled_calibration(models.calibration.select(family), factors,
                               f"{name}: {len(measured)} normal scans")

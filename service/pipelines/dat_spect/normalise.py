@@ -41,12 +41,14 @@ from service.pipelines.dat_spect.registration_checks import (
     Checks,
     TemplateView,
     below,
+    correlation,
     moved,
     probe_moves,
     run_checks,
     similarity,
     with_optimum,
 )
+from service.pipelines.dat_spect.result import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,6 @@ SMALL_HEAD_BLUR_MAX_MM = 12.0
 BLUR_GRID_MM = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)
 #: The blur estimate compares the striatum dilated by this, mm.
 BLUR_BOX_MARGIN_MM = 8.0
-STRIATAL_REGIONS = ("caudate_left", "caudate_right", "putamen_left", "putamen_right")
 
 #: :attr:`Normalisation.target` of the shipped (CT-AC) template and of the no-AC one.
 STANDARD_TARGET = "standard"
@@ -330,14 +331,8 @@ def blur_estimate_mm(moving: sitk.Image, transform: sitk.Transform, template_zyx
     template = np.ascontiguousarray(template_zyx, np.float32)
     references, box = _blurred_striatum(template.tobytes(), template.shape, atlas)
     scan = sitk.GetArrayViewFromImage(volume)[box].astype(np.float64)
-    scores = [_correlation(scan, reference) for reference in references]
+    scores = [correlation(scan, reference) for reference in references]
     return BLUR_GRID_MM[int(np.argmax(scores))]
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum()) / norm if norm > 0 else -1.0
 
 
 @lru_cache(maxsize=2)
@@ -345,7 +340,7 @@ def _blurred_striatum(template_bytes: bytes, shape: tuple[int, int, int], atlas:
                       ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """The template blurred by each of :data:`BLUR_GRID_MM`, inside the box (and the box)."""
     template = np.frombuffer(template_bytes, np.float32).reshape(shape).astype(np.float64)
-    striatum = np.any([atlas.mask(name) for name in STRIATAL_REGIONS], axis=0)
+    striatum = np.any([atlas.mask(region.value) for region in REGIONS], axis=0)
     grow = max(1, int(round(BLUR_BOX_MARGIN_MM / float(atlas.spacing_mm[0]))))
     box = ndimage.binary_dilation(striatum, iterations=grow)
     fwhm_per_sigma = 2.0 * np.sqrt(2.0 * np.log(2.0))

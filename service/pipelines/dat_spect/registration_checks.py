@@ -293,10 +293,12 @@ def outline_dice(scan_head_zyx: np.ndarray, template_head_zyx: np.ndarray,
     return best, best_gap
 
 
-def correlation(a_zyx: np.ndarray, b_zyx: np.ndarray, mask_zyx: np.ndarray) -> float:
-    """Pearson correlation of two arrays inside ``mask_zyx`` (0 if either is flat)."""
-    a = a_zyx[mask_zyx].astype(np.float64)
-    b = b_zyx[mask_zyx].astype(np.float64)
+def correlation(a_zyx: np.ndarray, b_zyx: np.ndarray, mask_zyx: np.ndarray | None = None
+                ) -> float:
+    """Pearson correlation of two arrays inside ``mask_zyx`` (all of them when None;
+    0 if either is flat)."""
+    a = (a_zyx if mask_zyx is None else a_zyx[mask_zyx]).astype(np.float64)
+    b = (b_zyx if mask_zyx is None else b_zyx[mask_zyx]).astype(np.float64)
     a -= a.mean() if a.size else 0.0
     b -= b.mean() if b.size else 0.0
     denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
