@@ -25,11 +25,11 @@ from service.imaging.atlas import LABELS, load_atlas
 from service.pipelines.dat_spect.cnn import REGIONAL_RULE
 from service.pipelines.dat_spect.levels import GLOBAL_RULE
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
+from service.pipelines.dat_spect.quantify import ratios
 from service.pipelines.dat_spect.result import (
     AlgorithmInfo,
     GlobalScore,
     Level,
-    Ratios,
     Region,
     RegionResult,
     ReportImages,
@@ -88,18 +88,6 @@ def example_images(sbr: dict[Region, float], seed: int = 3) -> ReportImages:
     )
 
 
-def _ratios(sbr: dict[Region, float]) -> Ratios:
-    def asym(left: float, right: float) -> float:
-        return 100.0 * abs(left - right) / ((left + right) / 2.0)
-
-    return Ratios(
-        putamen_caudate_left=sbr[Region.PUTAMEN_LEFT] / sbr[Region.CAUDATE_LEFT],
-        putamen_caudate_right=sbr[Region.PUTAMEN_RIGHT] / sbr[Region.CAUDATE_RIGHT],
-        asymmetry_caudate_pct=asym(sbr[Region.CAUDATE_LEFT], sbr[Region.CAUDATE_RIGHT]),
-        asymmetry_putamen_pct=asym(sbr[Region.PUTAMEN_LEFT], sbr[Region.PUTAMEN_RIGHT]),
-    )
-
-
 def example_result(reduced: bool = True, with_cnn: bool = True) -> StudyResult:
     """A complete, internally consistent synthetic :class:`StudyResult`.
 
@@ -148,7 +136,7 @@ def example_result(reduced: bool = True, with_cnn: bool = True) -> StudyResult:
             rule=REGIONAL_RULE if with_cnn else GLOBAL_RULE,  # the node's own rule texts
             method="cnn" if with_cnn else "sbr",
         ),
-        ratios=_ratios(sbr_by_region),
+        ratios=ratios(sbr_by_region),
         reference_region="occipital cortex",
         registration_quality=0.93,
         algorithm=AlgorithmInfo(
