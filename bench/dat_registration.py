@@ -148,9 +148,11 @@ def engines() -> dict[str, Engine]:
 
 def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: Any,
                         template_zyx: np.ndarray | None = None,
-                        scales: np.ndarray | None = None) -> dict[str, bool]:
+                        scales: np.ndarray | None = None) -> dict[str, bool | str]:
     """Whether the gate refuses each of :data:`PERTURBATIONS` of ``transform``
-    (checked against ``template_zyx``, by default the standard template).
+    (``gate_refuses <name>``) and the reason (``gate_reason <name>``), checked
+    against ``template_zyx``, by default the standard template. Each is judged
+    as an affine fit, the stage whose check 5 is the most lenient.
 
     ``scales``: the singular values of the engine's kept transform (a rigid move
     keeps them), which the gate's head-outline allowance reads; default 1."""
@@ -158,14 +160,15 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
     from service.pipelines.dat_spect.normalise import evaluate
     from service.pipelines.dat_spect.registration_checks import moved
 
-    out = {}
+    out: dict[str, bool | str] = {}
     target = models.template_zyx if template_zyx is None else template_zyx
     size = np.ones(3) if scales is None else np.asarray(scales, float)
     for name, (shift, pitch_deg) in PERTURBATIONS.items():
         wrong = moved(transform, (float(np.deg2rad(pitch_deg)), 0.0, 0.0), shift)
         fit = register.Fit(wrong, "affine", size, 1.0, False, ())  # type: ignore[arg-type]
-        out[f"gate_refuses {name}"] = evaluate(image, fit, target,
-                                               models.atlas).refusal is not None
+        refusal = evaluate(image, fit, target, models.atlas).refusal
+        out[f"gate_refuses {name}"] = refusal is not None
+        out[f"gate_reason {name}"] = (refusal or "").removeprefix("normalisation failed: ")
     return out
 
 
