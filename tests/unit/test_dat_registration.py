@@ -139,66 +139,6 @@ def test_the_optimum_check_refuses_only_a_better_probe_and_keeps_an_earlier_fail
     assert checks_module.with_optimum(earlier, 0.9).failure == earlier.failure
 
 
-def test_an_affine_fit_with_a_small_gain_is_asked_a_second_probe() -> None:
-    """Check 5 of an affine fit: a best probe at most AFFINE_CLEAR_GAIN better is refused
-    only when the probe twice as far is better too (or not measurable); a rigid fit and a
-    larger gain are judged as before."""
-    base = checks_module.Checks(1.0, 0.9, 2.5, 0.9, 0.6, None)
-    small = 0.6 + 0.02
-    assert checks_module.asks_far_probe("affine", 0.02)
-    assert not checks_module.asks_far_probe("rigid", 0.02)
-    assert not checks_module.asks_far_probe("similarity", 0.02)
-    assert not checks_module.asks_far_probe("affine", checks_module.AFFINE_CLEAR_GAIN + 0.001)
-    assert not checks_module.asks_far_probe("affine", checks_module.MAX_OPTIMUM_GAIN)
-    bump = checks_module.with_optimum(base, small, 0.6 - 0.05)  # worse further out: a local bump
-    assert bump.failure is None and bump.optimum_far_gain == pytest.approx(-0.05)
-    rising = checks_module.with_optimum(base, small, 0.6 + 0.03)  # still rising: an optimum further away
-    assert rising.failure is not None and rising.failure.startswith("not at the optimum")
-    assert "0.02 and 0.03 better" in rising.failure
-    unknown = checks_module.with_optimum(base, small, float("nan"))
-    assert unknown.failure is not None
-    plain = checks_module.with_optimum(base, small)  # no second probe asked: as before
-    assert plain.failure is not None and np.isnan(plain.optimum_far_gain)
-
-
-@pytest.mark.parametrize("far_gain, refused", [(-0.05, False), (0.02, True)])
-def test_evaluate_asks_the_probe_twice_as_far_in_the_best_probe_s_direction(
-        monkeypatch: pytest.MonkeyPatch, far_gain: float, refused: bool) -> None:
-    """The gate's wiring of the second probe: an affine fit whose third probe is 0.02 better
-    is judged by the probe twice as far in that direction (scripted correlations)."""
-    from service.pipelines.dat_spect import normalise as normalise_module
-
-    posed = _posed("broad_64_4mm")
-    models = load_dat_models()
-    good = register_scan(posed.image, models.template_zyx, ATLAS)
-    assert good.checks is not None and good.refusal is None
-    quality = good.checks.quality
-    rotation, shift = checks_module.probe_moves()[2]
-    calls: list[sitk.Transform] = []
-
-    def scripted(moving, ones, probe, view, atlas):  # type: ignore[no-untyped-def]
-        calls.append(probe)
-        if len(calls) == 3:
-            return quality + 0.02
-        return quality + far_gain if len(calls) == 13 else quality - 0.1
-
-    monkeypatch.setattr(normalise_module, "_probe_quality", scripted)
-    fit = register.Fit(good.transform, "affine", good.scales, 1.0, False, ())  # type: ignore[arg-type]
-    result = evaluate(posed.image, fit, models.template_zyx, ATLAS)
-    assert len(calls) == 13
-    far = checks_module.moved(good.transform, tuple(2 * r for r in rotation),  # type: ignore[arg-type]
-                              tuple(2 * v for v in shift))  # type: ignore[arg-type]
-    point = (10.0, 20.0, 30.0)
-    assert np.allclose(calls[12].TransformPoint(point), far.TransformPoint(point))
-    assert (result.refusal is not None) == refused
-    assert result.checks is not None
-    assert result.checks.optimum_far_gain == pytest.approx(far_gain, abs=1e-6)
-    rigid = register.Fit(good.transform, "rigid", good.scales, 1.0, False, ())  # type: ignore[arg-type]
-    calls.clear()
-    assert evaluate(posed.image, rigid, models.template_zyx, ATLAS).refusal is not None
-    assert len(calls) == 12  # a rigid fit is not asked the second probe
-
-
 def _grid_image(array_zyx: np.ndarray) -> sitk.Image:
     image = sitk.GetImageFromArray(array_zyx.astype(np.float32))
     image.SetSpacing((4.0, 4.0, 4.0))

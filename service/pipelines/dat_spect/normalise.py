@@ -40,7 +40,6 @@ from service.imaging.atlas import Atlas
 from service.pipelines.dat_spect.registration_checks import (
     Checks,
     TemplateView,
-    asks_far_probe,
     below,
     correlation,
     moved,
@@ -381,13 +380,8 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
     checks = run_checks(processed_zyx, sitk.GetArrayFromImage(fov) > 0, fixed.view, atlas,
                         fitted)
     if checks.failure is None:
-        best, (rotation, shift) = _best_probe(moving, ones, fitted.transform, fixed.view, atlas)
-        far = None
-        if asks_far_probe(fitted.stage, best - checks.quality):
-            far = _probe_quality(moving, ones, moved(
-                fitted.transform, (2 * rotation[0], 2 * rotation[1], 2 * rotation[2]),
-                (2 * shift[0], 2 * shift[1], 2 * shift[2])), fixed.view, atlas)
-        checks = with_optimum(checks, best, far)
+        checks = with_optimum(checks, _best_probe_quality(moving, ones, fitted.transform,
+                                                          fixed.view, atlas))
     quality = checks.quality
     log.info("normalised", extra={"fields": {
         "quality": round(quality, 3), "scales": np.round(fitted.scales, 3).tolist(),
@@ -400,28 +394,20 @@ def evaluate(moving: sitk.Image, fitted: register.Fit, template_zyx: np.ndarray,
                          fitted.stage, fitted.warnings)
 
 
-def _best_probe(moving: sitk.Image, ones: sitk.Image, transform: sitk.Transform,
-                view: TemplateView, atlas: Atlas
-                ) -> tuple[float, tuple[tuple[float, float, float], tuple[float, float, float]]]:
-    """The best check-4 correlation at the probes of check 5 around ``transform``, and
-    that probe's move (``ones``: the scan's grid filled with 1, for its field of view)."""
-    best: tuple[float, tuple[tuple[float, float, float], tuple[float, float, float]]] = (
-        -1.0, ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))
-    for rotation, shift in probe_moves():
-        value = _probe_quality(moving, ones, moved(transform, rotation, shift), view, atlas)
-        if value > best[0]:  # a NaN correlation (no overlap) never wins
-            best = (value, (rotation, shift))
-    return best
-
-
-def _probe_quality(moving: sitk.Image, ones: sitk.Image, probe: sitk.Transform,
-                   view: TemplateView, atlas: Atlas) -> float:
-    """Check 4's correlation of the scan resampled through ``probe``."""
+def _best_probe_quality(moving: sitk.Image, ones: sitk.Image, transform: sitk.Transform,
+                        view: TemplateView, atlas: Atlas) -> float:
+    """The best check-4 correlation at the probes of check 5 around ``transform``
+    (``ones``: the scan's grid filled with 1, for its field of view)."""
     reference = atlas.reference_image()
-    volume = sitk.Resample(moving, reference, probe, sitk.sitkLinear, 0.0)
-    fov = sitk.Resample(ones, reference, probe, sitk.sitkNearestNeighbor, 0.0)
-    processed = sitk.GetArrayFromImage(_process(volume, CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
-    return similarity(processed, sitk.GetArrayFromImage(fov) > 0, view, atlas)
+    best = -1.0
+    for rotation, shift in probe_moves():
+        probe = moved(transform, rotation, shift)
+        volume = sitk.Resample(moving, reference, probe, sitk.sitkLinear, 0.0)
+        fov = sitk.Resample(ones, reference, probe, sitk.sitkNearestNeighbor, 0.0)
+        processed = sitk.GetArrayFromImage(
+            _process(volume, CHECK_FWHM_MM, CHECK_CLIP_X_HEAD_MEDIAN))
+        best = max(best, similarity(processed, sitk.GetArrayFromImage(fov) > 0, view, atlas))
+    return best
 
 
 def template_view(template_zyx: np.ndarray, atlas: Atlas) -> TemplateView:

@@ -38,14 +38,7 @@ engine compares it) against the template processed the same way
    than :data:`MAX_OPTIMUM_GAIN`, the registration is not at the optimum
    (:func:`with_optimum`). This test does not depend on how well the scan
    resembles the template, so the floor of check 4 can stay a floor against
-   noise and wrong anatomy. An *affine* fit whose best probe gains no more
-   than :data:`AFFINE_CLEAR_GAIN` is asked a second probe, twice as far in
-   the same direction: only if that one correlates better than the fit too
-   (the similarity still rising, an optimum further away) is it refused; if
-   it is worse, the better probe is a local bump near a correct fit (since
-   December 2026, ``models/training/rules/dat31_check5_second_probe.md``: the
-   affine fits check 5 refused were correct registrations, 2-4.3 mm off,
-   while a deliberate 30-degree pitch rises on to the far probe).
+   noise and wrong anatomy.
 
 The first failed check is the refusal, ``<check>, <value>``, patient-free.
 Thresholds are measured by ``bench/dat_registration.py`` and
@@ -125,9 +118,6 @@ PROBE_SHIFT_MM = 8.0
 PROBE_TURN_DEG = 8.0
 #: Most a probe may correlate better than the registration (check 5).
 MAX_OPTIMUM_GAIN = 0.01
-#: An affine fit whose best probe gains more than this is refused without the
-#: second probe (deliberate 10 mm shifts gain 0.042 or more, 15 degree pitches 0.074).
-AFFINE_CLEAR_GAIN = 0.03
 #: Centre of the probes' turns, MNI LPS mm (about the middle of the head).
 PROBE_CENTRE_LPS_MM = (0.0, 18.0, 18.0)
 
@@ -173,9 +163,6 @@ class Checks:
     optimum_gain : float
         Best probe correlation minus ``quality`` (check 5; nan where it was
         not measured because an earlier check failed).
-    optimum_far_gain : float
-        The second probe's (twice as far as the best one) correlation minus
-        ``quality``; nan where it was not asked (:func:`asks_far_probe`).
     """
 
     head_size: float
@@ -186,7 +173,6 @@ class Checks:
     failure: str | None
     outline_gap_mm: float = 0.0
     optimum_gain: float = float("nan")
-    optimum_far_gain: float = float("nan")
 
 
 def run_checks(processed_zyx: np.ndarray, fov_zyx: np.ndarray,
@@ -277,29 +263,14 @@ def probe_moves() -> list[tuple[tuple[float, float, float], tuple[float, float, 
     return moves
 
 
-def asks_far_probe(stage: str, gain: float) -> bool:
-    """Whether check 5 asks the second probe: an affine fit whose best probe gains more
-    than :data:`MAX_OPTIMUM_GAIN` but no more than :data:`AFFINE_CLEAR_GAIN`."""
-    return stage == "affine" and MAX_OPTIMUM_GAIN < gain <= AFFINE_CLEAR_GAIN
-
-
-def with_optimum(checks: Checks, best_probe_quality: float,
-                 far_probe_quality: float | None = None) -> Checks:
-    """Check 5 on checks that passed 1-4: refused when a probe correlates better by more
-    than :data:`MAX_OPTIMUM_GAIN`, unless the second probe was asked
-    (``far_probe_quality``, :func:`asks_far_probe`) and correlates no better than the fit."""
+def with_optimum(checks: Checks, best_probe_quality: float) -> Checks:
+    """Check 5 on checks that passed 1-4: refused when a probe correlates better."""
     gain = best_probe_quality - checks.quality
-    far_gain = float("nan") if far_probe_quality is None else far_probe_quality - checks.quality
     failure = checks.failure
     if failure is None and gain > MAX_OPTIMUM_GAIN:
-        if far_probe_quality is None:
-            failure = (f"not at the optimum: a pose {PROBE_SHIFT_MM:.0f} mm or "
-                       f"{PROBE_TURN_DEG:.0f} degrees away correlates {gain:.2f} better")
-        elif not far_gain <= 0:  # better, or not measurable (NaN): refused
-            failure = (f"not at the optimum: poses {PROBE_SHIFT_MM:.0f} and "
-                       f"{2 * PROBE_SHIFT_MM:.0f} mm (or degrees) away correlate {gain:.2f} and "
-                       f"{far_gain:.2f} better")
-    return replace(checks, failure=failure, optimum_gain=gain, optimum_far_gain=far_gain)
+        failure = (f"not at the optimum: a pose {PROBE_SHIFT_MM:.0f} mm or "
+                   f"{PROBE_TURN_DEG:.0f} degrees away correlates {gain:.2f} better")
+    return replace(checks, failure=failure, optimum_gain=gain)
 
 
 def outline_dice(scan_head_zyx: np.ndarray, template_head_zyx: np.ndarray,
