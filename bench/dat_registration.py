@@ -151,8 +151,8 @@ def _perturbed_refusals(image: sitk.Image, transform: sitk.Transform, models: An
                         scales: np.ndarray | None = None) -> dict[str, bool | str]:
     """Whether the gate refuses each of :data:`PERTURBATIONS` of ``transform``
     (``gate_refuses <name>``) and the reason (``gate_reason <name>``), checked
-    against ``template_zyx``, by default the standard template. Each is judged
-    as an affine fit, the stage whose check 5 is the most lenient.
+    against ``template_zyx``, by default the standard template; each is judged
+    as an affine fit.
 
     ``scales``: the singular values of the engine's kept transform (a rigid move
     keeps them), which the gate's head-outline allowance reads; default 1."""
