@@ -182,10 +182,16 @@ def fit(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
             kept, stage = affine, "affine"
         else:
             rejected = affine
-            warnings.append(f"affine scaling {scales.min():.2f}-{scales.max():.2f} "
-                            f"implausible: {stage} registration used")
+            warnings.append(fallback_warning(scales, stage))
     return Fit(kept, stage, singular_values(kept), sim_scale, clipped_scale, tuple(warnings),
                rejected)
+
+
+def fallback_warning(scales: np.ndarray, stage: str) -> str:
+    """The warning of :func:`fit` when an affine of singular values ``scales`` left the
+    bounds and ``stage``'s result was kept instead."""
+    return (f"affine scaling {scales.min():.2f}-{scales.max():.2f} implausible: "
+            f"{stage} registration used")
 
 
 def bounded_affine(affine: sitk.AffineTransform, settings: Settings = Settings()

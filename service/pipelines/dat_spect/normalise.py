@@ -311,7 +311,8 @@ def small_head_affine(moving: sitk.Image, fitted: register.Fit, template_zyx: np
     scales = register.singular_values(bounded)
     note = (f"small head x{fitted.similarity_scale:.2f}, blur about {blur:.0f} mm: the affine "
             f"bounded to {scales.min():.2f}-{scales.max():.2f} used instead of the rigid one")
-    kept = tuple(w for w in fitted.warnings if not w.endswith("rigid registration used"))
+    replaced = register.fallback_warning(register.singular_values(rejected), fitted.stage)
+    kept = tuple(w for w in fitted.warnings if w != replaced)
     return replace(fitted, transform=bounded, stage="affine", scales=scales,
                    warnings=(*kept, note))
 
