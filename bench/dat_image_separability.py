@@ -1,0 +1,99 @@
+"""What the simulated image itself holds: one-sided putamen losses against normals per variant.
+
+Issue 10 asks that a one-sided putamen loss be called reduced and a normal
+normal on every camera profile of the robustness set. The set draws a
+one-sided loss by what the *noise-free* image shows (the lost putamen at
+45-58 % of the other, ``putamen_ratio_image`` of the manifest); the written
+scan is a noisy reconstruction. This tool reads only the manifests (no node
+run): per variant, the lower putamen ratio the phantom's own putamen ROIs
+measure on the noisy reconstruction (``roi_sbr_putamen_*``: the true
+anatomy at the true pose, no registration, no VOI error) for the normals and
+for the one-sided losses, and the fewest errors one cut of it makes. Where
+even that ratio puts a one-sided loss above a normal, no analysis that
+reads the putamen's mean can call both right; the CNN may still see the
+loss in the shape.
+
+Usage::
+
+    PYTHONPATH=$PWD .venv/bin/python bench/dat_image_separability.py BENCH [BENCH ...]
+
+``BENCH``: folders of ``dopanode benchmark robustness`` (one-sided and normal
+cases) and of ``--normals`` (site-calibration normals, counted as normals of
+their variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.dat_putamen_ratio_pose import fewest_errors, lower_ratio, studies  # noqa: E402
+from service.sim.robustness import NORMALS_SUFFIX  # noqa: E402
+
+
+def ratios_by_variant(rows: Iterable[dict[str, str]]
+                      ) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {"normal": [...], "one_sided": [...], "noise_free": [...]}}``: the
+    phantom ROIs' lower putamen ratio on the written scan (normals, one-sided losses)
+    and the noise-free image's ratio of the one-sided losses."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        variant = row["site"].removesuffix(NORMALS_SUFFIX)
+        cell = out.setdefault(variant, {"normal": [], "one_sided": [], "noise_free": []})
+        ratio = lower_ratio(float(row["roi_sbr_putamen_left"]),
+                            float(row["roi_sbr_putamen_right"]))
+        if row["case"] == "normal":
+            cell["normal"].append(ratio)
+        else:
+            cell["one_sided"].append(ratio)
+            if row.get("putamen_ratio_image"):
+                cell["noise_free"].append(float(row["putamen_ratio_image"]))
+    return out
+
+
+def table(by_variant: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: per variant the normals' lowest ratio, the one-sided losses' highest
+    (noisy and noise-free) and the fewest errors of one cut; then all variants summed."""
+    lines = ["| variant | normals | one-sided | normals' lowest | one-sided highest | "
+             "one-sided highest, noise-free | fewest errors of one cut (cut) |",
+             "|---|---|---|---|---|---|---|"]
+    total_n = total_o = total_e = 0
+    for variant in sorted(by_variant):
+        cell = by_variant[variant]
+        normal, one = np.array(cell["normal"]), np.array(cell["one_sided"])
+        errors, cut = fewest_errors(normal, one)
+        free = max(cell["noise_free"]) if cell["noise_free"] else float("nan")
+        lines.append(f"| {variant} | {normal.size} | {one.size} | {_low(normal)} | "
+                     f"{_high(one)} | {free:.3f} | {errors} ({cut:.3f}) |")
+        total_n, total_o, total_e = total_n + normal.size, total_o + one.size, total_e + errors
+    lines.append(f"| all (per-variant cuts) | {total_n} | {total_o} | | | | {total_e} |")
+    return "\n".join(lines)
+
+
+def _low(a: np.ndarray) -> str:
+    return f"{float(np.nanmin(a)):.3f}" if a.size else "-"
+
+
+def _high(a: np.ndarray) -> str:
+    return f"{float(np.nanmax(a)):.3f}" if a.size else "-"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bench", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    rows = list({row["study_id"]: row for bench in args.bench
+                 for row in studies(bench)}.values())  # a study in two folders counts once
+    print(f"{len(rows)} normal and one-sided studies of {len(args.bench)} folders\n")
+    print(table(ratios_by_variant(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
