@@ -7,10 +7,10 @@ linear estimator of each putamen's SBR learnt on training scans
 (``models/training/rules/dat32_learned_putamen_estimator.md`` fixes it):
 
 * features: the node's CNN crop (cached by ``dopanode robustness SET --work
-  WORK``) in a box around the AAL left putamen grown by :data:`MARGIN`
-  voxels, averaged over 2 x 2 x 2 voxels; the right putamen's box is the
-  mirror image through the atlas midline, read mirrored, so both sides share
-  one set of weights;
+  WORK``) in a box around the AAL left putamen, averaged over 2 x 2 x 2
+  voxels; the right putamen's box is the mirror image through the atlas
+  midline, read mirrored, so both sides share one set of weights (the node's
+  own code, :mod:`service.pipelines.dat_spect.putamen_estimator`);
 * target: the image's putamen mean (the phantom's own ROIs, manifest
   ``roi_sbr_putamen_*``) split between the sides as the true binding
   (``true_br_putamen_*``) is: what the image would show if its putamina
@@ -49,57 +49,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.dat_putamen_ratio_pose import fewest_errors, lower_ratio, studies  # noqa: E402
 from service.imaging.atlas import Atlas, load_atlas  # noqa: E402
+from service.pipelines.dat_spect.putamen_estimator import (  # noqa: E402
+    BOX_ATLAS_ZYX,
+    POOL,
+    Box,
+    side_features,
+)
+from service.pipelines.dat_spect.putamen_estimator import (  # noqa: E402
+    putamen_box as node_putamen_box,
+)
 
-#: The left putamen's box on the atlas grid, ``[z, y, x]`` start and stop indices: the AAL
-#: left putamen's bounding box (z 31-43, y 52-73, x 49-62) grown by 4 voxels (6 at the
-#: anterior end, y; 3 at the top, z, cut to an even size); the rule fixed these numbers.
-BOX_ATLAS_ZYX = ((27, 48, 45), (47, 80, 67))
 #: Ridge penalty (chosen on the training folder alone, by group cross-validation).
 ALPHA = 1000.0
-POOL = 2
-
-
-@dataclass(frozen=True)
-class Box:
-    """The left putamen's box in crop indices ``[z, y, x]`` and the crop's x of the midline."""
-
-    start: tuple[int, int, int]
-    stop: tuple[int, int, int]
-    mirror_x: int  # crop x index i of the left box maps to mirror_x - i on the right
 
 
 def putamen_box(atlas: Atlas | None = None) -> Box:
-    """:data:`BOX_ATLAS_ZYX` in the CNN crop's indices, and the crop's mirror of x."""
+    """The node's putamen box (:func:`~service.pipelines.dat_spect.putamen_estimator.putamen_box`)
+    in the crop of the shipped contract."""
     from service.pipelines.dat_spect.preprocess import contract_for_atlas
 
     atlas = atlas or load_atlas()
-    contract = contract_for_atlas(atlas)
-    lo, hi = np.array(BOX_ATLAS_ZYX[0]), np.array(BOX_ATLAS_ZYX[1])
-    crop0 = np.array(contract.box_start_zyx)
-    mid = round(-float(atlas.origin_lps_mm[0]) / float(atlas.spacing_mm[0]))  # MNI x = 0
-    start, stop = (lo - crop0).tolist(), (hi - crop0).tolist()
-    box = Box((start[0], start[1], start[2]), (stop[0], stop[1], stop[2]),
-              int(2 * mid - 2 * crop0[2]))
-    mirrored = (box.mirror_x - (box.stop[2] - 1), box.mirror_x - box.start[2] + 1)
-    shape = contract.box_shape_zyx
-    if min(*box.start, mirrored[0]) < 0 or max(box.stop[2], mirrored[1]) > shape[2] or any(
-            box.stop[k] > shape[k] for k in (0, 1)):
-        raise ValueError(f"the putamen box {box} leaves the crop {shape}")
-    return box
-
-
-def side_features(crop_zyx: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled box of the left putamen and the mirrored box of the right one."""
-    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
-    left = crop_zyx[z0:z1, y0:y1, x0:x1]
-    r0, r1 = box.mirror_x - (x1 - 1), box.mirror_x - x0 + 1
-    right = crop_zyx[z0:z1, y0:y1, r0:r1][:, :, ::-1]
-    return _pool(left), _pool(right)
-
-
-def _pool(a: np.ndarray) -> np.ndarray:
-    z, y, x = (s // POOL for s in a.shape)
-    return a.reshape(z, POOL, y, POOL, x, POOL).mean(axis=(1, 3, 5)).ravel()
+    return node_putamen_box(atlas, contract_for_atlas(atlas))
 
 
 def binding_split(roi_left: float, roi_right: float, br_left: float, br_right: float
@@ -231,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"X fitted on {len(training)} scans: {w.size} weights, b = {b:.5f}, "
               f"sum |w| = {float(np.abs(w).sum()):.5f}")
         if args.save is not None:
-            np.savez(args.save, w=w, b=b)
+            np.savez(args.save, w=w, b=b, box_atlas_zyx=np.array(BOX_ATLAS_ZYX),
+                     pool=np.int64(POOL))
     else:
         parser.error("need --train or --weights")
     cuts = {m: c for m, c in (("aal", args.cut_aal), ("x", args.cut_x)) if c is not None}

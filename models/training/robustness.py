@@ -13,7 +13,8 @@ benchmark folder (e.g. the held-out benchmark version 1 groups of
   inconclusive where the CNN and the SBR path call the scan differently (one
   has a region at level 2 or worse, the other none;
   :func:`service.pipelines.dat_spect.verdict.consistent_score`), except that a
-  normal CNN call above a clearly one-sided putamen SBR is *reduced* and a
+  normal CNN call where the learnt putamen estimator reads a clearly one-sided
+  putamen (:func:`estimated_asymmetry`) is *reduced* and a
   strong one-sided CNN call the scan's putamen asymmetry points to stays
   *reduced* (both the node's default ``asymmetry_decides``); ``verdict-noasym``
   without them (the node with ``asymmetry_decides = false``).
@@ -38,6 +39,7 @@ import numpy as np
 
 from service.pipelines.dat_spect.levels import NORMAL_CV_MAX
 from service.pipelines.dat_spect.protocol import series_family
+from service.pipelines.dat_spect.putamen_estimator import lower_ratio
 from service.pipelines.dat_spect.result import REGIONS
 from service.pipelines.dat_spect.verdict import calls_differ
 
@@ -124,7 +126,7 @@ def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = N
     call the scan differently (:func:`~service.pipelines.dat_spect.verdict.calls_differ`).
 
     ``one_sided_clear``: ``(N,)`` bool, a clearly one-sided putamen SBR
-    (:func:`clear_asymmetry`); given, a normal CNN call there becomes reduced
+    (:func:`estimated_asymmetry`); given, a normal CNN call there becomes reduced
     and conclusive (the node's ``asymmetry_decides``,
     :func:`~service.pipelines.dat_spect.verdict.one_sided_override`);
     ``cnn_side_clear`` (:func:`side_agrees`): there the CNN's reduced call stands,
@@ -142,14 +144,31 @@ def verdict_calls(cnn: Calls, sbr: Calls, one_sided_clear: np.ndarray | None = N
     return Calls(reduced, inconclusive, cnn.levels)
 
 
-def clear_asymmetry(sbr: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: a putamen clearly below the asymmetry cut in ``(N, 4)`` SBRs
-    (:func:`~service.pipelines.dat_spect.levels.clearly_one_sided`)."""
-    from service.pipelines.dat_spect.levels import clearly_one_sided
+def putamen_estimates(x: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` the shipped learnt putamen estimator's left and right putamen SBRs on
+    ``(N, 1, D, H, W)`` CNN inputs of the shipped contract (what the node computes)."""
+    from service.imaging.atlas import load_atlas
+    from service.paths import default_models_dir
+    from service.pipelines.dat_spect.preprocess import contract_for_atlas
+    from service.pipelines.dat_spect.putamen_estimator import (
+        ESTIMATOR_FILE,
+        load_putamen_estimator,
+    )
 
-    return np.array([bool(clearly_one_sided(dict(zip(REGIONS, (float(v) for v in row),
-                                                     strict=True))))
-                     for row in sbr], bool)
+    atlas = load_atlas()
+    estimator = load_putamen_estimator(default_models_dir() / ESTIMATOR_FILE, atlas,
+                                       contract_for_atlas(atlas))
+    return np.array([estimator.estimate(crop) for crop in x], np.float64).reshape(-1, 2)
+
+
+def estimated_asymmetry(estimates: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the estimator's lower putamen ratio below the override's cut
+    (:func:`~service.pipelines.dat_spect.verdict.estimated_one_sided`) in ``(N, 2)``
+    putamen estimates (:func:`putamen_estimates`)."""
+    from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
+
+    return np.array([bool(lower_ratio(float(left), float(right)) < X_CLEAR_RATIO)
+                     for left, right in estimates], bool)
 
 
 def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -195,12 +214,15 @@ def _call_text(calls: Calls, k: int) -> str:
 
 def case_rows(study_ids: Sequence[str], groups: Sequence[str], reference: np.ndarray,
               one_sided: np.ndarray, truth: np.ndarray, sbr: np.ndarray,
-              methods: Mapping[str, Calls]) -> list[dict[str, str]]:
+              methods: Mapping[str, Calls], estimates: np.ndarray | None = None
+              ) -> list[dict[str, str]]:
     """One row per rated scan: what each method called and the levels it rests on.
 
     Columns: ``study_id``, ``group`` (variant or split), ``reference``
     (reduced/normal/excluded), ``one_sided``, ``truth_levels`` and, per region,
-    ``sbr_<region>``, ``putamen_ratio`` (lower over higher putamen SBR), then per
+    ``sbr_<region>``, ``putamen_ratio`` (lower over higher putamen SBR),
+    ``x_putamen_ratio`` (the same of the learnt estimator's ``estimates``,
+    ``(N, 2)``; empty without them), then per
     method ``<method>`` (``reduced``, ``normal``, ``inconclusive (reduced)``, ...),
     ``<method> levels`` (CL CR PL PR) and ``<method> right`` (conclusive and equal
     to the reference; empty without a reference). The robustness set's study ids
@@ -217,6 +239,8 @@ def case_rows(study_ids: Sequence[str], groups: Sequence[str], reference: np.nda
         row.update({f"sbr_{r.value}": f"{float(v):.4f}"
                     for r, v in zip(REGIONS, sbr[k], strict=True)})
         row["putamen_ratio"] = f"{ratio:.4f}"
+        row["x_putamen_ratio"] = ("" if estimates is None else
+                                  f"{lower_ratio(*(float(v) for v in estimates[k])):.4f}")
         for name, calls in methods.items():
             row[name] = _call_text(calls, k)
             row[f"{name} levels"] = " ".join(str(int(v)) for v in calls.levels[k])
@@ -400,7 +424,8 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     calibration = load_dat_models().calibration
     families = [series_family(s.series_dir) for s in cached]
     sbr_path = sbr_calls(sbr, calibration, families)
-    clear = clear_asymmetry(sbr)  # the node's default asymmetry_decides
+    estimates = putamen_estimates(x)
+    clear = estimated_asymmetry(estimates)  # the node's default asymmetry_decides
     # a set of site-calibration normals rated as test scans uses its variant's thresholds
     sites = np.array([s.site.removesuffix(NORMALS_SUFFIX) for s in cached])
     sbr_site = None
@@ -429,7 +454,7 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     groups = np.array([group(s) for s in cached])
     table = method_table(groups, reference, one_sided, truth, methods)
     cases = case_rows([s.study_id for s in cached], groups.tolist(), reference, one_sided,
-                      truth, sbr, methods)
+                      truth, sbr, methods, estimates)
     measured = {s.study_id for s in cached}
     not_measured: dict[str, int] = {}
     for s in studies:

@@ -41,12 +41,17 @@ class SourceReference:
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
-    """Identifies what produced a result (goes into the SR and the output UIDs)."""
+    """Identifies what produced a result (goes into the SR and the output UIDs).
+
+    ``parameters``: further ``"name: value"`` texts for the SR's algorithm
+    identification (e.g. a second model file and its checksum).
+    """
 
     name: str
     version: str
     model_name: str | None = None
     model_sha256: str | None = None
+    parameters: tuple[str, ...] = ()
 
 
 _TIME_ATTRIBUTES = (

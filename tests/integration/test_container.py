@@ -108,11 +108,13 @@ def test_models_are_inside_the_image_and_checked():
     env = " ".join(args_of("ENV"))
     assert f"DOPANODE_MODELS_DIR={models_dir}" in env, (models_dir, env)
     runs = " ".join(args_of("RUN"))
-    for sidecar in ("dopanode_dat_cnn.onnx.sha256", "mni_2mm.npz.sha256",
+    for sidecar in ("dopanode_dat_cnn.onnx.sha256", "dopanode_dat_putamen_estimator.npz.sha256",
+                    "mni_2mm.npz.sha256",
                     "fdopa_template_mni2mm.npz.sha256"):
         assert f"sha256sum -c {sidecar}" in runs
     # what those RUN lines check holds for the files in the repository
     for folder, sidecar in [("models", "dopanode_dat_cnn.onnx.sha256"),
+                            ("models", "dopanode_dat_putamen_estimator.npz.sha256"),
                             ("models/atlas", "mni_2mm.npz.sha256"),
                             ("models/fdopa_template", "fdopa_template_mni2mm.npz.sha256")]:
         ok = subprocess.run(["sha256sum", "-c", sidecar], cwd=REPO_ROOT / folder,
@@ -166,6 +168,8 @@ def test_build_context_has_the_runtime_and_models_only():
     files = context_files()
     for needed in ("pyproject.toml", "README.md", "constraints.txt", "service/cli.py", "service/metrics.py",
                    "models/dopanode_dat_cnn.onnx", "models/dopanode_dat_cnn.onnx.sha256",
+                   "models/dopanode_dat_putamen_estimator.npz",
+                   "models/dopanode_dat_putamen_estimator.npz.sha256",
                    "models/template/fpcit_template_mni2mm.npz",
                    "models/template/fpcit_template_noac_mni2mm.npz",
                    "models/template/calibration.json", "models/template/normals.json",
@@ -193,7 +197,9 @@ def test_models_as_the_image_gets_them_load_the_same_pipeline(tmp_path, monkeypa
     image = compose_pipelines(settings)["dat_spect"]
     assert image.models.calibration is not None and image.models.normals is not None
     assert image.models.sha256 == reference.models.sha256  # template, calibration, normals
-    assert image.algorithm == reference.algorithm  # the same CNN and checksum
+    assert image.algorithm == reference.algorithm  # the same CNN, estimator and checksums
+    assert image.estimator is not None and image.estimator.sha256 == (
+        reference.estimator.sha256)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """``bench/dat_putamen_estimator.py``: the learnt putamen estimator's pieces (candidate X).
 
 The rule ``models/training/rules/dat32_learned_putamen_estimator.md`` fixes the
-box, the mirror, the target and the fit; these tests hold the code to it.
+box, the mirror, the target and the fit; these tests hold the code to it (the
+box and the mirror: ``test_dat_putamen_estimator.py``, the node's module).
 """
 
 from __future__ import annotations
@@ -30,41 +31,13 @@ def x_bench() -> ModuleType:
     return module
 
 
-def test_the_box_holds_the_left_putamen_and_mirrors_onto_the_right(x_bench: ModuleType) -> None:
-    atlas = load_atlas()
-    contract = contract_for_atlas(atlas)
-    box = x_bench.putamen_box(atlas)
-    start = np.array(contract.box_start_zyx)
-    lo, hi = np.array(box.start) + start, np.array(box.stop) + start
-    idx = np.argwhere(atlas.mask("putamen_left"))  # 4 voxels around it, 3 at the top (z cut)
-    assert (idx.min(0) - lo >= 4).all() and (hi - 1 - idx.max(0) >= 3).all()
-    # the mirrored box holds the right putamen (AAL is nearly symmetric: 1 voxel slack)
-    right = np.argwhere(atlas.mask("putamen_right"))[:, 2] - start[2]
-    r0, r1 = box.mirror_x - (box.stop[2] - 1), box.mirror_x - box.start[2]
-    assert r0 + 3 <= right.min() and right.max() <= r1 - 3
-    # MNI x = 0 is the mirror: atlas x index i -> 2 * 45 - i on the 2 mm grid
-    assert box.mirror_x == 2 * 45 - 2 * int(start[2])
+def test_the_bench_reads_the_nodes_box(x_bench: ModuleType) -> None:
+    """The tool fits and evaluates on the node's own features (one piece of code)."""
+    from service.pipelines.dat_spect import putamen_estimator as node
 
-
-def test_a_symmetric_crop_gives_both_putamina_the_same_features(x_bench: ModuleType) -> None:
     atlas = load_atlas()
-    box = x_bench.putamen_box(atlas)
-    shape = contract_for_atlas(atlas).box_shape_zyx
-    rng = np.random.default_rng(3)
-    crop = rng.normal(size=shape)
-    for i in range(shape[2]):  # make crop[..., m - i] equal crop[..., i]
-        j = box.mirror_x - i
-        if 0 <= j < shape[2] and j > i:
-            crop[:, :, j] = crop[:, :, i]
-    left, right = x_bench.side_features(crop, box)
-    assert left.shape == right.shape == (10 * 16 * 11,)
-    np.testing.assert_allclose(left, right)
-    # a loss drawn on the right half of the crop shows on the right side only
-    lowered = crop.copy()
-    lowered[:, :, : box.mirror_x // 2] -= 1.0
-    l2, r2 = x_bench.side_features(lowered, box)
-    np.testing.assert_allclose(l2, left)
-    assert (r2 < right).all()
+    assert x_bench.putamen_box(atlas) == node.putamen_box(atlas, contract_for_atlas(atlas))
+    assert x_bench.side_features is node.side_features
 
 
 def test_ridge_recovers_a_linear_map_and_leaves_the_bias_free(x_bench: ModuleType) -> None:

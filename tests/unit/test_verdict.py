@@ -13,9 +13,9 @@ from highdicom.sr.utils import find_content_items
 
 from service.pipelines.dat_spect import codes, render
 from service.pipelines.dat_spect.example import example_evidence, example_result
-from service.pipelines.dat_spect.levels import CLEAR_ASYMMETRY_RATIO
 from service.pipelines.dat_spect.picture import build_picture_report
-from service.pipelines.dat_spect.result import Level, Region, StudyResult
+from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO
+from service.pipelines.dat_spect.result import Level, Region, StudyResult, summary_dict
 from service.pipelines.dat_spect.sr import build_sr
 from service.pipelines.dat_spect.verdict import (
     ASYMMETRY_METHOD,
@@ -63,25 +63,32 @@ def test_the_offline_tabulation_applies_the_same_rule_as_the_node() -> None:
     assert 20 < sum(expected) < 180  # both outcomes occur
 
 
-def one_sided_under_normal_cnn(ratio: float) -> StudyResult:
+def one_sided_under_normal_cnn(ratio: float, x_ratio: float | None = None,
+                               level_sbr: Level = Level.MODERATE_REDUCTION) -> StudyResult:
     """A normal CNN call (levels 0) whose right putamen's SBR is ``ratio`` x the left's
-    (SBR level 2, as the asymmetry rule rates a ratio below 0.78)."""
-    result = normal_cnn_with_sbr_level(Level.MODERATE_REDUCTION)
+    (SBR level ``level_sbr``: 2, as the asymmetry rule rates a ratio below 0.78) and whose
+    learnt estimator reads the right putamen at ``x_ratio`` (default ``ratio``) x the left."""
+    result = normal_cnn_with_sbr_level(level_sbr)
     left = result.region(Region.PUTAMEN_LEFT).sbr
-    regions = tuple(replace(r, sbr=ratio * left) if r.region is Region.PUTAMEN_RIGHT else r
+    estimate = {Region.PUTAMEN_LEFT: 2.0,
+                Region.PUTAMEN_RIGHT: 2.0 * (ratio if x_ratio is None else x_ratio)}
+    regions = tuple(replace(r, sbr=ratio * left if r.region is Region.PUTAMEN_RIGHT else r.sbr,
+                            sbr_estimated=estimate.get(r.region))
                     for r in result.regions)
     return replace(result, regions=regions)
 
 
 def test_clear_one_sided_loss_under_a_normal_cnn_is_reduced_by_default() -> None:
-    result = one_sided_under_normal_cnn(0.66)
+    result = one_sided_under_normal_cnn(0.62)
     off = consistent_score(result.regions, result.global_score, asymmetry_decides=False)
     assert off.inconclusive and not off.reduced  # without the option: a disagreement
     score = consistent_score(result.regions, result.global_score)  # the node's default
     assert score.reduced and not score.inconclusive and score.method == ASYMMETRY_METHOD
-    assert "putamen right SBR at 0.66 x the other putamen's, CNN level 0" in score.rule
+    assert ("putamen right estimated at 0.62 x the other putamen (VOI SBR ratio 0.62), "
+            "CNN level 0") in score.rule
     assert score.rule.startswith("reduced: one-sided putamen loss by the calibration-free "
-                                 "asymmetry rule (ratio below 0.741")
+                                 "asymmetry rule of the learnt putamen estimator (ratio below "
+                                 "0.66")
     assert score.rule.endswith(result.global_score.rule)
     regions, applied = apply_verdict(result.regions, result.global_score)
     assert applied == score
@@ -97,10 +104,40 @@ def test_clear_one_sided_loss_under_a_normal_cnn_is_reduced_by_default() -> None
         result.regions, off)
 
 
-@pytest.mark.parametrize("ratio", [CLEAR_ASYMMETRY_RATIO + 0.005, 0.77])
-def test_asymmetry_near_the_cut_stays_a_disagreement(ratio: float) -> None:
-    """Between 0.741 and 0.78 the SBR level is 2 but not clearly: no override."""
-    result = one_sided_under_normal_cnn(ratio)
+def test_the_estimator_decides_where_the_voi_ratio_does_not_see_the_loss() -> None:
+    """X below 0.66, the VOI ratio 0.85 (SBR level 1): reduced, the putamen reported at 2."""
+    result = one_sided_under_normal_cnn(0.85, x_ratio=0.6, level_sbr=Level.BORDERLINE)
+    assert consistent_score(result.regions, result.global_score,
+                            asymmetry_decides=False) == result.global_score  # no level 2
+    regions, score = apply_verdict(result.regions, result.global_score)
+    assert score.reduced and not score.inconclusive and score.method == ASYMMETRY_METHOD
+    assert "estimated at 0.60 x the other putamen (VOI SBR ratio 0.85)" in score.rule
+    right = next(r for r in regions if r.region is Region.PUTAMEN_RIGHT)
+    assert right.by_asymmetry and right.level_sbr == Level.BORDERLINE
+    assert right.level == Level.MODERATE_REDUCTION  # at least 2: the table shows the call
+    fixed = replace(result, regions=regions, global_score=score)
+    assert contradiction(regions, score) == ""
+    assert render.headline(fixed)[0] == "REDUCED striatal DaT uptake (abnormal)"
+    assert summary_dict(fixed)["regions"]["putamen_right"]["sbr_estimated"] == (
+        pytest.approx(1.2))
+    _, items = sr_round_trip(fixed)
+    assert "estimated at 0.60" in items[codes.GLOBAL_SCORE_RULE.value].TextValue
+
+
+def test_the_voi_ratio_alone_no_longer_overrides() -> None:
+    """VOI ratio 0.60 (SBR level 2), X reads 0.90: a disagreement, as without the option."""
+    result = one_sided_under_normal_cnn(0.60, x_ratio=0.90)
+    score = consistent_score(result.regions, result.global_score)
+    assert score.inconclusive and not score.reduced and score.method == "cnn"
+    assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen right")
+    no_estimates = tuple(replace(r, sbr_estimated=None) for r in result.regions)
+    assert consistent_score(no_estimates, result.global_score).inconclusive
+
+
+@pytest.mark.parametrize("x_ratio", [X_CLEAR_RATIO + 0.005, 0.77])
+def test_asymmetry_near_the_cut_stays_a_disagreement(x_ratio: float) -> None:
+    """X at or above 0.66 with a VOI ratio below 0.78 (SBR level 2): no override."""
+    result = one_sided_under_normal_cnn(0.7, x_ratio=x_ratio)
     score = consistent_score(result.regions, result.global_score, asymmetry_decides=True)
     assert score.inconclusive and not score.reduced and score.method == "cnn"
     assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen right")
@@ -116,8 +153,8 @@ def test_the_override_leaves_reduced_cnn_calls_and_sbr_verdicts_alone() -> None:
 
 
 def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
-    """models.training.robustness.verdict_calls with clear_asymmetry == the node per scan."""
-    from models.training.robustness import Calls, clear_asymmetry, side_agrees, verdict_calls
+    """models.training.robustness.verdict_calls with estimated_asymmetry == the node per scan."""
+    from models.training.robustness import Calls, estimated_asymmetry, side_agrees, verdict_calls
     from service.pipelines.dat_spect.result import REGIONS, GlobalScore
 
     rng = np.random.default_rng(7)
@@ -125,18 +162,23 @@ def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     sbr = rng.uniform(1.0, 2.2, (n, 4))
     cnn_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
     sbr_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
+    estimates = rng.uniform(0.8, 2.2, (n, 2))
     cnn_reduced = (cnn_levels >= 2).any(axis=1)
     none = np.zeros(n, bool)
     cnn, sbr_path = Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels)
     side = side_agrees(cnn, sbr, sbr_path)
     assert 5 < int(side.sum()) < n - 5  # the CNN-side rule applies to some, not all
-    calls = verdict_calls(cnn, sbr_path, clear_asymmetry(sbr), side)
+    clear = estimated_asymmetry(estimates)
+    calls = verdict_calls(cnn, sbr_path, clear, side)
     base = example_result(reduced=False, with_cnn=True)
     node = []
     for k in range(n):
+        x = {Region.PUTAMEN_LEFT: float(estimates[k, 0]),
+             Region.PUTAMEN_RIGHT: float(estimates[k, 1])}
         regions = tuple(replace(r, sbr=float(sbr[k, REGIONS.index(r.region)]),
                                 level_cnn=Level(int(cnn_levels[k, REGIONS.index(r.region)])),
-                                level_sbr=Level(int(sbr_levels[k, REGIONS.index(r.region)])))
+                                level_sbr=Level(int(sbr_levels[k, REGIONS.index(r.region)])),
+                                sbr_estimated=x.get(r.region))
                         for r in base.regions)
         score = consistent_score(regions, GlobalScore(bool(cnn_reduced[k]), False, "r", "cnn"),
                                  asymmetry_decides=True)
@@ -144,7 +186,7 @@ def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
                      score.rule.startswith("inconclusive: CNN and SBR")))
     assert [(bool(a), bool(b)) for a, b in zip(calls.reduced, calls.inconclusive,
                                                strict=True)] == node
-    overridden = int((clear_asymmetry(sbr) & ~cnn_reduced).sum())
+    overridden = int((clear & ~cnn_reduced).sum())
     assert 10 < overridden < n - 10  # both outcomes occur
 
 
@@ -256,20 +298,34 @@ class _NormalCnn:
     name = "always-normal"
     sha256 = "ab" * 32
 
+    def __init__(self) -> None:
+        from service.imaging.atlas import load_atlas
+        from service.pipelines.dat_spect.preprocess import contract_for_atlas
+
+        self.contract = contract_for_atlas(load_atlas())
+
 
 def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     """A phantom with the left putamen at a fifth of the right: SBR thresholds say level >= 2,
     a CNN that says 0 everywhere gets no NORMAL verdict, and the result says why; by default
     (asymmetry_decides) the clear one-sided loss makes it REDUCED."""
-    from service.imaging.atlas import load_atlas
+    from service.imaging.atlas import Atlas, load_atlas
     from service.pipelines.dat_spect import pipeline as dat_pipeline
+    from service.pipelines.dat_spect.preprocess import cnn_input
+    from service.pipelines.dat_spect.putamen_estimator import PutamenEstimator
     from service.pipelines.dat_spect.result import GlobalScore
     from service.sim.nm_writer import EncodingVariant, build_nm_datasets
     from service.testing.dat_phantom import make_phantom, random_pose
     from service.testing.nmdata import CAMERA, SUBJECT
 
-    def rate_normal(cnn: object, volume: object, atlas: object, regions: tuple) -> tuple:
-        rated = tuple(replace(r, level_cnn=Level.NORMAL) for r in regions)
+    def rate_normal(cnn: _NormalCnn, volume: np.ndarray, atlas: Atlas, regions: tuple,
+                    estimator: PutamenEstimator | None = None) -> tuple:
+        """The node's crop and the shipped estimator; the CNN's levels all 0."""
+        assert estimator is not None  # the pipeline passes the shipped one
+        left, right = estimator.estimate(cnn_input(volume, atlas, cnn.contract))
+        x = {Region.PUTAMEN_LEFT: left, Region.PUTAMEN_RIGHT: right}
+        rated = tuple(replace(r, level_cnn=Level.NORMAL, sbr_estimated=x.get(r.region))
+                      for r in regions)
         return rated, GlobalScore(False, False, "test rule", "cnn")
 
     monkeypatch.setattr(dat_pipeline, "rate_with_cnn", rate_normal)
@@ -298,6 +354,11 @@ def test_pipeline_applies_the_rule_to_a_one_sided_loss(monkeypatch: pytest.Monke
     decided = pipe.analyse(datasets, {})
     assert decided.global_score.reduced and not decided.global_score.inconclusive
     assert decided.global_score.method == "cnn+asymmetry"
+    right = decided.region(Region.PUTAMEN_RIGHT).sbr_estimated
+    left = decided.region(Region.PUTAMEN_LEFT).sbr_estimated
+    assert left is not None and right is not None and left < X_CLEAR_RATIO * right
+    assert decided.region(Region.CAUDATE_LEFT).sbr_estimated is None
+    assert decided.region(Region.PUTAMEN_LEFT).level >= Level.MODERATE_REDUCTION
     assert render.headline(decided)[0] == "REDUCED striatal DaT uptake (abnormal)"
     decided_left = decided.region(Region.PUTAMEN_LEFT)
     assert decided_left.by_asymmetry and decided_left.level == putamen_left.level_sbr
@@ -315,8 +376,12 @@ def test_sr_of_an_overridden_verdict_reports_the_sbr_level_and_the_method() -> N
     assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue != codes.NORMAL.value
     assert items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue != (
         codes.YES.value)
-    assert "putamen right SBR at 0.62 x the other putamen's" in (
+    assert "putamen right estimated at 0.62 x the other putamen" in (
         items[codes.GLOBAL_SCORE_RULE.value].TextValue)
+    estimated = [(item.MeasuredValueSequence[0].NumericValue)
+                 for item in find_content_items(sr.content[0], name=codes.ESTIMATED_SBR,
+                                                recursive=True)]
+    assert sorted(float(v) for v in estimated) == pytest.approx([1.24, 2.0])  # putamina only
     levels: dict[str, list[str]] = {}
     for item in find_content_items(sr.content[0], name=codes.UPTAKE_LEVEL_CONCEPT,
                                    recursive=True):
@@ -345,11 +410,12 @@ def test_case_rows_say_per_scan_what_each_method_called(tmp_path) -> None:
     calls = Calls(np.array([True, True, False, True, False]),
                   np.array([False, True, False, False, False]), levels)
     rows = case_rows([f"s{k}" for k in range(5)], ["a", "a", "b", "b", "b"], reference,
-                     one_sided, truth, sbr, {"m": calls})
+                     one_sided, truth, sbr, {"m": calls}, np.array([[1.0, 2.0]] * 5))
     assert [r["m"] for r in rows] == ["reduced", "inconclusive (reduced)", "normal",
                                       "reduced", "normal"]
     assert [r["m right"] for r in rows] == ["yes", "no", "yes", "no", ""]
     assert rows[0]["putamen_ratio"] == "0.5000" and rows[0]["m levels"] == "0 0 3 0"
+    assert rows[0]["x_putamen_ratio"] == "0.5000"
     assert rows[4]["truth_levels"] == "" and rows[1]["truth_levels"] == "0 0 3 3"
     table = method_table(np.array(["a", "a", "b", "b", "b"]), reference, one_sided, truth,
                          {"m": calls})["all"]["m"]

@@ -78,6 +78,9 @@ SPECIFIC_BINDING_RATIO = Code("DN-0010", PRIVATE_SCHEME, "Specific binding ratio
 PUTAMEN_CAUDATE_RATIO = Code("DN-0011", PRIVATE_SCHEME, "Putamen/caudate SBR ratio")
 ASYMMETRY_INDEX = Code("DN-0012", PRIVATE_SCHEME, "Asymmetry index")
 REGISTRATION_QUALITY = Code("DN-0013", PRIVATE_SCHEME, "Spatial normalisation quality")
+#: A putamen's SBR as the learnt putamen estimator reads it from the CNN's input
+#: (:mod:`service.pipelines.dat_spect.putamen_estimator`): what the one-sided override compares.
+ESTIMATED_SBR = Code("DN-0016", PRIVATE_SCHEME, "Specific binding ratio, learnt estimator")
 #: Where the SBR thresholds and the normal database came from (see
 #: :mod:`service.pipelines.dat_spect.provenance`); the note says what it means
 #: for the reader (levels and z-scores indicative when simulated).

@@ -223,21 +223,6 @@ def asymmetry_ratio(sbr: Mapping[Region, float], region: Region) -> float | None
     return None
 
 
-def clearly_one_sided(sbr: Mapping[Region, float]) -> dict[Region, float]:
-    """Putamina whose SBR is below :data:`CLEAR_ASYMMETRY_RATIO` of the other's -> that ratio.
-
-    The SBR method's clearly reduced asymmetry (module docstring): a one-sided
-    loss measured against the same scan's other putamen, which needs no
-    camera calibration to first order. Empty for a symmetric scan.
-    """
-    out = {}
-    for region, _ in ASYMMETRY_PAIRS:
-        ratio = asymmetry_ratio(sbr, region) if region in sbr else None
-        if ratio is not None and ratio < CLEAR_ASYMMETRY_RATIO:
-            out[region] = ratio
-    return out
-
-
 def sbr_levels(sbr: Mapping[Region, float], calibration: Calibration) -> dict[Region, Level]:
     """The SBR method's levels: thresholds, then the asymmetry rule (module docstring)."""
     levels = {r: level_for(r, sbr[r], calibration) for r in sbr}

@@ -26,6 +26,7 @@ from service.dicom.codes import COMPREHENSIVE_SR_STORAGE
 from service.errors import AnalysisError
 from service.imaging.atlas import LABELS, Atlas
 from service.imaging.nm_volume import volume_from_datasets
+from service.paths import default_models_dir
 from service.pipelines.base import (
     PRIMARY,
     InputPlan,
@@ -51,11 +52,17 @@ from service.pipelines.dat_spect.normals import NormalDatabase
 from service.pipelines.dat_spect.preprocess import cnn_input
 from service.pipelines.dat_spect.protocol import ByProtocol, Family, correction_family
 from service.pipelines.dat_spect.provenance import CalibrationInfo
+from service.pipelines.dat_spect.putamen_estimator import (
+    ESTIMATOR_FILE,
+    PutamenEstimator,
+    load_putamen_estimator,
+)
 from service.pipelines.dat_spect.quantify import REFERENCE_REGION, Quantification, quantify
 from service.pipelines.dat_spect.result import (
     REGIONS,
     AlgorithmInfo,
     GlobalScore,
+    Region,
     RegionResult,
     ReportImages,
     SourceReference,
@@ -143,7 +150,8 @@ def score_regions(
 
 
 def rate_with_cnn(
-    cnn: CnnSession, volume_mni_zyx: np.ndarray, atlas: Atlas, regions: Sequence[RegionResult]
+    cnn: CnnSession, volume_mni_zyx: np.ndarray, atlas: Atlas, regions: Sequence[RegionResult],
+    estimator: PutamenEstimator | None = None,
 ) -> tuple[tuple[RegionResult, ...], GlobalScore]:
     """Add the CNN's levels beside the conventional ones; the global score becomes the CNN's.
 
@@ -153,13 +161,22 @@ def rate_with_cnn(
         The normalised scan, exactly as the SBRs were measured on it.
     regions : sequence of RegionResult
         The conventional results; their SBR levels are kept unchanged.
+    estimator : PutamenEstimator or None
+        The learnt putamen estimator; given, each putamen gets its estimate
+        (``sbr_estimated``) read from the same crop the CNN rates.
     """
-    prediction = cnn.predict(cnn_input(volume_mni_zyx, atlas, cnn.contract))
+    crop = cnn_input(volume_mni_zyx, atlas, cnn.contract)
+    prediction = cnn.predict(crop)
+    estimates: dict[Region, float] = {}
+    if estimator is not None:
+        left, right = estimator.estimate(crop)
+        estimates = {Region.PUTAMEN_LEFT: left, Region.PUTAMEN_RIGHT: right}
     rated = tuple(
         replace(
             r,
             level_cnn=prediction.region(r.region).level,
             cnn_probabilities=tuple(prediction.region(r.region).probabilities),
+            sbr_estimated=estimates.get(r.region),
         )
         for r in regions
     )
@@ -267,6 +284,7 @@ class DatSpectPipeline:
         report_failures: bool = True,
         incomplete_wait_s: float = DEFAULT_INCOMPLETE_WAIT_S,
         asymmetry_decides: bool = True,
+        estimator: PutamenEstimator | None = None,
     ) -> None:
         self.report_failures = report_failures
         self.asymmetry_decides = asymmetry_decides
@@ -277,6 +295,11 @@ class DatSpectPipeline:
         self.calibrations: ByProtocol[Calibration] = self.models.calibration
         self.fallback_keywords = tuple(fallback_keywords)
         self.cnn = cnn
+        #: The learnt putamen estimator, on the CNN's crop: the shipped one unless given.
+        self.estimator: PutamenEstimator | None = None
+        if cnn is not None:
+            self.estimator = estimator or load_putamen_estimator(
+                default_models_dir() / ESTIMATOR_FILE, self.models.atlas, cnn.contract)
         if cnn is None:
             self.algorithm = AlgorithmInfo(
                 name=ALGORITHM_NAME,
@@ -290,6 +313,8 @@ class DatSpectPipeline:
                 version=__version__,
                 model_name=cnn.name,
                 model_sha256=cnn.sha256,
+                parameters=(f"putamen estimator sha256: {self.estimator.sha256}",)
+                if self.estimator is not None and self.estimator.sha256 else (),
             )
 
     def select(self, series: SeriesView) -> Selection:
@@ -355,7 +380,8 @@ class DatSpectPipeline:
         if self.cnn is not None:
             with _stage(durations_s, "infer"):
                 regions, score = rate_with_cnn(
-                    self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions
+                    self.cnn, m.normalisation.volume_zyx, self.models.atlas, regions,
+                    self.estimator,
                 )
         regions, score = apply_verdict(regions, score, self.asymmetry_decides)
         score = with_calibration(score, info)

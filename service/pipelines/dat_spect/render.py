@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from service.pipelines.dat_spect.provenance import SIMULATED
+from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
 from service.pipelines.dat_spect.result import (
     Level,
     Region,
@@ -230,6 +231,16 @@ def _draw_table(ax: Axes, result: StudyResult) -> None:
         table[i, 1].set_text_props(color=text_colour, fontweight="bold")
 
 
+def _estimator_text(result: StudyResult) -> str:
+    """The learnt putamen estimator's ratio (what the one-sided override compares), or ""."""
+    left = result.region(Region.PUTAMEN_LEFT).sbr_estimated
+    right = result.region(Region.PUTAMEN_RIGHT).sbr_estimated
+    if left is None or right is None:
+        return ""
+    return (f"   Learnt putamen estimator ratio {lower_ratio(left, right):.2f} "
+            f"(one-sided below {X_CLEAR_RATIO:.2f}).")
+
+
 def _footer_lines(result: StudyResult) -> list[str]:
     ratios, algorithm = result.ratios, result.algorithm
     model = ""
@@ -240,7 +251,8 @@ def _footer_lines(result: StudyResult) -> list[str]:
     lines = [
         f"Putamen/caudate ratio L {ratios.putamen_caudate_left:.2f}, "
         f"R {ratios.putamen_caudate_right:.2f}.   Asymmetry index caudate "
-        f"{ratios.asymmetry_caudate_pct:.1f} %, putamen {ratios.asymmetry_putamen_pct:.1f} %.",
+        f"{ratios.asymmetry_caudate_pct:.1f} %, putamen {ratios.asymmetry_putamen_pct:.1f} %."
+        + _estimator_text(result),
         f"{algorithm.name} {algorithm.version}{model}.   Registration quality "
         f"{result.registration_quality:.2f}.",
         "Levels: 0 normal, 1 borderline, 2 moderate reduction, 3 strong reduction, "

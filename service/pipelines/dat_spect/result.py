@@ -76,9 +76,15 @@ class RegionResult:
     cnn_probabilities : tuple of 5 floats or None
         CNN class probabilities for levels 0..4.
     by_asymmetry : bool
-        The reported level is the SBR method's although a CNN rated the
-        region: a putamen clearly below the asymmetry cut under a normal CNN
-        call (:func:`service.pipelines.dat_spect.verdict.apply_verdict`).
+        The reported level is not the CNN's although a CNN rated the region:
+        a putamen the one-sided override found under a normal CNN call
+        (:func:`service.pipelines.dat_spect.verdict.apply_verdict`); its
+        reported level is its SBR level, at least 2 (moderate reduction).
+    sbr_estimated : float or None
+        A putamen's SBR as the learnt putamen estimator (X) reads it from the
+        CNN's input crop (:mod:`service.pipelines.dat_spect.putamen_estimator`);
+        the one-sided override compares the two putamina by it. None for the
+        caudates and without a CNN.
     """
 
     region: Region
@@ -90,13 +96,16 @@ class RegionResult:
     level_cnn: Level | None = None
     cnn_probabilities: tuple[float, ...] | None = None
     by_asymmetry: bool = False
+    sbr_estimated: float | None = None
 
     @property
     def level(self) -> Level:
-        """The reported level: the CNN's when present (unless ``by_asymmetry``),
-        else the conventional one."""
+        """The reported level: the CNN's when present (unless ``by_asymmetry``:
+        the SBR level, at least moderate reduction), else the conventional one."""
         if self.level_cnn is not None and not self.by_asymmetry:
             return self.level_cnn
+        if self.by_asymmetry:
+            return max(self.level_sbr, Level.MODERATE_REDUCTION)
         return self.level_sbr
 
 
@@ -220,6 +229,7 @@ def summary_dict(result: StudyResult) -> dict[str, Any]:
                 "level_sbr": int(r.level_sbr),
                 "level_cnn": None if r.level_cnn is None else int(r.level_cnn),
                 "level_by_asymmetry": r.by_asymmetry,
+                "sbr_estimated": _finite_or_none(r.sbr_estimated),
                 "cnn_probabilities": (
                     None if r.cnn_probabilities is None else list(r.cnn_probabilities)
                 ),

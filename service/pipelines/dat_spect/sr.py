@@ -97,6 +97,7 @@ def check_finite(result: StudyResult) -> None:
     for r in result.regions:
         values[f"{r.region.value} SBR"] = r.sbr
         values[f"{r.region.value} z-score"] = r.z_score
+        values[f"{r.region.value} estimated SBR"] = r.sbr_estimated
     for name, value in values.items():
         if value is not None and not math.isfinite(value):
             raise AnalysisError(f"{name} is not a finite number: {value}", "non_finite_result")
@@ -110,6 +111,7 @@ def algorithm_identification(result: StudyResult) -> AlgorithmIdentification:
         parameters.append(f"model: {algorithm.model_name}")
     if algorithm.model_sha256:
         parameters.append(f"model sha256: {algorithm.model_sha256}")
+    parameters.extend(algorithm.parameters)
     return AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, parameters=parameters
     )
@@ -136,7 +138,8 @@ def region_group(
     algorithm_id: AlgorithmIdentification,
     tracking_uid: str,
 ) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for one region: finding site, SBR, z-score and levels."""
+    """TID 1501 group for one region: finding site, SBR, z-score, the learnt
+    estimator's SBR (putamina rated by the CNN) and levels."""
     region = region_result.region
     site = FindingSite(
         anatomic_location=_STRUCTURE_CODES[region.structure],
@@ -155,6 +158,14 @@ def region_group(
                 name=codes.Z_SCORE,
                 value=round(float(region_result.z_score), VALUE_DECIMALS),
                 unit=codes.UCUM_NO_UNITS,
+            )
+        )
+    if region_result.sbr_estimated is not None:
+        measurements.append(
+            Measurement(
+                name=codes.ESTIMATED_SBR,
+                value=round(float(region_result.sbr_estimated), VALUE_DECIMALS),
+                unit=codes.UCUM_RATIO,
             )
         )
     return MeasurementsAndQualitativeEvaluations(

@@ -24,18 +24,21 @@ The rule here, applied after both have rated a scan:
   regions named;
 * **a clear one-sided putamen loss under a normal CNN call**
   (``asymmetry_decides``, the node's default, ``[pipelines.dat_spect]
-  asymmetry_decides``): when the CNN calls the scan normal and a putamen's SBR
-  is clearly below the asymmetry cut against the other putamen
-  (:func:`~service.pipelines.dat_spect.levels.clearly_one_sided`, ratio below
-  0.741), the verdict is *reduced* and conclusive, method ``"cnn+asymmetry"``;
-  its rule names the putamen, its ratio and the CNN's level, and that
-  putamen's reported level is its SBR level (:func:`apply_verdict`; the CNN
-  level stays in its own column). The ratio compares the scan with itself and
+  asymmetry_decides``): when the CNN calls the scan normal and the learnt
+  putamen estimator (X, :mod:`.putamen_estimator`) reads one putamen below
+  :data:`~service.pipelines.dat_spect.putamen_estimator.X_CLEAR_RATIO` (0.66)
+  of the other (:func:`estimated_one_sided`), the verdict is *reduced* and
+  conclusive, method ``"cnn+asymmetry"``; its rule names the putamen, X's
+  ratio, the VOI SBR ratio and the CNN's level, and that putamen's reported
+  level is its SBR level, at least 2 (:func:`apply_verdict`; the CNN level
+  stays in its own column). The ratio compares the scan with itself and
   needs no camera calibration; the CNN is the weaker method on one-sided
-  losses (``models/training/README.md``, "The asymmetry decides": on the
-  robustness set, with the model of that day (C), it raised the one-sided
-  losses caught from 29 to 38 of 43, normals passed unchanged). Without the
-  option the case is a disagreement (first point);
+  losses (``models/training/README.md``, "The asymmetry decides"). Until
+  December 2026 the override compared the AAL putamen VOIs' SBRs (below
+  0.741); X separates one-sided losses from normals better on new subjects
+  (rules ``dat32_learned_putamen_estimator.md`` and
+  ``dat33_learned_estimator_override.md`` in ``models/training/rules/``).
+  Without the option the case is a disagreement (first point);
 * **a strong one-sided CNN call the scan's own asymmetry points to** (the
   same option, :func:`cnn_side_override`): when the CNN calls the scan
   reduced, every region it rates 2 or worse lies on one side, that side's
@@ -62,9 +65,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from service.pipelines.dat_spect.levels import CLEAR_ASYMMETRY_RATIO, clearly_one_sided
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
-from service.pipelines.dat_spect.result import REGIONS, GlobalScore, Level, RegionResult
+from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
+from service.pipelines.dat_spect.result import REGIONS, GlobalScore, Level, Region, RegionResult
 
 #: The level from which a region counts as reduced (moderate reduction).
 REDUCED_FROM = Level.MODERATE_REDUCTION
@@ -127,24 +130,47 @@ def methods_call_differently(regions: Sequence[RegionResult]) -> bool:
     return calls_differ(cnn, [r.level_sbr for r in regions])
 
 
+def estimated_one_sided(regions: Sequence[RegionResult]) -> dict[Region, tuple[float, float]]:
+    """The putamen the learnt estimator reads clearly below the other one, or ``{}``.
+
+    Returns
+    -------
+    dict
+        ``{putamen: (X's ratio, the VOI SBR ratio)}`` for the putamen whose
+        estimate is below :data:`X_CLEAR_RATIO` of the other's estimate; empty
+        where the estimates are missing (no CNN) or the ratio is not below the cut.
+    """
+    by_region = {r.region: r for r in regions}
+    left, right = by_region.get(Region.PUTAMEN_LEFT), by_region.get(Region.PUTAMEN_RIGHT)
+    if left is None or right is None or left.sbr_estimated is None or right.sbr_estimated is None:
+        return {}
+    ratio = lower_ratio(left.sbr_estimated, right.sbr_estimated)
+    if not ratio < X_CLEAR_RATIO:  # NaN (neither putamen positive) is not clear
+        return {}
+    low, high = (left, right) if left.sbr_estimated < right.sbr_estimated else (right, left)
+    voi = low.sbr / high.sbr if high.sbr > 0 else float("nan")
+    return {low.region: (ratio, voi)}
+
+
 def one_sided_override(regions: Sequence[RegionResult], score: GlobalScore
                        ) -> GlobalScore | None:
     """The *reduced* verdict of a clear one-sided putamen loss under a normal CNN call,
     or None where the rule does not apply (module docstring)."""
     if score.method != "cnn" or score.reduced:
         return None
-    clear = clearly_one_sided({r.region: r.sbr for r in regions})
+    clear = estimated_one_sided(regions)
     if not clear:
         return None
     found = "; ".join(
-        f"{_name(r)} SBR at {clear[r.region]:.2f} x the other putamen's, CNN level "
+        f"{_name(r)} estimated at {clear[r.region][0]:.2f} x the other putamen "
+        f"(VOI SBR ratio {clear[r.region][1]:.2f}), CNN level "
         f"{int(r.level_cnn) if r.level_cnn is not None else '-'}"
         for r in regions if r.region in clear)
     return GlobalScore(
         reduced=True, inconclusive=False, method=ASYMMETRY_METHOD,
         rule=(f"reduced: one-sided putamen loss by the calibration-free asymmetry rule "
-              f"(ratio below {CLEAR_ASYMMETRY_RATIO:.3f}: {found}); the CNN called the scan "
-              f"normal. CNN rule: {score.rule}"))
+              f"of the learnt putamen estimator (ratio below {X_CLEAR_RATIO:.2f}: {found}); "
+              f"the CNN called the scan normal. CNN rule: {score.rule}"))
 
 
 def cnn_side(levels_cnn: Sequence[int], sbr: Sequence[float], levels_sbr: Sequence[int]
@@ -231,12 +257,12 @@ def apply_verdict(regions: Sequence[RegionResult], score: GlobalScore,
                   asymmetry_decides: bool = True
                   ) -> tuple[tuple[RegionResult, ...], GlobalScore]:
     """The regions and :func:`consistent_score`; where the one-sided override
-    decided, the overridden putamina report their SBR level (``by_asymmetry``),
-    so the table's reported level shows what the verdict rests on."""
+    decided, the overridden putamen reports its SBR level, at least 2
+    (``by_asymmetry``), so the table's reported level shows what the verdict rests on."""
     final = consistent_score(regions, score, asymmetry_decides)
     if final.method != ASYMMETRY_METHOD:
         return tuple(regions), final
-    clear = clearly_one_sided({r.region: r.sbr for r in regions})
+    clear = estimated_one_sided(regions)
     return tuple(replace(r, by_asymmetry=True) if r.region in clear else r
                  for r in regions), final
 
@@ -251,8 +277,8 @@ def with_calibration(score: GlobalScore, calibration: CalibrationInfo) -> Global
 def contradiction(regions: Sequence[RegionResult], score: GlobalScore) -> str:
     """Short headline text when the verdict and the table disagree, else ``""``."""
     if (score.method == ASYMMETRY_METHOD and score.reduced
-            and clearly_one_sided({r.region: r.sbr for r in regions})):
-        return ""  # the SBR column shows the putamen at level 2+, the rule says why
+            and any(r.by_asymmetry for r in regions)):
+        return ""  # the putamen is reported at level 2+, the rule says why
     if score.method == SIDE_METHOD and score.reduced and _cnn_side_of(regions):
         return ""  # the reported (CNN) level is 3+, the rule says why the SBR column is not
     if methods_call_differently(regions):
