@@ -13,8 +13,9 @@ benchmark folder (e.g. the held-out benchmark version 1 groups of
   inconclusive where the CNN and the SBR path call the scan differently (one
   has a region at level 2 or worse, the other none;
   :func:`service.pipelines.dat_spect.verdict.consistent_score`), except that a
-  normal CNN call where the learnt putamen estimator reads a clearly one-sided
-  putamen (:func:`estimated_asymmetry`) is *reduced* and a
+  normal CNN call where both putamen measures (the VOI SBRs and the learnt
+  estimator) see one putamen clearly low (:func:`estimated_asymmetry`) is
+  *reduced* and a
   strong one-sided CNN call the scan's putamen asymmetry points to stays
   *reduced* (both the node's default ``asymmetry_decides``); ``verdict-noasym``
   without them (the node with ``asymmetry_decides = false``).
@@ -161,14 +162,14 @@ def putamen_estimates(x: np.ndarray) -> np.ndarray:
     return np.array([estimator.estimate(crop) for crop in x], np.float64).reshape(-1, 2)
 
 
-def estimated_asymmetry(estimates: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: the estimator's lower putamen ratio below the override's cut
-    (:func:`~service.pipelines.dat_spect.verdict.estimated_one_sided`) in ``(N, 2)``
-    putamen estimates (:func:`putamen_estimates`)."""
-    from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
+def estimated_asymmetry(estimates: np.ndarray, sbr: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: both putamen measures see one putamen clearly low
+    (:func:`~service.pipelines.dat_spect.verdict.one_sided_side`) in ``(N, 2)``
+    putamen estimates (:func:`putamen_estimates`) and ``(N, 4)`` SBRs."""
+    from service.pipelines.dat_spect.verdict import one_sided_side
 
-    return np.array([bool(lower_ratio(float(left), float(right)) < X_CLEAR_RATIO)
-                     for left, right in estimates], bool)
+    return np.array([one_sided_side(float(e[0]), float(e[1]), float(s[2]), float(s[3]))
+                     is not None for e, s in zip(estimates, sbr, strict=True)], bool)
 
 
 def rates(calls: Calls, reference: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -425,7 +426,7 @@ def evaluate_folder(bench_dir: Path, work_dir: Path, models: Mapping[str, Path],
     families = [series_family(s.series_dir) for s in cached]
     sbr_path = sbr_calls(sbr, calibration, families)
     estimates = putamen_estimates(x)
-    clear = estimated_asymmetry(estimates)  # the node's default asymmetry_decides
+    clear = estimated_asymmetry(estimates, sbr)  # the node's default asymmetry_decides
     # a set of site-calibration normals rated as test scans uses its variant's thresholds
     sites = np.array([s.site.removesuffix(NORMALS_SUFFIX) for s in cached])
     sbr_site = None

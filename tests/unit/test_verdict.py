@@ -84,11 +84,12 @@ def test_clear_one_sided_loss_under_a_normal_cnn_is_reduced_by_default() -> None
     assert off.inconclusive and not off.reduced  # without the option: a disagreement
     score = consistent_score(result.regions, result.global_score)  # the node's default
     assert score.reduced and not score.inconclusive and score.method == ASYMMETRY_METHOD
-    assert ("putamen right estimated at 0.62 x the other putamen (VOI SBR ratio 0.62), "
-            "CNN level 0") in score.rule
-    assert score.rule.startswith("reduced: one-sided putamen loss by the calibration-free "
-                                 "asymmetry rule of the learnt putamen estimator (ratio below "
-                                 "0.66")
+    assert ("putamen right: VOI SBR ratio 0.62, learnt estimator 0.62, CNN level 0"
+            in score.rule)
+    assert score.rule.startswith("reduced: one-sided putamen loss seen by both putamen "
+                                 "measures, calibration-free")
+    assert "both below 0.78 x the other putamen, the VOI below 0.741 or the estimator " \
+           "below 0.66" in score.rule
     assert score.rule.endswith(result.global_score.rule)
     regions, applied = apply_verdict(result.regions, result.global_score)
     assert applied == score
@@ -104,43 +105,58 @@ def test_clear_one_sided_loss_under_a_normal_cnn_is_reduced_by_default() -> None
         result.regions, off)
 
 
-def test_the_estimator_decides_where_the_voi_ratio_does_not_see_the_loss() -> None:
-    """X below 0.66, the VOI ratio 0.85 (SBR level 1): reduced, the putamen reported at 2."""
-    result = one_sided_under_normal_cnn(0.85, x_ratio=0.6, level_sbr=Level.BORDERLINE)
+def test_the_estimator_clearly_low_and_the_voi_moderately_low_decide() -> None:
+    """VOI ratio 0.76 (SBR level 2, not clearly), X 0.60 on the same putamen: reduced."""
+    result = one_sided_under_normal_cnn(0.76, x_ratio=0.6)
     assert consistent_score(result.regions, result.global_score,
-                            asymmetry_decides=False) == result.global_score  # no level 2
+                            asymmetry_decides=False).inconclusive  # today's disagreement
     regions, score = apply_verdict(result.regions, result.global_score)
     assert score.reduced and not score.inconclusive and score.method == ASYMMETRY_METHOD
-    assert "estimated at 0.60 x the other putamen (VOI SBR ratio 0.85)" in score.rule
+    assert "putamen right: VOI SBR ratio 0.76, learnt estimator 0.60" in score.rule
     right = next(r for r in regions if r.region is Region.PUTAMEN_RIGHT)
-    assert right.by_asymmetry and right.level_sbr == Level.BORDERLINE
-    assert right.level == Level.MODERATE_REDUCTION  # at least 2: the table shows the call
+    assert right.by_asymmetry and right.level == Level.MODERATE_REDUCTION
     fixed = replace(result, regions=regions, global_score=score)
     assert contradiction(regions, score) == ""
     assert render.headline(fixed)[0] == "REDUCED striatal DaT uptake (abnormal)"
     assert summary_dict(fixed)["regions"]["putamen_right"]["sbr_estimated"] == (
         pytest.approx(1.2))
     _, items = sr_round_trip(fixed)
-    assert "estimated at 0.60" in items[codes.GLOBAL_SCORE_RULE.value].TextValue
+    assert "learnt estimator 0.60" in items[codes.GLOBAL_SCORE_RULE.value].TextValue
 
 
-def test_the_voi_ratio_alone_no_longer_overrides() -> None:
-    """VOI ratio 0.60 (SBR level 2), X reads 0.90: a disagreement, as without the option."""
-    result = one_sided_under_normal_cnn(0.60, x_ratio=0.90)
+@pytest.mark.parametrize(("voi", "x_ratio", "level_sbr", "why"), [
+    (0.85, 0.60, Level.BORDERLINE, "the VOI does not see it (0.85)"),
+    (0.60, 0.90, Level.MODERATE_REDUCTION, "X does not see it (0.90)"),
+    (0.76, X_CLEAR_RATIO + 0.005, Level.MODERATE_REDUCTION, "neither clearly"),
+    (0.70, 0.79, Level.MODERATE_REDUCTION, "X above 0.78"),
+])
+def test_one_measure_alone_does_not_override(voi: float, x_ratio: float, level_sbr: Level,
+                                             why: str) -> None:
+    """Without both measures below 0.78 and one clearly low, the CNN's call stands as
+    without the option: normal above SBR level 1, inconclusive above SBR level 2."""
+    result = one_sided_under_normal_cnn(voi, x_ratio=x_ratio, level_sbr=level_sbr)
     score = consistent_score(result.regions, result.global_score)
-    assert score.inconclusive and not score.reduced and score.method == "cnn"
-    assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen right")
+    assert score == consistent_score(result.regions, result.global_score,
+                                     asymmetry_decides=False), why
+    assert not score.reduced and score.method == "cnn"
     no_estimates = tuple(replace(r, sbr_estimated=None) for r in result.regions)
-    assert consistent_score(no_estimates, result.global_score).inconclusive
+    assert consistent_score(no_estimates, result.global_score) == score  # no CNN crop: no X
 
 
-@pytest.mark.parametrize("x_ratio", [X_CLEAR_RATIO + 0.005, 0.77])
-def test_asymmetry_near_the_cut_stays_a_disagreement(x_ratio: float) -> None:
-    """X at or above 0.66 with a VOI ratio below 0.78 (SBR level 2): no override."""
-    result = one_sided_under_normal_cnn(0.7, x_ratio=x_ratio)
-    score = consistent_score(result.regions, result.global_score, asymmetry_decides=True)
+def test_the_measures_must_point_to_the_same_putamen() -> None:
+    """VOI: the right putamen at 0.70; X: the left at 0.60 of the right: no override."""
+    result = one_sided_under_normal_cnn(0.70)
+    regions = tuple(replace(r, sbr_estimated={Region.PUTAMEN_LEFT: 1.2,
+                                              Region.PUTAMEN_RIGHT: 2.0}.get(r.region))
+                    for r in result.regions)
+    score = consistent_score(regions, result.global_score)
     assert score.inconclusive and not score.reduced and score.method == "cnn"
-    assert score.rule.startswith("inconclusive: CNN and SBR thresholds disagree on putamen right")
+    from service.pipelines.dat_spect.verdict import one_sided_side
+
+    assert one_sided_side(1.2, 2.0, 2.0, 1.4) is None  # X left low, VOI right low
+    assert one_sided_side(1.2, 2.0, 1.4, 2.0) == 0 and one_sided_side(2.0, 1.2, 2.0, 1.4) == 1
+    assert one_sided_side(-0.1, 2.0, 1.4, 2.0) == 0  # an estimate below nothing: clearly low
+    assert one_sided_side(0.0, 0.0, 1.4, 2.0) is None  # no binding read: no decision
 
 
 def test_the_override_leaves_reduced_cnn_calls_and_sbr_verdicts_alone() -> None:
@@ -162,13 +178,13 @@ def test_the_offline_override_applies_the_same_rule_as_the_node() -> None:
     sbr = rng.uniform(1.0, 2.2, (n, 4))
     cnn_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
     sbr_levels = rng.integers(0, 5, (n, 4)) * (rng.random((n, 4)) < 0.3)
-    estimates = rng.uniform(0.8, 2.2, (n, 2))
+    estimates = sbr[:, 2:] * rng.uniform(0.6, 1.4, (n, 2))  # X near the VOI, not equal
     cnn_reduced = (cnn_levels >= 2).any(axis=1)
     none = np.zeros(n, bool)
     cnn, sbr_path = Calls(cnn_reduced, none, cnn_levels), Calls(none, none, sbr_levels)
     side = side_agrees(cnn, sbr, sbr_path)
     assert 5 < int(side.sum()) < n - 5  # the CNN-side rule applies to some, not all
-    clear = estimated_asymmetry(estimates)
+    clear = estimated_asymmetry(estimates, sbr)
     calls = verdict_calls(cnn, sbr_path, clear, side)
     base = example_result(reduced=False, with_cnn=True)
     node = []
@@ -376,7 +392,7 @@ def test_sr_of_an_overridden_verdict_reports_the_sbr_level_and_the_method() -> N
     assert items[codes.FINDING.value].ConceptCodeSequence[0].CodeValue != codes.NORMAL.value
     assert items[codes.RESULT_INCONCLUSIVE.value].ConceptCodeSequence[0].CodeValue != (
         codes.YES.value)
-    assert "putamen right estimated at 0.62 x the other putamen" in (
+    assert "putamen right: VOI SBR ratio 0.62, learnt estimator 0.62" in (
         items[codes.GLOBAL_SCORE_RULE.value].TextValue)
     estimated = [(item.MeasuredValueSequence[0].NumericValue)
                  for item in find_content_items(sr.content[0], name=codes.ESTIMATED_SBR,

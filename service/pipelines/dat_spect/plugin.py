@@ -44,9 +44,11 @@ class DatSpectSettings(PipelineSettings):
         per-slice series whose header announces more slices than arrived;
         then it is reported as incomplete, never analysed.
     asymmetry_decides : bool
-        A normal CNN call above a clear one-sided putamen loss (the learnt
-        putamen estimator reads one putamen below 0.66 x the other; until
-        December 2026 the VOI SBR ratio below 0.741) is reported *reduced*, not
+        A normal CNN call above a clear one-sided putamen loss (both the VOI
+        SBR ratio and the learnt putamen estimator put one putamen below
+        0.78 x the other, one of them clearly: the VOI below 0.741 or the
+        estimator below 0.66; until December 2026 the VOI below 0.741 alone)
+        is reported *reduced*, not
         inconclusive (:func:`service.pipelines.dat_spect.verdict.one_sided_override`).
         On by default since 2026-12-02 (``models/training/README.md``,
         "The asymmetry decides"); since 2026-12-04 it also keeps a one-sided

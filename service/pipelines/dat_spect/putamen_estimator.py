@@ -19,9 +19,10 @@ from the CNN's input crop (:func:`~service.pipelines.dat_spect.preprocess.cnn_in
   shipped weights ``models/dopanode_dat_putamen_estimator.npz`` with its card
   and ``.sha256``).
 
-The node uses X's ratio (lower putamen estimate over the other) for the
-clear one-sided override (:func:`service.pipelines.dat_spect.verdict.one_sided_override`),
-cut :data:`X_CLEAR_RATIO` (``models/training/rules/dat33_learned_estimator_override.md``).
+The node uses X's ratio (lower putamen estimate over the other) beside the
+VOI SBR ratio in the clear one-sided override
+(:func:`service.pipelines.dat_spect.verdict.one_sided_side`; X's clear cut
+:data:`X_CLEAR_RATIO`, ``models/training/rules/dat33_both_measures_override.md``).
 The reported SBRs, the SBR path and its asymmetry level stay on the AAL VOIs.
 """
 

@@ -24,20 +24,21 @@ The rule here, applied after both have rated a scan:
   regions named;
 * **a clear one-sided putamen loss under a normal CNN call**
   (``asymmetry_decides``, the node's default, ``[pipelines.dat_spect]
-  asymmetry_decides``): when the CNN calls the scan normal and the learnt
-  putamen estimator (X, :mod:`.putamen_estimator`) reads one putamen below
-  :data:`~service.pipelines.dat_spect.putamen_estimator.X_CLEAR_RATIO` (0.66)
-  of the other (:func:`estimated_one_sided`), the verdict is *reduced* and
-  conclusive, method ``"cnn+asymmetry"``; its rule names the putamen, X's
-  ratio, the VOI SBR ratio and the CNN's level, and that putamen's reported
-  level is its SBR level, at least 2 (:func:`apply_verdict`; the CNN level
-  stays in its own column). The ratio compares the scan with itself and
-  needs no camera calibration; the CNN is the weaker method on one-sided
-  losses (``models/training/README.md``, "The asymmetry decides"). Until
-  December 2026 the override compared the AAL putamen VOIs' SBRs (below
-  0.741); X separates one-sided losses from normals better on new subjects
-  (rules ``dat32_learned_putamen_estimator.md`` and
-  ``dat33_learned_estimator_override.md`` in ``models/training/rules/``).
+  asymmetry_decides``): when the CNN calls the scan normal and both putamen
+  measures see one putamen low (:func:`both_measures_one_sided`): the VOI
+  SBR ratio (AAL putamen VOIs) and the learnt putamen estimator's ratio
+  (X, :mod:`.putamen_estimator`) both name it the lower putamen, both put it
+  below the SBR path's asymmetry cut 0.78 x the other, and at least one
+  clearly (VOI below 0.741 or X below 0.66), the verdict is *reduced* and
+  conclusive, method ``"cnn+asymmetry"``; its rule names the putamen, both
+  ratios and the CNN's level, and that putamen's reported level is its SBR
+  level, at least 2 (:func:`apply_verdict`; the CNN level stays in its own
+  column). The ratios compare the scan with itself and need no camera
+  calibration; the CNN is the weaker method on one-sided losses
+  (``models/training/README.md``, "The asymmetry decides"). The two
+  measures fail differently (the VOI where it does not fit the anatomy, X
+  on counting noise); until December 2026 the VOI ratio below 0.741 decided
+  alone (rule ``models/training/rules/dat33_both_measures_override.md``).
   Without the option the case is a disagreement (first point);
 * **a strong one-sided CNN call the scan's own asymmetry points to** (the
   same option, :func:`cnn_side_override`): when the CNN calls the scan
@@ -66,6 +67,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
+from service.pipelines.dat_spect.levels import ASYMMETRY_REDUCED_RATIO, CLEAR_ASYMMETRY_RATIO
 from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
 from service.pipelines.dat_spect.result import REGIONS, GlobalScore, Level, Region, RegionResult
 
@@ -130,26 +132,43 @@ def methods_call_differently(regions: Sequence[RegionResult]) -> bool:
     return calls_differ(cnn, [r.level_sbr for r in regions])
 
 
-def estimated_one_sided(regions: Sequence[RegionResult]) -> dict[Region, tuple[float, float]]:
-    """The putamen the learnt estimator reads clearly below the other one, or ``{}``.
+def one_sided_side(x_left: float, x_right: float, voi_left: float, voi_right: float
+                   ) -> int | None:
+    """The putamen both measures see clearly low: 0 left, 1 right, or None.
+
+    ``x_*``: the learnt estimator's putamen SBRs; ``voi_*``: the VOI SBRs. Both
+    must name the same putamen the lower one, both ratios (lower over higher)
+    be below :data:`~service.pipelines.dat_spect.levels.ASYMMETRY_REDUCED_RATIO`,
+    and the VOI's below :data:`~service.pipelines.dat_spect.levels.CLEAR_ASYMMETRY_RATIO`
+    or X's below :data:`X_CLEAR_RATIO` (rule dat33, candidate Z).
+    """
+    x, voi = lower_ratio(x_left, x_right), lower_ratio(voi_left, voi_right)
+    side_x, side_voi = int(x_right < x_left), int(voi_right < voi_left)
+    if side_x != side_voi or not (x < ASYMMETRY_REDUCED_RATIO and voi < ASYMMETRY_REDUCED_RATIO):
+        return None  # NaN compares False: no decision without binding
+    return side_x if (voi < CLEAR_ASYMMETRY_RATIO or x < X_CLEAR_RATIO) else None
+
+
+def both_measures_one_sided(regions: Sequence[RegionResult]
+                            ) -> dict[Region, tuple[float, float]]:
+    """The putamen both measures see clearly low (:func:`one_sided_side`), or ``{}``.
 
     Returns
     -------
     dict
-        ``{putamen: (X's ratio, the VOI SBR ratio)}`` for the putamen whose
-        estimate is below :data:`X_CLEAR_RATIO` of the other's estimate; empty
-        where the estimates are missing (no CNN) or the ratio is not below the cut.
+        ``{putamen: (X's ratio, the VOI SBR ratio)}``; empty where the
+        estimates are missing (no CNN) or the rule does not hold.
     """
     by_region = {r.region: r for r in regions}
     left, right = by_region.get(Region.PUTAMEN_LEFT), by_region.get(Region.PUTAMEN_RIGHT)
     if left is None or right is None or left.sbr_estimated is None or right.sbr_estimated is None:
         return {}
-    ratio = lower_ratio(left.sbr_estimated, right.sbr_estimated)
-    if not ratio < X_CLEAR_RATIO:  # NaN (neither putamen positive) is not clear
+    side = one_sided_side(left.sbr_estimated, right.sbr_estimated, left.sbr, right.sbr)
+    if side is None:
         return {}
-    low, high = (left, right) if left.sbr_estimated < right.sbr_estimated else (right, left)
-    voi = low.sbr / high.sbr if high.sbr > 0 else float("nan")
-    return {low.region: (ratio, voi)}
+    low = (left, right)[side]
+    return {low.region: (lower_ratio(left.sbr_estimated, right.sbr_estimated),
+                         lower_ratio(left.sbr, right.sbr))}
 
 
 def one_sided_override(regions: Sequence[RegionResult], score: GlobalScore
@@ -158,19 +177,20 @@ def one_sided_override(regions: Sequence[RegionResult], score: GlobalScore
     or None where the rule does not apply (module docstring)."""
     if score.method != "cnn" or score.reduced:
         return None
-    clear = estimated_one_sided(regions)
+    clear = both_measures_one_sided(regions)
     if not clear:
         return None
     found = "; ".join(
-        f"{_name(r)} estimated at {clear[r.region][0]:.2f} x the other putamen "
-        f"(VOI SBR ratio {clear[r.region][1]:.2f}), CNN level "
+        f"{_name(r)}: VOI SBR ratio {clear[r.region][1]:.2f}, learnt estimator "
+        f"{clear[r.region][0]:.2f}, CNN level "
         f"{int(r.level_cnn) if r.level_cnn is not None else '-'}"
         for r in regions if r.region in clear)
     return GlobalScore(
         reduced=True, inconclusive=False, method=ASYMMETRY_METHOD,
-        rule=(f"reduced: one-sided putamen loss by the calibration-free asymmetry rule "
-              f"of the learnt putamen estimator (ratio below {X_CLEAR_RATIO:.2f}: {found}); "
-              f"the CNN called the scan normal. CNN rule: {score.rule}"))
+        rule=(f"reduced: one-sided putamen loss seen by both putamen measures, calibration-"
+              f"free ({found}; both below {ASYMMETRY_REDUCED_RATIO:.2f} x the other putamen, "
+              f"the VOI below {CLEAR_ASYMMETRY_RATIO:.3f} or the estimator below "
+              f"{X_CLEAR_RATIO:.2f}); the CNN called the scan normal. CNN rule: {score.rule}"))
 
 
 def cnn_side(levels_cnn: Sequence[int], sbr: Sequence[float], levels_sbr: Sequence[int]
@@ -262,7 +282,7 @@ def apply_verdict(regions: Sequence[RegionResult], score: GlobalScore,
     final = consistent_score(regions, score, asymmetry_decides)
     if final.method != ASYMMETRY_METHOD:
         return tuple(regions), final
-    clear = estimated_one_sided(regions)
+    clear = both_measures_one_sided(regions)
     return tuple(replace(r, by_asymmetry=True) if r.region in clear else r
                  for r in regions), final
 
