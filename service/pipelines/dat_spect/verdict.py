@@ -66,8 +66,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
 from service.pipelines.dat_spect.levels import ASYMMETRY_REDUCED_RATIO, CLEAR_ASYMMETRY_RATIO
+from service.pipelines.dat_spect.provenance import SIMULATED, CalibrationInfo
 from service.pipelines.dat_spect.putamen_estimator import X_CLEAR_RATIO, lower_ratio
 from service.pipelines.dat_spect.result import REGIONS, GlobalScore, Level, Region, RegionResult
 
