@@ -145,29 +145,11 @@ def region_group(
         anatomic_location=_STRUCTURE_CODES[region.structure],
         laterality=_SIDE_CODES[region.side],
     )
-    measurements = [
-        Measurement(
-            name=codes.SPECIFIC_BINDING_RATIO,
-            value=round(float(region_result.sbr), VALUE_DECIMALS),
-            unit=codes.UCUM_RATIO,
-        )
-    ]
-    if region_result.z_score is not None:
-        measurements.append(
-            Measurement(
-                name=codes.Z_SCORE,
-                value=round(float(region_result.z_score), VALUE_DECIMALS),
-                unit=codes.UCUM_NO_UNITS,
-            )
-        )
-    if region_result.sbr_estimated is not None:
-        measurements.append(
-            Measurement(
-                name=codes.ESTIMATED_SBR,
-                value=round(float(region_result.sbr_estimated), VALUE_DECIMALS),
-                unit=codes.UCUM_RATIO,
-            )
-        )
+    values = ((codes.SPECIFIC_BINDING_RATIO, region_result.sbr, codes.UCUM_RATIO),
+              (codes.Z_SCORE, region_result.z_score, codes.UCUM_NO_UNITS),
+              (codes.ESTIMATED_SBR, region_result.sbr_estimated, codes.UCUM_RATIO))
+    measurements = [Measurement(name=name, value=round(float(value), VALUE_DECIMALS), unit=unit)
+                    for name, value, unit in values if value is not None]
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=tracking_uid, identifier=region.value.replace("_", " ")
