@@ -179,5 +179,8 @@ def test_malformed_headers_never_reach_logs_or_open_responses(
         s["PatientID"] for s in STUDIES.values()}
     checksums = {r["details"]["algorithm"]["model_sha256"] for r in analyses}
     (start,) = [r for r in records if r["event"] == "application_start"]
-    (model,) = start["details"]["models"]["dat_spect"]
-    assert checksums == {model["sha256"]} and len(model["sha256"]) == 64
+    models = {m["name"]: m for m in start["details"]["models"]["dat_spect"]}
+    assert set(models) == {"dat_cnn", "dat_putamen_estimator"}  # each model file audited
+    assert checksums == {models["dat_cnn"]["sha256"]} and len(models["dat_cnn"]["sha256"]) == 64
+    assert models["dat_putamen_estimator"]["ok"] and len(
+        models["dat_putamen_estimator"]["sha256"]) == 64
