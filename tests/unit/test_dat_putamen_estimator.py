@@ -129,3 +129,22 @@ def test_lower_ratio() -> None:
     assert lower_ratio(1.0, 2.0) == 0.5 == lower_ratio(2.0, 1.0)
     assert lower_ratio(-0.1, 2.0) < 0  # a putamen read below nothing: clearly the lower
     assert np.isnan(lower_ratio(-1.0, 0.0))
+
+
+def test_the_node_reports_the_estimator_with_the_cnn_and_refuses_a_wrong_file(
+        tmp_path: Path) -> None:
+    """``check_models`` (start-up audit, ``/ready``) lists the estimator beside the CNN;
+    a file that fails its checksum is not ok, and the pipeline does not build on it."""
+    from service.pipelines.dat_spect.plugin import DatSpectSettings, build, check_models
+
+    cnn, estimator = check_models(DatSpectSettings())
+    assert (cnn.name, estimator.name) == ("dat_cnn", "dat_putamen_estimator")
+    assert estimator.ok and estimator.sha256 == SHIPPED.with_name(
+        SHIPPED.name + ".sha256").read_text().split()[0]
+    assert check_models(DatSpectSettings(cnn_enabled=False))[0].name == "dat_cnn"
+    assert len(check_models(DatSpectSettings(cnn_enabled=False))) == 1  # no CNN, no estimator
+    wrong = DatSpectSettings(estimator_path=SHIPPED, estimator_sha256="0" * 64)
+    (_, bad) = check_models(wrong)
+    assert not bad.ok and "checksum" in bad.detail.lower()
+    with pytest.raises(ValueError, match="putamen estimator"):
+        build(wrong)
