@@ -45,6 +45,7 @@ from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.pipelines import FakeNmPipeline
 from service.testing.polling import wait_until
 from service.testing.ports import free_port
+from service.testing.scu import send_echo
 from service.testing.smallfs import SmallFsUnavailable, fill, small_filesystem
 from service.testing.storage import env_postgres_dsn, node_rows, storage_settings
 from service.worker import DeferPolicy, Worker
@@ -287,7 +288,7 @@ def test_store_meeting_a_full_disk_is_0xa700_and_leaves_nothing(
         assert counter(metrics.INSTANCES_REJECTED, reason="out_of_space") == before + 1
         assert scp.served_in == [] and instance_rows(scp.database) == 0
         wait_until(lambda: not list(scp.spool.tmp_dir.iterdir()), 5.0, "tmp/ empty", 0.01)
-        assert assoc.send_c_echo().Status == 0x0000  # the association goes on
+        assert send_echo(assoc).Status == 0x0000  # the association goes on
         filler.unlink()
         assert assoc.send_c_store(big_instance("full-disk")).Status == 0x0000  # the resend
         assert instance_rows(scp.database) == 1

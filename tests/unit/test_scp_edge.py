@@ -349,8 +349,9 @@ def test_oversized_instance_is_refused_while_it_arrives(tmp_path: Path,
         assert rsp.Status == 0xA700 and "1 MiB" in str(rsp.ErrorComment)
         assert scp.served_in == []  # refused before the handler: never written in full
         assert list(scp.spool.tmp_dir.iterdir()) == []
-        small = nm_instance("after-big", 0, slices=1)
-        assert assoc.send_c_store(small).Status == 0x0000  # the association goes on
+        small = nm_instance("after-big", 0, slices=1)  # the association goes on:
+        assert send_store(assoc, encode(small, False, True), codes.NM_IMAGE_STORAGE,
+                          str(small.SOPInstanceUID)).Status == 0x0000
         assoc.release()
     finally:
         scp.stop()
