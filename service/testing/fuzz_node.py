@@ -9,6 +9,7 @@ measure what the inputs did to the process and the disk.
 
 from __future__ import annotations
 
+import os
 from contextlib import suppress
 from io import BytesIO
 from pathlib import Path
@@ -22,15 +23,24 @@ from service.testing.scu import reactor_paused
 
 
 def proc_stats(pid: int) -> dict[str, int]:
-    """Threads, open descriptors and RSS (kB) of a process, from /proc."""
-    out = {"threads": -1, "fds": -1, "rss_kb": -1}
+    """Threads, open descriptors (``sockets`` of them) and RSS (kB) of a process, from /proc."""
+    out = {"threads": -1, "fds": -1, "sockets": -1, "rss_kb": -1}
     with suppress(OSError):
         out["threads"] = len(list(Path(f"/proc/{pid}/task").iterdir()))
-        out["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        out["fds"] = len(fds)
+        out["sockets"] = sum(1 for fd in fds if _readlink(fd).startswith("socket:"))
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 out["rss_kb"] = int(line.split()[1])
     return out
+
+
+def _readlink(fd: Path) -> str:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed since the listing
+        return ""
 
 
 #: Node settings for fuzzing: short edge timeouts, so that a half-sent PDU costs

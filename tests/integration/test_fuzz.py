@@ -21,10 +21,20 @@ from service.testing.fuzz_node import NODE_SETTINGS
 from service.testing.node import NodeProcess
 from service.testing.peers import require_tool
 from service.testing.ports import free_port
+from service.testing.storage import env_s3_environ
 
 pytestmark = pytest.mark.slow  # a real node and storescp
 
 SEED = 14
+
+
+def s3_pool_size() -> int:
+    """The S3 client's keep-alive connections at most (0 when blobs stay local)."""
+    if not env_s3_environ():
+        return 0
+    from botocore.config import Config
+
+    return int(Config().max_pool_connections)  # the node keeps botocore's default
 N_DATASETS, N_PDUS, N_HTTP, BATCH = 220, 40, 16, 40
 
 
@@ -56,7 +66,12 @@ def test_bounded_fuzz_leaves_the_node_answering_and_clean(tmp_path: Path) -> Non
             assert not any(code.startswith("5") for code in report["http_outcomes"]), text
             base, final = report["baseline"], report["final"]
             assert final["threads"] <= base["threads"] + 4, text
-            assert final["fds"] <= base["fds"] + 8, text
+            # files and pipes come back near the baseline; sockets may also fill the
+            # bounded keep-alive pool of the S3 client (botocore's max_pool_connections),
+            # which a run on S3 opens under load and keeps (CI 2026-12-05: 27 fds, base 18)
+            files = final["fds"] - final["sockets"]
+            assert files <= base["fds"] - base["sockets"] + 8, text
+            assert final["sockets"] <= base["sockets"] + 8 + s3_pool_size(), text
             assert report["max"]["threads"] <= base["threads"] + 15, text
             assert report["log_bytes"] < 2_000_000, text
             # every kind of refusal was exercised, and some inputs were accepted
