@@ -50,27 +50,36 @@ class ModelCheck:
     expected_sha256: str | None = None
 
 
-_cache: dict[tuple[str, int, int, int], str] = {}
+#: Files whose checksums are kept (the node checks four or five model files on
+#: every /ready: the DaT CNN and putamen estimator, the FDOPA U-Nets).
+_CACHE_FILES = 16
+_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 _cache_lock = threading.Lock()
 
 
 def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, lower-case hex, cached by (path, inode, size, mtime_ns)."""
+    """SHA-256 of a file, lower-case hex, cached per path by (inode, size, mtime_ns)."""
     st = os.stat(path)
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    name, stamp = str(path), (st.st_ino, st.st_size, st.st_mtime_ns)
     with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
+        cached = _cache.get(name)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    value = _hash_file(path)
+    with _cache_lock:
+        _cache.pop(name, None)
+        _cache[name] = (stamp, value)
+        while len(_cache) > _CACHE_FILES:  # the oldest entry first
+            _cache.pop(next(iter(_cache)))
+    return value
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK_BYTES):
             digest.update(chunk)
-    value = digest.hexdigest()
-    with _cache_lock:
-        _cache.clear()  # one model: keep only the latest
-        _cache[key] = value
-    return value
+    return digest.hexdigest()
 
 
 def sidecar_path(model_path: Path) -> Path:
