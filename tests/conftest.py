@@ -29,7 +29,10 @@ import numpy as np
 import pytest
 
 from service.testing.ports import free_port
+from service.testing.scu import requestors_answer_their_caller
 from service.testing.storage import postgres_environ, s3_environ, selected_stores
+
+requestors_answer_their_caller()  # pynetdicom's SCU race, closed for every test
 
 #: Fixtures of tests that pick their adapter themselves (they run on both in every pass).
 _OWN_ADAPTER_FIXTURES = frozenset({"rows", "postgres_dsn", "postgres_server", "blobs",

@@ -34,6 +34,37 @@ def store_nm_file(port: int, path: Path, called_ae: str = "DOPANODE") -> Dataset
         assoc.release()
 
 
+def requestors_answer_their_caller() -> None:
+    """Close pynetdicom's requestor race for every association of this process (tests).
+
+    pynetdicom's ``send_c_*`` clear the reactor checkpoint and then trust
+    ``_is_paused``, which the reactor sets on every turn, also right before
+    it goes on: so the reactor can still make one non-blocking read and take
+    the answer the caller waits for ("Received unexpected C-ECHO service
+    message", then a DIMSE timeout and an abort). Measured on this machine
+    with three busy cores: 7 of 300 C-ECHOs right after a hand-built message
+    (:func:`reactor_paused`), 1 of 300 consecutive ``send_c_echo`` calls
+    (CI 2026-12-05 failed on one). After this, a requestor's non-blocking
+    read finds nothing while a caller holds the checkpoint (the caller's
+    own reads block), so the answer goes to the caller; an idle reactor
+    still serves what a peer sends. Idempotent; acceptors are unchanged.
+    """
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    original = DIMSEServiceProvider.get_msg
+    if getattr(original, "answers_caller", False):
+        return
+
+    def get_msg(self: Any, block: bool = False) -> Any:
+        assoc = self.assoc
+        if not block and assoc.is_requestor and not assoc._reactor_checkpoint.is_set():
+            return None, None
+        return original(self, block)
+
+    get_msg.answers_caller = True  # type: ignore[attr-defined]
+    DIMSEServiceProvider.get_msg = get_msg  # type: ignore[method-assign]
+
+
 @contextmanager
 def reactor_paused(assoc: Any, timeout_s: float = 5.0) -> Iterator[None]:
     """Keep the association's reactor off the DIMSE queue while the caller sends a
