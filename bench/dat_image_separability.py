@@ -15,16 +15,22 @@ loss in the shape.
 
 Usage::
 
-    PYTHONPATH=$PWD .venv/bin/python bench/dat_image_separability.py BENCH [BENCH ...]
+    PYTHONPATH=$PWD .venv/bin/python bench/dat_image_separability.py BENCH [BENCH ...] \
+        [--cases CSV [CSV ...]] [--column K+verdict]
 
 ``BENCH``: folders of ``dopanode benchmark robustness`` (one-sided and normal
 cases) and of ``--normals`` (site-calibration normals, counted as normals of
-their variant).
+their variant). ``--cases``: the per-study CSVs of ``dopanode robustness
+--cases`` on the same folders; the table then sets the node's errors on the
+same studies beside the image's (a one-sided loss not called reduced, a
+normal not called normal, a study the node did not rate), so that what a
+better analysis could still win shows per variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -76,6 +82,59 @@ def table(by_variant: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def node_errors(rows: Iterable[dict[str, str]], verdicts: dict[str, str]
+                ) -> dict[str, dict[str, int]]:
+    """Per variant: ``one_sided`` / ``normal`` studies the node rated, how many of each
+    it got wrong (``one_sided_missed``: not *reduced*; ``normal_missed``: not
+    *normal*), and ``unrated`` (in the manifests, not in ``verdicts``: refused)."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        variant = row["site"].removesuffix(NORMALS_SUFFIX)
+        cell = out.setdefault(variant, dict.fromkeys(
+            ("one_sided", "one_sided_missed", "normal", "normal_missed", "unrated"), 0))
+        verdict = verdicts.get(row["study_id"])
+        if verdict is None:
+            cell["unrated"] += 1
+            continue
+        kind = "normal" if row["case"] == "normal" else "one_sided"
+        cell[kind] += 1
+        cell[f"{kind}_missed"] += verdict != ("normal" if kind == "normal" else "reduced")
+    return out
+
+
+def with_node(table_text: str, errors: dict[str, dict[str, int]]) -> str:
+    """``table_text`` with the node's errors per variant as one more column."""
+    lines = table_text.splitlines()
+    lines[0] += " node: one-sided not reduced / normals not normal / not rated |"
+    lines[1] += "---|"
+    total = dict.fromkeys(("one_sided", "one_sided_missed", "normal", "normal_missed",
+                           "unrated"), 0)
+    for i, line in enumerate(lines[2:], start=2):
+        variant = line.split("|")[1].strip()
+        cell = errors.get(variant) if i < len(lines) - 1 else total
+        if cell is None:
+            lines[i] += " - |"
+            continue
+        if cell is not total:
+            for key in total:
+                total[key] += cell[key]
+        lines[i] += (f" {cell['one_sided_missed']} of {cell['one_sided']} / "
+                     f"{cell['normal_missed']} of {cell['normal']} / {cell['unrated']} |")
+    return "\n".join(lines)
+
+
+def read_verdicts(paths: Iterable[Path], column: str) -> dict[str, str]:
+    """``{study_id: verdict}`` from ``dopanode robustness --cases`` CSVs (a later file wins)."""
+    out: dict[str, str] = {}
+    for path in paths:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if column not in row:
+                    raise SystemExit(f"{path.name}: no column {column!r}")
+                out[row["study_id"]] = row[column]
+    return out
+
+
 def _low(a: np.ndarray) -> str:
     return f"{float(np.nanmin(a)):.3f}" if a.size else "-"
 
@@ -87,11 +146,18 @@ def _high(a: np.ndarray) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bench", nargs="+", type=Path)
+    parser.add_argument("--cases", nargs="+", type=Path, default=[],
+                        help="dopanode robustness --cases CSVs of the same folders")
+    parser.add_argument("--column", default="K+verdict",
+                        help="the cases column holding the node's call (default K+verdict)")
     args = parser.parse_args(argv)
     rows = list({row["study_id"]: row for bench in args.bench
                  for row in studies(bench)}.values())  # a study in two folders counts once
     print(f"{len(rows)} normal and one-sided studies of {len(args.bench)} folders\n")
-    print(table(ratios_by_variant(rows)))
+    text = table(ratios_by_variant(rows))
+    if args.cases:
+        text = with_node(text, node_errors(rows, read_verdicts(args.cases, args.column)))
+    print(text)
     return 0
 
 

@@ -59,3 +59,39 @@ def test_main_counts_a_study_in_two_folders_once(tool: ModuleType, tmp_path: Pat
     out = capsys.readouterr().out
     assert out.startswith("2 normal and one-sided studies of 2 folders")
     assert "| cam | 1 | 1 | 1.000 | 0.500 | 0.500 | 0 (" in out
+
+
+def test_the_node_errors_sit_beside_the_image_per_variant(tool: ModuleType, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    rows = [_row("c1", "cam", "normal", 2.0, 2.0), _row("c2", "cam_normals", "normal", 2.0, 1.9),
+            _row("c3", "cam", "loss_left", 1.0, 2.0, "0.5"),
+            _row("c4", "cam", "loss_right", 2.0, 1.0, "0.5"),
+            _row("d1", "other", "normal", 2.0, 2.0)]
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    with (folder / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cases = tmp_path / "cases.csv"
+    with cases.open("w", newline="") as f:  # c4 refused by the gate: not in the cases
+        writer = csv.DictWriter(f, fieldnames=["study_id", "K+verdict", "sbr"])
+        writer.writeheader()
+        writer.writerows([{"study_id": "c1", "K+verdict": "normal", "sbr": "reduced"},
+                          {"study_id": "c2", "K+verdict": "inconclusive (normal)", "sbr": "normal"},
+                          {"study_id": "c3", "K+verdict": "reduced", "sbr": "normal"},
+                          {"study_id": "d1", "K+verdict": "normal", "sbr": "normal"}])
+    assert tool.main([str(folder), "--cases", str(cases)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("| node: one-sided not reduced / normals not normal / not rated |")
+    cam = next(line for line in lines if line.startswith("| cam |"))
+    assert cam.endswith("| 0 of 1 / 1 of 2 / 1 |")
+    assert next(line for line in lines if line.startswith("| other |")).endswith(
+        "| 0 of 0 / 0 of 1 / 0 |")
+    assert lines[-1].endswith("| 0 of 1 / 1 of 3 / 1 |")
+    assert tool.main([str(folder), "--cases", str(cases), "--column", "sbr"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 of 1 / 1 of 2 / 1 |" in out  # the SBR path missed c3, called c1 reduced
+    with pytest.raises(SystemExit, match="no column"):
+        tool.main([str(folder), "--cases", str(cases), "--column", "nope"])
