@@ -6,7 +6,9 @@
 # (the server the tests of the postgres storage backend start on loopback) and
 # Chromium with its WebDriver (the admin page's browser test), HAProxy (the TCP
 # balancer in front of two listeners, tests/integration/test_haproxy.py) and Orthanc's
-# DICOMweb plugin (the OHIF front's test, tests/integration/test_ohif_server.py).
+# DICOMweb plugin (the OHIF front's test, tests/integration/test_ohif_server.py) and
+# rsyslog with its TLS driver (the audit trail to an audit record repository,
+# deploy/rsyslog/, tests/integration/test_audit_syslog.py).
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -20,6 +22,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
