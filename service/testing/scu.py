@@ -42,12 +42,15 @@ def requestors_answer_their_caller() -> None:
     it goes on: so the reactor can still make one non-blocking read and take
     the answer the caller waits for ("Received unexpected C-ECHO service
     message", then a DIMSE timeout and an abort). Measured on this machine
-    with three busy cores: 7 of 300 C-ECHOs right after a hand-built message
-    (:func:`reactor_paused`), 1 of 300 consecutive ``send_c_echo`` calls
-    (CI 2026-12-05 failed on one). After this, a requestor's non-blocking
-    read finds nothing while a caller holds the checkpoint (the caller's
-    own reads block), so the answer goes to the caller; an idle reactor
-    still serves what a peer sends. Idempotent; acceptors are unchanged.
+    with three busy cores: 3-7 of 300 C-ECHOs right after a hand-built
+    message (:func:`reactor_paused`), 1 of 300 consecutive ``send_c_echo``
+    calls (CI 2026-12-05 failed on one); with this, 0 of 1200. After this,
+    a requestor's non-blocking read finds nothing while a caller holds the
+    checkpoint (the caller's own reads block), so the answer goes to the
+    caller; an idle reactor still serves what a peer sends. Idempotent;
+    acceptors are unchanged. The node's own sender does not need it: its
+    C-STOREs read a file before they send, which outlasts the window (0 of
+    1000 lost against a peer that answers at once, without this).
     """
     from pynetdicom.dimse import DIMSEServiceProvider
 
