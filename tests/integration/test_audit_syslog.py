@@ -143,12 +143,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, certs.Pair]:
             "impostor": certs.make_leaf(root, rogue, "impostor", "CN=arr,O=Hospital")}
 
 
-def test_every_record_reaches_the_arr_once_and_in_order(tmp_path: Path,
-                                                        pki: dict[str, certs.Pair]) -> None:
-    port = free_port()
-    out = tmp_path / "arr" / "received.jsonl"
+def arr_and_sender_folders(tmp_path: Path) -> tuple[int, Path]:
+    """A port for the ARR and the file it writes; its folder and the sender's made."""
     (tmp_path / "arr").mkdir()
     (tmp_path / "sender").mkdir()
+    return free_port(), tmp_path / "arr" / "received.jsonl"
+
+
+def test_every_record_reaches_the_arr_in_order_at_least_once(
+        tmp_path: Path, pki: dict[str, certs.Pair]) -> None:
+    port, out = arr_and_sender_folders(tmp_path)
     arr = arr_config(tmp_path / "arr", pki["ca"], pki["arr"], port, out)
     with NodeProcess(tmp_path / "node", settings={"audit": {"rotate_mb": 0.002}}) as node:
         node.start()
@@ -179,10 +183,7 @@ def test_every_record_reaches_the_arr_once_and_in_order(tmp_path: Path,
 
 def test_a_sender_refuses_an_arr_its_ca_did_not_sign(tmp_path: Path,
                                                      pki: dict[str, certs.Pair]) -> None:
-    port = free_port()
-    out = tmp_path / "arr" / "received.jsonl"
-    (tmp_path / "arr").mkdir()
-    (tmp_path / "sender").mkdir()
+    port, out = arr_and_sender_folders(tmp_path)
     audit = tmp_path / "audit" / "audit.jsonl"
     audit.parent.mkdir()
     audit.write_text('{"event": "x", "source": {"seq": 1}}\n', encoding="ascii")
