@@ -82,6 +82,10 @@ def table(by_variant: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+#: The node's counts per variant (:func:`node_errors`).
+NODE_COUNTS = ("one_sided", "one_sided_missed", "normal", "normal_missed", "unrated")
+
+
 def node_errors(rows: Iterable[dict[str, str]], verdicts: dict[str, str]
                 ) -> dict[str, dict[str, int]]:
     """Per variant: ``one_sided`` / ``normal`` studies the node rated, how many of each
@@ -90,8 +94,7 @@ def node_errors(rows: Iterable[dict[str, str]], verdicts: dict[str, str]
     out: dict[str, dict[str, int]] = {}
     for row in rows:
         variant = row["site"].removesuffix(NORMALS_SUFFIX)
-        cell = out.setdefault(variant, dict.fromkeys(
-            ("one_sided", "one_sided_missed", "normal", "normal_missed", "unrated"), 0))
+        cell = out.setdefault(variant, dict.fromkeys(NODE_COUNTS, 0))
         verdict = verdicts.get(row["study_id"])
         if verdict is None:
             cell["unrated"] += 1
@@ -103,24 +106,21 @@ def node_errors(rows: Iterable[dict[str, str]], verdicts: dict[str, str]
 
 
 def with_node(table_text: str, errors: dict[str, dict[str, int]]) -> str:
-    """``table_text`` with the node's errors per variant as one more column."""
-    lines = table_text.splitlines()
-    lines[0] += " node: one-sided not reduced / normals not normal / not rated |"
-    lines[1] += "---|"
-    total = dict.fromkeys(("one_sided", "one_sided_missed", "normal", "normal_missed",
-                           "unrated"), 0)
-    for i, line in enumerate(lines[2:], start=2):
-        variant = line.split("|")[1].strip()
-        cell = errors.get(variant) if i < len(lines) - 1 else total
+    """``table_text`` (:func:`table`) with the node's errors per variant as one more
+    column, summed on its last line."""
+    header, rule, *variant_lines, last = table_text.splitlines()
+    total = {key: sum(cell[key] for cell in errors.values()) for key in NODE_COUNTS}
+
+    def cell_text(cell: dict[str, int] | None) -> str:
         if cell is None:
-            lines[i] += " - |"
-            continue
-        if cell is not total:
-            for key in total:
-                total[key] += cell[key]
-        lines[i] += (f" {cell['one_sided_missed']} of {cell['one_sided']} / "
-                     f"{cell['normal_missed']} of {cell['normal']} / {cell['unrated']} |")
-    return "\n".join(lines)
+            return " - |"
+        return (f" {cell['one_sided_missed']} of {cell['one_sided']} / "
+                f"{cell['normal_missed']} of {cell['normal']} / {cell['unrated']} |")
+
+    lines = [header + " node: one-sided not reduced / normals not normal / not rated |",
+             rule + "---|"]
+    lines += [line + cell_text(errors.get(line.split("|")[1].strip())) for line in variant_lines]
+    return "\n".join([*lines, last + cell_text(total)])
 
 
 def read_verdicts(paths: Iterable[Path], column: str) -> dict[str, str]:

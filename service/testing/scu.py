@@ -76,24 +76,18 @@ def reactor_paused(assoc: Any, timeout_s: float = 5.0) -> Iterator[None]:
     The reactor checkpoint alone is not enough: a reactor thread descheduled just
     past the checkpoint (a loaded machine) can still make one non-blocking read and
     swallow the answer ("Received unexpected C-STORE service message"; the caller
-    then waits in vain). So the non-blocking reads see nothing while paused.
+    then waits in vain). :func:`requestors_answer_their_caller` makes those reads
+    see nothing while the checkpoint is held.
     """
     from service.testing.polling import wait_until
 
-    dimse = assoc.dimse
-    get_msg = dimse.get_msg
-
-    def blocking_reads_only(block: bool = False) -> Any:
-        return get_msg(block=True) if block else (None, None)
-
-    dimse.get_msg = blocking_reads_only
+    requestors_answer_their_caller()
     assoc._reactor_checkpoint.clear()
     try:
         wait_until(lambda: assoc._is_paused or not assoc.is_alive(), timeout_s,
                    "the reactor to pause", 0.001)
         yield
     finally:
-        del dimse.get_msg  # the class's method again
         assoc._reactor_checkpoint.set()
 
 
