@@ -13,6 +13,15 @@ File handling
   crash of the process (kill -9) loses nothing written; ``fsync`` runs every
   ``fsync_interval_s`` while records are waiting (0: after every record), on
   rotation and on close, so a power loss loses at most that interval;
+* a hash chain makes an edit, a removal or a reordering visible
+  (:mod:`service.audit_verify`, ``dopanode audit verify``): every record ends
+  with ``"hash"``, the SHA-256 of its own text up to that field, and carries
+  ``"prev"``, the hash of the record it follows: this writer's previous
+  record, or for a writer's first record the newest record in the trail when
+  it started (under the rotation lock; ``""`` when the trail holds no chained
+  record). The chain has no secret: whoever can rewrite the whole file can
+  rewrite the chain, and removing the newest records leaves no trace in it;
+  the copy at an audit record repository (syslog over TLS) is out of their reach;
 * rotation renames the file to ``<stem>-<UTC time>.jsonl`` when it reaches
   ``rotate_mb`` or is ``rotate_hours`` old; a rotated file is deleted only
   once that time is more than ``retention_days`` ago, never earlier. Another
@@ -27,14 +36,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +109,7 @@ class AuditTrail:
         self._started_at = 0.0
         self._dirty = False
         self._seq = 0
+        self._last_hash: str | None = None  # this writer's newest record; None: none yet
         self._closing = threading.Event()
         self._syncer: threading.Thread | None = None
         self._source = {"node_id": socket.gethostname(), "pid": os.getpid(),
@@ -175,14 +188,36 @@ class AuditTrail:
             if self._due_for_rotation(now):
                 self._rotate(now)
             self._seq += 1
-            line = json.dumps({"time": utc_iso(now), **record,
-                               "source": {**self._source, "seq": self._seq}},
-                              ensure_ascii=True, separators=(",", ":"), default=str)
-            _write_all(self._fd, (line + "\n").encode("ascii"))
+            if self._last_hash is None:  # the first record links to the trail's newest
+                with self._trail_lock():
+                    self._reopen_if_moved()
+                    self._last_hash = trail_tail_hash(self.path, self.rotated_files())
+                    self._append(now, record)
+            else:
+                self._append(now, record)
             if self.fsync_interval_s <= 0:
                 os.fsync(self._fd)
             else:
                 self._dirty = True
+
+    def _append(self, now: float, record: Mapping[str, Any]) -> None:
+        """Write one chained line (:func:`chained_line`) and remember its hash."""
+        assert self._fd is not None and self._last_hash is not None
+        line, self._last_hash = chained_line(
+            {"time": utc_iso(now), **record, "source": {**self._source, "seq": self._seq},
+             "prev": self._last_hash})
+        _write_all(self._fd, (line + "\n").encode("ascii"))
+
+    @contextmanager
+    def _trail_lock(self) -> Iterator[None]:
+        """The cross-process lock of rotation (and of a writer's first record)."""
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock_fd)  # releases the flock
 
     def _reopen_if_moved(self) -> None:
         """Another process rotated the file: follow the path to the new one."""
@@ -211,10 +246,7 @@ class AuditTrail:
     def _rotate(self, now: float) -> Path | None:
         """Rename the current file aside and start a new one, under a cross-process lock."""
         assert self._fd is not None
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        with self._trail_lock():
             if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
                 self._open_file()  # another process rotated it meanwhile
                 return None
@@ -222,8 +254,6 @@ class AuditTrail:
             target = self._rotated_name(now)
             os.rename(self.path, target)
             self._open_file()
-        finally:
-            os.close(lock_fd)  # releases the flock
         self._purge_locked(now)
         return target
 
@@ -295,6 +325,52 @@ class AuditTrail:
             count_write_failure(exc)
         finally:
             os.close(fd)
+
+
+#: How a chained line ends: ``,"hash":"<64 hex digits>"}``.
+HASH_SUFFIX = re.compile(r',"hash":"([0-9a-f]{64})"\}$')
+
+
+def chained_line(body: Mapping[str, Any]) -> tuple[str, str]:
+    """``body`` as one JSON line ending with its ``"hash"``, and that hash.
+
+    The hash is the SHA-256 of the line's own text without the hash field
+    (``{...}`` up to and including ``"prev"``), so a verifier checks the bytes
+    as written, without re-encoding JSON.
+    """
+    text = json.dumps(dict(body), ensure_ascii=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(text.encode("ascii")).hexdigest()
+    return f'{text[:-1]},"hash":"{digest}"}}', digest
+
+
+def trail_tail_hash(path: Path, rotated: list[tuple[float, Path]]) -> str:
+    """The hash of the trail's newest complete record (current file, then the rotated
+    ones newest first); ``""`` when that record has no hash or the trail is empty."""
+    for candidate in [path, *(p for _, p in reversed(rotated))]:
+        line = _last_complete_line(candidate)
+        if line:
+            found = HASH_SUFFIX.search(line)
+            return found.group(1) if found else ""
+    return ""
+
+
+def _last_complete_line(path: Path, block: int = 65536) -> str:
+    """The last newline-terminated line of ``path`` (``""`` if none or unreadable)."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            data, pos = b"", end
+            while pos > 0:
+                pos = max(0, pos - block)
+                f.seek(pos)
+                data = f.read(end - pos)
+                complete = data[:data.rfind(b"\n") + 1]
+                if complete.count(b"\n") >= 2 or (pos == 0 and complete):
+                    break
+    except OSError:
+        return ""
+    lines = data[:data.rfind(b"\n") + 1].splitlines()
+    return lines[-1].decode("ascii", "replace") if lines else ""
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -21,6 +21,7 @@ from service import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "service.node_commands",  # serve, config, jobs
     "service.db_commands",  # db migrate
+    "service.audit_commands",  # audit verify
     "service.sim.commands",  # simulate, benchmark
     "service.sim.fdopa.commands",  # fdopa generate|describe|validate|simulate
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,15 @@ def test_audit_trail_of_a_real_flow(tmp_path: Path, study: list[Path], destinati
     for identifier in (PATIENT_ID, ACCESSION, study_uid):
         assert identifier in node.audit_path.read_text()
         assert identifier not in log
+
+    # the hash chain holds over both runs (each process one writer, linked to the other)
+    assert records[0]["prev"] == "" and records[0]["hash"]
+    second_run = [r for r in records if r["source"]["pid"] != records[0]["source"]["pid"]]
+    assert second_run[0]["prev"] == records[len(records) - len(second_run) - 1]["hash"]
+    verified = subprocess.run(
+        [sys.executable, "-m", "service.cli", "audit", "verify", "--path", str(node.audit_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{len(records)} chained record(s), 2 writer(s)" in verified.stdout
+    assert "chain intact" in verified.stdout

@@ -1,0 +1,192 @@
+"""The audit trail's hash chain: written by every writer, checked by ``dopanode audit verify``.
+
+Real files, real processes for the concurrent writers; each tampering a
+person with write access might do is made on a copy of a good trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.audit_file import AuditTrail
+from service.audit_verify import verify
+from service.cli import main
+
+T0 = 1_790_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def write_trail(path: Path, pid: int, n: int, rotate_every: int = 0,
+                clock: Clock | None = None) -> AuditTrail:
+    trail = AuditTrail(path, fsync_interval_s=0, source={"pid": pid},
+                       clock=clock or Clock()).open()
+    for k in range(n):
+        trail.write({"event": "instances_received", "objects": [{"patient_id": f"PID-{k}"}]})
+        if rotate_every and (k + 1) % rotate_every == 0:
+            trail.rotate()
+    trail.close()
+    return trail
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("ascii").splitlines()]
+
+
+def problems(path: Path) -> list[str]:
+    return [str(p) for p in verify(path).problems]
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    """Two writers one after the other, the first rotating once: 6 + 4 records."""
+    path = tmp_path / "audit" / "audit.jsonl"
+    clock = Clock()
+    write_trail(path, 101, 6, rotate_every=4, clock=clock)
+    write_trail(path, 202, 4, clock=clock)
+    return path
+
+
+def test_every_record_carries_its_hash_and_the_one_it_follows(good: Path) -> None:
+    (rotated,) = sorted(good.parent.glob("audit-*.jsonl"))
+    first, second = records(rotated), records(good)
+    assert [r["source"]["seq"] for r in first + second] == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
+    assert first[0]["prev"] == ""  # an empty trail: the chain starts here
+    chain = first + second
+    for before, after in zip(chain[:6], chain[1:7], strict=True):
+        assert after["prev"] == before["hash"]  # the writer's own chain crosses the rotation
+    assert second[2]["prev"] == second[1]["hash"]
+    for line in (rotated.read_text() + good.read_text()).splitlines():
+        body, _, digest = line.rpartition(',"hash":"')
+        assert hashlib.sha256((body + "}").encode()).hexdigest() == digest[:-2]
+    report = verify(good)
+    assert report.intact and (report.records, report.writers, len(report.files)) == (10, 2, 2)
+
+
+def test_the_second_writer_links_to_the_trails_newest_record(good: Path) -> None:
+    second = records(good)
+    writer_202 = [r for r in second if r["source"]["pid"] == 202]
+    assert writer_202[0]["source"]["seq"] == 1
+    assert writer_202[0]["prev"] == second[1]["hash"]  # 101's last record, seq 6
+
+
+def test_an_edited_record_is_found(good: Path) -> None:
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    lines[1] = lines[1].replace("PID-5", "PID-X")  # writer 101's seq 6
+    good.write_text("".join(lines), "ascii")
+    assert problems(good) == ["audit.jsonl line 2: altered: its text does not give its hash"]
+
+
+def test_a_removed_record_is_found(good: Path) -> None:
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    del lines[3]  # writer 202's seq 2 (the current file: 101's seq 5-6, then 202's 1-4)
+    good.write_text("".join(lines), "ascii")
+    (problem,) = problems(good)
+    assert problem.startswith("audit.jsonl line 4: seq 3 (instances_received) after its "
+                              "writer's seq 1: records missing")
+
+
+def test_a_removed_record_renumbered_by_hand_is_still_found(good: Path) -> None:
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    del lines[3]
+    lines[3] = lines[3].replace('"seq":3', '"seq":2')  # hides the gap, breaks the hash
+    good.write_text("".join(lines), "ascii")
+    found = problems(good)
+    assert found[0].startswith("audit.jsonl line 4: altered")
+    assert "does not follow its writer's seq 1" in found[0]
+
+
+def test_swapped_records_are_found(good: Path) -> None:
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    lines[2], lines[3] = lines[3], lines[2]
+    good.write_text("".join(lines), "ascii")
+    assert len(problems(good)) >= 1
+
+
+def test_a_duplicated_record_and_a_line_without_hash_are_found(good: Path) -> None:
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    good.write_text("".join([*lines, lines[-1], '{"event":"x"}\n']), "ascii")
+    found = problems(good)
+    assert any("the same record again" in p for p in found)
+    assert found[-1] == "audit.jsonl line 8: record without a hash after the chain began"
+
+
+def test_records_written_before_the_chain_are_counted_not_judged(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    path.parent.mkdir(mode=0o700)
+    path.write_text('{"event":"old","source":{"seq":1}}\n' * 3, "ascii")
+    write_trail(path, 101, 2)
+    assert records(path)[3]["prev"] == ""  # the trail held no chained record
+    report = verify(path)
+    assert report.intact and (report.unchained, report.records) == (3, 2)
+
+
+def test_files_deleted_by_retention_leave_chains_starting_in_the_oldest_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    write_trail(path, 101, 9, rotate_every=3)
+    rotated = sorted(path.parent.glob("audit-*.jsonl"))
+    rotated[0].unlink()  # what retention does to the oldest file
+    report = verify(path)
+    assert report.intact and report.start_before_kept == 1
+
+
+def test_a_file_removed_from_the_middle_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    write_trail(path, 101, 9, rotate_every=3)
+    sorted(path.parent.glob("audit-*.jsonl"))[1].unlink()
+    (problem,) = problems(path)
+    assert "seq 7 (instances_received) after its writer's seq 3" in problem
+
+
+def _writer(path: str, pid: int) -> None:
+    trail = AuditTrail(Path(path), rotate_mb=0.004, fsync_interval_s=0,
+                       source={"pid": pid}).open()
+    for k in range(150):
+        trail.write({"event": "api_access", "details": {"k": k}})
+    trail.close()
+
+
+def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    path.parent.mkdir(mode=0o700)
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_writer, args=(str(path), 1000 + k)) for k in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    report = verify(path)
+    assert len(report.files) > 3  # rotated many times while all three wrote
+    assert report.intact, report.problems[:5]
+    assert (report.records, report.writers) == (450, 3)
+    firsts = [r for f in [*sorted(path.parent.glob("audit-*.jsonl")), path]
+              for r in records(f) if r["source"]["seq"] == 1]
+    assert sum(r["prev"] == "" for r in firsts) == 1  # one chain: later writers link to it
+
+
+def test_the_command_exits_0_on_a_good_trail_and_1_on_a_broken_one(
+        good: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "verify", "--path", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "10 chained record(s), 2 writer(s)" in out and "chain intact" in out
+    good.write_text(good.read_text().replace("PID-2", "PID-9"), "ascii")
+    assert main(["audit", "verify", "--path", str(good)]) == 1
+    out = capsys.readouterr().out
+    assert "CHAIN BROKEN: 1 problem(s)" in out and "line 5: altered" in out
+    assert "PID-" not in out  # the report names lines, never identifiers
+    assert main(["audit", "verify", "--path", str(good.parent / "nowhere" / "a.jsonl")]) == 1
