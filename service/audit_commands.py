@@ -23,9 +23,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"no audit trail at {path}", file=sys.stderr)
         return 1
     try:
-        report = verify(path)
+        report = verify(path, args.against)
     except OSError as exc:
-        print(f"audit trail {path} cannot be read: {exc.strerror}", file=sys.stderr)
+        print(f"audit trail {path} or the ARR copy cannot be read: {exc.strerror}",
+              file=sys.stderr)
         return 1
     print(summary(report, path))
     return 0 if report.intact and report.files else 1
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             "defaults); the trail is its [audit] path")
     check.add_argument("--path", type=Path,
                        help="the trail's current file instead (rotated files beside it)")
+    check.add_argument("--against", type=Path, metavar="ARR_COPY",
+                       help="the audit record repository's copy (one record per line): "
+                            "its records must be in the trail (a rewritten or cut trail)")
     check.set_defaults(func=cmd_audit_verify)
 
 

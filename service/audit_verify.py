@@ -24,6 +24,17 @@ the start of the trail) are counted, not judged. Chains that start in the
 oldest file kept, from records of files retention has deleted, are counted
 too.
 
+With ``against`` (:func:`crosscheck`, ``dopanode audit verify --against
+FILE``), the copy an audit record repository (ARR) keeps is the check for
+what the chain cannot show: every record at the ARR (one per line, the
+record's JSON from the line's first ``{``; repeats allowed, as syslog
+delivers at least once) must be in the trail with the same hash, unless it
+is older than the trail's oldest chained record (retention). A trail
+rewritten with a new chain, or cut at its end, then misses the ARR's
+records. The trail's records not at the ARR are counted: the newest ones
+(not forwarded yet) apart from those followed by records that did arrive
+(lost in forwarding, or removed at the ARR).
+
 Reports name files, line numbers, ``seq`` and event names only: never a
 record's patient or study identifiers.
 """
@@ -61,6 +72,14 @@ class Report:
     unchained: int = 0
     start_before_kept: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: The chained records' hashes in trail order (kept for :func:`crosscheck` only).
+    hashes: list[str] = field(default_factory=list)
+    #: ``time`` of the oldest chained record ("" when none).
+    first_time: str = ""
+    #: Set by :func:`crosscheck`: records at the ARR, and the trail's records not there.
+    arr_records: int | None = None
+    newest_not_at_arr: int = 0
+    not_at_arr_before_newest: int = 0
 
     @property
     def intact(self) -> bool:
@@ -73,12 +92,16 @@ def trail_files(path: Path) -> list[Path]:
     return rotated + ([Path(path)] if Path(path).exists() else [])
 
 
-def verify(path: Path) -> Report:
-    """Check the chain of the trail whose current file is ``path`` (module docstring)."""
-    return verify_files(trail_files(path))
+def verify(path: Path, against: Path | None = None) -> Report:
+    """Check the chain of the trail whose current file is ``path`` (module docstring),
+    and with ``against`` the trail against that ARR copy (:func:`crosscheck`)."""
+    report = verify_files(trail_files(path), keep_hashes=against is not None)
+    if against is not None:
+        crosscheck(report, against)
+    return report
 
 
-def verify_files(files: Iterable[Path]) -> Report:
+def verify_files(files: Iterable[Path], keep_hashes: bool = False) -> Report:
     """Check the chain over ``files`` read in the order given (oldest first)."""
     report = Report()
     seen: set[str] = set()
@@ -87,7 +110,7 @@ def verify_files(files: Iterable[Path]) -> Report:
         report.files.append(path.name)
         with path.open("rb") as f:
             for number, raw in enumerate(f, 1):
-                problem = _check_line(raw, index == 0, seen, last, report)
+                problem = _check_line(raw, index == 0, seen, last, report, keep_hashes)
                 if problem:
                     report.problems.append(Problem(path.name, number, problem))
     report.writers = len(last)
@@ -95,7 +118,8 @@ def verify_files(files: Iterable[Path]) -> Report:
 
 
 def _check_line(raw: bytes, oldest_file: bool, seen: set[str],
-                last: dict[tuple[str, int], tuple[int, str]], report: Report) -> str:
+                last: dict[tuple[str, int], tuple[int, str]], report: Report,
+                keep_hashes: bool) -> str:
     """Judge one line; returns the problem ("" when it holds) and updates the state."""
     if not raw.endswith(b"\n"):
         return "incomplete line (cut off while being written?)"
@@ -114,6 +138,9 @@ def _check_line(raw: bytes, oldest_file: bool, seen: set[str],
         return ""
     report.records += 1
     stated = found.group(1)
+    report.first_time = report.first_time or str(record.get("time", ""))
+    if keep_hashes:
+        report.hashes.append(stated)
     body = text[:found.start()] + "}"
     problems = []
     if hashlib.sha256(body.encode("ascii")).hexdigest() != stated:
@@ -155,6 +182,50 @@ def _check_line(raw: bytes, oldest_file: bool, seen: set[str],
     return "; ".join(problems)
 
 
+def crosscheck(report: Report, arr_copy: Path) -> None:
+    """Compare the trail (``report`` made with ``keep_hashes``) with an ARR's copy.
+
+    Adds a problem for each record at the ARR that the trail lacks (not older
+    than the trail's oldest chained record) and for each ARR line whose text
+    does not give its hash; counts the trail's records not at the ARR.
+    """
+    arr: set[str] = set()
+    in_trail = set(report.hashes)
+    with arr_copy.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            text = raw.decode("utf-8", "replace").strip()
+            if "{" not in text:
+                continue
+            text = text[text.index("{"):]
+            found = HASH_SUFFIX.search(text)
+            if found is None:
+                continue  # not a chained record (written before the chain)
+            stated = found.group(1)
+            if hashlib.sha256((text[:found.start()] + "}").encode("utf-8")).hexdigest() != stated:
+                report.problems.append(Problem(arr_copy.name, number,
+                                               "altered at the ARR: its text does not give "
+                                               "its hash"))
+                continue
+            if stated in arr:
+                continue  # delivered twice: at least once
+            arr.add(stated)
+            if stated not in in_trail:
+                record = json.loads(text)
+                if str(record.get("time", "")) < report.first_time:
+                    continue  # older than the trail kept (retention)
+                source = record.get("source") or {}
+                report.problems.append(Problem(
+                    arr_copy.name, number,
+                    f"at the ARR, not in the trail: seq {source.get('seq', '?')} "
+                    f"({str(record.get('event', '?'))[:40]}) of {record.get('time', '?')}: "
+                    "removed from the trail, or the trail was rewritten"))
+    report.arr_records = len(arr)
+    present = [h in arr for h in report.hashes]
+    newest = len(present) - (present[::-1].index(True) if True in present else len(present))
+    report.newest_not_at_arr = len(present) - newest
+    report.not_at_arr_before_newest = present[:newest].count(False)
+
+
 def summary(report: Report, path: Path, limit: int = 20) -> str:
     """The text ``dopanode audit verify`` prints."""
     head = (f"audit trail {path}: {len(report.files)} file(s), {report.records} chained "
@@ -165,11 +236,19 @@ def summary(report: Report, path: Path, limit: int = 20) -> str:
     if report.start_before_kept:
         notes.append(f"{report.start_before_kept} chain(s) start in the oldest file kept "
                      "(their earlier records were in files retention deleted)")
+    if report.arr_records is not None:
+        notes.append(f"ARR copy: {report.arr_records} chained record(s); of the trail's, "
+                     f"{report.newest_not_at_arr} newest not there yet, "
+                     f"{report.not_at_arr_before_newest} missing there although later ones "
+                     "arrived (lost in forwarding, or removed at the ARR)")
     lines = [head, *notes]
-    if report.intact:
+    if report.intact and report.arr_records is not None:
+        lines.append("chain intact; every record at the ARR (since the trail's oldest) is in "
+                     "the trail")
+    elif report.intact:
         lines.append("chain intact (records removed from the end of the trail, or a trail "
-                     "rewritten with a new chain, are not visible here: compare with the "
-                     "audit record repository)")
+                     "rewritten with a new chain, are not visible here: add --against with "
+                     "the audit record repository's copy)")
     else:
         lines.append(f"CHAIN BROKEN: {len(report.problems)} problem(s)")
         lines.extend(f"  {p}" for p in report.problems[:limit])

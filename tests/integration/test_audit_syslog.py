@@ -8,7 +8,9 @@ message's text written to a file. Every record of the trail arrives, in
 order, across rotations, a restart of the sender and an outage of the ARR:
 at least once (rsyslog repeats a few records around a rotation, never more
 than twice here); a sender pointed at an ARR whose certificate its CA did not sign sends
-nothing.
+nothing. What the ARR received is then the check of the trail's hash chain
+(``dopanode audit verify --against``): a trail rewritten with a new chain, or
+cut at its end, passes the chain alone but not the comparison.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from service.audit_verify import trail_files
 from service.testing import certs
+from service.testing.audit_tamper import rechained
 from service.testing.node import NodeProcess
 from service.testing.peers import require_tool
 from service.testing.polling import wait_until
@@ -179,6 +184,38 @@ def test_every_record_reaches_the_arr_in_order_at_least_once(
         assert {"audit_started", "application_start", "association"} <= {
             r["event"] for r in records}
         assert node.stop() == 0
+
+    # the ARR's copy checks what the chain alone cannot: a trail rewritten with a new
+    # chain, or cut at its end (the records after the last delivery: not there yet)
+    assert verify_against(node.audit_path, out) == (0, 0)
+    files = trail_files(node.audit_path)
+    kept = {f: f.read_text("ascii").splitlines(keepends=True) for f in files}
+    new = iter(rechained([line for f in files for line in kept[f]], ("ECHOSCU", "NOBODY")))
+    for f in files:  # the whole trail rewritten, file by file, with a new chain
+        f.write_text("".join(next(new) for _ in kept[f]), "ascii")
+    assert verify_against(node.audit_path, None)[0] == 0
+    rewritten = verify_against(node.audit_path, out)
+    assert rewritten[0] == 1 and rewritten[1] >= 12  # the 12 associations at least
+    at_arr = set(received(out))
+    for f in files:  # the trail as it was, cut before its newest record the ARR holds
+        f.write_text("".join(kept[f]), "ascii")
+    last = max((k, j) for k, f in enumerate(files) for j, line in enumerate(kept[f])
+               if line.rstrip("\n") in at_arr)
+    files[last[0]].write_text("".join(kept[files[last[0]]][:last[1]]), "ascii")
+    for f in files[last[0] + 1:]:
+        f.unlink()
+    assert verify_against(node.audit_path, None)[0] == 0
+    assert verify_against(node.audit_path, out)[0] == 1
+
+
+def verify_against(audit: Path, arr_copy: Path | None) -> tuple[int, int]:
+    """``dopanode audit verify`` (with ``--against``): exit code and problems reported."""
+    extra = ["--against", str(arr_copy)] if arr_copy else []
+    done = subprocess.run([sys.executable, "-m", "service.cli", "audit", "verify", "--path",
+                           str(audit), *extra], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    problems = [line for line in done.stdout.splitlines() if line.startswith("  ")]
+    return done.returncode, len(problems)
 
 
 def test_a_sender_refuses_an_arr_its_ca_did_not_sign(tmp_path: Path,

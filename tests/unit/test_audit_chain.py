@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from service.audit_file import AuditTrail
-from service.audit_verify import verify
+from service.audit_verify import trail_files, verify
 from service.cli import main
+from service.testing.audit_tamper import rechained
 
 T0 = 1_790_000_000.0
 
@@ -190,3 +191,53 @@ def test_the_command_exits_0_on_a_good_trail_and_1_on_a_broken_one(
     assert "CHAIN BROKEN: 1 problem(s)" in out and "line 5: altered" in out
     assert "PID-" not in out  # the report names lines, never identifiers
     assert main(["audit", "verify", "--path", str(good.parent / "nowhere" / "a.jsonl")]) == 1
+
+
+def arr_copy(tmp_path: Path, trail_path: Path) -> Path:
+    """The ARR's copy of every record so far: syslog lines, the first one twice."""
+    lines = [line for f in trail_files(trail_path) for line in f.read_text().splitlines()]
+    copy = tmp_path / "arr.log"
+    copy.write_text("".join(f"<110>1 2026-09-21T00:00:00Z node dopanode-audit - - - {line}\n"
+                            for line in [lines[0], *lines]), "utf-8")
+    return copy
+
+
+def test_against_the_arr_copy_a_rewritten_trail_is_found(good: Path, tmp_path: Path) -> None:
+    copy = arr_copy(tmp_path, good)
+    assert verify(good, copy).intact
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    good.write_text("".join(rechained(lines, ("PID-2", "PID-9"))), "ascii")
+    assert verify(good).intact  # the chain alone cannot show a rewrite ...
+    found = [str(p) for p in verify(good, copy).problems]
+    assert len(found) == 2  # ... the ARR's copy can: the changed record and the one after it
+    assert found[0].startswith("arr.log line 10: at the ARR, not in the trail: seq 3 "
+                               "(instances_received)")
+    assert all("PID" not in p for p in found)
+
+
+def test_against_the_arr_copy_a_cut_trail_is_found_and_new_records_are_counted(
+        good: Path, tmp_path: Path) -> None:
+    copy = arr_copy(tmp_path, good)
+    lines = good.read_text("ascii").splitlines(keepends=True)
+    good.write_text("".join(lines[:-2]), "ascii")  # the two newest records removed
+    assert verify(good).intact
+    assert len(verify(good, copy).problems) == 2
+    good.write_text("".join(lines), "ascii")
+    write_trail(good, 303, 3)  # newer records, not forwarded yet
+    report = verify(good, copy)
+    assert report.intact and (report.arr_records, report.newest_not_at_arr) == (10, 3)
+
+
+def test_an_arr_copy_line_altered_at_the_arr_and_older_records_are_told_apart(
+        good: Path, tmp_path: Path) -> None:
+    copy = arr_copy(tmp_path, good)
+    lines = copy.read_text().splitlines(keepends=True)
+    lines[3] = lines[3].replace("PID-2", "PID-7")
+    copy.write_text("".join(lines), "utf-8")
+    assert [str(p) for p in verify(good, copy).problems] == [
+        "arr.log line 4: altered at the ARR: its text does not give its hash"]
+    (rotated,) = sorted(good.parent.glob("audit-*.jsonl"))
+    copy = arr_copy(tmp_path, good)
+    rotated.unlink()  # retention deleted the oldest file; the ARR keeps its records
+    report = verify(good, copy)
+    assert report.intact and report.start_before_kept == 1
