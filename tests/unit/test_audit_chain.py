@@ -241,3 +241,27 @@ def test_an_arr_copy_line_altered_at_the_arr_and_older_records_are_told_apart(
     rotated.unlink()  # retention deleted the oldest file; the ARR keeps its records
     report = verify(good, copy)
     assert report.intact and report.start_before_kept == 1
+
+
+def test_a_record_the_node_could_not_write_shows_as_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from service import audit_file
+
+    path = tmp_path / "audit" / "audit.jsonl"
+    trail = AuditTrail(path, fsync_interval_s=0, clock=Clock()).open()
+    trail.write({"event": "a"})
+    real = audit_file._write_all
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_file, "_write_all", disk_full)
+    with pytest.raises(OSError):
+        trail.write({"event": "b"})
+    monkeypatch.setattr(audit_file, "_write_all", real)
+    trail.write({"event": "c"})
+    trail.close()
+    (problem,) = problems(path)
+    assert problem.startswith("audit.jsonl line 2: seq 3 (c) after its writer's seq 1")
