@@ -43,11 +43,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.audit_file import HASH_SUFFIX, AuditTrail
+
+#: How many of the newest records' hashes a check keeps for links and repeats. A
+#: writer's first record links to the trail's newest record when it started (read
+#: under the rotation lock, so only the few records other processes appended
+#: meanwhile lie between them); memory stays bounded for a trail of any length.
+RECENT_HASHES = 100_000
+
+
+class Recent:
+    """The hashes of the newest :data:`RECENT_HASHES` records (a bounded set)."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[str] = deque()
+        self._set: set[str] = set()
+        self._size = size
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._set
+
+    def __bool__(self) -> bool:
+        return bool(self._set)
+
+    def add(self, digest: str) -> None:
+        self._order.append(digest)
+        self._set.add(digest)
+        if len(self._order) > self._size:
+            self._set.discard(self._order.popleft())
 
 
 @dataclass(frozen=True)
@@ -72,7 +100,8 @@ class Report:
     unchained: int = 0
     start_before_kept: int = 0
     problems: list[Problem] = field(default_factory=list)
-    #: The chained records' hashes in trail order (kept for :func:`crosscheck` only).
+    #: The chained records' hashes in trail order (kept for :func:`crosscheck` only:
+    #: about 150 bytes of memory per record).
     hashes: list[str] = field(default_factory=list)
     #: ``time`` of the oldest chained record ("" when none).
     first_time: str = ""
@@ -104,7 +133,7 @@ def verify(path: Path, against: Path | None = None) -> Report:
 def verify_files(files: Iterable[Path], keep_hashes: bool = False) -> Report:
     """Check the chain over ``files`` read in the order given (oldest first)."""
     report = Report()
-    seen: set[str] = set()
+    seen = Recent(RECENT_HASHES)
     last: dict[tuple[str, int], tuple[int, str]] = {}  # writer -> (seq, hash)
     for index, path in enumerate(files):
         report.files.append(path.name)
@@ -117,7 +146,7 @@ def verify_files(files: Iterable[Path], keep_hashes: bool = False) -> Report:
     return report
 
 
-def _check_line(raw: bytes, oldest_file: bool, seen: set[str],
+def _check_line(raw: bytes, oldest_file: bool, seen: Recent,
                 last: dict[tuple[str, int], tuple[int, str]], report: Report,
                 keep_hashes: bool) -> str:
     """Judge one line; returns the problem ("" when it holds) and updates the state."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from service import audit_verify
 from service.audit_file import AuditTrail
 from service.audit_verify import trail_files, verify
 from service.cli import main
@@ -161,7 +162,8 @@ def _writer(path: str, pid: int) -> None:
     trail.close()
 
 
-def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(tmp_path: Path) -> None:
+def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "audit" / "audit.jsonl"
     path.parent.mkdir(mode=0o700)
     context = multiprocessing.get_context("fork")
@@ -178,6 +180,17 @@ def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(tmp_path: 
     firsts = [r for f in [*sorted(path.parent.glob("audit-*.jsonl")), path]
               for r in records(f) if r["source"]["seq"] == 1]
     assert sum(r["prev"] == "" for r in firsts) == 1  # one chain: later writers link to it
+    # a writer's first record links to one of the newest few: a short memory of hashes
+    # suffices, so a check's memory does not grow with the trail
+    monkeypatch.setattr(audit_verify, "RECENT_HASHES", 10)
+    assert verify(path).intact
+
+
+def test_the_memory_of_recent_hashes_is_bounded() -> None:
+    recent = audit_verify.Recent(3)
+    for digest in "abcde":
+        recent.add(digest)
+    assert [d in recent for d in "abcde"] == [False, False, True, True, True]
 
 
 def test_the_command_exits_0_on_a_good_trail_and_1_on_a_broken_one(
