@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from service import __version__, audit
@@ -237,6 +238,20 @@ class Node:
         server = ApiServer(app, api.bind, api.port, api.max_connections, api.header_timeout_s)
         server.start()
         self._parts["api"] = server
+        self._start_chain_watch()
+
+    def _start_chain_watch(self) -> None:
+        """Check the audit trail's hash chain in the process whose /metrics is read."""
+        from service.audit_watch import ChainWatch
+
+        trail = self.settings.audit
+        if not trail.enabled or trail.verify_interval_h <= 0:
+            return
+        watch = ChainWatch(Path(trail.path), trail.verify_interval_h * 3600.0)
+        # not one of self._threads (the workers stop() waits for): it only reads, and
+        # leaves at the stop event between checks
+        threading.Thread(target=watch.run, args=(self._stop,), name="audit-chain-watch",
+                         daemon=True).start()
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from a signal handler)."""

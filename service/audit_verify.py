@@ -41,12 +41,16 @@ record's patient or study identifiers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from service.audit_file import HASH_SUFFIX, AuditTrail
 
@@ -105,6 +109,8 @@ class Report:
     hashes: list[str] = field(default_factory=list)
     #: ``time`` of the oldest chained record ("" when none).
     first_time: str = ""
+    #: The newest file ends in a line without its newline (not judged).
+    incomplete_tail: bool = False
     #: Set by :func:`crosscheck`: records at the ARR, and the trail's records not there.
     arr_records: int | None = None
     newest_not_at_arr: int = 0
@@ -121,27 +127,111 @@ def trail_files(path: Path) -> list[Path]:
     return rotated + ([Path(path)] if Path(path).exists() else [])
 
 
+#: Tries to open a trail's files as one snapshot while rotations and purges go on.
+OPEN_ATTEMPTS = 10
+#: A check that finds problems looks again after this long and reports the second
+#: look: a record in flight across a rotation (a writer that had not yet seen the
+#: rename appends its line to the renamed file) is complete by then, an edit is not undone.
+CONFIRM_DELAY_S = 0.5
+
+
 def verify(path: Path, against: Path | None = None) -> Report:
     """Check the chain of the trail whose current file is ``path`` (module docstring),
-    and with ``against`` the trail against that ARR copy (:func:`crosscheck`)."""
-    report = verify_files(trail_files(path), keep_hashes=against is not None)
+    and with ``against`` the trail against that ARR copy (:func:`crosscheck`).
+
+    The files are opened as one snapshot (:func:`open_snapshot`), so a trail
+    that rotates meanwhile is read whole; problems are confirmed by a second
+    look after :data:`CONFIRM_DELAY_S`.
+    """
+    report = _verify_once(path, against is not None)
+    if report.problems:
+        time.sleep(CONFIRM_DELAY_S)
+        report = _verify_once(path, against is not None)
     if against is not None:
         crosscheck(report, against)
     return report
 
 
+def _verify_once(path: Path, keep_hashes: bool) -> Report:
+    handles = open_snapshot(path)
+    try:
+        return verify_open(handles, keep_hashes)
+    finally:
+        for _, handle in handles:
+            handle.close()
+
+
+def open_snapshot(path: Path) -> list[tuple[str, BinaryIO]]:
+    """The trail's files (:func:`trail_files`) opened, oldest first, as one snapshot.
+
+    A rotation between listing the files and opening the current one would
+    leave the renamed file out; the files are listed again after opening, and
+    opened again unless nothing was rotated meanwhile or the only new rotated
+    file is the one opened as current. A file purged meanwhile is opened again too.
+
+    Raises
+    ------
+    OSError
+        The files cannot be opened (or no snapshot held in :data:`OPEN_ATTEMPTS`).
+    """
+    for _ in range(OPEN_ATTEMPTS):
+        listed = trail_files(path)
+        handles: list[tuple[str, BinaryIO]] = []
+        try:
+            for name in listed:
+                handles.append((name.name, name.open("rb")))
+        except FileNotFoundError:
+            for _, handle in handles:
+                handle.close()
+            continue
+        new = [p for _, p in AuditTrail(Path(path)).rotated_files() if p not in listed]
+        current = (os.fstat(handles[-1][1].fileno()).st_ino
+                   if listed and listed[-1] == Path(path) else None)
+        if not new or (len(new) == 1 and current is not None
+                       and _inode(new[0]) == current):
+            return handles
+        for _, handle in handles:
+            handle.close()
+    raise OSError(errno.EAGAIN, "the audit trail kept rotating while it was opened")
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def verify_files(files: Iterable[Path], keep_hashes: bool = False) -> Report:
     """Check the chain over ``files`` read in the order given (oldest first)."""
+    handles = [(path.name, path.open("rb")) for path in files]
+    try:
+        return verify_open(handles, keep_hashes)
+    finally:
+        for _, handle in handles:
+            handle.close()
+
+
+def verify_open(files: Sequence[tuple[str, BinaryIO]], keep_hashes: bool = False) -> Report:
+    """Check the chain over open ``(name, file)`` pairs, oldest first.
+
+    The newest file's last line may lack its newline: a record being written
+    while the check reads (a writer appends a line with one ``write()``, which a
+    reader may see in part), or cut by a power loss. It is not judged; the
+    report says so (:attr:`Report.incomplete_tail`).
+    """
     report = Report()
     seen = Recent(RECENT_HASHES)
     last: dict[tuple[str, int], tuple[int, str]] = {}  # writer -> (seq, hash)
-    for index, path in enumerate(files):
-        report.files.append(path.name)
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, 1):
-                problem = _check_line(raw, index == 0, seen, last, report, keep_hashes)
-                if problem:
-                    report.problems.append(Problem(path.name, number, problem))
+    for index, (name, handle) in enumerate(files):
+        report.files.append(name)
+        for number, raw in enumerate(handle, 1):
+            if not raw.endswith(b"\n") and index == len(files) - 1:
+                report.incomplete_tail = True
+                break
+            problem = _check_line(raw, index == 0, seen, last, report, keep_hashes)
+            if problem:
+                report.problems.append(Problem(name, number, problem))
     report.writers = len(last)
     return report
 
@@ -265,6 +355,9 @@ def summary(report: Report, path: Path, limit: int = 20) -> str:
     if report.start_before_kept:
         notes.append(f"{report.start_before_kept} chain(s) start in the oldest file kept "
                      "(their earlier records were in files retention deleted)")
+    if report.incomplete_tail:
+        notes.append("the newest line is incomplete (being written, or cut by a power loss): "
+                     "not judged")
     if report.arr_records is not None:
         notes.append(f"ARR copy: {report.arr_records} chained record(s); of the trail's, "
                      f"{report.newest_not_at_arr} newest not there yet, "

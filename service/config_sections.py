@@ -367,6 +367,8 @@ class AuditSettings(_Section):
     The one place identifiers are written; kept ``retention_days`` (its own,
     apart from the spool's), a new file at least every ``rotate_hours`` or
     ``rotate_mb``; records wait at most ``fsync_interval_s`` for fsync (0: each).
+    The process serving the API checks the trail's hash chain at start and every
+    ``verify_interval_h`` (0: never; :mod:`service.audit_watch`).
     """
 
     enabled: bool = True
@@ -375,3 +377,4 @@ class AuditSettings(_Section):
     rotate_mb: Float = Field(default=64.0, gt=0, le=10**6)
     rotate_hours: Float = Field(default=24.0, gt=0, le=24 * 3660)
     fsync_interval_s: Float = Field(default=1.0, ge=0, le=3600)
+    verify_interval_h: Float = Field(default=24.0, ge=0, le=24 * 366)

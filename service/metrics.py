@@ -174,6 +174,23 @@ AUDIT_WRITE_ERRORS = Counter(
     "Audit records that could not be written (disk full, I/O error); the work went on.",
     registry=REGISTRY,
 )
+AUDIT_CHAIN_PROBLEMS = Gauge(
+    "dopanode_audit_chain_problems",
+    "Places where the audit trail's hash chain did not hold at the last check (0: intact;"
+    " the node checks every audit.verify_interval_h; details: dopanode audit verify).",
+    registry=REGISTRY,
+)
+AUDIT_CHAIN_RECORDS = Gauge(
+    "dopanode_audit_chain_records",
+    "Chained audit records the last check of the hash chain read.",
+    registry=REGISTRY,
+)
+AUDIT_CHAIN_CHECKED = Gauge(
+    "dopanode_audit_chain_checked_timestamp_seconds",
+    "When the last check of the audit trail's hash chain finished (POSIX seconds; 0: not"
+    " yet, or the check is off).",
+    registry=REGISTRY,
+)
 
 
 def refresh_from_db(conn: Connection, now: float | None = None,

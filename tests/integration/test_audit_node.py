@@ -14,6 +14,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from test_sender_dcmtk import start_storescp
 from service.testing.nmdata import marker_image, write_marker_study
 from service.testing.node import NodeProcess, fake_settings
 from service.testing.peers import require_tool
+from service.testing.polling import wait_until
 from service.testing.ports import free_port
 
 pytestmark = pytest.mark.slow  # real node processes or servers
@@ -154,3 +156,34 @@ def test_audit_trail_of_a_real_flow(tmp_path: Path, study: list[Path], destinati
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"{len(records)} chained record(s), 2 writer(s)" in verified.stdout
     assert "chain intact" in verified.stdout
+
+
+def metric(node: NodeProcess, name: str) -> float | None:
+    """One unlabelled sample of the node's /metrics (None when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}/metrics",
+                                timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def test_the_running_node_checks_its_trail_and_alerts_on_an_edit(tmp_path: Path) -> None:
+    settings = {**fake_settings(), "audit": {"verify_interval_h": 0.0005}}  # every 1.8 s
+    with NodeProcess(tmp_path / "node", settings=settings) as node:
+        node.start()
+        wait_until(lambda: (metric(node, "dopanode_audit_chain_checked_timestamp_seconds")
+                            or 0) > 0, 60, "the first check of the chain")
+        assert metric(node, "dopanode_audit_chain_problems") == 0
+        assert (metric(node, "dopanode_audit_chain_records") or 0) >= 2
+        with node.audit_path.open("r+b") as f:  # one byte of the first record, in place
+            first = f.readline()
+            at = first.index(b'"audit_started"') + 1
+            f.seek(at)
+            f.write(b"A")
+        wait_until(lambda: (metric(node, "dopanode_audit_chain_problems") or 0) >= 1, 60,
+                   "the node to see the edit")
+        assert node.stop() == 0
+    log = node.log_text()
+    assert "audit_chain_broken" in log
+    assert "audit.jsonl line 1: altered" in log

@@ -52,6 +52,12 @@ def problems(path: Path) -> list[str]:
     return [str(p) for p in verify(path).problems]
 
 
+@pytest.fixture(autouse=True)
+def no_second_look_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tampering stays: the second look at a broken trail need not wait here."""
+    monkeypatch.setattr(audit_verify, "CONFIRM_DELAY_S", 0.0)
+
+
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
     """Two writers one after the other, the first rotating once: 6 + 4 records."""
@@ -278,3 +284,53 @@ def test_a_record_the_node_could_not_write_shows_as_missing(
     trail.close()
     (problem,) = problems(path)
     assert problem.startswith("audit.jsonl line 2: seq 3 (c) after its writer's seq 1")
+
+
+def test_the_newest_line_being_written_is_not_judged_an_older_cut_line_is(
+        good: Path) -> None:
+    with good.open("ab") as f:
+        f.write(b'{"time":"2026-09-21T14:14:00.000000Z","event":"half')  # no newline yet
+    report = verify(good)
+    assert report.intact and report.incomplete_tail
+    (rotated,) = sorted(good.parent.glob("audit-*.jsonl"))
+    with rotated.open("ab") as f:
+        f.write(b'{"time":"2026-09-21T14:14:00.000000Z","event":"cut')
+    found = problems(good)
+    assert found[0] == f"{rotated.name} line 5: incomplete line (cut off while being written?)"
+
+
+def test_the_watch_sets_the_metrics_and_logs_a_broken_chain(
+        good: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from service import metrics
+    from service.audit_watch import ChainWatch
+
+    watch = ChainWatch(good, 3600.0, clock=lambda: 1234.0)
+    assert watch.check() is not None
+    assert metrics.AUDIT_CHAIN_PROBLEMS._value.get() == 0
+    assert metrics.AUDIT_CHAIN_RECORDS._value.get() == 10
+    assert metrics.AUDIT_CHAIN_CHECKED._value.get() == 1234.0
+    good.write_text(good.read_text().replace("PID-2", "PID-9"), "ascii")
+    with caplog.at_level("INFO", logger="service.audit_watch"):
+        watch.check()
+    assert metrics.AUDIT_CHAIN_PROBLEMS._value.get() == 1
+    broken = [r for r in caplog.records if r.getMessage() == "audit_chain_broken"]
+    assert broken and broken[0].fields["first"] == [  # type: ignore[attr-defined]
+        "audit.jsonl line 5: altered: its text does not give its hash"]
+    assert "PID" not in caplog.text
+
+
+def test_a_check_while_processes_write_and_rotate_finds_nothing_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    path.parent.mkdir(mode=0o700)
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_writer, args=(str(path), 2000 + k)) for k in range(2)]
+    for proc in procs:
+        proc.start()
+    reports = []
+    while any(proc.is_alive() for proc in procs):
+        reports.append(verify(path))
+    for proc in procs:
+        proc.join(60)
+    assert len(reports) >= 3
+    assert all(r.intact for r in reports), [r.problems[:3] for r in reports if not r.intact]
+    assert verify(path).records == 300
