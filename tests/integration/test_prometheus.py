@@ -259,7 +259,7 @@ def test_real_prometheus_scrapes_the_node_and_evaluates_the_rules(prometheus, no
     assert _by_instance(disk)[live] > 1.0  # the test node's min_free_mb is 1
 
     rules = wait_until(lambda: _all_rules_evaluated_ok(prom), TIMEOUT_S, "every rule evaluated")
-    assert len(rules) == 23  # 11 recording rules, 12 alerts
+    assert len(rules) == 25  # 11 recording rules, 14 alerts
     assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
 
     down = wait_until(lambda: prom.alerts("DopanodeDown"), TIMEOUT_S, "DopanodeDown pending")
