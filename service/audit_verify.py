@@ -35,8 +35,8 @@ records. The trail's records not at the ARR are counted: the newest ones
 (not forwarded yet) apart from those followed by records that did arrive
 (lost in forwarding, or removed at the ARR).
 
-Reports name files, line numbers, ``seq`` and event names only: never a
-record's patient or study identifiers.
+Reports name files, line numbers, ``seq``, event names and (against an ARR)
+record times only: never a record's patient or study identifiers.
 """
 
 from __future__ import annotations
