@@ -8,7 +8,8 @@ multi-frame, small NM, PET, SR seeds; element mutations and byte mutations),
 2 % raw PDU cases, 1 % malformed HTTP requests (service/testing/fuzz.py). After
 every batch: the node process lives, C-ECHO answers, threads/fds/RSS sampled.
 Prints outcomes per status, jobs and their states, results from garbage (must
-be none), files outside the spool, the log's size and the time taken.
+be none), files outside the spool, the log's size, the audit trail's hash
+chain (must hold) and the time taken.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     bad = (report["crashed"] or report["echo_failures"] or report["garbage_results"]
-           or report["files_outside_spool"] or report["traversal_files"])
+           or report["files_outside_spool"] or report["traversal_files"]
+           or report["audit_chain"]["problems"])
     return 1 if bad else 0
 
 

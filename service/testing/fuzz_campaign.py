@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from service.audit_verify import verify
 from service.testing.fuzz import DatasetCase, Fuzzer
 from service.testing.fuzz_node import Sender, files_outside_spool, proc_stats, traversal_files
 from service.testing.fuzz_wire import send_http, send_raw
@@ -140,6 +141,7 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
             (garbage_results if source.garbage else harmless_results).append(row)
     allowed = {node.db_path, node.log_path, node.config_path}
     outside = files_outside_spool(node.work_dir, node.spool_dir, allowed)
+    chain = verify(node.audit_path)  # every thread's records of the run: one intact chain
     return {
         "inputs": done, "datasets": n_datasets, "pdus": n_pdus, "http": n_http,
         "send_s": round(send_s, 1), "total_s": round(time.monotonic() - t0, 1),
@@ -157,6 +159,8 @@ def run_campaign(node: NodeProcess, fuzzer: Fuzzer, n_datasets: int, n_pdus: int
         "files_outside_spool": outside,
         "traversal_files": traversal_files(node.work_dir.parent, node.work_dir.parent.parent, node.cwd),
         "log_bytes": node.log_path.stat().st_size,
+        "audit_chain": {"records": chain.records, "writers": chain.writers,
+                        "problems": [str(x) for x in chain.problems[:5]]},
         "baseline": baseline, "final": final,
         "max": {k: max(s.get(k, -1) for s in samples) for k in ("threads", "fds", "rss_kb")},
         "samples": samples,

@@ -74,6 +74,9 @@ def test_bounded_fuzz_leaves_the_node_answering_and_clean(tmp_path: Path) -> Non
             assert final["sockets"] <= base["sockets"] + 8 + s3_pool_size(), text
             assert report["max"]["threads"] <= base["threads"] + 15, text
             assert report["log_bytes"] < 2_000_000, text
+            # the audit trail of the whole run (associations, analyses, API calls, threads)
+            assert report["audit_chain"]["problems"] == [], text
+            assert report["audit_chain"]["records"] > 30, text  # 41 at this seed
             # every kind of refusal was exercised, and some inputs were accepted
             outcomes = report["dataset_outcomes"]
             for status in ("0x0000", "0xC000", "0xA900", "0x0122"):
