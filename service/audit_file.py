@@ -112,8 +112,10 @@ class AuditTrail:
         self._last_hash: str | None = None  # this writer's newest record; None: none yet
         self._closing = threading.Event()
         self._syncer: threading.Thread | None = None
+        # run: this writer's own random id, so that two writers with one host name and
+        # pid (pid 1 in two containers) stay apart in the chain
         self._source = {"node_id": socket.gethostname(), "pid": os.getpid(),
-                        **dict(self.source or {})}
+                        "run": os.urandom(4).hex(), **dict(self.source or {})}
 
     # --- lifecycle -------------------------------------------------------------
     def open(self) -> AuditTrail:

@@ -2,8 +2,8 @@
 
 Every record the node writes ends with ``"hash"``, the SHA-256 of its own
 text up to that field, and carries ``"prev"``, the hash of the record it
-follows (:func:`service.audit_file.chained_line`). Each writer (one process:
-``source.node_id`` and ``source.pid``) numbers its records (``source.seq``)
+follows (:func:`service.audit_file.chained_line`). Each writer (one process's
+trail: ``source.node_id``, ``source.pid`` and ``source.run``) numbers its records (``source.seq``)
 and links each to its previous one; a writer's first record links to the
 trail's newest record when it started (``""`` when there was no chained
 record). The trail is read oldest file first (the rotated files by their
@@ -222,7 +222,7 @@ def verify_open(files: Sequence[tuple[str, BinaryIO]], keep_hashes: bool = False
     """
     report = Report()
     seen = Recent(RECENT_HASHES)
-    last: dict[tuple[str, int], tuple[int, str]] = {}  # writer -> (seq, hash)
+    last: dict[tuple[str, int, str], tuple[int, str]] = {}  # writer -> (seq, hash)
     for index, (name, handle) in enumerate(files):
         report.files.append(name)
         for number, raw in enumerate(handle, 1):
@@ -237,7 +237,7 @@ def verify_open(files: Sequence[tuple[str, BinaryIO]], keep_hashes: bool = False
 
 
 def _check_line(raw: bytes, oldest_file: bool, seen: Recent,
-                last: dict[tuple[str, int], tuple[int, str]], report: Report,
+                last: dict[tuple[str, int, str], tuple[int, str]], report: Report,
                 keep_hashes: bool) -> str:
     """Judge one line; returns the problem ("" when it holds) and updates the state."""
     if not raw.endswith(b"\n"):
@@ -268,7 +268,8 @@ def _check_line(raw: bytes, oldest_file: bool, seen: Recent,
         problems.append("the same record again")
     source = record.get("source") or {}
     try:
-        writer, seq = (str(source["node_id"]), int(source["pid"])), int(source["seq"])
+        writer = (str(source["node_id"]), int(source["pid"]), str(source.get("run", "")))
+        seq = int(source["seq"])
     except (KeyError, TypeError, ValueError):
         return "; ".join([*problems, "no source (node_id, pid, seq)"])
     prev = record.get("prev")

@@ -334,3 +334,18 @@ def test_a_check_while_processes_write_and_rotate_finds_nothing_wrong(tmp_path: 
     assert len(reports) >= 3
     assert all(r.intact for r in reports), [r.problems[:3] for r in reports if not r.intact]
     assert verify(path).records == 300
+
+
+def test_two_writers_with_one_host_name_and_pid_stay_apart(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"  # pid 1 in two containers, one volume
+    first, second = (AuditTrail(path, fsync_interval_s=0, source={"pid": 1}).open()
+                     for _ in range(2))
+    for k in range(5):
+        first.write({"event": "association", "details": {"k": k}})
+        second.write({"event": "api_access", "details": {"k": k}})
+    first.close()
+    second.close()
+    runs = {r["source"]["run"] for r in records(path)}
+    assert len(runs) == 2
+    report = verify(path)
+    assert report.intact and (report.records, report.writers) == (10, 2)
