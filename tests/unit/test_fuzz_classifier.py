@@ -48,3 +48,41 @@ def test_header_damage_and_junk_are_garbage() -> None:
     assert byte_damage(ds, bytes(spoiled)) == "damaged_Rows"
     assert byte_damage(ds, data[: len(data) - 8]) == "damaged_PixelData_length"
     assert byte_damage(ds, b"\xff" * 64) != ""
+
+
+def _read(data: bytes) -> object:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from service.imaging.nm_volume import volume_from_datasets
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return volume_from_datasets([ds])
+
+
+def test_a_multiframe_without_number_of_slices_is_not_garbage_the_node_reads_it_alike(
+        tmp_path: object) -> None:
+    """bench/fuzz.py --seed 35 (2026-12-05) counted case 385 as garbage with a result:
+    Number of Slices deleted from the multi-frame DaT seed. Frames and Slice Vector place
+    every slice, so the node reads the very same volume: the oracle was wrong, not the node."""
+    import copy
+    from pathlib import Path
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from service.testing.fuzz import Fuzzer
+
+    fuzzer = Fuzzer(35, Path(str(tmp_path)) / "seeds", dat_share=0.02)
+    case = fuzzer.dataset_case(385)
+    assert (case.seed_kind, case.mutation, case.garbage) == (
+        "nm_dat", "delete_number_of_slices_multiframe", False)
+    assert "NumberOfSlices" not in pydicom.dcmread(io.BytesIO(case.data), force=True)
+    seed = fuzzer.seeds.by_kind["nm_dat"]
+    mutated = _read(case.data).image  # type: ignore[attr-defined]
+    whole = _read(encode_ds(copy.deepcopy(seed))).image  # type: ignore[attr-defined]
+    assert np.array_equal(sitk.GetArrayFromImage(mutated), sitk.GetArrayFromImage(whole))
+    assert (mutated.GetOrigin(), mutated.GetSpacing(), mutated.GetDirection()) == (
+        whole.GetOrigin(), whole.GetSpacing(), whole.GetDirection())
