@@ -168,14 +168,21 @@ def _writer(path: str, pid: int) -> None:
     trail.close()
 
 
-def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def start_writers(tmp_path: Path, first_pid: int, n: int
+                  ) -> tuple[Path, list[multiprocessing.process.BaseProcess]]:
+    """``n`` forked processes writing (:func:`_writer`) one new trail; its path and them."""
     path = tmp_path / "audit" / "audit.jsonl"
     path.parent.mkdir(mode=0o700)
     context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_writer, args=(str(path), 1000 + k)) for k in range(3)]
+    procs = [context.Process(target=_writer, args=(str(path), first_pid + k)) for k in range(n)]
     for proc in procs:
         proc.start()
+    return path, procs
+
+
+def test_concurrent_processes_with_rotation_keep_one_verifiable_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, procs = start_writers(tmp_path, 1000, 3)
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
@@ -320,12 +327,7 @@ def test_the_watch_sets_the_metrics_and_logs_a_broken_chain(
 
 
 def test_a_check_while_processes_write_and_rotate_finds_nothing_wrong(tmp_path: Path) -> None:
-    path = tmp_path / "audit" / "audit.jsonl"
-    path.parent.mkdir(mode=0o700)
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_writer, args=(str(path), 2000 + k)) for k in range(2)]
-    for proc in procs:
-        proc.start()
+    path, procs = start_writers(tmp_path, 2000, 2)
     reports = []
     while any(proc.is_alive() for proc in procs):
         reports.append(verify(path))
