@@ -72,6 +72,8 @@ IMAGE_TAGS = {
 #: 2026-12-05: each such "result from garbage" was the seed's own volume).
 READ_ALIKE_MULTIFRAME = {"NumberOfSlices", "FrameIncrementPointer", "HighBit", "SliceVector",
                          "SpacingBetweenSlices"}
+#: Of those, the ones the reader does not read at all (any value is read alike).
+READ_NOT_USED = {"NumberOfSlices", "FrameIncrementPointer", "HighBit"}
 UID_TAGS = {"SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
             "FrameOfReferenceUID"}
 #: Text elements a mutation may spoil without touching the image.
@@ -170,14 +172,17 @@ def build_seeds(work_dir: Path, with_dat: bool = True) -> Seeds:
     return seeds
 
 
-def read_alike(tag: str, seed: Dataset) -> bool:
-    """True when the node reads ``seed``'s volume alike with ``tag`` damaged or missing
-    (:data:`READ_ALIKE_MULTIFRAME`, for a multi-frame seed whose fallbacks give the
-    same geometry: frames already in Slice Vector order, Slice Thickness equal to the
-    spacing). Pinned by tests/unit/test_fuzz_classifier.py."""
+def read_alike(tag: str, seed: Dataset, deleted: bool) -> bool:
+    """True when the node reads ``seed``'s volume alike with ``tag`` missing (``deleted``)
+    or holding another value (:data:`READ_ALIKE_MULTIFRAME`, for a multi-frame seed
+    whose fallbacks give the same geometry: frames already in Slice Vector order, Slice
+    Thickness equal to the spacing). A changed Slice Vector or Spacing Between Slices is
+    read, so it is never alike. Pinned by tests/unit/test_fuzz_classifier.py."""
     frames = int(seed.get("NumberOfFrames") or 1)
     if tag not in READ_ALIKE_MULTIFRAME or frames < 2:
         return False
+    if not deleted:
+        return tag in READ_NOT_USED
     if tag == "SliceVector":
         return [int(v) for v in seed.get("SliceVector") or []] == list(range(1, frames + 1))
     if tag == "SpacingBetweenSlices":
@@ -323,7 +328,8 @@ class Fuzzer:
             except (AttributeError, KeyError, ValueError, TypeError):
                 name, garbage = name + "+not_applicable", False  # e.g. no PixelData in an SR
             else:
-                if garbage and touched and read_alike(touched, self.seeds.by_kind[kind]):
+                if garbage and touched and read_alike(touched, self.seeds.by_kind[kind],
+                                                      deleted=name == "delete_image"):
                     name, garbage = f"{name}_{touched}_read_alike", False
         try:
             data = encode_ds(ds)

@@ -112,10 +112,18 @@ def test_damage_the_reader_needs_stays_garbage() -> None:
 
     seed = Ds()
     seed.NumberOfFrames, seed.SliceVector = 3, [1, 2, 3]
-    seed.SpacingBetweenSlices, seed.SliceThickness = -3.3, 3.3  # GE: the stack would flip
-    assert not read_alike("SpacingBetweenSlices", seed)
-    assert not read_alike("PixelSpacing", seed) and not read_alike("Rows", seed)
+    seed.SpacingBetweenSlices, seed.SliceThickness = 3.3, 3.3
+    assert read_alike("SpacingBetweenSlices", seed, deleted=True)
+    assert read_alike("SliceVector", seed, deleted=True)
+    # a changed value of an element the reader uses is read: never alike
+    assert not read_alike("SpacingBetweenSlices", seed, deleted=False)
+    assert not read_alike("SliceVector", seed, deleted=False)
+    assert read_alike("HighBit", seed, deleted=False)
+    seed.SpacingBetweenSlices = -3.3  # GE: without it the stack would flip
+    assert not read_alike("SpacingBetweenSlices", seed, deleted=True)
+    assert not read_alike("PixelSpacing", seed, deleted=True)
+    assert not read_alike("Rows", seed, deleted=True)
     seed.SliceVector = [2, 1, 3]  # frames not in slice order: file order would misplace them
-    assert not read_alike("SliceVector", seed)
+    assert not read_alike("SliceVector", seed, deleted=True)
     seed.NumberOfFrames = 1  # a single frame: not the multi-frame rule
-    assert not read_alike("NumberOfSlices", seed)
+    assert not read_alike("NumberOfSlices", seed, deleted=True)
