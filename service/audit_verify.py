@@ -157,8 +157,7 @@ def _verify_once(path: Path, keep_hashes: bool) -> Report:
     try:
         return verify_open(handles, keep_hashes)
     finally:
-        for _, handle in handles:
-            handle.close()
+        _close(handles)
 
 
 def open_snapshot(path: Path) -> list[tuple[str, BinaryIO]]:
@@ -181,8 +180,7 @@ def open_snapshot(path: Path) -> list[tuple[str, BinaryIO]]:
             for name in listed:
                 handles.append((name.name, name.open("rb")))
         except FileNotFoundError:
-            for _, handle in handles:
-                handle.close()
+            _close(handles)
             continue
         new = [p for _, p in AuditTrail(Path(path)).rotated_files() if p not in listed]
         current = (os.fstat(handles[-1][1].fileno()).st_ino
@@ -190,9 +188,13 @@ def open_snapshot(path: Path) -> list[tuple[str, BinaryIO]]:
         if not new or (len(new) == 1 and current is not None
                        and _inode(new[0]) == current):
             return handles
-        for _, handle in handles:
-            handle.close()
+        _close(handles)
     raise OSError(errno.EAGAIN, "the audit trail kept rotating while it was opened")
+
+
+def _close(handles: Iterable[tuple[str, BinaryIO]]) -> None:
+    for _, handle in handles:
+        handle.close()
 
 
 def _inode(path: Path) -> int | None:
@@ -200,16 +202,6 @@ def _inode(path: Path) -> int | None:
         return path.stat().st_ino
     except FileNotFoundError:
         return None
-
-
-def verify_files(files: Iterable[Path], keep_hashes: bool = False) -> Report:
-    """Check the chain over ``files`` read in the order given (oldest first)."""
-    handles = [(path.name, path.open("rb")) for path in files]
-    try:
-        return verify_open(handles, keep_hashes)
-    finally:
-        for _, handle in handles:
-            handle.close()
 
 
 def verify_open(files: Sequence[tuple[str, BinaryIO]], keep_hashes: bool = False) -> Report:
